@@ -1,0 +1,1 @@
+"""agents: Prefect adapters over the cyxwiz core."""

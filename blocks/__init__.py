@@ -1,0 +1,1 @@
+"""blocks: Prefect adapters over the cyxwiz core."""

@@ -1,0 +1,80 @@
+"""``cyxwiz``: the command line.
+
+Each command group lives beside the code it drives (``cyxwiz/pki/cli.py`` for ``certutil`` and so on)
+and is registered here once it has commands. Group modules import heavy libraries (torch, solana,
+boto3) inside their commands, so ``cyxwiz --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from cyxwiz import __version__
+from cyxwiz._cli import new_app
+
+app = new_app(
+    help=(
+        "cyxwiz: rent GPUs for ML training with escrowed payment, mTLS-authenticated nodes, "
+        "sandboxed training and verified results.\n\n"
+        "Start with [bold]cyxwiz demo[/bold] for the whole job lifecycle on embedded defaults."
+    )
+)
+
+#: (command name, module holding ``app``). A group with no commands yet is not shown.
+_GROUPS: tuple[tuple[str, str], ...] = (
+    ("certutil", "cyxwiz.pki.cli"),
+    ("token", "cyxwiz.tokens.cli"),
+    ("audit", "cyxwiz.audit.cli"),
+    ("sandbox", "cyxwiz.sandbox.cli"),
+    ("store", "cyxwiz.storage.cli"),
+    ("escrow", "cyxwiz.ledger.cli"),
+    ("ledger", "cyxwiz.ledger.service_cli"),
+    ("verify-job", "cyxwiz.verification.cli"),
+    ("serve", "cyxwiz.coordinator.cli"),
+    ("gateway", "cyxwiz.gateway.cli"),
+    ("job", "cyxwiz.jobs_cli"),
+)
+
+
+def _register_groups() -> None:
+    for name, module_name in _GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        group: typer.Typer = module.app
+        if group.registered_commands or group.registered_groups:
+            app.add_typer(group, name=name)
+
+
+@app.command()
+def version() -> None:
+    """Print the cyxwiz version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def demo(
+    workdir: str = typer.Option(
+        ".demo", "--workdir", help="Directory for the demo's PKI, stores and logs (created, reused)."
+    ),
+) -> None:
+    """Run the whole job lifecycle on the embedded defaults (what exists so far) and show each step."""
+    from cyxwiz.demo import run_demo
+
+    run_demo(workdir=workdir)
+
+
+_register_groups()
+
+
+def main() -> None:
+    app(prog_name="cyxwiz")
+
+
+if __name__ == "__main__":
+    main()

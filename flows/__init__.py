@@ -1,0 +1,1 @@
+"""flows: Prefect adapters over the cyxwiz core."""

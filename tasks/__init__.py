@@ -1,0 +1,1 @@
+"""tasks: Prefect adapters over the cyxwiz core."""

@@ -1,0 +1,29 @@
+"""Fixtures shared by the whole suite. Area fixtures live in each test package's conftest.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests._postgres import running_postgres
+
+# Prefect must never phone home or pick up a developer's profile during tests.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (apt's postgresql) for the SQL store tests.
+
+    CI must run these: a failure to start is an error, unless CYXWIZ_ALLOW_PG_SKIP=1 says skipping is fine.
+    """
+    try:
+        with running_postgres() as url:
+            yield url
+    except RuntimeError as exc:
+        if os.environ.get("CYXWIZ_ALLOW_PG_SKIP") == "1":
+            pytest.skip(f"PostgreSQL cannot start here: {exc}")
+        raise
