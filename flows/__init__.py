@@ -1,1 +1,1 @@
-"""flows: Prefect adapters over the cyxwiz core."""
+"""Prefect flows composing cyxwiz tasks: the job lifecycle, the node's sandboxed training, maintenance."""

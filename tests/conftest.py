@@ -27,3 +27,25 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CYXWIZ_ALLOW_PG_SKIP") == "1":
             pytest.skip(f"PostgreSQL cannot start here: {exc}")
         raise
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real ``prefect server start`` on loopback (SQLite), shared by the Prefect-layer tests.
+
+    The test process itself is pointed at it, so ``run_deployment`` and blocks talk to this server.
+    """
+    from flows.local_server import local_prefect_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with local_prefect_server(home) as server:
+        saved = {key: os.environ.get(key) for key in server.env()}
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -1,0 +1,80 @@
+"""Whole-system fixtures: the project deployed to a real Prefect server and a real node agent process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.local_server import LocalPrefectServer, stop_process_group
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _prefect(*args: str, env: dict[str, str]) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server: LocalPrefectServer) -> dict[str, str]:
+    """``prefect --no-prompt deploy --all`` of prefect.yaml, after creating the work pools it names."""
+    env = {**os.environ, **prefect_server.env(), "CYXWIZ_PROJECT_DIR": str(PROJECT)}
+    _prefect("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite", env=env)
+    _prefect("work-pool", "create", "control", "--type", "process", "--overwrite", env=env)
+    output = _prefect("--no-prompt", "deploy", "--all", env=env)
+    return {"output": output}
+
+
+@pytest.fixture
+def node_agent(
+    prefect_server: LocalPrefectServer, deployed: dict[str, str], tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``cyxwiz-sandbox`` worker process polling the default queue of the gpu pool."""
+    env = {
+        **os.environ,
+        **prefect_server.env(),
+        "CYXWIZ_PROJECT_DIR": str(PROJECT),
+        "CYXWIZ_NODE_NAME": "node-e2e",
+        "CYXWIZ_WORK_ROOT": str(tmp_path / "agent"),
+        "CYXWIZ_SANDBOX_MAX_MEMORY_MB": "768",
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "gpu",
+            "--type",
+            "cyxwiz-sandbox",
+            "--work-queue",
+            "default",
+        ],
+        env=env,
+        cwd=PROJECT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_process_group(proc)
+        log.close()
