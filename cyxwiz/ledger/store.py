@@ -1,0 +1,351 @@
+"""Escrow state machine and intent log, persisted with SQLAlchemy (SQLite embedded, PostgreSQL production).
+
+Crash-safety rule (F2): before a transaction is sent, its signed bytes and signature are committed here
+together with the escrow's move into a transitional state (``creating``/``releasing``/``refunding``). Every
+state change is a compare-and-set on the current state, so two processes racing to move one escrow cannot
+both win: the loser gets :class:`~cyxwiz.errors.EscrowStateError` before anything is signed or sent.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from cyxwiz.errors import ConflictError, EscrowStateError, NotFoundError
+
+
+class EscrowState(enum.StrEnum):
+    CREATING = "creating"
+    LOCKED = "locked"
+    DISPUTED = "disputed"
+    RELEASING = "releasing"
+    REFUNDING = "refunding"
+    RELEASED = "released"
+    REFUNDED = "refunded"
+    VOID = "void"  # the funding transaction never landed: nothing is locked
+
+    @property
+    def terminal(self) -> bool:
+        return self in (EscrowState.RELEASED, EscrowState.REFUNDED, EscrowState.VOID)
+
+
+TRANSITIONAL = {
+    "create": EscrowState.CREATING,
+    "release": EscrowState.RELEASING,
+    "refund": EscrowState.REFUNDING,
+}
+
+
+class IntentStatus(enum.StrEnum):
+    PREPARED = "prepared"  # signed and recorded; may or may not have reached the chain
+    CONFIRMED = "confirmed"
+    FAILED = "failed"  # the chain refused it: nothing moved
+    EXPIRED = "expired"  # its blockhash expired without it landing: it can never land
+
+
+metadata = sa.MetaData()
+
+escrows = sa.Table(
+    "cyxwiz_escrows",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    # Numeric(20): u64 base units do not fit PostgreSQL's signed BIGINT.
+    sa.Column("amount", sa.Numeric(20, 0), nullable=False),
+    sa.Column("mint", sa.String(44), nullable=False),
+    sa.Column("user_wallet", sa.String(44), nullable=False),
+    sa.Column("user_token_account", sa.String(44), nullable=False),
+    sa.Column("escrow_account", sa.String(44), nullable=False, unique=True),
+    sa.Column("node_wallet", sa.String(44)),
+    sa.Column("proof_ref", sa.String(256)),
+    sa.Column("dispute_reason", sa.String(500)),
+    sa.Column("resolution", sa.String(16)),
+    sa.Column("create_signature", sa.String(100)),
+    sa.Column("settle_signature", sa.String(100)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+intents = sa.Table(
+    "cyxwiz_escrow_intents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), sa.ForeignKey("cyxwiz_escrows.job_id"), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # create | release | refund
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("signature", sa.String(100), nullable=False, unique=True),
+    sa.Column("tx", sa.LargeBinary, nullable=False),
+    sa.Column("last_valid_height", sa.BigInteger, nullable=False),
+    sa.Column("prior_state", sa.String(16), nullable=False),
+    sa.Column("target_state", sa.String(16), nullable=False),
+    sa.Column("recipient_wallet", sa.String(44)),
+    sa.Column("error", sa.String(500)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: int
+    job_id: str
+    kind: str
+    status: IntentStatus
+    signature: str
+    tx: bytes
+    last_valid_height: int
+    prior_state: EscrowState
+    target_state: EscrowState
+    recipient_wallet: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NewIntent:
+    kind: str
+    signature: str
+    tx: bytes
+    last_valid_height: int
+    target_state: EscrowState
+    recipient_wallet: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _intent(row: Any) -> Intent:
+    return Intent(
+        id=row.id,
+        job_id=row.job_id,
+        kind=row.kind,
+        status=IntentStatus(row.status),
+        signature=row.signature,
+        tx=bytes(row.tx),
+        last_valid_height=int(row.last_valid_height),
+        prior_state=EscrowState(row.prior_state),
+        target_state=EscrowState(row.target_state),
+        recipient_wallet=row.recipient_wallet,
+        error=row.error,
+    )
+
+
+class EscrowStore:
+    """Rows and compare-and-set transitions. One instance per process; safe to share across threads."""
+
+    def __init__(self, *, engine: Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, url: str) -> EscrowStore:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 30})
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        return cls(engine=engine)
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(escrows).where(escrows.c.job_id == job_id)).mappings().first()
+        if row is None:
+            raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
+        result = dict(row)
+        result["amount"] = int(Decimal(result["amount"]))
+        return result
+
+    def list_escrows(self, *, states: Iterable[EscrowState] | None = None) -> list[dict[str, Any]]:
+        query = sa.select(escrows).order_by(escrows.c.created_at, escrows.c.job_id)
+        if states is not None:
+            query = query.where(escrows.c.state.in_([s.value for s in states]))
+        with self._engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["amount"] = int(Decimal(row["amount"]))
+        return rows
+
+    def intents(self, job_id: str | None = None, *, status: IntentStatus | None = None) -> list[Intent]:
+        query = sa.select(intents).order_by(intents.c.id)
+        if job_id is not None:
+            query = query.where(intents.c.job_id == job_id)
+        if status is not None:
+            query = query.where(intents.c.status == status.value)
+        with self._engine.connect() as conn:
+            return [_intent(r) for r in conn.execute(query)]
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def insert_creating(self, *, row: dict[str, Any], intent: NewIntent) -> Intent:
+        """Record a new escrow in ``creating`` and its funding intent in one transaction."""
+        now = _now()
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    escrows.insert().values(
+                        **row, state=EscrowState.CREATING.value, created_at=now, updated_at=now
+                    )
+                )
+                return self._add_intent(conn, row["job_id"], EscrowState.CREATING, intent, now)
+        except sa.exc.IntegrityError:
+            pass
+        # The job already has a row: only a never-funded (void) escrow may be funded again.
+        with self._engine.begin() as conn:
+            if self._current(conn, row["job_id"]) != EscrowState.VOID:
+                raise ConflictError("an escrow for this job already exists", field="job_id", rule="F2")
+            values = {k: v for k, v in row.items() if k != "job_id"}
+            self._cas(conn, row["job_id"], [EscrowState.VOID], EscrowState.CREATING, values, now)
+            return self._add_intent(conn, row["job_id"], EscrowState.CREATING, intent, now)
+
+    def begin_move(
+        self,
+        job_id: str,
+        *,
+        allowed: Sequence[EscrowState],
+        transitional: EscrowState,
+        intent: NewIntent,
+        updates: dict[str, Any] | None = None,
+    ) -> Intent:
+        """CAS the escrow from one of ``allowed`` into ``transitional`` and record the intent, atomically."""
+        now = _now()
+        with self._engine.begin() as conn:
+            prior = self._cas(conn, job_id, allowed, transitional, updates or {}, now)
+            return self._add_intent(conn, job_id, prior, intent, now)
+
+    def update_fields(self, job_id: str, *, allowed: Sequence[EscrowState], **fields: Any) -> None:
+        """Change non-state fields (or the state itself via ``state=``) while in one of ``allowed``."""
+        now = _now()
+        new_state = fields.pop("state", None)
+        with self._engine.begin() as conn:
+            current = self._current(conn, job_id)
+            if current not in allowed:
+                raise self._state_error(job_id, current)
+            query = escrows.update().where(escrows.c.job_id == job_id, escrows.c.state == current.value)
+            values = dict(fields, updated_at=now)
+            if new_state is not None:
+                values["state"] = EscrowState(new_state).value
+            if conn.execute(query.values(**values)).rowcount != 1:
+                raise self._state_error(job_id, self._current(conn, job_id))
+
+    def finish(self, intent: Intent) -> None:
+        """The intent's transaction is confirmed on chain: the escrow reaches its target state."""
+        now = _now()
+        signature_column = "create_signature" if intent.kind == "create" else "settle_signature"
+        with self._engine.begin() as conn:
+            conn.execute(
+                intents.update()
+                .where(intents.c.id == intent.id)
+                .values(status=IntentStatus.CONFIRMED.value, updated_at=now)
+            )
+            values: dict[str, Any] = {signature_column: intent.signature}
+            if intent.recipient_wallet is not None and intent.kind == "release":
+                values["node_wallet"] = intent.recipient_wallet
+            if self._current(conn, intent.job_id) != intent.target_state:  # else: finished elsewhere already
+                self._cas(conn, intent.job_id, [TRANSITIONAL[intent.kind]], intent.target_state, values, now)
+
+    def abandon(
+        self, intent: Intent, *, status: IntentStatus, error: str, revert_to: EscrowState | None = None
+    ) -> None:
+        """The intent can never land: mark it and put the escrow back (or to ``revert_to``)."""
+        now = _now()
+        with self._engine.begin() as conn:
+            conn.execute(
+                intents.update()
+                .where(intents.c.id == intent.id, intents.c.status == IntentStatus.PREPARED.value)
+                .values(status=status.value, error=error[:500], updated_at=now)
+            )
+            self._cas(
+                conn, intent.job_id, [TRANSITIONAL[intent.kind]], revert_to or intent.prior_state, {}, now
+            )
+
+    def replace(self, old: Intent, new: NewIntent) -> Intent:
+        """``old`` expired unsent; record ``new`` for the same move (the escrow stays transitional)."""
+        now = _now()
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                intents.update()
+                .where(intents.c.id == old.id, intents.c.status == IntentStatus.PREPARED.value)
+                .values(status=IntentStatus.EXPIRED.value, error="blockhash expired unsent", updated_at=now)
+            ).rowcount
+            if updated != 1:
+                raise ConflictError("intent already settled by another process", rule="F2")
+            return self._add_intent(conn, old.job_id, old.prior_state, new, now)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _add_intent(
+        self, conn: Connection, job_id: str, prior: EscrowState, intent: NewIntent, now: datetime
+    ) -> Intent:
+        result = conn.execute(
+            intents.insert().values(
+                job_id=job_id,
+                kind=intent.kind,
+                status=IntentStatus.PREPARED.value,
+                signature=intent.signature,
+                tx=intent.tx,
+                last_valid_height=intent.last_valid_height,
+                prior_state=prior.value,
+                target_state=intent.target_state.value,
+                recipient_wallet=intent.recipient_wallet,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        (intent_id,) = result.inserted_primary_key or (None,)
+        row = conn.execute(sa.select(intents).where(intents.c.id == intent_id)).first()
+        return _intent(row)
+
+    def _current(self, conn: Connection, job_id: str) -> EscrowState:
+        state = conn.execute(sa.select(escrows.c.state).where(escrows.c.job_id == job_id)).scalar()
+        if state is None:
+            raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
+        return EscrowState(state)
+
+    def _cas(  # noqa: PLR0917 - internal helper, called in one shape
+        self,
+        conn: Connection,
+        job_id: str,
+        allowed: Sequence[EscrowState],
+        new_state: EscrowState,
+        values: dict[str, Any],
+        now: datetime,
+    ) -> EscrowState:
+        current = self._current(conn, job_id)
+        if current not in allowed:
+            raise self._state_error(job_id, current)
+        updated = conn.execute(
+            escrows.update()
+            .where(escrows.c.job_id == job_id, escrows.c.state == current.value)
+            .values(state=new_state.value, updated_at=now, **values)
+        ).rowcount
+        if updated != 1:  # another process moved it between our read and write
+            raise self._state_error(job_id, self._current(conn, job_id))
+        return current
+
+    @staticmethod
+    def _state_error(job_id: str, current: EscrowState) -> EscrowStateError:
+        hints = {
+            EscrowState.RELEASED: "already released to the node; an escrow moves at most once",
+            EscrowState.REFUNDED: "already refunded to the user; an escrow moves at most once",
+            EscrowState.DISPUTED: "the escrow is disputed; only an arbiter's resolve can move it",
+            EscrowState.RELEASING: "a release is in flight; run the reconciler",
+            EscrowState.REFUNDING: "a refund is in flight; run the reconciler",
+            EscrowState.CREATING: "the funding transaction is in flight; run the reconciler",
+            EscrowState.VOID: "the escrow was never funded",
+        }
+        return EscrowStateError(
+            f"escrow for job {job_id!r} is {current.value}: {hints.get(current, 'not allowed now')}",
+            field="job_id",
+            rule="F2",
+        )

@@ -1,0 +1,217 @@
+"""Instruction builders for the escrow's on-chain shape (F1, F2).
+
+* One SPL token account per job at a deterministic address (``create_with_seed`` from the fee payer and
+  a hash of the job id), owned by the SPL multisig (default 2-of-3: coordinator, verifier, arbiter).
+* ``create`` is one atomic transaction: allocate + initialize the escrow account and move the user's
+  funds in (the user signs the transfer; the payer signs for rent and fees).
+* ``settle`` (release / refund) is one atomic transaction: move the whole balance out with two multisig
+  signatures and close the account. Closing is the on-chain half of "each escrow moves at most once": a
+  second settle transaction, however it was built, finds no account to move from.
+* Every transaction carries a memo naming the job and the action so the chain itself shows why funds moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from solders.hash import Hash
+from solders.instruction import Instruction
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.system_program import (
+    CreateAccountParams,
+    CreateAccountWithSeedParams,
+    create_account,
+    create_account_with_seed,
+)
+from solders.transaction import Transaction
+from spl.memo.constants import MEMO_PROGRAM_ID
+from spl.memo.instructions import create_memo
+from spl.memo.models import MemoParams
+from spl.token import instructions as token_ix
+from spl.token.constants import ACCOUNT_LEN, MINT_LEN, MULTISIG_LEN, TOKEN_PROGRAM_ID
+from spl.token.models import (
+    CloseAccountParams,
+    InitializeAccountParams,
+    InitializeMintParams,
+    InitializeMultisigParams,
+    MintToParams,
+    TransferCheckedParams,
+)
+
+U64_MAX = 2**64 - 1
+
+
+def escrow_seed(job_id: str) -> str:
+    """32-character seed (the system program's limit) derived from the job id."""
+    return "cx" + hashlib.sha256(job_id.encode()).hexdigest()[:30]
+
+
+def escrow_address(payer: Pubkey, job_id: str) -> Pubkey:
+    return Pubkey.create_with_seed(payer, escrow_seed(job_id), TOKEN_PROGRAM_ID)
+
+
+def token_account_of(owner: Pubkey, mint: Pubkey) -> Pubkey:
+    """The owner's associated token account for ``mint``: where a wallet receives tokens."""
+    return token_ix.get_associated_token_address(owner, mint)
+
+
+def memo(signer: Pubkey, text: str) -> Instruction:
+    return create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=signer, message=text.encode()))
+
+
+def sign(
+    instructions: Sequence[Instruction], *, payer: Keypair, signers: Sequence[Keypair], blockhash: Hash
+) -> Transaction:
+    unique: dict[Pubkey, Keypair] = {payer.pubkey(): payer}
+    for keypair in signers:
+        unique.setdefault(keypair.pubkey(), keypair)
+    message = Message.new_with_blockhash(list(instructions), payer.pubkey(), blockhash)
+    return Transaction(list(unique.values()), message, blockhash)
+
+
+def create_escrow(
+    *,
+    payer: Pubkey,
+    user: Pubkey,
+    user_token: Pubkey,
+    mint: Pubkey,
+    decimals: int,
+    multisig: Pubkey,
+    job_id: str,
+    amount: int,
+    rent: int,
+) -> list[Instruction]:
+    escrow = escrow_address(payer, job_id)
+    return [
+        create_account_with_seed(
+            CreateAccountWithSeedParams(
+                from_pubkey=payer,
+                to_pubkey=escrow,
+                base=payer,
+                seed=escrow_seed(job_id),
+                lamports=rent,
+                space=ACCOUNT_LEN,
+                owner=TOKEN_PROGRAM_ID,
+            )
+        ),
+        token_ix.initialize_account(
+            InitializeAccountParams(program_id=TOKEN_PROGRAM_ID, account=escrow, mint=mint, owner=multisig)
+        ),
+        token_ix.transfer_checked(
+            TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID,
+                source=user_token,
+                mint=mint,
+                dest=escrow,
+                owner=user,
+                amount=amount,
+                decimals=decimals,
+            )
+        ),
+        memo(payer, f"cyxwiz:escrow:create:{job_id}"),
+    ]
+
+
+def settle_escrow(
+    *,
+    payer: Pubkey,
+    escrow: Pubkey,
+    mint: Pubkey,
+    decimals: int,
+    multisig: Pubkey,
+    recipient_wallet: Pubkey,
+    amount: int,
+    authority_signers: Sequence[Pubkey],
+    memo_text: str,
+) -> list[Instruction]:
+    """Move ``amount`` (the whole escrow) to the recipient wallet's token account, then close the escrow."""
+    dest = token_account_of(recipient_wallet, mint)
+    signers = list(authority_signers)
+    return [
+        token_ix.create_idempotent_associated_token_account(payer, recipient_wallet, mint),
+        token_ix.transfer_checked(
+            TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID,
+                source=escrow,
+                mint=mint,
+                dest=dest,
+                owner=multisig,
+                amount=amount,
+                decimals=decimals,
+                signers=signers,
+            )
+        ),
+        token_ix.close_account(
+            CloseAccountParams(
+                program_id=TOKEN_PROGRAM_ID, account=escrow, dest=payer, owner=multisig, signers=signers
+            )
+        ),
+        memo(payer, memo_text),
+    ]
+
+
+# -- provisioning (demo / tests / first-time setup on a cluster) -------------------------------------
+
+
+def create_mint(
+    *, payer: Pubkey, mint: Pubkey, authority: Pubkey, decimals: int, rent: int
+) -> list[Instruction]:
+    return [
+        create_account(
+            CreateAccountParams(
+                from_pubkey=payer, to_pubkey=mint, lamports=rent, space=MINT_LEN, owner=TOKEN_PROGRAM_ID
+            )
+        ),
+        token_ix.initialize_mint(
+            InitializeMintParams(
+                decimals=decimals, program_id=TOKEN_PROGRAM_ID, mint=mint, mint_authority=authority
+            )
+        ),
+    ]
+
+
+def create_multisig(
+    *, payer: Pubkey, multisig: Pubkey, signers: Sequence[Pubkey], threshold: int, rent: int
+) -> list[Instruction]:
+    return [
+        create_account(
+            CreateAccountParams(
+                from_pubkey=payer,
+                to_pubkey=multisig,
+                lamports=rent,
+                space=MULTISIG_LEN,
+                owner=TOKEN_PROGRAM_ID,
+            )
+        ),
+        token_ix.initialize_multisig(
+            InitializeMultisigParams(
+                program_id=TOKEN_PROGRAM_ID, multisig=multisig, m=threshold, signers=list(signers)
+            )
+        ),
+    ]
+
+
+def fund_wallet(
+    *, payer: Pubkey, wallet: Pubkey, mint: Pubkey, mint_authority: Pubkey, amount: int
+) -> list[Instruction]:
+    """Create the wallet's token account (if needed) and mint ``amount`` into it."""
+    instructions = [token_ix.create_idempotent_associated_token_account(payer, wallet, mint)]
+    if amount:
+        instructions.append(
+            token_ix.mint_to(
+                MintToParams(
+                    program_id=TOKEN_PROGRAM_ID,
+                    mint=mint,
+                    dest=token_account_of(wallet, mint),
+                    mint_authority=mint_authority,
+                    amount=amount,
+                )
+            )
+        )
+    return instructions
+
+
+RENT_SIZES = {"mint": MINT_LEN, "account": ACCOUNT_LEN, "multisig": MULTISIG_LEN}
