@@ -1,0 +1,176 @@
+"""Signed daily digests (SPEC H4), in the manner of CloudTrail digest files.
+
+When a day is closed, a digest records the SHA-256 of the day's (uncompressed) file, its record count,
+first/last sequence numbers and the hash of its last record, plus the SHA-256 of the previous day's digest
+file and that day's date. It is signed with Ed25519 over its canonical JSON. So an edit anywhere in a
+closed day changes the file hash, and deleting a whole day (file and digest) breaks the digest chain and
+names the missing day.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from cyxwiz.audit.reader import split_lines
+from cyxwiz.audit.records import RecordFormatError, parse_line
+from cyxwiz.errors import KeyFormatError, KeyPermissionError, KeyTypeError, NotFoundError
+
+DIGEST_VERSION = 1
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def build_digest(
+    *,
+    day: date,
+    file_name: str,
+    data: bytes,
+    previous: tuple[date, bytes] | None,
+    signing_key: Ed25519PrivateKey | None,
+    created_at: datetime,
+) -> bytes:
+    """The digest file content for a closed day. ``previous`` = (day, digest file bytes) before it."""
+    records = [rec for rec in _records(data)]
+    body: dict[str, Any] = {
+        "v": DIGEST_VERSION,
+        "day": day.isoformat(),
+        "file": file_name,
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "file_bytes": len(data),
+        "lines": sum(1 for _ in split_lines(data)),
+        "records": len(records),
+        "first_seq": records[0][0] if records else None,
+        "last_seq": records[-1][0] if records else None,
+        "first_prev": records[0][1] if records else None,
+        "last_hash": records[-1][2] if records else None,
+        "previous_day": previous[0].isoformat() if previous else None,
+        "previous_digest_sha256": hashlib.sha256(previous[1]).hexdigest() if previous else None,
+        "created_at": created_at.astimezone(UTC).isoformat(),
+        "key_id": None,
+        "public_key": None,
+    }
+    signature = None
+    if signing_key is not None:
+        public = signing_key.public_key()
+        body["key_id"] = key_id(public)
+        body["public_key"] = base64.b64encode(
+            public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ).decode("ascii")
+        signature = base64.b64encode(signing_key.sign(canonical(body))).decode("ascii")
+    body["signature"] = signature
+    return json.dumps(body, sort_keys=True, indent=1).encode("ascii") + b"\n"
+
+
+def _records(data: bytes) -> list[tuple[int, str, str]]:
+    out = []
+    for _, raw, _ in split_lines(data):
+        try:
+            rec = parse_line(raw)
+        except RecordFormatError:
+            continue
+        out.append((rec.seq, rec.prev, rec.hash))
+    return out
+
+
+def check_signature(digest: dict[str, Any], *, trusted: Ed25519PublicKey | None) -> str | None:
+    """None when the digest's signature holds (by ``trusted`` if given), else why not."""
+    signature = digest.get("signature")
+    if not isinstance(signature, str):
+        return "digest is not signed"
+    body = {k: v for k, v in digest.items() if k != "signature"}
+    try:
+        sig = base64.b64decode(signature, validate=True)
+        if trusted is not None:
+            key = trusted
+            if digest.get("key_id") != key_id(trusted):
+                return "digest was signed by another key (key_id differs from the trusted key)"
+        else:
+            key = Ed25519PublicKey.from_public_bytes(
+                base64.b64decode(str(digest.get("public_key")), validate=True)
+            )
+        key.verify(sig, canonical(body))
+    except InvalidSignature:
+        return "digest signature does not verify"
+    except ValueError:
+        return "digest signature or public key is malformed"
+    return None
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 PKCS#8 PEM private key, refused when group/other can read it (A2, A4)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise NotFoundError("signing key file does not exist", path=str(path)) from None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise KeyPermissionError(
+            "private key file is readable by group or others",
+            path=str(path),
+            rule="A4",
+            hint=f"chmod 600 {path}",
+        )
+    data = path.read_bytes()
+    if b"BEGIN PRIVATE KEY" not in data and b"BEGIN ENCRYPTED PRIVATE KEY" not in data:
+        raise KeyFormatError("not a PKCS#8 PEM private key", path=str(path), rule="A2")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFormatError(f"cannot load private key: {exc}", path=str(path), rule="A2") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyTypeError("audit digests are signed with Ed25519 keys only", path=str(path), rule="A2")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The Ed25519 public key in a PEM public key, X.509 certificate or (0600) private key file."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError("public key file does not exist", path=str(path)) from None
+    key: object
+    try:
+        if b"BEGIN CERTIFICATE" in data:
+            key = x509.load_pem_x509_certificate(data).public_key()
+        elif b"PRIVATE KEY" in data:
+            key = load_signing_key(path).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise KeyFormatError(f"cannot load public key: {exc}", path=str(path)) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyTypeError("audit digests are verified with Ed25519 keys only", path=str(path), rule="A2")
+    return key
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,498 @@
+"""Security events (SPEC H1) and one typed helper per logged event (SPEC H2).
+
+A :class:`SecurityEvent` is what every component hands to an :class:`~cyxwiz.audit.AuditSink`. The model
+itself enforces that no secret reaches the log (SPEC D2: "logs unencrypted but contain no secrets"): values
+under secret-looking keys and values that look like secrets (JWTs, PEM private keys, bearer credentials)
+are replaced by ``"[redacted]"`` wherever they appear in ``details``, and secret-looking values are
+redacted from the free-text fields too. Redaction rather than refusal, because the log is written from
+request handlers and a security event must never be lost over a badly named field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from cyxwiz.errors import ValidationError
+
+REDACTED = "[redacted]"
+
+# Keys whose value is a secret whatever it looks like. Compared after lower-casing and turning '-' and
+# ' ' into '_'. Deliberately not "*_key": public_key, object_key and idempotency_key are fine to log.
+_SECRET_KEYS = frozenset(
+    {
+        "token",
+        "jwt",
+        "secret",
+        "password",
+        "passwd",
+        "passphrase",
+        "authorization",
+        "cookie",
+        "set_cookie",
+        "credential",
+        "credentials",
+        "mnemonic",
+        "seed",
+        "seed_phrase",
+        "private_key",
+        "secret_key",
+        "api_key",
+        "apikey",
+        "signing_key",
+        "master_key",
+        "session_key",
+        "key_material",
+        "keypair",
+    }
+)
+_SECRET_SUFFIXES = (
+    "_token",
+    "_secret",
+    "_password",
+    "_passphrase",
+    "_private_key",
+    "_secret_key",
+    "_api_key",
+    "_signing_key",
+    "_master_key",
+    "_credentials",
+    "_keypair",
+)
+# Values that are secrets wherever they appear: compact JWS/JWT, PEM private keys, HTTP credentials.
+_SECRET_VALUE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*"
+    r"|(?s:-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z))"
+    r"|\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}",
+    re.IGNORECASE,
+)
+_MAX_DEPTH = 8
+
+
+class EventType(StrEnum):
+    """SPEC H1 event types (spelled as in the spec, so logs from other implementations compare)."""
+
+    AUTHENTICATION = "Authentication"
+    AUTHORIZATION = "Authorization"
+    DATA_ACCESS = "DataAccess"
+    CONFIGURATION = "Configuration"
+    PAYMENT = "Payment"
+
+
+class ActorType(StrEnum):
+    USER = "user"
+    NODE = "node"
+    ADMIN = "admin"
+    SERVICE = "service"
+    SYSTEM = "system"
+    ANONYMOUS = "anonymous"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+def is_secret_key(key: str) -> bool:
+    norm = key.strip().lower().replace("-", "_").replace(" ", "_")
+    return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
+
+
+def redact_text(value: str) -> str:
+    """``value`` with every secret-looking substring replaced by ``[redacted]``."""
+    return _SECRET_VALUE.sub(REDACTED, value)
+
+
+def redact(value: Any, *, depth: int = 0) -> Any:
+    """A copy of a JSON-like value with secrets removed (by key name and by value shape)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if depth >= _MAX_DEPTH:
+        # Deep nesting in an audit record is a smell, and unbounded recursion is a DoS vector.
+        return "[truncated: too deep]"
+    if isinstance(value, Mapping):
+        return {
+            str(k): (REDACTED if is_secret_key(str(k)) else redact(v, depth=depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v, depth=depth + 1) for v in value]
+    return value
+
+
+class SecurityEvent(BaseModel):
+    """One security event (SPEC H1). Immutable; build it with the helpers below."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    event_type: EventType
+    actor_id: str = Field(min_length=1, max_length=512)
+    actor_type: ActorType
+    resource: str = Field(min_length=1, max_length=1024)
+    action: str = Field(min_length=1, max_length=128)
+    outcome: Outcome
+    ip_address: str | None = None
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("timestamp must be timezone-aware (UTC)")
+        return value.astimezone(UTC)
+
+    @field_validator("actor_id", "resource", "action")
+    @classmethod
+    def _no_secret_text(cls, value: str) -> str:
+        return redact_text(value)
+
+    @field_validator("ip_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return str(ipaddress.ip_address(value))
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _redact_details(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueError("details must be a mapping")
+        return redact(value)
+
+
+def make_event(**fields: Any) -> SecurityEvent:
+    """Build a :class:`SecurityEvent`, turning pydantic's error into the project's ValidationError."""
+    try:
+        return SecurityEvent(**fields)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "event"
+        raise ValidationError(first["msg"], field=field, rule="H1") from None
+
+
+def _clean(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop ``None`` values so records stay small and queries do not see noise."""
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def _outcome(success: bool) -> Outcome:
+    return Outcome.SUCCESS if success else Outcome.FAILURE
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+# --- helpers, one per SPEC H2 event ---------------------------------------------------------------
+
+
+def auth_attempt(
+    *,
+    actor_id: str,
+    actor_type: ActorType | str,
+    success: bool,
+    method: str,
+    ip_address: str | None = None,
+    reason: str | None = None,
+    peer_id: str | None = None,
+    cert_subject: str | None = None,
+    resource: str = "auth",
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A login / authentication attempt, successful or not (H2). ``method``: "mtls", "jwt", "password"…"""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.AUTHENTICATION,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=resource,
+        action="authenticate",
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details=_clean(
+            {"method": method, "reason": reason, "peer_id": peer_id, "cert_subject": cert_subject}
+        ),
+    )
+
+
+def token_issued(
+    *,
+    subject: str,
+    token_type: str,
+    expires_at: datetime,
+    jti: str,
+    issuer: str = "coordinator",
+    actor_type: ActorType | str = ActorType.SERVICE,
+    audience: str | Sequence[str] | None = None,
+    scopes: Sequence[str] = (),
+    kid: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A token was minted (H2: type, subject, expiry). The token itself is never an argument."""
+    aud = [audience] if isinstance(audience, str) else (list(audience) if audience is not None else None)
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.AUTHENTICATION,
+        actor_id=issuer,
+        actor_type=actor_type,
+        resource=f"token:{jti}",
+        action="token.issue",
+        outcome=Outcome.SUCCESS,
+        ip_address=ip_address,
+        details=_clean(
+            {
+                "token_type": token_type,
+                "subject": subject,
+                "expires_at": _iso(expires_at),
+                "jti": jti,
+                "audience": aud,
+                "scopes": list(scopes),
+                "kid": kid,
+            }
+        ),
+    )
+
+
+def job_submitted(
+    *,
+    user_id: str,
+    job_id: str,
+    success: bool = True,
+    job_type: str | None = None,
+    payment_lamports: int | None = None,
+    config: Mapping[str, JsonValue] | None = None,
+    reason: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A job submission, accepted or refused (H2: user, job config, payment)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.DATA_ACCESS,
+        actor_id=user_id,
+        actor_type=ActorType.USER,
+        resource=f"job:{job_id}",
+        action="job.submit",
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details=_clean(
+            {
+                "job_type": job_type,
+                "payment_lamports": payment_lamports,
+                "config": dict(config) if config is not None else None,
+                "reason": reason,
+            }
+        ),
+    )
+
+
+def node_registered(
+    *,
+    node_id: str,
+    success: bool = True,
+    peer_id: str | None = None,
+    cert_subject: str | None = None,
+    hardware: Mapping[str, JsonValue] | None = None,
+    location: str | None = None,
+    reason: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A node registered (H2: node id, hardware, location; A5: PeerID and cert subject)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.CONFIGURATION,
+        actor_id=node_id,
+        actor_type=ActorType.NODE,
+        resource=f"node:{node_id}",
+        action="node.register",
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details=_clean(
+            {
+                "peer_id": peer_id,
+                "cert_subject": cert_subject,
+                "hardware": dict(hardware) if hardware is not None else None,
+                "location": location,
+                "reason": reason,
+            }
+        ),
+    )
+
+
+def payment(
+    *,
+    action: str,
+    job_id: str,
+    amount_lamports: int,
+    actor_id: str = "escrow",
+    actor_type: ActorType | str = ActorType.SERVICE,
+    success: bool = True,
+    source: str | None = None,
+    destination: str | None = None,
+    tx_signature: str | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A payment transaction (H2: amount, from, to, tx hash). ``action``: escrow.create/release/refund…"""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.PAYMENT,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=f"job:{job_id}",
+        action=action,
+        outcome=_outcome(success),
+        details=_clean(
+            {
+                "amount_lamports": amount_lamports,
+                "from": source,
+                "to": destination,
+                "tx_signature": tx_signature,
+                "reason": reason,
+            }
+        ),
+    )
+
+
+def configuration_change(
+    *,
+    actor_id: str,
+    setting: str,
+    changes: Mapping[str, tuple[JsonValue, JsonValue]],
+    actor_type: ActorType | str = ActorType.ADMIN,
+    success: bool = True,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A configuration change (H2: changed fields, old/new values; secret fields are redacted)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.CONFIGURATION,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=f"config:{setting}",
+        action="config.change",
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details={"changes": {name: {"old": old, "new": new} for name, (old, new) in changes.items()}},
+    )
+
+
+def certificate_rejected(
+    *,
+    reason: str,
+    subject: str | None = None,
+    serial: int | str | None = None,
+    peer_id: str | None = None,
+    fingerprint_sha256: str | None = None,
+    ip_address: str | None = None,
+    rule: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A certificate failed validation (H2). ``reason``: the error code, e.g. "pki-revoked"."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.AUTHENTICATION,
+        actor_id=peer_id or subject or "unknown-peer",
+        actor_type=ActorType.ANONYMOUS,
+        resource=f"certificate:{serial}" if serial is not None else "certificate",
+        action="certificate.verify",
+        outcome=Outcome.DENIED,
+        ip_address=ip_address,
+        details=_clean(
+            {
+                "reason": reason,
+                "rule": rule,
+                "subject": subject,
+                "serial": str(serial) if serial is not None else None,
+                "fingerprint_sha256": fingerprint_sha256,
+            }
+        ),
+    )
+
+
+def revocation(
+    *,
+    actor_id: str,
+    kind: str,
+    target: str,
+    reason: str | None = None,
+    actor_type: ActorType | str = ActorType.ADMIN,
+    success: bool = True,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A revocation (H2): ``kind`` "certificate", "token", "token-family" or "node"."""
+    event_type = EventType.CONFIGURATION if kind in {"certificate", "node"} else EventType.AUTHENTICATION
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=event_type,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=f"{kind}:{target}",
+        action=f"{kind}.revoke",
+        outcome=_outcome(success),
+        details=_clean({"reason": reason}),
+    )
+
+
+def access_decision(
+    *,
+    actor_id: str,
+    actor_type: ActorType | str,
+    resource: str,
+    action: str,
+    allowed: bool,
+    reason: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """An authorization decision (C1, C2): denied requests are the interesting ones."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.AUTHORIZATION,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=resource,
+        action=action,
+        outcome=Outcome.SUCCESS if allowed else Outcome.DENIED,
+        ip_address=ip_address,
+        details=_clean({"reason": reason}),
+    )
+
+
+def data_access(
+    *,
+    actor_id: str,
+    actor_type: ActorType | str,
+    resource: str,
+    action: str,
+    success: bool = True,
+    details: Mapping[str, JsonValue] | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """Access to job inputs/outputs or archived objects (DataAccess)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.DATA_ACCESS,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=resource,
+        action=action,
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details=dict(details or {}),
+    )

@@ -1,0 +1,131 @@
+"""Reading the audit log back: day files (plain or gzipped), records, filtered events.
+
+Readers never raise on bad content: a line that is not a record is skipped here (``verify`` is the place
+that reports it). I/O and decompression failures of a whole file raise :class:`AuditError` naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from cyxwiz.audit.records import Record, RecordFormatError, classify, parse_line
+from cyxwiz.errors import AuditError, NotFoundError
+
+#: A day file is decompressed into memory; refuse absurd sizes instead of exhausting it (gzip bombs).
+MAX_DAY_BYTES = 4 * 1024 * 1024 * 1024
+
+
+@dataclass
+class DayFiles:
+    day: date
+    log: Path | None = None
+    gz: Path | None = None
+    digest: Path | None = None
+
+    @property
+    def data(self) -> Path | None:
+        """The file holding the day's records; the plain file wins (it is removed only after gzip)."""
+        return self.log or self.gz
+
+
+def day_files(directory: Path) -> dict[date, DayFiles]:
+    """All audit files in ``directory`` grouped by day (sorted by day)."""
+    found: dict[date, DayFiles] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        raise NotFoundError("audit log directory does not exist", path=str(directory)) from None
+    except OSError as exc:
+        raise AuditError(f"cannot list: {exc.strerror}", path=str(directory)) from None
+    for entry in entries:
+        got = classify(entry.name)
+        if got is None:
+            continue
+        day, kind = got
+        files = found.setdefault(day, DayFiles(day))
+        setattr(files, kind, Path(entry.path))
+    return dict(sorted(found.items()))
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The (decompressed) content of a log file. Raises AuditError naming the file on any failure."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                data = fh.read(MAX_DAY_BYTES + 1)
+            if len(data) > MAX_DAY_BYTES:
+                raise AuditError("decompressed day file is too large", path=str(path))
+            return data
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise AuditError(f"cannot read: {exc}", path=str(path)) from None
+
+
+def split_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number from 1, line without newline, terminated?) for every line of ``data``."""
+    if not data:
+        return
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for index, raw in enumerate(lines):
+        if index == last:
+            if raw:
+                yield index + 1, raw, False
+            return
+        yield index + 1, raw, True
+
+
+def read_day_lines(directory: Path, day: date) -> Iterator[tuple[int, bytes]]:
+    files = day_files(directory).get(day)
+    if files is None or files.data is None:
+        return
+    for lineno, raw, _ in split_lines(read_file_bytes(files.data)):
+        yield lineno, raw
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A record as read back: where it is, its chain position, and the event as a JSON object."""
+
+    file: str
+    line: int
+    seq: int
+    event: dict[str, Any]
+
+    @property
+    def timestamp(self) -> datetime | None:
+        value = self.event.get("timestamp")
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, int, Record]]:
+    """Every parseable record in a log directory (day order) or a single day file."""
+    if path.is_dir():
+        sources = [f.data for f in day_files(path).values() if f.data is not None]
+    elif path.exists():
+        sources = [path]
+    else:
+        raise NotFoundError("no such audit log file or directory", path=str(path))
+    for source in sources:
+        for lineno, raw, _ in split_lines(read_file_bytes(source)):
+            try:
+                yield source.name, lineno, parse_line(raw)
+            except RecordFormatError:
+                continue
+
+
+def iter_events(path: Path) -> Iterator[StoredEvent]:
+    for name, lineno, rec in iter_records(path):
+        yield StoredEvent(file=name, line=lineno, seq=rec.seq, event=rec.event)

@@ -1,0 +1,53 @@
+"""Fixtures for the audit tests: a controllable clock, a signing key, an open log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cyxwiz.audit import AuditLog, events
+
+
+class ManualClock:
+    """A clock the test moves by hand (rotation across day boundaries without waiting)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 20, 23, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "audit"
+
+
+@pytest.fixture
+def audit_log(log_dir: Path, clock: ManualClock, signing_key: Ed25519PrivateKey) -> Iterator[AuditLog]:
+    log = AuditLog.open(log_dir, signing_key=signing_key, clock=clock, auto_maintain=False)
+    yield log
+    log.close()
+
+
+def sample_event(i: int = 0) -> events.SecurityEvent:
+    return events.auth_attempt(
+        actor_id=f"user-{i}", actor_type="user", success=i % 3 != 0, method="jwt", ip_address="127.0.0.1"
+    )
