@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from solders.account import Account
 from solders.hash import Hash
@@ -26,6 +26,12 @@ from solders.litesvm import LiteSVM
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
+from solders.transaction_status import (
+    InstructionErrorCustom,
+    InstructionErrorFieldless,
+    TransactionErrorFieldless,
+    TransactionErrorInstructionError,
+)
 
 from cyxwiz.errors import LedgerError
 from cyxwiz.ledger import snapshot as snapshot_mod
@@ -51,10 +57,11 @@ class TransactionRejectedError(LedgerError):
 
     code = "ledger-tx-rejected"
 
-    def __init__(self, reason: str, *, logs: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, *, logs: tuple[str, ...] = (), err_json: Any = None) -> None:
         super().__init__(f"transaction rejected by the chain: {reason}", rule="F2")
         self.reason = reason
         self.logs = logs
+        self.err_json = err_json
 
     @property
     def blockhash_expired(self) -> bool:
@@ -90,14 +97,36 @@ class Chain(Protocol):
 
     def minimum_rent(self, data_len: int) -> int: ...
 
-    def airdrop(self, pubkey: Pubkey, lamports: int) -> None: ...
+    def airdrop(self, pubkey: Pubkey, lamports: int) -> str: ...
 
     def close(self) -> None: ...
 
 
 def error_name(err: object) -> str:
     """A stable text for a solders TransactionErrorType (the RPC's own names appear in it)."""
-    return str(err)
+    text = str(err)
+    return text.removeprefix("TransactionErrorFieldless.")
+
+
+def error_json(err: object) -> Any:
+    """The JSON-RPC shape of a TransactionErrorType (as a validator sends it), or None when unmapped.
+
+    solders' own ``to_json`` is not the RPC shape, and a client parsing an unexpected shape panics; an
+    unmapped error is sent as ``null`` with the reason in the message instead.
+    """
+    if isinstance(err, TransactionErrorFieldless):
+        return error_name(err)
+    if isinstance(err, TransactionErrorInstructionError):
+        inner = err.err
+        if isinstance(inner, InstructionErrorFieldless):
+            return {"InstructionError": [err.index, str(inner).rsplit(".", 1)[-1]]}
+        if isinstance(inner, InstructionErrorCustom):
+            return {"InstructionError": [err.index, {"Custom": inner.code}]}
+    return None
+
+
+def rejected(err: object, logs: list[str]) -> TransactionRejectedError:
+    return TransactionRejectedError(error_name(err), logs=tuple(logs), err_json=error_json(err))
 
 
 class LocalChain:
@@ -151,10 +180,10 @@ class LocalChain:
             # Preflight, as an RPC node does by default: a failing transaction is refused without a fee.
             sim = self._svm.simulate_transaction(parsed)
             if isinstance(sim, FailedTransactionMetadata):
-                raise TransactionRejectedError(error_name(sim.err()), logs=tuple(sim.meta().logs()))
+                raise rejected(sim.err(), sim.meta().logs())
             result = self._svm.send_transaction(parsed)
             if isinstance(result, FailedTransactionMetadata):
-                raise TransactionRejectedError(error_name(result.err()), logs=tuple(result.meta().logs()))
+                raise rejected(result.err(), result.meta().logs())
             self._statuses[signature] = SignatureStatus(self._height)
             self._touch(parsed.message.account_keys)
             return signature
@@ -184,13 +213,15 @@ class LocalChain:
         with self._lock:
             return self._svm.minimum_balance_for_rent_exemption(data_len)
 
-    def airdrop(self, pubkey: Pubkey, lamports: int) -> None:
+    def airdrop(self, pubkey: Pubkey, lamports: int) -> str:
         with self._lock:
             result = self._svm.airdrop(pubkey, lamports)
             if isinstance(result, FailedTransactionMetadata):
-                raise TransactionRejectedError(error_name(result.err()))
-            self._statuses[str(result.signature())] = SignatureStatus(self._height)
+                raise rejected(result.err(), result.meta().logs())
+            signature = str(result.signature())
+            self._statuses[signature] = SignatureStatus(self._height)
             self._touch([pubkey])
+            return signature
 
     def close(self) -> None:
         return None

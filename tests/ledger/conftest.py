@@ -14,7 +14,9 @@ from solders.transaction import VersionedTransaction
 
 from cyxwiz.ledger import provision, txbuild
 from cyxwiz.ledger.chain import Chain, LocalChain
+from cyxwiz.ledger.embedded import LocalLedgerHandle, start_local_ledger
 from cyxwiz.ledger.ledger import EscrowLedger
+from cyxwiz.ledger.rpc import RpcChain
 from cyxwiz.ledger.store import EscrowStore, IntentStatus
 
 LAMPORTS_PER_SIGNATURE = 5000
@@ -131,6 +133,32 @@ def local_world(tmp_path: Path) -> Iterator[World]:
         ledger.store.dispose()
 
 
+@pytest.fixture(scope="module")
+def ledger_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedgerHandle]:
+    """One local ledger service per test module (start-up costs ~1 s); tests use fresh keys and mints."""
+    with start_local_ledger(tmp_path_factory.mktemp("ledger-service"), dev_methods=True) as handle:
+        yield handle
+
+
 @pytest.fixture
-def world(local_world: World) -> World:
-    return local_world
+def rpc_world(ledger_service: LocalLedgerHandle, tmp_path: Path) -> Iterator[World]:
+    """Through the local ledger service over JSON-RPC (solana-py), SQLite store."""
+    chain = RpcChain(url=ledger_service.rpc_url)
+    world = build_world(
+        chain,
+        f"sqlite:///{tmp_path / 'escrow.db'}",
+        fund=chain.airdrop,
+        expire=lambda: chain.call("cyxwiz_expireBlockhash"),
+    )
+    yield world
+    for ledger in world.ledgers:
+        ledger.store.dispose()
+    chain.close()
+
+
+@pytest.fixture(params=["local", "rpc"])
+def world(request: pytest.FixtureRequest) -> World:
+    """Every escrow test runs on in-process LiteSVM and through the local ledger service."""
+    fixture = "local_world" if request.param == "local" else "rpc_world"
+    result: World = request.getfixturevalue(fixture)
+    return result
