@@ -1,0 +1,118 @@
+"""CRL snapshots checked before they are put on the wire (SPEC A6).
+
+OpenSSL loads CRLs from files and checks them per handshake; this module validates a new CRL file first
+(every CRL signed by a CA in the trust bundle, never older than the one it replaces) so a corrupt, forged or
+rolled-back CRL never replaces a good one, and it computes the set of revoked certificates so connections
+of newly revoked peers can be closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cyxwiz.errors import CRLError
+
+_PEM_BEGIN = b"-----BEGIN X509 CRL-----"
+
+#: A revoked certificate is named by its issuer (RFC 4514) and serial: serials are unique per issuer only.
+RevokedId = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CRLSnapshot:
+    """One validated CRL file (possibly several CRLs, one per issuing CA)."""
+
+    data: bytes
+    sha256: str
+    revoked: frozenset[RevokedId]
+    last_update: dict[str, datetime]
+    next_update: datetime | None
+
+    def is_stale(self, now: datetime) -> bool:
+        """Past nextUpdate (or a CRL without one is never stale)."""
+        return self.next_update is not None and now >= self.next_update
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        return (cert.issuer.rfc4514_string(), cert.serial_number) in self.revoked
+
+
+def _split_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    if _PEM_BEGIN not in data:
+        return [x509.load_der_x509_crl(data)]
+    crls = []
+    for chunk in data.split(_PEM_BEGIN)[1:]:
+        crls.append(x509.load_pem_x509_crl(_PEM_BEGIN + chunk))
+    return crls
+
+
+def load_trusted_cas(bundle: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(bundle.read_bytes())
+
+
+def parse_crl(
+    data: bytes,
+    *,
+    trusted: Sequence[x509.Certificate],
+    previous: CRLSnapshot | None = None,
+    source: str = "crl",
+) -> CRLSnapshot:
+    """Validate ``data`` (PEM with one or more CRLs, or one DER CRL) and return its snapshot.
+
+    Raises CRLError naming the rule when a CRL is unparseable, signed by no trusted CA, or older than the CRL
+    it would replace (a rollback would un-revoke certificates).
+    """
+    try:
+        crls = _split_crls(data)
+    except ValueError as exc:
+        raise CRLError(f"unparseable CRL: {exc}", path=source, rule="A6") from None
+    if not crls:
+        raise CRLError("no CRL in file", path=source, rule="A6")
+    by_name = {ca.subject.rfc4514_string(): ca for ca in trusted}
+    revoked: set[RevokedId] = set()
+    last_update: dict[str, datetime] = {}
+    next_updates: list[datetime] = []
+    for crl in crls:
+        issuer = crl.issuer.rfc4514_string()
+        ca = by_name.get(issuer)
+        if ca is None or not _signed_by(crl, ca):
+            raise CRLError(f"CRL issuer {issuer!r} is not a trusted CA", path=source, rule="A6")
+        if (
+            previous is not None
+            and issuer in previous.last_update
+            and crl.last_update_utc < previous.last_update[issuer]
+        ):
+            raise CRLError(
+                "CRL is older than the one in force (rollback refused)",
+                path=source,
+                rule="A6",
+                hint="publish a freshly generated CRL",
+            )
+        last_update[issuer] = crl.last_update_utc
+        if crl.next_update_utc is not None:
+            next_updates.append(crl.next_update_utc)
+        revoked.update((issuer, entry.serial_number) for entry in crl)
+    return CRLSnapshot(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        revoked=frozenset(revoked),
+        last_update=last_update,
+        next_update=min(next_updates) if next_updates else None,
+    )
+
+
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    public = ca.public_key()
+    if not isinstance(public, Ed25519PublicKey):
+        return False
+    try:
+        return crl.is_signature_valid(public)
+    except (InvalidSignature, TypeError, ValueError):
+        return False

@@ -1,0 +1,322 @@
+"""Server TLS with CRL hot reload and revocation of live connections (SPEC A6 "beyond", I: MITM, theft).
+
+The listener keeps one ``SSLContext`` whose ``sni_callback`` runs on every handshake (also when the client
+sends no SNI) and points the connection at the *current* context, which is rebuilt whenever the CRL
+changes. A new CRL therefore applies to the next handshake without restarting or re-binding anything, and
+connections of peers revoked by it are aborted through the :class:`ConnectionRegistry`.
+
+A CRL past its nextUpdate follows ``stale_policy``: "fail-closed" (default) refuses every handshake until a
+fresh CRL arrives; "fail-open" keeps serving without revocation checks. Either way an alert event is
+audited once per transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from cyxwiz.audit import AuditSink
+from cyxwiz.audit import events as ev
+from cyxwiz.errors import ConfigError, CRLError
+from cyxwiz.transport.crl import CRLSnapshot, load_trusted_cas, parse_crl
+from cyxwiz.transport.identity import PeerIdentity
+from cyxwiz.transport.tls import server_context
+
+log = logging.getLogger(__name__)
+
+StalePolicy = Literal["fail-closed", "fail-open"]
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Conn:
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    peer: PeerIdentity | None
+    ip: str | None
+
+
+class ConnectionRegistry:
+    """Live TLS connections by transport, so a revocation can close them (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conns: dict[int, _Conn] = {}
+
+    def add(
+        self,
+        transport: asyncio.Transport,
+        peer: PeerIdentity | None,
+        ip: str | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        with self._lock:
+            self._conns[id(transport)] = _Conn(transport, loop, peer, ip)
+
+    def remove(self, transport: asyncio.BaseTransport) -> _Conn | None:
+        with self._lock:
+            return self._conns.pop(id(transport), None)
+
+    def peer(self, transport: asyncio.BaseTransport) -> PeerIdentity | None:
+        with self._lock:
+            conn = self._conns.get(id(transport))
+            return conn.peer if conn is not None and conn.transport is transport else None
+
+    def count(self, ip: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for c in self._conns.values() if ip is None or c.ip == ip)
+
+    def peers(self) -> list[PeerIdentity]:
+        with self._lock:
+            return [c.peer for c in self._conns.values() if c.peer is not None]
+
+    def close_where(self, predicate: Callable[[PeerIdentity], bool]) -> list[PeerIdentity]:
+        """Abort every connection whose peer matches; returns the peers closed."""
+        with self._lock:
+            doomed = [c for c in self._conns.values() if c.peer is not None and predicate(c.peer)]
+        for conn in doomed:
+            # abort(), not close(): a revoked peer gets no graceful flush of pending responses.
+            if conn.loop.is_closed():
+                continue
+            conn.loop.call_soon_threadsafe(conn.transport.abort)
+        return [c.peer for c in doomed if c.peer is not None]
+
+
+class ServerTLS:
+    """The TLS side of an mTLS listener: current context, CRL state, watcher, live connections."""
+
+    def __init__(
+        self,
+        *,
+        cert: Path,
+        key: Path,
+        trust_bundle: Path,
+        crl: Path | None,
+        require_client_cert: bool = True,
+        stale_policy: StalePolicy = "fail-closed",
+        audit: AuditSink | None = None,
+        clock: Clock = _utcnow,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if stale_policy not in ("fail-closed", "fail-open"):
+            raise ConfigError("must be fail-closed or fail-open", field="stale_policy", rule="A6")
+        self.cert, self.key, self.trust_bundle, self.crl_path = cert, key, trust_bundle, crl
+        self.require_client_cert = require_client_cert
+        self.stale_policy: StalePolicy = stale_policy
+        self.audit = audit
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.connections = ConnectionRegistry()
+        self._trusted = load_trusted_cas(trust_bundle)
+        self._lock = threading.RLock()
+        self._stat: tuple[int, int, int] | None = None
+        self._stale = False
+        self._snapshot: CRLSnapshot | None = None
+        self._revoked_listeners: list[Callable[[list[PeerIdentity]], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if crl is not None:
+            self._snapshot = parse_crl(crl.read_bytes(), trusted=self._trusted, source=str(crl))
+            self._stat = self._file_stat()
+        self._current = self._build()
+        # The listener context: certificates are identical, only the per-handshake switch matters.
+        self.context = self._build()
+        self.context.sni_callback = self._on_handshake
+        self._check_stale()
+
+    # --- contexts ---------------------------------------------------------------------------------
+
+    def _build(self, *, crl_file: Path | None = None) -> ssl.SSLContext:
+        return server_context(
+            cert=self.cert,
+            key=self.key,
+            trust_bundle=self.trust_bundle,
+            crl=crl_file or self.crl_path,
+            require_client_cert=self.require_client_cert,
+        )
+
+    def _set_crl_checking(self, enabled: bool) -> None:
+        # OpenSSL copies the verify *flags* from the listener context when it creates a connection and
+        # takes the *store* (with the CRLs) from the context switched to in the callback: so the CRL flag
+        # is toggled here, on the listener context.
+        if self.crl_path is None:
+            return
+        if enabled:
+            self.context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        else:
+            self.context.verify_flags &= ~ssl.VERIFY_CRL_CHECK_LEAF
+
+    def _on_handshake(
+        self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> int | None:
+        with self._lock:
+            if self._stale and self.stale_policy == "fail-closed":
+                return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+            current = self._current
+        if sslobj.context is not current:
+            sslobj.context = current
+        return None
+
+    @property
+    def snapshot(self) -> CRLSnapshot | None:
+        return self._snapshot
+
+    @property
+    def stale(self) -> bool:
+        return self._stale
+
+    def is_revoked(self, peer: PeerIdentity) -> bool:
+        snap = self._snapshot
+        return snap is not None and snap.is_revoked(peer.certificate)
+
+    def on_revoked(self, callback: Callable[[list[PeerIdentity]], None]) -> None:
+        """Call ``callback`` with the peers whose connections a new CRL closed (e.g. to kill sessions)."""
+        self._revoked_listeners.append(callback)
+
+    # --- reloading --------------------------------------------------------------------------------
+
+    def _file_stat(self) -> tuple[int, int, int] | None:
+        assert self.crl_path is not None
+        try:
+            st = os.stat(self.crl_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def check_now(self) -> bool:
+        """Reload the CRL file if it changed, re-evaluate staleness; True when a new CRL took effect."""
+        changed = False
+        if self.crl_path is not None:
+            stat = self._file_stat()
+            if stat is not None and stat != self._stat:
+                try:
+                    changed = self._install(self.crl_path.read_bytes(), source=str(self.crl_path))
+                    self._stat = stat
+                except CRLError as exc:
+                    # Keep the CRL in force; a half-written file is retried on the next poll.
+                    self._stat = stat
+                    self._alert("crl.rejected", str(exc))
+        self._check_stale()
+        return changed
+
+    def apply_crl(self, data: bytes) -> CRLSnapshot:
+        """A pushed CRL: validate, persist atomically to the CRL path, take effect now."""
+        if self.crl_path is None:
+            raise ConfigError("this listener has no CRL path to update", field="crl", rule="A6")
+        self._install(data, source="pushed CRL")
+        fd, tmp = tempfile.mkstemp(dir=self.crl_path.parent, prefix=".crl-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.crl_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._stat = self._file_stat()
+        self._check_stale()
+        assert self._snapshot is not None
+        return self._snapshot
+
+    def _install(self, data: bytes, *, source: str) -> bool:
+        with self._lock:
+            previous = self._snapshot
+            if previous is not None and previous.data == data:
+                return False
+            snapshot = parse_crl(data, trusted=self._trusted, previous=previous, source=source)
+            # OpenSSL reads CRLs from files only: build from a private copy so a concurrent writer of the
+            # watched file cannot hand OpenSSL something other than what was validated.
+            with tempfile.TemporaryDirectory(prefix="cyxwiz-crl-") as tmp:
+                copy = Path(tmp) / "crl.pem"
+                copy.write_bytes(data)
+                new_ctx = self._build(crl_file=copy)
+            self._snapshot = snapshot
+            self._current = new_ctx
+            self._stale = False
+            self._set_crl_checking(True)
+        newly = snapshot.revoked - (previous.revoked if previous else frozenset())
+        log.info("CRL applied from %s: %d revoked (%d new)", source, len(snapshot.revoked), len(newly))
+        closed = self.connections.close_where(lambda p: snapshot.is_revoked(p.certificate))
+        for peer in closed:
+            self._record(
+                ev.revocation(
+                    actor_id="transport",
+                    actor_type=ev.ActorType.SYSTEM,
+                    kind="certificate",
+                    target=peer.peer_id,
+                    reason="connection closed: certificate revoked by new CRL",
+                )
+            )
+        if closed:
+            for callback in list(self._revoked_listeners):
+                callback(closed)
+        return True
+
+    def _check_stale(self) -> None:
+        snap = self._snapshot
+        stale = snap is not None and snap.is_stale(self.clock())
+        with self._lock:
+            was, self._stale = self._stale, stale
+            if stale and not was and self.stale_policy == "fail-open":
+                # Serving on without revocation checks is the configured choice; OpenSSL would refuse
+                # an expired CRL, so CRL checking is switched off until a fresh CRL arrives.
+                self._set_crl_checking(False)
+        if stale and not was:
+            assert snap is not None
+            self._alert(
+                "crl.stale",
+                f"CRL past nextUpdate {snap.next_update}; policy {self.stale_policy}",
+            )
+
+    def _alert(self, action: str, message: str) -> None:
+        log.warning("%s: %s", action, message)
+        self._record(
+            ev.make_event(
+                event_type=ev.EventType.CONFIGURATION,
+                actor_id="transport",
+                actor_type=ev.ActorType.SYSTEM,
+                resource=f"crl:{self.crl_path}",
+                action=action,
+                outcome=ev.Outcome.ERROR,
+                details={"alert": True, "message": message, "policy": self.stale_policy},
+            )
+        )
+
+    def _record(self, event: ev.SecurityEvent) -> None:
+        if self.audit is not None:
+            self.audit.record(event)
+
+    # --- watcher ----------------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        if self._thread is not None or self.crl_path is None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="cyxwiz-crl-watch", daemon=True)
+        self._thread.start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.check_now()
+            except Exception:  # the watcher must survive anything a bad file throws at it
+                log.exception("CRL watcher iteration failed")
