@@ -174,7 +174,7 @@ class BridgeServer:
                 self.messages.append(msg)
         except CyxwizError as exc:
             ref = msg.get("path") if msg.get("kind") == "file_request" else None
-            self._refuse(conn, exc, path=ref if isinstance(ref, str) and len(ref) <= 1024 else None)
+            self._refuse(conn, exc, path=ref if isinstance(ref, str) else None)
             return
         except OSError:
             return

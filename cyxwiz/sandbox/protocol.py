@@ -115,7 +115,8 @@ def _no_constant(name: str) -> Any:
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    # ASCII-escaped: a lone surrogate echoed back in an error must not break the encoder.
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 
 def error_reply(code: str, message: str, *, path: str | None = None) -> bytes:
