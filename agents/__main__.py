@@ -1,0 +1,86 @@
+"""``python -m agents``: start a node agent (see README "Node agent").
+
+Reads ``CYXWIZ_*`` settings, opens the loopback mTLS tunnel to the gateway when ``CYXWIZ_GATEWAY_URL`` is
+set (so the Prefect client's traffic never leaves the host in clear), registers and heartbeats with the
+coordinator, then runs ``prefect worker start --type cyxwiz-sandbox`` on the node's own work queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from urllib.parse import urlsplit
+
+from agents.settings import AgentSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__)
+    parser.add_argument("--pool", default="gpu", help="work pool to poll (default: gpu)")
+    parser.add_argument("--queue", default=None, help="work queue (default: the node name)")
+    parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    args = parser.parse_args(argv)
+    settings = AgentSettings.from_env()
+    queue = args.queue or settings.node_name
+    stop = threading.Event()
+
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if settings.gateway_url:
+            from agents.node_client import client_ssl_context
+            from agents.tunnel import running_tunnel
+
+            parts = urlsplit(settings.gateway_url)
+            endpoint = stack.enter_context(
+                running_tunnel(
+                    remote_host=parts.hostname or "127.0.0.1",
+                    remote_port=parts.port or 443,
+                    ssl_context=client_ssl_context(settings),
+                )
+            )
+            env["PREFECT_API_URL"] = f"{endpoint.url}/api"
+        if settings.coordinator_url:
+            from agents.node_client import heartbeat_forever, register_node
+
+            register_node(settings)
+            beat = threading.Thread(
+                target=heartbeat_forever, args=(settings, stop, args.heartbeat), daemon=True
+            )
+            beat.start()
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                args.pool,
+                "--type",
+                "cyxwiz-sandbox",
+                "--work-queue",
+                queue,
+                "--name",
+                f"cyxwiz-{settings.node_name}",
+            ],
+            env=env,
+        )
+
+        def _forward(signum: int, _frame: object) -> None:
+            stop.set()
+            worker.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, _forward)
+        signal.signal(signal.SIGINT, _forward)
+        code = worker.wait()
+        stop.set()
+        return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
