@@ -496,3 +496,17 @@ def data_access(
         ip_address=ip_address,
         details=dict(details or {}),
     )
+
+
+def integrity_alert(*, resource: str, reason: str, at: datetime | None = None) -> SecurityEvent:
+    """The audit log itself found tampering (H4): records removed from the open day, say."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.CONFIGURATION,
+        actor_id="audit-log",
+        actor_type=ActorType.SYSTEM,
+        resource=resource,
+        action="audit.tamper_detected",
+        outcome=Outcome.FAILURE,
+        details={"reason": reason},
+    )

@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cyxwiz.audit.events import SecurityEvent
-from cyxwiz.audit.records import GENESIS, RecordFormatError, build_line, classify, log_name, parse_line
+from cyxwiz.audit.reader import read_checkpoint
+from cyxwiz.audit.records import (
+    GENESIS,
+    HEAD_FILE,
+    RecordFormatError,
+    build_line,
+    classify,
+    log_name,
+    parse_line,
+)
 from cyxwiz.errors import AuditError, AuditIntegrityError, ConfigError
 
 if TYPE_CHECKING:
@@ -48,7 +57,6 @@ if TYPE_CHECKING:
 Clock = Callable[[], datetime]
 FsyncPolicy = Literal["none", "interval", "always"]
 
-HEAD_FILE = ".head"
 #: Events whose JSON exceeds this are logged with their details replaced by a size note (never dropped).
 MAX_EVENT_BYTES = 32 * 1024
 _TAIL_CHUNK = 128 * 1024
@@ -107,6 +115,7 @@ class AuditLog:
         self._prev = GENESIS
         self._last_sync = time.monotonic()
         self._closed = False
+        self._alert: SecurityEvent | None = None
         self._open_lock_file()
         _open_logs.add(self)
 
@@ -167,11 +176,10 @@ class AuditLog:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
                 try:
                     rolled = self._sync_head(now)
-                    line, digest = build_line(self._seq + 1, self._prev, data)
-                    self._write_all(line)
-                    self._seq += 1
-                    self._prev = digest
-                    self._size += len(line)
+                    if self._alert is not None:
+                        self._append(_serialize(self._alert))
+                        self._alert = None
+                    self._append(data)
                     self._maybe_fsync()
                 finally:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -182,6 +190,16 @@ class AuditLog:
                 ) from exc
         if rolled and self.auto_maintain:
             self._maintain_in_background()
+
+    def _append(self, data: bytes) -> None:
+        line, digest = build_line(self._seq + 1, self._prev, data)
+        self._write_all(line)
+        self._seq += 1
+        self._prev = digest
+        self._size += len(line)
+        # Checkpoint of the chain head beside the data: a later writer or `verify` compares it with the
+        # file, so cutting records off the end of the open day does not go unnoticed.
+        os.pwrite(self._lock_fd, b"%s %d %s\n" % (self._day, self._seq, digest.encode("ascii")), 0)
 
     def _write_all(self, line: bytes) -> None:
         view = memoryview(line)
@@ -213,6 +231,7 @@ class AuditLog:
             if size == self._size:
                 return rolled  # nobody else wrote since our last record: the cache is the head
             self._seq, self._prev, self._size = self._read_tail(self._fd, size)
+            self._compare_checkpoint()
             return rolled
         if self._fd >= 0:
             os.close(self._fd)
@@ -227,7 +246,22 @@ class AuditLog:
         else:
             self._seq, self._prev = chain_head_before(self.directory, day)
             self._size = 0
+        self._compare_checkpoint()
         return rolled
+
+    def _compare_checkpoint(self) -> None:
+        """After re-reading the chain head from the files: did records vanish since the last write?"""
+        checkpoint = read_checkpoint(self.directory)
+        if checkpoint is None:
+            return
+        _, seq, digest = checkpoint
+        if seq > self._seq or (seq == self._seq and digest != self._prev):
+            from cyxwiz.audit.events import integrity_alert
+
+            self._alert = integrity_alert(
+                resource=f"audit:{self.directory.name}",
+                reason=f"log ends at seq {self._seq} but seq {seq} had been written: records removed",
+            )
 
     def _read_tail(self, fd: int, size: int) -> tuple[int, str, int]:
         """(seq, hash) of the last good record in the open day file, and the file size after repair."""

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from cyxwiz.audit.records import Record, RecordFormatError, classify, parse_line
+from cyxwiz.audit.records import HEAD_FILE, Record, RecordFormatError, classify, parse_line
 from cyxwiz.errors import AuditError, NotFoundError
 
 #: A day file is decompressed into memory; refuse absurd sizes instead of exhausting it (gzip bombs).
@@ -129,3 +129,14 @@ def iter_records(path: Path) -> Iterator[tuple[str, int, Record]]:
 def iter_events(path: Path) -> Iterator[StoredEvent]:
     for name, lineno, rec in iter_records(path):
         yield StoredEvent(file=name, line=lineno, seq=rec.seq, event=rec.event)
+
+
+def read_checkpoint(directory: Path) -> tuple[date, int, str] | None:
+    """(day, seq, hash) of the last record any writer appended, from ``.head``; None if unknown."""
+    try:
+        parts = (directory / HEAD_FILE).read_bytes()[:200].split()
+        if len(parts) < 3:
+            return None
+        return date.fromisoformat(parts[0].decode("ascii")), int(parts[1]), parts[2].decode("ascii")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None

@@ -27,6 +27,8 @@ _HASH_END = len(_PREFIX) + 64
 BODY_OFFSET = _HASH_END + 2
 _HEX = re.compile(rb"[0-9a-f]{64}")
 
+#: Writers' lock file; it also holds the checkpoint "<day> <seq> <hash>" of the last record written.
+HEAD_FILE = ".head"
 LOG_SUFFIX = ".jsonl"
 GZ_SUFFIX = ".jsonl.gz"
 DIGEST_SUFFIX = ".digest.json"

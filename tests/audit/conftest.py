@@ -51,3 +51,29 @@ def sample_event(i: int = 0) -> events.SecurityEvent:
     return events.auth_attempt(
         actor_id=f"user-{i}", actor_type="user", success=i % 3 != 0, method="jwt", ip_address="127.0.0.1"
     )
+
+
+def build_log(
+    log_dir: Path, clock: ManualClock, key: Ed25519PrivateKey | None, *, days: int = 4, per_day: int = 5
+) -> list[Path]:
+    """A log of ``days`` days with ``per_day`` records each; all but the last day sealed and gzipped.
+
+    Returns the data file of each day, oldest first.
+    """
+    from cyxwiz.audit.records import gz_name, log_name
+
+    clock.now = clock.now.replace(hour=10)
+    start = clock.now.date()
+    with AuditLog.open(log_dir, signing_key=key, clock=clock, auto_maintain=False) as log:
+        for d in range(days):
+            for i in range(per_day):
+                log.record(sample_event(d * 100 + i))
+                clock.advance(minutes=1)
+            if d < days - 1:
+                clock.advance(days=1)
+        log.maintain()
+    out = []
+    for d in range(days):
+        day = start + timedelta(days=d)
+        out.append(log_dir / (gz_name(day) if d < days - 1 else log_name(day)))
+    return out

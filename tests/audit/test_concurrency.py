@@ -1,0 +1,78 @@
+"""Several processes (and threads in each) writing at once: whole lines, one chain, verify passes (H3, H4)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cyxwiz.audit import AuditLog
+from cyxwiz.audit.reader import iter_events
+from cyxwiz.audit.verify import verify_log
+from tests.audit.conftest import ManualClock, sample_event
+
+PER_WORKER = 300
+
+_CHILD = """
+import sys
+from pathlib import Path
+from cyxwiz.audit import AuditLog, events
+log = AuditLog.open(Path(sys.argv[1]), auto_maintain=False)
+for i in range(int(sys.argv[2])):
+    log.record(events.data_access(actor_id="spawned-" + sys.argv[3], actor_type="service", resource="r",
+                                  action="a", details={"i": i}))
+log.close()
+"""
+
+
+def _forked_writer(log: AuditLog, worker: int) -> None:
+    # Uses the handle inherited from the parent: the at-fork hook must give this process its own lock.
+    def burst(thread: int) -> None:
+        for i in range(PER_WORKER // 2):
+            log.record(sample_event(worker * 10_000 + thread * 1_000 + i))
+
+    threads = [threading.Thread(target=burst, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+
+
+@pytest.mark.slow
+def test_processes_and_threads_append_to_one_verifiable_chain(
+    log_dir: Path, clock: ManualClock, signing_key: Ed25519PrivateKey
+) -> None:
+    # A real clock here: fork children and spawned interpreters cannot share a ManualClock.
+    log = AuditLog.open(log_dir, signing_key=signing_key, auto_maintain=False)
+    log.record(sample_event(0))  # the parent holds an open file and a cached head before forking
+    ctx = multiprocessing.get_context("fork")
+    forked = [ctx.Process(target=_forked_writer, args=(log, w)) for w in range(1, 4)]
+    spawned = [
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(log_dir), str(PER_WORKER), str(n)])
+        for n in range(2)
+    ]
+    for p in forked:
+        p.start()
+    for _ in range(PER_WORKER):
+        log.record(sample_event(1))  # the parent keeps writing through its cached head meanwhile
+    for p in forked:
+        p.join(60)
+        assert p.exitcode == 0
+    for sp in spawned:
+        assert sp.wait(60) == 0
+    log.close()
+
+    report = verify_log(log_dir)
+    assert report.ok, report.problems[:3]
+    total = 1 + PER_WORKER + 3 * PER_WORKER + 2 * PER_WORKER
+    assert report.records == total
+    seqs = [e.seq for e in iter_events(log_dir)]
+    assert seqs == list(range(1, total + 1))
+    actors = {e.event["actor_id"] for e in iter_events(log_dir)}
+    assert {"spawned-0", "spawned-1"} <= actors
