@@ -1,0 +1,255 @@
+"""The trusted-side verifier of a finished job (ARCHITECTURE step 5, SPEC F1, threat "malicious node").
+
+:func:`verify_job` checks, in order: the node certificate (chains to the CA, not revoked when the proof
+was received, client EKU), the proof signature by that certificate's Ed25519 key, the identity and
+binding (assigned node, job id, spec hash, token jti), every artifact's SHA-256, and — for ``model``
+jobs — the commitments, endpoints, the claimed metric (recomputed), the holdout the node never received,
+and the replay spot check. Escrow is released only on a passing report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cyxwiz.errors import CertificateRevokedError, CyxwizError
+from cyxwiz.training.spec import TrainingJob
+from cyxwiz.verification.proof import SignedProof, hash_artifacts, verify_proof_signature
+from cyxwiz.verification.replay import ReplayPolicy
+from cyxwiz.verification.report import Check, VerificationReport
+
+#: A node's clock may run a little ahead of ours.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """The CA bundle and CRLs node certificates are checked against."""
+
+    trusted: Sequence[x509.Certificate]
+    intermediates: Sequence[x509.Certificate] = ()
+    crls: Sequence[x509.CertificateRevocationList] = ()
+
+    @classmethod
+    def from_files(cls, bundle: Path, *, crls: Sequence[Path] = ()) -> TrustStore:
+        from cyxwiz.pki.certs import load_certificates, load_crls
+
+        return cls(trusted=load_certificates(bundle), crls=[c for p in crls for c in load_crls(p)])
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the coordinator knows independently of the node: the assignment and the token it minted."""
+
+    node_peer_id: str | None = None
+    token_jti: str | None = None
+    #: When the trusted side received the proof (revocation is judged at this moment); default: now.
+    received_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobData:
+    """The trusted side's copies of the training file (for replay) and the holdout (never sent to a node)."""
+
+    train: Path
+    holdout: Path
+    holdout_sha256: str | None = None
+
+
+@dataclass
+class _Run:
+    checks: list[Check] = field(default_factory=list)
+    summary: dict[str, object] = field(default_factory=dict)
+
+    def add(self, check: Check) -> bool:
+        self.checks.append(check)
+        return check.passed
+
+
+def _revoked_after(
+    cert: x509.Certificate, crls: Sequence[x509.CertificateRevocationList], moment: dt.datetime
+) -> dt.datetime | None:
+    for crl in crls:
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if entry is not None and crl.issuer == cert.issuer and entry.revocation_date_utc > moment:
+            return entry.revocation_date_utc
+    return None
+
+
+def check_certificate(cert: x509.Certificate, trust: TrustStore, received: dt.datetime) -> Check:
+    from cyxwiz.pki.verify import verify_certificate
+
+    try:
+        verify_certificate(
+            cert,
+            trusted=trust.trusted,
+            intermediates=trust.intermediates,
+            crls=trust.crls,
+            at=received,
+            purpose="client",
+        )
+    except CertificateRevokedError as exc:
+        later = _revoked_after(cert, trust.crls, received)
+        if later is None:
+            return Check("certificate", False, f"node certificate revoked: {exc.message}")
+        # Revoked only after we received the proof: the proof was made while the key was still good.
+        # The other chain rules were checked before revocation, so they hold.
+        return Check("certificate", True, f"chains to the CA; revoked only later ({later.isoformat()})")
+    except CyxwizError as exc:
+        return Check("certificate", False, f"node certificate refused: {exc.message}")
+    return Check("certificate", True, "chains to the CA, valid, not revoked, client usage")
+
+
+def _identity(signed: SignedProof, cert: x509.Certificate, expect: Expectations) -> Check:
+    from cyxwiz.pki.certs import fingerprint_sha256
+    from cyxwiz.pki.peerid import peer_id
+
+    proof = signed.proof
+    cert_peer = peer_id(cert)
+    if proof.node_peer_id != cert_peer:
+        return Check(
+            "identity", False, f"proof names node {proof.node_peer_id} but the certificate is {cert_peer}"
+        )
+    if proof.cert_fingerprint_sha256 != fingerprint_sha256(cert).hex():
+        return Check("identity", False, "proof names another certificate fingerprint")
+    if expect.node_peer_id is not None and cert_peer != expect.node_peer_id:
+        return Check(
+            "identity",
+            False,
+            f"job was assigned to {expect.node_peer_id}, proof comes from {cert_peer} "
+            "(signed by another node)",
+        )
+    return Check("identity", True, f"node {cert_peer}")
+
+
+def _binding(signed: SignedProof, job: TrainingJob, expect: Expectations, received: dt.datetime) -> Check:
+    proof = signed.proof
+    if proof.job_id != job.job_id:
+        return Check(
+            "binding", False, f"proof is for job {proof.job_id!r}, not {job.job_id!r} (replayed proof)"
+        )
+    if proof.job_spec_sha256 != job.sha256():
+        return Check(
+            "binding", False, "proof binds another job spec (seed, model or hyper-parameters changed)"
+        )
+    if expect.token_jti is not None and proof.token_jti != expect.token_jti:
+        return Check("binding", False, "proof carries another job token id (replayed from an earlier run)")
+    if not proof.started() <= proof.finished() <= received + CLOCK_SKEW:
+        return Check("binding", False, "proof start/end times are out of order or in the future")
+    return Check("binding", True, "job id, spec hash, token jti and times match")
+
+
+def _artifacts(signed: SignedProof, output_dir: Path) -> Check:
+    try:
+        actual = hash_artifacts(output_dir)
+    except CyxwizError as exc:
+        return Check("artifacts", False, f"outputs unreadable: {exc}")
+    claimed = signed.proof.artifacts
+    missing = sorted(set(claimed) - set(actual))
+    extra = sorted(set(actual) - set(claimed))
+    changed = sorted(n for n in set(claimed) & set(actual) if claimed[n] != actual[n])
+    if missing or extra or changed:
+        return Check(
+            "artifacts",
+            False,
+            f"artifacts differ from the proof: changed {changed[:3]}, missing "
+            f"{missing[:3]}, unlisted {extra[:3]}",
+            {"changed": changed, "missing": missing, "extra": extra},
+        )
+    return Check("artifacts", True, f"{len(actual)} artifacts match their SHA-256")
+
+
+def _training(
+    run: _Run, *, signed: SignedProof, job: TrainingJob, output_dir: Path, data: JobData, policy: ReplayPolicy
+) -> None:
+    from cyxwiz.training import engine
+    from cyxwiz.training.data import load_dataset
+    from cyxwiz.verification import replay
+    from cyxwiz.verification.commitments import read_commitments
+
+    assert job.model is not None
+    missing = replay.missing_required(signed.proof)
+    if missing:
+        run.add(Check("commitments", False, f"required outputs missing: {', '.join(missing)}"))
+        return
+    engine.make_deterministic()
+    shape = {
+        "input_shape": job.model.input_shape,
+        "input_dtype": job.model.input_dtype,
+        "num_classes": job.task.num_classes,
+    }
+    train = load_dataset(data.train, sha256=job.dataset.sha256, **shape)  # type: ignore[arg-type]
+    holdout = load_dataset(data.holdout, sha256=data.holdout_sha256, **shape)  # type: ignore[arg-type]
+    commitments = read_commitments(output_dir / "commitments.json")
+    state = engine.new_state(job, train)
+    started = time.perf_counter()
+    trace_ok = run.add(replay.check_commitments(job, state, signed.proof, commitments))
+    if trace_ok:
+        trace_ok = run.add(replay.check_endpoints(job, train, output_dir, commitments))
+    try:
+        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof):
+            run.add(check)
+    except CyxwizError as exc:
+        run.add(Check("claimed-metric", False, f"the delivered model cannot be evaluated: {exc.message}"))
+    if trace_ok:
+        run.add(replay.check_replay(job, train, output_dir, commitments, policy))
+    else:
+        run.add(Check("replay", False, "not run: the commitment trace is not sound"))
+    run.summary["training_checks_seconds"] = round(time.perf_counter() - started, 3)
+
+
+def verify_job(
+    *,
+    proof: SignedProof,
+    node_certificate: x509.Certificate,
+    job: TrainingJob,
+    output_dir: Path,
+    data: JobData,
+    trust: TrustStore,
+    expect: Expectations | None = None,
+    policy: ReplayPolicy | None = None,
+) -> VerificationReport:
+    """Verify a finished job; the report passes only if every check passes (never raises for a bad node)."""
+    expect = expect or Expectations()
+    received = expect.received_at or dt.datetime.now(dt.UTC)
+    run = _Run()
+    identity_ok = run.add(check_certificate(node_certificate, trust, received))
+    public = node_certificate.public_key()
+    if isinstance(public, Ed25519PublicKey):
+        try:
+            verify_proof_signature(proof, public)
+            run.add(Check("signature", True, "Ed25519 signature by the node certificate's key"))
+        except CyxwizError as exc:
+            identity_ok = run.add(Check("signature", False, exc.message))
+    else:
+        identity_ok = run.add(Check("signature", False, "node certificate key is not Ed25519"))
+    identity_ok = run.add(_identity(proof, node_certificate, expect)) and identity_ok
+    identity_ok = run.add(_binding(proof, job, expect, received)) and identity_ok
+    artifacts_ok = run.add(_artifacts(proof, output_dir))
+    if job.job_type == "script":
+        run.add(Check("training", True, "script job: no replayable trace; identity and artifacts only"))
+    elif identity_ok and artifacts_ok:
+        try:
+            _training(
+                run, signed=proof, job=job, output_dir=output_dir, data=data, policy=policy or ReplayPolicy()
+            )
+        except CyxwizError as exc:
+            run.add(Check("training", False, f"training outputs refused: {exc}"))
+    else:
+        run.add(Check("training", False, "not run: the proof or its artifacts are not trustworthy"))
+    for check in run.checks:
+        if check.name == "holdout":
+            run.summary["holdout_accuracy"] = check.details.get("holdout_accuracy")
+        if check.name == "replay":
+            for key in ("segments_replayed", "segments_total", "detection_probability"):
+                run.summary[key] = check.details.get(key)
+    run.summary["claimed_metrics"] = dict(proof.proof.metrics)
+    return VerificationReport(
+        job_id=job.job_id, checks=tuple(run.checks), proof_sha256=proof.sha256(), summary=run.summary
+    )

@@ -1,0 +1,234 @@
+"""Shared fixtures: a dev PKI with two nodes, the digits split, one honest training run, and helpers that
+play a dishonest node (rewrite outputs, rebuild commitments consistently, re-sign)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cyxwiz.pki.certs import fingerprint_sha256, load_certificate, load_crls
+from cyxwiz.pki.devpki import DevPKI, build_dev_pki
+from cyxwiz.pki.keys import load_private_key
+from cyxwiz.pki.peerid import peer_id
+from cyxwiz.training.data import DigitsFiles, prepare_digits
+from cyxwiz.training.runtime import RecordingReporter, run_training
+from cyxwiz.training.spec import TrainingJob, parse_training_job
+from cyxwiz.verification.proof import SignedProof, build_proof, sign_proof
+from cyxwiz.verification.replay import ReplayPolicy
+from cyxwiz.verification.report import VerificationReport
+from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
+
+# Proof times sit inside the dev certificates' validity (issued when the session starts).
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
+
+
+def reference_job(
+    data: DigitsFiles,
+    *,
+    job_id: str = "job-1",
+    seed: int = 7,
+    epochs: int = 6,
+    learning_rate: float = 0.01,
+    threshold: float = 0.9,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "job_type": "model",
+        "model": {
+            "input_shape": [64],
+            "layers": [
+                {"name": "fc1", "type": "Linear", "out_features": 64},
+                {"name": "act1", "type": "ReLU"},
+                {"name": "drop", "type": "Dropout", "p": 0.1},
+                {"name": "fc2", "type": "Linear", "out_features": 10},
+            ],
+        },
+        "dataset": {"uri": f"file://{data.train}", "sha256": data.train_sha256},
+        "training": {
+            "seed": seed,
+            "checkpoint_every": 5,
+            "hyperparameters": {"batch_size": 32, "epochs": epochs, "learning_rate": learning_rate},
+        },
+        "task": {"num_classes": 10, "threshold": threshold, "tolerance": 0.05},
+    }
+
+
+def write_job(directory: Path, doc: dict[str, Any]) -> tuple[Path, TrainingJob]:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "job.json"
+    path.write_text(json.dumps(doc))
+    return path, parse_training_job(doc, allow_file_uris=True)
+
+
+@dataclass
+class World:
+    pki: DevPKI
+    digits: DigitsFiles
+    job: TrainingJob
+    honest_out: Path
+    messages: list[dict[str, object]]
+    tmp: Path
+
+    def trust(self) -> TrustStore:
+        return TrustStore(
+            trusted=[load_certificate(self.pki.ca_cert), load_certificate(self.pki.root_ca_cert)],
+            crls=load_crls(self.pki.crl),
+        )
+
+    def cert(self, node: str = "node-1") -> Any:
+        return load_certificate(self.pki.node_cert(node))
+
+    def sign(
+        self,
+        out: Path,
+        *,
+        job: TrainingJob | None = None,
+        node: str = "node-1",
+        key_of: str | None = None,
+        jti: str = "jti-1",
+    ) -> SignedProof:
+        """What a node does at the end: build the proof over ``out`` and sign it."""
+        job = job or self.job
+        cert = self.cert(node)
+        proof = build_proof(
+            job_id=job.job_id,
+            job_spec_sha256=job.sha256(),
+            output_dir=out,
+            node_peer_id=peer_id(cert),
+            cert_fingerprint_sha256=fingerprint_sha256(cert).hex(),
+            token_jti=jti,
+            started_at=T0,
+            finished_at=T0 + dt.timedelta(seconds=3),
+        )
+        return sign_proof(proof, load_private_key(self.pki.node_key(key_of or node)))
+
+    def copy_outputs(self, name: str) -> Path:
+        target = self.tmp / name
+        shutil.copytree(self.honest_out, target)
+        return target
+
+    def verify(
+        self,
+        out: Path,
+        proof: SignedProof,
+        *,
+        job: TrainingJob | None = None,
+        node: str = "node-1",
+        assigned: str = "node-1",
+        jti: str = "jti-1",
+        policy: ReplayPolicy | None = None,
+        trust: TrustStore | None = None,
+        received_at: dt.datetime | None = None,
+    ) -> VerificationReport:
+        return verify_job(
+            proof=proof,
+            node_certificate=self.cert(node),
+            job=job or self.job,
+            output_dir=out,
+            data=JobData(
+                train=self.digits.train,
+                holdout=self.digits.holdout,
+                holdout_sha256=self.digits.holdout_sha256,
+            ),
+            trust=trust or self.trust(),
+            expect=Expectations(
+                node_peer_id=peer_id(self.cert(assigned)),
+                token_jti=jti,
+                received_at=received_at or T0 + dt.timedelta(seconds=10),
+            ),
+            policy=policy or ReplayPolicy(sample_seed=1),
+        )
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("verification")
+    pki = build_dev_pki(root / "pki", nodes=("node-1", "node-2"))
+    digits = prepare_digits(root / "data")
+    job_path, job = write_job(root / "job", reference_job(digits))
+    out = root / "honest"
+    reporter = RecordingReporter()
+    run_training(job_path, data_path=digits.train, output_dir=out, reporter=reporter)
+    return World(pki=pki, digits=digits, job=job, honest_out=out, messages=reporter.messages, tmp=root)
+
+
+def train_variant(world: World, name: str, doc: dict[str, Any]) -> Path:
+    """Outputs of a run with another spec (what a node that changed the seed or lr would deliver)."""
+    job_path, _ = write_job(world.tmp / f"{name}-job", doc)
+    out = world.tmp / name
+    run_training(job_path, data_path=world.digits.train, output_dir=out, reporter=RecordingReporter())
+    return out
+
+
+def rebuild_trace(out: Path, rewrite: Callable[[int, dict[str, Any]], dict[str, Any] | None]) -> None:
+    """A dishonest node's edit: rewrite chosen checkpoints, then make every hash, commitment and the
+    delivered model consistent again (so only the verifier's replay can tell)."""
+    from safetensors.torch import load_file, save_file
+
+    from cyxwiz.verification.commitments import (
+        COMMITMENTS_FILE,
+        GENESIS,
+        Commitment,
+        read_commitments,
+        write_commitments,
+    )
+
+    old = read_commitments(out / COMMITMENTS_FILE)
+    new: list[Commitment] = []
+    prev = GENESIS
+    for c in old:
+        path = out / c.path
+        tensors = load_file(str(path))
+        changed = rewrite(c.step, tensors)
+        if changed is not None:
+            save_file(changed, str(path), metadata={"step": str(c.step)})
+        import hashlib
+
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        commitment = Commitment(
+            step=c.step,
+            weights_sha256=digest,
+            batch_indices_sha256=c.batch_indices_sha256,
+            prev=prev,
+            path=c.path,
+        )
+        new.append(commitment)
+        prev = commitment.digest()
+    write_commitments(out / COMMITMENTS_FILE, new)
+    last = load_file(str(out / new[-1].path))
+    save_file(
+        {k.removeprefix("model."): v for k, v in last.items() if k.startswith("model.")},
+        str(out / "model.safetensors"),
+    )
+    restate_metrics(out)
+
+
+def restate_metrics(out: Path) -> None:
+    """Recompute metrics.json honestly for whatever model is now delivered (a careful cheat)."""
+    from safetensors.torch import load_file
+
+    from cyxwiz.training import engine
+    from cyxwiz.training.data import load_dataset
+
+    job = parse_training_job((out.parent / "job" / "job.json").read_text(), allow_file_uris=True)
+    assert job.model is not None
+    data = load_dataset(
+        Path(job.dataset.uri.removeprefix("file://")),
+        sha256=None,
+        input_shape=job.model.input_shape,
+        input_dtype="float32",
+        num_classes=10,
+    )
+    state = engine.new_state(job, data)
+    state.model.load_state_dict(load_file(str(out / "model.safetensors")))
+    metrics_path = out / "metrics.json"
+    doc = json.loads(metrics_path.read_text())
+    doc["final"]["val_accuracy"] = engine.evaluate(state.model, state.validation)["accuracy"]
+    metrics_path.write_text(json.dumps(doc))

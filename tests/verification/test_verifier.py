@@ -1,0 +1,248 @@
+"""The dishonest-node suite (issue 7 acceptance; SPEC F1, threats "malicious node" and "payment fraud").
+
+Each test plays one cheat against a real training run on scikit-learn digits, a real dev PKI and real
+Ed25519 signatures, and asserts the exact check that catches it and the reason in the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cyxwiz.pki.certs import load_certificate, load_crls
+from cyxwiz.pki.devpki import build_dev_pki
+from cyxwiz.verification.proof import SignedProof
+from cyxwiz.verification.replay import ReplayPolicy, detection_probability, required_segments
+from cyxwiz.verification.report import VerificationReport
+from cyxwiz.verification.verifier import TrustStore
+from tests.verification.conftest import (
+    World,
+    rebuild_trace,
+    reference_job,
+    restate_metrics,
+    train_variant,
+    write_job,
+)
+
+
+def failed(report: VerificationReport, check: str, *words: str) -> None:
+    assert not report.passed
+    result = report.check(check)
+    assert not result.passed, report.to_markdown()
+    for word in words:
+        assert word in result.reason, result.reason
+    assert any(r.startswith(f"{check}: ") for r in report.reasons())
+
+
+def test_honest_run_passes_with_the_reference_accuracy(world: World) -> None:
+    report = world.verify(world.honest_out, world.sign(world.honest_out))
+    assert report.passed, report.to_markdown()
+    assert report.summary["holdout_accuracy"] >= 0.9
+    assert report.summary["segments_replayed"] == 29
+    assert report.summary["detection_probability"] >= 0.95
+    assert report.check("replay").details["worst_distance"] < 1e-4
+    assert "**PASS**" in report.to_markdown()
+    assert json.loads(report.to_json())["passed"] is True
+
+
+def test_honest_run_passes_with_other_segment_choices(world: World) -> None:
+    proof = world.sign(world.honest_out)
+    for seed in (2, 3):
+        assert world.verify(world.honest_out, proof, policy=ReplayPolicy(sample_seed=seed)).passed
+
+
+def test_runtime_sent_every_commitment_over_the_bridge(world: World) -> None:
+    sent = [m for m in world.messages if m["kind"] == "checkpoint"]
+    committed = json.loads((world.honest_out / "commitments.json").read_text())
+    assert [(m["step"], m["weights_sha256"]) for m in sent] == [
+        (c["step"], c["weights_sha256"]) for c in committed
+    ]
+    assert any(m["kind"] == "progress" for m in world.messages)
+
+
+def test_inflated_metric(world: World) -> None:
+    out = world.copy_outputs("inflated")
+    doc = json.loads((out / "metrics.json").read_text())
+    doc["final"]["val_accuracy"] = 1.0
+    (out / "metrics.json").write_text(json.dumps(doc))
+    report = world.verify(out, world.sign(out))
+    failed(report, "claimed-metric", "inflated")
+    assert report.check("artifacts").passed and report.check("signature").passed
+
+
+def test_lazy_node_trains_half_the_steps(world: World) -> None:
+    # Trains the first half honestly, then commits copies of the midpoint checkpoint for the rest.
+    out = world.copy_outputs("lazy")
+    total = json.loads((out / "commitments.json").read_text())[-1]["step"]
+    midpoint = load_file(str(out / f"checkpoints/step-{total // 2 // 5 * 5:08d}.safetensors"))
+    rebuild_trace(out, lambda step, t: dict(midpoint) if step > total // 2 else None)
+    report = world.verify(out, world.sign(out))
+    failed(report, "replay", "does not reproduce")
+    assert report.check("commitments").passed and report.check("endpoints").passed
+
+
+def test_random_weights(world: World) -> None:
+    out = world.copy_outputs("random")
+    weights = load_file(str(out / "model.safetensors"))
+    save_file({k: torch.randn_like(v) for k, v in weights.items()}, str(out / "model.safetensors"))
+    restate_metrics(out)
+    report = world.verify(out, world.sign(out))
+    failed(report, "endpoints", "not the last committed checkpoint")
+    failed(report, "holdout", "below the job's threshold")
+
+
+def test_outputs_copied_from_another_job(world: World) -> None:
+    # Job 2 has its own seed; the node delivers job 1's outputs with a fresh, correctly signed proof.
+    _, job2 = write_job(world.tmp / "job2", reference_job(world.digits, job_id="job-2", seed=99))
+    report = world.verify(world.honest_out, world.sign(world.honest_out, job=job2), job=job2)
+    failed(report, "commitments", "data order")
+    assert not report.passed
+
+
+def test_proof_signed_with_another_nodes_key(world: World) -> None:
+    # node-2 signs while naming node-1's certificate.
+    proof = world.sign(world.honest_out, key_of="node-2")
+    failed(world.verify(world.honest_out, proof), "signature", "does not verify")
+
+
+def test_proof_from_a_node_the_job_was_not_assigned_to(world: World) -> None:
+    proof = world.sign(world.honest_out, node="node-2")
+    failed(world.verify(world.honest_out, proof, node="node-2"), "identity", "assigned", "another node")
+
+
+def test_proof_replayed_from_an_earlier_job(world: World) -> None:
+    proof = world.sign(world.honest_out)
+    _, rerun = write_job(world.tmp / "job-rerun", reference_job(world.digits, job_id="job-1b"))
+    failed(world.verify(world.honest_out, proof, job=rerun), "binding", "replayed proof")
+    # Same job id, but the coordinator minted another token for this run.
+    failed(world.verify(world.honest_out, proof, jti="jti-2"), "binding", "token")
+
+
+def test_one_checkpoint_tampered_after_signing(world: World) -> None:
+    out = world.copy_outputs("tampered-file")
+    proof = world.sign(out)
+    path = out / "checkpoints/step-00000100.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.blocks.l_fc1.weight"][0, 0] += 0.5
+    save_file(tensors, str(path))
+    report = world.verify(out, proof)
+    failed(report, "artifacts", "checkpoints/step-00000100.safetensors")
+
+
+def test_one_checkpoint_forged_consistently_is_caught_by_replay(world: World) -> None:
+    out = world.copy_outputs("tampered-chain")
+
+    def nudge(step: int, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        if step != 100:
+            return None
+        tensors["model.blocks.l_fc1.weight"] += 0.01
+        return tensors
+
+    rebuild_trace(out, nudge)
+    # Replaying every segment makes the check certain; the default m catches it with probability ≈ 2m/S.
+    report = world.verify(out, world.sign(out), policy=ReplayPolicy(segments=10_000, sample_seed=1))
+    failed(report, "replay", "does not reproduce")
+
+
+def test_commitment_chain_with_a_missing_segment(world: World) -> None:
+    out = world.copy_outputs("missing-segment")
+    from cyxwiz.verification.commitments import GENESIS, Commitment, read_commitments, write_commitments
+
+    kept = [c for c in read_commitments(out / "commitments.json") if c.step != 50]
+    (out / "checkpoints/step-00000050.safetensors").unlink()
+    prev, rebuilt = GENESIS, []
+    for old in kept:
+        relinked = Commitment(**{**old.to_dict(), "prev": prev})
+        rebuilt.append(relinked)
+        prev = relinked.digest()
+    write_commitments(out / "commitments.json", rebuilt)
+    failed(world.verify(out, world.sign(out)), "commitments", "missing [50]")
+
+
+def test_commitment_chain_edited_without_relinking(world: World) -> None:
+    out = world.copy_outputs("broken-chain")
+    doc = json.loads((out / "commitments.json").read_text())
+    del doc[3]
+    (out / "commitments.json").write_text(json.dumps(doc))
+    failed(world.verify(out, world.sign(out)), "commitments", "broken commitment chain")
+
+
+def test_changed_learning_rate(world: World) -> None:
+    out = train_variant(world, "lr", reference_job(world.digits, learning_rate=0.02))
+    report = world.verify(out, world.sign(out))  # the node claims the spec's job (lr 0.01)
+    failed(report, "replay", "does not reproduce")
+
+
+def test_changed_seed(world: World) -> None:
+    out = train_variant(world, "seed", reference_job(world.digits, seed=8))
+    report = world.verify(out, world.sign(out))
+    failed(report, "commitments", "data order")
+
+
+def test_changed_seed_with_forged_data_order_hashes(world: World) -> None:
+    # The node also rewrites the batch-index hashes to the real seed's: the initial weights still differ.
+    out = train_variant(world, "seed2", reference_job(world.digits, seed=8))
+    honest = json.loads((world.honest_out / "commitments.json").read_text())
+    forged = json.loads((out / "commitments.json").read_text())
+    for h, f in zip(honest, forged, strict=True):
+        f["batch_indices_sha256"] = h["batch_indices_sha256"]
+    (out / "commitments.json").write_text(json.dumps(forged))
+    rebuild_trace(out, lambda step, t: None)  # relink the chain
+    failed(world.verify(out, world.sign(out)), "endpoints", "seed")
+
+
+def test_swapped_artifact(world: World) -> None:
+    out = world.copy_outputs("swapped")
+    proof = world.sign(out)
+    honest = load_file(str(out / "model.safetensors"))
+    save_file({k: v * 1.01 for k, v in honest.items()}, str(out / "model.safetensors"))
+    failed(world.verify(out, proof), "artifacts", "model.safetensors")
+    assert world.verify(out, proof).check("training").reason.startswith("not run")
+
+
+def test_forged_signature(world: World) -> None:
+    proof = world.sign(world.honest_out)
+    data = json.loads(proof.to_json())
+    data["signature"] = "A" * 86
+    failed(world.verify(world.honest_out, SignedProof.from_json(json.dumps(data))), "signature")
+
+
+def test_revoked_certificate(world: World, tmp_path: Path) -> None:
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-1",))
+    # This test's own PKI: the shared one must stay unrevoked for the other tests.
+    local = World(
+        pki=pki, digits=world.digits, job=world.job, honest_out=world.honest_out, messages=[], tmp=world.tmp
+    )
+    proof = local.sign(world.honest_out)
+    assert local.verify(world.honest_out, proof).passed
+    pki.revoke(pki.node_cert("node-1"))
+    trust = TrustStore(
+        trusted=[load_certificate(pki.ca_cert), load_certificate(pki.root_ca_cert)], crls=load_crls(pki.crl)
+    )
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    failed(local.verify(world.honest_out, proof, trust=trust, received_at=now), "certificate", "revoked")
+    # A proof the coordinator received before the revocation stays good (revocation is not retroactive).
+    earlier = local.verify(world.honest_out, proof, trust=trust, received_at=now - dt.timedelta(minutes=1))
+    assert earlier.check("certificate").passed and "revoked only later" in earlier.check("certificate").reason
+
+
+def test_certificate_from_another_ca(world: World, tmp_path: Path) -> None:
+    other = build_dev_pki(tmp_path / "other", nodes=("node-1",))
+    stranger = World(
+        pki=other, digits=world.digits, job=world.job, honest_out=world.honest_out, messages=[], tmp=world.tmp
+    )
+    proof = stranger.sign(world.honest_out)
+    report = stranger.verify(world.honest_out, proof, trust=world.trust())
+    failed(report, "certificate")
+
+
+def test_detection_probability_numbers() -> None:
+    assert required_segments(0.1, 0.95) == 29
+    assert detection_probability(0.1, 29) == pytest.approx(0.953, abs=1e-3)
+    assert detection_probability(0.5, 29) > 0.999999
