@@ -43,7 +43,7 @@ def key_algorithm_name(key: PrivateKeyTypes | PublicKeyTypes) -> str:
     name = type(key).__name__.removeprefix("_")
     for suffix in ("PrivateKey", "PublicKey"):
         name = name.removesuffix(suffix)
-    return name or "unknown"
+    return {"EC": "ECDSA", "EllipticCurve": "ECDSA"}.get(name, name) or "unknown"
 
 
 def require_ed25519_public(key: PublicKeyTypes, *, path: str | None = None) -> ed25519.Ed25519PublicKey:
