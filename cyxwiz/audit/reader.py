@@ -110,8 +110,12 @@ class StoredEvent:
             return None
 
 
-def iter_records(path: Path) -> Iterator[tuple[str, int, Record]]:
-    """Every parseable record in a log directory (day order) or a single day file."""
+def iter_records(path: Path, *, errors: list[str] | None = None) -> Iterator[tuple[str, int, Record]]:
+    """Every parseable record in a log directory (day order) or a single day file.
+
+    An unreadable file raises :class:`AuditError`, or, when ``errors`` is given, is noted there and
+    skipped (a query should still show the other days).
+    """
     if path.is_dir():
         sources = [f.data for f in day_files(path).values() if f.data is not None]
     elif path.exists():
@@ -119,15 +123,22 @@ def iter_records(path: Path) -> Iterator[tuple[str, int, Record]]:
     else:
         raise NotFoundError("no such audit log file or directory", path=str(path))
     for source in sources:
-        for lineno, raw, _ in split_lines(read_file_bytes(source)):
+        try:
+            data = read_file_bytes(source)
+        except AuditError as exc:
+            if errors is None:
+                raise
+            errors.append(str(exc))
+            continue
+        for lineno, raw, _ in split_lines(data):
             try:
                 yield source.name, lineno, parse_line(raw)
             except RecordFormatError:
                 continue
 
 
-def iter_events(path: Path) -> Iterator[StoredEvent]:
-    for name, lineno, rec in iter_records(path):
+def iter_events(path: Path, *, errors: list[str] | None = None) -> Iterator[StoredEvent]:
+    for name, lineno, rec in iter_records(path, errors=errors):
         yield StoredEvent(file=name, line=lineno, seq=rec.seq, event=rec.event)
 
 

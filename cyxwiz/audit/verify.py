@@ -112,6 +112,7 @@ class _Verifier:
         self.report = report
         self.public_key = public_key
         self.require_signed = require_signed or public_key is not None
+        self.warned_unpinned = False
 
     def problem(self, kind: Kind, file: str, line: int | None, message: str) -> None:
         if len(self.report.problems) < MAX_PROBLEMS:
@@ -255,6 +256,9 @@ class _Verifier:
         if digest.get("day") != files.day.isoformat():
             self.problem(Kind.DIGEST_INVALID, name, None, f"digest is for day {digest.get('day')}")
         why = check_signature(digest, trusted=self.public_key)
+        if why is None and self.public_key is None and not self.warned_unpinned:
+            self.warned_unpinned = True
+            self.report.warnings.append("digests verified with the key inside them; pin it with --public-key")
         if why == "digest is not signed" and not self.require_signed:
             self.report.warnings.append(f"{name}: digest is not signed")
         elif why is not None:
@@ -355,10 +359,6 @@ def _verify_directory(path: Path, verifier: _Verifier, retention_days: int) -> N
     # Retention counts from the chain's day (maintenance advances it even on days without events).
     checkpoint = read_checkpoint(path)
     newest = max([*days, *([checkpoint[0]] if checkpoint else [])], default=None)
-    if verifier.public_key is None and sealed:
-        report.warnings.append(
-            "digest signatures checked against the key inside each digest; pin it with --public-key"
-        )
     chain = _Chain(seq=1, prev=GENESIS, file="", line=0)
     previous: tuple[date, bytes] | None = None
     for day, files in days.items():

@@ -47,9 +47,14 @@ def audit_log(log_dir: Path, clock: ManualClock, signing_key: Ed25519PrivateKey)
     log.close()
 
 
-def sample_event(i: int = 0) -> events.SecurityEvent:
+def sample_event(i: int = 0, at: datetime | None = None) -> events.SecurityEvent:
     return events.auth_attempt(
-        actor_id=f"user-{i}", actor_type="user", success=i % 3 != 0, method="jwt", ip_address="127.0.0.1"
+        actor_id=f"user-{i}",
+        actor_type="user",
+        success=i % 3 != 0,
+        method="jwt",
+        ip_address="127.0.0.1",
+        at=at,
     )
 
 
@@ -67,7 +72,7 @@ def build_log(
     with AuditLog.open(log_dir, signing_key=key, clock=clock, auto_maintain=False) as log:
         for d in range(days):
             for i in range(per_day):
-                log.record(sample_event(d * 100 + i))
+                log.record(sample_event(d * 100 + i, at=clock.now))
                 clock.advance(minutes=1)
             if d < days - 1:
                 clock.advance(days=1)
