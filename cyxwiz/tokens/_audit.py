@@ -1,49 +1,73 @@
-"""Audit hooks (SPEC H2). The sink is optional; nothing here ever receives a token or key."""
+"""Audit hooks (SPEC H2) through :mod:`cyxwiz.audit.events`. Nothing here ever receives a token or key.
+
+The audit package (pydantic) is imported only when a sink is configured, keeping plain verification and
+``cyxwiz --help`` light.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
     from cyxwiz.tokens.issuer import IssuedToken
 
 
-def _record(audit: object | None, event: Any) -> None:
-    if audit is not None:
-        audit.record(event)  # type: ignore[attr-defined]
-
-
-def token_issued(audit: object | None, issued: IssuedToken, *, issuer: str, audience: str) -> None:
+def token_issued(audit: AuditSink | None, issued: IssuedToken, *, issuer: str, audience: str) -> None:
     if audit is None:
         return
-    _record(
-        audit,
-        {
-            "event_type": "Authentication",
-            "action": "token_issued",
-            "actor_id": issued.subject,
-            "token_type": issued.kind.value,
-            "jti": issued.jti,
-            "kid": issued.kid,
-            "expires_at": issued.expires_at.isoformat(),
-            "issuer": issuer,
-            "audience": audience,
-        },
+    from cyxwiz.audit import events
+
+    audit.record(
+        events.token_issued(
+            subject=issued.subject,
+            token_type=issued.kind.value,
+            expires_at=issued.expires_at,
+            jti=issued.jti,
+            issuer=issuer,
+            audience=audience,
+            scopes=list(issued.claims.get("scope", [])),
+            kid=issued.kid,
+        )
     )
 
 
-def refresh_reuse(audit: object | None, *, subject: str, session_id: str, jti: str) -> None:
+def refresh_reuse(audit: AuditSink | None, *, subject: str, role: str, session_id: str) -> None:
+    """A reused refresh token: a failed authentication and the revocation of its whole family (B5)."""
     if audit is None:
         return
-    _record(
-        audit,
-        {
-            "event_type": "Authentication",
-            "action": "refresh_reuse",
-            "actor_id": subject,
-            "outcome": "denied",
-            "session_id": session_id,
-            "jti": jti,
-            "reason": "refresh token reused: family revoked",
-        },
+    from cyxwiz.audit import events
+
+    audit.record(
+        events.auth_attempt(
+            actor_id=subject,
+            actor_type=role,
+            success=False,
+            method="refresh-token",
+            reason="refresh token reuse",
+            resource=f"token-family:{session_id}",
+        )
+    )
+    audit.record(
+        events.revocation(
+            actor_id="token-service",
+            actor_type="system",
+            kind="token-family",
+            target=session_id,
+            reason="refresh token reuse",
+        )
+    )
+
+
+def session_revoked(
+    audit: AuditSink | None, *, actor_id: str, actor_type: str, session_id: str, reason: str
+) -> None:
+    if audit is None:
+        return
+    from cyxwiz.audit import events
+
+    audit.record(
+        events.revocation(
+            actor_id=actor_id, actor_type=actor_type, kind="token-family", target=session_id, reason=reason
+        )
     )

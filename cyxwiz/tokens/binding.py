@@ -10,8 +10,8 @@ import hashlib
 import hmac
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
+from cyxwiz.pki.certs import x5t_s256
 from cyxwiz.tokens.keys import b64url
 
 CNF_MEMBER = "x5t#S256"
@@ -21,9 +21,10 @@ PeerCert = x509.Certificate | bytes
 
 def cert_thumbprint(cert: PeerCert) -> str:
     """base64url(SHA-256(DER)) of a certificate (an ``x509.Certificate`` or its DER bytes)."""
-    # Same value as cyxwiz.pki.certs.x5t_s256; computed here so DER straight from a TLS socket works too.
-    der = cert if isinstance(cert, bytes) else cert.public_bytes(Encoding.DER)
-    return b64url(hashlib.sha256(der).digest())
+    if isinstance(cert, bytes):
+        # DER straight from ssl.SSLSocket.getpeercert(True): hashing it needs no parse.
+        return b64url(hashlib.sha256(cert).digest())
+    return x5t_s256(cert)
 
 
 def cnf_claim(cert: PeerCert) -> dict[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
@@ -25,6 +25,9 @@ from cyxwiz.tokens.binding import PeerCert, cnf_claim
 from cyxwiz.tokens.claims import validate_claims
 from cyxwiz.tokens.keyring import KeyRing, utcnow
 from cyxwiz.tokens.kinds import DEFAULT_JOB_MARGIN, TokenKind
+
+if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +53,7 @@ class TokenIssuer:
         issuer: str,
         audience: str,
         clock: Callable[[], datetime] = utcnow,
-        audit: object | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.keyring = keyring
         self.issuer = issuer
@@ -60,7 +63,7 @@ class TokenIssuer:
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, *, audit: object | None = None, **options: Any
+        cls, env: Mapping[str, str] | None = None, *, audit: AuditSink | None = None, **options: Any
     ) -> TokenIssuer:
         """Keys from :meth:`KeyRing.from_env`; ``CYXWIZ_TOKEN_ISSUER`` and ``CYXWIZ_TOKEN_AUDIENCE``
         (first entry) name the issuer and the default audience."""

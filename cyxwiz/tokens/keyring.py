@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cyxwiz.errors import ConfigError, NotFoundError
+from cyxwiz.pki.keys import load_private_key
 from cyxwiz.tokens._files import read_private, write_private
 from cyxwiz.tokens.keys import Algorithm, TokenKey, b64url, b64url_decode, load_ed25519_pem, valid_kid
 from cyxwiz.tokens.kinds import MAX_TOKEN_LIFETIME
@@ -106,8 +107,7 @@ class KeyRing:
     @classmethod
     def from_file(cls, path: Path, *, now: datetime | None = None) -> KeyRing:
         """One Ed25519 PKCS#8 PEM key file (mode 0600) as a single-key ring; rotation is managed outside."""
-        key = load_ed25519_pem(read_private(path), source=str(path))
-        return cls(keys=[TokenKey.from_private_key(key, now=now or utcnow())])
+        return cls(keys=[TokenKey.from_private_key(load_private_key(path), now=now or utcnow())])
 
     @classmethod
     def from_dir(cls, path: Path) -> KeyRing:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cyxwiz.errors import ConfigError, KeyFormatError, KeyTypeError
+from cyxwiz.pki.keys import parse_private_key
 
 Algorithm = Literal["EdDSA", "HS256"]
 ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "HS256")
@@ -57,21 +57,8 @@ def jwk_thumbprint(public_key: Ed25519PublicKey) -> str:
 
 
 def load_ed25519_pem(pem: bytes, *, source: str = "key") -> Ed25519PrivateKey:
-    """Parse an unencrypted PKCS#8 PEM Ed25519 private key (A2); typed errors name the source."""
-    if b"BEGIN PRIVATE KEY" not in pem:
-        raise KeyFormatError(
-            "not an unencrypted PKCS#8 PEM private key",
-            path=source,
-            rule="A2",
-            hint="convert with: openssl pkey -in old.pem -out new.pem",
-        )
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFormatError("unreadable PKCS#8 PEM private key", path=source, rule="A2") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyTypeError(f"{type(key).__name__} is not Ed25519", path=source, rule="A2")
-    return key
+    """Parse a PKCS#8 PEM Ed25519 private key (A2) with the PKI's rules and typed errors."""
+    return parse_private_key(pem, path=source)
 
 
 @dataclass(frozen=True, kw_only=True)

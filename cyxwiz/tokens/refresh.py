@@ -12,7 +12,7 @@ import enum
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cyxwiz.errors import TokenError
 from cyxwiz.tokens import _audit
@@ -21,6 +21,9 @@ from cyxwiz.tokens.errors import RefreshReuseError, TokenRevokedError
 from cyxwiz.tokens.issuer import IssuedToken, TokenIssuer, new_id
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
+
+if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
 
 
 class Consumed(enum.Enum):
@@ -108,7 +111,7 @@ class SessionManager:
         issuer: TokenIssuer,
         verifier: TokenVerifier,
         store: RefreshStore,
-        audit: object | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self.issuer = issuer
         self.verifier = verifier
@@ -143,7 +146,7 @@ class SessionManager:
         result = self.store.consume(jti=verified.jti, session_id=session_id, now=self.verifier.clock())
         if result is Consumed.REUSED:
             _audit.refresh_reuse(
-                self.audit, subject=verified.subject, session_id=session_id, jti=verified.jti
+                self.audit, subject=verified.subject, role=verified.role, session_id=session_id
             )
             raise RefreshReuseError(
                 "refresh token reused: the whole session was revoked", field="jti", rule="B5"
@@ -161,8 +164,14 @@ class SessionManager:
             cert=peer_cert if verified.cert_thumbprint is not None else None,
         )
 
-    def logout(self, session_id: str) -> None:
-        self.store.revoke_session(session_id, reason="logout", now=self.verifier.clock())
+    def logout(
+        self, session_id: str, *, actor_id: str, actor_type: str = "user", reason: str = "logout"
+    ) -> None:
+        """Revoke a session's refresh family (logout, or an admin cutting a stolen session off)."""
+        self.store.revoke_session(session_id, reason=reason, now=self.verifier.clock())
+        _audit.session_revoked(
+            self.audit, actor_id=actor_id, actor_type=actor_type, session_id=session_id, reason=reason
+        )
 
     def _pair(
         self,

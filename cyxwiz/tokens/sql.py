@@ -97,8 +97,9 @@ class SqlTokenStore:
         if purge:
             self.purge(now=now)
         with self.engine.begin() as conn:
-            result = conn.execute(self._insert_ignore(jti_table, {"jti": jti, "expires_at": _ts(expires_at)}))
-            return bool(result.rowcount == 1)
+            # RETURNING rather than rowcount: psycopg 3 reports -1 for INSERT ... ON CONFLICT DO NOTHING.
+            stmt = self._insert_ignore(jti_table, {"jti": jti, "expires_at": _ts(expires_at)})
+            return conn.execute(stmt.returning(jti_table.c.jti)).first() is not None
 
     # -- RefreshStore ----------------------------------------------------------------------------
 
@@ -132,8 +133,9 @@ class SqlTokenStore:
                     refresh_table.c.used_at.is_(None),
                 )
                 .values(used_at=_ts(now))
-            )
-            if marked.rowcount == 1:
+                .returning(refresh_table.c.jti)
+            ).first()
+            if marked is not None:
                 return Consumed.OK
             known = conn.execute(
                 select(refresh_table.c.jti).where(
@@ -171,6 +173,12 @@ class SqlTokenStore:
         """Delete expired jti and refresh-token rows (revoked families are kept: they stay revoked)."""
         cutoff = _ts(now)
         with self.engine.begin() as conn:
-            a = conn.execute(delete(jti_table).where(jti_table.c.expires_at < cutoff)).rowcount
-            b = conn.execute(delete(refresh_table).where(refresh_table.c.expires_at < cutoff)).rowcount
-        return int(a or 0) + int(b or 0)
+            a = conn.execute(
+                delete(jti_table).where(jti_table.c.expires_at < cutoff).returning(jti_table.c.jti)
+            )
+            b = conn.execute(
+                delete(refresh_table)
+                .where(refresh_table.c.expires_at < cutoff)
+                .returning(refresh_table.c.jti)
+            )
+            return len(a.all()) + len(b.all())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,3 +122,36 @@ def session_claims(clock: Clock, **over: Any) -> dict[str, Any]:
     }
     claims.update(over)
     return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def token_store(store_kind: str, tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A replay cache + refresh store: in-memory, SQLite file, or the real PostgreSQL server."""
+    if store_kind == "memory":
+        from cyxwiz.tokens import InMemoryRefreshStore, InMemoryReplayCache
+
+        class Both(InMemoryReplayCache, InMemoryRefreshStore):
+            def __init__(self) -> None:
+                InMemoryReplayCache.__init__(self)
+                InMemoryRefreshStore.__init__(self)
+
+            def purge(self, *, now: datetime) -> int:
+                return InMemoryReplayCache.purge(self, now=now) + InMemoryRefreshStore.purge(self, now=now)
+
+        yield Both()
+        return
+    from cyxwiz.tokens.sql import SqlTokenStore
+
+    url = (
+        f"sqlite:///{tmp_path}/tokens.db"
+        if store_kind == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    store = SqlTokenStore.from_url(url)
+    yield store
+    store.engine.dispose()
