@@ -1,39 +1,41 @@
-"""Payment events for the audit log (SPEC H2: payment transactions are logged).
+"""Payment events for the audit log (SPEC H2: payment transactions are logged with amount, from, to, tx).
 
-Uses ``cyxwiz.audit.events.payment`` when the audit package provides it; before that lands, a plain
-dict with the SecurityEvent fields is handed to the sink so nothing is lost. Details never carry keys.
+Recorded after the move is committed (or definitively refused), so an audit failure never leaves an
+escrow half-moved; it surfaces to the caller as the audit package's own error. Details never carry keys.
 """
 
 from __future__ import annotations
 
-import importlib
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
 
 
-def record_payment(sink: object, *, action: str, job_id: str, outcome: str, details: dict[str, Any]) -> None:
-    clean = {k: v for k, v in details.items() if v is not None}
-    try:
-        events = importlib.import_module("cyxwiz.audit.events")
-        factory = events.payment
-    except (ModuleNotFoundError, AttributeError):
-        event: object = {
-            "timestamp": datetime.now(UTC).isoformat(),
-            "event_type": "Payment",
-            "actor_id": "escrow-ledger",
-            "actor_type": "service",
-            "resource": f"escrow:{job_id}",
-            "action": f"escrow.{action}",
-            "outcome": outcome,
-            "ip_address": None,
-            "details": clean,
-        }
-    else:
-        event = factory(
-            actor_id="escrow-ledger",
-            job_id=job_id,
+def record_payment(
+    sink: AuditSink,
+    *,
+    action: str,
+    job_id: str,
+    success: bool,
+    amount: int,
+    source: str | None = None,
+    destination: str | None = None,
+    tx_signature: str | None = None,
+    reason: str | None = None,
+) -> None:
+    from cyxwiz.audit import events
+
+    sink.record(
+        events.payment(
             action=f"escrow.{action}",
-            outcome=outcome,
-            details=clean,
+            job_id=job_id,
+            amount_lamports=amount,
+            actor_id="escrow-ledger",
+            success=success,
+            source=source,
+            destination=destination,
+            tx_signature=tx_signature,
+            reason=reason,
         )
-    sink.record(event)  # type: ignore[attr-defined]
+    )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cyxwiz.errors import ConfigError
 
 if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
     from cyxwiz.ledger.ledger import EscrowLedger
 
 CONFIG_ENV = "CYXWIZ_LEDGER_CONFIG"
@@ -81,7 +82,7 @@ def open_ledger(
     *,
     passphrase: bytes | None = None,
     roles: tuple[str, ...] = ("coordinator", "verifier"),
-    audit: object | None = None,
+    audit: AuditSink | None = None,
     **kwargs: Any,
 ) -> EscrowLedger:
     """An EscrowLedger over JSON-RPC holding only the authority keys named in ``roles`` (plus the payer)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
@@ -40,6 +40,9 @@ from cyxwiz.ledger.records import (
     check_wallet,
 )
 from cyxwiz.ledger.store import EscrowState, EscrowStore, Intent, IntentStatus, NewIntent
+
+if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
 
 Rebuild = Callable[[], NewIntent]
 
@@ -66,7 +69,7 @@ class EscrowLedger:
         verifier: Keypair | None = None,
         arbiter: Keypair | None = None,
         minimum_payment: int = 1,
-        audit: object | None = None,
+        audit: AuditSink | None = None,
         proof_checker: ProofChecker | None = None,
         confirm_timeout_s: float = 30.0,
         max_attempts: int = 3,
@@ -134,10 +137,21 @@ class EscrowLedger:
         try:
             self._drive(intent, rebuild=None)
         except LedgerError as exc:
-            self._record_audit("create", job_id, "failure", amount=amount, error=exc.code)
+            self._record_audit(
+                "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
+            )
             raise
-        self._record_audit("create", job_id, "success", amount=amount)
-        return self.status(job_id=job_id)
+        record = self.status(job_id=job_id)
+        self._record_audit(
+            "create",
+            job_id,
+            success=True,
+            amount=amount,
+            source=str(user_token),
+            destination=str(escrow),
+            tx_signature=record.create_signature,
+        )
+        return record
 
     def assign(self, *, job_id: str, node_wallet: str | Pubkey) -> EscrowRecord:
         """Record the node the job was dispatched to: the only wallet a release may pay (F1)."""
@@ -190,8 +204,9 @@ class EscrowLedger:
             state=EscrowState.DISPUTED,
             dispute_reason=text,
         )
-        self._record_audit("dispute", job_id, "success", reason=text)
-        return self.status(job_id=job_id)
+        record = self.status(job_id=job_id)
+        self._record_audit("dispute", job_id, success=True, amount=record.amount, reason=text)
+        return record
 
     def resolve(
         self,
@@ -229,8 +244,21 @@ class EscrowLedger:
             touched.append(intent.job_id)
             try:
                 self._recover(intent)
-            except LedgerError:
-                continue  # left for the next sweep; the record says why
+            except LedgerError as exc:
+                self._record_audit(
+                    intent.kind, intent.job_id, success=False, amount=0, reason=f"reconcile: {exc.code}"
+                )
+                continue  # left for the next sweep (or settled as failed); the record says why
+            record = self.status(job_id=intent.job_id)
+            self._record_audit(
+                intent.kind,
+                intent.job_id,
+                success=record.state in (EscrowState.LOCKED, EscrowState.RELEASED, EscrowState.REFUNDED),
+                amount=record.amount,
+                destination=intent.recipient_wallet,
+                tx_signature=record.settle_signature or record.create_signature,
+                reason=f"reconciled after a crash: {record.state.value}",
+            )
         return [self.status(job_id=job_id) for job_id in dict.fromkeys(touched)]
 
     def _recover(self, intent: Intent) -> None:
@@ -285,12 +313,27 @@ class EscrowLedger:
         try:
             self._drive(intent, rebuild=lambda: self._settle_intent(record, kind, wallet, signers))
         except LedgerError as exc:
-            self._record_audit(kind, record.job_id, "failure", amount=record.amount, error=exc.code)
+            self._record_audit(
+                kind,
+                record.job_id,
+                success=False,
+                amount=record.amount,
+                destination=str(wallet),
+                reason=exc.code,
+            )
             raise
+        done = self.status(job_id=record.job_id)
         self._record_audit(
-            kind, record.job_id, "success", amount=record.amount, to=str(wallet), reason=reason
+            kind,
+            record.job_id,
+            success=True,
+            amount=record.amount,
+            source=record.escrow_account,
+            destination=str(wallet),
+            tx_signature=done.settle_signature,
+            reason=reason or done.resolution,
         )
-        return self.status(job_id=record.job_id)
+        return done
 
     def _settle_intent(
         self, record: EscrowRecord, kind: str, wallet: Pubkey, signers: list[Keypair]
@@ -411,12 +454,12 @@ class EscrowLedger:
             )
         return [key for name in names if (key := keys[name]) is not None]
 
-    def _record_audit(self, action: str, job_id: str, outcome: str, **details: Any) -> None:
+    def _record_audit(self, action: str, job_id: str, *, success: bool, amount: int, **details: Any) -> None:
         if self._audit is None:
             return
         from cyxwiz.ledger.audit_bridge import record_payment
 
-        record_payment(self._audit, action=action, job_id=job_id, outcome=outcome, details=details)
+        record_payment(self._audit, action=action, job_id=job_id, success=success, amount=amount, **details)
 
 
 __all__ = ["AuthorizationError", "EscrowLedger", "EscrowRecord"]

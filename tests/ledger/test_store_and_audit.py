@@ -1,0 +1,67 @@
+"""The escrow store on PostgreSQL (production), and Payment audit events (H2)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from cyxwiz.audit import MemorySink
+from cyxwiz.audit.events import EventType
+from cyxwiz.errors import EscrowStateError
+from cyxwiz.ledger.chain import LocalChain
+from cyxwiz.ledger.store import EscrowState, EscrowStore
+from tests.ledger.conftest import USER_FUNDS, World, build_world
+
+
+@pytest.fixture
+def pg_world(postgres_url: str) -> World:
+    database = f"escrow_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    url = sa.engine.make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
+    chain = LocalChain()
+    return build_world(chain, url, fund=chain.airdrop, expire=chain.expire_blockhash)
+
+
+@pytest.mark.postgres
+def test_escrow_lifecycle_on_postgresql_with_u64_amounts(pg_world: World) -> None:
+    w = pg_world
+    ledger = w.ledger(minimum_payment=1)
+    ledger.create(job_id="job-pg", user=w.user, amount=USER_FUNDS)
+    ledger.assign(job_id="job-pg", node_wallet=w.node.pubkey())
+    assert (
+        ledger.release(job_id="job-pg", node_wallet=w.node.pubkey(), proof_ref="p").state
+        is EscrowState.RELEASED
+    )
+    with pytest.raises(EscrowStateError, match="already released"):
+        w.ledger().release(job_id="job-pg", node_wallet=w.node.pubkey(), proof_ref="p")
+    # Amounts beyond signed BIGINT survive the round trip (Numeric(20)).
+    store: EscrowStore = ledger.store
+    with store._engine.begin() as conn:
+        conn.execute(sa.text("UPDATE cyxwiz_escrows SET amount = :a"), {"a": 2**64 - 1})
+    assert store.get("job-pg")["amount"] == 2**64 - 1
+    ledger.store.dispose()
+
+
+def test_payment_events_are_recorded(local_world: World) -> None:
+    w = local_world
+    sink = MemorySink()
+    ledger = w.ledger(audit=sink)
+    ledger.create(job_id="job-au", user=w.user, amount=7_000)
+    ledger.assign(job_id="job-au", node_wallet=w.node.pubkey())
+    record = ledger.release(job_id="job-au", node_wallet=w.node.pubkey(), proof_ref="p")
+    create, release = sink.of_action("escrow.create"), sink.of_action("escrow.release")
+    assert len(create) == 1 and len(release) == 1
+    event = release[0]
+    assert event.event_type == EventType.PAYMENT
+    assert event.resource == "job:job-au"
+    assert event.details["amount_lamports"] == 7_000
+    assert event.details["tx_signature"] == record.settle_signature
+    assert event.details["to"] == str(w.node.pubkey())
+    serialized = repr(sink.events)
+    for key in (w.payer, w.coordinator, w.verifier, w.user):
+        assert str(key) not in serialized  # no secret key material in audit details
