@@ -1,0 +1,100 @@
+"""``cyxwiz serve``: run the coordinator API over mTLS, or print its OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cyxwiz._cli import new_app
+
+app = new_app(help="Run the coordinator API (HTTPS/JSON over TLS 1.3, client certificates for nodes).")
+
+_PKI_HELP = (
+    "Dev PKI directory (cyxwiz.pki.devpki layout); individual --cert/--key/--bundle/--crl override it."
+)
+
+
+Opt = typer.Option
+PkiDir = Annotated[
+    Path | None, Opt("--pki-dir", help="Dev PKI dir (devpki layout); --cert etc. override it.")
+]
+Cert = Annotated[Path | None, Opt("--cert", help="Server certificate (PEM).")]
+Key = Annotated[Path | None, Opt("--key", help="Server private key (PKCS#8 PEM, 0600).")]
+Bundle = Annotated[Path | None, Opt("--bundle", help="Trust bundle (intermediates + roots).")]
+Crl = Annotated[Path | None, Opt("--crl", help="CRL file, watched and hot-reloaded.")]
+CaDir = Annotated[Path | None, Opt("--ca-dir", help="Issuing CA dir: enables admin node revoke.")]
+StateDir = Annotated[Path, Opt("--state-dir", help="Database and token key ring.")]
+DbUrl = Annotated[str | None, Opt("--db", help="SQLAlchemy URL (default: SQLite in the state dir).")]
+AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
+Host = Annotated[str, Opt("--host", help="Listen address.")]
+Port = Annotated[int, Opt("--port", help="Listen port.")]
+Out = Annotated[Path | None, Opt("--out", help="Write here instead of stdout.")]
+
+
+@app.command("coordinator")
+def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
+    pki_dir: PkiDir = None,
+    cert: Cert = None,
+    key: Key = None,
+    bundle: Bundle = None,
+    crl: Crl = None,
+    ca_dir: CaDir = None,
+    state_dir: StateDir = Path(".cyxwiz/coordinator"),
+    db_url: DbUrl = None,
+    audit_dir: AuditDir = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8443,
+) -> None:
+    """Serve the coordinator until interrupted."""
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.coordinator.service import build_coordinator
+    from cyxwiz.errors import ConfigError
+
+    if pki_dir is not None:
+        from cyxwiz.pki.devpki import build_dev_pki
+
+        dev = build_dev_pki(pki_dir)
+        cert, key, bundle = cert or dev.coordinator_cert, key or dev.coordinator_key, bundle or dev.bundle
+        crl, ca_dir = crl or dev.crl, ca_dir or dev.ca_dir
+    if cert is None or key is None or bundle is None:
+        raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
+    audit = AuditLog.open(audit_dir) if audit_dir is not None else None
+    handle = build_coordinator(
+        cert=cert, key=key, trust_bundle=bundle, crl=crl, ca_dir=ca_dir, state_dir=state_dir,
+        db_url=db_url, audit=audit, host=host, port=port,
+    )  # fmt: skip
+    typer.echo(f"coordinator listening on {handle.url}")
+    handle.server.run()
+
+
+@app.command("openapi")
+def openapi(out: Out = None) -> None:
+    """Print the coordinator's OpenAPI document."""
+    import tempfile
+
+    from cyxwiz.coordinator.api import create_app
+    from cyxwiz.coordinator.hooks import BasicHooks
+    from cyxwiz.coordinator.service import AUDIENCE, ISSUER
+    from cyxwiz.coordinator.store import CoordinatorStore
+    from cyxwiz.tokens.issuer import TokenIssuer
+    from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.verifier import TokenVerifier
+
+    ring = KeyRing.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CoordinatorStore.from_url(f"sqlite:///{tmp}/o.db")
+        guarded = create_app(
+            store=store,
+            issuer=TokenIssuer(keyring=ring, issuer=ISSUER, audience=AUDIENCE),
+            verifier=TokenVerifier.from_keyring(ring, issuer=ISSUER, audience=AUDIENCE),
+            hooks=BasicHooks(),
+        )
+        text = json.dumps(guarded.app.openapi(), indent=2)  # type: ignore[attr-defined]
+        store.engine.dispose()
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")

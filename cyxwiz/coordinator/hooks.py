@@ -1,0 +1,79 @@
+"""What the coordinator leaves to the rest of the system: job specs, escrow, dispatch, proofs, storage.
+
+The Prefect layer wires real implementations in (JobSpec validation, escrow creation, flow runs, proof
+verification, presigned URLs); :class:`BasicHooks` is the embedded default used by tests and by
+``cyxwiz serve`` when nothing else is configured. Core code never imports Prefect (ARCHITECTURE layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+from cyxwiz.coordinator.store import JobRecord
+from cyxwiz.errors import NotFoundError, ValidationError
+from cyxwiz.transport.identity import PeerIdentity
+
+UrlKind = Literal["input", "output"]
+
+#: Upper bound on a job's wall time the coordinator accepts (E2 default limit is 3600 s).
+MAX_DURATION_S = 7 * 24 * 3600
+
+
+class CoordinatorHooks(Protocol):
+    def validate_spec(self, spec: Mapping[str, Any], *, user_id: str) -> tuple[dict[str, Any], int]:
+        """Validate a submitted job spec (SPEC G); return (normalised spec, wall-time seconds)."""
+        ...
+
+    def on_submitted(self, job: JobRecord) -> None:
+        """After the job row exists: escrow + dispatch (the Prefect layer). Raise to refuse."""
+        ...
+
+    def verify_completion(self, job: JobRecord, proof: Mapping[str, Any], peer: PeerIdentity) -> str:
+        """Check a completion proof from the assigned node; return the job's next status."""
+        ...
+
+    def presign(self, job: JobRecord, *, kind: UrlKind, name: str, method: str) -> str:
+        """A presigned URL for ``name`` under the job's input or output prefix."""
+        ...
+
+    def wallet(self, user_id: str) -> dict[str, Any]:
+        """The user's wallet view (address, balances, escrows)."""
+        ...
+
+
+class BasicHooks:
+    """Embedded defaults: a light spec check, no escrow, proofs recorded as given, storage optional."""
+
+    def __init__(self, *, store: Any | None = None, url_ttl_s: int = 900) -> None:
+        self.store = store  # a cyxwiz.storage object store with presign support, when configured
+        self.url_ttl_s = url_ttl_s
+
+    def validate_spec(self, spec: Mapping[str, Any], *, user_id: str) -> tuple[dict[str, Any], int]:
+        if not isinstance(spec.get("job_type"), str) or not spec["job_type"]:
+            raise ValidationError("job_type is required", field="spec.job_type", rule="G1")
+        limits = spec.get("limits") or {}
+        duration = limits.get("wall_time_s", 3600) if isinstance(limits, Mapping) else None
+        if not isinstance(duration, int) or isinstance(duration, bool) or not 1 <= duration <= MAX_DURATION_S:
+            raise ValidationError(
+                f"must be an integer in 1..{MAX_DURATION_S}", field="spec.limits.wall_time_s", rule="E2"
+            )
+        return dict(spec), duration
+
+    def on_submitted(self, job: JobRecord) -> None:
+        return None
+
+    def verify_completion(self, job: JobRecord, proof: Mapping[str, Any], peer: PeerIdentity) -> str:
+        return "completed"
+
+    def presign(self, job: JobRecord, *, kind: UrlKind, name: str, method: str) -> str:
+        presign = getattr(self.store, "presign_url", None)
+        if presign is None:
+            raise NotFoundError("no object store with presigning is configured", field="name")
+        from cyxwiz.storage import layout
+
+        key = layout.job_input(job.job_id, name) if kind == "input" else layout.job_output(job.job_id, name)
+        return str(presign(key, method=method, expires_in=self.url_ttl_s))
+
+    def wallet(self, user_id: str) -> dict[str, Any]:
+        return {"user_id": user_id, "address": None, "balance_lamports": None, "escrows": []}

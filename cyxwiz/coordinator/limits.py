@@ -1,0 +1,144 @@
+"""DoS guards (SPEC I): token-bucket rate limits per identity and per IP, request body caps.
+
+Both are plain ASGI so the coordinator and the gateway share them; a refusal is a problem+json body and an
+audit record, produced by :func:`cyxwiz.coordinator.problems.send_problem`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cyxwiz.errors import ConfigError, RateLimitError, ValidationError
+
+
+class BodyTooLargeError(ValidationError):
+    """A request body over the configured cap (SPEC I: body size limits)."""
+
+    code = "body-too-large"
+    http_status = 413
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class RateLimiter:
+    """``rate`` requests per second per key, bursts up to ``burst``. Thread-safe, bounded memory."""
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ConfigError("rate must be > 0 and burst >= 1", field="rate_limit", rule="I")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str, *, what: str = "identity") -> None:
+        """Take one token for ``key`` or raise RateLimitError (HTTP 429)."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= self.max_keys:
+                    self._evict(now)
+                bucket = self._buckets[key] = _Bucket(tokens=float(self.burst), stamp=now)
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+            if bucket.tokens < 1.0:
+                retry = (1.0 - bucket.tokens) / self.rate
+                raise RateLimitError(
+                    f"too many requests for this {what}; retry in {retry:.1f}s",
+                    field=what,
+                    rule="I",
+                )
+            bucket.tokens -= 1.0
+
+    def _evict(self, now: float) -> None:
+        # Full buckets carry no state worth keeping: drop them first, then the oldest.
+        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        for key in full:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:
+            for key in sorted(self._buckets, key=lambda k: self._buckets[k].stamp)[: self.max_keys // 10]:
+                del self._buckets[key]
+
+
+ASGIApp = Callable[..., Any]
+Refuse = Callable[[dict[str, Any], Any, Exception], Any]
+
+
+class GuardMiddleware:
+    """Per-IP rate limit and body size cap, before any routing or authentication."""
+
+    def __init__(self, app: ASGIApp, *, ip_limiter: RateLimiter, max_body: int, refuse: Refuse) -> None:
+        self.app = app
+        self.ip_limiter = ip_limiter
+        self.max_body = max_body
+        self.refuse = refuse
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        ip = (scope.get("client") or ("unknown", 0))[0]
+        try:
+            self.ip_limiter.check(ip, what="ip")
+        except RateLimitError as exc:
+            await self.refuse(scope, send, exc)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = BodyTooLargeError(
+            f"request body larger than {self.max_body} bytes", field="body", rule="I", hint="send less"
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_body + 1
+                if declared > self.max_body:
+                    await self.refuse(scope, send, too_big)
+                    return
+        # Buffer up to the cap (JSON API bodies are small), so a chunked body cannot sneak past it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_body:
+                await self.refuse(scope, send, too_big)
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        data = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()  # type: ignore[no-any-return]
+
+        await self.app(scope, replay, send)

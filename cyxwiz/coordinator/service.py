@@ -1,0 +1,148 @@
+"""Assemble and run a coordinator: store + key ring + API + mTLS listener (``cyxwiz serve``, tests, demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cyxwiz.audit import AuditSink
+from cyxwiz.coordinator.api import create_app
+from cyxwiz.coordinator.hooks import BasicHooks, CoordinatorHooks
+from cyxwiz.coordinator.limits import GuardMiddleware
+from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
+from cyxwiz.tokens.issuer import TokenIssuer
+from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
+from cyxwiz.tokens.verifier import TokenVerifier
+from cyxwiz.transport.reload import ServerTLS
+from cyxwiz.transport.server import MTLSServer
+
+ISSUER = "cyxwiz-coordinator"
+AUDIENCE = "cyxwiz-api"
+
+
+@dataclass
+class CARevoker:
+    """Admin "revoke node": revoke its certificate at the CA, publish the CRL, push it to listeners (A6).
+
+    Pushing through :meth:`ServerTLS.apply_crl` closes the node's live connections at once; other
+    listeners (the gateway) get the same CRL bytes through ``push`` callables or their file watch.
+    """
+
+    ca_dir: Path
+    listeners: list[ServerTLS] = field(default_factory=list)
+    push: list[Callable[[bytes], None]] = field(default_factory=list)
+
+    def __call__(self, node: NodeRecord, reason: str) -> None:
+        from cyxwiz.pki.ca import CertificateAuthority
+
+        ca = CertificateAuthority.from_dir(self.ca_dir)
+        ca.revoke(int(node.cert_serial, 16), reason=_reason(reason))
+        data = ca.generate_crl().public_bytes(Encoding.PEM)
+        for tls in self.listeners:
+            tls.apply_crl(data)
+        for push in self.push:
+            push(data)
+
+
+def _reason(text: str) -> str:
+    from cryptography import x509
+
+    names = {flag.name for flag in x509.ReasonFlags}
+    return text if text in names else "unspecified"
+
+
+def load_or_create_keyring(path: Path) -> KeyRing:
+    store = DirKeyRingStore(path)
+    if (path / "ring.json").exists():
+        return store.load()
+    ring = KeyRing.generate()
+    store.save(ring)
+    return ring
+
+
+@dataclass
+class CoordinatorHandle:
+    server: MTLSServer
+    store: CoordinatorStore
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    app: GuardMiddleware
+    revoker: CARevoker | None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def tls(self) -> ServerTLS:
+        return self.server.tls
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def __enter__(self) -> CoordinatorHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def build_coordinator(
+    *,
+    cert: Path,
+    key: Path,
+    trust_bundle: Path,
+    crl: Path | None,
+    state_dir: Path,
+    db_url: str | None = None,
+    ca_dir: Path | None = None,
+    hooks: CoordinatorHooks | None = None,
+    audit: AuditSink | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    require_client_cert: bool = False,
+    keyring: KeyRing | None = None,
+    crl_push: Sequence[Callable[[bytes], None]] = (),
+    **app_options: Any,
+) -> CoordinatorHandle:
+    """Wire a coordinator without starting it. Users may come without a client certificate
+    (``require_client_cert=False``); node endpoints still demand one and a certificate that is presented
+    is always verified, CRL included."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = CoordinatorStore.from_url(db_url or f"sqlite:///{state_dir / 'coordinator.db'}")
+    ring = keyring if keyring is not None else load_or_create_keyring(state_dir / "keyring")
+    issuer = TokenIssuer(keyring=ring, issuer=ISSUER, audience=AUDIENCE, audit=audit)
+    verifier = TokenVerifier.from_keyring(ring, issuer=ISSUER, audience=AUDIENCE, revocations=store)
+    tls = ServerTLS(
+        cert=cert,
+        key=key,
+        trust_bundle=trust_bundle,
+        crl=crl,
+        require_client_cert=require_client_cert,
+        audit=audit,
+    )
+    revoker = CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push)) if ca_dir is not None else None
+    app = create_app(
+        store=store,
+        issuer=issuer,
+        verifier=verifier,
+        hooks=hooks or BasicHooks(),
+        audit=audit,
+        revoker=revoker,
+        **app_options,
+    )
+    server = MTLSServer(app=app, tls=tls, host=host, port=port, audit=audit)
+    return CoordinatorHandle(
+        server=server, store=store, issuer=issuer, verifier=verifier, app=app, revoker=revoker
+    )
+
+
+def start_coordinator(**options: Any) -> CoordinatorHandle:
+    """:func:`build_coordinator` and start serving in a background thread; ``.stop()`` when done."""
+    handle = build_coordinator(**options)
+    handle.server.start()
+    return handle
