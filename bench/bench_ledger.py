@@ -1,0 +1,101 @@
+"""Escrow bookkeeping cost: create+release pairs/s through EscrowLedger vs plain LiteSVM token transfers/s.
+
+Same run, same in-process LiteSVM build. The escrow pair does the on-chain work of two transactions
+(fund the escrow; release + close it) plus its bookkeeping: preflight simulation, the intent log and
+compare-and-set state changes in SQLite (file, fsync), signature-status confirmation. The baseline sends
+``transfer_checked`` transactions straight to LiteSVM with no bookkeeping at all. Goal: ratio >= 0.67
+against transfer *pairs* (equal transaction count), i.e. bookkeeping costs at most 1.5x.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from solders.keypair import Keypair
+from solders.litesvm import LiteSVM
+from spl.token import instructions as token_ix
+from spl.token.constants import TOKEN_PROGRAM_ID
+from spl.token.models import TransferCheckedParams
+
+from cyxwiz.ledger import provision, txbuild
+from cyxwiz.ledger.chain import LocalChain
+from cyxwiz.ledger.ledger import EscrowLedger
+from cyxwiz.ledger.store import EscrowStore
+
+N = 150
+
+
+def _plain_transfers_per_second(n: int) -> float:
+    chain = LocalChain()
+    payer, authority, user, node = Keypair(), Keypair(), Keypair(), Keypair()
+    chain.airdrop(payer.pubkey(), 10**10)
+    mint = provision.create_test_mint(chain, payer=payer, mint_authority=authority.pubkey())
+    src = provision.fund_wallet(
+        chain, payer=payer, mint=mint, wallet=user.pubkey(), amount=10**12, mint_authority=authority
+    )
+    dst = provision.fund_wallet(chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=0)
+    svm: LiteSVM = chain._svm  # the raw LiteSVM: no preflight, no bookkeeping
+    started = time.perf_counter()
+    for i in range(n):
+        ix = token_ix.transfer_checked(
+            TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID, source=src, mint=mint, dest=dst, owner=user.pubkey(),
+                amount=1000 + i, decimals=6,
+            )
+        )  # fmt: skip
+        tx = txbuild.sign([ix], payer=payer, signers=[user], blockhash=svm.latest_blockhash())
+        result = svm.send_transaction(tx)
+        assert not hasattr(result, "err"), result
+    return n / (time.perf_counter() - started)
+
+
+def _escrow_pairs_per_second(n: int, db: Path) -> float:
+    chain = LocalChain()
+    payer, coordinator, verifier, arbiter, authority, user, node = (Keypair() for _ in range(7))
+    chain.airdrop(payer.pubkey(), 10**11)
+    multisig = provision.create_multisig(
+        chain, payer=payer, authorities=[coordinator.pubkey(), verifier.pubkey(), arbiter.pubkey()]
+    )
+    mint = provision.create_test_mint(chain, payer=payer, mint_authority=authority.pubkey())
+    provision.fund_wallet(
+        chain, payer=payer, mint=mint, wallet=user.pubkey(), amount=10**12, mint_authority=authority
+    )
+    provision.fund_wallet(chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=0)
+    ledger = EscrowLedger(
+        chain=chain, store=EscrowStore.open(f"sqlite:///{db}"), mint=mint, decimals=6, multisig=multisig,
+        payer=payer, coordinator=coordinator, verifier=verifier, arbiter=arbiter, minimum_payment=1,
+    )  # fmt: skip
+    started = time.perf_counter()
+    for i in range(n):
+        job = f"bench-{i}"
+        ledger.create(job_id=job, user=user, amount=1000 + i)
+        ledger.assign(job_id=job, node_wallet=node.pubkey())
+        ledger.release(job_id=job, node_wallet=node.pubkey(), proof_ref="sha256:bench")
+    elapsed = time.perf_counter() - started
+    ledger.store.dispose()
+    return n / elapsed
+
+
+def run() -> list[tuple[str, float, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        transfers = _plain_transfers_per_second(N * 2)
+        pairs = _escrow_pairs_per_second(N, Path(tmp) / "bench.db")
+    return [
+        (
+            "escrow pairs/s / plain transfer pairs/s",
+            pairs / (transfers / 2),
+            f"{pairs:.0f} create+release pairs/s vs {transfers:.0f} transfer_checked/s (goal >= 0.67)",
+        ),
+        (
+            "escrow pairs/s / plain transfers/s",
+            pairs / transfers,
+            "the issue's literal ratio: one escrow pair (2 transactions) against one transfer",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    for label, ratio, why in run():
+        print(f"{label:<44} {ratio:8.3f}  {why}")
