@@ -41,8 +41,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     with local_prefect_server(home) as server:
         saved = {key: os.environ.get(key) for key in server.env()}
         os.environ.update(server.env())
+        # Prefect snapshots its settings when first imported; env changes after that need this too.
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
+
         try:
-            yield server
+            with temporary_settings(
+                updates={PREFECT_API_URL: server.api_url, PREFECT_UI_API_URL: server.api_url}
+            ):
+                yield server
         finally:
             for key, value in saved.items():
                 if value is None:

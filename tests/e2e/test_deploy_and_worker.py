@@ -15,7 +15,19 @@ def test_deploy_all_registers_every_deployment(deployed: dict[str, str]) -> None
 
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_deployments()}
-    assert "node-healthcheck" in names
+    assert {
+        "node-healthcheck",
+        "sandboxed-train",
+        "job-lifecycle",
+        "crl-refresh",
+        "escrow-sweep",
+        "audit-maintenance",
+        "signing-key-rotation",
+        "certificate-expiry-watch",
+    } <= names
+    with get_client(sync_client=True) as client:
+        scheduled = {d.name for d in client.read_deployments() if d.schedules}
+    assert {"crl-refresh", "escrow-sweep", "audit-maintenance"} <= scheduled
 
 
 def test_deployment_runs_on_the_node_agent_with_forced_policy(node_agent: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,154 @@
+"""``job-lifecycle``: validate → escrow → dispatch → sandboxed-train on the node → verify → settle → archive.
+
+Runs in the trusted zone (the ``control`` pool, or in-process from Python / ``cyxwiz job submit``). The
+escrow lock and the dispatch run inside a Prefect ``transaction()``: if anything after them fails, their
+``on_rollback`` hooks refund the escrow and revoke the job token. A killed process runs no hooks, so the
+scheduled ``escrow-sweep`` flow reconciles what a crash left behind (ARCHITECTURE step 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.transactions import Transaction, get_transaction, transaction
+
+from tasks import services
+from tasks.control import JobRequest, parse_job_request, prepare_inputs
+
+
+@task(name="validate-job-spec")
+def validate(spec: dict[str, Any]) -> JobRequest:
+    return parse_job_request(spec)
+
+
+@task(name="lock-escrow")
+def lock_escrow(request: JobRequest) -> dict[str, Any]:
+    record = services.ledger().create(
+        job_id=request.job_id, user=services.user_wallet(request.user), amount=request.payment
+    )
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("job_id", request.job_id)
+    get_run_logger().info(
+        "escrow locked for %s: %s base units in %s", request.job_id, request.payment, record.escrow_account
+    )
+    return {"escrow_account": record.escrow_account, "amount": request.payment, "state": str(record.state)}
+
+
+@lock_escrow.on_rollback
+def _refund_on_rollback(txn: Transaction) -> None:
+    job_id = txn.get("job_id")
+    services.refund_if_locked(job_id, reason="lifecycle rolled back")
+
+
+@task(name="dispatch")
+def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
+    control = services.control_channel()
+    prepared = prepare_inputs(services.config(), request)
+    control.create_job(
+        job_id=request.job_id, user=request.user, spec=prepared.training_doc, duration_s=request.wall_seconds
+    )
+    assignment = control.assign(request.job_id, node=node)
+    services.ledger().assign(job_id=request.job_id, node_wallet=assignment["wallet"])
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("job_id", request.job_id)
+    return {
+        "assignment": assignment,
+        "training_doc": prepared.training_doc,
+        "holdout_key": prepared.holdout_key,
+        "holdout_sha256": prepared.holdout_sha256,
+        "dataset_key": prepared.dataset_key,
+    }
+
+
+@dispatch.on_rollback
+def _revoke_token_on_rollback(txn: Transaction) -> None:
+    services.control_channel().revoke_job_token(txn.get("job_id"))
+
+
+@task(name="run-on-node")
+def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
+    from prefect.deployments import run_deployment
+
+    config = services.config()
+    flow_run = run_deployment(
+        config.train_deployment,
+        parameters={"job_id": request.job_id, "job": dispatched["training_doc"]},
+        work_queue_name=dispatched["assignment"]["queue"],
+        timeout=request.wall_seconds + config.dispatch_margin_s,
+        job_variables={"memory_mb": request.memory_mb, "wall_seconds": request.wall_seconds},
+    )
+    state = flow_run.state
+    return {
+        "flow_run_id": str(flow_run.id),
+        "state": state.type.value if state else "UNKNOWN",
+        "message": (state.message or "") if state else "",
+    }
+
+
+@task(name="verify-result")
+def verify(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
+    report = services.verify_job(request=request, dispatched=dispatched)
+    create_markdown_artifact(
+        key=f"verification-{request.job_id}",
+        markdown=report.to_markdown(),
+        description=f"Verification report of {request.job_id}",
+    )
+    return report.to_dict()
+
+
+@task(name="settle-escrow")
+def settle(request: JobRequest, dispatched: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    ledger = services.ledger()
+    if report["passed"]:
+        record = ledger.release(
+            job_id=request.job_id,
+            node_wallet=dispatched["assignment"]["wallet"],
+            proof_ref=str(report["proof_sha256"]),
+        )
+    else:
+        reasons = "; ".join(f"{c['name']}: {c['reason']}" for c in report["checks"] if not c["passed"])
+        record = ledger.refund(job_id=request.job_id, reason=f"verification failed: {reasons}"[:500])
+    return {"state": str(record.state), "escrow_account": record.escrow_account}
+
+
+@task(name="archive", retries=2, retry_delay_seconds=2)
+def archive(request: JobRequest, report: dict[str, Any], settlement: dict[str, Any]) -> list[str]:
+    return services.archive(request=request, report=report, settlement=settlement)
+
+
+@flow(name="job-lifecycle", log_prints=False)
+def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, Any]:
+    """Run one job end to end. ``spec`` is the user's job spec; ``node`` pins a node (tests, demos)."""
+    logger = get_run_logger()
+    request = validate(spec)
+    started = dt.datetime.now(dt.UTC)
+    with transaction():
+        escrow = lock_escrow(request)
+        dispatched = dispatch(request, node)
+        ran = run_on_node(request, dispatched)
+        logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])
+        report = verify(request, dispatched)
+        settlement = settle(request, dispatched, report)
+    keys = archive(request, report, settlement)
+    services.control_channel().set_status(request.job_id, "released" if report["passed"] else "refunded")
+    summary = {
+        "job_id": request.job_id,
+        "escrow": escrow,
+        "node": dispatched["assignment"]["node_id"],
+        "node_run": ran,
+        "verification": {"passed": report["passed"], **report.get("summary", {})},
+        "settlement": settlement,
+        "archived": keys,
+        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 2),
+    }
+    create_table_artifact(
+        key=f"job-{request.job_id}",
+        table=[{"step": k, "result": str(v)} for k, v in summary.items()],
+        description=f"Lifecycle of {request.job_id}",
+    )
+    return summary

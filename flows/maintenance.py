@@ -1,0 +1,120 @@
+"""Scheduled maintenance flows (deployments with schedules in prefect.yaml; ARCHITECTURE "Scheduled flows").
+
+Each is idempotent: running twice in a row changes nothing the second time, so schedules may overlap
+and a retry is always safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import services
+
+
+@flow(name="crl-refresh")
+def crl_refresh(days: int = 7, refresh_before_hours: int = 48) -> dict[str, Any]:
+    """Re-sign the CRL before its nextUpdate so gateways and nodes never hold a stale one (SPEC A6).
+
+    Gateways watch the CRL file and hot-reload it: no restart anywhere.
+    """
+    from cyxwiz.pki.ca import CertificateAuthority
+    from cyxwiz.pki.certs import load_crls
+
+    cfg = services.config()
+    ca = CertificateAuthority.from_dir(cfg.pki_root / "ca")
+    now = dt.datetime.now(dt.UTC)
+    current = load_crls(ca.crl_path) if ca.crl_path.exists() else []
+    due = not current or any(
+        c.next_update_utc is None or c.next_update_utc - now < dt.timedelta(hours=refresh_before_hours)
+        for c in current
+    )
+    if due:
+        crl = ca.generate_crl(days=days)
+        get_run_logger().info("CRL re-signed; nextUpdate %s", crl.next_update_utc)
+        return {"refreshed": True, "next_update": str(crl.next_update_utc)}
+    return {"refreshed": False, "next_update": str(current[0].next_update_utc)}
+
+
+@flow(name="escrow-sweep")
+def escrow_sweep() -> dict[str, Any]:
+    """Finish what a crash left behind: pending intents re-checked on chain, never a second transfer (F2)."""
+    records = services.ledger().reconcile()
+    rows = [{"job_id": r.job_id, "state": str(r.state)} for r in records]
+    if rows:
+        create_table_artifact(key="escrow-sweep", table=rows, description="Escrows settled by the sweep")
+    return {"reconciled": len(rows), "escrows": rows}
+
+
+@flow(name="audit-maintenance")
+def audit_maintenance() -> dict[str, Any]:
+    """Rotate, seal (signed digest), gzip, archive and prune the audit log, then verify the chain (H3, H4)."""
+    from cyxwiz.audit.maintenance import run_maintenance
+    from cyxwiz.audit.verify import verify_log
+
+    log = services.audit()
+    report = run_maintenance(log)
+    verdict = verify_log(services.config().audit_dir)
+    summary = {
+        "head": str(report.head),
+        "sealed": [str(d) for d in report.sealed],
+        "archived": [str(d) for d in report.archived],
+        "pruned": [str(d) for d in report.pruned],
+        "chain_ok": verdict.ok,
+        "first_problem": str(verdict.first) if verdict.first else None,
+    }
+    if not verdict.ok:
+        create_markdown_artifact(
+            key="audit-chain-broken",
+            markdown=f"# Audit chain broken\n\nFirst problem: `{verdict.first}`\n",
+            description="The audit log failed verification",
+        )
+        raise RuntimeError(f"audit chain broken: {verdict.first}")
+    return summary
+
+
+@flow(name="signing-key-rotation")
+def signing_key_rotation(force: bool = False) -> dict[str, Any]:
+    """Start a new JWT signing key every rotation period (30 d); drop retired keys once unusable (B4)."""
+    from cyxwiz.tokens.keyring import DirKeyRingStore
+
+    cfg = services.config()
+    if cfg.keyring_dir is None:
+        return {"rotated": False, "reason": "no keyring_dir configured"}
+    ring_store = DirKeyRingStore(cfg.keyring_dir)
+    ring = ring_store.load()
+    now = dt.datetime.now(dt.UTC)
+    rotated = None
+    if force or ring.rotation_due(now=now):
+        rotated = ring.rotate(now=now).kid
+    pruned = ring.prune(now=now)
+    if rotated or pruned:
+        ring_store.save(ring)
+    return {"rotated": rotated, "pruned": pruned}
+
+
+@flow(name="certificate-expiry-watch")
+def certificate_expiry_watch(warn_days: int = 30) -> dict[str, Any]:
+    """Warn about certificates expiring within ``warn_days`` (default 30) across the PKI directory (A4)."""
+    from cyxwiz.pki.certs import common_name, load_certificates
+
+    cfg = services.config()
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for path in sorted(cfg.pki_root.rglob("*cert*.pem")):
+        for cert in load_certificates(path):
+            left = cert.not_valid_after_utc - now
+            if left < dt.timedelta(days=warn_days):
+                rows.append(
+                    {"file": str(path.relative_to(cfg.pki_root)), "subject": common_name(cert) or "",
+                     "expires": cert.not_valid_after_utc.isoformat(), "days_left": left.days}
+                )  # fmt: skip
+    logger = get_run_logger()
+    for row in rows:
+        logger.warning("certificate %s expires in %s days", row["subject"], row["days_left"])
+    if rows:
+        create_table_artifact(key="certificates-expiring", table=rows, description="Certificates to renew")
+    return {"expiring": rows}

@@ -1,0 +1,47 @@
+"""How a node's flow run talks to the control plane: the coordinator API over mTLS with the job token.
+
+The Protocol keeps the flow independent of transport details; :class:`agents.node_client.CoordinatorChannel`
+is the implementation (mTLS + job token), tests may pass another implementation of the same calls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class NodeChannel(Protocol):
+    def fetch_input(self, job_id: str, name: str, *, sha256: str | None) -> bytes:
+        """The job's input ``name``, its SHA-256 checked when given (D3)."""
+        ...
+
+    def report_progress(self, job_id: str, message: dict[str, Any]) -> None:
+        """Relay one bridge message (progress/metrics/checkpoint) to the coordinator."""
+        ...
+
+    def upload_output(self, job_id: str, name: str, path: Path) -> None:
+        """Upload one output artifact to the job's own output prefix."""
+        ...
+
+    def submit_proof(self, job_id: str, proof: bytes) -> None:
+        """Hand the signed completion proof to the coordinator (F1)."""
+        ...
+
+
+class ControlChannel(Protocol):
+    """The lifecycle's calls to the coordinator (scheduler role, mTLS)."""
+
+    def create_job(self, *, job_id: str, user: str, spec: dict[str, Any], duration_s: int) -> None: ...
+
+    def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
+        """Pick a healthy unrevoked node and mint its job token; returns ``node_id``, ``queue``, ``jti``,
+        ``peer_id`` and ``wallet``."""
+        ...
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job record: status, assigned node, submitted proof (base64 JSON) and its receipt time."""
+        ...
+
+    def revoke_job_token(self, job_id: str) -> None: ...
+
+    def set_status(self, job_id: str, status: str, *, detail: str = "") -> None: ...

@@ -1,0 +1,68 @@
+"""Where the control plane's parts live, from one JSON file (``CYXWIZ_CONTROL_PLANE``) or env vars.
+
+The lifecycle and maintenance flows run in the trusted zone; this file names the CA, the ledger config,
+the object store, the audit directory and the coordinator. Secrets are not in it: passphrases and master
+keys come from env vars (or Prefect Secret blocks) named here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cyxwiz.errors import ConfigError
+
+ENV_VAR = "CYXWIZ_CONTROL_PLANE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlPlaneConfig:
+    home: Path
+    pki_root: Path
+    ledger_config: Path
+    store_root: Path
+    audit_dir: Path
+    coordinator_url: str | None = None
+    coordinator_db: str | None = None
+    #: Token key ring directory (``DirKeyRingStore``) rotated by the ``signing-key-rotation`` flow.
+    keyring_dir: Path | None = None
+    #: The deployment nodes run (``flow-name/deployment-name``).
+    train_deployment: str = "sandboxed-train/sandboxed-train"
+    #: Seconds added to a job's wall-time limit before the control plane gives up on the node.
+    dispatch_margin_s: int = 120
+
+    @classmethod
+    def from_file(cls, path: Path) -> ControlPlaneConfig:
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("control-plane config file not found", path=str(path)) from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not JSON: {exc.msg} at line {exc.lineno}", path=str(path)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a JSON object", path=str(path))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown keys {unknown}", path=str(path))
+        for name in ("home", "pki_root", "ledger_config", "store_root", "audit_dir"):
+            if name not in raw:
+                raise ConfigError("required key missing", field=name, path=str(path))
+            raw[name] = Path(raw[name])
+        if raw.get("keyring_dir") is not None:
+            raw["keyring_dir"] = Path(raw["keyring_dir"])
+        return cls(**raw)
+
+    @classmethod
+    def from_env(cls) -> ControlPlaneConfig:
+        value = os.environ.get(ENV_VAR)
+        if not value:
+            raise ConfigError(f"set {ENV_VAR} to the control-plane config file", field=ENV_VAR)
+        return cls.from_file(Path(value))
+
+    def to_file(self, path: Path) -> None:
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,146 @@
+"""The control plane's parts, opened once per process from :class:`tasks.config.ControlPlaneConfig`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cyxwiz.errors import VerificationError
+from tasks.config import ControlPlaneConfig
+
+if TYPE_CHECKING:
+    from cyxwiz.verification.report import VerificationReport
+    from tasks.channel import ControlChannel
+    from tasks.control import JobRequest
+
+
+@functools.cache
+def config() -> ControlPlaneConfig:
+    return ControlPlaneConfig.from_env()
+
+
+@functools.cache
+def audit() -> Any:
+    from cyxwiz.audit import AuditLog
+
+    return AuditLog.open(config().audit_dir)
+
+
+@functools.cache
+def ledger() -> Any:
+    from cyxwiz.ledger.config import LedgerConfig, open_ledger
+
+    return open_ledger(LedgerConfig.from_file(config().ledger_config), audit=audit())
+
+
+def user_wallet(user: str) -> Any:
+    """The paying wallet. The embedded default holds the demo user's sealed key; production takes a signed
+    funding transaction from the user's own client instead."""
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
+
+    ledger_config = LedgerConfig.from_file(config().ledger_config)
+    path = ledger_config.key_path("user")
+    if path is None:
+        raise VerificationError("the ledger config holds no user wallet", field="keys.user")
+    return load_keypair(path, passphrase=passphrase_from_env())
+
+
+def refund_if_locked(job_id: str | None, *, reason: str) -> None:
+    if not job_id:
+        return
+    from cyxwiz.errors import NotFoundError
+    from cyxwiz.ledger.store import EscrowState
+
+    try:
+        record = ledger().status(job_id=job_id)
+    except NotFoundError:
+        return
+    if record.state in (EscrowState.LOCKED,):
+        ledger().refund(job_id=job_id, reason=reason)
+
+
+@functools.cache
+def control_channel() -> ControlChannel:
+    from tasks.coordinator_channel import SchedulerChannel
+
+    return SchedulerChannel.from_config(config())
+
+
+def store() -> Any:
+    from tasks.control import open_store
+
+    return open_store(config())
+
+
+def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> VerificationReport:
+    """Fetch the proof the node submitted and its outputs from the archive, then run every check."""
+    import base64
+
+    from cyxwiz.pki.certs import load_certificate
+    from cyxwiz.storage import layout
+    from cyxwiz.training.spec import parse_training_job
+    from cyxwiz.verification.proof import SignedProof
+    from cyxwiz.verification.report import Check, VerificationReport
+    from cyxwiz.verification.verifier import Expectations, JobData, TrustStore
+    from cyxwiz.verification.verifier import verify_job as run_checks
+
+    cfg = config()
+    record = control_channel().job(request.job_id)
+    proof_b64 = record.get("proof")
+    if not proof_b64:
+        return VerificationReport(
+            job_id=request.job_id,
+            checks=(
+                Check(
+                    "proof", False, f"no completion proof was submitted (job status {record.get('status')})"
+                ),
+            ),
+        )
+    signed = SignedProof.from_json(base64.b64decode(proof_b64))
+    st = store()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "output"
+        for name in signed.proof.artifacts:
+            key = layout.job_output(request.job_id, name)
+            try:
+                st.get_file(key, out / name)
+            except Exception as exc:  # a missing or tampered artifact fails the job, it does not crash
+                return VerificationReport(
+                    job_id=request.job_id,
+                    checks=(Check("artifacts", False, f"{name}: {exc}"),),
+                    proof_sha256=signed.sha256(),
+                )
+        train = Path(tmp) / "train.npz"
+        holdout = Path(tmp) / "holdout.npz"
+        st.get_file(dispatched["dataset_key"], train)
+        st.get_file(dispatched["holdout_key"], holdout)
+        pki = cfg.pki_root
+        node_cert = load_certificate(pki / "nodes" / f"{dispatched['assignment']['node_id']}-cert.pem")
+        received = record.get("proof_received_at")
+        return run_checks(
+            proof=signed,
+            node_certificate=node_cert,
+            job=parse_training_job(dispatched["training_doc"], allow_file_uris=True),
+            output_dir=out,
+            data=JobData(train=train, holdout=holdout, holdout_sha256=dispatched["holdout_sha256"]),
+            trust=TrustStore.from_files(pki / "bundle.pem", crls=[pki / "ca" / "ca-crl.pem"]),
+            expect=Expectations(
+                node_peer_id=dispatched["assignment"].get("peer_id"),
+                token_jti=dispatched["assignment"].get("jti"),
+                received_at=dt.datetime.fromisoformat(received) if received else None,
+            ),
+        )
+
+
+def archive(*, request: JobRequest, report: dict[str, Any], settlement: dict[str, Any]) -> list[str]:
+    from cyxwiz.storage import layout
+
+    st = store()
+    st.put_bytes(layout.job_verification(request.job_id), json.dumps(report, sort_keys=True).encode())
+    st.put_bytes(f"jobs/{request.job_id}/settlement.json", json.dumps(settlement, sort_keys=True).encode())
+    return sorted(info.key for info in st.list(f"jobs/{request.job_id}/"))
