@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import stat
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from cyxwiz.audit.reader import split_lines
 from cyxwiz.audit.records import RecordFormatError, parse_line
-from cyxwiz.errors import KeyFormatError, KeyPermissionError, KeyTypeError, NotFoundError
+from cyxwiz.errors import KeyFormatError, KeyTypeError, NotFoundError
 
 DIGEST_VERSION = 1
 
@@ -116,27 +115,9 @@ def check_signature(digest: dict[str, Any], *, trusted: Ed25519PublicKey | None)
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """An Ed25519 PKCS#8 PEM private key, refused when group/other can read it (A2, A4)."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise NotFoundError("signing key file does not exist", path=str(path)) from None
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise KeyPermissionError(
-            "private key file is readable by group or others",
-            path=str(path),
-            rule="A4",
-            hint=f"chmod 600 {path}",
-        )
-    data = path.read_bytes()
-    if b"BEGIN PRIVATE KEY" not in data and b"BEGIN ENCRYPTED PRIVATE KEY" not in data:
-        raise KeyFormatError("not a PKCS#8 PEM private key", path=str(path), rule="A2")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFormatError(f"cannot load private key: {exc}", path=str(path), rule="A2") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyTypeError("audit digests are signed with Ed25519 keys only", path=str(path), rule="A2")
-    return key
+    from cyxwiz.pki.keys import load_private_key
+
+    return load_private_key(path)
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

@@ -8,9 +8,11 @@ Layout of the log directory (0700, files 0600)::
     audit-2026-11-22.digest.json   signed daily digest (see :mod:`cyxwiz.audit.digest`)
 
 Concurrency: threads of one process serialise on a ``threading.Lock``; processes on one host on an
-``flock`` of ``.head``. Under the lock a writer learns the chain head (last seq and hash) from its own
-cache when the file is exactly as long as it left it, and otherwise from the file's last line, then appends
-the whole line in one ``write(2)`` on an ``O_APPEND`` descriptor: no torn or interleaved lines.
+``flock`` of ``.head``. Under the lock a writer checks that ``.head`` still holds the checkpoint it wrote
+last (then nobody else appended and its cached seq/hash are the chain head: one ``pread``); otherwise it
+re-reads the head from the day file's last line. It appends the whole line with one ``write(2)`` on an
+``O_APPEND`` descriptor (no torn or interleaved lines) and writes the new checkpoint. A failed write
+spoils the checkpoint, so the next writer re-reads the tail and terminates a partial line.
 
 Days only move forward: a writer whose clock is behind the chain's day appends to the chain's day, so the
 chain never forks across two files. A day file is never written again once the head moved past it; only
@@ -31,7 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -116,6 +118,8 @@ class AuditLog:
         self._last_sync = time.monotonic()
         self._closed = False
         self._alert: SecurityEvent | None = None
+        self._checkpoint = b"\x00"  # the .head bytes we last wrote; never matches before the first write
+        self._day_end = datetime.min.replace(tzinfo=UTC)  # start of the day after the head day
         self._open_lock_file()
         _open_logs.add(self)
 
@@ -172,24 +176,42 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise AuditError("audit log is closed", path=str(self.directory))
+            lock_fd = self._lock_fd
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
                 try:
-                    rolled = self._sync_head(now)
-                    if self._alert is not None:
-                        self._append(_serialize(self._alert))
-                        self._alert = None
+                    # Fast path (the common case): same day, and the checkpoint is still the one we
+                    # wrote, so no other writer appended since and our cached head is the chain head.
+                    if not (now < self._day_end and os.pread(lock_fd, 160, 0).startswith(self._checkpoint)):
+                        rolled = self._sync_head(now)
+                        if self._alert is not None:
+                            self._append(_serialize(self._alert))
+                            self._alert = None
                     self._append(data)
-                    self._maybe_fsync()
+                    if self.fsync != "none":
+                        self._maybe_fsync()
                 finally:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
             except OSError as exc:
-                self._size = -1  # whatever happened, re-read the file next time
+                self._forget_head()
                 raise AuditError(
                     f"cannot write audit record: {exc.strerror}", path=str(self.directory)
                 ) from exc
         if rolled and self.auto_maintain:
             self._maintain_in_background()
+
+    def _forget_head(self) -> None:
+        """After a failed write: maybe a partial line is on disk. Make every writer (us included)
+        re-read the file's tail before its next record, so the partial line gets terminated."""
+        self._size = -1
+        self._checkpoint = b"\x00"
+        with contextlib.suppress(OSError):
+            # Overwrites bytes already allocated, so it works even when the disk is full.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                os.pwrite(self._lock_fd, b"%s dirty" % (self._day or b"0000-00-00"), 0)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _append(self, data: bytes) -> None:
         line, digest = build_line(self._seq + 1, self._prev, data)
@@ -199,7 +221,9 @@ class AuditLog:
         self._size += len(line)
         # Checkpoint of the chain head beside the data: a later writer or `verify` compares it with the
         # file, so cutting records off the end of the open day does not go unnoticed.
-        os.pwrite(self._lock_fd, b"%s %d %s\n" % (self._day, self._seq, digest.encode("ascii")), 0)
+        checkpoint = b"%s %d %s\n" % (self._day, self._seq, digest.encode("ascii"))
+        os.pwrite(self._lock_fd, checkpoint, 0)
+        self._checkpoint = checkpoint
 
     def _write_all(self, line: bytes) -> None:
         view = memoryview(line)
@@ -209,8 +233,6 @@ class AuditLog:
             view = view[written:]
 
     def _maybe_fsync(self) -> None:
-        if self.fsync == "none":
-            return
         now = time.monotonic()
         if self.fsync == "always" or now - self._last_sync >= self.fsync_interval:
             os.fdatasync(self._fd)
@@ -226,6 +248,9 @@ class AuditLog:
                 rolled = True
             head = today
             os.pwrite(self._lock_fd, head, 0)
+        self._day_end = datetime.combine(
+            date.fromisoformat(head.decode("ascii")) + timedelta(days=1), datetime.min.time(), tzinfo=UTC
+        )
         if head == self._day and self._fd >= 0:
             size = os.fstat(self._fd).st_size
             if size == self._size:
@@ -346,6 +371,7 @@ class AuditLog:
         self._fd = -1
         self._day = b""
         self._size = -1
+        self._checkpoint = b"\x00"
         if not self._closed:
             self._open_lock_file()
 

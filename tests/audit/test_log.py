@@ -109,17 +109,44 @@ def test_a_writer_with_a_slow_clock_never_forks_the_chain_into_an_old_day(log_di
 
 
 def test_torn_tail_is_terminated_and_chain_continues_from_last_intact_record(
-    audit_log: AuditLog, log_dir: Path
+    audit_log: AuditLog, log_dir: Path, clock: ManualClock
 ) -> None:
     audit_log.record(sample_event(1))
     path = log_dir / "audit-2026-11-20.jsonl"
     with path.open("ab") as fh:
-        fh.write(b'{"hash":"abc')  # a crash mid-write
-    audit_log.record(sample_event(2))
+        fh.write(b'{"hash":"abc')  # a writer process crashed mid-write
+    with AuditLog.open(log_dir, clock=clock, auto_maintain=False) as restarted:
+        restarted.record(sample_event(2))
     lines = path.read_bytes().splitlines()
     assert lines[1] == b'{"hash":"abc'
     assert parse_line(lines[2]).prev == parse_line(lines[0]).hash
     assert parse_line(lines[2]).seq == 2
+
+
+def test_failed_write_makes_every_writer_reread_the_tail(
+    audit_log: AuditLog, log_dir: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as _os
+
+    other = AuditLog.open(log_dir, clock=clock, auto_maintain=False)
+    other.record(sample_event(1))
+    audit_log.record(sample_event(2))
+    path = log_dir / "audit-2026-11-20.jsonl"
+    real_write = _os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:7])  # a partial line, then ENOSPC
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("cyxwiz.audit.log.os.write", disk_full)
+    with pytest.raises(AuditError, match="No space left"):
+        audit_log.record(sample_event(3))
+    monkeypatch.setattr("cyxwiz.audit.log.os.write", real_write)
+    other.record(sample_event(4))  # the *other* handle must notice and terminate the partial line
+    other.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines[2]) == 7
+    assert parse_line(lines[3]).seq == 3 and parse_line(lines[3]).prev == parse_line(lines[1]).hash
 
 
 def test_oversized_details_are_replaced_by_a_size_note(audit_log: AuditLog, log_dir: Path) -> None:
