@@ -11,10 +11,15 @@ Public API (contract)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cyxwiz.storage import layout
 from cyxwiz.storage.crypto import MasterKey
 from cyxwiz.storage.local import LocalObjectStore
 from cyxwiz.storage.model import ObjectInfo, ObjectStore, Problem, Progress, VerifyReport
+
+if TYPE_CHECKING:
+    from cyxwiz.storage.s3 import S3ObjectStore
 
 __all__ = [
     "LocalObjectStore",
@@ -23,6 +28,16 @@ __all__ = [
     "ObjectStore",
     "Problem",
     "Progress",
+    "S3ObjectStore",
     "VerifyReport",
     "layout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # boto3 takes ~0.3 s to import: only code that uses S3 pays for it.
+    if name == "S3ObjectStore":
+        from cyxwiz.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

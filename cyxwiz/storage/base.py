@@ -311,6 +311,12 @@ class BaseObjectStore(ABC):
             raise
         return info
 
+    def open_verified(self, key: str) -> tuple[ObjectInfo, Iterator[bytes]]:
+        """Metadata (tag checked) and an iterator of plaintext that raises before its end if the stored
+        bytes fail their hash; callers streaming to a peer must treat that exception as "abort"."""
+        info, chunks = self._open_checked(key)
+        return info, self._stream_plain(info, chunks, None)
+
     def check(self, key: str) -> ObjectInfo:
         """Read and verify an object end to end without keeping it."""
         info, chunks = self._open_checked(key)
