@@ -1,0 +1,71 @@
+"""``cyxwiz gateway``: the nodes' mTLS front door to the Prefect API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cyxwiz._cli import new_app
+
+app = new_app(help="Run the mTLS gateway that lets node agents reach only their own part of the Prefect API.")
+
+Opt = typer.Option
+PkiDir = Annotated[Path | None, Opt("--pki-dir", help="Dev PKI dir; --cert etc. override it.")]
+Cert = Annotated[Path | None, Opt("--cert", help="Gateway certificate (PEM).")]
+Key = Annotated[Path | None, Opt("--key", help="Gateway private key (PKCS#8 PEM, 0600).")]
+Bundle = Annotated[Path | None, Opt("--bundle", help="Trust bundle (intermediates + roots).")]
+Crl = Annotated[Path | None, Opt("--crl", help="CRL file, watched and hot-reloaded.")]
+Upstream = Annotated[str, Opt("--upstream", help="Prefect API base URL (loopback).")]
+Pool = Annotated[str, Opt("--pool", help="The GPU work pool nodes poll.")]
+KeyRingDir = Annotated[Path, Opt("--keyring", help="Token key ring dir of the coordinator (verify only).")]
+AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
+Host = Annotated[str, Opt("--host", help="Listen address.")]
+Port = Annotated[int, Opt("--port", help="Listen port.")]
+JobToken = Annotated[bool, Opt("--require-job-token", help="Flow-run calls also need X-Cyxwiz-Job-Token.")]
+
+
+@app.command("run")
+def run(  # noqa: PLR0917 (typer maps options to parameters)
+    keyring: KeyRingDir,
+    pki_dir: PkiDir = None,
+    cert: Cert = None,
+    key: Key = None,
+    bundle: Bundle = None,
+    crl: Crl = None,
+    upstream: Upstream = "http://127.0.0.1:4200",
+    pool: Pool = "cyxwiz-gpu",
+    audit_dir: AuditDir = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8444,
+    require_job_token: JobToken = False,
+) -> None:
+    """Serve the gateway until interrupted."""
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.coordinator.service import AUDIENCE, ISSUER
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.verifier import TokenVerifier
+
+    if pki_dir is not None:
+        from cyxwiz.pki.devpki import build_dev_pki
+
+        dev = build_dev_pki(pki_dir)
+        cert, key, bundle, crl = (
+            cert or dev.gateway_cert,
+            key or dev.gateway_key,
+            bundle or dev.bundle,
+            crl or dev.crl,
+        )
+    if cert is None or key is None or bundle is None:
+        raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
+    verifier = TokenVerifier.from_keyring(KeyRing.from_dir(keyring), issuer=ISSUER, audience=AUDIENCE)
+    audit = AuditLog.open(audit_dir) if audit_dir is not None else None
+    server, _ = build_gateway(
+        cert=cert, key=key, trust_bundle=bundle, crl=crl, upstream=upstream, pool=pool, verifier=verifier,
+        audit=audit, host=host, port=port, require_job_token=require_job_token,
+    )  # fmt: skip
+    typer.echo(f"gateway listening on {server.url} -> {upstream}")
+    server.run()

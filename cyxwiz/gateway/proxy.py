@@ -1,0 +1,419 @@
+"""The gateway: node-facing mTLS front door to the Prefect API (SPEC C3, D1, B5, I, H2).
+
+Nodes never reach Prefect directly. Each request must come over mTLS with a worker certificate and carry
+that node's session token (``Authorization: Bearer <jwt>``, or HTTP Basic with the jwt as password, which
+is what Prefect's ``PREFECT_API_AUTH_STRING`` produces); the token must be bound to the same certificate.
+Only allow-listed routes pass (:mod:`cyxwiz.gateway.policy`), narrowed to the node's own work queue and the
+flow runs in it. Every decision is audited; refusals are problem+json (HTTP) or close code 1008 (websocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from cyxwiz.audit import AuditSink
+from cyxwiz.audit import events as ev
+from cyxwiz.coordinator.limits import RateLimiter
+from cyxwiz.coordinator.problems import send_problem
+from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
+from cyxwiz.gateway.policy import Match, match
+from cyxwiz.tokens.claims import VerifiedToken
+from cyxwiz.tokens.kinds import TokenKind
+from cyxwiz.tokens.verifier import TokenVerifier
+from cyxwiz.transport.identity import PeerIdentity, peer_from_scope
+
+log = logging.getLogger(__name__)
+
+_HOP = {
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"upgrade",
+    b"authorization",
+    b"content-length",
+    b"te",
+    b"trailer",
+    b"proxy-authorization",
+    b"x-cyxwiz-job-token",
+}
+_BLOCKED_RUN_FIELDS = frozenset({"work_queue_name", "work_queue_id", "work_pool_name", "deployment_id"})
+
+
+@dataclass
+class NodeView:
+    """What one node has been shown to own (learned from upstream answers, never from the node)."""
+
+    runs: dict[str, str | None] = field(default_factory=dict)  # flow run id -> job id
+    deployments: set[str] = field(default_factory=set)
+    flows: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Caller:
+    node_id: str
+    queue: str
+    peer: PeerIdentity
+    token: VerifiedToken
+    ip: str | None
+
+
+def _job_id_of(run: dict[str, Any]) -> str | None:
+    params = run.get("parameters") or {}
+    if isinstance(params, dict) and isinstance(params.get("job_id"), str):
+        return str(params["job_id"])
+    for tag in run.get("tags") or []:
+        if isinstance(tag, str) and tag.startswith("cyxwiz-job:"):
+            return tag.removeprefix("cyxwiz-job:")
+    return None
+
+
+class Gateway:
+    """ASGI app proxying the allow-listed Prefect API for authenticated nodes."""
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        pool: str,
+        verifier: TokenVerifier,
+        audit: AuditSink | None = None,
+        queue_for: Callable[[str], str] = lambda node_id: node_id,
+        upstream_auth: str | None = None,
+        require_job_token: bool = False,
+        node_rate: tuple[float, int] = (50.0, 200),
+        timeout: float = 30.0,
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.pool = pool
+        self.verifier = verifier
+        self.audit = audit
+        self.queue_for = queue_for
+        self.upstream_auth = upstream_auth
+        self.require_job_token = require_job_token
+        self.limiter = RateLimiter(rate=node_rate[0], burst=node_rate[1])
+        self.views: dict[str, NodeView] = {}
+        self._client = httpx.AsyncClient(base_url=self.upstream, timeout=timeout)
+        self._upstream_headers: dict[str, str] = {}
+        if upstream_auth:
+            basic = base64.b64encode(upstream_auth.encode()).decode()
+            self._upstream_headers["authorization"] = f"Basic {basic}"
+
+    # --- ASGI -----------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self._client.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        websocket = scope["type"] == "websocket"
+        try:
+            caller = self._authenticate(scope)
+            found = match(scope.get("method", "GET"), scope["path"], websocket=websocket)
+            if found is None:
+                raise AuthorizationError("route is not on the gateway allow-list", field="path", rule="C3")
+            if websocket:
+                await self._websocket(scope, receive, send, caller, found)
+            else:
+                await self._http(scope, receive, send, caller, found)
+        except CyxwizError as exc:
+            await send_problem(scope, send, exc, audit=self.audit)
+
+    # --- identity -------------------------------------------------------------------------------------
+
+    def _authenticate(self, scope: dict[str, Any]) -> Caller:
+        peer = peer_from_scope(scope)
+        if peer is None:
+            raise AuthenticationError("a client certificate is required", field="certificate", rule="D1")
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"authorization", b"").decode("latin-1")
+        kind, _, value = raw.partition(" ")
+        token = value.strip()
+        if kind.lower() == "basic":
+            try:
+                token = base64.b64decode(token, validate=True).decode().partition(":")[2]
+            except ValueError:
+                token = ""
+        elif kind.lower() != "bearer":
+            token = ""
+        if not token:
+            raise AuthenticationError(
+                "the node's session token is required", field="authorization", rule="B1"
+            )
+        verified = self.verifier.verify(token, kind=TokenKind.SESSION, peer_cert=peer.certificate)
+        if verified.role != "node" or verified.node_id is None:
+            raise AuthorizationError("only nodes use the gateway", field="role", rule="C1")
+        self.limiter.check(f"node:{verified.node_id}")
+        ip = (scope.get("client") or (None, 0))[0]
+        caller = Caller(verified.node_id, self.queue_for(verified.node_id), peer, verified, ip)
+        scope.setdefault("state", {})["caller"] = _AuditCaller(verified.node_id)
+        return caller
+
+    def _decide(self, caller: Caller, resource: str, action: str, allowed: bool, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                ev.access_decision(
+                    actor_id=caller.node_id,
+                    actor_type=ev.ActorType.NODE,
+                    resource=resource,
+                    action=action,
+                    allowed=allowed,
+                    reason=reason,
+                    ip_address=caller.ip if caller.ip and caller.ip[0].isdigit() else None,
+                )
+            )
+        if not allowed:
+            err = AuthorizationError(reason, field="path", rule="C3")
+            err.audited = True  # type: ignore[attr-defined]
+            raise err
+
+    # --- ownership ------------------------------------------------------------------------------------
+
+    def view(self, node_id: str) -> NodeView:
+        return self.views.setdefault(node_id, NodeView())
+
+    def _learn(self, caller: Caller, run: dict[str, Any]) -> bool:
+        """Record ``run`` as the caller's when it sits in the caller's queue of our pool."""
+        if run.get("work_queue_name") != caller.queue or run.get("work_pool_name") not in (None, self.pool):
+            return False
+        view = self.view(caller.node_id)
+        view.runs[str(run["id"])] = _job_id_of(run)
+        if run.get("deployment_id"):
+            view.deployments.add(str(run["deployment_id"]))
+        if run.get("flow_id"):
+            view.flows.add(str(run["flow_id"]))
+        return True
+
+    async def _owns_run(self, caller: Caller, run_id: str) -> bool:
+        if run_id in self.view(caller.node_id).runs:
+            return True
+        resp = await self._client.get(f"/api/flow_runs/{run_id}", headers=self._upstream_headers)
+        return resp.status_code == 200 and self._learn(caller, resp.json())
+
+    def _check_job_token(self, scope: dict[str, Any], caller: Caller, run_id: str) -> None:
+        if not self.require_job_token:
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"x-cyxwiz-job-token", b"").decode("latin-1")
+        if not raw:
+            raise AuthenticationError("this flow run call needs its job token", field="x-cyxwiz-job-token")
+        job = self.verifier.verify(raw, kind=TokenKind.JOB, peer_cert=caller.peer.certificate)
+        expected = self.view(caller.node_id).runs.get(run_id)
+        ok = job.node_id == caller.node_id and expected is not None and job.job_id == expected
+        self._decide(
+            caller,
+            f"flow_run:{run_id}",
+            "job-token",
+            ok,
+            "job token for this run" if ok else "job token is for another job",
+        )
+
+    # --- HTTP -----------------------------------------------------------------------------------------
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        method, path = scope["method"], scope["path"]
+        kind = m.route.scope
+        resource = f"prefect:{method} {path}"
+        post_filter: Callable[[Any], Any] | None = None
+        if m.pool is not None and m.pool != self.pool:
+            self._decide(caller, resource, kind, False, f"work pool {m.pool!r} is not the node pool")
+        if kind == "scheduled_runs":
+            request = _json(body) if body else {}
+            request["work_queue_names"] = [caller.queue]  # whatever was asked: only the node's queue
+            body = json.dumps(request).encode()
+            post_filter = lambda items: [i for i in items if self._learn(caller, i.get("flow_run", {}))]  # noqa: E731
+        elif kind == "queue_filter":
+            post_filter = lambda items: [q for q in items if q.get("name") == caller.queue]  # noqa: E731
+        elif kind == "flow_run":
+            assert m.object_id is not None
+            owned = await self._owns_run(caller, m.object_id)
+            self._decide(
+                caller, resource, kind, owned, "run in own queue" if owned else "flow run of another node"
+            )
+            self._check_job_token(scope, caller, m.object_id)
+            if method == "PATCH" and path.rstrip("/").endswith(m.object_id):
+                changed = set(_json(body)) & _BLOCKED_RUN_FIELDS if body else set()
+                self._decide(
+                    caller,
+                    resource,
+                    "flow_run.patch",
+                    not changed,
+                    f"may not change {sorted(changed)}" if changed else "fields allowed",
+                )
+        elif kind in ("deployment", "flow"):
+            view = self.view(caller.node_id)
+            known = m.object_id in (view.deployments if kind == "deployment" else view.flows)
+            self._decide(
+                caller, resource, kind, known, f"{kind} of own run" if known else f"{kind} not of own runs"
+            )
+        elif kind == "logs":
+            lines = _json_list(body)
+            runs = {str(line.get("flow_run_id")) for line in lines if line.get("flow_run_id")}
+            for run_id in runs:
+                owned = await self._owns_run(caller, run_id)
+                self._decide(
+                    caller, resource, kind, owned, "logs of own run" if owned else "logs for another run"
+                )
+        elif kind == "work_queue":
+            resp = await self._client.get(path, headers=self._upstream_headers)
+            own = resp.status_code == 200 and resp.json().get("name") == caller.queue
+            self._decide(caller, resource, kind, own, "own queue" if own else "queue of another node")
+        if kind in ("global", "pool", "scheduled_runs", "queue_filter"):
+            self._decide(caller, resource, kind, True, "allow-listed")
+        await self._forward(scope, send, body, post_filter)
+
+    async def _forward(
+        self, scope: dict[str, Any], send: Any, body: bytes, post: Callable[[Any], Any] | None
+    ) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k not in _HOP}
+        headers.update(self._upstream_headers)
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = scope["path"] + (f"?{query}" if query else "")
+        resp = await self._client.request(scope["method"], url, content=body, headers=headers)
+        content = resp.content
+        if post is not None and resp.status_code == 200:
+            content = json.dumps(post(resp.json())).encode()
+        out = [
+            (k.encode(), v.encode())
+            for k, v in resp.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")
+        ]
+        out.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": content})
+
+    # --- websockets -----------------------------------------------------------------------------------
+
+    async def _websocket(
+        self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match
+    ) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        kind = m.route.scope
+        if m.pool is not None and m.pool != self.pool:
+            self._decide(caller, scope["path"], kind, False, f"work pool {m.pool!r} is not the node pool")
+        self._decide(caller, f"prefect:WS {scope['path']}", kind, True, "allow-listed websocket")
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        url = self.upstream.replace("http", "ws", 1) + scope["path"]
+        protocols = scope.get("subprotocols") or []
+        async with connect(
+            url, subprotocols=protocols or None, additional_headers=self._upstream_headers
+        ) as up:
+            await send({"type": "websocket.accept", "subprotocol": up.subprotocol})
+
+            async def client_to_upstream() -> None:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "websocket.disconnect":
+                        await up.close()
+                        return
+                    text = msg.get("text")
+                    if text is not None:
+                        await up.send(self._rewrite_client(caller, kind, text))
+                    elif msg.get("bytes") is not None:
+                        await up.send(msg["bytes"])
+
+            async def upstream_to_client() -> None:
+                try:
+                    async for data in up:
+                        if isinstance(data, str):
+                            if kind == "events_out" and not self._event_visible(caller, data):
+                                continue
+                            await send({"type": "websocket.send", "text": data})
+                        else:
+                            await send({"type": "websocket.send", "bytes": data})
+                except ConnectionClosed:
+                    pass
+                await send({"type": "websocket.close", "code": 1000})
+
+            tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
+            _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+
+    def _rewrite_client(self, caller: Caller, kind: str, text: str) -> str:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return text
+        if not isinstance(message, dict):
+            return text
+        if message.get("type") == "auth":
+            # The node's credential stays here; upstream sees the gateway's own (or none).
+            message["token"] = self.upstream_auth
+        elif message.get("type") == "filter" and kind == "events_out":
+            own = sorted(f"prefect.flow-run.{r}" for r in self.view(caller.node_id).runs) or [
+                "prefect.flow-run.none"
+            ]
+            given = message.get("filter")
+            flt: dict[str, Any] = given if isinstance(given, dict) else {}
+            flt["any_resource"] = {"id": own}
+            message["filter"] = flt
+        return json.dumps(message)
+
+    def _event_visible(self, caller: Caller, text: str) -> bool:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("type") != "event":
+            return True  # control messages (auth_success, etc.)
+        event = message.get("event") or {}
+        own = {f"prefect.flow-run.{r}" for r in self.view(caller.node_id).runs}
+        ids = [str((event.get("resource") or {}).get("prefect.resource.id", ""))]
+        ids += [
+            str(r.get("prefect.resource.id", "")) for r in event.get("related") or [] if isinstance(r, dict)
+        ]
+        return any(i in own for i in ids)
+
+
+@dataclass(frozen=True)
+class _AuditCaller:
+    """What the problem handler needs to name the actor of a refusal."""
+
+    principal_id: str
+    actor_type: str = "node"
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise ValidationError("request body is not valid JSON", field="body") from None
+    if not isinstance(value, dict):
+        raise ValidationError("request body must be a JSON object", field="body")
+    return value
+
+
+def _json_list(body: bytes) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise ValidationError("request body is not valid JSON", field="body") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValidationError("logs must be a JSON list of objects", field="body")
+    return value

@@ -1,0 +1,142 @@
+"""Gateway attack tests (SPEC C3, B5, D1, I, H2): a node reaches only its own queue and flow runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from cyxwiz.transport.tls import client_context
+from tests.gateway.conftest import POOL, GwEnv
+
+
+def test_no_certificate_refused_at_handshake(gw: GwEnv) -> None:
+    import httpx
+
+    with pytest.raises(httpx.TransportError), gw.client(None) as c:
+        c.get("/api/admin/version")
+
+
+def test_token_required_and_bound_to_the_certificate(gw: GwEnv) -> None:
+    with gw.client("node-a") as c:
+        assert c.get("/api/admin/version").status_code == 401
+    with gw.client("node-b", gw.token("node-a")) as c:  # A's token over B's certificate
+        r = c.get("/api/admin/version")
+        assert r.status_code == 401 and r.json()["type"].endswith("token-binding")
+    user = gw.issuer.session(user_id="alice").token
+    with gw.client("node-a", user) as c:
+        assert c.get("/api/admin/version").status_code == 403
+    with gw.client("node-a", gw.token("node-a")) as c:
+        assert c.get("/api/admin/version").status_code == 200
+
+
+def test_basic_auth_string_carries_the_token(gw: GwEnv) -> None:
+    """PREFECT_API_AUTH_STRING="node:<jwt>" makes Prefect send Basic auth: accepted the same way."""
+    basic = base64.b64encode(f"node:{gw.token('node-a')}".encode()).decode()
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+    import httpx
+
+    with httpx.Client(base_url=gw.url, verify=ctx, headers={"authorization": f"Basic {basic}"}) as c:
+        assert c.get("/api/admin/version").status_code == 200
+
+
+def test_polling_sees_only_own_queue(gw: GwEnv) -> None:
+    mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    with gw.client("node-a", gw.token("node-a")) as c:
+        r = c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={"work_queue_names": ["node-b"]})
+        assert r.status_code == 200
+        assert [i["flow_run"]["id"] for i in r.json()] == [mine["id"]]
+        assert gw.upstream.seen_queue_names[-1] == ["node-a"]
+        queues = c.post(f"/api/work_pools/{POOL}/queues/filter", json={}).json()
+        assert queues == [{"name": "node-a"}]
+        assert c.get(f"/api/flow_runs/{mine['id']}").status_code == 200
+        r = c.get(f"/api/flow_runs/{theirs['id']}")
+        assert r.status_code == 403
+        assert c.post(f"/api/flow_runs/{theirs['id']}/set_state", json={}).status_code == 403
+        assert c.get(f"/api/deployments/{mine['deployment_id']}").status_code == 200
+        assert c.get(f"/api/deployments/{theirs['deployment_id']}").status_code == 403
+    assert "flow run of another node" in gw.denials()
+
+
+def test_other_pool_and_unlisted_routes_refused(gw: GwEnv) -> None:
+    with gw.client("node-a", gw.token("node-a")) as c:
+        assert c.get("/api/work_pools/other-pool").status_code == 403
+        r = c.post("/api/flow_runs/filter", json={})
+        assert r.status_code == 403 and r.json()["rule"] == "C3"
+        assert c.delete(f"/api/work_pools/{POOL}").status_code == 403
+    assert any("allow-list" in d for d in gw.denials())
+
+
+def test_cannot_move_own_run_to_another_queue(gw: GwEnv) -> None:
+    mine = gw.upstream.add_run("node-a")
+    with gw.client("node-a", gw.token("node-a")) as c:
+        r = c.patch(f"/api/flow_runs/{mine['id']}", json={"work_queue_name": "node-b"})
+        assert r.status_code == 403
+        assert c.patch(f"/api/flow_runs/{mine['id']}", json={"infrastructure_pid": "1"}).status_code == 200
+    assert gw.upstream.runs[mine["id"]]["work_queue_name"] == "node-a"
+
+
+def test_logs_only_for_own_runs(gw: GwEnv) -> None:
+    mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    with gw.client("node-a", gw.token("node-a")) as c:
+        assert c.post("/api/logs/", json=[{"flow_run_id": mine["id"], "message": "hi"}]).status_code == 200
+        r = c.post("/api/logs/", json=[{"flow_run_id": theirs["id"], "message": "forged"}])
+        assert r.status_code == 403
+        assert c.post("/api/logs/", content=b"{oops").status_code == 422
+    assert [line["message"] for line in gw.upstream.logs] == ["hi"]
+
+
+def test_oversize_body_refused(gw: GwEnv) -> None:
+    with gw.client("node-a", gw.token("node-a")) as c:
+        r = c.post("/api/logs/", content=b"[" + b" " * (9 << 20) + b"]")
+    assert r.status_code == 413
+
+
+def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
+    mine, _theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    with gw.client("node-a", gw.token("node-a")) as c:  # the node learns its run by polling
+        c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+    url = gw.url.replace("https", "wss") + "/api/events/out"
+    headers = {"authorization": f"Bearer {gw.token('node-a')}"}
+    with ws_connect(url, ssl=ctx, additional_headers=headers, subprotocols=["prefect"]) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "auth", "token": "node-secret"}))
+        assert json.loads(ws.recv(timeout=5))["seen_token"] == "gateway:upstream-secret"
+        ws.send(json.dumps({"type": "filter", "filter": {"any_resource": {"id_prefix": ["prefect"]}}}))
+        seen = json.loads(ws.recv(timeout=5))
+        assert seen["filter"]["filter"]["any_resource"] == {"id": [f"prefect.flow-run.{mine['id']}"]}
+        events = []
+        while (msg := json.loads(ws.recv(timeout=5)))["type"] != "done":
+            events.append(msg["event"]["resource"]["prefect.resource.id"])
+        assert events == [f"prefect.flow-run.{mine['id']}"]
+
+
+def test_websocket_without_token_refused(gw: GwEnv) -> None:
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+    url = gw.url.replace("https", "wss") + "/api/events/out"
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as info, ws_connect(url, ssl=ctx) as ws:
+        ws.recv(timeout=5)
+    assert info.value.response.status_code == 403
+    assert any("session token is required" in d for d in gw.denials())
+
+
+def test_node_flood_throttled(gw: GwEnv) -> None:
+    from cyxwiz.coordinator.limits import RateLimiter
+
+    gw.gateway.limiter = RateLimiter(rate=0.5, burst=5)
+    with gw.client("node-a", gw.token("node-a")) as c:
+        codes = [c.get("/api/admin/version").status_code for _ in range(8)]
+    assert codes[:5] == [200] * 5 and codes[-1] == 429
+    assert any("429 rate-limited" in d for d in gw.denials())
+    with gw.client("node-b", gw.token("node-b")) as c:
+        assert c.get("/api/admin/version").status_code == 200
