@@ -29,8 +29,12 @@ class AuditArchive(Protocol):
 
 
 def archive_key(day: date, filename: str, *, prefix: str = "audit") -> str:
-    """``audit/2026/11/22/<filename>``: one folder per day keeps listings short."""
-    return f"{prefix}/{day:%Y/%m/%d}/{filename}"
+    """``audit/2026-11-22.jsonl.gz`` for ``audit-2026-11-22.jsonl.gz``: the ``cyxwiz.storage.layout``
+    keys (``audit_day``, ``audit_digest``), derived here so the log needs no storage import."""
+    stem = f"audit-{day.isoformat()}"
+    if not filename.startswith(stem):
+        raise AuditError("file does not belong to that day", field="filename")
+    return f"{prefix}/{day.isoformat()}{filename[len(stem) :]}"
 
 
 class LocalDirectoryArchive:
