@@ -17,16 +17,16 @@ account, so even two different settle transactions cannot both move funds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 
-from cyxwiz.errors import AuthorizationError, EscrowError, LedgerError
+from cyxwiz.errors import AuthorizationError, CyxwizError, EscrowError, LedgerError
 from cyxwiz.ledger import txbuild
-from cyxwiz.ledger.chain import Chain, SignatureStatus, TransactionRejectedError
+from cyxwiz.ledger.chain import Chain
+from cyxwiz.ledger.intents import IntentDriver, Rebuild
 from cyxwiz.ledger.records import (
     EscrowRecord,
     MissingSignatureError,
@@ -43,8 +43,6 @@ from cyxwiz.ledger.store import EscrowState, EscrowStore, Intent, IntentStatus, 
 
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
-
-Rebuild = Callable[[], NewIntent]
 
 
 class EscrowLedger:
@@ -87,9 +85,13 @@ class EscrowLedger:
         self.minimum_payment = minimum_payment
         self._audit = audit
         self._proof_checker = proof_checker
-        self._confirm_timeout_s = confirm_timeout_s
-        self._max_attempts = max_attempts
-        self._fault = fault or (lambda _point: None)
+        self._driver = IntentDriver(
+            chain=chain,
+            store=store,
+            confirm_timeout_s=confirm_timeout_s,
+            max_attempts=max_attempts,
+            fault=fault or (lambda _point: None),
+        )
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class EscrowLedger:
             intent=self._signed("create", instructions, [user], EscrowState.LOCKED),
         )
         try:
-            self._drive(intent, rebuild=None)
+            self._driver.drive(intent, rebuild=None)
         except LedgerError as exc:
             self._record_audit(
                 "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
@@ -161,6 +163,19 @@ class EscrowLedger:
 
     def release(self, *, job_id: str, node_wallet: str | Pubkey, proof_ref: str) -> EscrowRecord:
         """Pay the assigned node after verified completion; coordinator + verifier sign (F1, F2)."""
+        try:
+            record, wallet = self._release_checks(job_id, node_wallet, proof_ref)
+            signers = self._authorities("coordinator", "verifier")
+        except CyxwizError as exc:
+            self._refused("release", job_id, exc, destination=str(node_wallet))
+            raise
+        return self._settle(
+            record, "release", wallet, signers, updates={"proof_ref": proof_ref}, allowed=EscrowState.LOCKED
+        )
+
+    def _release_checks(
+        self, job_id: str, node_wallet: str | Pubkey, proof_ref: str
+    ) -> tuple[EscrowRecord, Pubkey]:
         record = self.status(job_id=job_id)
         wallet = check_wallet(node_wallet, field="node_wallet")
         check_proof_ref(proof_ref)
@@ -180,16 +195,17 @@ class EscrowLedger:
             )
         if self._proof_checker is not None and not self._proof_checker(job_id=job_id, proof_ref=proof_ref):
             raise ProofRequiredError("the completion proof is not verified", field="proof_ref", rule="F1")
-        signers = self._authorities("coordinator", "verifier")
-        return self._settle(
-            record, "release", wallet, signers, updates={"proof_ref": proof_ref}, allowed=EscrowState.LOCKED
-        )
+        return record, wallet
 
     def refund(self, *, job_id: str, reason: str = "job failed") -> EscrowRecord:
         """Return the funds to the user (job failed or cancelled); coordinator + verifier sign (F1)."""
-        record = self.status(job_id=job_id)
-        self._require_state(record, EscrowState.LOCKED)
-        signers = self._authorities("coordinator", "verifier")
+        try:
+            record = self.status(job_id=job_id)
+            self._require_state(record, EscrowState.LOCKED)
+            signers = self._authorities("coordinator", "verifier")
+        except CyxwizError as exc:
+            self._refused("refund", job_id, exc)
+            raise
         user = Pubkey.from_string(record.user_wallet)
         return self._settle(
             record, "refund", user, signers, updates={}, allowed=EscrowState.LOCKED, reason=reason
@@ -217,9 +233,13 @@ class EscrowLedger:
         proof_ref: str | None = None,
     ) -> EscrowRecord:
         """Arbiter's decision on a disputed escrow; arbiter + coordinator sign (F1)."""
-        record = self.status(job_id=job_id)
-        self._require_state(record, EscrowState.DISPUTED)
-        signers = self._authorities("arbiter", "coordinator")
+        try:
+            record = self.status(job_id=job_id)
+            self._require_state(record, EscrowState.DISPUTED)
+            signers = self._authorities("arbiter", "coordinator")
+        except CyxwizError as exc:
+            self._refused(f"resolve.{outcome}", job_id, exc)
+            raise
         if outcome == "refund":
             user = Pubkey.from_string(record.user_wallet)
             extra: dict[str, Any] = {"resolution": "refund"}
@@ -264,17 +284,17 @@ class EscrowLedger:
     def _recover(self, intent: Intent) -> None:
         status = self.chain.signature_status(intent.signature)
         if status is not None:
-            self._conclude(intent, status)
+            self._driver.conclude(intent, status)
             return
         rebuild = self._rebuilder(intent)
         if self.chain.block_height() <= intent.last_valid_height:
-            self._drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
+            self._driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
         elif rebuild is None:
             self.store.abandon(
                 intent, status=IntentStatus.EXPIRED, error="expired unsent", revert_to=EscrowState.VOID
             )
         else:
-            self._drive(self.store.replace(intent, rebuild()), rebuild=rebuild)
+            self._driver.drive(self.store.replace(intent, rebuild()), rebuild=rebuild)
 
     def _rebuilder(self, intent: Intent) -> Rebuild | None:
         if intent.kind == "create" or intent.recipient_wallet is None:
@@ -311,7 +331,7 @@ class EscrowLedger:
             updates=updates,
         )
         try:
-            self._drive(intent, rebuild=lambda: self._settle_intent(record, kind, wallet, signers))
+            self._driver.drive(intent, rebuild=lambda: self._settle_intent(record, kind, wallet, signers))
         except LedgerError as exc:
             self._record_audit(
                 kind,
@@ -371,73 +391,6 @@ class EscrowLedger:
             recipient_wallet=recipient,
         )
 
-    def _drive(self, intent: Intent, *, rebuild: Rebuild | None) -> None:
-        """Send a recorded intent until it is confirmed, refused, or (expired and not rebuildable)."""
-        for _attempt in range(self._max_attempts):
-            self._fault("after_record")
-            try:
-                self.chain.send_raw(intent.tx)
-            except TransactionRejectedError as exc:
-                if not (exc.already_processed or exc.blockhash_expired):
-                    self.store.abandon(
-                        intent, status=IntentStatus.FAILED, error=exc.reason, revert_to=self._revert(intent)
-                    )
-                    raise EscrowError(
-                        f"the chain refused the {intent.kind} transaction: {exc.reason}",
-                        field="job_id",
-                        rule="F2",
-                    ) from None
-            self._fault("after_send")
-            status = self._await(intent)
-            if status is not None:
-                self._conclude(intent, status)
-                return
-            if rebuild is None:
-                break
-            intent = self.store.replace(intent, rebuild())
-        self.store.abandon(
-            intent,
-            status=IntentStatus.EXPIRED,
-            error="blockhash expired unsent",
-            revert_to=self._revert(intent),
-        )
-        raise EscrowError(
-            f"the {intent.kind} transaction expired before it landed", field="job_id", rule="F2"
-        )
-
-    def _await(self, intent: Intent) -> SignatureStatus | None:
-        """The signature's status once known; None once its blockhash expired unseen. Raises on timeout."""
-        deadline = time.monotonic() + self._confirm_timeout_s
-        delay = 0.01
-        while True:
-            status = self.chain.signature_status(intent.signature)
-            if status is not None:
-                return status
-            if self.chain.block_height() > intent.last_valid_height:
-                # One more look: it may have landed just before the blockhash expired.
-                return self.chain.signature_status(intent.signature)
-            if time.monotonic() > deadline:
-                raise LedgerError(
-                    f"{intent.kind} not confirmed yet (signature {intent.signature}); "
-                    "the reconciler will finish it",
-                    rule="F2",
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    def _conclude(self, intent: Intent, status: SignatureStatus) -> None:
-        if status.err is None:
-            self.store.finish(intent)
-            return
-        self.store.abandon(
-            intent, status=IntentStatus.FAILED, error=status.err, revert_to=self._revert(intent)
-        )
-        raise EscrowError(f"the {intent.kind} transaction failed on chain: {status.err}", rule="F2")
-
-    @staticmethod
-    def _revert(intent: Intent) -> EscrowState:
-        return EscrowState.VOID if intent.kind == "create" else intent.prior_state
-
     def _require_state(self, record: EscrowRecord, expected: EscrowState) -> None:
         if record.state != expected:
             self.store.update_fields(record.job_id, allowed=[expected])  # raises the precise state error
@@ -453,6 +406,17 @@ class EscrowLedger:
                 rule="F1",
             )
         return [key for name in names if (key := keys[name]) is not None]
+
+    def _refused(self, action: str, job_id: str, exc: CyxwizError, destination: str | None = None) -> None:
+        """Refused attempts are payment-fraud signals: audit them too (H2, threat I)."""
+        self._record_audit(
+            action,
+            str(job_id),
+            success=False,
+            amount=0,
+            destination=destination,
+            reason=f"refused: {exc.code}",
+        )
 
     def _record_audit(self, action: str, job_id: str, *, success: bool, amount: int, **details: Any) -> None:
         if self._audit is None:

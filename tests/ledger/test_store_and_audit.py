@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -11,6 +12,8 @@ from cyxwiz.audit import MemorySink
 from cyxwiz.audit.events import EventType
 from cyxwiz.errors import EscrowStateError
 from cyxwiz.ledger.chain import LocalChain
+from cyxwiz.ledger.ledger import EscrowLedger
+from cyxwiz.ledger.records import WrongRecipientError
 from cyxwiz.ledger.store import EscrowState, EscrowStore
 from tests.ledger.conftest import USER_FUNDS, World, build_world
 
@@ -65,3 +68,45 @@ def test_payment_events_are_recorded(local_world: World) -> None:
     serialized = repr(sink.events)
     for key in (w.payer, w.coordinator, w.verifier, w.user):
         assert str(key) not in serialized  # no secret key material in audit details
+
+
+def test_refused_release_attempts_are_audited(local_world: World) -> None:
+    w = local_world
+    sink = MemorySink()
+    ledger = w.ledger(audit=sink)
+    ledger.create(job_id="job-f", user=w.user, amount=7_000)
+    ledger.assign(job_id="job-f", node_wallet=w.node.pubkey())
+    with pytest.raises(WrongRecipientError):
+        ledger.release(job_id="job-f", node_wallet=w.other_node.pubkey(), proof_ref="p")
+    [event] = sink.of_action("escrow.release")
+    assert event.outcome.value == "failure"
+    assert event.details["reason"] == "refused: escrow-wrong-recipient"
+    assert event.details["to"] == str(w.other_node.pubkey())
+
+
+def test_two_processes_racing_to_release_pay_once(local_world: World) -> None:
+    """Two ledger instances (separate engines, as two workers would have) release the same escrow at once."""
+    w = local_world
+    first, second = w.ledger(), w.ledger()
+    first.create(job_id="job-race", user=w.user, amount=9_000)
+    first.assign(job_id="job-race", node_wallet=w.node.pubkey())
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def attempt(ledger: EscrowLedger) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(
+                ledger.release(job_id="job-race", node_wallet=w.node.pubkey(), proof_ref="p").state
+            )
+        except EscrowStateError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(x,)) for x in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(type(o).__name__ for o in outcomes) == ["EscrowState", "EscrowStateError"]
+    assert w.token(w.node) == 9_000
+    assert w.token_total("job-race") == USER_FUNDS
