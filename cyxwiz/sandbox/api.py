@@ -61,7 +61,11 @@ def sandbox_env(extra: Mapping[str, str] | None, *, limits: JobLimits, inputs: b
     """The job's whole environment: nothing leaks in from the host (no tokens, no cloud credentials)."""
     env = {
         "PATH": f"{Path(sys.prefix) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp",  # noqa: S108 (the sandbox's private tmpfs)
+        # $HOME does not exist and the root is read-only: nothing persists there. Caches go to /tmp.
+        "HOME": "/home/sandbox",
+        "XDG_CACHE_HOME": "/tmp/.cache",  # noqa: S108 (the sandbox's private tmpfs)
+        "TORCH_HOME": "/tmp/.cache/torch",  # noqa: S108
+        "MPLCONFIGDIR": "/tmp/.cache/matplotlib",  # noqa: S108
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",

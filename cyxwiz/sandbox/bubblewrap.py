@@ -144,8 +144,7 @@ class BubblewrapBackend:
         args += self._binds(job, limits)
         args += ["--ro-bind-data", str(fds["passwd"]), "/etc/passwd"]
         args += ["--ro-bind-data", str(fds["group"]), "/etc/group"]
-        tmp = "/tmp"  # noqa: S108 (the sandbox's private tmpfs)
-        args += ["--remount-ro", "/", "--chdir", tmp, "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
+        args += ["--remount-ro", "/", "--chdir", "/", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
         args += [
             "--seccomp",
             str(fds["seccomp"]),
