@@ -93,6 +93,11 @@ class EscrowLedger:
             fault=fault or (lambda _point: None),
         )
 
+    def close(self) -> None:
+        """Release the RPC client and database connections."""
+        self.chain.close()
+        self.store.dispose()
+
     # -- queries ----------------------------------------------------------------------------------
 
     def status(self, *, job_id: str) -> EscrowRecord:
