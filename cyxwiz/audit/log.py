@@ -27,24 +27,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cyxwiz.audit.events import SecurityEvent
-from cyxwiz.audit.reader import read_checkpoint
+from cyxwiz.audit.reader import chain_head_before, read_checkpoint
 from cyxwiz.audit.records import (
     GENESIS,
     HEAD_FILE,
     RecordFormatError,
     build_line,
-    classify,
     log_name,
     parse_line,
 )
@@ -162,6 +160,37 @@ class AuditLog:
             retention_days=retention_days,
             fsync=fsync,
             auto_maintain=auto_maintain,
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        clock: Clock | None = None,
+        archive: AuditArchive | None = None,
+    ) -> AuditLog:
+        """From ``CYXWIZ_AUDIT_DIR`` (required), ``CYXWIZ_AUDIT_SIGNING_KEY`` (path of the Ed25519 key
+        that signs digests), ``CYXWIZ_AUDIT_RETENTION_DAYS`` (7) and ``CYXWIZ_AUDIT_FSYNC`` (interval)."""
+        env = os.environ if environ is None else environ
+        directory = env.get("CYXWIZ_AUDIT_DIR")
+        if not directory:
+            raise ConfigError("not set", field="CYXWIZ_AUDIT_DIR", rule="H3")
+        key = env.get("CYXWIZ_AUDIT_SIGNING_KEY")
+        try:
+            retention = int(env.get("CYXWIZ_AUDIT_RETENTION_DAYS", "7"))
+        except ValueError:
+            raise ConfigError("must be an integer", field="CYXWIZ_AUDIT_RETENTION_DAYS") from None
+        fsync = env.get("CYXWIZ_AUDIT_FSYNC", "interval")
+        if fsync not in ("none", "interval", "always"):
+            raise ConfigError("must be one of none, interval, always", field="CYXWIZ_AUDIT_FSYNC")
+        return cls.open(
+            Path(directory),
+            signing_key=Path(key) if key else None,
+            clock=clock,
+            archive=archive,
+            retention_days=retention,
+            fsync=fsync,  # type: ignore[arg-type]
         )
 
     # --- writing ----------------------------------------------------------------------------------
@@ -395,29 +424,3 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def chain_head_before(directory: Path, day: date) -> tuple[int, str]:
-    """(seq, hash) of the last record written before ``day``: from the latest earlier digest or file."""
-    from cyxwiz.audit.reader import read_day_lines
-
-    days: dict[date, set[str]] = {}
-    for entry in os.scandir(directory):
-        found = classify(entry.name)
-        if found is not None and found[0] < day:
-            days.setdefault(found[0], set()).add(found[1])
-    for earlier in sorted(days, reverse=True):
-        kinds = days[earlier]
-        if "digest" in kinds:
-            try:
-                digest = json.loads((directory / f"audit-{earlier.isoformat()}.digest.json").read_bytes())
-                return int(digest["last_seq"]), str(digest["last_hash"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # fall back to the records themselves
-        for _, raw in reversed(list(read_day_lines(directory, earlier))):
-            try:
-                rec = parse_line(raw)
-            except RecordFormatError:
-                continue
-            return rec.seq, rec.hash
-    return 0, GENESIS

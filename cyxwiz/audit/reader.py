@@ -7,6 +7,7 @@ that reports it). I/O and decompression failures of a whole file raise :class:`A
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from cyxwiz.audit.records import HEAD_FILE, Record, RecordFormatError, classify, parse_line
+from cyxwiz.audit.records import GENESIS, HEAD_FILE, Record, RecordFormatError, classify, parse_line
 from cyxwiz.errors import AuditError, NotFoundError
 
 #: A day file is decompressed into memory; refuse absurd sizes instead of exhausting it (gzip bombs).
@@ -151,3 +152,27 @@ def read_checkpoint(directory: Path) -> tuple[date, int, str] | None:
         return date.fromisoformat(parts[0].decode("ascii")), int(parts[1]), parts[2].decode("ascii")
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def chain_head_before(directory: Path, day: date) -> tuple[int, str]:
+    """(seq, hash) of the last record written before ``day``: from the latest earlier digest or file."""
+    days: dict[date, set[str]] = {}
+    for entry in os.scandir(directory):
+        found = classify(entry.name)
+        if found is not None and found[0] < day:
+            days.setdefault(found[0], set()).add(found[1])
+    for earlier in sorted(days, reverse=True):
+        kinds = days[earlier]
+        if "digest" in kinds:
+            try:
+                digest = json.loads((directory / f"audit-{earlier.isoformat()}.digest.json").read_bytes())
+                return int(digest["last_seq"]), str(digest["last_hash"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # fall back to the records themselves
+        for _, raw in reversed(list(read_day_lines(directory, earlier))):
+            try:
+                rec = parse_line(raw)
+            except RecordFormatError:
+                continue
+            return rec.seq, rec.hash
+    return 0, GENESIS

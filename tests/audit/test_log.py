@@ -170,3 +170,31 @@ def test_closed_log_refuses_and_bad_config_is_typed(audit_log: AuditLog, log_dir
     file_in_the_way.write_text("x")
     with pytest.raises(AuditError):
         AuditLog.open(file_in_the_way)
+
+
+def test_from_env(tmp_path: Path, signing_key: object) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    assert isinstance(signing_key, Ed25519PrivateKey)
+    key_path = tmp_path / "k.pem"
+    key_path.write_bytes(
+        signing_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_path.chmod(0o600)
+    env = {
+        "CYXWIZ_AUDIT_DIR": str(tmp_path / "a"),
+        "CYXWIZ_AUDIT_SIGNING_KEY": str(key_path),
+        "CYXWIZ_AUDIT_RETENTION_DAYS": "30",
+        "CYXWIZ_AUDIT_FSYNC": "always",
+    }
+    with AuditLog.from_env(env) as log:
+        assert log.retention_days == 30 and log.fsync == "always" and log.signing_key is not None
+    with pytest.raises(ConfigError) as err:
+        AuditLog.from_env({})
+    assert err.value.field == "CYXWIZ_AUDIT_DIR"
+    with pytest.raises(ConfigError) as err:
+        AuditLog.from_env({**env, "CYXWIZ_AUDIT_FSYNC": "sometimes"})
+    assert err.value.field == "CYXWIZ_AUDIT_FSYNC"
