@@ -109,6 +109,7 @@ class Conn:
 
     def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # else Nagle delays the first request
         self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
 
     def get(self, path: str = "/") -> tuple[int, dict[str, Any]]:
