@@ -34,6 +34,15 @@ def make_deterministic(*, threads: int = 1) -> None:
     torch.set_num_threads(threads)
 
 
+def _seed(value: int, device: torch.device) -> None:
+    # torch.manual_seed also queues a CUDA seeding (with a captured stack trace) on every call: on CPU
+    # that costs more than a small training step, so seed only the generator the device uses.
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
+    else:
+        torch.default_generator.manual_seed(value)
+
+
 @dataclass
 class TrainingState:
     job: TrainingJob
@@ -82,7 +91,7 @@ def train_step(state: TrainingState, step: int) -> float:
     rows = state.order.batch(step)
     x = torch.from_numpy(state.train.x[rows]).to(state.device)
     y = torch.from_numpy(state.train.y[rows]).to(state.device)
-    torch.manual_seed(derived_seed(state.job.training.seed, step))  # this step's dropout, from the seed
+    _seed(derived_seed(state.job.training.seed, step), state.device)  # this step's dropout, from the seed
     state.model.train()
     state.optimizer.zero_grad(set_to_none=True)
     loss = state.model.loss(state.model(x), y)

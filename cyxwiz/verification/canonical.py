@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -17,10 +18,13 @@ from typing import Any
 from cyxwiz.errors import ValidationError
 
 _MAX_SAFE_INT = 2**53
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\\ud800-\udfff]')
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _string(value: str) -> str:
+    if not _NEEDS_ESCAPE.search(value):  # the common case: nothing to escape
+        return f'"{value}"'
     out = ['"']
     for ch in value:
         if ch in _ESCAPES:

@@ -48,7 +48,7 @@ def reference_job_document(
         "training": {
             "seed": seed,
             "checkpoint_every": 4,
-            "hyperparameters": {"batch_size": 32, "epochs": 20, "learning_rate": 0.01},
+            "hyperparameters": {"batch_size": 32, "epochs": 30, "learning_rate": 0.01},
         },
         "task": {"num_classes": 10, "threshold": 0.9, "tolerance": 0.05},
     }

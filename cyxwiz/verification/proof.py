@@ -161,6 +161,8 @@ def verify_proof_signature(signed: SignedProof, public_key: Ed25519PublicKey) ->
 def hash_artifacts(output_dir: Path) -> dict[str, str]:
     """SHA-256 of every regular file under ``output_dir`` (relative POSIX paths); symlinks are refused."""
     root = output_dir.resolve()
+    if not root.is_dir():
+        raise VerificationError("the output directory does not exist", path=str(output_dir))
     result: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         if path.is_symlink():
