@@ -195,11 +195,17 @@ def run_training(
 
 
 def _device(choice: str) -> str:
-    if choice != "auto":
-        return choice
+    import os
+
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+    cap = os.environ.get("CYXWIZ_GPU_MEMORY_BYTES", "")
+    if device == "cuda" and cap.isdigit():
+        # The kernel cannot limit GPU memory (E2): the sandbox hands the cap over and the runtime applies it.
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(max(0.01, min(1.0, int(cap) / total)))
+    return device
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job", type=Path, default=Path("/input/job.json"))
     parser.add_argument("--data", type=Path, default=Path("/input/dataset.npz"))
     parser.add_argument("--output", type=Path, default=Path("/output"))
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
     try:
         summary = run_training(
