@@ -13,10 +13,12 @@ import hmac
 import io
 import json
 import os
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Full, Queue
 from typing import BinaryIO
 
 from cyxwiz.errors import (
@@ -41,6 +43,44 @@ from cyxwiz.storage.model import ENC_NONE, ObjectInfo, Problem, Progress, Verify
 #: Bodies up to this size are handled in memory in one request; larger ones stream.
 INLINE_LIMIT = 8 << 20
 READ_BLOCK = 1 << 20
+
+
+def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Pull ``chunks`` on a helper thread so network reads overlap hashing and decryption here."""
+    queue: Queue[tuple[bytes | None, BaseException | None]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        queue.put((chunk, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((None, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            queue.put((None, exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # release the file handle / HTTP connection even when the consumer stopped early
+
+    thread = threading.Thread(target=pump, name="cyxwiz-store-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk, error = queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
 
 
 class _HashingReader:
@@ -75,6 +115,8 @@ class BaseObjectStore(ABC):
         self.master_key = master_key
         self.chunk_size = chunk_size
         self.inline_limit = inline_limit
+        #: Where encrypted uploads spool their ciphertext (None: the system temporary directory).
+        self.spool_dir: str | None = None
         self._manifest_lock = threading.Lock()
 
     # -- transport (backend) -------------------------------------------------------------------------
@@ -169,21 +211,37 @@ class BaseObjectStore(ABC):
         master = self._master_for_encrypt(key) if encrypt else None
         plain, stored = hashlib.sha256(), hashlib.sha256()
         plain_size = stored_size = 0
-        with path.open("rb") as fh:
-            for p, c in self._pieces(fh, key, master, envelope):
-                plain.update(p)
-                stored.update(c)
-                plain_size += len(p)
-                stored_size += len(c)
-        info = ObjectInfo(
-            key=key,
-            sha256=plain.hexdigest(),
-            size=plain_size,
-            stored_sha256=stored.hexdigest(),
-            stored_size=stored_size,
-            encryption=ALGORITHM if encrypt else ENC_NONE,
-        ).signed(self.master_key)
-        self._write(info, self._second_pass(path, info, master, envelope), progress=progress)
+        # Ciphertext is spooled to an anonymous temporary file (unlinked, never visible by name) so
+        # that the upload pass does not encrypt and hash everything a second time.
+        spool = tempfile.TemporaryFile(dir=self.spool_dir) if encrypt else None  # noqa: SIM115
+        try:
+            with path.open("rb") as fh:
+                for p, c in self._pieces(fh, key, master, envelope):
+                    if spool is not None:  # unencrypted: plain and stored are the same bytes, hash once
+                        plain.update(p)
+                        plain_size += len(p)
+                        spool.write(c)
+                    stored.update(c)
+                    stored_size += len(c)
+            if spool is None:
+                plain, plain_size = stored, stored_size
+            info = ObjectInfo(
+                key=key,
+                sha256=plain.hexdigest(),
+                size=plain_size,
+                stored_sha256=stored.hexdigest(),
+                stored_size=stored_size,
+                encryption=ALGORITHM if encrypt else ENC_NONE,
+            ).signed(self.master_key)
+            if spool is not None:
+                spool.seek(0)
+                body: Iterator[bytes] = iter(lambda: spool.read(READ_BLOCK), b"")
+            else:
+                body = self._second_pass(path, info)
+            self._write(info, body, progress=progress)
+        finally:
+            if spool is not None:
+                spool.close()
         self._manifest_update(info)
         return info
 
@@ -196,17 +254,15 @@ class BaseObjectStore(ABC):
             return
         yield from encrypt_stream(fh, master=master, object_key=key, envelope=envelope)
 
-    def _second_pass(
-        self, path: Path, info: ObjectInfo, master: MasterKey | None, envelope: Envelope | None
-    ) -> Iterator[bytes]:
+    def _second_pass(self, path: Path, info: ObjectInfo) -> Iterator[bytes]:
         sha, size = hashlib.sha256(), 0
         with path.open("rb") as fh:
-            for _, c in self._pieces(fh, info.key, master, envelope):
-                sha.update(c)
-                size += len(c)
+            while block := fh.read(READ_BLOCK):
+                sha.update(block)
+                size += len(block)
                 if size > info.stored_size:
                     break
-                yield c
+                yield block
         if size != info.stored_size or not hmac.compare_digest(sha.hexdigest(), info.stored_sha256):
             raise IntegrityError("file changed while it was being uploaded", path=str(path), rule="D3")
 
@@ -264,16 +320,24 @@ class BaseObjectStore(ABC):
         self, info: ObjectInfo, chunks: Iterator[bytes], progress: Progress | None
     ) -> Iterator[bytes]:
         """Yield verified plaintext; raises IntegrityError/DecryptionError before the caller commits."""
-        reader = _HashingReader(chunks)
-        dec = None
-        if info.encrypted:
-            assert self.master_key is not None  # _open_checked refused encrypted objects without a key
-            dec = StreamDecryptor(master=self.master_key, object_key=info.key)
+        reader = _HashingReader(prefetch(chunks))
+        if not info.encrypted:
+            # Plain and stored bytes are the same (from_metadata checked the hashes agree): hash once.
+            for chunk in reader:
+                if progress is not None:
+                    progress(reader.size, info.stored_size)
+                yield chunk
+                if reader.size > info.stored_size:
+                    break
+            self._check_stored(info, reader.size, reader.sha.hexdigest())
+            return
+        assert self.master_key is not None  # _open_checked refused encrypted objects without a key
+        dec = StreamDecryptor(master=self.master_key, object_key=info.key)
         plain = hashlib.sha256()
         plain_size = 0
         try:
             for chunk in reader:
-                out = dec.feed(chunk) if dec is not None else chunk
+                out = dec.feed(chunk)
                 plain.update(out)
                 plain_size += len(out)
                 if progress is not None:
@@ -283,11 +347,10 @@ class BaseObjectStore(ABC):
                 if reader.size > info.stored_size:
                     break
             self._check_stored(info, reader.size, reader.sha.hexdigest())
-            if dec is not None:
-                out = dec.finish()
-                plain.update(out)
-                plain_size += len(out)
-                yield out
+            out = dec.finish()
+            plain.update(out)
+            plain_size += len(out)
+            yield out
         except DecryptionError as exc:
             # Altered bytes are an integrity failure; intact bytes that do not decrypt mean a wrong key.
             reader.drain()

@@ -103,6 +103,8 @@ class ObjectInfo:
             raise IntegrityError("object metadata holds malformed hashes", path=key, rule="D3")
         if info.encryption not in (ENC_NONE, ALGORITHM) or info.size < 0 or info.stored_size < 0:
             raise IntegrityError("object metadata is malformed", path=key, rule="D3")
+        if info.encryption == ENC_NONE and (info.sha256, info.size) != (info.stored_sha256, info.stored_size):
+            raise IntegrityError("unencrypted object's content and stored hashes differ", path=key, rule="D3")
         return info
 
     def check_tag(self, master: MasterKey | None) -> None:

@@ -19,7 +19,9 @@ import datetime as _dt
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -85,6 +87,7 @@ class S3ObjectStore(BaseObjectStore):
         sse: str | None = "AES256",
         kms_key_id: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
+        concurrency: int = 4,
         max_attempts: int = 5,
         request_attempts: int = 3,
         backoff_base: float = 0.2,
@@ -97,8 +100,10 @@ class S3ObjectStore(BaseObjectStore):
             raise ConfigError(f"sse must be one of {SSE_MODES} or none", field="sse", rule="D2")
         if kms_key_id and sse != "aws:kms":
             raise ConfigError("kms_key_id needs sse='aws:kms'", field="kms_key_id", rule="D2")
-        if part_size < 1 or max_attempts < 1:
-            raise ConfigError("part_size and max_attempts must be positive", field="part_size", rule="D2")
+        if part_size < 1 or max_attempts < 1 or concurrency < 1:
+            raise ConfigError(
+                "part_size, concurrency and max_attempts must be positive", field="part_size", rule="D2"
+            )
         super().__init__(master_key=master_key, chunk_size=chunk_size, inline_limit=part_size)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -107,6 +112,7 @@ class S3ObjectStore(BaseObjectStore):
         self.sse = sse
         self.kms_key_id = kms_key_id
         self.part_size = part_size
+        self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -273,24 +279,40 @@ class S3ObjectStore(BaseObjectStore):
         try:
             parts: list[Any] = []
             done = 0
-            for number, part in enumerate(_rechunk(chunks, self.part_size), start=1):
-                digest = base64.b64encode(hashlib.sha256(part).digest()).decode("ascii")
+            # Parts go up ``concurrency`` at a time: reading, encrypting and hashing the next part overlaps
+            # the upload of the previous ones, and memory stays at concurrency x part_size.
+            with ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="cyxwiz-s3-part"
+            ) as pool:
+                in_flight: deque[tuple[Future[Any], int, str, int]] = deque()
 
-                def send(part: bytes = part, number: int = number, digest: str = digest) -> Any:
-                    return self.client.upload_part(
-                        **bucket_key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=part,
-                        ChecksumAlgorithm="SHA256",
-                        ChecksumSHA256=digest,
-                    )
+                def settle() -> None:
+                    nonlocal done
+                    future, number, digest, length = in_flight.popleft()
+                    answer = future.result()
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
+                    done += length
+                    if progress is not None:
+                        progress(done, info.stored_size)
 
-                answer = self._retry(info.key, send)
-                parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
-                done += len(part)
-                if progress is not None:
-                    progress(done, info.stored_size)
+                for number, part in enumerate(_rechunk(chunks, self.part_size), start=1):
+                    digest = base64.b64encode(hashlib.sha256(part).digest()).decode("ascii")
+
+                    def send(part: bytes = part, number: int = number, digest: str = digest) -> Any:
+                        return self.client.upload_part(
+                            **bucket_key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=part,
+                            ChecksumAlgorithm="SHA256",
+                            ChecksumSHA256=digest,
+                        )
+
+                    in_flight.append((pool.submit(self._retry, info.key, send), number, digest, len(part)))
+                    if len(in_flight) >= self.concurrency:
+                        settle()
+                while in_flight:
+                    settle()
             self._retry(
                 info.key,
                 lambda: self.client.complete_multipart_upload(
