@@ -74,6 +74,9 @@ class BridgeServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once
         # A job may have written its last lines just before exiting: let the readers drain them.
         deadline = time.monotonic() + 2
         for t in list(self._threads):

@@ -24,6 +24,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from cyxwiz.sandbox.result import SandboxResult, Status
 from cyxwiz.sandbox.supervise import LogTail, Verdict, supervise
 from cyxwiz.sandbox.workdir import JobDir
 
+_PROBED: dict[tuple[str, int], str] = {}
 _CHILD_PID_RE = re.compile(rb'"child-pid"\s*:\s*(\d+)')
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 
@@ -61,6 +63,15 @@ class BubblewrapBackend:
         exe = bwrap_path()
         if exe is None:
             return False, "bwrap not installed (Debian package bubblewrap)"
+        key = (exe, os.geteuid())
+        if key in _PROBED:  # a working bwrap keeps working; only success is remembered
+            return True, _PROBED[key]
+        ok, detail = self._probe(exe)
+        if ok:
+            _PROBED[key] = detail
+        return ok, detail
+
+    def _probe(self, exe: str) -> tuple[bool, str]:
         args = [exe, "--unshare-all", "--ro-bind", "/", "/", "--", "/bin/true"]
         if os.geteuid() == 0:
             args = [exe, "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--", "/bin/true"]
@@ -204,44 +215,10 @@ class BubblewrapBackend:
         cgroup: JobCgroup | None,
         enforcement: dict[str, str],
     ) -> SandboxResult:
-        p = self.policy
-        pipes: list[int] = []
-
-        def data_fd(data: bytes) -> int:
-            r, w = os.pipe()
-            pipes.extend([r, w])
-            if len(data) > 60_000:
-                raise SandboxError("sandbox setup data larger than a pipe buffer")
-            os.write(w, data)
-            os.close(w)
-            pipes.remove(w)
-            return r
-
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        pipes.extend([info_r, info_w, block_r, block_w])
-        fds = {
-            "seccomp": data_fd(seccomp.build_bpf()),
-            "passwd": data_fd(f"sandbox:x:{p.uid}:{p.gid}:sandbox:/tmp:/usr/sbin/nologin\n".encode()),
-            "group": data_fd(f"sandbox:x:{p.gid}:\n".encode()),
-            "info": info_w,
-            "block": block_r,
-        }
+        fds, info_r, block_w = self._setup_fds()
+        info_w, block_r = fds["info"], fds["block"]
         cmd = self._argv(argv=argv, job=job, limits=limits, env=env, fds=fds)
-        enforcement.update(
-            {
-                "namespaces": "pid, net, ipc, uts, mount" + (", user" if os.geteuid() != 0 else ""),
-                "network": "none (empty net namespace; seccomp allows AF_UNIX only)",
-                "user": f"uid {p.uid} gid {p.gid}, no supplementary groups",
-                "capabilities": "all dropped, empty bounding set",
-                "no_new_privs": "on",
-                "seccomp": f"BPF deny list ({len(seccomp.DENIED_SYSCALLS)} syscalls, socket AF_UNIX only)",
-                "filesystem": "read-only root; writable /output and tmpfs /tmp only",
-                "file_size": "RLIMIT_FSIZE",
-                "wall_time": "host watchdog, kills the pid namespace and cgroup",
-                "gpu_memory": "CYXWIZ_GPU_MEMORY_BYTES (allocator cap in the runtime, not kernel-enforced)",
-            }
-        )
+        enforcement.update(self._static_enforcement())
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -283,8 +260,17 @@ class BubblewrapBackend:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
 
+        # A thread blocked in waitpid wakes the watchdog the moment bwrap exits (Popen.wait(timeout)
+        # would poll with sleeps of up to 50 ms, all of it start-to-exit overhead).
+        exited = threading.Event()
+
+        def reap() -> None:
+            proc.wait()
+            exited.set()
+
+        threading.Thread(target=reap, name="sandbox-reap", daemon=True).start()
         verdict = supervise(
-            done=lambda: proc.poll() is not None,
+            wait=exited.wait,
             kill=kill,
             limits=limits,
             job=job,
@@ -303,6 +289,44 @@ class BubblewrapBackend:
             enforcement=enforcement,
             limits=limits,
         )
+
+    def _setup_fds(self) -> tuple[dict[str, int], int, int]:
+        """Pipes bwrap reads its setup from: seccomp BPF, passwd/group, info (child pid), block."""
+        p = self.policy
+
+        def data_fd(data: bytes) -> int:
+            if len(data) > 60_000:  # written before bwrap starts: must fit the pipe buffer
+                raise SandboxError("sandbox setup data larger than a pipe buffer")
+            r, w = os.pipe()
+            os.write(w, data)
+            os.close(w)
+            return r
+
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        fds = {
+            "seccomp": data_fd(seccomp.build_bpf()),
+            "passwd": data_fd(f"sandbox:x:{p.uid}:{p.gid}:sandbox:/tmp:/usr/sbin/nologin\n".encode()),
+            "group": data_fd(f"sandbox:x:{p.gid}:\n".encode()),
+            "info": info_w,
+            "block": block_r,
+        }
+        return fds, info_r, block_w
+
+    def _static_enforcement(self) -> dict[str, str]:
+        p = self.policy
+        return {
+            "namespaces": "pid, net, ipc, uts, mount" + (", user" if os.geteuid() != 0 else ""),
+            "network": "none (empty net namespace; seccomp allows AF_UNIX only)",
+            "user": f"uid {p.uid} gid {p.gid}, no supplementary groups",
+            "capabilities": "all dropped, empty bounding set",
+            "no_new_privs": "on",
+            "seccomp": f"BPF deny list ({len(seccomp.DENIED_SYSCALLS)} syscalls, socket AF_UNIX only)",
+            "filesystem": "read-only root; writable /output and tmpfs /tmp only",
+            "file_size": "RLIMIT_FSIZE",
+            "wall_time": "host watchdog, kills the pid namespace and cgroup",
+            "gpu_memory": "CYXWIZ_GPU_MEMORY_BYTES (allocator cap in the runtime, not kernel-enforced)",
+        }
 
     def _wait_for_child(
         self, info_r: int, proc: subprocess.Popen[bytes], logs: tuple[LogTail, LogTail]

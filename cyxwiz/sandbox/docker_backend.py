@@ -180,7 +180,7 @@ class DockerBackend:
                     container.kill()  # SIGKILL to the container's init: the whole tree goes with it
 
             verdict = supervise(
-                done=finished.is_set, kill=kill, limits=limits, job=job, logs=logs, started=started
+                wait=finished.wait, kill=kill, limits=limits, job=job, logs=logs, started=started
             )
             finished.wait(timeout=30)
             pumper.join(timeout=5)
