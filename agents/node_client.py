@@ -1,11 +1,29 @@
-"""The node's side of the coordinator API, always over mTLS with the node's certificate (SPEC A5, D1)."""
+"""The node's side of the coordinator API, always over mTLS with the node's certificate (SPEC A5, D1).
+
+The agent launcher registers the node and keeps its session alive (heartbeat + refresh rotation); the
+session lives in ``$CYXWIZ_WORK_ROOT/session.json`` (0600) where the worker reads it to fetch job tokens.
+A flow run on the node only ever holds its own job's token (``CYXWIZ_JOB_TOKEN``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import platform
 import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
 
 from agents.settings import AgentSettings
-from cyxwiz.errors import ConfigError
+from cyxwiz.errors import AuthenticationError, ConfigError, IntegrityError, NotFoundError
+
+SESSION_FILE = "session.json"
+_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 def client_ssl_context(settings: AgentSettings) -> ssl.SSLContext:
@@ -21,3 +39,160 @@ def client_ssl_context(settings: AgentSettings) -> ssl.SSLContext:
     return client_context(
         trust_bundle=settings.ca_bundle, cert=settings.cert, key=settings.key, crl=settings.crl
     )
+
+
+def _client(settings: AgentSettings) -> httpx.Client:
+    if not settings.coordinator_url:
+        raise ConfigError("CYXWIZ_COORDINATOR_URL is not set", field="CYXWIZ_COORDINATOR_URL")
+    # httpx drops cert= when verify is a path: the SSLContext carries both (ARCHITECTURE.md).
+    return httpx.Client(
+        base_url=settings.coordinator_url, verify=client_ssl_context(settings), timeout=_TIMEOUT
+    )
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        detail = response.json().get("title") or response.text
+    except ValueError:
+        detail = response.text
+    if response.status_code in (401, 403):
+        raise AuthenticationError(f"coordinator refused ({response.status_code}): {detail}", rule="B1")
+    if response.status_code == 404:
+        raise NotFoundError(f"coordinator: {detail}")
+    raise ConfigError(f"coordinator error {response.status_code}: {detail}")
+
+
+def _write_session(settings: AgentSettings, data: dict[str, Any]) -> None:
+    settings.work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = settings.work_root / SESSION_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    tmp.replace(path)
+
+
+def read_session(settings: AgentSettings) -> dict[str, Any]:
+    path = settings.work_root / SESSION_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuthenticationError(
+            "the node is not registered (no session)", path=str(path), rule="B1"
+        ) from None
+    return data
+
+
+def hardware() -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    memory_mb = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // (1024 * 1024)
+    return {"gpus": 0, "gpu_model": None, "gpu_memory_mb": 0, "cpu_cores": cores, "memory_mb": int(memory_mb)}
+
+
+def register_node(settings: AgentSettings) -> dict[str, Any]:
+    """Register (identity = the certificate's PeerID, never a body field) and store the session."""
+    with _client(settings) as client:
+        response = client.post("/v1/nodes/register", json={"hardware": hardware()})
+        _raise_for(response)
+        data: dict[str, Any] = response.json()
+    _write_session(settings, data)
+    return {"node_id": data["node_id"], "peer_id": data["peer_id"], "platform": platform.machine()}
+
+
+def heartbeat_once(settings: AgentSettings) -> dict[str, Any]:
+    session = read_session(settings)
+    with _client(settings) as client:
+        response = client.post(
+            "/v1/nodes/heartbeat",
+            json={},
+            headers={"authorization": f"Bearer {session['session_token']}"},
+        )
+        if response.status_code == 401:
+            # Session expired: rotate through the refresh token (one-shot, reuse revokes the family, B5).
+            refreshed = client.post("/v1/tokens/refresh", json={"refresh_token": session["refresh_token"]})
+            _raise_for(refreshed)
+            session.update(refreshed.json())
+            _write_session(settings, session)
+            response = client.post(
+                "/v1/nodes/heartbeat",
+                json={},
+                headers={"authorization": f"Bearer {session['session_token']}"},
+            )
+        _raise_for(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def heartbeat_forever(settings: AgentSettings, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        with contextlib.suppress(Exception):  # a missed beat only makes the node look stale; retry next tick
+            heartbeat_once(settings)
+
+
+def fetch_job_token(settings: AgentSettings, job_id: str) -> str:
+    session = read_session(settings)
+    with _client(settings) as client:
+        response = client.get(
+            f"/v1/jobs/{job_id}/token", headers={"authorization": f"Bearer {session['session_token']}"}
+        )
+        _raise_for(response)
+        return str(response.json()["job_token"])
+
+
+class CoordinatorChannel:
+    """:class:`tasks.channel.NodeChannel` over the coordinator API with the job token (SPEC C3, D3)."""
+
+    def __init__(self, *, settings: AgentSettings, job_token: str) -> None:
+        self.settings = settings
+        self._auth = {"authorization": f"Bearer {job_token}"}
+
+    @classmethod
+    def from_env(cls) -> CoordinatorChannel:
+        token = os.environ.get("CYXWIZ_JOB_TOKEN")
+        if not token:
+            raise AuthenticationError("no job token in this flow run (CYXWIZ_JOB_TOKEN)", rule="B1")
+        return cls(settings=AgentSettings.from_env(), job_token=token)
+
+    def _url(self, client: httpx.Client, job_id: str, body: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        response = client.post(f"/v1/jobs/{job_id}/urls", json=body, headers=self._auth)
+        _raise_for(response)
+        target = response.json()["url"]
+        if isinstance(target, dict):
+            return str(target["url"]), {str(k): str(v) for k, v in (target.get("headers") or {}).items()}
+        return str(target), {}
+
+    def fetch_input(self, job_id: str, name: str, *, sha256: str | None) -> bytes:
+        with _client(self.settings) as client:
+            url, headers = self._url(client, job_id, {"kind": "input", "name": name, "method": "GET"})
+            response = client.get(url, headers=headers)
+            _raise_for(response)
+            data = response.content
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise IntegrityError(f"input {name} does not match its SHA-256 in the job spec", rule="D3")
+        return data
+
+    def report_progress(self, job_id: str, message: dict[str, Any]) -> None:
+        if message.get("kind") != "progress" or not message.get("total"):
+            return
+        body = {"step": int(message["step"]), "total": int(message["total"])}
+        with _client(self.settings) as client:
+            _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=self._auth))
+
+    def upload_output(self, job_id: str, name: str, path: Path) -> None:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with _client(self.settings) as client:
+            url, headers = self._url(
+                client,
+                job_id,
+                {"kind": "output", "name": name, "method": "PUT", "sha256": digest, "size": len(data)},
+            )
+            response = client.put(url, content=data, headers=headers)
+            _raise_for(response)
+
+    def submit_proof(self, job_id: str, proof: bytes) -> None:
+        with _client(self.settings) as client:
+            body = {"proof": json.loads(proof)}
+            _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=self._auth))

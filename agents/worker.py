@@ -119,11 +119,12 @@ class CyxwizSandboxWorker(ProcessWorker):
         settings = AgentSettings.from_env()
         job_id = str((flow_run.parameters or {}).get("job_id", ""))
         if job_id and settings.coordinator_url:
-            from agents.node_client import NodeClient
+            import anyio.to_thread
+
+            from agents.node_client import fetch_job_token
 
             # The job token never travels in flow-run parameters: fetched here over mTLS (SPEC B1, D1).
-            async with NodeClient.from_settings(settings) as node:
-                token = await node.job_token(job_id)
+            token = await anyio.to_thread.run_sync(fetch_job_token, settings, job_id)
             configuration.env["CYXWIZ_JOB_TOKEN"] = token
         workdir = settings.work_root / str(flow_run.id)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -21,7 +21,14 @@ from tasks.control import JobRequest, parse_job_request, prepare_inputs
 
 @task(name="validate-job-spec")
 def validate(spec: dict[str, Any]) -> JobRequest:
-    return parse_job_request(spec)
+    """Validate fully before anything exists; then make sure the coordinator has the job row (G1, G2)."""
+    request = parse_job_request(spec)
+    if spec.get("job_id"):
+        return request  # submitted through the coordinator API: the row exists already
+    job_id = services.control_channel().create_job(
+        user=request.user, spec=request.training_doc, duration_s=request.wall_seconds
+    )
+    return parse_job_request(spec, job_id=job_id)
 
 
 @task(name="lock-escrow")
@@ -48,9 +55,6 @@ def _refund_on_rollback(txn: Transaction) -> None:
 def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
     control = services.control_channel()
     prepared = prepare_inputs(services.config(), request)
-    control.create_job(
-        job_id=request.job_id, user=request.user, spec=prepared.training_doc, duration_s=request.wall_seconds
-    )
     assignment = control.assign(request.job_id, node=node)
     services.ledger().assign(job_id=request.job_id, node_wallet=assignment["wallet"])
     txn = get_transaction()

@@ -31,7 +31,9 @@ class NodeChannel(Protocol):
 class ControlChannel(Protocol):
     """The lifecycle's calls to the coordinator (scheduler role, mTLS)."""
 
-    def create_job(self, *, job_id: str, user: str, spec: dict[str, Any], duration_s: int) -> None: ...
+    def create_job(self, *, user: str, spec: dict[str, Any], duration_s: int) -> str:
+        """Create the job row; returns the coordinator's job id."""
+        ...
 
     def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
         """Pick a healthy unrevoked node and mint its job token; returns ``node_id``, ``queue``, ``jti``,

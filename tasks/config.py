@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ class ControlPlaneConfig:
     coordinator_db: str | None = None
     #: Token key ring directory (``DirKeyRingStore``) rotated by the ``signing-key-rotation`` flow.
     keyring_dir: Path | None = None
+    #: Node name (certificate CN) -> wallet address that escrow releases pay.
+    node_wallets: dict[str, str] = field(default_factory=dict)
     #: The deployment nodes run (``flow-name/deployment-name``).
     train_deployment: str = "sandboxed-train/sandboxed-train"
     #: Seconds added to a job's wall-time limit before the control plane gives up on the node.

@@ -48,7 +48,7 @@ def new_job_id() -> str:
     return f"job-{secrets.token_hex(6)}"
 
 
-def parse_job_request(spec: dict[str, Any]) -> JobRequest:
+def parse_job_request(spec: dict[str, Any], *, job_id: str | None = None) -> JobRequest:
     """Validate a submitted job spec (G1, G2, F3): every problem names its field; nothing is created yet."""
     from cyxwiz.training.spec import parse_training_job
 
@@ -58,7 +58,7 @@ def parse_job_request(spec: dict[str, Any]) -> JobRequest:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValidationError(f"unknown keys {unknown}", field="spec", rule="G1")
-    job_id = spec.get("job_id") or new_job_id()
+    job_id = job_id or spec.get("job_id") or new_job_id()
     payment = spec.get("payment")
     if not isinstance(payment, int) or isinstance(payment, bool) or payment <= 0:
         raise ValidationError("must be a positive integer of base units", field="payment", rule="F3")

@@ -79,8 +79,6 @@ def store() -> Any:
 
 def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> VerificationReport:
     """Fetch the proof the node submitted and its outputs from the archive, then run every check."""
-    import base64
-
     from cyxwiz.pki.certs import load_certificate
     from cyxwiz.storage import layout
     from cyxwiz.training.spec import parse_training_job
@@ -91,8 +89,8 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
 
     cfg = config()
     record = control_channel().job(request.job_id)
-    proof_b64 = record.get("proof")
-    if not proof_b64:
+    proof_doc = record.get("proof")
+    if not proof_doc:
         return VerificationReport(
             job_id=request.job_id,
             checks=(
@@ -101,13 +99,15 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
                 ),
             ),
         )
-    signed = SignedProof.from_json(base64.b64decode(proof_b64))
+    # The coordinator stored the proof object exactly as the node sent it; parsing it is a check too.
+    signed = SignedProof.from_json(json.dumps(proof_doc))
     st = store()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "output"
         for name in signed.proof.artifacts:
             key = layout.job_output(request.job_id, name)
             try:
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
                 st.get_file(key, out / name)
             except Exception as exc:  # a missing or tampered artifact fails the job, it does not crash
                 return VerificationReport(
@@ -120,7 +120,7 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
         st.get_file(dispatched["dataset_key"], train)
         st.get_file(dispatched["holdout_key"], holdout)
         pki = cfg.pki_root
-        node_cert = load_certificate(pki / "nodes" / f"{dispatched['assignment']['node_id']}-cert.pem")
+        node_cert = load_certificate(pki / "nodes" / f"{dispatched['assignment']['name']}-cert.pem")
         received = record.get("proof_received_at")
         return run_checks(
             proof=signed,

@@ -75,6 +75,9 @@ class UrlRequest(_Strict):
     kind: Literal["input", "output"]
     name: str = Field(max_length=512)
     method: Literal["GET", "PUT"] = "GET"
+    #: An output PUT URL is bound to the content it may carry (D3): hash and size are required for PUT.
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(None, ge=0, le=1 << 40)
 
 
 class SubmitRequest(_Strict):
@@ -329,7 +332,9 @@ def create_app(  # noqa: PLR0915 (one closure holds the route table)
             raise ValidationError("object name must be a relative path without '..'", field="name", rule="E5")
         if body.kind == "input" and body.method != "GET":
             raise AuthorizationError("inputs are read-only", field="method", rule="C3")
-        url = hooks.presign(job, kind=body.kind, name=body.name, method=body.method)
+        url = hooks.presign(
+            job, kind=body.kind, name=body.name, method=body.method, sha256=body.sha256, size=body.size
+        )
         return {"job_id": job_id, "url": url, "method": body.method}
 
     # --- users ---------------------------------------------------------------------------------------

@@ -33,8 +33,18 @@ class CoordinatorHooks(Protocol):
         """Check a completion proof from the assigned node; return the job's next status."""
         ...
 
-    def presign(self, job: JobRecord, *, kind: UrlKind, name: str, method: str) -> str:
-        """A presigned URL for ``name`` under the job's input or output prefix."""
+    def presign(
+        self,
+        job: JobRecord,
+        *,
+        kind: UrlKind,
+        name: str,
+        method: str,
+        sha256: str | None = None,
+        size: int | None = None,
+    ) -> Any:
+        """A presigned URL (a string, or a mapping with ``url`` and ``headers``) for ``name`` under the
+        job's input or output prefix; PUTs are bound to ``sha256`` and ``size``."""
         ...
 
     def wallet(self, user_id: str) -> dict[str, Any]:
@@ -66,7 +76,17 @@ class BasicHooks:
     def verify_completion(self, job: JobRecord, proof: Mapping[str, Any], peer: PeerIdentity) -> str:
         return "completed"
 
-    def presign(self, job: JobRecord, *, kind: UrlKind, name: str, method: str) -> str:
+    def presign(
+        self,
+        job: JobRecord,
+        *,
+        kind: UrlKind,
+        name: str,
+        method: str,
+        sha256: str | None = None,
+        size: int | None = None,
+    ) -> Any:
+        del sha256, size
         presign = getattr(self.store, "presign_url", None)
         if presign is None:
             raise NotFoundError("no object store with presigning is configured", field="name")

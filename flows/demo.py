@@ -1,0 +1,158 @@
+"""``make demo`` / ``cyxwiz demo``: one real job through every part, on the embedded defaults.
+
+PKI → Prefect server → ledger service (LiteSVM) → coordinator (mTLS) → node agent → escrow locked →
+dispatched → sandboxed training with progress → verification (holdout, replay) → escrow released →
+archived → audit chain verified. Leaves the Prefect UI up with ``--keep`` until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+REFERENCE_JOB: dict[str, Any] = {
+    "user": "demo-user",
+    "payment": 5_000_000,
+    "dataset": "sklearn:digits",
+    "job_type": "model",
+    "model": {
+        "input_shape": [64],
+        "layers": [
+            {"name": "fc1", "type": "Linear", "out_features": 64},
+            {"name": "act1", "type": "ReLU"},
+            {"name": "fc2", "type": "Linear", "out_features": 10},
+        ],
+    },
+    "training": {
+        "seed": 7,
+        "checkpoint_every": 20,
+        "hyperparameters": {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "epochs": 4},
+    },
+    "task": {"num_classes": 10, "threshold": 0.85},
+    "limits": {"memory_mb": 2048, "wall_seconds": 300},
+}
+
+
+def say(message: str) -> None:
+    console.print(f"[green]✓[/green] {message}")
+
+
+def _balances(stack: Any) -> dict[str, int]:
+    from solders.pubkey import Pubkey
+
+    from cyxwiz.ledger.rpc import RpcChain
+    from cyxwiz.ledger.txbuild import token_account_of
+
+    config = stack.ledger.config
+    mint = Pubkey.from_string(config.mint)
+    chain = RpcChain(url=config.rpc_url)
+    try:
+        return {
+            "user": chain.token_amount(token_account_of(stack.ledger.user.pubkey(), mint)) or 0,
+            "node": chain.token_amount(token_account_of(stack.ledger.node.pubkey(), mint)) or 0,
+        }
+    finally:
+        chain.close()
+
+
+def _show_balances(title: str, balances: dict[str, int]) -> None:
+    table = Table(title=title)
+    table.add_column("wallet")
+    table.add_column("balance (base units)", justify="right")
+    for name, value in balances.items():
+        table.add_row(name, f"{value:,}")
+    console.print(table)
+
+
+def run_demo(workdir: Path, *, keep: bool) -> int:
+    from flows.stack import embedded_stack
+
+    started = time.monotonic()
+    console.rule("[bold]cyxwiz demo: one job, end to end, on the embedded defaults")
+    home = workdir.resolve()
+    if home.exists():
+        shutil.rmtree(home)  # a fresh ledger, store and audit log each run; the demo is idempotent
+    with embedded_stack(home, say=say) as stack:
+        from cyxwiz.pki.certs import load_certificate, load_certificates, load_crls
+        from cyxwiz.pki.verify import verify_certificate
+
+        chain = verify_certificate(
+            load_certificate(stack.pki.node_cert("node-1")),
+            trusted=load_certificates(stack.pki.bundle),
+            intermediates=load_certificates(stack.pki.ca_cert),
+            crls=load_crls(stack.pki.crl),
+            purpose="client",
+        )
+        say(f"node-1 certificate verified: chain of {len(chain)}, not revoked (CRL checked)")
+        stack.start_agent("node-1")
+        stack.wait_for_node("node-1")
+        say("node agent node-1 registered over mTLS (identity = certificate PeerID) and heartbeating")
+        before = _balances(stack)
+        _show_balances("Balances before", before)
+
+        from flows.job_lifecycle import job_lifecycle
+
+        console.rule("[bold]Submitting the reference job (MLP on scikit-learn digits)")
+        summary = job_lifecycle(dict(REFERENCE_JOB), node="node-1")
+        verification = summary["verification"]
+        escrow = summary["escrow"]
+        say(f"escrow locked: {escrow['amount']:,} base units in {escrow['escrow_account']}")
+        say(f"dispatched to {summary['node']}; node run {summary['node_run']['state']}")
+        verdict = "PASS" if verification["passed"] else "FAIL"
+        say(
+            f"verification {verdict}: holdout accuracy {verification.get('holdout_accuracy')}, "
+            f"replay {verification.get('segments_replayed')}/{verification.get('segments_total')} segments"
+        )
+        say(f"escrow {summary['settlement']['state']}")
+        after = _balances(stack)
+        _show_balances("Balances after", after)
+        table = Table(title="Archived objects")
+        table.add_column("key")
+        for key in summary["archived"]:
+            table.add_row(key)
+        console.print(table)
+
+        from cyxwiz.audit.verify import verify_log
+
+        stack.audit.close()
+        report = verify_log(stack.home / "audit")
+        say(f"audit verify: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
+        console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
+        console.print(f"Prefect UI: {stack.prefect.ui_url} (flow runs, logs, verification report artifacts)")
+        ok = verification["passed"] and report.ok and after["node"] > before["node"]
+        if keep:
+            console.print("Services stay up; press Ctrl-C to stop them.")
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            stop.wait()
+        return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=Path(".demo"))
+    parser.add_argument("--keep", action="store_true", help="keep the services (and the Prefect UI) up")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    try:
+        return run_demo(args.workdir, keep=args.keep)
+    except KeyboardInterrupt:
+        console.print("interrupted; stopped every service the demo started")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

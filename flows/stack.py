@@ -1,0 +1,243 @@
+"""The embedded control plane in one place: what ``make demo`` and the end-to-end tests start.
+
+Prefect server (SQLite), dev PKI, local ledger service (LiteSVM) with a funded user, local object store,
+audit log, coordinator (mTLS, presigned object URLs), the project deployed, and node agents as separate
+processes that reach the coordinator over mTLS. Everything binds to loopback; :meth:`EmbeddedStack.close`
+(or leaving the ``with`` block, Ctrl-C included) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flows.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
+
+PROJECT = Path(__file__).resolve().parents[1]
+Say = Callable[[str], None]
+
+
+@dataclass
+class EmbeddedStack:
+    home: Path
+    prefect: LocalPrefectServer
+    pki: Any
+    ledger: Any
+    coordinator: Any
+    store: Any
+    audit: Any
+    config_path: Path
+    env: dict[str, str]
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start_agent(self, name: str, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A node agent process (``python -m agents``) with its own certificate and work queue."""
+        self.pki_for(name)
+        work = self.home / "agents" / name
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = {
+            **self.env,
+            "CYXWIZ_NODE_NAME": name,
+            "CYXWIZ_NODE_CERT": str(self.pki.node_cert(name)),
+            "CYXWIZ_NODE_KEY": str(self.pki.node_key(name)),
+            "CYXWIZ_CA_BUNDLE": str(self.pki.bundle),
+            "CYXWIZ_CRL": str(self.pki.crl),
+            "CYXWIZ_COORDINATOR_URL": self.coordinator.url,
+            "CYXWIZ_WORK_ROOT": str(work),
+            "CYXWIZ_SANDBOX_MAX_MEMORY_MB": "2048",
+            **(extra_env or {}),
+        }
+        env.pop("CYXWIZ_CONTROL_PLANE", None)  # a node knows nothing of the control plane's files
+        log = (work / "agent.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents", "--heartbeat", "2"],
+            env=env,
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.agents[name] = proc
+        return proc
+
+    def pki_for(self, name: str) -> None:
+        from cyxwiz.pki.devpki import build_dev_pki
+
+        if not self.pki.node_cert(name).exists():
+            self.pki = build_dev_pki(self.pki.root, nodes=(*self.pki.nodes, name))
+
+    def wait_for_node(self, name: str, *, timeout: float = 90.0) -> None:
+        from tasks.coordinator_channel import node_name
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in self.coordinator.store.list_nodes():
+                if node_name(record.subject) == name and record.last_heartbeat is not None:
+                    return
+            proc = self.agents.get(name)
+            if proc is not None and proc.poll() is not None:
+                log = (self.home / "agents" / name / "agent.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"agent {name} exited with {proc.returncode}:\n{log}")
+            time.sleep(0.5)
+        raise TimeoutError(f"node {name} did not register and heartbeat within {timeout:.0f} s")
+
+    def stop_agent(self, name: str) -> None:
+        proc = self.agents.pop(name, None)
+        if proc is not None:
+            stop_process_group(proc)
+
+    def close(self) -> None:
+        for name in list(self.agents):
+            self.stop_agent(name)
+
+
+def _deploy(env: dict[str, str]) -> None:
+    for args in (
+        ("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite"),
+        ("work-pool", "create", "control", "--type", "process", "--overwrite"),
+        ("--no-prompt", "deploy", "--name", "sandboxed-train"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            env=env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"prefect {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+
+
+@contextlib.contextmanager
+def embedded_stack(
+    home: Path, *, say: Say = print, nodes: tuple[str, ...] = ("node-1",)
+) -> Iterator[EmbeddedStack]:
+    """Start the whole embedded control plane under ``home`` (a fresh state each time)."""
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
+    from cyxwiz.pki.devpki import build_dev_pki
+    from cyxwiz.storage.crypto import MasterKey
+    from cyxwiz.storage.local import LocalObjectStore
+    from tasks import services
+    from tasks.config import ENV_VAR, ControlPlaneConfig
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.ExitStack() as stack:
+        pki = build_dev_pki(home / "pki", nodes=nodes)
+        say(f"PKI ready: root CA, issuing CA, CRL, certificates for {', '.join(nodes)} ({pki.root})")
+
+        server = stack.enter_context(local_prefect_server(home / "prefect"))
+        say(f"Prefect server on {server.ui_url}")
+        os.environ.update(server.env())
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
+
+        # Prefect snapshots settings at import; this process's flows must talk to this server.
+        stack.enter_context(
+            temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_UI_API_URL: server.api_url})
+        )
+
+        passphrase = secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            **server.env(),
+            "CYXWIZ_PROJECT_DIR": str(PROJECT),
+            "CYXWIZ_LEDGER_PASSPHRASE": passphrase,
+        }
+        ledger_dir = home / "ledger"
+        ledger_service = stack.enter_context(start_local_ledger(ledger_dir / "service"))
+        demo_ledger = provision_demo(
+            rpc_url=ledger_service.rpc_url, state_dir=ledger_dir, passphrase=passphrase.encode()
+        )
+        say(
+            f"Ledger service (LiteSVM) on {ledger_service.rpc_url}: mint, 2-of-3 multisig, funded user wallet"
+        )
+
+        master = MasterKey.generate()
+        key_file = home / "store-master.key"
+        if key_file.exists():
+            key_file.unlink()
+        master.write(key_file)
+        env["CYXWIZ_STORE_MASTER_KEY_FILE"] = str(key_file)
+        store = LocalObjectStore(root=home / "store", master_key=master)
+        audit = AuditLog.open(home / "audit")
+        stack.callback(audit.close)
+
+        coordinator_dir = home / "coordinator"
+        coordinator = _start_coordinator(
+            pki=pki, state_dir=coordinator_dir, store=store, master=master, audit=audit
+        )
+        stack.callback(coordinator.stop)
+        say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
+
+        node_wallets = {name: str(demo_ledger.node.pubkey()) for name in nodes}
+        config = ControlPlaneConfig(
+            home=home,
+            pki_root=pki.root,
+            ledger_config=demo_ledger.config_path,
+            store_root=home / "store",
+            audit_dir=home / "audit",
+            coordinator_url=coordinator.url,
+            coordinator_db=f"sqlite:///{coordinator_dir / 'coordinator.db'}",
+            node_wallets=node_wallets,
+        )
+        config_path = home / "control-plane.json"
+        config.to_file(config_path)
+        env[ENV_VAR] = str(config_path)
+        os.environ.update(
+            {k: env[k] for k in (ENV_VAR, "CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_STORE_MASTER_KEY_FILE")}
+        )
+        for cached in (services.config, services.audit, services.ledger, services.control_channel):
+            cached.cache_clear()
+
+        _deploy(env)
+        say("Deployed sandboxed-train to the gpu work pool")
+        built = EmbeddedStack(
+            home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
+            audit=audit, config_path=config_path, env=env,
+        )  # fmt: skip
+        stack.callback(built.close)
+        yield built
+
+
+def _start_coordinator(*, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any) -> Any:
+    """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
+    from cyxwiz.coordinator.service import build_coordinator
+    from cyxwiz.storage.urlsign import UrlSigner, asgi_app
+    from tasks.hooks import PrefectHooks
+
+    class _Signer:
+        # The URL is known once the socket is bound (at build time); hooks sign only after that.
+        target: Any = None
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.target, name)
+
+    signer = _Signer()
+    handle = build_coordinator(
+        cert=pki.coordinator_cert,
+        key=pki.coordinator_key,
+        trust_bundle=pki.bundle,
+        crl=pki.crl,
+        state_dir=state_dir,
+        ca_dir=pki.ca_dir,
+        hooks=PrefectHooks(store=store, signer=signer),
+        audit=audit,
+        max_body=64 << 20,
+    )
+    signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
+    # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
+    handle.app.app.mount("/objects", asgi_app(store=store, signer=signer.target, mount="/objects"))
+    handle.server.start()
+    return handle

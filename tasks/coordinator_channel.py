@@ -1,0 +1,91 @@
+"""The lifecycle's side of the coordinator: its database, shared inside the trusted zone.
+
+The lifecycle flow and the coordinator both run in the trusted zone and share the coordinator store
+(SQLite embedded, PostgreSQL in production); nodes only ever reach it through the mTLS API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cyxwiz.errors import ConfigError, ConflictError, NotFoundError
+from tasks.config import ControlPlaneConfig
+
+#: A node whose last heartbeat is older than this is not dispatched to.
+HEARTBEAT_FRESH = dt.timedelta(seconds=60)
+
+
+def node_name(subject: str) -> str:
+    """The node's name (its certificate CN), which is also its Prefect work queue."""
+    for part in subject.split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip().upper() == "CN":
+            return value.strip()
+    return subject
+
+
+class SchedulerChannel:
+    def __init__(self, *, store: Any, node_wallets: dict[str, str]) -> None:
+        self.store = store
+        self.node_wallets = node_wallets
+
+    @classmethod
+    def from_config(cls, config: ControlPlaneConfig) -> SchedulerChannel:
+        from cyxwiz.coordinator.store import CoordinatorStore
+
+        if not config.coordinator_db:
+            raise ConfigError("the control plane needs coordinator_db", field="coordinator_db")
+        return cls(
+            store=CoordinatorStore.from_url(config.coordinator_db), node_wallets=dict(config.node_wallets)
+        )
+
+    def create_job(self, *, user: str, spec: dict[str, Any], duration_s: int) -> str:
+        return str(self.store.create_job(user_id=user, spec=spec, duration_s=duration_s).job_id)
+
+    def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        candidates = []
+        for record in self.store.list_nodes():
+            name = node_name(record.subject)
+            if record.status != "active" or name not in self.node_wallets:
+                continue
+            if node is not None and name != node:
+                continue
+            if record.last_heartbeat is None or now - record.last_heartbeat > HEARTBEAT_FRESH:
+                continue
+            candidates.append((record.last_heartbeat, name, record))
+        if not candidates:
+            wanted = f"node {node!r}" if node else "any node"
+            raise ConflictError(f"no healthy, unrevoked, registered {wanted} to dispatch to", field="node")
+        _, name, record = max(candidates, key=lambda c: c[0])
+        self.store.assign_job(job_id, record.node_id)
+        return {
+            "node_id": record.node_id,
+            "name": name,
+            "queue": name,
+            "peer_id": record.peer_id,
+            "wallet": self.node_wallets[name],
+        }
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        record = self.store.job(job_id)
+        return {
+            "job_id": record.job_id,
+            "status": record.status,
+            "node_id": record.node_id,
+            "proof": record.proof,
+            "progress": record.progress,
+            "updated_at": record.updated_at.isoformat(),
+        }
+
+    def revoke_job_token(self, job_id: str) -> None:
+        # A job that is no longer assigned/running gets no job token and its token's calls are refused.
+        try:
+            self.set_status(job_id, "cancelled")
+        except NotFoundError:
+            return
+
+    def set_status(self, job_id: str, status: str, *, detail: str = "") -> None:
+        del detail
+        self.store.update_job(job_id, status=status)
