@@ -60,13 +60,24 @@ def version() -> None:
 @app.command()
 def demo(
     workdir: str = typer.Option(
-        ".demo", "--workdir", help="Directory for the demo's PKI, stores and logs (created, reused)."
+        ".demo", "--workdir", help="Directory for the demo's PKI, ledger, store and logs (wiped each run)."
+    ),
+    keep: bool = typer.Option(
+        False, "--keep", help="Keep every service (and the Prefect UI) up until Ctrl-C."
     ),
 ) -> None:
-    """Run the whole job lifecycle on the embedded defaults (what exists so far) and show each step."""
+    """Run one real job through every part on the embedded defaults and show each step.
+
+    PKI, Prefect server, ledger service (LiteSVM), coordinator (mTLS), a node agent, escrow lock, sandboxed
+    training, verification (holdout + replay), release, archive, audit verify. Takes about a minute.
+
+    Example: [bold]cyxwiz demo --keep[/bold], then open the Prefect UI URL it prints.
+    """
     from cyxwiz.demo import run_demo
 
-    run_demo(workdir=workdir)
+    code = run_demo(workdir=workdir, keep=keep)
+    if code:
+        raise typer.Exit(code)
 
 
 _register_groups()

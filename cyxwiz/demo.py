@@ -1,22 +1,32 @@
 """``cyxwiz demo``: the whole job lifecycle on the embedded defaults, shown step by step.
 
-Grows with the project: each step runs only once its capability has landed, and the demo says which
-steps are still to come.
+The demo composes Prefect flows, and the core library imports no Prefect (ARCHITECTURE layout), so the
+command runs ``python -m flows.demo`` from the project checkout as a child process. No shell is involved.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from rich.console import Console
+from cyxwiz.errors import ConfigError
 
 
-def run_demo(*, workdir: str | Path, console: Console | None = None) -> None:
-    console = console or Console()
-    root = Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]cyxwiz demo[/bold] in {root.resolve()}")
-    console.print(
-        "Steps still to come: PKI, gateway, agent, escrow, sandboxed training, "
-        "verification, release, archive."
-    )
+def project_root() -> Path:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "flows" / "demo.py").is_file():
+        raise ConfigError(
+            "the demo needs the project checkout (flows/demo.py next to cyxwiz/)",
+            path=str(root),
+            hint="run it from a clone: make demo",
+        )
+    return root
+
+
+def run_demo(*, workdir: str | Path, keep: bool = False) -> int:
+    root = project_root()
+    argv = [sys.executable, "-m", "flows.demo", "--workdir", str(Path(workdir).resolve())]
+    if keep:
+        argv.append("--keep")
+    return subprocess.call(argv, cwd=root)

@@ -68,6 +68,23 @@ class EmbeddedStack:
         self.agents[name] = proc
         return proc
 
+    def start_control_worker(self) -> subprocess.Popen[bytes]:
+        """A process worker on the ``control`` pool: runs ``job-lifecycle`` flow runs started by the
+        coordinator when a user submits through the API (``cyxwiz job submit``)."""
+        work = self.home / "control-worker"
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = (work / "worker.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "control", "--type", "process"],
+            env=self.env,
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.agents["__control__"] = proc
+        return proc
+
     def pki_for(self, name: str) -> None:
         from cyxwiz.pki.devpki import build_dev_pki
 
@@ -99,12 +116,15 @@ class EmbeddedStack:
             self.stop_agent(name)
 
 
-def _deploy(env: dict[str, str]) -> None:
-    for args in (
+def _deploy(env: dict[str, str], *, lifecycle: bool) -> None:
+    steps: list[tuple[str, ...]] = [
         ("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite"),
         ("work-pool", "create", "control", "--type", "process", "--overwrite"),
         ("--no-prompt", "deploy", "--name", "sandboxed-train"),
-    ):
+    ]
+    if lifecycle:
+        steps.append(("--no-prompt", "deploy", "--name", "job-lifecycle"))
+    for args in steps:
         proc = subprocess.run(
             [sys.executable, "-m", "prefect", *args],
             env=env,
@@ -122,9 +142,13 @@ def _deploy(env: dict[str, str]) -> None:
 
 @contextlib.contextmanager
 def embedded_stack(
-    home: Path, *, say: Say = print, nodes: tuple[str, ...] = ("node-1",)
+    home: Path, *, say: Say = print, nodes: tuple[str, ...] = ("node-1",), lifecycle_deployment: bool = False
 ) -> Iterator[EmbeddedStack]:
-    """Start the whole embedded control plane under ``home`` (a fresh state each time)."""
+    """Start the whole embedded control plane under ``home`` (a fresh state each time).
+
+    ``lifecycle_deployment`` also deploys ``job-lifecycle`` (for submissions through the coordinator API;
+    start :meth:`EmbeddedStack.start_control_worker` to run them).
+    """
     from cyxwiz.audit import AuditLog
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
@@ -201,7 +225,7 @@ def embedded_stack(
         for cached in (services.config, services.audit, services.ledger, services.control_channel):
             cached.cache_clear()
 
-        _deploy(env)
+        _deploy(env, lifecycle=lifecycle_deployment)
         say("Deployed sandboxed-train to the gpu work pool")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
