@@ -194,8 +194,9 @@ def _open_v1(name: str, limits: JobLimits) -> JobCgroup:
         for ctrl in _V1_CONTROLLERS:
             if not (CGROUP_ROOT / ctrl / "cgroup.procs").exists():
                 continue
-            d = _v1_parent(ctrl, own) / "cyxwiz" / name
-            d.mkdir(parents=True, exist_ok=False)
+            # Flat (no shared "cyxwiz" parent): a parent group would cap all jobs at one task's CPU share.
+            d = _v1_parent(ctrl, own) / f"cyxwiz-{name}"
+            d.mkdir(exist_ok=False)
             dirs[ctrl] = d
         if "memory" in dirs:
             _write(dirs["memory"] / "memory.limit_in_bytes", str(limits.memory_bytes))
@@ -209,6 +210,9 @@ def _open_v1(name: str, limits: JobLimits) -> JobCgroup:
         if "cpu" in dirs:
             _write(dirs["cpu"] / "cpu.cfs_period_us", str(_CPU_PERIOD_US))
             _write(dirs["cpu"] / "cpu.cfs_quota_us", str(int(limits.cpu_cores * _CPU_PERIOD_US)))
+            # A cgroup competes with the host's loose tasks as ONE entity of weight 1024: without
+            # shares scaled to its cores, a busy host would starve a multi-threaded job.
+            _write(dirs["cpu"] / "cpu.shares", str(max(2, int(1024 * limits.cpu_cores))))
             group.enforced["cpu"] = "cgroup v1 cpu.cfs_quota_us"
     except BaseException:
         group.remove()
@@ -238,6 +242,8 @@ def _open_v2(name: str, limits: JobLimits) -> JobCgroup:
             group.enforced["pids"] = "cgroup v2 pids.max"
         if (d / "cpu.max").exists():
             _write(d / "cpu.max", f"{int(limits.cpu_cores * _CPU_PERIOD_US)} {_CPU_PERIOD_US}")
+            if (d / "cpu.weight").exists():
+                _write(d / "cpu.weight", str(min(10_000, max(1, int(100 * limits.cpu_cores)))))
             group.enforced["cpu"] = "cgroup v2 cpu.max"
     except BaseException:
         group.remove()
