@@ -24,6 +24,8 @@ from cyxwiz.sandbox.paths import open_confined
 from cyxwiz.sandbox.protocol import MAX_LINE, ProtocolError
 
 MAX_MESSAGES = 100_000
+#: Bytes of accepted lines kept in memory per job (100k lines of 64 KiB would be 6 GB).
+MAX_RECORDED_BYTES = 16 * 1024 * 1024
 MAX_ERRORS = 1_000
 MAX_CONNECTIONS = 16
 MAX_FILE_BYTES = 1 << 40
@@ -46,6 +48,7 @@ class BridgeServer:
         self.on_message = on_message
         self.messages: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        self._recorded_bytes = 0
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -172,8 +175,12 @@ class BridgeServer:
             elif msg["kind"] == "file_request":
                 conn.sendall(self._file_reply(msg["path"]))
             with self._lock:
-                if len(self.messages) >= MAX_MESSAGES:
+                if (
+                    len(self.messages) >= MAX_MESSAGES
+                    or self._recorded_bytes + len(line) > MAX_RECORDED_BYTES
+                ):
                     raise ProtocolError("too many messages", reply_code="too-many")
+                self._recorded_bytes += len(line)
                 self.messages.append(msg)
         except CyxwizError as exc:
             ref = msg.get("path") if msg.get("kind") == "file_request" else None

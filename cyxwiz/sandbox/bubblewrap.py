@@ -237,14 +237,19 @@ class BubblewrapBackend:
         logs = (LogTail(), LogTail())
         assert proc.stdout is not None and proc.stderr is not None
         drains = [logs[0].drain(proc.stdout), logs[1].drain(proc.stderr)]
-        child_pid: int | None = None
+        child_fd: int | None = None
         try:
             child_pid = self._wait_for_child(info_r, proc, logs)
+            # A pidfd, taken while the child is blocked (so certainly alive and ours): signalling it
+            # later can never hit an unrelated process that reused the pid.
+            child_fd = os.pidfd_open(child_pid)
             self._confine(proc.pid, child_pid, cgroup, limits)
             os.write(block_w, b"1")
         except BaseException:
             proc.kill()
             proc.wait()
+            if child_fd is not None:
+                os.close(child_fd)
             raise
         finally:
             for fd in (block_w, info_r):
@@ -254,11 +259,11 @@ class BubblewrapBackend:
         def kill() -> None:
             if cgroup is not None:
                 cgroup.kill()
-            for pid in (child_pid, proc.pid):
-                # Killing the namespace's pid 1 makes the kernel kill every process in it.
-                if pid is not None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
+            # Killing the namespace's pid 1 makes the kernel kill every process in it.
+            if child_fd is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child_fd, signal.SIGKILL)
+            proc.kill()  # Popen knows whether it reaped bwrap already: no pid-reuse hazard
 
         # A thread blocked in waitpid wakes the watchdog the moment bwrap exits (Popen.wait(timeout)
         # would poll with sleeps of up to 50 ms, all of it start-to-exit overhead).
@@ -278,6 +283,8 @@ class BubblewrapBackend:
             started=started,
         )
         proc.wait()
+        if child_fd is not None:
+            os.close(child_fd)
         for t in drains:
             t.join(timeout=5)
         return self._result(

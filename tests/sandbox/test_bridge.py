@@ -179,3 +179,16 @@ def test_from_env_needs_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CYXWIZ_BRIDGE", raising=False)
     with pytest.raises(BridgeClientError, match="CYXWIZ_BRIDGE"):
         BridgeClient.from_env()
+
+
+def test_recorded_bytes_are_capped(server: BridgeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cyxwiz.sandbox.bridge as bridge_mod
+
+    monkeypatch.setattr(bridge_mod, "MAX_RECORDED_BYTES", 2000)
+    s, f = _conn(server)
+    with s:
+        line = json.dumps({"v": 1, "kind": "metrics", "step": 1, "values": {f"m{i}": i for i in range(40)}})
+        for _ in range(10):
+            s.sendall(line.encode() + b"\n")
+        assert _reply(f)["code"] == "too-many"
+    assert sum(len(json.dumps(m)) for m in server.messages) <= 2000 + len(line)

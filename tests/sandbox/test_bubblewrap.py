@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cyxwiz.errors import ValidationError
+from cyxwiz.errors import CyxwizError, LimitExceededError, ValidationError
 from cyxwiz.sandbox import JobLimits, run_sandboxed
 from cyxwiz.sandbox.limits import MiB
 from tests.sandbox.conftest import RunPy
@@ -132,3 +132,39 @@ def test_workdir_is_private(run_py: RunPy) -> None:
     root = r.output_dir.parent
     assert root.stat().st_mode & 0o777 == 0o700
     assert r.output_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_collect_outputs_hashes_trusted_output(run_py: RunPy) -> None:
+    from cyxwiz.sandbox.outputs import collect_outputs
+
+    r = run_py("import os; os.makedirs('/output/d'); open('/output/d/m.bin', 'wb').write(b'abc')")
+    files = collect_outputs(r, max_bytes=1024)
+    assert [(f.path, f.size) for f in files] == [("d/m.bin", 3)]
+    assert files[0].sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("import os; os.symlink('/etc/shadow', '/output/loot')", "PathRuleError"),
+        ("import os; os.mkfifo('/output/pipe')", "PathRuleError"),
+        ("open('/output/big', 'wb').write(b'x' * 2048)", "LimitExceededError"),
+    ],
+    ids=["symlink", "fifo", "oversize"],
+)
+def test_collect_outputs_refuses_planted_entries(run_py: RunPy, code: str, error: str) -> None:
+    from cyxwiz.sandbox.outputs import collect_outputs
+
+    r = run_py(code)
+    assert r.status == "ok", r.stderr_tail
+    with pytest.raises(CyxwizError) as err:
+        collect_outputs(r, max_bytes=1024)
+    assert type(err.value).__name__ == error
+
+
+def test_collect_outputs_refuses_failed_run(run_py: RunPy) -> None:
+    from cyxwiz.sandbox.outputs import collect_outputs
+
+    r = run_py("open('/output/partial', 'w').write('x'); raise SystemExit(1)")
+    with pytest.raises(LimitExceededError, match="not trusted"):
+        collect_outputs(r, max_bytes=1024)
