@@ -40,6 +40,47 @@ def _docker_answers() -> bool:
         return False
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_for_previous_daemon() -> None:
+    """A dockerd that is still shutting down keeps its pid file: a new one would refuse to start."""
+    try:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    end = time.monotonic() + 30
+    while _pid_alive(pid) and not _docker_answers() and time.monotonic() < end:
+        time.sleep(0.5)
+
+
+def _start_dockerd() -> None:
+    log_path = Path("/tmp/cyxwiz-dockerd.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            ["dockerd", "--config-file", str(DAEMON_CONFIG)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    end = time.monotonic() + 60
+    while not _docker_answers() and time.monotonic() < end:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            pytest.skip(f"dockerd exited with {proc.returncode}: {' '.join(tail)}")
+        time.sleep(0.5)
+    if not _docker_answers():
+        pytest.skip(f"dockerd did not answer within 60 s (see {log_path})")
+
+
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[None]:
     """A real dockerd: the running one, else one started here (root + apt's docker.io), left running
@@ -52,20 +93,9 @@ def dockerd() -> Iterator[None]:
         # Several suites may race to start it: one at a time, re-checking under the lock.
         with open("/tmp/cyxwiz-dockerd.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            _wait_for_previous_daemon()
             if not _docker_answers():
-                log = open("/tmp/cyxwiz-dockerd.log", "ab")  # noqa: SIM115
-                subprocess.Popen(
-                    ["dockerd", "--config-file", str(DAEMON_CONFIG)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-                end = time.monotonic() + 60
-                while not _docker_answers() and time.monotonic() < end:
-                    time.sleep(0.5)
-                if not _docker_answers():
-                    pytest.skip("dockerd did not start within 60 s (see /tmp/cyxwiz-dockerd.log)")
+                _start_dockerd()
     yield
 
 
