@@ -196,6 +196,15 @@ class CoordinatorUserClient:
             return AuthenticationError(
                 f"TLS refused by the coordinator: {reason}", field="certificate", rule="D1"
             )
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            # TLS 1.3: the client's handshake completes before the server checks the client certificate,
+            # so a refused (revoked, expired, foreign) certificate shows up as a connection closed unanswered.
+            return AuthenticationError(
+                "the coordinator closed the connection without answering: "
+                "it most likely refused the user certificate (revoked, expired or from another CA)",
+                field="certificate",
+                rule="D1",
+            )
         return CyxwizError(
             f"cannot reach the coordinator at {self.url}: {exc or type(exc).__name__}", field=ENV_URL
         )

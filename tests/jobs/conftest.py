@@ -59,7 +59,7 @@ class JobsEnv:
         return httpx.Client(base_url=self.coord.url, verify=ctx, timeout=10)
 
 
-def _issue_user(pki: DevPKI, name: str) -> tuple[Path, Path]:
+def issue_user(pki: DevPKI, name: str) -> tuple[Path, Path]:
     issued = pki.issuing_ca().issue(common_name=name, role=Role.USER, client=True, days=30)
     assert issued.private_key is not None
     cert, key = pki.root / "certs" / f"{name}-cert.pem", pki.root / "certs" / f"{name}-key.pem"
@@ -72,7 +72,7 @@ def _issue_user(pki: DevPKI, name: str) -> tuple[Path, Path]:
 def jobs_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsEnv]:
     root = tmp_path_factory.mktemp("jobs")
     pki = build_dev_pki(root / "pki", nodes=("node-a",))
-    other_cert, other_key = _issue_user(pki, "other-user")
+    other_cert, other_key = issue_user(pki, "other-user")
     audit = MemorySink()
     coord = start_coordinator(
         cert=pki.coordinator_cert,
