@@ -31,8 +31,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
+        if settings.coordinator_url:
+            from agents.node_client import heartbeat_forever, read_session, register_node
+
+            register_node(settings)
+            beat = threading.Thread(
+                target=heartbeat_forever, args=(settings, stop, args.heartbeat), daemon=True
+            )
+            beat.start()
         if settings.gateway_url:
-            from agents.node_client import client_ssl_context
+            from agents.node_client import client_ssl_context, read_session
             from agents.tunnel import running_tunnel
 
             parts = urlsplit(settings.gateway_url)
@@ -44,14 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             env["PREFECT_API_URL"] = f"{endpoint.url}/api"
-        if settings.coordinator_url:
-            from agents.node_client import heartbeat_forever, register_node
-
-            register_node(settings)
-            beat = threading.Thread(
-                target=heartbeat_forever, args=(settings, stop, args.heartbeat), daemon=True
-            )
-            beat.start()
+            # The gateway wants the node's session token too (bound to this certificate, SPEC B2); Prefect's
+            # client sends PREFECT_API_AUTH_STRING as HTTP Basic on every call and websocket.
+            env["PREFECT_API_AUTH_STRING"] = f"node:{read_session(settings)['session_token']}"
+            # The cancellation observer subscribes to the pool's event stream and filters all flow runs,
+            # which the gateway does not grant a node; runs on a node are stopped by revoking it instead.
+            env["PREFECT_WORKER_ENABLE_CANCELLATION"] = "false"
         worker = subprocess.Popen(
             [
                 sys.executable,

@@ -42,6 +42,7 @@ _INHERITED_ENV = (
     "VIRTUAL_ENV",
     "PREFECT_HOME",
     "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",  # the node's session token for the gateway (same node, same trust)
     "PREFECT_SERVER_ANALYTICS_ENABLED",
     "PREFECT_LOGGING_LEVEL",
 )

@@ -142,18 +142,22 @@ def _deploy(env: dict[str, str], *, lifecycle: bool) -> None:
 
 @contextlib.contextmanager
 def embedded_stack(
-    home: Path, *, say: Say = print, nodes: tuple[str, ...] = ("node-1",), lifecycle_deployment: bool = False
+    home: Path,
+    *,
+    say: Say = print,
+    nodes: tuple[str, ...] = ("node-1",),
+    lifecycle_deployment: bool = False,
+    gateway: bool = True,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
     ``lifecycle_deployment`` also deploys ``job-lifecycle`` (for submissions through the coordinator API;
-    start :meth:`EmbeddedStack.start_control_worker` to run them).
+    start :meth:`EmbeddedStack.start_control_worker` to run them). With ``gateway`` (the default) node
+    agents reach the Prefect API only through the mTLS gateway, via their loopback tunnel.
     """
     from cyxwiz.audit import AuditLog
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
-    from cyxwiz.storage.crypto import MasterKey
-    from cyxwiz.storage.local import LocalObjectStore
     from tasks import services
     from tasks.config import ENV_VAR, ControlPlaneConfig
 
@@ -188,13 +192,7 @@ def embedded_stack(
             f"Ledger service (LiteSVM) on {ledger_service.rpc_url}: mint, 2-of-3 multisig, funded user wallet"
         )
 
-        master = MasterKey.generate()
-        key_file = home / "store-master.key"
-        if key_file.exists():
-            key_file.unlink()
-        master.write(key_file)
-        env["CYXWIZ_STORE_MASTER_KEY_FILE"] = str(key_file)
-        store = LocalObjectStore(root=home / "store", master_key=master)
+        store, master = _open_store(home, env)
         audit = AuditLog.open(home / "audit")
         stack.callback(audit.close)
 
@@ -204,6 +202,10 @@ def embedded_stack(
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
+        if gateway:
+            gateway_url = _start_gateway(stack, pki=pki, server=server, coordinator=coordinator, audit=audit)
+            env["CYXWIZ_GATEWAY_URL"] = gateway_url
+            say(f"Gateway to the Prefect API (mTLS, per-node allow-list) on {gateway_url}")
 
         node_wallets = {name: str(demo_ledger.node.pubkey()) for name in nodes}
         config = ControlPlaneConfig(
@@ -233,6 +235,43 @@ def embedded_stack(
         )  # fmt: skip
         stack.callback(built.close)
         yield built
+
+
+def _open_store(home: Path, env: dict[str, str]) -> tuple[Any, Any]:
+    """The local object store with a fresh master key in a 0600 file (envelope encryption, D2)."""
+    from cyxwiz.storage.crypto import MasterKey
+    from cyxwiz.storage.local import LocalObjectStore
+
+    master = MasterKey.generate()
+    key_file = home / "store-master.key"
+    if key_file.exists():
+        key_file.unlink()
+    master.write(key_file)
+    env["CYXWIZ_STORE_MASTER_KEY_FILE"] = str(key_file)
+    return LocalObjectStore(root=home / "store", master_key=master), master
+
+
+def _start_gateway(
+    stack: contextlib.ExitStack, *, pki: Any, server: Any, coordinator: Any, audit: Any
+) -> str:
+    from cyxwiz.gateway.service import build_gateway
+    from tasks.coordinator_channel import node_name
+
+    listener, _ = build_gateway(
+        cert=pki.gateway_cert,
+        key=pki.gateway_key,
+        trust_bundle=pki.bundle,
+        crl=pki.crl,
+        upstream=server.api_url.removesuffix("/api"),
+        pool="gpu",
+        verifier=coordinator.verifier,
+        audit=audit,
+        # Work queues are named after the node (its certificate CN); the gateway maps the verified node id.
+        queue_for=lambda node_id: node_name(coordinator.store.node(node_id).subject),
+    )
+    listener.start()
+    stack.callback(listener.stop)
+    return str(listener.url)
 
 
 def _start_coordinator(*, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any) -> Any:

@@ -51,7 +51,8 @@ class PrefectHooks:
             raise AuthorizationError(
                 "the proof names another node than the certificate", field="proof.node_peer_id", rule="F1"
             )
-        return "completed"
+        # Not "completed": the lifecycle still verifies and settles, and writes released/refunded.
+        return "verifying"
 
     def presign(
         self,

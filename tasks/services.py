@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from tasks.control import JobRequest
 
 
+def reset() -> None:
+    """Forget the opened parts (after the control-plane config changed: tests, a new demo run)."""
+    for cached in (config, audit, ledger, control_channel):
+        cached.cache_clear()
+
+
 @functools.cache
 def config() -> ControlPlaneConfig:
     return ControlPlaneConfig.from_env()

@@ -21,6 +21,8 @@ Scope = Literal[
     "deployment",  # referenced by one of the node's flow runs
     "flow",  # referenced by one of the node's flow runs
     "logs",  # every log line must belong to one of the node's flow runs
+    "artifact_create",  # an artifact of one of the node's flow runs (progress, training curve)
+    "artifact",  # an artifact by id: must be one the node created
     "events_in",  # websocket: events the node emits
     "events_out",  # websocket: subscription narrowed to the node's runs
     "worker_connect",  # websocket: worker heartbeat channel of the pool
@@ -50,6 +52,7 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"/work_pools/{_POOL}/?", "pool"),
     _r("POST", f"/work_pools/{_POOL}/queues/filter/?", "queue_filter"),
     _r("POST", f"/work_pools/{_POOL}/get_scheduled_flow_runs/?", "scheduled_runs"),
+    _r("POST", f"/work_pools/{_POOL}/workers/heartbeat/?", "pool"),
     _r("GET", f"/work_queues/{_ID}/?", "work_queue"),
     _r("GET|PATCH", f"/flow_runs/{_ID}/?", "flow_run"),
     _r("POST", f"/flow_runs/{_ID}/set_state/?", "flow_run"),
@@ -57,6 +60,8 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"/deployments/{_ID}/?", "deployment"),
     _r("GET", f"/flows/{_ID}/?", "flow"),
     _r("POST", "/logs/?", "logs"),
+    _r("POST", "/artifacts/?", "artifact_create"),
+    _r("PATCH", f"/artifacts/{_ID}/?", "artifact"),
     _r("GET", "/events/in/?", "events_in", websocket=True),
     _r("GET", "/events/out/?", "events_out", websocket=True),
     _r("GET", f"/work_pools/{_POOL}/workers/connect/?", "worker_connect", websocket=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class NodeView:
     runs: dict[str, str | None] = field(default_factory=dict)  # flow run id -> job id
     deployments: set[str] = field(default_factory=set)
     flows: set[str] = field(default_factory=set)
+    artifacts: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ class Gateway:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         websocket = scope["type"] == "websocket"
+        if websocket and not any(name == b"authorization" for name, _ in scope.get("headers") or []):
+            await self._websocket_message_auth(scope, receive, send)
+            return
         try:
             caller = self._authenticate(scope)
             found = match(scope.get("method", "GET"), scope["path"], websocket=websocket)
@@ -223,7 +228,9 @@ class Gateway:
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match) -> None:
+    async def _http(  # noqa: PLR0912 - one branch per allow-listed route kind
+        self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match
+    ) -> None:
         body = b""
         more = True
         while more:
@@ -275,6 +282,8 @@ class Gateway:
                 self._decide(
                     caller, resource, kind, owned, "logs of own run" if owned else "logs for another run"
                 )
+        elif kind in ("artifact_create", "artifact"):
+            post_filter = await self._artifact(caller, resource, kind, body, m)
         elif kind == "work_queue":
             resp = await self._client.get(path, headers=self._upstream_headers)
             own = resp.status_code == 200 and resp.json().get("name") == caller.queue
@@ -282,6 +291,31 @@ class Gateway:
         if kind in ("global", "pool", "scheduled_runs", "queue_filter"):
             self._decide(caller, resource, kind, True, "allow-listed")
         await self._forward(scope, send, body, post_filter)
+
+    async def _artifact(
+        self, caller: Caller, resource: str, kind: str, body: bytes, m: Match
+    ) -> Callable[[Any], Any] | None:
+        """Artifacts (progress, training curve) only for the node's own runs; updates only to its own."""
+        view = self.view(caller.node_id)
+        if kind == "artifact":
+            known = m.object_id in view.artifacts
+            self._decide(
+                caller, resource, kind, known, "own artifact" if known else "artifact the node did not create"
+            )
+            return None
+        request = _json(body) if body else {}
+        run_id = str(request.get("flow_run_id") or "")
+        owned = bool(run_id) and await self._owns_run(caller, run_id)
+        self._decide(
+            caller, resource, kind, owned, "artifact of own run" if owned else "artifact for another run"
+        )
+
+        def remember(created: Any) -> Any:
+            if isinstance(created, dict) and created.get("id"):
+                view.artifacts.add(str(created["id"]))
+            return created
+
+        return remember
 
     async def _forward(
         self, scope: dict[str, Any], send: Any, body: bytes, post: Callable[[Any], Any] | None
@@ -292,7 +326,7 @@ class Gateway:
         url = scope["path"] + (f"?{query}" if query else "")
         resp = await self._client.request(scope["method"], url, content=body, headers=headers)
         content = resp.content
-        if post is not None and resp.status_code == 200:
+        if post is not None and resp.status_code in (200, 201):
             content = json.dumps(post(resp.json())).encode()
         out = [
             (k.encode(), v.encode())
@@ -305,8 +339,58 @@ class Gateway:
 
     # --- websockets -----------------------------------------------------------------------------------
 
+    async def _websocket_message_auth(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Prefect's worker channel and event subscriber authenticate with a first ``auth`` message, not
+        a header: accept, read that message, verify the node's token from it, then proxy as usual."""
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        protocols = scope.get("subprotocols") or []
+        await send({"type": "websocket.accept", "subprotocol": protocols[0] if protocols else None})
+        message = await receive()
+        text = message.get("text") if message.get("type") == "websocket.receive" else None
+        try:
+            parsed = json.loads(text) if text else None
+            token = parsed.get("token") if isinstance(parsed, dict) and parsed.get("type") == "auth" else None
+            if not isinstance(token, str) or not token:
+                raise AuthenticationError(
+                    "the node's session token is required", field="authorization", rule="B1"
+                )
+            # PREFECT_API_AUTH_STRING is "node:<session token>"; the token is what follows the colon.
+            bearer = token.partition(":")[2] or token
+            scope["headers"] = [
+                *(scope.get("headers") or []),
+                (b"authorization", f"Bearer {bearer}".encode()),
+            ]
+            caller = self._authenticate(scope)
+            found = match(scope.get("method", "GET"), scope["path"], websocket=True)
+            if found is None:
+                raise AuthorizationError("route is not on the gateway allow-list", field="path", rule="C3")
+        except CyxwizError as exc:
+            if self.audit is not None:
+                self.audit.record(
+                    ev.auth_attempt(
+                        actor_id="unknown", actor_type="node", success=False, method="websocket-auth",
+                        reason=str(exc),
+                    )
+                )  # fmt: skip
+            await send(
+                {"type": "websocket.close", "code": 4401 if isinstance(exc, AuthenticationError) else 4403}
+            )
+            return
+        assert text is not None
+        await self._websocket(scope, receive, send, caller, found, accepted=True, first_text=text)
+
     async def _websocket(
-        self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        caller: Caller,
+        m: Match,
+        *,
+        accepted: bool = False,
+        first_text: str | None = None,
     ) -> None:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
@@ -315,15 +399,19 @@ class Gateway:
         if m.pool is not None and m.pool != self.pool:
             self._decide(caller, scope["path"], kind, False, f"work pool {m.pool!r} is not the node pool")
         self._decide(caller, f"prefect:WS {scope['path']}", kind, True, "allow-listed websocket")
-        first = await receive()
-        if first["type"] != "websocket.connect":
-            return
+        if not accepted:
+            first = await receive()
+            if first["type"] != "websocket.connect":
+                return
         url = self.upstream.replace("http", "ws", 1) + scope["path"]
         protocols = scope.get("subprotocols") or []
         async with connect(
             url, subprotocols=protocols or None, additional_headers=self._upstream_headers
         ) as up:
-            await send({"type": "websocket.accept", "subprotocol": up.subprotocol})
+            if not accepted:
+                await send({"type": "websocket.accept", "subprotocol": up.subprotocol})
+            if first_text is not None:
+                await up.send(self._rewrite_client(caller, kind, first_text))
 
             async def client_to_upstream() -> None:
                 while True:
@@ -348,7 +436,8 @@ class Gateway:
                             await send({"type": "websocket.send", "bytes": data})
                 except ConnectionClosed:
                     pass
-                await send({"type": "websocket.close", "code": 1000})
+                with contextlib.suppress(Exception):  # the client may already be gone; nothing to tell it
+                    await send({"type": "websocket.close", "code": 1000})
 
             tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
             _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

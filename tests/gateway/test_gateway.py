@@ -118,16 +118,36 @@ def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
 
 
 def test_websocket_without_token_refused(gw: GwEnv) -> None:
+    """No Authorization header: the first message must be Prefect's ``auth`` with a valid node token."""
     ctx = client_context(
         trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
     )
     url = gw.url.replace("https", "wss") + "/api/events/out"
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import ConnectionClosed
 
-    with pytest.raises(InvalidStatus) as info, ws_connect(url, ssl=ctx) as ws:
-        ws.recv(timeout=5)
-    assert info.value.response.status_code == 403
+    with ws_connect(url, ssl=ctx) as ws:
+        ws.send(json.dumps({"type": "filter", "filter": {}}))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4401
     assert any("session token is required" in d for d in gw.denials())
+
+
+def test_websocket_auth_message_with_another_nodes_token_refused(gw: GwEnv) -> None:
+    """A token bound to node-b's certificate, sent in the auth message over node-a's connection (B2)."""
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+    url = gw.url.replace("https", "wss") + "/api/events/out"
+    from websockets.exceptions import ConnectionClosed
+
+    with ws_connect(url, ssl=ctx) as ws:
+        ws.send(json.dumps({"type": "auth", "token": f"node:{gw.token('node-b')}"}))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4401
 
 
 def test_node_flood_throttled(gw: GwEnv) -> None:
