@@ -125,9 +125,11 @@ def run_demo(workdir: Path, *, keep: bool) -> int:
         console.print(table)
 
         from cyxwiz.audit.verify import verify_log
+        from cyxwiz.pki.keys import load_private_key
 
         stack.audit.close()
-        report = verify_log(stack.home / "audit")
+        signing_key = load_private_key(Path(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"]))
+        report = verify_log(stack.home / "audit", public_key=signing_key.public_key())
         say(f"audit verify: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
         console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
         console.print(f"Prefect UI: {stack.prefect.ui_url} (flow runs, logs, verification report artifacts)")

@@ -155,7 +155,6 @@ def embedded_stack(
     start :meth:`EmbeddedStack.start_control_worker` to run them). With ``gateway`` (the default) node
     agents reach the Prefect API only through the mTLS gateway, via their loopback tunnel.
     """
-    from cyxwiz.audit import AuditLog
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
     from tasks import services
@@ -193,7 +192,7 @@ def embedded_stack(
         )
 
         store, master = _open_store(home, env)
-        audit = AuditLog.open(home / "audit")
+        audit = _open_audit(home, env, store)
         stack.callback(audit.close)
 
         coordinator_dir = home / "coordinator"
@@ -235,6 +234,21 @@ def embedded_stack(
         )  # fmt: skip
         stack.callback(built.close)
         yield built
+
+
+def _open_audit(home: Path, env: dict[str, str], store: Any) -> Any:
+    """The audit log with signed daily digests (a fresh Ed25519 key, 0600) archived to the store (H3)."""
+    from cyxwiz.audit import AuditLog, ObjectStoreArchive
+    from cyxwiz.pki.keys import generate_ed25519, write_private_key
+
+    key_path = home / "audit-signing-key.pem"
+    if not key_path.exists():
+        write_private_key(key_path, generate_ed25519())
+    env["CYXWIZ_AUDIT_SIGNING_KEY"] = str(key_path)
+    os.environ["CYXWIZ_AUDIT_SIGNING_KEY"] = str(key_path)
+    return AuditLog.open(
+        home / "audit", signing_key=key_path, archive=ObjectStoreArchive(store=store, encrypt=True)
+    )
 
 
 def _open_store(home: Path, env: dict[str, str]) -> tuple[Any, Any]:

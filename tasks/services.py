@@ -31,9 +31,14 @@ def config() -> ControlPlaneConfig:
 
 @functools.cache
 def audit() -> Any:
-    from cyxwiz.audit import AuditLog
+    import os
 
-    return AuditLog.open(config().audit_dir)
+    from cyxwiz.audit import AuditLog, ObjectStoreArchive
+
+    # Closed days are sealed with a signed digest (CYXWIZ_AUDIT_SIGNING_KEY) and archived to the object
+    # store, encrypted (H3); the log directory comes from the control-plane config.
+    env = {**os.environ, "CYXWIZ_AUDIT_DIR": str(config().audit_dir)}
+    return AuditLog.from_env(env, archive=ObjectStoreArchive(store=store(), encrypt=True))
 
 
 @functools.cache

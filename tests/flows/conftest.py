@@ -30,8 +30,11 @@ def control_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
     path = tmp_path / "control-plane.json"
     config.to_file(path)
     monkeypatch.setenv(ENV_VAR, str(path))
-    for cached in (services.config, services.audit, services.ledger, services.control_channel):
-        cached.cache_clear()
+    from cyxwiz.storage.crypto import MasterKey
+
+    MasterKey.generate().write(tmp_path / "master.key")
+    monkeypatch.setenv("CYXWIZ_STORE_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    monkeypatch.delenv("CYXWIZ_AUDIT_SIGNING_KEY", raising=False)
+    services.reset()
     yield config
-    for cached in (services.config, services.audit, services.ledger, services.control_channel):
-        cached.cache_clear()
+    services.reset()
