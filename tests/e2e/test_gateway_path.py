@@ -1,0 +1,131 @@
+"""A real node agent's Prefect traffic goes through the mTLS gateway and sees only its own queue (issue 8).
+
+Two agents (node-1, node-2) run as separate processes behind their loopback tunnels. A run queued for
+node-2 is never taken by node-1; node-1, calling the gateway itself with its own certificate and session
+token, cannot list, read or poll node-2's runs, and routes off the allow-list are refused (SPEC C3, D1).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cyxwiz.transport.tls import client_context
+from flows.stack import PROJECT, EmbeddedStack, embedded_stack
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    home = tmp_path_factory.mktemp("gateway-path")
+    with embedded_stack(home, say=lambda _m: None, nodes=("node-1", "node-2")) as built:
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "node-healthcheck"],
+            env=built.env,
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        built.start_agent("node-1")
+        built.wait_for_node("node-1")
+        yield built
+
+
+def _node_client(stack: EmbeddedStack, name: str) -> httpx.Client:
+    session = json.loads((stack.home / "agents" / name / "session.json").read_text())
+    ctx = client_context(
+        trust_bundle=stack.pki.bundle, cert=stack.pki.node_cert(name), key=stack.pki.node_key(name)
+    )
+    return httpx.Client(
+        base_url=stack.env["CYXWIZ_GATEWAY_URL"],
+        verify=ctx,
+        headers={"authorization": f"Bearer {session['session_token']}"},
+        timeout=30,
+    )
+
+
+def _run_state(run_id: Any) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    return run.state.type.value if run.state else "UNKNOWN"
+
+
+def test_own_queue_only_through_the_gateway(stack: EmbeddedStack) -> None:
+    from prefect.deployments import run_deployment
+
+    # node-1's own run: picked up through tunnel → gateway → Prefect, and completes.
+    mine = run_deployment("node-healthcheck/node-healthcheck", work_queue_name="node-1", timeout=240)
+    assert mine.state is not None
+    assert mine.state.is_completed(), mine.state
+
+    # A run for node-2 while only node-1's agent is up: node-1 never takes it.
+    theirs = run_deployment("node-healthcheck/node-healthcheck", work_queue_name="node-2", timeout=0)
+    time.sleep(12)
+    assert _run_state(theirs.id) == "SCHEDULED"
+
+    with _node_client(stack, "node-1") as gw:
+        # Polling for node-2's queue is narrowed to node-1's own: node-2's run is not in the answer.
+        polled = gw.post("/api/work_pools/gpu/get_scheduled_flow_runs", json={"work_queue_names": ["node-2"]})
+        assert polled.status_code == 200
+        assert str(theirs.id) not in polled.text
+        # Reading node-2's run by id is refused and audited.
+        assert gw.get(f"/api/flow_runs/{theirs.id}").status_code == 403
+        # Routes off the allow-list are refused: listing all runs, deployments, blocks (secrets!).
+        assert gw.post("/api/flow_runs/filter", json={}).status_code == 403
+        assert gw.post("/api/deployments/filter", json={}).status_code == 403
+        assert gw.post("/api/block_documents/filter", json={}).status_code == 403
+        # Another work pool is refused even on an allow-listed route.
+        assert gw.get("/api/work_pools/control").status_code == 403
+
+    # node-2's agent comes up and takes its run.
+    stack.start_agent("node-2")
+    stack.wait_for_node("node-2")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and _run_state(theirs.id) not in ("COMPLETED", "FAILED", "CRASHED"):
+        time.sleep(2)
+    assert _run_state(theirs.id) == "COMPLETED"
+
+
+def test_gateway_refuses_a_token_over_another_nodes_certificate(stack: EmbeddedStack) -> None:
+    """node-1's session token presented over node-2's TLS connection (stolen token): 401 (SPEC B2)."""
+    session = json.loads((stack.home / "agents" / "node-1" / "session.json").read_text())
+    stack.pki_for("node-2")
+    ctx = client_context(
+        trust_bundle=stack.pki.bundle, cert=stack.pki.node_cert("node-2"), key=stack.pki.node_key("node-2")
+    )
+    with httpx.Client(base_url=stack.env["CYXWIZ_GATEWAY_URL"], verify=ctx, timeout=30) as gw:
+        response = gw.get(
+            "/api/work_pools/gpu", headers={"authorization": f"Bearer {session['session_token']}"}
+        )
+    assert response.status_code == 401
+
+
+def test_gateway_refuses_a_connection_without_a_client_certificate(stack: EmbeddedStack) -> None:
+    ctx = client_context(trust_bundle=stack.pki.bundle)
+    with (
+        httpx.Client(base_url=stack.env["CYXWIZ_GATEWAY_URL"], verify=ctx, timeout=10) as gw,
+        pytest.raises(httpx.HTTPError),
+    ):
+        gw.get("/api/health")
+
+
+def test_gateway_decisions_are_audited(stack: EmbeddedStack) -> None:
+    audit_dir: Path = stack.home / "audit"
+    lines = [json.loads(line) for p in audit_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+    text = json.dumps(lines)
+    assert "prefect:POST /api/work_pools/gpu/get_scheduled_flow_runs" in text
+    assert "route is not on the gateway allow-list" in text or "denied" in text
