@@ -1,0 +1,164 @@
+"""Fixtures and helpers of the whole-lifecycle tests: one embedded stack per module (issue 9 acceptance).
+
+Imported explicitly by ``test_lifecycle.py`` (not a conftest: the stack is expensive and only those tests
+want it). The stack is the one ``make demo`` runs: Prefect server, dev PKI, LiteSVM ledger service,
+coordinator + gateway over mTLS, node agents as separate processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+EVIL_DEPLOYMENT = "sandboxed-train/evil-train"
+
+
+def tiny_job(*, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user") -> dict[str, Any]:
+    """The demo's reference job (MLP on scikit-learn digits) with a chosen length."""
+    from flows.demo import REFERENCE_JOB
+
+    spec = copy.deepcopy(REFERENCE_JOB)
+    spec["user"] = user
+    spec["training"]["hyperparameters"]["epochs"] = epochs
+    spec["limits"]["wall_seconds"] = wall_seconds
+    return spec
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The embedded control plane with node-1 running; node-2 has a certificate and a wallet mapping."""
+    from flows.stack import embedded_stack
+    from tasks import services
+
+    saved = dict(os.environ)
+    # A short home: the node's sandbox work dir lives under it and its bridge socket path must stay under
+    # the AF_UNIX limit (pytest's tmp dirs are too deep for jobdir/work/bridge/bridge.sock).
+    del tmp_path_factory
+    home = Path(tempfile.mkdtemp(prefix="cyxlc-", dir="/tmp"))
+    try:
+        with embedded_stack(
+            home, say=lambda _m: None, nodes=("node-1", "node-2"), lifecycle_deployment=True
+        ) as built:
+            built.start_agent("node-1")
+            built.wait_for_node("node-1")
+            yield built
+    finally:
+        # embedded_stack points this process at its server and config; leave the session as we found it.
+        os.environ.clear()
+        os.environ.update(saved)
+        services.reset()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def balances(stack: Any) -> dict[str, int]:
+    """The demo user's and the (shared) node wallet's token balances on the ledger service."""
+    from solders.pubkey import Pubkey
+
+    from cyxwiz.ledger.rpc import RpcChain
+    from cyxwiz.ledger.txbuild import token_account_of
+
+    config = stack.ledger.config
+    mint = Pubkey.from_string(config.mint)
+    chain = RpcChain(url=config.rpc_url)
+    try:
+        return {
+            "user": chain.token_amount(token_account_of(stack.ledger.user.pubkey(), mint)) or 0,
+            "node": chain.token_amount(token_account_of(stack.ledger.node.pubkey(), mint)) or 0,
+        }
+    finally:
+        chain.close()
+
+
+def set_control_config(stack: Any, **changes: Any) -> Any:
+    """Rewrite the control-plane config file and make this process reopen its parts; returns the old one."""
+    from tasks import services
+    from tasks.config import ControlPlaneConfig
+
+    old = ControlPlaneConfig.from_file(stack.config_path)
+    dataclasses.replace(old, **changes).to_file(stack.config_path)
+    services.reset()
+    return old
+
+
+def restore_control_config(stack: Any, old: Any) -> None:
+    from tasks import services
+
+    old.to_file(stack.config_path)
+    services.reset()
+
+
+def deploy_evil(stack: Any, tmp: Path) -> str:
+    """Deploy the dishonest node flow to the gpu pool (``prefect --no-prompt deploy``, tmp prefect.yaml)."""
+    prefect_file = tmp / "evil-prefect.yaml"
+    prefect_file.write_text(
+        "name: cyxwiz-evil\n"
+        "pull:\n"
+        "  - prefect.deployments.steps.set_working_directory:\n"
+        f"      directory: {json.dumps(str(PROJECT))}\n"
+        "deployments:\n"
+        "  - name: evil-train\n"
+        "    entrypoint: tests/e2e/evil/evil_train.py:sandboxed_train\n"
+        "    work_pool:\n"
+        "      name: gpu\n"
+        "      work_queue_name: default\n",
+        encoding="utf-8",
+    )
+    args = ["--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", "evil-train"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=stack.env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"evil deploy failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return EVIL_DEPLOYMENT
+
+
+def verification_report(stack: Any, job_id: str) -> dict[str, Any]:
+    """The archived verification report of a job (``jobs/{id}/verification.json``)."""
+    from cyxwiz.storage import layout
+
+    report: dict[str, Any] = json.loads(stack.store.get_bytes(layout.job_verification(job_id)))
+    return report
+
+
+def audit_events(stack: Any) -> list[dict[str, Any]]:
+    """Every event of the stack's audit log, oldest first (records are written through, no flush needed)."""
+    from cyxwiz.audit.reader import iter_events
+
+    return [stored.event for stored in iter_events(stack.home / "audit")]
+
+
+def node_id_of(stack: Any, name: str) -> str:
+    from tasks.coordinator_channel import node_name
+
+    for record in stack.coordinator.store.list_nodes():
+        if node_name(record.subject) == name:
+            return str(record.node_id)
+    raise LookupError(name)
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
