@@ -103,6 +103,11 @@ class BubblewrapBackend:
             link = Path("/") / top
             if link.is_symlink():
                 args.extend(["--symlink", os.readlink(link), str(link)])
+        # The private /tmp comes before the runtime binds: a checkout or venv under the host's /tmp (CI
+        # clones often live there) must stay visible, bound read-only on top of the fresh tmpfs.
+        tmp_size = min(limits.disk_bytes, limits.memory_bytes)
+        args.extend(["--perms", "1777", "--size", str(tmp_size), "--tmpfs", "/tmp"])  # noqa: S108 (a private tmpfs)
+        made.add("/tmp")  # noqa: S108
         for path in (*self.policy.ro_paths, *self.policy.extra_ro_paths):
             if path.exists():
                 parents(str(path))
@@ -113,8 +118,6 @@ class BubblewrapBackend:
             args.extend(["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"])
         shm = "/dev/shm"  # noqa: S108 (a private tmpfs inside the sandbox)
         args.extend(["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", shm])
-        tmp_size = min(limits.disk_bytes, limits.memory_bytes)
-        args.extend(["--perms", "1777", "--size", str(tmp_size), "--tmpfs", "/tmp"])  # noqa: S108 (a private tmpfs)
         args.extend(["--bind", str(job.output), OUTPUT_DIR])
         if job.inputs is not None:
             args.extend(["--ro-bind", str(job.inputs), INPUT_DIR])
