@@ -7,6 +7,7 @@ The lifecycle flow and the coordinator both run in the trusted zone and share th
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from cyxwiz.errors import ConfigError, ConflictError, NotFoundError
@@ -26,9 +27,18 @@ def node_name(subject: str) -> str:
 
 
 class SchedulerChannel:
-    def __init__(self, *, store: Any, node_wallets: dict[str, str]) -> None:
+    def __init__(self, *, store: Any, node_wallets: dict[str, str], crl: Path | None = None) -> None:
         self.store = store
         self.node_wallets = node_wallets
+        self.crl = crl
+
+    def _revoked_serials(self) -> set[int]:
+        """Serials on the current CRL, read at every dispatch: a revocation stops new work at once (A6)."""
+        if self.crl is None or not self.crl.exists():
+            return set()
+        from cyxwiz.pki.certs import load_crls
+
+        return {entry.serial_number for crl in load_crls(self.crl) for entry in crl}
 
     @classmethod
     def from_config(cls, config: ControlPlaneConfig) -> SchedulerChannel:
@@ -45,10 +55,13 @@ class SchedulerChannel:
 
     def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
+        revoked = self._revoked_serials()
         candidates = []
         for record in self.store.list_nodes():
             name = node_name(record.subject)
             if record.status != "active" or name not in self.node_wallets:
+                continue
+            if int(record.cert_serial, 16) in revoked:
                 continue
             if node is not None and name != node:
                 continue

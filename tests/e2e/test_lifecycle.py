@@ -242,11 +242,6 @@ def test_node_revoked_mid_job_is_refused_and_refunded(stack: Any) -> None:
     RESULTS["revoked"] = {"summary": summary, "dropped": len(dropped), "refused": len(refused)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SchedulerChannel.assign does not consult the CRL; a revoked node with a fresh heartbeat "
-    "(< 60 s) and store status 'active' is still dispatched to (lead: tasks/coordinator_channel.py)",
-)
 def test_revoked_node_is_not_dispatched_to(stack: Any) -> None:
     """A6: right after its revocation node-2 gets no new work, even though its last heartbeat is fresh."""
     from cyxwiz.errors import ConflictError

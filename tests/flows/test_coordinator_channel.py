@@ -1,0 +1,74 @@
+"""Dispatch picks only healthy, registered, unrevoked nodes (SPEC A6, C2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.errors import ConflictError
+from cyxwiz.pki.certs import load_certificate
+from cyxwiz.pki.devpki import DevPKI, build_dev_pki
+from cyxwiz.pki.peerid import peer_id
+from tasks.coordinator_channel import SchedulerChannel, node_name
+
+
+def _register(store: CoordinatorStore, pki: DevPKI, name: str) -> str:
+    cert = load_certificate(pki.node_cert(name))
+    record = store.register_node(
+        peer_id=peer_id(cert),
+        subject=cert.subject.rfc4514_string(),
+        cert_serial=format(cert.serial_number, "x"),
+        hardware={},
+    )
+    store.heartbeat(record.node_id)
+    return str(record.node_id)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[SchedulerChannel, DevPKI, CoordinatorStore]:
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-1", "node-2", "node-3"))
+    store = CoordinatorStore.from_url(f"sqlite:///{tmp_path / 'c.db'}")
+    wallets = {"node-1": "W1", "node-2": "W2", "node-3": "W3"}
+    return SchedulerChannel(store=store, node_wallets=wallets, crl=pki.crl), pki, store
+
+
+def test_assigns_a_healthy_node_and_names_its_queue(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    channel, pki, store = setup
+    _register(store, pki, "node-1")
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    assignment = channel.assign(job_id)
+    assert assignment["queue"] == "node-1"
+    assert assignment["wallet"] == "W1"
+    assert channel.job(job_id)["status"] == "assigned"
+
+
+def test_revoked_node_gets_no_work_even_with_a_fresh_heartbeat(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    channel, pki, store = setup
+    _register(store, pki, "node-2")
+    pki.revoke(pki.node_cert("node-2"))
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    with pytest.raises(ConflictError, match="no healthy, unrevoked"):
+        channel.assign(job_id, node="node-2")
+    assert channel.job(job_id)["status"] == "submitted"  # nothing half-assigned
+
+
+def test_drained_nodes_are_skipped(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    channel, pki, store = setup
+    drained = _register(store, pki, "node-1")
+    store.set_node_status(drained, "draining")
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    with pytest.raises(ConflictError):
+        channel.assign(job_id)
+
+
+def test_node_name_is_the_certificate_cn() -> None:
+    assert node_name("CN=node-7,O=cyxwiz") == "node-7"
+    assert node_name("O=cyxwiz,CN=node-8") == "node-8"
