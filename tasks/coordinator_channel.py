@@ -47,7 +47,9 @@ class SchedulerChannel:
         if not config.coordinator_db:
             raise ConfigError("the control plane needs coordinator_db", field="coordinator_db")
         return cls(
-            store=CoordinatorStore.from_url(config.coordinator_db), node_wallets=dict(config.node_wallets)
+            store=CoordinatorStore.from_url(config.coordinator_db),
+            node_wallets=dict(config.node_wallets),
+            crl=config.pki_root / "ca" / "ca-crl.pem",
         )
 
     def create_job(self, *, user: str, spec: dict[str, Any], duration_s: int) -> str:
