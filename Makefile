@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/ruff format --check cyxwiz tasks flows blocks agents
 
 typecheck: install
-	$(BIN)/mypy cyxwiz
+	$(BIN)/mypy cyxwiz tasks flows agents blocks
 
 pytest: install system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)

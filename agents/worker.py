@@ -102,7 +102,7 @@ class CyxwizSandboxWorker(ProcessWorker):
     """Node agent worker: ``prefect worker start --pool gpu --type cyxwiz-sandbox``."""
 
     type = "cyxwiz-sandbox"
-    job_configuration = CyxwizSandboxJobConfiguration  # type: ignore[assignment]
+    job_configuration = CyxwizSandboxJobConfiguration
     job_configuration_variables = CyxwizSandboxVariables  # type: ignore[assignment]
     _description = (
         "Runs cyxwiz training jobs in a hardened sandbox (bubblewrap, Docker or gVisor) on a GPU node; "
@@ -130,7 +130,7 @@ class CyxwizSandboxWorker(ProcessWorker):
         workdir = settings.work_root / str(flow_run.id)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         configuration.working_dir = Path(workdir)
-        return await super().run(flow_run, configuration, task_status)  # type: ignore[arg-type]
+        return await super().run(flow_run, configuration, task_status)
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from prefect.blocks.system import Secret
 
@@ -33,7 +34,7 @@ class PrefectSecretStore:
         from prefect.exceptions import ObjectNotFound
 
         try:
-            block = Secret.load(self._check(name))
+            block: Secret[Any] = Secret.load(self._check(name))  # type: ignore[assignment]  # sync call
         except (ObjectNotFound, ValueError):
             return None
         value = block.get()

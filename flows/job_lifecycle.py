@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.schemas.objects import FlowRun
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from tasks import services
@@ -79,7 +80,7 @@ def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, An
     from prefect.deployments import run_deployment
 
     config = services.config()
-    flow_run = run_deployment(
+    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
         config.train_deployment,
         parameters={"job_id": request.job_id, "job": dispatched["training_doc"]},
         work_queue_name=dispatched["assignment"]["queue"],

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -24,6 +25,8 @@ from tasks.node import (
     train_in_sandbox,
 )
 from tasks.node import write_inputs as _write_inputs
+
+_MAX_SOCKET_PATH = 100
 
 
 def _channel() -> Any:
@@ -46,7 +49,10 @@ def train(job_id: str, inputs: str, workdir: str) -> TrainingRun:
     backend = os.environ.get("CYXWIZ_SANDBOX_BACKEND", "bubblewrap")
     memory_mb = int(os.environ.get("CYXWIZ_SANDBOX_MEMORY_MB", "2048"))
     wall = float(os.environ.get("CYXWIZ_SANDBOX_WALL_SECONDS", "600"))
-    progress_id = create_progress_artifact(progress=0.0, key=f"training-{job_id}", description="Training")
+    # A sync call returns the id (the declared type also allows a coroutine).
+    progress_id: UUID = create_progress_artifact(
+        progress=0.0, key=f"training-{job_id}", description="Training"
+    )  # type: ignore[assignment]
     curve: list[tuple[int, float]] = []
 
     def relay(message: dict[str, Any]) -> None:
@@ -110,6 +116,10 @@ def sandboxed_train(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
     """Train one job on this node and hand back evidence; the control plane decides what it is worth."""
     root = Path(os.environ.get("CYXWIZ_WORK_ROOT") or tempfile.gettempdir())
     jobdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=root))
+    if len(os.fsencode(jobdir / "work" / "bridge" / "bridge.sock")) > _MAX_SOCKET_PATH:
+        # AF_UNIX paths are short (108 bytes): a deep work root would make the bridge socket impossible.
+        jobdir.rmdir()
+        jobdir = Path(tempfile.mkdtemp(prefix="cyxw-"))
     inputs = fetch_inputs(job_id, job, str(jobdir / "inputs"))
     run = train(job_id, inputs, str(jobdir / "work"))
     proof = sign(job, run)

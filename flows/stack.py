@@ -197,7 +197,12 @@ def embedded_stack(
 
         coordinator_dir = home / "coordinator"
         coordinator = _start_coordinator(
-            pki=pki, state_dir=coordinator_dir, store=store, master=master, audit=audit
+            pki=pki,
+            state_dir=coordinator_dir,
+            store=store,
+            master=master,
+            audit=audit,
+            api_url=server.api_url,
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
@@ -288,7 +293,9 @@ def _start_gateway(
     return str(listener.url)
 
 
-def _start_coordinator(*, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any) -> Any:
+def _start_coordinator(
+    *, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any, api_url: str
+) -> Any:
     """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
     from cyxwiz.coordinator.service import build_coordinator
     from cyxwiz.storage.urlsign import UrlSigner, asgi_app
@@ -309,12 +316,14 @@ def _start_coordinator(*, pki: Any, state_dir: Path, store: Any, master: Any, au
         crl=pki.crl,
         state_dir=state_dir,
         ca_dir=pki.ca_dir,
-        hooks=PrefectHooks(store=store, signer=signer),
+        hooks=PrefectHooks(store=store, signer=signer, api_url=api_url),
         audit=audit,
         max_body=64 << 20,
     )
     signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
     # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
-    handle.app.app.mount("/objects", asgi_app(store=store, signer=signer.target, mount="/objects"))
+    handle.app.app.mount(  # type: ignore[attr-defined]
+        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects")
+    )
     handle.server.start()
     return handle

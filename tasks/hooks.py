@@ -18,7 +18,13 @@ LIFECYCLE_DEPLOYMENT = "job-lifecycle/job-lifecycle"
 
 class PrefectHooks:
     def __init__(
-        self, *, store: Any, signer: Any, url_ttl_s: int = 900, start_flow_runs: bool = True
+        self,
+        *,
+        store: Any,
+        signer: Any,
+        url_ttl_s: int = 900,
+        start_flow_runs: bool = True,
+        api_url: str | None = None,
     ) -> None:
         from cyxwiz.storage.urlsign import LocalPresigner
 
@@ -26,6 +32,7 @@ class PrefectHooks:
         self.presigner = LocalPresigner(store=store, signer=signer)
         self.url_ttl_s = url_ttl_s
         self.start_flow_runs = start_flow_runs
+        self.api_url = api_url
 
     def validate_spec(self, spec: Mapping[str, Any], *, user_id: str) -> tuple[dict[str, Any], int]:
         request = parse_job_request(dict(spec))
@@ -36,12 +43,22 @@ class PrefectHooks:
     def on_submitted(self, job: Any) -> None:
         if not self.start_flow_runs:
             return
-        from prefect.deployments import run_deployment
+        import contextlib
 
-        # timeout=0: the API answers at once; the lifecycle runs on the control pool.
-        run_deployment(
-            LIFECYCLE_DEPLOYMENT, parameters={"spec": {**job.spec, "job_id": job.job_id}}, timeout=0
+        from prefect.deployments import run_deployment
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # Prefect settings do not follow into the server's threads: name the API explicitly.
+        settings = (
+            temporary_settings(updates={PREFECT_API_URL: self.api_url})
+            if self.api_url
+            else contextlib.nullcontext()
         )
+        with settings:
+            # timeout=0: the API answers at once; the lifecycle runs on the control pool.
+            run_deployment(
+                LIFECYCLE_DEPLOYMENT, parameters={"spec": {**job.spec, "job_id": job.job_id}}, timeout=0
+            )
 
     def verify_completion(self, job: Any, proof: Mapping[str, Any], peer: Any) -> str:
         # The full verification (holdout, replay) runs in the lifecycle flow; here only the cheap identity
