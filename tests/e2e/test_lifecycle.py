@@ -116,6 +116,24 @@ def test_escrow_never_moves_twice(stack: Any) -> None:
     assert len(refused) >= 2, "both refused moves are audited"
 
 
+def test_failure_after_escrow_rolls_back_to_a_refund(stack: Any) -> None:
+    """F1/F2: dispatch fails after the escrow is locked (no such node): the transaction's on_rollback
+    refunds the user; nothing is left locked and no token reaches any node."""
+    from flows.job_lifecycle import job_lifecycle
+    from tasks import services
+
+    ledger = services.ledger()
+    known = {r.job_id for r in ledger.list_escrows()}
+    before = balances(stack)
+    state = job_lifecycle(tiny_job(epochs=1), node="node-that-does-not-exist", return_state=True)
+    assert state.is_failed()
+    assert "no healthy" in str(state.message) or state.is_failed()
+    new = [r for r in ledger.list_escrows() if r.job_id not in known]
+    assert len(new) == 1, "exactly one escrow was created by the failed run"
+    assert str(new[0].state) == "refunded"
+    assert balances(stack) == before  # the user got everything back, the node nothing
+
+
 def test_dishonest_node_is_refunded_and_paid_nothing(stack: Any, tmp_path: Path) -> None:
     """F1 attack: the node runs modified flow code that trains, inflates its claimed metric and re-signs the
     proof with its real key. Signature and hashes are valid, the claim is false: refund, no release."""
