@@ -149,8 +149,10 @@ class World:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    global T0  # noqa: PLW0603 - proof times follow the PKI's birth, however late in a long suite it comes
     root = tmp_path_factory.mktemp("verification")
     pki = build_dev_pki(root / "pki", nodes=("node-1", "node-2"))
+    T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
     digits = prepare_digits(root / "data")
     job_path, job = write_job(root / "job", reference_job(digits))
     out = root / "honest"

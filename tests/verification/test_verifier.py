@@ -217,14 +217,16 @@ def test_revoked_certificate(world: World, tmp_path: Path) -> None:
     local = World(
         pki=pki, digits=world.digits, job=world.job, honest_out=world.honest_out, messages=[], tmp=world.tmp
     )
+    import datetime as dt
+
     proof = local.sign(world.honest_out)
-    assert local.verify(world.honest_out, proof).passed
+    # Judge at "now": this PKI was made just now, later than the session's fixed proof times (T0), and
+    # a long suite run would otherwise put T0 before the certificate's notBefore.
+    assert local.verify(world.honest_out, proof, received_at=dt.datetime.now(dt.UTC)).passed
     pki.revoke(pki.node_cert("node-1"))
     trust = TrustStore(
         trusted=[load_certificate(pki.ca_cert), load_certificate(pki.root_ca_cert)], crls=load_crls(pki.crl)
     )
-    import datetime as dt
-
     now = dt.datetime.now(dt.UTC)
     failed(local.verify(world.honest_out, proof, trust=trust, received_at=now), "certificate", "revoked")
     # A proof the coordinator received before the revocation stays good (revocation is not retroactive).
