@@ -35,7 +35,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     bundle: Bundle = None,
     crl: Crl = None,
     upstream: Upstream = "http://127.0.0.1:4200",
-    pool: Pool = "cyxwiz-gpu",
+    pool: Pool = "gpu",
     audit_dir: AuditDir = None,
     host: Host = "127.0.0.1",
     port: Port = 8444,
