@@ -152,6 +152,11 @@ def archive(*, request: JobRequest, report: dict[str, Any], settlement: dict[str
     from cyxwiz.storage import layout
 
     st = store()
+    # Model weights are archived encrypted client-side (D2): the node uploaded them in the clear through
+    # its presigned PUTs (it has no master key); verified reads, then re-stored sealed under the same key.
+    for info in st.list(f"jobs/{request.job_id}/outputs/"):
+        if info.key.endswith(".safetensors") and not info.encrypted:
+            st.put_bytes(info.key, st.get_bytes(info.key), encrypt=True)
     st.put_bytes(layout.job_verification(request.job_id), json.dumps(report, sort_keys=True).encode())
     st.put_bytes(f"jobs/{request.job_id}/settlement.json", json.dumps(settlement, sort_keys=True).encode())
     return sorted(info.key for info in st.list(f"jobs/{request.job_id}/"))
