@@ -69,6 +69,9 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
         f"{prefix}settlement.json",
     } <= keys
     assert not any(k.startswith("holdout/") for k in keys), "the holdout never sits under the job prefix"
+    # D2: the archived model is sealed client-side; the whole job prefix re-verifies (D3).
+    assert stack.store.head(f"{prefix}outputs/model.safetensors").encrypted
+    assert stack.store.verify(prefix).ok
     report = verification_report(stack, job_id)
     assert report["passed"] is True
     assert {c["name"] for c in report["checks"]} >= {
