@@ -1,9 +1,9 @@
-"""CRL snapshots checked before they are put on the wire (SPEC A6).
+"""CRL snapshots checked before they are put in force (SPEC A6).
 
-OpenSSL loads CRLs from files and checks them per handshake; this module validates a new CRL file first
-(every CRL signed by a CA in the trust bundle, never older than the one it replaces) so a corrupt, forged or
-rolled-back CRL never replaces a good one, and it computes the set of revoked certificates so connections
-of newly revoked peers can be closed.
+A new CRL file is validated once (every CRL signed by a CA in the trust bundle, never older than the one it
+replaces) so a corrupt, forged or rolled-back CRL never replaces a good one. The snapshot's set of revoked
+(issuer, serial) pairs is what server listeners look every handshake's leaf up in, and what closes the live
+connections of newly revoked peers.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class CRLSnapshot:
 
     def is_revoked(self, cert: x509.Certificate) -> bool:
         return (cert.issuer.rfc4514_string(), cert.serial_number) in self.revoked
+
+    def covers(self, cert: x509.Certificate) -> bool:
+        """A CRL from ``cert``'s issuer is in this snapshot (without one, its revocation is unknowable)."""
+        return cert.issuer.rfc4514_string() in self.last_update
 
 
 def _split_crls(data: bytes) -> list[x509.CertificateRevocationList]:

@@ -168,10 +168,14 @@ class MTLSHttpProtocol(H11Protocol):
             tls_transport.abort()
             return
         registry = shared.tls.connections
+        # Registered first, checked second: a CRL installed in between either sees this connection in the
+        # registry (and aborts it) or is already in force for the check below.
         registry.add(tls_transport, peer, ip, self.loop)
-        if peer is not None and shared.tls.is_revoked(peer):
-            # Revoked between the handshake's CRL check and registration: the CRL swap already ran.
+        refusal = shared.tls.refusal(peer) if peer is not None else None
+        if refusal is not None:
             registry.remove(tls_transport)
+            log.info("TLS peer from %s refused: %s", ip, refusal)
+            shared.record(ev.certificate_rejected(reason=refusal, ip_address=ip, rule="A6"))
             tls_transport.abort()
             return
         if self._cyx_lost:

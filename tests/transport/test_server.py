@@ -111,6 +111,33 @@ def test_revoked_at_start_refused(pki: TestPKI, audit: MemoryAudit) -> None:
         assert "certificate revoked" in rejection_reasons(audit)
 
 
+def test_leaf_of_issuer_without_crl_refused(pki: TestPKI, audit: MemoryAudit) -> None:
+    """A6: a trusted CA whose CRL is missing from the file cannot vouch for a leaf (revocation unknowable)."""
+    uncovered = pki.leaf("from-root", ca=pki.root_ca)
+    tls = ServerTLS(
+        cert=pki.server.cert_path, key=pki.server.key_path, trust_bundle=pki.bundle, crl=pki.crl, audit=audit
+    )
+    with MTLSServer(app=whoami_app, tls=tls) as srv:
+        refused(srv.port, client_ctx(pki, uncovered))
+        assert "unable to get certificate CRL" in rejection_reasons(audit)
+        assert request(srv.port, client_ctx(pki, pki.leaf("node-1")))[0] == 200
+
+
+def test_revoked_peer_found_in_large_crl(pki: TestPKI, audit: MemoryAudit) -> None:
+    """A6: the post-handshake lookup finds one serial among 20 000 and spares its neighbours."""
+    node, other = pki.leaf("node-1"), pki.leaf("node-2")
+    pki.issuing.revoked.append(node.cert.serial_number)
+    pki.write_crl(extra_serials=20_000)
+    tls = ServerTLS(
+        cert=pki.server.cert_path, key=pki.server.key_path, trust_bundle=pki.bundle, crl=pki.crl, audit=audit
+    )
+    assert tls.snapshot is not None and len(tls.snapshot.revoked) == 20_001
+    with MTLSServer(app=whoami_app, tls=tls) as srv:
+        refused(srv.port, client_ctx(pki, node))
+        assert rejection_reasons(audit) == ["certificate revoked"]
+        assert request(srv.port, client_ctx(pki, other))[0] == 200
+
+
 def test_hot_revocation_closes_live_connection_and_refuses_new(
     server: MTLSServer, pki: TestPKI, audit: MemoryAudit
 ) -> None:
