@@ -8,7 +8,10 @@ deployment cannot add capabilities, network or a writable root.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +30,7 @@ from agents.settings import AgentSettings
 if TYPE_CHECKING:
     from uuid import UUID
 
+    import httpx
     from prefect.client.schemas.objects import Flow as APIFlow
     from prefect.client.schemas.objects import FlowRun, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
@@ -46,6 +50,12 @@ _INHERITED_ENV = (
     "PREFECT_SERVER_ANALYTICS_ENABLED",
     "PREFECT_LOGGING_LEVEL",
 )
+#: The header the gateway wants on every call on a job's flow run (SPEC B1, C3).
+JOB_TOKEN_HEADER = "X-Cyxwiz-Job-Token"  # noqa: S105 (a header name)
+_FLOW_RUN_PATH = re.compile(r"/flow_runs/([0-9a-fA-F-]{36})(?:/|$)")
+#: Job tokens of recent runs kept for the worker's own calls on them (pending, pid, crashed...).
+_RECENT_RUNS = 256
+
 #: Keys a deployment may set in job variables ``env``; anything else is refused, not silently dropped.
 _ALLOWED_JOB_ENV_PREFIX = "CYXWIZ_JOB_"
 
@@ -111,6 +121,55 @@ class CyxwizSandboxWorker(ProcessWorker):
     _display_name = "cyxwiz sandbox"
     _documentation_url = "https://example.invalid/cyxwiz#agent"
 
+    # --- job tokens ---------------------------------------------------------------------------------
+    # The gateway refuses a call on a job's flow run without that job's token. The worker makes such calls
+    # itself (pending, infrastructure pid, crashed) and its flow-run processes make the rest, so the token
+    # is fetched over mTLS when the run is picked up, attached to the worker's own calls on that run by an
+    # httpx hook, and handed to the flow-run process as a Prefect client header.
+
+    _job_tokens: OrderedDict[str, str]
+
+    async def setup(self) -> None:
+        await super().setup()
+        self._job_tokens = OrderedDict()
+        self.client._client.event_hooks["request"].append(self._attach_job_token)
+
+    async def _attach_job_token(self, request: httpx.Request) -> None:
+        found = _FLOW_RUN_PATH.search(request.url.path)
+        token = self._job_tokens.get(found.group(1).lower()) if found else None
+        if token is not None:
+            request.headers[JOB_TOKEN_HEADER] = token
+
+    async def _job_token(self, flow_run: FlowRun) -> str | None:
+        run_id = str(flow_run.id).lower()
+        if run_id in self._job_tokens:
+            return self._job_tokens[run_id]
+        settings = AgentSettings.from_env()
+        job_id = str((flow_run.parameters or {}).get("job_id", ""))
+        if not job_id or not settings.coordinator_url:
+            return None
+        import anyio.to_thread
+
+        from agents.node_client import fetch_job_token
+
+        # The job token never travels in flow-run parameters: fetched here over mTLS (SPEC B1, D1).
+        token = await anyio.to_thread.run_sync(fetch_job_token, settings, job_id)
+        self._job_tokens[run_id] = token
+        while len(self._job_tokens) > _RECENT_RUNS:
+            self._job_tokens.popitem(last=False)
+        return token
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        from cyxwiz.errors import CyxwizError
+
+        try:
+            await self._job_token(flow_run)
+        except CyxwizError as exc:
+            # No token, no run: the coordinator says this node does not hold the job (any more).
+            self.get_flow_run_logger(flow_run).error("job token refused: %s", exc.message)
+            return False
+        return await super()._propose_pending_state(flow_run)
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -118,15 +177,10 @@ class CyxwizSandboxWorker(ProcessWorker):
         task_status: anyio.abc.TaskStatus[int] | None = None,
     ) -> ProcessWorkerResult:
         settings = AgentSettings.from_env()
-        job_id = str((flow_run.parameters or {}).get("job_id", ""))
-        if job_id and settings.coordinator_url:
-            import anyio.to_thread
-
-            from agents.node_client import fetch_job_token
-
-            # The job token never travels in flow-run parameters: fetched here over mTLS (SPEC B1, D1).
-            token = await anyio.to_thread.run_sync(fetch_job_token, settings, job_id)
+        token = await self._job_token(flow_run)
+        if token is not None:
             configuration.env["CYXWIZ_JOB_TOKEN"] = token
+            configuration.env["PREFECT_CLIENT_CUSTOM_HEADERS"] = json.dumps({JOB_TOKEN_HEADER: token})
         workdir = settings.work_root / str(flow_run.id)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         configuration.working_dir = Path(workdir)

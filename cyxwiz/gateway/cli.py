@@ -23,7 +23,13 @@ KeyRingDir = Annotated[Path, Opt("--keyring", help="Token key ring dir of the co
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
-JobToken = Annotated[bool, Opt("--require-job-token", help="Flow-run calls also need X-Cyxwiz-Job-Token.")]
+JobToken = Annotated[
+    bool,
+    Opt(
+        "--require-job-token/--no-require-job-token",
+        help="Calls on a job's flow run also need that job's token (X-Cyxwiz-Job-Token); on by default.",
+    ),
+]
 
 
 @app.command("run")
@@ -39,7 +45,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     audit_dir: AuditDir = None,
     host: Host = "127.0.0.1",
     port: Port = 8444,
-    require_job_token: JobToken = False,
+    require_job_token: JobToken = True,
 ) -> None:
     """Serve the gateway until interrupted."""
     from cyxwiz.audit import AuditLog

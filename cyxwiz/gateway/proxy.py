@@ -90,7 +90,7 @@ class Gateway:
         audit: AuditSink | None = None,
         queue_for: Callable[[str], str] = lambda node_id: node_id,
         upstream_auth: str | None = None,
-        require_job_token: bool = False,
+        require_job_token: bool = True,
         node_rate: tuple[float, int] = (50.0, 200),
         timeout: float = 30.0,
     ) -> None:
@@ -209,15 +209,26 @@ class Gateway:
         return resp.status_code == 200 and self._learn(caller, resp.json())
 
     def _check_job_token(self, scope: dict[str, Any], caller: Caller, run_id: str) -> None:
+        """A call on a job's flow run also needs that job's token (SPEC B1, C3).
+
+        The session token says which node is calling; the job token says the node still holds the job
+        (the coordinator mints it at assignment and revokes it when the job ends). A stolen session token
+        alone therefore cannot read or steer a job's run. Runs that carry no job (a node health check)
+        hold nothing a job token would protect.
+        """
         if not self.require_job_token:
             return
-        headers = dict(scope.get("headers") or [])
-        raw = headers.get(b"x-cyxwiz-job-token", b"").decode("latin-1")
-        if not raw:
-            raise AuthenticationError("this flow run call needs its job token", field="x-cyxwiz-job-token")
-        job = self.verifier.verify(raw, kind=TokenKind.JOB, peer_cert=caller.peer.certificate)
         expected = self.view(caller.node_id).runs.get(run_id)
-        ok = job.node_id == caller.node_id and expected is not None and job.job_id == expected
+        if expected is None:
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"x-cyxwiz-job-token", b"").decode("latin-1").strip()
+        if not raw:
+            raise AuthenticationError(
+                "a call on a job's flow run needs that job's token", field="x-cyxwiz-job-token", rule="B1"
+            )
+        job = self.verifier.verify(raw, kind=TokenKind.JOB, peer_cert=caller.peer.certificate)
+        ok = job.node_id == caller.node_id and job.job_id == expected
         self._decide(
             caller,
             f"flow_run:{run_id}",

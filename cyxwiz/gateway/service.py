@@ -28,7 +28,7 @@ def build_gateway(
     port: int = 0,
     queue_for: Callable[[str], str] = lambda node_id: node_id,
     upstream_auth: str | None = None,
-    require_job_token: bool = False,
+    require_job_token: bool = True,
     max_body: int = 8 << 20,
     ip_rate: tuple[float, int] = (200.0, 400),
     node_rate: tuple[float, int] = (50.0, 200),

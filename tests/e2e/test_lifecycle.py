@@ -91,6 +91,12 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
         if e.get("event_type") == "Payment" and job_id in str(e.get("resource")) and e["outcome"] == "success"
     ]
     assert releases, "the release is in the audit log"
+    # B1/C3: the node's calls on its job's flow run went through the gateway with that job's token.
+    run_resource = f"flow_run:{summary['node_run']['flow_run_id']}"
+    job_token_checks = [
+        e for e in audit_events(stack) if e.get("action") == "job-token" and e.get("resource") == run_resource
+    ]
+    assert job_token_checks and all(e["outcome"] == "success" for e in job_token_checks)
 
 
 def test_escrow_never_moves_twice(stack: Any) -> None:

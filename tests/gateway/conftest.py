@@ -39,14 +39,14 @@ class Upstream:
     seen_queue_names: list[Any] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
-    def add_run(self, queue: str) -> dict[str, Any]:
+    def add_run(self, queue: str, *, job: bool = True) -> dict[str, Any]:
         run = {
             "id": str(uuid.uuid4()),
             "work_queue_name": queue,
             "work_pool_name": POOL,
             "deployment_id": str(uuid.uuid4()),
             "flow_id": str(uuid.uuid4()),
-            "parameters": {"job_id": f"job-{queue}"},
+            "parameters": {"job_id": f"job-{queue}"} if job else {},
             "tags": [],
         }
         self.runs[run["id"]] = run
@@ -138,7 +138,15 @@ class GwEnv:
         cert = load_certificate(self.pki.node_cert(cert_of or node))
         return self.issuer.session(node_id=node, cert=cert).token
 
-    def client(self, node: str | None, token: str | None = None) -> httpx.Client:
+    def job_token(self, node: str, job_id: str, *, cert_of: str | None = None) -> str:
+        import datetime as dt
+
+        cert = load_certificate(self.pki.node_cert(cert_of or node))
+        return self.issuer.job(node_id=node, job_id=job_id, cert=cert, duration=dt.timedelta(hours=1)).token
+
+    def client(
+        self, node: str | None, token: str | None = None, job_token: str | None = None
+    ) -> httpx.Client:
         if node is None:
             ctx = client_context(trust_bundle=self.pki.bundle)
         else:
@@ -146,6 +154,8 @@ class GwEnv:
                 trust_bundle=self.pki.bundle, cert=self.pki.node_cert(node), key=self.pki.node_key(node)
             )
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        if job_token:
+            headers["x-cyxwiz-job-token"] = job_token
         return httpx.Client(base_url=self.url, verify=ctx, headers=headers, timeout=10)
 
     def denials(self) -> list[str]:

@@ -46,7 +46,7 @@ def test_basic_auth_string_carries_the_token(gw: GwEnv) -> None:
 
 def test_polling_sees_only_own_queue(gw: GwEnv) -> None:
     mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
-    with gw.client("node-a", gw.token("node-a")) as c:
+    with gw.client("node-a", gw.token("node-a"), gw.job_token("node-a", "job-node-a")) as c:
         r = c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={"work_queue_names": ["node-b"]})
         assert r.status_code == 200
         assert [i["flow_run"]["id"] for i in r.json()] == [mine["id"]]
@@ -73,11 +73,52 @@ def test_other_pool_and_unlisted_routes_refused(gw: GwEnv) -> None:
 
 def test_cannot_move_own_run_to_another_queue(gw: GwEnv) -> None:
     mine = gw.upstream.add_run("node-a")
-    with gw.client("node-a", gw.token("node-a")) as c:
+    with gw.client("node-a", gw.token("node-a"), gw.job_token("node-a", "job-node-a")) as c:
         r = c.patch(f"/api/flow_runs/{mine['id']}", json={"work_queue_name": "node-b"})
         assert r.status_code == 403
         assert c.patch(f"/api/flow_runs/{mine['id']}", json={"infrastructure_pid": "1"}).status_code == 200
     assert gw.upstream.runs[mine["id"]]["work_queue_name"] == "node-a"
+
+
+def test_job_run_call_needs_that_jobs_token(gw: GwEnv) -> None:
+    """B1/C3: a session token alone (stolen, or a node that lost the job) cannot read or steer a job's run."""
+    mine = gw.upstream.add_run("node-a")
+    run = f"/api/flow_runs/{mine['id']}"
+    with gw.client("node-a", gw.token("node-a")) as c:
+        r = c.get(run)
+        assert r.status_code == 401 and r.json()["field"] == "x-cyxwiz-job-token"
+        assert c.post(f"{run}/set_state", json={}).status_code == 401
+    assert any("needs that job's token" in d for d in gw.denials())
+
+
+def test_job_token_of_another_job_or_node_refused(gw: GwEnv) -> None:
+    mine = gw.upstream.add_run("node-a")
+    run = f"/api/flow_runs/{mine['id']}"
+    with gw.client("node-a", gw.token("node-a"), gw.job_token("node-a", "job-other")) as c:
+        r = c.post(f"{run}/set_state", json={})
+        assert r.status_code == 403 and r.json()["rule"] == "C3"
+    assert "job token is for another job" in gw.denials()
+    # Node B's job token, bound to B's certificate, presented over A's connection.
+    stolen = gw.job_token("node-b", "job-node-a")
+    with gw.client("node-a", gw.token("node-a"), stolen) as c:
+        r = c.get(run)
+        assert r.status_code == 401 and r.json()["type"].endswith("token-binding")
+    # A session token where the job token belongs: wrong kind.
+    with gw.client("node-a", gw.token("node-a"), gw.token("node-a")) as c:
+        assert c.get(run).status_code == 401
+    with gw.client("node-a", gw.token("node-a"), gw.job_token("node-a", "job-node-a")) as c:
+        assert c.get(run).status_code == 200
+    allowed = [e for e in gw.audit.events if e.action == "job-token" and e.outcome.value == "success"]
+    assert allowed and allowed[-1].resource == f"flow_run:{mine['id']}"
+
+
+def test_run_without_a_job_needs_no_job_token(gw: GwEnv) -> None:
+    """A node's health-check run carries no job: ownership is checked, no job token exists to ask for."""
+    check = gw.upstream.add_run("node-a", job=False)
+    with gw.client("node-a", gw.token("node-a")) as c:
+        assert c.get(f"/api/flow_runs/{check['id']}").status_code == 200
+    with gw.client("node-b", gw.token("node-b")) as c:
+        assert c.get(f"/api/flow_runs/{check['id']}").status_code == 403
 
 
 def test_logs_only_for_own_runs(gw: GwEnv) -> None:
