@@ -17,6 +17,7 @@ import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from queue import Full, Queue
 from typing import BinaryIO
@@ -84,7 +85,11 @@ def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
 
 
 class _HashingReader:
-    """Drains an iterator of stored chunks, hashing as it goes (so a failure can still be classified)."""
+    """Hashes stored chunks as they pass (so a failure can still be classified).
+
+    Readers wrap it in :func:`prefetch`, so the hashing runs on the prefetch thread, beside decryption and
+    plaintext hashing on the caller's (hashlib releases the GIL on large buffers).
+    """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
@@ -96,10 +101,6 @@ class _HashingReader:
             self.sha.update(chunk)
             self.size += len(chunk)
             yield chunk
-
-    def drain(self) -> None:
-        for _ in self:
-            pass
 
 
 class BaseObjectStore(ABC):
@@ -215,14 +216,21 @@ class BaseObjectStore(ABC):
         # that the upload pass does not encrypt and hash everything a second time.
         spool = tempfile.TemporaryFile(dir=self.spool_dir) if encrypt else None  # noqa: SIM115
         try:
-            with path.open("rb") as fh:
+            # The plaintext is hashed on a helper thread, beside encryption and the ciphertext hash here
+            # (hashlib and AES-GCM release the GIL on large buffers); one piece in flight keeps the order.
+            with path.open("rb") as fh, ThreadPoolExecutor(1, "cyxwiz-store-hash") as hasher:
+                pending: Future[None] | None = None
                 for p, c in self._pieces(fh, key, master, envelope):
                     if spool is not None:  # unencrypted: plain and stored are the same bytes, hash once
-                        plain.update(p)
+                        if pending is not None:
+                            pending.result()
+                        pending = hasher.submit(plain.update, p)
                         plain_size += len(p)
                         spool.write(c)
                     stored.update(c)
                     stored_size += len(c)
+                if pending is not None:
+                    pending.result()
             if spool is None:
                 plain, plain_size = stored, stored_size
             info = ObjectInfo(
@@ -320,10 +328,11 @@ class BaseObjectStore(ABC):
         self, info: ObjectInfo, chunks: Iterator[bytes], progress: Progress | None
     ) -> Iterator[bytes]:
         """Yield verified plaintext; raises IntegrityError/DecryptionError before the caller commits."""
-        reader = _HashingReader(prefetch(chunks))
+        reader = _HashingReader(chunks)
+        stream = prefetch(iter(reader))
         if not info.encrypted:
             # Plain and stored bytes are the same (from_metadata checked the hashes agree): hash once.
-            for chunk in reader:
+            for chunk in stream:
                 if progress is not None:
                     progress(reader.size, info.stored_size)
                 yield chunk
@@ -336,7 +345,7 @@ class BaseObjectStore(ABC):
         plain = hashlib.sha256()
         plain_size = 0
         try:
-            for chunk in reader:
+            for chunk in stream:
                 out = dec.feed(chunk)
                 plain.update(out)
                 plain_size += len(out)
@@ -353,7 +362,8 @@ class BaseObjectStore(ABC):
             yield out
         except DecryptionError as exc:
             # Altered bytes are an integrity failure; intact bytes that do not decrypt mean a wrong key.
-            reader.drain()
+            for _ in stream:  # the rest of the stored bytes, hashed on the prefetch thread
+                pass
             self._check_stored(info, reader.size, reader.sha.hexdigest())
             raise exc from None
         self._check_plain(info, plain_size, plain.hexdigest())

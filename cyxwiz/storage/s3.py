@@ -284,22 +284,23 @@ class S3ObjectStore(BaseObjectStore):
             with ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="cyxwiz-s3-part"
             ) as pool:
-                in_flight: deque[tuple[Future[Any], int, str, int]] = deque()
+                in_flight: deque[tuple[Future[tuple[Any, str]], int, int]] = deque()
 
                 def settle() -> None:
                     nonlocal done
-                    future, number, digest, length = in_flight.popleft()
-                    answer = future.result()
+                    future, number, length = in_flight.popleft()
+                    answer, digest = future.result()
                     parts.append({"ETag": answer["ETag"], "PartNumber": number, "ChecksumSHA256": digest})
                     done += length
                     if progress is not None:
                         progress(done, info.stored_size)
 
                 for number, part in enumerate(_rechunk(chunks, self.part_size), start=1):
-                    digest = base64.b64encode(hashlib.sha256(part).digest()).decode("ascii")
 
-                    def send(part: bytes = part, number: int = number, digest: str = digest) -> Any:
-                        return self.client.upload_part(
+                    def send(part: bytes = part, number: int = number) -> tuple[Any, str]:
+                        # Hashed here, on the pool thread, while the next part is read and encrypted.
+                        digest = base64.b64encode(hashlib.sha256(part).digest()).decode("ascii")
+                        answer = self.client.upload_part(
                             **bucket_key,
                             UploadId=upload_id,
                             PartNumber=number,
@@ -307,8 +308,9 @@ class S3ObjectStore(BaseObjectStore):
                             ChecksumAlgorithm="SHA256",
                             ChecksumSHA256=digest,
                         )
+                        return answer, digest
 
-                    in_flight.append((pool.submit(self._retry, info.key, send), number, digest, len(part)))
+                    in_flight.append((pool.submit(self._retry, info.key, send), number, len(part)))
                     if len(in_flight) >= self.concurrency:
                         settle()
                 while in_flight:
