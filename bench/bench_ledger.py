@@ -51,23 +51,35 @@ def _plain_transfers_per_second(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+class _EscrowWorld:
+    """A fresh LiteSVM with a 2-of-3 multisig, a mint, a funded user and a node wallet."""
+
+    def __init__(self) -> None:
+        self.chain = chain = LocalChain()
+        self.payer, self.coordinator, self.verifier, self.arbiter, authority, self.user, self.node = (
+            Keypair() for _ in range(7)
+        )
+        payer = self.payer
+        chain.airdrop(payer.pubkey(), 10**11)
+        authorities = [self.coordinator.pubkey(), self.verifier.pubkey(), self.arbiter.pubkey()]
+        self.multisig = provision.create_multisig(chain, payer=payer, authorities=authorities)
+        self.mint = provision.create_test_mint(chain, payer=payer, mint_authority=authority.pubkey())
+        self.user_token = provision.fund_wallet(
+            chain, payer=payer, mint=self.mint, wallet=self.user.pubkey(), amount=10**12,
+            mint_authority=authority,
+        )  # fmt: skip
+        provision.fund_wallet(chain, payer=payer, mint=self.mint, wallet=self.node.pubkey(), amount=0)
+
+
 def _bare_escrow_pairs_per_second(n: int) -> float:
     """The escrow's own transactions (create; release + close), signed and sent straight to LiteSVM.
 
     Same instructions and signers as EscrowLedger builds, none of its bookkeeping: this separates what the
     escrow costs on chain (more accounts, a 2-of-3 multisig, an account closed) from what the ledger adds.
     """
-    chain = LocalChain()
-    payer, coordinator, verifier, arbiter, authority, user, node = (Keypair() for _ in range(7))
-    chain.airdrop(payer.pubkey(), 10**11)
-    multisig = provision.create_multisig(
-        chain, payer=payer, authorities=[coordinator.pubkey(), verifier.pubkey(), arbiter.pubkey()]
-    )
-    mint = provision.create_test_mint(chain, payer=payer, mint_authority=authority.pubkey())
-    user_token = provision.fund_wallet(
-        chain, payer=payer, mint=mint, wallet=user.pubkey(), amount=10**12, mint_authority=authority
-    )
-    provision.fund_wallet(chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=0)
+    w = _EscrowWorld()
+    chain, payer, coordinator, verifier = w.chain, w.payer, w.coordinator, w.verifier
+    user, node, multisig, mint, user_token = w.user, w.node, w.multisig, w.mint, w.user_token
     svm: LiteSVM = chain._svm
     rent = chain.minimum_rent(txbuild.RENT_SIZES["account"])
     started = time.perf_counter()
@@ -93,20 +105,12 @@ def _bare_escrow_pairs_per_second(n: int) -> float:
 
 
 def _escrow_pairs_per_second(n: int, db: Path) -> float:
-    chain = LocalChain()
-    payer, coordinator, verifier, arbiter, authority, user, node = (Keypair() for _ in range(7))
-    chain.airdrop(payer.pubkey(), 10**11)
-    multisig = provision.create_multisig(
-        chain, payer=payer, authorities=[coordinator.pubkey(), verifier.pubkey(), arbiter.pubkey()]
-    )
-    mint = provision.create_test_mint(chain, payer=payer, mint_authority=authority.pubkey())
-    provision.fund_wallet(
-        chain, payer=payer, mint=mint, wallet=user.pubkey(), amount=10**12, mint_authority=authority
-    )
-    provision.fund_wallet(chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=0)
+    w = _EscrowWorld()
+    user, node = w.user, w.node
     ledger = EscrowLedger(
-        chain=chain, store=EscrowStore.open(f"sqlite:///{db}"), mint=mint, decimals=6, multisig=multisig,
-        payer=payer, coordinator=coordinator, verifier=verifier, arbiter=arbiter, minimum_payment=1,
+        chain=w.chain, store=EscrowStore.open(f"sqlite:///{db}"), mint=w.mint, decimals=6,
+        multisig=w.multisig, payer=w.payer, coordinator=w.coordinator, verifier=w.verifier,
+        arbiter=w.arbiter, minimum_payment=1,
     )  # fmt: skip
     started = time.perf_counter()
     for i in range(n):
