@@ -9,13 +9,11 @@ flow runs in it. Every decision is audited; refusals are problem+json (HTTP) or 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -25,11 +23,12 @@ from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
+from cyxwiz.gateway.model import Caller, NodeView, job_id_of
 from cyxwiz.gateway.policy import Match, match
-from cyxwiz.tokens.claims import VerifiedToken
+from cyxwiz.gateway.websockets import WebSocketProxy
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
-from cyxwiz.transport.identity import PeerIdentity, peer_from_scope
+from cyxwiz.transport.identity import peer_from_scope
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +48,7 @@ _HOP = {
 _BLOCKED_RUN_FIELDS = frozenset({"work_queue_name", "work_queue_id", "work_pool_name", "deployment_id"})
 
 
-@dataclass
-class NodeView:
-    """What one node has been shown to own (learned from upstream answers, never from the node)."""
-
-    runs: dict[str, str | None] = field(default_factory=dict)  # flow run id -> job id
-    deployments: set[str] = field(default_factory=set)
-    flows: set[str] = field(default_factory=set)
-    artifacts: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class Caller:
-    node_id: str
-    queue: str
-    peer: PeerIdentity
-    token: VerifiedToken
-    ip: str | None
-
-
-def _job_id_of(run: dict[str, Any]) -> str | None:
-    params = run.get("parameters") or {}
-    if isinstance(params, dict) and isinstance(params.get("job_id"), str):
-        return str(params["job_id"])
-    for tag in run.get("tags") or []:
-        if isinstance(tag, str) and tag.startswith("cyxwiz-job:"):
-            return tag.removeprefix("cyxwiz-job:")
-    return None
-
-
-class Gateway:
+class Gateway(WebSocketProxy):
     """ASGI app proxying the allow-listed Prefect API for authenticated nodes."""
 
     def __init__(
@@ -195,7 +165,7 @@ class Gateway:
         if run.get("work_queue_name") != caller.queue or run.get("work_pool_name") not in (None, self.pool):
             return False
         view = self.view(caller.node_id)
-        view.runs[str(run["id"])] = _job_id_of(run)
+        view.runs[str(run["id"])] = job_id_of(run)
         if run.get("deployment_id"):
             view.deployments.add(str(run["deployment_id"]))
         if run.get("flow_id"):
@@ -347,148 +317,6 @@ class Gateway:
         out.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
         await send({"type": "http.response.body", "body": content})
-
-    # --- websockets -----------------------------------------------------------------------------------
-
-    async def _websocket_message_auth(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Prefect's worker channel and event subscriber authenticate with a first ``auth`` message, not
-        a header: accept, read that message, verify the node's token from it, then proxy as usual."""
-        first = await receive()
-        if first["type"] != "websocket.connect":
-            return
-        protocols = scope.get("subprotocols") or []
-        await send({"type": "websocket.accept", "subprotocol": protocols[0] if protocols else None})
-        message = await receive()
-        text = message.get("text") if message.get("type") == "websocket.receive" else None
-        try:
-            parsed = json.loads(text) if text else None
-            token = parsed.get("token") if isinstance(parsed, dict) and parsed.get("type") == "auth" else None
-            if not isinstance(token, str) or not token:
-                raise AuthenticationError(
-                    "the node's session token is required", field="authorization", rule="B1"
-                )
-            # PREFECT_API_AUTH_STRING is "node:<session token>"; the token is what follows the colon.
-            bearer = token.partition(":")[2] or token
-            scope["headers"] = [
-                *(scope.get("headers") or []),
-                (b"authorization", f"Bearer {bearer}".encode()),
-            ]
-            caller = self._authenticate(scope)
-            found = match(scope.get("method", "GET"), scope["path"], websocket=True)
-            if found is None:
-                raise AuthorizationError("route is not on the gateway allow-list", field="path", rule="C3")
-        except CyxwizError as exc:
-            if self.audit is not None:
-                self.audit.record(
-                    ev.auth_attempt(
-                        actor_id="unknown", actor_type="node", success=False, method="websocket-auth",
-                        reason=str(exc),
-                    )
-                )  # fmt: skip
-            await send(
-                {"type": "websocket.close", "code": 4401 if isinstance(exc, AuthenticationError) else 4403}
-            )
-            return
-        assert text is not None
-        await self._websocket(scope, receive, send, caller, found, accepted=True, first_text=text)
-
-    async def _websocket(
-        self,
-        scope: dict[str, Any],
-        receive: Any,
-        send: Any,
-        caller: Caller,
-        m: Match,
-        *,
-        accepted: bool = False,
-        first_text: str | None = None,
-    ) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
-
-        kind = m.route.scope
-        if m.pool is not None and m.pool != self.pool:
-            self._decide(caller, scope["path"], kind, False, f"work pool {m.pool!r} is not the node pool")
-        self._decide(caller, f"prefect:WS {scope['path']}", kind, True, "allow-listed websocket")
-        if not accepted:
-            first = await receive()
-            if first["type"] != "websocket.connect":
-                return
-        url = self.upstream.replace("http", "ws", 1) + scope["path"]
-        protocols = scope.get("subprotocols") or []
-        async with connect(
-            url, subprotocols=protocols or None, additional_headers=self._upstream_headers
-        ) as up:
-            if not accepted:
-                await send({"type": "websocket.accept", "subprotocol": up.subprotocol})
-            if first_text is not None:
-                await up.send(self._rewrite_client(caller, kind, first_text))
-
-            async def client_to_upstream() -> None:
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "websocket.disconnect":
-                        await up.close()
-                        return
-                    text = msg.get("text")
-                    if text is not None:
-                        await up.send(self._rewrite_client(caller, kind, text))
-                    elif msg.get("bytes") is not None:
-                        await up.send(msg["bytes"])
-
-            async def upstream_to_client() -> None:
-                try:
-                    async for data in up:
-                        if isinstance(data, str):
-                            if kind == "events_out" and not self._event_visible(caller, data):
-                                continue
-                            await send({"type": "websocket.send", "text": data})
-                        else:
-                            await send({"type": "websocket.send", "bytes": data})
-                except ConnectionClosed:
-                    pass
-                with contextlib.suppress(Exception):  # the client may already be gone; nothing to tell it
-                    await send({"type": "websocket.close", "code": 1000})
-
-            tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-            _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-
-    def _rewrite_client(self, caller: Caller, kind: str, text: str) -> str:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return text
-        if not isinstance(message, dict):
-            return text
-        if message.get("type") == "auth":
-            # The node's credential stays here; upstream sees the gateway's own (or none).
-            message["token"] = self.upstream_auth
-        elif message.get("type") == "filter" and kind == "events_out":
-            own = sorted(f"prefect.flow-run.{r}" for r in self.view(caller.node_id).runs) or [
-                "prefect.flow-run.none"
-            ]
-            given = message.get("filter")
-            flt: dict[str, Any] = given if isinstance(given, dict) else {}
-            flt["any_resource"] = {"id": own}
-            message["filter"] = flt
-        return json.dumps(message)
-
-    def _event_visible(self, caller: Caller, text: str) -> bool:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return False
-        if not isinstance(message, dict) or message.get("type") != "event":
-            return True  # control messages (auth_success, etc.)
-        event = message.get("event") or {}
-        own = {f"prefect.flow-run.{r}" for r in self.view(caller.node_id).runs}
-        ids = [str((event.get("resource") or {}).get("prefect.resource.id", ""))]
-        ids += [
-            str(r.get("prefect.resource.id", "")) for r in event.get("related") or [] if isinstance(r, dict)
-        ]
-        return any(i in own for i in ids)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
         e for e in audit_events(stack) if e.get("action") == "job-token" and e.get("resource") == run_resource
     ]
     assert job_token_checks and all(e["outcome"] == "success" for e in job_token_checks)
+    # C3/I: every event the node's worker and flow run emitted was about its own work: none dropped.
+    dropped = [e for e in audit_events(stack) if e.get("action") == "events_in.event"]
+    assert not dropped, dropped[:3]
 
 
 def test_escrow_never_moves_twice(stack: Any) -> None:

@@ -6,6 +6,7 @@ prove the gateway does the narrowing. A real ``prefect server`` run is in test_p
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -38,6 +39,7 @@ class Upstream:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen_queue_names: list[Any] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
+    emitted: list[Any] = field(default_factory=list)
 
     def add_run(self, queue: str, *, job: bool = True) -> dict[str, Any]:
         run = {
@@ -96,6 +98,17 @@ class Upstream:
         @api.post("/api/logs/")
         async def logs(request: Request) -> None:
             self.logs.extend(await request.json())
+
+        @api.websocket("/api/events/in")
+        async def events_in(ws: WebSocket) -> None:
+            await ws.accept()
+            auth = json.loads(await ws.receive_text())
+            self.emitted.append({"auth": auth.get("token")})
+            while True:
+                text = await ws.receive_text()
+                self.emitted.append(json.loads(text))
+                if self.emitted[-1].get("event") == "test.end":
+                    await ws.send_text("bye")
 
         @api.websocket("/api/events/out")
         async def events_out(ws: WebSocket) -> None:

@@ -158,6 +158,42 @@ def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
         assert events == [f"prefect.flow-run.{mine['id']}"]
 
 
+def test_events_in_only_about_own_runs_and_worker(gw: GwEnv) -> None:
+    """C3/I: Prefect automations act on events; a node cannot emit events about another node's work."""
+    mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    with gw.client("node-a", gw.token("node-a")) as c:  # the node learns its run by polling
+        c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+
+    def event(name: str, resource: str, related: list[str] | None = None) -> str:
+        rel = [{"prefect.resource.id": r, "prefect.resource.role": "flow-run"} for r in related or []]
+        return json.dumps({"event": name, "resource": {"prefect.resource.id": resource}, "related": rel})
+
+    url = gw.url.replace("https", "wss") + "/api/events/in"
+    headers = {"authorization": f"Bearer {gw.token('node-a')}"}
+    with ws_connect(url, ssl=ctx, additional_headers=headers) as ws:
+        ws.send(json.dumps({"type": "auth", "token": "node-secret"}))  # what Prefect's client sends first
+        ws.send(event("own.run", f"prefect.flow-run.{mine['id']}"))
+        ws.send(event("own.task", "prefect.task-run.1", [f"prefect.flow-run.{mine['id']}"]))
+        ws.send(event("own.worker", "prefect.worker.cyxwiz-sandbox.cyxwiz-node-a"))
+        ws.send(event("forged.run", f"prefect.flow-run.{theirs['id']}"))
+        ws.send(event("forged.task", "prefect.task-run.2", [f"prefect.flow-run.{theirs['id']}"]))
+        ws.send(event("forged.worker", "prefect.worker.cyxwiz-sandbox.cyxwiz-node-b"))
+        ws.send("not json")
+        ws.send(event("test.end", f"prefect.flow-run.{mine['id']}"))
+        assert ws.recv(timeout=5) == "bye"
+    assert gw.upstream.emitted[0] == {"auth": "gateway:upstream-secret"}  # the node's secret stays here
+    assert [e["event"] for e in gw.upstream.emitted[1:]] == ["own.run", "own.task", "own.worker", "test.end"]
+    dropped = [e for e in gw.audit.events if e.action == "events_in.event"]
+    assert len(dropped) == 4 and all(e.outcome.value != "success" for e in dropped)
+    assert {e.details["reason"] for e in dropped} == {
+        "event about a resource that is not the node's",
+        "not an event",
+    }
+
+
 def test_websocket_without_token_refused(gw: GwEnv) -> None:
     """No Authorization header: the first message must be Prefect's ``auth`` with a valid node token."""
     ctx = client_context(

@@ -1,0 +1,81 @@
+"""Prefect event filtering at the gateway (SPEC C3, I): what a node may see and what it may emit.
+
+Pure functions over the JSON the Prefect event websockets carry, given the flow runs the gateway has seen
+the node own. Prefect automations act on events, so an event forged about another node's run or worker is
+an attempt to steer work that is not the node's; one about another node's run must not be shown either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+#: Why an event a node tried to emit was dropped.
+NOT_AN_EVENT = "not an event"
+NOT_THE_NODES = "event about a resource that is not the node's"
+
+
+def run_resource_ids(run_ids: Iterable[str]) -> set[str]:
+    return {f"prefect.flow-run.{r}" for r in run_ids}
+
+
+def resource_ids(event: dict[str, Any]) -> list[str]:
+    """The event's resource id, then those of its related resources."""
+    resource = event.get("resource")
+    ids = [str(resource.get("prefect.resource.id", "")) if isinstance(resource, dict) else ""]
+    related = event.get("related")
+    ids += [
+        str(r.get("prefect.resource.id", ""))
+        for r in (related if isinstance(related, list) else [])
+        if isinstance(r, dict)
+    ]
+    return ids
+
+
+def about_runs(event: dict[str, Any], run_ids: Iterable[str]) -> bool:
+    """The event's resource, or one of its related resources, is one of these flow runs."""
+    own = run_resource_ids(run_ids)
+    return any(i in own for i in resource_ids(event))
+
+
+def visible(text: str, run_ids: Iterable[str]) -> bool:
+    """An ``events/out`` message may reach the node: control messages, and events about its runs."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(message, dict) or message.get("type") != "event":
+        return True  # control messages (auth_success, etc.)
+    event = message.get("event")
+    return isinstance(event, dict) and about_runs(event, run_ids)
+
+
+def emit_refusal(text: str, run_ids: Iterable[str], *, queue: str) -> str | None:
+    """Why an ``events/in`` message must be dropped, or None when it is about the node's own work.
+
+    Own work: one of its flow runs (as resource or related: task runs name their flow run), or its own
+    worker, which the node agent names ``cyxwiz-<queue>``.
+    """
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return NOT_AN_EVENT
+    if not isinstance(event, dict):
+        return NOT_AN_EVENT
+    if event.get("type") == "auth" and set(event) <= {"type", "token"}:
+        return None  # the client's opening message; the gateway swaps in its own credential
+    if about_runs(event, run_ids):
+        return None
+    rid = resource_ids(event)[0]
+    if rid.startswith("prefect.worker.") and rid.endswith(f".cyxwiz-{queue}"):
+        return None
+    return NOT_THE_NODES
+
+
+def narrowed_filter(given: Any, run_ids: Iterable[str]) -> dict[str, Any]:
+    """An ``events/out`` subscription filter with its resources replaced by the node's runs."""
+    own = sorted(run_resource_ids(run_ids)) or ["prefect.flow-run.none"]
+    flt: dict[str, Any] = given if isinstance(given, dict) else {}
+    flt["any_resource"] = {"id": own}
+    return flt

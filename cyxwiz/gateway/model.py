@@ -1,0 +1,38 @@
+"""What the gateway knows of a caller and of what each node owns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cyxwiz.tokens.claims import VerifiedToken
+from cyxwiz.transport.identity import PeerIdentity
+
+
+@dataclass
+class NodeView:
+    """What one node has been shown to own (learned from upstream answers, never from the node)."""
+
+    runs: dict[str, str | None] = field(default_factory=dict)  # flow run id -> job id
+    deployments: set[str] = field(default_factory=set)
+    flows: set[str] = field(default_factory=set)
+    artifacts: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Caller:
+    node_id: str
+    queue: str
+    peer: PeerIdentity
+    token: VerifiedToken
+    ip: str | None
+
+
+def job_id_of(run: dict[str, Any]) -> str | None:
+    params = run.get("parameters") or {}
+    if isinstance(params, dict) and isinstance(params.get("job_id"), str):
+        return str(params["job_id"])
+    for tag in run.get("tags") or []:
+        if isinstance(tag, str) and tag.startswith("cyxwiz-job:"):
+            return tag.removeprefix("cyxwiz-job:")
+    return None
