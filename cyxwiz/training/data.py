@@ -8,6 +8,7 @@ training file a node receives and the holdout file only the verifier keeps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -118,6 +119,15 @@ def _rng(*words: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(list(words))))
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, n: int, epoch: int) -> IntArray:
+    # Every step of an epoch slices the same permutation: drawn once, not once a step. Read-only, since
+    # the cached array is shared.
+    order = _rng(seed, 1, epoch).permutation(n).astype(np.int64)
+    order.setflags(write=False)
+    return order
+
+
 def split_validation(n: int, *, seed: int, fraction: float) -> tuple[IntArray, IntArray]:
     """(train indices, validation indices) of a dataset of ``n`` rows, fixed by the seed."""
     order = _rng(seed, 2).permutation(n).astype(np.int64)
@@ -143,7 +153,7 @@ class DataOrder:
         return self.steps_per_epoch * self.epochs
 
     def _permutation(self, epoch: int) -> IntArray:
-        return _rng(self.seed, 1, epoch).permutation(self.n).astype(np.int64)
+        return _epoch_permutation(self.seed, self.n, epoch)
 
     def batch(self, step: int) -> IntArray:
         epoch, within = divmod(step, self.steps_per_epoch)

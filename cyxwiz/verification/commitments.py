@@ -8,6 +8,7 @@ signs the Merkle root (RFC 6962 tree hashing) over all commitments. Pure stdlib:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -35,8 +36,13 @@ class Commitment:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @functools.cached_property
+    def canonical(self) -> bytes:
+        """RFC 8785 bytes of this commitment; the chain digest and the Merkle leaf both hash them."""
+        return canonical_json(self.to_dict())
+
     def digest(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
+        return hashlib.sha256(self.canonical).hexdigest()
 
     @classmethod
     def from_dict(cls, data: object, *, where: str = "commitment") -> Commitment:
@@ -69,7 +75,7 @@ class Commitment:
 
 
 def leaf_hash(commitment: Commitment) -> bytes:
-    return hashlib.sha256(b"\x00" + canonical_json(commitment.to_dict())).digest()
+    return hashlib.sha256(b"\x00" + commitment.canonical).digest()
 
 
 def merkle_root(leaves: Sequence[bytes]) -> str:
