@@ -110,3 +110,28 @@ def test_two_processes_racing_to_release_pay_once(local_world: World) -> None:
     assert sorted(type(o).__name__ for o in outcomes) == ["EscrowState", "EscrowStateError"]
     assert w.token(w.node) == 9_000
     assert w.token_total("job-race") == USER_FUNDS
+
+
+def test_only_intents_wait_for_the_disk(local_world: World) -> None:
+    """F2: intents are committed durably (synchronous=FULL); conclusions, recoverable from the chain by
+    signature, are not; and no pooled connection is left non-durable for the next intent."""
+    w = local_world
+    ledger = w.ledger()
+    store = ledger.store
+    seen: list[int] = []
+    with store._concluding() as conn:
+        seen.append(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+    with pytest.raises(RuntimeError), store._concluding():
+        raise RuntimeError("a conclusion that fails half way")
+    ledger.create(job_id="job-sync", user=w.user, amount=5_000)
+    ledger.assign(job_id="job-sync", node_wallet=w.node.pubkey())
+    ledger.release(job_id="job-sync", node_wallet=w.node.pubkey(), proof_ref="p")
+    assert seen == [1]  # NORMAL inside a conclusion
+    engine = store._engine
+    held = [engine.connect() for _ in range(3)]  # every connection the pool may hand out next
+    try:
+        assert {c.exec_driver_sql("PRAGMA synchronous").scalar_one() for c in held} == {2}  # FULL
+    finally:
+        for c in held:
+            c.close()
+    assert ledger.status(job_id="job-sync").state.value == "released"
