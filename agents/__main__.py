@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             # The gateway wants the node's session token too (bound to this certificate, SPEC B2); Prefect's
             # client sends PREFECT_API_AUTH_STRING as HTTP Basic on every call and websocket.
             env["PREFECT_API_AUTH_STRING"] = f"node:{read_session(settings)['session_token']}"
-            # The cancellation observer subscribes to the pool's event stream and filters all flow runs,
-            # which the gateway does not grant a node; runs on a node are stopped by revoking it instead.
-            env["PREFECT_WORKER_ENABLE_CANCELLATION"] = "false"
+            # Cancellation works through the gateway: the observer's event subscription and its polling
+            # fallback (``flow_runs/filter``) are both narrowed there to this node's own runs.
         worker = subprocess.Popen(
             [
                 sys.executable,

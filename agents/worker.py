@@ -184,7 +184,16 @@ class CyxwizSandboxWorker(ProcessWorker):
         workdir = settings.work_root / str(flow_run.id)
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         configuration.working_dir = Path(workdir)
-        return await super().run(flow_run, configuration, task_status)
+        if token is None:
+            return await super().run(flow_run, configuration, task_status)
+        # Prefect runs each flow run under its own executor context whose clients (state proposer,
+        # cancellation manager) are made inside this call: they carry the job token as a client header.
+        # Settings are a context variable, so other runs of this worker are not affected.
+        from prefect.settings import get_current_settings, temporary_settings
+
+        headers = {**get_current_settings().client.custom_headers, JOB_TOKEN_HEADER: token}
+        with temporary_settings(updates={"client.custom_headers": headers}):
+            return await super().run(flow_run, configuration, task_status)
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:

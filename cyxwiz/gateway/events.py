@@ -73,9 +73,13 @@ def emit_refusal(text: str, run_ids: Iterable[str], *, queue: str) -> str | None
     return NOT_THE_NODES
 
 
-def narrowed_filter(given: Any, run_ids: Iterable[str]) -> dict[str, Any]:
-    """An ``events/out`` subscription filter with its resources replaced by the node's runs."""
-    own = sorted(run_resource_ids(run_ids)) or ["prefect.flow-run.none"]
+def narrowed_filter(given: Any) -> dict[str, Any]:
+    """An ``events/out`` subscription filter whose resources are flow runs, whatever was asked.
+
+    Not the node's runs by id: the filter is fixed when the subscription opens (a worker opens it at
+    start, before it has any run), so a list of ids would go stale. Each event is instead checked against
+    the node's runs *as they are now* on its way out (:func:`visible`).
+    """
     flt: dict[str, Any] = given if isinstance(given, dict) else {}
-    flt["any_resource"] = {"id": own}
+    flt["any_resource"] = {"id_prefix": ["prefect.flow-run."]}
     return flt

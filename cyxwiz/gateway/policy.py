@@ -18,6 +18,7 @@ Scope = Literal[
     "scheduled_runs",  # poll for runs: request narrowed to the node's queue
     "work_queue",  # a queue by id: must be the node's
     "flow_run",  # a flow run by id: must be in the node's queue
+    "run_filter",  # list flow runs (cancellation observer): request and answer narrowed to the node's queue
     "deployment",  # referenced by one of the node's flow runs
     "flow",  # referenced by one of the node's flow runs
     "logs",  # every log line must belong to one of the node's flow runs
@@ -54,6 +55,7 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"/work_pools/{_POOL}/get_scheduled_flow_runs/?", "scheduled_runs"),
     _r("POST", f"/work_pools/{_POOL}/workers/heartbeat/?", "pool"),
     _r("GET", f"/work_queues/{_ID}/?", "work_queue"),
+    _r("POST", "/flow_runs/filter/?", "run_filter"),
     _r("GET|PATCH", f"/flow_runs/{_ID}/?", "flow_run"),
     _r("POST", f"/flow_runs/{_ID}/set_state/?", "flow_run"),
     _r("PATCH", f"/flow_runs/{_ID}/labels/?", "flow_run"),

@@ -209,9 +209,7 @@ class Gateway(WebSocketProxy):
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
-    async def _http(  # noqa: PLR0912 - one branch per allow-listed route kind
-        self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match
-    ) -> None:
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match) -> None:
         body = b""
         more = True
         while more:
@@ -226,13 +224,8 @@ class Gateway(WebSocketProxy):
         post_filter: Callable[[Any], Any] | None = None
         if m.pool is not None and m.pool != self.pool:
             self._decide(caller, resource, kind, False, f"work pool {m.pool!r} is not the node pool")
-        if kind == "scheduled_runs":
-            request = _json(body) if body else {}
-            request["work_queue_names"] = [caller.queue]  # whatever was asked: only the node's queue
-            body = json.dumps(request).encode()
-            post_filter = lambda items: [i for i in items if self._learn(caller, i.get("flow_run", {}))]  # noqa: E731
-        elif kind == "queue_filter":
-            post_filter = lambda items: [q for q in items if q.get("name") == caller.queue]  # noqa: E731
+        if kind in ("scheduled_runs", "run_filter", "queue_filter"):
+            body, post_filter = self._narrow(kind, caller, body)
         elif kind == "flow_run":
             assert m.object_id is not None
             owned = await self._owns_run(caller, m.object_id)
@@ -269,9 +262,27 @@ class Gateway(WebSocketProxy):
             resp = await self._client.get(path, headers=self._upstream_headers)
             own = resp.status_code == 200 and resp.json().get("name") == caller.queue
             self._decide(caller, resource, kind, own, "own queue" if own else "queue of another node")
-        if kind in ("global", "pool", "scheduled_runs", "queue_filter"):
+        if kind in ("global", "pool", "scheduled_runs", "queue_filter", "run_filter"):
             self._decide(caller, resource, kind, True, "allow-listed")
         await self._forward(scope, send, body, post_filter)
+
+    def _narrow(self, kind: str, caller: Caller, body: bytes) -> tuple[bytes, Callable[[Any], Any]]:
+        """Listing calls: whatever was asked, the request names only the node's queue, and the answer is
+        filtered again to what is the node's (upstream is not trusted to have honoured the request)."""
+        if kind == "queue_filter":
+            return body, lambda items: [q for q in items if q.get("name") == caller.queue]
+        request = _json(body) if body else {}
+        if kind == "scheduled_runs":
+            request["work_queue_names"] = [caller.queue]
+            body = json.dumps(request).encode()
+            return body, lambda items: [i for i in items if self._learn(caller, i.get("flow_run", {}))]
+        # run_filter: the worker's cancellation observer asks for the state of its in-flight runs.
+        runs = request.get("flow_runs")
+        narrowed: dict[str, Any] = runs if isinstance(runs, dict) else {}
+        narrowed["work_queue_name"] = {"any_": [caller.queue]}
+        request["flow_runs"] = narrowed
+        request["work_pools"] = {"name": {"any_": [self.pool]}}
+        return json.dumps(request).encode(), lambda items: [r for r in items if self._learn(caller, r)]
 
     async def _artifact(
         self, caller: Caller, resource: str, kind: str, body: bytes, m: Match

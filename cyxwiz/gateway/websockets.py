@@ -157,7 +157,7 @@ class WebSocketProxy:
             # The node's credential stays here; upstream sees the gateway's own (or none).
             message["token"] = self.upstream_auth
         elif message.get("type") == "filter" and kind == "events_out":
-            message["filter"] = events.narrowed_filter(message.get("filter"), self.view(caller.node_id).runs)
+            message["filter"] = events.narrowed_filter(message.get("filter"))
         return json.dumps(message)
 
     def _event_emittable(self, caller: Caller, text: str) -> bool:

@@ -84,8 +84,11 @@ def test_own_queue_only_through_the_gateway(stack: EmbeddedStack) -> None:
         assert str(theirs.id) not in polled.text
         # Reading node-2's run by id is refused and audited.
         assert gw.get(f"/api/flow_runs/{theirs.id}").status_code == 403
-        # Routes off the allow-list are refused: listing all runs, deployments, blocks (secrets!).
-        assert gw.post("/api/flow_runs/filter", json={}).status_code == 403
+        # Listing runs (the cancellation observer's fallback) answers only node-1's own.
+        listed = gw.post("/api/flow_runs/filter", json={})
+        assert listed.status_code == 200
+        assert str(mine.id) in listed.text and str(theirs.id) not in listed.text
+        # Routes off the allow-list are refused: deployments, blocks (secrets!).
         assert gw.post("/api/deployments/filter", json={}).status_code == 403
         assert gw.post("/api/block_documents/filter", json={}).status_code == 403
         # Another work pool is refused even on an allow-listed route.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,64 @@ def test_submission_through_the_coordinator_api(stack: Any) -> None:
     assert before["user"] - after["user"] == spec["payment"]
     assert verification_report(stack, job_id)["passed"] is True
     stack.stop_agent("__control__")
+
+
+def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
+    """F1/E: cancelling the node's run in Prefect (UI or API) reaches the node's worker through the gateway;
+    the training process is killed, the run ends Cancelled, no proof exists, and the user is refunded."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import get_current_settings, temporary_settings
+    from prefect.states import Cancelling
+
+    from flows.job_lifecycle import job_lifecycle
+
+    node_id = node_id_of(stack, "node-1")
+    before = balances(stack)
+    cancelled: dict[str, Any] = {}
+    # A thread starts with no Prefect settings context: hand it this test's API explicitly.
+    api_url = get_current_settings().api.url
+
+    def cancel_when_training() -> None:
+        try:
+            with temporary_settings(updates={"api.url": api_url}):
+                cancel_it()
+        except Exception as exc:  # reported by the assertion below, not lost with the thread
+            cancelled["error"] = repr(exc)
+
+    def cancel_it() -> None:
+        def training_run() -> Any:
+            jobs = stack.coordinator.store.list_jobs(node_id=node_id)
+            if not any(job.progress and job.status == "running" for job in jobs):
+                return None
+            with get_client(sync_client=True) as client:
+                running = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+                    )
+                )
+            return next((r for r in running if (r.parameters or {}).get("job_id")), None)
+
+        run = wait_until(training_run, timeout=240, interval=0.2)
+        if run is not None:
+            cancelled["run"] = run
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(run.id, Cancelling(), force=True)
+            cancelled["at"] = time.monotonic()
+
+    watcher = threading.Thread(target=cancel_when_training, daemon=True)
+    watcher.start()
+    summary = job_lifecycle(tiny_job(epochs=400, wall_seconds=90), node="node-1")
+    watcher.join(timeout=10)
+    print(f"cancellation: lifecycle back {time.monotonic() - cancelled.get('at', 0):.1f} s after the request")
+    assert "run" in cancelled, f"the node run was never seen training: {cancelled.get('error')}"
+    assert summary["node_run"]["flow_run_id"] == str(cancelled["run"].id)
+    assert summary["node_run"]["state"] == "CANCELLED", summary["node_run"]
+    assert summary["verification"]["passed"] is False
+    assert summary["settlement"]["state"] == "refunded"
+    assert _escrow_state(summary["job_id"]) == "refunded"
+    assert balances(stack) == before
 
 
 def test_node_revoked_mid_job_is_refused_and_refunded(stack: Any) -> None:

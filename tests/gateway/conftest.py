@@ -40,6 +40,7 @@ class Upstream:
     seen_queue_names: list[Any] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
     emitted: list[Any] = field(default_factory=list)
+    seen_run_filters: list[Any] = field(default_factory=list)
 
     def add_run(self, queue: str, *, job: bool = True) -> dict[str, Any]:
         run = {
@@ -88,7 +89,8 @@ class Upstream:
             return {"status": "ACCEPT"}
 
         @api.post("/api/flow_runs/filter")
-        def all_runs() -> list[dict[str, Any]]:
+        async def all_runs(request: Request) -> list[dict[str, Any]]:
+            self.seen_run_filters.append(await request.json())
             return list(self.runs.values())
 
         @api.get("/api/deployments/{dep_id}")

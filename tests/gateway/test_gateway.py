@@ -65,10 +65,26 @@ def test_polling_sees_only_own_queue(gw: GwEnv) -> None:
 def test_other_pool_and_unlisted_routes_refused(gw: GwEnv) -> None:
     with gw.client("node-a", gw.token("node-a")) as c:
         assert c.get("/api/work_pools/other-pool").status_code == 403
-        r = c.post("/api/flow_runs/filter", json={})
+        r = c.post("/api/deployments/filter", json={})
         assert r.status_code == 403 and r.json()["rule"] == "C3"
         assert c.delete(f"/api/work_pools/{POOL}").status_code == 403
     assert any("allow-list" in d for d in gw.denials())
+
+
+def test_listing_runs_is_narrowed_to_own_queue(gw: GwEnv) -> None:
+    """The cancellation observer lists its in-flight runs: asked for another node's, it gets only its own."""
+    mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    both = {"any_": [mine["id"], theirs["id"]]}
+    asked = {"flow_runs": {"id": both, "work_queue_name": {"any_": ["node-b"]}}}
+    with gw.client("node-a", gw.token("node-a")) as c:
+        r = c.post("/api/flow_runs/filter", json=asked)
+        assert r.status_code == 200
+        assert [run["id"] for run in r.json()] == [mine["id"]]  # upstream over-answered; the gateway did not
+        assert c.post("/api/flow_runs/filter", content=b"[1]").status_code == 422
+    sent = gw.upstream.seen_run_filters[0]
+    assert sent["flow_runs"]["work_queue_name"] == {"any_": ["node-a"]}
+    assert sent["flow_runs"]["id"] == both
+    assert sent["work_pools"] == {"name": {"any_": [POOL]}}
 
 
 def test_cannot_move_own_run_to_another_queue(gw: GwEnv) -> None:
@@ -151,7 +167,7 @@ def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
         assert json.loads(ws.recv(timeout=5))["seen_token"] == "gateway:upstream-secret"
         ws.send(json.dumps({"type": "filter", "filter": {"any_resource": {"id_prefix": ["prefect"]}}}))
         seen = json.loads(ws.recv(timeout=5))
-        assert seen["filter"]["filter"]["any_resource"] == {"id": [f"prefect.flow-run.{mine['id']}"]}
+        assert seen["filter"]["filter"]["any_resource"] == {"id_prefix": ["prefect.flow-run."]}
         events = []
         while (msg := json.loads(ws.recv(timeout=5)))["type"] != "done":
             events.append(msg["event"]["resource"]["prefect.resource.id"])
