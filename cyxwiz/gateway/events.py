@@ -16,6 +16,15 @@ NOT_AN_EVENT = "not an event"
 NOT_THE_NODES = "event about a resource that is not the node's"
 
 
+def json_object(text: str) -> dict[str, Any] | None:
+    """A websocket text message as a JSON object, or None when it is anything else."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def run_resource_ids(run_ids: Iterable[str]) -> set[str]:
     return {f"prefect.flow-run.{r}" for r in run_ids}
 
@@ -41,11 +50,10 @@ def about_runs(event: dict[str, Any], run_ids: Iterable[str]) -> bool:
 
 def visible(text: str, run_ids: Iterable[str]) -> bool:
     """An ``events/out`` message may reach the node: control messages, and events about its runs."""
-    try:
-        message = json.loads(text)
-    except ValueError:
+    message = json_object(text)
+    if message is None:
         return False
-    if not isinstance(message, dict) or message.get("type") != "event":
+    if message.get("type") != "event":
         return True  # control messages (auth_success, etc.)
     event = message.get("event")
     return isinstance(event, dict) and about_runs(event, run_ids)
@@ -57,11 +65,8 @@ def emit_refusal(text: str, run_ids: Iterable[str], *, queue: str) -> str | None
     Own work: one of its flow runs (as resource or related: task runs name their flow run), or its own
     worker, which the node agent names ``cyxwiz-<queue>``.
     """
-    try:
-        event = json.loads(text)
-    except ValueError:
-        return NOT_AN_EVENT
-    if not isinstance(event, dict):
+    event = json_object(text)
+    if event is None:
         return NOT_AN_EVENT
     if event.get("type") == "auth" and set(event) <= {"type", "token"}:
         return None  # the client's opening message; the gateway swaps in its own credential

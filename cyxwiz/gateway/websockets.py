@@ -147,11 +147,8 @@ class WebSocketProxy:
                 task.cancel()
 
     def _rewrite_client(self, caller: Caller, kind: str, text: str) -> str:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return text
-        if not isinstance(message, dict):
+        message = events.json_object(text)
+        if message is None:
             return text
         if message.get("type") == "auth":
             # The node's credential stays here; upstream sees the gateway's own (or none).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -153,15 +154,20 @@ def test_oversize_body_refused(gw: GwEnv) -> None:
     assert r.status_code == 413
 
 
-def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
-    mine, _theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
-    with gw.client("node-a", gw.token("node-a")) as c:  # the node learns its run by polling
+def _node_a_websocket(gw: GwEnv, path: str) -> tuple[str, ssl.SSLContext, dict[str, str]]:
+    """node-a polls first (so the gateway learns its runs), then gets what a websocket to ``path`` needs."""
+    with gw.client("node-a", gw.token("node-a")) as c:
         c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
     ctx = client_context(
         trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
     )
-    url = gw.url.replace("https", "wss") + "/api/events/out"
-    headers = {"authorization": f"Bearer {gw.token('node-a')}"}
+    url = gw.url.replace("https", "wss") + path
+    return url, ctx, {"authorization": f"Bearer {gw.token('node-a')}"}
+
+
+def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
+    mine, _theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    url, ctx, headers = _node_a_websocket(gw, "/api/events/out")
     with ws_connect(url, ssl=ctx, additional_headers=headers, subprotocols=["prefect"]) as ws:  # type: ignore[list-item]
         ws.send(json.dumps({"type": "auth", "token": "node-secret"}))
         assert json.loads(ws.recv(timeout=5))["seen_token"] == "gateway:upstream-secret"
@@ -177,18 +183,12 @@ def test_events_out_narrowed_to_own_runs(gw: GwEnv) -> None:
 def test_events_in_only_about_own_runs_and_worker(gw: GwEnv) -> None:
     """C3/I: Prefect automations act on events; a node cannot emit events about another node's work."""
     mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
-    with gw.client("node-a", gw.token("node-a")) as c:  # the node learns its run by polling
-        c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
-    ctx = client_context(
-        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
-    )
+    url, ctx, headers = _node_a_websocket(gw, "/api/events/in")
 
     def event(name: str, resource: str, related: list[str] | None = None) -> str:
         rel = [{"prefect.resource.id": r, "prefect.resource.role": "flow-run"} for r in related or []]
         return json.dumps({"event": name, "resource": {"prefect.resource.id": resource}, "related": rel})
 
-    url = gw.url.replace("https", "wss") + "/api/events/in"
-    headers = {"authorization": f"Bearer {gw.token('node-a')}"}
     with ws_connect(url, ssl=ctx, additional_headers=headers) as ws:
         ws.send(json.dumps({"type": "auth", "token": "node-secret"}))  # what Prefect's client sends first
         ws.send(event("own.run", f"prefect.flow-run.{mine['id']}"))
