@@ -8,7 +8,7 @@ an attempt to steer work that is not the node's; one about another node's run mu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Container
 from typing import Any
 
 #: Why an event a node tried to emit was dropped.
@@ -25,8 +25,7 @@ def json_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def run_resource_ids(run_ids: Iterable[str]) -> set[str]:
-    return {f"prefect.flow-run.{r}" for r in run_ids}
+_FLOW_RUN = "prefect.flow-run."
 
 
 def resource_ids(event: dict[str, Any]) -> list[str]:
@@ -42,13 +41,13 @@ def resource_ids(event: dict[str, Any]) -> list[str]:
     return ids
 
 
-def about_runs(event: dict[str, Any], run_ids: Iterable[str]) -> bool:
+def about_runs(event: dict[str, Any], run_ids: Container[str]) -> bool:
     """The event's resource, or one of its related resources, is one of these flow runs."""
-    own = run_resource_ids(run_ids)
-    return any(i in own for i in resource_ids(event))
+    # Looked up in the node's run map as it is: every flow-run event of the pool passes here.
+    return any(i.startswith(_FLOW_RUN) and i.removeprefix(_FLOW_RUN) in run_ids for i in resource_ids(event))
 
 
-def visible(text: str, run_ids: Iterable[str]) -> bool:
+def visible(text: str, run_ids: Container[str]) -> bool:
     """An ``events/out`` message may reach the node: control messages, and events about its runs."""
     message = json_object(text)
     if message is None:
@@ -59,7 +58,7 @@ def visible(text: str, run_ids: Iterable[str]) -> bool:
     return isinstance(event, dict) and about_runs(event, run_ids)
 
 
-def emit_refusal(text: str, run_ids: Iterable[str], *, queue: str) -> str | None:
+def emit_refusal(text: str, run_ids: Container[str], *, queue: str) -> str | None:
     """Why an ``events/in`` message must be dropped, or None when it is about the node's own work.
 
     Own work: one of its flow runs (as resource or related: task runs name their flow run), or its own
@@ -86,5 +85,5 @@ def narrowed_filter(given: Any) -> dict[str, Any]:
     the node's runs *as they are now* on its way out (:func:`visible`).
     """
     flt: dict[str, Any] = given if isinstance(given, dict) else {}
-    flt["any_resource"] = {"id_prefix": ["prefect.flow-run."]}
+    flt["any_resource"] = {"id_prefix": [_FLOW_RUN]}
     return flt
