@@ -168,10 +168,6 @@ class ServerTLS:
     def stale(self) -> bool:
         return self._stale
 
-    def is_revoked(self, peer: PeerIdentity) -> bool:
-        snap = self._snapshot
-        return snap is not None and snap.is_revoked(peer.certificate)
-
     def refusal(self, peer: PeerIdentity) -> str | None:
         """Why this peer's certificate must be refused under the CRL in force, or None (SPEC A6).
 
