@@ -158,6 +158,11 @@ def submit(  # noqa: PLR0917 (typer maps options to parameters)
     _finish(final, as_json=as_json)
 
 
+def _steps(progress: dict[str, Any], *, missing: str) -> str:
+    """``step/total`` of a job's last progress report, or ``missing`` before the first."""
+    return f"{progress['step']}/{progress['total']}" if {"step", "total"} <= set(progress) else missing
+
+
 @app.command("list")
 def list_jobs(  # noqa: PLR0917
     as_json: AsJson = False,
@@ -181,11 +186,10 @@ def list_jobs(  # noqa: PLR0917
 
     table = Table("job id", "status", "type", "node", "progress", "created")
     for job in jobs:
-        progress = job.get("progress") or {}
-        done = f"{progress['step']}/{progress['total']}" if {"step", "total"} <= set(progress) else ""
         spec = job.get("spec") or {}
         table.add_row(
-            job["job_id"], job["status"], str(spec.get("job_type", "")), job.get("node_id") or "", done,
+            job["job_id"], job["status"], str(spec.get("job_type", "")), job.get("node_id") or "",
+            _steps(job.get("progress") or {}, missing=""),
             str(job.get("created_at", ""))[:19],
         )  # fmt: skip
     Console(width=200).print(table) if jobs else typer.echo("no jobs")
@@ -216,10 +220,7 @@ def get(  # noqa: PLR0917
         ("status", job["status"]),
         ("type", (job.get("spec") or {}).get("job_type")),
         ("node", job.get("node_id") or "-"),
-        (
-            "progress",
-            f"{progress['step']}/{progress['total']}" if {"step", "total"} <= set(progress) else "-",
-        ),
+        ("progress", _steps(progress, missing="-")),
         ("metrics", json.dumps(progress.get("metrics") or {}, sort_keys=True)),
         ("proof", "received" if job.get("has_proof") else "-"),
         ("created", job.get("created_at")),
