@@ -71,32 +71,14 @@ def bare_parent(job_id: str) -> str:
     return state
 
 
-def _prefect(env: dict[str, str], *args: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
-
-
 def _deploy_baseline(stack: Any, tmp: Path) -> subprocess.Popen[bytes]:
     """The bare child on its own process-worker pool (same worker poll interval as the node agents)."""
-    prefect_file = tmp / "bench-prefect.yaml"
-    prefect_file.write_text(
-        "name: cyxwiz-bench\npull:\n  - prefect.deployments.steps.set_working_directory:\n"
-        f"      directory: {json.dumps(str(PROJECT))}\n"
-        "deployments:\n  - name: bare-child\n    entrypoint: bench/bench_lifecycle.py:bare_child\n"
-        "    work_pool:\n      name: bench\n      work_queue_name: default\n",
-        encoding="utf-8",
+    from flows.stack import deploy_one, prefect_cli
+
+    prefect_cli("work-pool", "create", "bench", "--type", "process", "--overwrite", env=stack.env)
+    deploy_one(
+        stack.env, tmp, name="bare-child", entrypoint="bench/bench_lifecycle.py:bare_child", pool="bench"
     )
-    _prefect(stack.env, "work-pool", "create", "bench", "--type", "process", "--overwrite")
-    _prefect(stack.env, "--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", "bare-child")
     log = (tmp / "bench-worker.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "bench", "--type", "process"],

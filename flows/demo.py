@@ -49,24 +49,6 @@ def say(message: str) -> None:
     console.print(f"[green]✓[/green] {message}")
 
 
-def _balances(stack: Any) -> dict[str, int]:
-    from solders.pubkey import Pubkey
-
-    from cyxwiz.ledger.rpc import RpcChain
-    from cyxwiz.ledger.txbuild import token_account_of
-
-    config = stack.ledger.config
-    mint = Pubkey.from_string(config.mint)
-    chain = RpcChain(url=config.rpc_url)
-    try:
-        return {
-            "user": chain.token_amount(token_account_of(stack.ledger.user.pubkey(), mint)) or 0,
-            "node": chain.token_amount(token_account_of(stack.ledger.node.pubkey(), mint)) or 0,
-        }
-    finally:
-        chain.close()
-
-
 def _show_balances(title: str, balances: dict[str, int]) -> None:
     table = Table(title=title)
     table.add_column("wallet")
@@ -99,7 +81,7 @@ def run_demo(workdir: Path, *, keep: bool) -> int:
         stack.start_agent("node-1")
         stack.wait_for_node("node-1")
         say("node agent node-1 registered over mTLS (identity = certificate PeerID) and heartbeating")
-        before = _balances(stack)
+        before = stack.balances()
         _show_balances("Balances before", before)
 
         from flows.job_lifecycle import job_lifecycle
@@ -116,7 +98,7 @@ def run_demo(workdir: Path, *, keep: bool) -> int:
             f"replay {verification.get('segments_replayed')}/{verification.get('segments_total')} segments"
         )
         say(f"escrow {summary['settlement']['state']}")
-        after = _balances(stack)
+        after = stack.balances()
         _show_balances("Balances after", after)
         table = Table(title="Archived objects")
         table.add_column("key")

@@ -9,6 +9,7 @@ processes that reach the coordinator over mTLS. Everything binds to loopback; :m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -37,6 +38,24 @@ class EmbeddedStack:
     config_path: Path
     env: dict[str, str]
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def balances(self) -> dict[str, int]:
+        """The demo user's and the (shared) node wallet's token balances on the ledger service."""
+        from solders.pubkey import Pubkey
+
+        from cyxwiz.ledger.rpc import RpcChain
+        from cyxwiz.ledger.txbuild import token_account_of
+
+        config = self.ledger.config
+        mint = Pubkey.from_string(config.mint)
+        chain = RpcChain(url=config.rpc_url)
+        try:
+            return {
+                "user": chain.token_amount(token_account_of(self.ledger.user.pubkey(), mint)) or 0,
+                "node": chain.token_amount(token_account_of(self.ledger.node.pubkey(), mint)) or 0,
+            }
+        finally:
+            chain.close()
 
     def start_agent(self, name: str, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """A node agent process (``python -m agents``) with its own certificate and work queue."""
@@ -116,6 +135,41 @@ class EmbeddedStack:
             self.stop_agent(name)
 
 
+def prefect_cli(*args: str, env: dict[str, str]) -> str:
+    """``python -m prefect ARGS`` run in the project directory: its stdout, or RuntimeError with the tail."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def deploy_one(env: dict[str, str], directory: Path, *, name: str, entrypoint: str, pool: str) -> None:
+    """Deploy one flow outside prefect.yaml (tests, benchmarks) through a throw-away prefect file."""
+    prefect_file = directory / f"{name}-prefect.yaml"
+    prefect_file.write_text(
+        f"name: cyxwiz-{name}\n"
+        "pull:\n"
+        "  - prefect.deployments.steps.set_working_directory:\n"
+        f"      directory: {json.dumps(str(PROJECT))}\n"
+        "deployments:\n"
+        f"  - name: {name}\n"
+        f"    entrypoint: {entrypoint}\n"
+        "    work_pool:\n"
+        f"      name: {pool}\n"
+        "      work_queue_name: default\n",
+        encoding="utf-8",
+    )
+    prefect_cli("--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", name, env=env)
+
+
 def _deploy(env: dict[str, str], *, lifecycle: bool) -> None:
     steps: list[tuple[str, ...]] = [
         ("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite"),
@@ -125,19 +179,7 @@ def _deploy(env: dict[str, str], *, lifecycle: bool) -> None:
     if lifecycle:
         steps.append(("--no-prompt", "deploy", "--name", "job-lifecycle"))
     for args in steps:
-        proc = subprocess.run(
-            [sys.executable, "-m", "prefect", *args],
-            env=env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"prefect {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-            )
+        prefect_cli(*args, env=env)
 
 
 @contextlib.contextmanager

@@ -11,31 +11,18 @@ from pathlib import Path
 import pytest
 
 from flows.local_server import LocalPrefectServer, stop_process_group
+from flows.stack import prefect_cli
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _prefect(*args: str, env: dict[str, str]) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 @pytest.fixture(scope="session")
 def deployed(prefect_server: LocalPrefectServer) -> dict[str, str]:
     """``prefect --no-prompt deploy --all`` of prefect.yaml, after creating the work pools it names."""
     env = {**os.environ, **prefect_server.env(), "CYXWIZ_PROJECT_DIR": str(PROJECT)}
-    _prefect("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite", env=env)
-    _prefect("work-pool", "create", "control", "--type", "process", "--overwrite", env=env)
-    output = _prefect("--no-prompt", "deploy", "--all", env=env)
+    prefect_cli("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite", env=env)
+    prefect_cli("work-pool", "create", "control", "--type", "process", "--overwrite", env=env)
+    output = prefect_cli("--no-prompt", "deploy", "--all", env=env)
     return {"output": output}
 
 

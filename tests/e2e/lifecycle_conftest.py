@@ -12,8 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,25 +61,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def balances(stack: Any) -> dict[str, int]:
-    """The demo user's and the (shared) node wallet's token balances on the ledger service."""
-    from solders.pubkey import Pubkey
-
-    from cyxwiz.ledger.rpc import RpcChain
-    from cyxwiz.ledger.txbuild import token_account_of
-
-    config = stack.ledger.config
-    mint = Pubkey.from_string(config.mint)
-    chain = RpcChain(url=config.rpc_url)
-    try:
-        return {
-            "user": chain.token_amount(token_account_of(stack.ledger.user.pubkey(), mint)) or 0,
-            "node": chain.token_amount(token_account_of(stack.ledger.node.pubkey(), mint)) or 0,
-        }
-    finally:
-        chain.close()
-
-
 def set_control_config(stack: Any, **changes: Any) -> Any:
     """Rewrite the control-plane config file and make this process reopen its parts; returns the old one."""
     from tasks import services
@@ -102,31 +81,15 @@ def restore_control_config(stack: Any, old: Any) -> None:
 
 def deploy_evil(stack: Any, tmp: Path) -> str:
     """Deploy the dishonest node flow to the gpu pool (``prefect --no-prompt deploy``, tmp prefect.yaml)."""
-    prefect_file = tmp / "evil-prefect.yaml"
-    prefect_file.write_text(
-        "name: cyxwiz-evil\n"
-        "pull:\n"
-        "  - prefect.deployments.steps.set_working_directory:\n"
-        f"      directory: {json.dumps(str(PROJECT))}\n"
-        "deployments:\n"
-        "  - name: evil-train\n"
-        "    entrypoint: tests/e2e/evil/evil_train.py:sandboxed_train\n"
-        "    work_pool:\n"
-        "      name: gpu\n"
-        "      work_queue_name: default\n",
-        encoding="utf-8",
+    from flows.stack import deploy_one
+
+    deploy_one(
+        stack.env,
+        tmp,
+        name="evil-train",
+        entrypoint="tests/e2e/evil/evil_train.py:sandboxed_train",
+        pool="gpu",
     )
-    args = ["--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", "evil-train"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        env=stack.env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"evil deploy failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return EVIL_DEPLOYMENT
 
 

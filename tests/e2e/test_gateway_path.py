@@ -8,8 +8,6 @@ token, cannot list, read or poll node-2's runs, and routes off the allow-list ar
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import httpx
 import pytest
 
 from cyxwiz.transport.tls import client_context
-from flows.stack import PROJECT, EmbeddedStack, embedded_stack
+from flows.stack import EmbeddedStack, embedded_stack, prefect_cli
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -28,16 +26,7 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(600)]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     home = tmp_path_factory.mktemp("gateway-path")
     with embedded_stack(home, say=lambda _m: None, nodes=("node-1", "node-2")) as built:
-        proc = subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "node-healthcheck"],
-            env=built.env,
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        prefect_cli("--no-prompt", "deploy", "--name", "node-healthcheck", env=built.env)
         built.start_agent("node-1")
         built.wait_for_node("node-1")
         yield built

@@ -19,7 +19,6 @@ import pytest
 from cyxwiz.errors import EscrowStateError
 from tests.e2e.lifecycle_conftest import (
     audit_events,
-    balances,
     deploy_evil,
     node_id_of,
     restore_control_config,
@@ -49,9 +48,9 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
     from flows.job_lifecycle import job_lifecycle
 
     spec = tiny_job()
-    before = balances(stack)
+    before = stack.balances()
     summary = job_lifecycle(spec, node="node-1")
-    after = balances(stack)
+    after = stack.balances()
     RESULTS["honest"] = summary
     job_id = summary["job_id"]
     assert summary["node_run"]["state"] == "COMPLETED", summary["node_run"]
@@ -113,12 +112,12 @@ def test_escrow_never_moves_twice(stack: Any) -> None:
     job_id = summary["job_id"]
     ledger = services.ledger()
     wallet = str(stack.ledger.node.pubkey())
-    before = balances(stack)
+    before = stack.balances()
     with pytest.raises(EscrowStateError):
         ledger.release(job_id=job_id, node_wallet=wallet, proof_ref="0" * 64)
     with pytest.raises(EscrowStateError):
         ledger.refund(job_id=job_id, reason="second move attempt")
-    assert balances(stack) == before
+    assert stack.balances() == before
     assert _escrow_state(job_id) == "released"
     assert ledger.onchain_amount(job_id=job_id) == 0
     refused = [
@@ -137,14 +136,14 @@ def test_failure_after_escrow_rolls_back_to_a_refund(stack: Any) -> None:
 
     ledger = services.ledger()
     known = {r.job_id for r in ledger.list_escrows()}
-    before = balances(stack)
+    before = stack.balances()
     state = job_lifecycle(tiny_job(epochs=1), node="node-that-does-not-exist", return_state=True)
     assert state.is_failed()
     assert "no healthy" in str(state.message) or state.is_failed()
     new = [r for r in ledger.list_escrows() if r.job_id not in known]
     assert len(new) == 1, "exactly one escrow was created by the failed run"
     assert str(new[0].state) == "refunded"
-    assert balances(stack) == before  # the user got everything back, the node nothing
+    assert stack.balances() == before  # the user got everything back, the node nothing
 
 
 def test_dishonest_node_is_refunded_and_paid_nothing(stack: Any, tmp_path: Path) -> None:
@@ -155,12 +154,12 @@ def test_dishonest_node_is_refunded_and_paid_nothing(stack: Any, tmp_path: Path)
     deployment = deploy_evil(stack, tmp_path)
     old = set_control_config(stack, train_deployment=deployment)
     spec = tiny_job()
-    before = balances(stack)
+    before = stack.balances()
     try:
         summary = job_lifecycle(spec, node="node-1")
     finally:
         restore_control_config(stack, old)
-    after = balances(stack)
+    after = stack.balances()
     job_id = summary["job_id"]
     RESULTS["dishonest"] = summary
     assert summary["node_run"]["state"] == "COMPLETED", "the dishonest node's run looks fine to Prefect"
@@ -181,7 +180,7 @@ def test_dishonest_node_is_refunded_and_paid_nothing(stack: Any, tmp_path: Path)
     wallet = str(stack.ledger.node.pubkey())
     with pytest.raises(EscrowStateError):
         services.ledger().release(job_id=job_id, node_wallet=wallet, proof_ref="0" * 64)
-    assert balances(stack) == after
+    assert stack.balances() == after
 
 
 def test_submission_through_the_coordinator_api(stack: Any) -> None:
@@ -192,7 +191,7 @@ def test_submission_through_the_coordinator_api(stack: Any) -> None:
     stack.start_control_worker()
     spec = tiny_job()
     spec.pop("user")
-    before = balances(stack)
+    before = stack.balances()
     with CoordinatorUserClient.from_options(
         url=stack.coordinator.url,
         cert=stack.pki.user_cert,
@@ -204,7 +203,7 @@ def test_submission_through_the_coordinator_api(stack: Any) -> None:
         job_id = submitted["job_id"]
         assert submitted["status"] in {"pending", "queued", "submitted", "created"}, submitted
         final = client.wait(job_id, timeout_s=300, interval_s=1.0)
-    after = balances(stack)
+    after = stack.balances()
     assert final["status"] == "released", final
     assert _escrow_state(job_id) == "released"
     assert after["node"] - before["node"] == spec["payment"]
@@ -225,7 +224,7 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
     from flows.job_lifecycle import job_lifecycle
 
     node_id = node_id_of(stack, "node-1")
-    before = balances(stack)
+    before = stack.balances()
     cancelled: dict[str, Any] = {}
     # A thread starts with no Prefect settings context: hand it this test's API explicitly.
     api_url = get_current_settings().api.url
@@ -268,7 +267,7 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
     assert summary["verification"]["passed"] is False
     assert summary["settlement"]["state"] == "refunded"
     assert _escrow_state(summary["job_id"]) == "refunded"
-    assert balances(stack) == before
+    assert stack.balances() == before
 
 
 def test_node_revoked_mid_job_is_refused_and_refunded(stack: Any) -> None:
@@ -298,14 +297,14 @@ def test_node_revoked_mid_job_is_refused_and_refunded(stack: Any) -> None:
     watcher = threading.Thread(target=revoke_when_training, daemon=True)
     watcher.start()
     spec = tiny_job(epochs=30, wall_seconds=30)
-    before = balances(stack)
+    before = stack.balances()
     try:
         summary = job_lifecycle(spec, node="node-2")
     finally:
         restore_control_config(stack, old)
         watcher.join(timeout=5)
         stack.stop_agent("node-2")
-    after = balances(stack)
+    after = stack.balances()
     job_id = summary["job_id"]
     assert "at" in revoked_at, "the job never reported progress, so the revocation did not land mid-job"
     assert summary["node_run"]["state"] != "COMPLETED", summary["node_run"]
