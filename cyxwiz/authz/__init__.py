@@ -1,36 +1,23 @@
-"""cyxwiz.authz — roles, scopes and resource-level rules as composable policies (SPEC C1–C3).
+"""cyxwiz.authz — roles, scopes and the one route authorization table (SPEC C1–C3).
 
 ::
 
-    principal = Principal.from_token(verified, peer_cert=der_from_tls)   # node id from the certificate
-    authorize(READ_JOB, principal, job, action="job.read", audit=audit_log)
+    rule = RULES["jobs.read"]                      # credential, roles, scope, resource rule
+    rule.check_role_scope(role, token.scopes)      # C1: role ∩ scopes
+    job_visible(role=..., principal_id=..., scopes=..., owner=job.user_id, node=job.node_id)  # C2
 """
 
 from cyxwiz.authz.policies import (
-    ACCEPT_JOB,
-    CLAIM_PAYMENT,
-    CONFIGURE_SYSTEM,
-    EXECUTE_JOB,
-    MANAGE_NODES,
-    MANAGE_WALLET,
-    READ_JOB,
-    REPORT_PROGRESS,
-    SUBMIT_JOB,
-    AllOf,
-    AnyOf,
-    BasePolicy,
-    Decision,
-    HasPermission,
-    HasRole,
-    IsAssignedNode,
-    IsOwner,
-    JobResource,
-    JobScoped,
-    OwnedResource,
-    Policy,
-    authorize,
+    OPEN_JOB_STATES,
+    RULES,
+    Credential,
+    Resource,
+    Rule,
+    job_assigned,
+    job_token_for,
+    job_visible,
+    rule,
 )
-from cyxwiz.authz.principal import Principal, default_node_identity
 from cyxwiz.authz.roles import (
     JOB_TOKEN_SCOPES,
     ROLE_PERMISSIONS,
@@ -41,34 +28,19 @@ from cyxwiz.authz.roles import (
 )
 
 __all__ = [
-    "ACCEPT_JOB",
-    "CLAIM_PAYMENT",
-    "CONFIGURE_SYSTEM",
-    "EXECUTE_JOB",
     "JOB_TOKEN_SCOPES",
-    "MANAGE_NODES",
-    "MANAGE_WALLET",
-    "READ_JOB",
-    "REPORT_PROGRESS",
+    "OPEN_JOB_STATES",
     "ROLE_PERMISSIONS",
-    "SUBMIT_JOB",
-    "AllOf",
-    "AnyOf",
-    "BasePolicy",
-    "Decision",
-    "HasPermission",
-    "HasRole",
-    "IsAssignedNode",
-    "IsOwner",
-    "JobResource",
-    "JobScoped",
-    "OwnedResource",
+    "RULES",
+    "Credential",
     "Permission",
-    "Policy",
-    "Principal",
+    "Resource",
     "Role",
-    "authorize",
-    "default_node_identity",
+    "Rule",
     "default_scopes",
+    "job_assigned",
+    "job_token_for",
+    "job_visible",
     "permissions_for",
+    "rule",
 ]

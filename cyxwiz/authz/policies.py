@@ -1,210 +1,157 @@
-"""Composable authorization policies (SPEC C1–C3).
+"""The one authorization table: every coordinator and gateway route's rule (SPEC C1–C3).
 
-A policy answers ``check(principal, resource) -> Decision``; ``&`` and ``|`` combine policies and
-:func:`authorize` turns a denial into :class:`~cyxwiz.errors.AuthorizationError` (403) naming the rule,
-optionally recording the decision in the audit log. The ready-made policies at the bottom are what the
-coordinator's handlers use, e.g. ``authorize(READ_JOB, principal, job, action="job.read")``.
+A rule is (credential, roles, scope, resource). The credential says what authenticates the call; the
+role must be one of ``roles`` and — role ∩ token scopes — the token must carry ``scope``; the resource rule
+names what ties the caller to the object the route names (a job's owner, the node a job is assigned to,
+the node's own flow run ...). The coordinator applies a rule as a FastAPI dependency
+(:mod:`cyxwiz.coordinator.access`); the gateway looks its allow-listed routes up here
+(:mod:`cyxwiz.gateway.policy`). Resource rules that need state (the store, the gateway's view of a node's
+runs) are checked by their owner; the pure ones over a job are the predicates at the bottom.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from types import MappingProxyType
 
-from cyxwiz.authz.principal import Principal
 from cyxwiz.authz.roles import Permission, Role, permissions_for
 from cyxwiz.errors import AuthorizationError
 
-if TYPE_CHECKING:
-    from cyxwiz.audit import AuditSink
+
+class Credential(enum.StrEnum):
+    CERTIFICATE = "certificate"  # the verified client certificate alone (register, login)
+    SESSION = "session"  # a session token bound to the caller's certificate when it has one
+    JOB = "job"  # a job token: that one job, bound to the node's certificate (C3)
+    REFRESH = "refresh"  # a refresh token in the body (rotates on use, B5)
+    NONE = "none"  # public (health)
 
 
-@runtime_checkable
-class JobResource(Protocol):
-    """What the resource rule needs from a job (a coordinator row or model fits structurally)."""
-
-    @property
-    def job_id(self) -> str: ...
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def assigned_node(self) -> str | None: ...
-
-
-@runtime_checkable
-class OwnedResource(Protocol):
-    """Anything owned by one user (a wallet, a dataset)."""
-
-    @property
-    def user_id(self) -> str: ...
+class Resource(enum.StrEnum):
+    NONE = "none"  # nothing beyond role and scope
+    SELF = "self"  # the caller's own row: a node from its certificate, a user from the token (C2)
+    OWN_JOBS = "own-jobs"  # a listing narrowed to what the caller may see (C2)
+    JOB_VISIBLE = "job-visible"  # the job's owner, its assigned node, an admin with job:read:all (C2)
+    JOB_ASSIGNED = "job-assigned"  # the node the job is assigned to, while the job is open
+    JOB_TOKEN = "job-token"  # noqa: S105 (a rule name) — a job token of this job, held by its assigned node, while it is open (C3)
+    ANY = "any"  # admin routes: any object (the role and scope are the rule)
+    # gateway (Prefect API as the node sees it)
+    POOL = "pool"  # the GPU work pool, never another
+    OWN_QUEUE = "own-queue"  # the node's own work queue (requests and answers narrowed to it)
+    OWN_RUN = "own-run"  # a flow run in the node's queue (+ the job token when it carries a job)
+    OWN_RUN_REF = "own-run-ref"  # a deployment or flow one of the node's runs references
+    OWN_LOGS = "own-logs"  # every log line names one of the node's runs
+    OWN_ARTIFACT = "own-artifact"  # an artifact of one of the node's runs, in the node's namespace
+    OWN_EVENTS = "own-events"  # every resource an event names is the node's run or worker
+    OWN_WORKER = "own-worker"  # the worker channel: the node's worker name and queue only
 
 
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str = ""
-    rule: str = "C1"
-    field: str | None = None
-
-
-ALLOW = Decision(True)
-
-
-class Policy(Protocol):
-    def check(self, principal: Principal, resource: object | None = None) -> Decision: ...
-
-
-class BasePolicy:
-    """Gives every policy ``&`` (all must allow) and ``|`` (any may allow)."""
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        raise NotImplementedError
-
-    def __and__(self, other: Policy) -> AllOf:
-        return AllOf(self, other)
-
-    def __or__(self, other: Policy) -> AnyOf:
-        return AnyOf(self, other)
-
-
-class AllOf(BasePolicy):
-    def __init__(self, *policies: Policy) -> None:
-        self.policies: Sequence[Policy] = policies
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        for policy in self.policies:
-            decision = policy.check(principal, resource)
-            if not decision.allowed:
-                return decision
-        return ALLOW
-
-
-class AnyOf(BasePolicy):
-    def __init__(self, *policies: Policy) -> None:
-        self.policies: Sequence[Policy] = policies
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        denials = []
-        for policy in self.policies:
-            decision = policy.check(principal, resource)
-            if decision.allowed:
-                return decision
-            denials.append(decision)
-        # Report the first denial's rule; the reason lists why every alternative failed.
-        first = denials[0] if denials else Decision(False, "no policy allows this")
-        return Decision(False, "; ".join(d.reason for d in denials) or first.reason, first.rule, first.field)
-
-
-@dataclass(frozen=True)
-class HasPermission(BasePolicy):
-    """The role grants ``permission`` (C1) and the token carries it as a scope."""
-
-    permission: Permission
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        if self.permission not in permissions_for(principal.role):
-            return Decision(
-                False, f"role {principal.role.value} may not {self.permission.value}", "C1", "role"
-            )
-        if self.permission.value not in principal.scopes:
-            return Decision(False, f"scope {self.permission.value} not granted to this token", "C1", "scope")
-        return ALLOW
-
-
-@dataclass(frozen=True)
-class HasRole(BasePolicy):
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    name: str
+    credential: Credential
     roles: frozenset[Role]
+    scope: Permission | None
+    resource: Resource
 
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        if principal.role in self.roles:
-            return ALLOW
-        return Decision(False, f"role {principal.role.value} not allowed", "C1", "role")
-
-
-class IsOwner(BasePolicy):
-    """The caller is the user who owns the resource (C2)."""
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        if principal.role is not Role.NODE and principal.user_id is not None:
-            owner = getattr(resource, "user_id", None)
-            if owner is not None and owner == principal.user_id:
-                return ALLOW
-        return Decision(False, "not the owner", "C2", "user_id")
+    def check_role_scope(self, role: str, scopes: Iterable[str]) -> None:
+        """Raise :class:`AuthorizationError` unless ``role`` may call and its token carries the scope."""
+        if role not in {r.value for r in self.roles}:
+            raise AuthorizationError(f"role {role!r} may not call {self.name}", field="role", rule="C1")
+        if self.scope is None:
+            return
+        if self.scope not in permissions_for(role) or self.scope.value not in set(scopes):
+            raise AuthorizationError(f"token lacks scope {self.scope.value!r}", field="scope", rule="C1")
 
 
-class IsAssignedNode(BasePolicy):
-    """The caller is the node the job is assigned to; the node id came from its certificate (C2)."""
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        if principal.role is Role.NODE and principal.node_id is not None:
-            assigned = getattr(resource, "assigned_node", None)
-            if assigned is not None and assigned == principal.node_id:
-                return ALLOW
-        return Decision(False, "not the node this job is assigned to", "C2", "node_id")
-
-
-class JobScoped(BasePolicy):
-    """A job token reaches only its own job (C3); other principals pass through unchanged."""
-
-    def check(self, principal: Principal, resource: object | None = None) -> Decision:
-        if principal.job_id is None:
-            return ALLOW
-        if getattr(resource, "job_id", None) == principal.job_id:
-            return ALLOW
-        return Decision(False, "job token is scoped to another job", "C3", "job_id")
+def _rule(
+    name: str, credential: Credential, roles: str, scope: Permission | None, resource: Resource
+) -> Rule:
+    return Rule(
+        name=name,
+        credential=credential,
+        roles=frozenset(Role(r) for r in roles.split("|") if r),
+        scope=scope,
+        resource=resource,
+    )
 
 
-def authorize(
-    policy: Policy,
-    principal: Principal,
-    resource: object | None = None,
-    *,
-    action: str,
-    audit: AuditSink | None = None,
-    resource_name: str | None = None,
-) -> None:
-    """Raise :class:`AuthorizationError` unless ``policy`` allows; record denials in ``audit``."""
-    decision = policy.check(principal, resource)
-    if decision.allowed:
-        return
-    if audit is not None:
-        from cyxwiz.audit import events
+C, P, R = Credential, Permission, Resource
+_ALL = "user|node|admin"
 
-        name = resource_name or _resource_name(resource)
-        audit.record(
-            events.access_decision(
-                actor_id=principal.subject,
-                actor_type=principal.role.value,
-                resource=name,
-                action=action,
-                allowed=False,
-                reason=f"{decision.reason} [rule {decision.rule}]",
-            )
-        )
-    raise AuthorizationError(f"{action} denied: {decision.reason}", field=decision.field, rule=decision.rule)
-
-
-def _resource_name(resource: object | None) -> str:
-    job_id = getattr(resource, "job_id", None)
-    if job_id is not None:
-        return f"job:{job_id}"
-    return type(resource).__name__ if resource is not None else "system"
-
-
-P = Permission
-#: Job visibility (C2): its owner, the node it is assigned to, admins — nobody else; job tokens only
-#: their own job (C3).
-READ_JOB: Policy = (
-    HasPermission(P.JOB_READ) & (IsOwner() | IsAssignedNode() | HasPermission(P.JOB_READ_ALL)) & JobScoped()
+# One line per route: name, credential, roles, scope, resource rule.
+_TABLE: tuple[Rule, ...] = (
+    # coordinator: nodes
+    _rule("nodes.register", C.CERTIFICATE, "node", None, R.SELF),
+    _rule("nodes.heartbeat", C.SESSION, "node", P.JOB_ACCEPT, R.SELF),
+    # coordinator: tokens
+    _rule("tokens.login", C.CERTIFICATE, "user", None, R.SELF),
+    _rule("tokens.refresh", C.REFRESH, _ALL, None, R.SELF),
+    _rule("tokens.job", C.SESSION, "node", P.JOB_ACCEPT, R.JOB_ASSIGNED),
+    # coordinator: jobs
+    _rule("jobs.submit", C.SESSION, "user", P.JOB_SUBMIT, R.NONE),
+    _rule("jobs.list", C.SESSION, _ALL, P.JOB_READ, R.OWN_JOBS),
+    _rule("jobs.read", C.SESSION, _ALL, P.JOB_READ, R.JOB_VISIBLE),
+    _rule("jobs.progress", C.JOB, "node", P.METRICS_REPORT, R.JOB_TOKEN),
+    _rule("jobs.completion", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
+    _rule("jobs.urls", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
+    # coordinator: wallet
+    _rule("wallet.read", C.SESSION, "user", P.WALLET_MANAGE, R.SELF),
+    # coordinator: admin
+    _rule("admin.nodes", C.SESSION, "admin", P.NODE_MANAGE, R.ANY),
+    _rule("admin.node_action", C.SESSION, "admin", P.NODE_MANAGE, R.ANY),
+    _rule("admin.jobs", C.SESSION, "admin", P.JOB_READ_ALL, R.ANY),
+    _rule("admin.config.read", C.SESSION, "admin", P.SYSTEM_CONFIGURE, R.ANY),
+    _rule("admin.config.write", C.SESSION, "admin", P.SYSTEM_CONFIGURE, R.ANY),
+    _rule("meta.health", C.NONE, "", None, R.NONE),
+    # gateway: the Prefect API as a node's worker and flow runs call it
+    _rule("gateway.global", C.SESSION, "node", None, R.NONE),
+    _rule("gateway.pool", C.SESSION, "node", P.JOB_ACCEPT, R.POOL),
+    _rule("gateway.queue_filter", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_QUEUE),
+    _rule("gateway.scheduled_runs", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_QUEUE),
+    _rule("gateway.work_queue", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_QUEUE),
+    _rule("gateway.run_filter", C.SESSION, "node", P.JOB_READ, R.OWN_QUEUE),
+    _rule("gateway.flow_run", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_RUN),
+    _rule("gateway.deployment", C.SESSION, "node", P.JOB_READ, R.OWN_RUN_REF),
+    _rule("gateway.flow", C.SESSION, "node", P.JOB_READ, R.OWN_RUN_REF),
+    _rule("gateway.logs", C.SESSION, "node", P.METRICS_REPORT, R.OWN_LOGS),
+    _rule("gateway.artifact_create", C.SESSION, "node", P.METRICS_REPORT, R.OWN_ARTIFACT),
+    _rule("gateway.artifact", C.SESSION, "node", P.METRICS_REPORT, R.OWN_ARTIFACT),
+    _rule("gateway.events_in", C.SESSION, "node", P.METRICS_REPORT, R.OWN_EVENTS),
+    _rule("gateway.events_out", C.SESSION, "node", P.JOB_READ, R.OWN_EVENTS),
+    _rule("gateway.worker_connect", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_WORKER),
 )
-SUBMIT_JOB: Policy = HasPermission(P.JOB_SUBMIT)
-MANAGE_WALLET: Policy = HasPermission(P.WALLET_MANAGE) & IsOwner()
-ACCEPT_JOB: Policy = HasPermission(P.JOB_ACCEPT) & IsAssignedNode()
-EXECUTE_JOB: Policy = HasPermission(P.JOB_EXECUTE) & IsAssignedNode() & JobScoped()
-REPORT_PROGRESS: Policy = HasPermission(P.METRICS_REPORT) & IsAssignedNode() & JobScoped()
-CLAIM_PAYMENT: Policy = HasPermission(P.PAYMENT_CLAIM) & IsAssignedNode()
-MANAGE_NODES: Policy = HasPermission(P.NODE_MANAGE)
-CONFIGURE_SYSTEM: Policy = HasPermission(P.SYSTEM_CONFIGURE)
+
+RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in _TABLE})
+
+#: Job states in which the node still holds the job (a job token is alive, URLs may be issued).
+OPEN_JOB_STATES = frozenset({"assigned", "running"})
+
+
+def rule(name: str) -> Rule:
+    return RULES[name]
+
+
+# --- pure resource rules over a job (C2, C3) -----------------------------------------------------------
+
+
+def job_visible(
+    *, role: str, principal_id: str, scopes: Iterable[str], owner: str, node: str | None
+) -> str | None:
+    """Why ``principal`` may read the job (None when it may not): its owner, assigned node, or an admin."""
+    if role == "admin":
+        return "admin" if Permission.JOB_READ_ALL.value in set(scopes) else None
+    if role == "node":
+        return "assigned node" if node is not None and node == principal_id else None
+    return "owner" if owner == principal_id else None
+
+
+def job_assigned(*, principal_id: str, node: str | None, status: str) -> bool:
+    """The node holds the job: it is assigned to it and not yet finished."""
+    return node is not None and node == principal_id and status in OPEN_JOB_STATES
+
+
+def job_token_for(*, token_job: str | None, token_node: str | None, job_id: str, node: str | None) -> bool:
+    """A job token reaches only its own job, held by the node the job is assigned to (C3)."""
+    return token_job is not None and token_job == job_id and node is not None and token_node == node

@@ -8,8 +8,10 @@ logs of those runs. Anything not listed is refused.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from cyxwiz.authz.policies import RULES, Rule
 
 Scope = Literal[
     "global",  # harmless server metadata
@@ -39,6 +41,11 @@ class Route:
     pattern: re.Pattern[str]
     scope: Scope
     websocket: bool = False
+    #: Its line of the one authorization table (role, scope, resource rule): ``gateway.<scope>``.
+    rule: Rule = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rule", RULES[f"gateway.{self.scope}"])
 
 
 def _r(methods: str, path: str, scope: Scope, websocket: bool = False) -> Route:

@@ -100,6 +100,7 @@ class Gateway(WebSocketProxy):
             found = match(scope.get("method", "GET"), scope["path"], websocket=websocket)
             if found is None:
                 raise AuthorizationError("route is not on the gateway allow-list", field="path", rule="C3")
+            found.route.rule.check_role_scope(caller.token.role, caller.token.scopes)
             if websocket:
                 await self._websocket(scope, receive, send, caller, found)
             else:

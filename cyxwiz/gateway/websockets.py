@@ -65,6 +65,7 @@ class WebSocketProxy:
             found = match(scope.get("method", "GET"), scope["path"], websocket=True)
             if found is None:
                 raise AuthorizationError("route is not on the gateway allow-list", field="path", rule="C3")
+            found.route.rule.check_role_scope(caller.token.role, caller.token.scopes)
         except CyxwizError as exc:
             if self.audit is not None:
                 self.audit.record(

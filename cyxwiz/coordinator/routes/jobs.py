@@ -1,0 +1,110 @@
+"""Jobs: users submit and read theirs (C2); the assigned node reports on its job with the job token (C3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from cyxwiz.audit import events as ev
+from cyxwiz.coordinator.access import Access, Allow, coordinator
+from cyxwiz.coordinator.schemas import (
+    OBJECT_NAME,
+    CompletionRequest,
+    ProgressRequest,
+    SubmitRequest,
+    UrlRequest,
+)
+from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/v1/jobs", status_code=201, tags=["users"])
+def submit(
+    body: SubmitRequest, request: Request, access: Annotated[Access, Depends(Allow("jobs.submit"))]
+) -> dict[str, Any]:
+    ctx, caller = coordinator(request), access.who
+    spec, duration = ctx.hooks.validate_spec(body.spec, user_id=caller.principal_id)
+    job = ctx.store.create_job(user_id=caller.principal_id, spec=spec, duration_s=duration)
+    try:
+        ctx.hooks.on_submitted(job)
+    except Exception:
+        ctx.store.update_job(job.job_id, status="failed")
+        raise
+    ctx.record(
+        ev.job_submitted(
+            user_id=caller.principal_id,
+            job_id=job.job_id,
+            job_type=str(spec.get("job_type")),
+            ip_address=caller.ip,
+        )
+    )
+    return ctx.store.job(job.job_id).public()
+
+
+@router.get("/v1/jobs", tags=["users"])
+def list_jobs(
+    request: Request, access: Annotated[Access, Depends(Allow("jobs.list"))]
+) -> list[dict[str, Any]]:
+    store, caller = coordinator(request).store, access.who
+    if caller.role == "admin":
+        found = store.list_jobs()
+    elif caller.role == "node":
+        found = store.list_jobs(node_id=caller.principal_id)
+    else:
+        found = store.list_jobs(user_id=caller.principal_id)
+    return [j.public() for j in found]
+
+
+@router.get("/v1/jobs/{job_id}", tags=["users"])
+def get_job(job_id: str, access: Annotated[Access, Depends(Allow("jobs.read"))]) -> dict[str, Any]:
+    assert access.job is not None
+    return access.job.public()
+
+
+@router.post("/v1/jobs/{job_id}/progress", tags=["nodes"])
+def progress(
+    job_id: str,
+    body: ProgressRequest,
+    request: Request,
+    access: Annotated[Access, Depends(Allow("jobs.progress"))],
+) -> dict[str, Any]:
+    job = access.job
+    assert job is not None
+    if job.status not in ("assigned", "running"):
+        raise ConflictError(f"job is {job.status}", field="job_id")
+    coordinator(request).store.update_job(job_id, progress=body.model_dump())
+    return {"job_id": job_id, "accepted": True}
+
+
+@router.post("/v1/jobs/{job_id}/completion", tags=["nodes"])
+def completion(
+    job_id: str,
+    body: CompletionRequest,
+    request: Request,
+    access: Annotated[Access, Depends(Allow("jobs.completion"))],
+) -> dict[str, Any]:
+    ctx, caller, job = coordinator(request), access.who, access.job
+    assert job is not None and caller.peer is not None
+    if job.status != "running":
+        raise ConflictError(f"job is {job.status}", field="job_id")
+    status = ctx.hooks.verify_completion(job, body.proof, caller.peer)
+    ctx.store.update_job(job_id, proof=dict(body.proof), status=status)
+    return {"job_id": job_id, "status": status}
+
+
+@router.post("/v1/jobs/{job_id}/urls", tags=["nodes"])
+def urls(
+    job_id: str, body: UrlRequest, request: Request, access: Annotated[Access, Depends(Allow("jobs.urls"))]
+) -> dict[str, Any]:
+    job = access.job
+    assert job is not None
+    if not OBJECT_NAME.fullmatch(body.name) or ".." in body.name.split("/"):
+        raise ValidationError("object name must be a relative path without '..'", field="name", rule="E5")
+    if body.kind == "input" and body.method != "GET":
+        raise AuthorizationError("inputs are read-only", field="method", rule="C3")
+    url = coordinator(request).hooks.presign(
+        job, kind=body.kind, name=body.name, method=body.method, sha256=body.sha256, size=body.size
+    )
+    return {"job_id": job_id, "url": url, "method": body.method}

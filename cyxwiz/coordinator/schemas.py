@@ -1,0 +1,76 @@
+"""Request and answer bodies of the coordinator API (strict: unknown fields are refused, SPEC G)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+#: An object name under a job's input or output prefix: relative, no ``..`` (E5).
+OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,7}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hardware(_Strict):
+    gpus: int = Field(0, ge=0, le=64)
+    gpu_model: str | None = Field(None, max_length=128)
+    gpu_memory_mb: int = Field(0, ge=0, le=10_000_000)
+    cpu_cores: int = Field(1, ge=1, le=4096)
+    memory_mb: int = Field(1024, ge=1, le=100_000_000)
+
+
+class RegisterRequest(_Strict):
+    hardware: Hardware
+    #: Optional, for clients that send it: must match the node the certificate identifies (C2).
+    node_id: str | None = Field(None, max_length=64)
+
+
+class HeartbeatRequest(_Strict):
+    node_id: str | None = Field(None, max_length=64)
+    load: dict[str, float] = Field(default_factory=dict, max_length=32)
+
+
+class RefreshRequest(_Strict):
+    refresh_token: str = Field(max_length=8192)
+
+
+class ProgressRequest(_Strict):
+    step: int = Field(ge=0)
+    total: int = Field(ge=1)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=64)
+
+
+class CompletionRequest(_Strict):
+    proof: dict[str, JsonValue]
+
+
+class UrlRequest(_Strict):
+    kind: Literal["input", "output"]
+    name: str = Field(max_length=512)
+    method: Literal["GET", "PUT"] = "GET"
+    #: An output PUT URL is bound to the content it may carry (D3): hash and size are required for PUT.
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(None, ge=0, le=1 << 40)
+
+
+class SubmitRequest(_Strict):
+    spec: dict[str, JsonValue]
+
+
+class AdminActionRequest(_Strict):
+    reason: str = Field("unspecified", max_length=256)
+
+
+class ConfigRequest(_Strict):
+    value: JsonValue
+
+
+class TokenPair(BaseModel):
+    session_token: str
+    refresh_token: str
+    session_id: str
+    expires_at: str
