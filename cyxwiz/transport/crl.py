@@ -47,6 +47,43 @@ class CRLSnapshot:
         """A CRL from ``cert``'s issuer is in this snapshot (without one, its revocation is unknowable)."""
         return cert.issuer.rfc4514_string() in self.last_update
 
+    def chain_refusal(self, cert: x509.Certificate, trusted: Sequence[x509.Certificate]) -> str | None:
+        """Why ``cert`` must be refused under this snapshot, checking its whole chain, or None.
+
+        The leaf needs its issuer's CRL (else its revocation is unknowable); every CA above it up to the
+        root is looked up in the CRLs that are present, so an intermediate the root revoked takes every
+        leaf it issued down with it (the wire agrees with ``certutil verify``).
+        """
+        if self.is_revoked(cert):
+            return "certificate revoked"
+        if not self.covers(cert):
+            return "unable to get certificate CRL"
+        for ca in _issuers(cert, trusted):
+            if self.is_revoked(ca):
+                return "issuer certificate revoked"
+        return None
+
+
+def _issuers(cert: x509.Certificate, trusted: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The CAs above ``cert`` in the trust bundle, nearest first (matched by name and signature)."""
+    chain: list[x509.Certificate] = []
+    current = cert
+    while current.issuer != current.subject and len(chain) < 8:
+        parent = next((ca for ca in trusted if ca.subject == current.issuer and _issued(current, ca)), None)
+        if parent is None or parent in chain:
+            break
+        chain.append(parent)
+        current = parent
+    return chain
+
+
+def _issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
+
 
 def _split_crls(data: bytes) -> list[x509.CertificateRevocationList]:
     if _PEM_BEGIN not in data:

@@ -176,11 +176,7 @@ class ServerTLS:
         snap = self._snapshot
         if snap is None:
             return None
-        if snap.is_revoked(peer.certificate):
-            return "certificate revoked"
-        if not snap.covers(peer.certificate):
-            return "unable to get certificate CRL"
-        return None
+        return snap.chain_refusal(peer.certificate, self._trusted)
 
     def on_revoked(self, callback: Callable[[list[PeerIdentity]], None]) -> None:
         """Call ``callback`` with the peers whose connections a new CRL closed (e.g. to kill sessions)."""
@@ -241,7 +237,9 @@ class ServerTLS:
             self._stale = False
         newly = snapshot.revoked - (previous.revoked if previous else frozenset())
         log.info("CRL applied from %s: %d revoked (%d new)", source, len(snapshot.revoked), len(newly))
-        closed = self.connections.close_where(lambda p: snapshot.is_revoked(p.certificate))
+        closed = self.connections.close_where(
+            lambda p: snapshot.chain_refusal(p.certificate, self._trusted) is not None
+        )
         for peer in closed:
             self._record(
                 ev.revocation(
