@@ -14,6 +14,7 @@ declare -A wanted=(
   [ip]=iproute2
   [setpriv]=util-linux
   [prlimit]=util-linux
+  [softhsm2-util]=softhsm2
 )
 
 missing=()

@@ -1,6 +1,9 @@
 """A certificate authority kept in files: issue, sign CSRs, revoke, publish CRLs (SPEC A1, A3, A4, A6).
 
-A CA is a certificate + key file pair. Its state lives beside the certificate, named after it
+A CA is a certificate + key pair; the key is a 0600 PKCS#8 file or, given a ``pkcs11:`` URI (RFC 7512) where a
+key path goes, an Ed25519 key that never leaves its PKCS#11 token (:mod:`cyxwiz.keys`, SPEC A7): the
+certificates and CRLs are then signed inside the token, and each signature is checked against the CA's
+public key before anything is written. Its state lives beside the certificate, named after it
 (``ca-cert.pem`` → ``ca.revocations.json`` and ``ca-crl.pem``; ``intermediate-ca-cert.pem`` →
 ``intermediate-ca.revocations.json``/``intermediate-ca-crl.pem``), so several CAs can share a directory
 as in the Hypha examples. :meth:`CertificateAuthority.from_dir` is the short form for a directory holding
@@ -19,14 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from cyxwiz.errors import CertificateError, ConflictError, CRLError, ValidationError
+from cyxwiz.keys import as_private_key, create_key_source, is_pkcs11_uri, open_key_source
 from cyxwiz.pki import profiles
 from cyxwiz.pki._files import PUBLIC_MODE, write_atomic
 from cyxwiz.pki.certs import Role, is_ca, load_certificate, write_certificate, write_crl
-from cyxwiz.pki.keys import generate_ed25519, load_private_key, require_ed25519_public, write_private_key
+from cyxwiz.pki.keys import generate_ed25519, require_ed25519_public, write_private_key
 from cyxwiz.pki.verify import describe
 
 CERT_FILE = "ca-cert.pem"
@@ -91,7 +97,7 @@ class CertificateAuthority:
         certificate: x509.Certificate,
         private_key: ed25519.Ed25519PrivateKey,
         cert_path: Path,
-        key_path: Path,
+        key_path: Path | str,
     ) -> None:
         if not is_ca(certificate):
             raise CertificateError(
@@ -117,9 +123,15 @@ class CertificateAuthority:
         *,
         passphrase: bytes | None = None,
     ) -> CertificateAuthority:
+        """``key_path`` is a PKCS#8 file or a ``pkcs11:`` URI of a key in a token (A7)."""
         cert = load_certificate(cert_path)
-        key = load_private_key(key_path, passphrase=passphrase)
-        return cls(certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=Path(key_path))
+        source = open_key_source(key_path, passphrase=passphrase)
+        return cls(
+            certificate=cert,
+            private_key=as_private_key(source),
+            cert_path=Path(cert_path),
+            key_path=_ref(key_path),
+        )
 
     @classmethod
     def from_dir(
@@ -144,19 +156,25 @@ class CertificateAuthority:
         """A new self-signed root CA; the key is written first (0600), then the certificate (0644)."""
         profiles.check_days(days, leaf=False)
         _refuse_existing(Path(cert_path), overwrite)
-        key = generate_ed25519()
         subject = profiles.name(common_name, organization=organization)
-        cert = profiles.ca_builder(
-            subject=subject,
-            issuer=subject,
-            public_key=key.public_key(),
-            issuer_public_key=key.public_key(),
-            days=days,
-            path_length=path_length,
-        ).sign(key, None)
-        write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
+        in_token = is_pkcs11_uri(key_path)
+        # In a token the key is generated there; a refusal below leaves an unused key there, never a file.
+        key = as_private_key(create_key_source(key_path)) if in_token else generate_ed25519()
+        cert = _checked(
+            profiles.ca_builder(
+                subject=subject,
+                issuer=subject,
+                public_key=key.public_key(),
+                issuer_public_key=key.public_key(),
+                days=days,
+                path_length=path_length,
+            ).sign(key, None),
+            key.public_key(),
+        )
+        if not in_token:
+            write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
         write_certificate(cert_path, cert, overwrite=overwrite)
-        return cls(certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=Path(key_path))
+        return cls(certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=_ref(key_path))
 
     def create_intermediate(
         self,
@@ -173,17 +191,19 @@ class CertificateAuthority:
         """A subordinate CA signed by this one (pathlen 0 by default: it issues leaves only)."""
         profiles.check_days(days, leaf=False)
         _refuse_existing(Path(cert_path), overwrite)
-        key = generate_ed25519()
+        in_token = is_pkcs11_uri(key_path)
+        key = as_private_key(create_key_source(key_path)) if in_token else generate_ed25519()
         cert = self.sign_ca(
             key.public_key(),
             subject=profiles.name(common_name, organization=organization),
             days=days,
             path_length=path_length,
         )
-        write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
+        if not in_token:
+            write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
         write_certificate(cert_path, cert, overwrite=overwrite)
         return type(self)(
-            certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=Path(key_path)
+            certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=_ref(key_path)
         )
 
     def sign_ca(
@@ -196,7 +216,7 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         """A CA certificate for ``public_key`` under this CA; also how a cross-signature is made (A7)."""
         require_ed25519_public(public_key)
-        return profiles.ca_builder(
+        cert = profiles.ca_builder(
             subject=subject,
             issuer=self.certificate.subject,
             public_key=public_key,
@@ -205,6 +225,7 @@ class CertificateAuthority:
             path_length=path_length,
             not_after_cap=self.certificate.not_valid_after_utc,
         ).sign(self.private_key, None)
+        return _checked(cert, self.certificate.public_key())
 
     def cross_sign(
         self,
@@ -255,7 +276,7 @@ class CertificateAuthority:
             days=days,
             not_before=not_before,
         ).sign(self.private_key, None)
-        return IssuedCertificate(certificate=cert, private_key=key)
+        return IssuedCertificate(certificate=_checked(cert, self.certificate.public_key()), private_key=key)
 
     def sign_csr(
         self,
@@ -416,11 +437,29 @@ class CertificateAuthority:
                     revoked = revoked.add_extension(x509.CRLReason(entry.reason), critical=False)
                 builder = builder.add_revoked_certificate(revoked.build())
             crl = builder.sign(self.private_key, None)
+            if not crl.is_signature_valid(self.certificate.public_key()):  # type: ignore[arg-type]
+                raise CRLError("the CA key source produced a CRL signature that does not verify", rule="A7")
             if write:
                 db["crl_number"] = number
                 self._write_db(db)
                 write_crl(self.crl_path, crl)
         return crl
+
+
+def _ref(key: str | os.PathLike[str]) -> Path | str:
+    """A key file stays a Path; a ``pkcs11:`` URI stays text (a Path would fold its '//')."""
+    return str(key) if is_pkcs11_uri(key) else Path(key)
+
+
+def _checked(cert: x509.Certificate, issuer_key: PublicKeyTypes) -> x509.Certificate:
+    """Refuse a certificate whose signature its issuer's key does not verify (a token signing with the wrong
+    key, or a corrupted signature) before it is written or handed out."""
+    try:
+        assert isinstance(issuer_key, ed25519.Ed25519PublicKey)
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except (InvalidSignature, AssertionError):
+        raise CertificateError("the CA key produced a signature that does not verify", rule="A7") from None
+    return cert
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:

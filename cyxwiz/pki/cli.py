@@ -32,7 +32,22 @@ OutKey = Annotated[
     Path, typer.Option("--out-key", help="Where to write the new private key (PKCS#8 PEM, 0600).")
 ]
 CaCert = Annotated[Path, typer.Option("--ca-cert", help="Issuing CA certificate (PEM).")]
-CaKey = Annotated[Path, typer.Option("--ca-key", help="Issuing CA private key (PKCS#8 PEM, must be 0600).")]
+CaKey = Annotated[
+    str,
+    typer.Option(
+        "--ca-key",
+        help="Issuing CA private key: a PKCS#8 PEM file (0600) or a PKCS#11 key, e.g. "
+        "'pkcs11:token=cyxwiz;object=issuing-ca' (PIN from ?pin-source=file:... or CYXWIZ_PKCS11_PIN).",
+    ),
+]
+OutCaKey = Annotated[
+    str,
+    typer.Option(
+        "--out-key",
+        help="Where the new CA key goes: a file (PKCS#8 PEM, 0600) or a 'pkcs11:token=...;object=...' URI "
+        "(the key is generated inside the token and never leaves it).",
+    ),
+]
 CaPass = Annotated[
     Path | None,
     typer.Option(
@@ -72,7 +87,7 @@ def _passphrase(path: Path | None, *, env: str | None = "CYXWIZ_CA_PASSPHRASE") 
     return value.encode() if value else None
 
 
-def _load_ca(ca_cert: Path, ca_key: Path, passphrase_file: Path | None) -> CertificateAuthority:
+def _load_ca(ca_cert: Path, ca_key: str, passphrase_file: Path | None) -> CertificateAuthority:
     return CertificateAuthority.from_files(ca_cert, ca_key, passphrase=_passphrase(passphrase_file))
 
 
@@ -97,7 +112,7 @@ def _leaf_sans(common_name: str, dns: list[str], server: bool) -> list[str]:
 def gen_ca(
     *,
     out_cert: OutCert,
-    out_key: OutKey,
+    out_key: OutCaKey,
     common_name: CommonName,
     organization: Org = None,
     days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 3650,
@@ -107,10 +122,12 @@ def gen_ca(
     passphrase_file: NewPass = None,
     force: Force = False,
 ) -> None:
-    """Create a self-signed root CA (Ed25519).
+    """Create a self-signed root CA (Ed25519); its key in a file or generated inside a PKCS#11 token.
 
     Example:
       cyxwiz certutil gen-ca --out-cert root-ca-cert.pem --out-key root-ca-key.pem
+        --common-name "Hypha Root CA"
+      cyxwiz certutil gen-ca --out-cert root-ca-cert.pem --out-key 'pkcs11:token=cyxwiz;object=root-ca'
         --common-name "Hypha Root CA"
     """
     ca = CertificateAuthority.create_root(
@@ -132,7 +149,7 @@ def gen_intermediate_ca(
     ca_cert: CaCert,
     ca_key: CaKey,
     out_cert: OutCert,
-    out_key: OutKey,
+    out_key: OutCaKey,
     common_name: CommonName,
     organization: Org = None,
     days: Annotated[

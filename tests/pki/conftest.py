@@ -105,3 +105,9 @@ def rsa_leaf_signed_by(ca: CertificateAuthority) -> tuple[x509.Certificate, rsa.
         .sign(ca.private_key, None)
     )
     return cert, key
+
+
+# SoftHSM2 token fixtures (tests/_softhsm.py) for CA keys held in PKCS#11 (A7).
+from tests._softhsm import softhsm, softhsm_session  # noqa: E402
+
+__all__ = ["softhsm", "softhsm_session"]

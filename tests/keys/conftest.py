@@ -1,0 +1,3 @@
+from tests._softhsm import softhsm, softhsm_session
+
+__all__ = ["softhsm", "softhsm_session"]
