@@ -130,6 +130,14 @@ def submit(  # noqa: PLR0917 (typer maps options to parameters)
     key: Key = None,
     bundle: Bundle = None,
     crl: Crl = None,
+    dataset: Annotated[
+        Path | None,
+        Opt(
+            "--dataset",
+            help="A local .npz (x, y) or .csv file: uploaded into your area of the store "
+            "(hash- and size-bound), then named by the job.",
+        ),
+    ] = None,
 ) -> None:
     """Check a job file locally, submit it, and print the new job id.
 
@@ -138,11 +146,15 @@ def submit(  # noqa: PLR0917 (typer maps options to parameters)
     A refusal prints its reason on one line (exit 2) and nothing is created.
 
     Example: [bold]cyxwiz job submit examples/job.yaml --wait[/bold]
+
+    Your own data: [bold]cyxwiz job submit examples/wine.yaml --dataset examples/wine.csv --wait[/bold]
     """
-    from cyxwiz.jobs.spec import load_job_spec
+    from cyxwiz.jobs.spec import load_job_spec, with_dataset
 
     spec = load_job_spec(file)
     with _client(url, cert, key, bundle, crl) as client:
+        if dataset is not None:
+            spec = with_dataset(spec, client.upload_dataset(dataset))
         job = client.submit(spec)
         if not wait:
             if as_json:

@@ -17,19 +17,31 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from tasks import services
-from tasks.control import JobRequest, parse_job_request, prepare_inputs
+from tasks.control import (
+    JobRequest,
+    check_dataset,
+    dataset_sources,
+    minimum_payment,
+    parse_job_request,
+    prepare_inputs,
+)
 
 
 @task(name="validate-job-spec")
 def validate(spec: dict[str, Any]) -> JobRequest:
-    """Validate fully before anything exists; then make sure the coordinator has the job row (G1, G2)."""
-    request = parse_job_request(spec)
+    """Validate fully before anything exists; then make sure the coordinator has the job row (G1, G2).
+
+    Fully means the data too: read, hash-checked and validated here, so a tampered or malformed dataset
+    refuses the job before any escrow (D3, F3)."""
+    config = services.config()
+    request = parse_job_request(spec, minimum_payment=minimum_payment(config))
+    check_dataset(request, dataset_sources(config))
     if spec.get("job_id"):
         return request  # submitted through the coordinator API: the row exists already
     job_id = services.control_channel().create_job(
         user=request.user, spec=request.training_doc, duration_s=request.wall_seconds
     )
-    return parse_job_request(spec, job_id=job_id)
+    return parse_job_request(spec, job_id=job_id, minimum_payment=minimum_payment(config))
 
 
 @task(name="lock-escrow")
@@ -67,6 +79,7 @@ def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
         "holdout_key": prepared.holdout_key,
         "holdout_sha256": prepared.holdout_sha256,
         "dataset_key": prepared.dataset_key,
+        "holdout_source": prepared.holdout_source,
     }
 
 
@@ -98,6 +111,8 @@ def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, An
 @task(name="verify-result")
 def verify(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
     report = services.verify_job(request=request, dispatched=dispatched)
+    # "public-derived" tells the reader the verdict rests on the replay, not on holdout secrecy (F1).
+    report.summary["holdout"] = dispatched.get("holdout_source", "public-derived")
     create_markdown_artifact(
         key=f"verification-{request.job_id}",
         markdown=report.to_markdown(),

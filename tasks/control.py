@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import secrets
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cyxwiz.errors import ValidationError
+from cyxwiz.errors import PaymentTooLowError, ValidationError
 from tasks.config import ControlPlaneConfig
 
-#: The only dataset source the embedded default prepares itself (scikit-learn ships it: nothing downloads).
+if TYPE_CHECKING:
+    from cyxwiz.datasets import DatasetSources, DatasetSpec, ModelShape
+    from cyxwiz.datasets.prepare import CheckedData
+
+#: The reference dataset (scikit-learn ships it: nothing downloads); the demo default.
 DIGITS = "sklearn:digits"
 
 
@@ -27,7 +29,8 @@ class JobRequest:
     job_id: str
     user: str
     payment: int
-    dataset: str
+    #: The job's data as :func:`cyxwiz.datasets.parse_dataset` normalised it (``sklearn:digits`` or a ref).
+    dataset: str | dict[str, Any]
     training_doc: dict[str, Any]
     memory_mb: int
     wall_seconds: int
@@ -43,14 +46,39 @@ class JobRequest:
             "wall_seconds": self.wall_seconds,
         }
 
+    def dataset_spec(self) -> DatasetSpec:
+        from cyxwiz.datasets import parse_dataset
+
+        return parse_dataset(self.dataset, job_type=str(self.training_doc["job_type"]))
+
+    def model_shape(self) -> ModelShape | None:
+        """What the data must fit (None for a script job: its code reads the file as it is)."""
+        from cyxwiz.datasets import ModelShape
+
+        if self.training_doc["job_type"] != "model":
+            return None
+        model, task = self.training_doc["model"], self.training_doc["task"]
+        return ModelShape(
+            input_shape=tuple(model["input_shape"]),
+            input_dtype=str(model.get("input_dtype", "float32")),
+            num_classes=int(task["num_classes"]),
+        )
+
 
 def new_job_id() -> str:
     return f"job-{secrets.token_hex(6)}"
 
 
-def parse_job_request(spec: dict[str, Any], *, job_id: str | None = None) -> JobRequest:
-    """Validate a submitted job spec (G1, G2, F3): every problem names its field; nothing is created yet."""
-    from cyxwiz.training.spec import parse_training_job
+def parse_job_request(
+    spec: dict[str, Any], *, job_id: str | None = None, minimum_payment: int = 1
+) -> JobRequest:
+    """Validate a submitted job spec (G1, G2, F3): every problem names its field; nothing is created yet.
+
+    Syntax only: :func:`check_dataset` then reads the data itself. The coordinator (``POST /v1/jobs``) and
+    the lifecycle run both, with the ledger's minimum payment, before any job row or escrow exists.
+    """
+    from cyxwiz.datasets import parse_dataset, resolve_threshold
+    from cyxwiz.training.spec import check_job_type, parse_training_job
 
     if not isinstance(spec, dict):
         raise ValidationError("a job spec is a mapping", field="spec", rule="G1")
@@ -62,14 +90,15 @@ def parse_job_request(spec: dict[str, Any], *, job_id: str | None = None) -> Job
     payment = spec.get("payment")
     if not isinstance(payment, int) or isinstance(payment, bool) or payment <= 0:
         raise ValidationError("must be a positive integer of base units", field="payment", rule="F3")
+    if payment < minimum_payment:
+        raise PaymentTooLowError(
+            f"{payment} is below the minimum payment {minimum_payment}", field="payment", rule="F3"
+        )
     user = spec.get("user", "user")
     if not isinstance(user, str) or not user:
         raise ValidationError("must be a non-empty string", field="user")
-    dataset = spec.get("dataset", DIGITS)
-    if dataset != DIGITS:
-        raise ValidationError(
-            f"the embedded control plane prepares {DIGITS!r} only", field="dataset", rule="G1"
-        )
+    job_type = check_job_type(spec.get("job_type", "model"))
+    dataset = parse_dataset(spec.get("dataset"), job_type=job_type)
     limits = spec.get("limits") or {}
     if not isinstance(limits, dict) or set(limits) - {"memory_mb", "wall_seconds"}:
         raise ValidationError("limits takes memory_mb and wall_seconds", field="limits", rule="E2")
@@ -81,24 +110,52 @@ def parse_job_request(spec: dict[str, Any], *, job_id: str | None = None) -> Job
     ):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ValidationError(f"must be an integer in [{low}, {high}]", field=f"limits.{name}", rule="E2")
+    task: Any = spec.get("task")
+    if job_type == "model":
+        # A zero or missing threshold would make the holdout check pass any model (F1).
+        threshold = resolve_threshold(task)
+        task = {**task, "threshold": threshold}
     doc = {
         "job_id": job_id,
-        "job_type": spec.get("job_type", "model"),
+        "job_type": job_type,
         "model": spec.get("model"),
         "dataset": {"uri": f"s3://cyxwiz/jobs/{job_id}/inputs/dataset.npz", "sha256": "0" * 64},
         "training": spec.get("training"),
-        "task": spec.get("task"),
+        "task": task,
     }
     parse_training_job(doc)  # full G1/G2 validation now, before any escrow exists
     return JobRequest(
         job_id=job_id,
         user=user,
         payment=payment,
-        dataset=dataset,
+        dataset=dataset.to_dict(),
         training_doc=doc,
         memory_mb=memory_mb,
         wall_seconds=wall_seconds,
     )
+
+
+def dataset_sources(config: ControlPlaneConfig) -> DatasetSources:
+    """Where this control plane reads datasets: its store (users' areas) plus the environment's policy."""
+    from cyxwiz.datasets import DatasetSources
+
+    return DatasetSources.from_env(store=open_store(config))
+
+
+def check_dataset(request: JobRequest, sources: DatasetSources) -> CheckedData:
+    """The one dataset validator: access, size, SHA-256, format, shapes, labels, NaN/inf. Creates nothing."""
+    from cyxwiz.datasets import validate_dataset
+
+    return validate_dataset(
+        request.dataset_spec(), sources=sources, user=request.user, shape=request.model_shape()
+    )
+
+
+def minimum_payment(config: ControlPlaneConfig) -> int:
+    """The ledger's minimum payment (F3), the bound ``POST /v1/jobs`` and the lifecycle both apply."""
+    from cyxwiz.ledger.config import LedgerConfig
+
+    return int(LedgerConfig.from_file(config.ledger_config).minimum_payment)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,32 +165,47 @@ class PreparedInputs:
     dataset_sha256: str
     holdout_key: str
     holdout_sha256: str
+    #: ``public-derived``, ``secret-split``, ``user-holdout`` or ``none`` (the report states it, F1).
+    holdout_source: str = "public-derived"
 
 
 def prepare_inputs(config: ControlPlaneConfig, request: JobRequest) -> PreparedInputs:
-    """Split the dataset; the training part becomes the job's input, the holdout stays trusted-side."""
+    """Split the dataset; the training part becomes the job's input, the holdout stays trusted-side.
+
+    The split seed comes from the CSPRNG per job and is sealed (encrypted) with the holdout in the job's
+    trusted record under ``holdout/{job}/``, a prefix no job-scoped URL can reach (F1).
+    """
+    from cyxwiz.datasets import prepare_dataset
     from cyxwiz.storage import layout
-    from cyxwiz.training.data import prepare_digits
 
     store = open_store(config)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = prepare_digits(Path(tmp), split_seed=int(request.training_doc["training"]["seed"]))
-        dataset_key = layout.job_input(request.job_id, "dataset.npz")
-        store.put_file(dataset_key, files.train)
-        holdout_key = holdout_key_for(request.job_id)
-        store.put_file(holdout_key, files.holdout, encrypt=True)
-        doc = json.loads(json.dumps(request.training_doc))
-        doc["dataset"]["sha256"] = files.train_sha256
-        store.put_bytes(
-            layout.job_input(request.job_id, "job.json"), json.dumps(doc, sort_keys=True).encode()
-        )
-        return PreparedInputs(
-            training_doc=doc,
-            dataset_key=dataset_key,
-            dataset_sha256=files.train_sha256,
-            holdout_key=holdout_key,
-            holdout_sha256=files.holdout_sha256,
-        )
+    prepared = prepare_dataset(
+        request.dataset_spec(),
+        sources=dataset_sources(config),
+        user=request.user,
+        shape=request.model_shape(),
+    )
+    dataset_key = layout.job_input(request.job_id, "dataset.npz")
+    store.put_bytes(dataset_key, prepared.train)
+    holdout_key = holdout_key_for(request.job_id)
+    store.put_bytes(holdout_key, prepared.holdout, encrypt=True)
+    store.put_bytes(holdout_record_key(request.job_id), prepared.record.to_json(), encrypt=True)
+    doc = json.loads(json.dumps(request.training_doc))
+    doc["dataset"]["sha256"] = prepared.train_sha256
+    store.put_bytes(layout.job_input(request.job_id, "job.json"), json.dumps(doc, sort_keys=True).encode())
+    return PreparedInputs(
+        training_doc=doc,
+        dataset_key=dataset_key,
+        dataset_sha256=prepared.train_sha256,
+        holdout_key=holdout_key,
+        holdout_sha256=prepared.holdout_sha256,
+        holdout_source=prepared.record.source,
+    )
+
+
+def holdout_record_key(job_id: str) -> str:
+    """The job's sealed trusted record: split seed, source and hashes (never under ``jobs/``)."""
+    return f"holdout/{job_id}/record.json"
 
 
 def holdout_key_for(job_id: str) -> str:

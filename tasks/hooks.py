@@ -25,6 +25,7 @@ class PrefectHooks:
         url_ttl_s: int = 900,
         start_flow_runs: bool = True,
         api_url: str | None = None,
+        minimum_payment: int | None = None,
     ) -> None:
         from cyxwiz.storage.urlsign import LocalPresigner
 
@@ -33,12 +34,31 @@ class PrefectHooks:
         self.url_ttl_s = url_ttl_s
         self.start_flow_runs = start_flow_runs
         self.api_url = api_url
+        #: F3 bound; None reads the ledger config of the control plane at each submission.
+        self.minimum_payment = minimum_payment
 
     def validate_spec(self, spec: Mapping[str, Any], *, user_id: str) -> tuple[dict[str, Any], int]:
-        request = parse_job_request(dict(spec))
+        """The lifecycle's own validator, data included, before any job row exists (G1, G2, F3, D3)."""
+        from cyxwiz.datasets import DatasetSources
+        from tasks import services
+        from tasks.control import check_dataset, minimum_payment
+
+        minimum = self.minimum_payment
+        if minimum is None:
+            minimum = minimum_payment(services.config())
+        request = parse_job_request({**dict(spec), "user": user_id}, minimum_payment=minimum)
+        check_dataset(request, DatasetSources.from_env(store=self.store))
         normalized = {**dict(spec), "user": user_id, "job_type": request.training_doc["job_type"]}
         normalized.pop("job_id", None)
         return normalized, request.wall_seconds
+
+    def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
+        """A PUT into the user's own area, bound to the file's hash and size (``job submit --dataset``)."""
+        from cyxwiz.datasets.ingest import upload_grant
+
+        return upload_grant(
+            self.presigner, user_id, sha256=sha256, size=size, suffix=suffix, ttl_s=self.url_ttl_s
+        )
 
     def on_submitted(self, job: Any) -> None:
         if not self.start_flow_runs:

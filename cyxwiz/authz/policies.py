@@ -96,6 +96,8 @@ _TABLE: tuple[Rule, ...] = (
     _rule("jobs.progress", C.JOB, "node", P.METRICS_REPORT, R.JOB_TOKEN),
     _rule("jobs.completion", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
     _rule("jobs.urls", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
+    # coordinator: datasets (an upload lands in the caller's own area only)
+    _rule("datasets.upload", C.SESSION, "user", P.JOB_SUBMIT, R.SELF),
     # coordinator: wallet
     _rule("wallet.read", C.SESSION, "user", P.WALLET_MANAGE, R.SELF),
     # coordinator: admin

@@ -18,7 +18,7 @@ from cyxwiz.coordinator.auth import Authenticator
 from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.problems import install_handlers, send_problem
-from cyxwiz.coordinator.routes import admin, jobs, nodes, tokens, wallet
+from cyxwiz.coordinator.routes import admin, datasets, jobs, nodes, tokens, wallet
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.tokens.issuer import TokenIssuer
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -50,7 +50,7 @@ def create_app(
         store=store, issuer=issuer, verifier=verifier, hooks=hooks, auth=auth, audit=audit, revoker=revoker
     )
     install_handlers(app, audit=audit)
-    for module in (nodes, tokens, jobs, wallet, admin):
+    for module in (nodes, tokens, jobs, datasets, wallet, admin):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["meta"])

@@ -51,6 +51,10 @@ class CoordinatorHooks(Protocol):
         """The user's wallet view (address, balances, escrows)."""
         ...
 
+    def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
+        """A PUT into the user's own area bound to ``sha256`` and ``size``, and the URI jobs name it by."""
+        ...
+
 
 class BasicHooks:
     """Embedded defaults: a light spec check, no escrow, proofs recorded as given, storage optional."""
@@ -97,3 +101,7 @@ class BasicHooks:
 
     def wallet(self, user_id: str) -> dict[str, Any]:
         return {"user_id": user_id, "address": None, "balance_lamports": None, "escrows": []}
+
+    def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
+        del user_id, sha256, size, suffix
+        raise NotFoundError("no object store takes dataset uploads here", field="dataset", rule="G1")

@@ -61,6 +61,14 @@ class SubmitRequest(_Strict):
     spec: dict[str, JsonValue]
 
 
+class DatasetUploadRequest(_Strict):
+    """A local dataset file the user is about to upload: the PUT is bound to exactly this (G1, D3)."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1, le=1 << 40)
+    suffix: Literal[".npz", ".csv", ".bin"] = ".bin"
+
+
 class AdminActionRequest(_Strict):
     reason: str = Field("unspecified", max_length=256)
 

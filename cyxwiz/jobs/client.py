@@ -245,6 +245,36 @@ class CoordinatorUserClient:
     def wallet(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/wallet"))
 
+    def upload_dataset(self, path: Path) -> dict[str, str]:
+        """Put a local dataset file into the caller's own area of the object store (G1, D3).
+
+        The file is hashed here; the coordinator grants a PUT bound to that hash and size, so the store
+        refuses any other body (a file changed after hashing too). Returns ``{uri, sha256}`` for the spec.
+        """
+        from cyxwiz.datasets.ingest import file_chunks, hash_file, suffix_of
+
+        sha256, size = hash_file(path)
+        grant = self._call(
+            "POST", "/v1/datasets", json={"sha256": sha256, "size": size, "suffix": suffix_of(path)}
+        )
+        upload = grant["upload"]
+        headers = {str(k): str(v) for k, v in dict(upload.get("headers") or {}).items()}
+        url = str(upload["url"])
+        # Our own store's URLs are served by the coordinator (verified with our CA bundle); an S3 endpoint
+        # is verified against the system's trust store.
+        own = url.startswith(self.url + "/")
+        http = self._http if own else httpx.Client(timeout=self._http.timeout)
+        try:
+            response = http.put(url, content=file_chunks(path), headers=headers)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            if not own:
+                http.close()
+        if response.status_code >= 300:
+            raise _problem(response)
+        return {"uri": str(grant["uri"]), "sha256": sha256}
+
     def wait(
         self,
         job_id: str,

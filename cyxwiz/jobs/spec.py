@@ -53,6 +53,14 @@ def _parse_yaml(text: str, path: Path) -> Any:
         raise ValidationError(f"not valid YAML ({where}{problem})", path=str(path), rule="G1") from None
 
 
+def with_dataset(spec: dict[str, Any], uploaded: dict[str, str]) -> dict[str, Any]:
+    """``spec`` naming an uploaded file: its ``{uri, sha256}`` replace the dataset's, the rest (format,
+    label column, holdout) stays as the job file says."""
+    current = spec.get("dataset")
+    base = dict(current) if isinstance(current, dict) else {}
+    return {**spec, "dataset": {**base, **uploaded}}
+
+
 def check_job_spec(spec: object, *, source: str = "spec") -> dict[str, Any]:
     """The light local check; returns the spec as a JSON-ready dict or raises :class:`ValidationError`."""
     if not isinstance(spec, dict) or not all(isinstance(k, str) for k in spec):

@@ -19,7 +19,7 @@ from cyxwiz.authz import (
 from cyxwiz.coordinator.access import Allow
 from cyxwiz.coordinator.api import create_app
 from cyxwiz.coordinator.hooks import BasicHooks
-from cyxwiz.coordinator.routes import admin, jobs, nodes, tokens, wallet
+from cyxwiz.coordinator.routes import admin, datasets, jobs, nodes, tokens, wallet
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.errors import AuthorizationError
 from cyxwiz.gateway.policy import ROUTES
@@ -49,7 +49,7 @@ def test_every_coordinator_route_applies_a_rule_of_the_table() -> None:
         hooks=BasicHooks(),
     )
     app = guarded.app  # type: ignore[attr-defined]
-    routes = [r for m in (admin, jobs, nodes, tokens, wallet) for r in m.router.routes]
+    routes = [r for m in (admin, datasets, jobs, nodes, tokens, wallet) for r in m.router.routes]
     routes += [r for r in app.routes if isinstance(r, APIRoute)]
     seen, operations = set(), set()
     for route in routes:
