@@ -113,10 +113,14 @@ def check_signature(digest: dict[str, Any], *, trusted: Ed25519PublicKey | None)
     return None
 
 
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """An Ed25519 PKCS#8 PEM private key, refused when group/other can read it (A2, A4)."""
+def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
+    """An Ed25519 PKCS#8 PEM private key, refused when group/other can read it (A2, A4); or, given a
+    ``pkcs11:`` URI, the key in a PKCS#11 token, signing there (A7)."""
+    from cyxwiz.keys import as_private_key, is_pkcs11_uri, open_key_source
     from cyxwiz.pki.keys import load_private_key
 
+    if is_pkcs11_uri(str(path)):
+        return as_private_key(open_key_source(str(path)))
     return load_private_key(path)
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from cyxwiz.audit.archive import AuditArchive
     from cyxwiz.audit.maintenance import MaintenanceReport
+    from cyxwiz.keys import KeySource
 
 Clock = Callable[[], datetime]
 FsyncPolicy = Literal["none", "interval", "always"]
@@ -126,7 +127,7 @@ class AuditLog:
         cls,
         directory: Path,
         *,
-        signing_key: Ed25519PrivateKey | Path | None = None,
+        signing_key: Ed25519PrivateKey | Path | KeySource | None = None,
         clock: Clock | None = None,
         archive: AuditArchive | None = None,
         retention_days: int = 7,
@@ -135,7 +136,8 @@ class AuditLog:
     ) -> AuditLog:
         """Open (creating it 0700 if needed) the log in ``directory``.
 
-        ``signing_key`` signs the daily digests (an Ed25519 key or the path of its PKCS#8 PEM file);
+        ``signing_key`` signs the daily digests (an Ed25519 key, the path of its PKCS#8 PEM file, a
+        ``pkcs11:`` URI as that path, or a :class:`~cyxwiz.keys.KeySource`);
         ``clock`` returns an aware UTC datetime and decides the day (tests pass a controllable one);
         ``archive`` receives closed days; ``auto_maintain`` seals closed days in a background thread when
         the day rolls over (the scheduled maintenance flow calls :meth:`maintain` as well).
@@ -145,6 +147,11 @@ class AuditLog:
             from cyxwiz.audit.digest import load_signing_key
 
             key = load_signing_key(key)
+        elif key is not None:
+            from cyxwiz.keys import KeySource, as_private_key
+
+            if isinstance(key, KeySource):  # e.g. the checkpoint key in a PKCS#11 token (A7)
+                key = as_private_key(key)
         directory = Path(directory)
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)

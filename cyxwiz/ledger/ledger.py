@@ -63,9 +63,9 @@ class EscrowLedger:
         decimals: int,
         multisig: Pubkey,
         payer: Keypair,
-        coordinator: Keypair | None = None,
-        verifier: Keypair | None = None,
-        arbiter: Keypair | None = None,
+        coordinator: txbuild.Signer | None = None,
+        verifier: txbuild.Signer | None = None,
+        arbiter: txbuild.Signer | None = None,
         minimum_payment: int = 1,
         audit: AuditSink | None = None,
         proof_checker: ProofChecker | None = None,
@@ -321,7 +321,7 @@ class EscrowLedger:
         record: EscrowRecord,
         kind: str,
         wallet: Pubkey,
-        signers: list[Keypair],
+        signers: list[txbuild.Signer],
         *,
         updates: dict[str, Any],
         allowed: EscrowState,
@@ -361,7 +361,7 @@ class EscrowLedger:
         return done
 
     def _settle_intent(
-        self, record: EscrowRecord, kind: str, wallet: Pubkey, signers: list[Keypair]
+        self, record: EscrowRecord, kind: str, wallet: Pubkey, signers: list[txbuild.Signer]
     ) -> NewIntent:
         instructions = txbuild.settle_escrow(
             payer=self._payer.pubkey(),
@@ -381,7 +381,7 @@ class EscrowLedger:
         self,
         kind: str,
         instructions: list[Any],
-        signers: list[Keypair],
+        signers: list[txbuild.Signer],
         target: EscrowState,
         recipient: str | None = None,
     ) -> NewIntent:
@@ -401,7 +401,7 @@ class EscrowLedger:
             self.store.update_fields(record.job_id, allowed=[expected])  # raises the precise state error
             raise EscrowError("escrow changed state concurrently", rule="F2")  # pragma: no cover
 
-    def _authorities(self, *names: str) -> list[Keypair]:
+    def _authorities(self, *names: str) -> list[txbuild.Signer]:
         keys = {"coordinator": self._coordinator, "verifier": self._verifier, "arbiter": self._arbiter}
         missing = [name for name in names if keys[name] is None]
         if missing:

@@ -41,6 +41,8 @@ from spl.token.models import (
     TransferCheckedParams,
 )
 
+from cyxwiz.keys.solana import SourceSigner
+
 U64_MAX = 2**64 - 1
 
 
@@ -62,14 +64,20 @@ def memo(signer: Pubkey, text: str) -> Instruction:
     return create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=signer, message=text.encode()))
 
 
+#: A key that signs Solana messages: an in-memory keypair, or a key source (file or PKCS#11 token, A7)
+#: whose Ed25519 signature over the message is handed to solders as a presigned signature.
+Signer = Keypair | SourceSigner
+
+
 def sign(
-    instructions: Sequence[Instruction], *, payer: Keypair, signers: Sequence[Keypair], blockhash: Hash
+    instructions: Sequence[Instruction], *, payer: Signer, signers: Sequence[Signer], blockhash: Hash
 ) -> Transaction:
-    unique: dict[Pubkey, Keypair] = {payer.pubkey(): payer}
+    unique: dict[Pubkey, Signer] = {payer.pubkey(): payer}
     for keypair in signers:
         unique.setdefault(keypair.pubkey(), keypair)
     message = Message.new_with_blockhash(list(instructions), payer.pubkey(), blockhash)
-    return Transaction(list(unique.values()), message, blockhash)
+    ready = [s if isinstance(s, Keypair) else s.presigner(message) for s in unique.values()]
+    return Transaction(ready, message, blockhash)
 
 
 def create_escrow(

@@ -17,13 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cyxwiz.errors import ConfigError, NotFoundError
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.tokens._files import read_private, write_private
 from cyxwiz.tokens.keys import Algorithm, TokenKey, b64url, b64url_decode, load_ed25519_pem, valid_kid
 from cyxwiz.tokens.kinds import MAX_TOKEN_LIFETIME
+
+if TYPE_CHECKING:
+    from cyxwiz.keys import KeySource
 
 Clock = Callable[[], datetime]
 
@@ -106,8 +109,24 @@ class KeyRing:
 
     @classmethod
     def from_file(cls, path: Path, *, now: datetime | None = None) -> KeyRing:
-        """One Ed25519 PKCS#8 PEM key file (mode 0600) as a single-key ring; rotation is managed outside."""
+        """One Ed25519 PKCS#8 PEM key file (mode 0600) as a single-key ring; rotation is managed outside.
+
+        A ``pkcs11:`` URI in place of the path names a key in a PKCS#11 token (:meth:`from_key_source`)."""
+        from cyxwiz.keys import is_pkcs11_uri, open_key_source
+
+        if is_pkcs11_uri(str(path)):
+            return cls.from_key_source(open_key_source(str(path)), now=now)
         return cls(keys=[TokenKey.from_private_key(load_private_key(path), now=now or utcnow())])
+
+    @classmethod
+    def from_key_source(cls, source: KeySource, *, now: datetime | None = None) -> KeyRing:
+        """A single-key ring signing through a :class:`~cyxwiz.keys.KeySource` (e.g. a key in an HSM, A7).
+
+        The key cannot be serialised, so such a ring is never written to a directory or secret store;
+        rotation means a new key in the token and a new ring (the old public key goes in its JWKS)."""
+        from cyxwiz.keys import as_private_key
+
+        return cls(keys=[TokenKey.from_private_key(as_private_key(source), now=now or utcnow())])
 
     @classmethod
     def from_dir(cls, path: Path) -> KeyRing:
