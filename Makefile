@@ -29,11 +29,11 @@ $(SYSTEM_STAMP): infra/install-system-deps.sh | $(STAMP)
 system-deps: $(SYSTEM_STAMP)
 
 lint: install
-	$(BIN)/ruff check cyxwiz tasks flows blocks agents tests bench
-	$(BIN)/ruff format --check cyxwiz tasks flows blocks agents
+	$(BIN)/ruff check cyxwiz tasks flows blocks agents infra tests bench
+	$(BIN)/ruff format --check cyxwiz tasks flows blocks agents infra
 
 typecheck: install
-	$(BIN)/mypy cyxwiz tasks flows agents blocks
+	$(BIN)/mypy cyxwiz tasks flows agents blocks infra
 
 pytest: install system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)

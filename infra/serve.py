@@ -1,0 +1,199 @@
+"""Production entry points of the control plane's listeners: ``python -m infra.serve coordinator|gateway``.
+
+The systemd units in ``infra/systemd`` start these; ``infra/config/*.env`` documents every setting. The
+coordinator here is the one the embedded stack runs (Prefect hooks: a submission starts a ``job-lifecycle``
+flow run; presigned object URLs served under ``/objects``), not ``cyxwiz serve coordinator``'s bare API,
+and the gateway maps each verified node to its work queue (its certificate CN) through the coordinator's
+database. Both read the control-plane config (``CYXWIZ_CONTROL_PLANE``) for the database, store and audit
+locations; secrets stay in 0600 files named by env vars (SPEC D2), never in the config.
+
+``--check`` opens everything (config, keys, certificates, database) and exits: the units run it as
+``ExecStartPre`` so a broken setting fails the start with one line naming the setting, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cyxwiz.errors import ConfigError, CyxwizError
+
+DEFAULT_PORTS = {"coordinator": 8443, "gateway": 8444}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListenerSettings:
+    """One listener's settings, from the environment (systemd ``EnvironmentFile=``)."""
+
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    bundle: Path
+    crl: Path | None
+    audit_dir: Path | None
+    audit_signing_key: Path | None
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str]) -> ListenerSettings:
+        def required_path(name: str) -> Path:
+            value = env.get(name)
+            if not value:
+                raise ConfigError(
+                    "required setting is missing", field=name, hint=f"see infra/config/{service}.env"
+                )
+            return Path(value)
+
+        def optional_path(name: str) -> Path | None:
+            value = env.get(name)
+            return Path(value) if value else None
+
+        raw_port = env.get("CYXWIZ_LISTEN_PORT") or str(DEFAULT_PORTS[service])
+        try:
+            port = int(raw_port)
+        except ValueError:
+            raise ConfigError(
+                f"must be a port number, got {raw_port!r}", field="CYXWIZ_LISTEN_PORT"
+            ) from None
+        if not 0 <= port <= 65535:
+            raise ConfigError("must be within 0..65535", field="CYXWIZ_LISTEN_PORT")
+        return cls(
+            host=env.get("CYXWIZ_LISTEN_HOST") or "127.0.0.1",
+            port=port,
+            cert=required_path("CYXWIZ_TLS_CERT"),
+            key=required_path("CYXWIZ_TLS_KEY"),
+            bundle=required_path("CYXWIZ_CA_BUNDLE"),
+            crl=optional_path("CYXWIZ_CRL"),
+            audit_dir=optional_path("CYXWIZ_AUDIT_DIR"),
+            audit_signing_key=optional_path("CYXWIZ_AUDIT_SIGNING_KEY"),
+        )
+
+
+def _control_plane(env: Mapping[str, str]) -> Any:
+    from tasks.config import ENV_VAR, ControlPlaneConfig
+
+    value = env.get(ENV_VAR)
+    if not value:
+        raise ConfigError("required setting is missing", field=ENV_VAR, hint="the control-plane JSON file")
+    return ControlPlaneConfig.from_file(Path(value))
+
+
+def _audit(settings: ListenerSettings, config: Any, store: Any = None) -> Any:
+    from cyxwiz.audit import AuditLog, ObjectStoreArchive
+
+    archive = ObjectStoreArchive(store=store, encrypt=True) if store is not None else None
+    return AuditLog.open(
+        settings.audit_dir or config.audit_dir, signing_key=settings.audit_signing_key, archive=archive
+    )
+
+
+def _coordinator_db(config: Any, state_dir: Path) -> str:
+    return str(config.coordinator_db or f"sqlite:///{state_dir / 'coordinator.db'}")
+
+
+class _LateSigner:
+    """The URL signer, known once the listener is bound (port 0 picks one); hooks sign only after that."""
+
+    target: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+def build_production_coordinator(env: Mapping[str, str]) -> Any:
+    """The coordinator with Prefect hooks and the object store's presigned URLs (not started)."""
+    from cyxwiz.coordinator.service import build_coordinator
+    from cyxwiz.storage.crypto import MasterKey
+    from cyxwiz.storage.local import LocalObjectStore
+    from cyxwiz.storage.urlsign import UrlSigner, asgi_app
+    from tasks.hooks import PrefectHooks
+
+    settings = ListenerSettings.from_env("coordinator", env)
+    config = _control_plane(env)
+    master = MasterKey.from_env(dict(env))
+    if master is None:
+        raise ConfigError("required setting is missing", field="CYXWIZ_STORE_MASTER_KEY_FILE", rule="D2")
+    state_dir = Path(env.get("CYXWIZ_STATE_DIR") or config.home / "coordinator")
+    store = LocalObjectStore(root=config.store_root, master_key=master)
+    audit = _audit(settings, config, store)
+    ca_dir = env.get("CYXWIZ_CA_DIR")
+    signer = _LateSigner()
+    handle = build_coordinator(
+        cert=settings.cert, key=settings.key, trust_bundle=settings.bundle, crl=settings.crl,
+        state_dir=state_dir, db_url=_coordinator_db(config, state_dir),
+        ca_dir=Path(ca_dir) if ca_dir else None,
+        hooks=PrefectHooks(store=store, signer=signer, api_url=env.get("PREFECT_API_URL")),
+        audit=audit, host=settings.host, port=settings.port, max_body=64 << 20,
+    )  # fmt: skip
+    public_url = env.get("CYXWIZ_PUBLIC_URL") or handle.url
+    signer.target = UrlSigner.from_master_key(master, base_url=f"{public_url.rstrip('/')}/objects")
+    # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
+    handle.app.app.mount(  # type: ignore[attr-defined]
+        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects")
+    )
+    return handle.server
+
+
+def build_production_gateway(env: Mapping[str, str]) -> Any:
+    """The gateway, verifying session tokens with the coordinator's key ring and revocation list."""
+    from cyxwiz.coordinator.service import AUDIENCE, ISSUER
+    from cyxwiz.coordinator.store import CoordinatorStore
+    from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.verifier import TokenVerifier
+    from tasks.coordinator_channel import node_name
+
+    settings = ListenerSettings.from_env("gateway", env)
+    config = _control_plane(env)
+    keyring_dir = env.get("CYXWIZ_KEYRING_DIR")
+    if not keyring_dir:
+        raise ConfigError("required setting is missing", field="CYXWIZ_KEYRING_DIR", hint="the coordinator's")
+    upstream = env.get("CYXWIZ_PREFECT_UPSTREAM") or (env.get("PREFECT_API_URL") or "").removesuffix("/api")
+    if not upstream:
+        raise ConfigError("required setting is missing", field="CYXWIZ_PREFECT_UPSTREAM")
+    state_dir = Path(env.get("CYXWIZ_STATE_DIR") or config.home / "coordinator")
+    nodes = CoordinatorStore.from_url(_coordinator_db(config, state_dir))
+    verifier = TokenVerifier.from_keyring(
+        KeyRing.from_dir(Path(keyring_dir)), issuer=ISSUER, audience=AUDIENCE, revocations=nodes
+    )
+    server, _ = build_gateway(
+        cert=settings.cert, key=settings.key, trust_bundle=settings.bundle, crl=settings.crl,
+        upstream=upstream, pool=env.get("CYXWIZ_GATEWAY_POOL") or "gpu", verifier=verifier,
+        audit=_audit(settings, config), host=settings.host, port=settings.port,
+        upstream_auth=env.get("PREFECT_API_AUTH_STRING") or None,
+        queue_for=lambda node_id: node_name(nodes.node(node_id).subject),
+    )  # fmt: skip
+    return server
+
+
+BUILDERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
+    "coordinator": build_production_coordinator,
+    "gateway": build_production_gateway,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("service", choices=sorted(BUILDERS), help="which listener to run")
+    parser.add_argument("--check", action="store_true", help="open every setting and exit (ExecStartPre)")
+    args = parser.parse_args(argv)
+    try:
+        server = BUILDERS[args.service](os.environ)
+    except CyxwizError as exc:
+        print(f"cyxwiz {args.service}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.service}: configuration ok ({server.url})")
+        return 0
+    print(f"{args.service} listening on {server.url}", flush=True)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
