@@ -102,3 +102,23 @@ def test_minimum_payment_is_enforced_at_validation() -> None:
     refused(job(payment=999), "payment", "F3", PaymentTooLowError)
     assert PaymentTooLowError.http_status == 422
     assert parse_job_request(job(payment=1000), minimum_payment=1000).payment == 1000
+
+
+def test_the_shipped_wine_example_passes_the_same_validator(tmp_path: Any) -> None:
+    """The second shipped example (scikit-learn's wine as CSV) goes through the user-data path."""
+    import hashlib
+    from pathlib import Path
+
+    import yaml
+
+    from cyxwiz.datasets import DatasetSources
+    from tasks.control import check_dataset
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    spec = yaml.safe_load((examples / "wine.yaml").read_text())
+    data = examples / "wine.csv"
+    spec["dataset"].update(uri=f"file://{data}", sha256=hashlib.sha256(data.read_bytes()).hexdigest())
+    request = parse_job_request(spec)
+    sources = DatasetSources.from_env({"CYXWIZ_DATASET_FILE_ROOTS": str(examples)})
+    checked = check_dataset(request, sources)
+    assert len(checked.data) == 178 and request.training_doc["task"]["threshold"] == 0.8

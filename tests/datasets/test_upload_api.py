@@ -1,0 +1,210 @@
+"""``cyxwiz job submit --dataset`` and ``POST /v1/jobs`` over real mTLS with the lifecycle's own validator
+(SPEC G1, D3, F1, F3, C2): the upload lands in the caller's area through a hash- and size-bound PUT, and
+every refusal is the exact status with nothing created — no job row, no stored object."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cyxwiz.audit import MemorySink
+from cyxwiz.cli import app
+from cyxwiz.coordinator.service import CoordinatorHandle, build_coordinator
+from cyxwiz.pki.devpki import DevPKI, build_dev_pki
+from cyxwiz.storage import LocalObjectStore, MasterKey
+from cyxwiz.storage.urlsign import UrlSigner, asgi_app
+from cyxwiz.transport.tls import client_context
+from flows.demo import REFERENCE_JOB
+from tasks.hooks import PrefectHooks
+from tests.jobs.conftest import issue_user
+
+MINIMUM = 1000
+
+
+@dataclass
+class Api:
+    pki: DevPKI
+    coord: CoordinatorHandle
+    store: LocalObjectStore
+    other: tuple[Path, Path]
+    root: Path
+
+    def cli(self, *args: str, who: str = "user") -> Any:
+        cert, key = (self.pki.user_cert, self.pki.user_key) if who == "user" else self.other
+        env = {
+            "CYXWIZ_COORDINATOR_URL": self.coord.url,
+            "CYXWIZ_CA_BUNDLE": str(self.pki.bundle),
+            "CYXWIZ_USER_CERT": str(cert),
+            "CYXWIZ_USER_KEY": str(key),
+            "CYXWIZ_DEBUG": None,
+        }
+        return CliRunner().invoke(app, ["job", *args], env=env)
+
+    def http(self) -> httpx.Client:
+        ctx = client_context(trust_bundle=self.pki.bundle, cert=self.pki.user_cert, key=self.pki.user_key)
+        return httpx.Client(base_url=self.coord.url, verify=ctx, timeout=30)
+
+    def token(self) -> dict[str, str]:
+        with self.http() as c:
+            return {"authorization": f"Bearer {c.post('/v1/auth/login').json()['session_token']}"}
+
+    def stored(self) -> list[str]:
+        return sorted(i.key for i in self.store.list(""))
+
+    def jobs(self) -> int:
+        return len(self.coord.store.list_jobs())
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("upload")
+    pki = build_dev_pki(root / "pki", nodes=())
+    other = issue_user(pki, "other-user")
+    master = MasterKey.generate()
+    store = LocalObjectStore(root=root / "store", master_key=master)
+
+    class LateSigner:  # the URL is known once the socket is bound
+        target: Any = None
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.target, name)
+
+    signer = LateSigner()
+    hooks = PrefectHooks(store=store, signer=signer, start_flow_runs=False, minimum_payment=MINIMUM)
+    coord = build_coordinator(
+        cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
+        state_dir=root / "state", hooks=hooks, audit=MemorySink(), max_body=64 << 20,
+    )  # fmt: skip
+    signer.target = UrlSigner.from_master_key(master, base_url=f"{coord.url}/objects")
+    coord.app.app.mount("/objects", asgi_app(store=store, signer=signer.target, mount="/objects"))  # type: ignore[attr-defined]
+    coord.server.start()
+    try:
+        yield Api(pki=pki, coord=coord, store=store, other=other, root=root)
+    finally:
+        coord.stop()
+
+
+def dataset_file(path: Path, *, rows: int = 120, nan: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, 64), dtype=np.float32)
+    if nan:
+        x[5, 5] = np.nan
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=rng.integers(0, 10, rows))
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def job_file(api: Api, name: str, **changes: Any) -> Path:
+    spec = copy.deepcopy(REFERENCE_JOB)
+    spec.update(changes)
+    path = api.root / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_submit_with_dataset_uploads_into_the_users_area_then_submits(api: Api) -> None:
+    data = dataset_file(api.root / "mine.npz")
+    sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    result = api.cli("submit", str(job_file(api, "job.yaml", dataset=None)), "--dataset", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    key = f"users/demo-user/datasets/{sha}.npz"
+    assert key in api.stored() and api.store.get_bytes(key) == data.read_bytes()
+    (job,) = api.coord.store.list_jobs()
+    assert job.spec["dataset"] == {"uri": f"s3://cyxwiz/{key}", "sha256": sha}
+
+
+def submit(api: Api, dataset: Any, **changes: Any) -> httpx.Response:
+    spec = {**copy.deepcopy(REFERENCE_JOB), "dataset": dataset, **changes}
+    with api.http() as c:
+        return c.post("/v1/jobs", json={"spec": spec}, headers=api.token())
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field", "rule"),
+    [
+        ({"sha256": "0" * 64}, 422, "dataset.sha256", "D3"),  # tampered / swapped content
+        ({"uri": "s3://cyxwiz/users/other-user/datasets/x.npz"}, 403, "dataset.uri", "C2"),
+        ({"uri": "s3://cyxwiz/holdout/job-1/holdout.npz"}, 403, "dataset.uri", "C2"),
+        ({"uri": "file:///etc/passwd.npz"}, 422, "dataset.uri", "G1"),  # no dev file roots here
+        ({"uri": "ftp://x/y.npz"}, 422, "dataset.uri", "G1"),
+    ],
+)
+def test_post_jobs_refuses_bad_datasets_before_any_row(
+    api: Api, change: dict[str, str], status: int, field: str, rule: str
+) -> None:
+    data = dataset_file(api.root / "ok.npz")
+    key = f"users/demo-user/datasets/{hashlib.sha256(data.read_bytes()).hexdigest()}.npz"
+    api.store.put_bytes(key, data.read_bytes())
+    good = {"uri": f"s3://cyxwiz/{key}", "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+    before_jobs, before_keys = api.jobs(), api.stored()
+    response = submit(api, {**good, **change})
+    assert response.status_code == status, response.text
+    assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+    assert (api.jobs(), api.stored()) == (before_jobs, before_keys), "nothing is created"
+    assert submit(api, good).status_code == 201  # positive control
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "rule"),
+    [
+        ({"payment": MINIMUM - 1}, "payment", "F3"),
+        ({"task": {"num_classes": 10, "threshold": 0}}, "task.threshold", "F1"),
+        ({"job_type": "quantum"}, "job_type", "G1"),
+    ],
+)
+def test_post_jobs_applies_payment_threshold_and_type_rules(
+    api: Api, changes: dict[str, Any], field: str, rule: str
+) -> None:
+    before = api.jobs()
+    response = submit(api, "sklearn:digits", **changes)
+    assert response.status_code == 422, response.text
+    assert (response.json()["field"], response.json()["rule"]) == (field, rule)
+    assert api.jobs() == before
+
+
+def test_cli_refusal_is_one_line_and_creates_nothing(api: Api) -> None:
+    data = dataset_file(api.root / "nan.npz", nan=True)
+    before_jobs = api.jobs()
+    result = api.cli("submit", str(job_file(api, "nan.yaml")), "--dataset", str(data))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: dataset.x: ") and "[rule G1]" in result.output
+    assert "Traceback" not in result.output and api.jobs() == before_jobs
+
+
+def test_upload_grant_is_bound_to_hash_size_and_the_callers_area(api: Api) -> None:
+    """The PUT stores exactly the declared bytes under users/{caller}/; too big or empty is refused at the
+    grant, another body at the PUT — and nothing is stored either way."""
+    body = b"x" * 100
+    sha = hashlib.sha256(body).hexdigest()
+    headers = api.token()
+    with api.http() as c:
+        before = api.stored()
+        too_big = c.post("/v1/datasets", json={"sha256": sha, "size": 65 << 20}, headers=headers)
+        assert too_big.status_code == 422 and too_big.json()["field"] == "size"
+        empty = c.post("/v1/datasets", json={"sha256": sha, "size": 0}, headers=headers)
+        assert empty.status_code == 422
+        grant = c.post("/v1/datasets", json={"sha256": sha, "size": 100, "suffix": ".csv"}, headers=headers)
+        assert grant.status_code == 201, grant.text
+        upload = grant.json()["upload"]
+        assert upload["key"] == f"users/demo-user/datasets/{sha}.csv"
+        forged = c.put(upload["url"], content=b"y" * 100, headers=upload["headers"])
+        assert forged.status_code in (400, 403), forged.text
+        moved = c.put(
+            upload["url"].replace("demo-user", "other-user"), content=body, headers=upload["headers"]
+        )
+        assert moved.status_code == 403
+        assert api.stored() == before, "no refused request stored anything"
+        assert c.put(upload["url"], content=body, headers=upload["headers"]).status_code == 201
+    assert api.store.get_bytes(f"users/demo-user/datasets/{sha}.csv") == body
