@@ -57,6 +57,12 @@ def _check_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _package_root() -> Path:
+    import cyxwiz
+
+    return Path(cyxwiz.__file__).resolve().parent.parent
+
+
 def sandbox_env(extra: Mapping[str, str] | None, *, limits: JobLimits, inputs: bool) -> dict[str, str]:
     """The job's whole environment: nothing leaks in from the host (no tokens, no cloud credentials)."""
     env = {
@@ -69,6 +75,9 @@ def sandbox_env(extra: Mapping[str, str] | None, *, limits: JobLimits, inputs: b
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
+        # The job imports the very ``cyxwiz`` the node runs (bound read-only by runtime_paths), not whatever
+        # an editable install's finder points at outside the sandbox, where nothing is bound.
+        "PYTHONPATH": str(_package_root()),
         "CYXWIZ_BRIDGE": BRIDGE_SOCKET,
         "CYXWIZ_OUTPUT": OUTPUT_DIR,
         "CYXWIZ_GPU_MEMORY_BYTES": str(limits.gpu_memory_bytes),
