@@ -1,7 +1,8 @@
 """Verification cost ÷ training cost of the reference job (MLP on digits) at the default replay m.
 
-Goal (issue 7): ≤ 0.15 while detecting 10 % faked segments with ≥ 95 % probability. Both sides run in
-this process on the same CPU; torch/sklearn imports and the dev PKI are set up before timing.
+Issue 7's reference figure (the digits job, 308 segments), now under issue 20's rules: the job's default
+target (1 % faked at 99 %) within its 10 % budget, bit-for-bit replay. Both sides run in this process on the
+same CPU; torch/sklearn imports and the dev PKI are set up before timing.
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ def run() -> list[tuple[str, float, str]]:
         raise RuntimeError("the honest reference job failed verification: " + "; ".join(report.reasons()))
     m, segments = report.summary["segments_replayed"], report.summary["segments_total"]
     p = report.summary["detection_probability"]
+    faked = report.check("replay").details["faked_segments_assumed"]
     holdout = report.summary["holdout_accuracy"]
     return [
         (
-            "verify / train (reference MLP, default m)",
+            "verify / train (reference MLP, default target)",
             verify_s / train_s,
-            f"m={m} of {segments} segments, P(detect 10% faked)={p:.3f}; train {train_s:.2f} s "
+            f"n={m} of {segments} segments, P(detect {faked} faked)={p:.3f} (bit-for-bit); "
+            f"train {train_s:.2f} s "
             f"({summary.steps} steps), verify {verify_s:.2f} s, holdout acc {holdout:.3f}",
         ),
     ]

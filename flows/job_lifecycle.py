@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.transactions import Transaction, get_transaction, transaction
 
+from cyxwiz.verification.binding import bind_training_doc
 from tasks import services
 from tasks.control import (
     JobRequest,
@@ -69,13 +70,15 @@ def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
     control = services.control_channel()
     prepared = prepare_inputs(services.config(), request)
     assignment = control.assign(request.job_id, node=node)
+    # The per-job secret exists only from here on: nothing computed before the assignment fits (issue 20).
+    training_doc = bind_training_doc(prepared.training_doc)
     services.ledger().assign(job_id=request.job_id, node_wallet=assignment["wallet"])
     txn = get_transaction()
     if txn is not None:
         txn.set("job_id", request.job_id)
     return {
         "assignment": assignment,
-        "training_doc": prepared.training_doc,
+        "training_doc": training_doc,
         "holdout_key": prepared.holdout_key,
         "holdout_sha256": prepared.holdout_sha256,
         "dataset_key": prepared.dataset_key,

@@ -79,10 +79,14 @@ def parse_job_request(
     """
     from cyxwiz.datasets import parse_dataset, resolve_threshold
     from cyxwiz.training.spec import check_job_type, parse_training_job
+    from cyxwiz.verification.binding import refuse_submitted_secret
 
     if not isinstance(spec, dict):
         raise ValidationError("a job spec is a mapping", field="spec", rule="G1")
-    allowed = {"job_id", "user", "payment", "dataset", "job_type", "model", "training", "task", "limits"}
+    allowed = {
+        "job_id", "user", "payment", "dataset", "job_type", "model", "training", "task", "limits",
+        "verification",
+    }  # fmt: skip
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValidationError(f"unknown keys {unknown}", field="spec", rule="G1")
@@ -123,6 +127,9 @@ def parse_job_request(
         "training": spec.get("training"),
         "task": task,
     }
+    if spec.get("verification") is not None:
+        doc["verification"] = spec["verification"]
+    refuse_submitted_secret(doc)
     parse_training_job(doc)  # full G1/G2 validation now, before any escrow exists
     return JobRequest(
         job_id=job_id,
@@ -145,10 +152,19 @@ def dataset_sources(config: ControlPlaneConfig) -> DatasetSources:
 def check_dataset(request: JobRequest, sources: DatasetSources) -> CheckedData:
     """The one dataset validator: access, size, SHA-256, format, shapes, labels, NaN/inf. Creates nothing."""
     from cyxwiz.datasets import validate_dataset
+    from cyxwiz.training.spec import parse_training_job
+    from cyxwiz.verification.sampling import plan_for_job
 
-    return validate_dataset(
-        request.dataset_spec(), sources=sources, user=request.user, shape=request.model_shape()
-    )
+    spec = request.dataset_spec()
+    checked = validate_dataset(spec, sources=sources, user=request.user, shape=request.model_shape())
+    if request.training_doc.get("job_type") == "model":
+        rows = len(checked.data)
+        held = (
+            0 if checked.holdout is not None else min(rows - 1, max(1, round(rows * spec.holdout_fraction)))
+        )
+        # F1 (issue 20): the verification plan; a strict spec whose target cannot fit is refused here.
+        plan_for_job(parse_training_job(request.training_doc), train_rows=rows - held)
+    return checked
 
 
 def minimum_payment(config: ControlPlaneConfig) -> int:

@@ -58,6 +58,15 @@ def _save(path: Path, x: NDArray[np.float32], y: IntArray) -> str:
     return file_sha256(path)
 
 
+#: Rows of scikit-learn's digits.
+DIGITS_ROWS = 1797
+
+
+def digits_train_rows(holdout_fraction: float = 0.2) -> int:
+    """Rows of the training file :func:`prepare_digits` writes (what the spec validator plans with)."""
+    return DIGITS_ROWS - round(DIGITS_ROWS * holdout_fraction)
+
+
 def prepare_digits(directory: Path, *, holdout_fraction: float = 0.2, split_seed: int = 0) -> DigitsFiles:
     """Split scikit-learn's digits (1797 8x8 images, 10 classes) into a training and a holdout file.
 

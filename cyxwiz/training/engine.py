@@ -1,8 +1,15 @@
 """The deterministic training step shared by the runtime (on the node) and the verifier's replay.
 
-Everything random is derived from the signed seed: initial weights from ``(seed, "init")``, the data
-order from :class:`~cyxwiz.training.data.DataOrder`, and each step's dropout from ``(seed, step)`` —
-so training from any committed checkpoint can be replayed without the history before it.
+Everything random is derived from the run seed — the signed public seed mixed with the per-job secret
+the control plane adds after assignment (:func:`run_seed`): initial weights from ``(run seed, "init")``,
+the validation split and the data order from :class:`~cyxwiz.training.data.DataOrder`, and each step's
+dropout from ``(run seed, step)``. None of it lives in a checkpoint, so training from any committed
+checkpoint replays without the history before it, and a node cannot steer it through what it commits.
+
+A checkpoint holds exactly the state the runtime restores: the model's state dict (weights and buffers
+such as BatchNorm statistics and their ``num_batches_tracked`` counters) and the optimizer's per-parameter
+state (moments and ``step`` counters). Its serialisation is deterministic (:func:`checkpoint_bytes`), so
+"the replay reproduces the checkpoint" is a comparison of SHA-256 digests.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from cyxwiz.errors import VerificationError
 from cyxwiz.training.data import DataOrder, Dataset, split_validation
@@ -27,11 +35,36 @@ def derived_seed(seed: int, purpose: str | int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def run_seed(job: TrainingJob) -> int:
+    """The seed every random choice of the run derives from: the public seed alone for a job without
+    a per-job secret (local runs), else both mixed, so the secret changes every trajectory."""
+    if job.training.job_secret is None:
+        return job.training.seed
+    digest = hashlib.sha256(f"cyxwiz-run:{job.training.seed}:{job.training.job_secret}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+#: cuBLAS needs a fixed workspace for deterministic GEMMs (CUDA ≥ 10.2); these are the two valid settings.
+_CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
 def make_deterministic(*, threads: int = 1) -> None:
-    """Deterministic kernels; one thread, so float reductions happen in the same order every time."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Deterministic kernels everywhere (issue 20: exact replay).
+
+    One intra-op thread, so float reductions happen in the same order every time; deterministic
+    algorithms (an op without a deterministic kernel raises instead of silently varying); on CUDA a
+    fixed cuBLAS workspace, no cuDNN autotuning and no TF32 (TF32 rounds float32 matmuls to 10 mantissa
+    bits, which would make GPU↔CPU distances three orders of magnitude larger).
+    """
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _CUBLAS_DETERMINISTIC:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = _CUBLAS_DETERMINISTIC[0]
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _seed(value: int, device: torch.device) -> None:
@@ -46,6 +79,7 @@ def _seed(value: int, device: torch.device) -> None:
 @dataclass
 class TrainingState:
     job: TrainingJob
+    seed: int
     model: GraphModel
     optimizer: torch.optim.Optimizer
     train: Dataset
@@ -66,17 +100,17 @@ def _optimizer(job: TrainingJob, model: GraphModel) -> torch.optim.Optimizer:
 def new_state(job: TrainingJob, data: Dataset, *, device: str = "cpu") -> TrainingState:
     """Fresh model (weights from the seed) and optimizer for ``job`` on the full training file ``data``."""
     assert job.model is not None, "model jobs only"
-    torch.manual_seed(derived_seed(job.training.seed, "init"))
+    seed = run_seed(job)
+    torch.manual_seed(derived_seed(seed, "init"))
     target = torch.device(device)
     model = build_model(job.model).to(target)
-    train_idx, val_idx = split_validation(
-        len(data), seed=job.training.seed, fraction=job.training.validation_fraction
-    )
+    train_idx, val_idx = split_validation(len(data), seed=seed, fraction=job.training.validation_fraction)
     train = data.subset(train_idx)
     hp = job.training.hyperparameters
-    order = DataOrder(seed=job.training.seed, n=len(train), batch_size=hp.batch_size, epochs=hp.epochs)
+    order = DataOrder(seed=seed, n=len(train), batch_size=hp.batch_size, epochs=hp.epochs)
     return TrainingState(
         job=job,
+        seed=seed,
         model=model,
         optimizer=_optimizer(job, model),
         train=train,
@@ -91,7 +125,7 @@ def train_step(state: TrainingState, step: int) -> float:
     rows = state.order.batch(step)
     x = torch.from_numpy(state.train.x[rows]).to(state.device)
     y = torch.from_numpy(state.train.y[rows]).to(state.device)
-    _seed(derived_seed(state.job.training.seed, step), state.device)  # this step's dropout, from the seed
+    _seed(derived_seed(state.seed, step), state.device)  # this step's dropout, from the seed
     state.model.train()
     state.optimizer.zero_grad(set_to_none=True)
     loss = state.model.loss(state.model(x), y)
@@ -109,11 +143,28 @@ def checkpoint_tensors(state: TrainingState) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def checkpoint_bytes(state: TrainingState, *, step: int) -> bytes:
+    """The checkpoint file of ``state`` at ``step`` (safetensors; the same state gives the same bytes)."""
+    return save_bytes(checkpoint_tensors(state), metadata={"step": str(step)})
+
+
 def save_checkpoint(state: TrainingState, path: Path, *, step: int) -> str:
     """Write a checkpoint (model + optimizer state, safetensors); return the file's SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(checkpoint_tensors(state), str(path), metadata={"step": str(step)})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    data = checkpoint_bytes(state, step=step)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_counter(key: str) -> bool:
+    """Checkpoint entries that count steps: optimizer ``step`` and BatchNorm ``num_batches_tracked``."""
+    return key.endswith(".num_batches_tracked") or (key.startswith("optim.") and key.endswith(".step"))
+
+
+def counter_value(key: str, step: int) -> int:
+    """What a counter entry must hold after ``step`` optimizer steps (one train-mode forward per step)."""
+    del key  # both kinds advance once per optimizer step in this runtime
+    return step
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -135,7 +186,8 @@ def load_checkpoint(state: TrainingState, tensors: dict[str, torch.Tensor]) -> N
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value.to(state.device)
+            # Non-capturable optimizers keep their step counters on the CPU, whatever the device.
+            slots.setdefault(int(index), {})[name] = value if name == "step" else value.to(state.device)
     current = state.optimizer.state_dict()
     try:
         state.optimizer.load_state_dict({"state": slots, "param_groups": current["param_groups"]})

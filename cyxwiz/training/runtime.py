@@ -3,7 +3,8 @@
 It trains a ``model`` job exactly as the signed spec says (seed, data order, hyper-parameters), with
 deterministic kernels. Every ``checkpoint_every`` steps it writes a checkpoint under ``/output`` and
 sends a commitment (checkpoint SHA-256 + batch-indices SHA-256) over the job bridge; at the end it
-writes ``model.safetensors``, ``metrics.json`` and ``commitments.json``. Progress goes over the bridge
+writes ``model.safetensors``, ``metrics.json``, ``commitments.json`` and ``runtime.json`` (the device
+class, so the verifier knows which replay tolerance applies). Progress goes over the bridge
 only (``$CYXWIZ_BRIDGE``); without a bridge (tests, local runs) it is printed to stderr.
 """
 
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Protocol
 
 from cyxwiz.errors import CyxwizError, ValidationError
+from cyxwiz.training.spec import TrainingJob
 from cyxwiz.verification.commitments import COMMITMENTS_FILE, GENESIS, Commitment, write_commitments
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
+RUNTIME_FILE = "runtime.json"
 #: The metric a ``model`` job claims (validation accuracy on the seeded split of its training file).
 CLAIMED_METRIC = "val_accuracy"
 
@@ -105,6 +108,21 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_DIR}/step-{step:08d}.safetensors"
 
 
+def segment_length(job: TrainingJob, total: int) -> int:
+    """Steps per checkpoint: the spec's number, or the ``auto`` schedule that lets the verification
+    target fit its budget (issue 20)."""
+    from cyxwiz.verification.sampling import segment_steps
+
+    v = job.verification
+    return segment_steps(
+        total,
+        requested=job.training.checkpoint_every,
+        target_fraction=v.target_fraction,
+        confidence=v.confidence,
+        budget=v.budget,
+    )
+
+
 def checkpoint_steps(total: int, every: int) -> list[int]:
     """Steps at which checkpoints are due: 0, every, 2·every, …, and always the last step."""
     steps = list(range(0, total, every))
@@ -119,6 +137,7 @@ def run_training(
     output_dir: Path,
     reporter: Reporter | None = None,
     device: str = "cpu",
+    device_class: str = "cpu",
 ) -> RunSummary:
     """Train the job at ``job_path`` on ``data_path``, writing every artifact under ``output_dir``."""
     from cyxwiz.training import engine
@@ -149,7 +168,7 @@ def run_training(
     report = reporter or default_reporter(job.job_id)
     state = engine.new_state(job, data, device=device)
     total = state.order.total_steps
-    due = checkpoint_steps(total, job.training.checkpoint_every)
+    due = set(checkpoint_steps(total, segment_length(job, total)))
     output_dir.mkdir(parents=True, exist_ok=True)
     commitments: list[Commitment] = []
     prev_hash, prev_step = GENESIS, 0
@@ -179,11 +198,15 @@ def run_training(
         report.close()
     from safetensors.torch import save_file
 
+    from cyxwiz.training.device import DeviceSelection, runtime_info
+
     save_file(
         {k: v.to("cpu").contiguous() for k, v in state.model.state_dict().items()},
         str(output_dir / MODEL_FILE),
     )
     write_commitments(output_dir / COMMITMENTS_FILE, commitments)
+    info = runtime_info(DeviceSelection(device=device, device_class=device_class, name=device))
+    (output_dir / RUNTIME_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     (output_dir / METRICS_FILE).write_text(
         json.dumps({"final": metrics, "job_id": job.job_id, "job_spec_sha256": job.sha256()}, indent=1)
         + "\n",
@@ -194,20 +217,6 @@ def run_training(
     )
 
 
-def _device(choice: str) -> str:
-    import os
-
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
-    cap = os.environ.get("CYXWIZ_GPU_MEMORY_BYTES", "")
-    if device == "cuda" and cap.isdigit():
-        # The kernel cannot limit GPU memory (E2): the sandbox hands the cap over and the runtime applies it.
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(max(0.01, min(1.0, int(cap) / total)))
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cyxwiz.training.runtime", description=__doc__)
     parser.add_argument("--job", type=Path, default=Path("/input/job.json"))
@@ -216,8 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
     try:
+        import os
+
+        from cyxwiz.training.device import select_device
+
+        selection = select_device(args.device, env=dict(os.environ))
         summary = run_training(
-            args.job, data_path=args.data, output_dir=args.output, device=_device(args.device)
+            args.job,
+            data_path=args.data,
+            output_dir=args.output,
+            device=selection.device,
+            device_class=selection.device_class,
         )
     except CyxwizError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ __all__ = [
     "Task",
     "TrainingConfig",
     "TrainingJob",
+    "VerificationSpec",
     "check_job_type",
     "parse_model_definition",
     "parse_training_job",
@@ -142,9 +143,14 @@ class TrainingConfig(_Strict):
     """Everything that fixes the training trajectory; part of the signed spec."""
 
     seed: int = Field(ge=0, le=2**32 - 1)
+    #: Per-job secret (32 random bytes, hex) the control plane adds after it assigned a node and mixes
+    #: into every seed (init, split, data order, dropout): two jobs with the same public spec train
+    #: different trajectories, and no trace can be computed before the assignment (issue 20, F1).
+    job_secret: str | None = Field(default=None, pattern=_SHA256)
     hyperparameters: Hyperparameters = Hyperparameters()
-    #: A checkpoint and a commitment every this many optimizer steps (the replay segment length).
-    checkpoint_every: int = Field(default=10, ge=1, le=1_000_000)
+    #: A checkpoint and a commitment every this many optimizer steps (the replay segment length);
+    #: ``"auto"``: the longest segments for which the verification target fits its budget.
+    checkpoint_every: int | Literal["auto"] = Field(default="auto")
     #: Share of the training data the runtime keeps aside to report the claimed metric on.
     validation_fraction: float = Field(default=0.1, ge=0.0, le=0.5)
     loss: Literal["cross_entropy"] = "cross_entropy"
@@ -158,6 +164,24 @@ class Task(_Strict):
     threshold: float = Field(default=0.0, ge=0, le=1)
     #: How far the holdout metric may fall below the claimed one.
     tolerance: float = Field(default=0.05, ge=0, le=1)
+
+
+class VerificationSpec(_Strict):
+    """How the control plane checks the training (issue 20): the detection target and its budget."""
+
+    #: ``sampled``: replay random segments; ``redundant``: two nodes, compare chains, referee the first
+    #: differing segment.
+    mode: Literal["sampled", "redundant"] = "sampled"
+    #: Catch a node that faked at least this fraction of its segments …
+    target_fraction: float = Field(default=0.01, gt=0, le=1)
+    #: … with at least this probability …
+    confidence: float = Field(default=0.99, gt=0, lt=1)
+    #: … replaying at most this fraction of the training work.
+    budget: float = Field(default=0.10, gt=0, le=1)
+    #: Refuse the job when the target does not fit the budget (otherwise the report states what it got).
+    strict: bool = False
+    #: Seconds after verification during which the user may open a dispute before the escrow is released.
+    dispute_window_s: int = Field(default=0, ge=0, le=30 * 86_400)
 
 
 class ScriptRef(_Strict):
@@ -178,6 +202,7 @@ class TrainingJob(_Strict):
     dataset: DatasetRef
     training: TrainingConfig
     task: Task
+    verification: VerificationSpec = VerificationSpec()
 
     @field_validator("job_type", mode="before")
     @classmethod

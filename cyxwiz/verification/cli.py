@@ -29,9 +29,11 @@ CertOpt = Annotated[Path, _file("--cert", "The node certificate (PEM).")]
 
 
 def reference_job_document(
-    *, job_id: str, train: Path, train_sha256: str, seed: int = 7
+    *, job_id: str, train: Path, train_sha256: str, seed: int = 7, job_secret: str | None = None
 ) -> dict[str, object]:
-    """The reference MLP job on digits (the demo's and the benchmark's job)."""
+    """The reference MLP job on digits (the demo's and the benchmark's job), bound to ``job_secret``."""
+    from cyxwiz.verification.binding import new_job_secret
+
     return {
         "job_id": job_id,
         "job_type": "model",
@@ -47,6 +49,7 @@ def reference_job_document(
         "dataset": {"uri": f"file://{train.resolve()}", "sha256": train_sha256},
         "training": {
             "seed": seed,
+            "job_secret": job_secret or new_job_secret(),
             "checkpoint_every": 4,
             "hyperparameters": {"batch_size": 32, "epochs": 30, "learning_rate": 0.01},
         },
@@ -147,7 +150,12 @@ def check_cmd(
     node: Annotated[str, typer.Option("--node", help="PeerID the job was assigned to.")] = "",
     jti: Annotated[str, typer.Option("--jti", help="jti of the job token minted for this run.")] = "",
     segments: Annotated[
-        int, typer.Option("--segments", min=0, help="Segments to replay (0: enough for 10 % at 95 %).")
+        int,
+        typer.Option(
+            "--segments",
+            min=0,
+            help="Segments to replay (0: the job's verification target within its budget).",
+        ),
     ] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     markdown_out: Annotated[

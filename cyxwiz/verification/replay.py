@@ -1,14 +1,18 @@
-"""Checks of the training trace: commitments, endpoints, metrics, and the replay spot check.
+"""The claimed metric, the holdout, and the replay spot check of a ``model`` job's training trace.
 
 Proof-of-learning style: the node committed to a checkpoint every k steps; the verifier (trusted, holding
-the signed spec and the training file) recomputes the data order, checks that the first checkpoint is the
-seeded initialisation and the last is the delivered model, and replays ``m`` randomly chosen segments
-from their starting checkpoint, comparing the result with the committed end checkpoint. A node that
-faked a fraction ``f`` of the segments escapes with probability at most ``(1-f)^m``.
+the signed spec with the job's secret and the training file) replays ``n`` randomly chosen segments from
+their committed start and compares the *whole* resulting checkpoint — weights, optimizer state, counters —
+with the committed end. Within a backend class the comparison is the checkpoint's SHA-256 (bit for bit);
+across classes every tensor group must stay within the calibrated tolerance
+(:mod:`cyxwiz.verification.tolerance`). ``n`` comes from the job's target and budget
+(:mod:`cyxwiz.verification.sampling`): a node that faked ``k`` of ``N`` segments escapes with probability
+``C(N-k, n) / C(N, n)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import secrets
@@ -18,116 +22,23 @@ from pathlib import Path
 
 import torch
 
-from cyxwiz.errors import CyxwizError
 from cyxwiz.training import engine
 from cyxwiz.training.data import Dataset
-from cyxwiz.training.runtime import CLAIMED_METRIC, MODEL_FILE, checkpoint_name, checkpoint_steps
+from cyxwiz.training.runtime import CLAIMED_METRIC, METRICS_FILE, MODEL_FILE, RUNTIME_FILE
 from cyxwiz.training.spec import TrainingJob
-from cyxwiz.verification.commitments import COMMITMENTS_FILE, Commitment, check_chain, commitments_root
+from cyxwiz.verification.commitments import COMMITMENTS_FILE, Commitment
 from cyxwiz.verification.proof import CompletionProof
 from cyxwiz.verification.report import Check
-
-#: 1-(1-0.1)^29 = 0.953: catches a node that faked 10 % of its segments with ≥ 95 % probability.
-DEFAULT_DETECT_FRACTION = 0.1
-DEFAULT_CONFIDENCE = 0.95
-
-
-def required_segments(fraction: float, confidence: float) -> int:
-    """Smallest m with 1-(1-fraction)^m ≥ confidence."""
-    return max(1, math.ceil(math.log(1 - confidence) / math.log(1 - fraction)))
-
-
-def detection_probability(fraction: float, segments: int) -> float:
-    return 1 - (1 - fraction) ** segments
+from cyxwiz.verification.sampling import SamplingPlan
+from cyxwiz.verification.tolerance import Tolerance
 
 
 @dataclass(frozen=True)
 class ReplayPolicy:
-    #: Segments to replay; ``None`` = enough to detect ``detect_fraction`` faked segments at ``confidence``.
+    #: Segments to replay; ``None`` = what the job's verification target needs within its budget.
     segments: int | None = None
-    detect_fraction: float = DEFAULT_DETECT_FRACTION
-    confidence: float = DEFAULT_CONFIDENCE
-    #: Largest accepted ‖replayed − committed‖ / ‖committed − start‖ for a segment (honest runs: ~1e-7).
-    distance_tolerance: float = 0.01
     #: Seed of the segment choice; ``None`` draws it from the OS so a node cannot predict it.
     sample_seed: int | None = None
-
-    def count(self, available: int) -> int:
-        wanted = self.segments or required_segments(self.detect_fraction, self.confidence)
-        return min(wanted, available)
-
-
-def check_commitments(
-    job: TrainingJob, state: engine.TrainingState, proof: CompletionProof, commitments: Sequence[Commitment]
-) -> Check:
-    """Root, chain, schedule, checkpoint hashes and data order of the committed checkpoints."""
-    total, every = state.order.total_steps, job.training.checkpoint_every
-    if (
-        commitments_root(commitments) != proof.checkpoints.merkle_root
-        or len(commitments) != proof.checkpoints.count
-    ):
-        return Check("commitments", False, "commitments.json does not match the Merkle root the proof signs")
-    try:
-        check_chain(commitments)
-    except CyxwizError as exc:
-        return Check("commitments", False, f"broken commitment chain: {exc.message} ({exc.field})")
-    expected = checkpoint_steps(total, every)
-    steps = [c.step for c in commitments]
-    if steps != expected:
-        missing = sorted(set(expected) - set(steps))[:5]
-        extra = sorted(set(steps) - set(expected))[:5]
-        return Check(
-            "commitments",
-            False,
-            f"checkpoint schedule differs from the spec (every {every} of {total} "
-            f"steps): missing {missing}, unexpected {extra}",
-            {"committed": len(steps), "expected": len(expected)},
-        )
-    prev = 0
-    for c in commitments:
-        if c.path != checkpoint_name(c.step) or proof.artifacts.get(c.path) != c.weights_sha256:
-            return Check("commitments", False, f"checkpoint of step {c.step} is not the committed file")
-        if c.batch_indices_sha256 != state.order.segment_sha256(prev, c.step):
-            return Check(
-                "commitments",
-                False,
-                f"batch indices committed at step {c.step} are not the data order of the spec's seed",
-            )
-        prev = c.step
-    return Check(
-        "commitments",
-        True,
-        f"{len(commitments)} checkpoints every {every} steps, chain and data order match the spec",
-        {"checkpoints": len(commitments), "steps": total},
-    )
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def check_endpoints(
-    job: TrainingJob, data: Dataset, output_dir: Path, commitments: Sequence[Commitment]
-) -> Check:
-    """The first checkpoint is the seeded initialisation; the last is the delivered model."""
-    fresh = engine.new_state(job, data)
-    first = engine.read_checkpoint(output_dir / commitments[0].path)
-    if not _same(engine.checkpoint_tensors(fresh), first):
-        return Check(
-            "endpoints",
-            False,
-            "the step-0 checkpoint is not the initialisation of the spec's seed "
-            "(changed seed or weights from elsewhere)",
-        )
-    last = {
-        k.removeprefix("model."): v
-        for k, v in engine.read_checkpoint(output_dir / commitments[-1].path).items()
-        if k.startswith("model.")
-    }
-    delivered = engine.read_checkpoint(output_dir / MODEL_FILE)
-    if not _same(last, delivered):
-        return Check("endpoints", False, "the delivered model is not the last committed checkpoint")
-    return Check("endpoints", True, "step-0 checkpoint = seeded initialisation; model = last checkpoint")
 
 
 def check_metrics(
@@ -196,24 +107,90 @@ def check_metrics(
     return checks
 
 
-def check_replay(
-    job: TrainingJob, data: Dataset, output_dir: Path, commitments: Sequence[Commitment], policy: ReplayPolicy
-) -> Check:
-    """Replay ``m`` random segments from their committed start and compare with the committed end."""
-    available = len(commitments) - 1
-    m = policy.count(available)
+def choose_segments(available: int, count: int, policy: ReplayPolicy) -> list[int]:
     # The OS generator unless a seed is given: a node must not be able to predict which segments are replayed.
     rng: random.Random = (
         secrets.SystemRandom() if policy.sample_seed is None else random.Random(policy.sample_seed)  # noqa: S311
     )
-    chosen = sorted(rng.sample(range(available), m)) if m else []
+    return sorted(rng.sample(range(available), min(count, available)))
+
+
+def _distance(
+    replayed: dict[str, torch.Tensor],
+    claimed: dict[str, torch.Tensor],
+    origin: dict[str, torch.Tensor],
+    prefix: str,
+) -> float:
+    keys = sorted(k for k in claimed if k.startswith(prefix) and claimed[k].is_floating_point()
+                  and not engine.is_counter(k))  # fmt: skip
+    if not keys:
+        return 0.0
+
+    def flat(t: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t[k].reshape(-1).to(torch.float64) if k in t else
+                          torch.zeros(claimed[k].numel(), dtype=torch.float64) for k in keys])  # fmt: skip
+
+    r, c, o = flat(replayed), flat(claimed), flat(origin)
+    distance = float(torch.linalg.vector_norm(r - c)) / max(float(torch.linalg.vector_norm(c - o)), 1e-30)
+    return distance if math.isfinite(distance) else math.inf
+
+
+def compare_segment(
+    replayed: dict[str, torch.Tensor],
+    claimed: dict[str, torch.Tensor],
+    origin: dict[str, torch.Tensor],
+    tolerance: Tolerance,
+) -> tuple[bool, dict[str, float], str]:
+    """(within tolerance, distances by group, what differs) of a replayed end state and the committed one."""
+    if replayed.keys() != claimed.keys():
+        extra, missing = (
+            sorted(claimed.keys() - replayed.keys())[:3],
+            sorted(replayed.keys() - claimed.keys())[:3],
+        )
+        return False, {}, f"other state than the replay (extra {extra}, missing {missing})"
+    for key in sorted(claimed):
+        a, b = replayed[key].to("cpu"), claimed[key]
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False, {}, f"{key} has another dtype or shape"
+        if (engine.is_counter(key) or not b.is_floating_point()) and not torch.equal(a, b):
+            return False, {}, f"counter {key} differs"
+    distances = {
+        "model": _distance(replayed, claimed, origin, "model."),
+        "optimizer": _distance(replayed, claimed, origin, "optim."),
+    }
+    worst = max(distances.values())
+    if tolerance.exact:
+        same = all(torch.equal(replayed[k].to("cpu"), claimed[k]) for k in claimed)
+        return same, distances, "" if same else "not bit for bit"
+    return worst <= tolerance.value, distances, "" if worst <= tolerance.value else "beyond the tolerance"
+
+
+def check_replay(
+    job: TrainingJob,
+    data: Dataset,
+    output_dir: Path,
+    commitments: Sequence[Commitment],
+    *,
+    policy: ReplayPolicy,
+    plan: SamplingPlan,
+    tolerance: Tolerance,
+) -> Check:
+    """Replay the planned number of random segments from their committed start; compare the whole state."""
+    available = len(commitments) - 1
+    chosen = choose_segments(available, plan.samples, policy)
     state = engine.new_state(job, data)
     worst = 0.0
     details: dict[str, object] = {
         "segments_total": available,
-        "segments_replayed": m,
-        "detection_probability": detection_probability(policy.detect_fraction, m),
-        "detect_fraction": policy.detect_fraction,
+        "segments_replayed": len(chosen),
+        "detection_probability": plan.detection_probability,
+        "target_fraction": plan.target_fraction,
+        "confidence": plan.confidence,
+        "faked_segments_assumed": plan.faked,
+        "target_met": plan.fits,
+        "plan": plan.describe(),
+        "tolerance": tolerance.value,
+        "tolerance_reason": tolerance.reason,
     }
     for index in chosen:
         start, end = commitments[index], commitments[index + 1]
@@ -221,36 +198,35 @@ def check_replay(
         engine.load_checkpoint(state, before)
         for step in range(start.step, end.step):
             engine.train_step(state, step)
-        replayed = engine.flat_parameters(engine.checkpoint_tensors(state))
-        claimed = engine.flat_parameters(engine.read_checkpoint(output_dir / end.path))
-        origin = engine.flat_parameters(before)
-        if replayed.shape != claimed.shape or claimed.shape != origin.shape:
-            return Check("replay", False, f"checkpoint of step {end.step} has another shape", details)
-        distance = float(
-            torch.linalg.vector_norm(replayed - claimed)
-            / max(float(torch.linalg.vector_norm(claimed - origin)), 1e-12)
-        )
-        worst = max(worst, distance) if math.isfinite(distance) else math.inf
-        if not distance <= policy.distance_tolerance:
+        if tolerance.exact:
+            digest = hashlib.sha256(engine.checkpoint_bytes(state, step=end.step)).hexdigest()
+            if digest == end.weights_sha256:
+                continue
+        replayed = engine.checkpoint_tensors(state)
+        claimed = engine.read_checkpoint(output_dir / end.path)
+        ok, distances, what = compare_segment(replayed, claimed, before, tolerance)
+        if distances:
+            worst = max(worst, *distances.values())
+        if not ok:
             details["worst_distance"] = worst
+            details["failed_segment"] = [start.step, end.step]
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in distances.items())
             return Check(
                 "replay",
                 False,
-                f"segment {start.step}→{end.step} does not reproduce: distance "
-                f"{distance:.3g} > {policy.distance_tolerance} (fewer steps, other seed or learning "
-                "rate, or a forged checkpoint)",
+                f"segment {start.step}→{end.step} does not reproduce: {what}"
+                f"{f' ({shown})' if shown else ''}; tolerance {tolerance.value:.3g}: {tolerance.reason} "
+                "(fewer steps, other data, drifted or forged state)",
                 details,
             )
     details["worst_distance"] = worst
     details["chosen"] = [commitments[i].step for i in chosen]
+    how = "bit for bit" if tolerance.exact else f"worst distance {worst:.2g} ≤ {tolerance.value:.3g}"
     return Check(
-        "replay",
-        True,
-        f"{m} of {available} segments reproduce (worst distance {worst:.2g}); "
-        f"detects {policy.detect_fraction:.0%} faked segments with p={details['detection_probability']:.3f}",
-        details,
+        "replay", True, f"{len(chosen)} of {available} segments reproduce ({how}); {plan.describe()}", details
     )
 
 
 def missing_required(proof: CompletionProof) -> list[str]:
-    return [name for name in (MODEL_FILE, COMMITMENTS_FILE, "metrics.json") if name not in proof.artifacts]
+    required = (MODEL_FILE, COMMITMENTS_FILE, METRICS_FILE, RUNTIME_FILE)
+    return [name for name in required if name not in proof.artifacts]

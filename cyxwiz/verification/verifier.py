@@ -51,6 +51,9 @@ class Expectations:
     token_jti: str | None = None
     #: When the trusted side received the proof (revocation is judged at this moment); default: now.
     received_at: dt.datetime | None = None
+    #: A model job must carry the per-job secret the control plane added after assignment (issue 20):
+    #: without it two jobs of one spec train the same run and one's trace passes for the other.
+    require_job_secret: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,12 @@ def _binding(signed: SignedProof, job: TrainingJob, expect: Expectations, receiv
         return Check(
             "binding", False, "proof binds another job spec (seed, model or hyper-parameters changed)"
         )
+    if expect.require_job_secret and job.job_type == "model" and job.training.job_secret is None:
+        return Check(
+            "binding",
+            False,
+            "the job spec carries no per-job secret (training.job_secret): its run is not bound to this job",
+        )
     if expect.token_jti is not None and proof.token_jti != expect.token_jti:
         return Check("binding", False, "proof carries another job token id (replayed from an earlier run)")
     if not proof.started() <= proof.finished() <= received + CLOCK_SKEW:
@@ -165,13 +174,34 @@ def _artifacts(signed: SignedProof, output_dir: Path) -> Check:
     return Check("artifacts", True, f"{len(actual)} artifacts match their SHA-256")
 
 
+def _runtime_declaration(output_dir: Path) -> dict[str, str]:
+    import json
+
+    from cyxwiz.errors import VerificationError
+    from cyxwiz.training.runtime import RUNTIME_FILE
+
+    try:
+        doc = json.loads((output_dir / RUNTIME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VerificationError(f"{RUNTIME_FILE} is unreadable: {exc}", path=RUNTIME_FILE) from None
+    fields = ("device_class", "dtype", "torch")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in fields):
+        raise VerificationError(f"{RUNTIME_FILE} must name {', '.join(fields)}", path=RUNTIME_FILE)
+    return {k: doc[k] for k in fields}
+
+
 def _training(
     run: _Run, *, signed: SignedProof, job: TrainingJob, output_dir: Path, data: JobData, policy: ReplayPolicy
 ) -> None:
+    import torch
+
     from cyxwiz.training import engine
     from cyxwiz.training.data import load_dataset
-    from cyxwiz.verification import replay
+    from cyxwiz.training.runtime import segment_length
+    from cyxwiz.verification import replay, trace
     from cyxwiz.verification.commitments import read_commitments
+    from cyxwiz.verification.sampling import plan_sampling
+    from cyxwiz.verification.tolerance import tolerance_for
 
     assert job.model is not None
     missing = replay.missing_required(signed.proof)
@@ -189,18 +219,47 @@ def _training(
     commitments = read_commitments(output_dir / "commitments.json")
     state = engine.new_state(job, train)
     started = time.perf_counter()
-    trace_ok = run.add(replay.check_commitments(job, state, signed.proof, commitments))
+    total = state.order.total_steps
+    every = segment_length(job, total)
+    trace_ok = run.add(trace.check_commitments(state.order, every, signed.proof, commitments))
     if trace_ok:
-        trace_ok = run.add(replay.check_endpoints(job, train, output_dir, commitments))
+        schemas = trace.StateSchemas.of(job, train)
+        trace_ok = run.add(trace.check_state(output_dir, commitments, schemas))
+    if trace_ok:
+        trace_ok = run.add(trace.check_endpoints(job, train, output_dir, commitments))
     try:
         for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof):
             run.add(check)
     except CyxwizError as exc:
         run.add(Check("claimed-metric", False, f"the delivered model cannot be evaluated: {exc.message}"))
-    if trace_ok:
-        run.add(replay.check_replay(job, train, output_dir, commitments, policy))
-    else:
+    if not trace_ok:
         run.add(Check("replay", False, "not run: the commitment trace is not sound"))
+    else:
+        v = job.verification
+        plan = plan_sampling(
+            len(commitments) - 1,
+            target_fraction=v.target_fraction,
+            confidence=v.confidence,
+            budget=v.budget,
+            samples=policy.segments,
+        )
+        try:
+            declared = _runtime_declaration(output_dir)
+            tolerance = tolerance_for(
+                node_class=declared["device_class"],
+                node_torch=declared["torch"],
+                verifier_class="cpu",
+                verifier_torch=torch.__version__,
+                dtype=declared["dtype"],
+            )
+        except CyxwizError as exc:
+            run.add(Check("replay", False, f"no tolerance for this node's backend: {exc.message}"))
+        else:
+            run.add(
+                replay.check_replay(
+                    job, train, output_dir, commitments, policy=policy, plan=plan, tolerance=tolerance
+                )
+            )
     run.summary["training_checks_seconds"] = round(time.perf_counter() - started, 3)
 
 
@@ -247,7 +306,14 @@ def verify_job(
         if check.name == "holdout":
             run.summary["holdout_accuracy"] = check.details.get("holdout_accuracy")
         if check.name == "replay":
-            for key in ("segments_replayed", "segments_total", "detection_probability"):
+            for key in (
+                "segments_replayed",
+                "segments_total",
+                "detection_probability",
+                "target_met",
+                "tolerance",
+                "tolerance_reason",
+            ):
                 run.summary[key] = check.details.get(key)
     run.summary["claimed_metrics"] = dict(proof.proof.metrics)
     return VerificationReport(

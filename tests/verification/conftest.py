@@ -4,6 +4,7 @@ play a dishonest node (rewrite outputs, rebuild commitments consistently, re-sig
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -37,7 +38,10 @@ def reference_job(
     epochs: int = 6,
     learning_rate: float = 0.01,
     threshold: float = 0.9,
+    job_secret: str | None = None,
 ) -> dict[str, Any]:
+    # A fixed secret per job id keeps the session's runs reproducible; production draws it per job.
+    secret = job_secret or hashlib.sha256(f"test-secret:{job_id}".encode()).hexdigest()
     return {
         "job_id": job_id,
         "job_type": "model",
@@ -53,6 +57,7 @@ def reference_job(
         "dataset": {"uri": f"file://{data.train}", "sha256": data.train_sha256},
         "training": {
             "seed": seed,
+            "job_secret": secret,
             "checkpoint_every": 5,
             "hyperparameters": {"batch_size": 32, "epochs": epochs, "learning_rate": learning_rate},
         },
@@ -191,8 +196,6 @@ def rebuild_trace(out: Path, rewrite: Callable[[int, dict[str, Any]], dict[str, 
         changed = rewrite(c.step, tensors)
         if changed is not None:
             save_file(changed, str(path), metadata={"step": str(c.step)})
-        import hashlib
-
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         commitment = Commitment(
             step=c.step,
