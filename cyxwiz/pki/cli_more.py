@@ -113,14 +113,23 @@ def verify(
         list[Path], typer.Argument(help="Certificate file(s); extra certs in a file are its chain.")
     ],
     ca_bundle: Annotated[
-        Path, typer.Option("--ca-bundle", "--ca-file", help="Trusted CA bundle (roots + intermediates).")
-    ],
+        Path | None,
+        typer.Option("--ca-bundle", "--ca-file", help="Trusted CA bundle (roots + intermediates)."),
+    ] = None,
     crl: Annotated[
         list[Path] | None, typer.Option("--crl", help="CRL file(s) to check revocation against (repeatable).")
     ] = None,
     purpose: Annotated[str | None, typer.Option("--purpose", help="Require EKU: server | client.")] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="Check validity at this ISO 8601 time instead of now.")
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="Federation trust policy (YAML): each organization's bundle, CRLs, roles and names "
+            "(instead of --ca-bundle/--crl).",
+        ),
     ] = None,
 ) -> None:
     """Verify certificates: chain to a root of the bundle, validity, constraints, usage, revocation.
@@ -135,6 +144,12 @@ def verify(
 
     if purpose not in (None, "server", "client"):
         raise ValidationError("--purpose must be server or client", field="purpose")
+    if (ca_bundle is None) == (policy is None):
+        raise ValidationError("give exactly one of --ca-bundle or --policy", field="ca_bundle")
+    if policy is not None:
+        _verify_with_policy(certs, policy=policy, at=_parse_at(at), purpose=purpose)
+        return
+    assert ca_bundle is not None
     trusted = load_certificates(ca_bundle)
     crls = [c for path in crl or [] for c in load_crls(path)]
     when = _parse_at(at)
@@ -157,6 +172,31 @@ def verify(
             continue
         names = " -> ".join(c.subject.rfc4514_string() for c in found)
         typer.echo(f"{path}: OK ({names})")
+    if failed:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _verify_with_policy(
+    certs: list[Path], *, policy: Path, at: dt.datetime | None, purpose: str | None
+) -> None:
+    """``verify --policy``: each certificate against the federation's trust policy (A7, C1)."""
+    from cyxwiz.pki.certs import load_certificates
+    from cyxwiz.pki.trust_policy import TrustPolicy
+
+    loaded = TrustPolicy.load(policy)
+    crls = loaded.load_crls()
+    failed = False
+    for path in certs:
+        leaf, *chain = load_certificates(path)
+        try:
+            decision = loaded.evaluate(leaf, crls=crls, at=at, purpose=purpose, intermediates=chain)
+        except PKIError as exc:
+            exc.path = exc.path or str(path)
+            typer.echo(f"error: {exc}", err=True)
+            failed = True
+            continue
+        names = " -> ".join(c.subject.rfc4514_string() for c in decision.chain)
+        typer.echo(f"{path}: OK (organization {decision.organization}: {names})")
     if failed:
         raise typer.Exit(EXIT_REFUSED)
 

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
+
+from cryptography import x509
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
@@ -40,6 +42,16 @@ log = logging.getLogger(__name__)
 
 StalePolicy = Literal["fail-closed", "fail-open"]
 Clock = Callable[[], datetime]
+
+
+class PeerPolicy(Protocol):
+    """A rule on verified peers beyond chain and CRL, e.g. :class:`cyxwiz.pki.federation.Federation`."""
+
+    def refusal(self, cert: x509.Certificate) -> str | None: ...
+
+    def check_now(self) -> bool:
+        """Reload; True when the rules in force changed (live connections are then re-checked)."""
+        ...
 
 
 def _utcnow() -> datetime:
@@ -115,6 +127,7 @@ class ServerTLS:
         audit: AuditSink | None = None,
         clock: Clock = _utcnow,
         poll_interval: float = 0.5,
+        policy: PeerPolicy | None = None,
     ) -> None:
         if stale_policy not in ("fail-closed", "fail-open"):
             raise ConfigError("must be fail-closed or fail-open", field="stale_policy", rule="A6")
@@ -124,6 +137,8 @@ class ServerTLS:
         self.audit = audit
         self.clock = clock
         self.poll_interval = poll_interval
+        #: A federation trust policy checked on the verified peer after the CRL check (A7, C1).
+        self.policy = policy
         self.connections = ConnectionRegistry()
         self._trusted = load_trusted_cas(trust_bundle)
         self._lock = threading.RLock()
@@ -174,9 +189,10 @@ class ServerTLS:
         The wording is OpenSSL's, so audit queries written against handshake refusals keep working.
         """
         snap = self._snapshot
-        if snap is None:
-            return None
-        return snap.chain_refusal(peer.certificate, self._trusted)
+        reason = snap.chain_refusal(peer.certificate, self._trusted) if snap is not None else None
+        if reason is None and self.policy is not None:
+            reason = self.policy.refusal(peer.certificate)
+        return reason
 
     def on_revoked(self, callback: Callable[[list[PeerIdentity]], None]) -> None:
         """Call ``callback`` with the peers whose connections a new CRL closed (e.g. to kill sessions)."""
@@ -206,7 +222,28 @@ class ServerTLS:
                     self._stat = stat
                     self._alert("crl.rejected", str(exc))
         self._check_stale()
+        if self.policy is not None and self.policy.check_now():
+            self._close_refused_by_policy()
+            changed = True
         return changed
+
+    def _close_refused_by_policy(self) -> None:
+        policy = self.policy
+        assert policy is not None
+        closed = self.connections.close_where(lambda p: policy.refusal(p.certificate) is not None)
+        for peer in closed:
+            self._record(
+                ev.revocation(
+                    actor_id="transport",
+                    actor_type=ev.ActorType.SYSTEM,
+                    kind="certificate",
+                    target=peer.peer_id,
+                    reason="connection closed: refused by the trust policy now in force",
+                )
+            )
+        if closed:
+            for callback in list(self._revoked_listeners):
+                callback(closed)
 
     def apply_crl(self, data: bytes) -> CRLSnapshot:
         """A pushed CRL: validate, persist atomically to the CRL path, take effect now."""
@@ -288,7 +325,7 @@ class ServerTLS:
     # --- watcher ----------------------------------------------------------------------------------
 
     def start_watching(self) -> None:
-        if self._thread is not None or self.crl_path is None:
+        if self._thread is not None or (self.crl_path is None and self.policy is None):
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="cyxwiz-crl-watch", daemon=True)

@@ -1,0 +1,476 @@
+"""A federation of organizations with scoped trust (SPEC A7, C1).
+
+Each organization runs its own root → issuing CA. The control plane's trust policy lists every trusted
+organization with its CA bundle (its root and intermediates, and any cross-certificates it issued), the
+roles it may certify, an optional name constraint, and its CRL file::
+
+    version: 1
+    organizations:
+      - name: orga
+        bundle: orga-bundle.pem
+        crl: orga-crls.pem
+        roles: [gateway, coordinator, scheduler, worker, data, verifier, user]
+      - name: orgb
+        bundle: orgb-bundle.pem
+        crl: orgb-crls.pem
+        roles: [worker]            # org B may certify workers, never a verifier
+        names: [.orgb.example]     # CN and DNS SANs of its leaves must fall inside
+
+A leaf is accepted when at least one path leads from it to the root of an organization in the policy and
+that path passes every rule below; the rules name themselves in the refusal:
+
+* ``A7/chain``   chain signatures, CA constraints, validity (as :mod:`cyxwiz.pki.verify`);
+* ``A7/crl``     every link checked against a fresh CRL of its issuer, from the CRL file of an organization
+  holding that CA; an organization whose CRL file is missing, unreadable or past nextUpdate has no CRLs
+  in force, so every path through its CAs fails (its nodes are refused, the others are not);
+* ``A7/revoked-key`` a CA key revoked for compromise (or without a reason) is dead on every path: a
+  cross-certificate of the same key elsewhere does not revive it;
+* ``A7/role``    the leaf's role must be granted by *every* organization holding a CA key of the path, so a
+  cross-signature from a broader organization never widens what org B's own CAs may certify;
+* ``A7/names``   likewise for name constraints.
+
+The PeerID stays the identity: the policy decides whether a certificate is accepted, never who it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cyxwiz.errors import CertificateError, ConfigError, PKIError
+from cyxwiz.pki.certs import Role, common_name, dns_names, is_ca, is_self_signed, load_certificates, role_of
+from cyxwiz.pki.keys import require_ed25519_public
+from cyxwiz.pki.verify import _check_issuer, _signed_by, check_leaf, check_validity, describe
+
+_MAX_DEPTH = 8
+#: Revocation reasons that end the key itself, not only the one certificate (RFC 5280 §5.3.1).
+_KEY_DEAD = {x509.ReasonFlags.key_compromise, x509.ReasonFlags.ca_compromise, x509.ReasonFlags.unspecified}
+
+
+class TrustPolicyError(CertificateError):
+    """A certificate the federation's trust policy refuses; ``rule`` names the policy rule."""
+
+    code = "trust-policy"
+
+
+def _raw_key(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Organization:
+    name: str
+    roots: tuple[x509.Certificate, ...]
+    cas: tuple[x509.Certificate, ...]  # roots, intermediates and cross-certificates (the path pool)
+    #: The CAs this organization certifies itself: its roots and what chains to them inside its bundle.
+    #: Only these count as its keys (a foreign CA copied into its bundle gives it no say over that CA).
+    held: tuple[x509.Certificate, ...]
+    roles: frozenset[Role]
+    names: tuple[str, ...] = ()
+    crl_path: Path | None = None
+
+    def holds_key(self, key: bytes) -> bool:
+        return any(_raw_key(ca) == key for ca in self.held)
+
+    def name_allowed(self, leaf: x509.Certificate) -> bool:
+        if not self.names:
+            return True
+        candidates = [n.lower().rstrip(".") for n in dns_names(leaf)]
+        cn = common_name(leaf)
+        if cn is not None:
+            candidates.append(cn.lower().rstrip("."))
+        return all(any(_within(c, rule) for rule in self.names) for c in candidates)
+
+
+def _within(name: str, rule: str) -> bool:
+    rule = rule.lower().rstrip(".")
+    if rule.startswith("."):
+        return name.endswith(rule) and len(name) > len(rule)
+    return name == rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrgCRLs:
+    """One organization's CRLs as loaded (``error`` set when none are in force for it).
+
+    ``by_signer`` maps the raw public key of the CA that signed each CRL to its CRLs: signatures are
+    checked once at load, not per handshake.
+    """
+
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    by_signer: Mapping[bytes, tuple[x509.CertificateRevocationList, ...]] = field(default_factory=dict)
+    error: str | None = None
+    #: Per issuer: (CRL number, lastUpdate) of the newest CRL in force, to refuse a rollback.
+    last_update: Mapping[str, tuple[int, dt.datetime]] = field(default_factory=dict)
+
+    def stale_reason(self, at: dt.datetime) -> str | None:
+        if self.error is not None:
+            return self.error
+        for crl in self.crls:
+            if crl.next_update_utc is None or crl.next_update_utc < at:
+                return f"CRL of '{crl.issuer.rfc4514_string()}' is past its nextUpdate: failing closed"
+            if crl.last_update_utc > at + dt.timedelta(minutes=5):
+                return f"CRL of '{crl.issuer.rfc4514_string()}' is not valid yet"
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An accepted certificate: the path used and the organization anchoring it."""
+
+    chain: list[x509.Certificate]
+    organization: str
+
+
+class TrustPolicy:
+    """The organizations the control plane trusts and what each may certify."""
+
+    def __init__(self, organizations: Sequence[Organization], *, source: str = "trust policy") -> None:
+        names = [o.name for o in organizations]
+        if len(set(names)) != len(names):
+            raise ConfigError("organization names must be unique", field="organizations", path=source)
+        seen: dict[bytes, str] = {}
+        for org in organizations:
+            for root in org.roots:
+                owner = seen.setdefault(_raw_key(root), org.name)
+                if owner != org.name:
+                    raise ConfigError(
+                        f"root {describe(root)} is listed for both {owner!r} and {org.name!r}",
+                        field="bundle",
+                        path=source,
+                        rule="A7",
+                    )
+        self.organizations = tuple(organizations)
+        self.source = source
+
+    # --- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrustPolicy:
+        import yaml
+
+        file = Path(path)
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("trust policy file not found", path=str(file), rule="A7") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"unreadable trust policy: {type(exc).__name__}", path=str(file)) from None
+        return cls.from_mapping(data, base=file.parent, source=str(file))
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, base: Path, source: str = "trust policy") -> TrustPolicy:
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ConfigError("trust policy must be a mapping with version: 1", field="version", path=source)
+        unknown = set(data) - {"version", "organizations"}
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)}", field="policy", path=source, rule="A7")
+        entries = data.get("organizations")
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("organizations must be a non-empty list", field="organizations", path=source)
+        return cls([_organization(entry, base=base, source=source) for entry in entries], source=source)
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def organization(self, name: str) -> Organization | None:
+        return next((o for o in self.organizations if o.name == name), None)
+
+    def all_cas(self) -> list[x509.Certificate]:
+        found: list[x509.Certificate] = []
+        for org in self.organizations:
+            found.extend(c for c in org.cas if c not in found)
+        return found
+
+    def bundle_pem(self) -> bytes:
+        """Every CA of every organization: the trust store OpenSSL verifies handshakes against."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.all_cas())
+
+    def load_crls(self, previous: Mapping[str, OrgCRLs] | None = None) -> dict[str, OrgCRLs]:
+        """Each organization's CRL file, loaded and checked independently of the others."""
+        return {o.name: load_org_crls(o, previous=(previous or {}).get(o.name)) for o in self.organizations}
+
+    # --- the decision ---------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        leaf: x509.Certificate,
+        *,
+        crls: Mapping[str, OrgCRLs],
+        at: dt.datetime | None = None,
+        purpose: str | None = None,
+        intermediates: Sequence[x509.Certificate] = (),
+    ) -> Decision:
+        """Accept ``leaf`` (returning the path) or raise the refusal of the most telling path."""
+        when = at or dt.datetime.now(dt.UTC)
+        check_leaf(leaf, purpose=purpose)  # type: ignore[arg-type]
+        check_validity(leaf, when)
+        paths = list(self._paths(leaf, intermediates=intermediates, at=when))
+        if not paths:
+            raise TrustPolicyError(
+                f"{describe(leaf)} has no valid path to the root of an organization in the trust policy",
+                rule="A7/chain",
+            )
+        dead = self._dead_keys(crls, at=when)
+        failures: list[PKIError] = []
+        for path in paths:
+            try:
+                return self._check_path(path, crls=crls, dead=dead, at=when)
+            except PKIError as exc:
+                failures.append(exc)
+        raise failures[0]
+
+    def _orgs_holding(self, path: Sequence[x509.Certificate]) -> list[Organization]:
+        keys = {_raw_key(c) for c in path[1:]}
+        return [o for o in self.organizations if any(o.holds_key(k) for k in keys)]
+
+    def _check_path(
+        self,
+        path: list[x509.Certificate],
+        *,
+        crls: Mapping[str, OrgCRLs],
+        dead: Mapping[bytes, str],
+        at: dt.datetime,
+    ) -> Decision:
+        leaf, anchor = path[0], path[-1]
+        anchor_org = next(o for o in self.organizations if anchor in o.roots)
+        holders = self._orgs_holding(path)
+        for ca in path[1:]:
+            why = dead.get(_raw_key(ca))
+            if why is not None:
+                raise TrustPolicyError(f"CA key of {describe(ca)} {why}", rule="A7/revoked-key")
+        for index, cert in enumerate(path[:-1]):
+            self._check_link(cert, path[index + 1], crls=crls, at=at)
+        role = role_of(leaf)
+        for org in holders:
+            if role is None or role not in org.roles:
+                allowed = ", ".join(sorted(r.value for r in org.roles))
+                raise TrustPolicyError(
+                    f"organization {org.name!r} may not certify role {role.value if role else '(none)'!r} "
+                    f"for {describe(leaf)} (it may certify: {allowed})",
+                    rule="A7/role",
+                )
+            if not org.name_allowed(leaf):
+                raise TrustPolicyError(
+                    f"{describe(leaf)} is outside the names organization {org.name!r} may certify "
+                    f"({', '.join(org.names)})",
+                    rule="A7/names",
+                )
+        return Decision(chain=path, organization=anchor_org.name)
+
+    def _check_link(
+        self,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        *,
+        crls: Mapping[str, OrgCRLs],
+        at: dt.datetime,
+    ) -> None:
+        key = _raw_key(issuer)
+        owners = [o for o in self.organizations if o.holds_key(key)]
+        found: list[x509.CertificateRevocationList] = []
+        unavailable: list[str] = []
+        for org in owners:
+            state = crls.get(org.name) or OrgCRLs(error="no CRL loaded")
+            reason = state.stale_reason(at)
+            if reason is not None:
+                unavailable.append(f"{org.name}: {reason}")
+                continue
+            found.extend(c for c in state.by_signer.get(key, ()) if c.issuer == issuer.subject)
+        if not found:
+            detail = "; ".join(unavailable) if unavailable else "none published"
+            raise TrustPolicyError(
+                f"no CRL in force from issuer {describe(issuer)} of {describe(cert)} ({detail})",
+                rule="A7/crl",
+                hint="each organization publishes a fresh CRL of every CA in its bundle",
+            )
+        for crl in found:
+            revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if revoked is not None:
+                raise TrustPolicyError(
+                    f"{describe(cert)} was revoked by {describe(issuer)} at "
+                    f"{revoked.revocation_date_utc.isoformat()}",
+                    rule="A7/crl",
+                )
+
+    def _dead_keys(self, crls: Mapping[str, OrgCRLs], *, at: dt.datetime) -> dict[bytes, str]:
+        """CA keys revoked for compromise (or without reason) by any organization's valid CRL.
+
+        A CRL entry names a CA certificate by issuer and serial; it counts only for a certificate that the
+        CRL's own signer issued, so an organization cannot kill another's CA by reusing its issuer name.
+        """
+        dead: dict[bytes, str] = {}
+        everything = self.all_cas()
+        for org in self.organizations:
+            state = crls.get(org.name)
+            if state is None or state.stale_reason(at) is not None:
+                continue
+            for signer_key, signed in state.by_signer.items():
+                signer = ed25519.Ed25519PublicKey.from_public_bytes(signer_key)
+                for crl, entry, reason in _key_ending_entries(signed):
+                    for ca in everything:
+                        same = ca.serial_number == entry.serial_number and ca.issuer == crl.issuer
+                        if same and _issued_by_key(ca, signer):
+                            dead[_raw_key(ca)] = f"was revoked ({reason.value}) by organization {org.name!r}"
+        return dead
+
+    def _paths(
+        self,
+        leaf: x509.Certificate,
+        *,
+        intermediates: Sequence[x509.Certificate],
+        at: dt.datetime,
+    ) -> Iterator[list[x509.Certificate]]:
+        anchors = [r for o in self.organizations for r in o.roots]
+        pool = [*intermediates, *self.all_cas()]
+
+        def extend(path: list[x509.Certificate]) -> Iterator[list[x509.Certificate]]:
+            current = path[-1]
+            if current in anchors:
+                yield path
+                return
+            if len(path) > _MAX_DEPTH:
+                return
+            for issuer in pool:
+                if issuer.subject != current.issuer or issuer in path or not _signed_by(current, issuer):
+                    continue
+                below = sum(1 for c in path[1:] if c.issuer != c.subject)
+                try:
+                    _check_issuer(issuer, intermediates_below=below)
+                    check_validity(issuer, at)
+                except PKIError:
+                    continue
+                yield from extend([*path, issuer])
+
+        yield from extend([leaf])
+
+
+def _key_ending_entries(
+    crls: Sequence[x509.CertificateRevocationList],
+) -> Iterator[tuple[x509.CertificateRevocationList, x509.RevokedCertificate, x509.ReasonFlags]]:
+    for crl in crls:
+        for entry in crl:
+            reason = x509.ReasonFlags.unspecified
+            with contextlib.suppress(x509.ExtensionNotFound):
+                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            if reason in _KEY_DEAD:
+                yield crl, entry, reason
+
+
+def _issued_by_key(cert: x509.Certificate, key: ed25519.Ed25519PublicKey) -> bool:
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
+def load_org_crls(org: Organization, *, previous: OrgCRLs | None = None) -> OrgCRLs:
+    """An organization's CRL file: each CRL signed by a CA of its bundle, none older than the one in force.
+
+    Never raises: a missing or bad file gives an :class:`OrgCRLs` with ``error`` set, which refuses that
+    organization's nodes and nobody else's.
+    """
+    from cyxwiz.pki.certs import load_crls
+
+    if org.crl_path is None:
+        return OrgCRLs(error="no CRL file configured")
+    try:
+        crls = load_crls(org.crl_path)
+    except PKIError as exc:
+        return OrgCRLs(error=f"CRL file unusable: {exc.message}")
+    last: dict[str, tuple[int, dt.datetime]] = {}
+    by_signer: dict[bytes, list[x509.CertificateRevocationList]] = {}
+    for crl in crls:
+        issuer = crl.issuer.rfc4514_string()
+        signer = next((ca for ca in org.held if ca.subject == crl.issuer and _crl_signed_by(crl, ca)), None)
+        if signer is None:
+            return OrgCRLs(error=f"CRL of {issuer!r} is not signed by a CA of {org.name!r}")
+        number = _crl_number(crl)
+        before = previous.last_update.get(issuer) if previous is not None else None
+        if before is not None and (number < before[0] or crl.last_update_utc < before[1]):
+            return OrgCRLs(error=f"CRL of {issuer!r} is older than the one in force (rollback refused)")
+        last[issuer] = max((number, crl.last_update_utc), last.get(issuer, (number, crl.last_update_utc)))
+        by_signer.setdefault(_raw_key(signer), []).append(crl)
+    return OrgCRLs(crls=tuple(crls), by_signer={k: tuple(v) for k, v in by_signer.items()}, last_update=last)
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return -1
+
+
+def _held(cas: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    held = list(roots)
+    grew = True
+    while grew:
+        grew = False
+        for ca in cas:
+            if ca not in held and any(ca.issuer == p.subject and _signed_by(ca, p) for p in held):
+                held.append(ca)
+                grew = True
+    return tuple(held)
+
+
+def _organization(entry: Any, *, base: Path, source: str) -> Organization:
+    if not isinstance(entry, dict):
+        raise ConfigError("each organization must be a mapping", field="organizations", path=source)
+    unknown = set(entry) - {"name", "bundle", "crl", "roles", "names"}
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)}", field="organizations", path=source, rule="A7")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("organization needs a name", field="name", path=source)
+    where = f"organization {name!r}"
+    bundle = entry.get("bundle")
+    if not isinstance(bundle, str):
+        raise ConfigError(f"{where} needs a bundle file", field="bundle", path=source, rule="A7")
+    cas = load_certificates(base / bundle)
+    for ca in cas:
+        require_ed25519_public(ca.public_key(), path=str(base / bundle))
+        if not is_ca(ca):
+            raise ConfigError(f"{where}: bundle holds a non-CA {describe(ca)}", field="bundle", path=source)
+    roots = tuple(c for c in cas if is_self_signed(c))
+    if not roots:
+        raise ConfigError(f"{where}: bundle has no self-signed root", field="bundle", path=source, rule="A7")
+    roles_raw = entry.get("roles")
+    if not isinstance(roles_raw, list) or not roles_raw:
+        raise ConfigError(f"{where} needs a non-empty roles list", field="roles", path=source, rule="A7")
+    try:
+        roles = frozenset(Role(str(r).strip().lower()) for r in roles_raw)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Role)
+        raise ConfigError(f"{where}: unknown role (allowed: {allowed})", field="roles", path=source) from None
+    names = entry.get("names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip(".") for n in names):
+        raise ConfigError(f"{where}: names must be a list of DNS names/suffixes", field="names", path=source)
+    crl = entry.get("crl")
+    if crl is not None and not isinstance(crl, str):
+        raise ConfigError(f"{where}: crl must be a file name", field="crl", path=source)
+    return Organization(
+        name=name.strip(),
+        roots=roots,
+        cas=tuple(cas),
+        held=_held(cas, roots),
+        roles=roles,
+        names=tuple(n.strip().lower() for n in names),
+        crl_path=(base / crl) if crl else None,
+    )

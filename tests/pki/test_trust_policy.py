@@ -1,0 +1,174 @@
+"""The federation's trust policy (A7, C1): roles and names scoped per organization, CRLs per
+organization, cross-signed intermediates along either path; each refusal names its rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cyxwiz.errors import ConfigError
+from cyxwiz.pki.cli import app as certutil_app
+from cyxwiz.pki.federation import Federation
+from cyxwiz.pki.trust_policy import TrustPolicy, TrustPolicyError
+from tests.pki.federation_fixture import FederationWorld, make_world
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> FederationWorld:
+    return make_world(tmp_path_factory.mktemp("federation"))
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> FederationWorld:
+    """A world of its own for tests that revoke, cross-sign or rewrite files."""
+    return make_world(tmp_path)
+
+
+def refused(fed: Federation, cert: object) -> TrustPolicyError:
+    with pytest.raises(TrustPolicyError) as info:
+        fed.decide(cert)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_each_org_certifies_only_its_roles_and_names(world: FederationWorld) -> None:
+    fed = Federation(policy_path=world.policy_path)
+    assert fed.decide(world.a.node("a-verifier", role="verifier").cert).organization == "orga"
+    assert fed.decide(world.b.node("w1.orgb.example", role="worker").cert).organization == "orgb"
+    err = refused(fed, world.b.node("v1.orgb.example", role="verifier").cert)  # B certifies a verifier
+    assert err.rule == "A7/role" and "'orgb' may not certify role 'verifier'" in err.message
+    for name in ("w2.evil.example", "w3", "orgb.example.evil.net"):
+        assert refused(fed, world.b.node(name, role="worker").cert).rule == "A7/names"
+    assert refused(fed, world.b.node("admin.orgb.example", role="gateway").cert).rule == "A7/role"
+
+
+def test_certutil_verify_with_policy_names_the_rule(world: FederationWorld) -> None:
+    good = world.b.node("w4.orgb.example", role="worker")
+    bad = world.b.node("v4.orgb.example", role="verifier")
+    ok = runner.invoke(certutil_app, ["verify", "--policy", str(world.policy_path), str(good.cert_path)])
+    assert ok.exit_code == 0, ok.stderr
+    assert "orgb" in ok.stdout
+    no = runner.invoke(certutil_app, ["verify", "--policy", str(world.policy_path), str(bad.cert_path)])
+    assert no.exit_code == 1
+    assert "rule A7/role" in no.stderr and "Traceback" not in no.stderr
+
+
+def test_revoking_org_b_intermediate_refuses_only_org_b(fresh: FederationWorld) -> None:
+    fed = Federation(policy_path=fresh.policy_path)
+    a_node = fresh.a.node("a-worker", role="worker").cert
+    b_node = fresh.b.node("w1.orgb.example", role="worker").cert
+    fresh.b.root.revoke(fresh.b.issuing.certificate, reason="keyCompromise")
+    fresh.b.write_crls()
+    assert fed.check_now()
+    assert refused(fed, b_node).rule in ("A7/revoked-key", "A7/crl")
+    assert fed.decide(a_node).organization == "orga"  # positive control: org A untouched
+
+
+def test_stale_or_missing_crl_refuses_only_that_org(fresh: FederationWorld) -> None:
+    a_node = fresh.a.node("a-worker", role="worker").cert
+    b_node = fresh.b.node("w1.orgb.example", role="worker").cert
+    fresh.b.write_crls(now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), days=1)  # nextUpdate passed
+    fed = Federation(policy_path=fresh.policy_path)
+    err = refused(fed, b_node)
+    assert err.rule == "A7/crl" and "nextUpdate" in err.message
+    assert fed.decide(a_node).organization == "orga"
+    fresh.b.crl_path.unlink()
+    assert fed.check_now()
+    assert refused(fed, b_node).rule == "A7/crl"
+    assert fed.decide(a_node).organization == "orga"
+    fresh.b.write_crls()  # a fresh CRL brings org B back without a restart
+    assert fed.check_now()
+    assert fed.decide(b_node).organization == "orgb"
+
+
+def test_crl_rollback_and_foreign_crl_refused(fresh: FederationWorld) -> None:
+    fed = Federation(policy_path=fresh.policy_path)
+    b_node = fresh.b.node("w1.orgb.example", role="worker")
+    old = fresh.b.crl_path.read_bytes()
+    fresh.b.issuing.revoke(b_node.cert, reason="keyCompromise")
+    fresh.b.write_crls()
+    assert fed.check_now() and refused(fed, b_node.cert).rule == "A7/crl"
+    fresh.b.crl_path.write_bytes(old)  # attack: replay the CRL from before the revocation
+    fed.check_now()
+    err = refused(fed, b_node.cert)
+    assert "rollback" in err.message
+    fresh.a.write_crls()
+    fresh.b.crl_path.write_bytes(fresh.a.crl_path.read_bytes())  # attack: org A's CRLs as org B's
+    fed.check_now()
+    assert "not signed by a CA of 'orgb'" in refused(fed, b_node.cert).message
+
+
+def test_org_removed_from_the_policy_at_run_time(fresh: FederationWorld) -> None:
+    fed = Federation(policy_path=fresh.policy_path)
+    b_node = fresh.b.node("w1.orgb.example", role="worker").cert
+    a_node = fresh.a.node("a-worker", role="worker").cert
+    assert fed.decide(b_node).organization == "orgb"
+    fresh.write_policy(orgs=("orga",))
+    assert fed.check_now()
+    assert refused(fed, b_node).rule == "A7/chain"
+    assert fed.decide(a_node).organization == "orga"
+    fresh.policy_path.write_text("version: 1\norganizations: [")  # a broken edit keeps the last good policy
+    assert not fed.check_now()
+    assert fed.decide(a_node).organization == "orga"
+
+
+def test_cross_signed_intermediate_verifies_along_either_path(fresh: FederationWorld) -> None:
+    fresh.cross_sign_b_by_a()
+    # A vouches for B's issuing CA, so A republishes that CA's CRL among its own
+    fresh.a.write_crls(extra=(fresh.b.issuing.generate_crl(),))
+    b_worker = fresh.b.node("w1.orgb.example", role="worker").cert
+    b_verifier = fresh.b.node("v1.orgb.example", role="verifier").cert
+    both = Federation(policy_path=fresh.policy_path)
+    assert both.decide(b_worker).chain[0] == b_worker
+    # org B's own limits hold on the path through org A's (all-roles) root too
+    assert refused(both, b_verifier).rule == "A7/role"
+    fresh.write_policy(orgs=("orga",))  # only A trusted: B's nodes verify through the cross-certificate
+    only_a = Federation(policy_path=fresh.policy_path)
+    decision = only_a.decide(b_worker)
+    assert decision.organization == "orga" and decision.chain[-1] == fresh.a.root.certificate
+    fresh.write_policy(orgs=("orgb",))
+    assert Federation(policy_path=fresh.policy_path).decide(b_worker).organization == "orgb"
+    # a compromised key is dead on every path: the cross-certificate does not revive it
+    fresh.write_policy()
+    fresh.b.root.revoke(fresh.b.issuing.certificate, reason="keyCompromise")
+    fresh.b.write_crls()
+    assert refused(Federation(policy_path=fresh.policy_path), b_worker).rule == "A7/revoked-key"
+
+
+def test_benign_revocation_of_a_cross_certificate_leaves_the_direct_path(fresh: FederationWorld) -> None:
+    cross = fresh.cross_sign_b_by_a()
+    b_worker = fresh.b.node("w1.orgb.example", role="worker").cert
+    fresh.a.root.revoke(cross, reason="cessationOfOperation")  # A stops vouching for B
+    fresh.a.write_crls()
+    assert Federation(policy_path=fresh.policy_path).decide(b_worker).organization == "orgb"
+    fresh.write_policy(orgs=("orga",))
+    assert refused(Federation(policy_path=fresh.policy_path), b_worker).rule == "A7/crl"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("version: 2\norganizations: []", "version"),
+        ("version: 1\norganizations: []", "organizations"),
+        ("version: 1\norganizations:\n- {name: x, bundle: orga/bundle.pem, roles: [wizard]}", "roles"),
+        (
+            "version: 1\norganizations:\n- {name: x, bundle: orga/bundle.pem, roles: [worker], trust: all}",
+            "organizations",
+        ),
+        (
+            "version: 1\norganizations:\n- {name: x, bundle: orga/bundle.pem, roles: [worker]}\n"
+            "- {name: y, bundle: orga/bundle.pem, roles: [worker]}",
+            "bundle",
+        ),
+    ],
+)
+def test_bad_policies_are_refused_with_the_field(world: FederationWorld, text: str, field: str) -> None:
+    path = world.base / "bad-policy.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        TrustPolicy.load(path)
+    assert info.value.field == field

@@ -1,0 +1,132 @@
+"""A federation of two organizations on real TLS 1.3 over loopback (A7, C1, A6 "beyond").
+
+Nodes of org A (every role) and org B (workers under .orgb.example only) are served; org B's verifier is
+refused after the handshake with the policy rule named; revoking org B's issuing CA cuts off org B's live
+connections and new handshakes within 5 s while org A's keep working; removing org B from the policy file
+does the same. Identity stays the certificate's PeerID.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cyxwiz.pki.federation import Federation
+from cyxwiz.pki.peerid import peer_id
+from cyxwiz.transport.reload import ServerTLS
+from cyxwiz.transport.server import MTLSServer
+from tests.pki.federation_fixture import FederationWorld, Node, make_world
+from tests.transport.conftest import Conn, MemoryAudit, request, whoami_app
+
+DEADLINE_S = 5.0
+
+
+def ctx(bundle: Path, node: Node) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(cafile=str(bundle))
+    context.load_cert_chain(str(node.cert_path), str(node.key_path))
+    return context
+
+
+def reasons(audit: MemoryAudit) -> list[str]:
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        found = [str(e.details.get("reason")) for e in audit.events if e.action == "certificate.verify"]
+        if found:
+            return found
+        time.sleep(0.02)
+    return []
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> FederationWorld:
+    return make_world(tmp_path)
+
+
+@pytest.fixture
+def served(world: FederationWorld, audit: MemoryAudit) -> Iterator[tuple[MTLSServer, Path]]:
+    gateway = world.a.node("gateway", role="gateway", server=True, dns=("localhost",))
+    federation = Federation(policy_path=world.policy_path)
+    bundle = federation.write_bundle(world.base / "federation-bundle.pem")
+    tls = ServerTLS(
+        cert=gateway.cert_path,
+        key=gateway.key_path,
+        trust_bundle=bundle,
+        crl=None,
+        policy=federation,
+        audit=audit,
+        poll_interval=0.1,
+    )
+    with MTLSServer(app=whoami_app, tls=tls) as server:
+        yield server, bundle
+
+
+def wait_closed(conn: Conn, keep: Conn) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < DEADLINE_S:
+        assert keep.get()[0] == 200  # the other organization's node is served throughout
+        try:
+            conn.get()
+        except (ConnectionError, ssl.SSLError, OSError):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def test_two_orgs_served_org_b_verifier_refused_with_the_rule(
+    served: tuple[MTLSServer, Path], world: FederationWorld, audit: MemoryAudit
+) -> None:
+    server, bundle = served
+    a_verifier = world.a.node("a-verifier", role="verifier")
+    b_worker = world.b.node("w1.orgb.example", role="worker")
+    for node, role in ((a_verifier, "verifier"), (b_worker, "worker")):
+        status, body = request(server.port, ctx(bundle, node))
+        assert status == 200 and body == {"peer_id": peer_id(node.cert), "role": role}
+    b_verifier = world.b.node("v1.orgb.example", role="verifier")  # org B certifies a verifier
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        request(server.port, ctx(bundle, b_verifier))
+    assert any("rule A7/role" in r and "'orgb'" in r for r in reasons(audit))
+
+
+def test_revoking_org_b_intermediate_cuts_only_org_b_within_5s(
+    served: tuple[MTLSServer, Path], world: FederationWorld
+) -> None:
+    server, bundle = served
+    a_node, b_node = world.a.node("a-worker", role="worker"), world.b.node("w1.orgb.example", role="worker")
+    b_conn, a_conn = Conn(server.port, ctx(bundle, b_node)), Conn(server.port, ctx(bundle, a_node))
+    try:
+        assert b_conn.get()[0] == 200 and a_conn.get()[0] == 200
+        world.b.root.revoke(world.b.issuing.certificate, reason="keyCompromise")
+        world.b.write_crls()
+        latency = wait_closed(b_conn, a_conn)
+        assert latency is not None, f"org B still served {DEADLINE_S} s after its CA was revoked"
+        print(f"federation revocation latency: {latency:.3f}s")
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            request(server.port, ctx(bundle, b_node))
+        assert request(server.port, ctx(bundle, a_node))[0] == 200
+    finally:
+        b_conn.close()
+        a_conn.close()
+
+
+def test_org_removed_from_the_policy_at_run_time(
+    served: tuple[MTLSServer, Path], world: FederationWorld
+) -> None:
+    server, bundle = served
+    a_node, b_node = world.a.node("a-worker", role="worker"), world.b.node("w1.orgb.example", role="worker")
+    b_conn, a_conn = Conn(server.port, ctx(bundle, b_node)), Conn(server.port, ctx(bundle, a_node))
+    try:
+        assert b_conn.get()[0] == 200
+        world.write_policy(orgs=("orga",))
+        assert wait_closed(b_conn, a_conn) is not None
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            request(server.port, ctx(bundle, b_node))
+        assert request(server.port, ctx(bundle, a_node))[0] == 200
+    finally:
+        b_conn.close()
+        a_conn.close()
