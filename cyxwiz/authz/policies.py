@@ -154,6 +154,12 @@ def job_assigned(*, principal_id: str, node: str | None, status: str) -> bool:
     return node is not None and node == principal_id and status in OPEN_JOB_STATES
 
 
-def job_token_for(*, token_job: str | None, token_node: str | None, job_id: str, node: str | None) -> bool:
-    """A job token reaches only its own job, held by the node the job is assigned to (C3)."""
-    return token_job is not None and token_job == job_id and node is not None and token_node == node
+def job_token_for(
+    *, token_job: str | None, token_node: str | None, job_id: str, node: str | None, status: str
+) -> str | None:
+    """Why a job token may act on this job, or None (C3): its own job, held by the node the job is
+    assigned to, while the job is open. A job whose proof is in, or that ended or was revoked
+    (``revoke_job_token``), has no live job token: its outputs are frozen."""
+    if token_job is None or token_job != job_id or node is None or token_node != node:
+        return None
+    return "job token for this job" if status in OPEN_JOB_STATES else None

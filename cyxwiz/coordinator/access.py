@@ -8,7 +8,7 @@ reached without its rule having allowed it (tests check that every route declare
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,13 @@ class Coordinator:
             self.audit.record(event)
 
     def open_session(
-        self, *, node: NodeRecord | None, user_id: str | None, role: str, peer: PeerIdentity | None
+        self,
+        *,
+        node: NodeRecord | None,
+        user_id: str | None,
+        role: str,
+        peer: PeerIdentity | None,
+        scopes: Sequence[str] | None = None,
     ) -> TokenPair:
         session_id = new_id()
         principal = node.node_id if node is not None else str(user_id)
@@ -61,10 +67,16 @@ class Coordinator:
         node_id = node.node_id if node is not None else None
         user = None if node else user_id
         session = self.issuer.session(
-            node_id=node_id, user_id=user, role=role, session_id=session_id, cert=cert
+            node_id=node_id, user_id=user, role=role, session_id=session_id, cert=cert, scopes=scopes
         )
+        # The refresh token carries the session's scopes: a refreshed session never widens (C1).
         refresh = self.issuer.refresh(
-            session_id=session_id, node_id=node_id, user_id=user, role=role, cert=cert
+            session_id=session_id,
+            node_id=node_id,
+            user_id=user,
+            role=role,
+            cert=cert,
+            scopes=sorted(session.claims["scope"]) if scopes is None else scopes,
         )
         self.store.add_refresh(jti=refresh.jti, session_id=session_id, expires_at=refresh.expires_at)
         return TokenPair(
@@ -185,14 +197,22 @@ def _resource(ctx: Coordinator, rule: Rule, caller: Caller, params: dict[str, An
             reason="assigned node" if ok else "job is not assigned to this node",
         )
     else:
-        ok = job_token_for(
-            token_job=token.job_id, token_node=caller.principal_id, job_id=job_id, node=job.node_id
+        why = job_token_for(
+            token_job=token.job_id,
+            token_node=caller.principal_id,
+            job_id=job_id,
+            node=job.node_id,
+            status=job.status,
         )
+        other = token.job_id != job_id or job.node_id != caller.principal_id
         ctx.auth.allow(
             caller,
             resource=f"job:{job_id}",
             action=str(rule.scope),
-            allowed=ok,
-            reason="job token for this job" if ok else "job token is for another job or node",
+            allowed=why is not None,
+            reason=why
+            or (
+                "job token is for another job or node" if other else f"job token is dead: job is {job.status}"
+            ),
         )
     return job

@@ -1,19 +1,24 @@
 """Prefect event filtering at the gateway (SPEC C3, I): what a node may see and what it may emit.
 
-Pure functions over the JSON the Prefect event websockets carry, given the flow runs the gateway has seen
-the node own. Prefect automations act on events, so an event forged about another node's run or worker is
-an attempt to steer work that is not the node's; one about another node's run must not be shown either.
+Pure functions over the JSON the Prefect event websockets carry, given what the gateway has seen the node
+own (:class:`~cyxwiz.gateway.model.NodeView`). Prefect automations act on events, so an event forged about
+another node's run, worker or queue is an attempt to steer work that is not the node's. The rule is over
+*every* resource an event names (its resource and each related one), never "any of them": one foreign or
+unattributable id refuses the whole event.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Container
 from typing import Any
+
+from cyxwiz.gateway.ids import canonical_uuid_or_none
+from cyxwiz.gateway.model import NodeView
 
 #: Why an event a node tried to emit was dropped.
 NOT_AN_EVENT = "not an event"
 NOT_THE_NODES = "event about a resource that is not the node's"
+NOT_ABOUT_OWN_WORK = "event names none of the node's runs or its worker"
 
 
 def json_object(text: str) -> dict[str, Any] | None:
@@ -28,53 +33,92 @@ def json_object(text: str) -> dict[str, Any] | None:
 _FLOW_RUN = "prefect.flow-run."
 
 
-def resource_ids(event: dict[str, Any]) -> list[str]:
-    """The event's resource id, then those of its related resources."""
+def resource_ids(event: dict[str, Any]) -> list[str] | None:
+    """The event's resource id, then those of its related resources; None when malformed."""
     resource = event.get("resource")
-    ids = [str(resource.get("prefect.resource.id", "")) if isinstance(resource, dict) else ""]
-    related = event.get("related")
-    ids += [
-        str(r.get("prefect.resource.id", ""))
-        for r in (related if isinstance(related, list) else [])
-        if isinstance(r, dict)
-    ]
-    return ids
+    related = event.get("related", [])
+    if not isinstance(resource, dict) or not isinstance(related, list):
+        return None
+    ids = [resource.get("prefect.resource.id")]
+    ids += [r.get("prefect.resource.id") if isinstance(r, dict) else None for r in related]
+    return [i for i in ids if isinstance(i, str)] if all(isinstance(i, str) for i in ids) else None
 
 
-def about_runs(event: dict[str, Any], run_ids: Container[str]) -> bool:
-    """The event's resource, or one of its related resources, is one of these flow runs."""
-    # Looked up in the node's run map as it is: every flow-run event of the pool passes here.
-    return any(i.startswith(_FLOW_RUN) and i.removeprefix(_FLOW_RUN) in run_ids for i in resource_ids(event))
+def worker_name(queue: str) -> str:
+    """The name the node agent gives its Prefect worker (``agents.__main__``)."""
+    return f"cyxwiz-{queue}"
 
 
-def visible(text: str, run_ids: Container[str]) -> bool:
-    """An ``events/out`` message may reach the node: control messages, and events about its runs."""
-    message = json_object(text)
-    if message is None:
-        return False
-    if message.get("type") != "event":
-        return True  # control messages (auth_success, etc.)
-    event = message.get("event")
-    return isinstance(event, dict) and about_runs(event, run_ids)
+def _verdict(rid: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str:
+    """'own', 'task' (a task run: owned through the flow run the event also names), 'tag', or 'foreign'."""
+    kind, _, rest = rid.removeprefix("prefect.").partition(".")
+    if not rid.startswith("prefect.") or not rest:
+        return "foreign"
+    if kind == "tag":
+        return "tag"
+    if kind == "worker":
+        # prefect.worker.<type>.<slug of name>
+        return "own" if rest.partition(".")[2] == worker_name(queue) else "foreign"
+    ident = canonical_uuid_or_none(rest)
+    if ident is None:
+        return "foreign"
+    owned = {
+        "flow-run": view.runs,
+        "deployment": view.deployments,
+        "flow": view.flows,
+        "work-queue": view.queue_ids,
+        "work-pool": pool_ids,
+    }.get(kind)
+    if kind == "task-run":
+        return "task"
+    return "own" if owned is not None and ident in owned else "foreign"
 
 
-def emit_refusal(text: str, run_ids: Container[str], *, queue: str) -> str | None:
-    """Why an ``events/in`` message must be dropped, or None when it is about the node's own work.
+def emit_refusal(text: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str | None:
+    """Why an ``events/in`` message must be dropped, or None when every resource it names is the node's.
 
-    Own work: one of its flow runs (as resource or related: task runs name their flow run), or its own
-    worker, which the node agent names ``cyxwiz-<queue>``.
+    The event must be about the node's own work — one of its flow runs or its own worker — and every other
+    resource it names must be the node's too (task runs count through the node's flow run the event names;
+    tags are labels, not resources).
     """
     event = json_object(text)
     if event is None:
         return NOT_AN_EVENT
     if event.get("type") == "auth" and set(event) <= {"type", "token"}:
         return None  # the client's opening message; the gateway swaps in its own credential
-    if about_runs(event, run_ids):
-        return None
-    rid = resource_ids(event)[0]
-    if rid.startswith("prefect.worker.") and rid.endswith(f".cyxwiz-{queue}"):
-        return None
-    return NOT_THE_NODES
+    ids = resource_ids(event)
+    if not ids or not isinstance(event.get("event"), str):
+        return NOT_AN_EVENT
+    verdicts = [_verdict(i, view, queue=queue, pool_ids=pool_ids) for i in ids]
+    if "foreign" in verdicts:
+        return NOT_THE_NODES
+    own_work = any(
+        v == "own" and (i.startswith(_FLOW_RUN) or i.startswith("prefect.worker."))
+        for i, v in zip(ids, verdicts, strict=True)
+    )
+    return None if own_work else NOT_ABOUT_OWN_WORK
+
+
+def visible(text: str, view: NodeView, *, queue: str) -> bool:
+    """An ``events/out`` message may reach the node: control messages, and events about its own runs
+    that name no other node's run, worker or queue."""
+    message = json_object(text)
+    if message is None:
+        return False
+    if message.get("type") != "event":
+        return True  # the subscription's control messages (auth_success, ...)
+    event = message.get("event")
+    ids = resource_ids(event) if isinstance(event, dict) else None
+    if not ids:
+        return False
+    own_run = False
+    for rid in ids:
+        verdict = _verdict(rid, view, queue=queue, pool_ids=set())
+        kind = rid.removeprefix("prefect.").partition(".")[0]
+        if kind in ("flow-run", "worker", "work-queue") and verdict == "foreign":
+            return False
+        own_run = own_run or (kind == "flow-run" and verdict == "own")
+    return own_run
 
 
 def narrowed_filter(given: Any) -> dict[str, Any]:

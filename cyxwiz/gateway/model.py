@@ -17,6 +17,9 @@ class NodeView:
     deployments: set[str] = field(default_factory=set)
     flows: set[str] = field(default_factory=set)
     artifacts: set[str] = field(default_factory=set)
+    queue_ids: set[str] = field(default_factory=set)
+    #: Cleanup messages the worker channel delivered to this node (their ids may be acknowledged).
+    cleanup_messages: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class Caller:
     peer: PeerIdentity
     token: VerifiedToken
     ip: str | None
+
+
+def artifact_namespace(node_id: str) -> str:
+    """The artifact key prefix of one node (Prefect keys are lower-case words and dashes). Derived from
+    the node id (its PeerID), so two certificates with one CN never share it."""
+    import hashlib
+
+    return "node-" + hashlib.sha256(node_id.encode()).hexdigest()[:16]
 
 
 def job_id_of(run: dict[str, Any]) -> str | None:

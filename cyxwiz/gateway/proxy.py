@@ -20,11 +20,14 @@ import httpx
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
+from cyxwiz.authz.policies import OPEN_JOB_STATES
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
-from cyxwiz.gateway.model import Caller, NodeView, job_id_of
+from cyxwiz.gateway.ids import BODYLESS_METHODS, canonical_uuid, canonical_uuid_or_none, forwarded_headers
+from cyxwiz.gateway.model import Caller, NodeView, artifact_namespace, job_id_of
 from cyxwiz.gateway.policy import Match, match
+from cyxwiz.gateway.standing import CUT_OFF, LiveChannels, RevocationWatch, Standing
 from cyxwiz.gateway.websockets import WebSocketProxy
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -32,19 +35,6 @@ from cyxwiz.transport.identity import peer_from_scope
 
 log = logging.getLogger(__name__)
 
-_HOP = {
-    b"host",
-    b"connection",
-    b"keep-alive",
-    b"transfer-encoding",
-    b"upgrade",
-    b"authorization",
-    b"content-length",
-    b"te",
-    b"trailer",
-    b"proxy-authorization",
-    b"x-cyxwiz-job-token",
-}
 _BLOCKED_RUN_FIELDS = frozenset({"work_queue_name", "work_queue_id", "work_pool_name", "deployment_id"})
 
 
@@ -62,6 +52,8 @@ class Gateway(WebSocketProxy):
         upstream_auth: str | None = None,
         require_job_token: bool = True,
         node_rate: tuple[float, int] = (50.0, 200),
+        message_rate: tuple[float, int] = (100.0, 400),
+        standing: Standing | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.upstream = upstream.rstrip("/")
@@ -72,7 +64,15 @@ class Gateway(WebSocketProxy):
         self.upstream_auth = upstream_auth
         self.require_job_token = require_job_token
         self.limiter = RateLimiter(rate=node_rate[0], burst=node_rate[1])
+        #: Websocket messages per node, over all its channels (a flood of events is a flood too).
+        self.ws_limiter = RateLimiter(rate=message_rate[0], burst=message_rate[1])
         self.views: dict[str, NodeView] = {}
+        #: Ids of the GPU work pool, learned from upstream answers about it (events name pools by id).
+        self.pool_ids: set[str] = set()
+        #: The coordinator's records: bans, revoked sessions, dead jobs (None only in unit tests).
+        self.standing = standing
+        self.live = LiveChannels()
+        self.watch: RevocationWatch | None = None
         self._client = httpx.AsyncClient(base_url=self.upstream, timeout=timeout)
         self._upstream_headers: dict[str, str] = {}
         if upstream_auth:
@@ -86,8 +86,12 @@ class Gateway(WebSocketProxy):
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    if self.watch is not None:
+                        self.watch.start()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    if self.watch is not None:
+                        self.watch.stop()
                     await self._client.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -132,6 +136,12 @@ class Gateway(WebSocketProxy):
         verified = self.verifier.verify(token, kind=TokenKind.SESSION, peer_cert=peer.certificate)
         if verified.role != "node" or verified.node_id is None:
             raise AuthorizationError("only nodes use the gateway", field="role", rule="C1")
+        if self.standing is not None:
+            if verified.session_id is None or self.standing.is_session_revoked(verified.session_id):
+                raise AuthenticationError("session revoked", field="session_id", rule="B5")
+            status = self.standing.node_status(verified.node_id)
+            if status is None or status in CUT_OFF:
+                raise AuthorizationError(f"node is {status or 'unknown'}", field="node_id", rule="C1")
         self.limiter.check(f"node:{verified.node_id}")
         ip = (scope.get("client") or (None, 0))[0]
         caller = Caller(verified.node_id, self.queue_for(verified.node_id), peer, verified, ip)
@@ -165,15 +175,23 @@ class Gateway(WebSocketProxy):
         """Record ``run`` as the caller's when it sits in the caller's queue of our pool."""
         if run.get("work_queue_name") != caller.queue or run.get("work_pool_name") not in (None, self.pool):
             return False
+        run_id = canonical_uuid_or_none(run.get("id"))
+        if run_id is None:
+            return False
         view = self.view(caller.node_id)
-        view.runs[str(run["id"])] = job_id_of(run)
-        if run.get("deployment_id"):
-            view.deployments.add(str(run["deployment_id"]))
-        if run.get("flow_id"):
-            view.flows.add(str(run["flow_id"]))
+        view.runs[run_id] = job_id_of(run)
+        for key, known in (
+            ("deployment_id", view.deployments),
+            ("flow_id", view.flows),
+            ("work_queue_id", view.queue_ids),
+        ):
+            ident = canonical_uuid_or_none(run.get(key))
+            if ident is not None:
+                known.add(ident)
         return True
 
     async def _owns_run(self, caller: Caller, run_id: str) -> bool:
+        run_id = canonical_uuid(run_id, field="flow_run_id")
         if run_id in self.view(caller.node_id).runs:
             return True
         resp = await self._client.get(f"/api/flow_runs/{run_id}", headers=self._upstream_headers)
@@ -189,7 +207,7 @@ class Gateway(WebSocketProxy):
         """
         if not self.require_job_token:
             return
-        expected = self.view(caller.node_id).runs.get(run_id)
+        expected = self.view(caller.node_id).runs.get(canonical_uuid(run_id, field="flow_run_id"))
         if expected is None:
             return
         headers = dict(scope.get("headers") or [])
@@ -200,27 +218,30 @@ class Gateway(WebSocketProxy):
             )
         job = self.verifier.verify(raw, kind=TokenKind.JOB, peer_cert=caller.peer.certificate)
         ok = job.node_id == caller.node_id and job.job_id == expected
-        self._decide(
-            caller,
-            f"flow_run:{run_id}",
-            "job-token",
-            ok,
-            "job token for this run" if ok else "job token is for another job",
-        )
+        why = "job token for this run" if ok else "job token is for another job"
+        if ok and self.standing is not None and job.job_id is not None:
+            # A job token dies with its job (revoke_job_token, proof submitted, released, refunded).
+            status = self.standing.job_status(job.job_id)
+            ok = status in OPEN_JOB_STATES
+            why = why if ok else f"job token is dead: job is {status or 'unknown'}"
+        self._decide(caller, f"flow_run:{run_id}", "job-token", ok, why)
 
     # --- HTTP -----------------------------------------------------------------------------------------
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any, caller: Caller, m: Match) -> None:
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        method, path = scope["method"], scope["path"]
+        body = await _read_body(receive)
+        if body is None:
+            return
+        method = scope["method"]
         kind = m.route.scope
+        if body and method in BODYLESS_METHODS:
+            raise ValidationError(f"a {method} request carries no body", field="body", rule="I")
+        if m.object_id is not None:
+            # Decisions and upstream both see the id in canonical form (never the spelling the node chose).
+            canonical = canonical_uuid(m.object_id, field="path")
+            scope = {**scope, "path": scope["path"].replace(m.object_id, canonical)}
+            m = Match(m.route, m.pool, canonical)
+        path = scope["path"]
         resource = f"prefect:{method} {path}"
         post_filter: Callable[[Any], Any] | None = None
         if m.pool is not None and m.pool != self.pool:
@@ -228,21 +249,7 @@ class Gateway(WebSocketProxy):
         if kind in ("scheduled_runs", "run_filter", "queue_filter"):
             body, post_filter = self._narrow(kind, caller, body)
         elif kind == "flow_run":
-            assert m.object_id is not None
-            owned = await self._owns_run(caller, m.object_id)
-            self._decide(
-                caller, resource, kind, owned, "run in own queue" if owned else "flow run of another node"
-            )
-            self._check_job_token(scope, caller, m.object_id)
-            if method == "PATCH" and path.rstrip("/").endswith(m.object_id):
-                changed = set(_json(body)) & _BLOCKED_RUN_FIELDS if body else set()
-                self._decide(
-                    caller,
-                    resource,
-                    "flow_run.patch",
-                    not changed,
-                    f"may not change {sorted(changed)}" if changed else "fields allowed",
-                )
+            await self._flow_run(scope, caller, resource, body, m)
         elif kind in ("deployment", "flow"):
             view = self.view(caller.node_id)
             known = m.object_id in (view.deployments if kind == "deployment" else view.flows)
@@ -250,22 +257,39 @@ class Gateway(WebSocketProxy):
                 caller, resource, kind, known, f"{kind} of own run" if known else f"{kind} not of own runs"
             )
         elif kind == "logs":
-            lines = _json_list(body)
-            runs = {str(line.get("flow_run_id")) for line in lines if line.get("flow_run_id")}
-            for run_id in runs:
-                owned = await self._owns_run(caller, run_id)
-                self._decide(
-                    caller, resource, kind, owned, "logs of own run" if owned else "logs for another run"
-                )
+            await self._logs(caller, resource, _json_list(body))
         elif kind in ("artifact_create", "artifact"):
-            post_filter = await self._artifact(caller, resource, kind, body, m)
+            body, post_filter = await self._artifact(caller, resource, kind, body, m)
         elif kind == "work_queue":
             resp = await self._client.get(path, headers=self._upstream_headers)
             own = resp.status_code == 200 and resp.json().get("name") == caller.queue
             self._decide(caller, resource, kind, own, "own queue" if own else "queue of another node")
+            assert m.object_id is not None
+            self.view(caller.node_id).queue_ids.add(m.object_id)
+        if kind == "pool" and method == "GET":
+            post_filter = self._learn_pool
         if kind in ("global", "pool", "scheduled_runs", "queue_filter", "run_filter"):
             self._decide(caller, resource, kind, True, "allow-listed")
         await self._forward(scope, send, body, post_filter)
+
+    async def _flow_run(
+        self, scope: dict[str, Any], caller: Caller, resource: str, body: bytes, m: Match
+    ) -> None:
+        assert m.object_id is not None
+        owned = await self._owns_run(caller, m.object_id)
+        self._decide(
+            caller, resource, "flow_run", owned, "run in own queue" if owned else "flow run of another node"
+        )
+        self._check_job_token(scope, caller, m.object_id)
+        if scope["method"] == "PATCH" and scope["path"].rstrip("/").endswith(m.object_id):
+            changed = set(_json(body)) & _BLOCKED_RUN_FIELDS if body else set()
+            self._decide(
+                caller,
+                resource,
+                "flow_run.patch",
+                not changed,
+                f"may not change {sorted(changed)}" if changed else "fields allowed",
+            )
 
     def _narrow(self, kind: str, caller: Caller, body: bytes) -> tuple[bytes, Callable[[Any], Any]]:
         """Listing calls: whatever was asked, the request names only the node's queue, and the answer is
@@ -283,41 +307,93 @@ class Gateway(WebSocketProxy):
         narrowed["work_queue_name"] = {"any_": [caller.queue]}
         request["flow_runs"] = narrowed
         request["work_pools"] = {"name": {"any_": [self.pool]}}
-        return json.dumps(request).encode(), lambda items: [r for r in items if self._learn(caller, r)]
+        # A job's parameters are read with that job's token (on the run itself), not in a listing.
+        return json.dumps(request).encode(), lambda items: [
+            {**r, "parameters": {}} for r in items if self._learn(caller, r)
+        ]
+
+    def _learn_pool(self, answer: Any) -> Any:
+        ident = canonical_uuid_or_none(answer.get("id")) if isinstance(answer, dict) else None
+        if ident is not None and answer.get("name") == self.pool:
+            self.pool_ids.add(ident)
+        return answer
+
+    async def _logs(self, caller: Caller, resource: str, lines: list[dict[str, Any]]) -> None:
+        """Every log line names one of the node's own flow runs: a line naming none is refused too (a log
+        without a run lands in the server's global log, outside every job)."""
+        runs = set()
+        for line in lines:
+            run_id = canonical_uuid_or_none(line.get("flow_run_id"))
+            if run_id is None:
+                self._decide(caller, resource, "logs", False, "log line names no flow run")
+            runs.add(run_id)
+        for run_id in runs:
+            assert run_id is not None
+            owned = await self._owns_run(caller, run_id)
+            self._decide(
+                caller, resource, "logs", owned, "logs of own run" if owned else "logs for another run"
+            )
 
     async def _artifact(
         self, caller: Caller, resource: str, kind: str, body: bytes, m: Match
-    ) -> Callable[[Any], Any] | None:
-        """Artifacts (progress, training curve) only for the node's own runs; updates only to its own."""
+    ) -> tuple[bytes, Callable[[Any], Any] | None]:
+        """Artifacts (progress, training curve) only for the node's own runs, under the node's own key
+        namespace; updates only to its own."""
         view = self.view(caller.node_id)
         if kind == "artifact":
             known = m.object_id in view.artifacts
             self._decide(
                 caller, resource, kind, known, "own artifact" if known else "artifact the node did not create"
             )
-            return None
+            changes = _json(body) if body else {}
+            moved = {"key", "flow_run_id", "task_run_id"} & set(changes)
+            self._decide(
+                caller,
+                resource,
+                kind,
+                not moved,
+                f"may not change {sorted(moved)}" if moved else "fields allowed",
+            )
+            return body, None
         request = _json(body) if body else {}
-        run_id = str(request.get("flow_run_id") or "")
-        owned = bool(run_id) and await self._owns_run(caller, run_id)
+        run_id = canonical_uuid_or_none(request.get("flow_run_id"))
+        owned = run_id is not None and await self._owns_run(caller, run_id)
         self._decide(
             caller, resource, kind, owned, "artifact of own run" if owned else "artifact for another run"
         )
+        key = request.get("key")
+        if key is not None:
+            # The node's keys live in its own namespace (never verification-*, audit-*, ... of the control
+            # plane): a key outside it is moved into it.
+            namespace = artifact_namespace(caller.node_id)
+            valid = isinstance(key, str) and key.replace("-", "").isalnum() and key == key.lower()
+            self._decide(
+                caller,
+                resource,
+                kind,
+                valid,
+                "artifact key" if valid else "artifact key is not lower-case words",
+            )
+            assert isinstance(key, str)
+            request["key"] = key if key.startswith(namespace + "-") else f"{namespace}-{key}"
+        request["flow_run_id"] = run_id
 
         def remember(created: Any) -> Any:
             if isinstance(created, dict) and created.get("id"):
                 view.artifacts.add(str(created["id"]))
             return created
 
-        return remember
+        return json.dumps(request).encode(), remember
 
     async def _forward(
         self, scope: dict[str, Any], send: Any, body: bytes, post: Callable[[Any], Any] | None
     ) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k not in _HOP}
+        headers = forwarded_headers(scope["headers"])
         headers.update(self._upstream_headers)
         query = scope.get("query_string", b"").decode("latin-1")
         url = scope["path"] + (f"?{query}" if query else "")
-        resp = await self._client.request(scope["method"], url, content=body, headers=headers)
+        content = body if scope["method"] not in BODYLESS_METHODS else None
+        resp = await self._client.request(scope["method"], url, content=content, headers=headers)
         content = resp.content
         if post is not None and resp.status_code in (200, 201):
             content = json.dumps(post(resp.json())).encode()
@@ -337,6 +413,19 @@ class _AuditCaller:
 
     principal_id: str
     actor_type: str = "node"
+
+
+async def _read_body(receive: Any) -> bytes | None:
+    """The whole request body, or None when the client went away."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
 
 
 def _json(body: bytes) -> dict[str, Any]:

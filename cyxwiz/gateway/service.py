@@ -9,6 +9,7 @@ from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.gateway.proxy import Gateway
+from cyxwiz.gateway.standing import RevocationWatch, Standing
 from cyxwiz.tokens.verifier import TokenVerifier
 from cyxwiz.transport.reload import ServerTLS
 from cyxwiz.transport.server import MTLSServer
@@ -32,6 +33,8 @@ def build_gateway(
     max_body: int = 8 << 20,
     ip_rate: tuple[float, int] = (200.0, 400),
     node_rate: tuple[float, int] = (50.0, 200),
+    standing: Standing | None = None,
+    revocation_interval: float = 0.5,
 ) -> tuple[MTLSServer, Gateway]:
     """The gateway listener (client certificates required, CRL hot reload) and its proxy app."""
     gateway = Gateway(
@@ -43,6 +46,7 @@ def build_gateway(
         upstream_auth=upstream_auth,
         require_job_token=require_job_token,
         node_rate=node_rate,
+        standing=standing,
     )
 
     async def refuse(scope: dict[str, object], send: object, exc: Exception) -> None:
@@ -54,4 +58,12 @@ def build_gateway(
     tls = ServerTLS(
         cert=cert, key=key, trust_bundle=trust_bundle, crl=crl, require_client_cert=True, audit=audit
     )
+    if standing is not None:
+        gateway.watch = RevocationWatch(
+            standing=standing,
+            live=gateway.live,
+            close_peers=tls.connections.close_where,
+            audit=audit,
+            interval=revocation_interval,
+        )
     return MTLSServer(app=guarded, tls=tls, host=host, port=port, audit=audit), gateway

@@ -14,10 +14,12 @@ from typing import Any
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
+from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError
-from cyxwiz.gateway import events
+from cyxwiz.gateway import events, worker_channel
 from cyxwiz.gateway.model import Caller, NodeView
 from cyxwiz.gateway.policy import Match, match
+from cyxwiz.gateway.standing import LiveChannels
 
 
 class WebSocketProxy:
@@ -27,6 +29,9 @@ class WebSocketProxy:
     upstream_auth: str | None
     pool: str
     audit: AuditSink | None
+    ws_limiter: RateLimiter
+    live: LiveChannels
+    pool_ids: set[str]
     _upstream_headers: dict[str, str]
 
     def _authenticate(self, scope: dict[str, Any]) -> Caller:
@@ -93,10 +98,8 @@ class WebSocketProxy:
         first_text: str | None = None,
     ) -> None:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
 
         kind = m.route.scope
-        runs = self.view(caller.node_id).runs  # updated in place as the node's runs are learned
         if m.pool is not None and m.pool != self.pool:
             self._decide(caller, scope["path"], kind, False, f"work pool {m.pool!r} is not the node pool")
         self._decide(caller, f"prefect:WS {scope['path']}", kind, True, "allow-listed websocket")
@@ -114,38 +117,48 @@ class WebSocketProxy:
             if first_text is not None:
                 await up.send(self._rewrite_client(caller, kind, first_text))
 
-            async def client_to_upstream() -> None:
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "websocket.disconnect":
-                        await up.close()
-                        return
-                    text = msg.get("text")
-                    if text is not None:
-                        if kind == "events_in" and not self._event_emittable(caller, text):
-                            continue
-                        await up.send(self._rewrite_client(caller, kind, text))
-                    elif msg.get("bytes") is not None and kind != "events_in":
-                        await up.send(msg["bytes"])
-
-            async def upstream_to_client() -> None:
-                try:
-                    async for data in up:
-                        if isinstance(data, str):
-                            if kind == "events_out" and not events.visible(data, runs):
-                                continue
-                            await send({"type": "websocket.send", "text": data})
-                        else:
-                            await send({"type": "websocket.send", "bytes": data})
-                except ConnectionClosed:
-                    pass
-                with contextlib.suppress(Exception):  # the client may already be gone; nothing to tell it
-                    await send({"type": "websocket.close", "code": 1000})
-
-            tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-            _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            key, closed = self.live.open(caller.node_id, caller.token.session_id)
+            tasks = [
+                asyncio.create_task(self._client_to_upstream(caller, kind, receive, send, up)),
+                asyncio.create_task(self._upstream_to_client(caller, kind, send, up)),
+                asyncio.create_task(_close_when(closed, send, up)),
+            ]
+            try:
+                _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.live.close(key)
             for task in pending:
                 task.cancel()
+
+    async def _client_to_upstream(self, caller: Caller, kind: str, receive: Any, send: Any, up: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                await up.close()
+                return
+            text = msg.get("text")
+            refusal = self._message_refusal(caller, kind, text)
+            if refusal is None and text is not None:
+                await up.send(self._rewrite_client(caller, kind, text))
+                continue
+            self._refused_message(caller, kind, refusal or "binary frames are not part of the protocol")
+            if kind != "events_in":
+                # Dropping a worker-channel frame would desynchronise the protocol: end the channel.
+                await send({"type": "websocket.close", "code": 1008})
+                await up.close()
+                return
+
+    async def _upstream_to_client(self, caller: Caller, kind: str, send: Any, up: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for data in up:
+                if isinstance(data, str) and self._message_visible(caller, kind, data):
+                    await send({"type": "websocket.send", "text": data})
+        except ConnectionClosed:
+            pass
+        with contextlib.suppress(Exception):  # the client may already be gone; nothing to tell it
+            await send({"type": "websocket.close", "code": 1000})
 
     def _rewrite_client(self, caller: Caller, kind: str, text: str) -> str:
         message = events.json_object(text)
@@ -156,20 +169,51 @@ class WebSocketProxy:
             message["token"] = self.upstream_auth
         elif message.get("type") == "filter" and kind == "events_out":
             message["filter"] = events.narrowed_filter(message.get("filter"))
+        elif kind == "worker_connect":
+            message = worker_channel.rewritten_client_frame(message)
         return json.dumps(message)
 
-    def _event_emittable(self, caller: Caller, text: str) -> bool:
-        """Events a node emits must be about its own runs or worker; others are dropped and audited."""
-        reason = events.emit_refusal(text, self.view(caller.node_id).runs, queue=caller.queue)
-        if reason is not None and self.audit is not None:
+    def _message_refusal(self, caller: Caller, kind: str, text: str | None) -> str | None:
+        """Why a message the node sends is refused (every channel, every message), or None."""
+        try:
+            self.ws_limiter.check(f"node:{caller.node_id}", what="websocket messages")
+        except CyxwizError as exc:
+            return str(exc)
+        if text is None:
+            return "binary frames are not part of the protocol"
+        view = self.view(caller.node_id)
+        if kind == "events_in":
+            return events.emit_refusal(text, view, queue=caller.queue, pool_ids=self.pool_ids)
+        if kind == "worker_connect":
+            return worker_channel.client_frame_refusal(text, view, queue=caller.queue)
+        message = events.json_object(text)
+        return None if message is not None else "not a JSON object"
+
+    def _message_visible(self, caller: Caller, kind: str, text: str) -> bool:
+        view = self.view(caller.node_id)
+        if kind == "events_out":
+            return events.visible(text, view, queue=caller.queue)
+        if kind == "worker_connect":
+            return worker_channel.server_frame_visible(text, view)
+        return True
+
+    def _refused_message(self, caller: Caller, kind: str, reason: str) -> None:
+        if self.audit is not None:
             self.audit.record(
                 ev.access_decision(
                     actor_id=caller.node_id,
                     actor_type=ev.ActorType.NODE,
-                    resource="prefect:WS /api/events/in",
-                    action="events_in.event",
+                    resource=f"prefect:WS {kind}",
+                    action=f"{kind}.message" if kind != "events_in" else "events_in.event",
                     allowed=False,
                     reason=reason,
                 )
             )
-        return reason is None
+
+
+async def _close_when(closed: asyncio.Event, send: Any, up: Any) -> None:
+    """Set by the revocation watcher: a ban or a revoked session ends the channel (A6, B5)."""
+    await closed.wait()
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": 1008})
+    await up.close()

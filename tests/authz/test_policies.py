@@ -111,10 +111,13 @@ def test_job_resource_rules() -> None:
     assert job_assigned(principal_id="n1", node="n1", status="running")
     assert not job_assigned(principal_id="n1", node="n1", status="completed")
     assert not job_assigned(principal_id="n2", node="n1", status="running")
-    assert job_token_for(token_job="j1", token_node="n1", job_id="j1", node="n1")
-    assert not job_token_for(token_job="j2", token_node="n1", job_id="j1", node="n1")
-    assert not job_token_for(token_job="j1", token_node="n2", job_id="j1", node="n1")
-    assert not job_token_for(token_job=None, token_node="n1", job_id="j1", node="n1")
+    running = {"job_id": "j1", "node": "n1", "status": "running"}
+    assert job_token_for(token_job="j1", token_node="n1", **running)
+    assert not job_token_for(token_job="j2", token_node="n1", **running)
+    assert not job_token_for(token_job="j1", token_node="n2", **running)
+    assert not job_token_for(token_job=None, token_node="n1", **running)
+    for status in ("verifying", "completed", "released", "refunded", "cancelled", "failed"):
+        assert not job_token_for(token_job="j1", token_node="n1", job_id="j1", node="n1", status=status)
 
 
 def test_job_routes_use_job_resource_rules() -> None:

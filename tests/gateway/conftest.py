@@ -41,6 +41,10 @@ class Upstream:
     logs: list[Any] = field(default_factory=list)
     emitted: list[Any] = field(default_factory=list)
     seen_run_filters: list[Any] = field(default_factory=list)
+    artifacts: list[Any] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    worker_frames: list[Any] = field(default_factory=list)
+    cleanup_for: list[str] = field(default_factory=list)  # flow run ids the worker channel sends cleanups for
 
     def add_run(self, queue: str, *, job: bool = True) -> dict[str, Any]:
         run = {
@@ -49,6 +53,7 @@ class Upstream:
             "work_pool_name": POOL,
             "deployment_id": str(uuid.uuid4()),
             "flow_id": str(uuid.uuid4()),
+            "work_queue_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, queue)),
             "parameters": {"job_id": f"job-{queue}"} if job else {},
             "tags": [],
         }
@@ -59,12 +64,40 @@ class Upstream:
         api = FastAPI()
 
         @api.get("/api/admin/version")
-        def version() -> str:
+        def version(request: Request) -> str:
+            self.headers.append(dict(request.headers))
             return "3.8.8"
+
+        @api.post("/api/artifacts/")
+        async def create_artifact(request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self.artifacts.append(body)
+            return {**body, "id": str(uuid.uuid4())}
+
+        @api.patch("/api/artifacts/{artifact_id}")
+        async def update_artifact(artifact_id: str, request: Request) -> None:
+            self.artifacts.append({"patch": artifact_id, **(await request.json())})
+
+        @api.websocket("/api/work_pools/{pool}/workers/connect")
+        async def worker_connect(ws: WebSocket, pool: str) -> None:
+            await ws.accept(subprotocol="prefect")
+            while True:
+                frame = json.loads(await ws.receive_text())
+                self.worker_frames.append(frame)
+                if frame.get("type") == "worker.hello.v1":
+                    await ws.send_json({"type": "worker.ready.v1", "payload": {}})
+                    for run_id in self.cleanup_for:
+                        target = {"flow_run_id": run_id}
+                        payload = {
+                            "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, run_id)),
+                            "target": target,
+                        }
+                        await ws.send_json({"type": "cleanup.message.v1", "payload": payload})
+                    await ws.send_json({"type": "done"})
 
         @api.get("/api/work_pools/{pool}")
         def pool(pool: str) -> dict[str, str]:
-            return {"name": pool}
+            return {"name": pool, "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, pool))}
 
         @api.post("/api/work_pools/{pool}/get_scheduled_flow_runs")
         async def scheduled(pool: str, request: Request) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import uuid
 
 import pytest
 from websockets.sync.client import connect as ws_connect
@@ -192,10 +193,12 @@ def test_events_in_only_about_own_runs_and_worker(gw: GwEnv) -> None:
     with ws_connect(url, ssl=ctx, additional_headers=headers) as ws:
         ws.send(json.dumps({"type": "auth", "token": "node-secret"}))  # what Prefect's client sends first
         ws.send(event("own.run", f"prefect.flow-run.{mine['id']}"))
-        ws.send(event("own.task", "prefect.task-run.1", [f"prefect.flow-run.{mine['id']}"]))
+        ws.send(event("own.task", f"prefect.task-run.{uuid.uuid4()}", [f"prefect.flow-run.{mine['id']}"]))
         ws.send(event("own.worker", "prefect.worker.cyxwiz-sandbox.cyxwiz-node-a"))
         ws.send(event("forged.run", f"prefect.flow-run.{theirs['id']}"))
-        ws.send(event("forged.task", "prefect.task-run.2", [f"prefect.flow-run.{theirs['id']}"]))
+        ws.send(
+            event("forged.task", f"prefect.task-run.{uuid.uuid4()}", [f"prefect.flow-run.{theirs['id']}"])
+        )
         ws.send(event("forged.worker", "prefect.worker.cyxwiz-sandbox.cyxwiz-node-b"))
         ws.send("not json")
         ws.send(event("test.end", f"prefect.flow-run.{mine['id']}"))

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from cyxwiz.audit import events as ev
+from cyxwiz.authz.roles import permissions_for
 from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import RefreshRequest, TokenPair
 from cyxwiz.tokens.errors import RefreshReuseError
@@ -57,11 +58,13 @@ def refresh(
     role, session_id = token.role, token.session_id
     cert = peer.certificate if peer is not None else None
     node_id, user_id = token.node_id, token.user_id
+    # The scopes the family was opened with, never the role's defaults: a narrowed session stays narrow.
+    scopes = sorted(token.scopes & {p.value for p in permissions_for(role)})
     session = ctx.issuer.session(
-        node_id=node_id, user_id=user_id, role=role, session_id=session_id, cert=cert
+        node_id=node_id, user_id=user_id, role=role, session_id=session_id, cert=cert, scopes=scopes
     )
     new_refresh = ctx.issuer.refresh(
-        session_id=session_id, node_id=node_id, user_id=user_id, role=role, cert=cert
+        session_id=session_id, node_id=node_id, user_id=user_id, role=role, cert=cert, scopes=scopes
     )
     ctx.store.add_refresh(jti=new_refresh.jti, session_id=session_id, expires_at=new_refresh.expires_at)
     return TokenPair(

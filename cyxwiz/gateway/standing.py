@@ -1,0 +1,171 @@
+"""Revocation reaching the gateway within seconds, without restart (SPEC A6, B5, C1; issue 18).
+
+The gateway is a separate process from the coordinator, so what the coordinator decides (a ban, a
+revoked session or refresh family, a job whose token is dead) is read from the coordinator's database:
+on every request (:class:`Standing`) and, for what is already open — websockets, keep-alive HTTP
+connections — by a watcher that closes them when their node or session stops being in good standing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cyxwiz.audit import AuditSink
+from cyxwiz.audit import events as ev
+from cyxwiz.transport.identity import PeerIdentity
+
+log = logging.getLogger(__name__)
+
+#: Node states in which a node is cut off everywhere.
+CUT_OFF = frozenset({"banned", "revoked"})
+
+
+class Standing(Protocol):
+    """What the gateway asks the coordinator's records (a :class:`StoreStanding` over its database)."""
+
+    def is_session_revoked(self, session_id: str) -> bool: ...
+
+    def node_status(self, node_id: str) -> str | None: ...
+
+    def job_status(self, job_id: str) -> str | None: ...
+
+    def cut_off_peers(self) -> set[str]: ...
+
+
+class StoreStanding:
+    """:class:`Standing` over a :class:`~cyxwiz.coordinator.store.CoordinatorStore`."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def is_session_revoked(self, session_id: str) -> bool:
+        return bool(self.store.is_session_revoked(session_id))
+
+    def node_status(self, node_id: str) -> str | None:
+        from cyxwiz.errors import NotFoundError
+
+        try:
+            return str(self.store.node(node_id).status)
+        except NotFoundError:
+            return None
+
+    def job_status(self, job_id: str) -> str | None:
+        from cyxwiz.errors import NotFoundError
+
+        try:
+            return str(self.store.job(job_id).status)
+        except NotFoundError:
+            return None
+
+    def cut_off_peers(self) -> set[str]:
+        return {n.peer_id for n in self.store.list_nodes() if n.status in CUT_OFF}
+
+
+@dataclass
+class _Live:
+    node_id: str
+    session_id: str | None
+    loop: asyncio.AbstractEventLoop
+    closed: asyncio.Event
+
+
+@dataclass
+class LiveChannels:
+    """Open websockets by node and session, so a revocation can close them from the watcher thread."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _live: dict[int, _Live] = field(default_factory=dict)
+
+    def open(self, node_id: str, session_id: str | None) -> tuple[int, asyncio.Event]:
+        closed = asyncio.Event()
+        entry = _Live(node_id, session_id, asyncio.get_running_loop(), closed)
+        with self._lock:
+            self._live[id(entry)] = entry
+        return id(entry), closed
+
+    def close(self, key: int) -> None:
+        with self._lock:
+            self._live.pop(key, None)
+
+    def entries(self) -> list[_Live]:
+        with self._lock:
+            return list(self._live.values())
+
+
+class RevocationWatch:
+    """Polls :class:`Standing` and closes what a revocation took away (a daemon thread)."""
+
+    def __init__(
+        self,
+        *,
+        standing: Standing,
+        live: LiveChannels,
+        close_peers: Callable[[Callable[[PeerIdentity], bool]], list[PeerIdentity]] | None,
+        audit: AuditSink | None,
+        interval: float = 0.5,
+    ) -> None:
+        self.standing, self.live, self.close_peers, self.audit = standing, live, close_peers, audit
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="cyxwiz-gateway-revocations", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check_now()
+            except Exception:  # the watcher must outlive a database hiccup
+                log.exception("gateway revocation check failed")
+
+    def check_now(self) -> int:
+        """Close websockets of revoked sessions or cut-off nodes and connections of cut-off nodes."""
+        closed = 0
+        for entry in self.live.entries():
+            status = self.standing.node_status(entry.node_id)
+            revoked = entry.session_id is not None and self.standing.is_session_revoked(entry.session_id)
+            if status in CUT_OFF or status is None or revoked:
+                self.live.close(id(entry))
+                if not entry.loop.is_closed():
+                    entry.loop.call_soon_threadsafe(entry.closed.set)
+                closed += 1
+                self._record(
+                    entry.node_id,
+                    f"websocket closed: node {status}"
+                    if not revoked
+                    else "websocket closed: session revoked",
+                )
+        if self.close_peers is not None:
+            doomed = self.standing.cut_off_peers()
+            if doomed:
+                for peer in self.close_peers(lambda p: p.peer_id in doomed):
+                    closed += 1
+                    self._record(peer.peer_id, "connection closed: node cut off")
+        return closed
+
+    def _record(self, target: str, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                ev.revocation(
+                    actor_id="gateway",
+                    actor_type=ev.ActorType.SERVICE,
+                    kind="connection",
+                    target=target,
+                    reason=reason,
+                )
+            )
