@@ -25,6 +25,7 @@ app = new_app(
 #: (command name, module holding ``app``). A group with no commands yet is not shown.
 _GROUPS: tuple[tuple[str, str], ...] = (
     ("certutil", "cyxwiz.pki.cli"),
+    ("keys", "cyxwiz.keys.cli"),
     ("token", "cyxwiz.tokens.cli"),
     ("audit", "cyxwiz.audit.cli"),
     ("sandbox", "cyxwiz.sandbox.cli"),

@@ -23,6 +23,14 @@ KeyRingDir = Annotated[Path, Opt("--keyring", help="Token key ring dir of the co
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
+TrustPolicyOpt = Annotated[
+    Path | None,
+    Opt(
+        "--trust-policy",
+        help="Federation trust policy (YAML, docs/federation.md): per organization its CAs, CRLs, roles and "
+        "names; checked on every verified node after the handshake and hot-reloaded (A7).",
+    ),
+]
 JobToken = Annotated[
     bool,
     Opt(
@@ -46,6 +54,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     host: Host = "127.0.0.1",
     port: Port = 8444,
     require_job_token: JobToken = True,
+    trust_policy: TrustPolicyOpt = None,
 ) -> None:
     """Serve the gateway until interrupted."""
     from cyxwiz.audit import AuditLog
@@ -65,13 +74,20 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             bundle or dev.bundle,
             crl or dev.crl,
         )
+    federation = None
+    if trust_policy is not None:
+        from cyxwiz.pki.federation import Federation
+
+        federation = Federation(policy_path=trust_policy)
+        # OpenSSL verifies against every organization's CAs; the policy then decides per peer.
+        bundle = bundle or federation.write_bundle(trust_policy.parent / ".federation-bundle.pem")
     if cert is None or key is None or bundle is None:
         raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
     verifier = TokenVerifier.from_keyring(KeyRing.from_dir(keyring), issuer=ISSUER, audience=AUDIENCE)
     audit = AuditLog.open(audit_dir) if audit_dir is not None else None
     server, _ = build_gateway(
         cert=cert, key=key, trust_bundle=bundle, crl=crl, upstream=upstream, pool=pool, verifier=verifier,
-        audit=audit, host=host, port=port, require_job_token=require_job_token,
+        audit=audit, host=host, port=port, require_job_token=require_job_token, policy=federation,
     )  # fmt: skip
     typer.echo(f"gateway listening on {server.url} -> {upstream}")
     server.run()

@@ -11,7 +11,7 @@ from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.gateway.proxy import Gateway
 from cyxwiz.gateway.standing import RevocationWatch, Standing
 from cyxwiz.tokens.verifier import TokenVerifier
-from cyxwiz.transport.reload import ServerTLS
+from cyxwiz.transport.reload import PeerPolicy, ServerTLS
 from cyxwiz.transport.server import MTLSServer
 
 
@@ -35,6 +35,7 @@ def build_gateway(
     node_rate: tuple[float, int] = (50.0, 200),
     standing: Standing | None = None,
     revocation_interval: float = 0.5,
+    policy: PeerPolicy | None = None,
 ) -> tuple[MTLSServer, Gateway]:
     """The gateway listener (client certificates required, CRL hot reload) and its proxy app."""
     gateway = Gateway(
@@ -56,7 +57,13 @@ def build_gateway(
         gateway, ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]), max_body=max_body, refuse=refuse
     )
     tls = ServerTLS(
-        cert=cert, key=key, trust_bundle=trust_bundle, crl=crl, require_client_cert=True, audit=audit
+        cert=cert,
+        key=key,
+        trust_bundle=trust_bundle,
+        crl=crl,
+        require_client_cert=True,
+        audit=audit,
+        policy=policy,
     )
     if standing is not None:
         gateway.watch = RevocationWatch(

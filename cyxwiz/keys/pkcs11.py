@@ -166,7 +166,39 @@ class Pkcs11KeySource:
                 ) from None
             except pkcs11.exceptions.PKCS11Error as exc:
                 raise _fail(exc, "cannot read the key", parsed) from None
-        return cls(uri=parsed, entry=entry, private=private, public_key=_public_from_point(point, parsed))
+        source = cls(uri=parsed, entry=entry, private=private, public_key=_public_from_point(point, parsed))
+        source._check_protected()
+        return source
+
+    def _check_protected(self) -> None:
+        """Refuse a key that is or ever was exportable, or whose public object is not its own (A7).
+
+        A key imported into the token, or generated extractable, may exist outside it: such a key is not
+        an HSM-held key, whatever its label says. A planted public-key object under the same label would
+        make every signature unverifiable, so one signature is checked before the key is used.
+        """
+        flags = self.attributes()
+        exposed = [
+            name
+            for name, want in (
+                ("sensitive", True),
+                ("extractable", False),
+                ("always_sensitive", True),
+                ("never_extractable", True),
+                ("local", True),
+            )
+            if flags[name] is not want
+        ]
+        if exposed:
+            raise KeySourceError(
+                f"key is or was exportable ({', '.join(exposed)}): refused as a token-held key",
+                path=self.uri,
+                rule=_RULE,
+                hint="generate the key inside the token: cyxwiz keys generate --uri '<uri>'",
+            )
+        from cyxwiz.keys.source import checked_signature
+
+        checked_signature(self, os.urandom(32))
 
     @classmethod
     def generate(
@@ -256,8 +288,15 @@ class Pkcs11KeySource:
             "never_extractable": attr.NEVER_EXTRACTABLE,
             "local": attr.LOCAL,
         }
+        flags: dict[str, bool] = {}
         with self._entry.lock:
-            return {name: bool(self._private[a]) for name, a in names.items()}
+            for name, a in names.items():
+                try:
+                    flags[name] = bool(self._private[a])
+                except pkcs11.exceptions.PKCS11Error:
+                    # A token that will not say is treated as the unsafe answer (the check then refuses).
+                    flags[name] = name == "extractable"
+        return flags
 
     def private_object(self) -> Any:
         """The raw python-pkcs11 key object (tests use it to try extraction and wrapping)."""

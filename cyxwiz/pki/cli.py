@@ -91,6 +91,17 @@ def _load_ca(ca_cert: Path, ca_key: str, passphrase_file: Path | None) -> Certif
     return CertificateAuthority.from_files(ca_cert, ca_key, passphrase=_passphrase(passphrase_file))
 
 
+def _node_key_file(path: Path | None, *, flag: str) -> None:
+    """Node TLS keys stay files: Python's ssl module cannot use a PKCS#11 key (docs/keys.md)."""
+    if path is not None and str(path).startswith("pkcs11:"):
+        raise ValidationError(
+            "node TLS keys must be files: Python's ssl cannot use a key inside a PKCS#11 token",
+            field=flag,
+            rule="A7",
+            hint="only CA keys (--ca-key, gen-ca/gen-intermediate-ca --out-key) may be pkcs11: URIs",
+        )
+
+
 def _default_server(role: str) -> bool:
     # Users and verifiers only ever call out; every other role also accepts connections (libp2p-style peers).
     return role.strip().lower() not in {"user", "verifier"}
@@ -212,6 +223,7 @@ def gen_cert(
     from cyxwiz.pki.keys import write_private_key
     from cyxwiz.pki.peerid import peer_id
 
+    _node_key_file(out_key, flag="out_key")
     ca = _load_ca(ca_cert, ca_key, ca_passphrase_file)
     use_server = _default_server(role) if server is None else server
     for path in (out_cert, out_key):
@@ -261,6 +273,8 @@ def gen_csr(
 
     if (out_key is None) == (key is None):
         raise ValidationError("give exactly one of --out-key (new key) or --key (existing key)", field="key")
+    _node_key_file(out_key, flag="out_key")
+    _node_key_file(key, flag="key")
     if out_csr.exists() and not force:
         raise ValidationError(
             "refusing to overwrite an existing file", path=str(out_csr), hint="pass --force"

@@ -48,7 +48,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.errors import CertificateError, ConfigError, PKIError
-from cyxwiz.pki.certs import Role, common_name, dns_names, is_ca, is_self_signed, load_certificates, role_of
+from cyxwiz.pki.certs import (
+    ROLE_URI_PREFIX,
+    Role,
+    common_name,
+    dns_names,
+    is_ca,
+    is_self_signed,
+    load_certificates,
+    role_of,
+)
 from cyxwiz.pki.keys import require_ed25519_public
 from cyxwiz.pki.verify import _check_issuer, _signed_by, check_leaf, check_validity, describe
 
@@ -83,8 +92,22 @@ class Organization:
         return any(_raw_key(ca) == key for ca in self.held)
 
     def name_allowed(self, leaf: x509.Certificate) -> bool:
+        """Every DNS SAN and the CN inside the constraint; a constrained organization's leaves carry no
+        IP, e-mail or other URI names (those the constraint cannot scope), only the role URI."""
         if not self.names:
             return True
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = x509.SubjectAlternativeName([])
+        for general in san:
+            if isinstance(general, x509.DNSName):
+                continue
+            if isinstance(general, x509.UniformResourceIdentifier) and general.value.startswith(
+                ROLE_URI_PREFIX
+            ):
+                continue
+            return False
         candidates = [n.lower().rstrip(".") for n in dns_names(leaf)]
         cn = common_name(leaf)
         if cn is not None:

@@ -139,6 +139,9 @@ class ServerTLS:
         self.poll_interval = poll_interval
         #: A federation trust policy checked on the verified peer after the CRL check (A7, C1).
         self.policy = policy
+        if policy is not None and getattr(policy, "on_alert", False) is None:
+            # Its reload alerts (bad policy edit, an organization's CRL stale) become audit events here.
+            setattr(policy, "on_alert", self._alert)  # noqa: B010 - PeerPolicy does not declare it
         self.connections = ConnectionRegistry()
         self._trusted = load_trusted_cas(trust_bundle)
         self._lock = threading.RLock()

@@ -108,3 +108,46 @@ def test_file_source_is_todays_behaviour(tmp_path: Path) -> None:
     assert public_raw(loaded) == public_raw(created)
     loaded.public_key.verify(created.sign(b"m"), b"m")
     assert isinstance(loaded, FileKeySource)
+
+
+def _plant_keypair(softhsm: HsmToken, label: str, **private: object) -> tuple[object, object]:
+    """A key pair made directly through python-pkcs11 (what a careless or hostile operator could do)."""
+    from cyxwiz.keys.pkcs11 import ED25519_PARAMS, _session
+    from cyxwiz.keys.uri import Pkcs11Uri
+
+    entry = _session(Pkcs11Uri.parse(softhsm.token.uri(label)), None)
+    attr = pkcs11.Attribute
+    template = {attr.TOKEN: True, attr.LABEL: label, attr.SIGN: True, attr.PRIVATE: True}
+    template.update({getattr(attr, k.upper()): v for k, v in private.items()})
+    with entry.lock:
+        return entry.session.generate_keypair(  # type: ignore[no-any-return]
+            pkcs11.KeyType.EC_EDWARDS,
+            mechanism=pkcs11.Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+            store=True,
+            label=label,
+            public_template={attr.TOKEN: True, attr.LABEL: label, attr.EC_PARAMS: ED25519_PARAMS},
+            private_template=template,
+        )
+
+
+def test_an_exportable_key_under_the_label_is_refused(softhsm: HsmToken) -> None:
+    label = "exportable-" + os.urandom(3).hex()
+    _plant_keypair(softhsm, label, extractable=True, sensitive=False)
+    with pytest.raises(KeySourceError) as info:
+        open_key_source(softhsm.token.uri(label))  # attack: a key that may exist outside the token
+    assert "exportable" in info.value.message and info.value.rule == "A7"
+
+
+def test_a_planted_public_key_object_is_caught_before_use(softhsm: HsmToken) -> None:
+    label, decoy = "victim-" + os.urandom(3).hex(), "decoy-" + os.urandom(3).hex()
+    create_key_source(softhsm.token.uri(label))
+    public_decoy, _ = _plant_keypair(softhsm, decoy, extractable=False, sensitive=True)
+    victim = open_key_source(softhsm.token.uri(label))
+    assert isinstance(victim, Pkcs11KeySource)
+    # attack: swap the public object under the label for another key's
+    own_public = victim._entry.session.get_key(object_class=pkcs11.ObjectClass.PUBLIC_KEY, label=label)
+    own_public.destroy()
+    public_decoy[pkcs11.Attribute.LABEL] = label  # type: ignore[index]
+    with pytest.raises(KeySourceError) as info:
+        open_key_source(softhsm.token.uri(label))
+    assert "does not verify" in info.value.message

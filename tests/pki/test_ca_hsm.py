@@ -103,3 +103,18 @@ def test_hsm_ca_object_signs_through_the_token(softhsm: HsmToken, tmp_path: Path
     again = CertificateAuthority.from_files(tmp_path / "ca.pem", uri)
     leaf = again.issue(common_name="w1", role="worker").certificate
     leaf.verify_directly_issued_by(ca.certificate)
+
+
+def test_node_tls_keys_stay_files(softhsm: HsmToken, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's ssl cannot use a PKCS#11 key: a pkcs11: URI as a node key is refused, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    uri = softhsm.new_uri("ca")
+    ok(cli("gen-ca", "--out-cert", "ca.pem", "--out-key", uri, "--common-name", "HSM CA"))
+    for args in (
+        ["gen-cert", "--ca-cert", "ca.pem", "--ca-key", uri, "--out-cert", "n.pem", "--out-key", uri + "x",
+         "--common-name", "n1"],
+        ["gen-csr", "--out-csr", "n.csr", "--key", uri, "--common-name", "n1"],
+    ):  # fmt: skip
+        result = cli(*args)
+        assert result.exit_code == 2 and "node TLS keys must be files" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem"]

@@ -44,6 +44,8 @@ def test_each_org_certifies_only_its_roles_and_names(world: FederationWorld) -> 
     for name in ("w2.evil.example", "w3", "orgb.example.evil.net"):
         assert refused(fed, world.b.node(name, role="worker").cert).rule == "A7/names"
     assert refused(fed, world.b.node("admin.orgb.example", role="gateway").cert).rule == "A7/role"
+    ip_named = world.b.issuing.issue(common_name="w5.orgb.example", role="worker", ip_addresses=["10.0.0.5"])
+    assert refused(fed, ip_named.certificate).rule == "A7/names"  # an IP the constraint cannot scope
 
 
 def test_certutil_verify_with_policy_names_the_rule(world: FederationWorld) -> None:

@@ -115,7 +115,7 @@ def test_revoking_org_b_intermediate_cuts_only_org_b_within_5s(
 
 
 def test_org_removed_from_the_policy_at_run_time(
-    served: tuple[MTLSServer, Path], world: FederationWorld
+    served: tuple[MTLSServer, Path], world: FederationWorld, audit: MemoryAudit
 ) -> None:
     server, bundle = served
     a_node, b_node = world.a.node("a-worker", role="worker"), world.b.node("w1.orgb.example", role="worker")
@@ -126,6 +126,14 @@ def test_org_removed_from_the_policy_at_run_time(
         assert wait_closed(b_conn, a_conn) is not None
         with pytest.raises((ConnectionError, ssl.SSLError)):
             request(server.port, ctx(bundle, b_node))
+        assert request(server.port, ctx(bundle, a_node))[0] == 200
+        world.policy_path.write_text(
+            "version: 1\norganizations: ["
+        )  # a broken edit: alert, last policy stays
+        deadline = time.monotonic() + DEADLINE_S
+        while "trust-policy.rejected" not in audit.actions() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "trust-policy.rejected" in audit.actions()
         assert request(server.port, ctx(bundle, a_node))[0] == 200
     finally:
         b_conn.close()
