@@ -4,7 +4,8 @@ uvicorn neither checks CRLs nor hands the client certificate to the app, and asy
 drops handshake failures silently. So uvicorn listens on plain TCP and our protocol class upgrades each
 connection with ``loop.start_tls`` using :class:`~cyxwiz.transport.reload.ServerTLS`'s hot-reloading
 context. That gives us, per connection and before any HTTP byte is parsed: the handshake failure reason
-(audited as a certificate rejection), the Ed25519-only check, a per-IP connection limit, registration
+(audited as a certificate rejection), the Ed25519-only check, a per-IP connection limit, a bounded pool
+for connections without a client certificate, a deadline for each request head (slow-loris), registration
 for revocation kills, and the verified peer in ``scope["extensions"]["tls"]`` (the ASGI TLS extension,
 plus ``cyxwiz_peer``: a :class:`~cyxwiz.transport.identity.PeerIdentity`).
 """
@@ -43,8 +44,23 @@ class _Shared:
     audit: AuditSink | None
     handshake_timeout: float
     max_connections_per_ip: int
+    header_timeout: float = 10.0
+    max_anonymous: int = 256
+    anonymous: int = 0
     pending: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit_anonymous(self) -> bool:
+        """A connection without a client certificate takes one of the anonymous slots, if one is free."""
+        with self.lock:
+            if self.anonymous >= self.max_anonymous:
+                return False
+            self.anonymous += 1
+            return True
+
+    def release_anonymous(self) -> None:
+        with self.lock:
+            self.anonymous = max(0, self.anonymous - 1)
 
     def admit(self, ip: str) -> bool:
         with self.lock:
@@ -181,27 +197,86 @@ class MTLSHttpProtocol(H11Protocol):
         if self._cyx_lost:
             registry.remove(tls_transport)
             return
+        if peer is None:
+            # Connections without a certificate (users may come without one) share a bounded pool, so a
+            # flood of them cannot take the slots that certified nodes need.
+            if not shared.admit_anonymous():
+                registry.remove(tls_transport)
+                log.info("connection from %s refused: anonymous connection limit", ip)
+                tls_transport.abort()
+                return
+            self._cyx_anonymous = True
         self.app = _with_tls(self.app, tls_extension(peer, ssl_object))
         super().connection_made(tls_transport)
+        self._cyx_arm_head_timer()
         early, self._cyx_early = self._cyx_early, None
         if early:
-            super().data_received(b"".join(early))
+            self._cyx_feed(b"".join(early))
 
     # TLS 1.3 clients send their first request right behind Finished, so sslproto may deliver it before
     # the handshake coroutine resumes: hold it until h11 is set up.
     _cyx_early: list[bytes] | None = None
     _cyx_lost = False
+    _cyx_anonymous = False
+    _cyx_head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._cyx_early is not None:
             self._cyx_early.append(data)
             return
+        self._cyx_feed(data)
+
+    # Slow-loris: uvicorn starts no timer before a connection's first request, and cancels its keep-alive
+    # timer at the first byte of the next one, so a client that trickles a request head (or sends nothing
+    # after the handshake) held its connection forever. Here every request head must arrive whole within
+    # ``header_timeout`` of the handshake (first request) or of its own first byte (later ones).
+    def _cyx_feed(self, data: bytes) -> None:
+        if not self._cyx_in_request():
+            self._cyx_arm_head_timer()
         super().data_received(data)
+        if self._cyx_in_request():
+            self._cyx_disarm_head_timer()
+        elif self.transport is not None and self.transport.get_protocol() is not self:
+            # Upgraded to a websocket: the connection (and its anonymous slot) now belongs to that protocol.
+            self._cyx_disarm_head_timer()
+            upgraded = self.transport.get_protocol()
+            if self._cyx_anonymous and isinstance(upgraded, MTLSWebSocketProtocol):
+                self._cyx_anonymous, upgraded.cyx_anonymous = False, True
+
+    def _cyx_in_request(self) -> bool:
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
+    def _cyx_arm_head_timer(self) -> None:
+        if self._cyx_head_timer is None:
+            self._cyx_head_timer = self.loop.call_later(self.shared.header_timeout, self._cyx_head_expired)
+
+    def _cyx_disarm_head_timer(self) -> None:
+        if self._cyx_head_timer is not None:
+            self._cyx_head_timer.cancel()
+            self._cyx_head_timer = None
+
+    def _cyx_head_expired(self) -> None:
+        self._cyx_head_timer = None
+        transport = self.transport
+        if self._cyx_in_request() or transport is None or transport.is_closing():
+            return
+        peer = transport.get_extra_info("peername")
+        log.info(
+            "connection from %s closed: no complete request head within %.0f s",
+            peer,
+            self.shared.header_timeout,
+        )
+        transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._cyx_early is not None:  # lost before h11 ever saw the connection
             self._cyx_lost = True
             return
+        self._cyx_disarm_head_timer()
+        if self._cyx_anonymous:
+            self._cyx_anonymous = False
+            self.shared.release_anonymous()
         if self.transport is not None:
             self.shared.tls.connections.remove(self.transport)
         super().connection_lost(exc)
@@ -218,7 +293,13 @@ class MTLSWebSocketProtocol(WebSocketsSansIOProtocol):
         self.app = _with_tls(self.app, tls_extension(peer, ssl_object))
         super().connection_made(transport)
 
+    #: Set by the HTTP protocol when it hands over a connection that holds an anonymous slot.
+    cyx_anonymous = False
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.cyx_anonymous:
+            self.cyx_anonymous = False
+            self.shared.release_anonymous()
         self.shared.tls.connections.remove(self.transport)
         super().connection_lost(exc)
 
@@ -246,6 +327,8 @@ class MTLSServer:
         max_connections_per_ip: int = 64,
         limit_concurrency: int | None = 1000,
         log_level: str = "warning",
+        header_timeout: float = 10.0,
+        max_anonymous_connections: int = 256,
     ) -> None:
         self.tls = tls
         self._shared = _Shared(
@@ -253,6 +336,8 @@ class MTLSServer:
             audit=audit if audit is not None else tls.audit,
             handshake_timeout=handshake_timeout,
             max_connections_per_ip=max_connections_per_ip,
+            header_timeout=header_timeout,
+            max_anonymous=max_anonymous_connections,
         )
         http_cls, ws_cls = protocol_classes(self._shared)
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
