@@ -316,6 +316,7 @@ def _start_gateway(
     stack: contextlib.ExitStack, *, pki: Any, server: Any, coordinator: Any, audit: Any
 ) -> str:
     from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.gateway.standing import StoreStanding
     from tasks.coordinator_channel import node_name
 
     listener, _ = build_gateway(
@@ -329,6 +330,8 @@ def _start_gateway(
         audit=audit,
         # Work queues are named after the node (its certificate CN); the gateway maps the verified node id.
         queue_for=lambda node_id: node_name(coordinator.store.node(node_id).subject),
+        # Bans, revoked sessions and dead job tokens reach the gateway from the coordinator's records.
+        standing=StoreStanding(coordinator.store),
     )
     listener.start()
     stack.callback(listener.stop)

@@ -144,7 +144,9 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
     from cyxwiz.coordinator.service import AUDIENCE, ISSUER
     from cyxwiz.coordinator.store import CoordinatorStore
     from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.gateway.standing import StoreStanding
     from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.reload import KeyRingReloader
     from cyxwiz.tokens.verifier import TokenVerifier
     from tasks.coordinator_channel import node_name
 
@@ -158,15 +160,15 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
         raise ConfigError("required setting is missing", field="CYXWIZ_PREFECT_UPSTREAM")
     state_dir = Path(env.get("CYXWIZ_STATE_DIR") or config.home / "coordinator")
     nodes = CoordinatorStore.from_url(_coordinator_db(config, state_dir))
-    verifier = TokenVerifier.from_keyring(
-        KeyRing.from_dir(Path(keyring_dir)), issuer=ISSUER, audience=AUDIENCE, revocations=nodes
-    )
+    ring = KeyRing.from_dir(Path(keyring_dir))
+    KeyRingReloader(ring=ring, path=Path(keyring_dir)).start()  # rotation reaches the gateway (B4)
+    verifier = TokenVerifier.from_keyring(ring, issuer=ISSUER, audience=AUDIENCE, revocations=nodes)
     server, _ = build_gateway(
         cert=settings.cert, key=settings.key, trust_bundle=settings.bundle, crl=settings.crl,
         upstream=upstream, pool=env.get("CYXWIZ_GATEWAY_POOL") or "gpu", verifier=verifier,
         audit=_audit(settings, config), host=settings.host, port=settings.port,
         upstream_auth=env.get("PREFECT_API_AUTH_STRING") or None,
-        queue_for=lambda node_id: node_name(nodes.node(node_id).subject),
+        queue_for=lambda node_id: node_name(nodes.node(node_id).subject), standing=StoreStanding(nodes),
     )  # fmt: skip
     return server
 

@@ -44,6 +44,8 @@ class Coordinator:
     auth: Authenticator
     audit: AuditSink | None = None
     revoker: NodeRevoker | None = None
+    #: Closes the live connections of a peer (its PeerID): a ban reaches open connections at once.
+    close_peer: Callable[[str], None] | None = None
 
     def record(self, event: ev.SecurityEvent) -> None:
         if self.audit is not None:
@@ -63,7 +65,11 @@ class Coordinator:
         self.store.create_session(
             session_id=session_id, principal_kind="node" if node else "user", principal_id=principal
         )
-        cert = peer.certificate if peer is not None else None
+        if peer is not None:
+            self.store.bind_session_cert(
+                session_id=session_id, issuer=peer.certificate.issuer.rfc4514_string(), serial=peer.serial
+            )
+        cert = peer.certificate if node is not None and peer is not None else None
         node_id = node.node_id if node is not None else None
         user = None if node else user_id
         session = self.issuer.session(

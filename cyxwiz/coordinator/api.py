@@ -8,6 +8,7 @@ Routes live in :mod:`cyxwiz.coordinator.routes` by resource; each applies its ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -37,6 +38,7 @@ def create_app(
     identity_rate: tuple[float, int] = (20.0, 40),
     ip_rate: tuple[float, int] = (100.0, 200),
     max_body: int = 1 << 20,
+    close_peer: Callable[[str], None] | None = None,
 ) -> GuardMiddleware:
     """The coordinator ASGI app (FastAPI inside body/IP guards). Serve it with :class:`MTLSServer`."""
     auth = Authenticator(
@@ -47,7 +49,14 @@ def create_app(
     )
     app = FastAPI(title="cyxwiz coordinator", version="1", docs_url=None, redoc_url=None)
     app.state.coordinator = Coordinator(
-        store=store, issuer=issuer, verifier=verifier, hooks=hooks, auth=auth, audit=audit, revoker=revoker
+        store=store,
+        issuer=issuer,
+        verifier=verifier,
+        hooks=hooks,
+        auth=auth,
+        audit=audit,
+        revoker=revoker,
+        close_peer=close_peer,
     )
     install_handlers(app, audit=audit)
     for module in (nodes, tokens, jobs, datasets, wallet, admin):

@@ -14,8 +14,10 @@ from cyxwiz.coordinator.api import create_app
 from cyxwiz.coordinator.hooks import BasicHooks, CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware
 from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
+from cyxwiz.coordinator.watch import CoordinatorWatch
 from cyxwiz.tokens.issuer import TokenIssuer
 from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
+from cyxwiz.tokens.reload import KeyRingReloader
 from cyxwiz.tokens.verifier import TokenVerifier
 from cyxwiz.transport.reload import ServerTLS
 from cyxwiz.transport.server import MTLSServer
@@ -48,6 +50,10 @@ class CARevoker:
             push(data)
 
 
+def _close_peer(tls: ServerTLS, peer_id: str) -> None:
+    tls.connections.close_where(lambda p: p.peer_id == peer_id)
+
+
 def _reason(text: str) -> str:
     from cryptography import x509
 
@@ -72,6 +78,7 @@ class CoordinatorHandle:
     verifier: TokenVerifier
     app: GuardMiddleware
     revoker: CARevoker | None
+    watch: CoordinatorWatch | None = None
 
     @property
     def url(self) -> str:
@@ -82,6 +89,8 @@ class CoordinatorHandle:
         return self.server.tls
 
     def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
         self.server.stop()
 
     def __enter__(self) -> CoordinatorHandle:
@@ -127,6 +136,7 @@ def build_coordinator(
     )
     revoker = CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push)) if ca_dir is not None else None
     app = create_app(
+        close_peer=lambda peer_id: _close_peer(tls, peer_id),
         store=store,
         issuer=issuer,
         verifier=verifier,
@@ -136,8 +146,11 @@ def build_coordinator(
         **app_options,
     )
     server = MTLSServer(app=app, tls=tls, host=host, port=port, audit=audit)
+    # A ring loaded from the state dir follows rotation on disk; one handed in is the caller's to manage.
+    reloader = KeyRingReloader(ring=ring, path=state_dir / "keyring") if keyring is None else None
+    watch = CoordinatorWatch(store=store, tls=tls, reloader=reloader, audit=audit).start()
     return CoordinatorHandle(
-        server=server, store=store, issuer=issuer, verifier=verifier, app=app, revoker=revoker
+        server=server, store=store, issuer=issuer, verifier=verifier, app=app, revoker=revoker, watch=watch
     )
 
 

@@ -42,6 +42,14 @@ sessions = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: The client certificate a session was opened with, so revoking the certificate kills its family.
+session_certs = sa.Table(
+    "cyx_session_certs",
+    metadata,
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("issuer", sa.String(1024), nullable=False),
+    sa.Column("serial", sa.String(64), nullable=False),
+)
 refresh_tokens = sa.Table(
     "cyx_refresh_tokens",
     metadata,
@@ -268,6 +276,27 @@ class CoordinatorStore:
                 .values(revoked=True)
             )
             return int(done.rowcount)
+
+    def bind_session_cert(self, *, session_id: str, issuer: str, serial: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                session_certs.insert().values(
+                    session_id=session_id, issuer=issuer, serial=format(serial, "x")
+                )
+            )
+
+    def revoke_sessions_of_certs(self, revoked: frozenset[tuple[str, int]]) -> list[str]:
+        """Revoke every live session opened with a certificate in ``revoked`` ((issuer, serial) pairs)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(session_certs.c.session_id, session_certs.c.issuer, session_certs.c.serial)
+                .join(sessions, sessions.c.session_id == session_certs.c.session_id)
+                .where(sessions.c.revoked.is_(False))
+            ).all()
+            doomed = [r.session_id for r in rows if (r.issuer, int(r.serial, 16)) in revoked]
+            if doomed:
+                conn.execute(sessions.update().where(sessions.c.session_id.in_(doomed)).values(revoked=True))
+        return doomed
 
     def add_refresh(self, *, jti: str, session_id: str, expires_at: datetime) -> None:
         with self._tx() as conn:

@@ -20,6 +20,14 @@ Crl = Annotated[Path | None, Opt("--crl", help="CRL file, watched and hot-reload
 Upstream = Annotated[str, Opt("--upstream", help="Prefect API base URL (loopback).")]
 Pool = Annotated[str, Opt("--pool", help="The GPU work pool nodes poll.")]
 KeyRingDir = Annotated[Path, Opt("--keyring", help="Token key ring dir of the coordinator (verify only).")]
+DbUrl = Annotated[
+    str,
+    Opt(
+        "--db-url",
+        help="The coordinator's database (SQLAlchemy URL): bans, revoked sessions and dead job tokens are "
+        "read there on every call, and open connections of a banned node are closed.",
+    ),
+]
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
@@ -43,6 +51,7 @@ JobToken = Annotated[
 @app.command("run")
 def run(  # noqa: PLR0917 (typer maps options to parameters)
     keyring: KeyRingDir,
+    db_url: DbUrl,
     pki_dir: PkiDir = None,
     cert: Cert = None,
     key: Key = None,
@@ -59,9 +68,12 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     """Serve the gateway until interrupted."""
     from cyxwiz.audit import AuditLog
     from cyxwiz.coordinator.service import AUDIENCE, ISSUER
+    from cyxwiz.coordinator.store import CoordinatorStore
     from cyxwiz.errors import ConfigError
     from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.gateway.standing import StoreStanding
     from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.reload import KeyRingReloader
     from cyxwiz.tokens.verifier import TokenVerifier
 
     if pki_dir is not None:
@@ -83,11 +95,16 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         bundle = bundle or federation.write_bundle(trust_policy.parent / ".federation-bundle.pem")
     if cert is None or key is None or bundle is None:
         raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
-    verifier = TokenVerifier.from_keyring(KeyRing.from_dir(keyring), issuer=ISSUER, audience=AUDIENCE)
+    store = CoordinatorStore.from_url(db_url)
+    ring = KeyRing.from_dir(keyring)
+    # Rotation by the scheduled flow reaches this process without restart (B4).
+    KeyRingReloader(ring=ring, path=keyring).start()
+    verifier = TokenVerifier.from_keyring(ring, issuer=ISSUER, audience=AUDIENCE, revocations=store)
     audit = AuditLog.open(audit_dir) if audit_dir is not None else None
     server, _ = build_gateway(
         cert=cert, key=key, trust_bundle=bundle, crl=crl, upstream=upstream, pool=pool, verifier=verifier,
         audit=audit, host=host, port=port, require_job_token=require_job_token, policy=federation,
+        standing=StoreStanding(store),
     )  # fmt: skip
     typer.echo(f"gateway listening on {server.url} -> {upstream}")
     server.run()

@@ -223,6 +223,13 @@ class KeyRing:
             self._keys[new.kid] = new
         return new
 
+    def adopt(self, other: KeyRing) -> None:
+        """Take ``other``'s keys in place (a rotation written by another process): every issuer and
+        verifier holding this ring sees them at once, without restart (B4)."""
+        keys = {k.kid: k for k in other.all_keys()}
+        with self._lock:
+            self._keys = keys
+
     def prune(self, *, now: datetime) -> list[str]:
         """Drop retired keys whose last possible token has expired; return their kids."""
         with self._lock:

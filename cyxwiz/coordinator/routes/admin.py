@@ -42,6 +42,8 @@ def admin_node_action(
         ctx.revoker(node, body.reason)
     if action in ("ban", "revoke"):
         ctx.store.revoke_sessions_of(node_id)
+        if ctx.close_peer is not None:
+            ctx.close_peer(node.peer_id)
         ctx.record(
             ev.revocation(actor_id=caller.principal_id, kind="node", target=node_id, reason=body.reason)
         )

@@ -24,7 +24,8 @@ def login(request: Request, access: Annotated[Access, Depends(Allow("tokens.logi
     peer = access.peer
     assert peer is not None
     user_id = common_name(peer.certificate) or peer.peer_id
-    return coordinator(request).open_session(node=None, user_id=user_id, role="user", peer=None)
+    # The session remembers the certificate it was opened with: revoking it kills the family (B5).
+    return coordinator(request).open_session(node=None, user_id=user_id, role="user", peer=peer)
 
 
 @router.post("/v1/tokens/refresh", response_model=TokenPair)
