@@ -69,6 +69,7 @@ def train_in_sandbox(
     on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainingRun:
     """Run the training runtime on the job's inputs inside the sandbox with the node's limits (E1–E3)."""
+    import cyxwiz
     from cyxwiz.sandbox import JobLimits, run_sandboxed
 
     limits = JobLimits(
@@ -96,6 +97,9 @@ def train_in_sandbox(
         backend=backend,
         inputs=inputs,
         on_message=on_message,
+        # The runtime is the node's own cyxwiz (the sandbox binds exactly that package dir read-only): name
+        # its parent so an editable install elsewhere (a development worktree) resolves to the same code.
+        env={"PYTHONPATH": str(Path(cyxwiz.__file__).resolve().parent.parent)},
     )
     finished = dt.datetime.now(dt.UTC)
     if not result.output_trusted:

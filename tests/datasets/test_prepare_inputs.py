@@ -1,0 +1,51 @@
+"""What the lifecycle stores for a node and what it keeps (SPEC F1, C3, D2): the node's inputs hold the
+training rows only; the holdout and the split seed are sealed (encrypted) outside every job prefix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cyxwiz.storage import LocalObjectStore, MasterKey
+from tasks.config import ControlPlaneConfig
+from tasks.control import holdout_key_for, holdout_record_key, parse_job_request, prepare_inputs
+from tests.datasets.conftest import npz, sha, table
+
+
+def test_inputs_carry_no_holdout_and_no_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = tmp_path / "master.key"
+    MasterKey.generate().write(key_file)
+    monkeypatch.setenv("CYXWIZ_STORE_MASTER_KEY_FILE", str(key_file))
+    config = ControlPlaneConfig(
+        home=tmp_path, pki_root=tmp_path, ledger_config=tmp_path / "l.json",
+        store_root=tmp_path / "store", audit_dir=tmp_path / "audit",
+    )  # fmt: skip
+    store = LocalObjectStore(root=config.store_root, master_key=MasterKey.from_file(key_file))
+    x, y = table(100)
+    data = npz(x=x, y=y)
+    store.put_bytes("users/alice/datasets/d.npz", data)
+    spec = {
+        "user": "alice",
+        "payment": 10,
+        "dataset": {"uri": "s3://cyxwiz/users/alice/datasets/d.npz", "sha256": sha(data)},
+        "model": {"input_shape": [4], "layers": [{"name": "fc", "type": "Linear", "out_features": 3}]},
+        "training": {"seed": 1},
+        "task": {"num_classes": 3},
+    }
+    request = parse_job_request(spec, job_id="job-1")
+    prepared = prepare_inputs(config, request)
+    assert prepared.holdout_source == "secret-split"
+
+    record = json.loads(store.get_bytes(holdout_record_key("job-1")))
+    for key in (holdout_key_for("job-1"), holdout_record_key("job-1")):
+        assert store.head(key).encrypted and not key.startswith("jobs/")
+    node_side = {i.key: store.get_bytes(i.key) for i in store.list("jobs/job-1/inputs/")}
+    assert set(node_side) == {"jobs/job-1/inputs/dataset.npz", "jobs/job-1/inputs/job.json"}
+    blob = b"".join(node_side.values())
+    assert record["seed"].encode() not in blob and record["holdout_sha256"].encode() not in blob
+    assert (
+        sha(node_side["jobs/job-1/inputs/dataset.npz"]) == prepared.dataset_sha256 == record["train_sha256"]
+    )
+    assert (record["train_rows"], record["holdout_rows"]) == (80, 20)
