@@ -186,8 +186,10 @@ def load_checkpoint(state: TrainingState, tensors: dict[str, torch.Tensor]) -> N
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
+            # Copies: the optimizer updates its state in place and must not write into the caller's tensors.
             # Non-capturable optimizers keep their step counters on the CPU, whatever the device.
-            slots.setdefault(int(index), {})[name] = value if name == "step" else value.to(state.device)
+            owned = value.clone() if name == "step" else value.to(state.device, copy=True)
+            slots.setdefault(int(index), {})[name] = owned
     current = state.optimizer.state_dict()
     try:
         state.optimizer.load_state_dict({"state": slots, "param_groups": current["param_groups"]})

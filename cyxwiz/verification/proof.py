@@ -12,7 +12,7 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -158,12 +158,12 @@ def verify_proof_signature(signed: SignedProof, public_key: Ed25519PublicKey) ->
         ) from None
 
 
-def hash_artifacts(output_dir: Path) -> dict[str, str]:
-    """SHA-256 of every regular file under ``output_dir`` (relative POSIX paths); symlinks are refused."""
+def artifact_paths(output_dir: Path) -> dict[str, Path]:
+    """Every regular file under ``output_dir`` by relative POSIX path; symlinks are refused."""
     root = output_dir.resolve()
     if not root.is_dir():
         raise VerificationError("the output directory does not exist", path=str(output_dir))
-    result: dict[str, str] = {}
+    result: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
         if path.is_symlink():
             raise VerificationError(
@@ -173,12 +173,25 @@ def hash_artifacts(output_dir: Path) -> dict[str, str]:
             continue
         if len(result) >= _MAX_ARTIFACTS:
             raise VerificationError(f"more than {_MAX_ARTIFACTS} output files", path=str(root))
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        result[path.relative_to(root).as_posix()] = digest.hexdigest()
+        result[path.relative_to(root).as_posix()] = path
     return result
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_artifacts(output_dir: Path, *, skip: Callable[[str], bool] | None = None) -> dict[str, str | None]:
+    """SHA-256 of every regular file under ``output_dir`` (relative POSIX paths); symlinks are refused.
+    Files ``skip`` names are listed with ``None`` (the verifier hashes checkpoints when it reads them)."""
+    return {
+        name: None if skip is not None and skip(name) else file_sha256(path)
+        for name, path in artifact_paths(output_dir).items()
+    }
 
 
 def _read_metrics(output_dir: Path) -> dict[str, float]:
@@ -217,7 +230,7 @@ def build_proof(
         node_peer_id=node_peer_id,
         cert_fingerprint_sha256=cert_fingerprint_sha256,
         token_jti=token_jti,
-        artifacts=hash_artifacts(output_dir),
+        artifacts={name: file_sha256(path) for name, path in artifact_paths(output_dir).items()},
         metrics=_read_metrics(output_dir),
         checkpoints=CheckpointSummary(merkle_root=commitments_root(commitments), count=len(commitments)),
         started_at=_utc(started_at),

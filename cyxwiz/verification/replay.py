@@ -31,6 +31,7 @@ from cyxwiz.verification.proof import CompletionProof
 from cyxwiz.verification.report import Check
 from cyxwiz.verification.sampling import SamplingPlan
 from cyxwiz.verification.tolerance import Tolerance
+from cyxwiz.verification.trace import CheckpointRefused, StateSchemas, read_checkpoint
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def check_replay(
     policy: ReplayPolicy,
     plan: SamplingPlan,
     tolerance: Tolerance,
+    schemas: StateSchemas,
 ) -> Check:
     """Replay the planned number of random segments from their committed start; compare the whole state."""
     available = len(commitments) - 1
@@ -194,7 +196,11 @@ def check_replay(
     }
     for index in chosen:
         start, end = commitments[index], commitments[index + 1]
-        before = engine.read_checkpoint(output_dir / start.path)
+        try:
+            before = read_checkpoint(output_dir, start, schemas.at(start.step))
+        except CheckpointRefused as exc:
+            details["failed_segment"] = [start.step, end.step]
+            return Check("checkpoint-state", False, f"{exc.message} (state the replay would trust)", details)
         engine.load_checkpoint(state, before)
         for step in range(start.step, end.step):
             engine.train_step(state, step)
@@ -203,7 +209,12 @@ def check_replay(
             if digest == end.weights_sha256:
                 continue
         replayed = engine.checkpoint_tensors(state)
-        claimed = engine.read_checkpoint(output_dir / end.path)
+        try:
+            claimed = read_checkpoint(output_dir, end, schemas.at(end.step))
+        except CheckpointRefused as exc:
+            details["failed_segment"] = [start.step, end.step]
+            reason = f"segment {start.step}→{end.step} does not reproduce: {exc.message}"
+            return Check("replay", False, reason, details)
         ok, distances, what = compare_segment(replayed, claimed, before, tolerance)
         if distances:
             worst = max(worst, *distances.values())

@@ -1,10 +1,10 @@
-"""Checks of the committed trace before any replay: commitments, checkpoint state, endpoints.
+"""Checks of the committed trace: commitments, endpoints, and how a committed checkpoint is read.
 
 The replay (:mod:`cyxwiz.verification.replay`) trusts the start checkpoint of each segment it replays,
-so what a checkpoint may carry is pinned here for *every* checkpoint, replayed or not (issue 20):
-exactly the tensors a run of this spec has at that step (names, dtypes, shapes — a checkpoint with extra,
-missing or reshaped state is refused), the step recorded in its metadata, and its counters (optimizer
-``step``, BatchNorm ``num_batches_tracked``) equal to the committed step. What remains free in a start
+so every checkpoint the checks read goes through :func:`read_checkpoint` (issue 20): the file must be the
+committed one (SHA-256), hold exactly the tensors a run of this spec has at that step (names, dtypes,
+shapes — extra, missing or reshaped state is refused), name its step in its metadata, and carry counters
+(optimizer ``step``, BatchNorm ``num_batches_tracked``) equal to that step. What remains free in a start
 checkpoint — weights and optimizer moments — is exactly what the end-of-segment comparison of the
 previous segment reproduces bit for bit, so forging it costs a forged segment that a replay catches.
 """
@@ -12,14 +12,16 @@ previous segment reproduces bit for bit, so forging it costs a forged segment th
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
 
-from cyxwiz.errors import CyxwizError
+from cyxwiz.errors import CyxwizError, VerificationError
 from cyxwiz.training import engine
 from cyxwiz.training.data import DataOrder, Dataset
 from cyxwiz.training.runtime import MODEL_FILE, checkpoint_name, checkpoint_steps
@@ -30,6 +32,7 @@ from cyxwiz.verification.report import Check
 
 #: name → (dtype, shape) of every tensor a checkpoint holds.
 Schema = dict[str, tuple[str, tuple[int, ...]]]
+Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -56,20 +59,6 @@ def _schema_of(tensors: dict[str, torch.Tensor]) -> Schema:
         key: (str(value.dtype).removeprefix("torch."), tuple(int(d) for d in value.shape))
         for key, value in tensors.items()
     }
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
 
 
 def check_commitments(
@@ -118,50 +107,52 @@ def check_commitments(
     )
 
 
-def _state_problem(path: Path, step: int, schema: Schema) -> str | None:
+class CheckpointRefused(VerificationError):
+    """A checkpoint the training checks read is not the committed file or holds other state."""
+
+
+def read_checkpoint(output_dir: Path, commitment: Commitment, schema: Schema) -> Tensors:
+    """Read a committed checkpoint the way the replay trusts it: the file's SHA-256 is the commitment's
+    (D3), it holds exactly ``schema``, its metadata names its step and its counters equal that step."""
+    where = f"checkpoint of step {commitment.step}"
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("step") != str(step):
-                return f"its metadata says step {metadata.get('step')!r}"
-            keys = set(handle.keys())
-            if keys != set(schema):
-                extra, missing = sorted(keys - set(schema))[:3], sorted(set(schema) - keys)[:3]
-                return f"it holds other state than the runtime restores (extra {extra}, missing {missing})"
-            for key in sorted(keys):
-                view = handle.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(view.get_dtype(), view.get_dtype())
-                if (dtype, tuple(view.get_shape())) != schema[key]:
-                    return f"{key} has dtype/shape {dtype}{view.get_shape()}, expected {schema[key]}"
-                if engine.is_counter(key):
-                    value = handle.get_tensor(key)
-                    if value.numel() != 1 or float(value.item()) != engine.counter_value(key, step):
-                        return f"counter {key} is {value.tolist()}, not step {step}"
-    except (SafetensorError, OSError, ValueError) as exc:
-        return f"unreadable: {exc}"
-    return None
-
-
-def check_state(output_dir: Path, commitments: Sequence[Commitment], schemas: StateSchemas) -> Check:
-    """Every checkpoint holds exactly this spec's state, with counters equal to its committed step."""
-    for c in commitments:
-        problem = _state_problem(output_dir / c.path, c.step, schemas.at(c.step))
-        if problem is not None:
-            return Check(
-                "checkpoint-state",
-                False,
-                f"checkpoint of step {c.step} is refused: {problem} (state the replay would trust)",
-                {"step": c.step},
-            )
-    return Check(
-        "checkpoint-state",
-        True,
-        f"{len(commitments)} checkpoints hold exactly the restored state; counters match their steps",
-    )
+        data = (output_dir / commitment.path).read_bytes()
+    except OSError as exc:
+        raise CheckpointRefused(f"{where} is unreadable: {exc.strerror}", path=commitment.path) from None
+    if hashlib.sha256(data).hexdigest() != commitment.weights_sha256:
+        raise CheckpointRefused(
+            f"{where} does not match its commitment (changed after signing)", path=commitment.path, rule="D3"
+        )
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointRefused(f"{where} is not a safetensors file: {exc}", path=commitment.path) from None
+    metadata = header.pop("__metadata__", None) or {}
+    if metadata.get("step") != str(commitment.step):
+        raise CheckpointRefused(f"{where}: its metadata says step {metadata.get('step')!r}")
+    if set(header) != set(schema):
+        extra, missing = sorted(set(header) - set(schema))[:3], sorted(set(schema) - set(header))[:3]
+        raise CheckpointRefused(
+            f"{where} holds other state than the runtime restores (extra {extra}, missing {missing})"
+        )
+    for key, value in tensors.items():
+        if _schema_of({key: value})[key] != schema[key]:
+            raise CheckpointRefused(f"{where}: {key} has another dtype or shape than {schema[key]}")
+        if engine.is_counter(key) and (
+            value.numel() != 1 or float(value.item()) != engine.counter_value(key, commitment.step)
+        ):
+            raise CheckpointRefused(f"{where}: counter {key} is {value.tolist()}, not its step")
+    return tensors
 
 
 def check_endpoints(
-    job: TrainingJob, data: Dataset, output_dir: Path, commitments: Sequence[Commitment]
+    job: TrainingJob,
+    data: Dataset,
+    output_dir: Path,
+    commitments: Sequence[Commitment],
+    schemas: StateSchemas,
 ) -> Check:
     """The first checkpoint is the seeded initialisation (bit for bit); the last is the delivered model."""
     fresh = engine.new_state(job, data)
@@ -172,11 +163,11 @@ def check_endpoints(
             "the step-0 checkpoint is not the initialisation of the spec's seed and this job's secret "
             "(changed seed, another job's run, or weights from elsewhere)",
         )
-    last = {
-        k.removeprefix("model."): v
-        for k, v in engine.read_checkpoint(output_dir / commitments[-1].path).items()
-        if k.startswith("model.")
-    }
+    try:
+        final = read_checkpoint(output_dir, commitments[-1], schemas.at(commitments[-1].step))
+    except CheckpointRefused as exc:
+        return Check("checkpoint-state", False, f"{exc.message} (state the checks would trust)")
+    last = {k.removeprefix("model."): v for k, v in final.items() if k.startswith("model.")}
     delivered = engine.read_checkpoint(output_dir / MODEL_FILE)
     if last.keys() != delivered.keys() or not all(_equal(last[k], delivered[k]) for k in last):
         return Check("endpoints", False, "the delivered model is not the last committed checkpoint")

@@ -105,7 +105,7 @@ def test_lazy_copies_with_forged_counters_fail_the_replay(world: World) -> None:
     rebuild_trace(out, lambda step, t: with_counters(dict(midpoint), step) if step > mid else None)
     report = world.verify(out, world.sign(out), policy=ReplayPolicy(segments=10_000, sample_seed=1))
     failed(report, "replay", "does not reproduce", "not bit for bit")
-    assert report.check("checkpoint-state").passed and report.check("endpoints").passed
+    assert report.check("endpoints").passed
 
 
 def test_state_crafted_at_a_segment_start_fails_the_previous_segment(world: World) -> None:
@@ -167,8 +167,9 @@ def test_one_checkpoint_tampered_after_signing(world: World) -> None:
     tensors = load_file(str(path))
     tensors["model.blocks.l_fc1.weight"][0, 0] += 0.5
     save_file(tensors, str(path))
-    report = world.verify(out, proof)
-    failed(report, "artifacts", "checkpoints/step-00000100.safetensors")
+    # Checkpoints are hashed when read (D3): the replay that opens it refuses it.
+    report = world.verify(out, proof, policy=ReplayPolicy(segments=10_000, sample_seed=1))
+    failed(report, "checkpoint-state", "step 100", "does not match its commitment")
 
 
 def test_one_checkpoint_forged_consistently_is_caught_by_replay(world: World) -> None:
