@@ -41,7 +41,7 @@ pytest: install system-deps
 test: lint typecheck pytest
 
 demo: install system-deps
-	$(BIN)/cyxwiz demo
+	$(BIN)/cyxwiz demo $(DEMO_ARGS)
 
 bench: install system-deps
 	$(BIN)/python -m bench

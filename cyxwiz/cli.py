@@ -66,6 +66,11 @@ def demo(
     keep: bool = typer.Option(
         False, "--keep", help="Keep every service (and the Prefect UI) up until Ctrl-C."
     ),
+    hsm: bool = typer.Option(
+        False,
+        "--hsm",
+        help="Keep the CA, token signing, audit checkpoint and escrow authority keys in a SoftHSM2 token.",
+    ),
 ) -> None:
     """Run one real job through every part on the embedded defaults and show each step.
 
@@ -76,7 +81,7 @@ def demo(
     """
     from cyxwiz.demo import run_demo
 
-    code = run_demo(workdir=workdir, keep=keep)
+    code = run_demo(workdir=workdir, keep=keep, hsm=hsm)
     if code:
         raise typer.Exit(code)
 

@@ -24,9 +24,11 @@ def project_root() -> Path:
     return root
 
 
-def run_demo(*, workdir: str | Path, keep: bool = False) -> int:
+def run_demo(*, workdir: str | Path, keep: bool = False, hsm: bool = False) -> int:
     root = project_root()
     argv = [sys.executable, "-m", "flows.demo", "--workdir", str(Path(workdir).resolve())]
     if keep:
         argv.append("--keep")
+    if hsm:
+        argv.append("--hsm")
     return subprocess.call(argv, cwd=root)

@@ -58,7 +58,18 @@ def _show_balances(title: str, balances: dict[str, int]) -> None:
     console.print(table)
 
 
-def run_demo(workdir: Path, *, keep: bool) -> int:
+def _show_hsm_keys(keys: Any) -> None:
+    if keys is None:
+        return
+    table = Table(title="Keys inside the SoftHSM2 token (generated there, never extractable)")
+    table.add_column("key")
+    table.add_column("pkcs11: URI", overflow="fold")
+    for name, uri in keys.summary():
+        table.add_row(name, uri)
+    console.print(table)
+
+
+def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
     from flows.stack import embedded_stack
 
     started = time.monotonic()
@@ -66,7 +77,8 @@ def run_demo(workdir: Path, *, keep: bool) -> int:
     home = workdir.resolve()
     if home.exists():
         shutil.rmtree(home)  # a fresh ledger, store and audit log each run; the demo is idempotent
-    with embedded_stack(home, say=say) as stack:
+    with embedded_stack(home, say=say, hsm=hsm) as stack:
+        _show_hsm_keys(stack.hsm)
         from cyxwiz.pki.certs import load_certificate, load_certificates, load_crls
         from cyxwiz.pki.verify import verify_certificate
 
@@ -106,11 +118,11 @@ def run_demo(workdir: Path, *, keep: bool) -> int:
             table.add_row(key)
         console.print(table)
 
+        from cyxwiz.audit.digest import load_signing_key
         from cyxwiz.audit.verify import verify_log
-        from cyxwiz.pki.keys import load_private_key
 
         stack.audit.close()
-        signing_key = load_private_key(Path(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"]))
+        signing_key = load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"])
         report = verify_log(stack.home / "audit", public_key=signing_key.public_key())
         say(f"audit verify: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
         console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
@@ -129,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--keep", action="store_true", help="keep the services (and the Prefect UI) up")
+    parser.add_argument("--hsm", action="store_true", help="CA, token, audit and escrow keys in SoftHSM2")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     try:
-        return run_demo(args.workdir, keep=args.keep)
+        return run_demo(args.workdir, keep=args.keep, hsm=args.hsm)
     except KeyboardInterrupt:
         console.print("interrupted; stopped every service the demo started")
         return 130

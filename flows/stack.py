@@ -38,6 +38,8 @@ class EmbeddedStack:
     config_path: Path
     env: dict[str, str]
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: ``demo --hsm``: the pkcs11: URIs of the keys kept in the embedded SoftHSM2 token (infra.hsm).
+    hsm: Any = None
 
     def balances(self) -> dict[str, int]:
         """The demo user's and the (shared) node wallet's token balances on the ledger service."""
@@ -190,6 +192,7 @@ def embedded_stack(
     nodes: tuple[str, ...] = ("node-1",),
     lifecycle_deployment: bool = False,
     gateway: bool = True,
+    hsm: bool = False,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
@@ -204,7 +207,9 @@ def embedded_stack(
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.ExitStack() as stack:
-        pki = build_dev_pki(home / "pki", nodes=nodes)
+        keys = _start_hsm(home, say) if hsm else None
+        ca_keys = {"root": keys.root_ca, "issuing": keys.issuing_ca} if keys else None
+        pki = build_dev_pki(home / "pki", nodes=nodes, ca_keys=ca_keys)
         say(f"PKI ready: root CA, issuing CA, CRL, certificates for {', '.join(nodes)} ({pki.root})")
 
         server = stack.enter_context(local_prefect_server(home / "prefect"))
@@ -232,9 +237,14 @@ def embedded_stack(
         say(
             f"Ledger service (LiteSVM) on {ledger_service.rpc_url}: mint, 2-of-3 multisig, funded user wallet"
         )
+        if keys is not None:
+            from infra.hsm import move_escrow_authorities
+
+            demo_ledger = move_escrow_authorities(demo_ledger, passphrase=passphrase.encode(), keys=keys)
+            say("Escrow multisig re-made over the coordinator, verifier and arbiter keys in SoftHSM2")
 
         store, master = _open_store(home, env)
-        audit = _open_audit(home, env, store)
+        audit = _open_audit(home, env, store, key_uri=keys.audit if keys else None)
         stack.callback(audit.close)
 
         coordinator_dir = home / "coordinator"
@@ -245,6 +255,7 @@ def embedded_stack(
             master=master,
             audit=audit,
             api_url=server.api_url,
+            keyring=_hsm_keyring(keys.token_signing) if keys else None,
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
@@ -277,24 +288,45 @@ def embedded_stack(
         say("Deployed sandboxed-train to the gpu work pool")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
-            audit=audit, config_path=config_path, env=env,
+            audit=audit, config_path=config_path, env=env, hsm=keys,
         )  # fmt: skip
         stack.callback(built.close)
         yield built
 
 
-def _open_audit(home: Path, env: dict[str, str], store: Any) -> Any:
-    """The audit log with signed daily digests (a fresh Ed25519 key, 0600) archived to the store (H3)."""
+def _start_hsm(home: Path, say: Say) -> Any:
+    from infra.hsm import start_embedded_hsm
+
+    keys = start_embedded_hsm(home / "hsm")
+    say(f"SoftHSM2 token 'cyxwiz' ({keys.token.conf}): CA, token, audit and escrow keys made inside it")
+    return keys
+
+
+def _hsm_keyring(uri: str) -> Any:
+    from cyxwiz.keys import open_key_source
+    from cyxwiz.tokens.keyring import KeyRing
+
+    return KeyRing.from_key_source(open_key_source(uri))
+
+
+def _open_audit(home: Path, env: dict[str, str], store: Any, *, key_uri: str | None = None) -> Any:
+    """The audit log with signed daily digests (a fresh Ed25519 key, 0600, or ``key_uri`` in a PKCS#11
+    token) archived to the store (H3)."""
     from cyxwiz.audit import AuditLog, ObjectStoreArchive
     from cyxwiz.pki.keys import generate_ed25519, write_private_key
 
     key_path = home / "audit-signing-key.pem"
-    if not key_path.exists():
+    if not key_uri and not key_path.exists():
         write_private_key(key_path, generate_ed25519())
-    env["CYXWIZ_AUDIT_SIGNING_KEY"] = str(key_path)
-    os.environ["CYXWIZ_AUDIT_SIGNING_KEY"] = str(key_path)
+    env["CYXWIZ_AUDIT_SIGNING_KEY"] = key_uri or str(key_path)
+    os.environ["CYXWIZ_AUDIT_SIGNING_KEY"] = key_uri or str(key_path)
+    signing_key: Any = key_path
+    if key_uri:
+        from cyxwiz.keys import open_key_source
+
+        signing_key = open_key_source(key_uri)
     return AuditLog.open(
-        home / "audit", signing_key=key_path, archive=ObjectStoreArchive(store=store, encrypt=True)
+        home / "audit", signing_key=signing_key, archive=ObjectStoreArchive(store=store, encrypt=True)
     )
 
 
@@ -339,7 +371,7 @@ def _start_gateway(
 
 
 def _start_coordinator(
-    *, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any, api_url: str
+    *, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any, api_url: str, keyring: Any = None
 ) -> Any:
     """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
     from cyxwiz.coordinator.service import build_coordinator
@@ -364,6 +396,7 @@ def _start_coordinator(
         hooks=PrefectHooks(store=store, signer=signer, api_url=api_url),
         audit=audit,
         max_body=64 << 20,
+        keyring=keyring,
     )
     signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
     # Starlette passes the full path to mounted apps, so the store app strips the mount itself.

@@ -31,7 +31,8 @@ class LedgerConfig:
     decimals: int
     multisig: str
     minimum_payment: int
-    #: role -> sealed key file (relative paths are relative to the config file's directory)
+    #: role -> sealed key file (relative paths are relative to the config file's directory), or a
+    #: ``pkcs11:`` URI for an authority key kept in a PKCS#11 token
     keys: dict[str, str] = field(default_factory=dict)
     base_dir: str = "."
 
@@ -88,14 +89,22 @@ def open_ledger(
     """An EscrowLedger over JSON-RPC holding only the authority keys named in ``roles`` (plus the payer)."""
     from solders.pubkey import Pubkey
 
+    from cyxwiz.keys import is_pkcs11_uri
     from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
     from cyxwiz.ledger.ledger import EscrowLedger
     from cyxwiz.ledger.rpc import RpcChain
     from cyxwiz.ledger.store import EscrowStore
 
+    keys: dict[str, Any] = {}
+    for role in roles:
+        # An authority key kept in a PKCS#11 token: the token signs the transaction message (A7, F1).
+        if is_pkcs11_uri(config.keys.get(role, "")):
+            from cyxwiz.keys import open_key_source
+            from cyxwiz.keys.solana import SourceSigner
+
+            keys[role] = SourceSigner(open_key_source(config.keys[role]))
     secret = passphrase if passphrase is not None else passphrase_from_env()
-    keys = {}
-    for role in {"payer", *roles}:
+    for role in {"payer", *roles} - set(keys):
         path = config.key_path(role)
         if path is None:
             raise ConfigError("ledger config names no key file for this role", field=f"keys.{role}")

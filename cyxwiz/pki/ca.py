@@ -37,6 +37,8 @@ from cyxwiz.pki.verify import describe
 
 CERT_FILE = "ca-cert.pem"
 KEY_FILE = "ca-key.pem"
+#: Instead of KEY_FILE: one line naming the CA key inside a PKCS#11 token (``pkcs11:...``, no PIN).
+KEY_REF_FILE = "ca-key.uri"
 DEFAULT_CRL_DAYS = 7
 
 
@@ -138,7 +140,7 @@ class CertificateAuthority:
         cls, path: str | os.PathLike[str], *, passphrase: bytes | None = None
     ) -> CertificateAuthority:
         directory = Path(path)
-        return cls.from_files(directory / CERT_FILE, directory / KEY_FILE, passphrase=passphrase)
+        return cls.from_files(directory / CERT_FILE, key_reference(directory), passphrase=passphrase)
 
     @classmethod
     def create_root(
@@ -444,6 +446,22 @@ class CertificateAuthority:
                 self._write_db(db)
                 write_crl(self.crl_path, crl)
         return crl
+
+
+def key_reference(directory: Path) -> Path | str:
+    """The CA key of a CA directory: ``ca-key.pem``, or the ``pkcs11:`` URI written in ``ca-key.uri``."""
+    ref_file = directory / KEY_REF_FILE
+    if not (directory / KEY_FILE).exists() and ref_file.is_file():
+        uri = ref_file.read_text(encoding="utf-8").strip()
+        if not is_pkcs11_uri(uri):
+            raise CertificateError("key reference is not a pkcs11: URI", path=str(ref_file), rule="A7")
+        return uri
+    return directory / KEY_FILE
+
+
+def write_key_reference(directory: Path, uri: str) -> None:
+    """Record where a CA directory's key lives in a token (the URI names a PIN source, never a PIN)."""
+    write_atomic(directory / KEY_REF_FILE, uri.encode() + b"\n", mode=PUBLIC_MODE, overwrite=True)
 
 
 def _ref(key: str | os.PathLike[str]) -> Path | str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +28,9 @@ from cryptography import x509
 
 from cyxwiz.errors import CyxwizError, ValidationError
 from cyxwiz.pki._files import PUBLIC_MODE, write_atomic
-from cyxwiz.pki.ca import CertificateAuthority, Revocation
+from cyxwiz.pki.ca import CertificateAuthority, Revocation, key_reference, write_key_reference
 from cyxwiz.pki.certs import Role, certificates_pem, load_certificate, load_crls, write_certificate
-from cyxwiz.pki.keys import load_private_key, write_private_key
+from cyxwiz.pki.keys import write_private_key
 
 _NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Re-issue anything with less than this left, so a long test run never meets an expiry.
@@ -108,19 +108,23 @@ def _layout(root: Path, nodes: Sequence[str]) -> DevPKI:
     )
 
 
-def _good(cert_path: Path, key_path: Path, issuer: x509.Certificate | None, now: dt.datetime) -> bool:
-    """True when the pair exists, belongs together, chains to ``issuer`` (itself when None), has time left."""
+def _good(cert_path: Path, key_path: Path | str, issuer: x509.Certificate | None, now: dt.datetime) -> bool:
+    """True when the pair exists, belongs together, chains to ``issuer`` (itself when None), has time left.
+
+    ``key_path`` may be a ``pkcs11:`` URI (a CA key kept in a token)."""
+    from cyxwiz.keys import open_key_source
+
     try:
         cert = load_certificate(cert_path)
-        key = load_private_key(key_path)
+        public = open_key_source(key_path).public_key
         cert.verify_directly_issued_by(issuer or cert)
     except Exception:  # missing, corrupt, wrong mode, other issuer: all mean "make it again"
         return False
-    return cert.public_key() == key.public_key() and cert.not_valid_after_utc - now > _MIN_REMAINING
+    return cert.public_key() == public and cert.not_valid_after_utc - now > _MIN_REMAINING
 
 
 def _load_ca(
-    cert: Path, key: Path, issuer: x509.Certificate | None, now: dt.datetime
+    cert: Path, key: Path | str, issuer: x509.Certificate | None, now: dt.datetime
 ) -> CertificateAuthority | None:
     if not _good(cert, key, issuer, now):
         return None
@@ -157,8 +161,13 @@ def _crl_fresh(ca: CertificateAuthority, now: dt.datetime) -> bool:
     )
 
 
-def build_dev_pki(root: Path, *, nodes: Sequence[str] = ("node-1",)) -> DevPKI:
-    """Create (or complete) the dev PKI under ``root`` and return its paths. Idempotent, < 1 s."""
+def build_dev_pki(
+    root: Path, *, nodes: Sequence[str] = ("node-1",), ca_keys: Mapping[str, str] | None = None
+) -> DevPKI:
+    """Create (or complete) the dev PKI under ``root`` and return its paths. Idempotent, < 1 s.
+
+    ``ca_keys`` (``{"root": uri, "issuing": uri}``) keeps the two CA keys in a PKCS#11 token instead of
+    files (``demo --hsm``): each CA directory then holds ``ca-key.uri`` in place of ``ca-key.pem``."""
     root = Path(root)
     names = tuple(_check_node_name(n) for n in nodes)
     pki = _layout(root, names)
@@ -168,25 +177,30 @@ def build_dev_pki(root: Path, *, nodes: Sequence[str] = ("node-1",)) -> DevPKI:
     # One builder at a time: parallel test processes may share a PKI directory.
     with open(root / ".devpki.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        root_ca = _load_ca(pki.root_ca_cert, pki.root_ca_key, None, now)
+        root_key = (ca_keys or {}).get("root") or key_reference(pki.root_ca_cert.parent)
+        issuing_key = (ca_keys or {}).get("issuing") or key_reference(pki.ca_dir)
+        root_ca = _load_ca(pki.root_ca_cert, root_key, None, now)
         if root_ca is None:
             root_ca = CertificateAuthority.create_root(
                 cert_path=pki.root_ca_cert,
-                key_path=pki.root_ca_key,
+                key_path=root_key,
                 common_name="cyxwiz dev root CA",
                 organization="cyxwiz development",
                 path_length=1,
                 overwrite=True,
             )
-        issuing = _load_ca(pki.ca_cert, pki.ca_key, root_ca.certificate, now)
+        issuing = _load_ca(pki.ca_cert, issuing_key, root_ca.certificate, now)
         if issuing is None:
             issuing = root_ca.create_intermediate(
                 cert_path=pki.ca_cert,
-                key_path=pki.ca_key,
+                key_path=issuing_key,
                 common_name="cyxwiz dev issuing CA",
                 organization="cyxwiz development",
                 overwrite=True,
             )
+        for directory, key in ((pki.root_ca_cert.parent, root_key), (pki.ca_dir, issuing_key)):
+            if isinstance(key, str):
+                write_key_reference(directory, key)
         bundle = certificates_pem([issuing.certificate, root_ca.certificate])
         if not pki.bundle.exists() or pki.bundle.read_bytes() != bundle:
             write_atomic(pki.bundle, bundle, mode=PUBLIC_MODE, overwrite=True)

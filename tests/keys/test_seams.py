@@ -14,7 +14,7 @@ from cyxwiz.audit import AuditLog
 from cyxwiz.audit.digest import check_signature
 from cyxwiz.audit.verify import verify_log
 from cyxwiz.errors import CyxwizError, TokenError
-from cyxwiz.keys import as_private_key, create_key_source, open_key_source
+from cyxwiz.keys import as_private_key, create_key_source, open_key_source, public_raw
 from cyxwiz.keys.solana import SourceSigner
 from cyxwiz.ledger import provision
 from cyxwiz.ledger.chain import LocalChain
@@ -92,3 +92,31 @@ def test_escrow_release_signed_by_authority_keys_in_the_token(softhsm: HsmToken,
     assert bad.onchain_amount(job_id="hsm-job-2") == 100_000
     for opened in w.ledgers:
         opened.store.dispose()
+
+
+def test_ledger_config_names_authority_keys_by_uri(softhsm: HsmToken, tmp_path: Path) -> None:
+    """open_ledger: a pkcs11: URI in the config's keys opens a token signer; the payer stays a sealed file."""
+    from solders.keypair import Keypair
+
+    from cyxwiz.ledger.config import LedgerConfig, open_ledger
+    from cyxwiz.ledger.keystore import KdfParams, write_keypair
+
+    coordinator = create_key_source(softhsm.new_uri("cfg-coordinator"))
+    verifier = create_key_source(softhsm.new_uri("cfg-verifier"))
+    write_keypair(tmp_path / "payer.key", Keypair(), passphrase=b"pw", params=KdfParams.fast_for_tests())
+    config = LedgerConfig(
+        rpc_url="http://127.0.0.1:9", db_url=f"sqlite:///{tmp_path / 'e.db'}", mint=str(Keypair().pubkey()),
+        decimals=6, multisig=str(Keypair().pubkey()), minimum_payment=1,
+        keys={"payer": "payer.key", "coordinator": coordinator.uri, "verifier": verifier.uri},
+        base_dir=str(tmp_path),
+    )  # fmt: skip
+    ledger = open_ledger(config, passphrase=b"pw")
+    try:
+        signers = ledger._authorities("coordinator", "verifier")
+        assert [type(s) for s in signers] == [SourceSigner, SourceSigner]
+        assert [bytes(s.pubkey()) for s in signers] == [
+            public_raw(coordinator),
+            public_raw(verifier),
+        ]
+    finally:
+        ledger.close()

@@ -118,3 +118,21 @@ def test_node_tls_keys_stay_files(softhsm: HsmToken, tmp_path: Path, monkeypatch
         result = cli(*args)
         assert result.exit_code == 2 and "node TLS keys must be files" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem"]
+
+
+def test_dev_pki_with_its_ca_keys_in_the_token(softhsm: HsmToken, tmp_path: Path) -> None:
+    """demo --hsm's PKI: both CA keys in the token, a key reference file in place of each key file."""
+    from cyxwiz.pki.ca import KEY_REF_FILE
+    from cyxwiz.pki.devpki import build_dev_pki
+
+    keys = {"root": softhsm.new_uri("dev-root"), "issuing": softhsm.new_uri("dev-issuing")}
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-1",), ca_keys=keys)
+    assert not pki.ca_key.exists() and not pki.root_ca_key.exists()
+    assert (pki.ca_dir / KEY_REF_FILE).read_text().strip() == keys["issuing"]
+    again = build_dev_pki(tmp_path / "pki", nodes=("node-1", "node-2"))  # idempotent, finds the token keys
+    ca = again.issuing_ca()
+    assert isinstance(ca.private_key, SourcePrivateKey)
+    again.revoke(again.node_cert("node-2"))  # what the coordinator's revoker does: CRL signed in the token
+    judged = openssl("verify", "-CAfile", str(pki.bundle), "-CRLfile", str(pki.crl), "-crl_check",
+                     str(pki.node_cert("node-1")))  # fmt: skip
+    assert judged.returncode == 0, judged.stderr
