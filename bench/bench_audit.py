@@ -16,9 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from cyxwiz.audit import AuditLog, SecurityEvent, events
 
 N = 20_000
+_KEY = Ed25519PrivateKey.generate()
 
 
 def _events() -> list[SecurityEvent]:
@@ -61,7 +64,7 @@ def _plain(directory: Path, dicts: list[dict[str, object]], *, sync_every: float
 
 def _chained(directory: Path, evs: list[SecurityEvent], *, fsync: str) -> float:
     log_dir = directory / f"log-{time.monotonic_ns()}"
-    log = AuditLog.open(log_dir, fsync=fsync, auto_maintain=False)  # type: ignore[arg-type]
+    log = AuditLog.open(log_dir, signing_key=_KEY, fsync=fsync, auto_maintain=False)  # type: ignore[arg-type]
     started = time.perf_counter()
     for ev in evs:
         log.record(ev)

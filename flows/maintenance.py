@@ -57,7 +57,8 @@ def audit_maintenance() -> dict[str, Any]:
 
     log = services.audit()
     report = run_maintenance(log)
-    verdict = verify_log(services.config().audit_dir)
+    log.checkpoint()  # the verdict covers everything written so far
+    verdict = verify_log(services.config().audit_dir, public_key=services.audit_public_key())
     summary = {
         "head": str(report.head),
         "sealed": [str(d) for d in report.sealed],

@@ -41,6 +41,19 @@ def audit() -> Any:
     return AuditLog.from_env(env, archive=ObjectStoreArchive(store=store(), encrypt=True))
 
 
+def audit_public_key() -> Any:
+    """The pinned key audit verification trusts: ``CYXWIZ_AUDIT_PUBLIC_KEY`` (a PEM file), else the public
+    half of the configured audit signing key; never a key found inside the log (H4)."""
+    import os
+
+    from cyxwiz.audit.digest import load_public_key
+
+    pinned = os.environ.get("CYXWIZ_AUDIT_PUBLIC_KEY")
+    if pinned:
+        return load_public_key(Path(pinned))
+    return audit().signing_key.public_key()
+
+
 @functools.cache
 def ledger() -> Any:
     from cyxwiz.ledger.config import LedgerConfig, open_ledger

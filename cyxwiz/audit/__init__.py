@@ -16,14 +16,15 @@ from typing import Protocol, runtime_checkable
 from cyxwiz.audit import events
 from cyxwiz.audit.archive import AuditArchive, LocalDirectoryArchive, ObjectStoreArchive
 from cyxwiz.audit.events import ActorType, EventType, Outcome, SecurityEvent
-from cyxwiz.audit.log import AuditLog
+from cyxwiz.audit.log import AuditLog, Receipt
+from cyxwiz.audit.proofs import leaf_hash_of
 
 
 @runtime_checkable
 class AuditSink(Protocol):
     """Anything that records security events: :class:`AuditLog`, :class:`MemorySink`, a fan-out."""
 
-    def record(self, event: SecurityEvent) -> None: ...
+    def record(self, event: SecurityEvent) -> object: ...
 
 
 class MemorySink:
@@ -51,6 +52,8 @@ __all__ = [
     "MemorySink",
     "ObjectStoreArchive",
     "Outcome",
+    "Receipt",
     "SecurityEvent",
     "events",
+    "leaf_hash_of",
 ]

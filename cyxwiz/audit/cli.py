@@ -1,10 +1,10 @@
-"""``cyxwiz audit``: verify the chain, tail and query the security log (SPEC H3, H4)."""
+"""``cyxwiz audit``: verify the log, prove events and checkpoints, tail and query it (SPEC H3, H4)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,7 +12,10 @@ from cyxwiz._cli import new_app
 from cyxwiz.audit.events import EventType, Outcome
 from cyxwiz.audit.query import EventFilter, parse_time, query, tail
 from cyxwiz.audit.reader import StoredEvent
-from cyxwiz.errors import ConfigError
+from cyxwiz.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 app = new_app(help="Security audit log: verify its hash chain and signed digests, tail and query events.")
 
@@ -44,40 +47,72 @@ def _path(path: Path | None) -> Path:
     return path
 
 
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--public-key",
+        envvar="CYXWIZ_AUDIT_PUBLIC_KEY",
+        help="The pinned audit key: Ed25519 public key PEM, certificate, or the 0600 private key.",
+        show_default=False,
+    ),
+]
+
+
+def _pinned(public_key: Path | None) -> Ed25519PublicKey:
+    from cyxwiz.audit.digest import load_public_key
+
+    if public_key is None:
+        raise ConfigError(
+            "verification needs the pinned audit public key (never the key a file carries)",
+            field="--public-key",
+            rule="H4",
+            hint="pass --public-key FILE or set CYXWIZ_AUDIT_PUBLIC_KEY",
+        )
+    return load_public_key(public_key)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no such {what} file", path=str(path)) from None
+
+
 @app.command()
 def verify(
     *,
     path: PathArg = None,
-    public_key: Annotated[
-        Path | None,
-        typer.Option("--public-key", help="Pin the digest signer: Ed25519 public key PEM or certificate."),
+    public_key: PublicKeyOpt = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint", help="A signed checkpoint you kept earlier (repeatable): must still hold."
+        ),
     ] = None,
-    require_signed: Annotated[
-        bool, typer.Option("--require-signed", help="Treat unsigned digests as broken.")
-    ] = False,
-    retention_days: Annotated[
-        int, typer.Option("--retention-days", help="Days kept locally (older days may be pruned).")
-    ] = 7,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
 ) -> None:
-    """Check every record's hash, the chain, the sequence and the signed daily digests.
+    """Check every record, the chain, the signed digests, the Merkle tree and every signed checkpoint.
 
     Exit 0 when intact; exit 1 and name the first broken link (file:line) otherwise.
     """
-    from cyxwiz.audit.digest import load_public_key
     from cyxwiz.audit.verify import verify_log
 
-    key = load_public_key(public_key) if public_key is not None else None
-    report = verify_log(
-        _path(path), public_key=key, require_signed=require_signed, retention_days=retention_days
-    )
+    key = _pinned(public_key)
+    kept = [_read(p, "checkpoint") for p in checkpoint or []]
+    directory = _path(path)
+    report = verify_log(directory, public_key=key, checkpoints=kept)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for warning in report.warnings:
             typer.echo(f"warning: {warning}", err=True)
         if report.ok:
-            typer.echo(f"OK: {report.records} records in {report.files} files over {len(report.days)} days")
+            signed = report.checkpoint
+            head = f"; checkpoint size {signed['size']} root {signed['root']}" if signed else ""
+            typer.echo(
+                f"OK: {report.records} records in {report.files} files over {len(report.days)} days; "
+                f"{report.checkpoints_checked} signed checkpoints hold{head}"
+            )
         else:
             typer.echo(f"BROKEN: {report.first}")
             for problem in report.problems[1:20]:
@@ -86,6 +121,79 @@ def verify(
                 typer.echo(f"  … {len(report.problems) - 20} more")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def prove(
+    event_id: Annotated[str, typer.Argument(help="The event's event_id (or seq:N).")],
+    *,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", envvar="CYXWIZ_AUDIT_DIR", help="Log directory.", show_default=False),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Prove against this checkpoint (default: the latest).")
+    ] = None,
+    public_key: PublicKeyOpt = None,
+) -> None:
+    """Print an inclusion proof (JSON bundle) of one event under the latest signed checkpoint.
+
+    Anyone holding the audit public key checks it offline with `cyxwiz audit check-proof`.
+    """
+    from cyxwiz.audit.proofs import check_bundle, prove_inclusion
+
+    note = _read(checkpoint, "checkpoint") if checkpoint is not None else None
+    bundle = prove_inclusion(_path(directory), event_id, checkpoint=note)
+    if public_key is not None:
+        check_bundle(bundle, public_key=_pinned(public_key))
+    typer.echo(json.dumps(bundle, indent=2))
+
+
+@app.command()
+def consistency(
+    old: Annotated[Path, typer.Argument(help="An older signed checkpoint file.")],
+    new: Annotated[Path, typer.Argument(help="A newer signed checkpoint file (e.g. DIR/checkpoint).")],
+    *,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", envvar="CYXWIZ_AUDIT_DIR", help="Log directory.", show_default=False),
+    ] = None,
+    public_key: PublicKeyOpt = None,
+) -> None:
+    """Print a consistency proof that OLD is a prefix of NEW (exit 1 if it is not)."""
+    from cyxwiz.audit.proofs import check_bundle, prove_consistency
+
+    bundle = prove_consistency(_path(directory), _read(old, "checkpoint"), _read(new, "checkpoint"))
+    if public_key is not None:
+        from cyxwiz.errors import AuditIntegrityError
+
+        try:
+            check_bundle(bundle, public_key=_pinned(public_key))
+        except AuditIntegrityError as exc:
+            typer.echo(f"NOT CONSISTENT: {exc.message}")
+            raise typer.Exit(1) from None
+    typer.echo(json.dumps(bundle, indent=2))
+
+
+@app.command("check-proof")
+def check_proof(
+    bundle_file: Annotated[Path, typer.Argument(help="A bundle printed by prove or consistency.")],
+    *,
+    public_key: PublicKeyOpt = None,
+) -> None:
+    """Verify a proof bundle offline: checkpoint signature(s) by the pinned key, then the Merkle proof."""
+    from cyxwiz.audit.proofs import check_bundle, load_bundle
+    from cyxwiz.errors import AuditIntegrityError
+
+    bundle = load_bundle(bundle_file)
+    try:
+        cp = check_bundle(bundle, public_key=_pinned(public_key))
+    except AuditIntegrityError as exc:
+        typer.echo(f"INVALID: {exc.message}")
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"OK: {bundle['type']} proof holds under the signed checkpoint of size {cp.size} ({cp.origin})"
+    )
 
 
 def _filter(

@@ -1,10 +1,11 @@
 """Signed daily digests (SPEC H4), in the manner of CloudTrail digest files.
 
 When a day is closed, a digest records the SHA-256 of the day's (uncompressed) file, its record count,
-first/last sequence numbers and the hash of its last record, plus the SHA-256 of the previous day's digest
-file and that day's date. It is signed with Ed25519 over its canonical JSON. So an edit anywhere in a
-closed day changes the file hash, and deleting a whole day (file and digest) breaks the digest chain and
-names the missing day.
+first/last sequence numbers and the hash of its last record, the Merkle tree size and root at the day's
+end (a checkpoint), plus the SHA-256 of the previous day's digest file and that day's date. It is always
+signed with Ed25519 over its canonical JSON, and checked only against a pinned public key (never one the
+digest could carry). So an edit anywhere in a closed day changes the file hash, and deleting a whole day
+(file and digest) breaks the digest chain and names the missing day.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def build_digest(
     file_name: str,
     data: bytes,
     previous: tuple[date, bytes] | None,
-    signing_key: Ed25519PrivateKey | None,
+    signing_key: Ed25519PrivateKey,
     created_at: datetime,
+    root: bytes | None = None,
 ) -> bytes:
     """The digest file content for a closed day. ``previous`` = (day, digest file bytes) before it."""
     records = [rec for rec in _records(data)]
@@ -63,18 +65,11 @@ def build_digest(
         "previous_day": previous[0].isoformat() if previous else None,
         "previous_digest_sha256": hashlib.sha256(previous[1]).hexdigest() if previous else None,
         "created_at": created_at.astimezone(UTC).isoformat(),
-        "key_id": None,
-        "public_key": None,
+        "tree_size": records[-1][0] if records and root is not None else None,
+        "root": base64.b64encode(root).decode("ascii") if records and root is not None else None,
+        "key_id": key_id(signing_key.public_key()),
     }
-    signature = None
-    if signing_key is not None:
-        public = signing_key.public_key()
-        body["key_id"] = key_id(public)
-        body["public_key"] = base64.b64encode(
-            public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        ).decode("ascii")
-        signature = base64.b64encode(signing_key.sign(canonical(body))).decode("ascii")
-    body["signature"] = signature
+    body["signature"] = sign_json(body, signing_key)
     return json.dumps(body, sort_keys=True, indent=1).encode("ascii") + b"\n"
 
 
@@ -89,27 +84,25 @@ def _records(data: bytes) -> list[tuple[int, str, str]]:
     return out
 
 
-def check_signature(digest: dict[str, Any], *, trusted: Ed25519PublicKey | None) -> str | None:
-    """None when the digest's signature holds (by ``trusted`` if given), else why not."""
+def sign_json(body: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(key.sign(canonical(body))).decode("ascii")
+
+
+def check_signature(digest: dict[str, Any], *, trusted: Ed25519PublicKey, what: str = "digest") -> str | None:
+    """None when the signature of a signed JSON document (digest, prune marker) holds by the pinned
+    ``trusted`` key, else why not. Whatever key the document names, only ``trusted`` is tried."""
     signature = digest.get("signature")
     if not isinstance(signature, str):
-        return "digest is not signed"
+        return f"{what} is not signed"
     body = {k: v for k, v in digest.items() if k != "signature"}
+    if digest.get("key_id") != key_id(trusted):
+        return f"{what} was signed by another key (key_id differs from the pinned key)"
     try:
-        sig = base64.b64decode(signature, validate=True)
-        if trusted is not None:
-            key = trusted
-            if digest.get("key_id") != key_id(trusted):
-                return "digest was signed by another key (key_id differs from the trusted key)"
-        else:
-            key = Ed25519PublicKey.from_public_bytes(
-                base64.b64decode(str(digest.get("public_key")), validate=True)
-            )
-        key.verify(sig, canonical(body))
+        trusted.verify(base64.b64decode(signature, validate=True), canonical(body))
     except InvalidSignature:
-        return "digest signature does not verify"
+        return f"{what} signature does not verify"
     except ValueError:
-        return "digest signature or public key is malformed"
+        return f"{what} signature is malformed"
     return None
 
 

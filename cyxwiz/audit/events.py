@@ -11,6 +11,7 @@ request handlers and a security event must never be lost over a badly named fiel
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -74,6 +75,8 @@ class SecurityEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
+    #: Unique id of the event: what ``cyxwiz audit prove EVENT_ID`` and escrow memos refer to.
+    event_id: str = Field(default_factory=lambda: secrets.token_hex(16), min_length=8, max_length=64)
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
     event_type: EventType
     actor_id: str = Field(min_length=1, max_length=512)

@@ -6,13 +6,23 @@ Layout of the log directory (0700, files 0600)::
     audit-2026-11-23.jsonl         the open day: records are appended here
     audit-2026-11-22.jsonl.gz      closed days, gzipped after their digest was written
     audit-2026-11-22.digest.json   signed daily digest (see :mod:`cyxwiz.audit.digest`)
+    merkle.tree                    RFC 6962 tree over every record, all levels (:mod:`cyxwiz.audit.tree`)
+    checkpoint                     the latest signed checkpoint (C2SP signed note)
+    audit-2026-11-23.checkpoints.jsonl   the day's checkpoint history (:mod:`cyxwiz.audit.signer`)
 
 Concurrency: threads of one process serialise on a ``threading.Lock``; processes on one host on an
 ``flock`` of ``.head``. Under the lock a writer checks that ``.head`` still holds the checkpoint it wrote
 last (then nobody else appended and its cached seq/hash are the chain head: one ``pread``); otherwise it
 re-reads the head from the day file's last line. It appends the whole line with one ``write(2)`` on an
-``O_APPEND`` descriptor (no torn or interleaved lines) and writes the new checkpoint. A failed write
-spoils the checkpoint, so the next writer re-reads the tail and terminates a partial line.
+``O_APPEND`` descriptor (no torn or interleaved lines) after appending its Merkle nodes, and writes the new
+``.head``. A failed write spoils ``.head``, so the next writer re-reads the tail, terminates a partial line
+and cuts the tree back to the records. ``.head`` is only the writers' cache token: nothing in it is
+trusted by ``verify``; the signed checkpoints are what authenticates the log's end.
+
+Every writer holds the audit key (production refuses to open without one; ``dev=True`` uses a throw-away
+key and says so loudly) and signs a checkpoint at its first record, at most every
+:data:`~cyxwiz.audit.signer.CHECKPOINT_INTERVAL` while appending, within the same delay after the last
+append (a timer thread), at day rotation and at close.
 
 Days only move forward: a writer whose clock is behind the chain's day appends to the chain's day, so the
 chain never forks across two files. A day file is never written again once the head moved past it; only
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import threading
 import time
@@ -36,16 +47,19 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN
 from cyxwiz.audit.events import SecurityEvent
-from cyxwiz.audit.reader import chain_head_before, read_checkpoint
+from cyxwiz.audit.reader import chain_head_before, read_checkpoint, signed_size_hint
 from cyxwiz.audit.records import (
     GENESIS,
     HEAD_FILE,
     RecordFormatError,
-    build_line,
+    build_record,
     log_name,
     parse_line,
 )
+from cyxwiz.audit.signer import CHECKPOINT_INTERVAL, CheckpointSigner, dev_signing_key, missing_key_error
+from cyxwiz.audit.tree_writer import TreeWriter
 from cyxwiz.errors import AuditError, AuditIntegrityError, ConfigError
 
 if TYPE_CHECKING:
@@ -61,9 +75,38 @@ FsyncPolicy = Literal["none", "interval", "always"]
 #: Events whose JSON exceeds this are logged with their details replaced by a size note (never dropped).
 MAX_EVENT_BYTES = 32 * 1024
 _TAIL_CHUNK = 128 * 1024
+_HEAD_MAP_BYTES = 256
 _serialize = SecurityEvent.__pydantic_serializer__.to_json
 
 _open_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+class Receipt:
+    """Where an event landed: its seq (leaf index + 1) and RFC 6962 leaf hash, and its event id."""
+
+    __slots__ = ("event_id", "leaf", "seq")
+
+    def __init__(self, seq: int, leaf: bytes, event_id: str) -> None:
+        self.seq = seq
+        self.leaf = leaf
+        self.event_id = event_id
+
+    @property
+    def leaf_hash(self) -> str:
+        """Hex leaf hash: what an escrow memo cites and ``cyxwiz audit prove`` proves included."""
+        return self.leaf.hex()
+
+    def __repr__(self) -> str:
+        return f"Receipt(seq={self.seq}, leaf_hash={self.leaf_hash}, event_id={self.event_id})"
+
+
+def _head_day(raw: bytes) -> bytes:
+    """The ISO day at the start of ``.head``, or b"" when there is none (new or damaged file)."""
+    try:
+        date.fromisoformat(raw.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return b""
+    return raw
 
 
 def _system_clock() -> datetime:
@@ -86,20 +129,32 @@ class AuditLog:
         self,
         *,
         directory: Path,
-        signing_key: Ed25519PrivateKey | None = None,
+        signing_key: Ed25519PrivateKey,
         clock: Clock | None = None,
         archive: AuditArchive | None = None,
         retention_days: int = 7,
         fsync: FsyncPolicy = "interval",
         fsync_interval: float = 1.0,
         auto_maintain: bool = True,
+        origin: str | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         if retention_days < 1:
             raise ConfigError("must be at least 1", field="retention_days", rule="H3")
         if fsync not in ("none", "interval", "always"):
             raise ConfigError("must be one of none, interval, always", field="fsync", rule="H3")
+        if signing_key is None:
+            raise missing_key_error()
+        if not 0 < checkpoint_interval <= 60:
+            raise ConfigError("must be in (0, 60] seconds", field="checkpoint_interval", rule="H4")
         self.directory = directory
         self.signing_key = signing_key
+        self.signer = CheckpointSigner(
+            key=signing_key,
+            directory=directory,
+            interval=checkpoint_interval,
+            origin=origin or DEFAULT_ORIGIN,
+        )
         self.clock: Clock = clock or _system_clock
         self.archive = archive
         self.retention_days = retention_days
@@ -110,17 +165,27 @@ class AuditLog:
         self._maint_thread: threading.Thread | None = None
         self._lock_fd = -1
         self._fd = -1
+        self._tree: TreeWriter | None = None
+        self._head_map: mmap.mmap | None = None
         self._day = b""  # the day (ISO bytes) whose file self._fd is
         self._size = -1  # file size right after our last write; -1 = unknown
         self._seq = 0
         self._prev = GENESIS
         self._last_sync = time.monotonic()
         self._closed = False
+        self._dirty = False  # records of ours not yet covered by a checkpoint we signed
+        self._sign_due = float("-inf")  # monotonic time from which the next record signs inline
+        self._wake = threading.Event()
+        self._timer: threading.Thread | None = None
         self._alert: SecurityEvent | None = None
         self._checkpoint = b"\x00"  # the .head bytes we last wrote; never matches before the first write
         self._day_end = datetime.min.replace(tzinfo=UTC)  # start of the day after the head day
         self._open_lock_file()
         _open_logs.add(self)
+
+    @property
+    def origin(self) -> str:
+        return self.signer.origin
 
     @classmethod
     def open(
@@ -128,19 +193,24 @@ class AuditLog:
         directory: Path,
         *,
         signing_key: Ed25519PrivateKey | Path | KeySource | None = None,
+        dev: bool = False,
         clock: Clock | None = None,
         archive: AuditArchive | None = None,
         retention_days: int = 7,
         fsync: FsyncPolicy = "interval",
         auto_maintain: bool = True,
+        origin: str | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> AuditLog:
         """Open (creating it 0700 if needed) the log in ``directory``.
 
-        ``signing_key`` signs the daily digests (an Ed25519 key, the path of its PKCS#8 PEM file, a
-        ``pkcs11:`` URI as that path, or a :class:`~cyxwiz.keys.KeySource`);
+        ``signing_key`` (an Ed25519 key, the path of its PKCS#8 PEM file (0600), a ``pkcs11:`` URI as that
+        path, or a :class:`~cyxwiz.keys.KeySource`) signs checkpoints and daily digests; without one this
+        refuses, unless ``dev`` (a throw-away key, loudly warned about).
         ``clock`` returns an aware UTC datetime and decides the day (tests pass a controllable one);
         ``archive`` receives closed days; ``auto_maintain`` seals closed days in a background thread when
-        the day rolls over (the scheduled maintenance flow calls :meth:`maintain` as well).
+        the day rolls over (the scheduled maintenance flow calls :meth:`maintain` as well); ``origin``
+        names the log in its checkpoints.
         """
         key = signing_key
         if isinstance(key, Path):
@@ -152,6 +222,8 @@ class AuditLog:
 
             if isinstance(key, KeySource):  # e.g. the checkpoint key in a PKCS#11 token (A7)
                 key = as_private_key(key)
+        if key is None and not dev:
+            raise missing_key_error()
         directory = Path(directory)
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -159,6 +231,8 @@ class AuditLog:
             raise AuditError(f"cannot create log directory: {exc.strerror}", path=str(directory)) from None
         if not directory.is_dir():
             raise AuditError("not a directory", path=str(directory))
+        if key is None:
+            key = dev_signing_key(directory)
         return cls(
             directory=directory,
             signing_key=key,
@@ -167,6 +241,8 @@ class AuditLog:
             retention_days=retention_days,
             fsync=fsync,
             auto_maintain=auto_maintain,
+            origin=origin,
+            checkpoint_interval=checkpoint_interval,
         )
 
     @classmethod
@@ -176,14 +252,18 @@ class AuditLog:
         *,
         clock: Clock | None = None,
         archive: AuditArchive | None = None,
+        dev: bool = False,
     ) -> AuditLog:
-        """From ``CYXWIZ_AUDIT_DIR`` (required), ``CYXWIZ_AUDIT_SIGNING_KEY`` (path of the Ed25519 key
-        that signs digests), ``CYXWIZ_AUDIT_RETENTION_DAYS`` (7) and ``CYXWIZ_AUDIT_FSYNC`` (interval)."""
+        """From ``CYXWIZ_AUDIT_DIR`` (required), ``CYXWIZ_AUDIT_SIGNING_KEY`` (required: path of the
+        Ed25519 key that signs checkpoints and digests), ``CYXWIZ_AUDIT_ORIGIN``,
+        ``CYXWIZ_AUDIT_RETENTION_DAYS`` (7) and ``CYXWIZ_AUDIT_FSYNC`` (interval)."""
         env = os.environ if environ is None else environ
         directory = env.get("CYXWIZ_AUDIT_DIR")
         if not directory:
             raise ConfigError("not set", field="CYXWIZ_AUDIT_DIR", rule="H3")
         key = env.get("CYXWIZ_AUDIT_SIGNING_KEY")
+        if not key and not dev:
+            raise missing_key_error("CYXWIZ_AUDIT_SIGNING_KEY")
         try:
             retention = int(env.get("CYXWIZ_AUDIT_RETENTION_DAYS", "7"))
         except ValueError:
@@ -194,16 +274,19 @@ class AuditLog:
         return cls.open(
             Path(directory),
             signing_key=Path(key) if key else None,
+            dev=dev,
             clock=clock,
             archive=archive,
             retention_days=retention,
             fsync=fsync,  # type: ignore[arg-type]
+            origin=env.get("CYXWIZ_AUDIT_ORIGIN") or None,
         )
 
     # --- writing ----------------------------------------------------------------------------------
 
-    def record(self, event: SecurityEvent) -> None:
-        """Append ``event`` to the chain. Raises :class:`AuditError` only when the disk refuses."""
+    def record(self, event: SecurityEvent) -> Receipt:
+        """Append ``event`` to the chain; return where it landed (seq, leaf hash: what a memo cites and
+        ``cyxwiz audit prove`` proves). Raises :class:`AuditError` only when the disk refuses."""
         data = _serialize(event)
         if len(data) > MAX_EVENT_BYTES:
             data = _serialize(event.model_copy(update={"details": {"truncated_bytes": len(data)}}))
@@ -218,14 +301,25 @@ class AuditLog:
                 try:
                     # Fast path (the common case): same day, and the checkpoint is still the one we
                     # wrote, so no other writer appended since and our cached head is the chain head.
-                    if not (now < self._day_end and os.pread(lock_fd, 160, 0).startswith(self._checkpoint)):
+                    head_map = self._head_map
+                    cp = self._checkpoint
+                    tree = self._tree
+                    if not (
+                        now < self._day_end
+                        and head_map is not None
+                        and head_map[: len(cp)] == cp
+                        and tree is not None
+                        and tree.frontier is not None
+                    ):
                         rolled = self._sync_head(now)
                         if self._alert is not None:
                             self._append(_serialize(self._alert))
                             self._alert = None
-                    self._append(data)
+                    receipt = Receipt(self._seq + 1, self._append(data), event.event_id)
                     if self.fsync != "none":
                         self._maybe_fsync()
+                    if time.monotonic() >= self._sign_due:
+                        self._sign()
                 finally:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
             except OSError as exc:
@@ -233,13 +327,65 @@ class AuditLog:
                 raise AuditError(
                     f"cannot write audit record: {exc.strerror}", path=str(self.directory)
                 ) from exc
+            if self._dirty and not self._wake.is_set():
+                self._start_timer()
+                self._wake.set()
         if rolled and self.auto_maintain:
             self._maintain_in_background()
+        return receipt
+
+    def checkpoint(self) -> bytes:
+        """Sign a checkpoint of the log as it is now (what Rekor's writers wait for); return the note."""
+        with self._lock:
+            if self._closed:
+                raise AuditError("audit log is closed", path=str(self.directory))
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._sync_current()
+                return self._sign()
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _sign(self, *, history: bool = False) -> bytes:
+        """Under both locks, with the head in sync: sign the tree head and write it out."""
+        tree = self._tree
+        assert tree is not None
+        tree.sync(self._seq, self._fd)  # the stored tree covers every signed checkpoint: proofs never wait
+        assert tree.frontier is not None
+        note = self.signer.write(
+            size=tree.frontier.size,
+            root=tree.frontier.root(),
+            day=date.fromisoformat(self._day.decode("ascii")),
+            history=history,
+        )
+        self._sign_due = self.signer.signed_at + self.signer.interval
+        self._dirty = False
+        return note
+
+    def _start_timer(self) -> None:
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._timer = threading.Thread(target=self._timer_loop, name="cyxwiz-audit-checkpoint", daemon=True)
+        self._timer.start()
+
+    def _timer_loop(self) -> None:
+        # Covers the records that arrived after the last inline checkpoint, once appends pause.
+        while True:
+            self._wake.wait()
+            time.sleep(self.signer.interval)
+            self._wake.clear()
+            if self._closed:
+                return
+            if self._dirty:
+                with contextlib.suppress(Exception):
+                    self.checkpoint()
 
     def _forget_head(self) -> None:
         """After a failed write: maybe a partial line is on disk. Make every writer (us included)
         re-read the file's tail before its next record, so the partial line gets terminated."""
         self._size = -1
+        if self._tree is not None:
+            self._tree.forget()
         self._checkpoint = b"\x00"
         with contextlib.suppress(OSError):
             # Overwrites bytes already allocated, so it works even when the disk is full.
@@ -249,17 +395,25 @@ class AuditLog:
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _append(self, data: bytes) -> None:
-        line, digest = build_line(self._seq + 1, self._prev, data)
+    def _append(self, data: bytes) -> bytes:
+        assert self._tree is not None
+        line, digest, leaf = build_record(self._seq + 1, self._prev, data)
+        # The leaf joins the tree before the line is written; nodes reach the file in batches (a lost or
+        # stale batch is recomputed from the records by the next writer, see TreeWriter.sync).
+        self._tree.add(leaf)
         self._write_all(line)
         self._seq += 1
         self._prev = digest
         self._size += len(line)
-        # Checkpoint of the chain head beside the data: a later writer or `verify` compares it with the
-        # file, so cutting records off the end of the open day does not go unnoticed.
+        self._dirty = True
+        # The writers' cache token (unauthenticated): a later writer compares it with what it wrote last.
         checkpoint = b"%s %d %s\n" % (self._day, self._seq, digest.encode("ascii"))
-        os.pwrite(self._lock_fd, checkpoint, 0)
+        if self._head_map is not None:
+            self._head_map[: len(checkpoint)] = checkpoint  # shared mapping: no system call per record
+        else:
+            os.pwrite(self._lock_fd, checkpoint, 0)
         self._checkpoint = checkpoint
+        return leaf
 
     def _write_all(self, line: bytes) -> None:
         view = memoryview(line)
@@ -275,25 +429,43 @@ class AuditLog:
             self._last_sync = now
 
     def _sync_head(self, now: datetime) -> bool:
-        """Under the write lock: make (fd, seq, prev) the current chain head. True if the day moved."""
+        """Under the write lock: make (fd, seq, prev, tree) the current chain head. True if the day moved."""
         today = now.astimezone(UTC).date().isoformat().encode("ascii")
-        head = os.pread(self._lock_fd, 10, 0)
+        head = _head_day(os.pread(self._lock_fd, 10, 0))
         rolled = False
-        if len(head) != 10 or today > head:
-            if len(head) == 10:
-                rolled = True
+        if head and today > head:
+            # Day rotation: sign the tree as the old day leaves it, into that day's history.
+            if (self.directory / log_name(date.fromisoformat(head.decode("ascii")))).exists():
+                self._sync_day(head)
+                if self._seq:
+                    self._sign(history=True)
+            rolled = True
+        if not head or today > head:
             head = today
             os.pwrite(self._lock_fd, head, 0)
+        self._sync_day(head)
+        return rolled
+
+    def _sync_current(self) -> None:
+        """Under the write lock: sync to the chain's head day without rotating (checkpoint, close)."""
+        head = _head_day(os.pread(self._lock_fd, 10, 0))
+        if not head:
+            self._sync_head(self.clock())
+            return
+        if not (head == self._day and os.pread(self._lock_fd, 160, 0).startswith(self._checkpoint)):
+            self._sync_day(head)
+
+    def _sync_day(self, head: bytes) -> None:
         self._day_end = datetime.combine(
             date.fromisoformat(head.decode("ascii")) + timedelta(days=1), datetime.min.time(), tzinfo=UTC
         )
         if head == self._day and self._fd >= 0:
             size = os.fstat(self._fd).st_size
-            if size == self._size:
-                return rolled  # nobody else wrote since our last record: the cache is the head
-            self._seq, self._prev, self._size = self._read_tail(self._fd, size)
-            self._compare_checkpoint()
-            return rolled
+            if size != self._size:  # someone else wrote since our last record: re-read the head
+                self._seq, self._prev, self._size = self._read_tail(self._fd, size)
+                self._compare_checkpoint()
+            self._sync_tree()
+            return
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -308,20 +480,29 @@ class AuditLog:
             self._seq, self._prev = chain_head_before(self.directory, day)
             self._size = 0
         self._compare_checkpoint()
-        return rolled
+        self._sync_tree()
+
+    def _sync_tree(self) -> None:
+        assert self._tree is not None
+        self._tree.sync(self._seq, self._fd)
 
     def _compare_checkpoint(self) -> None:
         """After re-reading the chain head from the files: did records vanish since the last write?"""
+        written = 0
         checkpoint = read_checkpoint(self.directory)
-        if checkpoint is None:
-            return
-        _, seq, digest = checkpoint
-        if seq > self._seq or (seq == self._seq and digest != self._prev):
+        if checkpoint is not None:
+            written = checkpoint[1]
+            if checkpoint[1] == self._seq and checkpoint[2] != self._prev:
+                written = self._seq + 1
+        written = max(written, signed_size_hint(self.directory))
+        if written > self._seq:
             from cyxwiz.audit.events import integrity_alert
 
+            # Keep the signed evidence before the next checkpoint replaces it: the old note goes to history.
+            self.signer.preserve_latest(date.fromisoformat(self._day.decode("ascii")))
             self._alert = integrity_alert(
                 resource=f"audit:{self.directory.name}",
-                reason=f"log ends at seq {self._seq} but seq {seq} had been written: records removed",
+                reason=f"log ends at seq {self._seq} but seq {written} had been written: records removed",
             )
 
     def _read_tail(self, fd: int, size: int) -> tuple[int, str, int]:
@@ -366,8 +547,8 @@ class AuditLog:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 today = now.astimezone(UTC).date().isoformat().encode("ascii")
-                head = os.pread(self._lock_fd, 10, 0)
-                if len(head) != 10 or today > head:
+                head = _head_day(os.pread(self._lock_fd, 10, 0))
+                if not head or today > head:
                     head = today
                     os.pwrite(self._lock_fd, head, 0)
                 return date.fromisoformat(head.decode("ascii"))
@@ -396,33 +577,76 @@ class AuditLog:
 
     def _open_lock_file(self) -> None:
         self._lock_fd = os.open(self.directory / HEAD_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._tree = TreeWriter(directory=self.directory)
+        self._head_map = None
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(self._lock_fd).st_size < _HEAD_MAP_BYTES:
+                    os.ftruncate(self._lock_fd, _HEAD_MAP_BYTES)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            # The writers' token is compared and rewritten on every record: a shared mapping of it saves
+            # a pread and a pwrite per record (coherent with other processes through the page cache).
+            self._head_map = mmap.mmap(self._lock_fd, _HEAD_MAP_BYTES)
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._maint_thread = None
-        for fd in (self._lock_fd, self._fd):
+        self._timer = None
+        self._wake = threading.Event()
+        self._close_map()
+        for fd in (self._lock_fd, self._fd, self._tree.file.fd if self._tree else -1):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = -1
+        self._tree = None  # the parent writes its own buffered nodes; ours start from the file
         self._day = b""
         self._size = -1
         self._checkpoint = b"\x00"
+        self._dirty = False  # the parent signs what it wrote; the child signs its own records
         if not self._closed:
             self._open_lock_file()
 
+    def _close_map(self) -> None:
+        if self._head_map is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._head_map.close()
+            self._head_map = None
+
     def close(self) -> None:
+        """Sign a last checkpoint (so every record is covered), sync and close."""
         self.wait_for_maintenance()
         with self._lock:
             if self._closed:
                 return
+            if self._dirty:
+                with contextlib.suppress(OSError, AuditError):
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                    try:
+                        self._sync_current()
+                        self._sign(history=True)
+                    finally:
+                        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             self._closed = True
-            if self._fd >= 0:
+            self._wake.set()
+            if self._tree is not None:
                 with contextlib.suppress(OSError):
-                    if self.fsync != "none":
-                        os.fdatasync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                    self._tree.flush()
+                fds = (self._fd, self._tree.file.fd)
+            else:
+                fds = (self._fd, -1)
+            for fd in fds:
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        if self.fsync != "none":
+                            os.fdatasync(fd)
+                    os.close(fd)
+            self._fd = -1
+            if self._tree is not None:
+                self._tree.file.fd = -1
+            self._close_map()
             os.close(self._lock_fd)
             self._lock_fd = -1
 

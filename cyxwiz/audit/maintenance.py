@@ -4,8 +4,10 @@ Runs under its own ``flock`` (``.maintain.lock``) so two processes never close t
 only touches days before the chain's head day, which no writer appends to any more. Each step is
 idempotent and ordered so a crash at any point leaves a state the next run completes:
 digest written → gzip written → plain file removed → archived → (after retention, if archived) pruned.
-Retention deletes the local copy of a day only when the archive holds both its log and its digest;
-digests themselves stay local (they are tiny and keep the chain checkable after pruning).
+Retention deletes the local copy of a day only when the archive holds both its log and its digest, and
+only after writing a signed prune marker (``audit-DAY.pruned.json``): ``verify`` accepts a missing day
+only with that marker, never because of its age or of anything unsigned. Digests and markers stay local
+(they are tiny and keep the chain checkable after pruning); the Merkle tree keeps every leaf.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import gzip
 import os
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cyxwiz.audit.archive import archive_key
 from cyxwiz.audit.digest import build_digest, write_atomic
+from cyxwiz.audit.prune import write_prune_marker
 from cyxwiz.audit.reader import day_files, read_file_bytes
 from cyxwiz.audit.records import digest_name, gz_name, log_name
+from cyxwiz.audit.tree import TREE_FILE, MappedTree
 
 if TYPE_CHECKING:
     from cyxwiz.audit.log import AuditLog
@@ -55,6 +60,7 @@ def run_maintenance(log: AuditLog) -> MaintenanceReport:
                     continue
                 data = read_file_bytes(files.data)
                 files.digest = directory / digest_name(day)
+                root = _root_at(directory, _last_seq(data))
                 write_atomic(
                     files.digest,
                     build_digest(
@@ -64,6 +70,7 @@ def run_maintenance(log: AuditLog) -> MaintenanceReport:
                         previous=previous,
                         signing_key=log.signing_key,
                         created_at=now,
+                        root=root,
                     ),
                 )
                 report.sealed.append(day)
@@ -91,9 +98,49 @@ def run_maintenance(log: AuditLog) -> MaintenanceReport:
                     and archive.exists(archive_key(day, gz_name(day)))
                     and archive.exists(archive_key(day, digest_name(day)))
                 ):
+                    write_prune_marker(
+                        directory,
+                        day=day,
+                        gz=files.gz,
+                        digest=digest_bytes,
+                        archive_keys=[archive_key(day, gz_name(day)), archive_key(day, digest_name(day))],
+                        key=log.signing_key,
+                        at=now,
+                    )
                     files.gz.unlink()
                     report.pruned.append(day)
             previous = (day, digest_bytes)
         return report
     finally:
         os.close(lock_fd)
+
+
+def _last_seq(data: bytes) -> int | None:
+    from cyxwiz.audit.reader import split_lines
+    from cyxwiz.audit.records import RecordFormatError, parse_line
+
+    for _, raw, _ in reversed(list(split_lines(data))):
+        try:
+            return parse_line(raw).seq
+        except RecordFormatError:
+            continue
+    return None
+
+
+def _root_at(directory: Path, size: int | None) -> bytes | None:
+    """The stored tree's root when it held ``size`` records (None when the tree does not reach it)."""
+    if not size:
+        return None
+    try:
+        with MappedTree(directory / TREE_FILE) as tree:
+            if tree.size < size:
+                return None
+            return _frontier_root(tree, size)
+    except OSError:
+        return None
+
+
+def _frontier_root(tree: MappedTree, size: int) -> bytes:
+    from cyxwiz.audit.merkle import subtree_root
+
+    return subtree_root(tree, 0, size)

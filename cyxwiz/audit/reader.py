@@ -16,7 +16,15 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from cyxwiz.audit.records import GENESIS, HEAD_FILE, Record, RecordFormatError, classify, parse_line
+from cyxwiz.audit.records import (
+    CHECKPOINT_FILE,
+    GENESIS,
+    HEAD_FILE,
+    Record,
+    RecordFormatError,
+    classify,
+    parse_line,
+)
 from cyxwiz.errors import AuditError, NotFoundError
 
 #: A day file is decompressed into memory; refuse absurd sizes instead of exhausting it (gzip bombs).
@@ -29,6 +37,8 @@ class DayFiles:
     log: Path | None = None
     gz: Path | None = None
     digest: Path | None = None
+    checkpoints: Path | None = None
+    pruned: Path | None = None
 
     @property
     def data(self) -> Path | None:
@@ -136,6 +146,29 @@ def iter_records(path: Path, *, errors: list[str] | None = None) -> Iterator[tup
                 yield source.name, lineno, parse_line(raw)
             except RecordFormatError:
                 continue
+
+
+def iter_raw_records(directory: Path) -> Iterator[tuple[int, bytes]]:
+    """(seq, exact line bytes) of every parseable record, in file order over the days still present."""
+    for files in day_files(directory).values():
+        if files.data is None:
+            continue
+        for _, raw, terminated in split_lines(read_file_bytes(files.data)):
+            if not terminated:
+                continue
+            try:
+                yield parse_line(raw).seq, raw
+            except RecordFormatError:
+                continue
+
+
+def signed_size_hint(directory: Path) -> int:
+    """The tree size the latest ``checkpoint`` file claims, unverified (writers' tamper alert only)."""
+    try:
+        lines = (directory / CHECKPOINT_FILE).read_bytes()[:4096].split(b"\n")
+        return int(lines[1]) if len(lines) > 2 else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def iter_events(path: Path, *, errors: list[str] | None = None) -> Iterator[StoredEvent]:

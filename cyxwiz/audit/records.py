@@ -4,11 +4,13 @@ One JSON object per line::
 
     {"hash":"<sha256 hex>","seq":<int>,"prev":"<sha256 hex>","event":{...SecurityEvent...}}
 
-``hash`` is the SHA-256 of the record *without* the hash field, i.e. of the exact bytes
-``{"seq":...,"prev":...,"event":{...}}`` — which are the line's bytes after the fixed-width hash prefix
+``hash`` is the record's RFC 6962 Merkle *leaf hash*: ``SHA-256(0x00 || body)`` where the body — the
+record's canonical bytes — is the record *without* the hash field, i.e. the exact bytes
+``{"seq":...,"prev":...,"event":{...}}``, which are the line's bytes after the fixed-width hash prefix
 with ``{`` put back. So a verifier checks the raw bytes that were written and never depends on how a JSON
-library re-serialises them. ``prev`` is the ``hash`` of the record before it (across day files, so deleting
-a whole day breaks the chain too); ``seq`` counts records from 1 over the log's whole life.
+library re-serialises them, and one hash per record serves both the chain and the Merkle tree. ``prev``
+is the ``hash`` of the record before it (across day files, so deleting a whole day breaks the chain too);
+``seq`` counts records from 1 over the log's whole life.
 """
 
 from __future__ import annotations
@@ -32,7 +34,22 @@ HEAD_FILE = ".head"
 LOG_SUFFIX = ".jsonl"
 GZ_SUFFIX = ".jsonl.gz"
 DIGEST_SUFFIX = ".digest.json"
-_DAY_FILE = re.compile(r"^audit-(\d{4}-\d{2}-\d{2})(\.jsonl|\.jsonl\.gz|\.digest\.json)$")
+#: Every signed checkpoint a writer kept in the history of that day (one JSON object per line).
+CHECKPOINTS_SUFFIX = ".checkpoints.jsonl"
+#: Signed statement that a day's records were archived and then removed locally (retention).
+PRUNED_SUFFIX = ".pruned.json"
+#: The latest signed checkpoint (a C2SP signed note), rewritten by the writers.
+CHECKPOINT_FILE = "checkpoint"
+_KINDS = {
+    LOG_SUFFIX: "log",
+    GZ_SUFFIX: "gz",
+    DIGEST_SUFFIX: "digest",
+    CHECKPOINTS_SUFFIX: "checkpoints",
+    PRUNED_SUFFIX: "pruned",
+}
+_DAY_FILE = re.compile(
+    r"^audit-(\d{4}-\d{2}-\d{2})(\.jsonl|\.jsonl\.gz|\.digest\.json|\.checkpoints\.jsonl|\.pruned\.json)$"
+)
 
 
 class RecordFormatError(ValueError):
@@ -48,11 +65,28 @@ class Record:
     event: dict[str, Any]
 
 
+def build_record(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str, bytes]:
+    """The line (with newline) for an event already serialised to JSON, its hash (hex) and leaf hash."""
+    body = b'{"seq":%d,"prev":"%s","event":%s}' % (seq, prev.encode("ascii"), event_json)
+    leaf = hashlib.sha256(b"\x00" + body).digest()
+    digest = leaf.hex()
+    return _PREFIX + digest.encode("ascii") + b'",' + body[1:] + b"\n", digest, leaf
+
+
 def build_line(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str]:
     """The line (with newline) for an event already serialised to JSON, and its hash."""
-    body = b'{"seq":%d,"prev":"%s","event":%s}' % (seq, prev.encode("ascii"), event_json)
-    digest = hashlib.sha256(body).hexdigest()
-    return _PREFIX + digest.encode("ascii") + b'",' + body[1:] + b"\n", digest
+    line, digest, _ = build_record(seq, prev, event_json)
+    return line, digest
+
+
+def body_of(raw: bytes) -> bytes:
+    """The canonical record bytes of a line (the record without its hash field)."""
+    return b"{" + raw[BODY_OFFSET:]
+
+
+def leaf_of(raw: bytes) -> bytes:
+    """The RFC 6962 leaf hash of a record line (without newline), recomputed from its bytes."""
+    return hashlib.sha256(b"\x00{" + raw[BODY_OFFSET:]).digest()
 
 
 def parse_line(raw: bytes) -> Record:
@@ -76,7 +110,7 @@ def parse_line(raw: bytes) -> Record:
         raise RecordFormatError("prev is missing or not a SHA-256 hex digest")
     if not isinstance(event, dict):
         raise RecordFormatError("event is missing or not an object")
-    hash_ok = hashlib.sha256(body).hexdigest().encode("ascii") == stored
+    hash_ok = hashlib.sha256(b"\x00" + body).hexdigest().encode("ascii") == stored
     return Record(seq=seq, prev=prev, hash=stored.decode("ascii"), hash_ok=hash_ok, event=event)
 
 
@@ -92,8 +126,16 @@ def digest_name(day: date) -> str:
     return f"audit-{day.isoformat()}{DIGEST_SUFFIX}"
 
 
+def checkpoints_name(day: date) -> str:
+    return f"audit-{day.isoformat()}{CHECKPOINTS_SUFFIX}"
+
+
+def pruned_name(day: date) -> str:
+    return f"audit-{day.isoformat()}{PRUNED_SUFFIX}"
+
+
 def classify(name: str) -> tuple[date, str] | None:
-    """``(day, kind)`` for an audit file name, kind one of "log", "gz", "digest"; None for others."""
+    """``(day, kind)`` for an audit file name (kind: log, gz, digest, checkpoints, pruned); else None."""
     match = _DAY_FILE.match(name)
     if match is None:
         return None
@@ -101,5 +143,4 @@ def classify(name: str) -> tuple[date, str] | None:
         day = date.fromisoformat(match.group(1))
     except ValueError:
         return None
-    kind = {LOG_SUFFIX: "log", GZ_SUFFIX: "gz", DIGEST_SUFFIX: "digest"}[match.group(2)]
-    return day, kind
+    return day, _KINDS[match.group(2)]

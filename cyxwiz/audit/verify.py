@@ -3,7 +3,11 @@
 Finds, with file and line: an edited record (content no longer matches its hash), a record rewritten
 with a recomputed hash (the next record no longer links to it), deleted records (sequence gap), reordered
 records, inserted or replayed records (a sequence number twice), malformed and torn lines; and per day:
-a missing, altered, truncated or forged day through the signed digests and their chain.
+a missing, altered, truncated or forged day through the signed digests and their chain; and for the
+whole log: every leaf of the Merkle tree recomputed from the records and compared with every signed
+checkpoint (the latest, the history, the digests, and any a party kept), so records cut off the end,
+whole days deleted, reordered or edited records and foreign signatures all fail. Only the pinned public
+key is trusted; nothing unsigned (``.head``, a file's age) ever excuses a missing record.
 
 Never raises on bad content: every oddity becomes a :class:`Problem` in the :class:`VerifyReport`.
 """
@@ -12,81 +16,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from enum import StrEnum
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cyxwiz.audit.digest import check_signature
+from cyxwiz.audit.prune import check_prune_marker
 from cyxwiz.audit.reader import DayFiles, day_files, read_checkpoint, read_file_bytes, split_lines
-from cyxwiz.audit.records import GENESIS, HEAD_FILE, Record, RecordFormatError, gz_name, log_name, parse_line
+from cyxwiz.audit.records import (
+    GENESIS,
+    HEAD_FILE,
+    Record,
+    RecordFormatError,
+    gz_name,
+    leaf_of,
+    log_name,
+    parse_line,
+)
+from cyxwiz.audit.report import MAX_PROBLEMS, Kind, Problem, VerifyReport
+from cyxwiz.audit.tree_checks import check_tree_and_checkpoints, collect_checkpoints
 from cyxwiz.errors import AuditError, NotFoundError
 
-MAX_PROBLEMS = 100
-
-
-class Kind(StrEnum):
-    EDITED = "edited"
-    REWRITTEN = "rewritten"
-    DELETED = "deleted"
-    REORDERED = "reordered"
-    INSERTED = "inserted"
-    MALFORMED = "malformed"
-    TORN = "torn"
-    TRUNCATED = "truncated"
-    DAY_MISSING = "day-missing"
-    DAY_ALTERED = "day-altered"
-    DIGEST_MISSING = "digest-missing"
-    DIGEST_INVALID = "digest-invalid"
-    DIGEST_CHAIN = "digest-chain"
-    UNREADABLE = "unreadable"
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: Kind
-    file: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.kind.value}: {self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "file": self.file, "line": self.line, "message": self.message}
-
-
-@dataclass
-class VerifyReport:
-    path: str
-    files: int = 0
-    records: int = 0
-    days: list[date] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def first(self) -> Problem | None:
-        return self.problems[0] if self.problems else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "files": self.files,
-            "records": self.records,
-            "days": [d.isoformat() for d in self.days],
-            "problems": [p.to_dict() for p in self.problems],
-            "warnings": self.warnings,
-        }
+__all__ = ["Kind", "Problem", "VerifyReport", "verify_log"]
+TAMPER_ACTION = "audit.tamper_detected"
 
 
 @dataclass
@@ -106,13 +62,11 @@ class _Chain:
 
 
 class _Verifier:
-    def __init__(
-        self, report: VerifyReport, *, public_key: Ed25519PublicKey | None, require_signed: bool
-    ) -> None:
+    def __init__(self, report: VerifyReport, *, public_key: Ed25519PublicKey) -> None:
         self.report = report
         self.public_key = public_key
-        self.require_signed = require_signed or public_key is not None
-        self.warned_unpinned = False
+        #: Leaf hashes of every record in file order (stored leaves stand in for pruned days).
+        self.leaves: list[bytes] = []
 
     def problem(self, kind: Kind, file: str, line: int | None, message: str) -> None:
         if len(self.report.problems) < MAX_PROBLEMS:
@@ -133,6 +87,7 @@ class _Verifier:
                 entries.append((lineno, f"not an audit record ({exc})"))
                 continue
             entries.append((lineno, rec))
+            self.leaves.append(leaf_of(raw))
             scan.later.setdefault(rec.seq, lineno)
             scan.linked.add(rec.prev)
         for lineno, entry in entries:
@@ -141,6 +96,11 @@ class _Verifier:
                 self.problem(kind, name, lineno, entry)
                 continue
             self.report.records += 1
+            if entry.event.get("action") == TAMPER_ACTION and entry.hash_ok:
+                reason = entry.event.get("details", {}).get("reason", "")
+                self.problem(
+                    Kind.TAMPER_ALERT, name, lineno, f"a writer found the log tampered with: {reason}"
+                )
             accept = self._check_one(scan, lineno, entry, chain)
             scan.seen.setdefault(entry.seq, (lineno, entry))
             if accept:
@@ -256,13 +216,9 @@ class _Verifier:
         if digest.get("day") != files.day.isoformat():
             self.problem(Kind.DIGEST_INVALID, name, None, f"digest is for day {digest.get('day')}")
         why = check_signature(digest, trusted=self.public_key)
-        if why is None and self.public_key is None and not self.warned_unpinned:
-            self.warned_unpinned = True
-            self.report.warnings.append("digests verified with the key inside them; pin it with --public-key")
-        if why == "digest is not signed" and not self.require_signed:
-            self.report.warnings.append(f"{name}: digest is not signed")
-        elif why is not None:
+        if why is not None:
             self.problem(Kind.DIGEST_INVALID, name, None, why)
+            return None
         return digest, raw
 
     def check_digest_chain(
@@ -290,7 +246,8 @@ class _Verifier:
             except ValueError:
                 self.problem(Kind.DIGEST_INVALID, name, None, "previous_day is not a date")
                 return
-            if missing not in all_days:
+            gone = all_days.get(missing)
+            if gone is None or (gone.data is None and gone.digest is None):
                 self.problem(
                     Kind.DAY_MISSING,
                     gz_name(missing),
@@ -326,14 +283,18 @@ class _Verifier:
 def verify_log(
     path: Path,
     *,
-    public_key: Ed25519PublicKey | None = None,
-    require_signed: bool = False,
-    retention_days: int = 7,
+    public_key: Ed25519PublicKey,
+    checkpoints: Sequence[bytes] = (),
+    origin: str | None = None,
 ) -> VerifyReport:
-    """Verify a log directory (all days, digests and their chain) or a single day file (its chain)."""
+    """Verify a log directory (all days, digests, the Merkle tree and every signed checkpoint) or a
+    single day file (its chain only), trusting ``public_key`` alone. ``checkpoints`` are signed notes a
+    party kept (``--checkpoint FILE``); ``origin`` pins the log's name in them."""
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise AuditError("verify needs the pinned Ed25519 public key of the audit log", field="public_key")
     path = Path(path)
     report = VerifyReport(path=str(path))
-    verifier = _Verifier(report, public_key=public_key, require_signed=require_signed)
+    verifier = _Verifier(report, public_key=public_key)
     if not path.exists():
         raise NotFoundError("no such audit log file or directory", path=str(path))
     if not path.is_dir():
@@ -346,32 +307,45 @@ def verify_log(
             return report
         verifier.check_records(path.name, data, _Chain(seq=None, prev=None))
         return report
-    _verify_directory(path, verifier, retention_days)
+    signed = collect_checkpoints(
+        path, key=public_key, extra=checkpoints, origin=origin, problem=verifier.problem
+    )
+    pruned = _verify_directory(path, verifier)
+    check_tree_and_checkpoints(
+        path, report=report, leaves=verifier.leaves, pruned=pruned, signed=signed, problem=verifier.problem
+    )
     return report
 
 
-def _verify_directory(path: Path, verifier: _Verifier, retention_days: int) -> None:
-    report = verifier.report
+def _verify_directory(path: Path, verifier: _Verifier) -> list[tuple[int, int, int]]:
+    """Walk the days; return the pruned ranges as (index in leaves, first seq, last seq)."""
     days = day_files(path)
-    report.days = list(days)
+    verifier.report.days = list(days)
     sealed = [d for d, f in days.items() if f.digest is not None]
     last_sealed = max(sealed) if sealed else None
-    # Retention counts from the chain's day (maintenance advances it even on days without events).
-    checkpoint = read_checkpoint(path)
-    newest = max([*days, *([checkpoint[0]] if checkpoint else [])], default=None)
     chain = _Chain(seq=1, prev=GENESIS, file="", line=0)
     previous: tuple[date, bytes] | None = None
+    pruned: list[tuple[int, int, int]] = []
     for day, files in days.items():
         loaded = verifier.load_digest(files)
         digest = loaded[0] if loaded else None
         if loaded is not None:
             verifier.check_digest_chain(files, loaded[0], previous, days)
-        elif files.digest is None and last_sealed is not None and day < last_sealed:
+        elif files.digest is None and last_sealed is not None and day < last_sealed and files.data:
             verifier.problem(
                 Kind.DIGEST_MISSING, f"audit-{day}.digest.json", None, "a later day is sealed, not this"
             )
-        pruned = newest is not None and day < newest - timedelta(days=retention_days)
-        _check_day_data(verifier, files, digest, chain, pruned=pruned)
+        if files.data is None and loaded is not None and files.pruned is not None:
+            why = check_prune_marker(files.pruned, day=day, digest=loaded[1], trusted=verifier.public_key)
+            if why is not None:
+                verifier.problem(Kind.DAY_MISSING, gz_name(day), None, f"log file deleted; {why}")
+            else:
+                first, last = loaded[0].get("first_seq"), loaded[0].get("last_seq")
+                if isinstance(first, int) and isinstance(last, int):
+                    pruned.append((len(verifier.leaves), first, last))
+                verifier.report.warnings.append(f"{day}: pruned locally after archiving (signed marker)")
+        else:
+            _check_day_data(verifier, files, digest, chain)
         if digest is not None:
             # The signed digest is authoritative for where the day ended: resynchronise on it, so a
             # damaged day is reported once and not again at the next day's first line.
@@ -380,11 +354,12 @@ def _verify_directory(path: Path, verifier: _Verifier, retention_days: int) -> N
                 chain.seq, chain.prev, chain.file, chain.line = last_seq + 1, last_hash, log_name(day), 0
         if loaded is not None:
             previous = (day, loaded[1])
-    _check_checkpoint(verifier, path, chain)
+    _check_head(verifier, path, chain)
+    return pruned
 
 
-def _check_checkpoint(verifier: _Verifier, path: Path, chain: _Chain) -> None:
-    """Records cut off the end of the open day leave a valid chain; the writers' checkpoint says more."""
+def _check_head(verifier: _Verifier, path: Path, chain: _Chain) -> None:
+    """The writers' unauthenticated ``.head``: never an excuse, but extra evidence when it says more."""
     checkpoint = read_checkpoint(path)
     if checkpoint is None or chain.seq is None:
         return
@@ -401,15 +376,16 @@ def _check_checkpoint(verifier: _Verifier, path: Path, chain: _Chain) -> None:
 
 
 def _check_day_data(
-    verifier: _Verifier, files: DayFiles, digest: dict[str, Any] | None, chain: _Chain, *, pruned: bool
+    verifier: _Verifier, files: DayFiles, digest: dict[str, Any] | None, chain: _Chain
 ) -> None:
     data_path = files.data
     if data_path is None:
-        if digest is not None and pruned:
-            verifier.report.warnings.append(f"{files.day}: pruned locally after archiving; chain continues")
-        elif digest is not None:
+        if digest is not None:
             verifier.problem(
-                Kind.DAY_MISSING, gz_name(files.day), None, "log file deleted (its signed digest remains)"
+                Kind.DAY_MISSING,
+                gz_name(files.day),
+                None,
+                "log file deleted (its signed digest remains; no signed prune marker says it was archived)",
             )
         return
     verifier.report.files += 1

@@ -29,6 +29,11 @@ CaDir = Annotated[Path | None, Opt("--ca-dir", help="Issuing CA dir: enables adm
 StateDir = Annotated[Path, Opt("--state-dir", help="Database and token key ring.")]
 DbUrl = Annotated[str | None, Opt("--db", help="SQLAlchemy URL (default: SQLite in the state dir).")]
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
+AuditKey = Annotated[
+    Path | None,
+    Opt("--audit-key", envvar="CYXWIZ_AUDIT_SIGNING_KEY", help="Ed25519 key (0600) signing the audit log."),
+]
+Dev = Annotated[bool, Opt("--dev", help="Development: a throw-away audit key if none is given (warned).")]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
 Out = Annotated[Path | None, Opt("--out", help="Write here instead of stdout.")]
@@ -45,6 +50,8 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
     state_dir: StateDir = Path(".cyxwiz/coordinator"),
     db_url: DbUrl = None,
     audit_dir: AuditDir = None,
+    audit_key: AuditKey = None,
+    dev_mode: Dev = False,
     host: Host = "127.0.0.1",
     port: Port = 8443,
 ) -> None:
@@ -61,7 +68,7 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
         crl, ca_dir = crl or dev.crl, ca_dir or dev.ca_dir
     if cert is None or key is None or bundle is None:
         raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
-    audit = AuditLog.open(audit_dir) if audit_dir is not None else None
+    audit = AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode) if audit_dir is not None else None
     handle = build_coordinator(
         cert=cert, key=key, trust_bundle=bundle, crl=crl, ca_dir=ca_dir, state_dir=state_dir,
         db_url=db_url, audit=audit, host=host, port=port,

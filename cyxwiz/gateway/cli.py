@@ -29,6 +29,11 @@ DbUrl = Annotated[
     ),
 ]
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
+AuditKey = Annotated[
+    Path | None,
+    Opt("--audit-key", envvar="CYXWIZ_AUDIT_SIGNING_KEY", help="Ed25519 key (0600) signing the audit log."),
+]
+Dev = Annotated[bool, Opt("--dev", help="Development: a throw-away audit key if none is given (warned).")]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
 TrustPolicyOpt = Annotated[
@@ -60,6 +65,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     upstream: Upstream = "http://127.0.0.1:4200",
     pool: Pool = "gpu",
     audit_dir: AuditDir = None,
+    audit_key: AuditKey = None,
+    dev_mode: Dev = False,
     host: Host = "127.0.0.1",
     port: Port = 8444,
     require_job_token: JobToken = True,
@@ -100,7 +107,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     # Rotation by the scheduled flow reaches this process without restart (B4).
     KeyRingReloader(ring=ring, path=keyring).start()
     verifier = TokenVerifier.from_keyring(ring, issuer=ISSUER, audience=AUDIENCE, revocations=store)
-    audit = AuditLog.open(audit_dir) if audit_dir is not None else None
+    audit = AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode) if audit_dir is not None else None
     server, _ = build_gateway(
         cert=cert, key=key, trust_bundle=bundle, crl=crl, upstream=upstream, pool=pool, verifier=verifier,
         audit=audit, host=host, port=port, require_job_token=require_job_token, policy=federation,

@@ -30,9 +30,14 @@ def clock() -> ManualClock:
     return ManualClock(datetime(2026, 11, 20, 23, 0, tzinfo=UTC))
 
 
+#: One audit key for the whole test session: every log a test opens is signed by it, and the
+#: ``signing_key`` fixture is the same key, so its public half is the verifier's pinned key.
+TEST_KEY = Ed25519PrivateKey.generate()
+
+
 @pytest.fixture
 def signing_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
+    return TEST_KEY
 
 
 @pytest.fixture
@@ -59,7 +64,7 @@ def sample_event(i: int = 0, at: datetime | None = None) -> events.SecurityEvent
 
 
 def build_log(
-    log_dir: Path, clock: ManualClock, key: Ed25519PrivateKey | None, *, days: int = 4, per_day: int = 5
+    log_dir: Path, clock: ManualClock, key: Ed25519PrivateKey, *, days: int = 4, per_day: int = 5
 ) -> list[Path]:
     """A log of ``days`` days with ``per_day`` records each; all but the last day sealed and gzipped.
 

@@ -11,7 +11,7 @@ from cyxwiz.audit import AuditArchive, AuditLog, LocalDirectoryArchive, ObjectSt
 from cyxwiz.audit.verify import verify_log
 from cyxwiz.errors import AuditError
 from cyxwiz.storage import LocalObjectStore, MasterKey, layout
-from tests.audit.conftest import ManualClock, sample_event
+from tests.audit.conftest import TEST_KEY, ManualClock, sample_event
 
 DAY1 = date(2026, 11, 20)
 
@@ -22,7 +22,9 @@ def test_object_store_archive_uses_the_storage_layout_and_encrypts(
     store = LocalObjectStore(root=tmp_path / "store", master_key=MasterKey.generate())
     archive = ObjectStoreArchive(store=store)
     assert isinstance(archive, AuditArchive)
-    with AuditLog.open(log_dir, clock=clock, archive=archive, auto_maintain=False) as log:
+    with AuditLog.open(
+        log_dir, signing_key=TEST_KEY, clock=clock, archive=archive, auto_maintain=False
+    ) as log:
         for _ in range(10):
             log.record(sample_event(1))
             clock.advance(days=1)
@@ -36,7 +38,7 @@ def test_object_store_archive_uses_the_storage_layout_and_encrypts(
     # Client-side encryption: the plaintext gzip never sits in the store's files.
     stored = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert gz not in stored
-    assert verify_log(log_dir).ok
+    assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
 
 
 def test_local_archive_refuses_keys_that_climb(tmp_path: Path) -> None:

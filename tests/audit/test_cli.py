@@ -37,6 +37,7 @@ def test_verify_ok_exits_zero(files: list[Path], log_dir: Path, pubkey: Path) ->
     result = runner.invoke(app, ["audit", "verify", str(log_dir), "--public-key", str(pubkey)])
     assert result.exit_code == 0, result.output
     assert "OK: 12 records in 3 files over 3 days" in result.output
+    assert "signed checkpoints hold; checkpoint size 12 root " in result.output
 
 
 def test_verify_names_file_and_line_and_exits_one(files: list[Path], log_dir: Path, pubkey: Path) -> None:
@@ -48,7 +49,7 @@ def test_verify_names_file_and_line_and_exits_one(files: list[Path], log_dir: Pa
 
 def test_verify_json_report(files: list[Path], log_dir: Path, pubkey: Path) -> None:
     edit_lines(files[2], lambda ls: [*ls[:1], ls[1].replace(b"user-", b"evil-"), *ls[2:]])
-    result = runner.invoke(app, ["audit", "verify", str(log_dir), "--json"])
+    result = runner.invoke(app, ["audit", "verify", str(log_dir), "--public-key", str(pubkey), "--json"])
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["ok"] is False
@@ -70,11 +71,14 @@ def test_verify_with_a_wrong_pinned_key_fails(files: list[Path], log_dir: Path, 
     result = runner.invoke(app, ["audit", "verify", str(log_dir), "--public-key", str(other)])
     assert result.exit_code == 1
     assert "signed by another key" in result.output
+    unpinned = runner.invoke(app, ["audit", "verify", str(log_dir)])
+    assert unpinned.exit_code == 2 and "error: --public-key: verification needs the pinned" in unpinned.stderr
 
 
 def test_verify_reads_the_env_var_and_refuses_missing_path(
-    files: list[Path], log_dir: Path, monkeypatch: pytest.MonkeyPatch
+    files: list[Path], log_dir: Path, monkeypatch: pytest.MonkeyPatch, pubkey: Path
 ) -> None:
+    monkeypatch.setenv("CYXWIZ_AUDIT_PUBLIC_KEY", str(pubkey))
     monkeypatch.setenv("CYXWIZ_AUDIT_DIR", str(log_dir))
     assert runner.invoke(app, ["audit", "verify"]).exit_code == 0
     monkeypatch.delenv("CYXWIZ_AUDIT_DIR")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cyxwiz.audit import AuditLog
 from cyxwiz.audit.reader import iter_events
 from cyxwiz.audit.verify import verify_log
-from tests.audit.conftest import ManualClock, sample_event
+from tests.audit.conftest import TEST_KEY, ManualClock, sample_event
 
 PER_WORKER = 300
 
@@ -22,7 +22,7 @@ _CHILD = """
 import sys
 from pathlib import Path
 from cyxwiz.audit import AuditLog, events
-log = AuditLog.open(Path(sys.argv[1]), auto_maintain=False)
+log = AuditLog.open(Path(sys.argv[1]), signing_key=Path(sys.argv[4]), auto_maintain=False)
 for i in range(int(sys.argv[2])):
     log.record(events.data_access(actor_id="spawned-" + sys.argv[3], actor_type="service", resource="r",
                                   action="a", details={"i": i}))
@@ -53,8 +53,12 @@ def test_processes_and_threads_append_to_one_verifiable_chain(
     log.record(sample_event(0))  # the parent holds an open file and a cached head before forking
     ctx = multiprocessing.get_context("fork")
     forked = [ctx.Process(target=_forked_writer, args=(log, w)) for w in range(1, 4)]
+    from cyxwiz.pki.keys import write_private_key
+
+    key_file = log_dir.parent / "audit-key.pem"
+    write_private_key(key_file, signing_key)
     spawned = [
-        subprocess.Popen([sys.executable, "-c", _CHILD, str(log_dir), str(PER_WORKER), str(n)])
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(log_dir), str(PER_WORKER), str(n), str(key_file)])
         for n in range(2)
     ]
     for p in forked:
@@ -68,7 +72,7 @@ def test_processes_and_threads_append_to_one_verifiable_chain(
         assert sp.wait(60) == 0
     log.close()
 
-    report = verify_log(log_dir)
+    report = verify_log(log_dir, public_key=TEST_KEY.public_key())
     assert report.ok, report.problems[:3]
     total = 1 + PER_WORKER + 3 * PER_WORKER + 2 * PER_WORKER
     assert report.records == total

@@ -20,6 +20,7 @@ def test_h1_fields_and_types_serialise() -> None:
     ev = events.auth_attempt(actor_id="u1", actor_type="user", success=False, method="jwt", ip_address="::1")
     data = json.loads(ev.model_dump_json())
     assert set(data) == {
+        "event_id",
         "timestamp",
         "event_type",
         "actor_id",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cyxwiz.audit.query import EventFilter, query
 from cyxwiz.audit.verify import VerifyReport, verify_log
-from tests.audit.conftest import ManualClock, build_log
+from tests.audit.conftest import TEST_KEY, ManualClock, build_log
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -23,12 +23,8 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datetime import UTC, datetime
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     root = tmp_path_factory.mktemp("pristine") / "audit"
-    build_log(
-        root, ManualClock(datetime(2026, 11, 20, tzinfo=UTC)), Ed25519PrivateKey.generate(), days=2, per_day=6
-    )
+    build_log(root, ManualClock(datetime(2026, 11, 20, tzinfo=UTC)), TEST_KEY, days=2, per_day=6)
     return root
 
 
@@ -91,10 +87,10 @@ def test_any_change_to_the_open_day_is_reported(
     original = target.read_bytes()
     mutated = _mutate(original, ops)
     target.write_bytes(mutated)
-    report = verify_log(root)
+    report = verify_log(root, public_key=TEST_KEY.public_key())
     _assert_clear(report)
     assert report.ok == (mutated == original)
-    single = verify_log(target)  # the lone-file mode must not crash either
+    single = verify_log(target, public_key=TEST_KEY.public_key())  # the lone-file mode must not crash either
     _assert_clear(single)
     query(root, EventFilter(), errors=[])
 
@@ -115,7 +111,7 @@ def test_corrupted_closed_day_is_reported(
         mutated = _mutate(original, ops)
         target.write_bytes(gzip.compress(mutated, mtime=0))
         changed = mutated != original
-    report = verify_log(root)
+    report = verify_log(root, public_key=TEST_KEY.public_key())
     _assert_clear(report)
     if changed and not compressed:
         assert not report.ok
@@ -139,7 +135,7 @@ def test_garbage_digest_files_are_reported(
     if keep_keys and isinstance(digest, dict):
         digest = {**json.loads(path.read_bytes()), **digest}
     path.write_text(json.dumps(digest))
-    report = verify_log(root)
+    report = verify_log(root, public_key=TEST_KEY.public_key())
     _assert_clear(report)
 
 
@@ -156,6 +152,6 @@ def test_random_bytes_as_any_log_file(tmp_path: Path, data: bytes) -> None:
         ".head",
     ):
         (root / name).write_bytes(data)
-    report = verify_log(root)
+    report = verify_log(root, public_key=TEST_KEY.public_key())
     _assert_clear(report)
     query(root, EventFilter(), errors=[])

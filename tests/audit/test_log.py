@@ -12,7 +12,7 @@ import pytest
 from cyxwiz.audit import AuditLog, AuditSink, MemorySink, events
 from cyxwiz.audit.records import GENESIS, parse_line
 from cyxwiz.errors import AuditError, ConfigError
-from tests.audit.conftest import ManualClock, sample_event
+from tests.audit.conftest import TEST_KEY, ManualClock, sample_event
 
 
 def _records(path: Path) -> list[dict[str, object]]:
@@ -43,9 +43,9 @@ def test_audit_log_and_memory_sink_satisfy_the_sink_protocol(audit_log: AuditLog
 
 
 def test_reopen_continues_the_chain(log_dir: Path, clock: ManualClock) -> None:
-    with AuditLog.open(log_dir, clock=clock, auto_maintain=False) as log:
+    with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as log:
         log.record(sample_event(1))
-    with AuditLog.open(log_dir, clock=clock, auto_maintain=False) as log:
+    with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as log:
         log.record(sample_event(2))
     recs = [parse_line(r) for r in (log_dir / "audit-2026-11-20.jsonl").read_bytes().splitlines()]
     assert [r.seq for r in recs] == [1, 2] and recs[1].prev == recs[0].hash
@@ -54,8 +54,8 @@ def test_reopen_continues_the_chain(log_dir: Path, clock: ManualClock) -> None:
 def test_two_handles_in_one_process_interleave_without_forking_the_chain(
     log_dir: Path, clock: ManualClock
 ) -> None:
-    a = AuditLog.open(log_dir, clock=clock, auto_maintain=False)
-    b = AuditLog.open(log_dir, clock=clock, auto_maintain=False)
+    a = AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False)
+    b = AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False)
     for i in range(10):
         (a if i % 2 else b).record(sample_event(i))
     a.close()
@@ -98,8 +98,8 @@ def test_a_writer_with_a_slow_clock_never_forks_the_chain_into_an_old_day(log_di
     fast = ManualClock(datetime(2026, 11, 21, 0, 0, 1, tzinfo=UTC))
     slow = ManualClock(datetime(2026, 11, 20, 23, 59, 59, tzinfo=UTC))
     with (
-        AuditLog.open(log_dir, clock=fast, auto_maintain=False) as a,
-        AuditLog.open(log_dir, clock=slow, auto_maintain=False) as b,
+        AuditLog.open(log_dir, signing_key=TEST_KEY, clock=fast, auto_maintain=False) as a,
+        AuditLog.open(log_dir, signing_key=TEST_KEY, clock=slow, auto_maintain=False) as b,
     ):
         a.record(sample_event(1))
         b.record(sample_event(2))
@@ -115,7 +115,7 @@ def test_torn_tail_is_terminated_and_chain_continues_from_last_intact_record(
     path = log_dir / "audit-2026-11-20.jsonl"
     with path.open("ab") as fh:
         fh.write(b'{"hash":"abc')  # a writer process crashed mid-write
-    with AuditLog.open(log_dir, clock=clock, auto_maintain=False) as restarted:
+    with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as restarted:
         restarted.record(sample_event(2))
     lines = path.read_bytes().splitlines()
     assert lines[1] == b'{"hash":"abc'
@@ -128,13 +128,15 @@ def test_failed_write_makes_every_writer_reread_the_tail(
 ) -> None:
     import os as _os
 
-    other = AuditLog.open(log_dir, clock=clock, auto_maintain=False)
+    other = AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False)
     other.record(sample_event(1))
     audit_log.record(sample_event(2))
     path = log_dir / "audit-2026-11-20.jsonl"
     real_write = _os.write
 
     def disk_full(fd: int, data: bytes) -> int:
+        if bytes(data[:2]) != b'{"':
+            return real_write(fd, data)  # the Merkle nodes go through; the record line does not
         real_write(fd, bytes(data)[:7])  # a partial line, then ENOSPC
         raise OSError(28, "No space left on device")
 
@@ -147,6 +149,11 @@ def test_failed_write_makes_every_writer_reread_the_tail(
     lines = path.read_bytes().splitlines()
     assert len(lines[2]) == 7
     assert parse_line(lines[3]).seq == 3 and parse_line(lines[3]).prev == parse_line(lines[1]).hash
+    # The tree got the failed record's leaf before the line failed: the next writer cut it back.
+    from cyxwiz.audit.verify import Kind, verify_log
+
+    report = verify_log(log_dir, public_key=TEST_KEY.public_key())
+    assert [p.kind for p in report.problems] == [Kind.MALFORMED]
 
 
 def test_oversized_details_are_replaced_by_a_size_note(audit_log: AuditLog, log_dir: Path) -> None:
@@ -164,12 +171,12 @@ def test_closed_log_refuses_and_bad_config_is_typed(audit_log: AuditLog, log_dir
     with pytest.raises(AuditError):
         audit_log.record(sample_event())
     with pytest.raises(ConfigError) as err:
-        AuditLog(directory=log_dir, retention_days=0)
+        AuditLog(directory=log_dir, signing_key=TEST_KEY, retention_days=0)
     assert err.value.field == "retention_days"
     file_in_the_way = log_dir.parent / "plainfile"
     file_in_the_way.write_text("x")
     with pytest.raises(AuditError):
-        AuditLog.open(file_in_the_way)
+        AuditLog.open(file_in_the_way, signing_key=TEST_KEY)
 
 
 def test_from_env(tmp_path: Path, signing_key: object) -> None:

@@ -13,7 +13,7 @@ from cyxwiz.audit import AuditLog, LocalDirectoryArchive
 from cyxwiz.audit.archive import archive_key
 from cyxwiz.audit.digest import check_signature
 from cyxwiz.audit.verify import verify_log
-from tests.audit.conftest import ManualClock, sample_event
+from tests.audit.conftest import TEST_KEY, ManualClock, sample_event
 
 DAY1 = date(2026, 11, 20)
 
@@ -36,7 +36,11 @@ def test_rotation_across_midnight_seals_and_gzips_the_closed_day(
     assert _names(log_dir) == {
         "audit-2026-11-20.jsonl.gz",
         "audit-2026-11-20.digest.json",
+        "audit-2026-11-20.checkpoints.jsonl",
         "audit-2026-11-21.jsonl",
+        "audit-2026-11-21.checkpoints.jsonl",
+        "merkle.tree",
+        "checkpoint",
     }
     day1 = gzip.decompress((log_dir / "audit-2026-11-20.jsonl.gz").read_bytes())
     assert len(day1.splitlines()) == 2
@@ -103,7 +107,9 @@ def test_rollover_triggers_background_maintenance(
 
 def test_closed_days_are_archived(log_dir: Path, clock: ManualClock, tmp_path: Path) -> None:
     archive = LocalDirectoryArchive(root=tmp_path / "archive")
-    with AuditLog.open(log_dir, clock=clock, archive=archive, auto_maintain=False) as log:
+    with AuditLog.open(
+        log_dir, signing_key=TEST_KEY, clock=clock, archive=archive, auto_maintain=False
+    ) as log:
         log.record(sample_event(1))
         clock.advance(days=1)
         assert log.maintain().archived == [DAY1]
@@ -145,7 +151,11 @@ def test_retention_keeps_days_the_archive_does_not_hold(
             return "2026-11-21" not in key and super().exists(key)
 
     with AuditLog.open(
-        log_dir, clock=clock, archive=ForgetfulArchive(root=tmp_path / "a"), auto_maintain=False
+        log_dir,
+        signing_key=TEST_KEY,
+        clock=clock,
+        archive=ForgetfulArchive(root=tmp_path / "a"),
+        auto_maintain=False,
     ) as log:
         _days_of_logs(log, clock, 10)
         report = log.maintain()
@@ -155,7 +165,7 @@ def test_retention_keeps_days_the_archive_does_not_hold(
 
 
 def test_without_an_archive_nothing_is_ever_deleted(log_dir: Path, clock: ManualClock) -> None:
-    with AuditLog.open(log_dir, clock=clock, auto_maintain=False) as log:
+    with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as log:
         _days_of_logs(log, clock, 10)
         assert log.maintain().pruned == []
     assert len(list(log_dir.glob("*.jsonl.gz"))) == 10

@@ -34,7 +34,11 @@ def control_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
     MasterKey.generate().write(tmp_path / "master.key")
     monkeypatch.setenv("CYXWIZ_STORE_MASTER_KEY_FILE", str(tmp_path / "master.key"))
-    monkeypatch.delenv("CYXWIZ_AUDIT_SIGNING_KEY", raising=False)
+    from cyxwiz.pki.keys import generate_ed25519, write_private_key
+
+    write_private_key(tmp_path / "audit-key.pem", generate_ed25519())
+    monkeypatch.setenv("CYXWIZ_AUDIT_SIGNING_KEY", str(tmp_path / "audit-key.pem"))
+    monkeypatch.delenv("CYXWIZ_AUDIT_PUBLIC_KEY", raising=False)
     services.reset()
     yield config
     services.reset()

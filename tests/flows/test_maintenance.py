@@ -45,7 +45,7 @@ def test_audit_maintenance_fails_loudly_on_tampering(
         log.record(events.auth_attempt(actor_id=f"node-{n}", actor_type="node", success=True, method="mtls"))
     log.close()
     services.audit.cache_clear()
-    day_file = next(p for p in control_plane.audit_dir.iterdir() if p.name.endswith(".jsonl"))
+    day_file = next(control_plane.audit_dir.glob("audit-????-??-??.jsonl"))
     lines = day_file.read_bytes().splitlines(keepends=True)
     day_file.write_bytes(b"".join([lines[0], lines[2]]))  # delete the middle record
     state = audit_maintenance(return_state=True)

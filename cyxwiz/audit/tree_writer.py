@@ -1,0 +1,144 @@
+"""A writer's side of the Merkle tree: frontier in memory, nodes batched to ``merkle.tree`` (SPEC H4).
+
+Appending a record costs a leaf hash, about one node hash and a few bytes in a buffer; the buffer goes to
+disk in one ``write(2)`` per :data:`FLUSH_BYTES`, before every checkpoint is signed (so the stored tree
+always covers every signed checkpoint: proofs never wait), at rotation and at close. The records are the
+truth and the tree is derived from them, so a buffer lost in a crash, or made stale because another
+process appended and caught the tree up first, costs nothing but a catch-up: the next writer hashes the
+records the tree lacks from the end of the open day (:meth:`TreeWriter.sync`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cyxwiz.audit.merkle import HASH_SIZE, Frontier, node_hash, nodes_for
+from cyxwiz.audit.reader import iter_raw_records, split_lines
+from cyxwiz.audit.records import RecordFormatError, leaf_of, parse_line
+from cyxwiz.audit.tree import TreeFile, size_for_nodes
+from cyxwiz.errors import AuditIntegrityError
+
+#: About 64 records' nodes: bounds what a crash or a hand-over to another process costs to recompute.
+FLUSH_BYTES = 64 * 2 * HASH_SIZE
+_CATCH_UP_CHUNK = 4 * 1024 * 1024
+
+
+class TreeWriter:
+    def __init__(self, *, directory: Path) -> None:
+        self.directory = directory
+        self.file = TreeFile.open(directory, writable=True)
+        self.frontier: Frontier | None = None  # None: unknown, reload from the file
+        self._pending = bytearray()
+        self._flushed_nodes = -1  # node count of the file as we last left it
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size if self.frontier is not None else -1
+
+    def add(self, leaf: bytes) -> None:
+        """Append one leaf (the caller holds the write lock and synced first)."""
+        frontier = self.frontier
+        assert frontier is not None
+        pending = self._pending
+        pending += leaf
+        levels, hashes = frontier.levels, frontier.hashes
+        level, node = 0, leaf
+        while levels and levels[-1] == level:
+            levels.pop()
+            node = node_hash(hashes.pop(), node)
+            level += 1
+            pending += node
+        levels.append(level)
+        hashes.append(node)
+        frontier.size += 1
+        if len(pending) >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write the buffered nodes; False (and forget everything) if the file moved unexpectedly.
+
+        A process that only synced (a checkpoint, a close) may have caught the file up with nodes that
+        are in our buffer too: positions are deterministic, so those are skipped, never written twice.
+        """
+        if not self._pending:
+            return True
+        stored = self.file.stored_nodes()
+        start, count = self._flushed_nodes, len(self._pending) // HASH_SIZE
+        if not start <= stored <= start + count:
+            self.forget()
+            return False
+        self.file.append((bytes(self._pending[(stored - start) * HASH_SIZE :]),))
+        self._flushed_nodes = start + count
+        self._pending.clear()
+        return True
+
+    def forget(self) -> None:
+        """Something failed mid-record: reload from the file next time."""
+        self.frontier = None
+        self._pending.clear()
+        self._flushed_nodes = -1
+
+    def sync(self, n: int, day_fd: int) -> None:
+        """Under the write lock: make the stored tree hold exactly records 1..``n`` and load the frontier.
+
+        ``day_fd`` is the open day file, where the records a lagging tree lacks normally are.
+        """
+        self.flush()  # our buffered nodes, unless another writer already went past them
+        stored = self.file.stored_nodes()
+        if self.frontier is not None and self.frontier.size == n and stored == nodes_for(n):
+            self._flushed_nodes = stored
+            return
+        have = min(size_for_nodes(stored), n)
+        if stored != nodes_for(have):
+            self.file.truncate(have)  # nodes of a record that never landed, or a torn write
+        frontier = self.file.frontier(have)
+        if have < n:
+            leaves = _tail_leaves(day_fd, have, n) or _all_leaves(self.directory, have, n)
+            if len(leaves) != n - have:
+                raise AuditIntegrityError(
+                    f"the Merkle tree covers {have} records but the log has {n}, and the records needed to "
+                    "rebuild it are gone; run `cyxwiz audit verify`",
+                    path=str(self.file.path),
+                    rule="H4",
+                )
+            made = bytearray()
+            for leaf in leaves:
+                for node in frontier.append(leaf):
+                    made += node
+            self.file.append((bytes(made),))
+        self.frontier = frontier
+        self._flushed_nodes = nodes_for(n)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _tail_leaves(fd: int, have: int, n: int) -> list[bytes]:
+    """Leaves of records have+1..n from the end of the open day file, or [] if they are not all there."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - _CATCH_UP_CHUNK)
+    lines = list(split_lines(os.pread(fd, size - start, start)))
+    if start > 0 and lines:
+        lines = lines[1:]  # maybe a partial line
+    found: list[tuple[int, bytes]] = []
+    for _, raw, terminated in lines:
+        if not terminated:
+            continue
+        try:
+            seq = parse_line(raw).seq
+        except RecordFormatError:
+            continue
+        if seq > have:
+            found.append((seq, raw))
+    if [s for s, _ in found] != list(range(have + 1, n + 1)):
+        return []
+    return [leaf_of(raw) for _, raw in found]
+
+
+def _all_leaves(directory: Path, have: int, n: int) -> list[bytes]:
+    leaves: list[bytes] = []
+    for seq, raw in iter_raw_records(directory):
+        if seq == have + len(leaves) + 1 and seq <= n:
+            leaves.append(leaf_of(raw))
+    return leaves
