@@ -85,6 +85,7 @@ _TABLE: tuple[Rule, ...] = (
     # coordinator: nodes
     _rule("nodes.register", C.CERTIFICATE, "node", None, R.SELF),
     _rule("nodes.heartbeat", C.SESSION, "node", P.JOB_ACCEPT, R.SELF),
+    _rule("nodes.renew", C.SESSION, "node", P.JOB_ACCEPT, R.SELF),
     # coordinator: tokens
     _rule("tokens.login", C.CERTIFICATE, "user", None, R.SELF),
     _rule("tokens.refresh", C.REFRESH, _ALL, None, R.SELF),

@@ -19,6 +19,7 @@ from cyxwiz.coordinator.auth import Authenticator
 from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.problems import install_handlers, send_problem
+from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.routes import admin, datasets, jobs, nodes, tokens, wallet
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.tokens.issuer import TokenIssuer
@@ -39,6 +40,7 @@ def create_app(
     ip_rate: tuple[float, int] = (100.0, 200),
     max_body: int = 1 << 20,
     close_peer: Callable[[str], None] | None = None,
+    renewer: NodeCertIssuer | None = None,
 ) -> GuardMiddleware:
     """The coordinator ASGI app (FastAPI inside body/IP guards). Serve it with :class:`MTLSServer`."""
     auth = Authenticator(
@@ -57,6 +59,7 @@ def create_app(
         audit=audit,
         revoker=revoker,
         close_peer=close_peer,
+        renewer=renewer,
     )
     install_handlers(app, audit=audit)
     for module in (nodes, tokens, jobs, datasets, wallet, admin):

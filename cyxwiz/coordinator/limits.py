@@ -142,3 +142,74 @@ class GuardMiddleware:
             return await receive()  # type: ignore[no-any-return]
 
         await self.app(scope, replay, send)
+
+
+class RefusalCap:
+    """An audit sink in front of another that keeps a refusal flood from filling the log (SPEC I, H2).
+
+    Successes always pass. Refusals pass up to ``per_minute`` per actor and minute; the rest of that
+    minute is counted and written as one ``audit.refusals-suppressed`` summary per actor when the minute
+    is over (at the next event, or :meth:`flush`), so the log still says how many there were.
+    """
+
+    def __init__(
+        self, inner: Any, *, per_minute: int = 120, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if per_minute < 1:
+            raise ConfigError("per_minute must be >= 1", field="per_minute", rule="I")
+        self.inner = inner
+        self.per_minute = per_minute
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._window = int(clock() // 60)
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def record(self, event: Any) -> None:
+        if str(getattr(event.outcome, "value", event.outcome)) == "success":
+            self.inner.record(event)
+            return
+        key = (event.actor_id, str(getattr(event.actor_type, "value", event.actor_type)))
+        with self._lock:
+            summaries = self._roll()
+            count = self._counts[key] = self._counts.get(key, 0) + 1
+        for summary in summaries:
+            self.inner.record(summary)
+        if count <= self.per_minute:
+            self.inner.record(event)
+
+    def flush(self) -> None:
+        """Write the summaries of the minute in progress now (at shutdown)."""
+        with self._lock:
+            summaries = self._summaries()
+            self._counts = {}
+        for summary in summaries:
+            self.inner.record(summary)
+
+    def _roll(self) -> list[Any]:
+        window = int(self.clock() // 60)
+        if window == self._window:
+            return []
+        summaries = self._summaries()
+        self._window, self._counts = window, {}
+        return summaries
+
+    def _summaries(self) -> list[Any]:
+        from cyxwiz.audit import events as ev
+
+        return [
+            ev.make_event(
+                event_type=ev.EventType.AUTHORIZATION,
+                actor_id=actor,
+                actor_type=ev.ActorType(actor_type),
+                resource="audit",
+                action="audit.refusals-suppressed",
+                outcome=ev.Outcome.DENIED,
+                details={
+                    "suppressed": count - self.per_minute,
+                    "refusals": count,
+                    "per_minute": self.per_minute,
+                },
+            )
+            for (actor, actor_type), count in self._counts.items()
+            if count > self.per_minute
+        ]

@@ -34,6 +34,11 @@ class HeartbeatRequest(_Strict):
     load: dict[str, float] = Field(default_factory=dict, max_length=32)
 
 
+class RenewRequest(_Strict):
+    #: PEM CSR made with a new Ed25519 key, same common name as the current certificate.
+    csr: str = Field(max_length=8192)
+
+
 class RefreshRequest(_Strict):
     refresh_token: str = Field(max_length=8192)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.api import create_app
 from cyxwiz.coordinator.hooks import BasicHooks, CoordinatorHooks
-from cyxwiz.coordinator.limits import GuardMiddleware
+from cyxwiz.coordinator.limits import GuardMiddleware, RefusalCap
+from cyxwiz.coordinator.renewal import DEFAULT_LIFETIME, NodeCertIssuer
 from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
 from cyxwiz.coordinator.watch import CoordinatorWatch
 from cyxwiz.tokens.issuer import TokenIssuer
@@ -116,12 +118,14 @@ def build_coordinator(
     require_client_cert: bool = False,
     keyring: KeyRing | None = None,
     crl_push: Sequence[Callable[[bytes], None]] = (),
+    node_cert_lifetime: dt.timedelta = DEFAULT_LIFETIME,
     **app_options: Any,
 ) -> CoordinatorHandle:
     """Wire a coordinator without starting it. Users may come without a client certificate
     (``require_client_cert=False``); node endpoints still demand one and a certificate that is presented
     is always verified, CRL included."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    audit = RefusalCap(audit) if audit is not None else None  # a refusal flood cannot fill the log (I)
     store = CoordinatorStore.from_url(db_url or f"sqlite:///{state_dir / 'coordinator.db'}")
     ring = keyring if keyring is not None else load_or_create_keyring(state_dir / "keyring")
     issuer = TokenIssuer(keyring=ring, issuer=ISSUER, audience=AUDIENCE, audit=audit)
@@ -136,6 +140,7 @@ def build_coordinator(
     )
     revoker = CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push)) if ca_dir is not None else None
     app = create_app(
+        renewer=NodeCertIssuer(ca_dir=ca_dir, lifetime=node_cert_lifetime) if ca_dir is not None else None,
         close_peer=lambda peer_id: _close_peer(tls, peer_id),
         store=store,
         issuer=issuer,

@@ -42,6 +42,15 @@ sessions = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: Earlier certificates of a node (renewed, not revoked): they keep working until they expire, so jobs
+#: in flight when the node switched to its new certificate are not dropped (A7 automatic renewal).
+node_peers = sa.Table(
+    "cyx_node_peers",
+    metadata,
+    sa.Column("peer_id", sa.String(128), primary_key=True),
+    sa.Column("node_id", sa.String(64), nullable=False, index=True),
+    sa.Column("cert_serial", sa.String(64), nullable=False),
+)
 #: The client certificate a session was opened with, so revoking the certificate kills its family.
 session_certs = sa.Table(
     "cyx_session_certs",
@@ -214,9 +223,40 @@ class CoordinatorStore:
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node_by_peer(self, peer_id: str) -> NodeRecord | None:
+        """The node whose current (or earlier, renewed-from) certificate has this PeerID."""
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
+            if row is None:
+                earlier = sa.select(node_peers.c.node_id).where(node_peers.c.peer_id == peer_id)
+                row = conn.execute(sa.select(nodes).where(nodes.c.node_id.in_(earlier))).first()
             return _node(row) if row is not None else None
+
+    def renew_node(self, node_id: str, *, peer_id: str, cert_serial: str) -> NodeRecord:
+        """The node's new certificate becomes current; the one it replaces stays the node's until it
+        expires. A PeerID already known (key reuse, or another node's) is refused."""
+        with self._tx() as conn:
+            taken = conn.execute(sa.select(nodes.c.node_id).where(nodes.c.peer_id == peer_id)).first()
+            taken = (
+                taken
+                or conn.execute(
+                    sa.select(node_peers.c.node_id).where(node_peers.c.peer_id == peer_id)
+                ).first()
+            )
+            if taken is not None:
+                raise ConflictError("this key is already certified: a renewal needs a new key", field="csr")
+            row = conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one()
+            old = row._mapping
+            conn.execute(
+                node_peers.insert().values(
+                    peer_id=old["peer_id"], node_id=node_id, cert_serial=old["cert_serial"]
+                )
+            )
+            conn.execute(
+                nodes.update()
+                .where(nodes.c.node_id == node_id)
+                .values(peer_id=peer_id, cert_serial=cert_serial)
+            )
+            return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node(self, node_id: str) -> NodeRecord:
         with self._tx() as conn:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cyxwiz.audit import AuditSink
-from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
+from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter, RefusalCap
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.gateway.proxy import Gateway
 from cyxwiz.gateway.standing import RevocationWatch, Standing
@@ -35,9 +35,12 @@ def build_gateway(
     node_rate: tuple[float, int] = (50.0, 200),
     standing: Standing | None = None,
     revocation_interval: float = 0.5,
+    refusals_per_minute: int = 120,
     policy: PeerPolicy | None = None,
 ) -> tuple[MTLSServer, Gateway]:
     """The gateway listener (client certificates required, CRL hot reload) and its proxy app."""
+    # A refusal flood (a hostile node hammering forged events) cannot fill the audit log.
+    audit = RefusalCap(audit, per_minute=refusals_per_minute) if audit is not None else None
     gateway = Gateway(
         upstream=upstream,
         pool=pool,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Depends, Request
 
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.access import Access, Allow, coordinator
-from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest
-from cyxwiz.errors import AuthorizationError
+from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest, RenewRequest
+from cyxwiz.errors import AuthorizationError, ConflictError
+from cyxwiz.transport.identity import PeerIdentity
 
 router = APIRouter(tags=["nodes"])
 
@@ -54,3 +56,41 @@ def heartbeat(
     ctx.store.heartbeat(caller.principal_id)
     node = ctx.store.node(caller.principal_id)
     return {"node_id": node.node_id, "status": node.status, "drain": node.status == "draining"}
+
+
+@router.post("/v1/nodes/renew")
+def renew(
+    body: RenewRequest, request: Request, access: Annotated[Access, Depends(Allow("nodes.renew"))]
+) -> dict[str, Any]:
+    """A new certificate for the node's new key, over its current identity (A7); a session bound to it."""
+    ctx, caller = coordinator(request), access.who
+    assert caller.peer is not None and caller.node is not None
+    if ctx.renewer is None:
+        raise ConflictError("no CA configured for renewal", field="csr")
+    cert = ctx.renewer.sign(body.csr, current=caller.peer)
+    new = PeerIdentity.from_certificate(cert)
+    node = ctx.store.renew_node(caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"))
+    ctx.record(
+        ev.make_event(
+            event_type=ev.EventType.AUTHENTICATION,
+            actor_id=node.node_id,
+            actor_type=ev.ActorType.NODE,
+            resource=f"node:{node.node_id}",
+            action="certificate.renew",
+            outcome=ev.Outcome.SUCCESS,
+            ip_address=caller.ip,
+            details={
+                "old_peer_id": caller.peer.peer_id,
+                "peer_id": new.peer_id,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
+        )
+    )
+    tokens = ctx.open_session(node=node, user_id=None, role="node", peer=new)
+    return {
+        "node_id": node.node_id,
+        "peer_id": new.peer_id,
+        "certificate": cert.public_bytes(Encoding.PEM).decode(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        **tokens.model_dump(),
+    }

@@ -1,0 +1,116 @@
+"""Node certificates renew themselves over the node's current mTLS identity (issue 18; SPEC A7, A5, C2).
+
+Attacks beside each positive control: a renewal under another name, with the same key, with a key already
+certified, from a banned node, from a revoked certificate, without the node's session token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cyxwiz.pki.ca import create_csr
+from cyxwiz.pki.certs import load_certificate
+from cyxwiz.pki.peerid import peer_id
+from cyxwiz.transport.tls import client_context
+from tests.coordinator.conftest import Env, auth, make_env
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield from make_env(tmp_path, node_cert_lifetime=dt.timedelta(seconds=60))
+
+
+def _csr(key: ed25519.Ed25519PrivateKey, cn: str) -> str:
+    return create_csr(key, common_name=cn).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _client_with(env: Env, tmp_path: Path, cert_pem: str, key: ed25519.Ed25519PrivateKey) -> httpx.Client:
+    cert_path, key_path = tmp_path / "renewed-cert.pem", tmp_path / "renewed-key.pem"
+    cert_path.write_text(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_path.chmod(0o600)
+    ctx = client_context(trust_bundle=env.pki.bundle, cert=cert_path, key=key_path)
+    return httpx.Client(base_url=env.coord.url, verify=ctx, timeout=10)
+
+
+def test_renewal_gives_a_short_lived_certificate_and_keeps_the_old_one_working(
+    env: Env, tmp_path: Path
+) -> None:
+    a = env.register("node-a")
+    key = ed25519.Ed25519PrivateKey.generate()
+    with env.client("node-a") as c:
+        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        assert r.status_code == 200, r.text
+        renewed = r.json()
+    cert = x509.load_pem_x509_certificate(renewed["certificate"].encode())
+    assert renewed["node_id"] == a["node_id"] and renewed["peer_id"] == peer_id(cert) != a["peer_id"]
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(seconds=30) < left <= dt.timedelta(seconds=61)  # the configured short lifetime
+    cert.verify_directly_issued_by(load_certificate(env.pki.ca_cert))
+    # The new identity works with the session bound to it: same node.
+    with _client_with(env, tmp_path, renewed["certificate"], key) as new:
+        hb = new.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))
+        assert hb.status_code == 200 and hb.json()["node_id"] == a["node_id"]
+        # The old session is bound to the old certificate, not to the new one.
+        assert new.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"])).status_code == 401
+    # Jobs in flight on the old certificate are not dropped: it stays the node's until it expires.
+    with env.client("node-a") as old:
+        assert old.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"])).status_code == 200
+    assert env.audit.of_action("certificate.renew")
+
+
+def test_renewal_attacks(env: Env) -> None:
+    a, b = env.register("node-a"), env.register("node-b")
+    key = ed25519.Ed25519PrivateKey.generate()
+    with env.client("node-a") as c:
+        # Under another node's name (C2): refused.
+        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-b")}, headers=auth(a["session_token"]))
+        assert r.status_code == 403 and r.json()["field"] == "csr"
+        # Garbage: refused and named.
+        r = c.post("/v1/nodes/renew", json={"csr": "not a csr"}, headers=auth(a["session_token"]))
+        assert r.status_code == 422 and r.json()["field"] == "csr"
+        # No session token: the certificate alone does not renew.
+        assert c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}).status_code == 401
+        # Node B's session token over node A's certificate: the binding refuses it.
+        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(b["session_token"]))
+        assert r.status_code == 401
+        # Positive control, then the same key again: a key is certified once.
+        ok = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        assert ok.status_code == 200
+        again = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        assert again.status_code == 409
+    # The same key as the current certificate: not a renewal.
+    current_key = serialization.load_pem_private_key(env.pki.node_key("node-b").read_bytes(), None)
+    assert isinstance(current_key, ed25519.Ed25519PrivateKey)
+    with env.client("node-b") as c:
+        r = c.post(
+            "/v1/nodes/renew", json={"csr": _csr(current_key, "node-b")}, headers=auth(b["session_token"])
+        )
+        assert r.status_code == 422
+
+
+def test_banned_or_revoked_node_cannot_renew(env: Env) -> None:
+    a, b = env.register("node-a"), env.register("node-b")
+    env.coord.store.set_node_status(a["node_id"], "banned")
+    with env.client("node-a") as c:
+        csr = _csr(ed25519.Ed25519PrivateKey.generate(), "node-a")
+        assert (
+            c.post("/v1/nodes/renew", json={"csr": csr}, headers=auth(a["session_token"])).status_code == 403
+        )
+    env.pki.revoke(env.pki.node_cert("node-b"))
+    env.coord.tls.check_now()
+    with pytest.raises(httpx.TransportError), env.client("node-b") as c:
+        csr = _csr(ed25519.Ed25519PrivateKey.generate(), "node-b")
+        c.post("/v1/nodes/renew", json={"csr": csr}, headers=auth(b["session_token"]))
