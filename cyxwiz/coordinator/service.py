@@ -21,7 +21,7 @@ from cyxwiz.tokens.issuer import TokenIssuer
 from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
 from cyxwiz.tokens.reload import KeyRingReloader
 from cyxwiz.tokens.verifier import TokenVerifier
-from cyxwiz.transport.reload import ServerTLS
+from cyxwiz.transport.reload import PeerPolicy, ServerTLS
 from cyxwiz.transport.server import MTLSServer
 
 ISSUER = "cyxwiz-coordinator"
@@ -119,6 +119,7 @@ def build_coordinator(
     keyring: KeyRing | None = None,
     crl_push: Sequence[Callable[[bytes], None]] = (),
     node_cert_lifetime: dt.timedelta = DEFAULT_LIFETIME,
+    policy: PeerPolicy | None = None,
     **app_options: Any,
 ) -> CoordinatorHandle:
     """Wire a coordinator without starting it. Users may come without a client certificate
@@ -137,6 +138,7 @@ def build_coordinator(
         crl=crl,
         require_client_cert=require_client_cert,
         audit=audit,
+        policy=policy,  # a federation trust policy (A7, C1), checked after the handshake
     )
     revoker = CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push)) if ca_dir is not None else None
     app = create_app(

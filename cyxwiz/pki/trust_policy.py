@@ -38,7 +38,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +46,24 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from cyxwiz.errors import CertificateError, ConfigError, PKIError
 from cyxwiz.pki.certs import (
     ROLE_URI_PREFIX,
     Role,
-    common_name,
-    dns_names,
-    is_ca,
-    is_self_signed,
-    load_certificates,
     role_of,
 )
-from cyxwiz.pki.keys import require_ed25519_public
+from cyxwiz.pki.trust_orgs import (
+    Organization,
+    OrgCRLs,
+    load_org_crls,
+    organization_from_entry,
+    raw_key,
+)
 from cyxwiz.pki.verify import _check_issuer, _signed_by, check_leaf, check_validity, describe
+
+__all__ = ["Decision", "OrgCRLs", "Organization", "TrustPolicy", "TrustPolicyError", "load_org_crls"]
 
 _MAX_DEPTH = 8
 #: Revocation reasons that end the key itself, not only the one certificate (RFC 5280 §5.3.1).
@@ -70,81 +74,6 @@ class TrustPolicyError(CertificateError):
     """A certificate the federation's trust policy refuses; ``rule`` names the policy rule."""
 
     code = "trust-policy"
-
-
-def _raw_key(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Organization:
-    name: str
-    roots: tuple[x509.Certificate, ...]
-    cas: tuple[x509.Certificate, ...]  # roots, intermediates and cross-certificates (the path pool)
-    #: The CAs this organization certifies itself: its roots and what chains to them inside its bundle.
-    #: Only these count as its keys (a foreign CA copied into its bundle gives it no say over that CA).
-    held: tuple[x509.Certificate, ...]
-    roles: frozenset[Role]
-    names: tuple[str, ...] = ()
-    crl_path: Path | None = None
-
-    def holds_key(self, key: bytes) -> bool:
-        return any(_raw_key(ca) == key for ca in self.held)
-
-    def name_allowed(self, leaf: x509.Certificate) -> bool:
-        """Every DNS SAN and the CN inside the constraint; a constrained organization's leaves carry no
-        IP, e-mail or other URI names (those the constraint cannot scope), only the role URI."""
-        if not self.names:
-            return True
-        try:
-            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            san = x509.SubjectAlternativeName([])
-        for general in san:
-            if isinstance(general, x509.DNSName):
-                continue
-            if isinstance(general, x509.UniformResourceIdentifier) and general.value.startswith(
-                ROLE_URI_PREFIX
-            ):
-                continue
-            return False
-        candidates = [n.lower().rstrip(".") for n in dns_names(leaf)]
-        cn = common_name(leaf)
-        if cn is not None:
-            candidates.append(cn.lower().rstrip("."))
-        return all(any(_within(c, rule) for rule in self.names) for c in candidates)
-
-
-def _within(name: str, rule: str) -> bool:
-    rule = rule.lower().rstrip(".")
-    if rule.startswith("."):
-        return name.endswith(rule) and len(name) > len(rule)
-    return name == rule
-
-
-@dataclass(frozen=True, kw_only=True)
-class OrgCRLs:
-    """One organization's CRLs as loaded (``error`` set when none are in force for it).
-
-    ``by_signer`` maps the raw public key of the CA that signed each CRL to its CRLs: signatures are
-    checked once at load, not per handshake.
-    """
-
-    crls: tuple[x509.CertificateRevocationList, ...] = ()
-    by_signer: Mapping[bytes, tuple[x509.CertificateRevocationList, ...]] = field(default_factory=dict)
-    error: str | None = None
-    #: Per issuer: (CRL number, lastUpdate) of the newest CRL in force, to refuse a rollback.
-    last_update: Mapping[str, tuple[int, dt.datetime]] = field(default_factory=dict)
-
-    def stale_reason(self, at: dt.datetime) -> str | None:
-        if self.error is not None:
-            return self.error
-        for crl in self.crls:
-            if crl.next_update_utc is None or crl.next_update_utc < at:
-                return f"CRL of '{crl.issuer.rfc4514_string()}' is past its nextUpdate: failing closed"
-            if crl.last_update_utc > at + dt.timedelta(minutes=5):
-                return f"CRL of '{crl.issuer.rfc4514_string()}' is not valid yet"
-        return None
 
 
 @dataclass(frozen=True)
@@ -165,7 +94,7 @@ class TrustPolicy:
         seen: dict[bytes, str] = {}
         for org in organizations:
             for root in org.roots:
-                owner = seen.setdefault(_raw_key(root), org.name)
+                owner = seen.setdefault(raw_key(root), org.name)
                 if owner != org.name:
                     raise ConfigError(
                         f"root {describe(root)} is listed for both {owner!r} and {org.name!r}",
@@ -201,7 +130,9 @@ class TrustPolicy:
         entries = data.get("organizations")
         if not isinstance(entries, list) or not entries:
             raise ConfigError("organizations must be a non-empty list", field="organizations", path=source)
-        return cls([_organization(entry, base=base, source=source) for entry in entries], source=source)
+        return cls(
+            [organization_from_entry(entry, base=base, source=source) for entry in entries], source=source
+        )
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -253,7 +184,7 @@ class TrustPolicy:
         raise failures[0]
 
     def _orgs_holding(self, path: Sequence[x509.Certificate]) -> list[Organization]:
-        keys = {_raw_key(c) for c in path[1:]}
+        keys = {raw_key(c) for c in path[1:]}
         return [o for o in self.organizations if any(o.holds_key(k) for k in keys)]
 
     def _check_path(
@@ -268,12 +199,18 @@ class TrustPolicy:
         anchor_org = next(o for o in self.organizations if anchor in o.roots)
         holders = self._orgs_holding(path)
         for ca in path[1:]:
-            why = dead.get(_raw_key(ca))
+            why = dead.get(raw_key(ca))
             if why is not None:
                 raise TrustPolicyError(f"CA key of {describe(ca)} {why}", rule="A7/revoked-key")
         for index, cert in enumerate(path[:-1]):
             self._check_link(cert, path[index + 1], crls=crls, at=at)
         role = role_of(leaf)
+        claimed = _claimed_roles(leaf)
+        if len(claimed) > 1:
+            # Different readers could take different roles from one certificate: refuse it outright.
+            raise TrustPolicyError(
+                f"{describe(leaf)} claims several roles ({', '.join(sorted(claimed))})", rule="A7/role"
+            )
         for org in holders:
             if role is None or role not in org.roles:
                 allowed = ", ".join(sorted(r.value for r in org.roles))
@@ -298,7 +235,7 @@ class TrustPolicy:
         crls: Mapping[str, OrgCRLs],
         at: dt.datetime,
     ) -> None:
-        key = _raw_key(issuer)
+        key = raw_key(issuer)
         owners = [o for o in self.organizations if o.holds_key(key)]
         found: list[x509.CertificateRevocationList] = []
         unavailable: list[str] = []
@@ -343,7 +280,7 @@ class TrustPolicy:
                     for ca in everything:
                         same = ca.serial_number == entry.serial_number and ca.issuer == crl.issuer
                         if same and _issued_by_key(ca, signer):
-                            dead[_raw_key(ca)] = f"was revoked ({reason.value}) by organization {org.name!r}"
+                            dead[raw_key(ca)] = f"was revoked ({reason.value}) by organization {org.name!r}"
         return dead
 
     def _paths(
@@ -377,6 +314,22 @@ class TrustPolicy:
         yield from extend([leaf])
 
 
+def _claimed_roles(leaf: x509.Certificate) -> set[str]:
+    """Every role a leaf names, in its SAN URIs and its subject OUs (role_of reads only the first)."""
+    claimed: set[str] = set()
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith(ROLE_URI_PREFIX):
+                claimed.add(uri.removeprefix(ROLE_URI_PREFIX))
+    except x509.ExtensionNotFound:
+        pass
+    for attr in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        if str(attr.value) in {r.value for r in Role}:
+            claimed.add(str(attr.value))
+    return claimed
+
+
 def _key_ending_entries(
     crls: Sequence[x509.CertificateRevocationList],
 ) -> Iterator[tuple[x509.CertificateRevocationList, x509.RevokedCertificate, x509.ReasonFlags]]:
@@ -395,105 +348,3 @@ def _issued_by_key(cert: x509.Certificate, key: ed25519.Ed25519PublicKey) -> boo
     except InvalidSignature:
         return False
     return True
-
-
-def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    try:
-        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-    except Exception:
-        return False
-
-
-def load_org_crls(org: Organization, *, previous: OrgCRLs | None = None) -> OrgCRLs:
-    """An organization's CRL file: each CRL signed by a CA of its bundle, none older than the one in force.
-
-    Never raises: a missing or bad file gives an :class:`OrgCRLs` with ``error`` set, which refuses that
-    organization's nodes and nobody else's.
-    """
-    from cyxwiz.pki.certs import load_crls
-
-    if org.crl_path is None:
-        return OrgCRLs(error="no CRL file configured")
-    try:
-        crls = load_crls(org.crl_path)
-    except PKIError as exc:
-        return OrgCRLs(error=f"CRL file unusable: {exc.message}")
-    last: dict[str, tuple[int, dt.datetime]] = {}
-    by_signer: dict[bytes, list[x509.CertificateRevocationList]] = {}
-    for crl in crls:
-        issuer = crl.issuer.rfc4514_string()
-        signer = next((ca for ca in org.held if ca.subject == crl.issuer and _crl_signed_by(crl, ca)), None)
-        if signer is None:
-            return OrgCRLs(error=f"CRL of {issuer!r} is not signed by a CA of {org.name!r}")
-        number = _crl_number(crl)
-        before = previous.last_update.get(issuer) if previous is not None else None
-        if before is not None and (number < before[0] or crl.last_update_utc < before[1]):
-            return OrgCRLs(error=f"CRL of {issuer!r} is older than the one in force (rollback refused)")
-        last[issuer] = max((number, crl.last_update_utc), last.get(issuer, (number, crl.last_update_utc)))
-        by_signer.setdefault(_raw_key(signer), []).append(crl)
-    return OrgCRLs(crls=tuple(crls), by_signer={k: tuple(v) for k, v in by_signer.items()}, last_update=last)
-
-
-def _crl_number(crl: x509.CertificateRevocationList) -> int:
-    try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        return -1
-
-
-def _held(cas: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    held = list(roots)
-    grew = True
-    while grew:
-        grew = False
-        for ca in cas:
-            if ca not in held and any(ca.issuer == p.subject and _signed_by(ca, p) for p in held):
-                held.append(ca)
-                grew = True
-    return tuple(held)
-
-
-def _organization(entry: Any, *, base: Path, source: str) -> Organization:
-    if not isinstance(entry, dict):
-        raise ConfigError("each organization must be a mapping", field="organizations", path=source)
-    unknown = set(entry) - {"name", "bundle", "crl", "roles", "names"}
-    if unknown:
-        raise ConfigError(f"unknown keys {sorted(unknown)}", field="organizations", path=source, rule="A7")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError("organization needs a name", field="name", path=source)
-    where = f"organization {name!r}"
-    bundle = entry.get("bundle")
-    if not isinstance(bundle, str):
-        raise ConfigError(f"{where} needs a bundle file", field="bundle", path=source, rule="A7")
-    cas = load_certificates(base / bundle)
-    for ca in cas:
-        require_ed25519_public(ca.public_key(), path=str(base / bundle))
-        if not is_ca(ca):
-            raise ConfigError(f"{where}: bundle holds a non-CA {describe(ca)}", field="bundle", path=source)
-    roots = tuple(c for c in cas if is_self_signed(c))
-    if not roots:
-        raise ConfigError(f"{where}: bundle has no self-signed root", field="bundle", path=source, rule="A7")
-    roles_raw = entry.get("roles")
-    if not isinstance(roles_raw, list) or not roles_raw:
-        raise ConfigError(f"{where} needs a non-empty roles list", field="roles", path=source, rule="A7")
-    try:
-        roles = frozenset(Role(str(r).strip().lower()) for r in roles_raw)
-    except ValueError:
-        allowed = ", ".join(r.value for r in Role)
-        raise ConfigError(f"{where}: unknown role (allowed: {allowed})", field="roles", path=source) from None
-    names = entry.get("names") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip(".") for n in names):
-        raise ConfigError(f"{where}: names must be a list of DNS names/suffixes", field="names", path=source)
-    crl = entry.get("crl")
-    if crl is not None and not isinstance(crl, str):
-        raise ConfigError(f"{where}: crl must be a file name", field="crl", path=source)
-    return Organization(
-        name=name.strip(),
-        roots=roots,
-        cas=tuple(cas),
-        held=_held(cas, roots),
-        roles=roles,
-        names=tuple(n.strip().lower() for n in names),
-        crl_path=(base / crl) if crl else None,
-    )

@@ -60,8 +60,18 @@ class Org:
         tmp.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in crls))
         tmp.replace(self.crl_path)
 
-    def node(self, name: str, *, role: str, server: bool = False, dns: tuple[str, ...] = ()) -> Node:
-        issued = self.issuing.issue(common_name=name, role=role, server=server, dns_names=dns)
+    def node(
+        self,
+        name: str,
+        *,
+        role: str,
+        server: bool = False,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+    ) -> Node:
+        issued = self.issuing.issue(
+            common_name=name, role=role, server=server, dns_names=dns, ip_addresses=ips
+        )
         cert_path, key_path = self.dir / f"{name}-cert.pem", self.dir / f"{name}-key.pem"
         assert issued.private_key is not None
         write_private_key(key_path, issued.private_key, overwrite=True)

@@ -174,3 +174,35 @@ def test_bad_policies_are_refused_with_the_field(world: FederationWorld, text: s
     with pytest.raises(ConfigError) as info:
         TrustPolicy.load(path)
     assert info.value.field == field
+
+
+def test_a_leaf_claiming_two_roles_is_refused(world: FederationWorld) -> None:
+    """SAN role worker, OU verifier: readers could disagree on the role, so the policy refuses it."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from cyxwiz.pki import profiles
+    from cyxwiz.pki.certs import Role
+
+    ca = world.a.issuing
+    base = profiles.name("two-roles", role=Role.WORKER)  # OU=worker, and the SAN says worker too
+    subject = x509.Name([*base, x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "verifier")])
+    leaf = ca.issue(common_name="two-roles", role="worker").certificate
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(leaf.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+        .add_extension(leaf.extensions.get_extension_for_class(x509.BasicConstraints).value, critical=True)
+        .add_extension(
+            leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, critical=False
+        )
+        .sign(ca.private_key, None)
+    )
+    fed = Federation(policy_path=world.policy_path)
+    assert fed.decide(leaf).organization == "orga"  # positive control
+    err = refused(fed, forged)
+    assert err.rule == "A7/role" and "several roles" in err.message

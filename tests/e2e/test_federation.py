@@ -1,0 +1,105 @@
+"""Federation end to end on the real coordinator over mTLS (issue 22; A7, C1, A5, A6).
+
+Org A runs the control plane; nodes of org A and of org B (workers under .orgb.example only) register and
+heartbeat with their own certificates (identity = PeerID); org B's attempt to certify a verifier is refused
+at the handshake; revoking org B's issuing CA cuts off org B's node within 5 s while org A's keeps going.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cyxwiz.audit import MemorySink
+from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.pki.federation import Federation
+from cyxwiz.pki.peerid import peer_id
+from cyxwiz.transport.tls import client_context
+from tests.pki.federation_fixture import FederationWorld, Node, make_world
+
+DEADLINE_S = 5.0
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> FederationWorld:
+    return make_world(tmp_path / "federation")
+
+
+@pytest.fixture
+def coordinator(
+    world: FederationWorld, tmp_path: Path
+) -> Iterator[tuple[CoordinatorHandle, Path, MemorySink]]:
+    server = world.a.node(
+        "coordinator", role="coordinator", server=True, dns=("localhost",), ips=("127.0.0.1",)
+    )
+    federation = Federation(policy_path=world.policy_path)
+    bundle = federation.write_bundle(world.base / "federation-bundle.pem")
+    audit = MemorySink()
+    coord = start_coordinator(
+        cert=server.cert_path, key=server.key_path, trust_bundle=bundle, crl=None, policy=federation,
+        state_dir=tmp_path / "state", audit=audit,
+    )  # fmt: skip
+    coord.server.tls.poll_interval = 0.1
+    try:
+        yield coord, bundle, audit
+    finally:
+        coord.stop()
+
+
+def client(coord: CoordinatorHandle, bundle: Path, node: Node) -> httpx.Client:
+    ctx = client_context(trust_bundle=bundle, cert=node.cert_path, key=node.key_path)
+    return httpx.Client(base_url=coord.url, verify=ctx, timeout=5)
+
+
+def register(http: httpx.Client) -> dict[str, Any]:
+    reply = http.post("/v1/nodes/register", json={"hardware": {"gpus": 1, "cpu_cores": 4}})
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def heartbeat(http: httpx.Client, session: dict[str, Any]) -> int:
+    reply = http.post(
+        "/v1/nodes/heartbeat",
+        json={"node_id": session["node_id"]},
+        headers={"authorization": f"Bearer {session['session_token']}"},
+    )
+    return reply.status_code
+
+
+def test_two_organizations_on_the_coordinator(
+    coordinator: tuple[CoordinatorHandle, Path, MemorySink], world: FederationWorld
+) -> None:
+    coord, bundle, audit = coordinator
+    a_node = world.a.node("a-worker", role="worker")
+    b_node = world.b.node("w1.orgb.example", role="worker")
+    with client(coord, bundle, a_node) as a_http, client(coord, bundle, b_node) as b_http:
+        a_session, b_session = register(a_http), register(b_http)
+        assert (a_session["peer_id"], b_session["peer_id"]) == (peer_id(a_node.cert), peer_id(b_node.cert))
+        assert heartbeat(a_http, a_session) == 200 and heartbeat(b_http, b_session) == 200
+
+        b_verifier = world.b.node("v1.orgb.example", role="verifier")  # org B certifies a verifier
+        with client(coord, bundle, b_verifier) as rogue, pytest.raises(httpx.TransportError):
+            register(rogue)
+        reasons = [str(e.details.get("reason")) for e in audit.events if e.action == "certificate.verify"]
+        assert any("A7/role" in r for r in reasons)
+
+        world.b.root.revoke(world.b.issuing.certificate, reason="keyCompromise")
+        world.b.write_crls()
+        started, cut = time.monotonic(), None
+        while time.monotonic() - started < DEADLINE_S:
+            assert heartbeat(a_http, a_session) == 200  # org A's node is served throughout
+            try:
+                heartbeat(b_http, b_session)
+            except httpx.TransportError:
+                cut = time.monotonic() - started
+                break
+            time.sleep(0.05)
+        assert cut is not None, f"org B's node still served {DEADLINE_S} s after its CA was revoked"
+        with client(coord, bundle, b_node) as again, pytest.raises(httpx.TransportError):
+            register(again)
+        assert heartbeat(a_http, a_session) == 200
