@@ -31,4 +31,11 @@ def run_demo(*, workdir: str | Path, keep: bool = False, hsm: bool = False) -> i
         argv.append("--keep")
     if hsm:
         argv.append("--hsm")
-    return subprocess.call(argv, cwd=root)
+    child = subprocess.Popen(argv, cwd=root)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (same process group): it stops every service it started. Not
+            # subprocess.call, which SIGKILLs the child here and leaves those services running.
+            continue

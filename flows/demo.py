@@ -121,9 +121,11 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
         from cyxwiz.audit.digest import load_signing_key
         from cyxwiz.audit.verify import verify_log
 
-        stack.audit.close()
         signing_key = load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"])
-        report = verify_log(stack.home / "audit", public_key=signing_key.public_key())
+        # Verified in place: with --keep the services go on authenticating nodes, and each of those
+        # decisions is an audit record, so the log stays open until the stack stops.
+        with stack.audit.writes_paused():
+            report = verify_log(stack.home / "audit", public_key=signing_key.public_key())
         say(f"audit verify: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
         console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
         console.print(f"Prefect UI: {stack.prefect.ui_url} (flow runs, logs, verification report artifacts)")

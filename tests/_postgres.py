@@ -48,6 +48,8 @@ def running_postgres() -> Iterator[str]:
     data = os.path.join(root, "data")
     port = _free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    # The test session's marker (tests/_processes.py), so a server left behind is found and reported.
+    env.update({k: v for k, v in os.environ.items() if k == "CYXWIZ_TEST_SESSION"})
     subprocess.run(
         [*run_as, str(bindir / "initdb"), "-D", data, "-U", "cyxwiz", "--auth=trust", "-E", "UTF8"],
         check=True,

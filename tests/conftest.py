@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests._postgres import running_postgres
+from tests._processes import MARKER, kill_all, settle
 
 # Prefect must never phone home or pick up a developer's profile during tests.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# Every process this session starts inherits the marker, so the end of the session can tell what it
+# left running (also daemons that detached). A nested pytest run gets a marker of its own.
+SESSION_ID = uuid.uuid4().hex
+os.environ[MARKER] = SESSION_ID
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +67,28 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
 _EXIT_STATUS: list[int] = []
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _EXIT_STATUS.append(int(exitstatus))
+    """After every fixture is torn down: nothing the session started may still run (issue 15).
+
+    Whatever is left is listed, killed, and fails the run, so a leak shows up in CI and not on the
+    machine of the next person who runs the suite.
+    """
+    left = settle(SESSION_ID)
+    if left:
+        kill_all(left)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"  {proc}" for proc in left]
+        message = "processes started by this test session were still running (killed now):\n" + "\n".join(
+            lines
+        )
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message)
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _EXIT_STATUS.append(int(session.exitstatus))
 
 
 @pytest.hookimpl(trylast=True)

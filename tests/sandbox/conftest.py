@@ -61,7 +61,7 @@ def _wait_for_previous_daemon() -> None:
         time.sleep(0.5)
 
 
-def _start_dockerd() -> None:
+def _start_dockerd() -> subprocess.Popen[bytes]:
     log_path = Path("/tmp/cyxwiz-dockerd.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -78,13 +78,27 @@ def _start_dockerd() -> None:
             pytest.skip(f"dockerd exited with {proc.returncode}: {' '.join(tail)}")
         time.sleep(0.5)
     if not _docker_answers():
+        _stop_dockerd(proc)
         pytest.skip(f"dockerd did not answer within 60 s (see {log_path})")
+    return proc
+
+
+def _stop_dockerd(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM lets dockerd stop its containers and the containerd it started; SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def dockerd() -> Iterator[None]:
-    """A real dockerd: the running one, else one started here (root + apt's docker.io), left running
-    for later suites (its output goes to a log file, so it holds no pipe of the test run)."""
+    """A real dockerd: the running one (left as found), else one started here (root + apt's docker.io)
+    and stopped, with its containerd, when the session ends (issue 15: a test run leaves nothing)."""
+    started: subprocess.Popen[bytes] | None = None
     if not _docker_answers():
         if shutil.which("dockerd") is None:
             pytest.skip("dockerd is not installed (apt's docker.io)")
@@ -95,8 +109,12 @@ def dockerd() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             _wait_for_previous_daemon()
             if not _docker_answers():
-                _start_dockerd()
-    yield
+                started = _start_dockerd()
+    try:
+        yield
+    finally:
+        if started is not None:
+            _stop_dockerd(started)
 
 
 def _backend_fixture(name: str) -> None:

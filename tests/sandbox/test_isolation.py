@@ -86,6 +86,25 @@ def test_concurrent_jobs_cannot_see_each_other(run_any: RunPy, tmp_path: Path) -
     assert out.count("path False") == 2  # A's work dir and bridge socket do not exist for B
 
 
+def _not_traversable_by_others(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that a user outside its group cannot enter, if any."""
+    for part in [path, *path.parents]:
+        if not os.stat(part).st_mode & 0o001:
+            return part
+    return None
+
+
+def _stage_package_for_others(work: Path) -> Path:
+    """A copy of the ``cyxwiz`` package under ``work`` (owned by the unprivileged user), read-only for it."""
+    lib = work / "lib"
+    shutil.copytree(REPO / "cyxwiz", lib / "cyxwiz", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for root, _dirs, files in os.walk(lib):
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    return lib
+
+
 def test_non_root_operator_user_namespace_mode(tmp_path: Path, bwrap_usable: None) -> None:
     """Run the sandbox as an unprivileged host user (uid 65534): user-namespace mode, no cgroup
     delegation -> refused by default, runs with allow_degraded and says what is not enforced."""
@@ -93,11 +112,20 @@ def test_non_root_operator_user_namespace_mode(tmp_path: Path, bwrap_usable: Non
     if os.geteuid() != 0 or system_python is None:
         pytest.skip("needs root (to become an unprivileged user) and /usr/bin/python3")
     work = Path(tempfile.mkdtemp(prefix="cyxwiz-nonroot-"))
+    blocked = _not_traversable_by_others(work.parent)
+    if blocked is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.skip(
+            f"uid 65534 cannot reach the temp dir: {blocked} is not searchable by others (set TMPDIR)"
+        )
     os.chown(work, 65534, 65534)
     try:
+        # The checkout may sit in a directory other users cannot read (a 0700 home, `mktemp -d`): the
+        # unprivileged user gets its own readable copy of the package instead of the checkout's path.
+        lib = _stage_package_for_others(work)
         proc = subprocess.run(
             [system_python, "-c", NONROOT, str(work), STATUS_PROBE],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)},
             user=65534,
             group=65534,
             extra_groups=[],
