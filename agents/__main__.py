@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
         if settings.coordinator_url:
-            from agents.node_client import heartbeat_forever, read_session, register_node
+            from agents.node_client import heartbeat_forever, register_node
 
             register_node(settings)
             beat = threading.Thread(
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             beat.start()
         if settings.gateway_url:
-            from agents.node_client import client_ssl_context, read_session
+            from agents.credentials import LiveCredentials
+            from agents.node_client import client_ssl_context
             from agents.tunnel import running_tunnel
 
             parts = urlsplit(settings.gateway_url)
@@ -49,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                     remote_host=parts.hostname or "127.0.0.1",
                     remote_port=parts.port or 443,
                     ssl_context=client_ssl_context(settings),
+                    # The gateway wants the node's session token too (bound to its certificate, B2): the
+                    # tunnel adds the current one to every request, so nothing is frozen into the worker's
+                    # environment and a refreshed session or renewed certificate reaches it at once.
+                    credentials=LiveCredentials(settings),
                 )
             )
             env["PREFECT_API_URL"] = f"{endpoint.url}/api"
-            # The gateway wants the node's session token too (bound to this certificate, SPEC B2); Prefect's
-            # client sends PREFECT_API_AUTH_STRING as HTTP Basic on every call and websocket.
-            env["PREFECT_API_AUTH_STRING"] = f"node:{read_session(settings)['session_token']}"
+            env.pop("PREFECT_API_AUTH_STRING", None)
             # Cancellation works through the gateway: the observer's event subscription and its polling
             # fallback (``flow_runs/filter``) are both narrowed there to this node's own runs.
         worker = subprocess.Popen(

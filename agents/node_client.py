@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
+from agents.credentials import SESSION_FILE
 from agents.settings import AgentSettings
 from cyxwiz.errors import AuthenticationError, ConfigError, IntegrityError, NotFoundError
 
-SESSION_FILE = "session.json"
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
@@ -41,9 +41,16 @@ def client_ssl_context(settings: AgentSettings) -> ssl.SSLContext:
     )
 
 
-def _client(settings: AgentSettings) -> httpx.Client:
+def _client(settings: AgentSettings, *, follow: bool = True) -> httpx.Client:
+    """A client with the node's certificate: its current one (``follow``, after renewals), or exactly the
+    one ``settings`` names (a flow run keeps the certificate its job token is bound to)."""
     if not settings.coordinator_url:
         raise ConfigError("CYXWIZ_COORDINATOR_URL is not set", field="CYXWIZ_COORDINATOR_URL")
+    if follow:
+        from agents.credentials import current_settings
+
+        settings = current_settings(settings)
+    assert settings.coordinator_url is not None
     # httpx drops cert= when verify is a path: the SSLContext carries both (ARCHITECTURE.md).
     return httpx.Client(
         base_url=settings.coordinator_url, verify=client_ssl_context(settings), timeout=_TIMEOUT
@@ -101,20 +108,41 @@ def register_node(settings: AgentSettings) -> dict[str, Any]:
     return {"node_id": data["node_id"], "peer_id": data["peer_id"], "platform": platform.machine()}
 
 
-def heartbeat_once(settings: AgentSettings) -> dict[str, Any]:
+def refresh_session(settings: AgentSettings, client: httpx.Client | None = None) -> dict[str, Any]:
+    """Rotate the session through its refresh token (one-shot, reuse revokes the family, B5)."""
+    session = read_session(settings)
+    with contextlib.ExitStack() as stack:
+        client = client or stack.enter_context(_client(settings))
+        refreshed = client.post("/v1/tokens/refresh", json={"refresh_token": session["refresh_token"]})
+        _raise_for(refreshed)
+    session.update(refreshed.json())
+    _write_session(settings, session)
+    return session
+
+
+def _expiring(session: dict[str, Any], within: float) -> bool:
+    import datetime as dt
+
+    try:
+        expires = dt.datetime.fromisoformat(str(session["expires_at"]))
+    except (KeyError, ValueError):
+        return False
+    return (expires - dt.datetime.now(dt.UTC)).total_seconds() < within
+
+
+def heartbeat_once(settings: AgentSettings, *, refresh_within: float = 60.0) -> dict[str, Any]:
     session = read_session(settings)
     with _client(settings) as client:
+        if _expiring(session, refresh_within):
+            # Refreshed ahead of expiry: the tunnel hands the new token to the running worker at once.
+            session = refresh_session(settings, client)
         response = client.post(
             "/v1/nodes/heartbeat",
             json={},
             headers={"authorization": f"Bearer {session['session_token']}"},
         )
         if response.status_code == 401:
-            # Session expired: rotate through the refresh token (one-shot, reuse revokes the family, B5).
-            refreshed = client.post("/v1/tokens/refresh", json={"refresh_token": session["refresh_token"]})
-            _raise_for(refreshed)
-            session.update(refreshed.json())
-            _write_session(settings, session)
+            session = refresh_session(settings, client)
             response = client.post(
                 "/v1/nodes/heartbeat",
                 json={},
@@ -126,9 +154,16 @@ def heartbeat_once(settings: AgentSettings) -> dict[str, Any]:
 
 
 def heartbeat_forever(settings: AgentSettings, stop: threading.Event, interval: float) -> None:
+    """Heartbeat, keep the session fresh, and renew the certificate at half-life (issue 18, A7)."""
+    from agents.credentials import current_settings, renew, renewal_due
+
     while not stop.wait(interval):
         with contextlib.suppress(Exception):  # a missed beat only makes the node look stale; retry next tick
-            heartbeat_once(settings)
+            heartbeat_once(settings, refresh_within=max(60.0, 3 * interval))
+        with contextlib.suppress(Exception):  # renewal is retried every tick until the certificate expires
+            cert = current_settings(settings).cert
+            if cert is not None and renewal_due(cert):
+                renew(settings)
 
 
 def fetch_job_token(settings: AgentSettings, job_id: str) -> str:
@@ -164,7 +199,7 @@ class CoordinatorChannel:
         return str(target), {}
 
     def fetch_input(self, job_id: str, name: str, *, sha256: str | None) -> bytes:
-        with _client(self.settings) as client:
+        with _client(self.settings, follow=False) as client:
             url, headers = self._url(client, job_id, {"kind": "input", "name": name, "method": "GET"})
             response = client.get(url, headers=headers)
             _raise_for(response)
@@ -177,13 +212,13 @@ class CoordinatorChannel:
         if message.get("kind") != "progress" or not message.get("total"):
             return
         body = {"step": int(message["step"]), "total": int(message["total"])}
-        with _client(self.settings) as client:
+        with _client(self.settings, follow=False) as client:
             _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=self._auth))
 
     def upload_output(self, job_id: str, name: str, path: Path) -> None:
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        with _client(self.settings) as client:
+        with _client(self.settings, follow=False) as client:
             url, headers = self._url(
                 client,
                 job_id,
@@ -193,6 +228,6 @@ class CoordinatorChannel:
             _raise_for(response)
 
     def submit_proof(self, job_id: str, proof: bytes) -> None:
-        with _client(self.settings) as client:
+        with _client(self.settings, follow=False) as client:
             body = {"proof": json.loads(proof)}
             _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=self._auth))

@@ -95,7 +95,10 @@ class CyxwizSandboxJobConfiguration(ProcessJobConfiguration):
             raise ValueError(f"job variables env: keys {refused} are not allowed (SPEC E1: node policy)")
         self.command = None
         super().prepare_for_flow_run(flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id)
-        settings = AgentSettings.from_env()
+        from agents.credentials import current_settings
+
+        # A flow run starts under the node's current certificate (after renewals) and keeps it.
+        settings = current_settings(AgentSettings.from_env())
         policy_env = settings.policy_env(
             backend=self.sandbox_backend, memory_mb=self.memory_mb, wall_seconds=self.wall_seconds
         )

@@ -161,10 +161,36 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
         )
 
 
+def check_outputs_against_proof(st: Any, job_id: str, proof_doc: Any) -> list[str]:
+    """Outputs are frozen by the proof (issue 18, D3): every stored object must be one the proof lists,
+    with the proof's SHA-256 (its body re-hashed). An object the proof does not list is refused: removed,
+    never archived; one whose content differs (overwritten after the proof) fails the archive. Returns
+    the keys removed."""
+    from cyxwiz.errors import IntegrityError
+    from cyxwiz.verification.proof import SignedProof
+
+    listed = SignedProof.from_json(json.dumps(proof_doc)).proof.artifacts if proof_doc else {}
+    prefix = f"jobs/{job_id}/outputs/"
+    unlisted, changed = [], []
+    for info in st.list(prefix):
+        name = info.key.removeprefix(prefix)
+        if name not in listed:
+            unlisted.append(info.key)
+        elif st.check(info.key).sha256 != listed[name]:
+            changed.append(name)
+    if changed:
+        raise IntegrityError(f"outputs differ from the completion proof: {sorted(changed)[:5]}", rule="D3")
+    for key in unlisted:
+        st.delete(key)
+    return unlisted
+
+
 def archive(*, request: JobRequest, report: dict[str, Any], settlement: dict[str, Any]) -> list[str]:
     from cyxwiz.storage import layout
 
     st = store()
+    proof_doc = control_channel().job(request.job_id).get("proof")
+    check_outputs_against_proof(st, request.job_id, proof_doc)
     # Model weights are archived encrypted client-side (D2): the node uploaded them in the clear through
     # its presigned PUTs (it has no master key); verified reads, then re-stored sealed under the same key.
     for info in st.list(f"jobs/{request.job_id}/outputs/"):

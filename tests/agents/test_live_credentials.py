@@ -1,0 +1,151 @@
+"""The node keeps its session through several short certificate lifetimes with a job in flight (issue 18;
+SPEC A7 automatic renewal, B2, B5).
+
+A real coordinator issuing 4-second node certificates, a real gateway, and the agent's own pieces: its
+tunnel with live credentials and its heartbeat loop, which refreshes the session and renews the
+certificate at half-life. Nothing is frozen: a Prefect-like client behind the tunnel sends no credential
+(or a stale one) and a job token bound to the first certificate, and every call keeps succeeding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from agents.credentials import LiveCredentials, current_settings, renew
+from agents.node_client import fetch_job_token, heartbeat_forever, read_session, register_node
+from agents.settings import AgentSettings
+from agents.tunnel import running_tunnel
+from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.gateway.service import build_gateway
+from cyxwiz.gateway.standing import StoreStanding
+from cyxwiz.pki.devpki import DevPKI, build_dev_pki
+from cyxwiz.transport.server import MTLSServer
+from cyxwiz.transport.tls import client_context
+from tests.gateway.conftest import POOL, Upstream, _serve
+
+LIFETIME = dt.timedelta(seconds=4)
+
+
+@dataclass
+class World:
+    pki: DevPKI
+    coord: CoordinatorHandle
+    gateway: MTLSServer
+    upstream: Upstream
+    settings: AgentSettings
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-a",))
+    coord = start_coordinator(
+        cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
+        ca_dir=pki.ca_dir, state_dir=tmp_path / "state", node_cert_lifetime=LIFETIME,
+    )  # fmt: skip
+    upstream = Upstream()
+    up_server, up_port = _serve(upstream.app())
+    from tasks.coordinator_channel import node_name
+
+    gateway, _ = build_gateway(
+        cert=pki.gateway_cert, key=pki.gateway_key, trust_bundle=pki.bundle, crl=pki.crl,
+        upstream=f"http://127.0.0.1:{up_port}", pool=POOL, verifier=coord.verifier,
+        queue_for=lambda node_id: node_name(coord.store.node(node_id).subject),
+        standing=StoreStanding(coord.store),
+    )  # fmt: skip
+    gateway.start()
+    settings = AgentSettings(
+        node_name="node-a", cert=pki.node_cert("node-a"), key=pki.node_key("node-a"), ca_bundle=pki.bundle,
+        crl=pki.crl, coordinator_url=coord.url, gateway_url=gateway.url, work_root=tmp_path / "agent",
+    )  # fmt: skip
+    try:
+        yield World(pki, coord, gateway, upstream, settings)
+    finally:
+        gateway.stop()
+        coord.stop()
+        up_server.should_exit = True
+
+
+def _tunnel(world: World) -> object:
+    ctx = client_context(
+        trust_bundle=world.pki.bundle, cert=world.pki.node_cert("node-a"), key=world.pki.node_key("node-a")
+    )
+    port = int(world.gateway.url.rsplit(":", 1)[1])
+    return running_tunnel(
+        remote_host="127.0.0.1",
+        remote_port=port,
+        ssl_context=ctx,
+        credentials=LiveCredentials(world.settings),
+    )
+
+
+def test_tunnel_presents_the_current_session_whatever_the_client_froze(world: World) -> None:
+    register_node(world.settings)
+    with _tunnel(world) as endpoint, httpx.Client(base_url=endpoint.url, timeout=10) as prefect:  # type: ignore[attr-defined]
+        assert prefect.get("/api/admin/version").status_code == 200
+        stale = {"authorization": "Basic bm9kZTpzdGFsZQ=="}  # node:stale, what a frozen env would send
+        assert prefect.get("/api/admin/version", headers=stale).status_code == 200
+        # Chunked and sized bodies pass through intact.
+        run = world.upstream.add_run("node-a", job=False)
+        lines = [{"flow_run_id": run["id"], "message": "x" * 70_000}]
+        prefect.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
+        assert prefect.post("/api/logs/", json=lines).status_code == 200
+        assert world.upstream.logs[-1]["message"] == "x" * 70_000
+    # Negative control: without the tunnel's credentials the same client is refused.
+    ctx = client_context(
+        trust_bundle=world.pki.bundle, cert=world.pki.node_cert("node-a"), key=world.pki.node_key("node-a")
+    )
+    with httpx.Client(base_url=world.gateway.url, verify=ctx, timeout=10) as direct:
+        assert direct.get("/api/admin/version").status_code == 401
+
+
+def test_node_lives_through_several_certificate_lifetimes_with_a_job_in_flight(world: World) -> None:
+    register_node(world.settings)
+    node_id = str(read_session(world.settings)["node_id"])
+    job = world.coord.store.create_job(user_id="alice", spec={"job_type": "train"}, duration_s=600)
+    world.coord.store.assign_job(job.job_id, node_id)
+    run = world.upstream.add_run("node-a")
+    run["parameters"] = {"job_id": job.job_id}
+    first_job_token = fetch_job_token(world.settings, job.job_id)  # bound to the first certificate
+    renew(world.settings)  # from the dev PKI's long-lived certificate to the 4-second ones
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat_forever, args=(world.settings, stop, 0.3), daemon=True)
+    failures: list[str] = []
+    calls = 0
+    serials: set[int] = set()
+    started = time.monotonic()
+    with _tunnel(world) as endpoint:  # type: ignore[attr-defined]
+        beat.start()
+        try:
+            while time.monotonic() - started < 4 * LIFETIME.total_seconds():
+                # A fresh connection each time (a new process of the job): it must present the current cert.
+                with httpx.Client(base_url=endpoint.url, timeout=10) as prefect:
+                    prefect.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
+                    r = prefect.get(
+                        f"/api/flow_runs/{run['id']}", headers={"x-cyxwiz-job-token": first_job_token}
+                    )
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                    calls += 1
+                cert_path = current_settings(world.settings).cert
+                assert cert_path is not None
+                serials.add(x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number)
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            beat.join(timeout=10)
+    assert not failures, failures[:3]
+    assert calls >= 10
+    # Several certificates came and went (each lives 4 s, renewed at half-life) over 16 s.
+    assert len(serials) >= 4
+    node = world.coord.store.node(node_id)
+    assert node.status == "active" and node.node_id == node_id  # one node all along
+    assert len(world.coord.store.list_nodes()) == 1
