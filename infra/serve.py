@@ -83,6 +83,23 @@ def _control_plane(env: Mapping[str, str]) -> Any:
     return ControlPlaneConfig.from_file(Path(value))
 
 
+def _federation(settings: ListenerSettings, env: Mapping[str, str]) -> Any:
+    """The federation trust policy (docs/federation.md) when CYXWIZ_TRUST_POLICY names one, else None."""
+    path = env.get("CYXWIZ_TRUST_POLICY")
+    if not path:
+        return None
+    if settings.crl is not None:
+        raise ConfigError(
+            "with a trust policy each organization's CRLs come from its policy entry",
+            field="CYXWIZ_CRL",
+            rule="A7",
+            hint="unset CYXWIZ_CRL; CYXWIZ_CA_BUNDLE = cyxwiz certutil policy-bundle --policy ...",
+        )
+    from cyxwiz.pki.federation import Federation
+
+    return Federation(policy_path=Path(path))
+
+
 def _audit(settings: ListenerSettings, config: Any, store: Any = None) -> Any:
     from cyxwiz.audit import AuditLog, ObjectStoreArchive
 
@@ -129,6 +146,7 @@ def build_production_coordinator(env: Mapping[str, str]) -> Any:
         ca_dir=Path(ca_dir) if ca_dir else None,
         hooks=PrefectHooks(store=store, signer=signer, api_url=env.get("PREFECT_API_URL")),
         audit=audit, host=settings.host, port=settings.port, max_body=64 << 20,
+        policy=_federation(settings, env),
     )  # fmt: skip
     public_url = env.get("CYXWIZ_PUBLIC_URL") or handle.url
     signer.target = UrlSigner.from_master_key(master, base_url=f"{public_url.rstrip('/')}/objects")
@@ -169,6 +187,7 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
         audit=_audit(settings, config), host=settings.host, port=settings.port,
         upstream_auth=env.get("PREFECT_API_AUTH_STRING") or None,
         queue_for=lambda node_id: node_name(nodes.node(node_id).subject), standing=StoreStanding(nodes),
+        policy=_federation(settings, env),
     )  # fmt: skip
     return server
 

@@ -201,6 +201,26 @@ def _verify_with_policy(
         raise typer.Exit(EXIT_REFUSED)
 
 
+@app.command("policy-bundle")
+def policy_bundle(
+    *,
+    policy: Annotated[Path, typer.Option("--policy", help="Federation trust policy (YAML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle to write (PEM, 0644).")],
+) -> None:
+    """Every organization's CAs in one bundle: the trust store of a listener run with --trust-policy.
+
+    Example:
+      cyxwiz certutil policy-bundle --policy trust-policy.yaml --out federation-bundle.pem
+    """
+    from cyxwiz.pki._files import PUBLIC_MODE, write_atomic
+    from cyxwiz.pki.trust_policy import TrustPolicy
+
+    loaded = TrustPolicy.load(policy)
+    write_atomic(out, loaded.bundle_pem(), mode=PUBLIC_MODE, overwrite=True)
+    names = ", ".join(o.name for o in loaded.organizations)
+    typer.echo(f"bundle written: {out} ({len(loaded.all_cas())} CA certificates of {names})")
+
+
 @app.command("inspect")
 def inspect(
     *,

@@ -103,3 +103,22 @@ def test_two_organizations_on_the_coordinator(
         with client(coord, bundle, b_node) as again, pytest.raises(httpx.TransportError):
             register(again)
         assert heartbeat(a_http, a_session) == 200
+
+
+def test_production_listeners_take_the_policy_from_the_environment(world: FederationWorld) -> None:
+    """infra.serve: CYXWIZ_TRUST_POLICY turns federation on; a single CYXWIZ_CRL beside it is refused."""
+    from cyxwiz.errors import ConfigError
+    from infra.serve import ListenerSettings, _federation
+
+    env = {
+        "CYXWIZ_TLS_CERT": "c.pem",
+        "CYXWIZ_TLS_KEY": "k.pem",
+        "CYXWIZ_CA_BUNDLE": "b.pem",
+        "CYXWIZ_TRUST_POLICY": str(world.policy_path),
+    }
+    settings = ListenerSettings.from_env("gateway", env)
+    assert isinstance(_federation(settings, env), Federation)
+    assert _federation(settings, {}) is None
+    with pytest.raises(ConfigError) as info:
+        _federation(ListenerSettings.from_env("gateway", {**env, "CYXWIZ_CRL": "crl.pem"}), env)
+    assert info.value.field == "CYXWIZ_CRL" and info.value.rule == "A7"

@@ -54,6 +54,11 @@ def test_certutil_verify_with_policy_names_the_rule(world: FederationWorld) -> N
     ok = runner.invoke(certutil_app, ["verify", "--policy", str(world.policy_path), str(good.cert_path)])
     assert ok.exit_code == 0, ok.stderr
     assert "orgb" in ok.stdout
+    bundle = world.base / "federation-bundle.pem"
+    made = runner.invoke(
+        certutil_app, ["policy-bundle", "--policy", str(world.policy_path), "--out", str(bundle)]
+    )
+    assert made.exit_code == 0 and bundle.read_bytes().count(b"BEGIN CERTIFICATE") == 4
     no = runner.invoke(certutil_app, ["verify", "--policy", str(world.policy_path), str(bad.cert_path)])
     assert no.exit_code == 1
     assert "rule A7/role" in no.stderr and "Traceback" not in no.stderr
