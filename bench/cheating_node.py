@@ -255,7 +255,7 @@ def data_subset(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
             rows = state.order.batch(step)
             x = torch.from_numpy(state.train.x[rows[: max(1, len(rows) // 2)]])
             y = torch.from_numpy(state.train.y[rows[: max(1, len(rows) // 2)]])
-            engine._seed(engine.derived_seed(state.seed, step), state.device)
+            engine.seed_step(state.seed, step)
             state.model.train()
             state.optimizer.zero_grad(set_to_none=True)
             state.model.loss(state.model(x), y).backward()  # type: ignore[no-untyped-call]

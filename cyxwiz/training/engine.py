@@ -15,7 +15,6 @@ state (moments and ``step`` counters). Its serialisation is deterministic (:func
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +25,28 @@ from safetensors.torch import save as save_bytes
 
 from cyxwiz.errors import VerificationError
 from cyxwiz.training.data import DataOrder, Dataset, split_validation
+from cyxwiz.training.determinism import derived_seed, make_deterministic, seed_step
 from cyxwiz.training.model import GraphModel, build_model
 from cyxwiz.training.spec import TrainingJob
 
-
-def derived_seed(seed: int, purpose: str | int) -> int:
-    digest = hashlib.sha256(f"cyxwiz:{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+__all__ = [  # the determinism helpers are re-exported: runtime, verifier and tests know them from here
+    "TrainingState",
+    "checkpoint_bytes",
+    "checkpoint_tensors",
+    "counter_value",
+    "derived_seed",
+    "evaluate",
+    "flat_parameters",
+    "is_counter",
+    "load_checkpoint",
+    "make_deterministic",
+    "new_state",
+    "read_checkpoint",
+    "run_seed",
+    "save_checkpoint",
+    "seed_step",
+    "train_step",
+]
 
 
 def run_seed(job: TrainingJob) -> int:
@@ -42,38 +56,6 @@ def run_seed(job: TrainingJob) -> int:
         return job.training.seed
     digest = hashlib.sha256(f"cyxwiz-run:{job.training.seed}:{job.training.job_secret}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-#: cuBLAS needs a fixed workspace for deterministic GEMMs (CUDA ≥ 10.2); these are the two valid settings.
-_CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
-
-
-def make_deterministic(*, threads: int = 1) -> None:
-    """Deterministic kernels everywhere (issue 20: exact replay).
-
-    One intra-op thread, so float reductions happen in the same order every time; deterministic
-    algorithms (an op without a deterministic kernel raises instead of silently varying); on CUDA a
-    fixed cuBLAS workspace, no cuDNN autotuning and no TF32 (TF32 rounds float32 matmuls to 10 mantissa
-    bits, which would make GPU↔CPU distances three orders of magnitude larger).
-    """
-    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in _CUBLAS_DETERMINISTIC:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = _CUBLAS_DETERMINISTIC[0]
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def _seed(value: int, device: torch.device) -> None:
-    # torch.manual_seed also queues a CUDA seeding (with a captured stack trace) on every call: on CPU
-    # that costs more than a small training step, so seed only the generator the device uses.
-    if device.type == "cuda":
-        torch.cuda.manual_seed(value)
-    else:
-        torch.default_generator.manual_seed(value)
 
 
 @dataclass
@@ -125,7 +107,7 @@ def train_step(state: TrainingState, step: int) -> float:
     rows = state.order.batch(step)
     x = torch.from_numpy(state.train.x[rows]).to(state.device)
     y = torch.from_numpy(state.train.y[rows]).to(state.device)
-    _seed(derived_seed(state.seed, step), state.device)  # this step's dropout, from the seed
+    seed_step(state.seed, step)  # this step's dropout, from the run seed (CPU generator on any device)
     state.model.train()
     state.optimizer.zero_grad(set_to_none=True)
     loss = state.model.loss(state.model(x), y)

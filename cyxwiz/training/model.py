@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cyxwiz.training import layers as L
+from cyxwiz.training.determinism import PortableDropout
 from cyxwiz.training.graph import ModelSummary, Shape
 from cyxwiz.training.spec import ModelDefinition
 
@@ -52,7 +53,7 @@ def _module(layer: L.Layer, shape: Shape) -> nn.Module:  # noqa: PLR0911, PLR091
     if isinstance(layer, L.LayerNorm):
         return nn.LayerNorm(shape[-1], eps=layer.eps)
     if isinstance(layer, L.Dropout):
-        return nn.Dropout(layer.p)
+        return PortableDropout(layer.p)  # same mask on CPU and CUDA: a GPU run replays on the CPU
     if isinstance(layer, L.Softmax):
         return nn.Softmax(dim=_batch_dim(layer.dim))
     if isinstance(layer, L.LogSoftmax):
