@@ -37,6 +37,17 @@ class _Session:
 
 
 _sessions: dict[tuple[str, str, str | None], _Session] = {}
+#: Errors after which a new login and a fresh lookup of the same key may succeed.
+_SESSION_LOST = {
+    "SessionHandleInvalid",
+    "SessionClosed",
+    "UserNotLoggedIn",
+    "DeviceRemoved",
+    "TokenNotPresent",
+    "ObjectHandleInvalid",
+    "KeyHandleInvalid",
+    "DeviceError",
+}
 _sessions_lock = threading.Lock()
 _pid = os.getpid()
 #: SOFTHSM2_CONF as it was when the module was last initialised: SoftHSM2 reads it only at C_Initialize.
@@ -135,9 +146,16 @@ class Pkcs11KeySource:
     """An Ed25519 private key object in a PKCS#11 token, named by an RFC 7512 URI."""
 
     def __init__(
-        self, *, uri: Pkcs11Uri, entry: _Session, private: Any, public_key: ed25519.Ed25519PublicKey
+        self,
+        *,
+        uri: Pkcs11Uri,
+        entry: _Session,
+        private: Any,
+        public_key: ed25519.Ed25519PublicKey,
+        env: Mapping[str, str] | None = None,
     ):
         self._uri = uri
+        self._env = env
         self._entry = entry
         self._private = private
         self._public = public_key
@@ -166,7 +184,9 @@ class Pkcs11KeySource:
                 ) from None
             except pkcs11.exceptions.PKCS11Error as exc:
                 raise _fail(exc, "cannot read the key", parsed) from None
-        source = cls(uri=parsed, entry=entry, private=private, public_key=_public_from_point(point, parsed))
+        source = cls(
+            uri=parsed, entry=entry, private=private, public_key=_public_from_point(point, parsed), env=env
+        )
         source._check_protected()
         return source
 
@@ -271,11 +291,35 @@ class Pkcs11KeySource:
 
     def sign(self, data: bytes) -> bytes:
         pkcs11 = _pkcs11()
-        with self._entry.lock:
-            try:
-                return bytes(self._private.sign(bytes(data), mechanism=pkcs11.Mechanism.EDDSA))
-            except pkcs11.exceptions.PKCS11Error as exc:
+        try:
+            return self._sign_once(data)
+        except pkcs11.exceptions.PKCS11Error as exc:
+            if type(exc).__name__ not in _SESSION_LOST:
                 raise _fail(exc, "the token refused to sign", self._uri) from None
+        # The session went away (token restarted, logged out, handles invalidated): log in again, find
+        # the same key again, and sign once more. A different key under the label is refused.
+        self._reopen()
+        try:
+            return self._sign_once(data)
+        except pkcs11.exceptions.PKCS11Error as exc:
+            raise _fail(exc, "the token refused to sign", self._uri) from None
+
+    def _sign_once(self, data: bytes) -> bytes:
+        pkcs11 = _pkcs11()
+        with self._entry.lock:
+            return bytes(self._private.sign(bytes(data), mechanism=pkcs11.Mechanism.EDDSA))
+
+    def _reopen(self) -> None:
+        with _sessions_lock:
+            for key, entry in list(_sessions.items()):
+                if entry is self._entry:
+                    del _sessions[key]
+                    with entry.lock, contextlib.suppress(Exception):
+                        entry.session.close()
+        fresh = type(self).open(self._uri, env=self._env)
+        if fresh.public_key != self._public:
+            raise KeySourceError("the key under this label changed", path=self.uri, rule=_RULE)
+        self._entry, self._private = fresh._entry, fresh._private
 
     def attributes(self) -> dict[str, bool]:
         """The private key's protection attributes, as the token reports them (for checks and tests)."""

@@ -151,3 +151,20 @@ def test_a_planted_public_key_object_is_caught_before_use(softhsm: HsmToken) -> 
     with pytest.raises(KeySourceError) as info:
         open_key_source(softhsm.token.uri(label))
     assert "does not verify" in info.value.message
+
+
+def test_a_held_key_survives_a_dropped_session_but_not_a_swapped_key(softhsm: HsmToken) -> None:
+    """A long-lived process keeps signing after the token drops its session (new login, same key); if
+    another key now sits under the label, signing is refused instead of silently changing keys."""
+    label = "held-" + os.urandom(3).hex()
+    source = create_key_source(softhsm.token.uri(label))
+    close_sessions()  # the token forgets every session and login (an HSM restart)
+    source.public_key.verify(source.sign(b"after restart"), b"after restart")
+    assert isinstance(source, Pkcs11KeySource)
+    for obj in source.private_object().session.get_objects({pkcs11.Attribute.LABEL: label}):
+        obj.destroy()  # attack: the operator's key replaced under the same label
+    _plant_keypair(softhsm, label, extractable=False, sensitive=True)
+    close_sessions()
+    with pytest.raises(KeySourceError) as info:
+        source.sign(b"x")
+    assert "changed" in info.value.message

@@ -211,3 +211,23 @@ def test_a_leaf_claiming_two_roles_is_refused(world: FederationWorld) -> None:
     assert fed.decide(leaf).organization == "orga"  # positive control
     err = refused(fed, forged)
     assert err.rule == "A7/role" and "several roles" in err.message
+
+
+def test_an_org_crl_going_stale_at_run_time_refuses_only_that_org(fresh: FederationWorld) -> None:
+    """No file changes: time passes org B's nextUpdate; check_now reports the change (live connections are
+    then re-checked), org B is refused until it publishes, org A is not."""
+    now = [dt.datetime.now(dt.UTC)]
+    fresh.b.write_crls(days=1)
+    fresh.a.write_crls(days=7)
+    alerts: list[tuple[str, str]] = []
+    fed = Federation(
+        policy_path=fresh.policy_path, clock=lambda: now[0], on_alert=lambda a, m: alerts.append((a, m))
+    )
+    a_node = fresh.a.node("a-worker", role="worker").cert
+    b_node = fresh.b.node("w1.orgb.example", role="worker").cert
+    assert fed.decide(b_node).organization == "orgb"
+    now[0] += dt.timedelta(days=2)
+    assert fed.check_now()
+    assert refused(fed, b_node).rule == "A7/crl"
+    assert fed.decide(a_node).organization == "orga"
+    assert [a for a, _ in alerts] == ["crl.stale"] and "'orgb'" in alerts[0][1]
