@@ -55,6 +55,15 @@ def test_audit_checkpoint_key_in_the_token(softhsm: HsmToken, tmp_path: Path) ->
         assert log.maintain().sealed
     digest = json.loads((tmp_path / "audit" / "audit-2026-11-20.digest.json").read_bytes())
     assert check_signature(digest, trusted=source.public_key) is None
+    # the signed checkpoint (C2SP note over the Merkle tree head) was signed in the token too
+    from cyxwiz.audit.checkpoint import verify_checkpoint
+    from cyxwiz.audit.records import CHECKPOINT_FILE
+    from cyxwiz.errors import AuditIntegrityError
+
+    note = (tmp_path / "audit" / CHECKPOINT_FILE).read_bytes()
+    assert verify_checkpoint(note, public_key=source.public_key).size >= 2
+    with pytest.raises(AuditIntegrityError):
+        verify_checkpoint(note, public_key=create_key_source(softhsm.new_uri("other-audit")).public_key)
     assert verify_log(tmp_path / "audit", public_key=source.public_key).ok
     # attack: another token key pinned as the signer → the digest is refused
     other = create_key_source(softhsm.new_uri("not-audit"))
