@@ -52,6 +52,7 @@ class Federation:
         self.clock = clock
         self.on_alert = on_alert
         self._lock = threading.RLock()
+        self._reload_lock = threading.Lock()
         self._policy = TrustPolicy.load(self.policy_path)
         self._policy_stat = _stat(self.policy_path)
         self._crls: dict[str, OrgCRLs] = self._policy.load_crls()
@@ -89,7 +90,9 @@ class Federation:
     def check_now(self) -> bool:
         """Reload what changed on disk and re-evaluate staleness; True when the rules in force changed."""
         changed = False
-        with self._lock:
+        # Files are parsed outside ``_lock`` (a large CRL takes a second): handshakes keep deciding under
+        # the rules in force until the new ones are swapped in whole.
+        with self._reload_lock:
             stat = _stat(self.policy_path)
             if stat != self._policy_stat:
                 self._policy_stat = stat
@@ -101,7 +104,8 @@ class Federation:
                     fresh = load_org_crls(org, previous=self._crls.get(org.name))
                     if fresh.error is not None:
                         self._alert("crl.rejected", f"organization {org.name!r}: {fresh.error}")
-                    self._crls[org.name] = fresh
+                    with self._lock:
+                        self._crls = {**self._crls, org.name: fresh}
                     changed = True
             health = self._current_health()
             if health != self._health:
@@ -120,8 +124,9 @@ class Federation:
             return False
         before = {o.name for o in self._policy.organizations}
         after = {o.name for o in policy.organizations}
-        self._policy = policy
-        self._crls = policy.load_crls(previous=self._crls)
+        crls = policy.load_crls(previous=self._crls)
+        with self._lock:
+            self._policy, self._crls = policy, crls
         self._crl_stats = {o.name: _stat(o.crl_path) for o in policy.organizations}
         log.info(
             "trust policy reloaded: organizations %s (removed %s, added %s)",

@@ -84,12 +84,15 @@ def _within(name: str, rule: str) -> bool:
 class OrgCRLs:
     """One organization's CRLs as loaded (``error`` set when none are in force for it).
 
-    ``by_signer`` maps the raw public key of the CA that signed each CRL to its CRLs: signatures are
-    checked once at load, not per handshake.
+    ``by_signer`` maps the raw public key of the CA that signed each CRL to its CRLs; ``revoked`` and
+    ``compromised`` map it to the serials those CRLs revoke (any reason / a reason that ends the key).
+    Signatures are checked and entries indexed once at load, so a handshake costs set lookups only.
     """
 
     crls: tuple[x509.CertificateRevocationList, ...] = ()
     by_signer: Mapping[bytes, tuple[x509.CertificateRevocationList, ...]] = field(default_factory=dict)
+    revoked: Mapping[bytes, frozenset[int]] = field(default_factory=dict)
+    compromised: Mapping[bytes, frozenset[int]] = field(default_factory=dict)
     error: str | None = None
     #: Per issuer: (CRL number, lastUpdate) of the newest CRL in force, to refuse a rollback.
     last_update: Mapping[str, tuple[int, dt.datetime]] = field(default_factory=dict)
@@ -139,7 +142,34 @@ def load_org_crls(org: Organization, *, previous: OrgCRLs | None = None) -> OrgC
             return OrgCRLs(error=f"CRL of {issuer!r} is older than the one in force (rollback refused)")
         last[issuer] = max((number, crl.last_update_utc), last.get(issuer, (number, crl.last_update_utc)))
         by_signer.setdefault(raw_key(signer), []).append(crl)
-    return OrgCRLs(crls=tuple(crls), by_signer={k: tuple(v) for k, v in by_signer.items()}, last_update=last)
+    revoked: dict[bytes, set[int]] = {}
+    compromised: dict[bytes, set[int]] = {}
+    for key, signed in by_signer.items():
+        for crl in signed:
+            for entry in crl:
+                revoked.setdefault(key, set()).add(entry.serial_number)
+                if _ends_key(entry):
+                    compromised.setdefault(key, set()).add(entry.serial_number)
+    return OrgCRLs(
+        crls=tuple(crls),
+        by_signer={k: tuple(v) for k, v in by_signer.items()},
+        revoked={k: frozenset(v) for k, v in revoked.items()},
+        compromised={k: frozenset(v) for k, v in compromised.items()},
+        last_update=last,
+    )
+
+
+#: Revocation reasons that end the key itself, not only the one certificate (RFC 5280 §5.3.1); an entry
+#: without a reason counts as one (fail closed).
+KEY_ENDING = {x509.ReasonFlags.key_compromise, x509.ReasonFlags.ca_compromise, x509.ReasonFlags.unspecified}
+
+
+def _ends_key(entry: x509.RevokedCertificate) -> bool:
+    try:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return True
+    return reason in KEY_ENDING
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:

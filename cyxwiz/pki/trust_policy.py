@@ -34,7 +34,6 @@ The PeerID stays the identity: the policy decides whether a certificate is accep
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,8 +65,6 @@ from cyxwiz.pki.verify import _check_issuer, _signed_by, check_leaf, check_valid
 __all__ = ["Decision", "OrgCRLs", "Organization", "TrustPolicy", "TrustPolicyError", "load_org_crls"]
 
 _MAX_DEPTH = 8
-#: Revocation reasons that end the key itself, not only the one certificate (RFC 5280 §5.3.1).
-_KEY_DEAD = {x509.ReasonFlags.key_compromise, x509.ReasonFlags.ca_compromise, x509.ReasonFlags.unspecified}
 
 
 class TrustPolicyError(CertificateError):
@@ -245,7 +242,13 @@ class TrustPolicy:
             if reason is not None:
                 unavailable.append(f"{org.name}: {reason}")
                 continue
-            found.extend(c for c in state.by_signer.get(key, ()) if c.issuer == issuer.subject)
+            signed = [c for c in state.by_signer.get(key, ()) if c.issuer == issuer.subject]
+            found.extend(signed)
+            if signed and cert.serial_number in state.revoked.get(key, frozenset()):
+                raise TrustPolicyError(
+                    f"{describe(cert)} was revoked by {describe(issuer)} (CRL of organization {org.name!r})",
+                    rule="A7/crl",
+                )
         if not found:
             detail = "; ".join(unavailable) if unavailable else "none published"
             raise TrustPolicyError(
@@ -253,14 +256,6 @@ class TrustPolicy:
                 rule="A7/crl",
                 hint="each organization publishes a fresh CRL of every CA in its bundle",
             )
-        for crl in found:
-            revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-            if revoked is not None:
-                raise TrustPolicyError(
-                    f"{describe(cert)} was revoked by {describe(issuer)} at "
-                    f"{revoked.revocation_date_utc.isoformat()}",
-                    rule="A7/crl",
-                )
 
     def _dead_keys(self, crls: Mapping[str, OrgCRLs], *, at: dt.datetime) -> dict[bytes, str]:
         """CA keys revoked for compromise (or without reason) by any organization's valid CRL.
@@ -274,13 +269,11 @@ class TrustPolicy:
             state = crls.get(org.name)
             if state is None or state.stale_reason(at) is not None:
                 continue
-            for signer_key, signed in state.by_signer.items():
+            for signer_key, serials in state.compromised.items():
                 signer = ed25519.Ed25519PublicKey.from_public_bytes(signer_key)
-                for crl, entry, reason in _key_ending_entries(signed):
-                    for ca in everything:
-                        same = ca.serial_number == entry.serial_number and ca.issuer == crl.issuer
-                        if same and _issued_by_key(ca, signer):
-                            dead[raw_key(ca)] = f"was revoked ({reason.value}) by organization {org.name!r}"
+                for ca in everything:
+                    if ca.serial_number in serials and _issued_by_key(ca, signer):
+                        dead[raw_key(ca)] = f"was revoked for compromise by organization {org.name!r}"
         return dead
 
     def _paths(
@@ -328,18 +321,6 @@ def _claimed_roles(leaf: x509.Certificate) -> set[str]:
         if str(attr.value) in {r.value for r in Role}:
             claimed.add(str(attr.value))
     return claimed
-
-
-def _key_ending_entries(
-    crls: Sequence[x509.CertificateRevocationList],
-) -> Iterator[tuple[x509.CertificateRevocationList, x509.RevokedCertificate, x509.ReasonFlags]]:
-    for crl in crls:
-        for entry in crl:
-            reason = x509.ReasonFlags.unspecified
-            with contextlib.suppress(x509.ExtensionNotFound):
-                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-            if reason in _KEY_DEAD:
-                yield crl, entry, reason
 
 
 def _issued_by_key(cert: x509.Certificate, key: ed25519.Ed25519PublicKey) -> bool:

@@ -231,3 +231,29 @@ def test_an_org_crl_going_stale_at_run_time_refuses_only_that_org(fresh: Federat
     assert refused(fed, b_node).rule == "A7/crl"
     assert fed.decide(a_node).organization == "orga"
     assert [a for a, _ in alerts] == ["crl.stale"] and "'orgb'" in alerts[0][1]
+
+
+def test_revocation_found_in_a_large_org_crl(fresh: FederationWorld) -> None:
+    """5,000 entries indexed once at load: the revoked node among them is refused, its neighbour is not."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    bad = fresh.b.node("bad.orgb.example", role="worker").cert
+    good = fresh.b.node("good.orgb.example", role="worker").cert
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(fresh.b.issuing.certificate.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(days=7))
+        .add_extension(x509.CRLNumber(10**6), critical=False)
+    )
+    for serial in [*range(1, 5000), bad.serial_number]:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    big = builder.sign(fresh.b.issuing.private_key, None)
+    root = fresh.b.root.generate_crl()
+    fresh.b.crl_path.write_bytes(root.public_bytes(Encoding.PEM) + big.public_bytes(Encoding.PEM))
+    fed = Federation(policy_path=fresh.policy_path)
+    assert refused(fed, bad).rule == "A7/crl"
+    assert fed.decide(good).organization == "orgb"
