@@ -221,6 +221,30 @@ def policy_bundle(
     typer.echo(f"bundle written: {out} ({len(loaded.all_cas())} CA certificates of {names})")
 
 
+@app.command("fetch-crls")
+def fetch_crls_command(
+    *,
+    policy: Annotated[Path, typer.Option("--policy", help="Federation trust policy (YAML).")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per download.")] = 10.0,
+) -> None:
+    """Download each organization's published CRLs (its crl_url), check them, and install the good ones.
+
+    Run it from a timer (cron, systemd) more often than the shortest CRL validity; exit 1 when an
+    organization's download was refused (its CRL in force stays; when that goes stale, its nodes are refused).
+
+    Example:
+      cyxwiz certutil fetch-crls --policy trust-policy.yaml
+    """
+    from cyxwiz.pki.crl_fetch import fetch_crls
+    from cyxwiz.pki.trust_policy import TrustPolicy
+
+    outcomes = fetch_crls(TrustPolicy.load(policy), timeout=timeout)
+    for name, outcome in outcomes.items():
+        typer.echo(f"{name}: {outcome}", err=outcome.startswith("refused"))
+    if any(o.startswith("refused") for o in outcomes.values()):
+        raise typer.Exit(EXIT_REFUSED)
+
+
 @app.command("inspect")
 def inspect(
     *,

@@ -45,6 +45,9 @@ class Organization:
     roles: frozenset[Role]
     names: tuple[str, ...] = ()
     crl_path: Path | None = None
+    #: Where the organization publishes its CRL file (http/https); ``cyxwiz certutil fetch-crls`` copies
+    #: it to ``crl_path`` after checking it, and the listeners hot-reload it from there.
+    crl_url: str | None = None
 
     def holds_key(self, key: bytes) -> bool:
         return any(raw_key(ca) == key for ca in self.held)
@@ -191,10 +194,20 @@ def _held(cas: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]) ->
     return tuple(held)
 
 
+def _crl_url(value: Any, *, where: str, source: str, has_file: bool) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}: crl_url must be an http(s) URL", field="crl_url", path=source, rule="A7")
+    if not has_file:
+        raise ConfigError(f"{where}: crl_url needs a crl file to keep it in", field="crl", path=source)
+    return value
+
+
 def organization_from_entry(entry: Any, *, base: Path, source: str) -> Organization:
     if not isinstance(entry, dict):
         raise ConfigError("each organization must be a mapping", field="organizations", path=source)
-    unknown = set(entry) - {"name", "bundle", "crl", "roles", "names"}
+    unknown = set(entry) - {"name", "bundle", "crl", "crl_url", "roles", "names"}
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)}", field="organizations", path=source, rule="A7")
     name = entry.get("name")
@@ -234,4 +247,5 @@ def organization_from_entry(entry: Any, *, base: Path, source: str) -> Organizat
         roles=roles,
         names=tuple(n.strip().lower() for n in names),
         crl_path=(base / crl) if crl else None,
+        crl_url=_crl_url(entry.get("crl_url"), where=where, source=source, has_file=bool(crl)),
     )

@@ -257,3 +257,55 @@ def test_revocation_found_in_a_large_org_crl(fresh: FederationWorld) -> None:
     fed = Federation(policy_path=fresh.policy_path)
     assert refused(fed, bad).rule == "A7/crl"
     assert fed.decide(good).organization == "orgb"
+
+
+def test_fetched_crls_are_checked_before_they_replace_the_file(fresh: FederationWorld) -> None:
+    """A7/A6: crl_url downloads over loopback HTTP; a forged, foreign or rolled-back file is refused and
+    the CRL in force stays; a fresh one is installed and reaches the federation without a restart."""
+    import http.server
+    import threading
+
+    served: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = served.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        import yaml
+
+        data = yaml.safe_load(fresh.policy_path.read_text())
+        data["organizations"][1]["crl_url"] = f"http://127.0.0.1:{server.server_port}/orgb.pem"
+        fresh.policy_path.write_text(yaml.safe_dump(data))
+        fed = Federation(policy_path=fresh.policy_path)
+        b_node = fresh.b.node("w1.orgb.example", role="worker")
+        old = fresh.b.crl_path.read_bytes()
+        fresh.b.issuing.revoke(b_node.cert, reason="keyCompromise")
+        fresh.b.write_crls()
+        newer = fresh.b.crl_path.read_bytes()
+        fresh.b.crl_path.write_bytes(old)  # the file in force predates the revocation
+        args = ["fetch-crls", "--policy", str(fresh.policy_path)]
+        for attack in (fresh.a.crl_path.read_bytes(), b"not a crl", newer.replace(b"A", b"B", 1)):
+            served["/orgb.pem"] = attack
+            result = runner.invoke(certutil_app, args)
+            assert result.exit_code == 1 and "orgb: refused" in result.stderr
+            assert fresh.b.crl_path.read_bytes() == old
+        served["/orgb.pem"] = newer
+        assert runner.invoke(certutil_app, args).exit_code == 0
+        assert fresh.b.crl_path.read_bytes() == newer
+        fed.check_now()
+        assert refused(fed, b_node.cert).rule == "A7/crl"
+        served["/orgb.pem"] = old  # a rollback to the CRL from before the revocation
+        assert runner.invoke(certutil_app, args).exit_code == 1
+        assert fresh.b.crl_path.read_bytes() == newer
+    finally:
+        server.shutdown()
+        server.server_close()
