@@ -38,6 +38,8 @@ SUBCOMMANDS = [
     "verify",
     "inspect",
     "peer-id",
+    "policy-bundle",
+    "fetch-crls",
 ]
 
 
