@@ -1,10 +1,11 @@
-"""Escrow bookkeeping cost: create+release pairs/s through EscrowLedger vs plain LiteSVM token transfers/s.
+"""Escrow bookkeeping cost: create+release pairs/s through EscrowLedger vs the same transactions sent bare.
 
 Same run, same in-process LiteSVM build. The escrow pair does the on-chain work of two transactions
-(fund the escrow; release + close it) plus its bookkeeping: preflight simulation, the intent log and
-compare-and-set state changes in SQLite (file, fsync), signature-status confirmation. The baseline sends
-``transfer_checked`` transactions straight to LiteSVM with no bookkeeping at all. Goal: ratio >= 0.67
-against transfer *pairs* (equal transaction count), i.e. bookkeeping costs at most 1.5x.
+(fund the escrow; release + close it) plus its bookkeeping: the intent log and compare-and-set state
+changes in SQLite (file; intents made durable by group commit), the verifier's co-signing rules and its
+report check, signature-status confirmation (batched across escrows in flight). The baseline signs the
+same instructions and sends them straight to LiteSVM with no bookkeeping at all. Goal (issue 17): escrow
+pairs >= 0.8 x bare pairs with escrows in flight concurrently; the sequential figure is reported too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from solders.keypair import Keypair
 from solders.litesvm import LiteSVM
@@ -25,6 +27,7 @@ from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.store import EscrowStore
 
 N = 150
+PEER = "12D3KooWBenchNode"
 
 
 def _plain_transfers_per_second(n: int) -> float:
@@ -104,50 +107,89 @@ def _bare_escrow_pairs_per_second(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _escrow_pairs_per_second(n: int, db: Path) -> float:
+def _attestations(root: Path, payer: Keypair, node: Keypair, jobs: list[str]) -> tuple[Any, dict[str, str]]:
+    """The verifier's signed passing reports for every job, made before the clock starts."""
+    from cyxwiz.ledger.attestation import AttestationPolicy, sign_attestation
+    from cyxwiz.pki.certs import load_certificate
+    from cyxwiz.pki.devpki import build_dev_pki
+    from cyxwiz.pki.keys import load_private_key
+
+    pki = build_dev_pki(root, nodes=("node-1",))
+    key, cert = load_private_key(pki.verifier_key), load_certificate(pki.verifier_cert)
+    reports = {
+        job: sign_attestation(
+            key=key, certificate=cert, job_id=job, node_peer_id=PEER, node_wallet=str(node.pubkey()),
+            escrow=str(txbuild.escrow_address(payer.pubkey(), job)), report_sha256="ab" * 32, verdict="pass",
+        ).to_json()
+        for job in jobs
+    }  # fmt: skip
+    return AttestationPolicy.from_files(pki.bundle, crls=[pki.crl]), reports
+
+
+def _escrow_pairs_per_second(n: int, db: Path, *, in_flight: int = 1) -> tuple[float, str]:
+    """create+assign+release through EscrowLedger, ``in_flight`` escrows at once (threads, as a control
+    plane's concurrent lifecycles run them); the verifier co-signs in-process under its own rules."""
+    from concurrent.futures import ThreadPoolExecutor
+
     w = _EscrowWorld()
     user, node = w.user, w.node
+    jobs = [f"bench-{i}" for i in range(n)]
+    policy, reports = _attestations(db.parent / f"pki-{in_flight}", w.payer, node, jobs)
     ledger = EscrowLedger(
         chain=w.chain, store=EscrowStore.open(f"sqlite:///{db}"), mint=w.mint, decimals=6,
         multisig=w.multisig, payer=w.payer, coordinator=w.coordinator, verifier=w.verifier,
-        arbiter=w.arbiter, minimum_payment=1,
+        arbiter=w.arbiter, minimum_payment=1, attestations=policy,
     )  # fmt: skip
-    started = time.perf_counter()
-    for i in range(n):
-        job = f"bench-{i}"
+
+    def pair(i: int) -> None:
+        job = jobs[i]
         ledger.create(job_id=job, user=user, amount=1000 + i)
-        ledger.assign(job_id=job, node_wallet=node.pubkey())
-        ledger.release(job_id=job, node_wallet=node.pubkey(), proof_ref="sha256:bench")
+        ledger.assign(job_id=job, node_wallet=node.pubkey(), node_peer_id=PEER)
+        ledger.release(job_id=job, node_wallet=node.pubkey(), report=reports[job])
+
+    started = time.perf_counter()
+    if in_flight == 1:
+        for i in range(n):
+            pair(i)
+    else:
+        with ThreadPoolExecutor(max_workers=in_flight) as pool:
+            list(pool.map(pair, range(n)))
     elapsed = time.perf_counter() - started
+    wal = ledger.store._wal
+    syncs = f"{wal.commits} durable commits in {wal.flushes} fsyncs" if wal is not None else ""
     ledger.store.dispose()
-    return n / elapsed
+    return n / elapsed, syncs
+
+
+IN_FLIGHT = 8
 
 
 def run() -> list[tuple[str, float, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         transfers = _plain_transfers_per_second(N * 2)
-        pairs = _escrow_pairs_per_second(N, Path(tmp) / "bench.db")
         bare = _bare_escrow_pairs_per_second(N)
+        concurrent, syncs = _escrow_pairs_per_second(N, Path(tmp) / "concurrent.db", in_flight=IN_FLIGHT)
+        sequential, _ = _escrow_pairs_per_second(N, Path(tmp) / "sequential.db")
     return [
         (
-            "escrow pairs/s / plain transfer pairs/s",
-            pairs / (transfers / 2),
-            f"{pairs:.0f} create+release pairs/s vs {transfers:.0f} transfer_checked/s (goal >= 0.67)",
+            f"escrow pairs ÷ the same txs sent bare ({IN_FLIGHT} in flight)",
+            concurrent / bare,
+            f"{concurrent:.0f} vs {bare:.0f} pairs/s; {syncs} (goal >= 0.8)",
         ),
         (
-            "escrow pairs/s / plain transfers/s",
-            pairs / transfers,
-            "the issue's literal ratio: one escrow pair (2 transactions) against one transfer",
+            "escrow pairs ÷ the same txs sent bare (sequential)",
+            sequential / bare,
+            f"{sequential:.0f} vs {bare:.0f} pairs/s, one escrow at a time",
         ),
         (
             "bare escrow tx pairs/s / plain transfer pairs/s",
             bare / (transfers / 2),
-            f"{bare:.0f} bare escrow pairs/s: what the escrow's own transactions cost on chain",
+            f"{bare:.0f} bare escrow pairs/s vs {transfers:.0f} transfer_checked/s: on-chain cost alone",
         ),
         (
-            "escrow pairs/s / bare escrow tx pairs/s",
-            pairs / bare,
-            "the ledger's bookkeeping alone (intent log, fsync, preflight, confirmation)",
+            f"escrow pairs/s / plain transfer pairs/s ({IN_FLIGHT} in flight)",
+            concurrent / (transfers / 2),
+            "the first, historical ratio (goal >= 0.67 was out of reach on chain alone)",
         ),
     ]
 

@@ -69,6 +69,15 @@ def _show_hsm_keys(keys: Any) -> None:
     console.print(table)
 
 
+def _say_settlement(settlement: dict[str, Any]) -> None:
+    say(f"escrow {settlement['state']}")
+    if settlement.get("report_sha256"):
+        say(
+            "release co-signed by the verifier service (coordinator + verifier of the 2-of-3 multisig); "
+            f"memo carries report SHA-256 {settlement['report_sha256']} (tx {settlement['settle_signature']})"
+        )
+
+
 def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
     from flows.stack import embedded_stack
 
@@ -109,7 +118,7 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
             f"verification {verdict}: holdout accuracy {verification.get('holdout_accuracy')}, "
             f"replay {verification.get('segments_replayed')}/{verification.get('segments_total')} segments"
         )
-        say(f"escrow {summary['settlement']['state']}")
+        _say_settlement(summary["settlement"])
         after = stack.balances()
         _show_balances("Balances after", after)
         table = Table(title="Archived objects")

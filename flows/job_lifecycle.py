@@ -45,10 +45,27 @@ def validate(spec: dict[str, Any]) -> JobRequest:
     return parse_job_request(spec, job_id=job_id, minimum_payment=minimum_payment(config))
 
 
+def _deadline(request: JobRequest) -> dt.datetime:
+    """When the escrow-sweep may refund a job whose lifecycle died: wall time + dispatch margin (F2)."""
+    margin = services.config().dispatch_margin_s
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=request.wall_seconds + margin)
+
+
+def _run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
 @task(name="lock-escrow")
 def lock_escrow(request: JobRequest) -> dict[str, Any]:
     record = services.ledger().create(
-        job_id=request.job_id, user=services.user_wallet(request.user), amount=request.payment
+        job_id=request.job_id,
+        user=services.user_wallet(request.user),
+        amount=request.payment,
+        deadline=_deadline(request),
+        run_id=_run_id(),
     )
     txn = get_transaction()
     if txn is not None:
@@ -70,9 +87,15 @@ def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
     control = services.control_channel()
     prepared = prepare_inputs(services.config(), request)
     assignment = control.assign(request.job_id, node=node)
+    services.require_stake(assignment.get("peer_id"))  # no stake, no dispatch (F1)
     # The per-job secret exists only from here on: nothing computed before the assignment fits (issue 20).
     training_doc = bind_training_doc(prepared.training_doc)
-    services.ledger().assign(job_id=request.job_id, node_wallet=assignment["wallet"])
+    services.ledger().assign(
+        job_id=request.job_id,
+        node_wallet=assignment["wallet"],
+        node_peer_id=assignment.get("peer_id"),
+        deadline=_deadline(request),
+    )
     txn = get_transaction()
     if txn is not None:
         txn.set("job_id", request.job_id)
@@ -112,16 +135,18 @@ def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, An
 
 
 @task(name="verify-result")
-def verify(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
-    report = services.verify_job(request=request, dispatched=dispatched)
-    # "public-derived" tells the reader the verdict rests on the replay, not on holdout secrecy (F1).
-    report.summary["holdout"] = dispatched.get("holdout_source", "public-derived")
+def verify(request: JobRequest, dispatched: dict[str, Any], escrow: dict[str, Any]) -> dict[str, Any]:
+    # The verifier service verifies and signs its verdict in its own process (F1); the attestation is
+    # what the ledger needs to release (tasks.verifier_service.verify_hook adds the holdout's source).
+    report, attestation = services.attested_verification(
+        request=request, dispatched=dispatched, escrow=escrow["escrow_account"]
+    )
     create_markdown_artifact(
         key=f"verification-{request.job_id}",
         markdown=report.to_markdown(),
         description=f"Verification report of {request.job_id}",
     )
-    return report.to_dict()
+    return {**report.to_dict(), "attestation": attestation}
 
 
 @task(name="settle-escrow")
@@ -131,12 +156,21 @@ def settle(request: JobRequest, dispatched: dict[str, Any], report: dict[str, An
         record = ledger.release(
             job_id=request.job_id,
             node_wallet=dispatched["assignment"]["wallet"],
-            proof_ref=str(report["proof_sha256"]),
+            report=report["attestation"],
         )
     else:
         reasons = "; ".join(f"{c['name']}: {c['reason']}" for c in report["checks"] if not c["passed"])
-        record = ledger.refund(job_id=request.job_id, reason=f"verification failed: {reasons}"[:500])
-    return {"state": str(record.state), "escrow_account": record.escrow_account}
+        record = ledger.refund(
+            job_id=request.job_id,
+            reason=f"verification failed: {reasons}"[:500],
+            report=report["attestation"],
+        )
+    return {
+        "state": str(record.state),
+        "escrow_account": record.escrow_account,
+        "report_sha256": record.report_sha256,
+        "settle_signature": record.settle_signature,
+    }
 
 
 @task(name="archive", retries=2, retry_delay_seconds=2)
@@ -155,7 +189,7 @@ def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, An
         dispatched = dispatch(request, node)
         ran = run_on_node(request, dispatched)
         logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])
-        report = verify(request, dispatched)
+        report = verify(request, dispatched, escrow)
         settlement = settle(request, dispatched, report)
     keys = archive(request, report, settlement)
     services.control_channel().set_status(request.job_id, "released" if report["passed"] else "refunded")

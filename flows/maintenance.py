@@ -41,12 +41,23 @@ def crl_refresh(days: int = 7, refresh_before_hours: int = 48) -> dict[str, Any]
 
 @flow(name="escrow-sweep")
 def escrow_sweep() -> dict[str, Any]:
-    """Finish what a crash left behind: pending intents re-checked on chain, never a second transfer (F2)."""
-    records = services.ledger().reconcile()
-    rows = [{"job_id": r.job_id, "state": str(r.state)} for r in records]
+    """Nothing stuck, nothing paid twice (F2): finish in-flight moves on chain, send again releases left
+    ``settling``, refund every locked escrow past its deadline whose lifecycle run is terminal or gone."""
+    from tasks.sweep import lifecycle_run_state
+
+    report = services.ledger().sweep(run_state=lifecycle_run_state)
+    rows = report.rows()
     if rows:
         create_table_artifact(key="escrow-sweep", table=rows, description="Escrows settled by the sweep")
-    return {"reconciled": len(rows), "escrows": rows}
+    for job_id, why in report.alerts.items():
+        get_run_logger().warning("escrow of %s still unsettled: %s", job_id, why)
+    return {
+        "reconciled": len(report.reconciled),
+        "released": [r.job_id for r in report.released],
+        "refunded": [r.job_id for r in report.refunded],
+        "alerts": report.alerts,
+        "escrows": rows,
+    }
 
 
 @flow(name="audit-maintenance")

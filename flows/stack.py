@@ -23,6 +23,8 @@ from typing import Any
 from flows.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
 
 PROJECT = Path(__file__).resolve().parents[1]
+#: each embedded node's stake: the minimum to be dispatched to (base units; the demo's minimum payment)
+STAKE = 1_000_000
 Say = Callable[[str], None]
 
 
@@ -40,6 +42,8 @@ class EmbeddedStack:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     #: ``demo --hsm``: the pkcs11: URIs of the keys kept in the embedded SoftHSM2 token (infra.hsm).
     hsm: Any = None
+    #: the verifier service process (holds the verifier's escrow key; co-signs releases, F1)
+    verifier: Any = None
 
     def balances(self) -> dict[str, int]:
         """The demo user's and the (shared) node wallet's token balances on the ledger service."""
@@ -232,8 +236,9 @@ def embedded_stack(
         ledger_dir = home / "ledger"
         ledger_service = stack.enter_context(start_local_ledger(ledger_dir / "service"))
         demo_ledger = provision_demo(
-            rpc_url=ledger_service.rpc_url, state_dir=ledger_dir, passphrase=passphrase.encode()
-        )
+            rpc_url=ledger_service.rpc_url, state_dir=ledger_dir, passphrase=passphrase.encode(), pki=pki,
+            node_funds=STAKE * len(nodes), minimum_stake=STAKE,
+        )  # fmt: skip
         say(
             f"Ledger service (LiteSVM) on {ledger_service.rpc_url}: mint, 2-of-3 multisig, funded user wallet"
         )
@@ -283,15 +288,49 @@ def embedded_stack(
         )
         for cached in (services.config, services.audit, services.ledger, services.control_channel):
             cached.cache_clear()
+        verifier = _stake_nodes(
+            pki, demo_ledger, nodes, say, stack.enter_context(_start_verifier(home, env, demo_ledger, say))
+        )
 
         _deploy(env, lifecycle=lifecycle_deployment)
         say("Deployed sandboxed-train to the gpu work pool")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
-            audit=audit, config_path=config_path, env=env, hsm=keys,
+            audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
         )  # fmt: skip
         stack.callback(built.close)
         yield built
+
+
+def _stake_nodes(pki: Any, demo_ledger: Any, nodes: tuple[str, ...], say: Say, verifier: Any) -> Any:
+    """Lock each node's minimum stake (the node wallet signs the deposit) so it may be dispatched to (F1);
+    returns ``verifier`` (the verifier service, started first)."""
+    from cyxwiz.ledger.stake import StakeLedger
+    from cyxwiz.pki.certs import load_certificate
+    from cyxwiz.pki.peerid import peer_id
+    from tasks import services
+
+    stakes = StakeLedger(ledger=services.ledger(), policy=demo_ledger.config.stake_policy())
+    for name in nodes:
+        peer = peer_id(load_certificate(pki.node_cert(name)))
+        staked = stakes.stake(peer_id=peer, node=demo_ledger.node, amount=STAKE)
+        say(f"{name} staked {staked.amount:,} base units in {staked.stake_account} (2-of-3 authority)")
+    return verifier
+
+
+def _start_verifier(home: Path, env: dict[str, str], demo_ledger: Any, say: Say) -> Any:
+    """The verifier service in its own process with its own passphrase and without the control plane's."""
+    from cyxwiz.ledger.verifier_service import start_verifier_service
+
+    own = {k: v for k, v in env.items() if k not in ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE")}
+    verifier = start_verifier_service(
+        config_path=demo_ledger.config_path,
+        state_dir=home / "verifier",
+        env={**own, **demo_ledger.verifier_env()},
+        module="tasks.verifier_service",
+    )
+    say(f"Verifier service (own process, own key, co-signs passing releases) on {verifier.socket_path}")
+    return verifier
 
 
 def _start_hsm(home: Path, say: Say) -> Any:

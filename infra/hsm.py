@@ -83,12 +83,19 @@ def move_escrow_authorities(demo_ledger: Any, *, passphrase: bytes, keys: HsmKey
         multisig = provision.create_multisig(
             chain, payer=payer, authorities=[signers[r].pubkey() for r in ESCROW_ROLES], threshold=2
         )
+        # Disputed funds: the 2-of-2 (arbiter, verifier) multisig over the token's keys too (issue 17).
+        dispute = provision.create_multisig(
+            chain, payer=payer, authorities=[signers["arbiter"].pubkey(), signers["verifier"].pubkey()],
+            threshold=2,
+        )  # fmt: skip
     finally:
         chain.close()
     for role in ESCROW_ROLES:
         old = config.key_path(role)
         if old is not None:
             old.unlink(missing_ok=True)
-    moved = dataclasses.replace(config, multisig=str(multisig), keys={**config.keys, **keys.escrow})
+    moved = dataclasses.replace(
+        config, multisig=str(multisig), dispute_multisig=str(dispute), keys={**config.keys, **keys.escrow}
+    )
     moved.to_file(demo_ledger.config_path)
     return dataclasses.replace(demo_ledger, config=LedgerConfig.from_file(demo_ledger.config_path))

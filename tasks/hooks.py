@@ -120,11 +120,14 @@ class PrefectHooks:
     def wallet(self, user_id: str) -> dict[str, Any]:
         from tasks import services
 
+        # Read over RPC and from the store with no signing key: the API process holds no ledger key (F1).
+        view = services.wallet_view()
         try:
             escrows = [
-                {"job_id": r.job_id, "state": str(r.state), "amount": r.amount}
-                for r in services.ledger().list_escrows()
+                {"job_id": r.job_id, "state": str(r.state), "amount": r.amount} for r in view.escrows()
             ]
         except NotFoundError:
             escrows = []
+        finally:
+            view.close()
         return {"user_id": user_id, "escrows": escrows, "as_of": dt.datetime.now(dt.UTC).isoformat()}

@@ -74,6 +74,69 @@ def user_wallet(user: str) -> Any:
     return load_keypair(path, passphrase=passphrase_from_env())
 
 
+def require_stake(peer_id: str | None) -> None:
+    """Refuse dispatch to a node whose stake is below the ledger config's minimum (F1)."""
+    from cyxwiz.errors import ValidationError
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.stake import StakeLedger
+
+    ledger_config = LedgerConfig.from_file(config().ledger_config)
+    if ledger_config.minimum_stake <= 0:
+        return
+    if not peer_id:
+        raise ValidationError("the assignment names no node PeerID", field="peer_id", rule="F1")
+    StakeLedger(ledger=ledger(), policy=ledger_config.stake_policy()).require(peer_id=peer_id)
+
+
+def wallet_view() -> Any:
+    """Balances and escrows read over RPC and from the escrow store: no signing key (F1)."""
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.views import WalletView
+
+    return WalletView.from_config(LedgerConfig.from_file(config().ledger_config))
+
+
+def attested_verification(
+    *, request: JobRequest, dispatched: dict[str, Any], escrow: str
+) -> tuple[VerificationReport, str]:
+    """The verifier service verifies the job and signs its verdict; returns the report and attestation.
+
+    The report is recomputed and signed in the verifier's own process (F1): the lifecycle only carries
+    the attestation on to :meth:`EscrowLedger.release`, which refuses anything but a passing one.
+    """
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.verifier_service import RemoteCosigner
+    from cyxwiz.verification.report import Check, VerificationReport
+
+    ledger_config = LedgerConfig.from_file(config().ledger_config)
+    socket_path = ledger_config.verifier_socket_path()
+    if socket_path is None:
+        raise VerificationError("the ledger config names no verifier service", field="verifier_socket")
+    assignment = dispatched["assignment"]
+    client = RemoteCosigner(socket_path=socket_path)
+    try:
+        answer = client.verify(
+            {
+                "job_id": request.job_id,
+                "node_peer_id": assignment.get("peer_id"),
+                "node_wallet": assignment["wallet"],
+                "escrow": escrow,
+                "request": request.to_dict(),
+                "dispatched": dispatched,
+            }
+        )
+    finally:
+        client.close()
+    data = answer["report"]
+    report = VerificationReport(
+        job_id=data["job_id"],
+        checks=tuple(Check(**check) for check in data["checks"]),
+        proof_sha256=data.get("proof_sha256"),
+        summary=data.get("summary") or {},
+    )
+    return report, str(answer["attestation"])
+
+
 def refund_if_locked(job_id: str | None, *, reason: str) -> None:
     if not job_id:
         return

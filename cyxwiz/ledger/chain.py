@@ -9,11 +9,14 @@ cluster). Both keep cluster semantics the ledger relies on for crash safety (F2)
   (``AlreadyProcessed``), also across a service restart (the signature set is persisted);
 * a blockhash is valid up to ``last_valid_block_height``; once the block height has passed it, a
   transaction signed with it can never land, so re-preparing is safe;
-* a transaction that fails preflight leaves no trace (no fee, no balance change).
+* with preflight (the RPC default), a transaction that fails simulation leaves no trace (no fee);
+  without it (``skipPreflight``, and the in-process default: the simulation would double the chain's
+  work per transaction), a failing transaction lands as failed, pays its fee, and is refused all the same.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +128,18 @@ def error_json(err: object) -> Any:
     return None
 
 
+def _never_executed(err: object) -> bool:
+    """Errors of a transaction that was never executed (no fee, no status): bad blockhash, no fee money."""
+    name = error_name(err)
+    return any(k in name for k in ("BlockhashNotFound", "AlreadyProcessed", "InsufficientFundsForFee",
+                                   "AccountNotFound", "SignatureFailure"))  # fmt: skip
+
+
+def _status_err(err: object) -> str:
+    """A failed transaction's status error as the RPC shows it (JSON), never ``null``."""
+    return json.dumps(error_json(err) or error_name(err))
+
+
 def rejected(err: object, logs: list[str]) -> TransactionRejectedError:
     return TransactionRejectedError(error_name(err), logs=tuple(logs), err_json=error_json(err))
 
@@ -138,7 +153,8 @@ class LocalChain:
     an old signed transaction.
     """
 
-    def __init__(self, *, snapshot: Path | None = None) -> None:
+    def __init__(self, *, snapshot: Path | None = None, preflight: bool = False) -> None:
+        self.preflight = preflight
         self._lock = threading.RLock()
         self._svm = LiteSVM()
         self._height = 0
@@ -168,7 +184,7 @@ class LocalChain:
         with self._lock:
             return self._height
 
-    def send_raw(self, tx: bytes) -> str:
+    def send_raw(self, tx: bytes, *, preflight: bool | None = None) -> str:
         try:
             parsed = VersionedTransaction.from_bytes(tx)
         except Exception as exc:
@@ -177,12 +193,17 @@ class LocalChain:
         with self._lock:
             if signature in self._statuses:
                 raise TransactionRejectedError("AlreadyProcessed")
-            # Preflight, as an RPC node does by default: a failing transaction is refused without a fee.
-            sim = self._svm.simulate_transaction(parsed)
-            if isinstance(sim, FailedTransactionMetadata):
-                raise rejected(sim.err(), sim.meta().logs())
+            if self.preflight if preflight is None else preflight:
+                # As an RPC node does by default: a failing transaction is refused without a fee.
+                sim = self._svm.simulate_transaction(parsed)
+                if isinstance(sim, FailedTransactionMetadata):
+                    raise rejected(sim.err(), sim.meta().logs())
             result = self._svm.send_transaction(parsed)
             if isinstance(result, FailedTransactionMetadata):
+                if not _never_executed(result.err()):
+                    # It landed as failed (fee paid): its status says so, as on a cluster.
+                    self._statuses[signature] = SignatureStatus(self._height, _status_err(result.err()))
+                    self._touch(parsed.message.account_keys)
                 raise rejected(result.err(), result.meta().logs())
             self._statuses[signature] = SignatureStatus(self._height)
             self._touch(parsed.message.account_keys)
@@ -191,6 +212,10 @@ class LocalChain:
     def signature_status(self, signature: str) -> SignatureStatus | None:
         with self._lock:
             return self._statuses.get(signature)
+
+    def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
+        with self._lock:
+            return [self._statuses.get(s) for s in signatures]
 
     def get_account(self, pubkey: Pubkey) -> Account | None:
         with self._lock:

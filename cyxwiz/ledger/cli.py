@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.records import EscrowRecord
 
-app = new_app(help="Escrow on Solana: status, list, dispute, resolve-dispute (admin), reconcile.")
+app = new_app(
+    help="Escrow on Solana: status, list, dispute, resolve-dispute (admin), reconcile; node stake, unstake."
+)
 
 ConfigOption = Annotated[
     Path | None,
@@ -61,12 +63,84 @@ def _store_ledger(config: LedgerConfig) -> Any:
 
 
 @app.command("status")
-def status_command(job_id: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Show one job's escrow.  Example: cyxwiz escrow status job-42 --json"""
+def status_command(
+    job_id: Annotated[str | None, typer.Argument(help="The job whose escrow to show.")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="Show this node's stake instead (its PeerID).")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one job's escrow, or a node's stake.
+
+    Example: cyxwiz escrow status job-42 --json;  cyxwiz escrow status --node 12D3KooW...
+    """
+    from cyxwiz.errors import ValidationError
     from cyxwiz.ledger.records import EscrowRecord, check_job_id
 
     store = _store_ledger(_config(config))
+    if node is not None:
+        from cyxwiz.ledger.stake import StakeBook
+
+        _print_stake(StakeBook(store._engine).get(node).to_dict(), as_json)
+        return
+    if job_id is None:
+        raise ValidationError("name a job, or --node PEER_ID for a stake", field="job_id")
     _print([EscrowRecord.from_row(store.get(check_job_id(job_id)))], as_json, single=True)
+
+
+def _print_stake(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        typer.echo(f"{key}: {value if value is not None else '-'}")
+
+
+def _stakes(config: Path | None, roles: tuple[str, ...] = ("coordinator",)) -> Any:
+    from cyxwiz.ledger.config import open_ledger
+    from cyxwiz.ledger.stake import StakeLedger
+
+    loaded = _config(config)
+    return StakeLedger(ledger=open_ledger(loaded, roles=roles), policy=loaded.stake_policy())
+
+
+@app.command("stake")
+def stake_command(
+    peer_id: Annotated[str, typer.Option("--node", help="The node's certificate PeerID.")],
+    amount: Annotated[int, typer.Option("--amount", help="Base units to lock in the node's stake.")],
+    node_key: Annotated[
+        Path, typer.Option("--node-key", help="The node wallet's sealed key file (it signs the deposit).")
+    ],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Lock tokens from the node's wallet in its stake account (2-of-3 authority): the node signs.
+
+    Example: cyxwiz escrow stake --node 12D3KooW... --amount 5000000 --node-key keys/node.key
+    """
+    from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
+
+    node = load_keypair(node_key, passphrase=passphrase_from_env())
+    _print_stake(_stakes(config).stake(peer_id=peer_id, node=node, amount=amount).to_dict(), as_json)
+
+
+@app.command("unstake")
+def unstake_command(
+    peer_id: Annotated[str, typer.Option("--node", help="The node's certificate PeerID.")],
+    withdraw: Annotated[
+        bool, typer.Option("--withdraw", help="Withdraw now (after the cool-down, no job running).")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the stake's cool-down (no more dispatch), or --withdraw it back to the node's wallet.
+
+    Example: cyxwiz escrow unstake --node 12D3KooW...;  later: cyxwiz escrow unstake --node ... --withdraw
+    """
+    stakes = _stakes(config)
+    record = stakes.withdraw(peer_id=peer_id) if withdraw else stakes.request_unstake(peer_id=peer_id)
+    _print_stake(record.to_dict(), as_json)
 
 
 @app.command("list")
@@ -99,13 +173,14 @@ def dispute_command(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Hold a locked escrow until an arbiter resolves it.
+    """Move a locked escrow's funds into its dispute escrow: only the arbiter (with the verifier) can
+    settle it from there, on chain. Needs the control plane's key and the verifier service.
 
     Example: cyxwiz escrow dispute job-42 --reason 'metrics look fabricated'
     """
     from cyxwiz.ledger.config import open_ledger
 
-    ledger = open_ledger(_config(config), roles=())
+    ledger = open_ledger(_config(config), roles=("coordinator",))
     _print([ledger.dispute(job_id=job_id, reason=reason)], as_json, single=True)
 
 
@@ -124,7 +199,8 @@ def resolve_command(  # noqa: PLR0917 - typer maps parameters to options by name
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Admin: settle a disputed escrow with the arbiter's and coordinator's signatures.
+    """Admin: settle a disputed escrow with the arbiter's key (CYXWIZ_ARBITER_PASSPHRASE) and the
+    verifier service's co-signature.
 
     Example: cyxwiz escrow resolve-dispute job-42 --to refund
     """
@@ -133,7 +209,7 @@ def resolve_command(  # noqa: PLR0917 - typer maps parameters to options by name
 
     if to not in ("release", "refund"):
         raise ValidationError("must be 'release' or 'refund'", field="to", rule="F1")
-    ledger = open_ledger(_config(config), roles=("arbiter", "coordinator"))
+    ledger = open_ledger(_config(config), roles=("arbiter",))
     record = ledger.resolve(
         job_id=job_id,
         outcome="release" if to == "release" else "refund",

@@ -2,7 +2,7 @@
 
     with start_local_ledger(state_dir) as ledger_service:
         demo = provision_demo(rpc_url=ledger_service.rpc_url, state_dir=state_dir, passphrase=b"...")
-        ledger = demo.open_ledger()            # coordinator + verifier keys, over JSON-RPC
+        ledger = demo.open_ledger()            # payer + coordinator key; the verifier co-signs via its socket
         ledger.create(job_id="job-1", user=demo.user, amount=2 * demo.minimum_payment)
 
 The service process owns LiteSVM; every other process (flows, agents, coordinator) reaches it over
@@ -145,10 +145,27 @@ class DemoLedger:
     node: Keypair
     user_funds: int
     minimum_payment: int
+    #: each authority key is sealed under its own passphrase (F1): the verifier service's and the arbiter's
+    verifier_passphrase: str = ""
+    arbiter_passphrase: str = ""
 
-    def open_ledger(self, *, roles: tuple[str, ...] = ("coordinator", "verifier"), **kwargs: Any) -> Any:
+    def open_ledger(self, *, roles: tuple[str, ...] = ("coordinator",), **kwargs: Any) -> Any:
         """An EscrowLedger over JSON-RPC (see :func:`cyxwiz.ledger.config.open_ledger`)."""
         return open_ledger(self.config, roles=roles, **kwargs)
+
+    def verifier_env(self) -> dict[str, str]:
+        """What the verifier service process needs beyond the config: its own passphrase."""
+        return {"CYXWIZ_VERIFIER_PASSPHRASE": self.verifier_passphrase}
+
+
+def _socket_path(state_dir: Path) -> str:
+    """Under the state dir when short enough for a Unix socket (108 bytes), else a fresh 0700 temp dir."""
+    import tempfile
+
+    wanted = state_dir.resolve() / "verifier" / "verifier.sock"
+    if len(str(wanted)) < 100:
+        return str(wanted)
+    return str(Path(tempfile.mkdtemp(prefix="cyxwiz-verifier-")) / "verifier.sock")
 
 
 def provision_demo(
@@ -160,13 +177,27 @@ def provision_demo(
     minimum_payment: int = 1_000_000,
     db_url: str | None = None,
     kdf: KdfParams | None = None,
+    pki: Any = None,
+    verifier_passphrase: str | None = None,
+    arbiter_passphrase: str | None = None,
+    node_funds: int = 0,
+    minimum_stake: int = 0,
 ) -> DemoLedger:
-    """Make a test mint, the 2-of-3 multisig (coordinator, verifier, arbiter), a funded user, a node wallet.
+    """Make a test mint, the 2-of-3 escrow multisig (coordinator, verifier, arbiter), the 2-of-2 dispute
+    multisig (arbiter, verifier), a funded user, a node wallet.
 
-    Sealed key files (0600, Argon2id + AES-256-GCM) go to ``state_dir/keys``; ``state_dir/ledger.json``
-    is the config to open the ledger from (``CYXWIZ_LEDGER_CONFIG``). Amounts are base units (6 decimals).
+    Sealed key files (0600, Argon2id + AES-256-GCM) go to ``state_dir/keys``: the verifier's and the
+    arbiter's under their own passphrases (fresh random ones unless given). ``pki`` (a
+    :class:`~cyxwiz.pki.devpki.DevPKI`) names the verifier certificate and the trust anchors of reports.
+    ``state_dir/ledger.json`` is the config (``CYXWIZ_LEDGER_CONFIG``). Amounts are base units (6 decimals).
     """
+    import secrets
+
     from cyxwiz.ledger.rpc import RpcChain
+
+    verifier_passphrase = verifier_passphrase or secrets.token_urlsafe(24)
+    arbiter_passphrase = arbiter_passphrase or secrets.token_urlsafe(24)
+    own = {"verifier": verifier_passphrase.encode(), "arbiter": arbiter_passphrase.encode()}
 
     keys_dir = state_dir / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -174,11 +205,19 @@ def provision_demo(
     user, node = Keypair(), Keypair()
     chain = RpcChain(url=rpc_url)
     try:
-        for wallet, lamports in ((roles["payer"], 100 * 10**9), (user, 10**9), (node, 10**9)):
+        for wallet, lamports in (
+            (roles["payer"], 100 * 10**9), (roles["arbiter"], 10**9), (user, 10**9), (node, 10**9)
+        ):  # fmt: skip
             chain.airdrop(wallet.pubkey(), lamports)
         payer = roles["payer"]
         authorities = [roles[r].pubkey() for r in ("coordinator", "verifier", "arbiter")]
         multisig = provision.create_multisig(chain, payer=payer, authorities=authorities, threshold=2)
+        dispute_multisig = provision.create_multisig(
+            chain,
+            payer=payer,
+            authorities=[roles["arbiter"].pubkey(), roles["verifier"].pubkey()],
+            threshold=2,
+        )
         mint = provision.create_test_mint(
             chain, payer=payer, mint_authority=roles["mint_authority"].pubkey(), decimals=DEMO_DECIMALS
         )
@@ -186,14 +225,23 @@ def provision_demo(
             chain, payer=payer, mint=mint, wallet=user.pubkey(), amount=user_funds,
             mint_authority=roles["mint_authority"],
         )  # fmt: skip
-        provision.fund_wallet(chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=0)
+        provision.fund_wallet(
+            chain, payer=payer, mint=mint, wallet=node.pubkey(), amount=node_funds,
+            mint_authority=roles["mint_authority"] if node_funds else None,
+        )  # fmt: skip
     finally:
         chain.close()
     key_files: dict[str, str] = {}
     for name, keypair in {**roles, "user": user, "node": node}.items():
         path = keys_dir / f"{name}.key"
-        write_keypair(path, keypair, passphrase=passphrase, params=kdf, overwrite=True)
+        write_keypair(path, keypair, passphrase=own.get(name, passphrase), params=kdf, overwrite=True)
         key_files[name] = str(path.relative_to(state_dir))
+    trust: dict[str, Any] = {}
+    if pki is not None:
+        trust = {
+            "trust_bundle": str(pki.bundle), "crl": str(pki.crl),
+            "verifier_cert": str(pki.verifier_cert), "verifier_key": str(pki.verifier_key),
+        }  # fmt: skip
     config = LedgerConfig(
         rpc_url=rpc_url,
         db_url=db_url or f"sqlite:///{(state_dir / 'escrow.db').resolve()}",
@@ -202,6 +250,10 @@ def provision_demo(
         multisig=str(multisig),
         minimum_payment=minimum_payment,
         keys=key_files,
+        dispute_multisig=str(dispute_multisig),
+        verifier_socket=_socket_path(state_dir),
+        minimum_stake=minimum_stake,
+        **trust,
     )
     config_path = state_dir / "ledger.json"
     config.to_file(config_path)
@@ -212,4 +264,6 @@ def provision_demo(
         node=node,
         user_funds=user_funds,
         minimum_payment=minimum_payment,
+        verifier_passphrase=verifier_passphrase,
+        arbiter_passphrase=arbiter_passphrase,
     )

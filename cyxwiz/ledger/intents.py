@@ -8,6 +8,7 @@ the reconciler rather than guessed about.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,54 @@ from cyxwiz.ledger.chain import Chain, SignatureStatus, TransactionRejectedError
 from cyxwiz.ledger.store import EscrowState, EscrowStore, Intent, IntentStatus, NewIntent
 
 Rebuild = Callable[[], NewIntent]
+
+
+class BatchStatus:
+    """Signature look-ups of concurrent escrows merged into one ``getSignatureStatuses`` call per round.
+
+    A caller's signature is looked up in a round that *starts* after it asked, so no answer is stale;
+    whoever finds no round running leads the next one for everybody waiting.
+    """
+
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._results: dict[str, SignatureStatus | None] = {}
+        self._started = 0
+        self._finished = 0
+        self._busy = False
+        self.calls = 0  # rounds run (the bench reads it)
+
+    def status(self, signature: str) -> SignatureStatus | None:
+        with self._cond:
+            self._pending.add(signature)
+            needed = self._started + 1
+            while self._finished < needed:
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                self._started += 1
+                batch = sorted(self._pending)
+                self._pending.clear()
+                self._cond.release()
+                try:
+                    found = self._lookup(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                self._results.update(found)
+                self._finished = self._started
+                self.calls += 1
+                self._cond.notify_all()
+            return self._results.pop(signature, None)
+
+    def _lookup(self, batch: list[str]) -> dict[str, SignatureStatus | None]:
+        many = getattr(self._chain, "signature_statuses", None)
+        if many is None:
+            return {sig: self._chain.signature_status(sig) for sig in batch}
+        return dict(zip(batch, many(batch), strict=True))
 
 
 def _no_fault(_point: str) -> None:
@@ -31,6 +80,11 @@ class IntentDriver:
     max_attempts: int = 3
     #: test hook: called with "after_record" / "after_send" (crash tests kill the process there)
     fault: Callable[[str], None] = field(default=_no_fault)
+    batch: BatchStatus | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch is None:
+            self.batch = BatchStatus(self.chain)
 
     def drive(self, intent: Intent, *, rebuild: Rebuild | None) -> None:
         """Send a recorded intent until it is confirmed, refused, or (expired and not rebuildable)."""
@@ -70,8 +124,9 @@ class IntentDriver:
         """The signature's status once known; None once its blockhash expired unseen. Raises on timeout."""
         deadline = time.monotonic() + self.confirm_timeout_s
         delay = 0.01
+        assert self.batch is not None
         while True:
-            status = self.chain.signature_status(intent.signature)
+            status = self.batch.status(intent.signature)
             if status is not None:
                 return status
             if self.chain.block_height() > intent.last_valid_height:
@@ -97,4 +152,13 @@ class IntentDriver:
 
     @staticmethod
     def revert(intent: Intent) -> EscrowState:
-        return EscrowState.VOID if intent.kind == "create" else intent.prior_state
+        """Where a move that can never land leaves the escrow.
+
+        A release was approved by a passing report: it is never turned back into a lockable (hence
+        refundable) escrow, it waits ``settling`` for the sweep to send it again (F1).
+        """
+        if intent.kind == "create":
+            return EscrowState.VOID
+        if intent.kind == "release" and intent.prior_state in (EscrowState.LOCKED, EscrowState.SETTLING):
+            return EscrowState.SETTLING
+        return intent.prior_state

@@ -2,36 +2,47 @@
 
 Every on-chain move follows one protocol, so a process killed at any point never pays twice:
 
-1. build and sign the transaction (the signature is fixed before anything is sent);
+1. build the transaction message and collect its signatures: the keys this process holds, and the
+   verifier's co-signature (its own process, its own rules: :mod:`cyxwiz.ledger.cosign`);
 2. commit the escrow's compare-and-set into a transitional state together with the signed bytes
-   (the intent) — a concurrent second release loses here, before signing anything;
+   (the intent) — a concurrent second release loses here, before anything is sent;
 3. send; confirm by polling the signature's status;
 4. commit the final state.
 
-After a crash, :meth:`EscrowLedger.reconcile` looks every recorded signature up on chain: landed →
-finish; refused → put the escrow back; unknown with a live blockhash → re-send the *same* bytes (the
-chain deduplicates by signature); unknown with an expired blockhash → it can never land, so a fresh
-transaction for the same move is recorded and sent. On chain, a settle transaction closes the escrow
-account, so even two different settle transactions cannot both move funds.
+Authority is split (F1, threat I): the escrow multisig is 2-of-3 (coordinator, verifier, arbiter). A
+release needs the verifier's co-signature, which it gives only for a passing report it signed itself
+(:mod:`cyxwiz.ledger.attestation`); the ledger checks the same report before asking. A dispute moves the
+funds into a dispute escrow owned by a 2-of-2 (arbiter, verifier) multisig, so only a set of keys that
+includes the arbiter can settle it. Recovery after a crash lives in :mod:`cyxwiz.ledger.recovery`.
+
+Public API for other packages (tenants, verification): :meth:`funding_message` + :meth:`create_signed`
+(a lock the user's own client signs), :meth:`create` (a user key held here), :meth:`assign` (the node,
+PeerID and payout wallet a release may pay), :meth:`release` (with the verifier's attestation),
+:meth:`refund`, :meth:`dispute`, :meth:`resolve` (arbiter), :meth:`reconcile` and :meth:`sweep`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from solders.keypair import Keypair
+from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
 
-from cyxwiz.errors import AuthorizationError, CyxwizError, EscrowError, LedgerError
+from cyxwiz.errors import AuthorizationError, ConfigError, CyxwizError, EscrowError, LedgerError
+from cyxwiz.keys.solana import SourceSigner
 from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.attestation import AttestationPolicy, ReportAttestation
 from cyxwiz.ledger.chain import Chain
-from cyxwiz.ledger.intents import IntentDriver, Rebuild
+from cyxwiz.ledger.cosign import Cosigner, CosignRequest, KeyCosigner, VerifierPolicy
+from cyxwiz.ledger.intents import IntentDriver
 from cyxwiz.ledger.records import (
     EscrowRecord,
     MissingSignatureError,
-    ProofChecker,
-    ProofRequiredError,
     WrongRecipientError,
     check_amount,
     check_job_id,
@@ -39,19 +50,26 @@ from cyxwiz.ledger.records import (
     check_reason,
     check_wallet,
 )
-from cyxwiz.ledger.store import EscrowState, EscrowStore, Intent, IntentStatus, NewIntent
+from cyxwiz.ledger.store import EscrowState, EscrowStore, NewIntent
 
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
+    from cyxwiz.ledger.recovery import RunState, SweepReport
+    from cyxwiz.ledger.stake import StakePolicy
+
+#: (cosigner, kind the cosigner is asked for, report JSON)
+CosignPlan = tuple[Cosigner, str, str | None]
+Signers = list[txbuild.Signer]
 
 
 class EscrowLedger:
     """Escrow operations over any :class:`~cyxwiz.ledger.chain.Chain` (LiteSVM in-process or JSON-RPC).
 
-    ``payer`` pays fees and the escrow accounts' rent (the coordinator's wallet, usually the coordinator
-    key itself). The authority keys are those this process holds: the control plane holds coordinator and
-    verifier, an admin's process holds the arbiter. ``fault`` is a test hook called with
-    ``"after_record"`` / ``"after_send"`` so crash tests can kill the process at exactly those points.
+    ``payer`` pays fees (and, as ``rent_owner`` by default, the escrow accounts' rent). Authority keys are
+    those this process holds — at most one in production (:func:`cyxwiz.ledger.config.open_ledger`);
+    ``verifier`` is a :class:`~cyxwiz.ledger.cosign.Cosigner` (the verifier service), or a keypair wrapped
+    in the same rules in-process. ``attestations`` are the trust anchors verifier reports are checked
+    against. ``fault`` is a test hook called with ``"after_record"`` / ``"after_send"``.
     """
 
     def __init__(
@@ -62,13 +80,16 @@ class EscrowLedger:
         mint: Pubkey,
         decimals: int,
         multisig: Pubkey,
-        payer: Keypair,
+        payer: txbuild.Signer,
         coordinator: txbuild.Signer | None = None,
-        verifier: txbuild.Signer | None = None,
+        verifier: txbuild.Signer | Cosigner | None = None,
         arbiter: txbuild.Signer | None = None,
+        attestations: AttestationPolicy | None = None,
+        dispute_multisig: Pubkey | None = None,
+        rent_owner: Pubkey | None = None,
         minimum_payment: int = 1,
         audit: AuditSink | None = None,
-        proof_checker: ProofChecker | None = None,
+        stake_policy: StakePolicy | None = None,
         confirm_timeout_s: float = 30.0,
         max_attempts: int = 3,
         fault: Callable[[str], None] | None = None,
@@ -78,19 +99,42 @@ class EscrowLedger:
         self.mint = mint
         self.decimals = decimals
         self.multisig = multisig
+        self.dispute_multisig = dispute_multisig
         self._payer = payer
+        self.rent_owner = rent_owner or payer.pubkey()
         self._coordinator = coordinator
-        self._verifier = verifier
         self._arbiter = arbiter
+        self.attestations = attestations
+        self.stake_policy = stake_policy
         self.minimum_payment = minimum_payment
+        self._rent: int | None = None
+        #: blockhash -> last valid block height, for funding messages made here (saves an RPC round trip)
+        self._valid_until: dict[str, int] = {}
         self._audit = audit
-        self._proof_checker = proof_checker
+        if isinstance(verifier, Keypair | SourceSigner):
+            verifier = KeyCosigner(verifier, self.verifier_policy())
+        self._verifier: Cosigner | None = verifier
         self._driver = IntentDriver(
             chain=chain,
             store=store,
             confirm_timeout_s=confirm_timeout_s,
             max_attempts=max_attempts,
             fault=fault or (lambda _point: None),
+        )
+
+    def verifier_policy(self) -> VerifierPolicy:
+        """The verifier's rules over this ledger's store (what the verifier service runs too)."""
+        from cyxwiz.ledger.stake import StakeBook, StakePolicy
+
+        return VerifierPolicy(
+            attestations=self._trust(),
+            lookup=lambda job_id: self.status(job_id=job_id),
+            mint=self.mint,
+            rent_owner=self.rent_owner,
+            dispute_multisig=self.dispute_multisig,
+            stakes=StakeBook(self.store._engine),
+            stake_policy=self.stake_policy or StakePolicy(),
+            escrow_store=self.store,
         )
 
     def close(self) -> None:
@@ -107,39 +151,121 @@ class EscrowLedger:
         return [EscrowRecord.from_row(r) for r in self.store.list_escrows(states=states)]
 
     def onchain_amount(self, *, job_id: str) -> int:
-        """Base units the job's escrow account holds on chain right now (0 once settled)."""
+        """Base units the job's escrow (or its dispute escrow) holds on chain right now (0 once settled)."""
         record = self.status(job_id=job_id)
-        return self.chain.token_amount(Pubkey.from_string(record.escrow_account)) or 0
+        account = record.dispute_account or record.escrow_account
+        return self.chain.token_amount(Pubkey.from_string(account)) or 0
 
-    # -- operations -------------------------------------------------------------------------------
+    # -- funding ----------------------------------------------------------------------------------
 
-    def create(self, *, job_id: str, user: Keypair, amount: int) -> EscrowRecord:
-        """Lock ``amount`` base units from the user's token account in a new escrow for the job (F1, F3)."""
+    def funding_message(self, *, job_id: str, user_wallet: str | Pubkey, amount: int) -> bytes:
+        """The lock transaction's message for the user's own client to sign (the fee payer signs later)."""
         check_job_id(job_id)
         check_amount(amount, minimum=self.minimum_payment)
-        user_token = txbuild.token_account_of(user.pubkey(), self.mint)
-        escrow = txbuild.escrow_address(self._payer.pubkey(), job_id)
+        user = check_wallet(user_wallet, field="user_wallet")
         instructions = txbuild.create_escrow(
             payer=self._payer.pubkey(),
-            user=user.pubkey(),
-            user_token=user_token,
+            user=user,
+            user_token=txbuild.token_account_of(user, self.mint),
             mint=self.mint,
             decimals=self.decimals,
             multisig=self.multisig,
             job_id=job_id,
             amount=amount,
-            rent=self.chain.minimum_rent(txbuild.RENT_SIZES["account"]),
+            rent=self._account_rent(),
         )
+        blockhash, last_valid = self.chain.latest_blockhash()
+        if len(self._valid_until) > 1024:  # messages never funded: forget the oldest answers
+            self._valid_until.clear()
+        self._valid_until[str(blockhash)] = last_valid
+        return bytes(Message.new_with_blockhash(instructions, self._payer.pubkey(), blockhash))
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        user: Keypair,
+        amount: int,
+        deadline: dt.datetime | None = None,
+        run_id: str | None = None,
+    ) -> EscrowRecord:
+        """Lock ``amount`` base units from a user key held in this process (F1, F3)."""
+        message = self.funding_message(job_id=job_id, user_wallet=user.pubkey(), amount=amount)
+        return self.create_signed(
+            job_id=job_id,
+            user_wallet=user.pubkey(),
+            amount=amount,
+            message=message,
+            user_signature=user.sign_message(message),
+            deadline=deadline,
+            run_id=run_id,
+        )
+
+    def create_signed(
+        self,
+        *,
+        job_id: str,
+        user_wallet: str | Pubkey,
+        amount: int,
+        message: bytes,
+        user_signature: Signature | str,
+        deadline: dt.datetime | None = None,
+        run_id: str | None = None,
+    ) -> EscrowRecord:
+        """Lock funds with a message from :meth:`funding_message` the user's client signed (F1, F3).
+
+        The message must be exactly the lock of ``amount`` from that wallet for that job (re-built here
+        and compared), and the signature must be the wallet's over it; then the fee payer signs and the
+        usual intent protocol runs.
+        """
+        check_job_id(job_id)
+        check_amount(amount, minimum=self.minimum_payment)
+        user = check_wallet(user_wallet, field="user_wallet")
+        signature = user_signature if isinstance(user_signature, Signature) else _signature(user_signature)
+        try:
+            parsed = Message.from_bytes(message)
+        except Exception:  # solders raises its own parse errors
+            raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
+        expected = txbuild.create_escrow(
+            payer=self._payer.pubkey(), user=user, user_token=txbuild.token_account_of(user, self.mint),
+            mint=self.mint, decimals=self.decimals, multisig=self.multisig, job_id=job_id, amount=amount,
+            rent=self._account_rent(),
+        )  # fmt: skip
+        if (
+            bytes(Message.new_with_blockhash(expected, self._payer.pubkey(), parsed.recent_blockhash))
+            != message
+        ):
+            raise EscrowError(
+                "the funding message is not the lock of this amount from this wallet for this job",
+                field="message",
+                rule="F1",
+            )
+        if not signature.verify(user, message):
+            raise AuthorizationError(
+                "the user's signature does not verify", field="user_signature", rule="F1"
+            )
+        escrow = txbuild.escrow_address(self._payer.pubkey(), job_id)
+        tx = Transaction.populate(parsed, [txbuild.sign_message(self._payer, parsed), signature])
+        new = NewIntent(
+            kind="create",
+            signature=str(tx.signatures[0]),
+            tx=bytes(tx),
+            last_valid_height=self._last_valid(parsed),
+            target_state=EscrowState.LOCKED,
+        )
+        user_token = txbuild.token_account_of(user, self.mint)
         intent = self.store.insert_creating(
             row={
                 "job_id": job_id,
                 "amount": amount,
                 "mint": str(self.mint),
-                "user_wallet": str(user.pubkey()),
+                "user_wallet": str(user),
                 "user_token_account": str(user_token),
                 "escrow_account": str(escrow),
+                "deadline": deadline,
+                "run_id": run_id,
             },
-            intent=self._signed("create", instructions, [user], EscrowState.LOCKED),
+            intent=new,
         )
         try:
             self._driver.drive(intent, rebuild=None)
@@ -150,45 +276,69 @@ class EscrowLedger:
             raise
         record = self.status(job_id=job_id)
         self._record_audit(
-            "create",
-            job_id,
-            success=True,
-            amount=amount,
-            source=str(user_token),
-            destination=str(escrow),
+            "create", job_id, success=True, amount=amount, source=str(user_token), destination=str(escrow),
             tx_signature=record.create_signature,
-        )
+        )  # fmt: skip
         return record
 
-    def assign(self, *, job_id: str, node_wallet: str | Pubkey) -> EscrowRecord:
-        """Record the node the job was dispatched to: the only wallet a release may pay (F1)."""
+    def assign(
+        self,
+        *,
+        job_id: str,
+        node_wallet: str | Pubkey,
+        node_peer_id: str | None = None,
+        deadline: dt.datetime | None = None,
+        run_id: str | None = None,
+    ) -> EscrowRecord:
+        """Record the node the job was dispatched to (PeerID and payout wallet): the only one a release
+        pays (F1). ``deadline`` (wall time + dispatch margin) is when the sweep may refund a dead job."""
         wallet = check_wallet(node_wallet, field="node_wallet")
-        self.store.update_fields(check_job_id(job_id), allowed=[EscrowState.LOCKED], node_wallet=str(wallet))
+        fields: dict[str, Any] = {"node_wallet": str(wallet)}
+        if node_peer_id is not None:
+            fields["node_peer_id"] = check_reason(node_peer_id, field="node_peer_id")
+        if deadline is not None:
+            fields["deadline"] = deadline
+        if run_id is not None:
+            fields["run_id"] = run_id
+        self.store.update_fields(check_job_id(job_id), allowed=[EscrowState.LOCKED], durable=False, **fields)
         return self.status(job_id=job_id)
 
-    def release(self, *, job_id: str, node_wallet: str | Pubkey, proof_ref: str) -> EscrowRecord:
-        """Pay the assigned node after verified completion; coordinator + verifier sign (F1, F2)."""
+    # -- settlement -------------------------------------------------------------------------------
+
+    def release(
+        self, *, job_id: str, node_wallet: str | Pubkey, report: object = None, proof_ref: str | None = None
+    ) -> EscrowRecord:
+        """Pay the assigned node; needs the verifier's attestation of a passing report for this job, node
+        and escrow (``report``). The report's SHA-256 goes into the memo. Coordinator + verifier sign."""
         try:
-            record, wallet = self._release_checks(job_id, node_wallet, proof_ref)
-            signers = self._authorities("coordinator", "verifier")
+            record, wallet, attestation = self._release_checks(job_id, node_wallet, report, proof_ref)
+            signers = self._keys("coordinator")
         except CyxwizError as exc:
             self._refused("release", job_id, exc, destination=str(node_wallet))
             raise
+        updates = {
+            "proof_ref": proof_ref or f"sha256:{attestation.report_sha256}",
+            "report": attestation.to_json(),
+            "report_sha256": attestation.report_sha256,
+        }
+        cosign: CosignPlan = (self._cosigner(), "release", attestation.to_json())
         return self._settle(
-            record, "release", wallet, signers, updates={"proof_ref": proof_ref}, allowed=EscrowState.LOCKED
-        )
+            record, "release", wallet, signers, cosign, updates=updates,
+            allowed=(EscrowState.LOCKED, EscrowState.SETTLING),
+        )  # fmt: skip
 
     def _release_checks(
-        self, job_id: str, node_wallet: str | Pubkey, proof_ref: str
-    ) -> tuple[EscrowRecord, Pubkey]:
+        self, job_id: str, node_wallet: str | Pubkey, report: object, proof_ref: str | None
+    ) -> tuple[EscrowRecord, Pubkey, ReportAttestation]:
         record = self.status(job_id=job_id)
         wallet = check_wallet(node_wallet, field="node_wallet")
-        check_proof_ref(proof_ref)
-        self._require_state(record, EscrowState.LOCKED)
-        if record.node_wallet is None:
+        if proof_ref is not None:
+            check_proof_ref(proof_ref)
+        self._require_state(record, EscrowState.LOCKED, EscrowState.SETTLING)
+        if record.node_wallet is None or record.node_peer_id is None:
             raise WrongRecipientError(
-                "no node is assigned to this job",
-                field="node_wallet",
+                "no node (PeerID and wallet) is assigned to this job",
+                field="node_peer_id" if record.node_wallet else "node_wallet",
                 rule="F1",
                 hint="call assign() at dispatch",
             )
@@ -198,36 +348,70 @@ class EscrowLedger:
                 field="node_wallet",
                 rule="F1",
             )
-        if self._proof_checker is not None and not self._proof_checker(job_id=job_id, proof_ref=proof_ref):
-            raise ProofRequiredError("the completion proof is not verified", field="proof_ref", rule="F1")
-        return record, wallet
+        attestation = self._trust().check(
+            report,
+            job_id=record.job_id,
+            node_peer_id=record.node_peer_id,
+            node_wallet=record.node_wallet,
+            escrow=record.escrow_account,
+        )
+        return record, wallet, attestation
 
-    def refund(self, *, job_id: str, reason: str = "job failed") -> EscrowRecord:
-        """Return the funds to the user (job failed or cancelled); coordinator + verifier sign (F1)."""
+    def retry_release(self, *, job_id: str) -> EscrowRecord:
+        """Send again the release of an escrow left ``settling`` (the sweep calls this)."""
+        record = self.status(job_id=job_id)
+        self._require_state(record, EscrowState.SETTLING)
+        assert record.node_wallet is not None  # a settling escrow went through the release checks
+        return self.release(job_id=job_id, node_wallet=record.node_wallet, report=record.report)
+
+    def refund(self, *, job_id: str, reason: str = "job failed", report: object = None) -> EscrowRecord:
+        """Return the funds to the user (job failed, cancelled or expired); coordinator + verifier sign.
+
+        ``report``: the verifier's failing attestation, when a verification decided it; its report hash
+        and audit leaf then go into the memo too."""
         try:
             record = self.status(job_id=job_id)
             self._require_state(record, EscrowState.LOCKED)
-            signers = self._authorities("coordinator", "verifier")
+            signers = self._keys("coordinator")
+            cited = None
+            if report is not None:
+                cited = self._trust().check(
+                    report, job_id=record.job_id, node_peer_id=record.node_peer_id,
+                    node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fail", "fraud"),
+                ).to_json()  # fmt: skip
+            cosign: CosignPlan = (self._cosigner(), "refund", cited)
         except CyxwizError as exc:
             self._refused("refund", job_id, exc)
             raise
         user = Pubkey.from_string(record.user_wallet)
         return self._settle(
-            record, "refund", user, signers, updates={}, allowed=EscrowState.LOCKED, reason=reason
+            record, "refund", user, signers, cosign, updates={}, allowed=(EscrowState.LOCKED,), reason=reason
         )
 
     def dispute(self, *, job_id: str, reason: str) -> EscrowRecord:
-        """Freeze the escrow until an arbiter resolves it (F1)."""
+        """Move the funds into the job's dispute escrow: from then on only the arbiter's resolve (with the
+        verifier) can move them, on chain (F1). Coordinator + verifier sign the move."""
         text = check_reason(reason)
-        self.store.update_fields(
-            check_job_id(job_id),
-            allowed=[EscrowState.LOCKED],
-            state=EscrowState.DISPUTED,
-            dispute_reason=text,
+        try:
+            record = self.status(job_id=job_id)
+            self._require_state(record, EscrowState.LOCKED, EscrowState.SETTLING)
+            if self.dispute_multisig is None:
+                raise ConfigError("no dispute multisig is configured", field="dispute_multisig", rule="F1")
+            signers = self._keys("coordinator")
+            cosign: CosignPlan = (self._cosigner(), "dispute", None)
+        except CyxwizError as exc:
+            self._refused("dispute", job_id, exc)
+            raise
+        target = txbuild.dispute_address(self._payer.pubkey(), job_id)
+        intent = self._dispute_intent(record, signers, cosign)
+        moved = self.store.begin_move(
+            record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
+            updates={"dispute_reason": text},
+        )  # fmt: skip
+        self._drive(
+            record, "dispute", moved, target, rebuild=lambda: self._dispute_intent(record, signers, cosign)
         )
-        record = self.status(job_id=job_id)
-        self._record_audit("dispute", job_id, success=True, amount=record.amount, reason=text)
-        return record
+        return self._done(record, "dispute", target, text)
 
     def resolve(
         self,
@@ -237,84 +421,113 @@ class EscrowLedger:
         node_wallet: str | Pubkey | None = None,
         proof_ref: str | None = None,
     ) -> EscrowRecord:
-        """Arbiter's decision on a disputed escrow; arbiter + coordinator sign (F1)."""
+        """Arbiter's decision on a disputed escrow; arbiter + verifier sign (the dispute multisig, F1)."""
         try:
+            if outcome not in ("release", "refund"):
+                raise EscrowError("outcome must be 'release' or 'refund'", field="outcome", rule="F1")
             record = self.status(job_id=job_id)
             self._require_state(record, EscrowState.DISPUTED)
-            signers = self._authorities("arbiter", "coordinator")
+            signers = self._keys("arbiter")
+            cosign: CosignPlan = (self._cosigner(), "resolve", None)
+            wallet = Pubkey.from_string(record.user_wallet)
+            if outcome == "release":
+                target = node_wallet if node_wallet is not None else record.node_wallet
+                if target is None or str(check_wallet(target, field="node_wallet")) != record.node_wallet:
+                    raise WrongRecipientError(
+                        "a disputed escrow is released only to the assigned node",
+                        field="node_wallet",
+                        rule="F1",
+                    )
+                wallet = check_wallet(target, field="node_wallet")
         except CyxwizError as exc:
             self._refused(f"resolve.{outcome}", job_id, exc)
             raise
-        if outcome == "refund":
-            user = Pubkey.from_string(record.user_wallet)
-            extra: dict[str, Any] = {"resolution": "refund"}
-            return self._settle(record, "refund", user, signers, updates=extra, allowed=EscrowState.DISPUTED)
-        if outcome != "release":
-            raise EscrowError("outcome must be 'release' or 'refund'", field="outcome", rule="F1")
-        target = node_wallet if node_wallet is not None else record.node_wallet
-        if target is None:
-            raise WrongRecipientError("no node wallet to release to", field="node_wallet", rule="F1")
-        wallet = check_wallet(target, field="node_wallet")
-        extra = {"resolution": "release"}
+        extra: dict[str, Any] = {"resolution": outcome}
         if proof_ref is not None:
             extra["proof_ref"] = check_proof_ref(proof_ref)
-        return self._settle(record, "release", wallet, signers, updates=extra, allowed=EscrowState.DISPUTED)
+        return self._settle(
+            record, outcome, wallet, signers, cosign, updates=extra, allowed=(EscrowState.DISPUTED,)
+        )
 
-    # -- recovery ---------------------------------------------------------------------------------
+    # -- recovery (see cyxwiz.ledger.recovery) ----------------------------------------------------
 
     def reconcile(self) -> list[EscrowRecord]:
         """Finish every move a crash left in flight; returns the escrows touched (F2)."""
-        touched: list[str] = []
-        for intent in self.store.intents(status=IntentStatus.PREPARED):
-            touched.append(intent.job_id)
-            try:
-                self._recover(intent)
-            except LedgerError as exc:
-                self._record_audit(
-                    intent.kind, intent.job_id, success=False, amount=0, reason=f"reconcile: {exc.code}"
-                )
-                continue  # left for the next sweep (or settled as failed); the record says why
-            record = self.status(job_id=intent.job_id)
-            self._record_audit(
-                intent.kind,
-                intent.job_id,
-                success=record.state in (EscrowState.LOCKED, EscrowState.RELEASED, EscrowState.REFUNDED),
-                amount=record.amount,
-                destination=intent.recipient_wallet,
-                tx_signature=record.settle_signature or record.create_signature,
-                reason=f"reconciled after a crash: {record.state.value}",
-            )
-        return [self.status(job_id=job_id) for job_id in dict.fromkeys(touched)]
+        from cyxwiz.ledger.recovery import reconcile
 
-    def _recover(self, intent: Intent) -> None:
-        status = self.chain.signature_status(intent.signature)
-        if status is not None:
-            self._driver.conclude(intent, status)
-            return
-        rebuild = self._rebuilder(intent)
-        if self.chain.block_height() <= intent.last_valid_height:
-            self._driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
-        elif rebuild is None:
-            self.store.abandon(
-                intent, status=IntentStatus.EXPIRED, error="expired unsent", revert_to=EscrowState.VOID
-            )
-        else:
-            self._driver.drive(self.store.replace(intent, rebuild()), rebuild=rebuild)
+        return reconcile(self)
 
-    def _rebuilder(self, intent: Intent) -> Rebuild | None:
-        if intent.kind == "create" or intent.recipient_wallet is None:
-            return None  # the user's signature cannot be re-made here
-        record = self.status(job_id=intent.job_id)
-        names = (
-            ("arbiter", "coordinator")
-            if intent.prior_state == EscrowState.DISPUTED
-            else ("coordinator", "verifier")
-        )
-        signers = self._authorities(*names)
-        wallet = Pubkey.from_string(intent.recipient_wallet)
-        return lambda: self._settle_intent(record, intent.kind, wallet, signers)
+    def sweep(self, *, run_state: RunState, now: dt.datetime | None = None) -> SweepReport:
+        """Reconcile, retry settling releases, refund expired escrows whose lifecycle is over (F2)."""
+        from cyxwiz.ledger.recovery import sweep
+
+        return sweep(self, run_state=run_state, now=now)  # see recovery.STALE_AFTER
 
     # -- internals --------------------------------------------------------------------------------
+
+    def settle_intent(
+        self,
+        record: EscrowRecord,
+        kind: str,
+        wallet: Pubkey,
+        signers: list[txbuild.Signer],
+        cosign: CosignPlan,
+    ) -> NewIntent:
+        """A signed settle transaction (release/refund) from the escrow, or from the dispute escrow."""
+        disputed = record.dispute_account is not None
+        memo = f"cyxwiz:escrow:{'resolve' if disputed else kind}:{record.job_id}"
+        if cosign[2] is not None and not disputed:  # the verdict this move rests on: report and audit leaf
+            cited = ReportAttestation.parse(cosign[2])
+            memo += f":report={cited.report_sha256}"
+            if cited.audit_leaf:
+                memo += f":audit={cited.audit_leaf}"
+        if record.state is EscrowState.SETTLING:
+            # A retry may meet the same blockhash as the refused attempt: without a difference it would be
+            # the same bytes, the same signature, and never be sent again.
+            memo += f":retry={len(self.store.intents(record.job_id))}"
+        if disputed and self.dispute_multisig is None:
+            raise ConfigError("no dispute multisig is configured", field="dispute_multisig", rule="F1")
+        source = record.dispute_account or record.escrow_account
+        multisig = self.dispute_multisig if disputed and self.dispute_multisig else self.multisig
+        instructions = txbuild.settle_escrow(
+            payer=self._payer.pubkey(),
+            escrow=Pubkey.from_string(source),
+            mint=self.mint,
+            decimals=self.decimals,
+            multisig=multisig,
+            recipient_wallet=wallet,
+            amount=record.amount,
+            authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
+            memo_text=memo,
+            rent_owner=self.rent_owner,
+        )
+        target = EscrowState.RELEASED if kind == "release" else EscrowState.REFUNDED
+        return self._signed(record.job_id, kind, instructions, signers, cosign, target, recipient=str(wallet))
+
+    def _dispute_intent(self, record: EscrowRecord, signers: Signers, cosign: CosignPlan) -> NewIntent:
+        assert self.dispute_multisig is not None
+        instructions = txbuild.dispute_escrow(
+            payer=self._payer.pubkey(),
+            escrow=Pubkey.from_string(record.escrow_account),
+            mint=self.mint,
+            decimals=self.decimals,
+            multisig=self.multisig,
+            dispute_multisig=self.dispute_multisig,
+            job_id=record.job_id,
+            amount=record.amount,
+            rent=self._account_rent(),
+            authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
+        )
+        target = txbuild.dispute_address(self._payer.pubkey(), record.job_id)
+        return self._signed(
+            record.job_id,
+            "dispute",
+            instructions,
+            signers,
+            cosign,
+            EscrowState.DISPUTED,
+            recipient=str(target),
+        )
 
     def _settle(
         self,
@@ -322,71 +535,75 @@ class EscrowLedger:
         kind: str,
         wallet: Pubkey,
         signers: list[txbuild.Signer],
+        cosign: CosignPlan,
         *,
         updates: dict[str, Any],
-        allowed: EscrowState,
+        allowed: tuple[EscrowState, ...],
         reason: str | None = None,
     ) -> EscrowRecord:
         transitional = EscrowState.RELEASING if kind == "release" else EscrowState.REFUNDING
-        intent = self.store.begin_move(
-            record.job_id,
-            allowed=[allowed],
-            transitional=transitional,
-            intent=self._settle_intent(record, kind, wallet, signers),
-            updates=updates,
-        )
+        signed_record = record if "report_sha256" not in updates else _with(record, updates)
         try:
-            self._driver.drive(intent, rebuild=lambda: self._settle_intent(record, kind, wallet, signers))
-        except LedgerError as exc:
-            self._record_audit(
-                kind,
-                record.job_id,
-                success=False,
-                amount=record.amount,
-                destination=str(wallet),
-                reason=exc.code,
-            )
+            intent = self.settle_intent(signed_record, kind, wallet, signers, cosign)
+        except CyxwizError as exc:
+            self._refused(kind, record.job_id, exc, destination=str(wallet))
             raise
+        moved = self.store.begin_move(
+            record.job_id, allowed=list(allowed), transitional=transitional, intent=intent, updates=updates
+        )
+        self._drive(
+            record,
+            kind,
+            moved,
+            wallet,
+            rebuild=lambda: self.settle_intent(signed_record, kind, wallet, signers, cosign),
+        )
+        return self._done(record, kind, wallet, reason)
+
+    def _drive(self, record: EscrowRecord, kind: str, intent: Any, dest: Pubkey, *, rebuild: Any) -> None:
+        try:
+            self._driver.drive(intent, rebuild=rebuild)
+        except LedgerError as exc:
+            after = self.status(job_id=record.job_id).state
+            action = "alert.release-pending" if after is EscrowState.SETTLING else kind
+            self._record_audit(
+                action, record.job_id, success=False, amount=record.amount, destination=str(dest),
+                reason=f"{exc.code}: escrow {after.value}",
+            )  # fmt: skip
+            raise
+
+    def _done(self, record: EscrowRecord, kind: str, dest: Pubkey, reason: str | None) -> EscrowRecord:
         done = self.status(job_id=record.job_id)
         self._record_audit(
-            kind,
-            record.job_id,
-            success=True,
-            amount=record.amount,
-            source=record.escrow_account,
-            destination=str(wallet),
-            tx_signature=done.settle_signature,
-            reason=reason or done.resolution,
-        )
+            kind, record.job_id, success=True, amount=record.amount,
+            source=record.dispute_account or record.escrow_account, destination=str(dest),
+            tx_signature=done.settle_signature, reason=reason or done.resolution,
+        )  # fmt: skip
         return done
 
-    def _settle_intent(
-        self, record: EscrowRecord, kind: str, wallet: Pubkey, signers: list[txbuild.Signer]
-    ) -> NewIntent:
-        instructions = txbuild.settle_escrow(
-            payer=self._payer.pubkey(),
-            escrow=Pubkey.from_string(record.escrow_account),
-            mint=self.mint,
-            decimals=self.decimals,
-            multisig=self.multisig,
-            recipient_wallet=wallet,
-            amount=record.amount,
-            authority_signers=[k.pubkey() for k in signers],
-            memo_text=f"cyxwiz:escrow:{kind}:{record.job_id}",
-        )
-        target = EscrowState.RELEASED if kind == "release" else EscrowState.REFUNDED
-        return self._signed(kind, instructions, signers, target, recipient=str(wallet))
-
-    def _signed(
+    def _signed(  # noqa: PLR0917 - internal, one shape
         self,
+        job_id: str,
         kind: str,
         instructions: list[Any],
         signers: list[txbuild.Signer],
+        cosign: CosignPlan | None,
         target: EscrowState,
         recipient: str | None = None,
     ) -> NewIntent:
         blockhash, last_valid = self.chain.latest_blockhash()
-        tx = txbuild.sign(instructions, payer=self._payer, signers=signers, blockhash=blockhash)
+        message = Message.new_with_blockhash(instructions, self._payer.pubkey(), blockhash)
+        raw = bytes(message)
+        signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (self._payer, *signers)}
+        if cosign is not None:
+            cosigner, cosign_kind, report = cosign
+            request = CosignRequest(kind=cosign_kind, job_id=job_id, message=raw, report=report)
+            signatures[cosigner.pubkey()] = cosigner.cosign(request)
+        required = message.account_keys[: message.header.num_required_signatures]
+        missing = [str(k) for k in required if k not in signatures]
+        if missing:
+            raise MissingSignatureError(f"no signature for {missing}", field="signers", rule="F1")
+        tx = Transaction.populate(message, [signatures[k] for k in required])
         return NewIntent(
             kind=kind,
             signature=str(tx.signatures[0]),
@@ -396,21 +613,53 @@ class EscrowLedger:
             recipient_wallet=recipient,
         )
 
-    def _require_state(self, record: EscrowRecord, expected: EscrowState) -> None:
-        if record.state != expected:
-            self.store.update_fields(record.job_id, allowed=[expected])  # raises the precise state error
+    def _account_rent(self) -> int:
+        if self._rent is None:  # rent-exemption of a token account is a constant of the cluster
+            self._rent = self.chain.minimum_rent(txbuild.RENT_SIZES["account"])
+        return self._rent
+
+    def _last_valid(self, message: Message) -> int:
+        known = self._valid_until.pop(str(message.recent_blockhash), None)
+        if known is not None:
+            return known
+        blockhash, last_valid = self.chain.latest_blockhash()
+        # A message signed with an older blockhash is valid no longer than one made now would be.
+        return last_valid if blockhash == message.recent_blockhash else self.chain.block_height() + 150
+
+    def _trust(self) -> AttestationPolicy:
+        if self.attestations is None:
+            raise ConfigError(
+                "no trust anchors for verifier reports: releases are impossible",
+                field="attestations",
+                rule="F1",
+                hint="set trust_bundle (and crl) in the ledger config",
+            )
+        return self.attestations
+
+    def _require_state(self, record: EscrowRecord, *expected: EscrowState) -> None:
+        if record.state not in expected:
+            self.store.update_fields(record.job_id, allowed=list(expected))  # raises the precise state error
             raise EscrowError("escrow changed state concurrently", rule="F2")  # pragma: no cover
 
-    def _authorities(self, *names: str) -> list[txbuild.Signer]:
-        keys = {"coordinator": self._coordinator, "verifier": self._verifier, "arbiter": self._arbiter}
+    def _keys(self, *names: str) -> list[txbuild.Signer]:
+        keys = {"coordinator": self._coordinator, "arbiter": self._arbiter}
         missing = [name for name in names if keys[name] is None]
         if missing:
             raise MissingSignatureError(
-                f"this move needs the {' and '.join(missing)} signature(s) of the 2-of-3 multisig",
+                f"this move needs the {' and '.join(missing)} signature(s) of the escrow multisig",
                 field=missing[0],
                 rule="F1",
             )
         return [key for name in names if (key := keys[name]) is not None]
+
+    def _cosigner(self) -> Cosigner:
+        if self._verifier is None:
+            raise MissingSignatureError(
+                "this move needs the verifier's co-signature of the escrow multisig",
+                field="verifier",
+                rule="F1",
+            )
+        return self._verifier
 
     def _refused(self, action: str, job_id: str, exc: CyxwizError, destination: str | None = None) -> None:
         """Refused attempts are payment-fraud signals: audit them too (H2, threat I)."""
@@ -429,6 +678,19 @@ class EscrowLedger:
         from cyxwiz.ledger.audit_bridge import record_payment
 
         record_payment(self._audit, action=action, job_id=job_id, success=success, amount=amount, **details)
+
+
+def _with(record: EscrowRecord, updates: dict[str, Any]) -> EscrowRecord:
+    from dataclasses import replace
+
+    return replace(record, **{k: v for k, v in updates.items() if k in EscrowRecord.__dataclass_fields__})
+
+
+def _signature(text: str) -> Signature:
+    try:
+        return Signature.from_string(text)
+    except Exception:  # solders raises its own parse errors
+        raise AuthorizationError("not a base58 signature", field="user_signature", rule="F1") from None
 
 
 __all__ = ["AuthorizationError", "EscrowLedger", "EscrowRecord"]

@@ -16,7 +16,7 @@ from solders.pubkey import Pubkey
 
 from cyxwiz.errors import LedgerError
 from cyxwiz.ledger import txbuild
-from cyxwiz.ledger.chain import Chain
+from cyxwiz.ledger.chain import Chain, SignatureStatus
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,20 @@ def send_and_confirm(
     blockhash, _ = chain.latest_blockhash()
     tx = txbuild.sign(instructions, payer=payer, signers=signers, blockhash=blockhash)
     signature = chain.send_raw(bytes(tx))
-    deadline = time.monotonic() + timeout_s
-    while (status := chain.signature_status(signature)) is None:
-        if time.monotonic() > deadline:
-            raise LedgerError(f"setup transaction {signature} not confirmed in {timeout_s} s")
-        time.sleep(0.02)
+    status = wait_landed(chain, signature, timeout_s=timeout_s)
     if status.err is not None:
         raise LedgerError(f"setup transaction failed: {status.err}")
     return signature
+
+
+def wait_landed(chain: Chain, signature: str, *, timeout_s: float = 30.0) -> SignatureStatus:
+    """Poll until the chain reports the signature (at its commitment); LedgerError on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while (status := chain.signature_status(signature)) is None:
+        if time.monotonic() > deadline:
+            raise LedgerError(f"transaction {signature} not confirmed in {timeout_s} s")
+        time.sleep(0.02)
+    return status
 
 
 def create_multisig(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 
 from solders.pubkey import Pubkey
 
@@ -38,12 +38,6 @@ class ProofRequiredError(EscrowError):
     http_status = 422
 
 
-class ProofChecker(Protocol):
-    """Policy deciding whether ``proof_ref`` names a verified completion proof for ``job_id``."""
-
-    def __call__(self, *, job_id: str, proof_ref: str) -> bool: ...
-
-
 @dataclass(frozen=True)
 class EscrowRecord:
     """One job's escrow as the ledger knows it; amounts in integer base units of the mint."""
@@ -56,7 +50,13 @@ class EscrowRecord:
     user_token_account: str
     escrow_account: str
     node_wallet: str | None
+    node_peer_id: str | None
     proof_ref: str | None
+    report: str | None
+    report_sha256: str | None
+    dispute_account: str | None
+    deadline: datetime | None
+    run_id: str | None
     dispute_reason: str | None
     resolution: str | None
     create_signature: str | None
@@ -73,10 +73,13 @@ class EscrowRecord:
         data["state"] = self.state.value if isinstance(self.state, EscrowState) else str(self.state)
         data["created_at"] = self.created_at.isoformat()
         data["updated_at"] = self.updated_at.isoformat()
+        data["deadline"] = self.deadline.isoformat() if self.deadline else None
         return data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", EscrowState(self.state))
+        if self.deadline is not None and self.deadline.tzinfo is None:  # SQLite drops the zone: it was UTC
+            object.__setattr__(self, "deadline", self.deadline.replace(tzinfo=UTC))
 
 
 def check_job_id(job_id: object) -> str:

@@ -40,8 +40,11 @@ class LedgerUnavailableError(LedgerError):
 class RpcChain:
     """:class:`~cyxwiz.ledger.chain.Chain` over JSON-RPC. ``close()`` when done."""
 
-    def __init__(self, *, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, *, url: str, timeout_s: float = 10.0, commitment: str = "confirmed") -> None:
+        if commitment not in ACCEPTED:
+            raise LedgerError("commitment must be 'confirmed' or 'finalized'", field="commitment", rule="F2")
         self.url = url
+        self.commitment = commitment
         self._timeout_s = timeout_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cyxwiz-ledger-rpc", daemon=True)
@@ -82,15 +85,20 @@ class RpcChain:
             raise TransactionRejectedError(_describe(exc)) from None
 
     def signature_status(self, signature: str) -> SignatureStatus | None:
-        resp = self._run(
-            self._client.get_signature_statuses(
-                [Signature.from_string(signature)], search_transaction_history=True
-            )
-        )
-        status = resp.value[0]
-        if status is None:
-            return None
-        return SignatureStatus(slot=status.slot, err=None if status.err is None else str(status.err))
+        return self.signature_statuses([signature])[0]
+
+    def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
+        """Many signatures in one call (up to 256): how concurrent escrows poll for confirmation.
+
+        A signature counts as landed only once it reached this chain's commitment (``confirmed`` by
+        default, or ``finalized``); ``processed`` may still be rolled back and counts as unknown (F2).
+        """
+        statuses: list[SignatureStatus | None] = []
+        for start in range(0, len(signatures), 256):
+            chunk = [Signature.from_string(s) for s in signatures[start : start + 256]]
+            resp = self._run(self._client.get_signature_statuses(chunk, search_transaction_history=True))
+            statuses += [landed(status, self.commitment) for status in resp.value]
+        return statuses
 
     def get_account(self, pubkey: Pubkey) -> Account | None:
         value = self._run(self._client.get_account_info(pubkey)).value
@@ -145,6 +153,20 @@ class RpcChain:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
+
+
+ACCEPTED = {"confirmed": ("confirmed", "finalized"), "finalized": ("finalized",)}
+
+
+def landed(status: Any, commitment: str) -> SignatureStatus | None:
+    """A transaction status as the ledger sees it: None until it reached ``commitment``."""
+    if status is None:
+        return None
+    level = status.confirmation_status
+    name = str(level).rsplit(".", 1)[-1].lower() if level is not None else "processed"
+    if name not in ACCEPTED[commitment]:
+        return None
+    return SignatureStatus(slot=status.slot, err=None if status.err is None else str(status.err))
 
 
 def _describe(exc: RPCException) -> str:

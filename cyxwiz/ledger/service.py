@@ -114,7 +114,7 @@ class LedgerRpcApp:
         except ValueError:
             raise RpcFault(-32602, "Invalid params: transaction is not valid base64") from None
         try:
-            return self.chain.send_raw(raw)
+            return self.chain.send_raw(raw, preflight=not config.get("skipPreflight", False))
         except TransactionRejectedError as exc:
             data = {"err": exc.err_json, "logs": list(exc.logs), "accounts": None, "unitsConsumed": 0}
             raise RpcFault(-32002, f"Transaction simulation failed: {exc.reason}", data) from None
@@ -129,7 +129,7 @@ class LedgerRpcApp:
             if status is None:
                 values.append(None)
                 continue
-            err = None if status.err is None else json.loads(status.err)
+            err = None if status.err is None else _err_json(status.err)
             values.append(
                 {
                     "slot": status.slot,
@@ -214,6 +214,13 @@ class LedgerRpcApp:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _err_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def require_loopback(host: str) -> None:

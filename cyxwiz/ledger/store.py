@@ -14,17 +14,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.errors import ConflictError, EscrowStateError, NotFoundError
+from cyxwiz.ledger.groupsync import WalSync
 
 
 class EscrowState(enum.StrEnum):
     CREATING = "creating"
     LOCKED = "locked"
+    #: a release was approved (passing report) but the chain refused it or it timed out: only a release
+    #: (the sweep retries it) or a dispute may follow, never a refund (F1: the honest node is paid)
+    SETTLING = "settling"
+    DISPUTING = "disputing"  # the move into the dispute escrow is in flight
     DISPUTED = "disputed"
     RELEASING = "releasing"
     REFUNDING = "refunding"
@@ -41,6 +47,7 @@ TRANSITIONAL = {
     "create": EscrowState.CREATING,
     "release": EscrowState.RELEASING,
     "refund": EscrowState.REFUNDING,
+    "dispute": EscrowState.DISPUTING,
 }
 
 
@@ -65,7 +72,15 @@ escrows = sa.Table(
     sa.Column("user_token_account", sa.String(44), nullable=False),
     sa.Column("escrow_account", sa.String(44), nullable=False, unique=True),
     sa.Column("node_wallet", sa.String(44)),
+    sa.Column("node_peer_id", sa.String(100)),
     sa.Column("proof_ref", sa.String(256)),
+    # the verifier-signed attestation a release carried (JSON), kept so the sweep can retry that release
+    sa.Column("report", sa.Text),
+    sa.Column("report_sha256", sa.String(64)),
+    sa.Column("dispute_account", sa.String(44)),
+    # when the job's wall time plus the dispatch margin ends, and the lifecycle run that owns the escrow
+    sa.Column("deadline", sa.DateTime(timezone=True)),
+    sa.Column("run_id", sa.String(64)),
     sa.Column("dispute_reason", sa.String(500)),
     sa.Column("resolution", sa.String(16)),
     sa.Column("create_signature", sa.String(100)),
@@ -79,7 +94,7 @@ intents = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.String(64), sa.ForeignKey("cyxwiz_escrows.job_id"), nullable=False, index=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # create | release | refund
+    sa.Column("kind", sa.String(16), nullable=False),  # create | release | refund | dispute
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("signature", sa.String(100), nullable=False, unique=True),
     sa.Column("tx", sa.LargeBinary, nullable=False),
@@ -121,7 +136,8 @@ class NewIntent:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    # Commits reach the WAL without a flush; intents are made durable by one group fsync (WalSync).
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
@@ -148,20 +164,30 @@ def _intent(row: Any) -> Intent:
 class EscrowStore:
     """Rows and compare-and-set transitions. One instance per process; safe to share across threads."""
 
-    def __init__(self, *, engine: Engine) -> None:
+    def __init__(self, *, engine: Engine, wal: WalSync | None = None) -> None:
         self._engine = engine
+        self._wal = wal
         metadata.create_all(engine)
 
     @classmethod
     def open(cls, url: str) -> EscrowStore:
         if url.startswith("sqlite"):
             engine = sa.create_engine(url, connect_args={"timeout": 30})
-            # WAL: one fsync per commit instead of the rollback journal's several, and readers do not
-            # block the writer. synchronous=FULL keeps every committed intent durable across power loss.
+            # WAL: readers do not block the writer, and a commit is one append; intents are flushed by
+            # group commit (WalSync): one fsync for every intent committed in its window.
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-        else:
-            engine = sa.create_engine(url, pool_pre_ping=True)
-        return cls(engine=engine)
+            database = engine.url.database
+            wal = WalSync(Path(database).resolve()) if database and database != ":memory:" else None
+            return cls(engine=engine, wal=wal)
+        return cls(engine=sa.create_engine(url, pool_pre_ping=True))
+
+    @contextmanager
+    def _durable(self) -> Iterator[Connection]:
+        """A transaction that is on disk when the block exits (the intent rule of F2)."""
+        with self._engine.begin() as conn:
+            yield conn
+        if self._wal is not None:
+            self._wal.sync()
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -202,7 +228,7 @@ class EscrowStore:
         """Record a new escrow in ``creating`` and its funding intent in one transaction."""
         now = _now()
         try:
-            with self._engine.begin() as conn:
+            with self._durable() as conn:
                 conn.execute(
                     escrows.insert().values(
                         **row, state=EscrowState.CREATING.value, created_at=now, updated_at=now
@@ -212,7 +238,7 @@ class EscrowStore:
         except sa.exc.IntegrityError:
             pass
         # The job already has a row: only a never-funded (void) escrow may be funded again.
-        with self._engine.begin() as conn:
+        with self._durable() as conn:
             if self._current(conn, row["job_id"]) != EscrowState.VOID:
                 raise ConflictError("an escrow for this job already exists", field="job_id", rule="F2")
             values = {k: v for k, v in row.items() if k != "job_id"}
@@ -230,15 +256,21 @@ class EscrowStore:
     ) -> Intent:
         """CAS the escrow from one of ``allowed`` into ``transitional`` and record the intent, atomically."""
         now = _now()
-        with self._engine.begin() as conn:
+        with self._durable() as conn:
             prior = self._cas(conn, job_id, allowed, transitional, updates or {}, now)
             return self._add_intent(conn, job_id, prior, intent, now)
 
-    def update_fields(self, job_id: str, *, allowed: Sequence[EscrowState], **fields: Any) -> None:
-        """Change non-state fields (or the state itself via ``state=``) while in one of ``allowed``."""
+    def update_fields(
+        self, job_id: str, *, allowed: Sequence[EscrowState], durable: bool = True, **fields: Any
+    ) -> None:
+        """Change non-state fields (or the state itself via ``state=``) while in one of ``allowed``.
+
+        ``durable=False`` for facts whose loss in a crash is harmless (the next intent's flush carries
+        them, SQLite keeping commit order; lost, a release finds no node and the sweep refunds).
+        """
         now = _now()
         new_state = fields.pop("state", None)
-        with self._engine.begin() as conn:
+        with self._durable() if durable else self._concluding() as conn:
             current = self._current(conn, job_id)
             if current not in allowed:
                 raise self._state_error(job_id, current)
@@ -259,20 +291,10 @@ class EscrowStore:
         commit order, so the next durable commit carries this one with it: two fsyncs per escrow pair
         are saved, the ones no recovery needs.
         """
-        with self._engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                conn.commit()
-            try:
-                with conn.begin():
-                    if conn.dialect.name == "postgresql":
-                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    yield conn
-            finally:
-                if sqlite:  # the connection goes back to the pool: durable again for the next intent
-                    conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                    conn.commit()
+        with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            yield conn  # SQLite: committed to the WAL, flushed by the next group sync
 
     def finish(self, intent: Intent) -> None:
         """The intent's transaction is confirmed on chain: the escrow reaches its target state."""
@@ -285,10 +307,17 @@ class EscrowStore:
                 .values(status=IntentStatus.CONFIRMED.value, updated_at=now)
             )
             values: dict[str, Any] = {signature_column: intent.signature}
+            if intent.kind == "dispute":  # the funds now sit in the dispute escrow; settled later
+                values = {"dispute_account": intent.recipient_wallet}
             if intent.recipient_wallet is not None and intent.kind == "release":
                 values["node_wallet"] = intent.recipient_wallet
-            if self._current(conn, intent.job_id) != intent.target_state:  # else: finished elsewhere already
-                self._cas(conn, intent.job_id, [TRANSITIONAL[intent.kind]], intent.target_state, values, now)
+            moved = conn.execute(
+                escrows.update()
+                .where(escrows.c.job_id == intent.job_id, escrows.c.state == TRANSITIONAL[intent.kind].value)
+                .values(state=intent.target_state.value, updated_at=now, **values)
+            ).rowcount
+            if not moved and (current := self._current(conn, intent.job_id)) != intent.target_state:
+                raise self._state_error(intent.job_id, current)  # (target reached: finished elsewhere)
 
     def abandon(
         self, intent: Intent, *, status: IntentStatus, error: str, revert_to: EscrowState | None = None
@@ -308,7 +337,7 @@ class EscrowStore:
     def replace(self, old: Intent, new: NewIntent) -> Intent:
         """``old`` expired unsent; record ``new`` for the same move (the escrow stays transitional)."""
         now = _now()
-        with self._engine.begin() as conn:
+        with self._durable() as conn:
             updated = conn.execute(
                 intents.update()
                 .where(intents.c.id == old.id, intents.c.status == IntentStatus.PREPARED.value)
@@ -338,9 +367,13 @@ class EscrowStore:
                 updated_at=now,
             )
         )
-        (intent_id,) = result.inserted_primary_key or (None,)
-        row = conn.execute(sa.select(intents).where(intents.c.id == intent_id)).first()
-        return _intent(row)
+        (intent_id,) = result.inserted_primary_key or (0,)
+        return Intent(
+            id=int(intent_id), job_id=job_id, kind=intent.kind, status=IntentStatus.PREPARED,
+            signature=intent.signature, tx=intent.tx, last_valid_height=intent.last_valid_height,
+            prior_state=prior, target_state=intent.target_state, recipient_wallet=intent.recipient_wallet,
+            error=None,
+        )  # fmt: skip
 
     def _current(self, conn: Connection, job_id: str) -> EscrowState:
         state = conn.execute(sa.select(escrows.c.state).where(escrows.c.job_id == job_id)).scalar()
@@ -357,6 +390,15 @@ class EscrowStore:
         values: dict[str, Any],
         now: datetime,
     ) -> EscrowState:
+        if len(allowed) == 1:  # one allowed state: one statement, the read only to explain a refusal
+            updated = conn.execute(
+                escrows.update()
+                .where(escrows.c.job_id == job_id, escrows.c.state == allowed[0].value)
+                .values(state=new_state.value, updated_at=now, **values)
+            ).rowcount
+            if updated != 1:
+                raise self._state_error(job_id, self._current(conn, job_id))
+            return allowed[0]
         current = self._current(conn, job_id)
         if current not in allowed:
             raise self._state_error(job_id, current)
@@ -379,6 +421,8 @@ class EscrowStore:
             EscrowState.REFUNDING: "a refund is in flight; run the reconciler",
             EscrowState.CREATING: "the funding transaction is in flight; run the reconciler",
             EscrowState.VOID: "the escrow was never funded",
+            EscrowState.SETTLING: "a verified release is pending; the sweep retries it, a refund is refused",
+            EscrowState.DISPUTING: "the move into the dispute escrow is in flight; run the reconciler",
         }
         return EscrowStateError(
             f"escrow for job {job_id!r} is {current.value}: {hints.get(current, 'not allowed now')}",

@@ -20,6 +20,7 @@ from solders.instruction import Instruction
 from solders.keypair import Keypair
 from solders.message import Message
 from solders.pubkey import Pubkey
+from solders.signature import Signature
 from solders.system_program import (
     CreateAccountParams,
     CreateAccountWithSeedParams,
@@ -55,6 +56,15 @@ def escrow_address(payer: Pubkey, job_id: str) -> Pubkey:
     return Pubkey.create_with_seed(payer, escrow_seed(job_id), TOKEN_PROGRAM_ID)
 
 
+def dispute_seed(job_id: str) -> str:
+    return "cd" + hashlib.sha256(job_id.encode()).hexdigest()[:30]
+
+
+def dispute_address(payer: Pubkey, job_id: str) -> Pubkey:
+    """The job's dispute escrow: owned by the dispute multisig, which needs the arbiter (F1)."""
+    return Pubkey.create_with_seed(payer, dispute_seed(job_id), TOKEN_PROGRAM_ID)
+
+
 def token_account_of(owner: Pubkey, mint: Pubkey) -> Pubkey:
     """The owner's associated token account for ``mint``: where a wallet receives tokens."""
     return token_ix.get_associated_token_address(owner, mint)
@@ -78,6 +88,13 @@ def sign(
     message = Message.new_with_blockhash(list(instructions), payer.pubkey(), blockhash)
     ready = [s if isinstance(s, Keypair) else s.presigner(message) for s in unique.values()]
     return Transaction(ready, message, blockhash)
+
+
+def sign_message(signer: Signer, message: Message) -> Signature:
+    """One signer's signature over a message (for transactions whose signatures come from several places)."""
+    if isinstance(signer, Keypair):
+        return signer.sign_message(bytes(message))
+    return signer.presigner(message).sign_message(bytes(message))
 
 
 def create_escrow(
@@ -134,12 +151,88 @@ def settle_escrow(
     amount: int,
     authority_signers: Sequence[Pubkey],
     memo_text: str,
+    rent_owner: Pubkey | None = None,
 ) -> list[Instruction]:
-    """Move ``amount`` (the whole escrow) to the recipient wallet's token account, then close the escrow."""
+    """Move ``amount`` (the whole escrow) to the recipient wallet's token account, then close the escrow.
+
+    The escrow's rent goes back to ``rent_owner`` (default: the fee payer, who paid it).
+    """
     dest = token_account_of(recipient_wallet, mint)
     signers = list(authority_signers)
     return [
         token_ix.create_idempotent_associated_token_account(payer, recipient_wallet, mint),
+        *_move_and_close(
+            escrow=escrow,
+            mint=mint,
+            decimals=decimals,
+            multisig=multisig,
+            dest=dest,
+            amount=amount,
+            signers=signers,
+            rent_owner=rent_owner or payer,
+        ),
+        memo(payer, memo_text),
+    ]
+
+
+def dispute_escrow(
+    *,
+    payer: Pubkey,
+    escrow: Pubkey,
+    mint: Pubkey,
+    decimals: int,
+    multisig: Pubkey,
+    dispute_multisig: Pubkey,
+    job_id: str,
+    amount: int,
+    rent: int,
+    authority_signers: Sequence[Pubkey],
+) -> list[Instruction]:
+    """Move the whole escrow into the job's dispute escrow (owned by ``dispute_multisig``) and close it."""
+    target = dispute_address(payer, job_id)
+    return [
+        create_account_with_seed(
+            CreateAccountWithSeedParams(
+                from_pubkey=payer,
+                to_pubkey=target,
+                base=payer,
+                seed=dispute_seed(job_id),
+                lamports=rent,
+                space=ACCOUNT_LEN,
+                owner=TOKEN_PROGRAM_ID,
+            )
+        ),
+        token_ix.initialize_account(
+            InitializeAccountParams(
+                program_id=TOKEN_PROGRAM_ID, account=target, mint=mint, owner=dispute_multisig
+            )
+        ),
+        *_move_and_close(
+            escrow=escrow,
+            mint=mint,
+            decimals=decimals,
+            multisig=multisig,
+            dest=target,
+            amount=amount,
+            signers=list(authority_signers),
+            rent_owner=payer,
+        ),
+        memo(payer, f"cyxwiz:escrow:dispute:{job_id}"),
+    ]
+
+
+def _move_and_close(
+    *,
+    escrow: Pubkey,
+    mint: Pubkey,
+    decimals: int,
+    multisig: Pubkey,
+    dest: Pubkey,
+    amount: int,
+    signers: list[Pubkey],
+    rent_owner: Pubkey,
+) -> list[Instruction]:
+    return [
         token_ix.transfer_checked(
             TransferCheckedParams(
                 program_id=TOKEN_PROGRAM_ID,
@@ -154,10 +247,9 @@ def settle_escrow(
         ),
         token_ix.close_account(
             CloseAccountParams(
-                program_id=TOKEN_PROGRAM_ID, account=escrow, dest=payer, owner=multisig, signers=signers
+                program_id=TOKEN_PROGRAM_ID, account=escrow, dest=rent_owner, owner=multisig, signers=signers
             )
         ),
-        memo(payer, memo_text),
     ]
 
 

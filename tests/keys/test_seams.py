@@ -22,7 +22,7 @@ from cyxwiz.ledger.store import EscrowState
 from cyxwiz.tokens import KeyRing, TokenIssuer, TokenKind, TokenVerifier
 from tests._softhsm import HsmToken
 from tests.audit.conftest import ManualClock, sample_event
-from tests.ledger.conftest import USER_FUNDS, build_world
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, build_world, make_pki
 
 
 def test_token_signing_key_in_the_token(softhsm: HsmToken) -> None:
@@ -79,7 +79,11 @@ def test_audit_checkpoint_key_in_the_token(softhsm: HsmToken, tmp_path: Path) ->
 def test_escrow_release_signed_by_authority_keys_in_the_token(softhsm: HsmToken, tmp_path: Path) -> None:
     chain = LocalChain()
     w = build_world(
-        chain, f"sqlite:///{tmp_path / 'escrow.db'}", fund=chain.airdrop, expire=chain.expire_blockhash
+        chain,
+        f"sqlite:///{tmp_path / 'escrow.db'}",
+        fund=chain.airdrop,
+        expire=chain.expire_blockhash,
+        pki=make_pki(tmp_path / "pki"),
     )
     coordinator = SourceSigner(create_key_source(softhsm.new_uri("escrow-coordinator")))
     verifier = SourceSigner(open_key_source(str(create_key_source(softhsm.new_uri("escrow-verifier")).uri)))
@@ -88,8 +92,8 @@ def test_escrow_release_signed_by_authority_keys_in_the_token(softhsm: HsmToken,
     )
     ledger = w.ledger(multisig=multisig, coordinator=coordinator, verifier=verifier)
     ledger.create(job_id="hsm-job", user=w.user, amount=200_000)
-    ledger.assign(job_id="hsm-job", node_wallet=str(w.node.pubkey()))
-    done = ledger.release(job_id="hsm-job", node_wallet=str(w.node.pubkey()), proof_ref="sha256:ab")
+    ledger.assign(job_id="hsm-job", node_wallet=str(w.node.pubkey()), node_peer_id=NODE_PEER)
+    done = ledger.release(job_id="hsm-job", node_wallet=str(w.node.pubkey()), report=w.attest("hsm-job"))
     assert done.state is EscrowState.RELEASED and w.token(w.node) == 200_000
     assert w.token_total("hsm-job") == USER_FUNDS
     # attack: a token key that is not one of the multisig's authorities cannot move an escrow
@@ -121,7 +125,8 @@ def test_ledger_config_names_authority_keys_by_uri(softhsm: HsmToken, tmp_path: 
     )  # fmt: skip
     ledger = open_ledger(config, passphrase=b"pw")
     try:
-        signers = ledger._authorities("coordinator", "verifier")
+        # The control plane holds the coordinator key only; the verifier service opens its own (F1).
+        signers = [*ledger._keys("coordinator"), config.load_key("verifier")]
         assert [type(s) for s in signers] == [SourceSigner, SourceSigner]
         assert [bytes(s.pubkey()) for s in signers] == [
             public_raw(coordinator),

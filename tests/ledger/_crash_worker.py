@@ -1,6 +1,7 @@
 """Child process for the crash tests: performs one escrow move and SIGKILLs itself at a named point.
 
-Run as ``python -m tests.ledger._crash_worker CONFIG OP JOB_ID POINT`` with CYXWIZ_LEDGER_PASSPHRASE set.
+Run as ``python -m tests.ledger._crash_worker CONFIG OP JOB_ID POINT [REPORT]`` with CYXWIZ_LEDGER_PASSPHRASE
+set; the verifier service co-signs from its own process (the config names its socket).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from cyxwiz.ledger.config import LedgerConfig, open_ledger
 from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
 
 
-def main(config_path: str, op: str, job_id: str, point: str) -> None:
+def main(config_path: str, op: str, job_id: str, point: str, report: str = "") -> None:
     config = LedgerConfig.from_file(Path(config_path))
 
     def fault(reached: str) -> None:
@@ -30,11 +31,11 @@ def main(config_path: str, op: str, job_id: str, point: str) -> None:
     elif op == "release":
         record = ledger.status(job_id=job_id)
         assert record.node_wallet is not None
-        ledger.release(job_id=job_id, node_wallet=record.node_wallet, proof_ref="sha256:proof")
+        ledger.release(job_id=job_id, node_wallet=record.node_wallet, report=report)
     elif op == "refund":
         ledger.refund(job_id=job_id)
     raise SystemExit(f"the fault point {point!r} was never reached")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

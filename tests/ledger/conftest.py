@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,109 @@ from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 
 from cyxwiz.ledger import provision, txbuild
+from cyxwiz.ledger.attestation import AttestationPolicy, ReportAttestation, Verdict, sign_attestation
 from cyxwiz.ledger.chain import Chain, LocalChain
-from cyxwiz.ledger.embedded import LocalLedgerHandle, start_local_ledger
+from cyxwiz.ledger.embedded import DemoLedger, LocalLedgerHandle, provision_demo, start_local_ledger
+from cyxwiz.ledger.keystore import KdfParams
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.rpc import RpcChain
 from cyxwiz.ledger.store import EscrowStore, IntentStatus
+from cyxwiz.ledger.verifier_service import VerifierProcess, start_verifier_service
 
+REPO = Path(__file__).resolve().parents[2]
+PASSPHRASE = "ledger-test-passphrase"
 LAMPORTS_PER_SIGNATURE = 5000
+NODE_PEER = "12D3KooWNodeOnePeerIdForTheEscrowTests"
+REPORT = {"job_id": "job-a", "passed": True, "checks": [], "proof_sha256": "ab" * 32, "summary": {}}
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The dev PKI's verifier certificate and key (role ``verifier``) and a worker's (not a verifier)."""
+
+    root: Path
+    policy: AttestationPolicy
+    dev: Any
+
+    def sign(self, *, role: str = "verifier", verdict: Verdict = "pass", **fields: str) -> ReportAttestation:
+        from cyxwiz.pki.certs import load_certificate
+        from cyxwiz.pki.keys import load_private_key
+
+        cert_path, key_path = (
+            (self.root / "certs" / "verifier-cert.pem", self.root / "certs" / "verifier-key.pem")
+            if role == "verifier"
+            else (self.root / "nodes" / "node-1-cert.pem", self.root / "nodes" / "node-1-key.pem")
+        )
+        key = load_private_key(key_path)
+        return sign_attestation(
+            key=key,  # type: ignore[arg-type]
+            certificate=load_certificate(cert_path),
+            verdict=verdict,
+            **{"report_sha256": "cd" * 32, **fields},  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(root: Path) -> Pki:
+    """A dev PKI whose verifier certificate signs the reports releases need (other test packages)."""
+    from cyxwiz.pki.devpki import build_dev_pki
+
+    built = build_dev_pki(root, nodes=("node-1",))
+    return Pki(
+        root=built.root, policy=AttestationPolicy.from_files(built.bundle, crls=[built.crl]), dev=built
+    )
+
+
+@pytest.fixture
+def demo(
+    ledger_service: LocalLedgerHandle, tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> DemoLedger:
+    """A provisioned demo ledger (sealed keys, the verifier's under its own passphrase) on the service."""
+    monkeypatch.setenv("CYXWIZ_LEDGER_PASSPHRASE", PASSPHRASE)
+    demo = provision_demo(
+        rpc_url=ledger_service.rpc_url,
+        state_dir=tmp_path / "demo",
+        passphrase=PASSPHRASE.encode(),
+        user_funds=100_000_000,
+        kdf=KdfParams.fast_for_tests(),
+        pki=pki.dev,
+    )
+    monkeypatch.setenv("CYXWIZ_LEDGER_CONFIG", str(demo.config_path))
+    return demo
+
+
+@pytest.fixture
+def verifier(demo: DemoLedger, tmp_path: Path) -> Iterator[VerifierProcess]:
+    """The verifier service as its own process, holding the only copy of the verifier key in use."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE")
+    }
+    env |= {"PYTHONPATH": str(REPO), **demo.verifier_env()}
+    with start_verifier_service(
+        config_path=demo.config_path, state_dir=tmp_path / "verifier", env=env
+    ) as proc:
+        yield proc
+
+
+def demo_attest(pki: Pki, demo: DemoLedger, job_id: str, *, verdict: Verdict = "pass") -> str:
+    """The verifier's attestation for a demo job bound to the demo node and that job's escrow."""
+    config = demo.config
+    escrow = txbuild.escrow_address(config.pubkey("payer"), job_id)
+    return pki.sign(
+        verdict=verdict,
+        job_id=job_id,
+        node_peer_id=NODE_PEER,
+        node_wallet=str(demo.node.pubkey()),
+        escrow=str(escrow),
+    ).to_json()
+
+
 USER_FUNDS = 1_000_000
 MINIMUM = 1_000
 
@@ -34,6 +131,8 @@ class World:
     mint_authority: Keypair
     mint: Pubkey
     multisig: Pubkey
+    dispute_multisig: Pubkey
+    pki: Pki
     user: Keypair
     node: Keypair
     other_node: Keypair
@@ -52,6 +151,8 @@ class World:
             "coordinator": self.coordinator,
             "verifier": self.verifier,
             "arbiter": self.arbiter,
+            "attestations": self.pki.policy,
+            "dispute_multisig": self.dispute_multisig,
             "minimum_payment": MINIMUM,
             "confirm_timeout_s": 5.0,
         }
@@ -59,6 +160,17 @@ class World:
         ledger = EscrowLedger(**kwargs)
         self.ledgers.append(ledger)
         return ledger
+
+    def attest(self, job: str, *, verdict: Verdict = "pass", role: str = "verifier", **overrides: str) -> str:
+        """A verifier attestation for ``job`` bound to the assigned node and its escrow (JSON)."""
+        fields = {
+            "job_id": job,
+            "node_peer_id": NODE_PEER,
+            "node_wallet": str(self.node.pubkey()),
+            "escrow": str(txbuild.escrow_address(self.payer.pubkey(), job)),
+            **overrides,
+        }
+        return self.pki.sign(role=role, verdict=verdict, **fields).to_json()
 
     def expire_blockhash(self) -> None:
         self.expire()
@@ -69,7 +181,9 @@ class World:
 
     def token_total(self, *job_ids: str) -> int:
         escrows = sum(
-            self.chain.token_amount(txbuild.escrow_address(self.payer.pubkey(), j)) or 0 for j in job_ids
+            (self.chain.token_amount(txbuild.escrow_address(self.payer.pubkey(), j)) or 0)
+            + (self.chain.token_amount(txbuild.dispute_address(self.payer.pubkey(), j)) or 0)
+            for j in job_ids
         )
         return self.token(self.user) + self.token(self.node) + self.token(self.other_node) + escrows
 
@@ -77,6 +191,7 @@ class World:
         keys = [self.payer.pubkey(), self.user.pubkey(), self.node.pubkey(), self.other_node.pubkey()]
         keys += [txbuild.token_account_of(k, self.mint) for k in list(keys)]
         keys += [txbuild.escrow_address(self.payer.pubkey(), j) for j in job_ids]
+        keys += [txbuild.dispute_address(self.payer.pubkey(), j) for j in job_ids]
         keys += [self.mint, self.multisig]
         return sum(self.chain.lamports(k) for k in keys)
 
@@ -89,7 +204,12 @@ class World:
 
 
 def build_world(
-    chain: Chain, db_url: str, *, fund: Callable[[Pubkey, int], None], expire: Callable[[], object]
+    chain: Chain,
+    db_url: str,
+    *,
+    fund: Callable[[Pubkey, int], None],
+    expire: Callable[[], object],
+    pki: Pki,
 ) -> World:
     payer, coordinator, verifier, arbiter, mint_authority = (Keypair() for _ in range(5))
     fund(payer.pubkey(), 10_000_000_000)
@@ -97,6 +217,9 @@ def build_world(
     fund(user.pubkey(), 1_000_000_000)
     multisig = provision.create_multisig(
         chain, payer=payer, authorities=[coordinator.pubkey(), verifier.pubkey(), arbiter.pubkey()]
+    )
+    dispute_multisig = provision.create_multisig(
+        chain, payer=payer, authorities=[arbiter.pubkey(), verifier.pubkey()], threshold=2
     )
     mint = provision.create_test_mint(chain, payer=payer, mint_authority=mint_authority.pubkey())
     provision.fund_wallet(
@@ -113,6 +236,8 @@ def build_world(
         mint_authority=mint_authority,
         mint=mint,
         multisig=multisig,
+        dispute_multisig=dispute_multisig,
+        pki=pki,
         user=user,
         node=node,
         other_node=other_node,
@@ -122,11 +247,15 @@ def build_world(
 
 
 @pytest.fixture
-def local_world(tmp_path: Path) -> Iterator[World]:
+def local_world(tmp_path: Path, pki: Pki) -> Iterator[World]:
     """In-process LiteSVM, SQLite store."""
     chain = LocalChain()
     world = build_world(
-        chain, f"sqlite:///{tmp_path / 'escrow.db'}", fund=chain.airdrop, expire=chain.expire_blockhash
+        chain,
+        f"sqlite:///{tmp_path / 'escrow.db'}",
+        fund=chain.airdrop,
+        expire=chain.expire_blockhash,
+        pki=pki,
     )
     yield world
     for ledger in world.ledgers:
@@ -141,7 +270,7 @@ def ledger_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLe
 
 
 @pytest.fixture
-def rpc_world(ledger_service: LocalLedgerHandle, tmp_path: Path) -> Iterator[World]:
+def rpc_world(ledger_service: LocalLedgerHandle, tmp_path: Path, pki: Pki) -> Iterator[World]:
     """Through the local ledger service over JSON-RPC (solana-py), SQLite store."""
     chain = RpcChain(url=ledger_service.rpc_url)
     world = build_world(
@@ -149,6 +278,7 @@ def rpc_world(ledger_service: LocalLedgerHandle, tmp_path: Path) -> Iterator[Wor
         f"sqlite:///{tmp_path / 'escrow.db'}",
         fund=chain.airdrop,
         expire=lambda: chain.call("cyxwiz_expireBlockhash"),
+        pki=pki,
     )
     yield world
     for ledger in world.ledgers:

@@ -13,24 +13,9 @@ from typer.testing import CliRunner
 from cyxwiz.cli import app
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.config import open_ledger
-from cyxwiz.ledger.embedded import DemoLedger, LocalLedgerHandle, provision_demo
-from cyxwiz.ledger.keystore import KdfParams
-
-PASSPHRASE = "cli-test-passphrase"
-
-
-@pytest.fixture
-def demo(ledger_service: LocalLedgerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DemoLedger:
-    monkeypatch.setenv("CYXWIZ_LEDGER_PASSPHRASE", PASSPHRASE)
-    demo = provision_demo(
-        rpc_url=ledger_service.rpc_url,
-        state_dir=tmp_path / "demo",
-        passphrase=PASSPHRASE.encode(),
-        user_funds=50_000_000,
-        kdf=KdfParams.fast_for_tests(),
-    )
-    monkeypatch.setenv("CYXWIZ_LEDGER_CONFIG", str(demo.config_path))
-    return demo
+from cyxwiz.ledger.embedded import DemoLedger
+from cyxwiz.ledger.verifier_service import VerifierProcess
+from tests.ledger.conftest import NODE_PEER
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -38,10 +23,14 @@ def _run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_status_list_dispute_and_admin_resolution(demo: DemoLedger) -> None:
+def test_status_list_dispute_and_admin_resolution(
+    demo: DemoLedger, verifier: VerifierProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispute is signed by the control plane's key + the verifier service; the resolution by the
+    arbiter's own key (its own passphrase) + the verifier service: three processes, three sealed keys."""
     ledger = open_ledger(demo.config)
     ledger.create(job_id="job-cli", user=demo.user, amount=2_000_000)
-    ledger.assign(job_id="job-cli", node_wallet=demo.node.pubkey())
+    ledger.assign(job_id="job-cli", node_wallet=demo.node.pubkey(), node_peer_id=NODE_PEER)
 
     code, out, _ = _run("escrow", "status", "job-cli", "--json")
     assert code == 0 and json.loads(out)["state"] == "locked"
@@ -49,6 +38,9 @@ def test_status_list_dispute_and_admin_resolution(demo: DemoLedger) -> None:
     assert code == 0 and "disputed" in out
     code, out, _ = _run("escrow", "list", "--state", "disputed", "--json")
     assert [r["job_id"] for r in json.loads(out)] == ["job-cli"]
+    code, _, err = _run("escrow", "resolve-dispute", "job-cli", "--to", "refund", "--json")
+    assert code == 2 and "CYXWIZ_ARBITER_PASSPHRASE" in err  # the control plane's passphrase opens no arbiter
+    monkeypatch.setenv("CYXWIZ_ARBITER_PASSPHRASE", demo.arbiter_passphrase)
     code, out, _ = _run("escrow", "resolve-dispute", "job-cli", "--to", "refund", "--json")
     assert code == 0, out
     record = json.loads(out)
@@ -95,3 +87,27 @@ def test_ledger_serve_refuses_corrupt_snapshot_and_non_loopback(tmp_path: Path) 
         [*cmd, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 2 and "loopback only" in proc.stderr
+
+
+def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess) -> None:
+    """``cyxwiz escrow stake|unstake|status --node``: the node's key signs the deposit; withdrawal waits
+    for the cool-down (refused with one line before it)."""
+    from cyxwiz.ledger import provision
+
+    ledger = open_ledger(demo.config)
+    provision.fund_wallet(
+        ledger.chain, payer=ledger._payer, mint=ledger.mint, wallet=demo.node.pubkey(), amount=3_000_000,
+        mint_authority=demo.config.load_key("mint_authority"),
+    )  # fmt: skip
+    node_key = str(demo.config.key_path("node"))
+    code, out, err = _run(
+        "escrow", "stake", "--node", NODE_PEER, "--amount", "3000000", "--node-key", node_key
+    )
+    assert code == 0, err
+    code, out, _ = _run("escrow", "status", "--node", NODE_PEER, "--json")
+    assert code == 0 and json.loads(out)["amount"] == 3_000_000
+    code, out, _ = _run("escrow", "unstake", "--node", NODE_PEER)
+    assert code == 0 and "unstake_requested_at" in out
+    code, _, err = _run("escrow", "unstake", "--node", NODE_PEER, "--withdraw")
+    assert code != 0 and "cool-down ends" in err and "Traceback" not in err
+    assert ledger.chain.token_amount(txbuild.token_account_of(demo.node.pubkey(), ledger.mint)) == 0

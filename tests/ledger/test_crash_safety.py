@@ -21,9 +21,8 @@ from cyxwiz.ledger.keystore import KdfParams
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.rpc import RpcChain
 from cyxwiz.ledger.store import EscrowState, IntentStatus
-
-PASSPHRASE = "crash-test-passphrase"
-REPO = Path(__file__).resolve().parents[2]
+from cyxwiz.ledger.verifier_service import VerifierProcess
+from tests.ledger.conftest import NODE_PEER, PASSPHRASE, REPO, Pki, demo_attest
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,8 @@ def service(tmp_path: Path) -> Iterator[LocalLedgerHandle]:
 
 
 @pytest.fixture
-def demo(service: LocalLedgerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DemoLedger:
+def demo(service: LocalLedgerHandle, tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> DemoLedger:
+    """Like the shared fixture, on this test's own (restartable) ledger service."""
     monkeypatch.setenv("CYXWIZ_LEDGER_PASSPHRASE", PASSPHRASE)
     return provision_demo(
         rpc_url=service.rpc_url,
@@ -43,13 +43,28 @@ def demo(service: LocalLedgerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyP
         passphrase=PASSPHRASE.encode(),
         user_funds=100_000_000,
         kdf=KdfParams.fast_for_tests(),
+        pki=pki.dev,
     )
 
 
-def _crash(demo: DemoLedger, op: str, job_id: str, point: str) -> None:
+@pytest.fixture(autouse=True)
+def _verifier_running(verifier: VerifierProcess) -> None:
+    """Every escrow move here is co-signed by the verifier service in its own process."""
+
+
+def _crash(demo: DemoLedger, op: str, job_id: str, point: str, report: str = "") -> None:
     env = dict(os.environ, CYXWIZ_LEDGER_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.ledger._crash_worker", str(demo.config_path), op, job_id, point],
+        [
+            sys.executable,
+            "-m",
+            "tests.ledger._crash_worker",
+            str(demo.config_path),
+            op,
+            job_id,
+            point,
+            report,
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -71,14 +86,15 @@ def _locked_job(demo: DemoLedger, job_id: str) -> tuple[EscrowLedger, int]:
     ledger = open_ledger(demo.config)
     amount = 5 * demo.minimum_payment
     ledger.create(job_id=job_id, user=demo.user, amount=amount)
-    ledger.assign(job_id=job_id, node_wallet=demo.node.pubkey())
+    ledger.assign(job_id=job_id, node_wallet=demo.node.pubkey(), node_peer_id=NODE_PEER)
     return ledger, amount
 
 
 @pytest.mark.parametrize("point", ["after_record", "after_send"])
-def test_kill_during_release_then_reconcile_pays_exactly_once(demo: DemoLedger, point: str) -> None:
+def test_kill_during_release_then_reconcile_pays_exactly_once(demo: DemoLedger, pki: Pki, point: str) -> None:
     ledger, amount = _locked_job(demo, "job-crash")
-    _crash(demo, "release", "job-crash", point)
+    report = demo_attest(pki, demo, "job-crash")
+    _crash(demo, "release", "job-crash", point, report)
     assert ledger.status(job_id="job-crash").state is EscrowState.RELEASING
     [pending] = ledger.store.intents("job-crash", status=IntentStatus.PREPARED)
     moved = _balances(ledger, demo, "job-crash")
@@ -89,7 +105,7 @@ def test_kill_during_release_then_reconcile_pays_exactly_once(demo: DemoLedger, 
         assert moved == (demo.user_funds - amount, amount, 0)
     # A concurrent caller cannot start a second release while one is in flight.
     with pytest.raises(EscrowStateError, match="in flight"):
-        ledger.release(job_id="job-crash", node_wallet=demo.node.pubkey(), proof_ref="again")
+        ledger.release(job_id="job-crash", node_wallet=demo.node.pubkey(), report=report)
 
     restarted = open_ledger(demo.config)  # "after restart": a fresh process's view
     [record] = restarted.reconcile()
@@ -98,7 +114,7 @@ def test_kill_during_release_then_reconcile_pays_exactly_once(demo: DemoLedger, 
     assert _balances(restarted, demo, "job-crash") == (demo.user_funds - amount, 0, amount)
     assert restarted.reconcile() == []
     with pytest.raises(EscrowStateError, match="already released"):
-        restarted.release(job_id="job-crash", node_wallet=demo.node.pubkey(), proof_ref="again")
+        restarted.release(job_id="job-crash", node_wallet=demo.node.pubkey(), report=report)
     assert _balances(restarted, demo, "job-crash") == (demo.user_funds - amount, 0, amount)
 
 
@@ -121,12 +137,13 @@ def test_kill_during_create_then_reconcile_locks_once(demo: DemoLedger, point: s
 
 
 def test_kill_before_send_then_ledger_restart_expires_blockhash_and_reconciler_resends_fresh(
-    demo: DemoLedger, service: LocalLedgerHandle
+    demo: DemoLedger, service: LocalLedgerHandle, pki: Pki
 ) -> None:
     """The signed release never left the crashed process and its blockhash died with a service restart:
-    the reconciler records a fresh transaction for the same move and pays exactly once."""
+    the reconciler records a fresh transaction for the same move (co-signed again by the verifier from
+    the stored report) and pays exactly once."""
     _ledger, amount = _locked_job(demo, "job-exp")
-    _crash(demo, "release", "job-exp", "after_record")
+    _crash(demo, "release", "job-exp", "after_record", demo_attest(pki, demo, "job-exp"))
     service.kill()
     service.start()
     restarted = open_ledger(demo.config)
@@ -153,7 +170,7 @@ def test_create_expired_by_restart_ends_void_with_no_funds_moved(
 
 
 def test_ledger_service_killed_mid_job_keeps_every_balance(
-    demo: DemoLedger, service: LocalLedgerHandle
+    demo: DemoLedger, service: LocalLedgerHandle, pki: Pki
 ) -> None:
     ledger, amount = _locked_job(demo, "job-mid")
     chain = RpcChain(url=service.rpc_url)
@@ -163,7 +180,9 @@ def test_ledger_service_killed_mid_job_keeps_every_balance(
     service.start()
     assert _balances(ledger, demo, "job-mid") == before
     assert chain.lamports(ledger._payer.pubkey()) == payer_lamports
-    record = ledger.release(job_id="job-mid", node_wallet=demo.node.pubkey(), proof_ref="sha256:ok")
+    record = ledger.release(
+        job_id="job-mid", node_wallet=demo.node.pubkey(), report=demo_attest(pki, demo, "job-mid")
+    )
     assert record.state is EscrowState.RELEASED
     assert _balances(ledger, demo, "job-mid") == (demo.user_funds - amount, 0, amount)
     chain.close()

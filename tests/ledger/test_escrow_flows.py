@@ -12,19 +12,23 @@ from solders.keypair import Keypair
 from cyxwiz.errors import EscrowStateError, NotFoundError, PaymentTooLowError, ValidationError
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.chain import TransactionRejectedError
-from cyxwiz.ledger.records import MissingSignatureError, ProofRequiredError, WrongRecipientError
+from cyxwiz.ledger.records import MissingSignatureError, WrongRecipientError
 from cyxwiz.ledger.store import EscrowState, IntentStatus
-from tests.ledger.conftest import MINIMUM, USER_FUNDS, World
+from tests.ledger.conftest import MINIMUM, NODE_PEER, USER_FUNDS, World
 
 
 def _locked(w: World, job_id: str = "job-a", amount: int = 10_000) -> None:
     ledger = w.ledger()
     ledger.create(job_id=job_id, user=w.user, amount=amount)
-    ledger.assign(job_id=job_id, node_wallet=w.node.pubkey())
+    ledger.assign(job_id=job_id, node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
 
 
 def _snapshot(w: World, *jobs: str) -> tuple[int, int, int, int]:
-    escrow = sum(w.chain.token_amount(txbuild.escrow_address(w.payer.pubkey(), j)) or 0 for j in jobs)
+    escrow = sum(
+        (w.chain.token_amount(txbuild.escrow_address(w.payer.pubkey(), j)) or 0)
+        + (w.chain.token_amount(txbuild.dispute_address(w.payer.pubkey(), j)) or 0)
+        for j in jobs
+    )
     return w.token(w.user), w.token(w.node), w.token(w.other_node), escrow
 
 
@@ -36,7 +40,7 @@ def test_dispute_then_resolve_release(world: World) -> None:
     assert record.state is EscrowState.DISPUTED
     # While disputed nothing but the arbiter's resolve moves it.
     with pytest.raises(EscrowStateError, match="disputed"):
-        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="p1")
+        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), report=world.attest("job-a"))
     with pytest.raises(EscrowStateError, match="disputed"):
         ledger.refund(job_id="job-a")
     record = ledger.resolve(job_id="job-a", outcome="release")
@@ -68,10 +72,10 @@ def test_resolve_needs_the_arbiter_key(world: World) -> None:
 def test_release_twice_is_refused(world: World) -> None:
     _locked(world)
     ledger = world.ledger()
-    ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="p1")
+    ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), report=world.attest("job-a"))
     before = _snapshot(world, "job-a")
     with pytest.raises(EscrowStateError, match="already released"):
-        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="p1")
+        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), report=world.attest("job-a"))
     assert _snapshot(world, "job-a") == before
 
 
@@ -80,10 +84,10 @@ def test_release_after_refund_and_refund_after_release_are_refused(world: World)
     _locked(world, "job-s")
     ledger = world.ledger()
     ledger.refund(job_id="job-r")
-    ledger.release(job_id="job-s", node_wallet=world.node.pubkey(), proof_ref="p1")
+    ledger.release(job_id="job-s", node_wallet=world.node.pubkey(), report=world.attest("job-s"))
     before = _snapshot(world, "job-r", "job-s")
     with pytest.raises(EscrowStateError, match="already refunded"):
-        ledger.release(job_id="job-r", node_wallet=world.node.pubkey(), proof_ref="p1")
+        ledger.release(job_id="job-r", node_wallet=world.node.pubkey(), report=world.attest("job-r"))
     with pytest.raises(EscrowStateError, match="already released"):
         ledger.refund(job_id="job-s")
     assert _snapshot(world, "job-r", "job-s") == before
@@ -93,7 +97,9 @@ def test_release_without_verifier_signature_is_refused(world: World) -> None:
     _locked(world)
     coordinator_only = world.ledger(verifier=None)
     with pytest.raises(MissingSignatureError, match="verifier"):
-        coordinator_only.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="p1")
+        coordinator_only.release(
+            job_id="job-a", node_wallet=world.node.pubkey(), report=world.attest("job-a")
+        )
     assert coordinator_only.status(job_id="job-a").state is EscrowState.LOCKED
     assert _snapshot(world, "job-a") == (USER_FUNDS - 10_000, 0, 0, 10_000)
 
@@ -124,7 +130,7 @@ def test_release_to_another_wallet_is_refused(world: World) -> None:
     _locked(world)
     ledger = world.ledger()
     with pytest.raises(WrongRecipientError, match="assigned node"):
-        ledger.release(job_id="job-a", node_wallet=world.other_node.pubkey(), proof_ref="p1")
+        ledger.release(job_id="job-a", node_wallet=world.other_node.pubkey(), report=world.attest("job-a"))
     assert ledger.status(job_id="job-a").state is EscrowState.LOCKED
     assert _snapshot(world, "job-a") == (USER_FUNDS - 10_000, 0, 0, 10_000)
 
@@ -137,20 +143,10 @@ def test_release_of_another_jobs_escrow_is_refused(world: World) -> None:
     ledger.assign(job_id="job-b", node_wallet=world.other_node.pubkey())
     before = _snapshot(world, "job-a", "job-b")
     with pytest.raises(WrongRecipientError):
-        ledger.release(job_id="job-b", node_wallet=world.node.pubkey(), proof_ref="p1")
+        ledger.release(job_id="job-b", node_wallet=world.node.pubkey(), report=world.attest("job-b"))
     with pytest.raises(NotFoundError):
         ledger.release(job_id="job-zzz", node_wallet=world.node.pubkey(), proof_ref="p1")
     assert _snapshot(world, "job-a", "job-b") == before
-
-
-def test_release_needs_a_proof_reference(world: World) -> None:
-    _locked(world)
-    ledger = world.ledger(proof_checker=lambda *, job_id, proof_ref: proof_ref == "verified-report")
-    with pytest.raises(ProofRequiredError):
-        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="")
-    with pytest.raises(ProofRequiredError, match="not verified"):
-        ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), proof_ref="forged")
-    assert ledger.status(job_id="job-a").state is EscrowState.LOCKED
 
 
 @pytest.mark.parametrize(
@@ -224,3 +220,40 @@ def test_duplicate_create_is_refused(world: World) -> None:
     with pytest.raises(Exception, match="already exists"):
         world.ledger().create(job_id="job-a", user=world.user, amount=10_000)
     assert world.token(world.user) == USER_FUNDS - 10_000
+
+
+def test_disputed_funds_need_the_arbiter_on_chain(world: World) -> None:
+    """F1: a dispute moves the funds into the dispute escrow (2-of-2 arbiter + verifier). The coordinator
+    and verifier keys together, bypassing the ledger, are refused by the chain itself; the arbiter's
+    resolve (positive control) then settles it."""
+    _locked(world)
+    ledger = world.ledger()
+    record = ledger.dispute(job_id="job-a", reason="user reports fabricated metrics")
+    dispute = txbuild.dispute_address(world.payer.pubkey(), "job-a")
+    assert (record.state, record.dispute_account) == (EscrowState.DISPUTED, str(dispute))
+    assert world.chain.token_amount(txbuild.escrow_address(world.payer.pubkey(), "job-a")) is None
+    assert world.chain.token_amount(dispute) == 10_000
+    before = _snapshot(world, "job-a")
+    for multisig in (world.dispute_multisig, world.multisig):
+        instructions = txbuild.settle_escrow(
+            payer=world.payer.pubkey(), escrow=dispute, mint=world.mint, decimals=6, multisig=multisig,
+            recipient_wallet=world.node.pubkey(), amount=10_000,
+            authority_signers=[world.coordinator.pubkey(), world.verifier.pubkey()], memo_text="collusion",
+        )  # fmt: skip
+        blockhash, _ = world.chain.latest_blockhash()
+        tx = txbuild.sign(
+            instructions, payer=world.payer, signers=[world.coordinator, world.verifier], blockhash=blockhash
+        )
+        expected = (
+            "MissingRequiredSignature" if multisig == world.dispute_multisig else "OwnerMismatch|Custom"
+        )
+        with pytest.raises(TransactionRejectedError, match=expected):
+            world.chain.send_raw(bytes(tx))
+    assert _snapshot(world, "job-a") == before
+    # The control plane's ledger (no arbiter key) cannot resolve either.
+    with pytest.raises(MissingSignatureError, match="arbiter"):
+        world.ledger(arbiter=None).resolve(job_id="job-a", outcome="refund")
+    done = world.ledger(coordinator=None).resolve(job_id="job-a", outcome="refund")
+    assert done.state is EscrowState.REFUNDED
+    assert _snapshot(world, "job-a") == (USER_FUNDS, 0, 0, 0)
+    assert world.token_total("job-a") == USER_FUNDS

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cyxwiz.ledger.store import EscrowState
-from tests.ledger.conftest import USER_FUNDS, World
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
 
 
 def test_create_then_release_moves_funds_once_and_conserves_balances(local_world: World) -> None:
@@ -14,10 +14,10 @@ def test_create_then_release_moves_funds_once_and_conserves_balances(local_world
     assert record.state is EscrowState.LOCKED
     assert w.token(w.user) == USER_FUNDS - 250_000
     assert ledger.onchain_amount(job_id="job-1") == 250_000
-    ledger.assign(job_id="job-1", node_wallet=str(w.node.pubkey()))
-    record = ledger.release(job_id="job-1", node_wallet=str(w.node.pubkey()), proof_ref="sha256:abc")
+    ledger.assign(job_id="job-1", node_wallet=str(w.node.pubkey()), node_peer_id=NODE_PEER)
+    record = ledger.release(job_id="job-1", node_wallet=str(w.node.pubkey()), report=w.attest("job-1"))
     assert record.state is EscrowState.RELEASED
-    assert record.settle_signature and record.proof_ref == "sha256:abc"
+    assert record.settle_signature and record.proof_ref == f"sha256:{record.report_sha256}"
     assert w.token(w.node) == 250_000
     assert ledger.onchain_amount(job_id="job-1") == 0
     assert w.token_total("job-1") == USER_FUNDS

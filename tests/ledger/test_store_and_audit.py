@@ -15,11 +15,11 @@ from cyxwiz.ledger.chain import LocalChain
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.records import WrongRecipientError
 from cyxwiz.ledger.store import EscrowState, EscrowStore
-from tests.ledger.conftest import USER_FUNDS, World, build_world
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, Pki, World, build_world
 
 
 @pytest.fixture
-def pg_world(postgres_url: str) -> World:
+def pg_world(postgres_url: str, pki: Pki) -> World:
     database = f"escrow_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -27,7 +27,7 @@ def pg_world(postgres_url: str) -> World:
     admin.dispose()
     url = sa.engine.make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
     chain = LocalChain()
-    return build_world(chain, url, fund=chain.airdrop, expire=chain.expire_blockhash)
+    return build_world(chain, url, fund=chain.airdrop, expire=chain.expire_blockhash, pki=pki)
 
 
 @pytest.mark.postgres
@@ -35,13 +35,13 @@ def test_escrow_lifecycle_on_postgresql_with_u64_amounts(pg_world: World) -> Non
     w = pg_world
     ledger = w.ledger(minimum_payment=1)
     ledger.create(job_id="job-pg", user=w.user, amount=USER_FUNDS)
-    ledger.assign(job_id="job-pg", node_wallet=w.node.pubkey())
+    ledger.assign(job_id="job-pg", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
     assert (
-        ledger.release(job_id="job-pg", node_wallet=w.node.pubkey(), proof_ref="p").state
+        ledger.release(job_id="job-pg", node_wallet=w.node.pubkey(), report=w.attest("job-pg")).state
         is EscrowState.RELEASED
     )
     with pytest.raises(EscrowStateError, match="already released"):
-        w.ledger().release(job_id="job-pg", node_wallet=w.node.pubkey(), proof_ref="p")
+        w.ledger().release(job_id="job-pg", node_wallet=w.node.pubkey(), report=w.attest("job-pg"))
     # Amounts beyond signed BIGINT survive the round trip (Numeric(20)).
     store: EscrowStore = ledger.store
     with store._engine.begin() as conn:
@@ -55,8 +55,8 @@ def test_payment_events_are_recorded(local_world: World) -> None:
     sink = MemorySink()
     ledger = w.ledger(audit=sink)
     ledger.create(job_id="job-au", user=w.user, amount=7_000)
-    ledger.assign(job_id="job-au", node_wallet=w.node.pubkey())
-    record = ledger.release(job_id="job-au", node_wallet=w.node.pubkey(), proof_ref="p")
+    ledger.assign(job_id="job-au", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
+    record = ledger.release(job_id="job-au", node_wallet=w.node.pubkey(), report=w.attest("job-au"))
     create, release = sink.of_action("escrow.create"), sink.of_action("escrow.release")
     assert len(create) == 1 and len(release) == 1
     event = release[0]
@@ -75,9 +75,9 @@ def test_refused_release_attempts_are_audited(local_world: World) -> None:
     sink = MemorySink()
     ledger = w.ledger(audit=sink)
     ledger.create(job_id="job-f", user=w.user, amount=7_000)
-    ledger.assign(job_id="job-f", node_wallet=w.node.pubkey())
+    ledger.assign(job_id="job-f", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
     with pytest.raises(WrongRecipientError):
-        ledger.release(job_id="job-f", node_wallet=w.other_node.pubkey(), proof_ref="p")
+        ledger.release(job_id="job-f", node_wallet=w.other_node.pubkey(), report=w.attest("job-f"))
     [event] = sink.of_action("escrow.release")
     assert event.outcome.value == "failure"
     assert event.details["reason"] == "refused: escrow-wrong-recipient"
@@ -89,7 +89,7 @@ def test_two_processes_racing_to_release_pay_once(local_world: World) -> None:
     w = local_world
     first, second = w.ledger(), w.ledger()
     first.create(job_id="job-race", user=w.user, amount=9_000)
-    first.assign(job_id="job-race", node_wallet=w.node.pubkey())
+    first.assign(job_id="job-race", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
     barrier = threading.Barrier(2)
     outcomes: list[object] = []
 
@@ -97,7 +97,9 @@ def test_two_processes_racing_to_release_pay_once(local_world: World) -> None:
         barrier.wait()
         try:
             outcomes.append(
-                ledger.release(job_id="job-race", node_wallet=w.node.pubkey(), proof_ref="p").state
+                ledger.release(
+                    job_id="job-race", node_wallet=w.node.pubkey(), report=w.attest("job-race")
+                ).state
             )
         except EscrowStateError as exc:
             outcomes.append(exc)
@@ -113,25 +115,19 @@ def test_two_processes_racing_to_release_pay_once(local_world: World) -> None:
 
 
 def test_only_intents_wait_for_the_disk(local_world: World) -> None:
-    """F2: intents are committed durably (synchronous=FULL); conclusions, recoverable from the chain by
-    signature, are not; and no pooled connection is left non-durable for the next intent."""
+    """F2: intents are made durable (group-committed fsync of the WAL) before their transaction is sent;
+    conclusions, recoverable from the chain by signature, and the assignment are not waited for."""
     w = local_world
     ledger = w.ledger()
-    store = ledger.store
-    seen: list[int] = []
-    with store._concluding() as conn:
-        seen.append(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
-    with pytest.raises(RuntimeError), store._concluding():
-        raise RuntimeError("a conclusion that fails half way")
+    wal = ledger.store._wal
+    assert wal is not None
+    with ledger.store._concluding() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL: no flush per commit
+    before = wal.commits
     ledger.create(job_id="job-sync", user=w.user, amount=5_000)
-    ledger.assign(job_id="job-sync", node_wallet=w.node.pubkey())
-    ledger.release(job_id="job-sync", node_wallet=w.node.pubkey(), proof_ref="p")
-    assert seen == [1]  # NORMAL inside a conclusion
-    engine = store._engine
-    held = [engine.connect() for _ in range(3)]  # every connection the pool may hand out next
-    try:
-        assert {c.exec_driver_sql("PRAGMA synchronous").scalar_one() for c in held} == {2}  # FULL
-    finally:
-        for c in held:
-            c.close()
+    assert wal.commits == before + 1  # the funding intent; its conclusion waits for nothing
+    ledger.assign(job_id="job-sync", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
+    assert wal.commits == before + 1
+    ledger.release(job_id="job-sync", node_wallet=w.node.pubkey(), report=w.attest("job-sync"))
+    assert wal.commits == before + 2 and wal.flushes >= 2  # the release intent, flushed before the send
     assert ledger.status(job_id="job-sync").state.value == "released"

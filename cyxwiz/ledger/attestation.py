@@ -1,0 +1,270 @@
+"""Verifier-signed verification reports: the only thing that lets an escrow pay a node (F1, threat I).
+
+The verifier service signs, with the Ed25519 key of a certificate of role ``verifier``, a short statement
+binding one job, one node (its certificate PeerID and payout wallet), one escrow account, the SHA-256 of
+the full verification report and the verdict. :class:`AttestationPolicy` is what the ledger and the
+verifier service check before a release is co-signed: the certificate chains to the CA, is not revoked
+and has role ``verifier``; the signature covers the canonical bytes; every bound field matches the escrow
+being settled; the verdict is ``pass``. Each refusal is its own exception, so callers and audits can tell a
+forged report from a failing one.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cyxwiz.errors import CyxwizError, EscrowError
+from cyxwiz.ledger.records import ProofRequiredError
+
+FORMAT = "cyxwiz-report-attestation/1"
+Verdict = Literal["pass", "fail", "fraud"]
+_VERDICTS = ("pass", "fail", "fraud")
+
+
+class ReportRefusedError(EscrowError):
+    """A verification report attestation was refused; nothing was signed or sent (F1)."""
+
+    code = "escrow-report-refused"
+    http_status = 403
+
+
+class ReportSignatureError(ReportRefusedError):
+    """The attestation's signature does not verify (made up or edited)."""
+
+    code = "escrow-report-signature"
+
+
+class ReportSignerError(ReportRefusedError):
+    """The attestation was signed by a certificate that is not a valid ``verifier`` certificate."""
+
+    code = "escrow-report-signer"
+
+
+class ReportBindingError(ReportRefusedError):
+    """The attestation is for another job, node, wallet or escrow than the one being settled."""
+
+    code = "escrow-report-binding"
+
+
+class ReportVerdictError(ReportRefusedError):
+    """The attested verdict does not allow this move (a failing report cannot release)."""
+
+    code = "escrow-report-verdict"
+
+
+def report_sha256(report: Mapping[str, Any]) -> str:
+    """SHA-256 of a verification report's canonical JSON (RFC 8785): the hash the memo and audit carry."""
+    from cyxwiz.verification.canonical import canonical_json
+
+    return hashlib.sha256(canonical_json(dict(report))).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportAttestation:
+    """A signed verdict on one job's verification report. ``certificate`` is the signer's PEM."""
+
+    job_id: str
+    node_peer_id: str
+    node_wallet: str
+    escrow: str
+    report_sha256: str
+    verdict: str
+    issued_at: str
+    certificate: str
+    signature: str  # base64 Ed25519 over signing_bytes()
+    #: RFC 6962 leaf hash of the verifier's audit record of this verdict ("" when it keeps no log):
+    #: the settlement memo cites it, ``cyxwiz audit prove`` proves it included
+    audit_leaf: str = ""
+
+    def statement(self) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "job_id": self.job_id,
+            "node_peer_id": self.node_peer_id,
+            "node_wallet": self.node_wallet,
+            "escrow": self.escrow,
+            "report_sha256": self.report_sha256,
+            "verdict": self.verdict,
+            "issued_at": self.issued_at,
+            "audit_leaf": self.audit_leaf,
+        }
+
+    def signing_bytes(self) -> bytes:
+        return json.dumps(self.statement(), sort_keys=True, separators=(",", ":")).encode()
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, value: object) -> ReportAttestation:
+        """From an attestation, its dict or its JSON text; anything else is a missing report."""
+        if isinstance(value, ReportAttestation):
+            return value
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, Mapping):
+            raise ProofRequiredError(
+                "a verifier-signed verification report is required to release",
+                field="report",
+                rule="F1",
+                hint="release with the attestation the verifier service returned for a passing report",
+            )
+        names = cls.__dataclass_fields__
+        if set(value) not in (set(names), set(names) - {"audit_leaf"}) or not all(
+            isinstance(value[k], str) for k in value
+        ):
+            raise ReportSignatureError(
+                "the report attestation is malformed (fields or types)", field="report", rule="F1"
+            )
+        return cls(**{k: str(value[k]) for k in names if k in value})
+
+
+def sign_attestation(
+    *,
+    key: Ed25519PrivateKey,
+    certificate: x509.Certificate,
+    job_id: str,
+    node_peer_id: str,
+    node_wallet: str,
+    escrow: str,
+    report_sha256: str,
+    verdict: Verdict,
+    issued_at: dt.datetime | None = None,
+    audit_leaf: str = "",
+) -> ReportAttestation:
+    if verdict not in _VERDICTS:
+        raise ReportVerdictError(f"verdict must be one of {_VERDICTS}", field="verdict", rule="F1")
+    unsigned = ReportAttestation(
+        job_id=job_id,
+        node_peer_id=node_peer_id,
+        node_wallet=node_wallet,
+        escrow=escrow,
+        report_sha256=report_sha256,
+        verdict=verdict,
+        issued_at=(issued_at or dt.datetime.now(dt.UTC)).isoformat(),
+        certificate=certificate.public_bytes(Encoding.PEM).decode(),
+        signature="",
+        audit_leaf=audit_leaf,
+    )
+    signature = base64.b64encode(key.sign(unsigned.signing_bytes())).decode()
+    return ReportAttestation(**{**unsigned.to_dict(), "signature": signature})
+
+
+@dataclass(frozen=True)
+class AttestationPolicy:
+    """The trust anchors report attestations are checked against (the CA bundle and its CRLs)."""
+
+    trusted: Sequence[x509.Certificate]
+    crls: Sequence[x509.CertificateRevocationList] = ()
+    #: signer PEM -> its public key, once the chain, CRLs and role were checked: the CRLs are fixed for
+    #: this policy's life, so the answer is too (but for expiry, checked on every use)
+    _verified: dict[str, tuple[Ed25519PublicKey, dt.datetime]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @classmethod
+    def from_files(cls, bundle: Path, *, crls: Sequence[Path] = ()) -> AttestationPolicy:
+        from cyxwiz.pki.certs import load_certificates, load_crls
+
+        return cls(
+            trusted=load_certificates(bundle), crls=[c for p in crls if p.exists() for c in load_crls(p)]
+        )
+
+    def verify_signature(self, value: object) -> ReportAttestation:
+        """Signer and signature only (no binding): a valid ``verifier`` certificate signed these bytes."""
+        attestation = ReportAttestation.parse(value)
+        public = self._signer(attestation)
+        try:
+            public.verify(base64.b64decode(attestation.signature, validate=True), attestation.signing_bytes())
+        except (InvalidSignature, ValueError):
+            raise ReportSignatureError(
+                "the report's signature does not verify", field="report.signature", rule="F1"
+            ) from None
+        return attestation
+
+    def _signer(self, attestation: ReportAttestation) -> Ed25519PublicKey:
+        known = self._verified.get(attestation.certificate)
+        if known is not None and dt.datetime.now(dt.UTC) < known[1]:
+            return known[0]
+        from cyxwiz.pki.certs import Role, parse_certificates, role_of
+        from cyxwiz.pki.verify import verify_certificate
+
+        try:
+            [cert] = parse_certificates(attestation.certificate.encode())
+        except (CyxwizError, ValueError):
+            raise ReportSignerError(
+                "the report's signer certificate is not one PEM certificate", field="report.certificate"
+            ) from None
+        try:
+            verify_certificate(cert, trusted=self.trusted, crls=self.crls, purpose="client")
+        except CyxwizError as exc:
+            raise ReportSignerError(
+                f"the report's signer certificate is refused: {exc.message}",
+                field="report.certificate",
+                rule="F1",
+            ) from None
+        if role_of(cert) is not Role.VERIFIER:
+            raise ReportSignerError(
+                "the report is not signed by a certificate of role 'verifier'",
+                field="report.certificate",
+                rule="F1",
+            )
+        public = cert.public_key()
+        if not isinstance(public, Ed25519PublicKey):  # pragma: no cover - verify_certificate refuses others
+            raise ReportSignerError("the signer key is not Ed25519", field="report.certificate", rule="A2")
+        self._verified[attestation.certificate] = (public, cert.not_valid_after_utc)
+        return public
+
+    def check(
+        self,
+        value: object,
+        *,
+        job_id: str,
+        node_peer_id: str | None,
+        node_wallet: str | None,
+        escrow: str,
+        verdicts: tuple[str, ...] = ("pass",),
+    ) -> ReportAttestation:
+        """Signature, signer and every binding of ``value`` against the escrow being settled."""
+        attestation = self.verify_signature(value)
+        expected = {
+            "job_id": job_id,
+            "node_peer_id": node_peer_id,
+            "node_wallet": node_wallet,
+            "escrow": escrow,
+        }
+        for name, want in expected.items():
+            if want is None or getattr(attestation, name) != want:
+                raise ReportBindingError(
+                    f"the report is bound to another {name.replace('_', ' ')} than this escrow's",
+                    field=f"report.{name}",
+                    rule="F1",
+                )
+        if attestation.verdict not in verdicts:
+            raise ReportVerdictError(
+                f"the report's verdict is {attestation.verdict!r}; this move needs {' or '.join(verdicts)}",
+                field="report.verdict",
+                rule="F1",
+            )
+        return attestation

@@ -1,0 +1,291 @@
+"""The verifier's co-signature: what it checks before its multisig key signs an escrow move (F1, threat I).
+
+A settle transaction needs two of the three authority keys. The verifier's key is held by the verifier
+service (its own process, its own sealed key file); the control plane sends it the transaction *message*
+with the facts it claims, and the verifier signs only when the message moves exactly what its own rules
+allow, read from the escrow record, never from the request:
+
+* ``release``: a passing report attestation bound to this job, the assigned node (PeerID and wallet) and
+  this escrow; the whole escrow to that node's token account; the report's SHA-256 in the memo.
+* ``refund``: the whole escrow back to the wallet that funded it.
+* ``dispute``: the whole escrow into this job's dispute escrow (whose owner needs the arbiter).
+* ``resolve``: out of the dispute escrow to the user or the assigned node (the arbiter signs too).
+* ``slash`` / ``unstake``: see :mod:`cyxwiz.ledger.stake`.
+
+:class:`KeyCosigner` applies these rules in-process (tests, tools); the verifier service applies the same
+:class:`VerifierPolicy` behind its socket (:mod:`cyxwiz.ledger.verifier_service`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from spl.memo.constants import MEMO_PROGRAM_ID
+from spl.token.constants import ASSOCIATED_TOKEN_PROGRAM_ID, TOKEN_PROGRAM_ID
+
+from cyxwiz.errors import CyxwizError, EscrowError
+from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.attestation import AttestationPolicy, ReportAttestation
+from cyxwiz.ledger.records import EscrowRecord
+from cyxwiz.ledger.store import EscrowState
+
+SYSTEM_PROGRAM_ID = Pubkey.from_string("11111111111111111111111111111111")
+_TRANSFER_CHECKED, _CLOSE_ACCOUNT, _INITIALIZE_ACCOUNT = 12, 9, 1
+KINDS = ("release", "refund", "dispute", "resolve", "slash", "unstake")
+
+
+class CosignRefusedError(EscrowError):
+    """The verifier refuses to co-sign this transaction: it does not move what the rules allow (F1)."""
+
+    code = "escrow-cosign-refused"
+    http_status = 403
+
+
+@dataclass(frozen=True, kw_only=True)
+class CosignRequest:
+    """A settle transaction's message plus what it is for; ``report`` is the attestation JSON (release)."""
+
+    kind: str
+    job_id: str
+    message: bytes
+    report: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        import base64
+
+        return {
+            "kind": self.kind,
+            "job_id": self.job_id,
+            "message": base64.b64encode(self.message).decode(),
+            "report": self.report,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> CosignRequest:
+        import base64
+
+        if not isinstance(data, dict):
+            raise CosignRefusedError("a co-sign request is a JSON object", field="body")
+        try:
+            kind, job_id, message = str(data["kind"]), str(data["job_id"]), str(data["message"])
+            raw = base64.b64decode(message, validate=True)
+        except (KeyError, ValueError):
+            raise CosignRefusedError("kind, job_id and a base64 message are required", field="body") from None
+        report = data.get("report")
+        return cls(kind=kind, job_id=job_id, message=raw, report=None if report is None else str(report))
+
+
+class Cosigner(Protocol):
+    """An authority key held elsewhere that signs a settle message when its rules allow it."""
+
+    def pubkey(self) -> Pubkey: ...
+
+    def cosign(self, request: CosignRequest) -> Signature: ...
+
+
+@dataclass(frozen=True)
+class _Moves:
+    transfers: list[tuple[Pubkey, Pubkey, int]] = field(default_factory=list)  # source, dest, amount
+    closes: list[tuple[Pubkey, Pubkey]] = field(default_factory=list)  # account, rent destination
+    initialized: list[tuple[Pubkey, Pubkey]] = field(default_factory=list)  # account, owner
+    memos: list[str] = field(default_factory=list)
+
+
+def _moves(message: Message) -> _Moves:
+    """What a message does with tokens; any instruction outside the settle vocabulary is refused."""
+    keys = message.account_keys
+    moves = _Moves()
+    for ix in message.instructions:
+        program = keys[ix.program_id_index]
+        accounts = [keys[i] for i in bytes(ix.accounts)]
+        data = bytes(ix.data)
+        if program == TOKEN_PROGRAM_ID and data[:1] == bytes([_TRANSFER_CHECKED]) and len(data) == 10:
+            moves.transfers.append((accounts[0], accounts[2], int.from_bytes(data[1:9], "little")))
+        elif program == TOKEN_PROGRAM_ID and data == bytes([_CLOSE_ACCOUNT]):
+            moves.closes.append((accounts[0], accounts[1]))
+        elif program == TOKEN_PROGRAM_ID and data == bytes([_INITIALIZE_ACCOUNT]):
+            moves.initialized.append((accounts[0], accounts[2]))
+        elif program == MEMO_PROGRAM_ID:
+            moves.memos.append(data.decode("utf-8", errors="replace"))
+        elif program == ASSOCIATED_TOKEN_PROGRAM_ID and data == bytes([1]):
+            continue  # create-idempotent of a recipient's token account: moves nothing
+        elif program == SYSTEM_PROGRAM_ID and data[:4] == (3).to_bytes(4, "little"):
+            continue  # create_account_with_seed of a dispute escrow (its owner is checked on init)
+        else:
+            raise CosignRefusedError(
+                f"the transaction carries an instruction a settlement never needs (program {program})",
+                field="message",
+                rule="F1",
+            )
+    return moves
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifierPolicy:
+    """The verifier's rules over the escrow record it reads itself (``lookup``), never the caller's copy."""
+
+    attestations: AttestationPolicy
+    lookup: Callable[[str], EscrowRecord]
+    mint: Pubkey
+    rent_owner: Pubkey
+    dispute_multisig: Pubkey | None = None
+    #: node stakes (a :class:`~cyxwiz.ledger.stake.StakeBook`), their policy, and the escrow store
+    stakes: Any = None
+    stake_policy: Any = None
+    escrow_store: Any = None
+
+    def approve(self, request: CosignRequest) -> ReportAttestation | None:
+        """Raises CosignRefusedError (or the report's own refusal); returns the checked attestation."""
+        if request.kind not in KINDS:
+            raise CosignRefusedError(f"unknown move {request.kind!r}", field="kind", rule="F1")
+        try:
+            message = Message.from_bytes(request.message)
+        except Exception:  # solders raises its own parse errors
+            raise CosignRefusedError("the message does not parse", field="message") from None
+        moves = _moves(message)
+        if request.kind == "unstake":
+            self._unstake(request, moves)
+            return None
+        record = self.lookup(request.job_id)
+        if request.kind == "slash":
+            return self._slash(request, record, moves)
+        escrow = Pubkey.from_string(record.escrow_account)
+        attestation = None
+        if request.kind == "release":
+            attestation = self._release(request, record)
+            dest = txbuild.token_account_of(Pubkey.from_string(attestation.node_wallet), self.mint)
+            source, memo = escrow, f"report={attestation.report_sha256}"
+        elif request.kind == "refund":
+            self._state(record, EscrowState.LOCKED, EscrowState.REFUNDING)
+            dest = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
+            source, memo = escrow, f"cyxwiz:escrow:refund:{record.job_id}"
+        elif request.kind == "dispute":
+            self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.DISPUTING)
+            if self.dispute_multisig is None:
+                raise CosignRefusedError("no dispute multisig is configured", field="dispute_multisig")
+            dest = txbuild.dispute_address(self.rent_owner, record.job_id)
+            if moves.initialized != [(dest, self.dispute_multisig)]:
+                raise CosignRefusedError(
+                    "the dispute escrow must be owned by the dispute multisig", field="message", rule="F1"
+                )
+            source, memo = escrow, f"cyxwiz:escrow:dispute:{record.job_id}"
+        else:  # resolve: out of the dispute escrow, to the user or the assigned node
+            self._state(record, EscrowState.DISPUTED, EscrowState.RELEASING, EscrowState.REFUNDING)
+            source = txbuild.dispute_address(self.rent_owner, record.job_id)
+            allowed = {txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)}
+            if record.node_wallet:
+                allowed.add(txbuild.token_account_of(Pubkey.from_string(record.node_wallet), self.mint))
+            dest = next((d for _s, d, _a in moves.transfers if d in allowed), Pubkey.default())
+            memo = f"cyxwiz:escrow:resolve:{record.job_id}"
+        self._one_transfer(moves, source=source, dest=dest, amount=record.amount)
+        if not any(memo in text for text in moves.memos):
+            raise CosignRefusedError(f"the memo must carry {memo!r}", field="message", rule="F1")
+        return attestation
+
+    def _release(self, request: CosignRequest, record: EscrowRecord) -> ReportAttestation:
+        self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING)
+        return self.attestations.check(
+            request.report,
+            job_id=record.job_id,
+            node_peer_id=record.node_peer_id,
+            node_wallet=record.node_wallet,
+            escrow=record.escrow_account,
+        )
+
+    def _stakes(self) -> Any:
+        if self.stakes is None or self.stake_policy is None:
+            raise CosignRefusedError("this verifier keeps no stake book", field="kind", rule="F1")
+        return self.stakes
+
+    def _slash(self, request: CosignRequest, record: EscrowRecord, moves: _Moves) -> ReportAttestation:
+        """Only on a ``fraud`` report for this job and node, only the configured share, only to its user."""
+        attestation = self.attestations.check(
+            request.report, job_id=record.job_id, node_peer_id=record.node_peer_id,
+            node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fraud",),
+        )  # fmt: skip
+        book = self._stakes()
+        if book.slashed_for(record.job_id) is not None:
+            raise CosignRefusedError("this job's fraud was already slashed", field="job_id", rule="F2")
+        stake = book.get(attestation.node_peer_id)
+        share = stake.amount * self.stake_policy.slash_bps // 10_000
+        user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
+        if moves.transfers != [(Pubkey.from_string(stake.stake_account), user, share)] or moves.closes:
+            raise CosignRefusedError(
+                "a slash moves exactly the configured share of the stake to the job's user",
+                field="message", rule="F1",
+            )  # fmt: skip
+        if not any(f"report={attestation.report_sha256}" in text for text in moves.memos):
+            raise CosignRefusedError("the memo must carry the report's SHA-256", field="message", rule="F1")
+        return attestation
+
+    def _unstake(self, request: CosignRequest, moves: _Moves) -> None:
+        from cyxwiz.ledger.stake import check_unstake
+
+        stake = self._stakes().get(request.job_id)  # the subject of an unstake is the node's PeerID
+        check_unstake(stake, self.stake_policy, self.escrow_store)
+        account = Pubkey.from_string(stake.stake_account)
+        dest = txbuild.token_account_of(Pubkey.from_string(stake.node_wallet), self.mint)
+        self._one_transfer(moves, source=account, dest=dest, amount=stake.amount)
+
+    @staticmethod
+    def _state(record: EscrowRecord, *allowed: EscrowState) -> None:
+        if record.state not in allowed:
+            raise CosignRefusedError(
+                f"the escrow is {record.state.value}; this move is not allowed now", field="job_id", rule="F2"
+            )
+
+    def _one_transfer(self, moves: _Moves, *, source: Pubkey, dest: Pubkey, amount: int) -> None:
+        if moves.transfers != [(source, dest, amount)]:
+            raise CosignRefusedError(
+                "the transaction must move exactly the whole escrow to the allowed recipient",
+                field="message",
+                rule="F1",
+            )
+        if moves.closes != [(source, self.rent_owner)]:
+            raise CosignRefusedError(
+                "the transaction must close the emptied escrow to the rent owner", field="message", rule="F1"
+            )
+
+
+@dataclass(frozen=True)
+class KeyCosigner:
+    """The verifier's rules and key in this process (tests, single-host tools)."""
+
+    keypair: txbuild.Signer
+    policy: VerifierPolicy
+
+    def pubkey(self) -> Pubkey:
+        return self.keypair.pubkey()
+
+    def cosign(self, request: CosignRequest) -> Signature:
+        self.policy.approve(request)
+        return txbuild.sign_message(self.keypair, Message.from_bytes(request.message))
+
+
+def refusal_from(payload: object) -> CyxwizError:
+    """Rebuild the precise refusal a remote co-signer sent (its ``code``) on this side."""
+    from cyxwiz.ledger import attestation as att
+    from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
+
+    known: list[type[CyxwizError]] = [
+        CosignRefusedError,
+        att.ReportRefusedError,
+        att.ReportSignatureError,
+        att.ReportSignerError,
+        att.ReportBindingError,
+        att.ReportVerdictError,
+        ProofRequiredError,
+        WrongRecipientError,
+    ]
+    data = payload if isinstance(payload, dict) else {}
+    cls = next((k for k in known if k.code == data.get("code")), CosignRefusedError)
+    return cls(
+        str(data.get("message") or "the verifier refused to co-sign"),
+        field=data.get("field"),
+        rule=data.get("rule") or "F1",
+    )

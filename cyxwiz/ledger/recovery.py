@@ -1,0 +1,161 @@
+"""After a crash: finish in-flight moves, retry approved releases, refund escrows nobody will settle (F2).
+
+:func:`reconcile` looks every recorded signature up on chain: landed → finish; refused → put the escrow
+back (a release to ``settling``); unknown with a live blockhash → re-send the *same* bytes (the chain
+deduplicates by signature); unknown with an expired blockhash → it can never land, so a fresh transaction
+for the same move is recorded and sent.
+
+:func:`sweep` (the ``escrow-sweep`` flow) runs :func:`reconcile`, then sends again every release left
+``settling`` (a chain refusal or timeout never becomes a refund), then refunds every ``locked`` escrow
+whose deadline (job wall time + dispatch margin) has passed and whose lifecycle run is terminal or gone.
+Each escrow ends released or refunded exactly once: every step is a compare-and-set on its state and each
+settle transaction closes the escrow account on chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from solders.pubkey import Pubkey
+
+from cyxwiz.errors import CyxwizError, LedgerError
+from cyxwiz.ledger.intents import Rebuild
+from cyxwiz.ledger.records import EscrowRecord
+from cyxwiz.ledger.store import EscrowState, Intent, IntentStatus
+
+if TYPE_CHECKING:
+    from cyxwiz.ledger.ledger import CosignPlan, EscrowLedger
+
+#: What the control plane knows of the lifecycle run that owns an escrow.
+RunStatus = Literal["running", "terminal", "gone"]
+RunState = Callable[[str | None], RunStatus]
+
+
+@dataclass
+class SweepReport:
+    reconciled: list[EscrowRecord] = field(default_factory=list)
+    released: list[EscrowRecord] = field(default_factory=list)
+    refunded: list[EscrowRecord] = field(default_factory=list)
+    #: job id -> why it is still not settled (audited as an alert)
+    alerts: dict[str, str] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, str]]:
+        rows = [{"job_id": r.job_id, "state": r.state.value, "step": "reconciled"} for r in self.reconciled]
+        rows += [
+            {"job_id": r.job_id, "state": r.state.value, "step": "release retried"} for r in self.released
+        ]
+        rows += [
+            {"job_id": r.job_id, "state": r.state.value, "step": "expired, refunded"} for r in self.refunded
+        ]
+        rows += [{"job_id": j, "state": "alert", "step": why} for j, why in self.alerts.items()]
+        return rows
+
+
+def reconcile(ledger: EscrowLedger) -> list[EscrowRecord]:
+    touched: list[str] = []
+    for intent in ledger.store.intents(status=IntentStatus.PREPARED):
+        touched.append(intent.job_id)
+        try:
+            _recover(ledger, intent)
+        except CyxwizError as exc:
+            ledger._record_audit(
+                intent.kind, intent.job_id, success=False, amount=0, reason=f"reconcile: {exc.code}"
+            )
+            continue  # left for the next sweep (or settled as failed); the record says why
+        record = ledger.status(job_id=intent.job_id)
+        ledger._record_audit(
+            intent.kind,
+            intent.job_id,
+            success=record.state in (EscrowState.LOCKED, EscrowState.RELEASED, EscrowState.REFUNDED,
+                                     EscrowState.DISPUTED),
+            amount=record.amount,
+            destination=intent.recipient_wallet,
+            tx_signature=record.settle_signature or record.create_signature,
+            reason=f"reconciled after a crash: {record.state.value}",
+        )  # fmt: skip
+    return [ledger.status(job_id=job_id) for job_id in dict.fromkeys(touched)]
+
+
+def _recover(ledger: EscrowLedger, intent: Intent) -> None:
+    driver = ledger._driver
+    status = ledger.chain.signature_status(intent.signature)
+    if status is not None:
+        driver.conclude(intent, status)
+        return
+    rebuild = _rebuilder(ledger, intent)
+    if ledger.chain.block_height() <= intent.last_valid_height:
+        driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
+    elif rebuild is None:
+        ledger.store.abandon(
+            intent, status=IntentStatus.EXPIRED, error="expired unsent", revert_to=driver.revert(intent)
+        )
+    else:
+        driver.drive(ledger.store.replace(intent, rebuild()), rebuild=rebuild)
+
+
+def _rebuilder(ledger: EscrowLedger, intent: Intent) -> Rebuild | None:
+    if intent.kind == "create" or intent.recipient_wallet is None:
+        return None  # the user's signature cannot be re-made here
+    record = ledger.status(job_id=intent.job_id)
+    if intent.kind == "dispute":
+        signers = ledger._keys("coordinator")
+        dispute_plan: CosignPlan = (ledger._cosigner(), "dispute", None)
+        return lambda: ledger._dispute_intent(record, signers, dispute_plan)
+    disputed = intent.prior_state == EscrowState.DISPUTED
+    signers = ledger._keys("arbiter" if disputed else "coordinator")
+    kind = "resolve" if disputed else intent.kind
+    report = record.report if intent.kind == "release" and not disputed else None
+    plan: CosignPlan = (ledger._cosigner(), kind, report)
+    wallet = Pubkey.from_string(intent.recipient_wallet)
+    return lambda: ledger.settle_intent(record, intent.kind, wallet, signers, plan)
+
+
+#: A run still "running" this long after its escrow's deadline is taken for dead (a killed worker leaves
+#: its Prefect state RUNNING): refunding is safe, a late release would lose the compare-and-set.
+STALE_AFTER = dt.timedelta(hours=1)
+
+
+def sweep(
+    ledger: EscrowLedger,
+    *,
+    run_state: RunState,
+    now: dt.datetime | None = None,
+    stale_after: dt.timedelta = STALE_AFTER,
+) -> SweepReport:
+    report = SweepReport(reconciled=reconcile(ledger))
+    moment = now or dt.datetime.now(dt.UTC)
+    for record in ledger.list_escrows(states=[EscrowState.SETTLING]):
+        try:
+            report.released.append(ledger.retry_release(job_id=record.job_id))
+        except CyxwizError as exc:
+            _alert(ledger, report, record, f"release still pending: {exc.code}")
+    for record in ledger.list_escrows(states=[EscrowState.LOCKED]):
+        if record.deadline is None or record.deadline > moment:
+            continue
+        run: str = run_state(record.run_id)
+        if run == "running" and moment < record.deadline + stale_after:
+            continue  # the lifecycle still owns it: its own rollback or settlement will move it
+        if run == "running":
+            run = f"still marked running {stale_after} past the deadline"
+        try:
+            report.refunded.append(
+                ledger.refund(job_id=record.job_id, reason=f"expired: deadline passed, lifecycle run {run}")
+            )
+        except CyxwizError as exc:
+            _alert(ledger, report, record, f"expired refund failed: {exc.code}")
+    for record in ledger.list_escrows(states=[EscrowState.RELEASING, EscrowState.REFUNDING,
+                                              EscrowState.CREATING, EscrowState.DISPUTING]):  # fmt: skip
+        if record.job_id not in {r.job_id for r in report.reconciled}:
+            _alert(ledger, report, record, f"{record.state.value} with no intent in flight")
+    return report
+
+
+def _alert(ledger: EscrowLedger, report: SweepReport, record: EscrowRecord, why: str) -> None:
+    report.alerts[record.job_id] = why
+    ledger._record_audit("alert.sweep", record.job_id, success=False, amount=record.amount, reason=why[:500])
+
+
+__all__ = ["LedgerError", "RunState", "RunStatus", "SweepReport", "reconcile", "sweep"]

@@ -1,0 +1,358 @@
+"""Node stake: tokens a node locks to be dispatched to, slashed on proven fraud (F1, threat I).
+
+A node's stake is an SPL token account at a deterministic address (seed from its certificate PeerID),
+owned by the 2-of-3 escrow multisig: the node funds it with a transfer it signs itself, and only the
+coordinator + verifier can move it out — to the user of a job whose verifier report proves fraud
+(``fraud`` verdict: the proof's signature was valid, its training claims failed), a configured share,
+with the report's SHA-256 in the memo; or back to the node, after a cool-down, when it has no job running.
+A crash, a timeout or a cancellation is a ``fail`` verdict and slashes nothing.
+
+API for the verification package (issue 20): :meth:`StakeLedger.slash` with the verifier's ``fraud``
+attestation for a job; :meth:`StakeLedger.require` before dispatch. Both raise precise errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from solders.keypair import Keypair
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.transaction import Transaction
+from spl.token import instructions as token_ix
+from spl.token.constants import ACCOUNT_LEN, TOKEN_PROGRAM_ID
+from spl.token.models import InitializeAccountParams, TransferCheckedParams
+
+from cyxwiz.errors import ConflictError, EscrowError, LedgerError, NotFoundError, ValidationError
+from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.cosign import CosignRequest
+from cyxwiz.ledger.records import check_amount, check_reason, check_wallet
+from cyxwiz.ledger.store import EscrowState
+
+if TYPE_CHECKING:
+    from cyxwiz.ledger.ledger import EscrowLedger
+
+#: (kind, subject, report JSON) of the verifier's co-signature, or None when the node alone signs
+Cosign = tuple[str, str, str | None] | None
+metadata = sa.MetaData()
+stakes = sa.Table(
+    "cyxwiz_stakes",
+    metadata,
+    sa.Column("peer_id", sa.String(100), primary_key=True),
+    sa.Column("node_wallet", sa.String(44), nullable=False),
+    sa.Column("stake_account", sa.String(44), nullable=False, unique=True),
+    sa.Column("amount", sa.Numeric(20, 0), nullable=False),  # what the account holds, base units
+    sa.Column("slashed", sa.Numeric(20, 0), nullable=False),
+    sa.Column("unstake_requested_at", sa.DateTime(timezone=True)),
+    sa.Column("withdrawn", sa.Boolean, nullable=False, default=False),
+)
+#: one slash per job, recorded before it is sent: a job's fraud is never charged twice (F2)
+slashes = sa.Table(
+    "cyxwiz_stake_slashes",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("peer_id", sa.String(100), nullable=False),
+    sa.Column("amount", sa.Numeric(20, 0), nullable=False),
+    sa.Column("report_sha256", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(100), nullable=False),
+)
+
+#: escrow states in which a node still has a job running (or being settled): no withdrawal then
+BUSY = (EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING, EscrowState.DISPUTING,
+        EscrowState.DISPUTED)  # fmt: skip
+
+
+class StakeTooLowError(EscrowError):
+    """The node's stake is below the minimum: it is not dispatched to (F1)."""
+
+    code = "stake-too-low"
+    http_status = 403
+
+
+class StakeLockedError(EscrowError):
+    """A withdrawal before the cool-down ended, or while the node has a job running."""
+
+    code = "stake-locked"
+    http_status = 409
+
+
+def stake_address(payer: Pubkey, peer_id: str) -> Pubkey:
+    import hashlib
+
+    seed = "cs" + hashlib.sha256(peer_id.encode()).hexdigest()[:30]
+    return Pubkey.create_with_seed(payer, seed, TOKEN_PROGRAM_ID)
+
+
+@dataclass(frozen=True)
+class StakeRecord:
+    peer_id: str
+    node_wallet: str
+    stake_account: str
+    amount: int
+    slashed: int
+    unstake_requested_at: dt.datetime | None
+    withdrawn: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["unstake_requested_at"] = (
+            self.unstake_requested_at.isoformat() if self.unstake_requested_at else None
+        )
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class StakePolicy:
+    minimum: int = 0
+    #: share of the stake paid to the defrauded user, in basis points (2500 = 25 %)
+    slash_bps: int = 2500
+    cooldown: dt.timedelta = dt.timedelta(hours=24)
+
+
+class StakeBook:
+    """Stake rows (the chain holds the tokens; these say whose they are and what happened)."""
+
+    def __init__(self, engine: sa.engine.Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    def get(self, peer_id: str) -> StakeRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(stakes).where(stakes.c.peer_id == peer_id)).mappings().first()
+        if row is None:
+            raise NotFoundError("this node has no stake", field="peer_id", rule="F1")
+        values = dict(row)
+        at = values["unstake_requested_at"]
+        if at is not None and at.tzinfo is None:
+            values["unstake_requested_at"] = at.replace(tzinfo=dt.UTC)
+        return StakeRecord(**{**values, "amount": int(values["amount"]), "slashed": int(values["slashed"])})
+
+    def find(self, peer_id: str) -> StakeRecord | None:
+        try:
+            return self.get(peer_id)
+        except NotFoundError:
+            return None
+
+    def upsert(self, *, peer_id: str, node_wallet: str, stake_account: str, add: int) -> None:
+        with self._engine.begin() as conn:
+            current = conn.execute(sa.select(stakes.c.amount).where(stakes.c.peer_id == peer_id)).scalar()
+            if current is None:
+                conn.execute(stakes.insert().values(
+                    peer_id=peer_id, node_wallet=node_wallet, stake_account=stake_account, amount=add,
+                    slashed=0, withdrawn=False,
+                ))  # fmt: skip
+            else:
+                conn.execute(
+                    stakes.update().where(stakes.c.peer_id == peer_id)
+                    .values(amount=int(current) + add, withdrawn=False, unstake_requested_at=None)
+                )  # fmt: skip
+
+    def update(self, peer_id: str, **values: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(stakes.update().where(stakes.c.peer_id == peer_id).values(**values))
+
+    def claim_slash(self, *, job_id: str, peer_id: str, amount: int, report: str, signature: str) -> None:
+        """Record a job's slash before it is sent; a second one for the same job is a conflict."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(slashes.insert().values(
+                    job_id=job_id, peer_id=peer_id, amount=amount, report_sha256=report, signature=signature
+                ))  # fmt: skip
+        except sa.exc.IntegrityError:
+            raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2") from None
+
+    def slashed_for(self, job_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(slashes).where(slashes.c.job_id == job_id)).mappings().first()
+        return None if row is None else dict(row)
+
+
+class StakeLedger:
+    """Stake operations over an :class:`EscrowLedger`'s chain, keys and verifier co-signer."""
+
+    def __init__(self, *, ledger: EscrowLedger, policy: StakePolicy | None = None) -> None:
+        self.ledger = ledger
+        self.policy = policy or StakePolicy()
+        self.book = StakeBook(ledger.store._engine)
+
+    def status(self, *, peer_id: str) -> StakeRecord:
+        return self.book.get(peer_id)
+
+    def require(self, *, peer_id: str) -> StakeRecord:
+        """Refuse dispatch to a node whose stake is below the configured minimum (F1)."""
+        record = self.book.find(peer_id)
+        held = 0 if record is None or record.withdrawn or record.unstake_requested_at else record.amount
+        if held < self.policy.minimum:
+            raise StakeTooLowError(
+                f"the node's stake {held} is below the minimum {self.policy.minimum}",
+                field="peer_id", rule="F1", hint="cyxwiz escrow stake --amount N",
+            )  # fmt: skip
+        assert record is not None or self.policy.minimum == 0
+        return record if record is not None else StakeRecord(peer_id, "", "", 0, 0, None, False)
+
+    def stake(self, *, peer_id: str, node: Keypair, amount: int) -> StakeRecord:
+        """Lock ``amount`` of the node's tokens in its stake account (the node signs the transfer)."""
+        check_reason(peer_id, field="peer_id")
+        check_amount(amount, minimum=1)
+        led = self.ledger
+        payer = led._payer
+        account = stake_address(payer.pubkey(), peer_id)
+        instructions = []
+        if led.chain.get_account(account) is None:
+            import hashlib
+
+            from solders.system_program import CreateAccountWithSeedParams, create_account_with_seed
+
+            seed = "cs" + hashlib.sha256(peer_id.encode()).hexdigest()[:30]
+            instructions += [
+                create_account_with_seed(CreateAccountWithSeedParams(
+                    from_pubkey=payer.pubkey(), to_pubkey=account, base=payer.pubkey(), seed=seed,
+                    lamports=led.chain.minimum_rent(ACCOUNT_LEN), space=ACCOUNT_LEN, owner=TOKEN_PROGRAM_ID,
+                )),
+                token_ix.initialize_account(InitializeAccountParams(
+                    program_id=TOKEN_PROGRAM_ID, account=account, mint=led.mint, owner=led.multisig
+                )),
+            ]  # fmt: skip
+        instructions += [
+            token_ix.transfer_checked(TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID, source=txbuild.token_account_of(node.pubkey(), led.mint),
+                mint=led.mint, dest=account, owner=node.pubkey(), amount=amount, decimals=led.decimals,
+            )),
+            txbuild.memo(payer.pubkey(), f"cyxwiz:stake:deposit:{peer_id}"),
+        ]  # fmt: skip
+        self._send(instructions, [node], cosign=None)
+        self.book.upsert(
+            peer_id=peer_id, node_wallet=str(node.pubkey()), stake_account=str(account), add=amount
+        )
+        return self.book.get(peer_id)
+
+    def slash(self, *, job_id: str, report: object) -> StakeRecord:
+        """Pay the job's user the configured share of the assigned node's stake, on a ``fraud`` report.
+
+        ``report`` is the verifier's attestation for this job (verdict ``fraud``); the ledger checks it as
+        the verifier does, the verifier co-signs, and the report's SHA-256 goes into the memo. A job is
+        slashed at most once; a ``fail`` verdict (crash, timeout, cancellation) is refused.
+        """
+        led = self.ledger
+        record = led.status(job_id=job_id)
+        if self.book.slashed_for(job_id) is not None:
+            raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2")
+        attestation = led._trust().check(
+            report, job_id=record.job_id, node_peer_id=record.node_peer_id, node_wallet=record.node_wallet,
+            escrow=record.escrow_account, verdicts=("fraud",),
+        )  # fmt: skip
+        report_hash = attestation.report_sha256
+        leaf = f":audit={attestation.audit_leaf}" if attestation.audit_leaf else ""
+        stake = self.book.get(attestation.node_peer_id)
+        share = stake.amount * self.policy.slash_bps // 10_000
+        if share <= 0:
+            raise StakeTooLowError("nothing to slash: the node's stake is empty", field="peer_id", rule="F1")
+        user = Pubkey.from_string(record.user_wallet)
+        instructions = [
+            token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), user, led.mint),
+            token_ix.transfer_checked(TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID, source=Pubkey.from_string(stake.stake_account), mint=led.mint,
+                dest=txbuild.token_account_of(user, led.mint), owner=led.multisig, amount=share,
+                decimals=led.decimals, signers=[*(k.pubkey() for k in led._keys("coordinator")),
+                                                led._cosigner().pubkey()],
+            )),
+            txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:slash:{job_id}:report={report_hash}{leaf}"),
+        ]  # fmt: skip
+        tx = self._build(
+            instructions, led._keys("coordinator"), cosign=("slash", job_id, attestation.to_json())
+        )
+        self.book.claim_slash(
+            job_id=job_id, peer_id=stake.peer_id, amount=share, report=attestation.report_sha256,
+            signature=str(tx.signatures[0]),
+        )  # fmt: skip
+        self._submit(tx)
+        self.book.update(stake.peer_id, amount=stake.amount - share, slashed=stake.slashed + share)
+        led._record_audit(
+            "stake.slash", job_id, success=True, amount=share, source=stake.stake_account,
+            destination=str(user), tx_signature=str(tx.signatures[0]),
+            reason=f"fraud report {attestation.report_sha256}",
+        )  # fmt: skip
+        return self.book.get(stake.peer_id)
+
+    def request_unstake(self, *, peer_id: str) -> StakeRecord:
+        """Start the cool-down; the node is not dispatched to from now on."""
+        self.book.get(peer_id)
+        self.book.update(peer_id, unstake_requested_at=dt.datetime.now(dt.UTC))
+        return self.book.get(peer_id)
+
+    def withdraw(self, *, peer_id: str, now: dt.datetime | None = None) -> StakeRecord:
+        """Return the stake to the node's wallet once the cool-down passed and no job of it is running."""
+        stake = self.book.get(peer_id)
+        check_unstake(stake, self.policy, self.ledger.store, now=now)
+        led = self.ledger
+        wallet = check_wallet(stake.node_wallet, field="node_wallet")
+        signers = led._keys("coordinator")
+        instructions = [
+            token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), wallet, led.mint),
+            *txbuild._move_and_close(
+                escrow=Pubkey.from_string(stake.stake_account), mint=led.mint, decimals=led.decimals,
+                multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=stake.amount,
+                signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()], rent_owner=led.rent_owner,
+            ),
+            txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
+        ]  # fmt: skip
+        self._submit(self._build(instructions, signers, cosign=("unstake", peer_id, None)))
+        self.book.update(peer_id, amount=0, withdrawn=True)
+        return self.book.get(peer_id)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _build(self, instructions: list[Any], signers: list[Any], *, cosign: Cosign) -> Transaction:
+        led = self.ledger
+        blockhash, _ = led.chain.latest_blockhash()
+        message = Message.new_with_blockhash(instructions, led._payer.pubkey(), blockhash)
+        signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (led._payer, *signers)}
+        if cosign is not None:
+            kind, subject, report = cosign
+            cosigner = led._cosigner()
+            request = CosignRequest(kind=kind, job_id=subject, message=bytes(message), report=report)
+            signatures[cosigner.pubkey()] = cosigner.cosign(request)
+        required = message.account_keys[: message.header.num_required_signatures]
+        return Transaction.populate(message, [signatures[k] for k in required])
+
+    def _send(self, instructions: list[Any], signers: list[Any], *, cosign: Cosign) -> str:
+        return self._submit(self._build(instructions, signers, cosign=cosign))
+
+    def _submit(self, tx: Transaction) -> str:
+        from cyxwiz.ledger.provision import wait_landed
+
+        signature = self.ledger.chain.send_raw(bytes(tx))
+        status = wait_landed(self.ledger.chain, signature)
+        if status.err is not None:
+            raise LedgerError(f"stake transaction failed on chain: {status.err}", rule="F2")
+        return signature
+
+
+def check_unstake(
+    stake: StakeRecord, policy: StakePolicy, store: Any, *, now: dt.datetime | None = None
+) -> None:
+    """The withdrawal rule, shared by the ledger and the verifier's co-signing policy."""
+    moment = now or dt.datetime.now(dt.UTC)
+    if stake.withdrawn or stake.amount <= 0:
+        raise StakeLockedError("nothing staked to withdraw", field="peer_id", rule="F1")
+    if stake.unstake_requested_at is None:
+        raise StakeLockedError("request the unstake first (cool-down)", field="peer_id", rule="F1")
+    if moment < stake.unstake_requested_at + policy.cooldown:
+        raise StakeLockedError(
+            f"the cool-down ends at {(stake.unstake_requested_at + policy.cooldown).isoformat()}",
+            field="peer_id", rule="F1",
+        )  # fmt: skip
+    busy = [r for r in store.list_escrows(states=BUSY) if r.get("node_peer_id") == stake.peer_id]
+    if busy:
+        raise StakeLockedError(
+            f"the node has {len(busy)} job(s) running or unsettled", field="peer_id", rule="F1"
+        )
+
+
+def parse_share(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
+        raise ValidationError("slash share must be 0..10000 basis points", field="slash_bps", rule="F1")
+    return value

@@ -1,0 +1,106 @@
+"""``python -m cyxwiz.ledger.verifier_cli serve``: run the verifier service (its own process, F1).
+
+It unseals only the verifier's escrow key (``CYXWIZ_VERIFIER_PASSPHRASE``) and loads the ``verifier``
+certificate's Ed25519 key named in the ledger config; nothing else can sign here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cyxwiz._cli import new_app
+
+if TYPE_CHECKING:
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.verifier_service import VerifierService, VerifyHook
+
+app = new_app(
+    help="The verifier service: co-signs escrow releases only for passing, verifier-signed reports."
+)
+
+
+@app.callback()
+def _group() -> None:
+    """The verifier service: co-signs escrow releases only for passing, verifier-signed reports."""
+
+
+def build_service(
+    config: LedgerConfig, *, verify: VerifyHook | None = None, audit: Any = None
+) -> VerifierService:
+    """The service's app from the ledger config: the verifier key, its certificate, the escrow store."""
+    from solders.pubkey import Pubkey
+
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.ledger.cosign import VerifierPolicy
+    from cyxwiz.ledger.records import EscrowRecord
+    from cyxwiz.ledger.stake import StakeBook
+    from cyxwiz.ledger.store import EscrowStore
+    from cyxwiz.ledger.verifier_service import VerifierService
+    from cyxwiz.pki.certs import Role, load_certificate, role_of
+    from cyxwiz.pki.keys import load_private_key
+
+    policy = config.attestation_policy()
+    cert_path, key_path = config._path(config.verifier_cert), config._path(config.verifier_key)
+    if policy is None or cert_path is None or key_path is None:
+        raise ConfigError(
+            "the verifier service needs trust_bundle, verifier_cert and verifier_key", field="verifier_cert"
+        )
+    certificate = load_certificate(cert_path)
+    if role_of(certificate) is not Role.VERIFIER:
+        raise ConfigError(
+            "verifier_cert is not a certificate of role 'verifier'", field="verifier_cert", rule="F1"
+        )
+    store = EscrowStore.open(config.db_url)
+    return VerifierService(
+        keypair=config.load_key("verifier"),
+        policy=VerifierPolicy(
+            attestations=policy,
+            lookup=lambda job_id: EscrowRecord.from_row(store.get(job_id)),
+            mint=Pubkey.from_string(config.mint),
+            rent_owner=config.pubkey("payer"),
+            dispute_multisig=Pubkey.from_string(config.dispute_multisig) if config.dispute_multisig else None,
+            stakes=StakeBook(store._engine),
+            stake_policy=config.stake_policy(),
+            escrow_store=store,
+        ),
+        signing_key=load_private_key(key_path),
+        certificate=certificate,
+        verify=verify,
+        audit=audit,
+    )
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Ledger config JSON.")]
+SocketOption = Annotated[
+    Path | None, typer.Option("--socket", help="Unix socket path (default: verifier_socket of the config).")
+]
+ReadyOption = Annotated[Path | None, typer.Option("--ready-file", help="Written once listening.")]
+
+
+def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, verify: VerifyHook | None = None,
+        audit: Any = None) -> None:  # fmt: skip
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.verifier_service import serve
+
+    config = LedgerConfig.from_file(config_path)
+    path = socket or config.verifier_socket_path()
+    if path is None:
+        raise ConfigError("no socket path", field="verifier_socket")
+    serve(build_service(config, verify=verify, audit=audit), socket_path=path, ready_file=ready_file)
+
+
+@app.command("serve")
+def serve_command(config: ConfigOption, socket: SocketOption = None, ready_file: ReadyOption = None) -> None:
+    """Serve co-signatures on a 0600 Unix socket until interrupted.
+
+    Example: CYXWIZ_VERIFIER_PASSPHRASE=... python -m cyxwiz.ledger.verifier_cli serve -c ledger.json
+    """
+    run(config, socket, ready_file)
+
+
+if __name__ == "__main__":
+    app(prog_name="cyxwiz-verifier")

@@ -1,0 +1,300 @@
+"""The verifier service: its own process holding the verifier's escrow key and ``verifier`` certificate (F1).
+
+It is the only holder of the verifier's share of the 2-of-3 escrow multisig (sealed in its own key file
+under its own passphrase, ``CYXWIZ_VERIFIER_PASSPHRASE``) and of the Ed25519 key of a certificate of role
+``verifier``. It listens on a Unix socket (mode 0600, loopback plumbing in the trusted zone) and answers:
+
+``GET  /v1/pubkey``  its escrow-authority public key;
+``POST /v1/verify``  run the job's verification (when the process was given a ``verify`` hook) and return
+                     the report with a signed attestation of its verdict;
+``POST /v1/cosign``  co-sign a settle message when :class:`~cyxwiz.ledger.cosign.VerifierPolicy` allows
+                     it (a release only with a passing attestation for that job, node and escrow); a
+                     refusal is a 403 with the precise error.
+
+:class:`RemoteCosigner` is the control plane's client; :func:`start_verifier_service` runs the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+
+from cyxwiz.errors import CyxwizError, LedgerError
+from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.attestation import report_sha256, sign_attestation
+from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, refusal_from
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+#: verify hook: the lifecycle's request body -> (the report as a dict, its verdict: pass, fail or fraud)
+VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class VerifierService:
+    """ASGI app of the verifier service."""
+
+    keypair: txbuild.Signer
+    policy: VerifierPolicy
+    signing_key: Any  # Ed25519PrivateKey of the verifier certificate
+    certificate: Any  # x509.Certificate, role verifier
+    verify: VerifyHook | None = None
+    audit: Any = None
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            if method == "GET" and path == "/v1/pubkey":
+                return 200, {"pubkey": str(self.keypair.pubkey())}
+            if method == "POST" and path == "/v1/cosign":
+                request = CosignRequest.from_dict(body)
+                attestation = self.policy.approve(request)
+                self._audit(request, success=True, report=attestation.report_sha256 if attestation else None)
+                signature = txbuild.sign_message(self.keypair, Message.from_bytes(request.message))
+                return 200, {"signature": str(signature)}
+            if method == "POST" and path == "/v1/verify":
+                return 200, self._verify(body)
+            return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
+        except CyxwizError as exc:
+            if path == "/v1/cosign" and isinstance(body, dict):
+                self._audit_refusal(body, exc)
+            return exc.http_status, {"error": exc.to_dict()}
+
+    def _verify(self, body: Any) -> dict[str, Any]:
+        if self.verify is None:
+            raise LedgerError("this verifier service was started without a verification hook", field="path")
+        if not isinstance(body, dict):
+            raise LedgerError("a verify request is a JSON object", field="body")
+        bound = {k: body.get(k) for k in ("job_id", "node_peer_id", "node_wallet", "escrow")}
+        if not all(isinstance(v, str) and v for v in bound.values()):
+            raise LedgerError("job_id, node_peer_id, node_wallet and escrow are required", field="body")
+        report, verdict = self.verify(body)
+        if report.get("job_id") != bound["job_id"]:
+            verdict = "fail"  # a report about another job never passes for this one
+        digest = report_sha256(report)
+        attestation = sign_attestation(
+            key=self.signing_key,
+            certificate=self.certificate,
+            report_sha256=digest,
+            verdict=verdict,  # type: ignore[arg-type]
+            audit_leaf=self._audit_verdict(str(bound["job_id"]), verdict, digest),
+            **bound,  # type: ignore[arg-type]
+        )
+        return {"report": report, "attestation": attestation.to_json()}
+
+    def _audit_verdict(self, job_id: str, verdict: str, digest: str) -> str:
+        """Record the verdict; its audit leaf hash goes into the attestation and the settlement memo."""
+        if self.audit is None:
+            return ""
+        from cyxwiz.audit import events
+
+        receipt = self.audit.record(
+            events.payment(
+                action="verification.verdict", job_id=job_id, amount_lamports=0, actor_id="verifier-service",
+                success=verdict == "pass", reason=f"{verdict}: report sha256 {digest}",
+            )
+        )  # fmt: skip
+        return str(getattr(receipt, "leaf_hash", "") or "")
+
+    def _audit(self, request: CosignRequest, *, success: bool, report: str | None = None) -> None:
+        if self.audit is None:
+            return
+        from cyxwiz.ledger.audit_bridge import record_payment
+
+        record_payment(
+            self.audit, action=f"cosign.{request.kind}", job_id=request.job_id, success=success, amount=0,
+            reason=f"report {report}" if report else None,
+        )  # fmt: skip
+
+    def _audit_refusal(self, body: dict[str, Any], exc: CyxwizError) -> None:
+        if self.audit is None:
+            return
+        from cyxwiz.ledger.audit_bridge import record_payment
+
+        record_payment(
+            self.audit, action=f"cosign.{body.get('kind')}", job_id=str(body.get("job_id"))[:64],
+            success=False, amount=0, reason=f"refused: {exc.code}",
+        )  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY:
+                await _respond(send, 413, {"error": {"code": "too-large", "message": "request too large"}})
+                return
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            await _respond(send, 400, {"error": {"code": "validation", "message": "body is not JSON"}})
+            return
+        # Verification is CPU-bound and slow; it runs off the event loop so co-signing stays responsive.
+        import anyio.to_thread
+
+        status, payload = await anyio.to_thread.run_sync(self.handle, scope["method"], scope["path"], parsed)
+        await _respond(send, status, payload)
+
+
+async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = None) -> None:
+    """Serve on a Unix socket only its owner can connect to (0600 in a 0700 directory)."""
+    import uvicorn
+
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket_path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(socket_path))
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, 0o600)
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+    if ready_file is not None:
+        ready_file.write_text(json.dumps({"socket": str(socket_path), "pid": os.getpid()}), encoding="utf-8")
+    server.run(sockets=[sock])
+
+
+class RemoteCosigner:
+    """The control plane's side: asks the verifier service over its Unix socket."""
+
+    def __init__(self, *, socket_path: Path, pubkey: Pubkey | None = None, timeout_s: float = 600.0) -> None:
+        import httpx
+
+        self.socket_path = socket_path
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://verifier", timeout=timeout_s
+        )
+        self._pubkey = pubkey
+
+    def pubkey(self) -> Pubkey:
+        if self._pubkey is None:
+            self._pubkey = Pubkey.from_string(str(self._call("GET", "/v1/pubkey")["pubkey"]))
+        return self._pubkey
+
+    def cosign(self, request: CosignRequest) -> Signature:
+        return Signature.from_string(str(self._call("POST", "/v1/cosign", request.to_dict())["signature"]))
+
+    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run the verification in the verifier service: ``{"report": ..., "attestation": json}``."""
+        return self._call("POST", "/v1/verify", body)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = self._client.request(method, path, json=body)
+            payload = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            from cyxwiz.ledger.rpc import LedgerUnavailableError
+
+            raise LedgerUnavailableError(
+                f"the verifier service at {self.socket_path} is unreachable ({type(exc).__name__})", rule="F1"
+            ) from None
+        if response.status_code != 200:
+            raise refusal_from(payload.get("error") if isinstance(payload, dict) else None)
+        if not isinstance(payload, dict):
+            raise LedgerError("the verifier service answered garbage", field="body")
+        return payload
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class VerifierProcess:
+    """A running verifier service subprocess (``python -m MODULE``); a context manager."""
+
+    def __init__(self, *, argv: list[str], env: dict[str, str], state_dir: Path, socket_path: Path) -> None:
+        self.argv, self.env, self.state_dir, self.socket_path = argv, env, state_dir, socket_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> VerifierProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ready = self.state_dir / "verifier.ready.json"
+        ready.unlink(missing_ok=True)
+        log = (self.state_dir / "verifier.log").open("ab")
+        argv = [*self.argv, "--socket", str(self.socket_path), "--ready-file", str(ready)]
+        self._process = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self._process.poll() is not None:
+                tail = (self.state_dir / "verifier.log").read_text(errors="replace")[-1500:]
+                raise LedgerError(f"the verifier service exited at start: {tail}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LedgerError("the verifier service did not become ready in time")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def __enter__(self) -> VerifierProcess:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def start_verifier_service(
+    *,
+    config_path: Path,
+    state_dir: Path,
+    env: dict[str, str],
+    module: str = "cyxwiz.ledger.verifier_cli",
+) -> VerifierProcess:
+    """Start ``python -m MODULE serve --config CONFIG`` (the core one, or the control plane's with the
+    verification hook) on ``state_dir/verifier.sock``."""
+    from cyxwiz.ledger.config import LedgerConfig
+
+    config = LedgerConfig.from_file(config_path)
+    socket_path = config.verifier_socket_path() or state_dir / "verifier.sock"
+    argv = [sys.executable, "-m", module, "serve", "--config", str(config_path)]
+    return VerifierProcess(argv=argv, env=env, state_dir=state_dir, socket_path=socket_path).start()
