@@ -75,3 +75,24 @@ def test_corrupt_snapshot_is_refused(tmp_path: Path, damage: str) -> None:
         snap.write_text(json.dumps(doc))
     with pytest.raises(SnapshotCorruptError, match="ledger snapshot is corrupt"):
         LocalChain(snapshot=snap)
+
+
+def test_only_confirmed_or_finalized_counts_as_landed() -> None:
+    """F2: a ``processed`` signature may still be rolled back: the ledger waits for ``confirmed`` (or, when
+    configured, ``finalized``) before it records a move as done."""
+    from solders.transaction_status import TransactionConfirmationStatus as Level
+    from solders.transaction_status import TransactionStatus
+
+    from cyxwiz.errors import LedgerError
+    from cyxwiz.ledger.rpc import RpcChain, landed
+
+    def status(level: Level | None) -> TransactionStatus:
+        return TransactionStatus(5, None, None, None, level)
+
+    assert landed(status(Level.Processed), "confirmed") is None
+    assert landed(status(None), "confirmed") is None
+    assert landed(status(Level.Confirmed), "confirmed") is not None
+    assert landed(status(Level.Confirmed), "finalized") is None
+    assert landed(status(Level.Finalized), "finalized") is not None
+    with pytest.raises(LedgerError, match="confirmed"):
+        RpcChain(url="http://127.0.0.1:9", commitment="processed")
