@@ -90,6 +90,26 @@ def check_model_cmd(
     typer.echo(f"parameters {summary.parameter_count}; output {summary.output} {list(summary.output_shape)}")
 
 
+@app.command("plan")
+def plan_cmd(
+    *,
+    job: JobOpt,
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Rows of the training file the node gets.")],
+) -> None:
+    """The job's verification plan: segments, replays, detection probability; refuses a strict spec whose
+    target cannot fit its budget (F1)."""
+    from cyxwiz.training.spec import parse_training_job
+    from cyxwiz.verification.sampling import plan_for_job, total_steps
+
+    spec = parse_training_job(job.read_bytes(), allow_file_uris=True)
+    plan = plan_for_job(spec, train_rows=rows)
+    v = spec.verification
+    typer.echo(f"steps {total_steps(spec, train_rows=rows)}; segments {plan.segments}; mode {v.mode}")
+    target = f"{v.target_fraction:.2%} faked at {v.confidence:.0%}"
+    typer.echo(f"target {target} within {v.budget:.0%} of the training work")
+    typer.echo(plan.describe())
+
+
 def _time(text: str, option: str) -> dt.datetime:
     try:
         moment = dt.datetime.fromisoformat(text)

@@ -136,3 +136,18 @@ def test_check_model(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps(model))
     result = runner.invoke(app, ["verify-job", "check-model", str(tmp_path / "m.json")])
     assert result.exit_code == 0 and "parameters 650" in result.output
+
+
+def test_plan_states_the_detection_and_refuses_a_strict_small_job(tmp_path: Path) -> None:
+    from tests.training.conftest import training_doc
+
+    doc = training_doc()
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    result = runner.invoke(app, ["verify-job", "plan", "--job", str(tmp_path / "job.json"), "--rows", "1438"])
+    assert result.exit_code == 0, result.output
+    assert "too small" in result.output and "P(detect" in result.output
+    doc["verification"] = {"strict": True}
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    result = runner.invoke(app, ["verify-job", "plan", "--job", str(tmp_path / "job.json"), "--rows", "1438"])
+    assert result.exit_code != 0 and "verification.target_fraction" in result.output
+    assert "Traceback" not in result.output
