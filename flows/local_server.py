@@ -56,17 +56,26 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def local_prefect_server(
-    home: Path, *, port: int | None = None, timeout: float = 120.0
+    home: Path,
+    *,
+    port: int | None = None,
+    timeout: float = 120.0,
+    host: str = "127.0.0.1",
+    database_url: str | None = None,
 ) -> Iterator[LocalPrefectServer]:
-    """Run ``prefect server start`` on loopback until the block exits."""
+    """Run ``prefect server start`` until the block exits: on loopback and SQLite unless ``host`` and
+    ``database_url`` (``postgresql+asyncpg://...``, the multi-host harness) say otherwise. Clients on this
+    host always use the loopback URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **prefect_env(home, api_url)}
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_KEY", None)
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -197,12 +197,17 @@ def embedded_stack(
     lifecycle_deployment: bool = False,
     gateway: bool = True,
     hsm: bool = False,
+    bind_host: str = "127.0.0.1",
+    prefect_host: str = "127.0.0.1",
+    prefect_database_url: str | None = None,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
     ``lifecycle_deployment`` also deploys ``job-lifecycle`` (for submissions through the coordinator API;
     start :meth:`EmbeddedStack.start_control_worker` to run them). With ``gateway`` (the default) node
-    agents reach the Prefect API only through the mTLS gateway, via their loopback tunnel.
+    agents reach the Prefect API only through the mTLS gateway, via their loopback tunnel. The multi-host
+    harness (``infra.cluster``) binds the coordinator and gateway to ``bind_host`` (its service address)
+    and runs Prefect on ``prefect_database_url`` (PostgreSQL) listening on ``prefect_host``.
     """
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
@@ -216,7 +221,9 @@ def embedded_stack(
         pki = build_dev_pki(home / "pki", nodes=nodes, ca_keys=ca_keys)
         say(f"PKI ready: root CA, issuing CA, CRL, certificates for {', '.join(nodes)} ({pki.root})")
 
-        server = stack.enter_context(local_prefect_server(home / "prefect"))
+        server = stack.enter_context(
+            local_prefect_server(home / "prefect", host=prefect_host, database_url=prefect_database_url)
+        )
         say(f"Prefect server on {server.ui_url}")
         os.environ.update(server.env())
         from prefect.settings import PREFECT_API_URL, PREFECT_UI_API_URL, temporary_settings
@@ -261,11 +268,14 @@ def embedded_stack(
             audit=audit,
             api_url=server.api_url,
             keyring=_hsm_keyring(keys.token_signing) if keys else None,
+            host=bind_host,
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
         if gateway:
-            gateway_url = _start_gateway(stack, pki=pki, server=server, coordinator=coordinator, audit=audit)
+            gateway_url = _start_gateway(
+                stack, pki=pki, server=server, coordinator=coordinator, audit=audit, host=bind_host
+            )
             env["CYXWIZ_GATEWAY_URL"] = gateway_url
             say(f"Gateway to the Prefect API (mTLS, per-node allow-list) on {gateway_url}")
 
@@ -384,7 +394,13 @@ def _open_store(home: Path, env: dict[str, str]) -> tuple[Any, Any]:
 
 
 def _start_gateway(
-    stack: contextlib.ExitStack, *, pki: Any, server: Any, coordinator: Any, audit: Any
+    stack: contextlib.ExitStack,
+    *,
+    pki: Any,
+    server: Any,
+    coordinator: Any,
+    audit: Any,
+    host: str = "127.0.0.1",
 ) -> str:
     from cyxwiz.gateway.service import build_gateway
     from cyxwiz.gateway.standing import StoreStanding
@@ -403,6 +419,7 @@ def _start_gateway(
         queue_for=lambda node_id: node_name(coordinator.store.node(node_id).subject),
         # Bans, revoked sessions and dead job tokens reach the gateway from the coordinator's records.
         standing=StoreStanding(coordinator.store),
+        host=host,
     )
     listener.start()
     stack.callback(listener.stop)
@@ -410,7 +427,15 @@ def _start_gateway(
 
 
 def _start_coordinator(
-    *, pki: Any, state_dir: Path, store: Any, master: Any, audit: Any, api_url: str, keyring: Any = None
+    *,
+    pki: Any,
+    state_dir: Path,
+    store: Any,
+    master: Any,
+    audit: Any,
+    api_url: str,
+    keyring: Any = None,
+    host: str = "127.0.0.1",
 ) -> Any:
     """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
     from cyxwiz.coordinator.service import build_coordinator
@@ -436,6 +461,7 @@ def _start_coordinator(
         audit=audit,
         max_body=64 << 20,
         keyring=keyring,
+        host=host,
     )
     signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
     # Starlette passes the full path to mounted apps, so the store app strips the mount itself.

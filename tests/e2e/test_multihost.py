@@ -1,0 +1,201 @@
+"""Many hosts on one machine (issue 21; SPEC C3, D1, F1, F2, H1): the control plane, three node agents and two
+users each on their own network namespace, Prefect on PostgreSQL.
+
+The control plane (Prefect server on PostgreSQL, ledger service, coordinator, gateway, control worker) runs
+in its namespace; each node agent in its own, with only its certificate and the coordinator and gateway
+URLs; each user submits with ``cyxwiz job`` from theirs. A node reaches the coordinator and the gateway
+and nothing else of the control plane. Jobs from both users run on all three nodes, end to end: released,
+paid exactly once, the token supply conserved, the audit log intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.cluster import Cluster, port_of
+from infra.netns import SERVICE_ADDRESS, can_build, list_namespaces
+from tests.e2e.lifecycle_conftest import tiny_job, wait_until
+from tests.infra.test_netns import PROBE
+
+_WHY = can_build()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.prefect,
+    pytest.mark.postgres,
+    pytest.mark.timeout(1200),
+    pytest.mark.skipif(_WHY is not None, reason=_WHY or ""),
+]
+
+NODES = ("node-1", "node-2", "node-3")
+USERS = ("demo-user", "user-2")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # A short home: the node's sandbox bridge socket must stay under the AF_UNIX path limit.
+    home = Path(tempfile.mkdtemp(prefix="cyxmh-", dir="/tmp"))
+    tag = None
+    try:
+        with Cluster.running(home, nodes=NODES, users=USERS) as built:
+            tag = built.net.tag
+            for name in NODES:
+                built.start_agent(name)
+            for name in NODES:
+                _wait_for_node(built, name)
+            yield built
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert tag is None or not list_namespaces(tag), "the topology is gone"
+
+
+def _store(cluster: Cluster) -> Any:
+    from cyxwiz.coordinator.store import CoordinatorStore
+
+    return CoordinatorStore.from_url(cluster.ready["coordinator_db"])
+
+
+def _heartbeats(cluster: Cluster) -> dict[str, Any]:
+    from tasks.coordinator_channel import node_name
+
+    store = _store(cluster)
+    try:
+        return {node_name(r.subject): r.last_heartbeat for r in store.list_nodes() if r.last_heartbeat}
+    finally:
+        store.engine.dispose()
+
+
+def _wait_for_node(cluster: Cluster, name: str) -> None:
+    if wait_until(lambda: name in _heartbeats(cluster), timeout=180, interval=1.0):
+        return
+    log = (cluster.home / "agents" / name / "agent.log").read_text(errors="replace")[-3000:]
+    raise AssertionError(f"{name} never registered from its namespace:\n{log}")
+
+
+def _probe(cluster: Cluster, host: Any, ports: list[int]) -> dict[int, str]:
+    proc = cluster.run(host, [sys.executable, "-c", PROBE, SERVICE_ADDRESS, *map(str, ports)], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {int(k): v for k, v in json.loads(proc.stdout).items()}
+
+
+def test_a_node_host_reaches_only_the_coordinator_and_the_gateway(cluster: Cluster) -> None:
+    ready = cluster.ready
+    public = {"coordinator": port_of(ready["coordinator_url"]), "gateway": port_of(ready["gateway_url"])}
+    private = {
+        "prefect-api": port_of(ready["prefect_api_url"]),
+        "postgresql": int(ready["postgres_port"]),
+        "ledger": port_of(ready["ledger_rpc_url"]),
+    }
+    ports = [*public.values(), *private.values()]
+    # Positive control: Prefect and PostgreSQL listen on every address of the control plane (not only its
+    # loopback), so what keeps a node out is the firewall.
+    inside = _probe(cluster, cluster.net.control, ports)
+    assert inside[private["prefect-api"]] == "open" and inside[private["postgresql"]] == "open", inside
+    for name in NODES:
+        seen = _probe(cluster, cluster.host(name), ports)
+        assert {k: seen[p] for k, p in public.items()} == dict.fromkeys(public, "open"), (name, seen)
+        assert {k: seen[p] for k, p in private.items()} == dict.fromkeys(private, "ConnectionRefusedError"), (
+            name,
+            seen,
+        )
+
+
+def _submit(cluster: Cluster, user: str, spec: dict[str, Any]) -> str:
+    path = cluster.home / f"spec-{user}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    proc = cluster.job_cli(user, "submit", str(path), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.search(r"job-[0-9a-f]+", proc.stdout)
+    assert found, proc.stdout
+    return found.group(0)
+
+
+def _job(cluster: Cluster, job_id: str) -> Any:
+    store = _store(cluster)
+    try:
+        return store.job(job_id)
+    finally:
+        store.engine.dispose()
+
+
+def _submit_to(cluster: Cluster, node: str, user: str, spec: dict[str, Any]) -> str:
+    """Submit so that the scheduler (freshest heartbeat wins) picks ``node``: the other agents' heartbeats
+    pause (SIGSTOP of the agent process only; their workers and running jobs go on) until it is assigned."""
+    others = [p for name, p in cluster.agents.items() if name != node]
+    for proc in others:
+        os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        stopped_at = max(_heartbeats(cluster)[n] for n in cluster.agents if n != node)
+        assert wait_until(lambda: _heartbeats(cluster)[node] > stopped_at, timeout=30)
+        job_id = _submit(cluster, user, spec)
+        assert wait_until(lambda: _job(cluster, job_id).node_id, timeout=240, interval=1.0), job_id
+        return job_id
+    finally:
+        for proc in others:
+            os.kill(proc.pid, signal.SIGCONT)
+
+
+def _audit_verifies(cluster: Cluster) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cyxwiz.cli", "audit", "verify", str(cluster.home / "audit")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_two_users_three_nodes_end_to_end(cluster: Cluster) -> None:
+    from tasks.coordinator_channel import node_name
+
+    spec = tiny_job(epochs=4, wall_seconds=300)
+    before = cluster.balances()
+    plan = [("node-1", "demo-user"), ("node-2", "user-2"), ("node-3", "demo-user")]
+    jobs = {_submit_to(cluster, node, user, {**spec, "user": user}): (node, user) for node, user in plan}
+    for job_id, (_node, user) in jobs.items():
+        waited = cluster.job_cli(user, "wait", job_id, "--timeout", "600", timeout=700)
+        if waited.returncode != 0:
+            log = (cluster.home / "control-worker" / "worker.log").read_text(errors="replace")
+            raise AssertionError(f"{job_id}: {waited.stdout[-800:]}\ncontrol worker:\n{log[-4000:]}")
+    store = _store(cluster)
+    try:
+        names = {n.node_id: node_name(n.subject) for n in store.list_nodes()}
+        for job_id, (node, user) in jobs.items():
+            record = store.job(job_id)
+            assert record.status == "released", (job_id, record.status)
+            assert names[record.node_id] == node and record.user_id == user, (job_id, record)
+    finally:
+        store.engine.dispose()
+    after = cluster.balances()
+    paid = spec["payment"] * len(jobs)
+    # F1/F2: each job paid exactly once, and no token appeared or vanished.
+    assert before["user"] - after["user"] == paid
+    assert after["node"] - before["node"] == paid
+    verified = _audit_verifies(cluster)
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+
+
+def test_prefect_ran_it_all_on_postgresql(cluster: Cluster) -> None:
+    """The lifecycle and node runs are rows of the PostgreSQL database, asked from inside the plane."""
+    query = (
+        "import sys, psycopg\n"
+        "with psycopg.connect(sys.argv[1]) as c:\n"
+        "    row = c.execute(\"select count(*) from flow_run where state_type = 'COMPLETED'\").fetchone()\n"
+        "    print(row[0])\n"
+    )
+    url = cluster.ready["postgres_url"].replace("postgresql+psycopg://", "postgresql://")
+    proc = cluster.run(cluster.net.control, [sys.executable, "-c", query, url], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 6, "three job-lifecycle runs and three sandboxed-train runs completed"
