@@ -40,6 +40,7 @@ pytestmark = [
 ]
 
 NODES = ("node-1", "node-2", "node-3")
+AUDIT_VERIFY = (sys.executable, "-m", "cyxwiz.cli", "audit", "verify")
 USERS = ("demo-user", "user-2")
 
 
@@ -149,7 +150,12 @@ def _submit_to(cluster: Cluster, node: str, user: str, spec: dict[str, Any]) -> 
 
 def _audit_verifies(cluster: Cluster) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cyxwiz.cli", "audit", "verify", str(cluster.home / "audit")],
+        [
+            *AUDIT_VERIFY,
+            str(cluster.home / "audit"),
+            "--public-key",
+            str(cluster.home / "audit-signing-key.pem"),
+        ],
         capture_output=True,
         text=True,
         check=False,
