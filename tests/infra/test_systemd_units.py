@@ -18,7 +18,7 @@ UNITS = PROJECT / "infra" / "systemd"
 CONFIG = PROJECT / "infra" / "config"
 INSTALL = "/opt/cyxwiz"
 AGENT = "cyxwiz-node-agent.service"
-LOOPBACK_ONLY = ("cyxwiz-prefect-server.service", "cyxwiz-ledger.service")
+LOOPBACK_ONLY = ("cyxwiz-prefect-server.service", "cyxwiz-ledger.service", "cyxwiz-verifier.service")
 
 Unit = dict[str, dict[str, list[str]]]
 
@@ -57,6 +57,7 @@ def test_every_part_of_the_topology_has_a_unit() -> None:
         "cyxwiz-coordinator.service",
         "cyxwiz-gateway.service",
         "cyxwiz-ledger.service",
+        "cyxwiz-verifier.service",
         AGENT,
     } <= names
     target = parse_unit(UNITS / "cyxwiz-control-plane.target")
