@@ -22,11 +22,13 @@ from agents.settings import AgentSettings
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__)
     parser.add_argument("--pool", default="gpu", help="work pool to poll (default: gpu)")
-    parser.add_argument("--queue", default=None, help="work queue (default: the node name)")
+    parser.add_argument(
+        "--queue", default=None, help="work queue (default: the node id the coordinator gives)"
+    )
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
     args = parser.parse_args(argv)
     settings = AgentSettings.from_env()
-    queue = args.queue or settings.node_name
+    queue = args.queue or settings.node_name  # without a coordinator: a standalone worker
     stop = threading.Event()
 
     with contextlib.ExitStack() as stack:
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.coordinator_url:
             from agents.node_client import heartbeat_forever, register_node
 
-            register_node(settings)
+            # The node's queue is its id (keyed by its certificate's PeerID), never its CN: a second
+            # certificate with the same name shares nothing with this node (A5, C3).
+            queue = args.queue or str(register_node(settings)["node_id"])
             beat = threading.Thread(
                 target=heartbeat_forever, args=(settings, stop, args.heartbeat), daemon=True
             )
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--work-queue",
                 queue,
                 "--name",
-                f"cyxwiz-{settings.node_name}",
+                f"cyxwiz-{queue}",
             ],
             env=env,
         )

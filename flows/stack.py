@@ -404,7 +404,6 @@ def _start_gateway(
 ) -> str:
     from cyxwiz.gateway.service import build_gateway
     from cyxwiz.gateway.standing import StoreStanding
-    from tasks.coordinator_channel import node_name
 
     listener, _ = build_gateway(
         cert=pki.gateway_cert,
@@ -415,8 +414,7 @@ def _start_gateway(
         pool="gpu",
         verifier=coordinator.verifier,
         audit=audit,
-        # Work queues are named after the node (its certificate CN); the gateway maps the verified node id.
-        queue_for=lambda node_id: node_name(coordinator.store.node(node_id).subject),
+        # Each node's work queue is its node id (the gateway's default mapping), never its CN.
         # Bans, revoked sessions and dead job tokens reach the gateway from the coordinator's records.
         standing=StoreStanding(coordinator.store),
         host=host,

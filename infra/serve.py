@@ -166,7 +166,6 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
     from cyxwiz.tokens.keyring import KeyRing
     from cyxwiz.tokens.reload import KeyRingReloader
     from cyxwiz.tokens.verifier import TokenVerifier
-    from tasks.coordinator_channel import node_name
 
     settings = ListenerSettings.from_env("gateway", env)
     config = _control_plane(env)
@@ -185,8 +184,7 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
         cert=settings.cert, key=settings.key, trust_bundle=settings.bundle, crl=settings.crl,
         upstream=upstream, pool=env.get("CYXWIZ_GATEWAY_POOL") or "gpu", verifier=verifier,
         audit=_audit(settings, config), host=settings.host, port=settings.port,
-        upstream_auth=env.get("PREFECT_API_AUTH_STRING") or None,
-        queue_for=lambda node_id: node_name(nodes.node(node_id).subject), standing=StoreStanding(nodes),
+        upstream_auth=env.get("PREFECT_API_AUTH_STRING") or None, standing=StoreStanding(nodes),
         policy=_federation(settings, env),
     )  # fmt: skip
     return server

@@ -18,7 +18,8 @@ HEARTBEAT_FRESH = dt.timedelta(seconds=60)
 
 
 def node_name(subject: str) -> str:
-    """The node's name (its certificate CN), which is also its Prefect work queue."""
+    """The node's name (its certificate CN): a label for people and pinning, never an identity (a second
+    certificate may carry the same CN). Queue, wallet and assignment follow the node id (PeerID-keyed)."""
     for part in subject.split(","):
         key, _, value = part.strip().partition("=")
         if key.strip().upper() == "CN":
@@ -61,7 +62,7 @@ class SchedulerChannel:
         candidates = []
         for record in self.store.list_nodes():
             name = node_name(record.subject)
-            if record.status != "active" or name not in self.node_wallets:
+            if record.status != "active" or self._wallet(record, name) is None:
                 continue
             if int(record.cert_serial, 16) in revoked:
                 continue
@@ -74,14 +75,30 @@ class SchedulerChannel:
             wanted = f"node {node!r}" if node else "any node"
             raise ConflictError(f"no healthy, unrevoked, registered {wanted} to dispatch to", field="node")
         _, name, record = max(candidates, key=lambda c: c[0])
+        wallet = self._wallet(record, name)
+        assert wallet is not None
         self.store.assign_job(job_id, record.node_id)
+        # The work queue is the node id: two certificates with one CN never share a queue (A5, C3).
         return {
             "node_id": record.node_id,
             "name": name,
-            "queue": name,
+            "queue": record.node_id,
             "peer_id": record.peer_id,
-            "wallet": self.node_wallets[name],
+            "wallet": wallet,
         }
+
+    def _wallet(self, record: Any, name: str) -> str | None:
+        """The node's wallet: configured by PeerID or node id, or by name only while that name is one
+        node's alone (a second certificate with the same CN must not draw the first one's pay)."""
+        for key in (record.peer_id, record.node_id):
+            if key in self.node_wallets:
+                return self.node_wallets[key]
+        same_name = [
+            n for n in self.store.list_nodes() if node_name(n.subject) == name and n.status == "active"
+        ]
+        if len(same_name) != 1:
+            return None
+        return self.node_wallets.get(name)
 
     def job(self, job_id: str) -> dict[str, Any]:
         record = self.store.job(job_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +41,18 @@ class CARevoker:
     listeners: list[ServerTLS] = field(default_factory=list)
     push: list[Callable[[bytes], None]] = field(default_factory=list)
 
+    #: The node's earlier (renewed-from, unexpired) certificate serials: revoked with the current one.
+    earlier: Callable[[str], list[str]] | None = None
+
     def __call__(self, node: NodeRecord, reason: str) -> None:
+        from cyxwiz.errors import ConflictError
         from cyxwiz.pki.ca import CertificateAuthority
 
         ca = CertificateAuthority.from_dir(self.ca_dir)
         ca.revoke(int(node.cert_serial, 16), reason=_reason(reason))
+        for serial in self.earlier(node.node_id) if self.earlier is not None else []:
+            with contextlib.suppress(ConflictError):  # already revoked
+                ca.revoke(int(serial, 16), reason=_reason(reason))
         data = ca.generate_crl().public_bytes(Encoding.PEM)
         for tls in self.listeners:
             tls.apply_crl(data)
@@ -140,7 +148,11 @@ def build_coordinator(
         audit=audit,
         policy=policy,  # a federation trust policy (A7, C1), checked after the handshake
     )
-    revoker = CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push)) if ca_dir is not None else None
+    revoker = (
+        CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push), earlier=store.earlier_serials)
+        if ca_dir is not None
+        else None
+    )
     app = create_app(
         renewer=NodeCertIssuer(ca_dir=ca_dir, lifetime=node_cert_lifetime) if ca_dir is not None else None,
         close_peer=lambda peer_id: _close_peer(tls, peer_id),

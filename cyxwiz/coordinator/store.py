@@ -231,6 +231,12 @@ class CoordinatorStore:
                 row = conn.execute(sa.select(nodes).where(nodes.c.node_id.in_(earlier))).first()
             return _node(row) if row is not None else None
 
+    def earlier_serials(self, node_id: str) -> list[str]:
+        """Serials (hex) of the node's earlier certificates, which stay its own until they expire."""
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(node_peers.c.cert_serial).where(node_peers.c.node_id == node_id))
+            return [str(r[0]) for r in rows]
+
     def renew_node(self, node_id: str, *, peer_id: str, cert_serial: str) -> NodeRecord:
         """The node's new certificate becomes current; the one it replaces stays the node's until it
         expires. A PeerID already known (key reuse, or another node's) is refused."""

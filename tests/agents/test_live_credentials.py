@@ -53,12 +53,10 @@ def world(tmp_path: Path) -> Iterator[World]:
     )  # fmt: skip
     upstream = Upstream()
     up_server, up_port = _serve(upstream.app())
-    from tasks.coordinator_channel import node_name
 
     gateway, _ = build_gateway(
         cert=pki.gateway_cert, key=pki.gateway_key, trust_bundle=pki.bundle, crl=pki.crl,
         upstream=f"http://127.0.0.1:{up_port}", pool=POOL, verifier=coord.verifier,
-        queue_for=lambda node_id: node_name(coord.store.node(node_id).subject),
         standing=StoreStanding(coord.store),
     )  # fmt: skip
     gateway.start()
@@ -94,7 +92,7 @@ def test_tunnel_presents_the_current_session_whatever_the_client_froze(world: Wo
         stale = {"authorization": "Basic bm9kZTpzdGFsZQ=="}  # node:stale, what a frozen env would send
         assert prefect.get("/api/admin/version", headers=stale).status_code == 200
         # Chunked and sized bodies pass through intact.
-        run = world.upstream.add_run("node-a", job=False)
+        run = world.upstream.add_run(str(read_session(world.settings)["node_id"]), job=False)
         lines = [{"flow_run_id": run["id"], "message": "x" * 70_000}]
         prefect.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
         assert prefect.post("/api/logs/", json=lines).status_code == 200
@@ -112,7 +110,7 @@ def test_node_lives_through_several_certificate_lifetimes_with_a_job_in_flight(w
     node_id = str(read_session(world.settings)["node_id"])
     job = world.coord.store.create_job(user_id="alice", spec={"job_type": "train"}, duration_s=600)
     world.coord.store.assign_job(job.job_id, node_id)
-    run = world.upstream.add_run("node-a")
+    run = world.upstream.add_run(node_id)  # the queue is the node id
     run["parameters"] = {"job_id": job.job_id}
     first_job_token = fetch_job_token(world.settings, job.job_id)  # bound to the first certificate
     renew(world.settings)  # from the dev PKI's long-lived certificate to the 4-second ones

@@ -114,3 +114,24 @@ def test_banned_or_revoked_node_cannot_renew(env: Env) -> None:
     with pytest.raises(httpx.TransportError), env.client("node-b") as c:
         csr = _csr(ed25519.Ed25519PrivateKey.generate(), "node-b")
         c.post("/v1/nodes/renew", json={"csr": csr}, headers=auth(b["session_token"]))
+
+
+def test_admin_revoke_takes_the_earlier_certificates_too(env: Env, tmp_path: Path) -> None:
+    """A renewed node revoked by an admin: its current and its earlier (still unexpired) certificate both
+    stop completing handshakes — an old key cannot outlive the node's revocation."""
+    a = env.register("node-a")
+    key = ed25519.Ed25519PrivateKey.generate()
+    with env.client("node-a") as c:
+        renewed = c.post(
+            "/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"])
+        ).json()
+    admin = env.user_token("root", role="admin")
+    with env.client() as c:
+        r = c.post(
+            f"/v1/admin/nodes/{a['node_id']}/revoke", json={"reason": "keyCompromise"}, headers=auth(admin)
+        )
+        assert r.status_code == 200
+    with pytest.raises(httpx.TransportError), env.client("node-a") as old:
+        old.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"]))
+    with pytest.raises(httpx.TransportError), _client_with(env, tmp_path, renewed["certificate"], key) as new:
+        new.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))

@@ -45,6 +45,18 @@ def _node_client(stack: EmbeddedStack, name: str) -> httpx.Client:
     )
 
 
+def _node_id(stack: EmbeddedStack, name: str) -> str:
+    """The node's id, which is its work queue (never its CN): registering is idempotent per certificate."""
+    stack.pki_for(name)
+    ctx = client_context(
+        trust_bundle=stack.pki.bundle, cert=stack.pki.node_cert(name), key=stack.pki.node_key(name)
+    )
+    with httpx.Client(base_url=stack.coordinator.url, verify=ctx, timeout=30) as c:
+        r = c.post("/v1/nodes/register", json={"hardware": {}})
+        r.raise_for_status()
+        return str(r.json()["node_id"])
+
+
 def _run_state(run_id: Any) -> str:
     from prefect.client.orchestration import get_client
 
@@ -57,18 +69,21 @@ def test_own_queue_only_through_the_gateway(stack: EmbeddedStack) -> None:
     from prefect.deployments import run_deployment
 
     # node-1's own run: picked up through tunnel → gateway → Prefect, and completes.
-    mine = run_deployment("node-healthcheck/node-healthcheck", work_queue_name="node-1", timeout=240)
+    mine = run_deployment(
+        "node-healthcheck/node-healthcheck", work_queue_name=_node_id(stack, "node-1"), timeout=240
+    )
     assert mine.state is not None
     assert mine.state.is_completed(), mine.state
 
     # A run for node-2 while only node-1's agent is up: node-1 never takes it.
-    theirs = run_deployment("node-healthcheck/node-healthcheck", work_queue_name="node-2", timeout=0)
+    node_2 = _node_id(stack, "node-2")
+    theirs = run_deployment("node-healthcheck/node-healthcheck", work_queue_name=node_2, timeout=0)
     time.sleep(12)
     assert _run_state(theirs.id) == "SCHEDULED"
 
     with _node_client(stack, "node-1") as gw:
         # Polling for node-2's queue is narrowed to node-1's own: node-2's run is not in the answer.
-        polled = gw.post("/api/work_pools/gpu/get_scheduled_flow_runs", json={"work_queue_names": ["node-2"]})
+        polled = gw.post("/api/work_pools/gpu/get_scheduled_flow_runs", json={"work_queue_names": [node_2]})
         assert polled.status_code == 200
         assert str(theirs.id) not in polled.text
         # Reading node-2's run by id is refused and audited.
@@ -121,3 +136,41 @@ def test_gateway_decisions_are_audited(stack: EmbeddedStack) -> None:
     text = json.dumps(lines)
     assert "prefect:POST /api/work_pools/gpu/get_scheduled_flow_runs" in text
     assert "route is not on the gateway allow-list" in text or "denied" in text
+
+
+def test_a_banned_node_is_cut_off_on_every_channel_within_5s(stack: EmbeddedStack) -> None:
+    """Issue 18 acceptance: the node's open Prefect websocket through the gateway is closed, its gateway
+    and coordinator calls are refused, and a new websocket is refused, within 5 s of the ban (last test:
+    it bans node-1 for the rest of the module)."""
+    from websockets.exceptions import ConnectionClosed, WebSocketException
+    from websockets.sync.client import connect as ws_connect
+
+    session = json.loads((stack.home / "agents" / "node-1" / "session.json").read_text())
+    ctx = client_context(
+        trust_bundle=stack.pki.bundle, cert=stack.pki.node_cert("node-1"), key=stack.pki.node_key("node-1")
+    )
+    bearer = {"authorization": f"Bearer {session['session_token']}"}
+    url = stack.env["CYXWIZ_GATEWAY_URL"].replace("https", "wss") + "/api/events/out"
+    ws = ws_connect(url, ssl=ctx, additional_headers=bearer, subprotocols=["prefect"])  # type: ignore[list-item]
+    ws.send(json.dumps({"type": "auth", "token": None}))
+    assert json.loads(ws.recv(timeout=30))["type"] == "auth_success"  # positive control, real Prefect
+    store, issuer = stack.coordinator.store, stack.coordinator.issuer
+    store.create_session(session_id="e2e-admin", principal_kind="user", principal_id="root")
+    admin = issuer.session(user_id="root", role="admin", session_id="e2e-admin").token
+    plain = client_context(trust_bundle=stack.pki.bundle)
+    with httpx.Client(base_url=stack.coordinator.url, verify=plain, timeout=30) as c:
+        started = time.monotonic()
+        r = c.post(
+            f"/v1/admin/nodes/{session['node_id']}/ban", json={}, headers={"authorization": f"Bearer {admin}"}
+        )
+        assert r.status_code == 200, r.text
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=5)
+    assert time.monotonic() - started <= 5.0
+    with httpx.Client(base_url=stack.env["CYXWIZ_GATEWAY_URL"], verify=ctx, headers=bearer, timeout=10) as gw:
+        assert gw.get("/api/work_pools/gpu").status_code in (401, 403)
+    with httpx.Client(base_url=stack.coordinator.url, verify=ctx, headers=bearer, timeout=10) as coord:
+        assert coord.post("/v1/nodes/heartbeat", json={}).status_code in (401, 403)
+    with pytest.raises(WebSocketException):  # refused at the handshake, or closed at once
+        again = ws_connect(url, ssl=ctx, additional_headers=bearer, subprotocols=["prefect"])  # type: ignore[list-item]
+        again.recv(timeout=5)

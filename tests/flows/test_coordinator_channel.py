@@ -41,7 +41,7 @@ def test_assigns_a_healthy_node_and_names_its_queue(
     _register(store, pki, "node-1")
     job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
     assignment = channel.assign(job_id)
-    assert assignment["queue"] == "node-1"
+    assert assignment["queue"] == assignment["node_id"] == store.list_nodes()[0].node_id
     assert assignment["wallet"] == "W1"
     assert channel.job(job_id)["status"] == "assigned"
 
@@ -72,3 +72,41 @@ def test_drained_nodes_are_skipped(
 def test_node_name_is_the_certificate_cn() -> None:
     assert node_name("CN=node-7,O=cyxwiz") == "node-7"
     assert node_name("O=cyxwiz,CN=node-8") == "node-8"
+
+
+def test_a_second_certificate_with_the_same_cn_shares_nothing(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    """Identity is the PeerID (A5): an impostor certified under "node-1" gets neither node-1's queue nor
+    its wallet; while the name is ambiguous, nothing is paid by name."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cyxwiz.pki.ca import CertificateAuthority
+    from cyxwiz.pki.peerid import peer_id as pid
+
+    channel, pki, store = setup
+    honest = _register(store, pki, "node-1")
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    first = channel.assign(job_id)
+    assert first["queue"] == honest and first["wallet"] == "W1"  # positive control
+    key = ed25519.Ed25519PrivateKey.generate()
+    twin = CertificateAuthority.from_dir(pki.ca_dir).issue(
+        common_name="node-1", role="worker", public_key=key.public_key()
+    )
+    cert = twin.certificate
+    impostor = store.register_node(
+        peer_id=pid(cert),
+        subject=cert.subject.rfc4514_string(),
+        cert_serial=format(cert.serial_number, "x"),
+        hardware={},
+    )
+    store.heartbeat(impostor.node_id)
+    assert impostor.node_id != honest
+    with pytest.raises(ConflictError):
+        channel.assign(channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60), node="node-1")
+    # Wallets configured by PeerID stay each node's own, whatever the names.
+    channel.node_wallets[store.node(honest).peer_id] = "W1"
+    again = channel.assign(
+        channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60), node="node-1"
+    )
+    assert again["node_id"] == again["queue"] == honest and again["wallet"] == "W1"

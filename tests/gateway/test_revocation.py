@@ -83,12 +83,10 @@ def both(tmp_path: Path) -> Iterator[Both]:
     )  # fmt: skip
     upstream = Upstream()
     up_server, up_port = _serve(upstream.app())
-    from tasks.coordinator_channel import node_name
 
     server, _ = build_gateway(
         cert=pki.gateway_cert, key=pki.gateway_key, trust_bundle=pki.bundle, crl=pki.crl,
         upstream=f"http://127.0.0.1:{up_port}", pool=POOL, verifier=coord.verifier, audit=audit,
-        queue_for=lambda node_id: node_name(coord.store.node(node_id).subject),
         standing=StoreStanding(coord.store), revocation_interval=0.1,
     )  # fmt: skip
     server.start()
@@ -175,7 +173,7 @@ def test_job_token_dead_at_the_gateway_once_the_job_ended(both: Both) -> None:
     a = both.register("node-a")
     job = both.coord.store.create_job(user_id="alice", spec={"job_type": "train"}, duration_s=60)
     both.coord.store.assign_job(job.job_id, a["node_id"])
-    run = both.upstream.add_run("node-a")
+    run = both.upstream.add_run(a["node_id"])  # the queue is the node id
     run["parameters"] = {"job_id": job.job_id}
     with httpx.Client(base_url=both.coord.url, verify=both.ctx("node-a"), timeout=10) as c:  # type: ignore[arg-type]
         job_token = c.get(
