@@ -130,9 +130,7 @@ class Pkcs11Uri:
         env = os.environ if env is None else env
         chosen = self.module_path or env.get(MODULE_ENV)
         if chosen:
-            if not Path(chosen).is_file():
-                raise ConfigError("PKCS#11 module not found", path=chosen, field="module-path", rule=_RULE)
-            return chosen
+            return _checked_module(chosen)
         for candidate in DEFAULT_MODULES:
             if Path(candidate).is_file():
                 return candidate
@@ -166,6 +164,27 @@ class Pkcs11Uri:
         if source.startswith("file:"):
             return _pin_from_file(Path(source[5:].removeprefix("//")))
         raise ConfigError("pin-source must be file:/path or env:NAME", field="pin-source", rule=_RULE)
+
+
+def _checked_module(chosen: str) -> str:
+    """A module is code loaded into this process: an absolute path to a regular file that neither it nor
+    its directory lets group/others write (a writable one is someone else's code to run here)."""
+    path = Path(chosen)
+    if not path.is_absolute():
+        raise ConfigError(
+            "PKCS#11 module path must be absolute", path=chosen, field="module-path", rule=_RULE
+        )
+    try:
+        mode, parent = path.stat().st_mode, path.parent.stat().st_mode
+    except OSError:
+        raise ConfigError("PKCS#11 module not found", path=chosen, field="module-path", rule=_RULE) from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError("PKCS#11 module is not a file", path=chosen, field="module-path", rule=_RULE)
+    if mode & 0o022 or (parent & 0o022 and not parent & stat.S_ISVTX):
+        raise KeyPermissionError(
+            "PKCS#11 module (or its directory) is writable by group/others", path=chosen, rule="A4"
+        )
+    return chosen
 
 
 def _pin_from_file(path: Path) -> str:

@@ -55,3 +55,18 @@ def test_pin_sources(tmp_path: Path) -> None:
     with pytest.raises(KeyPermissionError) as info:
         Pkcs11Uri.parse(f"pkcs11:token=t;object=o?pin-source=file:{pin_file}").pin({})
     assert info.value.rule == "A4" and "s3cret" not in str(info.value)
+
+
+def test_module_path_must_be_a_protected_absolute_file(tmp_path: Path) -> None:
+    """The module is code loaded into the process: relative, missing, writable-by-others: refused."""
+    rogue = tmp_path / "rogue.so"
+    rogue.write_bytes(b"\x7fELF")
+    for path, error in (("lib.so", ConfigError), (str(tmp_path / "absent.so"), ConfigError)):
+        with pytest.raises(error):
+            Pkcs11Uri.parse("pkcs11:token=t;object=o").module({"CYXWIZ_PKCS11_MODULE": path})
+    rogue.chmod(0o666)
+    with pytest.raises(KeyPermissionError):
+        Pkcs11Uri.parse(f"pkcs11:token=t;object=o?module-path={rogue}").module({})
+    rogue.chmod(0o644)
+    tmp_path.chmod(0o755)
+    assert Pkcs11Uri.parse(f"pkcs11:token=t;object=o?module-path={rogue}").module({}) == str(rogue)
