@@ -21,6 +21,7 @@ Ref = Annotated[str, typer.Option("--uri", "--key", help="A pkcs11: URI or the p
 
 def _describe(source: object) -> dict[str, object]:
     from cryptography.hazmat.primitives import serialization
+    from solders.pubkey import Pubkey
 
     from cyxwiz.keys import KeySource, public_raw
     from cyxwiz.keys.pkcs11 import Pkcs11KeySource
@@ -30,6 +31,8 @@ def _describe(source: object) -> dict[str, object]:
         "kind": source.kind,
         "uri": source.uri,
         "public_key_hex": public_raw(source).hex(),
+        # The same key as a Solana address (base58): what an escrow multisig lists as its authority.
+        "solana_pubkey": str(Pubkey.from_bytes(public_raw(source))),
         "public_key_pem": source.public_key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode(),

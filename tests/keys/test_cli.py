@@ -19,6 +19,9 @@ def test_generate_and_show_a_token_key(softhsm: HsmToken) -> None:
     assert made.exit_code == 0, made.stderr
     info = json.loads(made.stdout)
     assert info["kind"] == "pkcs11" and info["protection"]["extractable"] is False
+    from solders.pubkey import Pubkey
+
+    assert bytes(Pubkey.from_string(info["solana_pubkey"])).hex() == info["public_key_hex"]
     shown = runner.invoke(app, ["show", "--uri", uri])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["public_key_hex"] == info["public_key_hex"]
     assert softhsm.pin not in made.stdout + made.stderr + shown.stdout + shown.stderr
