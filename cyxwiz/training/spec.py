@@ -160,10 +160,32 @@ class Task(_Strict):
     kind: Literal["classification"] = "classification"
     num_classes: int = Field(ge=2, le=100_000)
     metric: Literal["accuracy"] = "accuracy"
-    #: The verifier's holdout metric must reach this for the job to pass.
-    threshold: float = Field(default=0.0, ge=0, le=1)
+    #: The verifier's holdout metric must reach this for the job to pass: above chance, or the holdout
+    #: check would pass any model (F1). Missing: halfway between chance and 1 (``default_threshold``).
+    threshold: float = Field(ge=0, le=1)
     #: How far the holdout metric may fall below the claimed one.
     tolerance: float = Field(default=0.05, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threshold(cls, data: Any) -> Any:
+        from cyxwiz.datasets.checks import default_threshold
+
+        classes = data.get("num_classes") if isinstance(data, Mapping) else None
+        if isinstance(classes, int) and classes >= 2 and data.get("threshold") is None:
+            return {**data, "threshold": default_threshold(classes)}
+        return data
+
+    @model_validator(mode="after")
+    def _above_chance(self) -> Task:
+        if self.threshold <= 1.0 / self.num_classes:
+            raise ValidationError(
+                f"must be above chance ({1.0 / self.num_classes:.4g} for {self.num_classes} classes): a "
+                "threshold at or below chance makes the holdout check pass any model",
+                field="task.threshold",
+                rule="F1",
+            )
+        return self
 
 
 class VerificationSpec(_Strict):

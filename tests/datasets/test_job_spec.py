@@ -122,3 +122,16 @@ def test_the_shipped_wine_example_passes_the_same_validator(tmp_path: Any) -> No
     sources = DatasetSources.from_env({"CYXWIZ_DATASET_FILE_ROOTS": str(examples)})
     checked = check_dataset(request, sources)
     assert len(checked.data) == 178 and request.training_doc["task"]["threshold"] == 0.8
+
+
+def test_the_signed_training_document_applies_the_same_threshold_rule() -> None:
+    """F1 everywhere a training document is read (the verify-job CLI, the node, the verifier), not just at
+    submission: zero refused, missing filled with the documented default."""
+    from cyxwiz.training.spec import parse_training_job
+
+    doc = parse_job_request(job(), job_id="job-1", minimum_payment=1).training_doc
+    for threshold in (0, 0.1):
+        with pytest.raises(ValidationError) as caught:
+            parse_training_job({**doc, "task": {"num_classes": 10, "threshold": threshold}})
+        assert (caught.value.field, caught.value.rule) == ("task.threshold", "F1")
+    assert parse_training_job({**doc, "task": {"num_classes": 10}}).task.threshold == 0.55
