@@ -202,16 +202,25 @@ class VerifierPolicy:
             raise CosignRefusedError("this verifier keeps no stake book", field="kind", rule="F1")
         return self.stakes
 
-    def _slash(self, request: CosignRequest, record: EscrowRecord, moves: _Moves) -> ReportAttestation:
-        """Only on a ``fraud`` report for this job and node, only the configured share, only to its user."""
-        attestation = self.attestations.check(
-            request.report, job_id=record.job_id, node_peer_id=record.node_peer_id,
-            node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fraud",),
-        )  # fmt: skip
+    def _slash(self, request: CosignRequest, record: EscrowRecord, moves: _Moves) -> ReportAttestation | None:
+        """Only on a ``fraud`` report for this job and node (or a dispute the arbiter upheld), only the
+        configured share, only to its user."""
+        from cyxwiz.ledger.stake import upheld_dispute
+
+        attestation = None
+        if request.report is None:
+            upheld_dispute(record)
+            peer, proof = record.node_peer_id or "", "dispute-upheld"
+        else:
+            attestation = self.attestations.check(
+                request.report, job_id=record.job_id, node_peer_id=record.node_peer_id,
+                node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fraud",),
+            )  # fmt: skip
+            peer, proof = attestation.node_peer_id, f"report={attestation.report_sha256}"
         book = self._stakes()
         if book.slashed_for(record.job_id) is not None:
             raise CosignRefusedError("this job's fraud was already slashed", field="job_id", rule="F2")
-        stake = book.get(attestation.node_peer_id)
+        stake = book.get(peer)
         share = stake.amount * self.stake_policy.slash_bps // 10_000
         user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
         if moves.transfers != [(Pubkey.from_string(stake.stake_account), user, share)] or moves.closes:
@@ -219,8 +228,8 @@ class VerifierPolicy:
                 "a slash moves exactly the configured share of the stake to the job's user",
                 field="message", rule="F1",
             )  # fmt: skip
-        if not any(f"report={attestation.report_sha256}" in text for text in moves.memos):
-            raise CosignRefusedError("the memo must carry the report's SHA-256", field="message", rule="F1")
+        if not any(proof in text for text in moves.memos):
+            raise CosignRefusedError(f"the memo must carry {proof!r}", field="message", rule="F1")
         return attestation
 
     def _unstake(self, request: CosignRequest, moves: _Moves) -> None:

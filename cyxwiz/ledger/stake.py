@@ -229,24 +229,37 @@ class StakeLedger:
         )
         return self.book.get(peer_id)
 
-    def slash(self, *, job_id: str, report: object) -> StakeRecord:
-        """Pay the job's user the configured share of the assigned node's stake, on a ``fraud`` report.
+    def slash(self, *, job_id: str, report: object = None, reason: str | None = None) -> StakeRecord:
+        """Pay the job's user the configured share of the assigned node's stake, on proven fraud.
 
-        ``report`` is the verifier's attestation for this job (verdict ``fraud``); the ledger checks it as
-        the verifier does, the verifier co-signs, and the report's SHA-256 goes into the memo. A job is
-        slashed at most once; a ``fail`` verdict (crash, timeout, cancellation) is refused.
+        Proof is either the verifier's attestation for this job with verdict ``fraud`` (``report``: the
+        ledger checks it as the verifier does; its SHA-256 and audit leaf go into the memo), or, with no
+        report, a dispute the arbiter upheld (the escrow was moved into the dispute escrow and refunded
+        from it by the arbiter's key; ``reason`` is audited). This matches the verification package's
+        ``Slasher`` (``slash(job_id=, reason=)``). A job is slashed at most once; a ``fail`` verdict
+        (crash, timeout, cancellation) is refused.
         """
         led = self.ledger
         record = led.status(job_id=job_id)
         if self.book.slashed_for(job_id) is not None:
             raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2")
-        attestation = led._trust().check(
-            report, job_id=record.job_id, node_peer_id=record.node_peer_id, node_wallet=record.node_wallet,
-            escrow=record.escrow_account, verdicts=("fraud",),
-        )  # fmt: skip
-        report_hash = attestation.report_sha256
-        leaf = f":audit={attestation.audit_leaf}" if attestation.audit_leaf else ""
-        stake = self.book.get(attestation.node_peer_id)
+        cited: str | None = None
+        if report is None:
+            upheld_dispute(record)
+            peer, report_hash, proof = record.node_peer_id or "", "dispute-upheld", "dispute-upheld"
+        else:
+            attestation = led._trust().check(
+                report, job_id=record.job_id, node_peer_id=record.node_peer_id,
+                node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fraud",),
+            )  # fmt: skip
+            cited, peer, report_hash = (
+                attestation.to_json(),
+                attestation.node_peer_id,
+                attestation.report_sha256,
+            )
+            leaf = f":audit={attestation.audit_leaf}" if attestation.audit_leaf else ""
+            proof = f"report={report_hash}{leaf}"
+        stake = self.book.get(peer)
         share = stake.amount * self.policy.slash_bps // 10_000
         if share <= 0:
             raise StakeTooLowError("nothing to slash: the node's stake is empty", field="peer_id", rule="F1")
@@ -259,13 +272,11 @@ class StakeLedger:
                 decimals=led.decimals, signers=[*(k.pubkey() for k in led._keys("coordinator")),
                                                 led._cosigner().pubkey()],
             )),
-            txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:slash:{job_id}:report={report_hash}{leaf}"),
+            txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:slash:{job_id}:{proof}"),
         ]  # fmt: skip
-        tx = self._build(
-            instructions, led._keys("coordinator"), cosign=("slash", job_id, attestation.to_json())
-        )
+        tx = self._build(instructions, led._keys("coordinator"), cosign=("slash", job_id, cited))
         self.book.claim_slash(
-            job_id=job_id, peer_id=stake.peer_id, amount=share, report=attestation.report_sha256,
+            job_id=job_id, peer_id=stake.peer_id, amount=share, report=report_hash,
             signature=str(tx.signatures[0]),
         )  # fmt: skip
         self._submit(tx)
@@ -273,7 +284,7 @@ class StakeLedger:
         led._record_audit(
             "stake.slash", job_id, success=True, amount=share, source=stake.stake_account,
             destination=str(user), tx_signature=str(tx.signatures[0]),
-            reason=f"fraud report {attestation.report_sha256}",
+            reason=f"fraud {report_hash}{': ' + reason if reason else ''}"[:500],
         )  # fmt: skip
         return self.book.get(stake.peer_id)
 
@@ -329,6 +340,17 @@ class StakeLedger:
         if status.err is not None:
             raise LedgerError(f"stake transaction failed on chain: {status.err}", rule="F2")
         return signature
+
+
+def upheld_dispute(record: Any) -> None:
+    """A dispute the arbiter upheld: funds went to the dispute escrow and were refunded from it."""
+    if not (
+        record.dispute_account and record.state is EscrowState.REFUNDED and record.resolution == "refund"
+    ):
+        raise ValidationError(
+            "slashing needs the verifier's fraud report or a dispute the arbiter upheld (refunded)",
+            field="report", rule="F1",
+        )  # fmt: skip
 
 
 def check_unstake(

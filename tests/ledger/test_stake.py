@@ -124,3 +124,29 @@ def test_withdraw_needs_cooldown_and_no_running_job(staked: tuple[World, StakeLe
     record = stakes.withdraw(peer_id=NODE_PEER)
     assert (record.amount, record.withdrawn) == (0, True)
     assert w.token(w.node) == STAKE + 10_000
+
+
+def test_upheld_dispute_slashes_through_the_verification_packages_slasher(
+    staked: tuple[World, StakeLedger],
+) -> None:
+    """``cyxwiz.verification.dispute.settle_dispute(slasher=StakeLedger)``: the arbiter upholds the user's
+    dispute (refund from the dispute escrow), then the node's stake is slashed; without an upheld
+    dispute (a plain refund) a report-less slash is refused."""
+    from cyxwiz.errors import ValidationError
+    from cyxwiz.verification.dispute import Resolution, settle_dispute
+
+    w, stakes = staked
+    _job(w, stakes, "job-plain")
+    stakes.ledger.refund(job_id="job-plain", reason="node crashed")
+    with pytest.raises(ValidationError, match="upheld"):
+        stakes.slash(job_id="job-plain", reason="no evidence")
+    _job(w, stakes, "job-d")
+    stakes.ledger.dispute(job_id="job-d", reason="user: a segment does not reproduce")
+    arbiter = StakeLedger(ledger=w.ledger(coordinator=None), policy=stakes.policy)
+    outcome = settle_dispute(
+        Resolution(upheld=True, reason="segment 3 does not reproduce"), job_id="job-d",
+        escrow=arbiter.ledger, node_wallet=None, proof_ref=None, slasher=stakes,
+    )  # fmt: skip
+    share = STAKE * 2500 // 10_000
+    assert outcome == "refund" and stakes.status(peer_id=NODE_PEER).slashed == share
+    assert w.token(w.user) == USER_FUNDS + share  # both escrows refunded, plus the slashed share
