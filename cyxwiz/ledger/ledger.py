@@ -214,72 +214,16 @@ class EscrowLedger:
     ) -> EscrowRecord:
         """Lock funds with a message from :meth:`funding_message` the user's client signed (F1, F3).
 
-        The message must be exactly the lock of ``amount`` from that wallet for that job (re-built here
-        and compared), and the signature must be the wallet's over it; then the fee payer signs and the
-        usual intent protocol runs.
+        The message must be exactly the lock of ``amount`` from that wallet for that job (re-built and
+        compared), and the signature the wallet's over it; then the fee payer signs and the usual intent
+        protocol runs (:func:`cyxwiz.ledger.funding.create_signed`).
         """
-        check_job_id(job_id)
-        check_amount(amount, minimum=self.minimum_payment)
-        user = check_wallet(user_wallet, field="user_wallet")
-        signature = user_signature if isinstance(user_signature, Signature) else _signature(user_signature)
-        try:
-            parsed = Message.from_bytes(message)
-        except Exception:  # solders raises its own parse errors
-            raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
-        expected = txbuild.create_escrow(
-            payer=self._payer.pubkey(), user=user, user_token=txbuild.token_account_of(user, self.mint),
-            mint=self.mint, decimals=self.decimals, multisig=self.multisig, job_id=job_id, amount=amount,
-            rent=self._account_rent(),
+        from cyxwiz.ledger.funding import create_signed
+
+        return create_signed(
+            self, job_id=job_id, user_wallet=user_wallet, amount=amount, message=message,
+            user_signature=user_signature, deadline=deadline, run_id=run_id,
         )  # fmt: skip
-        if (
-            bytes(Message.new_with_blockhash(expected, self._payer.pubkey(), parsed.recent_blockhash))
-            != message
-        ):
-            raise EscrowError(
-                "the funding message is not the lock of this amount from this wallet for this job",
-                field="message",
-                rule="F1",
-            )
-        if not signature.verify(user, message):
-            raise AuthorizationError(
-                "the user's signature does not verify", field="user_signature", rule="F1"
-            )
-        escrow = txbuild.escrow_address(self._payer.pubkey(), job_id)
-        tx = Transaction.populate(parsed, [txbuild.sign_message(self._payer, parsed), signature])
-        new = NewIntent(
-            kind="create",
-            signature=str(tx.signatures[0]),
-            tx=bytes(tx),
-            last_valid_height=self._last_valid(parsed),
-            target_state=EscrowState.LOCKED,
-        )
-        user_token = txbuild.token_account_of(user, self.mint)
-        intent = self.store.insert_creating(
-            row={
-                "job_id": job_id,
-                "amount": amount,
-                "mint": str(self.mint),
-                "user_wallet": str(user),
-                "user_token_account": str(user_token),
-                "escrow_account": str(escrow),
-                "deadline": deadline,
-                "run_id": run_id,
-            },
-            intent=new,
-        )
-        try:
-            self._driver.drive(intent, rebuild=None)
-        except LedgerError as exc:
-            self._record_audit(
-                "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
-            )
-            raise
-        record = self.status(job_id=job_id)
-        self._record_audit(
-            "create", job_id, success=True, amount=amount, source=str(user_token), destination=str(escrow),
-            tx_signature=record.create_signature,
-        )  # fmt: skip
-        return record
 
     def assign(
         self,
@@ -391,27 +335,9 @@ class EscrowLedger:
     def dispute(self, *, job_id: str, reason: str) -> EscrowRecord:
         """Move the funds into the job's dispute escrow: from then on only the arbiter's resolve (with the
         verifier) can move them, on chain (F1). Coordinator + verifier sign the move."""
-        text = check_reason(reason)
-        try:
-            record = self.status(job_id=job_id)
-            self._require_state(record, EscrowState.LOCKED, EscrowState.SETTLING)
-            if self.dispute_multisig is None:
-                raise ConfigError("no dispute multisig is configured", field="dispute_multisig", rule="F1")
-            signers = self._keys("coordinator")
-            cosign: CosignPlan = (self._cosigner(), "dispute", None)
-        except CyxwizError as exc:
-            self._refused("dispute", job_id, exc)
-            raise
-        target = txbuild.dispute_address(self._payer.pubkey(), job_id)
-        intent = self._dispute_intent(record, signers, cosign)
-        moved = self.store.begin_move(
-            record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
-            updates={"dispute_reason": text},
-        )  # fmt: skip
-        self._drive(
-            record, "dispute", moved, target, rebuild=lambda: self._dispute_intent(record, signers, cosign)
-        )
-        return self._done(record, "dispute", target, text)
+        from cyxwiz.ledger.disputes import dispute
+
+        return dispute(self, job_id=job_id, reason=reason)
 
     def resolve(
         self,
@@ -422,32 +348,9 @@ class EscrowLedger:
         proof_ref: str | None = None,
     ) -> EscrowRecord:
         """Arbiter's decision on a disputed escrow; arbiter + verifier sign (the dispute multisig, F1)."""
-        try:
-            if outcome not in ("release", "refund"):
-                raise EscrowError("outcome must be 'release' or 'refund'", field="outcome", rule="F1")
-            record = self.status(job_id=job_id)
-            self._require_state(record, EscrowState.DISPUTED)
-            signers = self._keys("arbiter")
-            cosign: CosignPlan = (self._cosigner(), "resolve", None)
-            wallet = Pubkey.from_string(record.user_wallet)
-            if outcome == "release":
-                target = node_wallet if node_wallet is not None else record.node_wallet
-                if target is None or str(check_wallet(target, field="node_wallet")) != record.node_wallet:
-                    raise WrongRecipientError(
-                        "a disputed escrow is released only to the assigned node",
-                        field="node_wallet",
-                        rule="F1",
-                    )
-                wallet = check_wallet(target, field="node_wallet")
-        except CyxwizError as exc:
-            self._refused(f"resolve.{outcome}", job_id, exc)
-            raise
-        extra: dict[str, Any] = {"resolution": outcome}
-        if proof_ref is not None:
-            extra["proof_ref"] = check_proof_ref(proof_ref)
-        return self._settle(
-            record, outcome, wallet, signers, cosign, updates=extra, allowed=(EscrowState.DISPUTED,)
-        )
+        from cyxwiz.ledger.disputes import resolve
+
+        return resolve(self, job_id=job_id, outcome=outcome, node_wallet=node_wallet, proof_ref=proof_ref)
 
     # -- recovery (see cyxwiz.ledger.recovery) ----------------------------------------------------
 
@@ -505,29 +408,9 @@ class EscrowLedger:
         return self._signed(record.job_id, kind, instructions, signers, cosign, target, recipient=str(wallet))
 
     def _dispute_intent(self, record: EscrowRecord, signers: Signers, cosign: CosignPlan) -> NewIntent:
-        assert self.dispute_multisig is not None
-        instructions = txbuild.dispute_escrow(
-            payer=self._payer.pubkey(),
-            escrow=Pubkey.from_string(record.escrow_account),
-            mint=self.mint,
-            decimals=self.decimals,
-            multisig=self.multisig,
-            dispute_multisig=self.dispute_multisig,
-            job_id=record.job_id,
-            amount=record.amount,
-            rent=self._account_rent(),
-            authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
-        )
-        target = txbuild.dispute_address(self._payer.pubkey(), record.job_id)
-        return self._signed(
-            record.job_id,
-            "dispute",
-            instructions,
-            signers,
-            cosign,
-            EscrowState.DISPUTED,
-            recipient=str(target),
-        )
+        from cyxwiz.ledger.disputes import dispute_intent
+
+        return dispute_intent(self, record, signers, cosign)
 
     def _settle(
         self,
@@ -684,13 +567,6 @@ def _with(record: EscrowRecord, updates: dict[str, Any]) -> EscrowRecord:
     from dataclasses import replace
 
     return replace(record, **{k: v for k, v in updates.items() if k in EscrowRecord.__dataclass_fields__})
-
-
-def _signature(text: str) -> Signature:
-    try:
-        return Signature.from_string(text)
-    except Exception:  # solders raises its own parse errors
-        raise AuthorizationError("not a base58 signature", field="user_signature", rule="F1") from None
 
 
 __all__ = ["AuthorizationError", "EscrowLedger", "EscrowRecord"]

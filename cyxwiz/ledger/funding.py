@@ -1,0 +1,105 @@
+"""A lock funded by the user's own client: the message it signs, and the checks before it is sent (F1, F3).
+
+The control plane never needs the user's key: :meth:`EscrowLedger.funding_message` builds the lock
+transaction's message (fee payer = the control plane), the user's client signs it, and
+:func:`create_signed` re-builds the expected message, compares it byte for byte, checks the user's
+signature, adds the fee payer's and runs the intent protocol.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from solders.message import Message
+from solders.pubkey import Pubkey
+from solders.signature import Signature
+from solders.transaction import Transaction
+
+from cyxwiz.errors import AuthorizationError, EscrowError, LedgerError
+from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.records import EscrowRecord, check_amount, check_job_id, check_wallet
+from cyxwiz.ledger.store import EscrowState, NewIntent
+
+if TYPE_CHECKING:
+    from cyxwiz.ledger.ledger import EscrowLedger
+
+
+def create_signed(
+    ledger: EscrowLedger,
+    *,
+    job_id: str,
+    user_wallet: str | Pubkey,
+    amount: int,
+    message: bytes,
+    user_signature: Signature | str,
+    deadline: dt.datetime | None = None,
+    run_id: str | None = None,
+) -> EscrowRecord:
+    check_job_id(job_id)
+    check_amount(amount, minimum=ledger.minimum_payment)
+    user = check_wallet(user_wallet, field="user_wallet")
+    signature = user_signature if isinstance(user_signature, Signature) else _signature(user_signature)
+    try:
+        parsed = Message.from_bytes(message)
+    except Exception:  # solders raises its own parse errors
+        raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
+    expected = txbuild.create_escrow(
+        payer=ledger._payer.pubkey(), user=user, user_token=txbuild.token_account_of(user, ledger.mint),
+        mint=ledger.mint, decimals=ledger.decimals, multisig=ledger.multisig, job_id=job_id, amount=amount,
+        rent=ledger._account_rent(),
+    )  # fmt: skip
+    if (
+        bytes(Message.new_with_blockhash(expected, ledger._payer.pubkey(), parsed.recent_blockhash))
+        != message
+    ):
+        raise EscrowError(
+            "the funding message is not the lock of this amount from this wallet for this job",
+            field="message",
+            rule="F1",
+        )
+    if not signature.verify(user, message):
+        raise AuthorizationError("the user's signature does not verify", field="user_signature", rule="F1")
+    escrow = txbuild.escrow_address(ledger._payer.pubkey(), job_id)
+    tx = Transaction.populate(parsed, [txbuild.sign_message(ledger._payer, parsed), signature])
+    new = NewIntent(
+        kind="create",
+        signature=str(tx.signatures[0]),
+        tx=bytes(tx),
+        last_valid_height=ledger._last_valid(parsed),
+        target_state=EscrowState.LOCKED,
+    )
+    user_token = txbuild.token_account_of(user, ledger.mint)
+    intent = ledger.store.insert_creating(
+        row={
+            "job_id": job_id,
+            "amount": amount,
+            "mint": str(ledger.mint),
+            "user_wallet": str(user),
+            "user_token_account": str(user_token),
+            "escrow_account": str(escrow),
+            "deadline": deadline,
+            "run_id": run_id,
+        },
+        intent=new,
+    )
+    try:
+        ledger._driver.drive(intent, rebuild=None)
+    except LedgerError as exc:
+        ledger._record_audit(
+            "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
+        )
+        raise
+    record = ledger.status(job_id=job_id)
+    ledger._record_audit(
+        "create", job_id, success=True, amount=amount, source=str(user_token), destination=str(escrow),
+        tx_signature=record.create_signature,
+    )  # fmt: skip
+    return record
+
+
+def _signature(text: str) -> Signature:
+    try:
+        return Signature.from_string(text)
+    except Exception:  # solders raises its own parse errors
+        raise AuthorizationError("not a base58 signature", field="user_signature", rule="F1") from None
