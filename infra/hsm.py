@@ -64,8 +64,10 @@ def start_embedded_hsm(directory: Path) -> HsmKeys:
 
 
 def move_escrow_authorities(demo_ledger: Any, *, passphrase: bytes, keys: HsmKeys) -> Any:
-    """A new 2-of-3 multisig over the token's coordinator, verifier and arbiter keys; the ledger config
-    names them by URI (the sealed authority files of the first provisioning are deleted)."""
+    """The escrow's 2-of-3 multisig (coordinator, verifier, arbiter) and the dispute multisig (arbiter,
+    verifier) re-made over the token's keys; the ledger config names them by URI and the sealed authority
+    files of the first provisioning are deleted. The arbiter pays its own fees, so its token address is
+    funded with SOL."""
     from cyxwiz.keys import open_key_source
     from cyxwiz.keys.solana import SourceSigner
     from cyxwiz.ledger import provision
@@ -83,19 +85,22 @@ def move_escrow_authorities(demo_ledger: Any, *, passphrase: bytes, keys: HsmKey
         multisig = provision.create_multisig(
             chain, payer=payer, authorities=[signers[r].pubkey() for r in ESCROW_ROLES], threshold=2
         )
-        # Disputed funds: the 2-of-2 (arbiter, verifier) multisig over the token's keys too (issue 17).
-        dispute = provision.create_multisig(
-            chain, payer=payer, authorities=[signers["arbiter"].pubkey(), signers["verifier"].pubkey()],
-            threshold=2,
-        )  # fmt: skip
+        changes: dict[str, Any] = {"multisig": str(multisig)}
+        if getattr(config, "dispute_multisig", None):
+            dispute = provision.create_multisig(
+                chain,
+                payer=payer,
+                authorities=[signers["arbiter"].pubkey(), signers["verifier"].pubkey()],
+                threshold=2,
+            )
+            changes["dispute_multisig"] = str(dispute)
+        chain.airdrop(signers["arbiter"].pubkey(), 10**9)
     finally:
         chain.close()
     for role in ESCROW_ROLES:
         old = config.key_path(role)
         if old is not None:
             old.unlink(missing_ok=True)
-    moved = dataclasses.replace(
-        config, multisig=str(multisig), dispute_multisig=str(dispute), keys={**config.keys, **keys.escrow}
-    )
+    moved = dataclasses.replace(config, keys={**config.keys, **keys.escrow}, **changes)
     moved.to_file(demo_ledger.config_path)
     return dataclasses.replace(demo_ledger, config=LedgerConfig.from_file(demo_ledger.config_path))
