@@ -79,6 +79,9 @@ class Federation:
             self.decide(cert)
         except PKIError as exc:
             return f"{exc.message} [rule {exc.rule}]" if exc.rule else exc.message
+        except Exception as exc:  # a certificate the evaluation cannot even read: fail closed
+            log.warning("trust policy evaluation failed: %s", type(exc).__name__)
+            return f"trust policy evaluation failed ({type(exc).__name__}) [rule A7]"
         return None
 
     def write_bundle(self, path: Path) -> Path:

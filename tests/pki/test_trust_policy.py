@@ -309,3 +309,15 @@ def test_fetched_crls_are_checked_before_they_replace_the_file(fresh: Federation
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_certificate_the_policy_cannot_evaluate_is_refused(world: FederationWorld) -> None:
+    """Fail closed: an evaluation error is a refusal naming the rule, never an exception or an accept."""
+    fed = Federation(policy_path=world.policy_path)
+
+    class Unreadable:
+        def public_key(self) -> object:
+            raise ValueError("garbled SubjectPublicKeyInfo")
+
+    reason = fed.refusal(Unreadable())  # type: ignore[arg-type]
+    assert reason is not None and "A7" in reason
