@@ -124,6 +124,7 @@ _TABLE: tuple[Rule, ...] = (
     _rule("gateway.events_in", C.SESSION, "node", P.METRICS_REPORT, R.OWN_EVENTS),
     _rule("gateway.events_out", C.SESSION, "node", P.JOB_READ, R.OWN_EVENTS),
     _rule("gateway.worker_connect", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_WORKER),
+    _rule("gateway.worker_heartbeat", C.SESSION, "node", P.JOB_ACCEPT, R.OWN_WORKER),
 )
 
 RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in _TABLE})

@@ -29,6 +29,7 @@ Scope = Literal[
     "events_in",  # websocket: events the node emits
     "events_out",  # websocket: subscription narrowed to the node's runs
     "worker_connect",  # websocket: worker heartbeat channel of the pool
+    "worker_heartbeat",  # HTTP worker heartbeat: only as the node's own worker
 ]
 
 _ID = r"(?P<id>[0-9a-fA-F-]{36})"
@@ -60,7 +61,7 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"/work_pools/{_POOL}/?", "pool"),
     _r("POST", f"/work_pools/{_POOL}/queues/filter/?", "queue_filter"),
     _r("POST", f"/work_pools/{_POOL}/get_scheduled_flow_runs/?", "scheduled_runs"),
-    _r("POST", f"/work_pools/{_POOL}/workers/heartbeat/?", "pool"),
+    _r("POST", f"/work_pools/{_POOL}/workers/heartbeat/?", "worker_heartbeat"),
     _r("GET", f"/work_queues/{_ID}/?", "work_queue"),
     _r("POST", "/flow_runs/filter/?", "run_filter"),
     _r("GET|PATCH", f"/flow_runs/{_ID}/?", "flow_run"),

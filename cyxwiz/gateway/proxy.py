@@ -24,6 +24,7 @@ from cyxwiz.authz.policies import OPEN_JOB_STATES
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
+from cyxwiz.gateway.events import worker_name
 from cyxwiz.gateway.ids import BODYLESS_METHODS, canonical_uuid, canonical_uuid_or_none, forwarded_headers
 from cyxwiz.gateway.model import Caller, NodeView, artifact_namespace, job_id_of
 from cyxwiz.gateway.policy import Match, match
@@ -250,27 +251,35 @@ class Gateway(WebSocketProxy):
             body, post_filter = self._narrow(kind, caller, body)
         elif kind == "flow_run":
             await self._flow_run(scope, caller, resource, body, m)
-        elif kind in ("deployment", "flow"):
-            view = self.view(caller.node_id)
-            known = m.object_id in (view.deployments if kind == "deployment" else view.flows)
-            self._decide(
-                caller, resource, kind, known, f"{kind} of own run" if known else f"{kind} not of own runs"
-            )
+        elif kind in ("deployment", "flow", "worker_heartbeat", "work_queue"):
+            await self._named_object(caller, resource, body, m, path=path)
         elif kind == "logs":
             await self._logs(caller, resource, _json_list(body))
         elif kind in ("artifact_create", "artifact"):
             body, post_filter = await self._artifact(caller, resource, kind, body, m)
-        elif kind == "work_queue":
-            resp = await self._client.get(path, headers=self._upstream_headers)
-            own = resp.status_code == 200 and resp.json().get("name") == caller.queue
-            self._decide(caller, resource, kind, own, "own queue" if own else "queue of another node")
-            assert m.object_id is not None
-            self.view(caller.node_id).queue_ids.add(m.object_id)
         if kind == "pool" and method == "GET":
             post_filter = self._learn_pool
         if kind in ("global", "pool", "scheduled_runs", "queue_filter", "run_filter"):
             self._decide(caller, resource, kind, True, "allow-listed")
         await self._forward(scope, send, body, post_filter)
+
+    async def _named_object(self, caller: Caller, resource: str, body: bytes, m: Match, *, path: str) -> None:
+        """A deployment, flow, work queue or worker the call names must be the node's own."""
+        kind = m.route.scope
+        view = self.view(caller.node_id)
+        if kind in ("deployment", "flow"):
+            known = m.object_id in (view.deployments if kind == "deployment" else view.flows)
+            why = f"{kind} of own run" if known else f"{kind} not of own runs"
+        elif kind == "worker_heartbeat":
+            known = (_json(body) if body else {}).get("name") == worker_name(caller.queue)
+            why = "own worker" if known else "heartbeat for another worker"
+        else:
+            resp = await self._client.get(path, headers=self._upstream_headers)
+            known = resp.status_code == 200 and resp.json().get("name") == caller.queue
+            why = "own queue" if known else "queue of another node"
+            if known and m.object_id is not None:
+                view.queue_ids.add(m.object_id)
+        self._decide(caller, resource, kind, known, why)
 
     async def _flow_run(
         self, scope: dict[str, Any], caller: Caller, resource: str, body: bytes, m: Match

@@ -68,6 +68,10 @@ class Upstream:
             self.headers.append(dict(request.headers))
             return "3.8.8"
 
+        @api.post("/api/work_pools/{pool}/workers/heartbeat")
+        async def worker_heartbeat(pool: str, request: Request) -> None:
+            self.worker_frames.append({"type": "http-heartbeat", **(await request.json())})
+
         @api.post("/api/artifacts/")
         async def create_artifact(request: Request) -> dict[str, Any]:
             body = await request.json()

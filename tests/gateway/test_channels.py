@@ -298,3 +298,14 @@ def test_websocket_messages_are_rate_limited_per_node(gw: GwEnv) -> None:
         time.sleep(0.5)
     assert [e["event"] for e in gw.upstream.emitted[1:]] == ["flood.0", "flood.1", "flood.2"]
     assert any("too many requests" in r for r in _denied(gw, "events_in.event"))
+
+
+def test_http_worker_heartbeat_only_as_the_nodes_own_worker(gw: GwEnv) -> None:
+    with gw.client("node-a", gw.token("node-a")) as c:
+        ok = c.post(f"/api/work_pools/{POOL}/workers/heartbeat", json={"name": "cyxwiz-node-a"})
+        assert ok.status_code in (200, 204)
+        r = c.post(f"/api/work_pools/{POOL}/workers/heartbeat", json={"name": "cyxwiz-node-b"})
+        assert r.status_code == 403
+        assert c.post(f"/api/work_pools/{POOL}/workers/heartbeat", json={}).status_code == 403
+    assert [f["name"] for f in gw.upstream.worker_frames] == ["cyxwiz-node-a"]
+    assert "heartbeat for another worker" in gw.denials()

@@ -140,19 +140,22 @@ def test_ban_cuts_the_node_off_every_channel_within_5s(both: Both) -> None:
     latency = _closed_within(ws_a, 5.0)
     assert latency is not None and latency <= 5.0, "the banned node's websocket stayed open"
     # The keep-alive HTTP connection was closed (audited), and what the client sends next is refused.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "connection closed: node cut off" not in _reasons(
+        both, "connection.revoke"
+    ):
+        time.sleep(0.05)
     assert "connection closed: node cut off" in _reasons(both, "connection.revoke")
     with contextlib.suppress(httpx.TransportError):
         assert keep_a.get("/api/admin/version").status_code in (401, 403)
-    with both.gw("node-a", a["session_token"]) as again:
-        r = again.get("/api/admin/version")
-        assert r.status_code in (401, 403)
+    # A new connection is refused too: answered 401/403, or aborted by the watcher before it answers.
+    with both.gw("node-a", a["session_token"]) as again, contextlib.suppress(httpx.TransportError):
+        assert again.get("/api/admin/version").status_code in (401, 403)
     # Positive control: node-b keeps its websocket and its connection.
     assert _closed_within(ws_b, 0.5) is None
     assert keep_b.get("/api/admin/version").status_code == 200
-    assert any(
-        e.action == "connection.revoke" or "closed" in str(e.details.get("reason", ""))
-        for e in both.audit.events
-    )
+    closed = _reasons(both, "connection.revoke")
+    assert "websocket closed: node banned" in closed or "websocket closed: session revoked" in closed
     for closeable in (ws_a, ws_b, keep_a, keep_b):
         closeable.close()  # type: ignore[attr-defined]
 
