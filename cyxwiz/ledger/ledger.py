@@ -431,8 +431,11 @@ class EscrowLedger:
         except CyxwizError as exc:
             self._refused(kind, record.job_id, exc, destination=str(wallet))
             raise
+        # Compare-and-set against the state this call read (one of ``allowed``): one statement, and a
+        # concurrent move since then loses here exactly as before.
+        expected = [record.state] if record.state in allowed else list(allowed)
         moved = self.store.begin_move(
-            record.job_id, allowed=list(allowed), transitional=transitional, intent=intent, updates=updates
+            record.job_id, allowed=expected, transitional=transitional, intent=intent, updates=updates
         )
         self._drive(
             record,
