@@ -131,6 +131,10 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in _TABLE
 
 #: Job states in which the node still holds the job (a job token is alive, URLs may be issued).
 OPEN_JOB_STATES = frozenset({"assigned", "running"})
+#: Job states in which the node's run may still report on itself through the gateway: after the proof
+#: is in ("verifying") its outputs are frozen, but the run still sets its final state and logs. Once the
+#: job is settled (released, refunded, failed, cancelled, ...) the job token reaches nothing.
+RUN_LIVE_STATES = OPEN_JOB_STATES | {"verifying"}
 
 
 def rule(name: str) -> Rule:

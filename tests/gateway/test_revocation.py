@@ -186,6 +186,9 @@ def test_job_token_dead_at_the_gateway_once_the_job_ended(both: Both) -> None:
         c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
         headers = {"x-cyxwiz-job-token": job_token}
         assert c.get(f"/api/flow_runs/{run['id']}", headers=headers).status_code == 200
+        # After the proof (verifying) the run may still finish: set its final state, log.
+        both.coord.store.update_job(job.job_id, status="verifying")
+        assert c.get(f"/api/flow_runs/{run['id']}", headers=headers).status_code == 200
         both.coord.store.update_job(job.job_id, status="cancelled")  # what revoke_job_token does
         r = c.get(f"/api/flow_runs/{run['id']}", headers=headers)
         assert r.status_code == 403
