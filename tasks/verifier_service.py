@@ -47,7 +47,25 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     bound = (body.get("node_peer_id"), body.get("node_wallet"), body.get("job_id"))
     if bound != (assignment.get("peer_id"), assignment.get("wallet"), request.job_id):
         return as_dict, "fail"  # the attestation would name another node or job than the one verified
+    if bound[:2] != assigned_node(request.job_id):
+        return as_dict, "fail"  # the caller's assignment is not the coordinator's: never a pass
     return as_dict, verdict_of(as_dict)
+
+
+def assigned_node(job_id: str, channel: Any = None) -> tuple[str | None, str | None]:
+    """(PeerID, payout wallet) of the node the coordinator's own records assign the job to, read here
+    rather than taken from the lifecycle's request: a caller cannot bind a pass to another wallet (F1)."""
+    from cyxwiz.errors import CyxwizError
+    from tasks import services
+    from tasks.coordinator_channel import SchedulerChannel, node_name
+
+    channel = channel or SchedulerChannel.from_config(services.config())
+    try:
+        node_id = channel.job(job_id)["node_id"]
+        record = channel.store.node(node_id)
+        return record.peer_id, channel._wallet(record, node_name(record.subject))
+    except (CyxwizError, KeyError, TypeError):
+        return None, None
 
 
 @app.callback()

@@ -177,19 +177,41 @@ class AttestationPolicy:
 
     trusted: Sequence[x509.Certificate]
     crls: Sequence[x509.CertificateRevocationList] = ()
-    #: signer PEM -> its public key, once the chain, CRLs and role were checked: the CRLs are fixed for
-    #: this policy's life, so the answer is too (but for expiry, checked on every use)
+    #: the CRL files behind ``crls``: re-read when they change, so a verifier certificate revoked at the
+    #: CA stops releasing money without a restart (A6)
+    crl_paths: Sequence[Path] = ()
+    #: signer PEM -> its public key, once the chain, CRLs and role were checked; valid while the CRL files
+    #: are unchanged (and, for expiry, checked on every use)
     _verified: dict[str, tuple[Ed25519PublicKey, dt.datetime]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_files(cls, bundle: Path, *, crls: Sequence[Path] = ()) -> AttestationPolicy:
-        from cyxwiz.pki.certs import load_certificates, load_crls
+        from cyxwiz.pki.certs import load_certificates
 
-        return cls(
-            trusted=load_certificates(bundle), crls=[c for p in crls if p.exists() for c in load_crls(p)]
+        policy = cls(trusted=load_certificates(bundle), crl_paths=tuple(crls))
+        policy._refresh()
+        return policy
+
+    def _current_crls(self) -> Sequence[x509.CertificateRevocationList]:
+        if not self.crl_paths:
+            return self.crls
+        self._refresh()
+        return self._state["crls"]  # type: ignore[no-any-return]
+
+    def _refresh(self) -> None:
+        from cyxwiz.pki.certs import load_crls
+
+        stamps = tuple(
+            (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in self.crl_paths
         )
+        if self._state.get("stamps") == stamps:
+            return
+        self._state["crls"] = [*self.crls, *(c for p in self.crl_paths if p.exists() for c in load_crls(p))]
+        self._state["stamps"] = stamps
+        self._verified.clear()  # a certificate checked against the old CRLs is checked again
 
     def verify_signature(self, value: object) -> ReportAttestation:
         """Signer and signature only (no binding): a valid ``verifier`` certificate signed these bytes."""
@@ -204,6 +226,7 @@ class AttestationPolicy:
         return attestation
 
     def _signer(self, attestation: ReportAttestation) -> Ed25519PublicKey:
+        crls = self._current_crls()
         known = self._verified.get(attestation.certificate)
         if known is not None and dt.datetime.now(dt.UTC) < known[1]:
             return known[0]
@@ -217,7 +240,7 @@ class AttestationPolicy:
                 "the report's signer certificate is not one PEM certificate", field="report.certificate"
             ) from None
         try:
-            verify_certificate(cert, trusted=self.trusted, crls=self.crls, purpose="client")
+            verify_certificate(cert, trusted=self.trusted, crls=crls, purpose="client")
         except CyxwizError as exc:
             raise ReportSignerError(
                 f"the report's signer certificate is refused: {exc.message}",

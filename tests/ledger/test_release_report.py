@@ -8,6 +8,7 @@ releases with the verifier's attestation and finds the report's SHA-256 in the s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from solders.transaction import VersionedTransaction
@@ -22,7 +23,7 @@ from cyxwiz.ledger.attestation import (
 from cyxwiz.ledger.cosign import CosignRefusedError, CosignRequest
 from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
 from cyxwiz.ledger.store import EscrowState, IntentStatus
-from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World, make_pki
 
 
 def _locked(w: World, job_id: str = "job-a", amount: int = 10_000) -> None:
@@ -176,3 +177,14 @@ def test_refund_after_a_failing_report_cites_it_and_a_passing_one_cannot_refund(
     [refund] = [i for i in ledger.store.intents("job-a") if i.kind == "refund"]
     memo = bytes(VersionedTransaction.from_bytes(refund.tx).message.instructions[-1].data).decode()
     assert memo == f"cyxwiz:escrow:refund:job-a:report={'cd' * 32}"
+
+
+def test_a_verifier_certificate_revoked_at_the_ca_releases_nothing_more(tmp_path: Path) -> None:
+    """A6 with F1: the policy re-reads the CRL when it changes; no restart needed."""
+    fresh = make_pki(tmp_path / "pki")
+    fields = {"job_id": "job-a", "node_peer_id": NODE_PEER, "node_wallet": "w", "escrow": "e"}
+    report = fresh.sign(**fields)
+    assert fresh.policy.verify_signature(report.to_json()).verdict == "pass"  # and now cached
+    fresh.dev.revoke(fresh.dev.verifier_cert)
+    with pytest.raises(ReportSignerError, match="revoked"):
+        fresh.policy.verify_signature(report.to_json())

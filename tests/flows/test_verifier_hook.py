@@ -1,0 +1,47 @@
+"""The control plane's verifier service binds a verdict only to the node the coordinator's own records
+assign (F1): a lifecycle that names another wallet gets a ``fail``, never a ``pass``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.pki.certs import load_certificate
+from cyxwiz.pki.devpki import build_dev_pki
+from cyxwiz.pki.peerid import peer_id
+from tasks.coordinator_channel import SchedulerChannel
+from tasks.verifier_service import assigned_node, verdict_of
+
+
+def test_assigned_node_comes_from_the_coordinators_records(tmp_path: Path) -> None:
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-1",))
+    store = CoordinatorStore.from_url(f"sqlite:///{tmp_path / 'c.db'}")
+    channel = SchedulerChannel(store=store, node_wallets={"node-1": "W1"}, crl=pki.crl)
+    cert = load_certificate(pki.node_cert("node-1"))
+    record = store.register_node(
+        peer_id=peer_id(cert), subject=cert.subject.rfc4514_string(),
+        cert_serial=format(cert.serial_number, "x"), hardware={},
+    )  # fmt: skip
+    store.heartbeat(record.node_id)
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    assert assigned_node(job_id, channel) == (None, None)  # not dispatched yet
+    channel.assign(job_id)
+    assert assigned_node(job_id, channel) == (peer_id(cert), "W1")
+    assert assigned_node("job-unknown", channel) == (None, None)
+
+
+def test_verdicts() -> None:
+    passing = {"passed": True, "checks": [{"name": "signature", "passed": True}]}
+    assert verdict_of(passing) == "pass"
+    lied = {
+        "passed": False,
+        "checks": [{"name": "signature", "passed": True}, {"name": "replay", "passed": False}],
+    }
+    assert verdict_of(lied) == "fraud"  # a signed proof whose training does not reproduce
+    crashed = {"passed": False, "checks": [{"name": "proof", "passed": False}]}
+    assert verdict_of(crashed) == "fail"  # no proof (crash, timeout, cancel): never slashed
+    forged = {
+        "passed": False,
+        "checks": [{"name": "signature", "passed": False}, {"name": "replay", "passed": False}],
+    }
+    assert verdict_of(forged) == "fail"  # not provably the node's own claim
