@@ -127,18 +127,10 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
             table.add_row(key)
         console.print(table)
 
-        from cyxwiz.audit.digest import load_signing_key
-        from cyxwiz.audit.verify import verify_log
-
-        signing_key = load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"])
-        # Verified in place: with --keep the services go on authenticating nodes, and each of those
-        # decisions is an audit record, so the log stays open until the stack stops.
-        with stack.audit.writes_paused():
-            report = verify_log(stack.home / "audit", public_key=signing_key.public_key())
-        say(f"audit verify: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
+        audit_ok = _audit_summary(stack)
         console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
         console.print(f"Prefect UI: {stack.prefect.ui_url} (flow runs, logs, verification report artifacts)")
-        ok = verification["passed"] and report.ok and after["node"] > before["node"]
+        ok = verification["passed"] and audit_ok and after["node"] > before["node"]
         if keep:
             console.print("Services stay up; press Ctrl-C to stop them.")
             stop = threading.Event()
@@ -146,6 +138,30 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             stop.wait()
         return 0 if ok else 1
+
+
+def _audit_summary(stack: Any) -> bool:
+    """Anchor the audit log's checkpoint on the ledger, then verify everything (issue 19)."""
+    from solders.pubkey import Pubkey
+
+    from cyxwiz.audit.anchor import verify_with_anchors
+    from cyxwiz.audit.digest import load_signing_key
+    from flows.maintenance import audit_anchor
+
+    audit_anchor()  # what the hourly audit-anchor flow does: the checkpoint root goes on chain
+    # Verified in place: with --keep the services go on writing audit records, so the log stays open.
+    with stack.audit.writes_paused():
+        report = verify_with_anchors(
+            stack.home / "audit",
+            public_key=load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"]).public_key(),
+            anchor_key=Pubkey.from_string(stack.env["CYXWIZ_AUDIT_ANCHOR_PUBKEY"]),
+            rpc_url=stack.ledger.config.rpc_url,
+        )
+    checkpoint = report.checkpoint or {}
+    say(f"audit checkpoint (C2SP signed note): size {checkpoint.get('size')}, root {checkpoint.get('root')}")
+    say(f"anchored checkpoints on the ledger: {report.anchors_checked}")
+    say(f"audit verify --anchors: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
+    return report.ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,7 +146,10 @@ def verify(request: JobRequest, dispatched: dict[str, Any], escrow: dict[str, An
         markdown=report.to_markdown(),
         description=f"Verification report of {request.job_id}",
     )
-    return {**report.to_dict(), "attestation": attestation}
+    verdict = {**report.to_dict(), "attestation": attestation}
+    # The verdict is an audit event; its leaf hash is what the settlement memo cites (issue 19).
+    verdict["audit_event"] = services.audit_verdict(verdict, node_id=dispatched["assignment"].get("node_id"))
+    return verdict
 
 
 @task(name="settle-escrow")

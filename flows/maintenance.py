@@ -88,6 +88,33 @@ def audit_maintenance() -> dict[str, Any]:
     return summary
 
 
+@flow(name="audit-anchor")
+def audit_anchor() -> dict[str, Any]:
+    """Put the latest signed audit checkpoint's root on the ledger as a memo from the dedicated anchoring
+    wallet (hourly; H4). Idempotent: a checkpoint already anchored is not sent again."""
+    from cyxwiz.audit.anchor import anchor_latest, anchored_count
+
+    log = services.audit()
+    log.checkpoint()  # what is written now is what gets anchored
+    chain, payer = services.anchor_wallet()
+    try:
+        anchor = anchor_latest(
+            services.config().audit_dir, chain=chain, payer=payer, public_key=services.audit_public_key()
+        )
+    finally:
+        chain.close()
+    if anchor is not None:
+        get_run_logger().info(
+            "anchored audit checkpoint %s (size %s) in %s", anchor.root.hex(), anchor.size, anchor.signature
+        )
+    return {
+        "anchored": anchor is not None,
+        "size": anchor.size if anchor else None,
+        "signature": anchor.signature if anchor else None,
+        "anchors": anchored_count(services.config().audit_dir),
+    }
+
+
 @flow(name="signing-key-rotation")
 def signing_key_rotation(force: bool = False) -> dict[str, Any]:
     """Start a new JWT signing key every rotation period (30 d); drop retired keys once unusable (B4)."""
@@ -105,6 +132,9 @@ def signing_key_rotation(force: bool = False) -> dict[str, Any]:
     pruned = ring.prune(now=now)
     if rotated or pruned:
         ring_store.save(ring)
+        from cyxwiz.audit import events as ev
+
+        services.audit().record(ev.key_rotation(kind="token-signing-key", new_id=rotated, retired=pruned))
     return {"rotated": rotated, "pruned": pruned}
 
 

@@ -258,6 +258,7 @@ def embedded_stack(
         store, master = _open_store(home, env)
         audit = _open_audit(home, env, store, key_uri=keys.audit if keys else None)
         stack.callback(audit.close)
+        _anchor_wallet(home, env, rpc_url=ledger_service.rpc_url, passphrase=passphrase.encode())
 
         coordinator_dir = home / "coordinator"
         coordinator = _start_coordinator(
@@ -379,6 +380,26 @@ def _open_audit(home: Path, env: dict[str, str], store: Any, *, key_uri: str | N
     )
 
 
+def _anchor_wallet(home: Path, env: dict[str, str], *, rpc_url: str, passphrase: bytes) -> None:
+    """A dedicated low-value wallet (fees only, sealed 0600) that pays the audit-anchor memos (H4)."""
+    from solders.keypair import Keypair
+
+    from cyxwiz.ledger.keystore import KdfParams, write_keypair
+    from cyxwiz.ledger.rpc import RpcChain
+
+    wallet = Keypair()
+    chain = RpcChain(url=rpc_url)
+    try:
+        chain.airdrop(wallet.pubkey(), 10**8)
+    finally:
+        chain.close()
+    path = home / "audit-anchor.key"
+    write_keypair(path, wallet, passphrase=passphrase, params=KdfParams.fast_for_tests(), overwrite=True)
+    values = {"CYXWIZ_AUDIT_ANCHOR_KEY": str(path), "CYXWIZ_AUDIT_ANCHOR_PUBKEY": str(wallet.pubkey())}
+    env.update(values)
+    os.environ.update(values)
+
+
 def _open_store(home: Path, env: dict[str, str]) -> tuple[Any, Any]:
     """The local object store with a fresh master key in a 0600 file (envelope encryption, D2)."""
     from cyxwiz.storage.crypto import MasterKey
@@ -464,7 +485,7 @@ def _start_coordinator(
     signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
     # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
     handle.app.app.mount(  # type: ignore[attr-defined]
-        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects")
+        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects", audit=audit)
     )
     handle.server.start()
     return handle

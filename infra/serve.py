@@ -152,7 +152,7 @@ def build_production_coordinator(env: Mapping[str, str]) -> Any:
     signer.target = UrlSigner.from_master_key(master, base_url=f"{public_url.rstrip('/')}/objects")
     # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
     handle.app.app.mount(  # type: ignore[attr-defined]
-        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects")
+        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects", audit=audit)
     )
     return handle.server
 

@@ -35,10 +35,14 @@ def audit() -> Any:
 
     from cyxwiz.audit import AuditLog, ObjectStoreArchive
 
-    # Closed days are sealed with a signed digest (CYXWIZ_AUDIT_SIGNING_KEY) and archived to the object
-    # store, encrypted (H3); the log directory comes from the control-plane config.
+    # Closed days are sealed with a signed digest (CYXWIZ_AUDIT_SIGNING_KEY) and archived, encrypted and
+    # verified after upload, to the store the control plane is configured with: S3 when CYXWIZ_STORE_URL
+    # or CYXWIZ_S3_BUCKET says so, else the local store root (H3). The directory comes from the config.
+    from cyxwiz.storage.config import open_store
+
     env = {**os.environ, "CYXWIZ_AUDIT_DIR": str(config().audit_dir)}
-    return AuditLog.from_env(env, archive=ObjectStoreArchive(store=store(), encrypt=True))
+    archive_store = open_store(environ={"CYXWIZ_STORE_ROOT": str(config().store_root), **os.environ})
+    return AuditLog.from_env(env, archive=ObjectStoreArchive(store=archive_store, encrypt=True))
 
 
 def audit_public_key() -> Any:
@@ -52,6 +56,43 @@ def audit_public_key() -> Any:
     if pinned:
         return load_public_key(Path(pinned))
     return audit().signing_key.public_key()
+
+
+def anchor_wallet() -> tuple[Any, Any]:
+    """(ledger chain client, the dedicated low-value anchoring wallet) for the ``audit-anchor`` flow:
+    the sealed key in ``CYXWIZ_AUDIT_ANCHOR_KEY`` (passphrase ``CYXWIZ_LEDGER_PASSPHRASE``), the RPC URL
+    of the ledger config. The wallet holds fee money only; it never touches escrow (H4)."""
+    import os
+
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
+    from cyxwiz.ledger.rpc import RpcChain
+
+    path = os.environ.get("CYXWIZ_AUDIT_ANCHOR_KEY")
+    if not path:
+        raise ConfigError("no anchoring wallet configured", field="CYXWIZ_AUDIT_ANCHOR_KEY", rule="H4")
+    payer = load_keypair(Path(path), passphrase=passphrase_from_env())
+    return RpcChain(url=LedgerConfig.from_file(config().ledger_config).rpc_url), payer
+
+
+def audit_verdict(report: dict[str, Any], *, node_id: str | None = None) -> dict[str, Any]:
+    """Record the verification verdict (H2/F1) and return where it landed: ``event_id``, ``seq`` and
+    ``leaf_hash`` (the leaf the escrow release/refund memo cites; ``cyxwiz audit prove EVENT_ID``)."""
+    from cyxwiz.audit import events as ev
+
+    checks = report.get("checks", [])
+    receipt = audit().record(
+        ev.verification_outcome(
+            job_id=str(report["job_id"]),
+            passed=bool(report["passed"]),
+            failed_checks=[f"{c['name']}: {c.get('reason', '')}"[:300] for c in checks if not c["passed"]],
+            checks=[str(c["name"]) for c in checks],
+            node_id=node_id,
+            proof_sha256=report.get("proof_sha256"),
+        )
+    )
+    return {"event_id": receipt.event_id, "seq": receipt.seq, "leaf_hash": receipt.leaf_hash}
 
 
 @functools.cache

@@ -2,8 +2,10 @@
 
 The log needs only two things from an archive, so the interface is that small: ``put_file`` and
 ``exists``. :class:`LocalDirectoryArchive` is the embedded default; :class:`ObjectStoreArchive` adapts any
-object store with ``put_file(key, path, *, encrypt=...)`` and ``head(key)`` (``cyxwiz.storage.ObjectStore``
-has that shape) and asks it to encrypt client-side.
+object store with ``put_file(key, path, *, encrypt=...)``, ``head(key)`` and ``check(key)``
+(``cyxwiz.storage`` local and S3 stores have that shape) and asks it to encrypt client-side. Every upload
+is read back and verified end to end (decrypted, hashed, compared with the local file) before it counts,
+so retention never deletes a day whose only other copy is damaged.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class LocalDirectoryArchive:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if hashlib.sha256(target.read_bytes()).hexdigest() != digest:
+            raise AuditError("archived copy differs from the local file after upload", path=key, rule="H3")
         return digest
 
     def exists(self, key: str) -> bool:
@@ -82,6 +86,8 @@ class _StoreLike(Protocol):
 
     def head(self, key: str) -> Any: ...
 
+    def check(self, key: str) -> Any: ...
+
 
 class ObjectStoreArchive:
     """Adapter: an object store (S3 or local, ``cyxwiz.storage``) as an :class:`AuditArchive`."""
@@ -91,7 +97,17 @@ class ObjectStoreArchive:
         self.encrypt = encrypt
 
     def put_file(self, key: str, path: Path) -> object:
-        return self.store.put_file(key, path, encrypt=self.encrypt)
+        """Upload (encrypted), then read the object back through every check of the store (tag, stored
+        hash, decryption) and compare its plaintext hash with the local file's (H3: verified archive)."""
+        local = _sha256_file(path)
+        self.store.put_file(key, path, encrypt=self.encrypt)
+        try:
+            info = self.store.check(key)
+        except StorageError as exc:
+            raise AuditError(f"archived copy fails verification: {exc}", path=key, rule="H3") from exc
+        if getattr(info, "sha256", None) != local:
+            raise AuditError("archived copy differs from the local file after upload", path=key, rule="H3")
+        return info
 
     def exists(self, key: str) -> bool:
         try:
@@ -102,3 +118,11 @@ class ObjectStoreArchive:
             # Unknown is not "absent": retention must not delete a day on a transient error.
             raise AuditError(f"cannot check archive: {exc}", path=key) from exc
         return True
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

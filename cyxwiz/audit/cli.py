@@ -16,6 +16,7 @@ from cyxwiz.errors import ConfigError, NotFoundError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from solders.pubkey import Pubkey
 
 app = new_app(help="Security audit log: verify its hash chain and signed digests, tail and query events.")
 
@@ -89,9 +90,30 @@ def verify(
             "--checkpoint", help="A signed checkpoint you kept earlier (repeatable): must still hold."
         ),
     ] = None,
+    anchors: Annotated[
+        bool, typer.Option("--anchors", help="Also check the checkpoints anchored on the ledger.")
+    ] = False,
+    anchor_key: Annotated[
+        str | None,
+        typer.Option(
+            "--anchor-key",
+            envvar="CYXWIZ_AUDIT_ANCHOR_PUBKEY",
+            help="The pinned anchoring wallet (base58 public key) whose memos count.",
+            show_default=False,
+        ),
+    ] = None,
+    rpc_url: Annotated[
+        str | None,
+        typer.Option(
+            "--rpc-url",
+            help="Ledger JSON-RPC URL (default: rpc_url of $CYXWIZ_LEDGER_CONFIG).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
 ) -> None:
-    """Check every record, the chain, the signed digests, the Merkle tree and every signed checkpoint.
+    """Check every record, the chain, the signed digests, the Merkle tree and every signed checkpoint
+    (and, with --anchors, every checkpoint root anchored on the ledger).
 
     Exit 0 when intact; exit 1 and name the first broken link (file:line) otherwise.
     """
@@ -100,7 +122,15 @@ def verify(
     key = _pinned(public_key)
     kept = [_read(p, "checkpoint") for p in checkpoint or []]
     directory = _path(path)
-    report = verify_log(directory, public_key=key, checkpoints=kept)
+    if anchors:
+        from cyxwiz.audit.anchor import verify_with_anchors
+
+        pinned, url = _anchor_target(anchor_key, rpc_url)
+        report = verify_with_anchors(
+            directory, public_key=key, anchor_key=pinned, rpc_url=url, checkpoints=kept
+        )
+    else:
+        report = verify_log(directory, public_key=key, checkpoints=kept)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -112,6 +142,7 @@ def verify(
             typer.echo(
                 f"OK: {report.records} records in {report.files} files over {len(report.days)} days; "
                 f"{report.checkpoints_checked} signed checkpoints hold{head}"
+                + (f"; {report.anchors_checked} anchors on the ledger hold" if anchors else "")
             )
         else:
             typer.echo(f"BROKEN: {report.first}")
@@ -121,6 +152,27 @@ def verify(
                 typer.echo(f"  … {len(report.problems) - 20} more")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _anchor_target(anchor_key: str | None, rpc_url: str | None) -> tuple[Pubkey, str]:
+    from solders.pubkey import Pubkey
+
+    if not anchor_key:
+        raise ConfigError(
+            "--anchors needs the pinned anchoring wallet",
+            field="--anchor-key",
+            rule="H4",
+            hint="pass --anchor-key PUBKEY or set CYXWIZ_AUDIT_ANCHOR_PUBKEY",
+        )
+    try:
+        pinned = Pubkey.from_string(anchor_key)
+    except ValueError:
+        raise ConfigError("not a base58 public key", field="--anchor-key") from None
+    if rpc_url is None:
+        from cyxwiz.ledger.config import LedgerConfig
+
+        rpc_url = LedgerConfig.from_env().rpc_url
+    return pinned, rpc_url
 
 
 @app.command()

@@ -30,17 +30,22 @@ __all__ = [
     "Outcome",
     "SecurityEvent",
     "access_decision",
+    "admin_action",
     "auth_attempt",
     "certificate_rejected",
     "configuration_change",
     "data_access",
     "integrity_alert",
     "job_submitted",
+    "key_rotation",
     "make_event",
     "node_registered",
     "payment",
+    "presigned_url_issued",
+    "presigned_url_used",
     "revocation",
     "token_issued",
+    "verification_outcome",
 ]
 
 
@@ -452,4 +457,148 @@ def integrity_alert(*, resource: str, reason: str, at: datetime | None = None) -
         action="audit.tamper_detected",
         outcome=Outcome.FAILURE,
         details={"reason": reason},
+    )
+
+
+# --- issue 19 coverage: verification verdicts, presigned data access, admin actions, rotations ------
+
+
+def verification_outcome(
+    *,
+    job_id: str,
+    passed: bool,
+    failed_checks: Sequence[str] = (),
+    checks: Sequence[str] = (),
+    node_id: str | None = None,
+    proof_sha256: str | None = None,
+    actor_id: str = "verifier",
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """The verdict on a job's result (F1): pass or fail, with the checks that failed. Its leaf hash is
+    what the escrow release/refund memo cites, so the payment and its reason are provably linked."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.DATA_ACCESS,
+        actor_id=actor_id,
+        actor_type=ActorType.SERVICE,
+        resource=f"job:{job_id}",
+        action="job.verify",
+        outcome=_outcome(passed),
+        details=_clean(
+            {
+                "passed": passed,
+                "failed_checks": list(failed_checks),
+                "checks": list(checks) or None,
+                "node_id": node_id,
+                "proof_sha256": proof_sha256,
+            }
+        ),
+    )
+
+
+def presigned_url_issued(
+    *,
+    actor_id: str,
+    actor_type: ActorType | str,
+    key: str,
+    method: str,
+    expires_in_s: int | None = None,
+    job_id: str | None = None,
+    sha256: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A presigned object URL was handed out (the URL itself, a bearer credential, is never logged)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.DATA_ACCESS,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=f"object:{key}",
+        action="object.presign",
+        outcome=Outcome.SUCCESS,
+        ip_address=ip_address,
+        details=_clean({"method": method, "expires_in_s": expires_in_s, "job_id": job_id, "sha256": sha256}),
+    )
+
+
+def presigned_url_used(
+    *,
+    key: str,
+    method: str,
+    success: bool,
+    status: int | None = None,
+    reason: str | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A presigned URL was presented to the object endpoint: served, or refused (expired, tampered)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.DATA_ACCESS,
+        actor_id=ip_address or "presigned-url",
+        actor_type=ActorType.ANONYMOUS,
+        resource=f"object:{key or '-'}",
+        action="object.presigned_use",
+        outcome=Outcome.SUCCESS if success else Outcome.DENIED,
+        ip_address=ip_address,
+        details=_clean({"method": method, "status": status, "reason": reason}),
+    )
+
+
+def admin_action(
+    *,
+    actor_id: str,
+    action: str,
+    target: str,
+    success: bool = True,
+    reason: str | None = None,
+    details: Mapping[str, JsonValue] | None = None,
+    ip_address: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """An administrator acted (drain/ban/revoke a node, read every job, read the configuration…)."""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.CONFIGURATION,
+        actor_id=actor_id,
+        actor_type=ActorType.ADMIN,
+        resource=target,
+        action=f"admin.{action}",
+        outcome=_outcome(success),
+        ip_address=ip_address,
+        details=_clean({"reason": reason, **dict(details or {})}),
+    )
+
+
+def key_rotation(
+    *,
+    kind: str,
+    new_id: str | None,
+    old_id: str | None = None,
+    retired: Sequence[str] = (),
+    actor_id: str = "maintenance",
+    actor_type: ActorType | str = ActorType.SYSTEM,
+    success: bool = True,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> SecurityEvent:
+    """A key or certificate was rotated. ``kind``: "token-signing-key", "certificate", "audit-key"…"""
+    return make_event(
+        timestamp=at or datetime.now(UTC),
+        event_type=EventType.CONFIGURATION,
+        actor_id=actor_id,
+        actor_type=actor_type,
+        resource=f"{kind}:{new_id or old_id or '-'}",
+        action=f"{'certificate' if kind == 'certificate' else 'key'}.rotate",
+        outcome=_outcome(success),
+        details=_clean(
+            {
+                "kind": kind,
+                "new_id": new_id,
+                "old_id": old_id,
+                "retired": list(retired) or None,
+                "reason": reason,
+            }
+        ),
     )

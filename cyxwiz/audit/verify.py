@@ -38,7 +38,7 @@ from cyxwiz.audit.records import (
     parse_line,
 )
 from cyxwiz.audit.report import MAX_PROBLEMS, Kind, Problem, VerifyReport
-from cyxwiz.audit.tree_checks import check_tree_and_checkpoints, collect_checkpoints
+from cyxwiz.audit.tree_checks import Signed, check_tree_and_checkpoints, collect_checkpoints
 from cyxwiz.errors import AuditError, NotFoundError
 
 __all__ = ["Kind", "Problem", "VerifyReport", "verify_log"]
@@ -286,10 +286,12 @@ def verify_log(
     public_key: Ed25519PublicKey,
     checkpoints: Sequence[bytes] = (),
     origin: str | None = None,
+    anchored: Sequence[tuple[int, bytes, str]] = (),
 ) -> VerifyReport:
     """Verify a log directory (all days, digests, the Merkle tree and every signed checkpoint) or a
     single day file (its chain only), trusting ``public_key`` alone. ``checkpoints`` are signed notes a
-    party kept (``--checkpoint FILE``); ``origin`` pins the log's name in them."""
+    party kept (``--checkpoint FILE``); ``origin`` pins the log's name in them; ``anchored`` are (size,
+    root, source) read from on-chain anchors already checked (:func:`cyxwiz.audit.anchor.check_anchors`)."""
     if not isinstance(public_key, Ed25519PublicKey):
         raise AuditError("verify needs the pinned Ed25519 public key of the audit log", field="public_key")
     path = Path(path)
@@ -310,6 +312,7 @@ def verify_log(
     signed = collect_checkpoints(
         path, key=public_key, extra=checkpoints, origin=origin, problem=verifier.problem
     )
+    signed += [Signed(source=source, size=size, root=root, own=False) for size, root, source in anchored]
     pruned = _verify_directory(path, verifier)
     check_tree_and_checkpoints(
         path, report=report, leaves=verifier.leaves, pruned=pruned, signed=signed, problem=verifier.problem

@@ -20,14 +20,18 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
+from cyxwiz.audit.events import presigned_url_used
 from cyxwiz.errors import CyxwizError, IntegrityError, PresignError
 from cyxwiz.storage import layout
 from cyxwiz.storage.base import BaseObjectStore
 from cyxwiz.storage.crypto import MasterKey
 from cyxwiz.storage.presign import DEFAULT_EXPIRY, PresignedRequest, check_content, check_expiry
+
+if TYPE_CHECKING:
+    from cyxwiz.audit import AuditSink
 
 _PARAMS = frozenset({"exp", "sha256", "size", "sig"})
 
@@ -212,13 +216,24 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def asgi_app(
-    *, store: BaseObjectStore, signer: UrlSigner, mount: str = ""
+    *, store: BaseObjectStore, signer: UrlSigner, mount: str = "", audit: AuditSink | None = None
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """A minimal ASGI app serving presigned GET/PUT under ``mount`` (e.g. ``/store``).
 
     The URL is verified before any body byte is read, and a PUT body is read only up to its bound size.
+    Every presented URL, served or refused, is an audit event when ``audit`` is given (H2 data access).
     """
     mount = mount.rstrip("/")
+
+    def note(scope: Scope, key: str, response: HttpResponse, reason: str | None = None) -> None:
+        if audit is not None:
+            client = scope.get("client")
+            audit.record(
+                presigned_url_used(
+                    key=key, method=str(scope.get("method")), success=response.status < 400,
+                    status=response.status, reason=reason, ip_address=client[0] if client else None,
+                )
+            )  # fmt: skip
 
     async def respond(send: Send, response: HttpResponse) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
@@ -244,7 +259,8 @@ def asgi_app(
         try:
             grant = signer.verify(scope["method"], key, query)
         except CyxwizError as exc:
-            await respond(send, _problem(exc))
+            note(scope, key, refused := _problem(exc), exc.message)
+            await respond(send, refused)
             return
         body = bytearray()
         if grant.method == "PUT":
@@ -257,6 +273,8 @@ def asgi_app(
                 if len(body) > limit:
                     await respond(send, _problem(IntegrityError("body larger than the bound size", path=key)))
                     return
-        await respond(send, serve_grant(store, grant, bytes(body)))
+        served = serve_grant(store, grant, bytes(body))
+        note(scope, key, served)
+        await respond(send, served)
 
     return app

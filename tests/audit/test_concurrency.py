@@ -6,6 +6,7 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,28 @@ log.close()
 
 def _forked_writer(log: AuditLog, worker: int) -> None:
     # Uses the handle inherited from the parent: the at-fork hook must give this process its own lock.
+    errors: list[str] = []
+
     def burst(thread: int) -> None:
-        for i in range(PER_WORKER // 2):
-            log.record(sample_event(worker * 10_000 + thread * 1_000 + i))
+        try:
+            for i in range(PER_WORKER // 2):
+                log.record(sample_event(worker * 10_000 + thread * 1_000 + i))
+        except BaseException:
+            errors.append(traceback.format_exc())
+            raise
 
     threads = [threading.Thread(target=burst, args=(t,)) for t in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    log.close()
+    try:
+        log.close()
+    except BaseException:
+        errors.append(traceback.format_exc())
+    if errors:  # the parent shows why this child failed
+        (log.directory.parent / f"child-{worker}.err").write_text("\n".join(errors))
+        raise SystemExit(1)
 
 
 @pytest.mark.slow
@@ -65,9 +78,10 @@ def test_processes_and_threads_append_to_one_verifiable_chain(
         p.start()
     for _ in range(PER_WORKER):
         log.record(sample_event(1))  # the parent keeps writing through its cached head meanwhile
-    for p in forked:
+    for n, p in enumerate(forked, start=1):
         p.join(60)
-        assert p.exitcode == 0
+        err = log_dir.parent / f"child-{n}.err"
+        assert p.exitcode == 0, err.read_text() if err.exists() else f"child {n} exit {p.exitcode}"
     for sp in spawned:
         assert sp.wait(60) == 0
     log.close()

@@ -22,7 +22,13 @@ _STATUS = {"drain": "draining", "ban": "banned", "activate": "active", "revoke":
 def admin_nodes(
     request: Request, access: Annotated[Access, Depends(Allow("admin.nodes"))]
 ) -> list[dict[str, Any]]:
-    return [node_payload(n) for n in coordinator(request).store.list_nodes()]
+    ctx = coordinator(request)
+    ctx.record(
+        ev.admin_action(
+            actor_id=access.who.principal_id, action="nodes.list", target="nodes", ip_address=access.who.ip
+        )
+    )
+    return [node_payload(n) for n in ctx.store.list_nodes()]
 
 
 @router.post("/v1/admin/nodes/{node_id}/{action}")
@@ -48,6 +54,12 @@ def admin_node_action(
             ev.revocation(actor_id=caller.principal_id, kind="node", target=node_id, reason=body.reason)
         )
     ctx.record(
+        ev.admin_action(
+            actor_id=caller.principal_id, action=f"node.{action}", target=f"node:{node_id}",
+            reason=body.reason, ip_address=caller.ip,
+        )
+    )  # fmt: skip
+    ctx.record(
         ev.configuration_change(
             actor_id=caller.principal_id,
             setting=f"node:{node_id}:status",
@@ -62,14 +74,26 @@ def admin_node_action(
 def admin_jobs(
     request: Request, access: Annotated[Access, Depends(Allow("admin.jobs"))]
 ) -> list[dict[str, Any]]:
-    return [j.public() for j in coordinator(request).store.list_jobs()]
+    ctx = coordinator(request)
+    ctx.record(
+        ev.admin_action(
+            actor_id=access.who.principal_id, action="jobs.list", target="jobs", ip_address=access.who.ip
+        )
+    )
+    return [j.public() for j in ctx.store.list_jobs()]
 
 
 @router.get("/v1/admin/config")
 def admin_config(
     request: Request, access: Annotated[Access, Depends(Allow("admin.config.read"))]
 ) -> dict[str, Any]:
-    return coordinator(request).store.all_config()
+    ctx = coordinator(request)
+    ctx.record(
+        ev.admin_action(
+            actor_id=access.who.principal_id, action="config.read", target="config", ip_address=access.who.ip
+        )
+    )
+    return ctx.store.all_config()
 
 
 @router.put("/v1/admin/config/{key}")

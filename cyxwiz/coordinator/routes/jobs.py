@@ -104,7 +104,15 @@ def urls(
         raise ValidationError("object name must be a relative path without '..'", field="name", rule="E5")
     if body.kind == "input" and body.method != "GET":
         raise AuthorizationError("inputs are read-only", field="method", rule="C3")
-    url = coordinator(request).hooks.presign(
+    ctx = coordinator(request)
+    url = ctx.hooks.presign(
         job, kind=body.kind, name=body.name, method=body.method, sha256=body.sha256, size=body.size
     )
+    who = access.who
+    ctx.record(
+        ev.presigned_url_issued(
+            actor_id=who.principal_id, actor_type=who.actor_type, key=f"{body.kind}/{body.name}",
+            method=body.method, job_id=job_id, sha256=body.sha256, ip_address=who.ip,
+        )
+    )  # fmt: skip
     return {"job_id": job_id, "url": url, "method": body.method}
