@@ -160,7 +160,8 @@ def _audit_summary(stack: Any) -> bool:
     checkpoint = report.checkpoint or {}
     say(f"audit checkpoint (C2SP signed note): size {checkpoint.get('size')}, root {checkpoint.get('root')}")
     say(f"anchored checkpoints on the ledger: {report.anchors_checked}")
-    say(f"audit verify --anchors: {'OK' if report.ok else 'BROKEN: ' + str(report.first)}")
+    verdict = "OK" if report.ok else f"BROKEN: {report.first}"
+    say(f"audit verify: {verdict} (pinned key; signed checkpoints, Merkle tree and ledger anchors checked)")
     return report.ok
 
 
