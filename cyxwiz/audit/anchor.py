@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cyxwiz.audit.checkpoint import verify_checkpoint
-from cyxwiz.audit.records import CHECKPOINT_FILE
+from cyxwiz.audit.signer import read_latest_checkpoint
 from cyxwiz.errors import AuditError, AuditIntegrityError, LedgerError
 
 if TYPE_CHECKING:
@@ -114,9 +114,8 @@ def anchor_latest(
     from cyxwiz.ledger import txbuild
 
     directory = Path(directory)
-    try:
-        note = (directory / CHECKPOINT_FILE).read_bytes()
-    except FileNotFoundError:
+    note = read_latest_checkpoint(directory)
+    if note is None:
         return None  # nothing written yet
     cp = verify_checkpoint(note, public_key=public_key)
     done = read_anchors(directory)

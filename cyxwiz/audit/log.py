@@ -180,6 +180,7 @@ class AuditLog:
         self._alert: SecurityEvent | None = None
         self._checkpoint = b"\x00"  # the .head bytes we last wrote; never matches before the first write
         self._day_end = datetime.min.replace(tzinfo=UTC)  # start of the day after the head day
+        self._day_end_ts = float("-inf")
         self._open_lock_file()
         _open_logs.add(self)
 
@@ -290,7 +291,11 @@ class AuditLog:
         data = _serialize(event)
         if len(data) > MAX_EVENT_BYTES:
             data = _serialize(event.model_copy(update={"details": {"truncated_bytes": len(data)}}))
-        now = self.clock()
+        clock = self.clock
+        # The system clock as a float is a tenth of the cost of an aware datetime; the day check only
+        # needs the timestamp (a test clock still goes through its datetime).
+        now_dt = None if clock is _system_clock else clock()
+        now = time.time() if now_dt is None else now_dt.timestamp()
         rolled = False
         with self._lock:
             if self._closed:
@@ -305,20 +310,23 @@ class AuditLog:
                     cp = self._checkpoint
                     tree = self._tree
                     if not (
-                        now < self._day_end
+                        now < self._day_end_ts
                         and head_map is not None
                         and head_map[: len(cp)] == cp
                         and tree is not None
                         and tree.frontier is not None
                     ):
-                        rolled = self._sync_head(now)
+                        rolled = self._sync_head(now_dt or datetime.fromtimestamp(now, UTC))
                         if self._alert is not None:
                             self._append(_serialize(self._alert))
                             self._alert = None
                     receipt = Receipt(self._seq + 1, self._append(data), event.event_id)
-                    if self.fsync != "none":
-                        self._maybe_fsync()
-                    if time.monotonic() >= self._sign_due:
+                    mono = time.monotonic()
+                    if self.fsync != "none" and (
+                        self.fsync == "always" or mono - self._last_sync >= self.fsync_interval
+                    ):
+                        self._fsync(mono)
+                    if mono >= self._sign_due:
                         self._sign()
                 finally:
                     fcntl.flock(lock_fd, fcntl.LOCK_UN)
@@ -396,23 +404,28 @@ class AuditLog:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _append(self, data: bytes) -> bytes:
-        assert self._tree is not None
-        line, digest, leaf = build_record(self._seq + 1, self._prev, data)
+        tree = self._tree
+        assert tree is not None
+        seq = self._seq + 1
+        line, digest, leaf = build_record(seq, self._prev, data)
         # The leaf joins the tree before the line is written; nodes reach the file in batches (a lost or
         # stale batch is recomputed from the records by the next writer, see TreeWriter.sync).
-        self._tree.add(leaf)
-        self._write_all(line)
-        self._seq += 1
+        tree.add(leaf)
+        written = os.write(self._fd, line)
+        if written != len(line):
+            self._write_all(line[written:])  # only on a nearly full disk: files take whole writes
+        self._seq = seq
         self._prev = digest
         self._size += len(line)
         self._dirty = True
         # The writers' cache token (unauthenticated): a later writer compares it with what it wrote last.
-        checkpoint = b"%s %d %s\n" % (self._day, self._seq, digest.encode("ascii"))
-        if self._head_map is not None:
-            self._head_map[: len(checkpoint)] = checkpoint  # shared mapping: no system call per record
+        token = b"%s %d %s\n" % (self._day, seq, line[9:73])
+        head_map = self._head_map
+        if head_map is not None:
+            head_map[: len(token)] = token  # shared mapping: no system call per record
         else:
-            os.pwrite(self._lock_fd, checkpoint, 0)
-        self._checkpoint = checkpoint
+            os.pwrite(self._lock_fd, token, 0)
+        self._checkpoint = token
         return leaf
 
     def _write_all(self, line: bytes) -> None:
@@ -422,11 +435,9 @@ class AuditLog:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def _maybe_fsync(self) -> None:
-        now = time.monotonic()
-        if self.fsync == "always" or now - self._last_sync >= self.fsync_interval:
-            os.fdatasync(self._fd)
-            self._last_sync = now
+    def _fsync(self, now: float) -> None:
+        os.fdatasync(self._fd)
+        self._last_sync = now
 
     def _sync_head(self, now: datetime) -> bool:
         """Under the write lock: make (fd, seq, prev, tree) the current chain head. True if the day moved."""
@@ -459,6 +470,7 @@ class AuditLog:
         self._day_end = datetime.combine(
             date.fromisoformat(head.decode("ascii")) + timedelta(days=1), datetime.min.time(), tzinfo=UTC
         )
+        self._day_end_ts = self._day_end.timestamp()
         if head == self._day and self._fd >= 0:
             size = os.fstat(self._fd).st_size
             if size != self._size:  # someone else wrote since our last record: re-read the head

@@ -79,10 +79,12 @@ def leaf_hash_of(directory: Path, event_id: str) -> str:
 
 
 def latest_checkpoint(directory: Path) -> bytes:
-    try:
-        return (directory / CHECKPOINT_FILE).read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError("the log has no signed checkpoint yet", path=str(directory)) from None
+    from cyxwiz.audit.signer import read_latest_checkpoint
+
+    note = read_latest_checkpoint(directory)
+    if note is None:
+        raise NotFoundError("the log has no signed checkpoint yet", path=str(directory / CHECKPOINT_FILE))
+    return note
 
 
 def _note_size(note: bytes) -> int:

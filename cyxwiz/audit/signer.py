@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint
-from cyxwiz.audit.records import CHECKPOINT_FILE, checkpoints_name
+from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, checkpoints_name
 from cyxwiz.errors import ConfigError
 
 #: A writer signs a fresh checkpoint at most this often while appending (and a timer signs what is left
@@ -55,14 +55,14 @@ class CheckpointSigner:
         """Sign the tree head, replace ``checkpoint``, and maybe append it to the day's history."""
         now = time.monotonic()
         note = sign_checkpoint(origin=self.origin, size=size, root=root, key=self.key)
-        latest = self.directory / CHECKPOINT_FILE
-        tmp = self.directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # Rewritten in place under the writers' lock (readers take it shared, read_latest_checkpoint):
+        # a rename would cost a data flush on ext4 (auto_da_alloc) at every checkpoint.
+        fd = os.open(self.directory / CHECKPOINT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, note)
+            os.pwrite(fd, note, 0)
+            os.ftruncate(fd, len(note))
         finally:
             os.close(fd)
-        os.replace(tmp, latest)
         if history or now - self.history_at >= self.history_interval:
             self._keep(day, note)
             self.history_at = now
@@ -118,3 +118,36 @@ def missing_key_error(field_name: str = "signing_key") -> ConfigError:
         rule="H4",
         hint="pass --audit-key / set CYXWIZ_AUDIT_SIGNING_KEY (Ed25519 PEM, 0600), or --dev (throw-away key)",
     )
+
+
+def read_latest_checkpoint(directory: Path, *, wait_s: float = 0.5) -> bytes | None:
+    """The ``checkpoint`` note as a whole: read under the writers' lock held shared (they rewrite it in
+    place holding it exclusively). None if there is none.
+
+    Waits at most ``wait_s`` for the lock, then reads anyway: the holder may be this very process
+    (``AuditLog.writes_paused``), and a writer holds it only for microseconds otherwise.
+    """
+    import fcntl
+
+    path = directory / CHECKPOINT_FILE
+    try:
+        lock = os.open(directory / HEAD_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        lock = -1
+    try:
+        deadline = time.monotonic() + wait_s
+        while lock >= 0:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+    finally:
+        if lock >= 0:
+            os.close(lock)  # releases the shared lock

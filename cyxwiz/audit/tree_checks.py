@@ -25,6 +25,7 @@ from cyxwiz.audit.merkle import Frontier, subtree_root
 from cyxwiz.audit.reader import day_files
 from cyxwiz.audit.records import CHECKPOINT_FILE
 from cyxwiz.audit.report import Kind, VerifyReport
+from cyxwiz.audit.signer import read_latest_checkpoint
 from cyxwiz.audit.tree import TREE_FILE, MappedTree
 from cyxwiz.errors import AuditIntegrityError
 
@@ -166,9 +167,9 @@ def collect_checkpoints(
         found.append(Signed(source=source, size=cp.size, root=cp.root, own=own))
         origins.append(cp.origin)
 
-    latest = directory / CHECKPOINT_FILE
-    if latest.exists():
-        add(latest.read_bytes(), CHECKPOINT_FILE, own=True)
+    latest = read_latest_checkpoint(directory)
+    if latest is not None:
+        add(latest, CHECKPOINT_FILE, own=True)
     for files in day_files(directory).values():
         if files.checkpoints is not None:
             for lineno, raw in enumerate(files.checkpoints.read_bytes().splitlines(), start=1):

@@ -1,7 +1,8 @@
 """A writer's side of the Merkle tree: frontier in memory, nodes batched to ``merkle.tree`` (SPEC H4).
 
-Appending a record costs a leaf hash, about one node hash and a few bytes in a buffer; the buffer goes to
-disk in one ``write(2)`` per :data:`FLUSH_BYTES`, before every checkpoint is signed (so the stored tree
+Appending a record costs a list append (its leaf hash is the record's chain hash); every
+:data:`FLUSH_LEAVES` records the batch is hashed into the frontier (about one node hash per record) and its
+nodes go to disk in one ``write(2)``, and always before a checkpoint is signed (so the stored tree
 always covers every signed checkpoint: proofs never wait), at rotation and at close. The records are the
 truth and the tree is derived from them, so a buffer lost in a crash, or made stale because another
 process appended and caught the tree up first, costs nothing but a catch-up: the next writer hashes the
@@ -19,8 +20,8 @@ from cyxwiz.audit.records import RecordFormatError, leaf_of, parse_line
 from cyxwiz.audit.tree import TreeFile, size_for_nodes
 from cyxwiz.errors import AuditIntegrityError
 
-#: About 64 records' nodes: bounds what a crash or a hand-over to another process costs to recompute.
-FLUSH_BYTES = 64 * 2 * HASH_SIZE
+#: Records per batch: bounds what a crash or a hand-over to another process costs to recompute.
+FLUSH_LEAVES = 64
 _CATCH_UP_CHUNK = 4 * 1024 * 1024
 
 
@@ -29,54 +30,59 @@ class TreeWriter:
         self.directory = directory
         self.file = TreeFile.open(directory, writable=True)
         self.frontier: Frontier | None = None  # None: unknown, reload from the file
-        self._pending = bytearray()
+        self._leaves: list[bytes] = []  # leaves not yet hashed into the frontier and written
         self._flushed_nodes = -1  # node count of the file as we last left it
 
     @property
     def size(self) -> int:
-        return self.frontier.size if self.frontier is not None else -1
+        return self.frontier.size + len(self._leaves) if self.frontier is not None else -1
 
     def add(self, leaf: bytes) -> None:
-        """Append one leaf (the caller holds the write lock and synced first)."""
-        frontier = self.frontier
-        assert frontier is not None
-        pending = self._pending
-        pending += leaf
-        levels, hashes = frontier.levels, frontier.hashes
-        level, node = 0, leaf
-        while levels and levels[-1] == level:
-            levels.pop()
-            node = node_hash(hashes.pop(), node)
-            level += 1
-            pending += node
-        levels.append(level)
-        hashes.append(node)
-        frontier.size += 1
-        if len(pending) >= FLUSH_BYTES:
+        """Append one leaf (the caller holds the write lock and synced first). Its nodes are computed
+        with the batch, in one tight loop, when the batch is flushed."""
+        leaves = self._leaves
+        leaves.append(leaf)
+        if len(leaves) >= FLUSH_LEAVES:
             self.flush()
 
     def flush(self) -> bool:
-        """Write the buffered nodes; False (and forget everything) if the file moved unexpectedly.
+        """Hash the batch into the frontier and write its nodes; False (and forget everything) if the file
+        moved unexpectedly.
 
-        A process that only synced (a checkpoint, a close) may have caught the file up with nodes that
-        are in our buffer too: positions are deterministic, so those are skipped, never written twice.
+        A process that only synced (a checkpoint, a close) may have caught the file up with some of these
+        nodes already: positions are deterministic, so those are skipped, never written twice.
         """
-        if not self._pending:
+        if not self._leaves:
             return True
+        frontier = self.frontier
+        assert frontier is not None
+        levels, hashes = frontier.levels, frontier.hashes
+        made = bytearray()
+        for leaf in self._leaves:
+            made += leaf
+            level, node = 0, leaf
+            while levels and levels[-1] == level:
+                levels.pop()
+                node = node_hash(hashes.pop(), node)
+                level += 1
+                made += node
+            levels.append(level)
+            hashes.append(node)
+        frontier.size += len(self._leaves)
+        self._leaves.clear()
         stored = self.file.stored_nodes()
-        start, count = self._flushed_nodes, len(self._pending) // HASH_SIZE
+        start, count = self._flushed_nodes, len(made) // HASH_SIZE
         if not start <= stored <= start + count:
             self.forget()
             return False
-        self.file.append((bytes(self._pending[(stored - start) * HASH_SIZE :]),))
+        self.file.append((bytes(made[(stored - start) * HASH_SIZE :]),))
         self._flushed_nodes = start + count
-        self._pending.clear()
         return True
 
     def forget(self) -> None:
         """Something failed mid-record: reload from the file next time."""
         self.frontier = None
-        self._pending.clear()
+        self._leaves.clear()
         self._flushed_nodes = -1
 
     def sync(self, n: int, day_fd: int) -> None:

@@ -85,6 +85,16 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
         "replay",
     }
     assert stack.coordinator.store.job(job_id).status == "released"
+    # Issue 19: the verdict is an audit event (its leaf is what settlement cites), provable offline.
+    from cyxwiz.audit.digest import load_signing_key
+    from cyxwiz.audit.proofs import check_bundle, prove_inclusion
+
+    verdict = report["audit_event"]
+    stack.audit.checkpoint()
+    bundle = prove_inclusion(stack.home / "audit", verdict["event_id"])
+    assert bundle["leaf_hash"] == verdict["leaf_hash"] and '"action":"job.verify"' in bundle["record"]
+    signer = load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"]).public_key()
+    assert check_bundle(bundle, public_key=signer).size >= verdict["seq"]
     releases = [
         e
         for e in audit_events(stack)
