@@ -10,8 +10,10 @@ from blocks.config import (
     SandboxPolicyBlock,
     TokenSigningKeyBlock,
 )
+from blocks.control_plane import ControlPlaneBlock
 
 __all__ = [
+    "ControlPlaneBlock",
     "EscrowLedgerBlock",
     "ObjectStoreBlock",
     "PKIMaterialBlock",

@@ -109,14 +109,37 @@ def _head_day(raw: bytes) -> bytes:
     return raw
 
 
+def _checkpoint_timer(ref: weakref.ref[AuditLog], wake: threading.Event, interval: float) -> None:
+    """Covers the records that arrived after the last inline checkpoint, once appends pause. Holds the
+    log weakly: a log dropped without ``close()`` is not kept alive by its timer."""
+    while True:
+        if not wake.wait(timeout=30):
+            if ref() is None:
+                return
+            continue
+        time.sleep(interval)
+        wake.clear()
+        log = ref()
+        if log is None or log._closed:
+            return
+        if log._dirty:
+            with contextlib.suppress(Exception):
+                log.checkpoint()
+        del log
+
+
 def _system_clock() -> datetime:
     return datetime.now(UTC)
 
 
 def _after_fork_in_child() -> None:
     # A forked child shares the parent's open file descriptions, hence its flock: it must get its own.
+    # One log that cannot be reopened (its directory is gone) must not leave the others shared.
     for log in list(_open_logs):
-        log._forget_after_fork()
+        try:
+            log._forget_after_fork()
+        except Exception:  # an at-fork hook cannot raise: that log refuses to write instead
+            log._closed = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -373,20 +396,13 @@ class AuditLog:
     def _start_timer(self) -> None:
         if self._timer is not None and self._timer.is_alive():
             return
-        self._timer = threading.Thread(target=self._timer_loop, name="cyxwiz-audit-checkpoint", daemon=True)
+        self._timer = threading.Thread(
+            target=_checkpoint_timer,
+            args=(weakref.ref(self), self._wake, self.signer.interval),
+            name="cyxwiz-audit-checkpoint",
+            daemon=True,
+        )
         self._timer.start()
-
-    def _timer_loop(self) -> None:
-        # Covers the records that arrived after the last inline checkpoint, once appends pause.
-        while True:
-            self._wake.wait()
-            time.sleep(self.signer.interval)
-            self._wake.clear()
-            if self._closed:
-                return
-            if self._dirty:
-                with contextlib.suppress(Exception):
-                    self.checkpoint()
 
     def _forget_head(self) -> None:
         """After a failed write: maybe a partial line is on disk. Make every writer (us included)
@@ -612,6 +628,7 @@ class AuditLog:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        self._lock_fd = -1
         self._fd = -1
         self._tree = None  # the parent writes its own buffered nodes; ours start from the file
         self._day = b""
@@ -648,6 +665,7 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 return
+            _open_logs.discard(self)
             if self._dirty:
                 with contextlib.suppress(OSError, AuditError):
                     fcntl.flock(self._lock_fd, fcntl.LOCK_EX)

@@ -94,3 +94,52 @@ def test_processes_and_threads_append_to_one_verifiable_chain(
     assert seqs == list(range(1, total + 1))
     actors = {e.event["actor_id"] for e in iter_events(log_dir)}
     assert {"spawned-0", "spawned-1"} <= actors
+
+
+def _write_in_child(log: AuditLog) -> None:
+    for i in range(20):
+        log.record(sample_event(i))
+    log.close()
+
+
+def test_a_forked_child_gets_its_own_lock_even_when_another_log_is_gone(tmp_path: Path) -> None:
+    """A log whose directory was removed (a finished test, a rotated deployment) cannot be reopened in
+    the child; the other logs must still stop sharing the parent's lock and state."""
+    import shutil
+
+    gone = []  # several, so that some come before the kept one in the at-fork walk
+    for n in range(8):
+        gone.append(AuditLog.open(tmp_path / f"gone-{n}", signing_key=TEST_KEY, auto_maintain=False))
+        gone[-1].record(sample_event(n))
+        shutil.rmtree(tmp_path / f"gone-{n}")
+    log = AuditLog.open(tmp_path / "kept", signing_key=TEST_KEY, auto_maintain=False)
+    log.record(sample_event(1))
+    child = multiprocessing.get_context("fork").Process(target=_write_in_child, args=(log,))
+    child.start()
+    for i in range(20):
+        log.record(sample_event(100 + i))
+    child.join(60)
+    assert child.exitcode == 0
+    log.close()
+    report = verify_log(tmp_path / "kept", public_key=TEST_KEY.public_key())
+    assert report.ok, report.problems[:3]
+    assert report.records == 41
+
+
+def test_the_at_fork_hook_survives_a_log_whose_directory_is_gone(tmp_path: Path) -> None:
+    """The hook itself, called directly: it must reset every log it can and retire the others."""
+    import shutil
+
+    from cyxwiz.audit.log import _after_fork_in_child
+    from cyxwiz.errors import AuditError
+
+    gone = AuditLog.open(tmp_path / "gone", signing_key=TEST_KEY, auto_maintain=False)
+    kept = AuditLog.open(tmp_path / "kept", signing_key=TEST_KEY, auto_maintain=False)
+    kept.record(sample_event(1))
+    shutil.rmtree(tmp_path / "gone")
+    _after_fork_in_child()  # never raises
+    with pytest.raises(AuditError, match="closed"):
+        gone.record(sample_event(2))
+    kept.record(sample_event(3))
+    kept.close()
+    assert verify_log(tmp_path / "kept", public_key=TEST_KEY.public_key()).records == 2

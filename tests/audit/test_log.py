@@ -205,3 +205,37 @@ def test_from_env(tmp_path: Path, signing_key: object) -> None:
     with pytest.raises(ConfigError) as err:
         AuditLog.from_env({**env, "CYXWIZ_AUDIT_FSYNC": "sometimes"})
     assert err.value.field == "CYXWIZ_AUDIT_FSYNC"
+
+
+def test_checkpoints_cover_every_record_soon_after_it_is_written(log_dir: Path, clock: ManualClock) -> None:
+    """H4 / issue 19: signed at the first record, by the timer once appends pause, at rotation, at close."""
+    import time as _time
+
+    from cyxwiz.audit.checkpoint import verify_checkpoint
+    from cyxwiz.audit.records import CHECKPOINT_FILE
+
+    def signed_size() -> int:
+        return verify_checkpoint(
+            (log_dir / CHECKPOINT_FILE).read_bytes(), public_key=TEST_KEY.public_key()
+        ).size
+
+    log = AuditLog.open(
+        log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False, checkpoint_interval=0.05
+    )
+    log.record(sample_event(1))
+    assert signed_size() == 1  # the first record is signed at once
+    log.record(sample_event(2))
+    log.record(sample_event(3))
+    deadline = _time.monotonic() + 10
+    while signed_size() < 3 and _time.monotonic() < deadline:
+        _time.sleep(0.02)
+    assert signed_size() == 3  # the timer covered the pause
+    clock.advance(hours=2)  # past midnight: the old day's last checkpoint goes to its history
+    log.record(sample_event(4))
+    history = (log_dir / "audit-2026-11-20.checkpoints.jsonl").read_text().splitlines()
+    assert any(
+        verify_checkpoint(json.loads(h)["note"].encode(), public_key=TEST_KEY.public_key()).size == 3
+        for h in history
+    )
+    log.close()
+    assert signed_size() == 4
