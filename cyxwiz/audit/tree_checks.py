@@ -47,11 +47,11 @@ def check_tree_and_checkpoints(
     leaves: list[bytes],
     pruned: list[tuple[int, int, int]],
     signed: list[Signed],
+    tree: MappedTree | None,
     problem: Report,
 ) -> None:
-    """``signed`` were collected *before* the records were read, so a live log's writers cannot make
-    a checkpoint look ahead of the records; the tree is opened after them, so it can only be ahead."""
-    tree = _open_tree(directory)
+    """``signed`` were collected and ``tree`` mapped *before* the records were read, so a live log's
+    writers can make neither look ahead of the records: either being ahead means records are gone."""
     try:
         if pruned:
             leaves = _fill_pruned(leaves, pruned, tree, problem)
@@ -124,7 +124,7 @@ def _others(items: list[Signed]) -> str:
     return f" (and {len(items) - 1} more signed checkpoints)" if len(items) > 1 else ""
 
 
-def _open_tree(directory: Path) -> MappedTree | None:
+def open_tree(directory: Path) -> MappedTree | None:
     try:
         return MappedTree(directory / TREE_FILE)
     except FileNotFoundError:
@@ -243,8 +243,15 @@ def _compare_stored_tree(
         return
     if tree is not None and m and subtree_root(tree, 0, m) != roots[m]:
         problem(Kind.TREE, TREE_FILE, None, "the stored Merkle tree differs from the records")
+    elif stored > n + 1:
+        problem(
+            Kind.TRUNCATED,
+            TREE_FILE,
+            None,
+            f"the stored Merkle tree holds {stored} records but the log only {n}: records deleted",
+        )
     elif stored > n:
-        report.warnings.append(f"the stored tree holds {stored - n} leaves past the last record (a crash)")
+        report.warnings.append("the stored tree holds a leaf past the last record (a write that failed)")
     elif stored < n:
         report.warnings.append(
             f"the stored tree trails the log by {n - stored} records (until the next checkpoint)"

@@ -38,7 +38,7 @@ from cyxwiz.audit.records import (
     parse_line,
 )
 from cyxwiz.audit.report import MAX_PROBLEMS, Kind, Problem, VerifyReport
-from cyxwiz.audit.tree_checks import Signed, check_tree_and_checkpoints, collect_checkpoints
+from cyxwiz.audit.tree_checks import Signed, check_tree_and_checkpoints, collect_checkpoints, open_tree
 from cyxwiz.errors import AuditError, NotFoundError
 
 __all__ = ["Kind", "Problem", "VerifyReport", "verify_log"]
@@ -313,9 +313,16 @@ def verify_log(
         path, key=public_key, extra=checkpoints, origin=origin, problem=verifier.problem
     )
     signed += [Signed(source=source, size=size, root=root, own=False) for size, root, source in anchored]
+    tree = open_tree(path)
     pruned = _verify_directory(path, verifier)
     check_tree_and_checkpoints(
-        path, report=report, leaves=verifier.leaves, pruned=pruned, signed=signed, problem=verifier.problem
+        path,
+        report=report,
+        leaves=verifier.leaves,
+        pruned=pruned,
+        signed=signed,
+        tree=tree,
+        problem=verifier.problem,
     )
     return report
 

@@ -4,6 +4,7 @@ the pinned key is trusted. Each attack sits beside an honest control that verifi
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def test_rollback_to_an_older_checkpoint_is_caught_by_one_a_party_kept(
     for history in log_dir.glob("*.checkpoints.jsonl"):
         history.unlink()
     (log_dir / HEAD_FILE).unlink()
+    from cyxwiz.audit.merkle import nodes_for
+
+    os.truncate(log_dir / "merkle.tree", nodes_for(18) * 32)  # and the tree cut back to match
     assert verify_log(log_dir, public_key=PUB).ok  # nothing local is left to tell...
     report = verify_log(log_dir, public_key=PUB, checkpoints=[kept])
     assert Kind.TRUNCATED in _kinds(report)  # ...but the kept checkpoint is
@@ -222,3 +226,11 @@ def test_production_refuses_without_a_key_and_dev_signs_with_a_throwaway_one(
     assert oct(dev_key.stat().st_mode & 0o777) == "0o600"
     assert verify_log(log_dir, public_key=load_public_key(dev_key)).ok
     assert not verify_log(log_dir, public_key=PUB).ok
+
+
+def test_everything_deleted_but_the_tree_is_still_detected(files: list[Path], log_dir: Path) -> None:
+    for path in log_dir.iterdir():
+        if path.name != "merkle.tree":
+            path.unlink()
+    report = verify_log(log_dir, public_key=PUB)
+    assert Kind.TRUNCATED in _kinds(report) and "records deleted" in str(report.first)
