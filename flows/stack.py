@@ -256,9 +256,11 @@ def embedded_stack(
             say("Escrow multisig re-made over the coordinator, verifier and arbiter keys in SoftHSM2")
 
         store, master = _open_store(home, env)
-        audit = _open_audit(home, env, store, key_uri=keys.audit if keys else None)
+        audit = _open_audit(
+            home, env, store, key_uri=keys.audit if keys else None,
+            anchor=(ledger_service.rpc_url, passphrase.encode()),
+        )  # fmt: skip
         stack.callback(audit.close)
-        _anchor_wallet(home, env, rpc_url=ledger_service.rpc_url, passphrase=passphrase.encode())
 
         coordinator_dir = home / "coordinator"
         coordinator = _start_coordinator(
@@ -359,11 +361,22 @@ def _hsm_keyring(uri: str) -> Any:
     return KeyRing.from_key_source(open_key_source(uri))
 
 
-def _open_audit(home: Path, env: dict[str, str], store: Any, *, key_uri: str | None = None) -> Any:
-    """The audit log with signed daily digests (a fresh Ed25519 key, 0600, or ``key_uri`` in a PKCS#11
-    token) archived to the store (H3)."""
+def _open_audit(
+    home: Path,
+    env: dict[str, str],
+    store: Any,
+    *,
+    key_uri: str | None = None,
+    anchor: tuple[str, bytes] | None = None,
+) -> Any:
+    """The audit log with signed checkpoints and daily digests (a fresh Ed25519 key, 0600, or ``key_uri``
+    in a PKCS#11 token) archived to the store (H3); ``anchor`` = (ledger RPC URL, passphrase) provisions
+    the wallet that anchors its checkpoints on the ledger (H4)."""
     from cyxwiz.audit import AuditLog, ObjectStoreArchive
     from cyxwiz.pki.keys import generate_ed25519, write_private_key
+
+    if anchor is not None:
+        _anchor_wallet(home, env, rpc_url=anchor[0], passphrase=anchor[1])
 
     key_path = home / "audit-signing-key.pem"
     if not key_uri and not key_path.exists():
