@@ -22,23 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from cyxwiz.errors import CertificateError, ConflictError, CRLError, ValidationError
 from cyxwiz.keys import as_private_key, create_key_source, is_pkcs11_uri, open_key_source
 from cyxwiz.pki import profiles
 from cyxwiz.pki._files import PUBLIC_MODE, write_atomic
+from cyxwiz.pki.ca_keys import checked_certificate, key_ref, key_reference
 from cyxwiz.pki.certs import Role, is_ca, load_certificate, write_certificate, write_crl
 from cyxwiz.pki.keys import generate_ed25519, require_ed25519_public, write_private_key
 from cyxwiz.pki.verify import describe
 
 CERT_FILE = "ca-cert.pem"
 KEY_FILE = "ca-key.pem"
-#: Instead of KEY_FILE: one line naming the CA key inside a PKCS#11 token (``pkcs11:...``, no PIN).
-KEY_REF_FILE = "ca-key.uri"
 DEFAULT_CRL_DAYS = 7
 
 
@@ -132,7 +129,7 @@ class CertificateAuthority:
             certificate=cert,
             private_key=as_private_key(source),
             cert_path=Path(cert_path),
-            key_path=_ref(key_path),
+            key_path=key_ref(key_path),
         )
 
     @classmethod
@@ -162,7 +159,7 @@ class CertificateAuthority:
         in_token = is_pkcs11_uri(key_path)
         # In a token the key is generated there; a refusal below leaves an unused key there, never a file.
         key = as_private_key(create_key_source(key_path)) if in_token else generate_ed25519()
-        cert = _checked(
+        cert = checked_certificate(
             profiles.ca_builder(
                 subject=subject,
                 issuer=subject,
@@ -176,7 +173,7 @@ class CertificateAuthority:
         if not in_token:
             write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
         write_certificate(cert_path, cert, overwrite=overwrite)
-        return cls(certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=_ref(key_path))
+        return cls(certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=key_ref(key_path))
 
     def create_intermediate(
         self,
@@ -205,7 +202,7 @@ class CertificateAuthority:
             write_private_key(key_path, key, overwrite=overwrite, passphrase=passphrase)
         write_certificate(cert_path, cert, overwrite=overwrite)
         return type(self)(
-            certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=_ref(key_path)
+            certificate=cert, private_key=key, cert_path=Path(cert_path), key_path=key_ref(key_path)
         )
 
     def sign_ca(
@@ -227,7 +224,7 @@ class CertificateAuthority:
             path_length=path_length,
             not_after_cap=self.certificate.not_valid_after_utc,
         ).sign(self.private_key, None)
-        return _checked(cert, self.certificate.public_key())
+        return checked_certificate(cert, self.certificate.public_key())
 
     def cross_sign(
         self,
@@ -278,7 +275,8 @@ class CertificateAuthority:
             days=days,
             not_before=not_before,
         ).sign(self.private_key, None)
-        return IssuedCertificate(certificate=_checked(cert, self.certificate.public_key()), private_key=key)
+        checked = checked_certificate(cert, self.certificate.public_key())
+        return IssuedCertificate(certificate=checked, private_key=key)
 
     def sign_csr(
         self,
@@ -446,38 +444,6 @@ class CertificateAuthority:
                 self._write_db(db)
                 write_crl(self.crl_path, crl)
         return crl
-
-
-def key_reference(directory: Path) -> Path | str:
-    """The CA key of a CA directory: ``ca-key.pem``, or the ``pkcs11:`` URI written in ``ca-key.uri``."""
-    ref_file = directory / KEY_REF_FILE
-    if not (directory / KEY_FILE).exists() and ref_file.is_file():
-        uri = ref_file.read_text(encoding="utf-8").strip()
-        if not is_pkcs11_uri(uri):
-            raise CertificateError("key reference is not a pkcs11: URI", path=str(ref_file), rule="A7")
-        return uri
-    return directory / KEY_FILE
-
-
-def write_key_reference(directory: Path, uri: str) -> None:
-    """Record where a CA directory's key lives in a token (the URI names a PIN source, never a PIN)."""
-    write_atomic(directory / KEY_REF_FILE, uri.encode() + b"\n", mode=PUBLIC_MODE, overwrite=True)
-
-
-def _ref(key: str | os.PathLike[str]) -> Path | str:
-    """A key file stays a Path; a ``pkcs11:`` URI stays text (a Path would fold its '//')."""
-    return str(key) if is_pkcs11_uri(key) else Path(key)
-
-
-def _checked(cert: x509.Certificate, issuer_key: PublicKeyTypes) -> x509.Certificate:
-    """Refuse a certificate whose signature its issuer's key does not verify (a token signing with the wrong
-    key, or a corrupted signature) before it is written or handed out."""
-    try:
-        assert isinstance(issuer_key, ed25519.Ed25519PublicKey)
-        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes)
-    except (InvalidSignature, AssertionError):
-        raise CertificateError("the CA key produced a signature that does not verify", rule="A7") from None
-    return cert
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:

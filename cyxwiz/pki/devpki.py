@@ -28,7 +28,8 @@ from cryptography import x509
 
 from cyxwiz.errors import CyxwizError, ValidationError
 from cyxwiz.pki._files import PUBLIC_MODE, write_atomic
-from cyxwiz.pki.ca import CertificateAuthority, Revocation, key_reference, write_key_reference
+from cyxwiz.pki.ca import CertificateAuthority, Revocation
+from cyxwiz.pki.ca_keys import key_reference, write_key_reference
 from cyxwiz.pki.certs import Role, certificates_pem, load_certificate, load_crls, write_certificate
 from cyxwiz.pki.keys import write_private_key
 

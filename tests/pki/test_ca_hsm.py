@@ -122,7 +122,7 @@ def test_node_tls_keys_stay_files(softhsm: HsmToken, tmp_path: Path, monkeypatch
 
 def test_dev_pki_with_its_ca_keys_in_the_token(softhsm: HsmToken, tmp_path: Path) -> None:
     """demo --hsm's PKI: both CA keys in the token, a key reference file in place of each key file."""
-    from cyxwiz.pki.ca import KEY_REF_FILE
+    from cyxwiz.pki.ca_keys import KEY_REF_FILE
     from cyxwiz.pki.devpki import build_dev_pki
 
     keys = {"root": softhsm.new_uri("dev-root"), "issuing": softhsm.new_uri("dev-issuing")}
