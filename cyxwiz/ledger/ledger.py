@@ -429,6 +429,12 @@ class EscrowLedger:
         try:
             intent = self.settle_intent(signed_record, kind, wallet, signers, cosign)
         except CyxwizError as exc:
+            if (
+                kind == "release"
+                and record.state is not EscrowState.DISPUTED
+                and not isinstance(exc, EscrowError)
+            ):
+                self._hold_release(record, updates, exc)  # verifier or chain unreachable: not a refusal
             self._refused(kind, record.job_id, exc, destination=str(wallet))
             raise
         # Compare-and-set against the state this call read (one of ``allowed``): one statement, and a
@@ -446,12 +452,25 @@ class EscrowLedger:
         )
         return self._done(record, kind, wallet, reason)
 
+    def _hold_release(self, record: EscrowRecord, updates: dict[str, Any], exc: CyxwizError) -> None:
+        """A verified release that could not even be signed (the verifier service or the chain did not
+        answer) waits ``settling`` for the sweep: it never falls back to a lockable, refundable state."""
+        self.store.update_fields(
+            record.job_id, allowed=[EscrowState.LOCKED, EscrowState.SETTLING], state=EscrowState.SETTLING,
+            **{k: v for k, v in updates.items() if k in ("report", "report_sha256", "proof_ref")},
+        )  # fmt: skip
+        self._record_audit(
+            "alert.release-pending", record.job_id, success=False, amount=record.amount,
+            reason=f"{exc.code}: escrow settling, the sweep retries",
+        )  # fmt: skip
+
     def _drive(self, record: EscrowRecord, kind: str, intent: Any, dest: Pubkey, *, rebuild: Any) -> None:
         try:
             self._driver.drive(intent, rebuild=rebuild)
         except LedgerError as exc:
             after = self.status(job_id=record.job_id).state
-            action = "alert.release-pending" if after is EscrowState.SETTLING else kind
+            pending = kind == "release" and after in (EscrowState.SETTLING, EscrowState.RELEASING)
+            action = "alert.release-pending" if pending else kind
             self._record_audit(
                 action, record.job_id, success=False, amount=record.amount, destination=str(dest),
                 reason=f"{exc.code}: escrow {after.value}",

@@ -109,3 +109,28 @@ def test_chain_refusal_during_release_stays_settling_and_the_sweep_pays(local_wo
     assert [r.job_id for r in report.released] == ["job-s"]
     assert ledger.status(job_id="job-s").state is EscrowState.RELEASED
     assert (w.token(w.user), w.token(w.node)) == (USER_FUNDS - 10_000, 10_000)
+
+
+def test_verifier_down_during_release_holds_it_settling_until_the_sweep(
+    demo: DemoLedger, pki: Pki, verifier: VerifierProcess
+) -> None:
+    """The verifier service does not answer when a verified release is sent: the escrow waits
+    ``settling`` (the lifecycle's rollback cannot refund it), and the sweep pays once it is back."""
+    from cyxwiz.ledger.rpc import LedgerUnavailableError
+
+    ledger = open_ledger(demo.config)
+    amount = 5 * demo.minimum_payment
+    ledger.create(job_id="job-vd", user=demo.user, amount=amount)
+    ledger.assign(job_id="job-vd", node_wallet=demo.node.pubkey(), node_peer_id=NODE_PEER)
+    verifier.stop()
+    with pytest.raises(LedgerUnavailableError):
+        ledger.release(
+            job_id="job-vd", node_wallet=demo.node.pubkey(), report=demo_attest(pki, demo, "job-vd")
+        )
+    assert ledger.status(job_id="job-vd").state is EscrowState.SETTLING
+    with pytest.raises(EscrowStateError, match="settling"):
+        ledger.refund(job_id="job-vd", reason="lifecycle rolled back")
+    verifier.start()
+    report = ledger.sweep(run_state=lambda _run: "gone")
+    assert [r.job_id for r in report.released] == ["job-vd"]
+    assert _supply(ledger, demo, ["job-vd"]) == (demo.user_funds - amount, amount, 0)
