@@ -677,20 +677,15 @@ class AuditLog:
             self._closed = True
             self._wake.set()
             if self._tree is not None:
+                # Its batch went out with the last checkpoint, under the lock; the tree is derived data,
+                # never synced (whatever is lost is recomputed from the records by the next writer).
+                self._tree.close()
+            if self._fd >= 0:
                 with contextlib.suppress(OSError):
-                    self._tree.flush()
-                fds = (self._fd, self._tree.file.fd)
-            else:
-                fds = (self._fd, -1)
-            for fd in fds:
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        if self.fsync != "none":
-                            os.fdatasync(fd)
-                    os.close(fd)
+                    if self.fsync != "none":
+                        os.fdatasync(self._fd)
+                os.close(self._fd)
             self._fd = -1
-            if self._tree is not None:
-                self._tree.file.fd = -1
             self._close_map()
             os.close(self._lock_fd)
             self._lock_fd = -1
