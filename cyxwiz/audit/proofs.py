@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from cyxwiz.audit.reader import day_files, read_file_bytes, split_lines
 from cyxwiz.audit.records import CHECKPOINT_FILE, RecordFormatError, leaf_of, parse_line
 from cyxwiz.audit.tree import TREE_FILE, MappedTree
 from cyxwiz.errors import AuditError, AuditIntegrityError, NotFoundError, ValidationError
+
+_LEAF_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _b64(data: bytes) -> str:
@@ -61,13 +64,19 @@ def _records_newest_first(directory: Path) -> Iterator[FoundRecord]:
 
 
 def find_record(directory: Path, event_id: str) -> FoundRecord:
-    """The record of ``event_id`` (an event's ``event_id``, or ``seq:N`` / a bare sequence number)."""
+    """The record of ``event_id``: an event's ``event_id``, ``seq:N`` (or a bare sequence number), or a
+    64-hex leaf hash (what an escrow memo's ``audit=`` cites; it is also the record's chain hash)."""
     wanted_seq: int | None = None
     text = event_id.removeprefix("seq:")
     if text.isdigit():
         wanted_seq = int(text)
+    leaf = event_id.lower() if _LEAF_HEX.fullmatch(event_id.lower()) else None
     for found in _records_newest_first(directory):
-        if (wanted_seq is not None and found.seq == wanted_seq) or found.event.get("event_id") == event_id:
+        if (
+            (wanted_seq is not None and found.seq == wanted_seq)
+            or found.event.get("event_id") == event_id
+            or (leaf is not None and found.raw[9:73].decode("ascii", "replace") == leaf)
+        ):
             return found
     raise NotFoundError(f"no record with event id {event_id!r} in the local log", path=str(directory))
 

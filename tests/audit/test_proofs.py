@@ -117,6 +117,7 @@ def test_receipt_inclusion_bundle_and_offline_check(log_dir: Path, clock: Manual
         receipts = [log.record(sample_event(i)) for i in range(13)]
     target = receipts[6]
     assert leaf_hash_of(log_dir, target.event_id) == target.leaf_hash
+    assert prove_inclusion(log_dir, target.leaf_hash)["seq"] == 7  # a memo's audit= leaf finds it too
     bundle = prove_inclusion(log_dir, target.event_id)
     assert bundle["seq"] == 7 and bundle["tree_size"] == 13 and bundle["leaf_hash"] == target.leaf_hash
     assert check_bundle(json.loads(json.dumps(bundle)), public_key=PUB).size == 13

@@ -95,6 +95,12 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
     assert bundle["leaf_hash"] == verdict["leaf_hash"] and '"action":"job.verify"' in bundle["record"]
     signer = load_signing_key(stack.env["CYXWIZ_AUDIT_SIGNING_KEY"]).public_key()
     assert check_bundle(bundle, public_key=signer).size >= verdict["seq"]
+    # The release memo cites the verifier service's own verdict record (audit=<leaf>, F1): another
+    # process writing the same log, and that leaf is inclusion-provable under the signed checkpoint too.
+    from cyxwiz.ledger.attestation import ReportAttestation
+
+    cited = ReportAttestation.parse(report["attestation"]).audit_leaf
+    assert check_bundle(prove_inclusion(stack.home / "audit", cited), public_key=signer)
     releases = [
         e
         for e in audit_events(stack)
