@@ -101,7 +101,10 @@ def hardware() -> dict[str, Any]:
 def register_node(settings: AgentSettings) -> dict[str, Any]:
     """Register (identity = the certificate's PeerID, never a body field) and store the session."""
     with _client(settings) as client:
-        response = client.post("/v1/nodes/register", json={"hardware": hardware()})
+        body: dict[str, Any] = {"hardware": hardware()}
+        if settings.payout_wallet:
+            body["wallet"] = settings.payout_wallet  # only a public key: the node's key stays elsewhere
+        response = client.post("/v1/nodes/register", json=body)
         _raise_for(response)
         data: dict[str, Any] = response.json()
     _write_session(settings, data)

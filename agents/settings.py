@@ -26,6 +26,8 @@ class AgentSettings:
     allowed_backends: tuple[str, ...] = ("bubblewrap",)
     max_memory_mb: int = 8192
     max_wall_seconds: int = 3600
+    #: Public key (base58) of the wallet this node is paid into, registered under its PeerID (F1).
+    payout_wallet: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -72,6 +74,7 @@ class AgentSettings:
             allowed_backends=allowed,
             max_memory_mb=integer("CYXWIZ_SANDBOX_MAX_MEMORY_MB", 8192),
             max_wall_seconds=integer("CYXWIZ_SANDBOX_MAX_WALL_SECONDS", 3600),
+            payout_wallet=env.get("CYXWIZ_NODE_WALLET") or None,
         )
 
     def node_env(self) -> dict[str, str]:

@@ -106,7 +106,7 @@ def _timed_job(stack: Any, node: str) -> dict[str, float]:
     from flows.job_lifecycle import job_lifecycle
 
     started = time.perf_counter()
-    summary = job_lifecycle(_job(), node=node)
+    summary = job_lifecycle(stack.fund(_job()), node=node)
     wall = time.perf_counter() - started
     if summary["settlement"]["state"] != "released":
         raise RuntimeError(f"bench job not released: {summary}")

@@ -40,6 +40,15 @@ Timeout = Annotated[
     float | None, Opt("--timeout", min=0, help="Give up waiting after this many seconds (exit 124).")
 ]
 Interval = Annotated[float, Opt("--interval", min=0.05, help="Seconds between status polls.")]
+Wallet = Annotated[
+    Path | None,
+    Opt(
+        "--wallet",
+        envvar="CYXWIZ_WALLET",
+        help="Your wallet key file (sealed, 0600); it signs the job's escrow lock here. Passphrase: "
+        "CYXWIZ_WALLET_PASSPHRASE or CYXWIZ_WALLET_PASSPHRASE_FILE.",
+    ),
+]
 
 
 def _client(
@@ -125,6 +134,7 @@ def submit(  # noqa: PLR0917 (typer maps options to parameters)
     as_json: AsJson = False,
     timeout: Timeout = None,
     interval: Interval = 1.0,
+    wallet: Wallet = None,
     url: Url = None,
     cert: Cert = None,
     key: Key = None,
@@ -139,23 +149,27 @@ def submit(  # noqa: PLR0917 (typer maps options to parameters)
         ),
     ] = None,
 ) -> None:
-    """Check a job file locally, submit it, and print the new job id.
+    """Check a job file locally, sign its escrow lock with your wallet, submit it, print the job id.
 
-    The coordinator validates the whole spec and locks the escrow.
+    Your wallet key never leaves this machine: only the signed lock travels. The coordinator validates
+    the whole spec and the lock, and the control plane sends the lock unchanged.
 
     A refusal prints its reason on one line (exit 2) and nothing is created.
 
-    Example: [bold]cyxwiz job submit examples/job.yaml --wait[/bold]
+    Example: [bold]cyxwiz job submit examples/job.yaml --wallet ~/.cyxwiz/wallet.key --wait[/bold]
 
     Your own data: [bold]cyxwiz job submit examples/wine.yaml --dataset examples/wine.csv --wait[/bold]
     """
     from cyxwiz.jobs.spec import load_job_spec, with_dataset
+    from cyxwiz.jobs.wallet import UserWallet
 
     spec = load_job_spec(file)
+    # Without a wallet the spec goes unfunded, and a coordinator with a ledger refuses it (422, F1).
+    signer = UserWallet.from_options(path=wallet) if wallet else None
     with _client(url, cert, key, bundle, crl) as client:
         if dataset is not None:
             spec = with_dataset(spec, client.upload_dataset(dataset))
-        job = client.submit(spec)
+        job = client.submit(spec, wallet=signer)
         if not wait:
             if as_json:
                 _print_json(job)
@@ -275,7 +289,7 @@ def wallet(  # noqa: PLR0917
     bundle: Bundle = None,
     crl: Crl = None,
 ) -> None:
-    """Show your wallet as the coordinator sees it (address, balance, escrows).
+    """Show your own wallets, balances and escrows as the coordinator sees them (nobody else's).
 
     Example: [bold]cyxwiz job wallet[/bold]
     """
@@ -291,3 +305,21 @@ def wallet(  # noqa: PLR0917
     typer.echo(f"{'escrows':18} {len(escrows)}")
     for escrow in escrows:
         typer.echo("  " + " ".join(f"{k}={v}" for k, v in sorted(dict(escrow).items())))
+
+
+@app.command("new-wallet")
+def new_wallet(
+    path: Annotated[Path, typer.Argument(help="Where to write the sealed key (0600); never overwritten.")],
+) -> None:
+    """Create your wallet key, sealed with CYXWIZ_WALLET_PASSPHRASE(_FILE), and print its address.
+
+    Fund the address with tokens, then submit with --wallet PATH (or CYXWIZ_WALLET).
+
+    Example: [bold]cyxwiz job new-wallet ~/.cyxwiz/wallet.key[/bold]
+    """
+    import os
+
+    from cyxwiz.jobs.wallet import UserWallet, passphrase_from
+
+    created = UserWallet.create(path, passphrase=passphrase_from(os.environ))
+    typer.echo(created.address)

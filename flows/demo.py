@@ -108,7 +108,8 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
         from flows.job_lifecycle import job_lifecycle
 
         console.rule("[bold]Submitting the reference job (MLP on scikit-learn digits)")
-        summary = job_lifecycle(dict(REFERENCE_JOB), node="node-1")
+        # The user's own client signs the escrow lock with the user's wallet; the flow only sends it.
+        summary = job_lifecycle(stack.fund(dict(REFERENCE_JOB)), node="node-1")
         verification = summary["verification"]
         escrow = summary["escrow"]
         say(f"escrow locked: {escrow['amount']:,} base units in {escrow['escrow_account']}")

@@ -16,12 +16,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.transactions import Transaction, get_transaction, transaction
 
+from cyxwiz.errors import AuthorizationError, NotFoundError
 from cyxwiz.verification.binding import bind_training_doc
 from tasks import services
 from tasks.control import (
     JobRequest,
     check_dataset,
     dataset_sources,
+    funding_of,
     minimum_payment,
     parse_job_request,
     prepare_inputs,
@@ -33,16 +35,28 @@ def validate(spec: dict[str, Any]) -> JobRequest:
     """Validate fully before anything exists; then make sure the coordinator has the job row (G1, G2).
 
     Fully means the data too: read, hash-checked and validated here, so a tampered or malformed dataset
-    refuses the job before any escrow (D3, F3)."""
+    refuses the job before any escrow (D3, F3). A submission the user's client funded carries its job id
+    (the lock is signed for it); through the coordinator API the row exists already, from Python or the
+    Prefect UI it is made here.
+    """
     config = services.config()
     request = parse_job_request(spec, minimum_payment=minimum_payment(config))
+    funding_of(spec, job_id=request.job_id)  # no signed lock for this job: refused before any row exists
     check_dataset(request, dataset_sources(config))
-    if spec.get("job_id"):
-        return request  # submitted through the coordinator API: the row exists already
-    job_id = services.control_channel().create_job(
-        user=request.user, spec=request.training_doc, duration_s=request.wall_seconds
-    )
-    return parse_job_request(spec, job_id=job_id, minimum_payment=minimum_payment(config))
+    control = services.control_channel()
+    try:
+        owner = control.job(request.job_id).get("user_id")
+    except NotFoundError:
+        control.create_job(
+            user=request.user,
+            spec=request.training_doc,
+            duration_s=request.wall_seconds,
+            job_id=request.job_id,
+        )
+        return request
+    if owner != request.user:
+        raise AuthorizationError("the job row belongs to another user", field="job_id", rule="C2")
+    return request
 
 
 def _deadline(request: JobRequest) -> dt.datetime:
@@ -59,11 +73,15 @@ def _run_id() -> str | None:
 
 
 @task(name="lock-escrow")
-def lock_escrow(request: JobRequest) -> dict[str, Any]:
-    record = services.ledger().create(
-        job_id=request.job_id,
-        user=services.user_wallet(request.user),
+def lock_escrow(request: JobRequest, spec: dict[str, Any]) -> dict[str, Any]:
+    """Lock with the message the user's client signed; the control plane holds no user key (F1, C2)."""
+    from cyxwiz.ledger.client_funding import lock_signed
+
+    record = lock_signed(
+        services.ledger(),
+        funding_of(spec, job_id=request.job_id),
         amount=request.payment,
+        user=request.user,
         deadline=_deadline(request),
         run_id=_run_id(),
     )
@@ -71,9 +89,18 @@ def lock_escrow(request: JobRequest) -> dict[str, Any]:
     if txn is not None:
         txn.set("job_id", request.job_id)
     get_run_logger().info(
-        "escrow locked for %s: %s base units in %s", request.job_id, request.payment, record.escrow_account
+        "escrow locked for %s: %s base units from %s in %s",
+        request.job_id,
+        request.payment,
+        record.user_wallet,
+        record.escrow_account,
     )
-    return {"escrow_account": record.escrow_account, "amount": request.payment, "state": str(record.state)}
+    return {
+        "escrow_account": record.escrow_account,
+        "amount": request.payment,
+        "state": str(record.state),
+        "user_wallet": record.user_wallet,
+    }
 
 
 @lock_escrow.on_rollback
@@ -188,7 +215,7 @@ def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, An
     request = validate(spec)
     started = dt.datetime.now(dt.UTC)
     with transaction():
-        escrow = lock_escrow(request)
+        escrow = lock_escrow(request, spec)
         dispatched = dispatch(request, node)
         ran = run_on_node(request, dispatched)
         logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])

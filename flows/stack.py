@@ -45,8 +45,14 @@ class EmbeddedStack:
     #: the verifier service process (holds the verifier's escrow key; co-signs releases, F1)
     verifier: Any = None
 
+    #: Each demo user's own wallet (a sealed key under ``home/users/<name>``, opened by that user's client).
+    users: dict[str, Any] = field(default_factory=dict)
+    #: Node name -> the public key of the payout wallet it registers (the key stays with its operator).
+    node_wallets: dict[str, str] = field(default_factory=dict)
+
     def balances(self) -> dict[str, int]:
-        """The demo user's and the (shared) node wallet's token balances on the ledger service."""
+        """Token balances: ``user`` (demo-user) and ``node`` (node-1), plus ``user:<name>`` and
+        ``node:<name>`` for every wallet the stack handed out."""
         from solders.pubkey import Pubkey
 
         from cyxwiz.ledger.rpc import RpcChain
@@ -55,13 +61,42 @@ class EmbeddedStack:
         config = self.ledger.config
         mint = Pubkey.from_string(config.mint)
         chain = RpcChain(url=config.rpc_url)
+        owners = {f"user:{n}": w.address for n, w in self.users.items()}
+        owners |= {f"node:{n}": w for n, w in self.node_wallets.items()}
         try:
-            return {
-                "user": chain.token_amount(token_account_of(self.ledger.user.pubkey(), mint)) or 0,
-                "node": chain.token_amount(token_account_of(self.ledger.node.pubkey(), mint)) or 0,
+            found = {
+                name: chain.token_amount(token_account_of(Pubkey.from_string(addr), mint)) or 0
+                for name, addr in owners.items()
             }
         finally:
             chain.close()
+        return {"user": found.get("user:demo-user", 0), "node": found.get("node:node-1", 0), **found}
+
+    def add_user(self, name: str, *, funds: int = 1_000_000_000) -> Any:
+        """A new demo user with their own funded wallet (sealed key + 0600 passphrase file)."""
+        self.users[name] = _user_wallet(self, name, funds=funds)
+        return self.users[name]
+
+    def wallet(self, user: str) -> Any:
+        """``user``'s own wallet (a :class:`cyxwiz.jobs.wallet.UserWallet`): what their client signs with."""
+        return self.users[user] if user in self.users else self.add_user(user)
+
+    def fund(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` as the user's client submits it: a job id and the lock signed by the user's wallet."""
+        from cyxwiz.ledger.view import LedgerView
+
+        view = LedgerView.from_config(self.ledger.config)
+        try:
+            user = str(spec.get("user", "user"))
+            return dict(self.wallet(user).fund_spec(spec, view.funding_terms(), user=user))
+        finally:
+            view.close()
+
+    def node_wallet(self, name: str) -> str:
+        """The payout wallet node ``name`` registers (made on first use, key kept on the node side)."""
+        if name not in self.node_wallets:
+            self.node_wallets[name] = str(_new_wallet(self, self.home / "node-wallets" / f"{name}.key"))
+        return self.node_wallets[name]
 
     def start_agent(self, name: str, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """A node agent process (``python -m agents``) with its own certificate and work queue."""
@@ -78,6 +113,7 @@ class EmbeddedStack:
             "CYXWIZ_COORDINATOR_URL": self.coordinator.url,
             "CYXWIZ_WORK_ROOT": str(work),
             "CYXWIZ_SANDBOX_MAX_MEMORY_MB": "2048",
+            "CYXWIZ_NODE_WALLET": self.node_wallet(name),
             **(extra_env or {}),
         }
         env.pop("CYXWIZ_CONTROL_PLANE", None)  # a node knows nothing of the control plane's files
@@ -264,6 +300,7 @@ def embedded_stack(
 
         coordinator_dir = home / "coordinator"
         coordinator = _start_coordinator(
+            ledger_config=demo_ledger.config,
             pki=pki,
             state_dir=coordinator_dir,
             store=store,
@@ -282,7 +319,7 @@ def embedded_stack(
             env["CYXWIZ_GATEWAY_URL"] = gateway_url
             say(f"Gateway to the Prefect API (mTLS, per-node allow-list) on {gateway_url}")
 
-        node_wallets = {name: str(demo_ledger.node.pubkey()) for name in nodes}
+        demo_ledger = _hand_out_wallets(demo_ledger, home, passphrase.encode())
         config = ControlPlaneConfig(
             home=home,
             pki_root=pki.root,
@@ -291,7 +328,6 @@ def embedded_stack(
             audit_dir=home / "audit",
             coordinator_url=coordinator.url,
             coordinator_db=f"sqlite:///{coordinator_dir / 'coordinator.db'}",
-            node_wallets=node_wallets,
         )
         config_path = home / "control-plane.json"
         config.to_file(config_path)
@@ -310,6 +346,8 @@ def embedded_stack(
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
             audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
+            users={"demo-user": _demo_user_wallet(demo_ledger, home)},
+            node_wallets={"node-1": str(demo_ledger.node.pubkey())},
         )  # fmt: skip
         stack.callback(built.close)
         yield built
@@ -460,6 +498,7 @@ def _start_gateway(
 
 def _start_coordinator(
     *,
+    ledger_config: Any,
     pki: Any,
     state_dir: Path,
     store: Any,
@@ -471,6 +510,7 @@ def _start_coordinator(
 ) -> Any:
     """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
     from cyxwiz.coordinator.service import build_coordinator
+    from cyxwiz.ledger.view import LedgerView
     from cyxwiz.storage.urlsign import UrlSigner, asgi_app
     from tasks.hooks import PrefectHooks
 
@@ -489,7 +529,9 @@ def _start_coordinator(
         crl=pki.crl,
         state_dir=state_dir,
         ca_dir=pki.ca_dir,
-        hooks=PrefectHooks(store=store, signer=signer, api_url=api_url),
+        hooks=PrefectHooks(
+            store=store, signer=signer, api_url=api_url, ledger=LedgerView.from_config(ledger_config)
+        ),
         audit=audit,
         max_body=64 << 20,
         keyring=keyring,
@@ -502,3 +544,68 @@ def _start_coordinator(
     )
     handle.server.start()
     return handle
+
+
+def _hand_out_wallets(demo: Any, home: Path, ledger_passphrase: bytes) -> Any:
+    """Take the demo user's and node's keys out of the control plane's ledger directory: the user's goes
+    to the user's own area (their client signs with it), the node's to its operator; the ledger config
+    keeps only the escrow authorities, the payer and the test mint authority (F1, C2)."""
+    import dataclasses
+
+    from cyxwiz.ledger.config import LedgerConfig
+
+    keys = {k: v for k, v in demo.config.keys.items() if k not in ("user", "node")}
+    for name in ("user", "node"):
+        path = demo.config.key_path(name)
+        if path is not None:
+            path.unlink(missing_ok=True)
+    dataclasses.replace(demo.config, keys=keys).to_file(demo.config_path)
+    return dataclasses.replace(demo, config=LedgerConfig.from_file(demo.config_path))
+
+
+def _user_dir(home: Path, name: str) -> tuple[Path, bytes]:
+    """``home/users/<name>``: the user's wallet key and its passphrase file, both 0600."""
+    directory = home / "users" / name
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_urlsafe(24).encode()
+    pass_file = directory / "wallet.pass"
+    fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return directory, secret
+
+
+def _demo_user_wallet(demo: Any, home: Path) -> Any:
+    from cyxwiz.jobs.wallet import UserWallet
+    from cyxwiz.ledger.keystore import write_keypair
+
+    directory, secret = _user_dir(home, "demo-user")
+    write_keypair(directory / "wallet.key", demo.user, passphrase=secret, overwrite=True)
+    return UserWallet(path=directory / "wallet.key", passphrase=secret)
+
+
+def _new_wallet(stack: EmbeddedStack, path: Path, *, passphrase: bytes | None = None, funds: int = 0) -> Any:
+    from cyxwiz.ledger.rpc import RpcChain
+    from cyxwiz.ledger.wallets import create_wallet
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    chain = RpcChain(url=stack.ledger.config.rpc_url)
+    try:
+        return create_wallet(
+            chain,
+            config=stack.ledger.config,
+            ledger_passphrase=stack.env["CYXWIZ_LEDGER_PASSPHRASE"].encode(),
+            path=path,
+            passphrase=passphrase or secrets.token_urlsafe(24).encode(),
+            funds=funds,
+        )
+    finally:
+        chain.close()
+
+
+def _user_wallet(stack: EmbeddedStack, name: str, *, funds: int) -> Any:
+    from cyxwiz.jobs.wallet import UserWallet
+
+    directory, secret = _user_dir(stack.home, name)
+    _new_wallet(stack, directory / "wallet.key", passphrase=secret, funds=funds)
+    return UserWallet(path=directory / "wallet.key", passphrase=secret)

@@ -31,8 +31,10 @@ class NodeChannel(Protocol):
 class ControlChannel(Protocol):
     """The lifecycle's calls to the coordinator (scheduler role, mTLS)."""
 
-    def create_job(self, *, user: str, spec: dict[str, Any], duration_s: int) -> str:
-        """Create the job row; returns the coordinator's job id."""
+    def create_job(
+        self, *, user: str, spec: dict[str, Any], duration_s: int, job_id: str | None = None
+    ) -> str:
+        """Create the job row (under ``job_id`` when the user's client chose it); returns the job id."""
         ...
 
     def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
@@ -41,7 +43,7 @@ class ControlChannel(Protocol):
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """The job record: status, assigned node, submitted proof (base64 JSON) and its receipt time."""
+        """The job record: owner (``user_id``), status, assigned node, submitted proof, receipt time."""
         ...
 
     def revoke_job_token(self, job_id: str) -> None: ...

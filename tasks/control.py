@@ -17,6 +17,7 @@ from tasks.config import ControlPlaneConfig
 if TYPE_CHECKING:
     from cyxwiz.datasets import DatasetSources, DatasetSpec, ModelShape
     from cyxwiz.datasets.prepare import CheckedData
+    from cyxwiz.ledger.client_funding import Funding
 
 #: The reference dataset (scikit-learn ships it: nothing downloads); the demo default.
 DIGITS = "sklearn:digits"
@@ -85,12 +86,12 @@ def parse_job_request(
         raise ValidationError("a job spec is a mapping", field="spec", rule="G1")
     allowed = {
         "job_id", "user", "payment", "dataset", "job_type", "model", "training", "task", "limits",
-        "verification",
+        "verification", "funding",
     }  # fmt: skip
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValidationError(f"unknown keys {unknown}", field="spec", rule="G1")
-    job_id = job_id or spec.get("job_id") or new_job_id()
+    job_id = job_id or spec.get("job_id") or _funded_job_id(spec) or new_job_id()
     payment = spec.get("payment")
     if not isinstance(payment, int) or isinstance(payment, bool) or payment <= 0:
         raise ValidationError("must be a positive integer of base units", field="payment", rule="F3")
@@ -172,6 +173,29 @@ def minimum_payment(config: ControlPlaneConfig) -> int:
     from cyxwiz.ledger.config import LedgerConfig
 
     return int(LedgerConfig.from_file(config.ledger_config).minimum_payment)
+
+
+def _funded_job_id(spec: dict[str, Any]) -> str | None:
+    funding = spec.get("funding")
+    value = funding.get("job_id") if isinstance(funding, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def funding_of(spec: dict[str, Any], *, job_id: str) -> Funding:
+    """The escrow lock the user's client signed for this job (F1: the control plane holds no user key)."""
+    from cyxwiz.ledger.client_funding import Funding
+
+    if spec.get("funding") is None:
+        raise ValidationError(
+            "the user's own client signs the escrow lock: submit with `cyxwiz job submit --wallet` or "
+            "UserWallet.fund_spec(spec, terms)",
+            field="funding",
+            rule="F1",
+        )
+    funding = Funding.from_dict(spec["funding"])
+    if funding.job_id != job_id:
+        raise ValidationError("the funding was signed for another job", field="funding.job_id", rule="F1")
+    return funding
 
 
 @dataclass(frozen=True, kw_only=True)

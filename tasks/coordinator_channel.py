@@ -28,9 +28,13 @@ def node_name(subject: str) -> str:
 
 
 class SchedulerChannel:
-    def __init__(self, *, store: Any, node_wallets: dict[str, str], crl: Path | None = None) -> None:
+    def __init__(
+        self, *, store: Any, node_wallets: dict[str, str] | None = None, crl: Path | None = None
+    ) -> None:
         self.store = store
-        self.node_wallets = node_wallets
+        #: Operator overrides (by PeerID, node id, or a name only one node holds); the wallet a node
+        #: registered under its own PeerID comes first.
+        self.node_wallets = dict(node_wallets or {})
         self.crl = crl
 
     def _revoked_serials(self) -> set[int]:
@@ -53,8 +57,12 @@ class SchedulerChannel:
             crl=config.pki_root / "ca" / "ca-crl.pem",
         )
 
-    def create_job(self, *, user: str, spec: dict[str, Any], duration_s: int) -> str:
-        return str(self.store.create_job(user_id=user, spec=spec, duration_s=duration_s).job_id)
+    def create_job(
+        self, *, user: str, spec: dict[str, Any], duration_s: int, job_id: str | None = None
+    ) -> str:
+        return str(
+            self.store.create_job(user_id=user, spec=spec, duration_s=duration_s, job_id=job_id).job_id
+        )
 
     def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
@@ -88,8 +96,11 @@ class SchedulerChannel:
         }
 
     def _wallet(self, record: Any, name: str) -> str | None:
-        """The node's wallet: configured by PeerID or node id, or by name only while that name is one
-        node's alone (a second certificate with the same CN must not draw the first one's pay)."""
+        """The node's wallet: the one it registered under its PeerID (F1); else configured by PeerID or
+        node id, or by name only while that name is one node's alone (a second certificate with the same
+        CN must not draw the first one's pay). None: no paid work for it."""
+        if record.wallet:
+            return str(record.wallet)
         for key in (record.peer_id, record.node_id):
             if key in self.node_wallets:
                 return self.node_wallets[key]
@@ -104,6 +115,7 @@ class SchedulerChannel:
         record = self.store.job(job_id)
         return {
             "job_id": record.job_id,
+            "user_id": record.user_id,
             "status": record.status,
             "node_id": record.node_id,
             "proof": record.proof,

@@ -102,19 +102,6 @@ def ledger() -> Any:
     return open_ledger(LedgerConfig.from_file(config().ledger_config), audit=audit())
 
 
-def user_wallet(user: str) -> Any:
-    """The paying wallet. The embedded default holds the demo user's sealed key; production takes a signed
-    funding transaction from the user's own client instead."""
-    from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
-
-    ledger_config = LedgerConfig.from_file(config().ledger_config)
-    path = ledger_config.key_path("user")
-    if path is None:
-        raise VerificationError("the ledger config holds no user wallet", field="keys.user")
-    return load_keypair(path, passphrase=passphrase_from_env())
-
-
 def require_stake(peer_id: str | None) -> None:
     """Refuse dispatch to a node whose stake is below the ledger config's minimum (F1)."""
     from cyxwiz.errors import ValidationError

@@ -67,7 +67,11 @@ def create_app(
 
     @app.get("/v1/health", tags=["meta"])
     def health(access: Annotated[Access, Depends(Allow("meta.health"))]) -> dict[str, str]:
-        return {"status": "ok"}
+        # Permissive development hooks say so here too, so nobody mistakes a --dev coordinator for one.
+        warning = getattr(hooks, "dev_warning", None)
+        if warning:
+            return {"status": "ok", "mode": "dev", "warning": str(warning)}
+        return {"status": "ok", "mode": "production"}
 
     async def refuse(scope: dict[str, Any], send: Any, exc: Exception) -> None:
         await send_problem(scope, send, exc, audit=audit)

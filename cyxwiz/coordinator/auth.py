@@ -176,4 +176,5 @@ def node_payload(node: NodeRecord) -> dict[str, Any]:
         "hardware": node.hardware,
         "registered_at": node.registered_at.isoformat(),
         "last_heartbeat": node.last_heartbeat.isoformat() if node.last_heartbeat else None,
+        "wallet": node.wallet,
     }

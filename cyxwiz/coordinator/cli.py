@@ -33,7 +33,23 @@ AuditKey = Annotated[
     Path | None,
     Opt("--audit-key", envvar="CYXWIZ_AUDIT_SIGNING_KEY", help="Ed25519 key (0600) signing the audit log."),
 ]
-Dev = Annotated[bool, Opt("--dev", help="Development: a throw-away audit key if none is given (warned).")]
+Dev = Annotated[
+    bool,
+    Opt(
+        "--dev",
+        help="Development only (warned at start and in /v1/health): permissive hooks (no escrow, any proof "
+        "accepted) and a throw-away audit key if none is given.",
+    ),
+]
+Config = Annotated[
+    Path | None,
+    Opt(
+        "--config",
+        envvar="CYXWIZ_COORDINATOR_CONFIG",
+        help="Production: JSON naming TLS files, CRL, state and audit dirs, ledger config, object store and "
+        "the Prefect API; a missing part stops the start.",
+    ),
+]
 Host = Annotated[str, Opt("--host", help="Listen address.")]
 Port = Annotated[int, Opt("--port", help="Listen port.")]
 Out = Annotated[Path | None, Opt("--out", help="Write here instead of stdout.")]
@@ -52,14 +68,35 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
     audit_dir: AuditDir = None,
     audit_key: AuditKey = None,
     dev_mode: Dev = False,
+    config: Config = None,
     host: Host = "127.0.0.1",
     port: Port = 8443,
 ) -> None:
-    """Serve the coordinator until interrupted."""
+    """Serve the coordinator until interrupted.
+
+    Production: [bold]cyxwiz serve coordinator --config coordinator.json[/bold] wires the real ledger
+    view, object store, proof check and Prefect control channel, and refuses to start without any of them.
+
+    Development: [bold]cyxwiz serve coordinator --dev --pki-dir .demo/pki[/bold] (permissive hooks, warned).
+    """
     from cyxwiz.audit import AuditLog
     from cyxwiz.coordinator.service import build_coordinator
     from cyxwiz.errors import ConfigError
 
+    if config is not None:
+        if dev_mode:
+            raise ConfigError("--config (production) and --dev exclude each other", field="dev")
+        _serve_production(config, audit_key=audit_key)
+        return
+    if not dev_mode:
+        raise ConfigError(
+            "the production coordinator needs --config FILE (ledger, object store, proof check, Prefect "
+            "control channel); --dev runs the permissive development hooks instead",
+            field="config",
+        )
+    from cyxwiz.coordinator.config import DEV_WARNING
+
+    typer.echo(f"WARNING: {DEV_WARNING}", err=True)
     if pki_dir is not None:
         from cyxwiz.pki.devpki import build_dev_pki
 
@@ -74,6 +111,26 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
         db_url=db_url, audit=audit, host=host, port=port,
     )  # fmt: skip
     typer.echo(f"coordinator listening on {handle.url}")
+    handle.server.run()
+
+
+def _serve_production(path: Path, *, audit_key: Path | None) -> None:
+    import importlib
+
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.coordinator.config import CoordinatorConfig
+    from cyxwiz.errors import ConfigError
+
+    config = CoordinatorConfig.from_file(path)
+    try:
+        # The wiring lives with the Prefect layer (the control channel starts flow runs); the core only
+        # names it, so ``cyxwiz`` itself still imports no Prefect.
+        wire = importlib.import_module("tasks.hooks").production_coordinator
+    except ImportError:
+        raise ConfigError("the control-plane package (tasks) is not installed", field="config") from None
+    audit = AuditLog.open(config.audit_dir, signing_key=audit_key)
+    handle = wire(config, audit=audit)
+    typer.echo(f"coordinator listening on {handle.url} (production: ledger, store, proof check, Prefect)")
     handle.server.run()
 
 

@@ -7,9 +7,10 @@ verification, presigned URLs); :class:`BasicHooks` is the embedded default used 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from cyxwiz.coordinator.config import DEV_WARNING
 from cyxwiz.coordinator.store import JobRecord
 from cyxwiz.errors import NotFoundError, ValidationError
 from cyxwiz.transport.identity import PeerIdentity
@@ -47,8 +48,13 @@ class CoordinatorHooks(Protocol):
         job's input or output prefix; PUTs are bound to ``sha256`` and ``size``."""
         ...
 
-    def wallet(self, user_id: str) -> dict[str, Any]:
-        """The user's wallet view (address, balances, escrows)."""
+    def wallet(self, user_id: str, *, job_ids: Sequence[str]) -> dict[str, Any]:
+        """The user's wallet view: wallets that funded ``job_ids`` (the caller's own jobs), their
+        balances, and those jobs' escrows — nobody else's (C2)."""
+        ...
+
+    def funding_terms(self) -> dict[str, Any]:
+        """Public values the user's client signs an escrow lock against (mint, multisig, rent, blockhash)."""
         ...
 
     def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
@@ -58,6 +64,9 @@ class CoordinatorHooks(Protocol):
 
 class BasicHooks:
     """Embedded defaults: a light spec check, no escrow, proofs recorded as given, storage optional."""
+
+    #: Permissive (no escrow, any proof accepted): ``/v1/health`` and ``cyxwiz serve --dev`` announce it.
+    dev_warning = DEV_WARNING
 
     def __init__(self, *, store: Any | None = None, url_ttl_s: int = 900) -> None:
         self.store = store  # a cyxwiz.storage object store with presign support, when configured
@@ -99,8 +108,12 @@ class BasicHooks:
         key = layout.job_input(job.job_id, name) if kind == "input" else layout.job_output(job.job_id, name)
         return str(presign(key, method=method, expires_in=self.url_ttl_s))
 
-    def wallet(self, user_id: str) -> dict[str, Any]:
-        return {"user_id": user_id, "address": None, "balance_lamports": None, "escrows": []}
+    def wallet(self, user_id: str, *, job_ids: Sequence[str]) -> dict[str, Any]:
+        del job_ids
+        return {"user_id": user_id, "wallets": {}, "escrows": []}
+
+    def funding_terms(self) -> dict[str, Any]:
+        raise NotFoundError("no ledger is configured (dev hooks)", field="ledger")
 
     def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
         del user_id, sha256, size, suffix

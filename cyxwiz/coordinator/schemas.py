@@ -27,6 +27,10 @@ class RegisterRequest(_Strict):
     hardware: Hardware
     #: Optional, for clients that send it: must match the node the certificate identifies (C2).
     node_id: str | None = Field(None, max_length=64)
+    #: Optional, as node_id: a body naming another PeerID than the certificate's is refused (C2).
+    peer_id: str | None = Field(None, max_length=128)
+    #: The payout wallet (base58 public key) bound to the certificate's PeerID; releases pay only it (F1).
+    wallet: str | None = Field(None, pattern=r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 
 
 class HeartbeatRequest(_Strict):

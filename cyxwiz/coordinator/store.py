@@ -32,6 +32,8 @@ nodes = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),  # active | draining | banned | revoked
     sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_heartbeat", sa.DateTime(timezone=True)),
+    # The payout wallet (base58 public key) the node registered under its certificate's PeerID (F1).
+    sa.Column("wallet", sa.String(64)),
 )
 sessions = sa.Table(
     "cyx_sessions",
@@ -112,6 +114,7 @@ class NodeRecord:
     status: str
     registered_at: datetime
     last_heartbeat: datetime | None
+    wallet: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ def _node(row: Any) -> NodeRecord:
         status=m["status"],
         registered_at=_aware(m["registered_at"]) or _now(),
         last_heartbeat=_aware(m["last_heartbeat"]),
+        wallet=m["wallet"],
     )
 
 
@@ -171,12 +175,21 @@ def _job(row: Any) -> JobRecord:
     )
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added after a table first shipped (``create_all`` only makes missing tables)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns("cyx_nodes")}
+    if "wallet" not in present:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE cyx_nodes ADD COLUMN wallet VARCHAR(64)"))
+
+
 class CoordinatorStore:
     """All coordinator state. Thread-safe (one SQLAlchemy engine, short transactions)."""
 
     def __init__(self, *, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
+        _add_missing_columns(engine)
 
     @classmethod
     def from_url(cls, url: str) -> CoordinatorStore:
@@ -194,9 +207,16 @@ class CoordinatorStore:
     # --- nodes --------------------------------------------------------------------------------------
 
     def register_node(
-        self, *, peer_id: str, subject: str, cert_serial: str, hardware: Mapping[str, Any]
+        self,
+        *,
+        peer_id: str,
+        subject: str,
+        cert_serial: str,
+        hardware: Mapping[str, Any],
+        wallet: str | None = None,
     ) -> NodeRecord:
-        """Create the node for this PeerID, or refresh its hardware; a banned/revoked node stays so."""
+        """Create the node for this PeerID, or refresh its hardware (and payout wallet, when given); a
+        banned/revoked node stays so. Only the certificate's PeerID selects the row (C2)."""
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
             if row is None:
@@ -211,15 +231,19 @@ class CoordinatorStore:
                         status="active",
                         registered_at=_now(),
                         last_heartbeat=_now(),
+                        wallet=wallet,
                     )
                 )
             else:
                 node_id = row._mapping["node_id"]
-                conn.execute(
-                    nodes.update()
-                    .where(nodes.c.node_id == node_id)
-                    .values(hardware=dict(hardware), subject=subject, cert_serial=cert_serial)
-                )
+                values: dict[str, Any] = {
+                    "hardware": dict(hardware),
+                    "subject": subject,
+                    "cert_serial": cert_serial,
+                }
+                if wallet is not None:
+                    values["wallet"] = wallet
+                conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**values))
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node_by_peer(self, peer_id: str) -> NodeRecord | None:
@@ -368,10 +392,16 @@ class CoordinatorStore:
 
     # --- jobs ---------------------------------------------------------------------------------------
 
-    def create_job(self, *, user_id: str, spec: Mapping[str, Any], duration_s: int) -> JobRecord:
-        job_id = "job-" + uuid.uuid4().hex[:20]
+    def create_job(
+        self, *, user_id: str, spec: Mapping[str, Any], duration_s: int, job_id: str | None = None
+    ) -> JobRecord:
+        """A new job row; ``job_id`` is the id the user's client chose when it signed the job's escrow
+        lock (a taken id is a conflict, never an overwrite)."""
+        job_id = job_id or "job-" + uuid.uuid4().hex[:20]
         now = _now()
         with self._tx() as conn:
+            if conn.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id == job_id)).first() is not None:
+                raise ConflictError("a job with this id exists", field="job_id", rule="F2")
             conn.execute(
                 jobs.insert().values(
                     job_id=job_id,

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -28,6 +28,9 @@ from cyxwiz.errors import (
     RateLimitError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from cyxwiz.jobs.wallet import UserWallet
 
 #: A job in one of these states never changes again; ``wait`` stops there.
 TERMINAL_STATUSES = frozenset({"released", "refunded", "completed", "failed", "cancelled", "disputed"})
@@ -88,6 +91,20 @@ def _existing(path: Path | None, what: str, env_name: str) -> Path | None:
     return path
 
 
+def _subject_of(token: str) -> str | None:
+    """The ``user_id`` claim of our own session token (read, not verified: it only labels our lock)."""
+    import base64
+    import json
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    user = claims.get("user_id") if isinstance(claims, dict) else None
+    return user if isinstance(user, str) else None
+
+
 class CoordinatorUserClient:
     """HTTPS client for the user endpoints. Logs in lazily once; re-logs in once if the session expires."""
 
@@ -121,6 +138,7 @@ class CoordinatorUserClient:
         context = client_context(trust_bundle=ca_bundle, cert=cert, key=key, crl=crl)
         self._http = httpx.Client(base_url=self.url, verify=context, timeout=timeout_s)
         self._token: str | None = None
+        self._user_id: str | None = None
 
     @classmethod
     def from_options(
@@ -209,12 +227,20 @@ class CoordinatorUserClient:
             f"cannot reach the coordinator at {self.url}: {exc or type(exc).__name__}", field=ENV_URL
         )
 
+    def user_id(self) -> str:
+        """Who the coordinator knows this client as (the user certificate's CN): the owner a lock names."""
+        if self._user_id is None:
+            self.login()
+        assert self._user_id is not None
+        return self._user_id
+
     def login(self) -> str:
         """``POST /v1/auth/login`` with the user certificate; returns (and keeps) the session token."""
         response = self._send("POST", "/v1/auth/login")
         if response.status_code != 200:
             raise _problem(response)
         self._token = str(response.json()["session_token"])
+        self._user_id = _subject_of(self._token)
         return self._token
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -231,8 +257,19 @@ class CoordinatorUserClient:
 
     # --- user endpoints ---------------------------------------------------------------------------
 
-    def submit(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+    def submit(self, spec: Mapping[str, Any], *, wallet: UserWallet | None = None) -> dict[str, Any]:
+        """Submit ``spec``; with ``wallet``, first sign the job's escrow lock here, on the user's machine
+        (F1: the control plane never holds the user's key; it only sends these signed bytes)."""
+        if wallet is not None and spec.get("funding") is None:
+            from cyxwiz.ledger.client_funding import FundingTerms
+
+            terms = FundingTerms.from_dict(self.funding_terms())
+            spec = wallet.fund_spec(spec, terms, user=self.user_id())
         return dict(self._call("POST", "/v1/jobs", json={"spec": dict(spec)}))
+
+    def funding_terms(self) -> dict[str, Any]:
+        """``GET /v1/wallet/terms``: the public values a lock is signed against."""
+        return dict(self._call("GET", "/v1/wallet/terms"))
 
     def list_jobs(self) -> list[dict[str, Any]]:
         return [dict(j) for j in self._call("GET", "/v1/jobs")]

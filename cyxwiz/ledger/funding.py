@@ -35,6 +35,7 @@ def create_signed(
     user_signature: Signature | str,
     deadline: dt.datetime | None = None,
     run_id: str | None = None,
+    owner: str | None = None,
 ) -> EscrowRecord:
     check_job_id(job_id)
     check_amount(amount, minimum=ledger.minimum_payment)
@@ -47,7 +48,7 @@ def create_signed(
     expected = txbuild.create_escrow(
         payer=ledger._payer.pubkey(), user=user, user_token=txbuild.token_account_of(user, ledger.mint),
         mint=ledger.mint, decimals=ledger.decimals, multisig=ledger.multisig, job_id=job_id, amount=amount,
-        rent=ledger._account_rent(),
+        rent=ledger._account_rent(), owner=owner,
     )  # fmt: skip
     if (
         bytes(Message.new_with_blockhash(expected, ledger._payer.pubkey(), parsed.recent_blockhash))

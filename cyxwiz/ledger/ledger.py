@@ -211,18 +211,21 @@ class EscrowLedger:
         user_signature: Signature | str,
         deadline: dt.datetime | None = None,
         run_id: str | None = None,
+        owner: str | None = None,
     ) -> EscrowRecord:
         """Lock funds with a message from :meth:`funding_message` the user's client signed (F1, F3).
 
         The message must be exactly the lock of ``amount`` from that wallet for that job (re-built and
         compared), and the signature the wallet's over it; then the fee payer signs and the usual intent
-        protocol runs (:func:`cyxwiz.ledger.funding.create_signed`).
+        protocol runs (:func:`cyxwiz.ledger.funding.create_signed`). ``owner``: the submitting user's id
+        when the client put it in the memo (:mod:`cyxwiz.ledger.client_funding`), so one user's signed lock
+        cannot fund another user's job (C2).
         """
         from cyxwiz.ledger.funding import create_signed
 
         return create_signed(
             self, job_id=job_id, user_wallet=user_wallet, amount=amount, message=message,
-            user_signature=user_signature, deadline=deadline, run_id=run_id,
+            user_signature=user_signature, deadline=deadline, run_id=run_id, owner=owner,
         )  # fmt: skip
 
     def assign(

@@ -108,8 +108,12 @@ def create_escrow(
     job_id: str,
     amount: int,
     rent: int,
+    owner: str | None = None,
 ) -> list[Instruction]:
+    """``owner`` (the submitting user's id) goes into the memo when the user signs the lock, so signed
+    bytes cannot be passed off as another user's submission (C2)."""
     escrow = escrow_address(payer, job_id)
+    note = f"cyxwiz:escrow:create:{job_id}" + (f":user={owner}" if owner is not None else "")
     return [
         create_account_with_seed(
             CreateAccountWithSeedParams(
@@ -136,7 +140,7 @@ def create_escrow(
                 decimals=decimals,
             )
         ),
-        memo(payer, f"cyxwiz:escrow:create:{job_id}"),
+        memo(payer, note),
     ]
 
 

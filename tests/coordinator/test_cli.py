@@ -18,6 +18,6 @@ def test_openapi_document(tmp_path: Path) -> None:
 
 
 def test_coordinator_needs_certificates() -> None:
-    result = CliRunner().invoke(app, ["serve", "coordinator", "--state-dir", "/tmp/x-cyxwiz-none"])
+    result = CliRunner().invoke(app, ["serve", "coordinator", "--dev", "--state-dir", "/tmp/x-cyxwiz-none"])
     assert result.exit_code == 2
     assert "error: cert: --cert, --key and --bundle" in result.output

@@ -49,7 +49,7 @@ def test_honest_job_is_released_and_archived(stack: Any) -> None:
 
     spec = tiny_job()
     before = stack.balances()
-    summary = job_lifecycle(spec, node="node-1")
+    summary = job_lifecycle(stack.fund(spec), node="node-1")
     after = stack.balances()
     RESULTS["honest"] = summary
     job_id = summary["job_id"]
@@ -153,7 +153,9 @@ def test_failure_after_escrow_rolls_back_to_a_refund(stack: Any) -> None:
     ledger = services.ledger()
     known = {r.job_id for r in ledger.list_escrows()}
     before = stack.balances()
-    state = job_lifecycle(tiny_job(epochs=1), node="node-that-does-not-exist", return_state=True)
+    state = job_lifecycle(
+        stack.fund(tiny_job(epochs=1)), node="node-that-does-not-exist", return_state=True
+    )
     assert state.is_failed()
     assert "no healthy" in str(state.message) or state.is_failed()
     new = [r for r in ledger.list_escrows() if r.job_id not in known]
@@ -172,7 +174,7 @@ def test_dishonest_node_is_refunded_and_paid_nothing(stack: Any, tmp_path: Path)
     spec = tiny_job()
     before = stack.balances()
     try:
-        summary = job_lifecycle(spec, node="node-1")
+        summary = job_lifecycle(stack.fund(spec), node="node-1")
     finally:
         restore_control_config(stack, old)
     after = stack.balances()
@@ -215,7 +217,7 @@ def test_submission_through_the_coordinator_api(stack: Any) -> None:
         ca_bundle=stack.pki.bundle,
         crl=stack.pki.crl,
     ) as client:
-        submitted = client.submit(spec)
+        submitted = client.submit(spec, wallet=stack.wallet("demo-user"))
         job_id = submitted["job_id"]
         assert submitted["status"] in {"pending", "queued", "submitted", "created"}, submitted
         final = client.wait(job_id, timeout_s=300, interval_s=1.0)
@@ -274,7 +276,7 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
 
     watcher = threading.Thread(target=cancel_when_training, daemon=True)
     watcher.start()
-    summary = job_lifecycle(tiny_job(epochs=400, wall_seconds=90), node="node-1")
+    summary = job_lifecycle(stack.fund(tiny_job(epochs=400, wall_seconds=90)), node="node-1")
     watcher.join(timeout=10)
     print(f"cancellation: lifecycle back {time.monotonic() - cancelled.get('at', 0):.1f} s after the request")
     assert "run" in cancelled, f"the node run was never seen training: {cancelled.get('error')}"
@@ -315,7 +317,7 @@ def test_node_revoked_mid_job_is_refused_and_refunded(stack: Any) -> None:
     spec = tiny_job(epochs=30, wall_seconds=30)
     before = stack.balances()
     try:
-        summary = job_lifecycle(spec, node="node-2")
+        summary = job_lifecycle(stack.fund(spec), node="node-2")
     finally:
         restore_control_config(stack, old)
         watcher.join(timeout=5)

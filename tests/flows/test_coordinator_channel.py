@@ -13,14 +13,17 @@ from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.peerid import peer_id
 from tasks.coordinator_channel import SchedulerChannel, node_name
 
+WALLETS = {"node-1": "W1", "node-2": "W2", "node-3": "W3"}
 
-def _register(store: CoordinatorStore, pki: DevPKI, name: str) -> str:
+
+def _register(store: CoordinatorStore, pki: DevPKI, name: str, *, wallet: str | None = "auto") -> str:
     cert = load_certificate(pki.node_cert(name))
     record = store.register_node(
         peer_id=peer_id(cert),
         subject=cert.subject.rfc4514_string(),
         cert_serial=format(cert.serial_number, "x"),
         hardware={},
+        wallet=WALLETS[name] if wallet == "auto" else wallet,
     )
     store.heartbeat(record.node_id)
     return str(record.node_id)
@@ -30,8 +33,7 @@ def _register(store: CoordinatorStore, pki: DevPKI, name: str) -> str:
 def setup(tmp_path: Path) -> tuple[SchedulerChannel, DevPKI, CoordinatorStore]:
     pki = build_dev_pki(tmp_path / "pki", nodes=("node-1", "node-2", "node-3"))
     store = CoordinatorStore.from_url(f"sqlite:///{tmp_path / 'c.db'}")
-    wallets = {"node-1": "W1", "node-2": "W2", "node-3": "W3"}
-    return SchedulerChannel(store=store, node_wallets=wallets, crl=pki.crl), pki, store
+    return SchedulerChannel(store=store, node_wallets=dict(WALLETS), crl=pki.crl), pki, store
 
 
 def test_assigns_a_healthy_node_and_names_its_queue(
@@ -85,7 +87,7 @@ def test_a_second_certificate_with_the_same_cn_shares_nothing(
     from cyxwiz.pki.peerid import peer_id as pid
 
     channel, pki, store = setup
-    honest = _register(store, pki, "node-1")
+    honest = _register(store, pki, "node-1", wallet=None)  # paid by the name-keyed configuration
     job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
     first = channel.assign(job_id)
     assert first["queue"] == honest and first["wallet"] == "W1"  # positive control
@@ -110,3 +112,30 @@ def test_a_second_certificate_with_the_same_cn_shares_nothing(
         channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60), node="node-1"
     )
     assert again["node_id"] == again["queue"] == honest and again["wallet"] == "W1"
+
+
+def test_a_node_without_a_payout_wallet_gets_no_paid_work(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    """F1: a release pays the wallet the node registered under its PeerID; no wallet, no dispatch."""
+    _channel, pki, store = setup
+    channel = SchedulerChannel(store=store, crl=pki.crl)  # no operator-configured wallets
+    _register(store, pki, "node-3", wallet=None)
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    with pytest.raises(ConflictError):
+        channel.assign(job_id, node="node-3")
+    assert channel.job(job_id)["status"] == "submitted"
+    _register(store, pki, "node-3", wallet="W3")
+    assert channel.assign(job_id, node="node-3")["wallet"] == "W3"
+
+
+def test_client_chosen_job_id_cannot_take_an_existing_row(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    channel, _pki, _store = setup
+    job_id = channel.create_job(
+        user="alice", spec={"job_type": "model"}, duration_s=60, job_id="job-" + "a" * 24
+    )
+    with pytest.raises(ConflictError):
+        channel.create_job(user="bob", spec={"job_type": "model"}, duration_s=60, job_id=job_id)
+    assert channel.job(job_id)["user_id"] == "alice"

@@ -26,7 +26,9 @@ def submit(
 ) -> dict[str, Any]:
     ctx, caller = coordinator(request), access.who
     spec, duration = ctx.hooks.validate_spec(body.spec, user_id=caller.principal_id)
-    job = ctx.store.create_job(user_id=caller.principal_id, spec=spec, duration_s=duration)
+    job = ctx.store.create_job(
+        user_id=caller.principal_id, spec=spec, duration_s=duration, job_id=_funded_job_id(spec)
+    )
     try:
         ctx.hooks.on_submitted(job)
     except Exception:
@@ -41,6 +43,19 @@ def submit(
         )
     )
     return ctx.store.job(job.job_id).public()
+
+
+def _funded_job_id(spec: dict[str, Any]) -> str | None:
+    """The id the user's client signed the escrow lock for (F1); a taken id is a 409, never a takeover."""
+    from cyxwiz.ledger.client_funding import CLIENT_JOB_ID
+
+    funding = spec.get("funding")
+    if funding is None:
+        return None
+    job_id = funding.get("job_id") if isinstance(funding, dict) else None
+    if not isinstance(job_id, str) or not CLIENT_JOB_ID.match(job_id):
+        raise ValidationError("must look like job-<12..40 hex>", field="spec.funding.job_id", rule="G1")
+    return job_id
 
 
 @router.get("/v1/jobs", tags=["users"])

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest, RenewRequest
-from cyxwiz.errors import AuthorizationError, ConflictError
+from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
 from cyxwiz.transport.identity import PeerIdentity
 
 router = APIRouter(tags=["nodes"])
@@ -25,6 +25,8 @@ def register(
     ip = request.client.host if request.client else None
     existing = ctx.store.node_by_peer(peer.peer_id)
     ctx.check_claimed_node(existing, body.node_id, peer, ip)
+    if body.peer_id is not None and body.peer_id != peer.peer_id:
+        ctx.check_claimed_node(None, body.peer_id, peer, ip)  # audited and refused as a foreign node_id
     if existing is not None and existing.status in ("banned", "revoked"):
         raise AuthorizationError(f"node is {existing.status}", field="node_id", rule="C1")
     node = ctx.store.register_node(
@@ -32,6 +34,7 @@ def register(
         subject=peer.subject,
         cert_serial=format(peer.serial, "x"),
         hardware=body.hardware.model_dump(),
+        wallet=_payout_wallet(body.wallet),
     )
     ctx.record(
         ev.node_registered(
@@ -44,6 +47,18 @@ def register(
     )
     tokens = ctx.open_session(node=node, user_id=None, role="node", peer=peer)
     return {"node_id": node.node_id, "peer_id": peer.peer_id, **tokens.model_dump()}
+
+
+def _payout_wallet(value: str | None) -> str | None:
+    """The wallet releases pay, bound to the caller's PeerID only (F1, C2); a public key, nothing secret."""
+    if value is None:
+        return None
+    from solders.pubkey import Pubkey
+
+    try:
+        return str(Pubkey.from_string(value))
+    except ValueError:
+        raise ValidationError("not a base58 public key", field="wallet", rule="F1") from None
 
 
 @router.post("/v1/nodes/heartbeat")
