@@ -8,6 +8,7 @@ reached without its rule having allowed it (tests check that every route declare
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.schemas import TokenPair
 from cyxwiz.coordinator.store import CoordinatorStore, JobRecord, NodeRecord
-from cyxwiz.errors import AuthorizationError
+from cyxwiz.errors import AuthorizationError, ValidationError
 from cyxwiz.tokens.issuer import TokenIssuer, new_id
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -146,6 +147,7 @@ class Allow:
     def __call__(self, request: Request) -> Access:
         ctx = coordinator(request)
         rule = self.rule
+        _check_ids(request.path_params)
         if rule.credential is Credential.NONE:
             return Access(rule)
         if rule.credential is Credential.CERTIFICATE:
@@ -159,6 +161,20 @@ class Allow:
         rule.check_role_scope(caller.role, caller.token.scopes)
         job = _resource(ctx, rule, caller, request.path_params)
         return Access(rule, caller=caller, peer=caller.peer, job=job)
+
+
+#: The canonical form of the ids the coordinator mints: anything else names nothing and is refused before
+#: any lookup or decision (an id is never matched loosely, issue 18).
+_ID_FORMS = {"job_id": re.compile(r"job-[0-9a-f]{20}"), "node_id": re.compile(r"node-[0-9a-f]{16}")}
+
+
+def _check_ids(params: dict[str, Any]) -> None:
+    for name, form in _ID_FORMS.items():
+        value = params.get(name)
+        if value is not None and not form.fullmatch(str(value)):
+            raise ValidationError(
+                f"not a {name.removesuffix('_id')} id in canonical form", field=name, rule="C3"
+            )
 
 
 def _certificate(auth: Authenticator, rule: Rule, request: Request) -> PeerIdentity:

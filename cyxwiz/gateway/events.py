@@ -91,7 +91,9 @@ def emit_refusal(text: str, view: NodeView, *, queue: str, pool_ids: set[str]) -
         return NOT_AN_EVENT
     verdicts = [_verdict(i, view, queue=queue, pool_ids=pool_ids) for i in ids]
     if "foreign" in verdicts:
-        return NOT_THE_NODES
+        foreign = ids[verdicts.index("foreign")]
+        # The kind (not the id) names what was foreign: reasons stay groupable in the audit log.
+        return f"{NOT_THE_NODES} ({foreign.removeprefix('prefect.').partition('.')[0]})"
     own_work = any(
         v == "own" and (i.startswith(_FLOW_RUN) or i.startswith("prefect.worker."))
         for i, v in zip(ids, verdicts, strict=True)

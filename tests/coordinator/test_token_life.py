@@ -118,3 +118,23 @@ def _cert(env: Env, node: str) -> Any:
     from cyxwiz.pki.certs import load_certificate
 
     return load_certificate(env.pki.node_cert(node))
+
+
+def test_ids_must_be_canonical_before_any_decision(env: Env) -> None:
+    """Fail closed on identifiers (issue 18): a respelled job or node id names nothing and is refused (422),
+    never matched loosely; the canonical one works."""
+    a = env.register("node-a")
+    job_id = submit_assigned_job(env, a["node_id"], owner="alice")
+    alice, admin = env.user_token("alice"), env.user_token("root", role="admin")
+    with env.client() as c:
+        assert c.get(f"/v1/jobs/{job_id}", headers=auth(alice)).status_code == 200
+        for spelled in (job_id.upper(), job_id + " ", f"{job_id}%00", "job-../x"):
+            r = c.get(f"/v1/jobs/{spelled}", headers=auth(alice))
+            assert r.status_code in (404, 422), spelled
+            if r.status_code == 422:
+                assert r.json()["field"] == "job_id"
+        r = c.post(f"/v1/admin/nodes/{a['node_id'].upper()}/drain", json={}, headers=auth(admin))
+        assert r.status_code == 422 and r.json()["field"] == "node_id"
+        assert (
+            c.post(f"/v1/admin/nodes/{a['node_id']}/drain", json={}, headers=auth(admin)).status_code == 200
+        )

@@ -242,9 +242,11 @@ def test_node_certificate_cannot_act_as_a_user(jobs_env: JobsEnv) -> None:
 
 
 def test_unknown_job_is_not_found(jobs_env: JobsEnv) -> None:
-    result = jobs_env.cli("get", "job-doesnotexist")
+    result = jobs_env.cli("get", "job-" + "0" * 20)  # canonical form, no such job
     assert result.exit_code == 4
     assert "404" in one_error_line(result)
+    # A malformed id names nothing: refused before any lookup (issue 18, fail closed on identifiers).
+    assert jobs_env.cli("get", "job-doesnotexist").exit_code == 2
 
 
 def test_coordinator_from_another_ca_is_refused(jobs_env: JobsEnv, tmp_path: Path) -> None:
