@@ -1,9 +1,10 @@
 """The trusted zone's configuration as one typed Prefect block (the prefect-aws idiom: ``Block.load(name)``).
 
-The lifecycle and maintenance flows load ``ControlPlaneBlock.load("default")`` first and fall back to the
-``CYXWIZ_CONTROL_PLANE`` file and env vars when no block is saved (:func:`tasks.services.plane`). Secrets
-(the ledger key passphrase, the object store's master key, a database URL with a password) are
-``SecretStr``: the UI and logs show asterisks, and they reach the core only as plain values at open time.
+``make demo`` saves ``ControlPlaneBlock`` as ``default``; the lifecycle and maintenance flows load the block
+named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` and fall back to the ``CYXWIZ_CONTROL_PLANE`` file and env vars
+when none is named (:func:`tasks.services.config`). Secrets (the ledger key passphrase, the object store's
+master key, a database URL that may carry a password) are ``SecretStr``: the UI and logs show asterisks,
+and they reach the core only as plain values in the flow-run process that loads the block.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pydantic import Field, SecretStr
 
 from cyxwiz.storage.crypto import MASTER_KEY_ENV
 
-#: The name ``make demo`` saves and the flows load when nothing else is configured.
+BLOCK_ENV = "CYXWIZ_CONTROL_PLANE_BLOCK"
+#: The name ``make demo`` saves.
 DEFAULT_NAME = "default"
 LEDGER_PASSPHRASE_ENV = "CYXWIZ_LEDGER_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 
@@ -32,7 +34,7 @@ class ControlPlaneBlock(Block):
     )
 
     home: Path = Field(description="Control-plane state directory.")
-    pki_root: Path = Field(description="Dev PKI / CA directory (bundle, CRL, node certificates).")
+    pki_root: Path = Field(description="CA directory (bundle, CRL, node certificates).")
     ledger_config: Path = Field(description="Ledger config JSON (RPC URL, mint, multisig, key files).")
     store_root: Path = Field(description="Local object store root.")
     audit_dir: Path = Field(description="Audit log directory.")
@@ -47,16 +49,12 @@ class ControlPlaneBlock(Block):
         default=None, description="Passphrase of the ledger's sealed authority keys."
     )
     store_master_key: SecretStr | None = Field(
-        default=None, description="Base64 master key of the object store's envelope encryption."
+        default=None, description="Master key of the object store's envelope encryption."
     )
 
     @classmethod
     def from_config(
-        cls,
-        config: Any,
-        *,
-        ledger_passphrase: str | None = None,
-        store_master_key: str | None = None,
+        cls, config: Any, *, ledger_passphrase: str | None = None, store_master_key: str | None = None
     ) -> ControlPlaneBlock:
         """From a :class:`tasks.config.ControlPlaneConfig` (duck-typed: blocks depend on the core only)."""
         return cls(
@@ -75,7 +73,7 @@ class ControlPlaneBlock(Block):
         )
 
     def config_values(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`tasks.config.ControlPlaneConfig` (secrets excluded)."""
+        """The keyword arguments of :class:`tasks.config.ControlPlaneConfig`."""
         return {
             "home": self.home,
             "pki_root": self.pki_root,
@@ -90,10 +88,17 @@ class ControlPlaneBlock(Block):
         }
 
     def secret_env(self) -> dict[str, str]:
-        """The secrets as the core reads them (env names), for this process only; never logged."""
+        """The secrets under the env names the core reads, for the loading process only; never logged."""
         env: dict[str, str] = {}
         if self.ledger_passphrase is not None:
             env[LEDGER_PASSPHRASE_ENV] = self.ledger_passphrase.get_secret_value()
         if self.store_master_key is not None:
             env[MASTER_KEY_ENV] = self.store_master_key.get_secret_value()
         return env
+
+
+def load_control_plane(name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``ControlPlaneBlock.load(name)`` as (config values, secret env)."""
+    block = ControlPlaneBlock.load(name)
+    assert isinstance(block, ControlPlaneBlock)  # a sync load returns the block itself
+    return block.config_values(), block.secret_env()

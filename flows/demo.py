@@ -78,6 +78,18 @@ def _say_settlement(settlement: dict[str, Any]) -> None:
         )
 
 
+def _use_blocks(stack: Any) -> None:
+    """From here on this demo's flows (in-process and on the control worker) load their control-plane
+    parts from the saved ``default`` ControlPlaneBlock, not from env vars."""
+    from tasks import services
+
+    stack.env["CYXWIZ_CONTROL_PLANE_BLOCK"] = os.environ["CYXWIZ_CONTROL_PLANE_BLOCK"] = "default"
+    services.reset()
+    say(
+        "Control-plane configuration saved as the Prefect block cyxwiz-control-plane/default (secrets hidden)"
+    )
+
+
 def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
     from flows.stack import embedded_stack
 
@@ -99,6 +111,7 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
             purpose="client",
         )
         say(f"node-1 certificate verified: chain of {len(chain)}, not revoked (CRL checked)")
+        _use_blocks(stack)
         stack.start_agent("node-1")
         stack.wait_for_node("node-1")
         say("node agent node-1 registered over mTLS (identity = certificate PeerID) and heartbeating")

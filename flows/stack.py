@@ -330,7 +330,7 @@ def embedded_stack(
             coordinator_db=f"sqlite:///{coordinator_dir / 'coordinator.db'}",
         )
         config_path = home / "control-plane.json"
-        config.to_file(config_path)
+        _persist_config(config, config_path, env)
         env[ENV_VAR] = str(config_path)
         os.environ.update(
             {k: env[k] for k in (ENV_VAR, "CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_STORE_MASTER_KEY_FILE")}
@@ -544,6 +544,18 @@ def _start_coordinator(
     )
     handle.server.start()
     return handle
+
+
+def _persist_config(config: Any, path: Path, env: dict[str, str]) -> None:
+    """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock with
+    its secrets (what ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it)."""
+    from blocks.control_plane import DEFAULT_NAME, ControlPlaneBlock
+
+    config.to_file(path)
+    master = Path(env["CYXWIZ_STORE_MASTER_KEY_FILE"]).read_text(encoding="ascii").strip()
+    ControlPlaneBlock.from_config(
+        config, ledger_passphrase=env["CYXWIZ_LEDGER_PASSPHRASE"], store_master_key=master
+    ).save(DEFAULT_NAME, overwrite=True)
 
 
 def _hand_out_wallets(demo: Any, home: Path, ledger_passphrase: bytes) -> Any:

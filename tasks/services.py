@@ -26,7 +26,18 @@ def reset() -> None:
 
 @functools.cache
 def config() -> ControlPlaneConfig:
-    return ControlPlaneConfig.from_env()
+    """The ``ControlPlaneBlock`` named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` (what ``make demo`` saves), else
+    the ``CYXWIZ_CONTROL_PLANE`` file; a block's secrets become this process's env for the core to read."""
+    import os
+
+    name = os.environ.get("CYXWIZ_CONTROL_PLANE_BLOCK")
+    if not name:
+        return ControlPlaneConfig.from_env()
+    from blocks.control_plane import load_control_plane
+
+    values, secrets = load_control_plane(name)
+    os.environ.update(secrets)
+    return ControlPlaneConfig(**values)
 
 
 @functools.cache

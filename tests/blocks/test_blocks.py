@@ -32,7 +32,7 @@ def test_prefect_block_register_module(prefect_server: object) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "5" in proc.stdout  # "Successfully registered 5 blocks"
+    assert "6" in proc.stdout  # "Successfully registered 6 blocks"
 
 
 def test_blocks_save_and_load(prefect_server: object, tmp_path: Path) -> None:
