@@ -68,6 +68,8 @@ def _verdict(rid: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str
         "flow": view.flows,
         "work-queue": view.queue_ids,
         "work-pool": pool_ids,
+        # the client announces artifacts it created (``prefect.artifact.created``/``updated``)
+        "artifact": view.artifacts,
     }.get(kind)
     if kind == "task-run":
         return "task"

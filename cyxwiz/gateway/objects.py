@@ -225,8 +225,9 @@ class OwnedObjects:
         request["flow_run_id"] = run_id
 
         def remember(created: Any) -> Any:
-            if isinstance(created, dict) and created.get("id"):
-                view.artifacts.add(str(created["id"]))
+            ident = canonical_uuid_or_none(created.get("id")) if isinstance(created, dict) else None
+            if ident is not None:
+                view.artifacts.add(ident)
             return created
 
         return json.dumps(request).encode(), remember

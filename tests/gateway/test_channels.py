@@ -310,3 +310,22 @@ def test_http_worker_heartbeat_only_as_the_nodes_own_worker(gw: GwEnv) -> None:
         assert c.post(f"/api/work_pools/{POOL}/workers/heartbeat", json={}).status_code == 403
     assert [f["name"] for f in gw.upstream.worker_frames] == ["cyxwiz-node-a"]
     assert "heartbeat for another worker" in gw.denials()
+
+
+def test_artifact_events_only_for_artifacts_the_node_created(gw: GwEnv) -> None:
+    """Prefect's client announces each artifact it creates (``prefect.artifact.created``): allowed for the
+    node's own artifacts, refused for any other."""
+    mine = gw.upstream.add_run("node-a")
+    with gw.client("node-a", gw.token("node-a")) as c:
+        c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})
+        created = c.post("/api/artifacts/", json={"key": "training-1", "flow_run_id": mine["id"]}).json()
+    own_run = f"prefect.flow-run.{mine['id']}"
+    sent = _emit(
+        gw,
+        [
+            _event("prefect.artifact.created", f"prefect.artifact.{created['id']}", [own_run]),
+            _event("forged.artifact", f"prefect.artifact.{uuid.uuid4()}", [own_run]),
+        ],
+    )
+    assert sent == ["prefect.artifact.created", "test.end"]
+    assert "event about a resource that is not the node's (artifact)" in _denied(gw, "events_in.event")
