@@ -23,24 +23,40 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 BIG_EPOCHS = 1429  # × 14 steps = 20,006 steps; every 4 steps → 5,002 segments
 
 
-def part_one(root: Path, *, runs: int) -> dict[str, Any]:
+def part_one(
+    root: Path, *, runs: int, save: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     from bench.cheating_node import STRATEGIES, SimWorld, honest_runs, simulate
 
     world = SimWorld.create(root / "sim")
     started = time.perf_counter()
-    honest = honest_runs(world, runs=runs)
+    out: dict[str, Any] = {"job": {"segments": 56, "steps": 56, "parameters": 147, "budget_replays": 5}}
+
+    def checkpoint(done: int, tallies: Any) -> None:
+        if isinstance(tallies, dict):
+            out["strategies"] = {k: _row(v) for k, v in tallies.items()}
+        else:
+            out["honest"] = _row(tallies)
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        out["progress"] = done
+        if save is not None:
+            save(out)
+
     jobs = max(1, runs // 8)
-    tallies = simulate(world, list(STRATEGIES), jobs=jobs, verifications=-(-runs // jobs), seed=20)
-    out: dict[str, Any] = {"honest": _row(honest), "strategies": {k: _row(v) for k, v in tallies.items()}}
-    out["seconds"] = round(time.perf_counter() - started, 1)
-    run = world.job("shape")
-    out["job"] = {"segments": 56, "steps": 56, "parameters": 147, "budget_replays": 5, "spec": run.job_id}
+    tallies = simulate(
+        world, list(STRATEGIES), jobs=jobs, verifications=-(-runs // jobs), seed=20, progress=checkpoint
+    )
+    checkpoint(jobs, tallies)
+    honest = honest_runs(world, runs=runs, progress=checkpoint)
+    checkpoint(runs, honest)
+    out.pop("progress", None)
     return out
 
 
@@ -60,7 +76,7 @@ def _row(tally: Any) -> dict[str, Any]:
 def part_two(root: Path) -> dict[str, Any]:
     import torch
 
-    from bench.cheating_node import SimWorld, Tally, sign_and_verify, train, write_outputs
+    from bench.cheating_node import SimWorld, Tally, sign, sign_and_verify, train, verify, write_outputs
     from cyxwiz.training import engine
     from cyxwiz.training.runtime import RecordingReporter, run_training
     from cyxwiz.verification.replay import ReplayPolicy, choose_segments
@@ -70,14 +86,17 @@ def part_two(root: Path) -> dict[str, Any]:
     job = world.job("big-job", epochs=BIG_EPOCHS)
     job = job.model_copy(update={"training": job.training.model_copy(update={"checkpoint_every": 4})})
     (root / "big-job.json").write_text(json.dumps(job.model_dump(mode="json")), encoding="utf-8")
-    started = time.perf_counter()
+    # CPU seconds of this process as well as wall time: on a shared machine the load moves between the two
+    # measurements, the CPU time each side needed does not.
+    started, cpu = time.perf_counter(), time.process_time()
     summary = run_training(
         root / "big-job.json", data_path=world.train, output_dir=root / "honest", reporter=RecordingReporter()
     )
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    report = sign_and_verify(world, job, root / "honest", policy=ReplayPolicy())
-    verify_s = time.perf_counter() - started
+    train_s, train_cpu = time.perf_counter() - started, time.process_time() - cpu
+    proof = sign(world, job, root / "honest")  # the node's side, not timed
+    started, cpu = time.perf_counter(), time.process_time()
+    report = verify(world, job, root / "honest", proof, policy=ReplayPolicy())
+    verify_s, verify_cpu = time.perf_counter() - started, time.process_time() - cpu
     if not report.passed:
         raise RuntimeError("the honest 5,000-segment job failed: " + "; ".join(report.reasons()))
     replay = report.check("replay").details
@@ -122,7 +141,10 @@ def part_two(root: Path) -> dict[str, Any]:
         "predicted_detection": replay["detection_probability"],
         "train_s": round(train_s, 2),
         "verify_s": round(verify_s, 2),
-        "ratio": verify_s / train_s,
+        "train_cpu_s": round(train_cpu, 2),
+        "verify_cpu_s": round(verify_cpu, 2),
+        "ratio": verify_cpu / train_cpu,
+        "ratio_wall": verify_s / train_s,
         "faked_segments": faked,
         "faked_segments_caught_when_replayed": caught_each,
         "end_to_end_runs": end_to_end.runs,
@@ -144,7 +166,8 @@ def run() -> list[tuple[str, float, str]]:
             big["ratio"],
             f"n={big['replayed']} of {big['segments']}; detection of 1 % faked {big['detection_rate']:.4f} "
             f"(95 % CI {big['detection_ci95'][0]:.4f}–{big['detection_ci95'][1]:.4f}, predicted "
-            f"{big['predicted_detection']:.4f}); train {big['train_s']} s, verify {big['verify_s']} s",
+            f"{big['predicted_detection']:.4f}); CPU train {big['train_cpu_s']} s, "
+            f"verify {big['verify_cpu_s']} s",
         )
     ]
 
@@ -161,7 +184,13 @@ def main() -> int:
             results["five_thousand_segments"] = part_two(Path(tmp))
             print(json.dumps(results["five_thousand_segments"], indent=1), flush=True)
         if args.part in ("1", "all"):
-            results["simulator"] = part_one(Path(tmp), runs=args.runs)
+
+            def save(partial: dict[str, Any]) -> None:
+                if args.json:
+                    results["simulator"] = partial
+                    args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+            results["simulator"] = part_one(Path(tmp), runs=args.runs, save=save)
             print(json.dumps(results["simulator"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")

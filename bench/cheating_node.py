@@ -344,18 +344,16 @@ def write_outputs(world: SimWorld, run: Run, checkpoints: list[Tensors], out: Pa
     (out / RUNTIME_FILE).write_text(json.dumps(runtime), encoding="utf-8")
 
 
-def sign_and_verify(
-    world: SimWorld, job: TrainingJob, out: Path, *, policy: ReplayPolicy
-) -> VerificationReport:
-    from cyxwiz.pki.certs import fingerprint_sha256, load_certificate, load_crls
+def sign(world: SimWorld, job: TrainingJob, out: Path) -> Any:
+    """The node's side: build the completion proof over ``out`` and sign it with the node's key."""
+    from cyxwiz.pki.certs import fingerprint_sha256, load_certificate
     from cyxwiz.pki.keys import load_private_key
     from cyxwiz.pki.peerid import peer_id
     from cyxwiz.verification.proof import build_proof, sign_proof
-    from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
 
     cert = load_certificate(world.pki.node_cert("node-1"))
     now = dt.datetime.now(dt.UTC)
-    proof = sign_proof(
+    return sign_proof(
         build_proof(
             job_id=job.job_id,
             job_spec_sha256=job.sha256(),
@@ -368,6 +366,17 @@ def sign_and_verify(
         ),
         load_private_key(world.pki.node_key("node-1")),
     )
+
+
+def verify(
+    world: SimWorld, job: TrainingJob, out: Path, proof: Any, *, policy: ReplayPolicy
+) -> VerificationReport:
+    """The trusted side: ``verify_job`` with the dev PKI's trust store and the assignment's expectations."""
+    from cyxwiz.pki.certs import load_certificate, load_crls
+    from cyxwiz.pki.peerid import peer_id
+    from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
+
+    cert = load_certificate(world.pki.node_cert("node-1"))
     return verify_job(
         proof=proof,
         node_certificate=cert,
@@ -378,9 +387,17 @@ def sign_and_verify(
             trusted=[load_certificate(world.pki.ca_cert), load_certificate(world.pki.root_ca_cert)],
             crls=load_crls(world.pki.crl),
         ),
-        expect=Expectations(node_peer_id=peer_id(cert), token_jti=f"jti-{job.job_id}", received_at=now),
+        expect=Expectations(
+            node_peer_id=peer_id(cert), token_jti=f"jti-{job.job_id}", received_at=dt.datetime.now(dt.UTC)
+        ),
         policy=policy,
     )
+
+
+def sign_and_verify(
+    world: SimWorld, job: TrainingJob, out: Path, *, policy: ReplayPolicy
+) -> VerificationReport:
+    return verify(world, job, out, sign(world, job, out), policy=policy)
 
 
 @dataclass
@@ -417,11 +434,15 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, 
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def honest_runs(world: SimWorld, *, runs: int, tag: str = "h") -> Tally:
+def honest_runs(
+    world: SimWorld, *, runs: int, tag: str = "h", progress: Callable[[int, Tally], None] | None = None
+) -> Tally:
     """``runs`` fresh honest jobs (each its own secret), each verified once with an OS-random sample."""
     engine.make_deterministic()
     tally = Tally()
     for i in range(runs):
+        if progress is not None and i % 10 == 0:
+            progress(i, tally)
         job = world.job(f"honest-{tag}-{i}")
         run = train(job, world.data)
         out = world.root / "runs" / f"honest-{i}"
@@ -439,6 +460,7 @@ def simulate(
     verifications: int = 1,
     replay_all: bool = False,
     seed: int = 0,
+    progress: Callable[[int, dict[str, Tally]], None] | None = None,
 ) -> dict[str, Tally]:
     """For each of ``jobs`` fresh jobs (each its own secret) and each strategy: one forgery, made
     consistent and re-signed, verified ``verifications`` times by ``verify_job`` (each with its own
@@ -450,6 +472,8 @@ def simulate(
     rng = random.Random(seed)
     tallies = {name: Tally() for name in names}
     for i in range(jobs):
+        if progress is not None:
+            progress(i, tallies)
         job = world.job(f"sim-{seed}-{i}")
         run = train(job, world.data)
         for name in names:

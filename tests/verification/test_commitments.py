@@ -72,3 +72,15 @@ def test_file_round_trip_and_malformed_input(tmp_path: Path) -> None:
     path.write_text("not json")
     with pytest.raises(VerificationError):
         read_commitments(path)
+
+
+def test_fast_canonical_form_is_the_generic_encoders() -> None:
+    from cyxwiz.verification.canonical import canonical_json
+    from cyxwiz.verification.commitments import Commitment
+
+    base = {"step": 40, "weights_sha256": "a" * 64, "batch_indices_sha256": "b" * 64, "prev": "c" * 64}
+    for path in ("checkpoints/step-00000040.safetensors", 'odd "name".safetensors', "ü/x", "a\\b"):
+        c = Commitment(path=path, **base)  # type: ignore[arg-type]
+        assert c.canonical == canonical_json(c.to_dict())
+    huge = Commitment(path="p", **{**base, "step": 2**60})  # type: ignore[arg-type]
+    assert huge.canonical == canonical_json(huge.to_dict())  # beyond 2**53: the generic rules apply
