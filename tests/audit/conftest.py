@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cyxwiz.audit import AuditLog, events
+from tests.storage.conftest import moto_server  # noqa: F401 (the S3 server fixture, for archive tests)
 
 
 class ManualClock:

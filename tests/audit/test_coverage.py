@@ -133,3 +133,36 @@ def test_archive_is_encrypted_and_verified_after_upload(tmp_path: Path) -> None:
     bad = ObjectStoreArchive(store=Corrupting(root=tmp_path / "bad", master_key=MasterKey.generate()))
     with pytest.raises(AuditError, match="fails verification"):
         bad.put_file("audit/2026-11-20.jsonl.gz", day)
+
+
+def test_closed_days_archive_to_s3_encrypted_verified_and_prune_with_a_signed_marker(
+    tmp_path: Path, moto_server: Any
+) -> None:
+    """H3: the S3 store the control plane is configured with (moto's real S3 API on loopback)."""
+    from datetime import UTC, datetime
+
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.audit.verify import verify_log
+    from tests.audit.conftest import TEST_KEY, ManualClock, sample_event
+    from tests.storage.conftest import make_s3_store
+
+    store = make_s3_store(moto_server, "cyxwiz-audit-archive", MasterKey.generate())
+    clock = ManualClock(datetime(2026, 11, 20, 10, tzinfo=UTC))
+    log_dir = tmp_path / "audit"
+    with AuditLog.open(
+        log_dir,
+        signing_key=TEST_KEY,
+        clock=clock,
+        archive=ObjectStoreArchive(store=store),
+        auto_maintain=False,
+    ) as log:
+        for _ in range(9):
+            log.record(sample_event(1, at=clock.now))
+            clock.advance(days=1)
+        log.record(sample_event(2, at=clock.now))
+        report = log.maintain()
+    assert report.archived and report.pruned  # the oldest days left the disk only after the S3 copy checked
+    head = store.head("audit/2026-11-20.jsonl.gz")
+    assert head.encrypted
+    assert (log_dir / "audit-2026-11-20.pruned.json").exists()
+    assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
