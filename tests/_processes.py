@@ -55,8 +55,8 @@ def _cmdline(pid: int) -> str:
 
 
 def leftovers(session: str, *, root: int | None = None) -> list[Leftover]:
-    """Live (not zombie) processes started by ``session``: marked ones and descendants of ``root``."""
-    root = os.getpid() if root is None else root
+    """Live (not zombie) processes started by ``session``: marked ones, and descendants of ``root`` when
+    given (the test process itself, whose own fixtures' servers are not a single test's leftovers)."""
     token = f"{MARKER}={session}".encode()
     parents: dict[int, int] = {}
     found: set[int] = set()
@@ -70,7 +70,7 @@ def leftovers(session: str, *, root: int | None = None) -> list[Leftover]:
         parents[pid] = stat[1]
         if _carries(pid, token):
             found.add(pid)
-    for pid in parents:
+    for pid in parents if root is not None else ():
         seen: set[int] = set()
         cur = parents.get(pid)
         while cur is not None and cur not in seen:
@@ -82,13 +82,13 @@ def leftovers(session: str, *, root: int | None = None) -> list[Leftover]:
     return [Leftover(pid, _cmdline(pid)) for pid in sorted(found)]
 
 
-def settle(session: str, *, grace: float = 10.0) -> list[Leftover]:
+def settle(session: str, *, root: int | None = None, grace: float = 10.0) -> list[Leftover]:
     """What is still running after ``grace`` seconds for processes that are already on their way out."""
     end = time.monotonic() + grace
-    left = leftovers(session)
+    left = leftovers(session, root=root)
     while left and time.monotonic() < end:
         time.sleep(0.25)
-        left = leftovers(session)
+        left = leftovers(session, root=root)
     return left
 
 

@@ -74,7 +74,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Whatever is left is listed, killed, and fails the run, so a leak shows up in CI and not on the
     machine of the next person who runs the suite.
     """
-    left = settle(SESSION_ID)
+    left = settle(SESSION_ID, root=os.getpid())
     if left:
         kill_all(left)
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -56,7 +56,8 @@ def test_an_attached_child_counts_without_the_marker() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     try:
         time.sleep(0.2)
-        assert proc.pid in [p.pid for p in leftovers(uuid.uuid4().hex)]
+        assert proc.pid in [p.pid for p in leftovers(uuid.uuid4().hex, root=os.getpid())]
+        assert proc.pid not in [p.pid for p in leftovers(uuid.uuid4().hex)]  # marker only: not ours
     finally:
         proc.kill()
         proc.wait()

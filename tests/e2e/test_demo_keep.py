@@ -58,7 +58,9 @@ def _drain(proc: subprocess.Popen[bytes], seconds: float) -> bytes:
 @pytest.mark.timeout(1200)  # about a minute on an idle 2-core machine; a loaded one takes several
 def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
-    env = {**os.environ, MARKER: marker, "COLUMNS": "200"}
+    # A newcomer's shell: none of the settings this test session gave itself (its own Prefect server).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CYXWIZ_"))}
+    env.update({MARKER: marker, "COLUMNS": "200"})
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("cyxwiz")),
