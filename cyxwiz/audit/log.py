@@ -54,7 +54,7 @@ from cyxwiz.audit.records import (
     GENESIS,
     HEAD_FILE,
     RecordFormatError,
-    build_record,
+    append_line,
     log_name,
     parse_line,
 )
@@ -193,7 +193,7 @@ class AuditLog:
         self._day = b""  # the day (ISO bytes) whose file self._fd is
         self._size = -1  # file size right after our last write; -1 = unknown
         self._seq = 0
-        self._prev = GENESIS
+        self._prev_b = GENESIS.encode("ascii")  # hash of the chain head, hex bytes (hot path)
         self._last_sync = time.monotonic()
         self._closed = False
         self._dirty = False  # records of ours not yet covered by a checkpoint we signed
@@ -206,6 +206,14 @@ class AuditLog:
         self._day_end_ts = float("-inf")
         self._open_lock_file()
         _open_logs.add(self)
+
+    @property
+    def _prev(self) -> str:
+        return self._prev_b.decode("ascii")
+
+    @_prev.setter
+    def _prev(self, value: str) -> None:
+        self._prev_b = value.encode("ascii")
 
     @property
     def origin(self) -> str:
@@ -423,7 +431,7 @@ class AuditLog:
         tree = self._tree
         assert tree is not None
         seq = self._seq + 1
-        line, digest, leaf = build_record(seq, self._prev, data)
+        line, digest, leaf = append_line(seq, self._prev_b, data)
         # The leaf joins the tree before the line is written; nodes reach the file in batches (a lost or
         # stale batch is recomputed from the records by the next writer, see TreeWriter.sync).
         tree.add(leaf)
@@ -431,11 +439,11 @@ class AuditLog:
         if written != len(line):
             self._write_all(line[written:])  # only on a nearly full disk: files take whole writes
         self._seq = seq
-        self._prev = digest
+        self._prev_b = digest
         self._size += len(line)
         self._dirty = True
         # The writers' cache token (unauthenticated): a later writer compares it with what it wrote last.
-        token = b"%s %d %s\n" % (self._day, seq, line[9:73])
+        token = b"%s %d %s\n" % (self._day, seq, digest)
         head_map = self._head_map
         if head_map is not None:
             head_map[: len(token)] = token  # shared mapping: no system call per record

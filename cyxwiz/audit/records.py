@@ -73,6 +73,17 @@ def build_record(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str, by
     return _PREFIX + digest.encode("ascii") + b'",' + body[1:] + b"\n", digest, leaf
 
 
+def append_line(seq: int, prev: bytes, event_json: bytes) -> tuple[bytes, bytes, bytes]:
+    """:func:`build_record` for the writer's hot path: ``prev`` and the returned hash are hex bytes."""
+    body = b'{"seq":%d,"prev":"%s","event":%s}' % (seq, prev, event_json)
+    leaf = _sha256(b"\x00" + body).digest()
+    digest = leaf.hex().encode("ascii")
+    return b'{"hash":"%s",%s\n' % (digest, body[1:]), digest, leaf
+
+
+_sha256 = hashlib.sha256
+
+
 def build_line(seq: int, prev: str, event_json: bytes) -> tuple[bytes, str]:
     """The line (with newline) for an event already serialised to JSON, and its hash."""
     line, digest, _ = build_record(seq, prev, event_json)
