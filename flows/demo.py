@@ -73,9 +73,10 @@ def _say_settlement(settlement: dict[str, Any]) -> None:
     say(f"escrow {settlement['state']}")
     if settlement.get("report_sha256"):
         say(
-            "release co-signed by the verifier service (coordinator + verifier of the 2-of-3 multisig); "
-            f"memo carries report SHA-256 {settlement['report_sha256']} (tx {settlement['settle_signature']})"
+            "release co-signed by the verifier service (coordinator + verifier of the 2-of-3 multisig), "
+            f"tx {settlement['settle_signature']}"
         )
+        say(f"settlement memo on chain: {settlement.get('memo')} (report SHA-256, audit leaf of the verdict)")
 
 
 def _use_blocks(stack: Any) -> None:

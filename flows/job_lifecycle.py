@@ -200,6 +200,7 @@ def settle(request: JobRequest, dispatched: dict[str, Any], report: dict[str, An
         "escrow_account": record.escrow_account,
         "report_sha256": record.report_sha256,
         "settle_signature": record.settle_signature,
+        "memo": ledger.settlement_memo(job_id=request.job_id),
     }
 
 

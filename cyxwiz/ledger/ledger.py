@@ -156,6 +156,19 @@ class EscrowLedger:
         account = record.dispute_account or record.escrow_account
         return self.chain.token_amount(Pubkey.from_string(account)) or 0
 
+    def settlement_memo(self, *, job_id: str) -> str | None:
+        """The memo of the transaction that settled the escrow, as signed (report hash, audit leaf)."""
+        from solders.transaction import VersionedTransaction
+
+        from cyxwiz.ledger.store import IntentStatus
+
+        signature = self.status(job_id=job_id).settle_signature
+        for intent in self.store.intents(job_id, status=IntentStatus.CONFIRMED):
+            if intent.signature == signature:
+                message = VersionedTransaction.from_bytes(intent.tx).message
+                return bytes(message.instructions[-1].data).decode("utf-8", errors="replace")
+        return None
+
     # -- funding ----------------------------------------------------------------------------------
 
     def funding_message(self, *, job_id: str, user_wallet: str | Pubkey, amount: int) -> bytes:

@@ -188,3 +188,11 @@ def test_a_verifier_certificate_revoked_at_the_ca_releases_nothing_more(tmp_path
     fresh.dev.revoke(fresh.dev.verifier_cert)
     with pytest.raises(ReportSignerError, match="revoked"):
         fresh.policy.verify_signature(report.to_json())
+
+
+def test_settlement_memo_is_read_back_from_the_signed_transaction(world: World) -> None:
+    _locked(world)
+    ledger = world.ledger()
+    assert ledger.settlement_memo(job_id="job-a") is None
+    ledger.release(job_id="job-a", node_wallet=world.node.pubkey(), report=world.attest("job-a"))
+    assert ledger.settlement_memo(job_id="job-a") == f"cyxwiz:escrow:release:job-a:report={'cd' * 32}"
