@@ -131,7 +131,12 @@ def parse_job_request(
     if spec.get("verification") is not None:
         doc["verification"] = spec["verification"]
     refuse_submitted_secret(doc)
-    parse_training_job(doc)  # full G1/G2 validation now, before any escrow exists
+    verification = parse_training_job(doc).verification  # full G1/G2 validation before any escrow exists
+    # The referee and the dispute window exist as library code (issue 20); this lifecycle schedules one
+    # node and releases at once, so it refuses what it would otherwise silently not do (F1).
+    if verification.mode == "redundant" or verification.dispute_window_s:
+        field = "verification.mode" if verification.mode == "redundant" else "verification.dispute_window_s"
+        raise ValidationError("not offered by this control plane yet", field=field, rule="F1")
     return JobRequest(
         job_id=job_id,
         user=user,
