@@ -106,8 +106,27 @@ def dataset_file(path: Path, *, rows: int = 120, nan: bool = False) -> Path:
     return path
 
 
+def funded(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with a job id and a well-formed signed lock: this coordinator has no ledger view, so the
+    lock's shape is checked (F1) but not its signature — the funding path has its own tests."""
+    import base64
+    import secrets
+
+    from solders.keypair import Keypair
+    from solders.signature import Signature
+
+    job_id = f"job-{secrets.token_hex(10)}"
+    lock = {
+        "job_id": job_id,
+        "wallet": str(Keypair().pubkey()),
+        "message": base64.b64encode(b"lock").decode(),
+        "signature": str(Signature.default()),
+    }
+    return {**spec, "job_id": job_id, "funding": lock}
+
+
 def job_file(api: Api, name: str, **changes: Any) -> Path:
-    spec = copy.deepcopy(REFERENCE_JOB)
+    spec = funded(copy.deepcopy(REFERENCE_JOB))
     spec.update(changes)
     path = api.root / name
     path.write_text(yaml.safe_dump(spec))
@@ -126,7 +145,7 @@ def test_submit_with_dataset_uploads_into_the_users_area_then_submits(api: Api) 
 
 
 def submit(api: Api, dataset: Any, **changes: Any) -> httpx.Response:
-    spec = {**copy.deepcopy(REFERENCE_JOB), "dataset": dataset, **changes}
+    spec = funded({**copy.deepcopy(REFERENCE_JOB), "dataset": dataset, **changes})
     with api.http() as c:
         return c.post("/v1/jobs", json={"spec": spec}, headers=api.token())
 
