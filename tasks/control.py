@@ -7,11 +7,11 @@ rollback hooks; tests call them directly.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cyxwiz.errors import PaymentTooLowError, ValidationError
+from cyxwiz.ids import new_job_id
 from tasks.config import ControlPlaneConfig
 
 if TYPE_CHECKING:
@@ -64,10 +64,6 @@ class JobRequest:
             input_dtype=str(model.get("input_dtype", "float32")),
             num_classes=int(task["num_classes"]),
         )
-
-
-def new_job_id() -> str:
-    return f"job-{secrets.token_hex(6)}"
 
 
 def parse_job_request(

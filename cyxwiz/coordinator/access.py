@@ -8,7 +8,6 @@ reached without its rule having allowed it (tests check that every route declare
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.schemas import TokenPair
 from cyxwiz.coordinator.store import CoordinatorStore, JobRecord, NodeRecord
 from cyxwiz.errors import AuthorizationError, ValidationError
+from cyxwiz.ids import JOB_ID, NODE_ID
 from cyxwiz.tokens.issuer import TokenIssuer, new_id
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -165,7 +165,7 @@ class Allow:
 
 #: The canonical form of the ids the coordinator mints: anything else names nothing and is refused before
 #: any lookup or decision (an id is never matched loosely, issue 18).
-_ID_FORMS = {"job_id": re.compile(r"job-[0-9a-f]{20}"), "node_id": re.compile(r"node-[0-9a-f]{16}")}
+_ID_FORMS = {"job_id": JOB_ID, "node_id": NODE_ID}
 
 
 def _check_ids(params: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ proof) and configuration (audited changes). Every state change is one transactio
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.errors import ConflictError, NotFoundError
+from cyxwiz.ids import new_job_id, new_node_id
 
 metadata = sa.MetaData()
 
@@ -220,7 +220,7 @@ class CoordinatorStore:
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
             if row is None:
-                node_id = "node-" + uuid.uuid4().hex[:16]
+                node_id = new_node_id()
                 conn.execute(
                     nodes.insert().values(
                         node_id=node_id,
@@ -397,7 +397,7 @@ class CoordinatorStore:
     ) -> JobRecord:
         """A new job row; ``job_id`` is the id the user's client chose when it signed the job's escrow
         lock (a taken id is a conflict, never an overwrite)."""
-        job_id = job_id or "job-" + uuid.uuid4().hex[:20]
+        job_id = job_id or new_job_id()
         now = _now()
         with self._tx() as conn:
             if conn.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id == job_id)).first() is not None:

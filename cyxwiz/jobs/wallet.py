@@ -8,7 +8,6 @@ only the signed bytes; the control plane never sees this key (F1, C2, D2). The p
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,17 +17,13 @@ from typing import Any
 from solders.keypair import Keypair
 
 from cyxwiz.errors import ConfigError, KeyPermissionError, ValidationError
+from cyxwiz.ids import new_job_id
 from cyxwiz.ledger.client_funding import Funding, FundingTerms, sign_funding
 from cyxwiz.ledger.keystore import KdfParams, load_keypair, read_pubkey, write_keypair
 
 ENV_WALLET = "CYXWIZ_WALLET"
 ENV_PASSPHRASE = "CYXWIZ_WALLET_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 ENV_PASSPHRASE_FILE = "CYXWIZ_WALLET_PASSPHRASE_FILE"  # noqa: S105
-
-
-def new_job_id() -> str:
-    """A job id the client picks for a job it funds: 96 random bits, so nobody can guess or squat it."""
-    return f"job-{secrets.token_hex(12)}"
 
 
 def passphrase_from(env: Mapping[str, str]) -> bytes:
