@@ -189,3 +189,11 @@ def test_consistency_refuses_a_rewritten_history(log_dir: Path, clock: ManualClo
     bundle = prove_consistency(other, old_note, (other / CHECKPOINT_FILE).read_bytes())
     with pytest.raises(AuditIntegrityError, match="not a prefix"):
         check_bundle(bundle, public_key=PUB)
+    old_file = tmp_path / "old.checkpoint"
+    old_file.write_bytes(old_note)
+    cli = runner.invoke(
+        app,
+        ["audit", "consistency", str(old_file), str(other / CHECKPOINT_FILE), "--dir", str(other)],
+        env={"CYXWIZ_AUDIT_PUBLIC_KEY": ""},
+    )
+    assert cli.exit_code == 1 and cli.stdout.startswith("NOT CONSISTENT")  # even without the key
