@@ -99,7 +99,7 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
     home = workdir.resolve()
     if home.exists():
         shutil.rmtree(home)  # a fresh ledger, store and audit log each run; the demo is idempotent
-    with embedded_stack(home, say=say, hsm=hsm) as stack:
+    with embedded_stack(home, say=say, hsm=hsm, deploy_all=keep) as stack:
         _show_hsm_keys(stack.hsm)
         from cyxwiz.pki.certs import load_certificate, load_certificates, load_crls
         from cyxwiz.pki.verify import verify_certificate
@@ -147,12 +147,27 @@ def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
         console.print(f"Prefect UI: {stack.prefect.ui_url} (flow runs, logs, verification report artifacts)")
         ok = verification["passed"] and audit_ok and after["node"] > before["node"]
         if keep:
+            _keep_entry_points(stack)
             console.print("Services stay up; press Ctrl-C to stop them.")
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             stop.wait()
         return 0 if ok else 1
+
+
+def _keep_entry_points(stack: Any) -> None:
+    """All three Prefect entry points against this stack: every deployment of prefect.yaml is deployed and
+    a control worker runs them (job-lifecycle from the UI's form, the maintenance schedules), and
+    ``job_lifecycle(spec)`` from Python with this stack's config."""
+    stack.start_control_worker()
+    say("Control worker on the control pool: job-lifecycle and the scheduled maintenance flows run there")
+    console.print(
+        f"Prefect UI: {stack.prefect.ui_url}/deployments — run job-lifecycle from its parameter form with a "
+        "spec your own client funded (funding: message + signature, see README); escrow-sweep fires every "
+        f"5 min. From Python: PREFECT_API_URL={stack.prefect.api_url} CYXWIZ_CONTROL_PLANE_BLOCK=default, "
+        "then job_lifecycle(spec)."
+    )
 
 
 def _audit_summary(stack: Any) -> bool:

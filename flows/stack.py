@@ -212,13 +212,18 @@ def deploy_one(env: dict[str, str], directory: Path, *, name: str, entrypoint: s
     prefect_cli("--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", name, env=env)
 
 
-def _deploy(env: dict[str, str], *, lifecycle: bool) -> None:
+def _deploy(env: dict[str, str], *, lifecycle: bool, everything: bool = False) -> None:
     steps: list[tuple[str, ...]] = [
         ("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite"),
         ("work-pool", "create", "control", "--type", "process", "--overwrite"),
-        ("--no-prompt", "deploy", "--name", "sandboxed-train"),
     ]
-    if lifecycle:
+    if everything:
+        # Every deployment of prefect.yaml: job-lifecycle (the UI's parameter form) and the maintenance
+        # flows with their schedules, next to the node deployments.
+        steps.append(("--no-prompt", "deploy", "--all"))
+    else:
+        steps.append(("--no-prompt", "deploy", "--name", "sandboxed-train"))
+    if lifecycle and not everything:
         steps.append(("--no-prompt", "deploy", "--name", "job-lifecycle"))
     for args in steps:
         prefect_cli(*args, env=env)
@@ -236,6 +241,7 @@ def embedded_stack(
     bind_host: str = "127.0.0.1",
     prefect_host: str = "127.0.0.1",
     prefect_database_url: str | None = None,
+    deploy_all: bool = False,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
@@ -341,7 +347,7 @@ def embedded_stack(
             pki, demo_ledger, nodes, say, stack.enter_context(_start_verifier(home, env, demo_ledger, say))
         )
 
-        _deploy(env, lifecycle=lifecycle_deployment)
+        _deploy(env, lifecycle=lifecycle_deployment, everything=deploy_all)
         say("Deployed sandboxed-train to the gpu work pool")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,

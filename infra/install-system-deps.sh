@@ -15,6 +15,7 @@ declare -A wanted=(
   [setpriv]=util-linux
   [prlimit]=util-linux
   [softhsm2-util]=softhsm2
+  [chromium]=chromium
 )
 
 missing=()
