@@ -1,0 +1,317 @@
+"""Load and abuse on the real coordinator (issue 21): simulated node agents heartbeat over mTLS while one
+abusive client attacks the same listener.
+
+The coordinator runs as its production entry point (``python -m infra.serve coordinator``) in its own
+process, so its CPU time and peak memory are its own. Each simulated node has its own certificate (role
+worker, issued by the dev CA) and its own source address (127.0.x.y: per-IP limits are per host), keeps one
+mTLS connection, registers, then heartbeats every ``INTERVAL`` s. Phase "quiet": the nodes alone. Phase
+"abuse": the same, while one client on 127.0.250.1 holds idle TLS connections without a certificate,
+trickles request heads (slow-loris), floods unauthenticated requests and sends oversized bodies.
+
+Reported: heartbeat p50/p99 in each phase and their ratio, legitimate failures (goal 0), what the abuser's
+attempts got, the coordinator's CPU seconds and peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT = Path(__file__).resolve().parents[1]
+NODES = int(os.environ.get("CYXWIZ_BENCH_NODES", "200"))
+INTERVAL = 2.0
+PHASE_S = 20.0
+ABUSER = "127.0.250.1"
+
+
+def _node_address(i: int) -> str:
+    return f"127.0.{1 + i // 200}.{1 + i % 200}"
+
+
+def _issue_nodes(pki: Any, root: Path, count: int) -> list[tuple[Path, Path]]:
+    from cyxwiz.pki.certs import Role, write_certificate
+    from cyxwiz.pki.keys import write_private_key
+
+    ca = pki.issuing_ca()
+    out = []
+    for i in range(count):
+        issued = ca.issue(common_name=f"sim-{i:04d}", role=Role.WORKER, client=True)
+        assert issued.private_key is not None
+        cert, key = root / f"sim-{i:04d}-cert.pem", root / f"sim-{i:04d}-key.pem"
+        write_private_key(key, issued.private_key, overwrite=True)
+        write_certificate(cert, issued.certificate, overwrite=True)
+        out.append((cert, key))
+    return out
+
+
+def _start_coordinator(home: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
+    from cyxwiz.pki.devpki import build_dev_pki
+    from cyxwiz.pki.keys import generate_ed25519, write_private_key
+    from cyxwiz.storage.crypto import MasterKey
+    from infra.serve import main as _serve_main  # noqa: F401 (the process below runs it)
+    from tasks.config import ControlPlaneConfig
+
+    pki = build_dev_pki(home / "pki")
+    MasterKey.generate().write(home / "store.key")
+    write_private_key(home / "audit.pem", generate_ed25519())
+    ControlPlaneConfig(
+        home=home, pki_root=pki.root, ledger_config=home / "ledger.json", store_root=home / "store",
+        audit_dir=home / "audit", coordinator_db=f"sqlite:///{home / 'coordinator.db'}",
+    ).to_file(home / "cp.json")  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CYXWIZ_", "PREFECT_"))},
+        "PYTHONPATH": str(PROJECT),
+        "CYXWIZ_CONTROL_PLANE": str(home / "cp.json"),
+        "CYXWIZ_TLS_CERT": str(pki.coordinator_cert),
+        "CYXWIZ_TLS_KEY": str(pki.coordinator_key),
+        "CYXWIZ_CA_BUNDLE": str(pki.bundle),
+        "CYXWIZ_CRL": str(pki.crl),
+        "CYXWIZ_STORE_MASTER_KEY_FILE": str(home / "store.key"),
+        "CYXWIZ_AUDIT_SIGNING_KEY": str(home / "audit.pem"),
+        "CYXWIZ_STATE_DIR": str(home / "coordinator"),
+        "CYXWIZ_LISTEN_PORT": "0",
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    }
+    log = (home / "coordinator.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.serve", "coordinator"], env=env, cwd=PROJECT, stdout=subprocess.PIPE,
+        stderr=log, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(
+            f"coordinator did not start: {line}{(home / 'coordinator.log').read_text()[-2000:]}"
+        )
+    return proc, line.rsplit(" ", 1)[1].strip(), pki
+
+
+def _usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and peak RSS in KiB of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+    return cpu, peak
+
+
+class Node:
+    def __init__(self, url: str, ctx: ssl.SSLContext, address: str) -> None:
+        transport = httpx.AsyncHTTPTransport(verify=ctx, local_address=address, retries=0)
+        self.client = httpx.AsyncClient(base_url=url, transport=transport, timeout=30)
+        self.token = ""
+
+    async def register(self) -> None:
+        response = await self.client.post(
+            "/v1/nodes/register",
+            json={
+                "hardware": {
+                    "gpus": 0,
+                    "gpu_model": None,
+                    "gpu_memory_mb": 0,
+                    "cpu_cores": 1,
+                    "memory_mb": 1024,
+                }
+            },
+        )
+        response.raise_for_status()
+        self.token = response.json()["session_token"]
+
+    async def beat(self, samples: list[tuple[str, float]], failures: Counter[str], phase: list[str]) -> None:
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(
+                "/v1/nodes/heartbeat", json={}, headers={"authorization": f"Bearer {self.token}"}
+            )
+            if response.status_code != 200:
+                failures[f"{phase[0]}:{response.status_code}"] += 1
+                return
+        except httpx.HTTPError as exc:
+            failures[f"{phase[0]}:{type(exc).__name__}"] += 1
+            return
+        samples.append((phase[0], time.perf_counter() - started))
+
+
+async def _nodes_loop(
+    nodes: list[Node],
+    samples: list[tuple[str, float]],
+    failures: Counter[str],
+    phase: list[str],
+    stop: asyncio.Event,
+) -> None:
+    async def one(i: int, node: Node) -> None:
+        await asyncio.sleep(INTERVAL * i / len(nodes))  # spread the beats over the interval
+        while not stop.is_set():
+            await node.beat(samples, failures, phase)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), INTERVAL)
+
+    await asyncio.gather(*(one(i, n) for i, n in enumerate(nodes)))
+
+
+async def _abuse(url: str, bundle: Path, stop: asyncio.Event, got: Counter[str]) -> None:
+    host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=str(bundle))
+    held: list[asyncio.StreamWriter] = []
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    host, port, ssl=ctx, server_hostname="localhost", local_addr=(ABUSER, 0)
+                ),
+                10,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            got[f"connect refused ({type(exc).__name__})"] += 1
+            return None
+
+    async def idle() -> None:  # TLS without a certificate, then nothing
+        while not stop.is_set():
+            pair = await connect()
+            if pair is None:
+                await asyncio.sleep(0.5)
+                continue
+            held.append(pair[1])
+            data = await pair[0].read(1)
+            got["idle connection closed by server" if data == b"" else "idle got data"] += 1
+
+    async def slowloris() -> None:
+        while not stop.is_set():
+            pair = await connect()
+            if pair is None:
+                await asyncio.sleep(0.5)
+                continue
+            reader, writer = pair
+            writer.write(b"POST /v1/nodes/register HTTP/1.1\r\nHost: x\r\n")
+            try:
+                while not stop.is_set():
+                    writer.write(b"X")
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        if await asyncio.wait_for(reader.read(1), 1.0) == b"":
+                            break
+                got["slow-loris cut off"] += 1
+            except (OSError, ssl.SSLError):
+                got["slow-loris cut off"] += 1
+            writer.close()
+
+    async def flood() -> None:
+        transport = httpx.AsyncHTTPTransport(verify=ctx, local_address=ABUSER, retries=0)
+        async with httpx.AsyncClient(base_url=url, transport=transport, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    big = b"x" * (1 << 20) if got["flood"] % 50 == 0 else b"{}"
+                    r = await client.post(
+                        "/v1/nodes/heartbeat", content=big, headers={"content-type": "application/json"}
+                    )
+                    got[f"flood -> {r.status_code}"] += 1
+                except httpx.HTTPError as exc:
+                    got[f"flood -> {type(exc).__name__}"] += 1
+                    await asyncio.sleep(0.05)
+                got["flood"] += 1
+
+    tasks = [*(idle() for _ in range(80)), *(slowloris() for _ in range(10)), *(flood() for _ in range(4))]
+    waiter = asyncio.ensure_future(stop.wait())
+    running = [asyncio.ensure_future(t) for t in tasks]
+    await waiter
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for writer in held:
+        writer.close()
+
+
+def _abuse_process(url: str, bundle: str, seconds: float, queue: Any) -> None:
+    async def main() -> Counter[str]:
+        stop, got = asyncio.Event(), Counter[str]()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        await _abuse(url, Path(bundle), stop, got)
+        return got
+
+    queue.put(dict(asyncio.run(main())))
+
+
+async def _drive(url: str, pki: Any, certs: list[tuple[Path, Path]]) -> dict[str, Any]:
+    from cyxwiz.transport.tls import client_context
+
+    nodes = []
+    for i, (cert, key) in enumerate(certs):
+        ctx = client_context(trust_bundle=pki.bundle, cert=cert, key=key)
+        nodes.append(Node(url, ctx, _node_address(i)))
+    for batch in range(0, len(nodes), 20):
+        await asyncio.gather(*(n.register() for n in nodes[batch : batch + 20]))
+    samples: list[tuple[str, float]] = []
+    failures: Counter[str] = Counter()
+    abuser: Counter[str] = Counter()
+    phase = ["quiet"]
+    stop, abuse_stop = asyncio.Event(), asyncio.Event()
+    loop_task = asyncio.ensure_future(_nodes_loop(nodes, samples, failures, phase, stop))
+    await asyncio.sleep(PHASE_S)
+    phase[0] = "abuse"
+    # The abuser runs in its own process: in this one it would starve the nodes' event loop, and the
+    # nodes' latency would measure this process, not the coordinator.
+    spawn = multiprocessing.get_context("spawn")
+    queue: Any = spawn.Queue()
+    attacker = spawn.Process(target=_abuse_process, args=(url, str(pki.bundle), PHASE_S, queue))
+    attacker.start()
+    await asyncio.sleep(PHASE_S)
+    stop.set()
+    await asyncio.gather(loop_task, return_exceptions=True)
+    abuser.update(await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 120))
+    attacker.join(timeout=30)
+    del abuse_stop
+    for n in nodes:
+        await n.client.aclose()
+    return {"samples": samples, "failures": failures, "abuser": abuser}
+
+
+def _pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def run() -> list[tuple[str, float, str]]:
+    home = Path(tempfile.mkdtemp(prefix="cyxload-", dir="/tmp"))
+    proc, url, pki = _start_coordinator(home)
+    try:
+        (home / "sims").mkdir()
+        certs = _issue_nodes(pki, home / "sims", NODES)
+        result = asyncio.run(_drive(url, pki, certs))
+        cpu, peak = _usage(proc.pid)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+    by_phase = {p: [s for ph, s in result["samples"] if ph == p] for p in ("quiet", "abuse")}
+    quiet, abuse = by_phase["quiet"], by_phase["abuse"]
+    failures = sum(result["failures"].values())
+    abuser = ", ".join(f"{k}: {v}" for k, v in sorted(result["abuser"].items()) if k != "flood")
+    q50, q99, a50, a99 = _pct(quiet, 50), _pct(quiet, 99), _pct(abuse, 50), _pct(abuse, 99)
+    return [
+        ("heartbeat p99 under abuse / quiet", a99 / q99,
+         f"{NODES} nodes, beat every {INTERVAL:.0f} s: quiet p50 {q50 * 1000:.0f} ms p99 {q99 * 1000:.0f} ms "
+         f"({len(quiet)} beats); abuse p50 {a50 * 1000:.0f} ms p99 {a99 * 1000:.0f} ms ({len(abuse)} beats)"),
+        ("legitimate heartbeat failures", float(failures), f"goal 0: {dict(result['failures']) or 'none'}"),
+        ("coordinator CPU seconds", cpu, f"over {2 * PHASE_S:.0f} s of load; peak RSS {peak / 1024:.0f} MiB"),
+        ("abuser attempts", float(result["abuser"]["flood"]), f"flood requests; {abuser}"),
+    ]  # fmt: skip
