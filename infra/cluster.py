@@ -128,6 +128,7 @@ class Cluster:
             CYXWIZ_WORK_ROOT=str(work),
             CYXWIZ_SANDBOX_MAX_MEMORY_MB="2048",
             PREFECT_WORKER_QUERY_SECONDS="2",
+            CYXWIZ_NODE_WALLET=self.ready["wallets"][f"node:{name}"],
         )
         log = (work / "agent.log").open("ab")
         proc = self.net.popen(
@@ -149,11 +150,15 @@ class Cluster:
             cert, key = pki / "certs" / "user-cert.pem", pki / "certs" / "user-key.pem"
         else:
             cert, key = (Path(p) for p in self.ready["users"][user])
+        wallet = Path(self.ready["user_wallet_files"][user])
         return base_env(
             CYXWIZ_COORDINATOR_URL=self.ready["coordinator_url"],
             CYXWIZ_USER_CERT=str(cert),
             CYXWIZ_USER_KEY=str(key),
             CYXWIZ_CA_BUNDLE=str(pki / "bundle.pem"),
+            # The user's own wallet signs each escrow lock on the user's host (F1).
+            CYXWIZ_WALLET=str(wallet / "wallet.key"),
+            CYXWIZ_WALLET_PASSPHRASE_FILE=str(wallet / "wallet.pass"),
         )
 
     def run(

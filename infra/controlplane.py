@@ -83,6 +83,12 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
         stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # dispatch follows a submission within a second
         stack.start_control_worker()
         ledger = stack.ledger
+        # Each user signs their own escrow locks with their own funded wallet; each node is paid to its own.
+        for name in ("demo-user", *users):
+            stack.wallet(name)
+        node_wallets = {name: stack.node_wallet(name) for name in nodes}
+        wallets = {f"user:{n}": w.address for n, w in stack.users.items()}
+        wallets |= {f"node:{n}": w for n, w in node_wallets.items()}
         ready = {
             "pid": os.getpid(),
             "service_address": SERVICE_ADDRESS,
@@ -93,8 +99,8 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
             "postgres_url": pg.url("psycopg"),
             "ledger_rpc_url": ledger.config.rpc_url,
             "mint": ledger.config.mint,
-            "user_wallet": str(ledger.user.pubkey()),
-            "node_wallet": str(ledger.node.pubkey()),
+            "wallets": wallets,
+            "user_wallet_files": {n: str(home / "users" / n) for n in stack.users},
             "pki_root": str(pki.root),
             "users": {name: [str(c), str(k)] for name, (c, k) in user_files.items()},
             "coordinator_db": f"sqlite:///{home / 'coordinator' / 'coordinator.db'}",
@@ -107,7 +113,7 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
 
 
 def balances(ready: dict[str, Any]) -> dict[str, int]:
-    """The demo user's and the node wallet's token balances (run inside the control-plane namespace)."""
+    """Every user's and node's token balance, ``user:<name>``/``node:<name>`` (inside the control plane)."""
     from solders.pubkey import Pubkey
 
     from cyxwiz.ledger.rpc import RpcChain
@@ -117,8 +123,8 @@ def balances(ready: dict[str, Any]) -> dict[str, int]:
     chain = RpcChain(url=ready["ledger_rpc_url"])
     try:
         return {
-            role: chain.token_amount(token_account_of(Pubkey.from_string(ready[f"{role}_wallet"]), mint)) or 0
-            for role in ("user", "node")
+            owner: chain.token_amount(token_account_of(Pubkey.from_string(address), mint)) or 0
+            for owner, address in ready["wallets"].items()
         }
     finally:
         chain.close()

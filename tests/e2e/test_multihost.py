@@ -149,18 +149,20 @@ def _submit_to(cluster: Cluster, node: str, user: str, spec: dict[str, Any]) -> 
 
 
 def _audit_verifies(cluster: Cluster) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *AUDIT_VERIFY,
-            str(cluster.home / "audit"),
-            "--public-key",
-            str(cluster.home / "audit-signing-key.pem"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    """``cyxwiz audit verify`` with the pinned key. The control plane keeps writing while it runs (gateway
+    and heartbeat decisions), so a read that races an append is retried: a broken log never verifies."""
+    argv = [
+        *AUDIT_VERIFY,
+        str(cluster.home / "audit"),
+        "--public-key",
+        str(cluster.home / "audit-signing-key.pem"),
+    ]
+    for _ in range(5):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+        if proc.returncode == 0:
+            break
+        time.sleep(1.0)
+    return proc
 
 
 def test_two_users_three_nodes_end_to_end(cluster: Cluster) -> None:
@@ -185,23 +187,41 @@ def test_two_users_three_nodes_end_to_end(cluster: Cluster) -> None:
     finally:
         store.engine.dispose()
     after = cluster.balances()
-    paid = spec["payment"] * len(jobs)
-    # F1/F2: each job paid exactly once, and no token appeared or vanished.
-    assert before["user"] - after["user"] == paid
-    assert after["node"] - before["node"] == paid
+    # F1/F2: each job paid exactly once, from its user's wallet to its node's, and no token appeared or
+    # vanished.
+    for node, _user in plan:
+        assert after[f"node:{node}"] - before[f"node:{node}"] == spec["payment"], (node, before, after)
+    for user in USERS:
+        spent = spec["payment"] * sum(1 for _, u in plan if u == user)
+        assert before[f"user:{user}"] - after[f"user:{user}"] == spent, (user, before, after)
+    assert sum(after.values()) == sum(before.values())
     verified = _audit_verifies(cluster)
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
 
 
 def test_prefect_ran_it_all_on_postgresql(cluster: Cluster) -> None:
     """The lifecycle and node runs are rows of the PostgreSQL database, asked from inside the plane."""
+    sql = (
+        "select f.name, r.state_type, count(*) from flow_run r join flow f on f.id = r.flow_id"
+        " group by f.name, r.state_type"
+    )
     query = (
-        "import sys, psycopg\n"
+        "import json, sys, psycopg\n"
         "with psycopg.connect(sys.argv[1]) as c:\n"
-        "    row = c.execute(\"select count(*) from flow_run where state_type = 'COMPLETED'\").fetchone()\n"
-        "    print(row[0])\n"
+        "    rows = c.execute(sys.argv[2]).fetchall()\n"
+        "print(json.dumps({f'{name}:{state}': n for name, state, n in rows}))\n"
     )
     url = cluster.ready["postgres_url"].replace("postgresql+psycopg://", "postgresql://")
-    proc = cluster.run(cluster.net.control, [sys.executable, "-c", query, url], timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) >= 6, "three job-lifecycle runs and three sandboxed-train runs completed"
+
+    def runs() -> dict[str, int]:
+        proc = cluster.run(cluster.net.control, [sys.executable, "-c", query, url, sql], timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        found: dict[str, int] = json.loads(proc.stdout)
+        return found
+
+    def done() -> bool:
+        seen = runs()
+        return seen.get("job-lifecycle:COMPLETED", 0) >= 3 and seen.get("sandboxed-train:COMPLETED", 0) >= 3
+
+    # A lifecycle run completes after archiving, a moment after its job is released.
+    assert wait_until(done, timeout=180, interval=3.0), runs()
