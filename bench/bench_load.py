@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -302,6 +303,7 @@ def run() -> list[tuple[str, float, str]]:
             proc.wait(timeout=20)
         if proc.poll() is None:
             proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
     by_phase = {p: [s for ph, s in result["samples"] if ph == p] for p in ("quiet", "abuse")}
     quiet, abuse = by_phase["quiet"], by_phase["abuse"]
     failures = sum(result["failures"].values())
