@@ -31,10 +31,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.prefect,
     pytest.mark.timeout(900),
-    # Passed whole (5/5, tampered + S3 + CSV + digits; upload path alone) before the funded-job-id and
-    # canonical-id changes met on main; now every node run's job-token fetch gets 422 (funded "job-<hex>"
-    # ids vs the coordinator's canonical path-id check) — not a dataset rule. Unskip once that is fixed.
-    pytest.mark.skip(reason="main: node job-token fetch refused 422 for funded job ids (issue 16/18 merge)"),
 ]
 
 BUCKET = "user-data"
