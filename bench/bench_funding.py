@@ -14,7 +14,6 @@ the key already open (the bookkeeping and checks alone, the stricter comparison)
 
 from __future__ import annotations
 
-import secrets
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from solders.keypair import Keypair
 
+from cyxwiz.ids import new_job_id
 from cyxwiz.ledger import provision
 from cyxwiz.ledger.client_funding import lock_signed, sign_funding, terms_from_chain
 from cyxwiz.ledger.embedded import start_local_ledger
@@ -36,7 +36,7 @@ PASSPHRASE = b"bench-wallet-passphrase"
 
 
 def _job() -> str:
-    return f"job-{secrets.token_hex(12)}"
+    return new_job_id()
 
 
 def run() -> list[tuple[str, float, str]]:

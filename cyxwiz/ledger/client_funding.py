@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from cyxwiz.errors import ValidationError
+from cyxwiz.ids import JOB_ID
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.chain import Chain
 from cyxwiz.ledger.records import check_amount, check_job_id, check_wallet
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 MAX_FUNDING_BYTES = 1232
 
 #: Job ids a client may choose for a job it funds: random, unguessable, one escrow each.
-CLIENT_JOB_ID = re.compile(r"^job-[0-9a-f]{12,40}$")
 
 
 class FundingError(ValidationError):
@@ -120,8 +119,10 @@ class Funding:
                 "funding is an object with job_id, wallet, message and signature", field="funding", rule="F1"
             )
         job_id, wallet, text, signature = data["job_id"], data["wallet"], data["message"], data["signature"]
-        if not isinstance(job_id, str) or not CLIENT_JOB_ID.match(job_id):
-            raise ValidationError("must look like job-<12..40 hex>", field="funding.job_id", rule="G1")
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+            raise ValidationError(
+                "must be a job id in canonical form (job-<20 hex>)", field="funding.job_id", rule="G1"
+            )
         check_wallet(wallet, field="funding.wallet")
         if not isinstance(text, str) or len(text) > 2 * MAX_FUNDING_BYTES:
             raise ValidationError("must be a base64 message", field="funding.message", rule="F1")

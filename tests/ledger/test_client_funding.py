@@ -6,7 +6,6 @@ Each attack has its honest control beside it; every refusal leaves no escrow row
 from __future__ import annotations
 
 import base64
-import secrets
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from solders.message import Message
 from solders.pubkey import Pubkey
 
 from cyxwiz.errors import CyxwizError, NotFoundError, PaymentTooLowError, ValidationError
+from cyxwiz.ids import new_job_id
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.client_funding import (
     Funding,
@@ -35,7 +35,7 @@ AMOUNT = 5 * MINIMUM
 
 
 def _job() -> str:
-    return f"job-{secrets.token_hex(8)}"
+    return new_job_id()
 
 
 def _terms(world: World) -> FundingTerms:
@@ -172,16 +172,16 @@ def test_funding_document_parsing_refuses_junk() -> None:
     sig = str(Keypair().sign_message(b"x"))
     for bad in (
         None,
-        {"job_id": "job-0123456789ab", "wallet": wallet, "message": "AA=="},
+        {"job_id": "job-0123456789abcdef0123", "wallet": wallet, "message": "AA=="},
         {"job_id": "../etc", "wallet": wallet, "message": "AA==", "signature": sig},
-        {"job_id": "job-0123456789ab", "wallet": "nope", "message": "AA==", "signature": sig},
-        {"job_id": "job-0123456789ab", "wallet": wallet, "message": "%%%", "signature": sig},
-        {"job_id": "job-0123456789ab", "wallet": wallet, "message": "A" * 4000, "signature": sig},
-        {"job_id": "job-0123456789ab", "wallet": wallet, "message": "AA==", "signature": "nope"},
+        {"job_id": "job-0123456789abcdef0123", "wallet": "nope", "message": "AA==", "signature": sig},
+        {"job_id": "job-0123456789abcdef0123", "wallet": wallet, "message": "%%%", "signature": sig},
+        {"job_id": "job-0123456789abcdef0123", "wallet": wallet, "message": "A" * 4000, "signature": sig},
+        {"job_id": "job-0123456789abcdef0123", "wallet": wallet, "message": "AA==", "signature": "nope"},
     ):
         with pytest.raises(ValidationError):
             Funding.from_dict(bad)
-    good = {"job_id": "job-0123456789ab", "wallet": wallet, "message": "AAAA", "signature": sig}
+    good = {"job_id": "job-0123456789abcdef0123", "wallet": wallet, "message": "AAAA", "signature": sig}
     assert Funding.from_dict(good).to_dict()["message"] == base64.b64encode(b"\0\0\0").decode()
 
 

@@ -7,7 +7,6 @@ Every attack sits beside its honest control and asserts the exact refusal and th
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from solders.keypair import Keypair
 
+from cyxwiz.ids import new_job_id
 from cyxwiz.ledger import provision
 from cyxwiz.ledger.chain import LocalChain
 from cyxwiz.ledger.client_funding import FundingTerms, sign_funding
@@ -48,7 +48,7 @@ class Market:
         return FundingTerms.from_dict(r.json())
 
     def funded_spec(self, user: str, *, wallet: str | None = None, amount: int = PAYMENT) -> dict[str, Any]:
-        job_id = f"job-{secrets.token_hex(12)}"
+        job_id = new_job_id()
         funding = sign_funding(
             self.terms(user), wallet=self.wallets[wallet or user], job_id=job_id, amount=amount, user=user
         )

@@ -47,14 +47,18 @@ def submit(
 
 def _funded_job_id(spec: dict[str, Any]) -> str | None:
     """The id the user's client signed the escrow lock for (F1); a taken id is a 409, never a takeover."""
-    from cyxwiz.ledger.client_funding import CLIENT_JOB_ID
+    from cyxwiz.ids import JOB_ID
 
     funding = spec.get("funding")
     if funding is None:
         return None
     job_id = funding.get("job_id") if isinstance(funding, dict) else None
-    if not isinstance(job_id, str) or not CLIENT_JOB_ID.match(job_id):
-        raise ValidationError("must look like job-<12..40 hex>", field="spec.funding.job_id", rule="G1")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ValidationError(
+            "must be a job id in canonical form (job-<20 hex>, cyxwiz.ids.new_job_id)",
+            field="spec.funding.job_id",
+            rule="G1",
+        )
     return job_id
 
 
