@@ -7,17 +7,13 @@ its refresh family dies with it even when its holder is not connected.
 
 from __future__ import annotations
 
-import logging
-import threading
-
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.poller import Poller
 from cyxwiz.tokens.reload import KeyRingReloader
 from cyxwiz.transport.crl import CRLSnapshot
 from cyxwiz.transport.reload import ServerTLS
-
-log = logging.getLogger(__name__)
 
 
 class CoordinatorWatch:
@@ -33,8 +29,9 @@ class CoordinatorWatch:
         self.store, self.tls, self.reloader, self.audit = store, tls, reloader, audit
         self.interval = interval
         self._seen: CRLSnapshot | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(
+            check=self.check_now, interval=lambda: self.interval, name="cyxwiz-coordinator-watch"
+        )
 
     def check_now(self) -> list[str]:
         """Reload the ring if rotated; revoke the sessions of certificates the CRL in force names."""
@@ -59,21 +56,8 @@ class CoordinatorWatch:
         return doomed
 
     def start(self) -> CoordinatorWatch:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="cyxwiz-coordinator-watch", daemon=True)
-            self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check_now()
-            except Exception:  # a database hiccup must not end the watch
-                log.exception("coordinator watch iteration failed")
+        self._poller.stop()

@@ -9,7 +9,6 @@ connections — by a watcher that closes them when their node or session stops b
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +16,8 @@ from typing import Any, Protocol
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
+from cyxwiz.poller import Poller
 from cyxwiz.transport.identity import PeerIdentity
-
-log = logging.getLogger(__name__)
 
 #: Node states in which a node is cut off everywhere.
 CUT_OFF = frozenset({"banned", "revoked"})
@@ -111,27 +109,15 @@ class RevocationWatch:
     ) -> None:
         self.standing, self.live, self.close_peers, self.audit = standing, live, close_peers, audit
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(
+            check=self.check_now, interval=lambda: self.interval, name="cyxwiz-gateway-revocations"
+        )
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="cyxwiz-gateway-revocations", daemon=True)
-            self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check_now()
-            except Exception:  # the watcher must outlive a database hiccup
-                log.exception("gateway revocation check failed")
+        self._poller.stop()
 
     def check_now(self) -> int:
         """Close websockets of revoked sessions or cut-off nodes and connections of cut-off nodes."""

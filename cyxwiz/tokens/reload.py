@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 from cyxwiz.errors import CyxwizError
+from cyxwiz.poller import Poller
 from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ class KeyRingReloader:
         self.store = DirKeyRingStore(path)
         self.interval = interval
         self._stamp = self._stat()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(
+            check=self.check_now, interval=lambda: self.interval, name="cyxwiz-keyring-reload"
+        )
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -53,18 +54,8 @@ class KeyRingReloader:
         return True
 
     def start(self) -> KeyRingReloader:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="cyxwiz-keyring-reload", daemon=True)
-            self._thread.start()
+        self._poller.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.check_now()
+        self._poller.stop()
