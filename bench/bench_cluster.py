@@ -35,7 +35,7 @@ def _database(kind: str, home: Path) -> Iterator[str | None]:
 
 
 def _measure(kind: str) -> list[dict[str, float]]:
-    from flows.stack import embedded_stack
+    from infra.stack import embedded_stack
     from tasks import services
 
     saved = dict(os.environ)

@@ -37,7 +37,7 @@ def run() -> list[tuple[str, float, str]]:
     from cyxwiz.tokens.keyring import KeyRing
     from cyxwiz.tokens.verifier import TokenVerifier
     from cyxwiz.transport.tls import client_context
-    from flows.local_server import local_prefect_server
+    from infra.local_server import local_prefect_server
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -73,7 +73,7 @@ def bare_parent(job_id: str) -> str:
 
 def _deploy_baseline(stack: Any, tmp: Path) -> subprocess.Popen[bytes]:
     """The bare child on its own process-worker pool (same worker poll interval as the node agents)."""
-    from flows.stack import deploy_one, prefect_cli
+    from infra.stack import deploy_one, prefect_cli
 
     prefect_cli("work-pool", "create", "bench", "--type", "process", "--overwrite", env=stack.env)
     deploy_one(
@@ -94,7 +94,7 @@ def _deploy_baseline(stack: Any, tmp: Path) -> subprocess.Popen[bytes]:
 def _job(epochs: int = 1) -> dict[str, Any]:
     import copy
 
-    from flows.demo import REFERENCE_JOB
+    from infra.demo import REFERENCE_JOB
 
     spec = copy.deepcopy(REFERENCE_JOB)
     spec["training"]["hyperparameters"]["epochs"] = epochs
@@ -148,8 +148,8 @@ def _concurrent(stack: Any, nodes: list[str]) -> float:
 
 
 def run() -> list[tuple[str, float, str]]:
-    from flows.local_server import stop_process_group
-    from flows.stack import embedded_stack
+    from infra.local_server import stop_process_group
+    from infra.stack import embedded_stack
 
     saved = dict(os.environ)
     home = Path(tempfile.mkdtemp(prefix="cyxbench-", dir="/tmp"))  # short: bridge socket path limit

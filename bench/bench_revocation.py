@@ -50,7 +50,7 @@ def run() -> list[tuple[str, float, str]]:
     from cyxwiz.gateway.standing import StoreStanding
     from cyxwiz.pki.devpki import build_dev_pki
     from cyxwiz.transport.tls import client_context
-    from flows.local_server import local_prefect_server
+    from infra.local_server import local_prefect_server
     from tasks.coordinator_channel import node_name
 
     names = [f"bench-{i}" for i in range(ROUNDS)] + [f"crl-{i}" for i in range(ROUNDS)]

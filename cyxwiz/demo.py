@@ -1,7 +1,7 @@
 """``cyxwiz demo``: the whole job lifecycle on the embedded defaults, shown step by step.
 
 The demo composes Prefect flows, and the core library imports no Prefect (ARCHITECTURE layout), so the
-command runs ``python -m flows.demo`` from the project checkout as a child process. No shell is involved.
+command runs ``python -m infra.demo`` from the project checkout as a child process. No shell is involved.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def project_root() -> Path:
     root = Path(__file__).resolve().parents[1]
     if not (root / "flows" / "demo.py").is_file():
         raise ConfigError(
-            "the demo needs the project checkout (flows/demo.py next to cyxwiz/)",
+            "the demo needs the project checkout (infra/demo.py next to cyxwiz/)",
             path=str(root),
             hint="run it from a clone: make demo",
         )
@@ -26,7 +26,7 @@ def project_root() -> Path:
 
 def run_demo(*, workdir: str | Path, keep: bool = False, hsm: bool = False) -> int:
     root = project_root()
-    argv = [sys.executable, "-m", "flows.demo", "--workdir", str(Path(workdir).resolve())]
+    argv = [sys.executable, "-m", "infra.demo", "--workdir", str(Path(workdir).resolve())]
     if keep:
         argv.append("--keep")
     if hsm:

@@ -62,8 +62,8 @@ def user_certificate(pki: Any, name: str) -> tuple[Path, Path]:
 
 
 def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: threading.Event) -> None:
-    from flows.stack import embedded_stack
     from infra.postgres import local_postgres
+    from infra.stack import embedded_stack
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     pki = server_certificates(home / "pki", nodes, address=SERVICE_ADDRESS)

@@ -42,7 +42,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
 
     The test process itself is pointed at it, so ``run_deployment`` and blocks talk to this server.
     """
-    from flows.local_server import local_prefect_server
+    from infra.local_server import local_prefect_server
 
     home = tmp_path_factory.mktemp("prefect-home")
     with local_prefect_server(home) as server:

@@ -143,7 +143,7 @@ def test_production_coordinator_wires_real_parts(
                 token = Env(pki=pki, coord=handle, audit=MemorySink()).user_token("alice")
                 terms = c.get("/v1/wallet/terms", headers=auth(token))
                 assert terms.status_code == 200 and terms.json()["multisig"] == demo.config.multisig
-                from flows.demo import REFERENCE_JOB
+                from infra.demo import REFERENCE_JOB
 
                 spec = {k: v for k, v in REFERENCE_JOB.items() if k != "user"}
                 r = c.post("/v1/jobs", json={"spec": spec}, headers=auth(token))

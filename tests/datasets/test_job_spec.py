@@ -10,7 +10,7 @@ import pytest
 
 from cyxwiz.datasets import default_threshold, parse_dataset
 from cyxwiz.errors import PaymentTooLowError, ValidationError
-from flows.demo import REFERENCE_JOB
+from infra.demo import REFERENCE_JOB
 from tasks.control import parse_job_request
 
 SHA = "ab" * 32

@@ -25,7 +25,7 @@ from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.storage import LocalObjectStore, MasterKey
 from cyxwiz.storage.urlsign import UrlSigner, asgi_app
 from cyxwiz.transport.tls import client_context
-from flows.demo import REFERENCE_JOB
+from infra.demo import REFERENCE_JOB
 from tasks.hooks import PrefectHooks
 from tests.jobs.conftest import issue_user
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.local_server import LocalPrefectServer, stop_process_group
-from flows.stack import prefect_cli
+from infra.local_server import LocalPrefectServer, stop_process_group
+from infra.stack import prefect_cli
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,7 @@ EVIL_DEPLOYMENT = "sandboxed-train/evil-train"
 
 def tiny_job(*, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user") -> dict[str, Any]:
     """The demo's reference job (MLP on scikit-learn digits) with a chosen length."""
-    from flows.demo import REFERENCE_JOB
+    from infra.demo import REFERENCE_JOB
 
     spec = copy.deepcopy(REFERENCE_JOB)
     spec["user"] = user
@@ -38,7 +38,7 @@ def tiny_job(*, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The embedded control plane with node-1 running; node-2 has a certificate and a wallet mapping."""
-    from flows.stack import embedded_stack
+    from infra.stack import embedded_stack
     from tasks import services
 
     saved = dict(os.environ)
@@ -81,7 +81,7 @@ def restore_control_config(stack: Any, old: Any) -> None:
 
 def deploy_evil(stack: Any, tmp: Path) -> str:
     """Deploy the dishonest node flow to the gpu pool (``prefect --no-prompt deploy``, tmp prefect.yaml)."""
-    from flows.stack import deploy_one
+    from infra.stack import deploy_one
 
     deploy_one(
         stack.env,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from cyxwiz.transport.tls import client_context
-from flows.stack import EmbeddedStack, embedded_stack, prefect_cli
+from infra.stack import EmbeddedStack, embedded_stack, prefect_cli
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -153,9 +153,7 @@ def test_failure_after_escrow_rolls_back_to_a_refund(stack: Any) -> None:
     ledger = services.ledger()
     known = {r.job_id for r in ledger.list_escrows()}
     before = stack.balances()
-    state = job_lifecycle(
-        stack.fund(tiny_job(epochs=1)), node="node-that-does-not-exist", return_state=True
-    )
+    state = job_lifecycle(stack.fund(tiny_job(epochs=1)), node="node-that-does-not-exist", return_state=True)
     assert state.is_failed()
     assert "no healthy" in str(state.message) or state.is_failed()
     new = [r for r in ledger.list_escrows() if r.job_id not in known]

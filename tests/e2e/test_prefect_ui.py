@@ -52,7 +52,7 @@ def _dump(url: str, profile: Path, *, must_show: str) -> str:
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from flows.stack import embedded_stack
+    from infra.stack import embedded_stack
     from tasks import services
 
     if CHROMIUM is None:

@@ -17,7 +17,7 @@ def env_of(jobs_env: JobsEnv) -> dict[str, str]:
 
 
 def test_example_is_the_reference_job() -> None:
-    from flows.demo import REFERENCE_JOB
+    from infra.demo import REFERENCE_JOB
 
     assert load_job_spec(EXAMPLE) == REFERENCE_JOB
 

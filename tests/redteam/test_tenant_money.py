@@ -73,7 +73,7 @@ class Market:
 
 
 def _spec() -> dict[str, Any]:
-    from flows.demo import REFERENCE_JOB
+    from infra.demo import REFERENCE_JOB
 
     spec = {k: v for k, v in REFERENCE_JOB.items() if k != "user"}
     return {**spec, "payment": PAYMENT}

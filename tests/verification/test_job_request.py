@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cyxwiz.errors import ValidationError
-from flows.demo import REFERENCE_JOB
+from infra.demo import REFERENCE_JOB
 from tasks.control import parse_job_request
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
+from infra.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
 
 PROJECT = Path(__file__).resolve().parents[1]
 #: each embedded node's stake: the minimum to be dispatched to (base units; the demo's minimum payment)

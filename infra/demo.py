@@ -92,7 +92,7 @@ def _use_blocks(stack: Any) -> None:
 
 
 def run_demo(workdir: Path, *, keep: bool, hsm: bool = False) -> int:
-    from flows.stack import embedded_stack
+    from infra.stack import embedded_stack
 
     started = time.monotonic()
     console.rule("[bold]cyxwiz demo: one job, end to end, on the embedded defaults")
@@ -196,7 +196,7 @@ def _audit_summary(stack: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m infra.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--keep", action="store_true", help="keep the services (and the Prefect UI) up")
     parser.add_argument("--hsm", action="store_true", help="CA, token, audit and escrow keys in SoftHSM2")
