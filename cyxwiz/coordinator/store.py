@@ -1,195 +1,44 @@
-"""Coordinator persistence (SQLAlchemy Core): SQLite embedded, PostgreSQL in production.
-
-Tables: nodes (identity = certificate PeerID), sessions (revocable; refresh-token families), refresh
-tokens (one-shot, rotation with reuse detection, SPEC B5), jobs (owner, assigned node, status, progress,
-proof) and configuration (audited changes). Every state change is one transaction.
+"""Coordinator persistence: nodes, jobs and configuration here, sessions in
+:mod:`cyxwiz.coordinator.sessions`, the schema in :mod:`cyxwiz.coordinator.tables`. Every state change is
+one transaction; the store hands out frozen records (:mod:`cyxwiz.coordinator.records`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from cyxwiz.coordinator.records import JobRecord, NodeRecord
+from cyxwiz.coordinator.records import job_record as _job
+from cyxwiz.coordinator.records import node_record as _node
+from cyxwiz.coordinator.records import now as _now
+from cyxwiz.coordinator.sessions import SessionRows
+from cyxwiz.coordinator.tables import (
+    NODE_STATUSES,
+    add_missing_columns,
+    config,
+    jobs,
+    metadata,
+    node_peers,
+    nodes,
+)
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
 
-metadata = sa.MetaData()
-
-nodes = sa.Table(
-    "cyx_nodes",
-    metadata,
-    sa.Column("node_id", sa.String(64), primary_key=True),
-    sa.Column("peer_id", sa.String(128), nullable=False, unique=True),
-    sa.Column("subject", sa.String(1024), nullable=False),
-    sa.Column("cert_serial", sa.String(64), nullable=False),
-    sa.Column("hardware", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # active | draining | banned | revoked
-    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_heartbeat", sa.DateTime(timezone=True)),
-    # The payout wallet (base58 public key) the node registered under its certificate's PeerID (F1).
-    sa.Column("wallet", sa.String(64)),
-)
-sessions = sa.Table(
-    "cyx_sessions",
-    metadata,
-    sa.Column("session_id", sa.String(128), primary_key=True),
-    sa.Column("principal_kind", sa.String(8), nullable=False),  # node | user
-    sa.Column("principal_id", sa.String(128), nullable=False, index=True),
-    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-#: Earlier certificates of a node (renewed, not revoked): they keep working until they expire, so jobs
-#: in flight when the node switched to its new certificate are not dropped (A7 automatic renewal).
-node_peers = sa.Table(
-    "cyx_node_peers",
-    metadata,
-    sa.Column("peer_id", sa.String(128), primary_key=True),
-    sa.Column("node_id", sa.String(64), nullable=False, index=True),
-    sa.Column("cert_serial", sa.String(64), nullable=False),
-)
-#: The client certificate a session was opened with, so revoking the certificate kills its family.
-session_certs = sa.Table(
-    "cyx_session_certs",
-    metadata,
-    sa.Column("session_id", sa.String(128), primary_key=True),
-    sa.Column("issuer", sa.String(1024), nullable=False),
-    sa.Column("serial", sa.String(64), nullable=False),
-)
-refresh_tokens = sa.Table(
-    "cyx_refresh_tokens",
-    metadata,
-    sa.Column("jti", sa.String(128), primary_key=True),
-    sa.Column("session_id", sa.String(128), nullable=False, index=True),
-    sa.Column("used", sa.Boolean, nullable=False, default=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-)
-jobs = sa.Table(
-    "cyx_jobs",
-    metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), nullable=False, index=True),
-    sa.Column("node_id", sa.String(64), index=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("spec", sa.JSON, nullable=False),
-    sa.Column("duration_s", sa.Integer, nullable=False),
-    sa.Column("progress", sa.JSON, nullable=False),
-    sa.Column("proof", sa.JSON),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-config = sa.Table(
-    "cyx_config",
-    metadata,
-    sa.Column("key", sa.String(128), primary_key=True),
-    sa.Column("value", sa.JSON, nullable=False),
-)
-
-NODE_STATUSES = ("active", "draining", "banned", "revoked")
+__all__ = ["CoordinatorStore", "JobRecord", "NodeRecord"]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    node_id: str
-    peer_id: str
-    subject: str
-    cert_serial: str
-    hardware: dict[str, Any]
-    status: str
-    registered_at: datetime
-    last_heartbeat: datetime | None
-    wallet: str | None = None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    job_id: str
-    user_id: str
-    node_id: str | None
-    status: str
-    spec: dict[str, Any]
-    duration_s: int
-    progress: dict[str, Any]
-    proof: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "user_id": self.user_id,
-            "node_id": self.node_id,
-            "status": self.status,
-            "spec": self.spec,
-            "progress": self.progress,
-            "has_proof": self.proof is not None,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
-
-def _node(row: Any) -> NodeRecord:
-    m = row._mapping
-    return NodeRecord(
-        node_id=m["node_id"],
-        peer_id=m["peer_id"],
-        subject=m["subject"],
-        cert_serial=m["cert_serial"],
-        hardware=dict(m["hardware"]),
-        status=m["status"],
-        registered_at=_aware(m["registered_at"]) or _now(),
-        last_heartbeat=_aware(m["last_heartbeat"]),
-        wallet=m["wallet"],
-    )
-
-
-def _job(row: Any) -> JobRecord:
-    m = row._mapping
-    return JobRecord(
-        job_id=m["job_id"],
-        user_id=m["user_id"],
-        node_id=m["node_id"],
-        status=m["status"],
-        spec=dict(m["spec"]),
-        duration_s=int(m["duration_s"]),
-        progress=dict(m["progress"]),
-        proof=dict(m["proof"]) if m["proof"] is not None else None,
-        created_at=_aware(m["created_at"]) or _now(),
-        updated_at=_aware(m["updated_at"]) or _now(),
-    )
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added after a table first shipped (``create_all`` only makes missing tables)."""
-    present = {c["name"] for c in sa.inspect(engine).get_columns("cyx_nodes")}
-    if "wallet" not in present:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE cyx_nodes ADD COLUMN wallet VARCHAR(64)"))
-
-
-class CoordinatorStore:
+class CoordinatorStore(SessionRows):
     """All coordinator state. Thread-safe (one SQLAlchemy engine, short transactions)."""
 
     def __init__(self, *, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine)
-        _add_missing_columns(engine)
+        add_missing_columns(engine)
 
     @classmethod
     def from_url(cls, url: str) -> CoordinatorStore:
@@ -311,84 +160,6 @@ class CoordinatorStore:
     def heartbeat(self, node_id: str) -> None:
         with self._tx() as conn:
             conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(last_heartbeat=_now()))
-
-    # --- sessions and refresh families ------------------------------------------------------------
-
-    def create_session(self, *, session_id: str, principal_kind: str, principal_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                sessions.insert().values(
-                    session_id=session_id,
-                    principal_kind=principal_kind,
-                    principal_id=principal_id,
-                    revoked=False,
-                    created_at=_now(),
-                )
-            )
-
-    def is_session_revoked(self, session_id: str) -> bool:
-        """Unknown sessions count as revoked: only sessions this coordinator opened are valid."""
-        with self._tx() as conn:
-            row = conn.execute(
-                sa.select(sessions.c.revoked).where(sessions.c.session_id == session_id)
-            ).first()
-        return row is None or bool(row[0])
-
-    def revoke_session(self, session_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(revoked=True))
-
-    def revoke_sessions_of(self, principal_id: str) -> int:
-        with self._tx() as conn:
-            done = conn.execute(
-                sessions.update()
-                .where(sessions.c.principal_id == principal_id, sessions.c.revoked.is_(False))
-                .values(revoked=True)
-            )
-            return int(done.rowcount)
-
-    def bind_session_cert(self, *, session_id: str, issuer: str, serial: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                session_certs.insert().values(
-                    session_id=session_id, issuer=issuer, serial=format(serial, "x")
-                )
-            )
-
-    def revoke_sessions_of_certs(self, revoked: frozenset[tuple[str, int]]) -> list[str]:
-        """Revoke every live session opened with a certificate in ``revoked`` ((issuer, serial) pairs)."""
-        with self._tx() as conn:
-            rows = conn.execute(
-                sa.select(session_certs.c.session_id, session_certs.c.issuer, session_certs.c.serial)
-                .join(sessions, sessions.c.session_id == session_certs.c.session_id)
-                .where(sessions.c.revoked.is_(False))
-            ).all()
-            doomed = [r.session_id for r in rows if (r.issuer, int(r.serial, 16)) in revoked]
-            if doomed:
-                conn.execute(sessions.update().where(sessions.c.session_id.in_(doomed)).values(revoked=True))
-        return doomed
-
-    def add_refresh(self, *, jti: str, session_id: str, expires_at: datetime) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                refresh_tokens.insert().values(
-                    jti=jti, session_id=session_id, used=False, expires_at=expires_at
-                )
-            )
-
-    def consume_refresh(self, *, jti: str, session_id: str) -> bool:
-        """Mark a refresh token used. False = it was used before (or never ours): a reuse (B5)."""
-        with self._tx() as conn:
-            done = conn.execute(
-                refresh_tokens.update()
-                .where(
-                    refresh_tokens.c.jti == jti,
-                    refresh_tokens.c.session_id == session_id,
-                    refresh_tokens.c.used.is_(False),
-                )
-                .values(used=True)
-            )
-            return done.rowcount == 1
 
     # --- jobs ---------------------------------------------------------------------------------------
 
