@@ -84,6 +84,11 @@ class Federation:
             return f"trust policy evaluation failed ({type(exc).__name__}) [rule A7]"
         return None
 
+    def trust_pem(self) -> bytes:
+        """Every organization's CAs in force, as PEM: what the listener hands OpenSSL (rebuilt on change)."""
+        with self._lock:
+            return self._policy.bundle_pem()
+
     def write_bundle(self, path: Path) -> Path:
         """All organizations' CAs in one PEM file: the trust store the TLS listener hands OpenSSL."""
         return write_atomic(path, self._policy.bundle_pem(), mode=PUBLIC_MODE, overwrite=True)

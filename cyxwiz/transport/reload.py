@@ -33,7 +33,7 @@ from cryptography import x509
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
-from cyxwiz.errors import ConfigError, CRLError
+from cyxwiz.errors import ConfigError, CRLError, CyxwizError
 from cyxwiz.transport.crl import CRLSnapshot, load_trusted_cas, parse_crl
 from cyxwiz.transport.identity import PeerIdentity
 from cyxwiz.transport.tls import server_context
@@ -51,6 +51,10 @@ class PeerPolicy(Protocol):
 
     def check_now(self) -> bool:
         """Reload; True when the rules in force changed (live connections are then re-checked)."""
+        ...
+
+    def trust_pem(self) -> bytes:
+        """The CAs handshakes may chain to under the rules in force (PEM), beside the listener's bundle."""
         ...
 
 
@@ -154,21 +158,30 @@ class ServerTLS:
         if crl is not None:
             self._snapshot = parse_crl(crl.read_bytes(), trusted=self._trusted, source=str(crl))
             self._stat = self._file_stat()
+        self._policy_cas = policy.trust_pem() if policy is not None else b""
         self.context = self._build()
         self.context.sni_callback = self._on_handshake
+        #: The context handshakes run under: ``context`` until the policy's CAs change (organization added
+        #: or removed at run time), then a rebuilt one that ``_on_handshake`` switches each connection to.
+        self._live = self.context
         self._check_stale()
 
     # --- contexts ---------------------------------------------------------------------------------
 
     def _build(self) -> ssl.SSLContext:
         # No CRL is handed to OpenSSL: revocation is looked up after the handshake (module docstring).
-        return server_context(
+        ctx = server_context(
             cert=self.cert,
             key=self.key,
             trust_bundle=self.trust_bundle,
             crl=None,
             require_client_cert=self.require_client_cert,
         )
+        if self._policy_cas:
+            # Every organization the policy lists, as it stands now: OpenSSL must chain a new
+            # organization's nodes before the policy is asked about them (A7).
+            ctx.load_verify_locations(cadata=self._policy_cas.decode("ascii"))
+        return ctx
 
     def _on_handshake(
         self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
@@ -176,6 +189,11 @@ class ServerTLS:
         with self._lock:
             if self._stale and self.stale_policy == "fail-closed":
                 return ssl.ALERT_DESCRIPTION_ACCESS_DENIED
+            live = self._live
+        if live is not ctx:
+            # The trust store is the context's (SSL_set_SSL_CTX): this handshake verifies the client
+            # against the CAs of the policy now in force, without touching the listener.
+            sslobj.context = live
         return None
 
     @property
@@ -226,9 +244,25 @@ class ServerTLS:
                     self._alert("crl.rejected", str(exc))
         self._check_stale()
         if self.policy is not None and self.policy.check_now():
+            self._retrust(self.policy.trust_pem())
             self._close_refused_by_policy()
             changed = True
         return changed
+
+    def _retrust(self, cas: bytes) -> None:
+        """A policy whose CAs changed gets a context trusting exactly them, for the next handshakes."""
+        if cas == self._policy_cas:
+            return
+        self._policy_cas = cas
+        try:
+            fresh = self._build()
+        except (ssl.SSLError, ValueError, CyxwizError) as exc:
+            # Cannot happen for a policy that loaded (its CAs parsed); keep serving under the old store.
+            self._alert("trust-policy.rejected", f"trust store not rebuilt: {type(exc).__name__}")
+            return
+        with self._lock:
+            self._live = fresh
+        log.info("trust store rebuilt from the trust policy now in force")
 
     def _close_refused_by_policy(self) -> None:
         policy = self.policy

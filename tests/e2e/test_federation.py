@@ -51,8 +51,10 @@ def coordinator(
         coord.stop()
 
 
-def client(coord: CoordinatorHandle, bundle: Path, node: Node) -> httpx.Client:
-    ctx = client_context(trust_bundle=bundle, cert=node.cert_path, key=node.key_path)
+def client(coord: CoordinatorHandle, control_plane: Path, node: Node) -> httpx.Client:
+    # A node trusts only the control plane's own CAs (org A's bundle) for the server side, whatever
+    # organization certified the node: never the federation bundle the listener uses (A7).
+    ctx = client_context(trust_bundle=control_plane, cert=node.cert_path, key=node.key_path)
     return httpx.Client(base_url=coord.url, verify=ctx, timeout=5)
 
 
@@ -74,7 +76,8 @@ def heartbeat(http: httpx.Client, session: dict[str, Any]) -> int:
 def test_two_organizations_on_the_coordinator(
     coordinator: tuple[CoordinatorHandle, Path, MemorySink], world: FederationWorld
 ) -> None:
-    coord, bundle, audit = coordinator
+    coord, _, audit = coordinator
+    bundle = world.a.bundle_path
     a_node = world.a.node("a-worker", role="worker")
     b_node = world.b.node("w1.orgb.example", role="worker")
     with client(coord, bundle, a_node) as a_http, client(coord, bundle, b_node) as b_http:
@@ -122,3 +125,60 @@ def test_production_listeners_take_the_policy_from_the_environment(world: Federa
     with pytest.raises(ConfigError) as info:
         _federation(ListenerSettings.from_env("gateway", {**env, "CYXWIZ_CRL": "crl.pem"}), env)
     assert info.value.field == "CYXWIZ_CRL" and info.value.rule == "A7"
+
+
+def test_an_org_added_and_removed_at_run_time_on_every_policy_listener(
+    coordinator: tuple[CoordinatorHandle, Path, MemorySink], world: FederationWorld
+) -> None:
+    """A7: org C joins the policy file while the coordinator and the gateway run: both serve its worker
+    from their next poll (no restart), and both refuse it again once it is removed; org A throughout."""
+    from cyxwiz.gateway.service import build_gateway
+    from cyxwiz.tokens.keyring import KeyRing
+    from cyxwiz.tokens.verifier import TokenVerifier
+    from tests.pki.federation_fixture import make_org
+
+    coord, bundle, _ = coordinator
+    gw_cert = world.a.node("gateway", role="gateway", server=True, dns=("localhost",), ips=("127.0.0.1",))
+    verifier = TokenVerifier.from_keyring(KeyRing.generate(), issuer="i", audience="a")
+    gateway, _ = build_gateway(
+        cert=gw_cert.cert_path, key=gw_cert.key_path, trust_bundle=bundle, crl=None,
+        upstream="http://127.0.0.1:9", pool="gpu", verifier=verifier,
+        policy=Federation(policy_path=world.policy_path),
+    )  # fmt: skip
+    gateway.tls.poll_interval = 0.1
+    world.extra["orgc"] = make_org(world.base, "orgc")
+    c_node, a_node = (
+        world.extra["orgc"].node("w1.orgc.example", role="worker"),
+        world.a.node("a", role="worker"),
+    )
+
+    def reaches(node: Node) -> tuple[bool, bool]:
+        """(coordinator, gateway): True when the node got an HTTP answer, False when TLS cut it off."""
+        seen = []
+        for url in (coord.url, gateway.url):
+            ctx = client_context(trust_bundle=world.a.bundle_path, cert=node.cert_path, key=node.key_path)
+            try:
+                with httpx.Client(base_url=url, verify=ctx, timeout=5) as http:
+                    http.get("/v1/nodes/me")  # any answer (401, 404) means the listener took the peer
+                seen.append(True)
+            except httpx.TransportError:
+                seen.append(False)
+        return seen[0], seen[1]
+
+    def settle(want: tuple[bool, bool], node: Node) -> bool:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            if reaches(node) == want:
+                return True
+            time.sleep(0.1)
+        return False
+
+    with gateway:
+        assert reaches(a_node) == (True, True)  # positive control
+        assert reaches(c_node) == (False, False)
+        world.write_policy(extra=("orgc",))
+        assert settle((True, True), c_node), "org C not served by both listeners after it was added"
+        assert reaches(a_node) == (True, True)
+        world.write_policy()
+        assert settle((False, False), c_node), "org C still served after it was removed"
+        assert reaches(a_node) == (True, True)

@@ -105,13 +105,19 @@ class FederationWorld:
     base: Path
     a: Org
     b: Org
+    #: further organizations (workers under .<name>.example only), listed when ``write_policy(extra=...)``
+    extra: dict[str, Org] = field(default_factory=dict)
 
     @property
     def policy_path(self) -> Path:
         return self.base / "trust-policy.yaml"
 
     def write_policy(
-        self, *, orgs: tuple[str, ...] = ("orga", "orgb"), b_roles: tuple[str, ...] = ("worker",)
+        self,
+        *,
+        orgs: tuple[str, ...] = ("orga", "orgb"),
+        b_roles: tuple[str, ...] = ("worker",),
+        extra: tuple[str, ...] = (),
     ) -> None:
         entries = []
         if "orga" in orgs:
@@ -128,6 +134,11 @@ class FederationWorld:
                     "names": [".orgb.example"],
                 }
             )
+        for name in extra:
+            entries.append(
+                {"name": name, "bundle": f"{name}/bundle.pem", "crl": f"{name}/crls.pem", "roles": ["worker"],
+                 "names": [f".{name}.example"]}
+            )  # fmt: skip
         tmp = self.policy_path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump({"version": 1, "organizations": entries}))
         tmp.replace(self.policy_path)

@@ -19,7 +19,7 @@ from cyxwiz.pki.federation import Federation
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.reload import ServerTLS
 from cyxwiz.transport.server import MTLSServer
-from tests.pki.federation_fixture import FederationWorld, Node, make_world
+from tests.pki.federation_fixture import FederationWorld, Node, make_org, make_world
 from tests.transport.conftest import Conn, MemoryAudit, request, whoami_app
 
 DEADLINE_S = 5.0
@@ -138,3 +138,54 @@ def test_org_removed_from_the_policy_at_run_time(
     finally:
         b_conn.close()
         a_conn.close()
+
+
+def test_org_added_to_the_policy_at_run_time(
+    served: tuple[MTLSServer, Path], world: FederationWorld, audit: MemoryAudit
+) -> None:
+    """A7: a new organization is served without a restart (its CAs join OpenSSL's trust store), within
+    its roles; removing it again refuses it. Org A is served throughout (positive control)."""
+    server, bundle = served
+    orgc = make_org(world.base, "orgc")
+    world.extra["orgc"] = orgc
+    c_worker = orgc.node("w1.orgc.example", role="worker")
+    c_verifier = orgc.node("v1.orgc.example", role="verifier")
+    a_node = world.a.node("a-worker", role="worker")
+    both = world.base / "a-and-c.pem"
+    both.write_bytes(bundle.read_bytes() + orgc.bundle_path.read_bytes())  # the client trusts the server
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        request(server.port, ctx(both, c_worker))  # not in the policy yet: unknown CA at the handshake
+
+    world.write_policy(extra=("orgc",))
+    served_at = wait_served(server.port, ctx(both, c_worker))
+    assert served_at is not None, f"org C not served {DEADLINE_S} s after it was added to the policy"
+    status, body = request(server.port, ctx(both, c_worker))
+    assert status == 200 and body == {"peer_id": peer_id(c_worker.cert), "role": "worker"}
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        request(server.port, ctx(both, c_verifier))  # within its roles only
+    assert any("rule A7/role" in r and "'orgc'" in r for r in reasons(audit))
+    assert request(server.port, ctx(bundle, a_node))[0] == 200
+
+    c_conn, a_conn = Conn(server.port, ctx(both, c_worker)), Conn(server.port, ctx(bundle, a_node))
+    try:
+        assert c_conn.get()[0] == 200
+        world.write_policy()  # org C removed again: live connection cut, new handshakes refused
+        assert wait_closed(c_conn, a_conn) is not None
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            request(server.port, ctx(both, c_worker))
+        assert request(server.port, ctx(bundle, a_node))[0] == 200
+    finally:
+        c_conn.close()
+        a_conn.close()
+
+
+def wait_served(port: int, context: ssl.SSLContext) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < DEADLINE_S:
+        try:
+            if request(port, context)[0] == 200:
+                return time.monotonic() - started
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        time.sleep(0.1)
+    return None
