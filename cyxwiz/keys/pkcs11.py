@@ -321,6 +321,17 @@ class Pkcs11KeySource:
             raise KeySourceError("the key under this label changed", path=self.uri, rule=_RULE)
         self._entry, self._private = fresh._entry, fresh._private
 
+    def destroy(self) -> None:
+        """Destroy the private and public key objects in the token (a retired key past all use)."""
+        pkcs11 = _pkcs11()
+        with self._entry.lock:
+            try:
+                public = _find(self._entry.session, self._uri, pkcs11.ObjectClass.PUBLIC_KEY)
+                self._private.destroy()
+                public.destroy()
+            except pkcs11.exceptions.PKCS11Error as exc:
+                raise _fail(exc, "the token refused to destroy the key", self._uri) from None
+
     def attributes(self) -> dict[str, bool]:
         """The private key's protection attributes, as the token reports them (for checks and tests)."""
         pkcs11 = _pkcs11()

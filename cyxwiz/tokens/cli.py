@@ -39,6 +39,15 @@ def init(
     rotation_days: Annotated[
         float, typer.Option("--rotation-days", help="Days between signing-key rotations.")
     ] = 30.0,
+    pkcs11: Annotated[
+        str | None,
+        typer.Option(
+            "--pkcs11",
+            help="Keep the keys in a PKCS#11 token: this URI's object= is the label prefix of every key "
+            "generated there, now and at each rotation (e.g. 'pkcs11:token=cyxwiz;object=token-signing"
+            "?pin-source=file:/etc/cyxwiz/hsm.pin'). The directory then holds ring.json only.",
+        ),
+    ] = None,
 ) -> None:
     """Create a key ring with one signing key."""
     from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
@@ -49,6 +58,13 @@ def init(
         raise ConflictError(
             "a key ring already exists here", path=str(keyring), hint="use `cyxwiz token rotate`"
         )
+    if pkcs11 is not None:
+        if alg != "EdDSA":
+            raise ValidationError("a token-held ring signs with EdDSA only", field="alg", rule="B3")
+        ring = KeyRing.in_token(pkcs11, rotation_period=timedelta(days=rotation_days))
+        DirKeyRingStore(keyring).save(ring)
+        typer.echo(f"created key ring {keyring} in the token (signing kid {ring.signing_key.kid})")
+        return
     ring = KeyRing.generate(
         alg="HS256" if alg == "HS256" else "EdDSA", rotation_period=timedelta(days=rotation_days)
     )

@@ -4,8 +4,9 @@ Rotation retires the signing key and starts a new one. A retired key is kept for
 exactly ``max_token_lifetime`` after it stopped signing: no token it signed can outlive that, so the
 bound holds across processes and restarts without tracking every token's ``exp``. Then it is dropped.
 
-Sources: a key-ring directory (``ring.json`` + one 0600 file per key), one PEM key from an env var or
-file, or a :class:`SecretStore` (the Prefect layer adapts a Secret block to it).
+Sources: a key-ring directory (``ring.json`` + one 0600 file per key, or ``ring.json`` naming keys in a
+PKCS#11 token, :mod:`cyxwiz.tokens.hsm_ring`), one PEM key from an env var or file, or a
+:class:`SecretStore` (the Prefect layer adapts a Secret block to it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cyxwiz.errors import ConfigError, NotFoundError
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.tokens._files import read_private, write_private
+from cyxwiz.tokens._records import key_from_record as _key_from_record
+from cyxwiz.tokens._records import key_record as _key_record
+from cyxwiz.tokens._records import parse_json as _parse_json
 from cyxwiz.tokens.keys import Algorithm, TokenKey, b64url, b64url_decode, load_ed25519_pem, valid_kid
 from cyxwiz.tokens.kinds import MAX_TOKEN_LIFETIME
 
@@ -69,7 +73,10 @@ class KeyRing:
         rotation_period: timedelta = DEFAULT_ROTATION,
         max_token_lifetime: timedelta = MAX_TOKEN_LIFETIME,
         issuer_is_sole_verifier: bool = False,
+        pkcs11: str | None = None,
     ) -> None:
+        """``pkcs11``: the URI (label prefix) under which a token-held ring generates its keys
+        (:mod:`cyxwiz.tokens.hsm_ring`); rotation then never makes a software key."""
         if rotation_period <= timedelta(0) or max_token_lifetime <= timedelta(0):
             raise ConfigError("rotation period and max token lifetime must be positive", rule="B4")
         if any(k.alg == "HS256" for k in keys) and not issuer_is_sole_verifier:
@@ -84,6 +91,12 @@ class KeyRing:
         self.issuer_is_sole_verifier = issuer_is_sole_verifier
         self._lock = threading.Lock()
         self._keys: dict[str, TokenKey] = {k.kid: k for k in keys}
+        self.pkcs11 = pkcs11
+        self._new_key: Callable[[Algorithm, datetime], TokenKey] = _software_key
+        if pkcs11 is not None:
+            from cyxwiz.tokens.hsm_ring import token_key_factory
+
+            self._new_key = token_key_factory(pkcs11)
 
     # -- factories -------------------------------------------------------------------------------
 
@@ -126,7 +139,21 @@ class KeyRing:
         rotation means a new key in the token and a new ring (the old public key goes in its JWKS)."""
         from cyxwiz.keys import as_private_key
 
-        return cls(keys=[TokenKey.from_private_key(as_private_key(source), now=now or utcnow())])
+        ring = cls(keys=[TokenKey.from_private_key(as_private_key(source), now=now or utcnow())])
+        if source.kind != "file":
+            from cyxwiz.tokens.hsm_ring import refuse_new_key
+
+            ring._new_key = refuse_new_key  # a rotation must not fall back to a software key
+        return ring
+
+    @classmethod
+    def in_token(cls, pkcs11: str, *, now: datetime | None = None, **options: Any) -> KeyRing:
+        """A token-held ring: its first key and every later one generated in the token under the
+        ``pkcs11`` label prefix (:mod:`cyxwiz.tokens.hsm_ring`; :class:`DirKeyRingStore` saves
+        ``ring.json`` only, no key files)."""
+        from cyxwiz.tokens.hsm_ring import token_key_factory
+
+        return cls(keys=[token_key_factory(pkcs11)("EdDSA", now or utcnow())], pkcs11=pkcs11, **options)
 
     @classmethod
     def from_dir(cls, path: Path) -> KeyRing:
@@ -216,7 +243,7 @@ class KeyRing:
         alg = alg or self.signing_key.alg
         if alg == "HS256" and not self.issuer_is_sole_verifier:
             raise ConfigError("HS256 needs issuer_is_sole_verifier", field="alg", rule="B3", hint=HS256_HINT)
-        new = TokenKey.generate(alg=alg, now=now)
+        new = self._new_key(alg, now)
         with self._lock:
             for kid, key in list(self._keys.items()):
                 self._keys[kid] = key.retire(now)
@@ -245,6 +272,10 @@ class KeyRing:
     # -- serialisation (contains secrets: only for 0600 files and secret stores) -----------------
 
     def to_secret_json(self) -> str:
+        if self.pkcs11 is not None:
+            raise ConfigError(
+                "a token-held ring's keys cannot be put in a secret store", field="pkcs11", rule="B4"
+            )
         return json.dumps({**self._meta(), "keys": [_key_record(k, inline=True) for k in self.all_keys()]})
 
     @classmethod
@@ -253,12 +284,15 @@ class KeyRing:
         return cls._from_meta(data, [_key_from_record(r, secret=None) for r in data.get("keys", [])])
 
     def _meta(self) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
             "version": 1,
             "rotation_days": self.rotation_period / timedelta(days=1),
             "max_token_lifetime_s": int(self.max_token_lifetime.total_seconds()),
             "issuer_is_sole_verifier": self.issuer_is_sole_verifier,
         }
+        if self.pkcs11 is not None:
+            meta["pkcs11"] = self.pkcs11
+        return meta
 
     @classmethod
     def _from_meta(cls, data: Mapping[str, Any], keys: list[TokenKey]) -> KeyRing:
@@ -269,48 +303,12 @@ class KeyRing:
             rotation_period=timedelta(days=float(data.get("rotation_days", 30))),
             max_token_lifetime=timedelta(seconds=int(data.get("max_token_lifetime_s", 7 * 86400))),
             issuer_is_sole_verifier=bool(data.get("issuer_is_sole_verifier", False)),
+            pkcs11=data.get("pkcs11"),
         )
 
 
-def _parse_json(text: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{what} is not JSON", rule="B4") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} is not a JSON object", rule="B4")
-    return data
-
-
-def _key_record(key: TokenKey, *, inline: bool) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "kid": key.kid,
-        "alg": key.alg,
-        "created_at": key.created_at.isoformat(),
-        "retired_at": key.retired_at.isoformat() if key.retired_at else None,
-    }
-    if inline:
-        record["secret"] = key.private_pem().decode() if key.alg == "EdDSA" else b64url(key.secret or b"")
-    return record
-
-
-def _key_from_record(record: Mapping[str, Any], *, secret: bytes | None) -> TokenKey:
-    try:
-        alg, kid = record["alg"], record["kid"]
-        created = datetime.fromisoformat(record["created_at"])
-        retired = datetime.fromisoformat(record["retired_at"]) if record.get("retired_at") else None
-        raw = secret if secret is not None else str(record["secret"]).encode()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError("malformed key record", field="keys", rule="B4") from exc
-    if alg == "EdDSA":
-        key = TokenKey.from_private_key(load_ed25519_pem(raw, source=f"key {kid}"), now=created)
-    elif alg == "HS256":
-        key = TokenKey.from_secret(b64url_decode(raw.decode()), now=created, kid=kid)
-    else:
-        raise ConfigError("unknown algorithm", field="alg", rule="B3")
-    if key.kid != kid:
-        raise ConfigError("stored kid does not match the key", field="kid", rule="B4")
-    return key.retire(retired) if retired else key
+def _software_key(alg: Algorithm, now: datetime) -> TokenKey:
+    return TokenKey.generate(alg=alg, now=now)
 
 
 class KeyRingStore(Protocol):
@@ -330,6 +328,10 @@ class DirKeyRingStore:
         if not meta_path.is_file():
             raise NotFoundError("no key ring here (create one with `cyxwiz token init`)", path=str(self.path))
         data = _parse_json(meta_path.read_text(), str(meta_path))
+        if data.get("pkcs11") is not None:
+            from cyxwiz.tokens.hsm_ring import load_token_held
+
+            return KeyRing._from_meta(data, load_token_held(data, source=str(meta_path)))
         keys = []
         for record in data.get("keys", []):
             kid = str(record.get("kid", ""))
@@ -341,6 +343,11 @@ class DirKeyRingStore:
 
     def save(self, ring: KeyRing) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if ring.pkcs11 is not None:
+            from cyxwiz.tokens.hsm_ring import save_token_held
+
+            save_token_held(self.path / "ring.json", ring)
+            return
         keys = ring.all_keys()
         for key in keys:
             secret = key.private_pem() if key.alg == "EdDSA" else b64url(key.secret or b"").encode()
