@@ -1,8 +1,10 @@
 """Checks shared by every backend: hashing, tags, envelope encryption, manifests (SPEC D2, D3).
 
 A backend only moves bytes and a flat ``str -> str`` metadata map (``_write``/``_read``/``_head``/
-``_keys``/``_remove``); everything that decides whether an object is trustworthy lives here, so the local
-directory store and S3 refuse exactly the same things.
+``_keys``/``_remove``); everything that decides whether an object is trustworthy lives here and in the
+two modules it delegates to (:mod:`cyxwiz.storage.streams`: reading back and hash checks;
+:mod:`cyxwiz.storage.manifests`: per-job manifests), so the local directory store and S3 refuse exactly
+the same things.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import datetime as _dt
 import hashlib
 import hmac
 import io
-import json
 import os
 import tempfile
 import threading
@@ -19,17 +20,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from queue import Full, Queue
 from typing import BinaryIO
 
-from cyxwiz.errors import (
-    ConfigError,
-    CyxwizError,
-    DecryptionError,
-    IntegrityError,
-    NotFoundError,
-    ValidationError,
-)
+from cyxwiz.errors import ConfigError, DecryptionError, IntegrityError, NotFoundError, ValidationError
 from cyxwiz.storage import layout
 from cyxwiz.storage.crypto import (
     ALGORITHM,
@@ -39,68 +32,14 @@ from cyxwiz.storage.crypto import (
     StreamDecryptor,
     encrypt_stream,
 )
-from cyxwiz.storage.model import ENC_NONE, ObjectInfo, Problem, Progress, VerifyReport
+from cyxwiz.storage.manifests import Entries, parse_manifest, updated_manifest, verify_against_manifests
+from cyxwiz.storage.model import ENC_NONE, ObjectInfo, Progress, VerifyReport
+from cyxwiz.storage.streams import READ_BLOCK, check_plain, check_stored, verified_plaintext
+
+__all__ = ["INLINE_LIMIT", "READ_BLOCK", "BaseObjectStore"]
 
 #: Bodies up to this size are handled in memory in one request; larger ones stream.
 INLINE_LIMIT = 8 << 20
-READ_BLOCK = 1 << 20
-
-
-def prefetch(chunks: Iterator[bytes], depth: int = 4) -> Iterator[bytes]:
-    """Pull ``chunks`` on a helper thread so network reads overlap hashing and decryption here."""
-    queue: Queue[tuple[bytes | None, BaseException | None]] = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def pump() -> None:
-        try:
-            for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        queue.put((chunk, None), timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put((None, None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            queue.put((None, exc))
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # release the file handle / HTTP connection even when the consumer stopped early
-
-    thread = threading.Thread(target=pump, name="cyxwiz-store-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            chunk, error = queue.get()
-            if error is not None:
-                raise error
-            if chunk is None:
-                return
-            yield chunk
-    finally:
-        stop.set()
-
-
-class _HashingReader:
-    """Hashes stored chunks as they pass (so a failure can still be classified).
-
-    Readers wrap it in :func:`prefetch`, so the hashing runs on the prefetch thread, beside decryption and
-    plaintext hashing on the caller's (hashlib releases the GIL on large buffers).
-    """
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.sha.update(chunk)
-            self.size += len(chunk)
-            yield chunk
 
 
 class BaseObjectStore(ABC):
@@ -298,75 +237,21 @@ class BaseObjectStore(ABC):
             raise DecryptionError("object is encrypted and this store has no master key", path=key, rule="D2")
         return info, chunks
 
-    @staticmethod
-    def _check_stored(info: ObjectInfo, size: int, sha: str) -> None:
-        if size != info.stored_size or not hmac.compare_digest(sha, info.stored_sha256):
-            raise IntegrityError(
-                f"stored bytes do not match their SHA-256 (expected {info.stored_sha256[:16]}…, "
-                f"{info.stored_size} bytes; read {sha[:16]}…, {size} bytes)",
-                path=info.key,
-                rule="D3",
-            )
-
-    @staticmethod
-    def _check_plain(info: ObjectInfo, size: int, sha: str) -> None:
-        if size != info.size or not hmac.compare_digest(sha, info.sha256):
-            raise IntegrityError("decrypted content does not match its SHA-256", path=info.key, rule="D3")
+    def _plaintext(
+        self, info: ObjectInfo, chunks: Iterator[bytes], progress: Progress | None
+    ) -> Iterator[bytes]:
+        return verified_plaintext(info, chunks, master_key=self.master_key, progress=progress)
 
     def get_bytes(self, key: str) -> bytes:
         info, chunks = self._open_checked(key)
         data = b"".join(chunks)
-        self._check_stored(info, len(data), hashlib.sha256(data).hexdigest())
+        check_stored(info, len(data), hashlib.sha256(data).hexdigest())
         if info.encrypted:
             assert self.master_key is not None
             dec = StreamDecryptor(master=self.master_key, object_key=key)
             data = dec.feed(data) + dec.finish()
-            self._check_plain(info, len(data), hashlib.sha256(data).hexdigest())
+            check_plain(info, len(data), hashlib.sha256(data).hexdigest())
         return data
-
-    def _stream_plain(
-        self, info: ObjectInfo, chunks: Iterator[bytes], progress: Progress | None
-    ) -> Iterator[bytes]:
-        """Yield verified plaintext; raises IntegrityError/DecryptionError before the caller commits."""
-        reader = _HashingReader(chunks)
-        stream = prefetch(iter(reader))
-        if not info.encrypted:
-            # Plain and stored bytes are the same (from_metadata checked the hashes agree): hash once.
-            for chunk in stream:
-                if progress is not None:
-                    progress(reader.size, info.stored_size)
-                yield chunk
-                if reader.size > info.stored_size:
-                    break
-            self._check_stored(info, reader.size, reader.sha.hexdigest())
-            return
-        assert self.master_key is not None  # _open_checked refused encrypted objects without a key
-        dec = StreamDecryptor(master=self.master_key, object_key=info.key)
-        plain = hashlib.sha256()
-        plain_size = 0
-        try:
-            for chunk in stream:
-                out = dec.feed(chunk)
-                plain.update(out)
-                plain_size += len(out)
-                if progress is not None:
-                    progress(reader.size, info.stored_size)
-                if out:
-                    yield out
-                if reader.size > info.stored_size:
-                    break
-            self._check_stored(info, reader.size, reader.sha.hexdigest())
-            out = dec.finish()
-            plain.update(out)
-            plain_size += len(out)
-            yield out
-        except DecryptionError as exc:
-            # Altered bytes are an integrity failure; intact bytes that do not decrypt mean a wrong key.
-            for _ in stream:  # the rest of the stored bytes, hashed on the prefetch thread
-                pass
-            self._check_stored(info, reader.size, reader.sha.hexdigest())
-            raise exc from None
-        self._check_plain(info, plain_size, plain.hexdigest())
 
     def get_file(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
         """Download to ``dest`` (mode 0600) only once every check passed; nothing is left otherwise."""
@@ -376,7 +261,7 @@ class BaseObjectStore(ABC):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
-                for block in self._stream_plain(info, chunks, progress):
+                for block in self._plaintext(info, chunks, progress):
                     fh.write(block)
             os.replace(tmp, dest)
         except BaseException:
@@ -388,12 +273,12 @@ class BaseObjectStore(ABC):
         """Metadata (tag checked) and an iterator of plaintext that raises before its end if the stored
         bytes fail their hash; callers streaming to a peer must treat that exception as "abort"."""
         info, chunks = self._open_checked(key)
-        return info, self._stream_plain(info, chunks, None)
+        return info, self._plaintext(info, chunks, None)
 
     def check(self, key: str) -> ObjectInfo:
         """Read and verify an object end to end without keeping it."""
         info, chunks = self._open_checked(key)
-        for _ in self._stream_plain(info, chunks, None):
+        for _ in self._plaintext(info, chunks, None):
             pass
         return info
 
@@ -410,29 +295,13 @@ class BaseObjectStore(ABC):
 
     # -- manifests -----------------------------------------------------------------------------------
 
-    def _manifest_mac(self, objects: dict[str, dict[str, object]]) -> str | None:
-        if self.master_key is None:
-            return None
-        body = json.dumps(objects, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        return self.master_key.mac(b"cyxwiz-manifest-v1\n" + body)
-
-    def read_manifest(self, manifest_key: str) -> dict[str, dict[str, object]]:
+    def read_manifest(self, manifest_key: str) -> Entries:
         """Entries of a manifest after checking its tag; {} when there is none yet."""
         try:
             raw = self.get_bytes(manifest_key)
         except NotFoundError:
             return {}
-        try:
-            doc = json.loads(raw)
-            objects = doc["objects"]
-            if doc.get("v") != 1 or not isinstance(objects, dict):
-                raise ValueError("shape")
-        except (ValueError, KeyError, TypeError):
-            raise IntegrityError("manifest is malformed", path=manifest_key, rule="D3") from None
-        expected = self._manifest_mac(objects)
-        if expected is not None and not hmac.compare_digest(str(doc.get("tag")), expected):
-            raise IntegrityError("manifest tag does not match", path=manifest_key, rule="D3")
-        return objects
+        return parse_manifest(raw, manifest_key=manifest_key, master_key=self.master_key)
 
     def _manifest_update(self, info: ObjectInfo | None, *, remove: str | None = None) -> None:
         key = info.key if info is not None else remove
@@ -443,19 +312,7 @@ class BaseObjectStore(ABC):
         # One writer per job (the control plane); the lock covers threads of that writer.
         with self._manifest_lock:
             objects = self.read_manifest(manifest_key)
-            if info is not None:
-                objects[key] = {
-                    "sha256": info.sha256,
-                    "size": info.size,
-                    "stored_sha256": info.stored_sha256,
-                    "stored_size": info.stored_size,
-                    "enc": info.encryption,
-                }
-            else:
-                objects.pop(key, None)
-            body = json.dumps(
-                {"v": 1, "objects": objects, "tag": self._manifest_mac(objects)}, sort_keys=True, indent=1
-            ).encode("utf-8")
+            body = updated_manifest(objects, key=key, info=info, master_key=self.master_key)
             minfo, stored = self._seal_bytes(manifest_key, body, encrypt=False)
             self._write(minfo, iter((stored,)), progress=None)
 
@@ -465,37 +322,6 @@ class BaseObjectStore(ABC):
         """Re-hash (and decrypt) every object under ``prefix`` and compare with the manifests."""
         if prefix:
             layout.validate_key(prefix.rstrip("/"), field="prefix")
-        keys = self._keys(prefix)
-        checked: list[ObjectInfo] = []
-        problems: list[Problem] = []
-        manifests: dict[str, dict[str, dict[str, object]] | None] = {}
-        for key in keys:
-            manifest_key = layout.manifest_for(key)
-            if manifest_key is not None and manifest_key not in manifests:
-                try:
-                    manifests[manifest_key] = self.read_manifest(manifest_key)
-                except CyxwizError as exc:
-                    manifests[manifest_key] = None
-                    problems.append(Problem(manifest_key, exc.code, str(exc)))
-            if layout.is_manifest(key):
-                continue
-            try:
-                info = self.check(key)
-            except CyxwizError as exc:
-                problems.append(Problem(key, exc.code, str(exc)))
-                continue
-            checked.append(info)
-            entries = manifests.get(manifest_key) if manifest_key else None
-            if entries is None:
-                continue
-            entry = entries.get(key)
-            if entry is None:
-                problems.append(Problem(key, "unlisted", "object is not in its manifest"))
-            elif entry.get("sha256") != info.sha256 or entry.get("stored_sha256") != info.stored_sha256:
-                problems.append(Problem(key, "manifest-mismatch", "object hash differs from its manifest"))
-        present = set(keys)
-        for entries in manifests.values():
-            for key in sorted(entries or {}):
-                if key.startswith(prefix) and key not in present:
-                    problems.append(Problem(key, "missing", "listed in the manifest but not stored"))
-        return VerifyReport(prefix=prefix, checked=tuple(checked), problems=tuple(problems))
+        return verify_against_manifests(
+            prefix, keys=self._keys(prefix), check=self.check, read_manifest=self.read_manifest
+        )
