@@ -307,6 +307,47 @@ def wallet(  # noqa: PLR0917
         typer.echo("  " + " ".join(f"{k}={v}" for k, v in sorted(dict(escrow).items())))
 
 
+@app.command("archive")
+def archive(  # noqa: PLR0917
+    job_id: Annotated[str | None, typer.Argument(help="A job of yours; none: every job of yours.")] = None,
+    name: Annotated[
+        str | None, Opt("--get", help="Download this archived object (e.g. outputs/model.safetensors).")
+    ] = None,
+    output: Annotated[
+        Path | None, Opt("--output", "-o", help="Where --get saves it (default: its base name).")
+    ] = None,
+    as_json: AsJson = False,
+    url: Url = None,
+    cert: Cert = None,
+    key: Key = None,
+    bundle: Bundle = None,
+    crl: Crl = None,
+) -> None:
+    """List your jobs' archived artifacts (model, metrics, verification report, settlement), or download
+    one, checked against its SHA-256. Nobody else's archive is reachable.
+
+    Example: [bold]cyxwiz job archive JOB_ID --get outputs/model.safetensors[/bold]
+    """
+    with _client(url, cert, key, bundle, crl) as client:
+        if name is not None:
+            if job_id is None:
+                raise typer.BadParameter("--get needs a JOB_ID")
+            dest = output or Path(name.rsplit("/", 1)[-1])
+            sha = client.download_archived(job_id, name, dest)
+            typer.echo(f"{dest}  sha256 {sha}")
+            return
+        found = client.archives(job_id)
+    archives = [found] if isinstance(found, dict) else found
+    if as_json:
+        _print_json(found)
+        return
+    for entry in archives:
+        typer.echo(f"{entry['job_id']}  {entry['status']}")
+        for obj in entry["objects"]:
+            sealed = "  (sealed at rest)" if obj["encrypted"] else ""
+            typer.echo(f"  {obj['name']:40} {obj['size']:>12,}  {obj['sha256'][:16]}{sealed}")
+
+
 @app.command("new-wallet")
 def new_wallet(
     path: Annotated[Path, typer.Argument(help="Where to write the sealed key (0600); never overwritten.")],

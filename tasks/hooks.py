@@ -7,7 +7,7 @@ store's signer (local backend) so nodes never hold store credentials (SPEC D2, C
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cyxwiz.errors import AuthorizationError, ConfigError, NotFoundError, ValidationError
@@ -166,6 +166,18 @@ class PrefectHooks:
 
     def funding_terms(self) -> dict[str, Any]:
         return self._view().funding_terms().to_dict()
+
+    def archive(self, job: Any) -> list[dict[str, Any]]:
+        """The job's archived artifacts in the control plane's store (the route checked ownership, C2)."""
+        from cyxwiz.storage.job_archive import list_archive
+
+        return [obj.to_dict() for obj in list_archive(self.store, job.job_id)]
+
+    def open_archived(self, job: Any, name: str) -> tuple[dict[str, Any], Iterator[bytes]]:
+        from cyxwiz.storage.job_archive import open_archived
+
+        obj, chunks = open_archived(self.store, job.job_id, name)
+        return obj.to_dict(), chunks
 
     def _view(self) -> LedgerView:
         if self.ledger is None:

@@ -99,6 +99,9 @@ _TABLE: tuple[Rule, ...] = (
     _rule("jobs.urls", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
     # coordinator: datasets (an upload lands in the caller's own area only)
     _rule("datasets.upload", C.SESSION, "user", P.JOB_SUBMIT, R.SELF),
+    # coordinator: archives (a job's owner, or an admin who may read every job; never a node: C2)
+    _rule("archive.list", C.SESSION, "user|admin", P.JOB_READ, R.OWN_JOBS),
+    _rule("archive.read", C.SESSION, "user|admin", P.JOB_READ, R.JOB_VISIBLE),
     # coordinator: wallet
     _rule("wallet.read", C.SESSION, "user", P.WALLET_MANAGE, R.SELF),
     # coordinator: admin

@@ -20,7 +20,7 @@ from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.problems import install_handlers, send_problem
 from cyxwiz.coordinator.renewal import NodeCertIssuer
-from cyxwiz.coordinator.routes import admin, datasets, jobs, nodes, tokens, wallet
+from cyxwiz.coordinator.routes import admin, archive, datasets, jobs, nodes, tokens, wallet
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.tokens.issuer import TokenIssuer
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -62,7 +62,7 @@ def create_app(
         renewer=renewer,
     )
     install_handlers(app, audit=audit)
-    for module in (nodes, tokens, jobs, datasets, wallet, admin):
+    for module in (nodes, tokens, jobs, datasets, archive, wallet, admin):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["meta"])

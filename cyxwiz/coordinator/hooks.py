@@ -7,7 +7,7 @@ verification, presigned URLs); :class:`BasicHooks` is the embedded default used 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from cyxwiz.coordinator.config import DEV_WARNING
@@ -59,6 +59,14 @@ class CoordinatorHooks(Protocol):
 
     def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
         """A PUT into the user's own area bound to ``sha256`` and ``size``, and the URI jobs name it by."""
+        ...
+
+    def archive(self, job: JobRecord) -> list[dict[str, Any]]:
+        """The job's archived artifacts (name, size, sha256); the route checked the caller may read it."""
+        ...
+
+    def open_archived(self, job: JobRecord, name: str) -> tuple[dict[str, Any], Iterator[bytes]]:
+        """One archived artifact's metadata and its verified content (:mod:`cyxwiz.storage.job_archive`)."""
         ...
 
 
@@ -118,3 +126,19 @@ class BasicHooks:
     def presign_dataset_upload(self, user_id: str, *, sha256: str, size: int, suffix: str) -> dict[str, Any]:
         del user_id, sha256, size, suffix
         raise NotFoundError("no object store takes dataset uploads here", field="dataset", rule="G1")
+
+    def archive(self, job: JobRecord) -> list[dict[str, Any]]:
+        from cyxwiz.storage.job_archive import list_archive
+
+        return [obj.to_dict() for obj in list_archive(self._archive_store(), job.job_id)]
+
+    def open_archived(self, job: JobRecord, name: str) -> tuple[dict[str, Any], Iterator[bytes]]:
+        from cyxwiz.storage.job_archive import open_archived
+
+        obj, chunks = open_archived(self._archive_store(), job.job_id, name)
+        return obj.to_dict(), chunks
+
+    def _archive_store(self) -> Any:
+        if self.store is None:
+            raise NotFoundError("no object store holds archives here", field="archive")
+        return self.store

@@ -24,6 +24,7 @@ from cyxwiz.errors import (
     ConfigError,
     ConflictError,
     CyxwizError,
+    IntegrityError,
     NotFoundError,
     RateLimitError,
     ValidationError,
@@ -79,6 +80,12 @@ def _problem(response: httpx.Response) -> CyxwizError:
         field=str(field) if field else None,
         rule=str(rule) if rule else None,
     )
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id or "/" in job_id or len(job_id) > 128:
+        raise ValidationError("not a job id", field="job_id")
+    return job_id
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
@@ -275,12 +282,60 @@ class CoordinatorUserClient:
         return [dict(j) for j in self._call("GET", "/v1/jobs")]
 
     def get_job(self, job_id: str) -> dict[str, Any]:
-        if not job_id or "/" in job_id or len(job_id) > 128:
-            raise ValidationError("not a job id", field="job_id")
-        return dict(self._call("GET", f"/v1/jobs/{job_id}"))
+        return dict(self._call("GET", f"/v1/jobs/{_job_id(job_id)}"))
 
     def wallet(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/wallet"))
+
+    def archives(self, job_id: str | None = None) -> Any:
+        """``GET /v1/archive`` (all of the caller's jobs) or one job's archived artifacts."""
+        if job_id is None:
+            return [dict(a) for a in self._call("GET", "/v1/archive")]
+        return dict(self._call("GET", f"/v1/jobs/{_job_id(job_id)}/archive"))
+
+    def download_archived(self, job_id: str, name: str, dest: Path) -> str:
+        """Save one archived artifact to ``dest`` (0600) once its SHA-256 matches what the archive lists
+        (D3); returns that hash. Nothing is left at ``dest`` otherwise."""
+        import hashlib
+
+        listed = {o["name"]: o for o in self.archives(job_id)["objects"]}
+        if name not in listed:
+            raise NotFoundError("no such object in the job's archive", field="name", rule="C2")
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        digest = hashlib.sha256()
+        path = f"/v1/jobs/{_job_id(job_id)}/archive/{name}"
+        try:
+            headers = {"authorization": f"Bearer {self._token or self.login()}"}
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _problem(response)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    try:
+                        for chunk in response.iter_bytes():
+                            digest.update(chunk)
+                            out.write(chunk)
+                    except httpx.TransportError:
+                        # The answer had started: the store's check failed at the end and the
+                        # coordinator cut the body short rather than hand over an unchecked one.
+                        raise IntegrityError(
+                            "the coordinator cut the body short: the stored object failed its check",
+                            field=name,
+                            rule="D3",
+                        ) from None
+        except httpx.TransportError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._transport_error(exc) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if digest.hexdigest() != listed[name]["sha256"]:
+            tmp.unlink(missing_ok=True)
+            raise IntegrityError("downloaded bytes do not match the archive's SHA-256", field=name, rule="D3")
+        os.replace(tmp, dest)
+        return digest.hexdigest()
 
     def upload_dataset(self, path: Path) -> dict[str, str]:
         """Put a local dataset file into the caller's own area of the object store (G1, D3).
