@@ -9,7 +9,6 @@ processes that reach the coordinator over mTLS. Everything binds to loopback; :m
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
@@ -20,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra import startup, wallets
+from infra.deploy import deploy_one, deploy_project, prefect_cli
 from infra.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
+from infra.wallets import STAKE
+
+__all__ = ["STAKE", "EmbeddedStack", "deploy_one", "embedded_stack", "prefect_cli"]
 
 PROJECT = Path(__file__).resolve().parents[1]
-#: each embedded node's stake: the minimum to be dispatched to (base units; the demo's minimum payment)
-STAKE = 1_000_000
 Say = Callable[[str], None]
 
 
@@ -74,7 +76,9 @@ class EmbeddedStack:
 
     def add_user(self, name: str, *, funds: int = 1_000_000_000) -> Any:
         """A new demo user with their own funded wallet (sealed key + 0600 passphrase file)."""
-        self.users[name] = _user_wallet(self, name, funds=funds)
+        self.users[name] = wallets.user_wallet(
+            self.ledger.config, self._ledger_passphrase(), self.home, name, funds=funds
+        )
         return self.users[name]
 
     def wallet(self, user: str) -> Any:
@@ -95,8 +99,14 @@ class EmbeddedStack:
     def node_wallet(self, name: str) -> str:
         """The payout wallet node ``name`` registers (made on first use, key kept on the node side)."""
         if name not in self.node_wallets:
-            self.node_wallets[name] = str(_new_wallet(self, self.home / "node-wallets" / f"{name}.key"))
+            path = self.home / "node-wallets" / f"{name}.key"
+            self.node_wallets[name] = str(
+                wallets.new_wallet(self.ledger.config, self._ledger_passphrase(), path)
+            )
         return self.node_wallets[name]
+
+    def _ledger_passphrase(self) -> bytes:
+        return self.env["CYXWIZ_LEDGER_PASSPHRASE"].encode()
 
     def start_agent(self, name: str, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """A node agent process (``python -m agents``) with its own certificate and work queue."""
@@ -177,58 +187,6 @@ class EmbeddedStack:
             self.stop_agent(name)
 
 
-def prefect_cli(*args: str, env: dict[str, str]) -> str:
-    """``python -m prefect ARGS`` run in the project directory: its stdout, or RuntimeError with the tail."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect", *args],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout
-
-
-def deploy_one(env: dict[str, str], directory: Path, *, name: str, entrypoint: str, pool: str) -> None:
-    """Deploy one flow outside prefect.yaml (tests, benchmarks) through a throw-away prefect file."""
-    prefect_file = directory / f"{name}-prefect.yaml"
-    prefect_file.write_text(
-        f"name: cyxwiz-{name}\n"
-        "pull:\n"
-        "  - prefect.deployments.steps.set_working_directory:\n"
-        f"      directory: {json.dumps(str(PROJECT))}\n"
-        "deployments:\n"
-        f"  - name: {name}\n"
-        f"    entrypoint: {entrypoint}\n"
-        "    work_pool:\n"
-        f"      name: {pool}\n"
-        "      work_queue_name: default\n",
-        encoding="utf-8",
-    )
-    prefect_cli("--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", name, env=env)
-
-
-def _deploy(env: dict[str, str], *, lifecycle: bool, everything: bool = False) -> None:
-    steps: list[tuple[str, ...]] = [
-        ("work-pool", "create", "gpu", "--type", "cyxwiz-sandbox", "--overwrite"),
-        ("work-pool", "create", "control", "--type", "process", "--overwrite"),
-    ]
-    if everything:
-        # Every deployment of prefect.yaml: job-lifecycle (the UI's parameter form) and the maintenance
-        # flows with their schedules, next to the node deployments.
-        steps.append(("--no-prompt", "deploy", "--all"))
-    else:
-        steps.append(("--no-prompt", "deploy", "--name", "sandboxed-train"))
-    if lifecycle and not everything:
-        steps.append(("--no-prompt", "deploy", "--name", "job-lifecycle"))
-    for args in steps:
-        prefect_cli(*args, env=env)
-
-
 @contextlib.contextmanager
 def embedded_stack(
     home: Path,
@@ -253,12 +211,10 @@ def embedded_stack(
     """
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
-    from tasks import services
-    from tasks.config import ENV_VAR, ControlPlaneConfig
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.ExitStack() as stack:
-        keys = _start_hsm(home, say) if hsm else None
+        keys = startup.start_hsm(home, say) if hsm else None
         ca_keys = {"root": keys.root_ca, "issuing": keys.issuing_ca} if keys else None
         pki = build_dev_pki(home / "pki", nodes=nodes, ca_keys=ca_keys)
         say(f"PKI ready: root CA, issuing CA, CRL, certificates for {', '.join(nodes)} ({pki.root})")
@@ -297,333 +253,51 @@ def embedded_stack(
             demo_ledger = move_escrow_authorities(demo_ledger, passphrase=passphrase.encode(), keys=keys)
             say("Escrow multisig re-made over the coordinator, verifier and arbiter keys in SoftHSM2")
 
-        store, master = _open_store(home, env)
-        audit = _open_audit(
+        store, master = startup.open_store(home, env)
+        audit = startup.open_audit(
             home, env, store, key_uri=keys.audit if keys else None,
             anchor=(ledger_service.rpc_url, passphrase.encode()),
         )  # fmt: skip
         stack.callback(audit.close)
 
-        coordinator_dir = home / "coordinator"
-        coordinator = _start_coordinator(
+        coordinator = startup.start_coordinator(
             ledger_config=demo_ledger.config,
             pki=pki,
-            state_dir=coordinator_dir,
+            state_dir=home / "coordinator",
             store=store,
             master=master,
             audit=audit,
             api_url=server.api_url,
-            keyring=_hsm_keyring(keys.token_signing) if keys else None,
+            keyring=startup.hsm_keyring(keys.token_signing) if keys else None,
             host=bind_host,
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
         if gateway:
-            gateway_url = _start_gateway(
+            gateway_url = startup.start_gateway(
                 stack, pki=pki, server=server, coordinator=coordinator, audit=audit, host=bind_host
             )
             env["CYXWIZ_GATEWAY_URL"] = gateway_url
             say(f"Gateway to the Prefect API (mTLS, per-node allow-list) on {gateway_url}")
 
-        demo_ledger = _hand_out_wallets(demo_ledger, home, passphrase.encode())
-        config = ControlPlaneConfig(
-            home=home,
-            pki_root=pki.root,
-            ledger_config=demo_ledger.config_path,
-            store_root=home / "store",
-            audit_dir=home / "audit",
+        demo_ledger = wallets.hand_out_wallets(demo_ledger)
+        config_path = startup.persist_config(
+            home,
+            pki=pki,
+            ledger_config_path=demo_ledger.config_path,
             coordinator_url=coordinator.url,
-            coordinator_db=f"sqlite:///{coordinator_dir / 'coordinator.db'}",
+            env=env,
         )
-        config_path = home / "control-plane.json"
-        _persist_config(config, config_path, env)
-        env[ENV_VAR] = str(config_path)
-        os.environ.update(
-            {k: env[k] for k in (ENV_VAR, "CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_STORE_MASTER_KEY_FILE")}
-        )
-        for cached in (services.config, services.audit, services.ledger, services.control_channel):
-            cached.cache_clear()
-        verifier = _stake_nodes(
-            pki, demo_ledger, nodes, say, stack.enter_context(_start_verifier(home, env, demo_ledger, say))
-        )
+        verifier = stack.enter_context(startup.start_verifier(home, env, demo_ledger, say))
+        wallets.stake_nodes(pki, demo_ledger, nodes, say)
 
-        _deploy(env, lifecycle=lifecycle_deployment, everything=deploy_all)
+        deploy_project(env, lifecycle=lifecycle_deployment, everything=deploy_all)
         say("Deployed sandboxed-train to the gpu work pool")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
             audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
-            users={"demo-user": _demo_user_wallet(demo_ledger, home)},
+            users={"demo-user": wallets.demo_user_wallet(demo_ledger, home)},
             node_wallets={"node-1": str(demo_ledger.node.pubkey())},
         )  # fmt: skip
         stack.callback(built.close)
         yield built
-
-
-def _stake_nodes(pki: Any, demo_ledger: Any, nodes: tuple[str, ...], say: Say, verifier: Any) -> Any:
-    """Lock each node's minimum stake (the node wallet signs the deposit) so it may be dispatched to (F1);
-    returns ``verifier`` (the verifier service, started first)."""
-    from cyxwiz.ledger.stake import StakeLedger
-    from cyxwiz.pki.certs import load_certificate
-    from cyxwiz.pki.peerid import peer_id
-    from tasks import services
-
-    stakes = StakeLedger(ledger=services.ledger(), policy=demo_ledger.config.stake_policy())
-    for name in nodes:
-        peer = peer_id(load_certificate(pki.node_cert(name)))
-        staked = stakes.stake(peer_id=peer, node=demo_ledger.node, amount=STAKE)
-        say(f"{name} staked {staked.amount:,} base units in {staked.stake_account} (2-of-3 authority)")
-    return verifier
-
-
-def _start_verifier(home: Path, env: dict[str, str], demo_ledger: Any, say: Say) -> Any:
-    """The verifier service in its own process with its own passphrase and without the control plane's."""
-    from cyxwiz.ledger.verifier_service import start_verifier_service
-
-    own = {k: v for k, v in env.items() if k not in ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE")}
-    verifier = start_verifier_service(
-        config_path=demo_ledger.config_path,
-        state_dir=home / "verifier",
-        env={**own, **demo_ledger.verifier_env()},
-        module="tasks.verifier_service",
-    )
-    say(f"Verifier service (own process, own key, co-signs passing releases) on {verifier.socket_path}")
-    return verifier
-
-
-def _start_hsm(home: Path, say: Say) -> Any:
-    from infra.hsm import start_embedded_hsm
-
-    keys = start_embedded_hsm(home / "hsm")
-    say(f"SoftHSM2 token 'cyxwiz' ({keys.token.conf}): CA, token, audit and escrow keys made inside it")
-    return keys
-
-
-def _hsm_keyring(uri: str) -> Any:
-    from cyxwiz.keys import open_key_source
-    from cyxwiz.tokens.keyring import KeyRing
-
-    return KeyRing.from_key_source(open_key_source(uri))
-
-
-def _open_audit(
-    home: Path,
-    env: dict[str, str],
-    store: Any,
-    *,
-    key_uri: str | None = None,
-    anchor: tuple[str, bytes] | None = None,
-) -> Any:
-    """The audit log with signed checkpoints and daily digests (a fresh Ed25519 key, 0600, or ``key_uri``
-    in a PKCS#11 token) archived to the store (H3); ``anchor`` = (ledger RPC URL, passphrase) provisions
-    the wallet that anchors its checkpoints on the ledger (H4)."""
-    from cyxwiz.audit import AuditLog, ObjectStoreArchive
-    from cyxwiz.pki.keys import generate_ed25519, write_private_key
-
-    if anchor is not None:
-        _anchor_wallet(home, env, rpc_url=anchor[0], passphrase=anchor[1])
-
-    key_path = home / "audit-signing-key.pem"
-    if not key_uri and not key_path.exists():
-        write_private_key(key_path, generate_ed25519())
-    env["CYXWIZ_AUDIT_SIGNING_KEY"] = key_uri or str(key_path)
-    os.environ["CYXWIZ_AUDIT_SIGNING_KEY"] = key_uri or str(key_path)
-    signing_key: Any = key_path
-    if key_uri:
-        from cyxwiz.keys import open_key_source
-
-        signing_key = open_key_source(key_uri)
-    return AuditLog.open(
-        home / "audit", signing_key=signing_key, archive=ObjectStoreArchive(store=store, encrypt=True)
-    )
-
-
-def _anchor_wallet(home: Path, env: dict[str, str], *, rpc_url: str, passphrase: bytes) -> None:
-    """A dedicated low-value wallet (fees only, sealed 0600) that pays the audit-anchor memos (H4)."""
-    from solders.keypair import Keypair
-
-    from cyxwiz.ledger.keystore import KdfParams, write_keypair
-    from cyxwiz.ledger.rpc import RpcChain
-
-    wallet = Keypair()
-    chain = RpcChain(url=rpc_url)
-    try:
-        chain.airdrop(wallet.pubkey(), 10**8)
-    finally:
-        chain.close()
-    path = home / "audit-anchor.key"
-    write_keypair(path, wallet, passphrase=passphrase, params=KdfParams.fast_for_tests(), overwrite=True)
-    values = {"CYXWIZ_AUDIT_ANCHOR_KEY": str(path), "CYXWIZ_AUDIT_ANCHOR_PUBKEY": str(wallet.pubkey())}
-    env.update(values)
-    os.environ.update(values)
-
-
-def _open_store(home: Path, env: dict[str, str]) -> tuple[Any, Any]:
-    """The local object store with a fresh master key in a 0600 file (envelope encryption, D2)."""
-    from cyxwiz.storage.crypto import MasterKey
-    from cyxwiz.storage.local import LocalObjectStore
-
-    master = MasterKey.generate()
-    key_file = home / "store-master.key"
-    if key_file.exists():
-        key_file.unlink()
-    master.write(key_file)
-    env["CYXWIZ_STORE_MASTER_KEY_FILE"] = str(key_file)
-    return LocalObjectStore(root=home / "store", master_key=master), master
-
-
-def _start_gateway(
-    stack: contextlib.ExitStack,
-    *,
-    pki: Any,
-    server: Any,
-    coordinator: Any,
-    audit: Any,
-    host: str = "127.0.0.1",
-) -> str:
-    from cyxwiz.gateway.service import build_gateway
-    from cyxwiz.gateway.standing import StoreStanding
-
-    listener, _ = build_gateway(
-        cert=pki.gateway_cert,
-        key=pki.gateway_key,
-        trust_bundle=pki.bundle,
-        crl=pki.crl,
-        upstream=server.api_url.removesuffix("/api"),
-        pool="gpu",
-        verifier=coordinator.verifier,
-        audit=audit,
-        # Each node's work queue is its node id (the gateway's default mapping), never its CN.
-        # Bans, revoked sessions and dead job tokens reach the gateway from the coordinator's records.
-        standing=StoreStanding(coordinator.store),
-        host=host,
-    )
-    listener.start()
-    stack.callback(listener.stop)
-    return str(listener.url)
-
-
-def _start_coordinator(
-    *,
-    ledger_config: Any,
-    pki: Any,
-    state_dir: Path,
-    store: Any,
-    master: Any,
-    audit: Any,
-    api_url: str,
-    keyring: Any = None,
-    host: str = "127.0.0.1",
-) -> Any:
-    """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
-    from cyxwiz.coordinator.service import build_coordinator
-    from cyxwiz.ledger.view import LedgerView
-    from cyxwiz.storage.urlsign import UrlSigner, asgi_app
-    from tasks.hooks import PrefectHooks
-
-    class _Signer:
-        # The URL is known once the socket is bound (at build time); hooks sign only after that.
-        target: Any = None
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.target, name)
-
-    signer = _Signer()
-    handle = build_coordinator(
-        cert=pki.coordinator_cert,
-        key=pki.coordinator_key,
-        trust_bundle=pki.bundle,
-        crl=pki.crl,
-        state_dir=state_dir,
-        ca_dir=pki.ca_dir,
-        hooks=PrefectHooks(
-            store=store, signer=signer, api_url=api_url, ledger=LedgerView.from_config(ledger_config)
-        ),
-        audit=audit,
-        max_body=64 << 20,
-        keyring=keyring,
-        host=host,
-    )
-    signer.target = UrlSigner.from_master_key(master, base_url=f"{handle.url}/objects")
-    # Starlette passes the full path to mounted apps, so the store app strips the mount itself.
-    handle.app.app.mount(  # type: ignore[attr-defined]
-        "/objects", asgi_app(store=store, signer=signer.target, mount="/objects", audit=audit)
-    )
-    handle.server.start()
-    return handle
-
-
-def _persist_config(config: Any, path: Path, env: dict[str, str]) -> None:
-    """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock with
-    its secrets (what ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it)."""
-    from blocks.control_plane import DEFAULT_NAME, ControlPlaneBlock
-
-    config.to_file(path)
-    master = Path(env["CYXWIZ_STORE_MASTER_KEY_FILE"]).read_text(encoding="ascii").strip()
-    ControlPlaneBlock.from_config(
-        config, ledger_passphrase=env["CYXWIZ_LEDGER_PASSPHRASE"], store_master_key=master
-    ).save(DEFAULT_NAME, overwrite=True)
-
-
-def _hand_out_wallets(demo: Any, home: Path, ledger_passphrase: bytes) -> Any:
-    """Take the demo user's and node's keys out of the control plane's ledger directory: the user's goes
-    to the user's own area (their client signs with it), the node's to its operator; the ledger config
-    keeps only the escrow authorities, the payer and the test mint authority (F1, C2)."""
-    import dataclasses
-
-    from cyxwiz.ledger.config import LedgerConfig
-
-    keys = {k: v for k, v in demo.config.keys.items() if k not in ("user", "node")}
-    for name in ("user", "node"):
-        path = demo.config.key_path(name)
-        if path is not None:
-            path.unlink(missing_ok=True)
-    dataclasses.replace(demo.config, keys=keys).to_file(demo.config_path)
-    return dataclasses.replace(demo, config=LedgerConfig.from_file(demo.config_path))
-
-
-def _user_dir(home: Path, name: str) -> tuple[Path, bytes]:
-    """``home/users/<name>``: the user's wallet key and its passphrase file, both 0600."""
-    directory = home / "users" / name
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    secret = secrets.token_urlsafe(24).encode()
-    pass_file = directory / "wallet.pass"
-    fd = os.open(pass_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret)
-    return directory, secret
-
-
-def _demo_user_wallet(demo: Any, home: Path) -> Any:
-    from cyxwiz.jobs.wallet import UserWallet
-    from cyxwiz.ledger.keystore import write_keypair
-
-    directory, secret = _user_dir(home, "demo-user")
-    write_keypair(directory / "wallet.key", demo.user, passphrase=secret, overwrite=True)
-    return UserWallet(path=directory / "wallet.key", passphrase=secret)
-
-
-def _new_wallet(stack: EmbeddedStack, path: Path, *, passphrase: bytes | None = None, funds: int = 0) -> Any:
-    from cyxwiz.ledger.rpc import RpcChain
-    from cyxwiz.ledger.wallets import create_wallet
-
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    chain = RpcChain(url=stack.ledger.config.rpc_url)
-    try:
-        return create_wallet(
-            chain,
-            config=stack.ledger.config,
-            ledger_passphrase=stack.env["CYXWIZ_LEDGER_PASSPHRASE"].encode(),
-            path=path,
-            passphrase=passphrase or secrets.token_urlsafe(24).encode(),
-            funds=funds,
-        )
-    finally:
-        chain.close()
-
-
-def _user_wallet(stack: EmbeddedStack, name: str, *, funds: int) -> Any:
-    from cyxwiz.jobs.wallet import UserWallet
-
-    directory, secret = _user_dir(stack.home, name)
-    _new_wallet(stack, directory / "wallet.key", passphrase=secret, funds=funds)
-    return UserWallet(path=directory / "wallet.key", passphrase=secret)
