@@ -15,9 +15,9 @@ from fastapi import Depends, FastAPI
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.access import Access, Allow, Coordinator, NodeRevoker
-from cyxwiz.coordinator.auth import Authenticator
+from cyxwiz.coordinator.auth import Authenticator, credential_admission
 from cyxwiz.coordinator.hooks import CoordinatorHooks
-from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter
+from cyxwiz.coordinator.limits import BodyRoute, GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.problems import install_handlers, send_problem
 from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.routes import admin, archive, datasets, jobs, nodes, tokens, wallet
@@ -78,5 +78,25 @@ def create_app(
 
     # The FastAPI app stays reachable as ``.app`` (OpenAPI: ``create_app(...).app.openapi()``).
     return GuardMiddleware(
-        app, ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]), max_body=max_body, refuse=refuse
+        app,
+        ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]),
+        max_body=max_body,
+        refuse=refuse,
+        routes=body_routes(max_body),
+        admit=credential_admission(verifier),
     )
+
+
+def body_routes(max_body: int) -> tuple[BodyRoute, ...]:
+    """Body caps by route (SPEC I). Only the presigned object store takes large bodies, and it checks
+    the URL's signature before reading one; the JSON API takes small ones, and only from a caller whose
+    credential verified first. A refresh token travels in its body: that body is tiny."""
+    return (
+        BodyRoute(prefix="/objects/", cap=max_body, stream=True),
+        BodyRoute(prefix="/v1/tokens/refresh", cap=16 << 10, admit=False),
+        BodyRoute(prefix="/", cap=min(max_body, API_BODY_CAP)),
+    )
+
+
+#: The JSON API's body cap: a job spec with its model definition is the largest body it takes.
+API_BODY_CAP = 1 << 20

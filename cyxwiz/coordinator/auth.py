@@ -8,7 +8,7 @@ Each decision is audited; refusals are raised as the typed errors the problem ha
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
-from cyxwiz.errors import AuthenticationError, AuthorizationError, TokenBindingError
+from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, TokenBindingError
 from cyxwiz.tokens.claims import VerifiedToken
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -165,6 +165,36 @@ class Authenticator:
     def require_scope(self, caller: Caller, scope: str) -> None:
         if caller.token is None or not caller.token.has_scope(scope):
             raise AuthorizationError(f"token lacks scope {scope!r}", field="scope", rule="C1")
+
+
+def credential_admission(verifier: TokenVerifier) -> Callable[[dict[str, Any]], None]:
+    """The check before a request body is read (SPEC I): a verified client certificate, or a Bearer token
+    of ours (session or job) that verifies. Who may do what is decided later, by the route's rule; this
+    only keeps an unauthenticated client from making the coordinator buffer a body."""
+
+    def admit(scope: dict[str, Any]) -> None:
+        if peer_from_scope(scope) is not None:
+            return
+        raw = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = raw.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError(
+                "a client certificate is required (or a Bearer token) before a request body is read",
+                field="certificate",
+                rule="D1",
+            )
+        first: CyxwizError | None = None
+        for kind in (TokenKind.SESSION, TokenKind.JOB):
+            try:
+                verifier.verify(token.strip(), kind=kind)
+            except CyxwizError as exc:
+                first = first or exc
+                continue
+            return
+        assert first is not None
+        raise first
+
+    return admit
 
 
 def node_payload(node: NodeRecord) -> dict[str, Any]:

@@ -6,13 +6,14 @@ audit record, produced by :func:`cyxwiz.coordinator.problems.send_problem`.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cyxwiz.errors import ConfigError, RateLimitError, ValidationError
+from cyxwiz.errors import ConfigError, CyxwizError, RateLimitError, ValidationError
 
 
 class BodyTooLargeError(ValidationError):
@@ -20,6 +21,13 @@ class BodyTooLargeError(ValidationError):
 
     code = "body-too-large"
     http_status = 413
+
+
+class BodyTimeoutError(ValidationError):
+    """A request body that did not arrive whole in time (SPEC I: slow clients hold no worker)."""
+
+    code = "body-timeout"
+    http_status = 408
 
 
 @dataclass
@@ -80,16 +88,55 @@ class RateLimiter:
 
 ASGIApp = Callable[..., Any]
 Refuse = Callable[[dict[str, Any], Any, Exception], Any]
+#: Raises a typed error (401) unless the request carries a credential that verifies: called before any
+#: body byte is read, so an unauthenticated client cannot make the server buffer anything.
+Admit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BodyRoute:
+    """The body rule of the requests whose path starts with ``prefix`` (the first match wins).
+
+    ``cap``: the most bytes such a body may have. ``admit``: whether the credential is checked before
+    the body is read (False only where the credential travels in the body and the cap is tiny, or where
+    the app authenticates before reading, ``stream``). ``stream``: the app reads its own body (it
+    authenticates first, as the presigned object store does); it is only counted against the cap here.
+    """
+
+    prefix: str
+    cap: int
+    admit: bool = True
+    stream: bool = False
 
 
 class GuardMiddleware:
-    """Per-IP rate limit and body size cap, before any routing or authentication."""
+    """Per-IP rate limit, then per route: a body cap, the credential checked *before* the body is read
+    (:data:`Admit`), and the whole body within ``body_timeout`` (SPEC I: DoS, body size limits)."""
 
-    def __init__(self, app: ASGIApp, *, ip_limiter: RateLimiter, max_body: int, refuse: Refuse) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        ip_limiter: RateLimiter,
+        max_body: int,
+        refuse: Refuse,
+        routes: tuple[BodyRoute, ...] = (),
+        admit: Admit | None = None,
+        body_timeout: float = 60.0,
+    ) -> None:
         self.app = app
         self.ip_limiter = ip_limiter
         self.max_body = max_body
         self.refuse = refuse
+        self.routes = routes
+        self.admit = admit
+        self.body_timeout = body_timeout
+
+    def route(self, path: str) -> BodyRoute:
+        for route in self.routes:
+            if path.startswith(route.prefix):
+                return route
+        return BodyRoute(prefix="", cap=self.max_body)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -104,34 +151,38 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = BodyTooLargeError(
-            f"request body larger than {self.max_body} bytes", field="body", rule="I", hint="send less"
-        )
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = self.max_body + 1
-                if declared > self.max_body:
-                    await self.refuse(scope, send, too_big)
-                    return
-        # Buffer up to the cap (JSON API bodies are small), so a chunked body cannot sneak past it.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_body:
-                await self.refuse(scope, send, too_big)
-                return
-            chunks.append(body)
-            more = message.get("more_body", False)
-        data = b"".join(chunks)
+        route = self.route(scope.get("path", ""))
+        refusal = self._before_body(scope, route)
+        if refusal is not None:
+            await self.refuse(scope, send, refusal)
+        elif route.stream:
+            await self._streamed(scope, receive, send, route.cap)
+        else:
+            await self._buffered(scope, receive, send, route.cap)
+
+    def _before_body(self, scope: dict[str, Any], route: BodyRoute) -> CyxwizError | None:
+        """Why the request is refused before one body byte is read (declared size, credential), or None."""
+        declared, chunked = _declared_body(scope)
+        if declared > route.cap:
+            return _too_big(route.cap)
+        if (declared or chunked) and route.admit and self.admit is not None and not route.stream:
+            try:
+                self.admit(scope)
+            except CyxwizError as exc:
+                return exc
+        return None
+
+    async def _buffered(self, scope: dict[str, Any], receive: Any, send: Any, cap: int) -> None:
+        try:
+            data = await asyncio.wait_for(_read_capped(receive, cap), self.body_timeout)
+        except TimeoutError:
+            await self.refuse(scope, send, _too_slow(self.body_timeout))
+            return
+        except BodyTooLargeError as exc:
+            await self.refuse(scope, send, exc)
+            return
+        if data is None:
+            return
         delivered = False
 
         async def replay() -> dict[str, Any]:
@@ -142,6 +193,70 @@ class GuardMiddleware:
             return await receive()  # type: ignore[no-any-return]
 
         await self.app(scope, replay, send)
+
+    async def _streamed(self, scope: dict[str, Any], receive: Any, send: Any, cap: int) -> None:
+        """The app reads its own body; past the cap it gets a disconnect and the client a 413."""
+        size = 0
+        refused = False
+
+        async def counted() -> dict[str, Any]:
+            nonlocal size, refused
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > cap and not refused:
+                    refused = True
+                    await self.refuse(scope, send, _too_big(cap))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: dict[str, Any]) -> None:
+            if not refused:  # after the 413 nothing the app says reaches the client
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+
+def _declared_body(scope: dict[str, Any]) -> tuple[int, bool]:
+    """The declared Content-Length (an unparsable one counts as too big) and whether it is chunked."""
+    declared, chunked = 0, False
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                declared = max(declared, int(value))
+            except ValueError:
+                declared = 1 << 62
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
+
+
+async def _read_capped(receive: Any, cap: int) -> bytes | None:
+    """The body, up to ``cap`` bytes (a chunked body cannot sneak past it); None when the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        size += len(body)
+        if size > cap:
+            raise _too_big(cap)
+        chunks.append(body)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _too_big(cap: int) -> BodyTooLargeError:
+    return BodyTooLargeError(
+        f"request body larger than {cap} bytes", field="body", rule="I", hint="send less"
+    )
+
+
+def _too_slow(seconds: float) -> CyxwizError:
+    return BodyTimeoutError(f"request body not complete within {seconds:g} s", field="body", rule="I")
 
 
 class RefusalCap:

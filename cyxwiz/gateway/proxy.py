@@ -53,6 +53,7 @@ class Gateway(OwnedObjects, WebSocketProxy):
         message_rate: tuple[float, int] = (100.0, 400),
         standing: Standing | None = None,
         timeout: float = 30.0,
+        auth_timeout: float = 10.0,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.pool = pool
@@ -61,6 +62,7 @@ class Gateway(OwnedObjects, WebSocketProxy):
         self.queue_for = queue_for
         self.upstream_auth = upstream_auth
         self.require_job_token = require_job_token
+        self.auth_timeout = auth_timeout
         self.limiter = RateLimiter(rate=node_rate[0], burst=node_rate[1])
         #: Websocket messages per node, over all its channels (a flood of events is a flood too).
         self.ws_limiter = RateLimiter(rate=message_rate[0], burst=message_rate[1])

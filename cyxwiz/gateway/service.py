@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cyxwiz.audit import AuditSink
-from cyxwiz.coordinator.limits import GuardMiddleware, RateLimiter, RefusalCap
+from cyxwiz.coordinator.limits import BodyRoute, GuardMiddleware, RateLimiter, RefusalCap
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.gateway.proxy import Gateway
 from cyxwiz.gateway.standing import RevocationWatch, Standing
@@ -56,8 +56,18 @@ def build_gateway(
     async def refuse(scope: dict[str, object], send: object, exc: Exception) -> None:
         await send_problem(scope, send, exc, audit=audit)
 
+    # The gateway authenticates each request (certificate, session token, standing) before it reads a
+    # body byte, so the guard only counts bodies against their route's cap (SPEC I).
     guarded = GuardMiddleware(
-        gateway, ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]), max_body=max_body, refuse=refuse
+        gateway,
+        ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]),
+        max_body=max_body,
+        refuse=refuse,
+        routes=(
+            BodyRoute(prefix="/api/logs", cap=max_body, stream=True),
+            BodyRoute(prefix="/api/artifacts", cap=max_body, stream=True),
+            BodyRoute(prefix="/", cap=min(max_body, 1 << 20), stream=True),
+        ),
     )
     tls = ServerTLS(
         cert=cert,

@@ -31,6 +31,8 @@ class WebSocketProxy:
     audit: AuditSink | None
     ws_limiter: RateLimiter
     live: LiveChannels
+    #: Seconds a websocket that authenticates by message may stay open before that message arrives.
+    auth_timeout: float
     pool_ids: set[str]
     _upstream_headers: dict[str, str]
 
@@ -51,9 +53,17 @@ class WebSocketProxy:
             return
         protocols = scope.get("subprotocols") or []
         await send({"type": "websocket.accept", "subprotocol": protocols[0] if protocols else None})
-        message = await receive()
+        try:
+            # An open socket that never says who it is holds a slot: it gets ``auth_timeout`` to say (I).
+            message = await asyncio.wait_for(receive(), self.auth_timeout)
+        except TimeoutError:
+            message = {"type": "websocket.timeout"}
         text = message.get("text") if message.get("type") == "websocket.receive" else None
         try:
+            if message["type"] == "websocket.timeout":
+                raise AuthenticationError(
+                    f"no auth message within {self.auth_timeout:g} s", field="authorization", rule="I"
+                )
             parsed = json.loads(text) if text else None
             token = parsed.get("token") if isinstance(parsed, dict) and parsed.get("type") == "auth" else None
             if not isinstance(token, str) or not token:
