@@ -22,10 +22,19 @@ from typing import Any
 from cyxwiz.errors import SandboxError, SandboxUnavailableError
 from cyxwiz.sandbox import seccomp
 from cyxwiz.sandbox.limits import JobLimits, MiB
+from cyxwiz.sandbox.outcome import Wording, classify, sandbox_result
 from cyxwiz.sandbox.policy import BRIDGE_DIR, INPUT_DIR, OUTPUT_DIR, SandboxPolicy
-from cyxwiz.sandbox.result import SandboxResult, Status
+from cyxwiz.sandbox.result import SandboxResult
 from cyxwiz.sandbox.supervise import LogTail, supervise
 from cyxwiz.sandbox.workdir import JobDir
+
+_WORDING = Wording(
+    timeout_kill="container killed",
+    output_kill="output not trusted",
+    oom="memory limit exceeded: container OOM-killed",
+    file_size="file size limit exceeded",
+    named_signals=False,
+)
 
 #: The build context of the sandbox image (repo checkout); override with CYXWIZ_SANDBOX_CONTEXT.
 DEFAULT_CONTEXT = Path(__file__).resolve().parents[2] / "infra" / "sandbox"
@@ -190,19 +199,20 @@ class DockerBackend:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
         rc = int(exit_info.get("StatusCode", state.get("ExitCode", -1)))
-        status, reason, hit, sig = _classify(rc, verdict.killed_for, bool(state.get("OOMKilled")), limits)
-        return SandboxResult(
-            status=status,
-            exit_code=rc,
-            output_dir=job.output,
-            messages=[],
-            stdout_tail=logs[0].text(),
-            stderr_tail=logs[1].text(),
-            wall_seconds=verdict.wall_seconds,
-            reason=reason,
-            signal=sig,
-            limits_hit=hit,
-            output_bytes=verdict.output_bytes,
+        outcome = classify(
+            sig=rc - 128 if rc > 128 else None,
+            rc=rc,
+            killed_for=verdict.killed_for,
+            oom=bool(state.get("OOMKilled")),
+            limits=limits,
+            wording=_WORDING,
+        )
+        return sandbox_result(
+            outcome,
+            rc=rc,
+            verdict=verdict,
+            job=job,
+            logs=logs,
             backend=self.name,
             enforcement=self._enforcement(),
         )
@@ -228,32 +238,3 @@ class DockerBackend:
             "runtime": self.policy.runtime
             + (" (gVisor: syscalls served by a user-space kernel)" if self.policy.runtime == "runsc" else ""),
         }
-
-
-def _classify(  # noqa: PLR0911 (one return per outcome reads best)
-    rc: int, killed_for: str | None, oom: bool, limits: JobLimits
-) -> tuple[Status, str, tuple[str, ...], int | None]:
-    sig = rc - 128 if rc > 128 else None
-    if killed_for == "wall_time":
-        return (
-            "timeout",
-            f"wall time limit {limits.wall_seconds:g} s exceeded; container killed",
-            ("wall_time",),
-            sig,
-        )
-    if killed_for in ("output_bytes", "log_bytes"):
-        return (
-            "output_limit",
-            f"{killed_for.replace('_', ' ')} limit exceeded; output not trusted",
-            (killed_for,),
-            sig,
-        )
-    if oom:
-        return "oom", "memory limit exceeded: container OOM-killed", ("memory",), sig
-    if sig == 25:  # SIGXFSZ
-        return "output_limit", "file size limit exceeded", ("file_size",), sig
-    if rc == 0:
-        return "ok", "exited 0", (), None
-    if sig is not None:
-        return "signal", f"killed by signal {sig}", (), sig
-    return "exit_nonzero", f"exited with status {rc}", (), None
