@@ -65,6 +65,11 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def add(self, kind: Kind, file: str, line: int | None, message: str) -> None:
+        """Record a problem; past :data:`MAX_PROBLEMS` a broken log is broken enough to say so."""
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(kind, file, line, message))
+
     @property
     def first(self) -> Problem | None:
         return self.problems[0] if self.problems else None

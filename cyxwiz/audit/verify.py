@@ -14,270 +14,23 @@ Never raises on bad content: every oddity becomes a :class:`Problem` in the :cla
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cyxwiz.audit.digest import check_signature
+from cyxwiz.audit.chain_checks import Chain, RecordChecker
+from cyxwiz.audit.digest_checks import check_digest_chain, compare_with_digest, load_digest
 from cyxwiz.audit.prune import check_prune_marker
-from cyxwiz.audit.reader import DayFiles, day_files, read_checkpoint, read_file_bytes, split_lines
-from cyxwiz.audit.records import (
-    GENESIS,
-    HEAD_FILE,
-    Record,
-    RecordFormatError,
-    gz_name,
-    leaf_of,
-    log_name,
-    parse_line,
-)
-from cyxwiz.audit.report import MAX_PROBLEMS, Kind, Problem, VerifyReport
+from cyxwiz.audit.reader import DayFiles, day_files, read_checkpoint, read_file_bytes
+from cyxwiz.audit.records import GENESIS, HEAD_FILE, gz_name, log_name
+from cyxwiz.audit.report import Kind, Problem, VerifyReport
 from cyxwiz.audit.tree_checks import Signed, check_tree_and_checkpoints, collect_checkpoints, open_tree
 from cyxwiz.errors import AuditError, NotFoundError
 
 __all__ = ["Kind", "Problem", "VerifyReport", "verify_log"]
-TAMPER_ACTION = "audit.tamper_detected"
-
-
-@dataclass
-class _FileScan:
-    name: str
-    later: dict[int, int] = field(default_factory=dict)  # seq -> first line holding it
-    linked: set[str] = field(default_factory=set)  # every prev hash some record points at
-    seen: dict[int, tuple[int, Record]] = field(default_factory=dict)
-
-
-@dataclass
-class _Chain:
-    seq: int | None  # next expected seq; None = unknown (a lone file)
-    prev: str | None
-    file: str = ""
-    line: int = 0  # where the last accepted record is
-
-
-class _Verifier:
-    def __init__(self, report: VerifyReport, *, public_key: Ed25519PublicKey) -> None:
-        self.report = report
-        self.public_key = public_key
-        #: Leaf hashes of every record in file order (stored leaves stand in for pruned days).
-        self.leaves: list[bytes] = []
-
-    def problem(self, kind: Kind, file: str, line: int | None, message: str) -> None:
-        if len(self.report.problems) < MAX_PROBLEMS:
-            self.report.problems.append(Problem(kind, file, line, message))
-
-    # --- one file of records --------------------------------------------------------------------
-
-    def check_records(self, name: str, data: bytes, chain: _Chain) -> None:
-        scan = _FileScan(name=name)
-        entries: list[tuple[int, Record | str]] = []
-        for lineno, raw, terminated in split_lines(data):
-            if not terminated:
-                entries.append((lineno, "incomplete last line (torn write or truncated file)"))
-                continue
-            try:
-                rec = parse_line(raw)
-            except RecordFormatError as exc:
-                entries.append((lineno, f"not an audit record ({exc})"))
-                continue
-            entries.append((lineno, rec))
-            self.leaves.append(leaf_of(raw))
-            scan.later.setdefault(rec.seq, lineno)
-            scan.linked.add(rec.prev)
-        for lineno, entry in entries:
-            if isinstance(entry, str):
-                kind = Kind.TORN if entry.startswith("incomplete") else Kind.MALFORMED
-                self.problem(kind, name, lineno, entry)
-                continue
-            self.report.records += 1
-            if entry.event.get("action") == TAMPER_ACTION and entry.hash_ok:
-                reason = entry.event.get("details", {}).get("reason", "")
-                self.problem(
-                    Kind.TAMPER_ALERT, name, lineno, f"a writer found the log tampered with: {reason}"
-                )
-            accept = self._check_one(scan, lineno, entry, chain)
-            scan.seen.setdefault(entry.seq, (lineno, entry))
-            if accept:
-                chain.seq, chain.prev, chain.file, chain.line = entry.seq + 1, entry.hash, name, lineno
-
-    def _check_one(self, scan: _FileScan, lineno: int, rec: Record, chain: _Chain) -> bool:
-        """Report what is wrong with ``rec`` at this place; False if the chain must skip it."""
-        if not rec.hash_ok:
-            self.problem(
-                Kind.EDITED, scan.name, lineno, f"record seq {rec.seq} does not match its hash (edited)"
-            )
-        elif chain.seq is None or chain.prev is None:
-            pass  # a lone file: its first record starts the chain
-        elif rec.seq == chain.seq:
-            self._check_link(scan, lineno, rec, chain)
-        elif rec.seq > chain.seq:
-            self._check_gap(scan, lineno, rec, chain)
-        elif rec.seq in scan.seen:
-            return self._check_duplicate(scan, lineno, rec)
-        else:
-            self.problem(
-                Kind.REORDERED,
-                scan.name,
-                lineno,
-                f"seq {rec.seq} comes after seq {chain.seq - 1}: records reordered",
-            )
-        return True
-
-    def _check_link(self, scan: _FileScan, lineno: int, rec: Record, chain: _Chain) -> None:
-        if rec.prev == chain.prev:
-            return
-        if chain.file == scan.name:
-            # The record before links-in fine but is not what this one points at: it was rewritten and
-            # its hash recomputed (the usual attack), so that earlier line is the place to name.
-            self.problem(
-                Kind.REWRITTEN,
-                scan.name,
-                chain.line,
-                f"record rewritten, hash recomputed: line {lineno} (seq {rec.seq}) links to another record",
-            )
-        else:
-            self.problem(
-                Kind.REWRITTEN,
-                scan.name,
-                lineno,
-                f"first record does not link to the last record of {chain.file or 'the previous day'} "
-                "(that record rewritten, or this one forged)",
-            )
-
-    def _check_gap(self, scan: _FileScan, lineno: int, rec: Record, chain: _Chain) -> None:
-        assert chain.seq is not None
-        at = scan.later.get(chain.seq)
-        if at is not None and at > lineno:
-            self.problem(
-                Kind.REORDERED,
-                scan.name,
-                lineno,
-                f"seq {rec.seq} where seq {chain.seq} was expected (that is at line {at}): records reordered",
-            )
-            return
-        missing = f"seq {chain.seq}" if rec.seq - chain.seq == 1 else f"seqs {chain.seq}–{rec.seq - 1}"
-        if not chain.file:
-            after = "the start of the log"
-        elif chain.file == scan.name:
-            after = f"line {chain.line}"
-        else:
-            after = f"the end of {chain.file}"
-        self.problem(
-            Kind.DELETED,
-            scan.name,
-            lineno,
-            f"{missing} missing between {after} and this line: records deleted",
-        )
-
-    def _check_duplicate(self, scan: _FileScan, lineno: int, rec: Record) -> bool:
-        first_line, first = scan.seen[rec.seq]
-        if first.hash == rec.hash:
-            self.problem(
-                Kind.INSERTED, scan.name, lineno, f"copy of line {first_line} (seq {rec.seq}): replayed"
-            )
-            return False
-        if rec.hash in scan.linked and first.hash not in scan.linked:
-            # The chain continues from this one, so the earlier claimant of the seq is the forgery.
-            self.problem(
-                Kind.INSERTED,
-                scan.name,
-                first_line,
-                f"forged record: line {lineno} also claims seq {rec.seq} and the chain continues from it",
-            )
-            return True
-        self.problem(
-            Kind.INSERTED, scan.name, lineno, f"inserted record: seq {rec.seq} already at line {first_line}"
-        )
-        return False
-
-    # --- days and digests ---------------------------------------------------------------------------
-
-    def load_digest(self, files: DayFiles) -> tuple[dict[str, Any], bytes] | None:
-        if files.digest is None:
-            return None
-        name = files.digest.name
-        try:
-            raw = files.digest.read_bytes()
-            digest = json.loads(raw)
-            if not isinstance(digest, dict):
-                raise ValueError("not an object")
-            for key in ("day", "file_sha256", "lines"):
-                if key not in digest:
-                    raise ValueError(f"missing {key}")
-        except (OSError, ValueError) as exc:
-            self.problem(Kind.DIGEST_INVALID, name, None, f"unreadable digest ({exc})")
-            return None
-        if digest.get("day") != files.day.isoformat():
-            self.problem(Kind.DIGEST_INVALID, name, None, f"digest is for day {digest.get('day')}")
-        why = check_signature(digest, trusted=self.public_key)
-        if why is not None:
-            self.problem(Kind.DIGEST_INVALID, name, None, why)
-            return None
-        return digest, raw
-
-    def check_digest_chain(
-        self,
-        files: DayFiles,
-        digest: dict[str, Any],
-        previous: tuple[date, bytes] | None,
-        all_days: dict[date, DayFiles],
-    ) -> None:
-        name = files.digest.name if files.digest else ""
-        named = digest.get("previous_day")
-        prev_day = previous[0].isoformat() if previous else None
-        if named == prev_day:
-            if (
-                previous is not None
-                and digest.get("previous_digest_sha256") != hashlib.sha256(previous[1]).hexdigest()
-            ):
-                self.problem(
-                    Kind.DIGEST_CHAIN, f"audit-{prev_day}.digest.json", None, "digest altered or replaced"
-                )
-            return
-        if isinstance(named, str):
-            try:
-                missing = date.fromisoformat(named)
-            except ValueError:
-                self.problem(Kind.DIGEST_INVALID, name, None, "previous_day is not a date")
-                return
-            gone = all_days.get(missing)
-            if gone is None or (gone.data is None and gone.digest is None):
-                self.problem(
-                    Kind.DAY_MISSING,
-                    gz_name(missing),
-                    None,
-                    f"day {named} is missing (log and digest deleted); the digest of {files.day} names it",
-                )
-                return
-            if all_days[missing].digest is None:
-                return  # reported as a missing digest already
-        self.problem(
-            Kind.DIGEST_CHAIN,
-            name,
-            None,
-            f"digest names previous day {named} but the log has {prev_day} before it (a day inserted?)",
-        )
-
-    def compare_with_digest(self, name: str, data: bytes, digest: dict[str, Any]) -> None:
-        if hashlib.sha256(data).hexdigest() == digest.get("file_sha256"):
-            return
-        lines = sum(1 for _ in split_lines(data))
-        expected = digest.get("lines")
-        if isinstance(expected, int) and lines < expected:
-            self.problem(
-                Kind.TRUNCATED,
-                name,
-                lines + 1,
-                f"file ends after line {lines} but its signed digest lists {expected} lines: records deleted",
-            )
-        else:
-            self.problem(Kind.DAY_ALTERED, name, None, "content differs from the signed digest of the day")
 
 
 def verify_log(
@@ -296,7 +49,7 @@ def verify_log(
         raise AuditError("verify needs the pinned Ed25519 public key of the audit log", field="public_key")
     path = Path(path)
     report = VerifyReport(path=str(path))
-    verifier = _Verifier(report, public_key=public_key)
+    verifier = RecordChecker(report)
     if not path.exists():
         raise NotFoundError("no such audit log file or directory", path=str(path))
     if not path.is_dir():
@@ -307,14 +60,14 @@ def verify_log(
         except AuditError as exc:
             verifier.problem(Kind.UNREADABLE, path.name, None, exc.message)
             return report
-        verifier.check_records(path.name, data, _Chain(seq=None, prev=None))
+        verifier.check_records(path.name, data, Chain(seq=None, prev=None))
         return report
     signed = collect_checkpoints(
         path, key=public_key, extra=checkpoints, origin=origin, problem=verifier.problem
     )
     signed += [Signed(source=source, size=size, root=root, own=False) for size, root, source in anchored]
     tree = open_tree(path)
-    pruned = _verify_directory(path, verifier)
+    pruned = _verify_directory(path, verifier, public_key=public_key)
     check_tree_and_checkpoints(
         path,
         report=report,
@@ -327,26 +80,28 @@ def verify_log(
     return report
 
 
-def _verify_directory(path: Path, verifier: _Verifier) -> list[tuple[int, int, int]]:
+def _verify_directory(
+    path: Path, verifier: RecordChecker, *, public_key: Ed25519PublicKey
+) -> list[tuple[int, int, int]]:
     """Walk the days; return the pruned ranges as (index in leaves, first seq, last seq)."""
     days = day_files(path)
     verifier.report.days = list(days)
     sealed = [d for d, f in days.items() if f.digest is not None]
     last_sealed = max(sealed) if sealed else None
-    chain = _Chain(seq=1, prev=GENESIS, file="", line=0)
+    chain = Chain(seq=1, prev=GENESIS, file="", line=0)
     previous: tuple[date, bytes] | None = None
     pruned: list[tuple[int, int, int]] = []
     for day, files in days.items():
-        loaded = verifier.load_digest(files)
+        loaded = load_digest(files, public_key=public_key, report=verifier.report)
         digest = loaded[0] if loaded else None
         if loaded is not None:
-            verifier.check_digest_chain(files, loaded[0], previous, days)
+            check_digest_chain(files, loaded[0], previous, days, report=verifier.report)
         elif files.digest is None and last_sealed is not None and day < last_sealed and files.data:
             verifier.problem(
                 Kind.DIGEST_MISSING, f"audit-{day}.digest.json", None, "a later day is sealed, not this"
             )
         if files.data is None and loaded is not None and files.pruned is not None:
-            why = check_prune_marker(files.pruned, day=day, digest=loaded[1], trusted=verifier.public_key)
+            why = check_prune_marker(files.pruned, day=day, digest=loaded[1], trusted=public_key)
             if why is not None:
                 verifier.problem(Kind.DAY_MISSING, gz_name(day), None, f"log file deleted; {why}")
             else:
@@ -368,7 +123,7 @@ def _verify_directory(path: Path, verifier: _Verifier) -> list[tuple[int, int, i
     return pruned
 
 
-def _check_head(verifier: _Verifier, path: Path, chain: _Chain) -> None:
+def _check_head(verifier: RecordChecker, path: Path, chain: Chain) -> None:
     """The writers' unauthenticated ``.head``: never an excuse, but extra evidence when it says more."""
     checkpoint = read_checkpoint(path)
     if checkpoint is None or chain.seq is None:
@@ -386,7 +141,7 @@ def _check_head(verifier: _Verifier, path: Path, chain: _Chain) -> None:
 
 
 def _check_day_data(
-    verifier: _Verifier, files: DayFiles, digest: dict[str, Any] | None, chain: _Chain
+    verifier: RecordChecker, files: DayFiles, digest: dict[str, Any] | None, chain: Chain
 ) -> None:
     data_path = files.data
     if data_path is None:
@@ -406,4 +161,4 @@ def _check_day_data(
         return
     verifier.check_records(data_path.name, data, chain)
     if digest is not None:
-        verifier.compare_with_digest(data_path.name, data, digest)
+        compare_with_digest(data_path.name, data, digest, report=verifier.report)
