@@ -99,9 +99,16 @@ def client_context(
     """A client context: TLS 1.3, server verified against the bundle (and CRL), our cert if given.
 
     Pass the returned context to httpx as ``verify=ctx`` (httpx drops ``cert=`` when ``verify`` is a path).
+    ``trust_bundle`` must hold one organization's CAs only (:mod:`cyxwiz.pki.server_trust`).
     ``check_hostname=False`` is for peers addressed by PeerID rather than name; the chain and the
     ``ssl_server`` purpose are still checked, and callers then compare the server's PeerID.
     """
+    if trust_bundle.is_file():
+        from cyxwiz.pki.server_trust import require_one_organization
+
+        # Servers are vouched for by one organization, the control plane's: a federation bundle would let
+        # any member organization certify a server in its name (A7; docs/federation.md).
+        require_one_organization(trust_bundle)
     ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT)
     _load_trust(ctx, trust_bundle, crl)
     ctx.check_hostname = check_hostname
