@@ -60,6 +60,8 @@ class LedgerConfig:
     verifier_socket: str | None = None
     verifier_cert: str | None = None
     verifier_key: str | None = None
+    #: the verifier service's own verdict book (SQLite, 0600); default: beside its socket
+    verifier_db: str | None = None
     #: CA bundle and CRL that verifier-report certificates are checked against
     trust_bundle: str | None = None
     crl: str | None = None

@@ -138,6 +138,9 @@ class VerifierPolicy:
     stakes: Any = None
     stake_policy: Any = None
     escrow_store: Any = None
+    #: the verifier's own book of verdicts (:class:`~cyxwiz.ledger.verdicts.VerdictBook`): a job that
+    #: passed is never refunded nor slashed through this key, whatever the escrow store says
+    verdicts: Any = None
 
     def approve(self, request: CosignRequest) -> ReportAttestation | None:
         """Raises CosignRefusedError (or the report's own refusal); returns the checked attestation."""
@@ -162,6 +165,7 @@ class VerifierPolicy:
             source, memo = escrow, f"report={attestation.report_sha256}"
         elif request.kind == "refund":
             self._state(record, EscrowState.LOCKED, EscrowState.REFUNDING)
+            self._no_pass(record.job_id, "refund")
             dest = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
             source, memo = escrow, f"cyxwiz:escrow:refund:{record.job_id}"
         elif request.kind == "dispute":
@@ -189,13 +193,20 @@ class VerifierPolicy:
 
     def _release(self, request: CosignRequest, record: EscrowRecord) -> ReportAttestation:
         self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING)
-        return self.attestations.check(
+        attestation = self.attestations.check(
             request.report,
             job_id=record.job_id,
             node_peer_id=record.node_peer_id,
             node_wallet=record.node_wallet,
             escrow=record.escrow_account,
         )
+        if self.verdicts is not None:  # before signing: from now on no refund of this job is co-signed
+            self.verdicts.record(attestation)
+        return attestation
+
+    def _no_pass(self, job_id: str, move: str) -> None:
+        if self.verdicts is not None:
+            self.verdicts.require_no_pass(job_id, move=move)
 
     def _stakes(self) -> Any:
         if self.stakes is None or self.stake_policy is None:
@@ -217,6 +228,7 @@ class VerifierPolicy:
                 node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fraud",),
             )  # fmt: skip
             peer, proof = attestation.node_peer_id, f"report={attestation.report_sha256}"
+            self._no_pass(record.job_id, "slash")  # a job that passed was not a fraud
         book = self._stakes()
         if book.slashed_for(record.job_id) is not None:
             raise CosignRefusedError("this job's fraud was already slashed", field="job_id", rule="F2")
@@ -275,14 +287,21 @@ class KeyCosigner:
         self.policy.approve(request)
         return txbuild.sign_message(self.keypair, Message.from_bytes(request.message))
 
+    def passing(self, job_id: str) -> str | None:
+        """The passing attestation the verifier recorded for the job (the sweep releases it)."""
+        book = self.policy.verdicts
+        return None if book is None else book.passing(job_id)
+
 
 def refusal_from(payload: object) -> CyxwizError:
     """Rebuild the precise refusal a remote co-signer sent (its ``code``) on this side."""
     from cyxwiz.ledger import attestation as att
     from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
+    from cyxwiz.ledger.verdicts import ReleaseOwedError
 
     known: list[type[CyxwizError]] = [
         CosignRefusedError,
+        ReleaseOwedError,
         att.ReportRefusedError,
         att.ReportSignatureError,
         att.ReportSignerError,

@@ -125,6 +125,7 @@ class EscrowLedger:
     def verifier_policy(self) -> VerifierPolicy:
         """The verifier's rules over this ledger's store (what the verifier service runs too)."""
         from cyxwiz.ledger.stake import StakeBook, StakePolicy
+        from cyxwiz.ledger.verdicts import VerdictBook
 
         return VerifierPolicy(
             attestations=self._trust(),
@@ -135,6 +136,7 @@ class EscrowLedger:
             stakes=StakeBook(self.store._engine),
             stake_policy=self.stake_policy or StakePolicy(),
             escrow_store=self.store,
+            verdicts=VerdictBook(engine=self.store._engine),
         )
 
     def close(self) -> None:
@@ -328,25 +330,50 @@ class EscrowLedger:
         """Return the funds to the user (job failed, cancelled or expired); coordinator + verifier sign.
 
         ``report``: the verifier's failing attestation, when a verification decided it; its report hash
-        and audit leaf then go into the memo too."""
+        and audit leaf then go into the memo too, and it is kept with the escrow (a ``fraud`` one is what
+        the sweep slashes the node's stake for). A job whose verification passed is never refunded: the
+        verifier refuses to co-sign (its own book), and this ledger refuses first when it knows.
+        """
         try:
             record = self.status(job_id=job_id)
             self._require_state(record, EscrowState.LOCKED)
+            self._no_pass(record, "refund")
             signers = self._keys("coordinator")
+            updates: dict[str, Any] = {}
             cited = None
             if report is not None:
-                cited = self._trust().check(
+                attestation = self._trust().check(
                     report, job_id=record.job_id, node_peer_id=record.node_peer_id,
                     node_wallet=record.node_wallet, escrow=record.escrow_account, verdicts=("fail", "fraud"),
-                ).to_json()  # fmt: skip
+                )  # fmt: skip
+                cited = attestation.to_json()
+                updates = {"report": cited, "report_sha256": attestation.report_sha256}
             cosign: CosignPlan = (self._cosigner(), "refund", cited)
         except CyxwizError as exc:
             self._refused("refund", job_id, exc)
             raise
         user = Pubkey.from_string(record.user_wallet)
         return self._settle(
-            record, "refund", user, signers, cosign, updates={}, allowed=(EscrowState.LOCKED,), reason=reason
-        )
+            record, "refund", user, signers, cosign, updates=updates, allowed=(EscrowState.LOCKED,),
+            reason=reason,
+        )  # fmt: skip
+
+    def passing_report(self, *, job_id: str) -> str | None:
+        """The passing attestation known for the job (kept with the escrow, else the verifier's book)."""
+        record = self.status(job_id=job_id)
+        if record.report and _verdict(record.report) == "pass":
+            return record.report
+        ask = getattr(self._verifier, "passing", None)
+        return None if ask is None else ask(record.job_id)
+
+    def _no_pass(self, record: EscrowRecord, move: str) -> None:
+        if record.report and _verdict(record.report) == "pass":
+            from cyxwiz.ledger.verdicts import ReleaseOwedError
+
+            raise ReleaseOwedError(
+                f"the verification of job {record.job_id!r} passed: its escrow is owed to the node, "
+                f"a {move} is refused", field="job_id", rule="F1",
+            )  # fmt: skip
 
     def dispute(self, *, job_id: str, reason: str) -> EscrowRecord:
         """Move the funds into the job's dispute escrow: from then on only the arbiter's resolve (with the
@@ -445,6 +472,10 @@ class EscrowLedger:
         try:
             intent = self.settle_intent(signed_record, kind, wallet, signers, cosign)
         except CyxwizError as exc:
+            now = self.status(job_id=record.job_id).state
+            if now is not record.state:  # moved by a concurrent caller meanwhile: the loser's precise error
+                self._refused(kind, record.job_id, exc, destination=str(wallet))
+                raise self.store._state_error(record.job_id, now) from exc
             if (
                 kind == "release"
                 and record.state is not EscrowState.DISPUTED
@@ -599,6 +630,13 @@ class EscrowLedger:
         from cyxwiz.ledger.audit_bridge import record_payment
 
         record_payment(self._audit, action=action, job_id=job_id, success=success, amount=amount, **details)
+
+
+def _verdict(report: str) -> str | None:
+    try:
+        return ReportAttestation.parse(report).verdict
+    except CyxwizError:
+        return None
 
 
 def _with(record: EscrowRecord, updates: dict[str, Any]) -> EscrowRecord:

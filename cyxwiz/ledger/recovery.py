@@ -24,7 +24,7 @@ from solders.pubkey import Pubkey
 from cyxwiz.errors import CyxwizError, LedgerError
 from cyxwiz.ledger.intents import Rebuild
 from cyxwiz.ledger.records import EscrowRecord
-from cyxwiz.ledger.store import EscrowState, Intent, IntentStatus
+from cyxwiz.ledger.store import TRANSITIONAL, EscrowState, Intent, IntentStatus
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import CosignPlan, EscrowLedger
@@ -39,6 +39,8 @@ class SweepReport:
     reconciled: list[EscrowRecord] = field(default_factory=list)
     released: list[EscrowRecord] = field(default_factory=list)
     refunded: list[EscrowRecord] = field(default_factory=list)
+    #: jobs whose owed slash (fraud report or upheld dispute) the sweep sent
+    slashed: list[str] = field(default_factory=list)
     #: job id -> why it is still not settled (audited as an alert)
     alerts: dict[str, str] = field(default_factory=dict)
 
@@ -50,11 +52,14 @@ class SweepReport:
         rows += [
             {"job_id": r.job_id, "state": r.state.value, "step": "expired, refunded"} for r in self.refunded
         ]
+        rows += [{"job_id": j, "state": "refunded", "step": "owed slash sent"} for j in self.slashed]
         rows += [{"job_id": j, "state": "alert", "step": why} for j, why in self.alerts.items()]
         return rows
 
 
 def reconcile(ledger: EscrowLedger) -> list[EscrowRecord]:
+    import cyxwiz.ledger.stake  # noqa: F401 - registers how a slash intent concludes (store.SIDE_MOVES)
+
     touched: list[str] = []
     for intent in ledger.store.intents(status=IntentStatus.PREPARED):
         touched.append(intent.job_id)
@@ -97,8 +102,10 @@ def _recover(ledger: EscrowLedger, intent: Intent) -> None:
 
 
 def _rebuilder(ledger: EscrowLedger, intent: Intent) -> Rebuild | None:
-    if intent.kind == "create" or intent.recipient_wallet is None:
-        return None  # the user's signature cannot be re-made here
+    if intent.kind not in TRANSITIONAL or intent.kind == "create" or intent.recipient_wallet is None:
+        # the user's signature cannot be re-made here; a side move (slash) is abandoned once it can never
+        # land, and made afresh by the sweep (stake.slash_owed)
+        return None
     record = ledger.status(job_id=intent.job_id)
     if intent.kind == "dispute":
         signers = ledger._keys("coordinator")
@@ -141,11 +148,23 @@ def sweep(
         if run == "running":
             run = f"still marked running {stale_after} past the deadline"
         try:
+            passed = ledger.passing_report(job_id=record.job_id)
+            if passed is not None and record.node_wallet is not None:
+                # The verification passed and the lifecycle died before releasing: the node is owed (F1).
+                report.released.append(
+                    ledger.release(job_id=record.job_id, node_wallet=record.node_wallet, report=passed)
+                )
+                continue
             report.refunded.append(
                 ledger.refund(job_id=record.job_id, reason=f"expired: deadline passed, lifecycle run {run}")
             )
         except CyxwizError as exc:
-            _alert(ledger, report, record, f"expired refund failed: {exc.code}")
+            _alert(ledger, report, record, f"expired settlement failed: {exc.code}")
+    from cyxwiz.ledger.stake import slash_owed
+
+    report.slashed, owed = slash_owed(ledger)
+    for job_id, why in owed.items():
+        _alert(ledger, report, ledger.status(job_id=job_id), why)
     for record in ledger.list_escrows(states=[EscrowState.RELEASING, EscrowState.REFUNDING,
                                               EscrowState.CREATING, EscrowState.DISPUTING]):  # fmt: skip
         if record.job_id not in {r.job_id for r in report.reconciled}:

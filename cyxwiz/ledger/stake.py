@@ -26,11 +26,18 @@ from spl.token import instructions as token_ix
 from spl.token.constants import ACCOUNT_LEN, TOKEN_PROGRAM_ID
 from spl.token.models import InitializeAccountParams, TransferCheckedParams
 
-from cyxwiz.errors import ConflictError, EscrowError, LedgerError, NotFoundError, ValidationError
+from cyxwiz.errors import (
+    ConflictError,
+    CyxwizError,
+    EscrowError,
+    LedgerError,
+    NotFoundError,
+    ValidationError,
+)
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.cosign import CosignRequest
 from cyxwiz.ledger.records import check_amount, check_reason, check_wallet
-from cyxwiz.ledger.store import EscrowState
+from cyxwiz.ledger.store import SIDE_MOVES, EscrowState, Intent, NewIntent, escrows
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import EscrowLedger
@@ -154,16 +161,6 @@ class StakeBook:
         with self._engine.begin() as conn:
             conn.execute(stakes.update().where(stakes.c.peer_id == peer_id).values(**values))
 
-    def claim_slash(self, *, job_id: str, peer_id: str, amount: int, report: str, signature: str) -> None:
-        """Record a job's slash before it is sent; a second one for the same job is a conflict."""
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(slashes.insert().values(
-                    job_id=job_id, peer_id=peer_id, amount=amount, report_sha256=report, signature=signature
-                ))  # fmt: skip
-        except sa.exc.IntegrityError:
-            raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2") from None
-
     def slashed_for(self, job_id: str) -> dict[str, Any] | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(slashes).where(slashes.c.job_id == job_id)).mappings().first()
@@ -274,13 +271,23 @@ class StakeLedger:
             )),
             txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:slash:{job_id}:{proof}"),
         ]  # fmt: skip
-        tx = self._build(instructions, led._keys("coordinator"), cosign=("slash", job_id, cited))
-        self.book.claim_slash(
-            job_id=job_id, peer_id=stake.peer_id, amount=share, report=report_hash,
-            signature=str(tx.signatures[0]),
+        tx, last_valid = self._build(instructions, led._keys("coordinator"), cosign=("slash", job_id, cited))
+        intent = NewIntent(
+            kind="slash", signature=str(tx.signatures[0]), tx=bytes(tx), last_valid_height=last_valid,
+            target_state=record.state, recipient_wallet=str(user),
         )  # fmt: skip
-        self._submit(tx)
-        self.book.update(stake.peer_id, amount=stake.amount - share, slashed=stake.slashed + share)
+        claim = {"job_id": job_id, "peer_id": stake.peer_id, "amount": share, "report_sha256": report_hash,
+                 "signature": intent.signature}  # fmt: skip
+        try:
+            # The claim and the signed transaction are on disk before it is sent: a crash from here on is
+            # finished by the reconciler, and the stake book changes in the same commit as the intent's
+            # confirmation (_conclude_slash), exactly once (F2).
+            moved = led.store.record_side_move(
+                job_id, intent=intent, claim=lambda conn: conn.execute(slashes.insert().values(**claim))
+            )
+        except sa.exc.IntegrityError:
+            raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2") from None
+        led._driver.drive(moved, rebuild=None)
         led._record_audit(
             "stake.slash", job_id, success=True, amount=share, source=stake.stake_account,
             destination=str(user), tx_signature=str(tx.signatures[0]),
@@ -310,15 +317,17 @@ class StakeLedger:
             ),
             txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
         ]  # fmt: skip
-        self._submit(self._build(instructions, signers, cosign=("unstake", peer_id, None)))
+        self._send(instructions, signers, cosign=("unstake", peer_id, None))
         self.book.update(peer_id, amount=0, withdrawn=True)
         return self.book.get(peer_id)
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _build(self, instructions: list[Any], signers: list[Any], *, cosign: Cosign) -> Transaction:
+    def _build(
+        self, instructions: list[Any], signers: list[Any], *, cosign: Cosign
+    ) -> tuple[Transaction, int]:
         led = self.ledger
-        blockhash, _ = led.chain.latest_blockhash()
+        blockhash, last_valid = led.chain.latest_blockhash()
         message = Message.new_with_blockhash(instructions, led._payer.pubkey(), blockhash)
         signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (led._payer, *signers)}
         if cosign is not None:
@@ -327,10 +336,10 @@ class StakeLedger:
             request = CosignRequest(kind=kind, job_id=subject, message=bytes(message), report=report)
             signatures[cosigner.pubkey()] = cosigner.cosign(request)
         required = message.account_keys[: message.header.num_required_signatures]
-        return Transaction.populate(message, [signatures[k] for k in required])
+        return Transaction.populate(message, [signatures[k] for k in required]), last_valid
 
     def _send(self, instructions: list[Any], signers: list[Any], *, cosign: Cosign) -> str:
-        return self._submit(self._build(instructions, signers, cosign=cosign))
+        return self._submit(self._build(instructions, signers, cosign=cosign)[0])
 
     def _submit(self, tx: Transaction) -> str:
         from cyxwiz.ledger.provision import wait_landed
@@ -340,6 +349,56 @@ class StakeLedger:
         if status.err is not None:
             raise LedgerError(f"stake transaction failed on chain: {status.err}", rule="F2")
         return signature
+
+
+def _conclude_slash(conn: sa.engine.Connection, intent: Intent, confirmed: bool) -> None:
+    """A slash landed: the stake book loses the share; it never can: the claim goes (a later one may)."""
+    row = conn.execute(sa.select(slashes).where(slashes.c.job_id == intent.job_id)).mappings().first()
+    if row is None:
+        return
+    if confirmed:
+        conn.execute(
+            stakes.update()
+            .where(stakes.c.peer_id == row["peer_id"])
+            .values(amount=stakes.c.amount - row["amount"], slashed=stakes.c.slashed + row["amount"])
+        )
+    else:
+        conn.execute(slashes.delete().where(slashes.c.job_id == intent.job_id))
+
+
+SIDE_MOVES["slash"] = _conclude_slash
+
+
+def slash_owed(ledger: EscrowLedger) -> tuple[list[str], dict[str, str]]:
+    """Slash every refunded job whose refund rests on a ``fraud`` report, or on a dispute the arbiter
+    upheld, and that has no slash yet: the decision is on disk with the refund, so a process that died
+    before slashing loses nothing (the sweep runs this). Returns (jobs slashed, job -> why not)."""
+    policy = ledger.stake_policy or StakePolicy()
+    staking = StakeLedger(ledger=ledger, policy=policy)
+    fraud = escrows.c.report.like('%"verdict":"fraud"%')
+    upheld = sa.and_(escrows.c.dispute_account.is_not(None), escrows.c.resolution == "refund")
+    query = (
+        sa.select(escrows.c.job_id, escrows.c.report, stakes.c.amount)
+        .join(stakes, stakes.c.peer_id == escrows.c.node_peer_id)
+        .outerjoin(slashes, slashes.c.job_id == escrows.c.job_id)
+        .where(escrows.c.state == EscrowState.REFUNDED.value, sa.or_(fraud, upheld))
+        .where(slashes.c.job_id.is_(None), stakes.c.withdrawn.is_(False))
+    )
+    with ledger.store._engine.connect() as conn:
+        owed = [(r.job_id, r.report, int(r.amount)) for r in conn.execute(query)]
+    done: list[str] = []
+    failed: dict[str, str] = {}
+    for job_id, report, held in owed:
+        if held * policy.slash_bps // 10_000 <= 0:
+            continue  # nothing left to take
+        proof = report if report and '"verdict":"fraud"' in report else None
+        try:
+            staking.slash(job_id=job_id, report=proof, reason="owed: found by the sweep")
+        except CyxwizError as exc:
+            failed[job_id] = f"slash still owed: {exc.code}"
+            continue
+        done.append(job_id)
+    return done, failed
 
 
 def upheld_dispute(record: Any) -> None:

@@ -9,7 +9,7 @@ both win: the loser gets :class:`~cyxwiz.errors.EscrowStateError` before anythin
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +131,14 @@ class NewIntent:
     last_valid_height: int
     target_state: EscrowState
     recipient_wallet: str | None = None
+
+
+#: What concluding an intent that moves money *outside* the escrow changes (a slash out of a node's stake
+#: account): the module that owns the move registers it by kind. It runs in the same transaction as the
+#: intent's move out of ``prepared`` (``confirmed`` True or False), so a crash never applies it twice
+#: nor loses it (F2); the escrow's own state does not change.
+SideEffect = Callable[[Connection, "Intent", bool], None]
+SIDE_MOVES: dict[str, SideEffect] = {}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -299,6 +307,9 @@ class EscrowStore:
     def finish(self, intent: Intent) -> None:
         """The intent's transaction is confirmed on chain: the escrow reaches its target state."""
         now = _now()
+        if intent.kind not in TRANSITIONAL:
+            self._conclude_side(intent, IntentStatus.CONFIRMED, None, now)
+            return
         signature_column = "create_signature" if intent.kind == "create" else "settle_signature"
         with self._concluding() as conn:
             conn.execute(
@@ -324,6 +335,9 @@ class EscrowStore:
     ) -> None:
         """The intent can never land: mark it and put the escrow back (or to ``revert_to``)."""
         now = _now()
+        if intent.kind not in TRANSITIONAL:
+            self._conclude_side(intent, status, error, now)
+            return
         with self._concluding() as conn:
             conn.execute(
                 intents.update()
@@ -346,6 +360,35 @@ class EscrowStore:
             if updated != 1:
                 raise ConflictError("intent already settled by another process", rule="F2")
             return self._add_intent(conn, old.job_id, old.prior_state, new, now)
+
+    def record_side_move(
+        self, job_id: str, *, intent: NewIntent, claim: Callable[[Connection], object]
+    ) -> Intent:
+        """Record, durably and in one transaction, an intent of a :data:`SIDE_MOVES` kind for the job's
+        escrow (whose state stays as it is) and the owning module's ``claim`` rows (F2)."""
+        if intent.kind not in SIDE_MOVES:
+            raise ConflictError(f"no side move of kind {intent.kind!r} is registered", field="kind")
+        now = _now()
+        with self._durable() as conn:
+            current = self._current(conn, job_id)
+            claim(conn)
+            return self._add_intent(conn, job_id, current, intent, now)
+
+    def _conclude_side(self, intent: Intent, status: IntentStatus, error: str | None, now: datetime) -> None:
+        effect = SIDE_MOVES.get(intent.kind)
+        if effect is None:  # the owning module is not loaded: leave it prepared rather than guess
+            raise ConflictError(f"no side move of kind {intent.kind!r} is registered", field="kind")
+        with self._concluding() as conn:
+            values: dict[str, Any] = {"status": status.value, "updated_at": now}
+            if error is not None:
+                values["error"] = error[:500]
+            moved = conn.execute(
+                intents.update()
+                .where(intents.c.id == intent.id, intents.c.status == IntentStatus.PREPARED.value)
+                .values(**values)
+            ).rowcount
+            if moved == 1:  # only the one transaction that concludes the intent applies its effect
+                effect(conn, intent, status is IntentStatus.CONFIRMED)
 
     # -- helpers ----------------------------------------------------------------------------------
 

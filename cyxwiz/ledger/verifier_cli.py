@@ -28,9 +28,14 @@ def _group() -> None:
 
 
 def build_service(
-    config: LedgerConfig, *, verify: VerifyHook | None = None, audit: Any = None
+    config: LedgerConfig,
+    *,
+    verify: VerifyHook | None = None,
+    audit: Any = None,
+    verdicts_path: Path | None = None,
 ) -> VerifierService:
-    """The service's app from the ledger config: the verifier key, its certificate, the escrow store."""
+    """The service's app from the ledger config: the verifier key, its certificate, the escrow store,
+    and its own book of verdicts (``verifier_db``, else ``verdicts_path``: a file beside its socket)."""
     from solders.pubkey import Pubkey
 
     from cyxwiz.errors import ConfigError
@@ -38,6 +43,7 @@ def build_service(
     from cyxwiz.ledger.records import EscrowRecord
     from cyxwiz.ledger.stake import StakeBook
     from cyxwiz.ledger.store import EscrowStore
+    from cyxwiz.ledger.verdicts import VerdictBook
     from cyxwiz.ledger.verifier_service import VerifierService
     from cyxwiz.pki.certs import Role, load_certificate, role_of
     from cyxwiz.pki.keys import load_private_key
@@ -54,6 +60,9 @@ def build_service(
             "verifier_cert is not a certificate of role 'verifier'", field="verifier_cert", rule="F1"
         )
     store = EscrowStore.open(config.db_url)
+    book_path = config._path(config.verifier_db) or verdicts_path
+    if book_path is None:
+        raise ConfigError("the verifier service needs its own verdict book", field="verifier_db", rule="F1")
     return VerifierService(
         keypair=config.load_key("verifier"),
         policy=VerifierPolicy(
@@ -65,6 +74,7 @@ def build_service(
             stakes=StakeBook(store._engine),
             stake_policy=config.stake_policy(),
             escrow_store=store,
+            verdicts=VerdictBook.open(book_path),
         ),
         signing_key=load_private_key(key_path),
         certificate=certificate,
@@ -90,7 +100,10 @@ def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, veri
     path = socket or config.verifier_socket_path()
     if path is None:
         raise ConfigError("no socket path", field="verifier_socket")
-    serve(build_service(config, verify=verify, audit=audit), socket_path=path, ready_file=ready_file)
+    app = build_service(
+        config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db"
+    )
+    serve(app, socket_path=path, ready_file=ready_file)
 
 
 @app.command("serve")

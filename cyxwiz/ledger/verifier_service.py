@@ -8,8 +8,11 @@ under its own passphrase, ``CYXWIZ_VERIFIER_PASSPHRASE``) and of the Ed25519 key
 ``POST /v1/verify``  run the job's verification (when the process was given a ``verify`` hook) and return
                      the report with a signed attestation of its verdict;
 ``POST /v1/cosign``  co-sign a settle message when :class:`~cyxwiz.ledger.cosign.VerifierPolicy` allows
-                     it (a release only with a passing attestation for that job, node and escrow); a
-                     refusal is a 403 with the precise error.
+                     it (a release only with a passing attestation for that job, node and escrow; no
+                     refund or slash of a job whose verification passed); a refusal carries the precise
+                     error;
+``GET  /v1/verdicts/{job_id}``  the passing attestation this verifier recorded for the job, or null (the
+                     sweep releases an expired escrow that passed instead of refunding it).
 
 :class:`RemoteCosigner` is the control plane's client; :func:`start_verifier_service` runs the process.
 """
@@ -67,6 +70,12 @@ class VerifierService:
                 return 200, {"signature": str(signature)}
             if method == "POST" and path == "/v1/verify":
                 return 200, self._verify(body)
+            if method == "GET" and path.startswith("/v1/verdicts/"):
+                from cyxwiz.ledger.records import check_job_id
+
+                book = self.policy.verdicts
+                job_id = check_job_id(path.removeprefix("/v1/verdicts/"))
+                return 200, {"attestation": None if book is None else book.passing(job_id)}
             return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
         except CyxwizError as exc:
             if path == "/v1/cosign" and isinstance(body, dict):
@@ -93,6 +102,8 @@ class VerifierService:
             audit_leaf=self._audit_verdict(str(bound["job_id"]), verdict, digest),
             **bound,  # type: ignore[arg-type]
         )
+        if self.policy.verdicts is not None:  # on disk before it leaves: a pass is never refunded (F1)
+            self.policy.verdicts.record(attestation)
         return {"report": report, "attestation": attestation.to_json()}
 
     def _audit_verdict(self, job_id: str, verdict: str, digest: str) -> str:
@@ -207,6 +218,11 @@ class RemoteCosigner:
 
     def cosign(self, request: CosignRequest) -> Signature:
         return Signature.from_string(str(self._call("POST", "/v1/cosign", request.to_dict())["signature"]))
+
+    def passing(self, job_id: str) -> str | None:
+        """The passing attestation the verifier service recorded for the job, if any."""
+        value = self._call("GET", f"/v1/verdicts/{job_id}").get("attestation")
+        return None if value is None else str(value)
 
     def verify(self, body: dict[str, Any]) -> dict[str, Any]:
         """Run the verification in the verifier service: ``{"report": ..., "attestation": json}``."""

@@ -34,6 +34,10 @@ def main(config_path: str, op: str, job_id: str, point: str, report: str = "") -
         ledger.release(job_id=job_id, node_wallet=record.node_wallet, report=report)
     elif op == "refund":
         ledger.refund(job_id=job_id)
+    elif op == "slash":
+        from cyxwiz.ledger.stake import StakeLedger
+
+        StakeLedger(ledger=ledger, policy=config.stake_policy()).slash(job_id=job_id, report=report)
     raise SystemExit(f"the fault point {point!r} was never reached")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from solders.pubkey import Pubkey
 
 from cyxwiz.errors import EscrowStateError
 from cyxwiz.ledger import txbuild
@@ -186,3 +187,61 @@ def test_ledger_service_killed_mid_job_keeps_every_balance(
     assert record.state is EscrowState.RELEASED
     assert _balances(ledger, demo, "job-mid") == (demo.user_funds - amount, 0, amount)
     chain.close()
+
+
+STAKE = 40_000_000
+
+
+def _staked_fraud_job(demo: DemoLedger, pki: Pki, job_id: str) -> tuple[EscrowLedger, str, int]:
+    """The node staked (tokens the user passed it), a job refunded on a ``fraud`` verdict: a slash owed."""
+    from spl.token import instructions as token_ix
+    from spl.token.constants import TOKEN_PROGRAM_ID
+    from spl.token.models import TransferCheckedParams
+
+    from cyxwiz.ledger.provision import send_and_confirm
+    from cyxwiz.ledger.stake import StakeLedger
+
+    ledger = open_ledger(demo.config)
+    source, dest = (txbuild.token_account_of(k.pubkey(), ledger.mint) for k in (demo.user, demo.node))
+    send_and_confirm(ledger.chain, [token_ix.transfer_checked(TransferCheckedParams(
+        program_id=TOKEN_PROGRAM_ID, source=source, mint=ledger.mint, dest=dest, owner=demo.user.pubkey(),
+        amount=STAKE, decimals=ledger.decimals,
+    ))], payer=ledger._payer, signers=[demo.user])  # fmt: skip
+    StakeLedger(ledger=ledger, policy=demo.config.stake_policy()).stake(
+        peer_id=NODE_PEER, node=demo.node, amount=STAKE
+    )
+    ledger.create(job_id=job_id, user=demo.user, amount=5 * demo.minimum_payment)
+    ledger.assign(job_id=job_id, node_wallet=demo.node.pubkey(), node_peer_id=NODE_PEER)
+    fraud = demo_attest(pki, demo, job_id, verdict="fraud")
+    ledger.refund(job_id=job_id, reason="verification proved fraud", report=fraud)
+    return ledger, fraud, STAKE * demo.config.slash_bps // 10_000
+
+
+@pytest.mark.parametrize("point", ["decided", "after_record", "after_send"])
+def test_kill_during_slash_then_sweep_slashes_exactly_once(demo: DemoLedger, pki: Pki, point: str) -> None:
+    """kill -9 after the fraud refund (the decision is on disk, the slash not started), after the slash
+    intent was recorded, after it was sent: one sweep later the share moved once, the book agrees."""
+    from cyxwiz.ledger.stake import StakeBook
+
+    ledger, fraud, share = _staked_fraud_job(demo, pki, "job-fraud")
+    if point != "decided":
+        _crash(demo, "slash", "job-fraud", point, fraud)
+        [pending] = ledger.store.intents("job-fraud", status=IntentStatus.PREPARED)
+        assert pending.kind == "slash"
+    stake_account = txbuild.token_account_of(demo.node.pubkey(), ledger.mint)  # (the node's own wallet)
+    user = txbuild.token_account_of(demo.user.pubkey(), ledger.mint)
+    restarted = open_ledger(demo.config)
+    report = restarted.sweep(run_state=lambda _run: "gone")
+    assert report.alerts == {}
+    assert report.slashed == (["job-fraud"] if point == "decided" else [])
+    book = StakeBook(restarted.store._engine).get(NODE_PEER)
+    assert (book.amount, book.slashed) == (STAKE - share, share)
+    [slash] = [i for i in restarted.store.intents("job-fraud") if i.kind == "slash"]
+    assert slash.status is IntentStatus.CONFIRMED
+    chain = restarted.chain
+    assert chain.token_amount(user) == demo.user_funds - STAKE + share  # refunded, then the share
+    assert chain.token_amount(stake_account) == 0
+    assert chain.token_amount(Pubkey.from_string(book.stake_account)) == STAKE - share
+    again = restarted.sweep(run_state=lambda _run: "gone")  # nothing owed twice
+    assert again.slashed == [] and again.reconciled == []
+    assert chain.token_amount(user) == demo.user_funds - STAKE + share

@@ -1,0 +1,105 @@
+"""The verifier's own book of verdicts: the fact a compromised control plane cannot rewrite (F1, threat I).
+
+The escrow store is the control plane's database, and a process holding the coordinator key can edit it
+(drop a report, put a settling escrow back to ``locked``). Refunds are co-signed by coordinator + verifier,
+so if the verifier decided "refund or not" from that database, a coordinator that skipped the release of a
+job whose verification passed could still take the money back to the user. The verifier therefore keeps,
+in a file only its own process opens (mode 0600, flushed to disk before the attestation leaves), every
+verdict it signed and every passing report it co-signed a release for; once a job has a passing verdict
+here, the verifier co-signs no refund and no slash for it — only the release, or the arbiter's resolve of
+a dispute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cyxwiz.ledger.attestation import ReportAttestation
+from cyxwiz.ledger.cosign import CosignRefusedError
+
+metadata = sa.MetaData()
+verdicts = sa.Table(
+    "cyxwiz_verifier_verdicts",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("verdict", sa.String(8), primary_key=True),
+    sa.Column("escrow", sa.String(44), nullable=False),
+    sa.Column("report_sha256", sa.String(64), nullable=False),
+    sa.Column("attestation", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+class ReleaseOwedError(CosignRefusedError):
+    """The job's verification passed: its escrow is owed to the node, a refund or slash is refused (F1)."""
+
+    code = "escrow-release-owed"
+    http_status = 409
+
+
+def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a verdict is on disk before its attestation is returned
+    cursor.close()
+
+
+class VerdictBook:
+    """Verdicts by job (first of each kind kept); safe to share across threads."""
+
+    def __init__(self, *, engine: sa.engine.Engine) -> None:
+        self._engine = engine
+        metadata.create_all(engine)
+
+    @classmethod
+    def open(cls, path: Path) -> VerdictBook:
+        """The verifier service's own file (0600, created before SQLite opens it)."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
+        engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _durable_sqlite)
+        return cls(engine=engine)
+
+    def record(self, attestation: ReportAttestation) -> None:
+        """Remember a verdict this verifier signed or a passing report it co-signed a release for."""
+        row = {
+            "job_id": attestation.job_id,
+            "verdict": attestation.verdict,
+            "escrow": attestation.escrow,
+            "report_sha256": attestation.report_sha256,
+            "attestation": attestation.to_json(),
+            "recorded_at": dt.datetime.now(dt.UTC),
+        }
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(verdicts.insert().values(**row))
+        except sa.exc.IntegrityError:
+            pass  # this job already has a verdict of this kind: the first one stands
+
+    def passing(self, job_id: str) -> str | None:
+        """The passing attestation (JSON) recorded for the job, if its verification ever passed."""
+        query = sa.select(verdicts.c.attestation).where(
+            verdicts.c.job_id == job_id, verdicts.c.verdict == "pass"
+        )
+        with self._engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else str(value)
+
+    def require_no_pass(self, job_id: str, *, move: str) -> None:
+        if self.passing(job_id) is not None:
+            raise ReleaseOwedError(
+                f"the verification of job {job_id!r} passed: its escrow is owed to the node, "
+                f"a {move} is refused",
+                field="job_id",
+                rule="F1",
+                hint="release it with the passing report, or dispute it for the arbiter",
+            )
+
+    def dispose(self) -> None:
+        self._engine.dispose()
