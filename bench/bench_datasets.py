@@ -13,10 +13,9 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from bench.bench_storage import _start_moto
+from bench.bench_storage import moto_store
 
 SIZE = 64 << 20
 ROUNDS = 5
@@ -26,20 +25,9 @@ def run() -> list[tuple[str, float, str]]:
     import httpx
 
     from cyxwiz.datasets.ingest import file_chunks, hash_file, upload_grant
-    from cyxwiz.storage import MasterKey, S3ObjectStore
     from cyxwiz.storage.presign import S3Presigner
 
-    proc, endpoint = _start_moto()
-    try:
-        store = S3ObjectStore(
-            bucket=f"bench-{uuid.uuid4().hex[:8]}",
-            master_key=MasterKey.generate(),
-            endpoint_url=endpoint,
-            region="us-east-1",
-            access_key_id="bench",
-            secret_access_key="bench",
-        )
-        store.ensure_bucket()
+    with moto_store() as store:
         presigner = S3Presigner(store=store)
         client = store.client
         with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=120) as http:
@@ -76,9 +64,6 @@ def run() -> list[tuple[str, float, str]]:
                 ratios["single"].append(t["single"] / t["ingest"])
             key = f"users/bench-user/datasets/{hash_file(src)[0]}.npz"
             assert store.get_bytes(key) == src.read_bytes()  # the ingested object passes the verified read
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     rate = {name: SIZE / 1e6 / statistics.median(values) for name, values in times.items()}
     return [
         (

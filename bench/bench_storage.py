@@ -7,6 +7,7 @@ envelope encryption, and on read a full re-hash and decryption. Goal: ratio ≥ 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -15,7 +16,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cyxwiz.storage import S3ObjectStore
 
 SIZE = 64 << 20
 ROUNDS = 4
@@ -27,38 +33,44 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_moto() -> tuple[subprocess.Popen[bytes], str]:
+@contextlib.contextmanager
+def moto_store() -> Iterator[S3ObjectStore]:
+    """A fresh encrypted S3 store on a moto server of its own (loopback), stopped on exit."""
+    from cyxwiz.storage import MasterKey, S3ObjectStore
+
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-
-
-def run() -> list[tuple[str, float, str]]:
-    from cyxwiz.storage import MasterKey, S3ObjectStore
-
-    proc, endpoint = _start_moto()
     try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
         store = S3ObjectStore(
             bucket=f"bench-{uuid.uuid4().hex[:8]}",
             master_key=MasterKey.generate(),
-            endpoint_url=endpoint,
+            endpoint_url=f"http://127.0.0.1:{port}",
             region="us-east-1",
             access_key_id="bench",
             secret_access_key="bench",
         )
         store.ensure_bucket()
+        yield store
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run() -> list[tuple[str, float, str]]:
+    with moto_store() as store:
         client = store.client
         data = os.urandom(SIZE)
         with tempfile.TemporaryDirectory() as tmp:
@@ -99,9 +111,6 @@ def run() -> list[tuple[str, float, str]]:
                 ratios["enc/xfer"].append(t["xfer"] / t["enc"])
                 ratios["int/xfer"].append(t["xfer"] / t["int"])
             assert dest.read_bytes() == data
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     mb = 2 * SIZE / 1e6
     rate = {name: mb / statistics.median(values) for name, values in times.items()}
     med = {name: statistics.median(values) for name, values in ratios.items()}

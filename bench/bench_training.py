@@ -22,8 +22,8 @@ def run() -> list[tuple[str, float, str]]:
     from cyxwiz.training.data import prepare_digits
     from cyxwiz.training.runtime import RecordingReporter, run_training
     from cyxwiz.training.spec import parse_training_job
-    from cyxwiz.verification.cli import reference_job_document
     from cyxwiz.verification.proof import build_proof, sign_proof
+    from cyxwiz.verification.reference import reference_job_document
     from cyxwiz.verification.replay import ReplayPolicy
     from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
 

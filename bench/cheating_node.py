@@ -59,8 +59,8 @@ class SimWorld:
 
     @classmethod
     def create(cls, root: Path) -> SimWorld:
+        from cyxwiz.hashing import file_sha256
         from cyxwiz.pki.devpki import build_dev_pki
-        from cyxwiz.training.data import file_sha256
 
         root.mkdir(parents=True, exist_ok=True)
         pki = build_dev_pki(root / "pki", nodes=("node-1",))

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, runtime_checkable
 
 from cyxwiz.errors import AuditError, NotFoundError, StorageError
+from cyxwiz.hashing import file_sha256
 
 
 @runtime_checkable
@@ -99,7 +100,7 @@ class ObjectStoreArchive:
     def put_file(self, key: str, path: Path) -> object:
         """Upload (encrypted), then read the object back through every check of the store (tag, stored
         hash, decryption) and compare its plaintext hash with the local file's (H3: verified archive)."""
-        local = _sha256_file(path)
+        local = file_sha256(path)
         self.store.put_file(key, path, encrypt=self.encrypt)
         try:
             info = self.store.check(key)
@@ -118,11 +119,3 @@ class ObjectStoreArchive:
             # Unknown is not "absent": retention must not delete a day on a transient error.
             raise AuditError(f"cannot check archive: {exc}", path=key) from exc
         return True
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cyxwiz.errors import IntegrityError, ValidationError
+from cyxwiz.hashing import file_sha256
 
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
@@ -41,14 +42,6 @@ class DigitsFiles:
     train_sha256: str
     holdout: Path
     holdout_sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _save(path: Path, x: NDArray[np.float32], y: IntArray) -> str:

@@ -11,6 +11,7 @@ import typer
 
 from cyxwiz._cli import new_app
 from cyxwiz.errors import ValidationError
+from cyxwiz.verification.reference import reference_job_document
 
 app = new_app(help="Completion proofs and result verification (holdout, replay spot check) of training jobs.")
 
@@ -26,35 +27,6 @@ def _dir(flag: str, text: str) -> Any:
 JobOpt = Annotated[Path, _file("--job", "The job's training document (job.json) from the signed spec.")]
 OutputsOpt = Annotated[Path, _dir("--outputs", "The node's output directory (/output of the run).")]
 CertOpt = Annotated[Path, _file("--cert", "The node certificate (PEM).")]
-
-
-def reference_job_document(
-    *, job_id: str, train: Path, train_sha256: str, seed: int = 7, job_secret: str | None = None
-) -> dict[str, object]:
-    """The reference MLP job on digits (the demo's and the benchmark's job), bound to ``job_secret``."""
-    from cyxwiz.verification.binding import new_job_secret
-
-    return {
-        "job_id": job_id,
-        "job_type": "model",
-        "model": {
-            "input_shape": [64],
-            "layers": [
-                {"name": "fc1", "type": "Linear", "out_features": 64},
-                {"name": "act1", "type": "ReLU"},
-                {"name": "drop", "type": "Dropout", "p": 0.1},
-                {"name": "fc2", "type": "Linear", "out_features": 10},
-            ],
-        },
-        "dataset": {"uri": f"file://{train.resolve()}", "sha256": train_sha256},
-        "training": {
-            "seed": seed,
-            "job_secret": job_secret or new_job_secret(),
-            "checkpoint_every": 4,
-            "hyperparameters": {"batch_size": 32, "epochs": 30, "learning_rate": 0.01},
-        },
-        "task": {"num_classes": 10, "threshold": 0.9, "tolerance": 0.05},
-    }
 
 
 @app.command("prepare-digits")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cyxwiz.errors import ProofSignatureError, ValidationError, VerificationError
+from cyxwiz.hashing import file_sha256
 from cyxwiz.verification.canonical import canonical_json, canonical_sha256
 from cyxwiz.verification.commitments import COMMITMENTS_FILE, commitments_root, read_commitments
 
@@ -175,14 +176,6 @@ def artifact_paths(output_dir: Path) -> dict[str, Path]:
             raise VerificationError(f"more than {_MAX_ARTIFACTS} output files", path=str(root))
         result[path.relative_to(root).as_posix()] = path
     return result
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hash_artifacts(output_dir: Path, *, skip: Callable[[str], bool] | None = None) -> dict[str, str | None]:

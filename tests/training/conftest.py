@@ -7,15 +7,7 @@ from typing import Any
 
 import pytest
 
-REFERENCE_MLP: dict[str, Any] = {
-    "input_shape": [64],
-    "layers": [
-        {"name": "fc1", "type": "Linear", "out_features": 64},
-        {"name": "act1", "type": "ReLU"},
-        {"name": "drop", "type": "Dropout", "p": 0.1},
-        {"name": "fc2", "type": "Linear", "out_features": 10},
-    ],
-}
+from cyxwiz.verification.reference import REFERENCE_MLP
 
 
 def training_doc(**overrides: Any) -> dict[str, Any]:

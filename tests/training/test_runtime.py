@@ -67,7 +67,7 @@ def test_dataset_with_another_hash_is_refused_d3(tmp_path: Path, digits: Any) ->
 def test_pickled_dataset_is_refused(tmp_path: Path, digits: Any) -> None:
     evil = tmp_path / "evil.npz"
     np.savez(evil, X=np.array([object()], dtype=object), y=np.array([0]))
-    from cyxwiz.training.data import file_sha256
+    from cyxwiz.hashing import file_sha256
 
     doc = training_doc(dataset={"uri": f"file://{evil}", "sha256": file_sha256(evil)})
     (tmp_path / "job.json").write_text(json.dumps(doc))

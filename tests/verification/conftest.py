@@ -22,6 +22,7 @@ from cyxwiz.training.data import DigitsFiles, prepare_digits
 from cyxwiz.training.runtime import RecordingReporter, run_training
 from cyxwiz.training.spec import TrainingJob, parse_training_job
 from cyxwiz.verification.proof import SignedProof, build_proof, sign_proof
+from cyxwiz.verification.reference import reference_job_document
 from cyxwiz.verification.replay import ReplayPolicy
 from cyxwiz.verification.report import VerificationReport
 from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
@@ -42,27 +43,17 @@ def reference_job(
 ) -> dict[str, Any]:
     # A fixed secret per job id keeps the session's runs reproducible; production draws it per job.
     secret = job_secret or hashlib.sha256(f"test-secret:{job_id}".encode()).hexdigest()
-    return {
-        "job_id": job_id,
-        "job_type": "model",
-        "model": {
-            "input_shape": [64],
-            "layers": [
-                {"name": "fc1", "type": "Linear", "out_features": 64},
-                {"name": "act1", "type": "ReLU"},
-                {"name": "drop", "type": "Dropout", "p": 0.1},
-                {"name": "fc2", "type": "Linear", "out_features": 10},
-            ],
-        },
-        "dataset": {"uri": f"file://{data.train}", "sha256": data.train_sha256},
-        "training": {
-            "seed": seed,
-            "job_secret": secret,
-            "checkpoint_every": 5,
-            "hyperparameters": {"batch_size": 32, "epochs": epochs, "learning_rate": learning_rate},
-        },
-        "task": {"num_classes": 10, "threshold": threshold, "tolerance": 0.05},
-    }
+    return reference_job_document(
+        job_id=job_id,
+        train=data.train,
+        train_sha256=data.train_sha256,
+        seed=seed,
+        job_secret=secret,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        threshold=threshold,
+        checkpoint_every=5,
+    )
 
 
 def write_job(directory: Path, doc: dict[str, Any]) -> tuple[Path, TrainingJob]:

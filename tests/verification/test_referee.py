@@ -200,7 +200,7 @@ def test_segment_dispute_upheld_on_a_forgery_and_rejected_on_an_honest_run(world
 
 
 def test_testset_dispute_decided_by_the_threshold(world: World, tmp_path: Path) -> None:
-    from cyxwiz.training.data import file_sha256
+    from cyxwiz.hashing import file_sha256
 
     data = train_data(world)
     commitments = read_commitments(world.honest_out / "commitments.json")
