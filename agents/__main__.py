@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         "--queue", default=None, help="work queue (default: the node id the coordinator gives)"
     )
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="most jobs this node runs at once (e.g. its GPUs; default: no limit); more wait in its queue",
+    )
     args = parser.parse_args(argv)
     settings = AgentSettings.from_env()
     queue = args.queue or settings.node_name  # without a coordinator: a standalone worker
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 queue,
                 "--name",
                 f"cyxwiz-{queue}",
+                *(["--limit", str(args.limit)] if args.limit else []),
             ],
             env=env,
         )

@@ -108,8 +108,11 @@ class EmbeddedStack:
     def _ledger_passphrase(self) -> bytes:
         return self.env["CYXWIZ_LEDGER_PASSPHRASE"].encode()
 
-    def start_agent(self, name: str, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A node agent process (``python -m agents``) with its own certificate and work queue."""
+    def start_agent(
+        self, name: str, *, extra_env: dict[str, str] | None = None, limit: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A node agent process (``python -m agents``) with its own certificate and work queue; ``limit``:
+        the most jobs it runs at once."""
         self.pki_for(name)
         work = self.home / "agents" / name
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -129,7 +132,7 @@ class EmbeddedStack:
         env.pop("CYXWIZ_CONTROL_PLANE", None)  # a node knows nothing of the control plane's files
         log = (work / "agent.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agents", "--heartbeat", "2"],
+            [sys.executable, "-m", "agents", "--heartbeat", "2", *(["--limit", str(limit)] if limit else [])],
             env=env,
             cwd=PROJECT,
             stdout=log,

@@ -7,14 +7,17 @@ The lifecycle flow and the coordinator both run in the trusted zone and share th
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any
 
+from cyxwiz.authz.policies import OPEN_JOB_STATES
 from cyxwiz.errors import ConfigError, ConflictError, NotFoundError
 from tasks.config import ControlPlaneConfig
 
 #: A node whose last heartbeat is older than this is not dispatched to.
 HEARTBEAT_FRESH = dt.timedelta(seconds=60)
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def node_name(subject: str) -> str:
@@ -36,6 +39,7 @@ class SchedulerChannel:
         #: registered under its own PeerID comes first.
         self.node_wallets = dict(node_wallets or {})
         self.crl = crl
+        self._assigning = threading.Lock()
 
     def _revoked_serials(self) -> set[int]:
         """Serials on the current CRL, read at every dispatch: a revocation stops new work at once (A6)."""
@@ -82,10 +86,21 @@ class SchedulerChannel:
         if not candidates:
             wanted = f"node {node!r}" if node else "any node"
             raise ConflictError(f"no healthy, unrevoked, registered {wanted} to dispatch to", field="node")
-        _, name, record = max(candidates, key=lambda c: c[0])
-        wallet = self._wallet(record, name)
-        assert wallet is not None
-        self.store.assign_job(job_id, record.node_id)
+        # Spread the work (issue 21): the node holding the fewest open jobs, then the one given a job least
+        # recently (never first), then the freshest heartbeat; so jobs submitted together do not pile onto
+        # whichever heartbeat came last. Dispatches of one process (lifecycle threads) take turns, each
+        # seeing the assignments before it.
+        with self._assigning:
+            loads = self.store.node_loads(OPEN_JOB_STATES)
+
+            def spread(candidate: tuple[dt.datetime, str, Any]) -> tuple[int, float, dt.datetime]:
+                held, newest = loads.get(candidate[2].node_id, (0, _NEVER))
+                return (-held, -newest.timestamp(), candidate[0])
+
+            _, name, record = max(candidates, key=spread)
+            wallet = self._wallet(record, name)
+            assert wallet is not None
+            self.store.assign_job(job_id, record.node_id)
         # The work queue is the node id: two certificates with one CN never share a queue (A5, C3).
         return {
             "node_id": record.node_id,

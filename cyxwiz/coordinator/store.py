@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.coordinator.records import JobRecord, NodeRecord
+from cyxwiz.coordinator.records import aware as _aware
 from cyxwiz.coordinator.records import job_record as _job
 from cyxwiz.coordinator.records import node_record as _node
 from cyxwiz.coordinator.records import now as _now
@@ -222,6 +224,24 @@ class CoordinatorStore(SessionRows):
         if node.status != "active":
             raise ConflictError(f"node is {node.status}", field="node_id")
         return self.update_job(job_id, node_id=node_id, status="assigned")
+
+    def node_loads(self, open_states: frozenset[str]) -> dict[str, tuple[int, datetime]]:
+        """Per node that ever held a job: how many it holds in ``open_states`` and when the newest job it
+        was given was created (what the scheduler spreads work by). One grouped query, not a job scan."""
+        held = sa.func.sum(sa.case((jobs.c.status.in_(sorted(open_states)), 1), else_=0))
+        query = (
+            sa.select(jobs.c.node_id, held, sa.func.max(jobs.c.created_at))
+            .where(jobs.c.node_id.is_not(None))
+            .group_by(jobs.c.node_id)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        loads: dict[str, tuple[int, datetime]] = {}
+        for node_id, count, newest in rows:
+            when = _aware(newest)
+            assert when is not None  # created_at is NOT NULL
+            loads[str(node_id)] = (int(count or 0), when)
+        return loads
 
     # --- configuration ------------------------------------------------------------------------------
 
