@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN
 from cyxwiz.audit.events import SecurityEvent
 from cyxwiz.audit.signer import CHECKPOINT_INTERVAL, CheckpointSigner, dev_signing_key, missing_key_error
-from cyxwiz.audit.writer import ChainWriter, Clock, FsyncPolicy
+from cyxwiz.audit.writer import ChainWriter, Clock, FsyncPolicy, Receipt
 from cyxwiz.errors import AuditError, ConfigError
 
 if TYPE_CHECKING:
@@ -66,25 +66,6 @@ MAX_EVENT_BYTES = 32 * 1024
 _serialize = SecurityEvent.__pydantic_serializer__.to_json
 
 _open_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
-
-
-class Receipt:
-    """Where an event landed: its seq (leaf index + 1) and RFC 6962 leaf hash, and its event id."""
-
-    __slots__ = ("event_id", "leaf", "seq")
-
-    def __init__(self, seq: int, leaf: bytes, event_id: str) -> None:
-        self.seq = seq
-        self.leaf = leaf
-        self.event_id = event_id
-
-    @property
-    def leaf_hash(self) -> str:
-        """Hex leaf hash: what an escrow memo cites and ``cyxwiz audit prove`` proves included."""
-        return self.leaf.hex()
-
-    def __repr__(self) -> str:
-        return f"Receipt(seq={self.seq}, leaf_hash={self.leaf_hash}, event_id={self.event_id})"
 
 
 def _checkpoint_timer(ref: weakref.ref[AuditLog], wake: threading.Event, interval: float) -> None:

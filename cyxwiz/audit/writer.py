@@ -46,6 +46,25 @@ def _day_of(head: bytes) -> date:
     return date.fromisoformat(head.decode("ascii"))
 
 
+class Receipt:
+    """Where an event landed: its seq (leaf index + 1) and RFC 6962 leaf hash, and its event id."""
+
+    __slots__ = ("event_id", "leaf", "seq")
+
+    def __init__(self, seq: int, leaf: bytes, event_id: str) -> None:
+        self.seq = seq
+        self.leaf = leaf
+        self.event_id = event_id
+
+    @property
+    def leaf_hash(self) -> str:
+        """Hex leaf hash: what an escrow memo cites and ``cyxwiz audit prove`` proves included."""
+        return self.leaf.hex()
+
+    def __repr__(self) -> str:
+        return f"Receipt(seq={self.seq}, leaf_hash={self.leaf_hash}, event_id={self.event_id})"
+
+
 class ChainWriter:
     """One writer's cached view of the chain head and the descriptors it appends through."""
 
