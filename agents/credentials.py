@@ -116,6 +116,13 @@ def thumbprint(cert: x509.Certificate) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+def token_thumbprint(token: str) -> str | None:
+    """The certificate thumbprint (``cnf.x5t#S256``) one of our JWTs is bound to, unverified."""
+    cnf = _claims(token).get("cnf")
+    bound = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+    return bound if isinstance(bound, str) else None
+
+
 class LiveCredentials:
     """What the tunnel presents, read fresh for each connection (:meth:`pin`)."""
 
@@ -174,7 +181,18 @@ class PinnedCredentials:
         return self.context
 
     def session_token(self) -> str | None:
+        """The session's token as it is now, while the session is still bound to this connection's
+        certificate (a refresh reaches a keep-alive connection at its next request); else the one read
+        when the connection opened."""
+        session = _session(self.live.settings)
+        token = session.get("session_token")
+        if isinstance(token, str) and _paired(self.live.settings, session).cert == self.settings.cert:
+            return token
         return self.token
+
+    def stale(self) -> bool:
+        """The node switched to a renewed certificate since this connection opened."""
+        return current_settings(self.live.settings).cert != self.settings.cert
 
     def job_token(self, presented: str) -> str:
         """``presented`` if bound to this certificate, else one for the same job that is (a flow run

@@ -180,11 +180,20 @@ def fetch_job_token(settings: AgentSettings, job_id: str) -> str:
 
 
 class CoordinatorChannel:
-    """:class:`tasks.channel.NodeChannel` over the coordinator API with the job token (SPEC C3, D3)."""
+    """:class:`tasks.channel.NodeChannel` over the coordinator API with the job token (SPEC C3, D3).
+
+    A flow run can outlive the certificate it started with (a job longer than the certificate's lifetime,
+    or a renewal between the worker's pickup and the run's start): each call goes out under the node's
+    *current* certificate, with a job token bound to that certificate (fetched for the same job over the
+    current identity when the one the run was given is bound to an earlier certificate), and a proof
+    signed with an earlier identity of the node is signed again with the current one (A7, B1, F1).
+    """
 
     def __init__(self, *, settings: AgentSettings, job_token: str) -> None:
         self.settings = settings
-        self._auth = {"authorization": f"Bearer {job_token}"}
+        self._token = job_token
+        #: Job tokens for this run's job, by the thumbprint of the certificate they are bound to.
+        self._bound: dict[str, str] = {}
 
     @classmethod
     def from_env(cls) -> CoordinatorChannel:
@@ -193,8 +202,24 @@ class CoordinatorChannel:
             raise AuthenticationError("no job token in this flow run (CYXWIZ_JOB_TOKEN)", rule="B1")
         return cls(settings=AgentSettings.from_env(), job_token=token)
 
-    def _url(self, client: httpx.Client, job_id: str, body: dict[str, Any]) -> tuple[str, dict[str, str]]:
-        response = client.post(f"/v1/jobs/{job_id}/urls", json=body, headers=self._auth)
+    def _identity(self, job_id: str) -> tuple[AgentSettings, dict[str, str]]:
+        """The node's current certificate and this job's token bound to it."""
+        from agents.credentials import current_settings, token_thumbprint
+
+        current = current_settings(self.settings)
+        if current.cert is None or current.cert == self.settings.cert:
+            return self.settings, {"authorization": f"Bearer {self._token}"}
+        now = cert_thumbprint(current.cert)
+        token = self._token if token_thumbprint(self._token) == now else self._bound.get(now)
+        if token is None:
+            # Over the current identity, for the same job: the coordinator checks it is still the node's.
+            token = self._bound[now] = fetch_job_token(current, job_id)
+        return current, {"authorization": f"Bearer {token}"}
+
+    def _url(
+        self, client: httpx.Client, auth: dict[str, str], job_id: str, body: dict[str, Any]
+    ) -> tuple[str, dict[str, str]]:
+        response = client.post(f"/v1/jobs/{job_id}/urls", json=body, headers=auth)
         _raise_for(response)
         target = response.json()["url"]
         if isinstance(target, dict):
@@ -202,8 +227,9 @@ class CoordinatorChannel:
         return str(target), {}
 
     def fetch_input(self, job_id: str, name: str, *, sha256: str | None) -> bytes:
-        with _client(self.settings, follow=False) as client:
-            url, headers = self._url(client, job_id, {"kind": "input", "name": name, "method": "GET"})
+        settings, auth = self._identity(job_id)
+        with _client(settings, follow=False) as client:
+            url, headers = self._url(client, auth, job_id, {"kind": "input", "name": name, "method": "GET"})
             response = client.get(url, headers=headers)
             _raise_for(response)
             data = response.content
@@ -215,15 +241,18 @@ class CoordinatorChannel:
         if message.get("kind") != "progress" or not message.get("total"):
             return
         body = {"step": int(message["step"]), "total": int(message["total"])}
-        with _client(self.settings, follow=False) as client:
-            _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=self._auth))
+        settings, auth = self._identity(job_id)
+        with _client(settings, follow=False) as client:
+            _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=auth))
 
     def upload_output(self, job_id: str, name: str, path: Path) -> None:
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        with _client(self.settings, follow=False) as client:
+        settings, auth = self._identity(job_id)
+        with _client(settings, follow=False) as client:
             url, headers = self._url(
                 client,
+                auth,
                 job_id,
                 {"kind": "output", "name": name, "method": "PUT", "sha256": digest, "size": len(data)},
             )
@@ -231,6 +260,68 @@ class CoordinatorChannel:
             _raise_for(response)
 
     def submit_proof(self, job_id: str, proof: bytes) -> None:
-        with _client(self.settings, follow=False) as client:
-            body = {"proof": json.loads(proof)}
-            _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=self._auth))
+        settings, auth = self._identity(job_id)
+        body = {"proof": json.loads(resigned(proof, settings))}
+        with _client(settings, follow=False) as client:
+            _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=auth))
+
+
+def cert_thumbprint(path: Path) -> str:
+    from cryptography import x509
+
+    from agents.credentials import thumbprint
+
+    return thumbprint(x509.load_pem_x509_certificate(path.read_bytes()))
+
+
+def resigned(proof: bytes, settings: AgentSettings) -> bytes:
+    """``proof`` as the node's current identity (``settings``) states it: unchanged when it already names
+    that certificate; signed again with its key when the run signed it under an earlier certificate of
+    this node (renewed while the job ran), after checking that earlier signature. Anything else is
+    passed on unchanged, for the coordinator to refuse."""
+    from cryptography import x509
+
+    from cyxwiz.errors import CyxwizError
+    from cyxwiz.pki.certs import fingerprint_sha256
+    from cyxwiz.pki.keys import load_private_key
+    from cyxwiz.pki.peerid import peer_id
+    from cyxwiz.verification.proof import SignedProof, sign_proof, verify_proof_signature
+
+    if settings.cert is None or settings.key is None:
+        return proof
+    try:
+        signed = SignedProof.from_json(proof)
+        cert = x509.load_pem_x509_certificate(settings.cert.read_bytes())
+        if signed.proof.node_peer_id == peer_id(cert):
+            return proof
+        earlier = _earlier_certificate(settings, signed.proof.node_peer_id)
+        if earlier is None:
+            return proof
+        verify_proof_signature(signed, earlier.public_key())
+        restated = signed.proof.model_copy(
+            update={"node_peer_id": peer_id(cert), "cert_fingerprint_sha256": fingerprint_sha256(cert).hex()}
+        )
+        return sign_proof(restated, load_private_key(settings.key)).to_json()
+    except CyxwizError:
+        return proof
+
+
+def _earlier_certificate(settings: AgentSettings, wanted: str) -> Any:
+    """The node's own certificate (the first one, or one it renewed to) with PeerID ``wanted``."""
+    from cryptography import x509
+
+    from cyxwiz.pki.peerid import peer_id
+
+    candidates = [settings.cert] if settings.cert is not None else []
+    base = AgentSettings.from_env()
+    if base.cert is not None:
+        candidates.append(base.cert)
+    candidates += sorted((settings.work_root / "identity").glob("*-cert.pem"))
+    for path in candidates:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if peer_id(cert) == wanted:
+            return cert
+    return None

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,10 @@ class Pinned(Protocol):
     def session_token(self) -> str | None: ...
 
     def job_token(self, presented: str) -> str: ...
+
+    def stale(self) -> bool:
+        """The node renewed its certificate since this connection opened (time for a new one)."""
+        ...
 
 
 class Credentials(Protocol):
@@ -62,25 +66,74 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def _requests(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, creds: Pinned) -> None:
-    """Forward HTTP/1.1 requests, each head with the node's current credentials; after an upgrade, bytes."""
+class _Upstream:
+    """One mTLS connection to the gateway under one set of pinned credentials, and the task relaying its
+    answers to the local client."""
+
+    def __init__(self, creds: Pinned, writer: asyncio.StreamWriter, relay: asyncio.Task[None]) -> None:
+        self.creds, self.writer, self.relay = creds, writer, relay
+
+    def usable(self) -> bool:
+        return not self.relay.done() and not self.creds.stale()
+
+    def retire(self) -> None:
+        """Close this connection without closing the client's: its next request goes on a fresh one."""
+        self.relay.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers to the client; when the gateway ends the connection, the client's ends too (as it would
+    have without the tunnel). A retired connection is cancelled instead and leaves the client open."""
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+async def _requests(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    connect: Callable[[], Awaitable[_Upstream]],
+) -> None:
+    """Forward HTTP/1.1 requests, each head with the node's current credentials; after an upgrade, bytes.
+
+    A keep-alive client (Prefect's worker holds its connections for hours) outlives certificates: once the
+    node renewed, the next request goes on a new gateway connection with the new certificate and the
+    session bound to it. HTTP/1.1 answers in order, so between two requests nothing is in flight.
+    """
+    upstream: _Upstream | None = None
     try:
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError:
                 return
-            rewritten, length, chunked, upgrade = _rewrite_head(head, creds)
-            writer.write(rewritten)
+            if upstream is None or not upstream.usable():
+                if upstream is not None:
+                    upstream.retire()
+                upstream = await connect()
+            rewritten, length, chunked, upgrade = _rewrite_head(head, upstream.creds)
+            remote = upstream.writer
+            remote.write(rewritten)
             if upgrade:
-                await writer.drain()
-                await _pipe(reader, writer)
+                await remote.drain()
+                await _pipe(reader, remote)
+                await upstream.relay
                 return
-            await (_chunks(reader, writer) if chunked else _copy(reader, writer, length))
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError, ValueError, asyncio.LimitOverrunError):
+            await (_chunks(reader, remote) if chunked else _copy(reader, remote, length))
+            await remote.drain()
+    except (ConnectionError, OSError, ssl.SSLError, ValueError, asyncio.LimitOverrunError):
         pass
     finally:
+        if upstream is not None:
+            with contextlib.suppress(Exception):
+                upstream.writer.close()
         with contextlib.suppress(Exception):
             writer.close()
 
@@ -154,21 +207,26 @@ class MTLSTunnel:
         if not peer or peer[0] not in {"127.0.0.1", "::1"}:
             client_writer.close()
             return
-        creds = self._credentials.pin() if self._credentials is not None else None
-        ctx = creds.ssl_context() if creds is not None else self._ssl
+        credentials = self._credentials
+        if credentials is not None:
+            await _requests(client_reader, client_writer, lambda: self._connect(credentials, client_writer))
+            return
         try:
             remote_reader, remote_writer = await asyncio.open_connection(
-                *self._remote, ssl=ctx, server_hostname=self._remote[0]
+                *self._remote, ssl=self._ssl, server_hostname=self._remote[0]
             )
         except (OSError, ssl.SSLError):
             client_writer.close()
             return
-        upstream = (
-            _pipe(client_reader, remote_writer)
-            if creds is None
-            else _requests(client_reader, remote_writer, creds)
+        await asyncio.gather(_pipe(client_reader, remote_writer), _pipe(remote_reader, client_writer))
+
+    async def _connect(self, credentials: Credentials, client_writer: asyncio.StreamWriter) -> _Upstream:
+        """A gateway connection presenting the node's current certificate (OSError when refused)."""
+        creds = credentials.pin()
+        remote_reader, remote_writer = await asyncio.open_connection(
+            *self._remote, ssl=creds.ssl_context(), server_hostname=self._remote[0]
         )
-        await asyncio.gather(upstream, _pipe(remote_reader, client_writer))
+        return _Upstream(creds, remote_writer, asyncio.create_task(_relay(remote_reader, client_writer)))
 
     async def start(self, *, port: int = 0) -> TunnelEndpoint:
         self._server = await asyncio.start_server(self._handle, host="127.0.0.1", port=port)

@@ -243,11 +243,29 @@ class ServerTLS:
                     self._stat = stat
                     self._alert("crl.rejected", str(exc))
         self._check_stale()
+        self._close_expired()
         if self.policy is not None and self.policy.check_now():
             self._retrust(self.policy.trust_pem())
             self._close_refused_by_policy()
             changed = True
         return changed
+
+    def _close_expired(self) -> None:
+        """A certificate is checked at the handshake; a connection kept alive past its expiry would keep
+        the identity beyond it. Such connections are closed (the node reconnects under its renewed
+        certificate; short lifetimes mean something only if they end, A7)."""
+        now = self.clock()
+        closed = self.connections.close_where(lambda p: p.certificate.not_valid_after_utc <= now)
+        for peer in closed:
+            self._record(
+                ev.revocation(
+                    actor_id="transport",
+                    actor_type=ev.ActorType.SYSTEM,
+                    kind="certificate",
+                    target=peer.peer_id,
+                    reason="connection closed: certificate expired",
+                )
+            )
 
     def _retrust(self, cas: bytes) -> None:
         """A policy whose CAs changed gets a context trusting exactly them, for the next handshakes."""
@@ -362,8 +380,8 @@ class ServerTLS:
     # --- watcher ----------------------------------------------------------------------------------
 
     def start_watching(self) -> None:
-        if self._thread is not None or (self.crl_path is None and self.policy is None):
-            return
+        if self._thread is not None:
+            return  # (also without a CRL: connections whose certificate expired are closed)
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="cyxwiz-crl-watch", daemon=True)
         self._thread.start()
