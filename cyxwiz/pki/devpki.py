@@ -36,6 +36,8 @@ from cyxwiz.pki.keys import write_private_key
 _NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 #: Re-issue anything with less than this left, so a long test run never meets an expiry.
 _MIN_REMAINING = dt.timedelta(days=1)
+#: Lifetime of a dev node certificate (re-issued with under ``_MIN_REMAINING`` left; renewed by the agent).
+NODE_DAYS = 2
 _SERVER_SANS = {"dns_names": ("localhost",), "ip_addresses": ("127.0.0.1", "::1")}
 
 
@@ -239,11 +241,12 @@ def build_dev_pki(
             ),
             (pki.user_cert, pki.user_key, {"common_name": "demo-user", "role": Role.USER, "client": True}),
         ]
-        leaves += [
-            (pki.node_cert(n), pki.node_key(n), {"common_name": n, "role": Role.WORKER, "client": True})
-            for n in names
-        ]
         for cert_path, key_path, args in leaves:
             _ensure_leaf(issuing, cert_path, key_path, now, days=90, **args)
+        # Node certificates are short-lived here as in production (A7): this one only bootstraps the
+        # node, whose agent renews it at half-life over its mTLS identity into the coordinator's 24 h ones.
+        for n in names:
+            args = {"common_name": n, "role": Role.WORKER, "client": True}
+            _ensure_leaf(issuing, pki.node_cert(n), pki.node_key(n), now, days=NODE_DAYS, **args)
         fcntl.flock(lock, fcntl.LOCK_UN)
     return pki

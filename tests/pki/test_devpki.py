@@ -67,3 +67,14 @@ def test_bad_node_names_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValidationError, match="node name"):
         build_dev_pki(tmp_path, nodes=(name,))
     assert not (tmp_path / "nodes").exists()
+
+
+def test_dev_node_certificates_are_short_lived(shared_pki: DevPKI) -> None:
+    """Issue 18 (A7): a dev node certificate only bootstraps the node (2 days), as in production the
+    agent renews it at half-life over its mTLS identity; servers and users keep their 90 days."""
+    import datetime as dt
+
+    node = load_certificate(shared_pki.node_cert("node-1"))
+    assert node.not_valid_after_utc - node.not_valid_before_utc <= dt.timedelta(days=2, hours=1)
+    server = load_certificate(shared_pki.gateway_cert)
+    assert server.not_valid_after_utc - server.not_valid_before_utc >= dt.timedelta(days=89)
