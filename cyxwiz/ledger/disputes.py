@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from solders.pubkey import Pubkey
 
 from cyxwiz.errors import ConfigError, CyxwizError, EscrowError
-from cyxwiz.ledger import txbuild
+from cyxwiz.ledger import moves, txbuild
 from cyxwiz.ledger.records import (
     EscrowRecord,
     WrongRecipientError,
@@ -47,10 +47,15 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
         record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
         updates={"dispute_reason": text},
     )  # fmt: skip
-    ledger._drive(
-        record, "dispute", moved, target, rebuild=lambda: dispute_intent(ledger, record, signers, cosign)
+    moves.drive(
+        ledger,
+        record,
+        "dispute",
+        moved,
+        target,
+        rebuild=lambda: dispute_intent(ledger, record, signers, cosign),
     )
-    return ledger._done(record, "dispute", target, text)
+    return moves.done(ledger, record, "dispute", target, text)
 
 
 def resolve(
@@ -85,8 +90,8 @@ def resolve(
     extra: dict[str, Any] = {"resolution": outcome}
     if proof_ref is not None:
         extra["proof_ref"] = check_proof_ref(proof_ref)
-    return ledger._settle(
-        record, outcome, wallet, signers, cosign, updates=extra, allowed=(EscrowState.DISPUTED,)
+    return moves.settle(
+        ledger, record, outcome, wallet, signers, cosign, updates=extra, allowed=(EscrowState.DISPUTED,)
     )
 
 
@@ -107,7 +112,8 @@ def dispute_intent(
         authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
     )
     target = txbuild.dispute_address(ledger._payer.pubkey(), record.job_id)
-    return ledger._signed(
+    return moves.signed(
+        ledger,
         record.job_id,
         "dispute",
         instructions,

@@ -104,3 +104,26 @@ def _signature(text: str) -> Signature:
         return Signature.from_string(text)
     except Exception:  # solders raises its own parse errors
         raise AuthorizationError("not a base58 signature", field="user_signature", rule="F1") from None
+
+
+def funding_message(ledger: EscrowLedger, *, job_id: str, user_wallet: str | Pubkey, amount: int) -> bytes:
+    """The lock transaction's message for the user's own client to sign (the fee payer signs later)."""
+    check_job_id(job_id)
+    check_amount(amount, minimum=ledger.minimum_payment)
+    user = check_wallet(user_wallet, field="user_wallet")
+    instructions = txbuild.create_escrow(
+        payer=ledger._payer.pubkey(),
+        user=user,
+        user_token=txbuild.token_account_of(user, ledger.mint),
+        mint=ledger.mint,
+        decimals=ledger.decimals,
+        multisig=ledger.multisig,
+        job_id=job_id,
+        amount=amount,
+        rent=ledger._account_rent(),
+    )
+    blockhash, last_valid = ledger.chain.latest_blockhash()
+    if len(ledger._valid_until) > 1024:  # messages never funded: forget the oldest answers
+        ledger._valid_until.clear()
+    ledger._valid_until[str(blockhash)] = last_valid
+    return bytes(Message.new_with_blockhash(instructions, ledger._payer.pubkey(), blockhash))

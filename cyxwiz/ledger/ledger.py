@@ -31,26 +31,23 @@ from solders.keypair import Keypair
 from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.signature import Signature
-from solders.transaction import Transaction
 
-from cyxwiz.errors import AuthorizationError, ConfigError, CyxwizError, EscrowError, LedgerError
+from cyxwiz.errors import AuthorizationError, ConfigError, CyxwizError, EscrowError
 from cyxwiz.keys.solana import SourceSigner
-from cyxwiz.ledger import txbuild
-from cyxwiz.ledger.attestation import AttestationPolicy, ReportAttestation
+from cyxwiz.ledger import moves, txbuild
+from cyxwiz.ledger.attestation import AttestationPolicy
 from cyxwiz.ledger.chain import Chain
-from cyxwiz.ledger.cosign import Cosigner, CosignRequest, KeyCosigner, VerifierPolicy
+from cyxwiz.ledger.cosign import Cosigner, KeyCosigner, VerifierPolicy
 from cyxwiz.ledger.intents import IntentDriver
 from cyxwiz.ledger.records import (
     EscrowRecord,
     MissingSignatureError,
-    WrongRecipientError,
-    check_amount,
     check_job_id,
-    check_proof_ref,
     check_reason,
     check_wallet,
 )
 from cyxwiz.ledger.store import EscrowState, EscrowStore, NewIntent
+from cyxwiz.ledger.verdicts import refuse_if_passed, verdict_of
 
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
@@ -160,40 +157,15 @@ class EscrowLedger:
 
     def settlement_memo(self, *, job_id: str) -> str | None:
         """The memo of the transaction that settled the escrow, as signed (report hash, audit leaf)."""
-        from solders.transaction import VersionedTransaction
-
-        from cyxwiz.ledger.store import IntentStatus
-
-        signature = self.status(job_id=job_id).settle_signature
-        for intent in self.store.intents(job_id, status=IntentStatus.CONFIRMED):
-            if intent.signature == signature:
-                message = VersionedTransaction.from_bytes(intent.tx).message
-                return bytes(message.instructions[-1].data).decode("utf-8", errors="replace")
-        return None
+        return moves.settlement_memo(self, job_id)
 
     # -- funding ----------------------------------------------------------------------------------
 
     def funding_message(self, *, job_id: str, user_wallet: str | Pubkey, amount: int) -> bytes:
         """The lock transaction's message for the user's own client to sign (the fee payer signs later)."""
-        check_job_id(job_id)
-        check_amount(amount, minimum=self.minimum_payment)
-        user = check_wallet(user_wallet, field="user_wallet")
-        instructions = txbuild.create_escrow(
-            payer=self._payer.pubkey(),
-            user=user,
-            user_token=txbuild.token_account_of(user, self.mint),
-            mint=self.mint,
-            decimals=self.decimals,
-            multisig=self.multisig,
-            job_id=job_id,
-            amount=amount,
-            rent=self._account_rent(),
-        )
-        blockhash, last_valid = self.chain.latest_blockhash()
-        if len(self._valid_until) > 1024:  # messages never funded: forget the oldest answers
-            self._valid_until.clear()
-        self._valid_until[str(blockhash)] = last_valid
-        return bytes(Message.new_with_blockhash(instructions, self._payer.pubkey(), blockhash))
+        from cyxwiz.ledger.funding import funding_message
+
+        return funding_message(self, job_id=job_id, user_wallet=user_wallet, amount=amount)
 
     def create(
         self,
@@ -273,7 +245,7 @@ class EscrowLedger:
         """Pay the assigned node; needs the verifier's attestation of a passing report for this job, node
         and escrow (``report``). The report's SHA-256 goes into the memo. Coordinator + verifier sign."""
         try:
-            record, wallet, attestation = self._release_checks(job_id, node_wallet, report, proof_ref)
+            record, wallet, attestation = moves.release_checks(self, job_id, node_wallet, report, proof_ref)
             signers = self._keys("coordinator")
         except CyxwizError as exc:
             self._refused("release", job_id, exc, destination=str(node_wallet))
@@ -284,40 +256,10 @@ class EscrowLedger:
             "report_sha256": attestation.report_sha256,
         }
         cosign: CosignPlan = (self._cosigner(), "release", attestation.to_json())
-        return self._settle(
-            record, "release", wallet, signers, cosign, updates=updates,
+        return moves.settle(
+            self, record, "release", wallet, signers, cosign, updates=updates,
             allowed=(EscrowState.LOCKED, EscrowState.SETTLING),
         )  # fmt: skip
-
-    def _release_checks(
-        self, job_id: str, node_wallet: str | Pubkey, report: object, proof_ref: str | None
-    ) -> tuple[EscrowRecord, Pubkey, ReportAttestation]:
-        record = self.status(job_id=job_id)
-        wallet = check_wallet(node_wallet, field="node_wallet")
-        if proof_ref is not None:
-            check_proof_ref(proof_ref)
-        self._require_state(record, EscrowState.LOCKED, EscrowState.SETTLING)
-        if record.node_wallet is None or record.node_peer_id is None:
-            raise WrongRecipientError(
-                "no node (PeerID and wallet) is assigned to this job",
-                field="node_peer_id" if record.node_wallet else "node_wallet",
-                rule="F1",
-                hint="call assign() at dispatch",
-            )
-        if str(wallet) != record.node_wallet:
-            raise WrongRecipientError(
-                "release to a wallet other than the assigned node's is refused",
-                field="node_wallet",
-                rule="F1",
-            )
-        attestation = self._trust().check(
-            report,
-            job_id=record.job_id,
-            node_peer_id=record.node_peer_id,
-            node_wallet=record.node_wallet,
-            escrow=record.escrow_account,
-        )
-        return record, wallet, attestation
 
     def retry_release(self, *, job_id: str) -> EscrowRecord:
         """Send again the release of an escrow left ``settling`` (the sweep calls this)."""
@@ -337,7 +279,7 @@ class EscrowLedger:
         try:
             record = self.status(job_id=job_id)
             self._require_state(record, EscrowState.LOCKED)
-            self._no_pass(record, "refund")
+            refuse_if_passed(record, "refund")
             signers = self._keys("coordinator")
             updates: dict[str, Any] = {}
             cited = None
@@ -353,27 +295,18 @@ class EscrowLedger:
             self._refused("refund", job_id, exc)
             raise
         user = Pubkey.from_string(record.user_wallet)
-        return self._settle(
-            record, "refund", user, signers, cosign, updates=updates, allowed=(EscrowState.LOCKED,),
+        return moves.settle(
+            self, record, "refund", user, signers, cosign, updates=updates, allowed=(EscrowState.LOCKED,),
             reason=reason,
         )  # fmt: skip
 
     def passing_report(self, *, job_id: str) -> str | None:
         """The passing attestation known for the job (kept with the escrow, else the verifier's book)."""
         record = self.status(job_id=job_id)
-        if record.report and _verdict(record.report) == "pass":
+        if record.report and verdict_of(record.report) == "pass":
             return record.report
         ask = getattr(self._verifier, "passing", None)
         return None if ask is None else ask(record.job_id)
-
-    def _no_pass(self, record: EscrowRecord, move: str) -> None:
-        if record.report and _verdict(record.report) == "pass":
-            from cyxwiz.ledger.verdicts import ReleaseOwedError
-
-            raise ReleaseOwedError(
-                f"the verification of job {record.job_id!r} passed: its escrow is owed to the node, "
-                f"a {move} is refused", field="job_id", rule="F1",
-            )  # fmt: skip
 
     def dispute(self, *, job_id: str, reason: str) -> EscrowRecord:
         """Move the funds into the job's dispute escrow: from then on only the arbiter's resolve (with the
@@ -420,150 +353,7 @@ class EscrowLedger:
         cosign: CosignPlan,
     ) -> NewIntent:
         """A signed settle transaction (release/refund) from the escrow, or from the dispute escrow."""
-        disputed = record.dispute_account is not None
-        memo = f"cyxwiz:escrow:{'resolve' if disputed else kind}:{record.job_id}"
-        if cosign[2] is not None and not disputed:  # the verdict this move rests on: report and audit leaf
-            cited = ReportAttestation.parse(cosign[2])
-            memo += f":report={cited.report_sha256}"
-            if cited.audit_leaf:
-                memo += f":audit={cited.audit_leaf}"
-        if record.state is EscrowState.SETTLING:
-            # A retry may meet the same blockhash as the refused attempt: without a difference it would be
-            # the same bytes, the same signature, and never be sent again.
-            memo += f":retry={len(self.store.intents(record.job_id))}"
-        if disputed and self.dispute_multisig is None:
-            raise ConfigError("no dispute multisig is configured", field="dispute_multisig", rule="F1")
-        source = record.dispute_account or record.escrow_account
-        multisig = self.dispute_multisig if disputed and self.dispute_multisig else self.multisig
-        instructions = txbuild.settle_escrow(
-            payer=self._payer.pubkey(),
-            escrow=Pubkey.from_string(source),
-            mint=self.mint,
-            decimals=self.decimals,
-            multisig=multisig,
-            recipient_wallet=wallet,
-            amount=record.amount,
-            authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
-            memo_text=memo,
-            rent_owner=self.rent_owner,
-        )
-        target = EscrowState.RELEASED if kind == "release" else EscrowState.REFUNDED
-        return self._signed(record.job_id, kind, instructions, signers, cosign, target, recipient=str(wallet))
-
-    def _dispute_intent(self, record: EscrowRecord, signers: Signers, cosign: CosignPlan) -> NewIntent:
-        from cyxwiz.ledger.disputes import dispute_intent
-
-        return dispute_intent(self, record, signers, cosign)
-
-    def _settle(
-        self,
-        record: EscrowRecord,
-        kind: str,
-        wallet: Pubkey,
-        signers: list[txbuild.Signer],
-        cosign: CosignPlan,
-        *,
-        updates: dict[str, Any],
-        allowed: tuple[EscrowState, ...],
-        reason: str | None = None,
-    ) -> EscrowRecord:
-        transitional = EscrowState.RELEASING if kind == "release" else EscrowState.REFUNDING
-        signed_record = record if "report_sha256" not in updates else _with(record, updates)
-        try:
-            intent = self.settle_intent(signed_record, kind, wallet, signers, cosign)
-        except CyxwizError as exc:
-            now = self.status(job_id=record.job_id).state
-            if now is not record.state:  # moved by a concurrent caller meanwhile: the loser's precise error
-                self._refused(kind, record.job_id, exc, destination=str(wallet))
-                raise self.store._state_error(record.job_id, now) from exc
-            if (
-                kind == "release"
-                and record.state is not EscrowState.DISPUTED
-                and not isinstance(exc, EscrowError)
-            ):
-                self._hold_release(record, updates, exc)  # verifier or chain unreachable: not a refusal
-            self._refused(kind, record.job_id, exc, destination=str(wallet))
-            raise
-        # Compare-and-set against the state this call read (one of ``allowed``): one statement, and a
-        # concurrent move since then loses here exactly as before.
-        expected = [record.state] if record.state in allowed else list(allowed)
-        moved = self.store.begin_move(
-            record.job_id, allowed=expected, transitional=transitional, intent=intent, updates=updates
-        )
-        self._drive(
-            record,
-            kind,
-            moved,
-            wallet,
-            rebuild=lambda: self.settle_intent(signed_record, kind, wallet, signers, cosign),
-        )
-        return self._done(record, kind, wallet, reason)
-
-    def _hold_release(self, record: EscrowRecord, updates: dict[str, Any], exc: CyxwizError) -> None:
-        """A verified release that could not even be signed (the verifier service or the chain did not
-        answer) waits ``settling`` for the sweep: it never falls back to a lockable, refundable state."""
-        self.store.update_fields(
-            record.job_id, allowed=[EscrowState.LOCKED, EscrowState.SETTLING], state=EscrowState.SETTLING,
-            **{k: v for k, v in updates.items() if k in ("report", "report_sha256", "proof_ref")},
-        )  # fmt: skip
-        self._record_audit(
-            "alert.release-pending", record.job_id, success=False, amount=record.amount,
-            reason=f"{exc.code}: escrow settling, the sweep retries",
-        )  # fmt: skip
-
-    def _drive(self, record: EscrowRecord, kind: str, intent: Any, dest: Pubkey, *, rebuild: Any) -> None:
-        try:
-            self._driver.drive(intent, rebuild=rebuild)
-        except LedgerError as exc:
-            after = self.status(job_id=record.job_id).state
-            pending = kind == "release" and after in (EscrowState.SETTLING, EscrowState.RELEASING)
-            action = "alert.release-pending" if pending else kind
-            self._record_audit(
-                action, record.job_id, success=False, amount=record.amount, destination=str(dest),
-                reason=f"{exc.code}: escrow {after.value}",
-            )  # fmt: skip
-            raise
-
-    def _done(self, record: EscrowRecord, kind: str, dest: Pubkey, reason: str | None) -> EscrowRecord:
-        done = self.status(job_id=record.job_id)
-        self._record_audit(
-            kind, record.job_id, success=True, amount=record.amount,
-            source=record.dispute_account or record.escrow_account, destination=str(dest),
-            tx_signature=done.settle_signature, reason=reason or done.resolution,
-        )  # fmt: skip
-        return done
-
-    def _signed(  # noqa: PLR0917 - internal, one shape
-        self,
-        job_id: str,
-        kind: str,
-        instructions: list[Any],
-        signers: list[txbuild.Signer],
-        cosign: CosignPlan | None,
-        target: EscrowState,
-        recipient: str | None = None,
-    ) -> NewIntent:
-        blockhash, last_valid = self.chain.latest_blockhash()
-        message = Message.new_with_blockhash(instructions, self._payer.pubkey(), blockhash)
-        raw = bytes(message)
-        signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (self._payer, *signers)}
-        if cosign is not None:
-            cosigner, cosign_kind, report = cosign
-            request = CosignRequest(kind=cosign_kind, job_id=job_id, message=raw, report=report)
-            signatures[cosigner.pubkey()] = cosigner.cosign(request)
-        required = message.account_keys[: message.header.num_required_signatures]
-        missing = [str(k) for k in required if k not in signatures]
-        if missing:
-            raise MissingSignatureError(f"no signature for {missing}", field="signers", rule="F1")
-        tx = Transaction.populate(message, [signatures[k] for k in required])
-        return NewIntent(
-            kind=kind,
-            signature=str(tx.signatures[0]),
-            tx=bytes(tx),
-            last_valid_height=last_valid,
-            target_state=target,
-            recipient_wallet=recipient,
-        )
+        return moves.settle_intent(self, record, kind, wallet, signers, cosign)
 
     def _account_rent(self) -> int:
         if self._rent is None:  # rent-exemption of a token account is a constant of the cluster
@@ -630,19 +420,6 @@ class EscrowLedger:
         from cyxwiz.ledger.audit_bridge import record_payment
 
         record_payment(self._audit, action=action, job_id=job_id, success=success, amount=amount, **details)
-
-
-def _verdict(report: str) -> str | None:
-    try:
-        return ReportAttestation.parse(report).verdict
-    except CyxwizError:
-        return None
-
-
-def _with(record: EscrowRecord, updates: dict[str, Any]) -> EscrowRecord:
-    from dataclasses import replace
-
-    return replace(record, **{k: v for k, v in updates.items() if k in EscrowRecord.__dataclass_fields__})
 
 
 __all__ = ["AuthorizationError", "EscrowLedger", "EscrowRecord"]

@@ -110,7 +110,9 @@ def _rebuilder(ledger: EscrowLedger, intent: Intent) -> Rebuild | None:
     if intent.kind == "dispute":
         signers = ledger._keys("coordinator")
         dispute_plan: CosignPlan = (ledger._cosigner(), "dispute", None)
-        return lambda: ledger._dispute_intent(record, signers, dispute_plan)
+        from cyxwiz.ledger.disputes import dispute_intent
+
+        return lambda: dispute_intent(ledger, record, signers, dispute_plan)
     disputed = intent.prior_state == EscrowState.DISPUTED
     signers = ledger._keys("arbiter" if disputed else "coordinator")
     kind = "resolve" if disputed else intent.kind

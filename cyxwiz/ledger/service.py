@@ -16,10 +16,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import os
 import socket
-import tempfile
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,11 @@ from solders.account import Account
 from solders.pubkey import Pubkey
 
 from cyxwiz.errors import ConfigError
+from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
 from cyxwiz.ledger.chain import LocalChain, TransactionRejectedError
 
 MAX_BODY = 1 << 20
 SNAPSHOT_NAME = "ledger-snapshot.json"
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class RpcFault(Exception):
@@ -174,46 +169,20 @@ class LedgerRpcApp:
             }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        if scope["method"] != "POST":
-            await self._respond(send, 405, {"error": "POST JSON-RPC only"})
-            return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_BODY:
-                await self._respond(send, 413, {"error": "request too large"})
-                return
-        try:
-            request = json.loads(body)
-        except ValueError:
-            await self._respond(
-                send, 200, {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}}
-            )
-            return
-        if isinstance(request, list):
-            await self._respond(send, 200, [self.handle(r) for r in request[:100]])
-        else:
-            await self._respond(send, 200, self.handle(request))
+        parse_error = {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}}
+        await serve_json(
+            scope, receive, send, dispatch=self._dispatch, max_body=MAX_BODY,
+            too_large={"error": "request too large"}, not_json=(200, parse_error),
+        )  # fmt: skip
 
-    @staticmethod
-    async def _respond(send: Send, status: int, payload: Any) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _dispatch(self, method: str, _path: str, request: Any) -> tuple[int, Any]:
+        if method != "POST":
+            return 405, {"error": "POST JSON-RPC only"}
+        if request is None:
+            return 200, {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}}
+        if isinstance(request, list):
+            return 200, [self.handle(r) for r in request[:100]]
+        return 200, self.handle(request)
 
 
 def _err_json(text: str) -> Any:
@@ -237,13 +206,6 @@ def require_loopback(host: str) -> None:
         )
 
 
-def _write_ready(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, path)
-
-
 def serve(
     *,
     state_dir: Path,
@@ -253,8 +215,6 @@ def serve(
     dev_methods: bool = False,
 ) -> None:
     """Run the service until interrupted. Raises SnapshotCorruptError before binding on a bad snapshot."""
-    import uvicorn
-
     require_loopback(host)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     chain = LocalChain(snapshot=state_dir / SNAPSHOT_NAME)
@@ -266,8 +226,4 @@ def serve(
     sock.listen(128)
     bound_port = sock.getsockname()[1]
     app = LedgerRpcApp(chain=chain, dev_methods=dev_methods)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    if ready_file is not None:
-        _write_ready(ready_file, {"rpc_url": f"http://{host}:{bound_port}", "pid": os.getpid()})
-    server.run(sockets=[sock])
+    run_on_socket(app, sock, ready_file=ready_file, ready={"rpc_url": f"http://{host}:{bound_port}"})

@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cyxwiz.errors import CyxwizError
 from cyxwiz.ledger.attestation import ReportAttestation
 from cyxwiz.ledger.cosign import CosignRefusedError
 
@@ -93,13 +94,30 @@ class VerdictBook:
 
     def require_no_pass(self, job_id: str, *, move: str) -> None:
         if self.passing(job_id) is not None:
-            raise ReleaseOwedError(
-                f"the verification of job {job_id!r} passed: its escrow is owed to the node, "
-                f"a {move} is refused",
-                field="job_id",
-                rule="F1",
-                hint="release it with the passing report, or dispute it for the arbiter",
-            )
+            raise _owed(job_id, move)
 
     def dispose(self) -> None:
         self._engine.dispose()
+
+
+def verdict_of(report: str) -> str | None:
+    """The verdict of an attestation's JSON (unchecked: what a stored record says), None if unreadable."""
+    try:
+        return ReportAttestation.parse(report).verdict
+    except CyxwizError:
+        return None
+
+
+def refuse_if_passed(record: Any, move: str) -> None:
+    """The ledger's own check: a release was already approved for this escrow (its report passed)."""
+    if record.report and verdict_of(record.report) == "pass":
+        raise _owed(record.job_id, move)
+
+
+def _owed(job_id: str, move: str) -> ReleaseOwedError:
+    return ReleaseOwedError(
+        f"the verification of job {job_id!r} passed: its escrow is owed to the node, a {move} is refused",
+        field="job_id",
+        rule="F1",
+        hint="release it with the passing report, or dispute it for the arbiter",
+    )

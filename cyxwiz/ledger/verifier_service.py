@@ -19,13 +19,12 @@ under its own passphrase, ``CYXWIZ_VERIFIER_PASSPHRASE``) and of the Ed25519 key
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,10 @@ from solders.signature import Signature
 
 from cyxwiz.errors import CyxwizError, LedgerError
 from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
 from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, refusal_from
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: verify hook: the lifecycle's request body -> (the report as a dict, its verdict: pass, fail or fraud)
 VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
 MAX_BODY = 1 << 20
@@ -141,48 +138,21 @@ class VerifierService:
         )  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_BODY:
-                await _respond(send, 413, {"error": {"code": "too-large", "message": "request too large"}})
-                return
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            await _respond(send, 400, {"error": {"code": "validation", "message": "body is not JSON"}})
-            return
+        await serve_json(
+            scope, receive, send, dispatch=self._dispatch, max_body=MAX_BODY,
+            too_large={"error": {"code": "too-large", "message": "request too large"}},
+            not_json=(400, {"error": {"code": "validation", "message": "body is not JSON"}}),
+        )  # fmt: skip
+
+    async def _dispatch(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         # Verification is CPU-bound and slow; it runs off the event loop so co-signing stays responsive.
         import anyio.to_thread
 
-        status, payload = await anyio.to_thread.run_sync(self.handle, scope["method"], scope["path"], parsed)
-        await _respond(send, status, payload)
-
-
-async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        return await anyio.to_thread.run_sync(self.handle, method, path, body)
 
 
 def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = None) -> None:
     """Serve on a Unix socket only its owner can connect to (0600 in a 0700 directory)."""
-    import uvicorn
-
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     socket_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -193,10 +163,7 @@ def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = 
         os.umask(old)
     os.chmod(socket_path, 0o600)
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-    if ready_file is not None:
-        ready_file.write_text(json.dumps({"socket": str(socket_path), "pid": os.getpid()}), encoding="utf-8")
-    server.run(sockets=[sock])
+    run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
 
 
 class RemoteCosigner:
