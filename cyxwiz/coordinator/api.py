@@ -17,7 +17,8 @@ from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.access import Access, Allow, Coordinator, NodeRevoker
 from cyxwiz.coordinator.auth import Authenticator, credential_admission
 from cyxwiz.coordinator.hooks import CoordinatorHooks
-from cyxwiz.coordinator.limits import BodyRoute, GuardMiddleware, RateLimiter
+from cyxwiz.coordinator.limits import Admit, BodyRoute, GuardMiddleware, RateLimiter
+from cyxwiz.coordinator.presigned import presigned_gate
 from cyxwiz.coordinator.problems import install_handlers, send_problem
 from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.routes import admin, archive, datasets, jobs, nodes, tokens, wallet
@@ -82,17 +83,18 @@ def create_app(
         ip_limiter=RateLimiter(rate=ip_rate[0], burst=ip_rate[1]),
         max_body=max_body,
         refuse=refuse,
-        routes=body_routes(max_body),
+        routes=body_routes(max_body, objects_gate=presigned_gate(store)),
         admit=credential_admission(verifier),
     )
 
 
-def body_routes(max_body: int) -> tuple[BodyRoute, ...]:
+def body_routes(max_body: int, *, objects_gate: Admit | None = None) -> tuple[BodyRoute, ...]:
     """Body caps by route (SPEC I). Only the presigned object store takes large bodies, and it checks
     the URL's signature before reading one; the JSON API takes small ones, and only from a caller whose
-    credential verified first. A refresh token travels in its body: that body is tiny."""
+    credential verified first. A refresh token travels in its body: that body is tiny. A job's object URL
+    is dead once the job or its node is (:mod:`cyxwiz.coordinator.presigned`)."""
     return (
-        BodyRoute(prefix="/objects/", cap=max_body, stream=True),
+        BodyRoute(prefix="/objects/", cap=max_body, stream=True, gate=objects_gate),
         BodyRoute(prefix="/v1/tokens/refresh", cap=16 << 10, admit=False),
         BodyRoute(prefix="/", cap=min(max_body, API_BODY_CAP)),
     )

@@ -97,16 +97,18 @@ Admit = Callable[[dict[str, Any]], None]
 class BodyRoute:
     """The body rule of the requests whose path starts with ``prefix`` (the first match wins).
 
-    ``cap``: the most bytes such a body may have. ``admit``: whether the credential is checked before
-    the body is read (False only where the credential travels in the body and the cap is tiny, or where
-    the app authenticates before reading, ``stream``). ``stream``: the app reads its own body (it
-    authenticates first, as the presigned object store does); it is only counted against the cap here.
+    ``cap``: the most bytes such a body may have. ``admit``: whether the credential is checked before the
+    body is read (False only where the credential travels in the body and the cap is tiny; a ``stream``
+    route's app authenticates before reading). ``stream``: the app reads its own body (it checks first,
+    as the presigned object store checks its URL); it is only counted against the cap here.
     """
 
     prefix: str
     cap: int
     admit: bool = True
     stream: bool = False
+    #: Checked on every request of the route, with or without a body, before anything is read.
+    gate: Admit | None = None
 
 
 class GuardMiddleware:
@@ -165,6 +167,11 @@ class GuardMiddleware:
         declared, chunked = _declared_body(scope)
         if declared > route.cap:
             return _too_big(route.cap)
+        if route.gate is not None:
+            try:
+                route.gate(scope)
+            except CyxwizError as exc:
+                return exc
         if (declared or chunked) and route.admit and self.admit is not None and not route.stream:
             try:
                 self.admit(scope)
