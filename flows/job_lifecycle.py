@@ -13,7 +13,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.client.schemas.objects import FlowRun
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from cyxwiz.errors import AuthorizationError, NotFoundError
@@ -143,22 +142,12 @@ def _revoke_token_on_rollback(txn: Transaction) -> None:
 
 @task(name="run-on-node")
 def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
-    from prefect.deployments import run_deployment
+    """The node's ``sandboxed-train`` run, followed to its end; a node lost mid-job (heartbeat gone, run
+    crashed or silent) is replaced by another while a whole attempt fits before the deadline (F1, F2).
+    ``dispatched`` in the answer is the assignment that counts (the last attempt's)."""
+    from tasks.redispatch import run_until_done
 
-    config = services.config()
-    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns the FlowRun
-        config.train_deployment,
-        parameters={"job_id": request.job_id, "job": dispatched["training_doc"]},
-        work_queue_name=dispatched["assignment"]["queue"],
-        timeout=request.wall_seconds + config.dispatch_margin_s,
-        job_variables={"memory_mb": request.memory_mb, "wall_seconds": request.wall_seconds},
-    )
-    state = flow_run.state
-    return {
-        "flow_run_id": str(flow_run.id),
-        "state": state.type.value if state else "UNKNOWN",
-        "message": (state.message or "") if state else "",
-    }
+    return run_until_done(request, dispatched).summary()
 
 
 @task(name="verify-result")
@@ -219,6 +208,7 @@ def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, An
         escrow = lock_escrow(request, spec)
         dispatched = dispatch(request, node)
         ran = run_on_node(request, dispatched)
+        dispatched = ran.pop("dispatched")  # a re-dispatch changed node, payee and per-job secret
         logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])
         report = verify(request, dispatched, escrow)
         settlement = settle(request, dispatched, report)

@@ -42,11 +42,14 @@ def crl_refresh(days: int = 7, refresh_before_hours: int = 48) -> dict[str, Any]
 @flow(name="escrow-sweep")
 def escrow_sweep() -> dict[str, Any]:
     """Nothing stuck, nothing paid twice (F2): finish in-flight moves on chain, send again releases left
-    ``settling``, refund every locked escrow past its deadline whose lifecycle run is terminal or gone."""
-    from tasks.sweep import lifecycle_run_state
+    ``settling``, refund every locked escrow past its deadline whose lifecycle run is terminal or gone (at
+    once when the run is dead), and close the jobs a dead lifecycle left open (tasks.recover)."""
+    from tasks.recover import sweep_once
 
-    report = services.ledger().sweep(run_state=lifecycle_run_state)
-    rows = report.rows()
+    swept = sweep_once()
+    report = swept["report"]
+    rows = report.rows() + [{"job_id": f["job_id"], "state": f["status"], "step": "job closed"}
+                            for f in swept["finished"]]  # fmt: skip
     if rows:
         create_table_artifact(key="escrow-sweep", table=rows, description="Escrows settled by the sweep")
     for job_id, why in report.alerts.items():
@@ -56,6 +59,7 @@ def escrow_sweep() -> dict[str, Any]:
         "released": [r.job_id for r in report.released],
         "refunded": [r.job_id for r in report.refunded],
         "alerts": report.alerts,
+        "closed": [f["job_id"] for f in swept["finished"]],
         "escrows": rows,
     }
 

@@ -46,6 +46,8 @@ class EmbeddedStack:
     hsm: Any = None
     #: the verifier service process (holds the verifier's escrow key; co-signs releases, F1)
     verifier: Any = None
+    #: the local ledger service's handle (kill/restart on the same port: infra.chaos)
+    ledger_service: Any = None
 
     #: Each demo user's own wallet (a sealed key under ``home/users/<name>``, opened by that user's client).
     users: dict[str, Any] = field(default_factory=dict)
@@ -299,7 +301,7 @@ def embedded_stack(
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
             audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
-            users={"demo-user": wallets.demo_user_wallet(demo_ledger, home)},
+            ledger_service=ledger_service, users={"demo-user": wallets.demo_user_wallet(demo_ledger, home)},
             node_wallets={"node-1": str(demo_ledger.node.pubkey())},
         )  # fmt: skip
         stack.callback(built.close)

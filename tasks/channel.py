@@ -6,6 +6,7 @@ is the implementation (mTLS + job token), tests may pass another implementation 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,9 +38,11 @@ class ControlChannel(Protocol):
         """Create the job row (under ``job_id`` when the user's client chose it); returns the job id."""
         ...
 
-    def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
-        """Pick a healthy unrevoked node and mint its job token; returns ``node_id``, ``queue``, ``jti``,
-        ``peer_id`` and ``wallet``."""
+    def assign(
+        self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """Pick a healthy unrevoked node (not one of the node ids in ``exclude``) and mint its job token;
+        returns ``node_id``, ``queue``, ``jti``, ``peer_id`` and ``wallet``."""
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:

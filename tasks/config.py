@@ -35,6 +35,10 @@ class ControlPlaneConfig:
     train_deployment: str = "sandboxed-train/sandboxed-train"
     #: Seconds added to a job's wall-time limit before the control plane gives up on the node.
     dispatch_margin_s: int = 120
+    #: A node whose heartbeat is older than this while it holds a job is lost: the job is re-dispatched.
+    node_lost_s: int = 60
+    #: A RUNNING flow run without a Prefect flow-run heartbeat for this long is dead (tasks.sweep).
+    run_silent_s: int = 450
 
     @classmethod
     def from_file(cls, path: Path) -> ControlPlaneConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,10 @@ class SchedulerChannel:
             self.store.create_job(user_id=user, spec=spec, duration_s=duration_s, job_id=job_id).job_id
         )
 
-    def assign(self, job_id: str, *, node: str | None = None) -> dict[str, Any]:
+    def assign(
+        self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """``exclude``: node ids not to pick (lost while holding this job: tasks.redispatch)."""
         now = dt.datetime.now(dt.UTC)
         revoked = self._revoked_serials()
         candidates = []
@@ -79,6 +83,8 @@ class SchedulerChannel:
             if int(record.cert_serial, 16) in revoked:
                 continue
             if node is not None and name != node:
+                continue
+            if record.node_id in exclude:
                 continue
             if record.last_heartbeat is None or now - record.last_heartbeat > HEARTBEAT_FRESH:
                 continue

@@ -1,17 +1,57 @@
-"""What the escrow sweep needs to know from Prefect: is the lifecycle run that owns an escrow still alive?"""
+"""What the escrow sweep needs to know from Prefect: is the lifecycle run that owns an escrow still alive?
+
+A run killed with its process (``kill -9`` of the control worker, a lost host) stays ``RUNNING`` in Prefect
+forever: nothing reports for it. Prefect's flow engine sends a ``prefect.flow-run.heartbeat`` event every
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (180 by default, 30 at least) while the run lives, so a
+``RUNNING`` run silent for ``silent_after_s`` is dead: it is marked ``CRASHED`` (forced, as nobody else
+will) and counts as terminal, and the sweep settles its escrow at once instead of an hour past its deadline.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from typing import Any
 
 from cyxwiz.ledger.recovery import RunStatus
 
+#: Default silence after which a RUNNING run is dead: 2.5 heartbeats at Prefect's default frequency (180 s).
+RUN_SILENT_S = 450
 
-def lifecycle_run_state(run_id: str | None) -> RunStatus:
+
+def quiet_seconds(client: Any, run: Any, *, now: dt.datetime | None = None) -> float:
+    """Seconds since the run last showed life: its latest ``prefect.flow-run.*`` event (a heartbeat or a
+    state change), or its start when Prefect holds no event of it."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventOrder,
+        EventResourceFilter,
+    )
+
+    moment = now or dt.datetime.now(dt.UTC)
+    since = run.start_time or run.created or moment
+    events = client.read_events(
+        EventFilter(
+            occurred=EventOccurredFilter(since=since, until=moment + dt.timedelta(minutes=5)),
+            event=EventNameFilter(prefix=["prefect.flow-run."]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+            order=EventOrder.DESC,
+        ),
+        limit=1,
+    ).events
+    last = events[0].occurred if events else since
+    return max(0.0, (moment - last).total_seconds())
+
+
+def lifecycle_run_state(run_id: str | None, *, silent_after_s: float = RUN_SILENT_S) -> RunStatus:
     """``running`` while the run may still settle its escrow itself; ``terminal`` once it ended (any
-    final state, its rollback hooks ran or never will); ``gone`` when Prefect does not know it."""
+    final state, its rollback hooks ran or never will) or went silent for ``silent_after_s`` (its process
+    is gone: it is marked CRASHED); ``gone`` when Prefect does not know it."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
 
     if not run_id:
         return "gone"
@@ -24,5 +64,11 @@ def lifecycle_run_state(run_id: str | None) -> RunStatus:
             run = client.read_flow_run(key)
         except ObjectNotFound:
             return "gone"
-    state = run.state
-    return "terminal" if state is not None and state.is_final() else "running"
+        state = run.state
+        if state is not None and state.is_final():
+            return "terminal"
+        if state is not None and state.is_running() and quiet_seconds(client, run) > silent_after_s:
+            message = f"no heartbeat for more than {silent_after_s:g} s: its process is gone (escrow sweep)"
+            client.set_flow_run_state(key, Crashed(message=message), force=True)
+            return "terminal"
+    return "running"

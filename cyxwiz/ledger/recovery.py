@@ -7,7 +7,8 @@ for the same move is recorded and sent.
 
 :func:`sweep` (the ``escrow-sweep`` flow) runs :func:`reconcile`, then sends again every release left
 ``settling`` (a chain refusal or timeout never becomes a refund), then refunds every ``locked`` escrow
-whose deadline (job wall time + dispatch margin) has passed and whose lifecycle run is terminal or gone.
+whose deadline (job wall time + dispatch margin) has passed and whose lifecycle run is terminal or gone,
+and at once every ``locked`` escrow whose lifecycle run is over (it died before its rollback could run).
 Each escrow ends released or refunded exactly once: every step is a compare-and-set on its state and each
 settle transaction closes the escrow account on chain.
 """
@@ -142,13 +143,22 @@ def sweep(
         except CyxwizError as exc:
             _alert(ledger, report, record, f"release still pending: {exc.code}")
     for record in ledger.list_escrows(states=[EscrowState.LOCKED]):
-        if record.deadline is None or record.deadline > moment:
+        expired = record.deadline is not None and record.deadline <= moment
+        if not expired and record.run_id is None:
             continue
         run: str = run_state(record.run_id)
-        if run == "running" and moment < record.deadline + stale_after:
+        if run == "terminal":
+            # Its run is over and left the escrow locked (killed before its rollback): nobody else will
+            # move it, so waiting for the deadline only keeps the user's funds from them.
+            reason = "lifecycle run ended without settling"
+        elif not expired:
+            continue
+        elif run == "running" and record.deadline is not None and moment < record.deadline + stale_after:
             continue  # the lifecycle still owns it: its own rollback or settlement will move it
-        if run == "running":
-            run = f"still marked running {stale_after} past the deadline"
+        else:
+            if run == "running":
+                run = f"still marked running {stale_after} past the deadline"
+            reason = f"expired: deadline passed, lifecycle run {run}"
         try:
             passed = ledger.passing_report(job_id=record.job_id)
             if passed is not None and record.node_wallet is not None:
@@ -157,9 +167,7 @@ def sweep(
                     ledger.release(job_id=record.job_id, node_wallet=record.node_wallet, report=passed)
                 )
                 continue
-            report.refunded.append(
-                ledger.refund(job_id=record.job_id, reason=f"expired: deadline passed, lifecycle run {run}")
-            )
+            report.refunded.append(ledger.refund(job_id=record.job_id, reason=reason))
         except CyxwizError as exc:
             _alert(ledger, report, record, f"expired settlement failed: {exc.code}")
     from cyxwiz.ledger.stake import slash_owed

@@ -1,0 +1,389 @@
+"""The chaos harness: the embedded control plane with every part in its own killable, restartable process.
+
+One stack serves many table cells (issue 21): the Prefect server, the ledger service, the verifier
+service, the coordinator and the gateway (``python -m infra.serve``, as the systemd units run them), the
+control worker (which runs every ``job-lifecycle`` flow run as its child) and the node agents. A cell
+submits one job, watches it reach a lifecycle step, ``kill -9``s one process (with its children) there,
+restarts it and then runs the escrow sweep every ``SWEEP_INTERVAL_S`` until the job is terminal; the cell
+records the outcome and checks supply, paid-once and the audit chain (:mod:`infra.chaos_cells`).
+
+A partition cuts a node off from the coordinator and the gateway: its agent reaches both through a relay
+owned by the harness (:class:`Cable`), which refuses and drops every connection while cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.local_server import free_port, prefect_env, stop_process_group
+from infra.stack import PROJECT, EmbeddedStack, embedded_stack
+
+#: Node heartbeat period (s) and the silence after which the lifecycle takes a node for lost.
+HEARTBEAT_S = 2
+NODE_LOST_S = 10
+#: Prefect flow-run heartbeats (its minimum) and the silence after which a RUNNING run is dead.
+FLOW_HEARTBEAT_S = 30
+RUN_SILENT_S = 75
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def kill_tree(pid: int) -> list[int]:
+    """``kill -9`` ``pid`` and every descendant (a flow run under its worker, a sandbox under its agent)."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    for target in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+    return found
+
+
+@dataclass(kw_only=True)
+class Service:
+    """One killable part: how to find its process and how to start it again."""
+
+    name: str
+    pid: Callable[[], int | None]
+    start: Callable[[], None]
+    reap: Callable[[], None] = lambda: None
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            kill_tree(pid)
+        self.reap()
+
+    def restart(self) -> None:
+        self.start()
+
+
+@dataclass(kw_only=True)
+class Proc:
+    """A subprocess the harness starts (again) from the same argument list and environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    ready: Callable[[], bool] = lambda: True
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, env=self.env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.argv[2:4]} did not start:\n{tail}")
+            time.sleep(0.2)
+
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
+
+    def reap(self) -> None:
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            stop_process_group(self.popen)
+
+
+def _answers(url: str, path: str = "") -> Callable[[], bool]:
+    import httpx
+
+    def probe() -> bool:
+        try:
+            httpx.get(url + path, timeout=2, verify=False)  # noqa: S501 (liveness only, no data)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    return probe
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+class Cable:
+    """A TCP relay between a node and one control-plane listener; :meth:`cut` is the partition.
+
+    While cut, open connections are dropped and new ones are closed at once: the node sees what a
+    partition shows it (its calls fail), the listener sees the node fall silent. TLS runs end to end
+    through it: the relay sees only ciphertext."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._cut = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self._open.clear()
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._cut.is_set():
+                near.close()
+                continue
+            try:
+                far = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                near.close()
+                continue
+            with self._lock:
+                self._open.update((near, far))
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
+        with self._lock:
+            self._open.discard(src)
+            self._open.discard(dst)
+
+
+@dataclass(kw_only=True)
+class ChaosStack:
+    stack: EmbeddedStack
+    services: dict[str, Service] = field(default_factory=dict)
+    cables: dict[str, tuple[Cable, Cable]] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def agent_service(self, name: str) -> Service:
+        def pid() -> int | None:
+            proc = self.stack.agents.get(name)
+            return proc.pid if proc is not None and proc.poll() is None else None
+
+        def start() -> None:
+            self.start_agent(name)
+
+        def reap() -> None:
+            proc = self.stack.agents.pop(name, None)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+
+        return Service(name=f"agent:{name}", pid=pid, start=start, reap=reap)
+
+    def start_agent(self, name: str, *, cabled: bool = False) -> None:
+        """A node agent; ``cabled``: it reaches the coordinator and the gateway through :class:`Cable`\\ s."""
+        extra = {
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_S),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+        if cabled or name in self.cables:
+            if name not in self.cables:
+                self.cables[name] = (
+                    Cable(_address(self.stack.coordinator.url)),
+                    Cable(_address(self.stack.env["CYXWIZ_GATEWAY_URL"])),
+                )
+            coordinator, gateway = self.cables[name]
+            extra["CYXWIZ_COORDINATOR_URL"] = f"https://127.0.0.1:{coordinator.port}"
+            extra["CYXWIZ_GATEWAY_URL"] = f"https://127.0.0.1:{gateway.port}"
+        self.stack.start_agent(name, extra_env=extra)
+        self.stack.wait_for_node(name)
+
+    def cut(self, name: str) -> None:
+        for cable in self.cables[name]:
+            cable.cut()
+
+    def heal(self, name: str) -> None:
+        for cable in self.cables[name]:
+            cable.heal()
+
+    def close(self) -> None:
+        for pair in self.cables.values():
+            for cable in pair:
+                cable.close()
+        for proc in self.procs:
+            proc.stop()
+
+
+def _address(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None, url
+    return parts.hostname, parts.port
+
+
+def _listener(stack: EmbeddedStack, service: str, port: int, extra: dict[str, str]) -> Proc:
+    """``python -m infra.serve SERVICE`` on loopback ``port`` with the stack's PKI, config and audit."""
+    pki = stack.pki
+    cert, key = (
+        (pki.coordinator_cert, pki.coordinator_key)
+        if service == "coordinator"
+        else (pki.gateway_cert, pki.gateway_key)
+    )
+    env = {
+        **stack.env,
+        "CYXWIZ_LISTEN_HOST": "127.0.0.1",
+        "CYXWIZ_LISTEN_PORT": str(port),
+        "CYXWIZ_TLS_CERT": str(cert),
+        "CYXWIZ_TLS_KEY": str(key),
+        "CYXWIZ_CA_BUNDLE": str(pki.bundle),
+        "CYXWIZ_CRL": str(pki.crl),
+        "CYXWIZ_STATE_DIR": str(stack.home / "coordinator"),
+        "CYXWIZ_CA_DIR": str(pki.ca_dir),
+        **extra,
+    }
+    return Proc(
+        argv=[sys.executable, "-m", "infra.serve", service], env=env, log=stack.home / f"{service}.log",
+        ready=lambda: _listening(port),
+    )  # fmt: skip
+
+
+def _prefect_service(stack: EmbeddedStack, chaos: ChaosStack) -> Service:
+    """The Prefect server: the stack's first one, then ours on the same port and database."""
+    server = stack.prefect
+    port = _address(server.api_url)[1]
+    proc = Proc(
+        argv=[sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **prefect_env(server.home, server.api_url)},
+        log=server.home / "server.log",
+        ready=_answers(server.api_url, "/health"),
+    )
+    chaos.procs.append(proc)
+
+    def pid() -> int | None:
+        return proc.pid() if proc.popen is not None else server.pid
+
+    return Service(name="prefect", pid=pid, start=proc.start, reap=proc.reap)
+
+
+@contextlib.contextmanager
+def chaos_stack(
+    home: Path, *, nodes: tuple[str, ...] = ("node-1", "node-2"), cabled: tuple[str, ...] = ()
+) -> Iterator[ChaosStack]:
+    """The embedded stack with coordinator and gateway moved into their own processes, short loss and
+    silence limits for the lifecycle, the control worker and ``nodes`` running (``cabled`` ones behind
+    their :class:`Cable`\\ s)."""
+    from tasks import services
+    from tasks.config import ControlPlaneConfig
+
+    os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(FLOW_HEARTBEAT_S)
+    with embedded_stack(
+        home, say=lambda _m: None, nodes=nodes, lifecycle_deployment=True, gateway=False
+    ) as stack:
+        chaos = ChaosStack(stack=stack)
+        try:
+            config = ControlPlaneConfig.from_file(stack.config_path)
+            dataclasses.replace(config, node_lost_s=NODE_LOST_S, run_silent_s=RUN_SILENT_S).to_file(
+                stack.config_path
+            )
+            services.reset()
+            stack.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(FLOW_HEARTBEAT_S)
+            stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
+            coordinator_port = _address(stack.coordinator.url)[1]
+            stack.coordinator.stop()  # the same listener again, in its own process, on the same port
+            coordinator = _listener(
+                stack, "coordinator", coordinator_port, {"PREFECT_API_URL": stack.prefect.api_url}
+            )
+            gateway_port = free_port()
+            gateway = _listener(
+                stack, "gateway", gateway_port,
+                {"CYXWIZ_KEYRING_DIR": str(stack.home / "coordinator" / "keyring"),
+                 "CYXWIZ_PREFECT_UPSTREAM": stack.prefect.api_url.removesuffix("/api")},
+            )  # fmt: skip
+            for proc in (coordinator, gateway):
+                proc.start()
+                chaos.procs.append(proc)
+            stack.env["CYXWIZ_GATEWAY_URL"] = f"https://127.0.0.1:{gateway_port}"
+            for name, proc in (("coordinator", coordinator), ("gateway", gateway)):
+                chaos.services[name] = Service(name=name, pid=proc.pid, start=proc.start, reap=proc.reap)
+            chaos.services["prefect"] = _prefect_service(stack, chaos)
+            ledger = stack.ledger_service
+            chaos.services["ledger"] = Service(
+                name="ledger", pid=lambda: ledger._process.pid if ledger._process else None,
+                start=ledger.start, reap=ledger.kill,
+            )  # fmt: skip
+            verifier = stack.verifier
+            chaos.services["verifier"] = Service(
+                name="verifier", pid=lambda: verifier.pid, start=verifier.start, reap=verifier.stop
+            )
+            stack.start_control_worker()
+            chaos.services["control"] = Service(
+                name="control", pid=lambda: _alive(stack.agents.get("__control__")),
+                start=lambda: _started(stack.start_control_worker()),
+                reap=lambda: _wait(stack.agents.get("__control__")),
+            )  # fmt: skip
+            for name in nodes:
+                chaos.start_agent(name, cabled=name in cabled)
+                chaos.services[f"agent:{name}"] = chaos.agent_service(name)
+            yield chaos
+        finally:
+            chaos.close()
+
+
+def _started(_proc: subprocess.Popen[bytes]) -> None:
+    return None
+
+
+def _alive(proc: subprocess.Popen[bytes] | None) -> int | None:
+    return proc.pid if proc is not None and proc.poll() is None else None
+
+
+def _wait(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
