@@ -143,22 +143,9 @@ def sweep(
         except CyxwizError as exc:
             _alert(ledger, report, record, f"release still pending: {exc.code}")
     for record in ledger.list_escrows(states=[EscrowState.LOCKED]):
-        expired = record.deadline is not None and record.deadline <= moment
-        if not expired and record.run_id is None:
-            continue
-        run: str = run_state(record.run_id)
-        if run == "terminal":
-            # Its run is over and left the escrow locked (killed before its rollback): nobody else will
-            # move it, so waiting for the deadline only keeps the user's funds from them.
-            reason = "lifecycle run ended without settling"
-        elif not expired:
-            continue
-        elif run == "running" and record.deadline is not None and moment < record.deadline + stale_after:
+        reason = _why_settle(record, run_state, moment=moment, stale_after=stale_after)
+        if reason is None:
             continue  # the lifecycle still owns it: its own rollback or settlement will move it
-        else:
-            if run == "running":
-                run = f"still marked running {stale_after} past the deadline"
-            reason = f"expired: deadline passed, lifecycle run {run}"
         try:
             passed = ledger.passing_report(job_id=record.job_id)
             if passed is not None and record.node_wallet is not None:
@@ -180,6 +167,27 @@ def sweep(
         if record.job_id not in {r.job_id for r in report.reconciled}:
             _alert(ledger, report, record, f"{record.state.value} with no intent in flight")
     return report
+
+
+def _why_settle(
+    record: EscrowRecord, run_state: RunState, *, moment: dt.datetime, stale_after: dt.timedelta
+) -> str | None:
+    """Why the sweep may settle this locked escrow now, or None while its lifecycle may still do it."""
+    expired = record.deadline is not None and record.deadline <= moment
+    if not expired and record.run_id is None:
+        return None
+    run: str = run_state(record.run_id)
+    if run == "terminal":
+        # Its run is over and left the escrow locked (killed before its rollback): nobody else will
+        # move it, so waiting for the deadline only keeps the user's funds from them.
+        return "lifecycle run ended without settling"
+    if not expired:
+        return None
+    if run == "running" and record.deadline is not None and moment < record.deadline + stale_after:
+        return None
+    if run == "running":
+        run = f"still marked running {stale_after} past the deadline"
+    return f"expired: deadline passed, lifecycle run {run}"
 
 
 def _alert(ledger: EscrowLedger, report: SweepReport, record: EscrowRecord, why: str) -> None:
