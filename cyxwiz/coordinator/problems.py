@@ -94,7 +94,8 @@ async def send_problem(
 ) -> None:
     """Refuse at the raw ASGI level (middleware, websockets before accept)."""
     status, body, headers = _render(exc)
-    audit_refusal(audit, scope, status, body["type"].rsplit(":", 1)[-1], body["detail"])
+    if not getattr(exc, "audited", False):  # a decision already recorded is not recorded twice
+        audit_refusal(audit, scope, status, body["type"].rsplit(":", 1)[-1], body["detail"])
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008, "reason": body["detail"][:120]})
         return

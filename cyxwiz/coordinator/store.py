@@ -112,6 +112,15 @@ class CoordinatorStore(SessionRows):
             rows = conn.execute(sa.select(node_peers.c.cert_serial).where(node_peers.c.node_id == node_id))
             return [str(r[0]) for r in rows]
 
+    def peer_ids_of(self, node_id: str) -> list[str]:
+        """Every PeerID that is this node: its current certificate's and its earlier ones'."""
+        with self._tx() as conn:
+            current = conn.execute(sa.select(nodes.c.peer_id).where(nodes.c.node_id == node_id)).all()
+            earlier = conn.execute(
+                sa.select(node_peers.c.peer_id).where(node_peers.c.node_id == node_id)
+            ).all()
+        return [str(r[0]) for r in (*current, *earlier)]
+
     def renew_node(self, node_id: str, *, peer_id: str, cert_serial: str) -> NodeRecord:
         """The node's new certificate becomes current; the one it replaces stays the node's until it
         expires. A PeerID already known (key reuse, or another node's) is refused."""

@@ -10,6 +10,7 @@ unattributable id refuses the whole event.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from cyxwiz.gateway.ids import canonical_uuid_or_none
@@ -49,8 +50,12 @@ def worker_name(queue: str) -> str:
     return f"cyxwiz-{queue}"
 
 
-def _verdict(rid: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str:
-    """'own', 'task' (a task run: owned through the flow run the event also names), 'tag', or 'foreign'."""
+TaskCheck = Callable[[str], bool]
+
+
+def _verdict(rid: str, view: NodeView, *, queue: str, pool_ids: set[str], tasks: TaskCheck) -> str:
+    """'own', 'task' (one of the node's task runs: the event must also name its flow run), 'tag', or
+    'foreign'. ``tasks`` says whether a task run is the node's (:class:`~cyxwiz.gateway.model.TaskRuns`)."""
     kind, _, rest = rid.removeprefix("prefect.").partition(".")
     if not rid.startswith("prefect.") or not rest:
         return "foreign"
@@ -72,11 +77,13 @@ def _verdict(rid: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str
         "artifact": view.artifacts,
     }.get(kind)
     if kind == "task-run":
-        return "task"
+        return "task" if tasks(ident) else "foreign"
     return "own" if owned is not None and ident in owned else "foreign"
 
 
-def emit_refusal(text: str, view: NodeView, *, queue: str, pool_ids: set[str]) -> str | None:
+def emit_refusal(
+    text: str, view: NodeView, *, queue: str, pool_ids: set[str], tasks: TaskCheck
+) -> str | None:
     """Why an ``events/in`` message must be dropped, or None when every resource it names is the node's.
 
     The event must be about the node's own work — one of its flow runs or its own worker — and every other
@@ -91,7 +98,15 @@ def emit_refusal(text: str, view: NodeView, *, queue: str, pool_ids: set[str]) -
     ids = resource_ids(event)
     if not ids or not isinstance(event.get("event"), str):
         return NOT_AN_EVENT
-    verdicts = [_verdict(i, view, queue=queue, pool_ids=pool_ids) for i in ids]
+    own_run = any(
+        _verdict(i, view, queue=queue, pool_ids=pool_ids, tasks=_never) == "own"
+        for i in ids
+        if i.startswith(_FLOW_RUN)
+    )
+    # A task run is claimed only through an event about one of the node's own flow runs.
+    verdicts = [
+        _verdict(i, view, queue=queue, pool_ids=pool_ids, tasks=tasks if own_run else _never) for i in ids
+    ]
     if "foreign" in verdicts:
         foreign = ids[verdicts.index("foreign")]
         # The kind (not the id) names what was foreign: reasons stay groupable in the audit log.
@@ -103,7 +118,7 @@ def emit_refusal(text: str, view: NodeView, *, queue: str, pool_ids: set[str]) -
     return None if own_work else NOT_ABOUT_OWN_WORK
 
 
-def visible(text: str, view: NodeView, *, queue: str) -> bool:
+def visible(text: str, view: NodeView, *, queue: str, tasks: TaskCheck) -> bool:
     """An ``events/out`` message may reach the node: control messages, and events about its own runs
     that name no other node's run, worker or queue."""
     message = json_object(text)
@@ -117,12 +132,16 @@ def visible(text: str, view: NodeView, *, queue: str) -> bool:
         return False
     own_run = False
     for rid in ids:
-        verdict = _verdict(rid, view, queue=queue, pool_ids=set())
+        verdict = _verdict(rid, view, queue=queue, pool_ids=set(), tasks=tasks)
         kind = rid.removeprefix("prefect.").partition(".")[0]
-        if kind in ("flow-run", "worker", "work-queue") and verdict == "foreign":
+        if kind in ("flow-run", "task-run", "worker", "work-queue") and verdict == "foreign":
             return False
         own_run = own_run or (kind == "flow-run" and verdict == "own")
     return own_run
+
+
+def _never(_task_run_id: str) -> bool:
+    return False
 
 
 def narrowed_filter(given: Any) -> dict[str, Any]:

@@ -22,6 +22,35 @@ class NodeView:
     cleanup_messages: set[str] = field(default_factory=set)
 
 
+class TaskRuns:
+    """Which node each task run is, by the first node that named it (SPEC C3; issue 18).
+
+    Prefect creates a task run from the events its flow-run engine emits (there is no task_runs POST),
+    with an id the client chose: the first node to name a task run, in an event about its own flow run,
+    owns it. Any other node naming that id — in an event, a log line, an artifact — is refused, and events
+    about it are not shown to others. Bounded: the oldest entries go first (ids are random UUIDs).
+    """
+
+    def __init__(self, *, max_entries: int = 200_000) -> None:
+        from collections import OrderedDict
+
+        self.max_entries = max_entries
+        self._owner: OrderedDict[str, str] = OrderedDict()
+
+    def claim(self, task_run_id: str, node_id: str) -> bool:
+        """True when the task run is (now) ``node_id``'s; False when it is another node's."""
+        owner = self._owner.get(task_run_id)
+        if owner is None:
+            self._owner[task_run_id] = node_id
+            while len(self._owner) > self.max_entries:
+                self._owner.popitem(last=False)
+            return True
+        return owner == node_id
+
+    def owner(self, task_run_id: str) -> str | None:
+        return self._owner.get(task_run_id)
+
+
 @dataclass(frozen=True)
 class Caller:
     node_id: str

@@ -16,7 +16,7 @@ from cyxwiz.authz.policies import RUN_LIVE_STATES
 from cyxwiz.errors import AuthenticationError, ValidationError
 from cyxwiz.gateway.events import worker_name
 from cyxwiz.gateway.ids import canonical_uuid, canonical_uuid_or_none
-from cyxwiz.gateway.model import Caller, NodeView, artifact_namespace, job_id_of
+from cyxwiz.gateway.model import Caller, NodeView, TaskRuns, artifact_namespace, job_id_of
 from cyxwiz.gateway.policy import Match
 from cyxwiz.gateway.standing import Standing
 from cyxwiz.tokens.kinds import TokenKind
@@ -35,6 +35,7 @@ class OwnedObjects:
     standing: Standing | None
     views: dict[str, NodeView]
     pool_ids: set[str]
+    task_runs: TaskRuns
     _client: httpx.AsyncClient
     _upstream_headers: dict[str, str]
 
@@ -173,12 +174,24 @@ class OwnedObjects:
             if run_id is None:
                 self._decide(caller, resource, "logs", False, "log line names no flow run")
             runs.add(run_id)
+            self._task_run(caller, resource, "logs", line)
         for run_id in runs:
             assert run_id is not None
             owned = await self._owns_run(caller, run_id)
             self._decide(
                 caller, resource, "logs", owned, "logs of own run" if owned else "logs for another run"
             )
+
+    def _task_run(self, caller: Caller, resource: str, action: str, item: dict[str, Any]) -> None:
+        """A log line or artifact may name a task run: only one of the node's own (first named by it),
+        never another node's, and only by a canonical id."""
+        raw = item.get("task_run_id")
+        if raw is None:
+            return
+        task_run = canonical_uuid_or_none(raw)
+        if task_run is None or not self.task_runs.claim(task_run, caller.node_id):
+            # (allowed ones are not audited one by one: a log batch names its task run on every line)
+            self._decide(caller, resource, action, False, "names another node's task run")
 
     async def _artifact(
         self, caller: Caller, resource: str, kind: str, body: bytes, m: Match
@@ -207,6 +220,7 @@ class OwnedObjects:
         self._decide(
             caller, resource, kind, owned, "artifact of own run" if owned else "artifact for another run"
         )
+        self._task_run(caller, resource, kind, request)
         key = request.get("key")
         if key is not None:
             # The node's keys live in its own namespace (never verification-*, audit-*, ... of the control

@@ -24,7 +24,7 @@ from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.problems import send_problem
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
 from cyxwiz.gateway.ids import BODYLESS_METHODS, canonical_uuid, forwarded_headers
-from cyxwiz.gateway.model import Caller, NodeView
+from cyxwiz.gateway.model import Caller, NodeView, TaskRuns
 from cyxwiz.gateway.objects import OwnedObjects, _json_list
 from cyxwiz.gateway.policy import Match, match
 from cyxwiz.gateway.standing import CUT_OFF, LiveChannels, RevocationWatch, Standing
@@ -67,6 +67,8 @@ class Gateway(OwnedObjects, WebSocketProxy):
         #: Websocket messages per node, over all its channels (a flood of events is a flood too).
         self.ws_limiter = RateLimiter(rate=message_rate[0], burst=message_rate[1])
         self.views: dict[str, NodeView] = {}
+        #: Task runs by the node that first named one in an event about its own flow run.
+        self.task_runs = TaskRuns()
         #: Ids of the GPU work pool, learned from upstream answers about it (events name pools by id).
         self.pool_ids: set[str] = set()
         #: The coordinator's records: bans, revoked sessions, dead jobs (None only in unit tests).

@@ -61,7 +61,9 @@ class StoreStanding:
             return None
 
     def cut_off_peers(self) -> set[str]:
-        return {n.peer_id for n in self.store.list_nodes() if n.status in CUT_OFF}
+        """PeerIDs of cut-off nodes, earlier (renewed-from) certificates included: they are the node too."""
+        doomed = [n.node_id for n in self.store.list_nodes() if n.status in CUT_OFF]
+        return {peer for node_id in doomed for peer in self.store.peer_ids_of(node_id)}
 
 
 @dataclass

@@ -17,7 +17,7 @@ from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError
 from cyxwiz.gateway import events, worker_channel
-from cyxwiz.gateway.model import Caller, NodeView
+from cyxwiz.gateway.model import Caller, NodeView, TaskRuns
 from cyxwiz.gateway.policy import Match, match
 from cyxwiz.gateway.standing import LiveChannels
 
@@ -31,6 +31,7 @@ class WebSocketProxy:
     audit: AuditSink | None
     ws_limiter: RateLimiter
     live: LiveChannels
+    task_runs: TaskRuns
     #: Seconds a websocket that authenticates by message may stay open before that message arrives.
     auth_timeout: float
     pool_ids: set[str]
@@ -193,7 +194,13 @@ class WebSocketProxy:
             return "binary frames are not part of the protocol"
         view = self.view(caller.node_id)
         if kind == "events_in":
-            return events.emit_refusal(text, view, queue=caller.queue, pool_ids=self.pool_ids)
+            return events.emit_refusal(
+                text,
+                view,
+                queue=caller.queue,
+                pool_ids=self.pool_ids,
+                tasks=lambda task_run: self.task_runs.claim(task_run, caller.node_id),
+            )
         if kind == "worker_connect":
             return worker_channel.client_frame_refusal(text, view, queue=caller.queue)
         message = events.json_object(text)
@@ -202,7 +209,12 @@ class WebSocketProxy:
     def _message_visible(self, caller: Caller, kind: str, text: str) -> bool:
         view = self.view(caller.node_id)
         if kind == "events_out":
-            return events.visible(text, view, queue=caller.queue)
+            return events.visible(
+                text,
+                view,
+                queue=caller.queue,
+                tasks=lambda task_run: self.task_runs.owner(task_run) in (None, caller.node_id),
+            )
         if kind == "worker_connect":
             return worker_channel.server_frame_visible(text, view)
         return True

@@ -16,6 +16,7 @@ from websockets.sync.client import connect as ws_connect
 
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.gateway.model import artifact_namespace
+from cyxwiz.transport.tls import client_context
 from tests.gateway.conftest import POOL, GwEnv
 from tests.gateway.test_gateway import _node_a_websocket
 
@@ -113,9 +114,9 @@ def test_events_out_hides_events_that_name_another_nodes_run(gw: GwEnv) -> None:
             _event("x", f"prefect.flow-run.{mine['id']}", [f"prefect.flow-run.{theirs['id']}"])
         ),
     }
-    assert not visible(json.dumps(mixed), view, queue="node-a")
+    assert not visible(json.dumps(mixed), view, queue="node-a", tasks=lambda _t: True)
     alone = {"type": "event", "event": json.loads(_event("x", f"prefect.flow-run.{mine['id']}"))}
-    assert visible(json.dumps(alone), view, queue="node-a")
+    assert visible(json.dumps(alone), view, queue="node-a", tasks=lambda _t: True)
 
 
 def _hello(**payload: Any) -> str:
@@ -329,3 +330,46 @@ def test_artifact_events_only_for_artifacts_the_node_created(gw: GwEnv) -> None:
     )
     assert sent == ["prefect.artifact.created", "test.end"]
     assert "event about a resource that is not the node's (artifact)" in _denied(gw, "events_in.event")
+
+
+def test_a_task_run_is_the_node_that_first_named_it(gw: GwEnv) -> None:
+    """Task runs are created by events (there is no task_runs POST), with a client-chosen id: the node
+    whose own flow run's event first names one owns it; another node naming that id — in an event, a log
+    line or an artifact — is refused and audited (issue 18; C3)."""
+    mine, theirs = gw.upstream.add_run("node-a"), gw.upstream.add_run("node-b")
+    task = str(uuid.uuid4())
+    own_run, their_run = f"prefect.flow-run.{mine['id']}", f"prefect.flow-run.{theirs['id']}"
+    # node-a's engine announces its task run (positive control: claimed, forwarded).
+    sent = _emit(gw, [_event("prefect.task-run.Pending", f"prefect.task-run.{task}", [own_run])])
+    assert sent == ["prefect.task-run.Pending", "test.end"]
+    for node in ("node-a", "node-b"):
+        with gw.client(node, gw.token(node)) as c:
+            c.post(f"/api/work_pools/{POOL}/get_scheduled_flow_runs", json={})  # learns its runs
+    run_b = theirs["id"]
+    with gw.client("node-b", gw.token("node-b")) as c:
+        stolen = {"flow_run_id": run_b, "task_run_id": task, "message": "into a's task run"}
+        assert c.post("/api/logs/", json=[stolen]).status_code == 403
+        upper = {**stolen, "task_run_id": task.upper()}
+        assert c.post("/api/logs/", json=[upper]).status_code == 403  # same task run, other spelling
+        artifact = {"flow_run_id": run_b, "task_run_id": task, "type": "markdown", "key": "x"}
+        assert c.post("/api/artifacts/", json=artifact).status_code == 403
+        own_task = {"flow_run_id": run_b, "task_run_id": str(uuid.uuid4()), "message": "b's own"}
+        assert c.post("/api/logs/", json=[own_task]).status_code == 200  # positive control
+    with gw.client("node-a", gw.token("node-a")) as c:
+        line = {"flow_run_id": mine["id"], "task_run_id": task, "message": "a's task"}
+        assert c.post("/api/logs/", json=[line]).status_code == 200  # positive control
+    assert [line["message"] for line in gw.upstream.logs] == ["b's own", "a's task"]
+    assert sum("names another node's task run" in r for r in gw.denials()) == 3
+    # node-b's events about a's task run, even next to b's own run, are dropped on events/in.
+    before = len(gw.upstream.emitted)
+    url = gw.url.replace("https", "wss") + "/api/events/in"
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-b"), key=gw.pki.node_key("node-b")
+    )
+    with ws_connect(url, ssl=ctx, additional_headers={"authorization": f"Bearer {gw.token('node-b')}"}) as ws:
+        ws.send(json.dumps({"type": "auth", "token": "x"}))
+        ws.send(_event("prefect.task-run.Completed", f"prefect.task-run.{task}", [their_run]))
+        ws.send(_event("test.end", their_run))
+        assert ws.recv(timeout=5) == "bye"
+    assert [e.get("event") for e in gw.upstream.emitted[before:]][1:] == ["test.end"]
+    assert "event about a resource that is not the node's (task-run)" in _denied(gw, "events_in.event")

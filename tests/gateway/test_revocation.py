@@ -245,3 +245,19 @@ def test_key_ring_rotation_reaches_the_running_coordinator_and_gateway(both: Bot
     store.save(pruned)
     assert reloader.check_now()
     assert ring.lookup(old_kid, now=dt.datetime.now(dt.UTC)) is None
+
+
+def test_a_cut_off_node_is_every_certificate_it_renewed_from(tmp_path: Path) -> None:
+    """Closing a banned node's connections covers its earlier (renewed-from, unexpired) certificates too:
+    a keep-alive connection under the certificate before the renewal is the same node (A6, A7)."""
+    from cyxwiz.coordinator.store import CoordinatorStore
+
+    store = CoordinatorStore.from_url(f"sqlite:///{tmp_path / 'c.db'}")
+    node = store.register_node(peer_id="12D3KooWOld", subject="CN=n", cert_serial="1", hardware={})
+    other = store.register_node(peer_id="12D3KooWOther", subject="CN=o", cert_serial="3", hardware={})
+    store.renew_node(node.node_id, peer_id="12D3KooWNew", cert_serial="2")
+    standing = StoreStanding(store)
+    assert standing.cut_off_peers() == set()  # positive control: nobody is cut off
+    store.set_node_status(node.node_id, "banned")
+    assert standing.cut_off_peers() == {"12D3KooWOld", "12D3KooWNew"}
+    assert other.peer_id not in standing.cut_off_peers()

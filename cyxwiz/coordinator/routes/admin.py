@@ -49,7 +49,9 @@ def admin_node_action(
     if action in ("ban", "revoke"):
         ctx.store.revoke_sessions_of(node_id)
         if ctx.close_peer is not None:
-            ctx.close_peer(node.peer_id)
+            # Its earlier (renewed-from, unexpired) certificates are the node too: their connections end.
+            for peer_id in ctx.store.peer_ids_of(node_id):
+                ctx.close_peer(peer_id)
         ctx.record(
             ev.revocation(actor_id=caller.principal_id, kind="node", target=node_id, reason=body.reason)
         )
