@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.errors import ConflictError, EscrowStateError, NotFoundError
+from cyxwiz.ledger import rawsql
 from cyxwiz.ledger.groupsync import WalSync
 from cyxwiz.ledger.schema import (
     SIDE_MOVES,
@@ -58,6 +59,7 @@ class EscrowStore:
     def __init__(self, *, engine: Engine, wal: WalSync | None = None) -> None:
         self._engine = engine
         self._wal = wal
+        self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
 
     @classmethod
@@ -87,12 +89,10 @@ class EscrowStore:
 
     def get(self, job_id: str) -> dict[str, Any]:
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(escrows).where(escrows.c.job_id == job_id)).mappings().first()
+            row = rawsql.select_escrow(conn, job_id)
         if row is None:
             raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
-        result = dict(row)
-        result["amount"] = int(Decimal(result["amount"]))
-        return result
+        return row
 
     def list_escrows(self, *, states: Iterable[EscrowState] | None = None) -> list[dict[str, Any]]:
         query = sa.select(escrows).order_by(escrows.c.created_at, escrows.c.job_id)
@@ -120,13 +120,10 @@ class EscrowStore:
         now = _now()
         try:
             with self._durable() as conn:
-                conn.execute(
-                    escrows.insert().values(
-                        **row, state=EscrowState.CREATING.value, created_at=now, updated_at=now
-                    )
-                )
+                values = dict(row, state=EscrowState.CREATING.value, created_at=now, updated_at=now)
+                rawsql.insert(conn, escrows.name, values)
                 return self._add_intent(conn, row["job_id"], EscrowState.CREATING, intent, now)
-        except sa.exc.IntegrityError:
+        except self._conflicts:
             pass
         # The job already has a row: only a never-funded (void) escrow may be funded again.
         with self._durable() as conn:
@@ -165,11 +162,10 @@ class EscrowStore:
             current = self._current(conn, job_id)
             if current not in allowed:
                 raise self._state_error(job_id, current)
-            query = escrows.update().where(escrows.c.job_id == job_id, escrows.c.state == current.value)
             values = dict(fields, updated_at=now)
             if new_state is not None:
                 values["state"] = EscrowState(new_state).value
-            if conn.execute(query.values(**values)).rowcount != 1:
+            if rawsql.update_escrow(conn, job_id, current.value, values) != 1:
                 raise self._state_error(job_id, self._current(conn, job_id))
 
     @contextmanager
@@ -195,21 +191,15 @@ class EscrowStore:
             return
         signature_column = "create_signature" if intent.kind == "create" else "settle_signature"
         with self._concluding() as conn:
-            conn.execute(
-                intents.update()
-                .where(intents.c.id == intent.id)
-                .values(status=IntentStatus.CONFIRMED.value, updated_at=now)
-            )
+            confirmed = {"status": IntentStatus.CONFIRMED.value, "updated_at": now}
+            rawsql.update_intent(conn, intent.id, confirmed, prepared=False)
             values: dict[str, Any] = {signature_column: intent.signature}
             if intent.kind == "dispute":  # the funds now sit in the dispute escrow; settled later
                 values = {"dispute_account": intent.recipient_wallet}
             if intent.recipient_wallet is not None and intent.kind == "release":
                 values["node_wallet"] = intent.recipient_wallet
-            moved = conn.execute(
-                escrows.update()
-                .where(escrows.c.job_id == intent.job_id, escrows.c.state == TRANSITIONAL[intent.kind].value)
-                .values(state=intent.target_state.value, updated_at=now, **values)
-            ).rowcount
+            values.update(state=intent.target_state.value, updated_at=now)
+            moved = rawsql.update_escrow(conn, intent.job_id, TRANSITIONAL[intent.kind].value, values)
             if not moved and (current := self._current(conn, intent.job_id)) != intent.target_state:
                 raise self._state_error(intent.job_id, current)  # (target reached: finished elsewhere)
 
@@ -222,11 +212,8 @@ class EscrowStore:
             self._conclude_side(intent, status, error, now)
             return
         with self._concluding() as conn:
-            conn.execute(
-                intents.update()
-                .where(intents.c.id == intent.id, intents.c.status == IntentStatus.PREPARED.value)
-                .values(status=status.value, error=error[:500], updated_at=now)
-            )
+            ended = {"status": status.value, "error": error[:500], "updated_at": now}
+            rawsql.update_intent(conn, intent.id, ended, prepared=True)
             self._cas(
                 conn, intent.job_id, [TRANSITIONAL[intent.kind]], revert_to or intent.prior_state, {}, now
             )
@@ -235,12 +222,12 @@ class EscrowStore:
         """``old`` expired unsent; record ``new`` for the same move (the escrow stays transitional)."""
         now = _now()
         with self._durable() as conn:
-            updated = conn.execute(
-                intents.update()
-                .where(intents.c.id == old.id, intents.c.status == IntentStatus.PREPARED.value)
-                .values(status=IntentStatus.EXPIRED.value, error="blockhash expired unsent", updated_at=now)
-            ).rowcount
-            if updated != 1:
+            expired = {
+                "status": IntentStatus.EXPIRED.value,
+                "error": "blockhash expired unsent",
+                "updated_at": now,
+            }
+            if rawsql.update_intent(conn, old.id, expired, prepared=True) != 1:
                 raise ConflictError("intent already settled by another process", rule="F2")
             return self._add_intent(conn, old.job_id, old.prior_state, new, now)
 
@@ -265,12 +252,9 @@ class EscrowStore:
             values: dict[str, Any] = {"status": status.value, "updated_at": now}
             if error is not None:
                 values["error"] = error[:500]
-            moved = conn.execute(
-                intents.update()
-                .where(intents.c.id == intent.id, intents.c.status == IntentStatus.PREPARED.value)
-                .values(**values)
-            ).rowcount
-            if moved == 1:  # only the one transaction that concludes the intent applies its effect
+            if (
+                rawsql.update_intent(conn, intent.id, values, prepared=True) == 1
+            ):  # only the one transaction that concludes the intent applies its effect
                 effect(conn, intent, status is IntentStatus.CONFIRMED)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -278,22 +262,12 @@ class EscrowStore:
     def _add_intent(
         self, conn: Connection, job_id: str, prior: EscrowState, intent: NewIntent, now: datetime
     ) -> Intent:
-        result = conn.execute(
-            intents.insert().values(
-                job_id=job_id,
-                kind=intent.kind,
-                status=IntentStatus.PREPARED.value,
-                signature=intent.signature,
-                tx=intent.tx,
-                last_valid_height=intent.last_valid_height,
-                prior_state=prior.value,
-                target_state=intent.target_state.value,
-                recipient_wallet=intent.recipient_wallet,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        (intent_id,) = result.inserted_primary_key or (0,)
+        intent_id = rawsql.insert(conn, intents.name, {
+            "job_id": job_id, "kind": intent.kind, "status": IntentStatus.PREPARED.value,
+            "signature": intent.signature, "tx": intent.tx, "last_valid_height": intent.last_valid_height,
+            "prior_state": prior.value, "target_state": intent.target_state.value,
+            "recipient_wallet": intent.recipient_wallet, "created_at": now, "updated_at": now,
+        }, returning="id")  # fmt: skip
         return Intent(
             id=int(intent_id), job_id=job_id, kind=intent.kind, status=IntentStatus.PREPARED,
             signature=intent.signature, tx=intent.tx, last_valid_height=intent.last_valid_height,
@@ -302,7 +276,7 @@ class EscrowStore:
         )  # fmt: skip
 
     def _current(self, conn: Connection, job_id: str) -> EscrowState:
-        state = conn.execute(sa.select(escrows.c.state).where(escrows.c.job_id == job_id)).scalar()
+        state = rawsql.escrow_state(conn, job_id)
         if state is None:
             raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
         return EscrowState(state)
@@ -316,24 +290,16 @@ class EscrowStore:
         values: dict[str, Any],
         now: datetime,
     ) -> EscrowState:
+        values = dict(values, state=new_state.value, updated_at=now)
         if len(allowed) == 1:  # one allowed state: one statement, the read only to explain a refusal
-            updated = conn.execute(
-                escrows.update()
-                .where(escrows.c.job_id == job_id, escrows.c.state == allowed[0].value)
-                .values(state=new_state.value, updated_at=now, **values)
-            ).rowcount
-            if updated != 1:
+            if rawsql.update_escrow(conn, job_id, allowed[0].value, values) != 1:
                 raise self._state_error(job_id, self._current(conn, job_id))
             return allowed[0]
         current = self._current(conn, job_id)
         if current not in allowed:
             raise self._state_error(job_id, current)
-        updated = conn.execute(
-            escrows.update()
-            .where(escrows.c.job_id == job_id, escrows.c.state == current.value)
-            .values(state=new_state.value, updated_at=now, **values)
-        ).rowcount
-        if updated != 1:  # another process moved it between our read and write
+        if rawsql.update_escrow(conn, job_id, current.value, values) != 1:
+            # another process moved it between our read and write
             raise self._state_error(job_id, self._current(conn, job_id))
         return current
 

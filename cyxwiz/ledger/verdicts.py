@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cyxwiz.errors import CyxwizError
+from cyxwiz.ledger import rawsql
 from cyxwiz.ledger.attestation import ReportAttestation
 from cyxwiz.ledger.cosign import CosignRefusedError
 
@@ -34,6 +35,7 @@ verdicts = sa.Table(
     sa.Column("attestation", sa.Text, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
+rawsql.register(verdicts)
 
 
 class ReleaseOwedError(CosignRefusedError):
@@ -55,6 +57,7 @@ class VerdictBook:
 
     def __init__(self, *, engine: sa.engine.Engine) -> None:
         self._engine = engine
+        self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
 
     @classmethod
@@ -79,8 +82,8 @@ class VerdictBook:
         }
         try:
             with self._engine.begin() as conn:
-                conn.execute(verdicts.insert().values(**row))
-        except sa.exc.IntegrityError:
+                rawsql.insert(conn, verdicts.name, row)
+        except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
 
     def passing(self, job_id: str) -> str | None:
