@@ -143,9 +143,14 @@ class StakeBook:
         except NotFoundError:
             return None
 
-    def upsert(self, *, peer_id: str, node_wallet: str, stake_account: str, add: int) -> None:
+    def upsert(
+        self, *, peer_id: str, node_wallet: str, stake_account: str, add: int, fresh: bool = False
+    ) -> None:
+        """Add a deposit; ``fresh``: the stake account was (re)created for it, so nothing else is held."""
         with self._engine.begin() as conn:
             current = conn.execute(sa.select(stakes.c.amount).where(stakes.c.peer_id == peer_id)).scalar()
+            if current is not None and fresh:
+                current = 0  # a withdrawal closed the account (also one whose bookkeeping a crash lost)
             if current is None:
                 conn.execute(stakes.insert().values(
                     peer_id=peer_id, node_wallet=node_wallet, stake_account=stake_account, amount=add,
@@ -198,7 +203,8 @@ class StakeLedger:
         payer = led._payer
         account = stake_address(payer.pubkey(), peer_id)
         instructions = []
-        if led.chain.get_account(account) is None:
+        fresh = led.chain.get_account(account) is None
+        if fresh:
             import hashlib
 
             from solders.system_program import CreateAccountWithSeedParams, create_account_with_seed
@@ -222,8 +228,9 @@ class StakeLedger:
         ]  # fmt: skip
         self._send(instructions, [node], cosign=None)
         self.book.upsert(
-            peer_id=peer_id, node_wallet=str(node.pubkey()), stake_account=str(account), add=amount
-        )
+            peer_id=peer_id, node_wallet=str(node.pubkey()), stake_account=str(account), add=amount,
+            fresh=fresh,
+        )  # fmt: skip
         return self.book.get(peer_id)
 
     def slash(self, *, job_id: str, report: object = None, reason: str | None = None) -> StakeRecord:
@@ -306,6 +313,10 @@ class StakeLedger:
         stake = self.book.get(peer_id)
         check_unstake(stake, self.policy, self.ledger.store, now=now)
         led = self.ledger
+        if led.chain.get_account(Pubkey.from_string(stake.stake_account)) is None:
+            # A withdrawal already landed (its process died before writing it down): nothing to send.
+            self.book.update(peer_id, amount=0, withdrawn=True)
+            return self.book.get(peer_id)
         wallet = check_wallet(stake.node_wallet, field="node_wallet")
         signers = led._keys("coordinator")
         instructions = [

@@ -150,3 +150,30 @@ def test_upheld_dispute_slashes_through_the_verification_packages_slasher(
     share = STAKE * 2500 // 10_000
     assert outcome == "refund" and stakes.status(peer_id=NODE_PEER).slashed == share
     assert w.token(w.user) == USER_FUNDS + share  # both escrows refunded, plus the slashed share
+
+
+def test_a_withdrawal_whose_record_a_crash_lost_is_not_sent_twice_nor_a_phantom_stake(
+    staked: tuple[World, StakeLedger],
+) -> None:
+    """The withdrawal landed but its process died before writing it down (the row as it was before).
+    Withdrawing again sends nothing; staking again counts only the new deposit, so a node cannot be
+    dispatched on tokens it already took back (F1, F2)."""
+    w, stakes = staked
+    requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
+    assert requested is not None
+    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    before = stakes.status(peer_id=NODE_PEER)
+    stakes.withdraw(peer_id=NODE_PEER)
+    assert w.token(w.node) == STAKE
+    stakes.book.update(NODE_PEER, amount=before.amount, withdrawn=False)  # what the crash left
+    record = stakes.withdraw(peer_id=NODE_PEER)
+    assert (record.amount, record.withdrawn) == (0, True) and w.token(w.node) == STAKE
+    stakes.book.update(NODE_PEER, amount=before.amount, withdrawn=False)  # lost again, then re-staked
+    small = 10_000
+    assert stakes.stake(peer_id=NODE_PEER, node=w.node, amount=small).amount == small
+    assert w.chain.token_amount(stakes_account(stakes)) == small
+    with pytest.raises(StakeTooLowError, match=f"stake {small} is below"):
+        stakes.require(peer_id=NODE_PEER)  # the phantom 40,000 would have passed the 30,000 minimum
+    stakes.stake(peer_id=NODE_PEER, node=w.node, amount=STAKE - small)  # positive control
+    assert stakes.require(peer_id=NODE_PEER).amount == STAKE
+    assert w.token(w.node) == 0 and w.token_total() + STAKE == USER_FUNDS + STAKE
