@@ -148,11 +148,9 @@ def sweep(
             continue  # the lifecycle still owns it: its own rollback or settlement will move it
         try:
             passed = ledger.passing_report(job_id=record.job_id)
-            if passed is not None and record.node_wallet is not None:
+            if passed is not None:
                 # The verification passed and the lifecycle died before releasing: the node is owed (F1).
-                report.released.append(
-                    ledger.release(job_id=record.job_id, node_wallet=record.node_wallet, report=passed)
-                )
+                report.released.append(_release_owed(ledger, record, passed))
                 continue
             report.refunded.append(ledger.refund(job_id=record.job_id, reason=reason))
         except CyxwizError as exc:
@@ -167,6 +165,20 @@ def sweep(
         if record.job_id not in {r.job_id for r in report.reconciled}:
             _alert(ledger, report, record, f"{record.state.value} with no intent in flight")
     return report
+
+
+def _release_owed(ledger: EscrowLedger, record: EscrowRecord, passed: str) -> EscrowRecord:
+    if record.node_wallet is None:
+        # The assignment is written without waiting for the disk and a crash lost it: the node the
+        # verifier's signed report names is the one it verified (its signature is checked on release).
+        from cyxwiz.ledger.attestation import ReportAttestation
+
+        bound = ReportAttestation.parse(passed)
+        record = ledger.assign(
+            job_id=record.job_id, node_wallet=bound.node_wallet, node_peer_id=bound.node_peer_id
+        )
+    assert record.node_wallet is not None
+    return ledger.release(job_id=record.job_id, node_wallet=record.node_wallet, report=passed)
 
 
 def _why_settle(

@@ -135,15 +135,21 @@ def test_sweep_releases_an_expired_escrow_that_passed_instead_of_refunding(
     remote = RemoteCosigner(socket_path=verifier_with_hook.socket_path)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     amount = _lock(ledger, demo, "job-orphan", deadline=past)
+    _lock(ledger, demo, "job-lost", deadline=past)
     _lock(ledger, demo, "job-dead", deadline=past)  # never verified: refunded (positive control)
     _verify(remote, ledger, "job-orphan")
+    _verify(remote, ledger, "job-lost")
+    # The assignment is not waited for on disk: a crash may lose it after the verdict was signed.
+    ledger.store.update_fields("job-lost", allowed=[EscrowState.LOCKED], node_wallet=None, node_peer_id=None)
     report = ledger.sweep(run_state=lambda _run: "gone")
-    assert [r.job_id for r in report.released] == ["job-orphan"]
+    assert sorted(r.job_id for r in report.released) == ["job-lost", "job-orphan"]
     assert [r.job_id for r in report.refunded] == ["job-dead"]
     assert report.alerts == {}
-    [release] = ledger.store.intents("job-orphan", status=IntentStatus.CONFIRMED)[1:]
-    assert release.kind == "release"
-    assert _tokens(ledger, demo, "job-orphan", "job-dead") == (demo.user_funds - amount, 0, amount)
+    for job in ("job-orphan", "job-lost"):
+        [release] = ledger.store.intents(job, status=IntentStatus.CONFIRMED)[1:]
+        assert release.kind == "release" and release.recipient_wallet == str(demo.node.pubkey())
+    jobs = ("job-orphan", "job-lost", "job-dead")
+    assert _tokens(ledger, demo, *jobs) == (demo.user_funds - 2 * amount, 0, 2 * amount)
     remote.close()
 
 
