@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cyxwiz.errors import PaymentTooLowError, ValidationError
-from cyxwiz.ids import new_job_id
+from cyxwiz.ids import JOB_ID, new_job_id
 from tasks.config import ControlPlaneConfig
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ def parse_job_request(
     if unknown:
         raise ValidationError(f"unknown keys {unknown}", field="spec", rule="G1")
     job_id = job_id or spec.get("job_id") or _funded_job_id(spec) or new_job_id()
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        # The coordinator, the object store's layout and every channel use this one form (C3).
+        raise ValidationError("must be the canonical form job-<20 lower-case hex>", field="job_id", rule="C3")
     payment = spec.get("payment")
     if not isinstance(payment, int) or isinstance(payment, bool) or payment <= 0:
         raise ValidationError("must be a positive integer of base units", field="payment", rule="F3")

@@ -21,10 +21,10 @@ import datetime as _dt
 import re
 
 from cyxwiz.errors import ValidationError
+from cyxwiz.ids import JOB_ID as _JOB_ID
 
 MAX_KEY_BYTES = 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9_=+@-][A-Za-z0-9._=+@-]{0,254}")
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 MANIFEST_NAME = "manifest.json"
@@ -54,7 +54,7 @@ def validate_key(key: str, *, field: str = "key") -> str:
 def validate_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ValidationError(
-            "job id must be 1-64 ASCII letters, digits, '_' or '-', starting with a letter or digit",
+            "job id must be the canonical form job-<20 lower-case hex> (cyxwiz.ids)",
             field="job_id",
             rule="C3",
         )

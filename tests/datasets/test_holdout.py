@@ -18,6 +18,8 @@ from cyxwiz.datasets import ModelShape, parse_dataset, prepare_dataset
 from cyxwiz.datasets.prepare import Table, npz_bytes, split_indices
 from tests.datasets.conftest import SHAPE, World, npz, table
 
+J1 = "job-00000000000000000001"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
 
 def arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
@@ -34,7 +36,7 @@ def test_a_node_cannot_reproduce_the_holdout_or_its_hash(world: World) -> None:
 
     # What the node holds: the training rows and the public training document.
     train_x, _ = arrays(first.train)
-    node_knows = {"training": {"seed": 7}, "job_id": "job-1", "dataset": {"sha256": first.train_sha256}}
+    node_knows = {"training": {"seed": 7}, "job_id": J1, "dataset": {"sha256": first.train_sha256}}
     assert first.record.seed not in json.dumps(node_knows) + first.train.hex()
     held_x, _ = arrays(first.holdout)
     assert not any((row == train_x).all(axis=1).any() for row in held_x), "no holdout row is sent"
@@ -43,7 +45,7 @@ def test_a_node_cannot_reproduce_the_holdout_or_its_hash(world: World) -> None:
     assert first.holdout_sha256 != second.holdout_sha256
     # Every seed a node could derive from what it knows gives another holdout hash.
     fraction = spec.holdout_fraction
-    guesses = [0, 7, 1797, int(hashlib.sha256(b"job-1").hexdigest(), 16), int(first.train_sha256, 16)]
+    guesses = [0, 7, 1797, int(hashlib.sha256(J1.encode()).hexdigest(), 16), int(first.train_sha256, 16)]
     for seed in guesses:
         _, rows = split_indices(200, seed=seed, fraction=fraction)
         guess = npz_bytes(Table(x=x[rows].astype(np.float32), y=y[rows].astype(np.int64)))

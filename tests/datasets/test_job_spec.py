@@ -13,6 +13,8 @@ from cyxwiz.errors import PaymentTooLowError, ValidationError
 from infra.demo import REFERENCE_JOB
 from tasks.control import parse_job_request
 
+J1 = "job-00000000000000000001"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
 SHA = "ab" * 32
 
 
@@ -129,7 +131,7 @@ def test_the_signed_training_document_applies_the_same_threshold_rule() -> None:
     submission: zero refused, missing filled with the documented default."""
     from cyxwiz.training.spec import parse_training_job
 
-    doc = parse_job_request(job(), job_id="job-1", minimum_payment=1).training_doc
+    doc = parse_job_request(job(), job_id=J1, minimum_payment=1).training_doc
     for threshold in (0, 0.1):
         with pytest.raises(ValidationError) as caught:
             parse_training_job({**doc, "task": {"num_classes": 10, "threshold": threshold}})

@@ -13,6 +13,8 @@ from tasks.config import ControlPlaneConfig
 from tasks.control import holdout_key_for, holdout_record_key, parse_job_request, prepare_inputs
 from tests.datasets.conftest import npz, sha, table
 
+J1 = "job-00000000000000000001"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
 
 def test_inputs_carry_no_holdout_and_no_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key_file = tmp_path / "master.key"
@@ -34,18 +36,18 @@ def test_inputs_carry_no_holdout_and_no_seed(tmp_path: Path, monkeypatch: pytest
         "training": {"seed": 1},
         "task": {"num_classes": 3},
     }
-    request = parse_job_request(spec, job_id="job-1")
+    request = parse_job_request(spec, job_id=J1)
     prepared = prepare_inputs(config, request)
     assert prepared.holdout_source == "secret-split"
 
-    record = json.loads(store.get_bytes(holdout_record_key("job-1")))
-    for key in (holdout_key_for("job-1"), holdout_record_key("job-1")):
+    record = json.loads(store.get_bytes(holdout_record_key(J1)))
+    for key in (holdout_key_for(J1), holdout_record_key(J1)):
         assert store.head(key).encrypted and not key.startswith("jobs/")
-    node_side = {i.key: store.get_bytes(i.key) for i in store.list("jobs/job-1/inputs/")}
-    assert set(node_side) == {"jobs/job-1/inputs/dataset.npz", "jobs/job-1/inputs/job.json"}
+    node_side = {i.key: store.get_bytes(i.key) for i in store.list(f"jobs/{J1}/inputs/")}
+    assert set(node_side) == {f"jobs/{J1}/inputs/dataset.npz", f"jobs/{J1}/inputs/job.json"}
     blob = b"".join(node_side.values())
     assert record["seed"].encode() not in blob and record["holdout_sha256"].encode() not in blob
     assert (
-        sha(node_side["jobs/job-1/inputs/dataset.npz"]) == prepared.dataset_sha256 == record["train_sha256"]
+        sha(node_side[f"jobs/{J1}/inputs/dataset.npz"]) == prepared.dataset_sha256 == record["train_sha256"]
     )
     assert (record["train_rows"], record["holdout_rows"]) == (80, 20)

@@ -13,7 +13,9 @@ from cyxwiz.cli import app as root_app
 from cyxwiz.storage import MasterKey, layout
 from tests.storage.conftest import MotoServer
 
-KEY = layout.job_output("j1", "model")
+J1 = "job-000000000000000000a1"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
+KEY = layout.job_output(J1, "model")
 
 
 @pytest.fixture
@@ -35,20 +37,20 @@ def test_put_ls_get_verify_local(tmp_path: Path, env: dict[str, str]) -> None:
     code, out, err = _run(["put", str(src), KEY, "--encrypt", "--store", store], env)
     assert code == 0, err
     assert "(encrypted)" in out
-    code, out, _ = _run(["ls", "jobs/j1/", "--store", store, "--json"], env)
+    code, out, _ = _run(["ls", f"jobs/{J1}/", "--store", store, "--json"], env)
     listed = json.loads(out)
-    assert [o["key"] for o in listed] == [layout.job_manifest("j1"), KEY]
+    assert [o["key"] for o in listed] == [layout.job_manifest(J1), KEY]
     dest = tmp_path / "back.bin"
     code, _, err = _run(["get", KEY, str(dest), "--store", store], env)
     assert code == 0 and dest.read_bytes() == src.read_bytes() and "(verified)" in err
-    code, out, _ = _run(["verify", "j1", "--store", store], env)
+    code, out, _ = _run(["verify", J1, "--store", store], env)
     assert code == 0 and "1 object(s) verified, ok" in out
     # Tamper with one byte on disk: verify reports it (exit 1) and get refuses in one line (exit 2).
     body = tmp_path / "store" / "objects" / KEY
     raw = bytearray(body.read_bytes())
     raw[100] ^= 1
     body.write_bytes(bytes(raw))
-    code, out, _ = _run(["verify", "j1", "--store", store], env)
+    code, out, _ = _run(["verify", J1, "--store", store], env)
     assert code == 1 and f"FAIL {KEY}: integrity" in out
     code, _, err = _run(["get", KEY, str(tmp_path / "again.bin"), "--store", store], env)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "SHA-256" in err
@@ -83,9 +85,9 @@ def test_put_get_s3(tmp_path: Path, env: dict[str, str], moto_server: MotoServer
     src = tmp_path / "data.npz"
     src.write_bytes(b"dataset" * 1000)
     url = f"s3://{s3_bucket}/archive"
-    code, _, err = _run(["put", str(src), layout.job_input("j1", "data.npz"), "--store", url], s3_env)
+    code, _, err = _run(["put", str(src), layout.job_input(J1, "data.npz"), "--store", url], s3_env)
     assert code == 0, err
-    code, out, _ = _run(["get", layout.job_input("j1", "data.npz"), "-", "--store", url], s3_env)
+    code, out, _ = _run(["get", layout.job_input(J1, "data.npz"), "-", "--store", url], s3_env)
     assert code == 0 and out.encode() == src.read_bytes()
     code, out, _ = _run(["verify", "--prefix", "jobs/", "--store", url], s3_env)
     assert code == 0 and "ok" in out

@@ -9,14 +9,16 @@ import pytest
 from cyxwiz.errors import ValidationError
 from cyxwiz.storage import layout
 
+J1 = "job-000000000000000000a1"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
 
 def test_job_keys() -> None:
-    assert layout.job_input("j1", "data/train.npz") == "jobs/j1/inputs/data/train.npz"
-    assert layout.job_output("j1", "model.safetensors") == "jobs/j1/outputs/model.safetensors"
-    assert layout.job_proof("j1") == "jobs/j1/proof.json"
-    assert layout.job_verification("j1") == "jobs/j1/verification.json"
-    assert layout.job_manifest("j1") == "jobs/j1/manifest.json"
-    assert layout.job_of("jobs/j1/outputs/x") == "j1"
+    assert layout.job_input(J1, "data/train.npz") == f"jobs/{J1}/inputs/data/train.npz"
+    assert layout.job_output(J1, "model.safetensors") == f"jobs/{J1}/outputs/model.safetensors"
+    assert layout.job_proof(J1) == f"jobs/{J1}/proof.json"
+    assert layout.job_verification(J1) == f"jobs/{J1}/verification.json"
+    assert layout.job_manifest(J1) == f"jobs/{J1}/manifest.json"
+    assert layout.job_of(f"jobs/{J1}/outputs/x") == J1
     assert layout.job_of("audit/2024-01-01.jsonl.gz") is None
 
 
@@ -71,5 +73,5 @@ def test_bad_job_ids_refused(bad: str) -> None:
 
 def test_name_cannot_climb_out_of_the_job() -> None:
     with pytest.raises(ValidationError) as err:
-        layout.job_output("j1", "../../j2/outputs/model")
+        layout.job_output(J1, "../../j2/outputs/model")
     assert err.value.field == "name"

@@ -10,9 +10,11 @@ import pytest
 from cyxwiz.errors import ConfigError, IntegrityError, StorageError
 from cyxwiz.storage import LocalObjectStore, MasterKey, layout
 
+J1 = "job-000000000000000000a1"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
 
 def test_files_are_private(local_store: LocalObjectStore) -> None:
-    key = layout.job_output("j1", "model")
+    key = layout.job_output(J1, "model")
     local_store.put_bytes(key, b"weights", encrypt=True)
     body = local_store.body_path(key)
     assert stat.S_IMODE(body.stat().st_mode) == 0o600
@@ -21,16 +23,16 @@ def test_files_are_private(local_store: LocalObjectStore) -> None:
 
 
 def test_temporary_files_are_invisible(local_store: LocalObjectStore) -> None:
-    key = layout.job_output("j1", "model")
+    key = layout.job_output(J1, "model")
     local_store.put_bytes(key, b"w")
     (local_store.body_path(key).parent / ".model.123.tmp").write_bytes(b"partial")
-    assert [i.key for i in local_store.list("jobs/j1/outputs/")] == [key]
+    assert [i.key for i in local_store.list(f"jobs/{J1}/outputs/")] == [key]
 
 
 def test_failed_stream_leaves_nothing(local_store: LocalObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "grows.bin"
     src.write_bytes(b"x" * (local_store.inline_limit + 10))
-    key = layout.job_output("j1", "model")
+    key = layout.job_output(J1, "model")
     original = local_store._second_pass
 
     def growing(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -52,7 +54,7 @@ def test_key_cannot_be_file_and_prefix(local_store: LocalObjectStore) -> None:
 
 
 def test_missing_metadata_is_integrity_error(local_store: LocalObjectStore) -> None:
-    key = layout.job_output("j1", "model")
+    key = layout.job_output(J1, "model")
     local_store.put_bytes(key, b"w")
     (local_store.root / "meta" / f"{key}.json").unlink()
     with pytest.raises(IntegrityError, match="no metadata"):

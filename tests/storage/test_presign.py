@@ -31,6 +31,9 @@ DATA = b"training inputs " * 64
 MODEL = b"trained weights " * 64
 SHA = hashlib.sha256(MODEL).hexdigest()
 
+JA = "job-" + "a" * 20  # canonical job ids (cyxwiz.ids.JOB_ID)
+JB = "job-" + "b" * 20
+
 
 class Clock:
     def __init__(self) -> None:
@@ -73,24 +76,24 @@ def _problem(response: HttpResponse) -> dict[str, object]:
 
 def test_local_get_inputs_and_put_output(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner]) -> None:
     store, signer, presigner = local
-    store.put_bytes(layout.job_input("A", "train.npz"), DATA)
-    urls = presign_job_inputs(presigner, "A", ["train.npz"])
+    store.put_bytes(layout.job_input(JA, "train.npz"), DATA)
+    urls = presign_job_inputs(presigner, JA, ["train.npz"])
     req = urls["train.npz"]
     assert req.sha256 == hashlib.sha256(DATA).hexdigest()
     response = _call(store, signer, "GET", req.url)
     assert response.status == 200 and _body(response) == DATA
-    put = presign_job_output(presigner, "A", "model.safetensors", sha256=SHA, size=len(MODEL))
-    assert put.key == layout.job_output("A", "model.safetensors")
+    put = presign_job_output(presigner, JA, "model.safetensors", sha256=SHA, size=len(MODEL))
+    assert put.key == layout.job_output(JA, "model.safetensors")
     response = _call(store, signer, "PUT", put.url, MODEL)
     assert response.status == 201
     assert store.get_bytes(put.key) == MODEL
-    assert put.key in store.read_manifest(layout.job_manifest("A"))
+    assert put.key in store.read_manifest(layout.job_manifest(JA))
 
 
 @pytest.mark.parametrize(
     ("attack", "method", "rewrite"),
     [
-        ("other job", "PUT", lambda u: u.replace("/jobs/A/", "/jobs/B/")),
+        ("other job", "PUT", lambda u: u.replace(f"/jobs/{JA}/", f"/jobs/{JB}/")),
         ("other name", "PUT", lambda u: u.replace("model.safetensors", "model2.safetensors")),
         ("later expiry", "PUT", lambda u: u.replace("exp=17", "exp=27")),
         ("other hash", "PUT", lambda u: u.replace(f"sha256={SHA[:4]}", "sha256=0000")),
@@ -104,7 +107,7 @@ def test_local_tampered_url_refused(
     local: tuple[LocalObjectStore, UrlSigner, LocalPresigner], attack: str, method: str, rewrite: object
 ) -> None:
     store, signer, presigner = local
-    put = presign_job_output(presigner, "A", "model.safetensors", sha256=SHA, size=len(MODEL))
+    put = presign_job_output(presigner, JA, "model.safetensors", sha256=SHA, size=len(MODEL))
     response = _call(store, signer, method, rewrite(put.url), MODEL)  # type: ignore[operator]
     assert response.status == 403, attack
     assert _problem(response)["type"] == "presign"
@@ -115,7 +118,7 @@ def test_local_expired_url_refused(
     local: tuple[LocalObjectStore, UrlSigner, LocalPresigner], clock: Clock
 ) -> None:
     store, signer, presigner = local
-    put = presign_job_output(presigner, "A", "m", sha256=SHA, size=len(MODEL), expires_in=60)
+    put = presign_job_output(presigner, JA, "m", sha256=SHA, size=len(MODEL), expires_in=60)
     clock.now += 61
     response = _call(store, signer, "PUT", put.url, MODEL)
     assert response.status == 403 and "expired" in str(_problem(response)["title"])
@@ -125,7 +128,7 @@ def test_local_expired_url_refused(
 
 def test_local_wrong_body_refused(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner]) -> None:
     store, signer, presigner = local
-    put = presign_job_output(presigner, "A", "m", sha256=SHA, size=len(MODEL))
+    put = presign_job_output(presigner, JA, "m", sha256=SHA, size=len(MODEL))
     evil = MODEL[:-1] + b"!"
     response = _call(store, signer, "PUT", put.url, evil)
     assert response.status == 400 and _problem(response)["type"] == "integrity"
@@ -133,39 +136,39 @@ def test_local_wrong_body_refused(local: tuple[LocalObjectStore, UrlSigner, Loca
 
 
 def test_scope_rules() -> None:
-    with pytest.raises(PresignError, match="outside job 'A'"):
-        check_job_scope(layout.job_output("B", "m"), job_id="A", method="PUT")
+    with pytest.raises(PresignError, match=f"outside job '{JA}'"):
+        check_job_scope(layout.job_output(JB, "m"), job_id=JA, method="PUT")
     with pytest.raises(PresignError, match="outside"):
-        check_job_scope(layout.job_output("A", "m"), job_id="A", method="GET")  # nodes never read outputs
+        check_job_scope(layout.job_output(JA, "m"), job_id=JA, method="GET")  # nodes never read outputs
     with pytest.raises(PresignError):
-        check_job_scope(layout.job_input("A", "m"), job_id="A", method="DELETE")
+        check_job_scope(layout.job_input(JA, "m"), job_id=JA, method="DELETE")
     with pytest.raises(ValidationError):
-        check_job_scope("jobs/A/outputs/../../B/outputs/m", job_id="A", method="PUT")
+        check_job_scope(f"jobs/{JA}/outputs/../../{JB}/outputs/m", job_id=JA, method="PUT")
 
 
 def test_presign_refusals(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner]) -> None:
     store, signer, presigner = local
-    store.put_bytes(layout.job_input("A", "secret"), DATA, encrypt=True)
+    store.put_bytes(layout.job_input(JA, "secret"), DATA, encrypt=True)
     with pytest.raises(PresignError, match="encrypted"):
-        presign_job_inputs(presigner, "A", ["secret"])
+        presign_job_inputs(presigner, JA, ["secret"])
     with pytest.raises(ValidationError) as err:
-        presign_job_output(presigner, "A", "m", sha256=SHA, size=1, expires_in=7200)
+        presign_job_output(presigner, JA, "m", sha256=SHA, size=1, expires_in=7200)
     assert err.value.field == "expires_in"
     with pytest.raises(ValidationError) as err:
-        presign_job_output(presigner, "A", "m", sha256="nothex", size=1)
+        presign_job_output(presigner, JA, "m", sha256="nothex", size=1)
     assert err.value.field == "sha256"
     with pytest.raises(ValidationError):
-        presign_job_output(presigner, "A", "../../B/outputs/m", sha256=SHA, size=1)
+        presign_job_output(presigner, JA, "../../B/outputs/m", sha256=SHA, size=1)
     with pytest.raises(PresignError, match="bound to sha256"):
-        signer.sign("PUT", layout.job_output("A", "m"))
+        signer.sign("PUT", layout.job_output(JA, "m"))
 
 
 def test_local_asgi_app(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner]) -> None:
     store, signer, presigner = local
-    store.put_bytes(layout.job_input("A", "train.npz"), DATA)
+    store.put_bytes(layout.job_input(JA, "train.npz"), DATA)
     app = asgi_app(store=store, signer=signer, mount="/store")
-    get = presign_job_inputs(presigner, "A", ["train.npz"])["train.npz"]
-    put = presign_job_output(presigner, "A", "m", sha256=SHA, size=len(MODEL))
+    get = presign_job_inputs(presigner, JA, ["train.npz"])["train.npz"]
+    put = presign_job_output(presigner, JA, "m", sha256=SHA, size=len(MODEL))
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -174,7 +177,7 @@ def test_local_asgi_app(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner
                 await client.get(get.url),
                 await client.put(put.url, content=MODEL),
                 await client.put(put.url, content=MODEL + b"more"),  # over the bound size
-                await client.put(put.url.replace("/jobs/A/", "/jobs/B/"), content=MODEL),
+                await client.put(put.url.replace(f"/jobs/{JA}/", f"/jobs/{JB}/"), content=MODEL),
                 await client.get("https://coord:8443/elsewhere"),
             ]
 
@@ -193,11 +196,11 @@ def test_local_asgi_app(local: tuple[LocalObjectStore, UrlSigner, LocalPresigner
 
 def test_s3_presigned_get_and_put(s3_store: S3ObjectStore) -> None:
     presigner = S3Presigner(store=s3_store)
-    s3_store.put_bytes(layout.job_input("A", "train.npz"), DATA)
-    get = presign_job_inputs(presigner, "A", ["train.npz"], expires_in=60)["train.npz"]
+    s3_store.put_bytes(layout.job_input(JA, "train.npz"), DATA)
+    get = presign_job_inputs(presigner, JA, ["train.npz"], expires_in=60)["train.npz"]
     response = httpx.get(get.url)
     assert response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == get.sha256
-    put = presign_job_output(presigner, "A", "model", sha256=SHA, size=len(MODEL), expires_in=60)
+    put = presign_job_output(presigner, JA, "model", sha256=SHA, size=len(MODEL), expires_in=60)
     assert "x-amz-checksum-sha256" in put.headers and "x-amz-meta-cyxwiz-tag" in put.headers
     signed = dict(parse_qsl(urlsplit(put.url).query))["X-Amz-SignedHeaders"].split(";")
     assert {"x-amz-checksum-sha256", "content-length", "x-amz-meta-cyxwiz-sha256"} <= set(signed)
@@ -210,7 +213,7 @@ def test_s3_presigned_get_and_put(s3_store: S3ObjectStore) -> None:
 
 def test_s3_presigned_put_of_other_body_is_refused_on_read(s3_store: S3ObjectStore) -> None:
     presigner = S3Presigner(store=s3_store)
-    put = presign_job_output(presigner, "A", "model", sha256=SHA, size=len(MODEL), expires_in=60)
+    put = presign_job_output(presigner, JA, "model", sha256=SHA, size=len(MODEL), expires_in=60)
     evil = MODEL.replace(b"trained", b"TRAINED")
     # moto stores it regardless of the signed x-amz-checksum-sha256 (AWS refuses with BadDigest) ...
     httpx.put(put.url, content=evil, headers=dict(put.headers))
@@ -221,8 +224,8 @@ def test_s3_presigned_put_of_other_body_is_refused_on_read(s3_store: S3ObjectSto
 
 def test_s3_url_for_job_a_cannot_write_under_job_b(s3_store: S3ObjectStore) -> None:
     presigner = S3Presigner(store=s3_store)
-    put = presign_job_output(presigner, "A", "model", sha256=SHA, size=len(MODEL), expires_in=60)
-    target = put.url.replace("/jobs/A/", "/jobs/B/")
+    put = presign_job_output(presigner, JA, "model", sha256=SHA, size=len(MODEL), expires_in=60)
+    target = put.url.replace(f"/jobs/{JA}/", f"/jobs/{JB}/")
     # The signature covers the path: S3 answers SignatureDoesNotMatch, and so does our verifier.
     with pytest.raises(PresignError, match="signature does not match"):
         verify_s3_presigned(s3_store, method="PUT", url=target, headers=put.headers)
@@ -230,14 +233,14 @@ def test_s3_url_for_job_a_cannot_write_under_job_b(s3_store: S3ObjectStore) -> N
     # names job A's key.
     httpx.put(target, content=MODEL, headers=dict(put.headers))
     with pytest.raises(IntegrityError, match="tag does not match"):
-        s3_store.adopt(layout.job_output("B", "model"))
-    report = s3_store.verify(layout.job_prefix("B"))
-    assert [(p.key, p.code) for p in report.problems] == [(layout.job_output("B", "model"), "integrity")]
+        s3_store.adopt(layout.job_output(JB, "model"))
+    report = s3_store.verify(layout.job_prefix(JB))
+    assert [(p.key, p.code) for p in report.problems] == [(layout.job_output(JB, "model"), "integrity")]
 
 
 def test_s3_tampered_and_expired_urls_refused_by_verifier(s3_store: S3ObjectStore) -> None:
     presigner = S3Presigner(store=s3_store)
-    put = presign_job_output(presigner, "A", "model", sha256=SHA, size=len(MODEL), expires_in=60)
+    put = presign_job_output(presigner, JA, "model", sha256=SHA, size=len(MODEL), expires_in=60)
     query = dict(parse_qsl(urlsplit(put.url).query))
     issued = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     later = issued + dt.timedelta(seconds=61)
@@ -256,6 +259,6 @@ def test_s3_tampered_and_expired_urls_refused_by_verifier(s3_store: S3ObjectStor
 
 
 def test_s3_presign_refuses_encrypted_inputs(s3_store: S3ObjectStore) -> None:
-    s3_store.put_bytes(layout.job_input("A", "secret"), DATA, encrypt=True)
+    s3_store.put_bytes(layout.job_input(JA, "secret"), DATA, encrypt=True)
     with pytest.raises(PresignError, match="encrypted"):
-        presign_job_inputs(S3Presigner(store=s3_store), "A", ["secret"])
+        presign_job_inputs(S3Presigner(store=s3_store), JA, ["secret"])

@@ -14,7 +14,9 @@ from cyxwiz.storage import MasterKey, S3ObjectStore, layout
 from cyxwiz.storage.s3 import b64_sha256
 from tests.storage.conftest import INLINE, MotoServer, make_s3_store
 
-KEY = layout.job_output("job-1", "model")
+J1 = "job-00000000000000000001"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
+KEY = layout.job_output(J1, "model")
 
 
 def test_single_put_sends_sha256_and_requests_sse(s3_store: S3ObjectStore) -> None:
@@ -111,7 +113,7 @@ def test_prefix_isolates_stores(moto_server: MotoServer, s3_bucket: str, master_
     a = make_s3_store(moto_server, s3_bucket, master_key, prefix="tenant-a")
     b = make_s3_store(moto_server, s3_bucket, master_key, prefix="tenant-b/")
     a.put_bytes(KEY, b"a")
-    assert [i.key for i in a.list("jobs/")] == [layout.job_manifest("job-1"), KEY]
+    assert [i.key for i in a.list("jobs/")] == [layout.job_manifest(J1), KEY]
     assert b.list("jobs/") == []
     assert a.client.head_object(Bucket=s3_bucket, Key=f"tenant-a/{KEY}")["ContentLength"] == 1
 

@@ -18,8 +18,11 @@ from cyxwiz.errors import ConfigError, DecryptionError, IntegrityError, NotFound
 from cyxwiz.storage import MasterKey, ObjectStore, layout
 from tests.storage.conftest import INLINE, Harness
 
-KEY = layout.job_output("job-1", "model.safetensors")
-OTHER = layout.job_output("job-1", "metrics.json")
+J1 = "job-00000000000000000001"  # canonical job ids (cyxwiz.ids.JOB_ID)
+J2 = "job-00000000000000000002"  # canonical job ids (cyxwiz.ids.JOB_ID)
+
+KEY = layout.job_output(J1, "model.safetensors")
+OTHER = layout.job_output(J1, "metrics.json")
 
 
 def _flip(body: bytes, at: int) -> bytes:
@@ -168,44 +171,44 @@ def test_encrypted_object_needs_the_master_key(harness: Harness) -> None:
 
 def test_missing_and_bad_keys(harness: Harness) -> None:
     with pytest.raises(NotFoundError):
-        harness.store.get_bytes(layout.job_output("job-1", "nope"))
+        harness.store.get_bytes(layout.job_output(J1, "nope"))
     with pytest.raises(ValidationError):
         harness.store.put_bytes("jobs/../etc/passwd", b"x")
     with pytest.raises(ValidationError, match="manifests are written by the store"):
-        harness.store.put_bytes(layout.job_manifest("job-1"), b"{}")
+        harness.store.put_bytes(layout.job_manifest(J1), b"{}")
 
 
 def test_list_delete_and_manifest(harness: Harness) -> None:
     store = harness.store
-    store.put_bytes(layout.job_input("job-1", "data.npz"), b"data")
+    store.put_bytes(layout.job_input(J1, "data.npz"), b"data")
     store.put_bytes(KEY, b"model", encrypt=True)
-    store.put_bytes(layout.job_output("job-2", "model"), b"other job")
-    keys = [i.key for i in store.list(layout.job_prefix("job-1"))]
-    assert keys == [layout.job_input("job-1", "data.npz"), layout.job_manifest("job-1"), KEY]
-    manifest = store.read_manifest(layout.job_manifest("job-1"))
-    assert set(manifest) == {layout.job_input("job-1", "data.npz"), KEY}
+    store.put_bytes(layout.job_output(J2, "model"), b"other job")
+    keys = [i.key for i in store.list(layout.job_prefix(J1))]
+    assert keys == [layout.job_input(J1, "data.npz"), layout.job_manifest(J1), KEY]
+    manifest = store.read_manifest(layout.job_manifest(J1))
+    assert set(manifest) == {layout.job_input(J1, "data.npz"), KEY}
     store.delete(KEY)
-    assert set(store.read_manifest(layout.job_manifest("job-1"))) == {layout.job_input("job-1", "data.npz")}
+    assert set(store.read_manifest(layout.job_manifest(J1))) == {layout.job_input(J1, "data.npz")}
     with pytest.raises(NotFoundError):
         store.head(KEY)
 
 
 def test_verify_reports_every_problem(harness: Harness) -> None:
     store = harness.store
-    prefix = layout.job_prefix("job-1")
-    store.put_bytes(layout.job_input("job-1", "data.npz"), b"data")
+    prefix = layout.job_prefix(J1)
+    store.put_bytes(layout.job_input(J1, "data.npz"), b"data")
     store.put_bytes(KEY, b"model", encrypt=True)
     store.put_bytes(OTHER, b"metrics")
     report = store.verify(prefix)
     assert report.ok and len(report.checked) == 3
     body, meta = harness.raw_get(KEY)
     harness.raw_put(KEY, _flip(body, 5), meta)  # altered
-    harness.raw_put(layout.job_output("job-1", "extra"), b"x", {})  # planted
+    harness.raw_put(layout.job_output(J1, "extra"), b"x", {})  # planted
     report = store.verify(prefix)
     assert not report.ok
     codes = {(p.key, p.code) for p in report.problems}
     assert (KEY, "integrity") in codes
-    assert (layout.job_output("job-1", "extra"), "integrity") in codes
+    assert (layout.job_output(J1, "extra"), "integrity") in codes
 
 
 def test_verify_finds_missing_and_forged_manifest(harness: Harness) -> None:
@@ -214,13 +217,13 @@ def test_verify_finds_missing_and_forged_manifest(harness: Harness) -> None:
     store.put_bytes(OTHER, b"metrics")
     # Delete OTHER behind the store's back: the manifest still lists it.
     store._remove(OTHER)
-    report = store.verify(layout.job_prefix("job-1"))
+    report = store.verify(layout.job_prefix(J1))
     assert [(p.key, p.code) for p in report.problems] == [(OTHER, "missing")]
     # Rewrite the manifest to hide the deletion: its MAC refuses it.
-    manifest_key = layout.job_manifest("job-1")
+    manifest_key = layout.job_manifest(J1)
     mbody, mmeta = harness.raw_get(manifest_key)
-    forged = mbody.replace(OTHER.encode(), b"jobs/job-1/outputs/zzzz")
+    forged = mbody.replace(OTHER.encode(), f"jobs/{J1}/outputs/zzzz".encode())
     digest = hashlib.sha256(forged).hexdigest()
     harness.raw_put(manifest_key, forged, {**mmeta, "cyxwiz-sha256": digest, "cyxwiz-stored-sha256": digest})
-    report = store.verify(layout.job_prefix("job-1"))
+    report = store.verify(layout.job_prefix(J1))
     assert (manifest_key, "integrity") in {(p.key, p.code) for p in report.problems}
