@@ -53,6 +53,8 @@ class EmbeddedStack:
     users: dict[str, Any] = field(default_factory=dict)
     #: Node name -> the public key of the payout wallet it registers (the key stays with its operator).
     node_wallets: dict[str, str] = field(default_factory=dict)
+    #: Nodes certified by another organization of the federation: name -> (certificate, key) files.
+    foreign_nodes: dict[str, tuple[Path, Path]] = field(default_factory=dict)
 
     def balances(self) -> dict[str, int]:
         """Token balances: ``user`` (demo-user) and ``node`` (node-1), plus ``user:<name>`` and
@@ -115,14 +117,18 @@ class EmbeddedStack:
     ) -> subprocess.Popen[bytes]:
         """A node agent process (``python -m agents``) with its own certificate and work queue; ``limit``:
         the most jobs it runs at once."""
-        self.pki_for(name)
+        if name in self.foreign_nodes:
+            cert, key = self.foreign_nodes[name]
+        else:
+            self.pki_for(name)
+            cert, key = self.pki.node_cert(name), self.pki.node_key(name)
         work = self.home / "agents" / name
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = {
             **self.env,
             "CYXWIZ_NODE_NAME": name,
-            "CYXWIZ_NODE_CERT": str(self.pki.node_cert(name)),
-            "CYXWIZ_NODE_KEY": str(self.pki.node_key(name)),
+            "CYXWIZ_NODE_CERT": str(cert),
+            "CYXWIZ_NODE_KEY": str(key),
             "CYXWIZ_CA_BUNDLE": str(self.pki.bundle),
             "CYXWIZ_CRL": str(self.pki.crl),
             "CYXWIZ_COORDINATOR_URL": self.coordinator.url,
@@ -205,6 +211,8 @@ def embedded_stack(
     prefect_host: str = "127.0.0.1",
     prefect_database_url: str | None = None,
     deploy_all: bool = False,
+    trust_policy: Path | None = None,
+    foreign_nodes: dict[str, tuple[Path, Path]] | None = None,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
@@ -213,16 +221,23 @@ def embedded_stack(
     agents reach the Prefect API only through the mTLS gateway, via their loopback tunnel. The multi-host
     harness (``infra.cluster``) binds the coordinator and gateway to ``bind_host`` (its service address)
     and runs Prefect on ``prefect_database_url`` (PostgreSQL) listening on ``prefect_host``.
+
+    ``trust_policy`` runs a federation (docs/federation.md): the coordinator and the gateway decide every
+    client certificate by it (each organization's CRL file, no single CRL) and verification judges node
+    certificates by it; ``foreign_nodes`` (name -> certificate and key files issued by another
+    organization of it) are funded and staked like the dev PKI's ``nodes``.
     """
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.pki.devpki import build_dev_pki
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    foreign = dict(foreign_nodes or {})
     with contextlib.ExitStack() as stack:
         keys = startup.start_hsm(home, say) if hsm else None
         ca_keys = {"root": keys.root_ca, "issuing": keys.issuing_ca} if keys else None
         pki = build_dev_pki(home / "pki", nodes=nodes, ca_keys=ca_keys)
         say(f"PKI ready: root CA, issuing CA, CRL, certificates for {', '.join(nodes)} ({pki.root})")
+        startup.register_foreign_nodes(pki, foreign)
 
         server = stack.enter_context(
             local_prefect_server(home / "prefect", host=prefect_host, database_url=prefect_database_url)
@@ -247,7 +262,7 @@ def embedded_stack(
         ledger_service = stack.enter_context(start_local_ledger(ledger_dir / "service"))
         demo_ledger = provision_demo(
             rpc_url=ledger_service.rpc_url, state_dir=ledger_dir, passphrase=passphrase.encode(), pki=pki,
-            node_funds=STAKE * len(nodes), minimum_stake=STAKE,
+            node_funds=STAKE * (len(nodes) + len(foreign)), minimum_stake=STAKE,
         )  # fmt: skip
         say(
             f"Ledger service (LiteSVM) on {ledger_service.rpc_url}: mint, 2-of-3 multisig, funded user wallet"
@@ -275,13 +290,15 @@ def embedded_stack(
             api_url=server.api_url,
             keyring=startup.hsm_keyring(keys.token_signing) if keys else None,
             host=bind_host,
+            trust_policy=trust_policy,
         )
         stack.callback(coordinator.stop)
         say(f"Coordinator (mTLS, TLS 1.3, CRL hot reload) on {coordinator.url}")
         if gateway:
             gateway_url = startup.start_gateway(
-                stack, pki=pki, server=server, coordinator=coordinator, audit=audit, host=bind_host
-            )
+                stack, pki=pki, server=server, coordinator=coordinator, audit=audit, host=bind_host,
+                trust_policy=trust_policy,
+            )  # fmt: skip
             env["CYXWIZ_GATEWAY_URL"] = gateway_url
             say(f"Gateway to the Prefect API (mTLS, per-node allow-list) on {gateway_url}")
 
@@ -292,9 +309,10 @@ def embedded_stack(
             ledger_config_path=demo_ledger.config_path,
             coordinator_url=coordinator.url,
             env=env,
+            trust_policy=trust_policy,
         )
         verifier = stack.enter_context(startup.start_verifier(home, env, demo_ledger, say))
-        wallets.stake_nodes(pki, demo_ledger, nodes, say)
+        wallets.stake_nodes(pki, demo_ledger, (*nodes, *foreign), say)
 
         deploy_project(env, lifecycle=lifecycle_deployment, everything=deploy_all)
         say("Deployed sandboxed-train to the gpu work pool")
@@ -302,7 +320,7 @@ def embedded_stack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
             audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
             ledger_service=ledger_service, users={"demo-user": wallets.demo_user_wallet(demo_ledger, home)},
-            node_wallets={"node-1": str(demo_ledger.node.pubkey())},
+            node_wallets={"node-1": str(demo_ledger.node.pubkey())}, foreign_nodes=foreign,
         )  # fmt: skip
         stack.callback(built.close)
         yield built

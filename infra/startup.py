@@ -99,6 +99,7 @@ def start_gateway(
     coordinator: Any,
     audit: Any,
     host: str = "127.0.0.1",
+    trust_policy: Path | None = None,
 ) -> str:
     from cyxwiz.gateway.service import build_gateway
     from cyxwiz.gateway.standing import StoreStanding
@@ -107,7 +108,8 @@ def start_gateway(
         cert=pki.gateway_cert,
         key=pki.gateway_key,
         trust_bundle=pki.bundle,
-        crl=pki.crl,
+        crl=None if trust_policy else pki.crl,
+        policy=federation(trust_policy),
         upstream=server.api_url.removesuffix("/api"),
         pool="gpu",
         verifier=coordinator.verifier,
@@ -133,6 +135,7 @@ def start_coordinator(
     api_url: str,
     keyring: Any = None,
     host: str = "127.0.0.1",
+    trust_policy: Path | None = None,
 ) -> Any:
     """Coordinator with the Prefect hooks and the object store's presigned URLs served under /objects."""
     from cyxwiz.coordinator.service import build_coordinator
@@ -152,7 +155,8 @@ def start_coordinator(
         cert=pki.coordinator_cert,
         key=pki.coordinator_key,
         trust_bundle=pki.bundle,
-        crl=pki.crl,
+        crl=None if trust_policy else pki.crl,
+        policy=federation(trust_policy),
         state_dir=state_dir,
         ca_dir=pki.ca_dir,
         hooks=PrefectHooks(
@@ -172,8 +176,34 @@ def start_coordinator(
     return handle
 
 
+def federation(trust_policy: Path | None) -> Any:
+    """A listener's own :class:`~cyxwiz.pki.federation.Federation` (its own reload state), or None."""
+    if trust_policy is None:
+        return None
+    from cyxwiz.pki.federation import Federation
+
+    return Federation(policy_path=trust_policy)
+
+
+def register_foreign_nodes(pki: Any, foreign: dict[str, tuple[Path, Path]]) -> None:
+    """The control plane's copy of each other organization's node certificate, where it keeps its own
+    nodes' (verification and staking read it by name); the node's key stays with the node."""
+    import shutil
+
+    for name, (cert, _key) in foreign.items():
+        target = pki.root / "nodes" / f"{name}-cert.pem"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cert, target)
+
+
 def persist_config(
-    home: Path, *, pki: Any, ledger_config_path: Path, coordinator_url: str, env: dict[str, str]
+    home: Path,
+    *,
+    pki: Any,
+    ledger_config_path: Path,
+    coordinator_url: str,
+    env: dict[str, str],
+    trust_policy: Path | None = None,
 ) -> Path:
     """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock with
     its secrets (what ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it),
@@ -190,6 +220,7 @@ def persist_config(
         audit_dir=home / "audit",
         coordinator_url=coordinator_url,
         coordinator_db=f"sqlite:///{home / 'coordinator' / 'coordinator.db'}",
+        trust_policy=trust_policy,
     )
     path = home / "control-plane.json"
     config.to_file(path)

@@ -24,7 +24,8 @@ def stake_nodes(pki: Any, demo_ledger: Any, nodes: tuple[str, ...], say: Callabl
 
     stakes = StakeLedger(ledger=services.ledger(), policy=demo_ledger.config.stake_policy())
     for name in nodes:
-        peer = peer_id(load_certificate(pki.node_cert(name)))
+        # by path, not pki.node_cert: a federation's other organizations name nodes by DNS name (dots)
+        peer = peer_id(load_certificate(pki.root / "nodes" / f"{name}-cert.pem"))
         staked = stakes.stake(peer_id=peer, node=demo_ledger.node, amount=STAKE)
         say(f"{name} staked {staked.amount:,} base units in {staked.stake_account} (2-of-3 authority)")
 

@@ -39,6 +39,9 @@ class ControlPlaneConfig:
     node_lost_s: int = 60
     #: A RUNNING flow run without a Prefect flow-run heartbeat for this long is dead (tasks.sweep).
     run_silent_s: int = 450
+    #: Federation trust policy (docs/federation.md): node certificates of every organization in it are
+    #: judged by it (verification), as the listeners do; None: the dev/production PKI under ``pki_root``.
+    trust_policy: Path | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> ControlPlaneConfig:
@@ -58,8 +61,9 @@ class ControlPlaneConfig:
             if name not in raw:
                 raise ConfigError("required key missing", field=name, path=str(path))
             raw[name] = Path(raw[name])
-        if raw.get("keyring_dir") is not None:
-            raw["keyring_dir"] = Path(raw["keyring_dir"])
+        for optional in ("keyring_dir", "trust_policy"):
+            if raw.get(optional) is not None:
+                raw[optional] = Path(raw[optional])
         return cls(**raw)
 
     @classmethod

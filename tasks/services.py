@@ -210,7 +210,7 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
     from cyxwiz.training.spec import parse_training_job
     from cyxwiz.verification.proof import SignedProof
     from cyxwiz.verification.report import Check, VerificationReport
-    from cyxwiz.verification.verifier import Expectations, JobData, TrustStore
+    from cyxwiz.verification.verifier import Expectations, JobData
     from cyxwiz.verification.verifier import verify_job as run_checks
 
     cfg = config()
@@ -254,13 +254,29 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
             job=parse_training_job(dispatched["training_doc"], allow_file_uris=True),
             output_dir=out,
             data=JobData(train=train, holdout=holdout, holdout_sha256=dispatched["holdout_sha256"]),
-            trust=TrustStore.from_files(pki / "bundle.pem", crls=[pki / "ca" / "ca-crl.pem"]),
+            trust=_node_trust(cfg),
             expect=Expectations(
                 node_peer_id=dispatched["assignment"].get("peer_id"),
                 token_jti=dispatched["assignment"].get("jti"),
                 received_at=dt.datetime.fromisoformat(received) if received else None,
             ),
         )
+
+
+def _node_trust(cfg: ControlPlaneConfig) -> Any:
+    """What node certificates are judged against: every organization of the federation's trust policy
+    (its CAs and its CRL file in force) when the control plane runs one, else its own PKI (A7)."""
+    from cyxwiz.verification.verifier import TrustStore
+
+    if cfg.trust_policy is None:
+        pki = cfg.pki_root
+        return TrustStore.from_files(pki / "bundle.pem", crls=[pki / "ca" / "ca-crl.pem"])
+    from cyxwiz.pki.trust_policy import TrustPolicy
+
+    policy = TrustPolicy.load(cfg.trust_policy)
+    return TrustStore(
+        trusted=policy.all_cas(), crls=[c for state in policy.load_crls().values() for c in state.crls]
+    )
 
 
 def check_outputs_against_proof(st: Any, job_id: str, proof_doc: Any) -> list[str]:
