@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
@@ -51,6 +52,16 @@ class NodeCertIssuer:
         if [n.value for n in names] != [n.value for n in current_cn]:
             raise AuthorizationError("a renewal keeps the certificate's name", field="csr", rule="C2")
         ca = CertificateAuthority.from_dir(self.ca_dir)
+        try:
+            current.certificate.verify_directly_issued_by(ca.certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            # A node of another organization of the federation (A7) renews with its own CA: renewed here it
+            # would leave that organization's roles, names and CRL behind.
+            raise AuthorizationError(
+                "a certificate issued by another organization's CA is renewed by that organization",
+                field="csr",
+                rule="A7",
+            ) from None
         now = dt.datetime.now(dt.UTC)
         # leaf_builder counts validity in whole days from not_before: start the window so that it ends
         # ``lifetime`` from now (a lifetime under a day is what makes a certificate short-lived).
