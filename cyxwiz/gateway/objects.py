@@ -22,7 +22,10 @@ from cyxwiz.gateway.standing import Standing
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
 
-_BLOCKED_RUN_FIELDS = frozenset({"work_queue_name", "work_queue_id", "work_pool_name", "deployment_id"})
+#: What a node may change on its own flow run: what Prefect's engine (name, version, retry policy) and
+#: worker (infrastructure pid) set. Not where the run lives (queue, pool, deployment), nor what says whose
+#: job it is (parameters, tags: the job id the job-token rule reads) nor its job variables.
+_PATCHABLE_RUN_FIELDS = frozenset({"name", "flow_version", "empirical_policy", "infrastructure_pid"})
 
 
 class OwnedObjects:
@@ -129,7 +132,7 @@ class OwnedObjects:
         )
         self._check_job_token(scope, caller, m.object_id)
         if scope["method"] == "PATCH" and scope["path"].rstrip("/").endswith(m.object_id):
-            changed = set(_json(body)) & _BLOCKED_RUN_FIELDS if body else set()
+            changed = set(_json(body)) - _PATCHABLE_RUN_FIELDS if body else set()
             self._decide(
                 caller,
                 resource,

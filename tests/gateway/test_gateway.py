@@ -95,7 +95,13 @@ def test_cannot_move_own_run_to_another_queue(gw: GwEnv) -> None:
         r = c.patch(f"/api/flow_runs/{mine['id']}", json={"work_queue_name": "node-b"})
         assert r.status_code == 403
         assert c.patch(f"/api/flow_runs/{mine['id']}", json={"infrastructure_pid": "1"}).status_code == 200
+        # Nor rewrite whose job it is (the job id the job-token rule reads) or its job variables (issue 18).
+        for change in ({"parameters": {}}, {"tags": []}, {"job_variables": {"env": {}}}, {"state": {}}):
+            assert c.patch(f"/api/flow_runs/{mine['id']}", json=change).status_code == 403, change
+        policy = {"name": "run-7", "flow_version": "1", "empirical_policy": {"retries": 0}}
+        assert c.patch(f"/api/flow_runs/{mine['id']}", json=policy).status_code == 200  # what the engine sets
     assert gw.upstream.runs[mine["id"]]["work_queue_name"] == "node-a"
+    assert gw.upstream.runs[mine["id"]]["parameters"] == {"job_id": "job-node-a"}
 
 
 def test_job_run_call_needs_that_jobs_token(gw: GwEnv) -> None:
