@@ -11,8 +11,9 @@ Public API::
 
 from __future__ import annotations
 
+from cyxwiz.transport.connections import ConnectionRegistry
 from cyxwiz.transport.identity import SCOPE_PEER_KEY, PeerIdentity, peer_from_scope
-from cyxwiz.transport.reload import ConnectionRegistry, ServerTLS
+from cyxwiz.transport.reload import ServerTLS
 from cyxwiz.transport.server import MTLSServer
 from cyxwiz.transport.tls import client_context, server_context
 

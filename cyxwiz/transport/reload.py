@@ -17,14 +17,12 @@ is audited once per transition.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -34,6 +32,7 @@ from cryptography import x509
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.errors import ConfigError, CRLError, CyxwizError
+from cyxwiz.transport.connections import ConnectionRegistry
 from cyxwiz.transport.crl import CRLSnapshot, load_trusted_cas, parse_crl
 from cyxwiz.transport.identity import PeerIdentity
 from cyxwiz.transport.tls import server_context
@@ -60,60 +59,6 @@ class PeerPolicy(Protocol):
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _Conn:
-    transport: asyncio.Transport
-    loop: asyncio.AbstractEventLoop
-    peer: PeerIdentity | None
-    ip: str | None
-
-
-class ConnectionRegistry:
-    """Live TLS connections by transport, so a revocation can close them (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._conns: dict[int, _Conn] = {}
-
-    def add(
-        self,
-        transport: asyncio.Transport,
-        peer: PeerIdentity | None,
-        ip: str | None,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        with self._lock:
-            self._conns[id(transport)] = _Conn(transport, loop, peer, ip)
-
-    def remove(self, transport: asyncio.BaseTransport) -> _Conn | None:
-        with self._lock:
-            return self._conns.pop(id(transport), None)
-
-    def peer(self, transport: asyncio.BaseTransport) -> PeerIdentity | None:
-        with self._lock:
-            conn = self._conns.get(id(transport))
-            return conn.peer if conn is not None and conn.transport is transport else None
-
-    def count(self, ip: str | None = None) -> int:
-        with self._lock:
-            return sum(1 for c in self._conns.values() if ip is None or c.ip == ip)
-
-    def peers(self) -> list[PeerIdentity]:
-        with self._lock:
-            return [c.peer for c in self._conns.values() if c.peer is not None]
-
-    def close_where(self, predicate: Callable[[PeerIdentity], bool]) -> list[PeerIdentity]:
-        """Abort every connection whose peer matches; returns the peers closed."""
-        with self._lock:
-            doomed = [c for c in self._conns.values() if c.peer is not None and predicate(c.peer)]
-        for conn in doomed:
-            # abort(), not close(): a revoked peer gets no graceful flush of pending responses.
-            if conn.loop.is_closed():
-                continue
-            conn.loop.call_soon_threadsafe(conn.transport.abort)
-        return [c.peer for c in doomed if c.peer is not None]
 
 
 class ServerTLS:
@@ -302,6 +247,8 @@ class ServerTLS:
 
     def apply_crl(self, data: bytes) -> CRLSnapshot:
         """A pushed CRL: validate, persist atomically to the CRL path, take effect now."""
+        if self.crl_path is None and self.policy is not None:
+            return self._close_revoked_by(data)
         if self.crl_path is None:
             raise ConfigError("this listener has no CRL path to update", field="crl", rule="A6")
         self._install(data, source="pushed CRL")
@@ -318,6 +265,27 @@ class ServerTLS:
         self._check_stale()
         assert self._snapshot is not None
         return self._snapshot
+
+    def _close_revoked_by(self, data: bytes) -> CRLSnapshot:
+        """Under a trust policy handshakes follow each organization's CRL file (the CA writes its own);
+        a CRL the control plane's CA pushes (admin revoke) still ends the live connections of the
+        certificates it names, now, without a single CRL taking over the listener."""
+        snapshot = parse_crl(data, trusted=self._trusted, source="pushed CRL")
+        closed = self.connections.close_where(lambda p: snapshot.is_revoked(p.certificate))
+        for peer in closed:
+            self._record(
+                ev.revocation(
+                    actor_id="transport",
+                    actor_type=ev.ActorType.SYSTEM,
+                    kind="certificate",
+                    target=peer.peer_id,
+                    reason="connection closed: certificate revoked by the control plane's CA",
+                )
+            )
+        if closed:
+            for callback in list(self._revoked_listeners):
+                callback(closed)
+        return snapshot
 
     def _install(self, data: bytes, *, source: str) -> bool:
         with self._lock:

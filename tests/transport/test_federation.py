@@ -189,3 +189,41 @@ def wait_served(port: int, context: ssl.SSLContext) -> float | None:
             pass
         time.sleep(0.1)
     return None
+
+
+def test_a_crl_pushed_by_the_control_plane_ca_under_a_policy(
+    served: tuple[MTLSServer, Path], world: FederationWorld, audit: MemoryAudit
+) -> None:
+    """The coordinator's admin revoke pushes its CA's CRL to its listeners (A6). Under a trust policy the
+    listener has no single CRL: the push closes the named peer's live connection at once and nothing
+    else (no error, no CRL taking over); new handshakes follow org A's published CRL file."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    server, bundle = served
+    revoked, kept = world.a.node("a-revoked", role="worker"), world.a.node("a-kept", role="worker")
+    b_node = world.b.node("w1.orgb.example", role="worker")
+    conns = {
+        n: Conn(server.port, ctx(bundle, node)) for n, node in (("r", revoked), ("k", kept), ("b", b_node))
+    }
+    try:
+        assert all(c.get()[0] == 200 for c in conns.values())
+        world.a.issuing.revoke(revoked.cert, reason="keyCompromise")
+        server.tls.apply_crl(world.a.issuing.generate_crl().public_bytes(Encoding.PEM))
+        with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+            conns["r"].get()
+        assert conns["k"].get()[0] == 200 and conns["b"].get()[0] == 200  # nobody else
+        assert "certificate.revoke" in audit.actions()
+        world.a.write_crls()  # org A publishes: new handshakes of the revoked node are refused too
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                request(server.port, ctx(bundle, revoked))
+            except (ConnectionError, ssl.SSLError, OSError):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the revoked node's new handshakes still accepted after org A published its CRL")
+        assert request(server.port, ctx(bundle, kept))[0] == 200
+    finally:
+        for conn in conns.values():
+            conn.close()
