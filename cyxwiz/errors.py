@@ -206,6 +206,15 @@ class RateLimitError(CyxwizError):
     http_status = 429
 
 
+class UpstreamError(CyxwizError):
+    """The service behind a proxy (the gateway's Prefect API) did not answer: 502, which clients retry."""
+
+    code = "upstream-unavailable"
+    http_status = 502
+    #: Not a decision about the caller: nothing to audit as a refusal.
+    audited = True
+
+
 # --- audit (SPEC H) ---------------------------------------------------------------------------------
 
 

@@ -22,7 +22,13 @@ from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.limits import RateLimiter
 from cyxwiz.coordinator.problems import send_problem
-from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError, ValidationError
+from cyxwiz.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CyxwizError,
+    UpstreamError,
+    ValidationError,
+)
 from cyxwiz.gateway.ids import BODYLESS_METHODS, canonical_uuid, forwarded_headers
 from cyxwiz.gateway.model import Caller, NodeView, TaskRuns
 from cyxwiz.gateway.objects import OwnedObjects, _json_list
@@ -212,7 +218,13 @@ class Gateway(OwnedObjects, WebSocketProxy):
         query = scope.get("query_string", b"").decode("latin-1")
         url = scope["path"] + (f"?{query}" if query else "")
         content = body if scope["method"] not in BODYLESS_METHODS else None
-        resp = await self._client.request(scope["method"], url, content=content, headers=headers)
+        try:
+            resp = await self._client.request(scope["method"], url, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            # A pooled connection the loaded API server closed, or the server restarting: a 502, which the
+            # Prefect client retries, not a 500 that fails the node's call (issue 21).
+            log.warning("upstream %s %s failed: %s", scope["method"], scope["path"], type(exc).__name__)
+            raise UpstreamError("the Prefect API did not answer", hint="retry") from None
         content = resp.content
         if post is not None and resp.status_code in (200, 201):
             content = json.dumps(post(resp.json())).encode()
