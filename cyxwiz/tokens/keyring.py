@@ -256,6 +256,8 @@ class KeyRing:
         keys = {k.kid: k for k in other.all_keys()}
         with self._lock:
             self._keys = keys
+            # ... and where its next key is made: a ring now held in a token never rotates into a file
+            self.pkcs11, self._new_key = other.pkcs11, other._new_key
 
     def prune(self, *, now: datetime) -> list[str]:
         """Drop retired keys whose last possible token has expired; return their kids."""

@@ -142,3 +142,15 @@ def test_a_one_key_ring_from_the_token_does_not_rotate_into_a_file_key(softhsm: 
     # positive control: a file-key ring still rotates as before
     plain = KeyRing.generate(now=T0)
     assert plain.rotate(now=T0 + timedelta(days=40)).kid != plain.all_keys()[0].kid
+
+
+def test_a_ring_adopting_a_token_held_ring_rotates_in_the_token(softhsm: HsmToken, tmp_path: Path) -> None:
+    """A process whose ring was a file ring follows the directory (KeyRingReloader adopts it): once the
+    directory is token-held, its own rotations are generated in the token too."""
+    store, _ = token_ring(softhsm, tmp_path / "ring")
+    running = KeyRing.generate(now=T0)
+    running.adopt(store.load())
+    new = running.rotate(now=T0 + timedelta(days=31))
+    assert uri_of(new) is not None
+    store.save(running)
+    only_ring_json(tmp_path / "ring")
