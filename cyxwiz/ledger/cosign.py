@@ -189,7 +189,15 @@ class VerifierPolicy:
         self._one_transfer(moves, source=source, dest=dest, amount=record.amount)
         if not any(memo in text for text in moves.memos):
             raise CosignRefusedError(f"the memo must carry {memo!r}", field="message", rule="F1")
+        self._note_upheld(request, record, dest)
         return attestation
+
+    def _note_upheld(self, request: CosignRequest, record: EscrowRecord, dest: Pubkey) -> None:
+        """The arbiter's resolve refunding the user, checked and about to be co-signed: the one fact a
+        slash without a fraud report may rest on, kept in the verifier's own book."""
+        user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
+        if request.kind == "resolve" and dest == user and self.verdicts is not None:
+            self.verdicts.record_upheld(record.job_id, escrow=record.escrow_account)
 
     def _release(self, request: CosignRequest, record: EscrowRecord) -> ReportAttestation:
         self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING)
@@ -221,6 +229,11 @@ class VerifierPolicy:
         attestation = None
         if request.report is None:
             upheld_dispute(record)
+            if self.verdicts is not None and not self.verdicts.upheld(record.job_id):
+                # The escrow store says "upheld", but this verifier never co-signed the arbiter's refund.
+                raise CosignRefusedError(
+                    "no dispute of this job was upheld by the arbiter", field="report", rule="F1"
+                )
             peer, proof = record.node_peer_id or "", "dispute-upheld"
         else:
             attestation = self.attestations.check(

@@ -86,6 +86,24 @@ class VerdictBook:
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
 
+    def record_upheld(self, job_id: str, *, escrow: str) -> None:
+        """The arbiter's resolve refunding the user of a disputed job, co-signed here: what a slash without
+        a fraud report rests on (the escrow store's word for it is the coordinator's)."""
+        row = {"job_id": job_id, "verdict": "upheld", "escrow": escrow, "report_sha256": "",
+               "attestation": "", "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
+        try:
+            with self._engine.begin() as conn:
+                rawsql.insert(conn, verdicts.name, row)
+        except self._conflicts:
+            pass
+
+    def upheld(self, job_id: str) -> bool:
+        query = sa.select(verdicts.c.job_id).where(
+            verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld"
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def passing(self, job_id: str) -> str | None:
         """The passing attestation (JSON) recorded for the job, if its verification ever passed."""
         query = sa.select(verdicts.c.attestation).where(

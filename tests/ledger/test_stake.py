@@ -13,6 +13,7 @@ from cyxwiz.ledger import provision
 from cyxwiz.ledger.attestation import ReportBindingError, ReportVerdictError
 from cyxwiz.ledger.cosign import CosignRefusedError
 from cyxwiz.ledger.stake import StakeLedger, StakeLockedError, StakePolicy, StakeTooLowError
+from cyxwiz.ledger.store import EscrowState
 from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
 
 STAKE = 40_000
@@ -140,6 +141,15 @@ def test_upheld_dispute_slashes_through_the_verification_packages_slasher(
     stakes.ledger.refund(job_id="job-plain", reason="node crashed")
     with pytest.raises(ValidationError, match="upheld"):
         stakes.slash(job_id="job-plain", reason="no evidence")
+    # A compromised coordinator writes an "upheld dispute" into its own escrow store: the ledger's check
+    # passes, the verifier (which co-signed no arbiter's refund of this job) refuses.
+    stakes.ledger.store.update_fields(
+        "job-plain", allowed=[EscrowState.REFUNDED], dispute_account=str(w.user.pubkey()), resolution="refund"
+    )
+    with pytest.raises(CosignRefusedError, match="no dispute of this job was upheld"):
+        stakes.slash(job_id="job-plain", reason="forged dispute")
+    assert stakes.status(peer_id=NODE_PEER).amount == STAKE and w.token(w.user) == USER_FUNDS
+    assert stakes.book.slashed_for("job-plain") is None
     _job(w, stakes, "job-d")
     stakes.ledger.dispute(job_id="job-d", reason="user: a segment does not reproduce")
     arbiter = StakeLedger(ledger=w.ledger(coordinator=None), policy=stakes.policy)
