@@ -92,8 +92,10 @@ class Proc:
     log: Path
     ready: Callable[[], bool] = lambda: True
     popen: subprocess.Popen[bytes] | None = None
+    timeout: float = 180.0
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self) -> None:
+        timeout = self.timeout
         with self.log.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.argv, env=self.env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
@@ -303,6 +305,7 @@ def _prefect_service(stack: EmbeddedStack, chaos: ChaosStack) -> Service:
         log=server.home / "server.log",
         ready=_answers(server.api_url, "/health"),
     )
+    proc.timeout = 420.0
     chaos.procs.append(proc)
 
     def pid() -> int | None:
@@ -323,7 +326,12 @@ def chaos_stack(
 
     os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(FLOW_HEARTBEAT_S)
     with embedded_stack(
-        home, say=lambda _m: None, nodes=nodes, lifecycle_deployment=True, gateway=False
+        home,
+        say=lambda _m: None,
+        nodes=nodes,
+        lifecycle_deployment=True,
+        gateway=False,
+        prefect_timeout=420,  # a loaded CI host starts Prefect slowly; the table waits rather than fails
     ) as stack:
         chaos = ChaosStack(stack=stack)
         try:

@@ -213,6 +213,7 @@ def embedded_stack(
     deploy_all: bool = False,
     trust_policy: Path | None = None,
     foreign_nodes: dict[str, tuple[Path, Path]] | None = None,
+    prefect_timeout: float = 120.0,
 ) -> Iterator[EmbeddedStack]:
     """Start the whole embedded control plane under ``home`` (a fresh state each time).
 
@@ -240,7 +241,12 @@ def embedded_stack(
         startup.register_foreign_nodes(pki, foreign)
 
         server = stack.enter_context(
-            local_prefect_server(home / "prefect", host=prefect_host, database_url=prefect_database_url)
+            local_prefect_server(
+                home / "prefect",
+                host=prefect_host,
+                database_url=prefect_database_url,
+                timeout=prefect_timeout,
+            )
         )
         say(f"Prefect server on {server.ui_url}")
         os.environ.update(server.env())

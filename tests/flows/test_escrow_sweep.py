@@ -31,3 +31,21 @@ def test_run_states_as_the_sweep_sees_them(prefect_server: object) -> None:
     assert lifecycle_run_state(str(uuid.uuid4())) == "gone"
     assert lifecycle_run_state("not-a-run-id") == "gone"
     assert lifecycle_run_state(None) == "gone"
+
+
+def test_a_running_run_without_heartbeats_is_dead_and_marked_crashed(prefect_server: object) -> None:
+    """A run killed with its process stays RUNNING in Prefect: once it sent no flow-run event for
+    ``silent_after_s`` the sweep takes it for dead (issue 21 chaos) and says so in Prefect (CRASHED)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        orphan = client.create_flow_run(_probe, state=Running())
+    assert lifecycle_run_state(str(orphan.id), silent_after_s=600) == "running"  # just started: alive
+    time.sleep(2.5)
+    assert lifecycle_run_state(str(orphan.id), silent_after_s=2) == "terminal"
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(orphan.id).state
+    assert state is not None and state.type.value == "CRASHED" and "no heartbeat" in (state.message or "")
