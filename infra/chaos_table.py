@@ -288,7 +288,8 @@ class Runner:
                     cell.note += f" sweep failed once: {type(exc).__name__};"
                     continue
                 report = swept["report"]
-                settled = [r.job_id for r in (*report.refunded, *report.released, *report.reconciled)]
+                # Not report.reconciled: a live lifecycle's release in flight is driven by both, harmlessly.
+                settled = [r.job_id for r in (*report.refunded, *report.released)]
                 settled += [f["job_id"] for f in swept["finished"]]
                 cell.sweep_settled = cell.sweep_settled or job_id in settled
             time.sleep(0.5)
