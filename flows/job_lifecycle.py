@@ -17,7 +17,7 @@ from prefect.transactions import Transaction, get_transaction, transaction
 
 from cyxwiz.errors import AuthorizationError, NotFoundError
 from cyxwiz.verification.binding import bind_training_doc
-from tasks import services
+from tasks import holds, redundant, services
 from tasks.control import (
     JobRequest,
     check_dataset,
@@ -26,11 +26,13 @@ from tasks.control import (
     minimum_payment,
     parse_job_request,
     prepare_inputs,
+    replica_request,
+    replica_spec,
 )
 
 
 @task(name="validate-job-spec")
-def validate(spec: dict[str, Any]) -> JobRequest:
+def validate(spec: dict[str, Any], node: str | None = None, replica_node: str | None = None) -> JobRequest:
     """Validate fully before anything exists; then make sure the coordinator has the job row (G1, G2).
 
     Fully means the data too: read, hash-checked and validated here, so a tampered or malformed dataset
@@ -41,6 +43,9 @@ def validate(spec: dict[str, Any]) -> JobRequest:
     config = services.config()
     request = parse_job_request(spec, minimum_payment=minimum_payment(config))
     funding_of(spec, job_id=request.job_id)  # no signed lock for this job: refused before any row exists
+    if request.replica_job_id is not None:
+        funding_of(replica_spec(spec), job_id=request.replica_job_id)
+        redundant.require_two_nodes(node=node, replica_node=replica_node)
     check_dataset(request, dataset_sources(config))
     control = services.control_channel()
     try:
@@ -52,9 +57,11 @@ def validate(spec: dict[str, Any]) -> JobRequest:
             duration_s=request.wall_seconds,
             job_id=request.job_id,
         )
-        return request
-    if owner != request.user:
-        raise AuthorizationError("the job row belongs to another user", field="job_id", rule="C2")
+    else:
+        if owner != request.user:
+            raise AuthorizationError("the job row belongs to another user", field="job_id", rule="C2")
+    if request.replica_job_id is not None:
+        redundant.ensure_replica_row(request)
     return request
 
 
@@ -141,21 +148,28 @@ def _revoke_token_on_rollback(txn: Transaction) -> None:
 
 
 @task(name="run-on-node")
-def run_on_node(request: JobRequest, dispatched: dict[str, Any]) -> dict[str, Any]:
+def run_on_node(request: JobRequest, dispatched: dict[str, Any], redispatch: bool = True) -> dict[str, Any]:
     """The node's ``sandboxed-train`` run, followed to its end; a node lost mid-job (heartbeat gone, run
     crashed or silent) is replaced by another while a whole attempt fits before the deadline (F1, F2).
-    ``dispatched`` in the answer is the assignment that counts (the last attempt's)."""
+    ``dispatched`` in the answer is the assignment that counts (the last attempt's). A redundant job's
+    share is never re-dispatched (``redispatch=False``): it keeps its node and its pairing (issue 20)."""
     from tasks.redispatch import run_until_done
 
-    return run_until_done(request, dispatched).summary()
+    return run_until_done(request, dispatched, may_redispatch=redispatch).summary()
 
 
 @task(name="verify-result")
-def verify(request: JobRequest, dispatched: dict[str, Any], escrow: dict[str, Any]) -> dict[str, Any]:
+def verify(
+    request: JobRequest,
+    dispatched: dict[str, Any],
+    escrow: dict[str, Any],
+    partner: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     # The verifier service verifies and signs its verdict in its own process (F1); the attestation is
     # what the ledger needs to release (tasks.verifier_service.verify_hook adds the holdout's source).
+    # ``partner``: the other share of a redundant job, which the verifier referees this one against.
     report, attestation = services.attested_verification(
-        request=request, dispatched=dispatched, escrow=escrow["escrow_account"]
+        request=request, dispatched=dispatched, escrow=escrow["escrow_account"], partner=partner
     )
     create_markdown_artifact(
         key=f"verification-{request.job_id}",
@@ -171,6 +185,9 @@ def verify(request: JobRequest, dispatched: dict[str, Any], escrow: dict[str, An
 @task(name="settle-escrow")
 def settle(request: JobRequest, dispatched: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     ledger = services.ledger()
+    if report["passed"] and request.dispute_window_s:
+        # The spec asks for a dispute window: the verified release waits for it (issue 20, F1).
+        return holds.hold_release(request, dispatched, report)
     if report["passed"]:
         record = ledger.release(
             job_id=request.job_id,
@@ -193,17 +210,45 @@ def settle(request: JobRequest, dispatched: dict[str, Any], report: dict[str, An
     }
 
 
+@task(name="dispute-window")
+def dispute_window(request: JobRequest, settlement: dict[str, Any]) -> dict[str, Any]:
+    """Wait out a held release outside the rollback transaction: a failure here never refunds a verified
+    job; the escrow sweep finishes what a dead lifecycle left (issue 20, F1, F2)."""
+    if settlement.get("state") != "held":
+        return settlement
+    outcome = holds.await_window(request.job_id)
+    record = services.ledger().status(job_id=request.job_id)
+    return {
+        **settlement,
+        "state": outcome,
+        "report_sha256": record.report_sha256,
+        "settle_signature": record.settle_signature,
+        "memo": services.ledger().settlement_memo(job_id=request.job_id) if outcome == "released" else None,
+    }
+
+
+def _status(report: dict[str, Any], settlement: dict[str, Any]) -> str:
+    if settlement.get("state") in ("disputed", "held"):
+        return str(settlement["state"])
+    return "released" if report["passed"] else "refunded"
+
+
 @task(name="archive", retries=2, retry_delay_seconds=2)
 def archive(request: JobRequest, report: dict[str, Any], settlement: dict[str, Any]) -> list[str]:
     return services.archive(request=request, report=report, settlement=settlement)
 
 
 @flow(name="job-lifecycle", log_prints=False)
-def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, Any]:
-    """Run one job end to end. ``spec`` is the user's job spec; ``node`` pins a node (tests, demos)."""
+def job_lifecycle(
+    spec: dict[str, Any], node: str | None = None, replica_node: str | None = None
+) -> dict[str, Any]:
+    """Run one job end to end. ``spec`` is the user's job spec; ``node`` pins a node (tests, demos), and
+    ``replica_node`` the second node of a redundant job (``verification.mode: redundant``)."""
     logger = get_run_logger()
-    request = validate(spec)
+    request = validate(spec, node, replica_node)
     started = dt.datetime.now(dt.UTC)
+    if request.replica_job_id is not None:
+        return _redundant(request, spec, node, replica_node, started)
     with transaction():
         escrow = lock_escrow(request, spec)
         dispatched = dispatch(request, node)
@@ -212,8 +257,9 @@ def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, An
         logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])
         report = verify(request, dispatched, escrow)
         settlement = settle(request, dispatched, report)
+    settlement = dispute_window(request, settlement)
     keys = archive(request, report, settlement)
-    services.control_channel().set_status(request.job_id, "released" if report["passed"] else "refunded")
+    services.control_channel().set_status(request.job_id, _status(report, settlement))
     summary = {
         "job_id": request.job_id,
         "escrow": escrow,
@@ -222,11 +268,82 @@ def job_lifecycle(spec: dict[str, Any], node: str | None = None) -> dict[str, An
         "verification": {"passed": report["passed"], **report.get("summary", {})},
         "settlement": settlement,
         "archived": keys,
-        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 2),
+        "seconds": _seconds(started),
     }
-    create_table_artifact(
-        key=f"job-{request.job_id}",
-        table=[{"step": k, "result": str(v)} for k, v in summary.items()],
-        description=f"Lifecycle of {request.job_id}",
-    )
+    _summary_artifact(request.job_id, summary)
     return summary
+
+
+def _redundant(
+    request: JobRequest,
+    spec: dict[str, Any],
+    node: str | None,
+    replica_node: str | None,
+    started: dt.datetime,
+) -> dict[str, Any]:
+    """Refereed delegation (issue 20): both shares locked, trained on two nodes at once, each verified
+    and refereed against the other, each escrow settled by its own node's verdict; a deviator slashed."""
+    logger = get_run_logger()
+    replica = replica_request(request)
+    with transaction():
+        escrows = [lock_escrow(request, spec), lock_escrow(replica, replica_spec(spec))]
+        first = dispatch(request, node)
+        second = redundant.dispatch_replica(replica, first, replica_node)
+        shares = [(request, first), (replica, second)]
+        futures = [run_on_node.submit(req, disp, redispatch=False) for req, disp in shares]
+        runs = [future.result() for future in futures]
+        for run in runs:
+            run.pop("dispatched")  # never re-dispatched: the share's own assignment still counts
+        for (req, _), ran in zip(shares, runs, strict=True):
+            logger.info("node run of %s ended %s %s", req.job_id, ran["state"], ran["message"])
+        partners = [redundant.partner_of(replica, second), redundant.partner_of(request, first)]
+        reports = [
+            verify(req, disp, escrow, partner)
+            for (req, disp), escrow, partner in zip(shares, escrows, partners, strict=True)
+        ]
+        settlements = [settle(req, disp, rep) for (req, disp), rep in zip(shares, reports, strict=True)]
+    settlements = [
+        dispute_window(req, settled) for (req, _), settled in zip(shares, settlements, strict=True)
+    ]
+    slashes = [redundant.slash_deviator(req, rep) for (req, _), rep in zip(shares, reports, strict=True)]
+    nodes = []
+    for (req, disp), ran, rep, settled, slashed, escrow in zip(
+        shares, runs, reports, settlements, slashes, escrows, strict=True
+    ):
+        keys = archive(req, rep, settled)
+        services.control_channel().set_status(req.job_id, _status(rep, settled))
+        referee: dict[str, Any] = next((c for c in rep["checks"] if c["name"] == "referee"), {})
+        nodes.append({
+            "job_id": req.job_id, "node": disp["assignment"]["node_id"],
+            "peer_id": disp["assignment"].get("peer_id"), "escrow": escrow, "node_run": ran,
+            "verification": {"passed": rep["passed"], **rep.get("summary", {})},
+            "referee": {"passed": referee.get("passed"), "reason": referee.get("reason"),
+                        **(referee.get("details") or {})},
+            "settlement": settled, "slash": slashed, "archived": keys,
+        })  # fmt: skip
+    summary = {
+        "job_id": request.job_id,
+        "mode": "redundant",
+        "escrow": escrows[0],
+        "node": nodes[0]["node"],
+        "node_run": runs[0],
+        "verification": nodes[0]["verification"],
+        "settlement": settlements[0],
+        "archived": nodes[0]["archived"],
+        "nodes": nodes,
+        "seconds": _seconds(started),
+    }
+    _summary_artifact(request.job_id, summary)
+    return summary
+
+
+def _seconds(started: dt.datetime) -> float:
+    return round((dt.datetime.now(dt.UTC) - started).total_seconds(), 2)
+
+
+def _summary_artifact(job_id: str, summary: dict[str, Any]) -> None:
+    create_table_artifact(
+        key=f"job-{job_id}",
+        table=[{"step": k, "result": str(v)} for k, v in summary.items()],
+        description=f"Lifecycle of {job_id}",
+    )

@@ -43,13 +43,17 @@ def crl_refresh(days: int = 7, refresh_before_hours: int = 48) -> dict[str, Any]
 def escrow_sweep() -> dict[str, Any]:
     """Nothing stuck, nothing paid twice (F2): finish in-flight moves on chain, send again releases left
     ``settling``, refund every locked escrow past its deadline whose lifecycle run is terminal or gone (at
-    once when the run is dead), and close the jobs a dead lifecycle left open (tasks.recover)."""
+    once when the run is dead), and close the jobs a dead lifecycle left open (tasks.recover). First the
+    dispute windows a dead lifecycle left (issue 20): release the undisputed closed ones, move the disputed
+    ones into their dispute escrow; an open window keeps its escrow locked."""
+    from tasks.holds import settle_holds
     from tasks.recover import sweep_once
 
+    held = settle_holds()
     swept = sweep_once()
     report = swept["report"]
-    rows = report.rows() + [{"job_id": f["job_id"], "state": f["status"], "step": "job closed"}
-                            for f in swept["finished"]]  # fmt: skip
+    rows = held + report.rows() + [{"job_id": f["job_id"], "state": f["status"], "step": "job closed"}
+                                   for f in swept["finished"]]  # fmt: skip
     if rows:
         create_table_artifact(key="escrow-sweep", table=rows, description="Escrows settled by the sweep")
     for job_id, why in report.alerts.items():

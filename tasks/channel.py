@@ -41,8 +41,12 @@ class ControlChannel(Protocol):
     def assign(
         self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
     ) -> dict[str, Any]:
-        """Pick a healthy unrevoked node (not one of the node ids in ``exclude``) and mint its job token;
-        returns ``node_id``, ``queue``, ``jti``, ``peer_id`` and ``wallet``."""
+        """Pick a healthy unrevoked node (none named in ``exclude``: node ids or PeerIDs) and mint its job
+        token; returns ``node_id``, ``queue``, ``jti``, ``peer_id`` and ``wallet``."""
+        ...
+
+    def eligible(self, *, node: str | None = None, exclude: Collection[str] = ()) -> list[tuple[Any, str]]:
+        """(node record, name) of every node ``assign`` could pick now."""
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -35,6 +35,10 @@ class JobRequest:
     training_doc: dict[str, Any]
     memory_mb: int
     wall_seconds: int
+    #: Redundant mode (issue 20): the job id the second node trains under (its own escrow); else None.
+    replica_job_id: str | None = None
+    #: Seconds a passing release waits for the user's dispute (``verification.dispute_window_s``).
+    dispute_window_s: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +49,8 @@ class JobRequest:
             "training_doc": self.training_doc,
             "memory_mb": self.memory_mb,
             "wall_seconds": self.wall_seconds,
+            "replica_job_id": self.replica_job_id,
+            "dispute_window_s": self.dispute_window_s,
         }
 
     def dataset_spec(self) -> DatasetSpec:
@@ -82,7 +88,7 @@ def parse_job_request(
         raise ValidationError("a job spec is a mapping", field="spec", rule="G1")
     allowed = {
         "job_id", "user", "payment", "dataset", "job_type", "model", "training", "task", "limits",
-        "verification", "funding",
+        "verification", "funding", "replica_funding",
     }  # fmt: skip
     unknown = sorted(set(spec) - allowed)
     if unknown:
@@ -131,11 +137,7 @@ def parse_job_request(
         doc["verification"] = spec["verification"]
     refuse_submitted_secret(doc)
     verification = parse_training_job(doc).verification  # full G1/G2 validation before any escrow exists
-    # The referee and the dispute window exist as library code (issue 20); this lifecycle schedules one
-    # node and releases at once, so it refuses what it would otherwise silently not do (F1).
-    if verification.mode == "redundant" or verification.dispute_window_s:
-        field = "verification.mode" if verification.mode == "redundant" else "verification.dispute_window_s"
-        raise ValidationError("not offered by this control plane yet", field=field, rule="F1")
+    replica_job_id = _redundancy(spec, job_id=job_id, job_type=job_type, verification=verification)
     return JobRequest(
         job_id=job_id,
         user=user,
@@ -144,7 +146,66 @@ def parse_job_request(
         training_doc=doc,
         memory_mb=memory_mb,
         wall_seconds=wall_seconds,
+        replica_job_id=replica_job_id,
+        dispute_window_s=verification.dispute_window_s,
     )
+
+
+def _redundancy(spec: dict[str, Any], *, job_id: str, job_type: str, verification: Any) -> str | None:
+    """The issue-20 rules of the verification section: the second node's job id of a redundant job."""
+    if verification.mode != "redundant":
+        if spec.get("replica_funding") is not None:
+            raise ValidationError(
+                "only a redundant job funds a second node", field="replica_funding", rule="F1"
+            )
+        return None
+    # Refereed delegation: a second node trains the same job under its own job id and escrow, which the
+    # user's client funds as it funds the first (F1: no user key here).
+    if job_type != "model":
+        raise ValidationError(
+            "redundant mode referees model jobs (replayable segments)", field="verification.mode", rule="F1"
+        )
+    return _replica_job_id(spec, job_id=job_id)
+
+
+def _replica_job_id(spec: dict[str, Any], *, job_id: str) -> str:
+    """The second node's job id: the one the user's client signed the second lock for (F1, G1)."""
+    from cyxwiz.ids import JOB_ID
+
+    funding = spec.get("replica_funding")
+    value = funding.get("job_id") if isinstance(funding, dict) else None
+    if funding is None:
+        raise ValidationError(
+            "redundant mode pays two nodes: the user's client signs a second lock (UserWallet.fund_spec)",
+            field="replica_funding",
+            rule="F1",
+        )
+    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
+        raise ValidationError(
+            "must be a job id in canonical form (job-<20 hex>)", field="replica_funding.job_id", rule="G1"
+        )
+    if value == job_id:
+        raise ValidationError(
+            "the second node's job id must differ from the first", field="replica_funding.job_id", rule="F1"
+        )
+    return value
+
+
+def replica_request(request: JobRequest) -> JobRequest:
+    """The second node's share of a redundant job: same spec and payment, its own job id and escrow."""
+    from dataclasses import replace
+
+    if request.replica_job_id is None:
+        raise ValidationError("not a redundant job", field="verification.mode", rule="F1")
+    doc = json.loads(json.dumps(request.training_doc))
+    doc["job_id"] = request.replica_job_id
+    doc["dataset"]["uri"] = f"s3://cyxwiz/jobs/{request.replica_job_id}/inputs/dataset.npz"
+    return replace(request, job_id=request.replica_job_id, training_doc=doc, replica_job_id=None)
+
+
+def replica_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the second node's escrow sees it: the second signed lock is its funding."""
+    return {**spec, "funding": spec.get("replica_funding"), "replica_funding": None}
 
 
 def dataset_sources(config: ControlPlaneConfig) -> DatasetSources:

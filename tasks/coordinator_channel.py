@@ -69,13 +69,13 @@ class SchedulerChannel:
             self.store.create_job(user_id=user, spec=spec, duration_s=duration_s, job_id=job_id).job_id
         )
 
-    def assign(
-        self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
-    ) -> dict[str, Any]:
-        """``exclude``: node ids not to pick (lost while holding this job: tasks.redispatch)."""
+    def eligible(self, *, node: str | None = None, exclude: Collection[str] = ()) -> list[tuple[Any, str]]:
+        """(record, name) of every node a job may go to now: active, paid (a wallet), unrevoked, a fresh
+        heartbeat; ``node`` pins a name; ``exclude`` names node ids or PeerIDs never to pick (the first
+        node of a redundant job: the second must be another node, A5)."""
         now = dt.datetime.now(dt.UTC)
         revoked = self._revoked_serials()
-        candidates = []
+        found = []
         for record in self.store.list_nodes():
             name = node_name(record.subject)
             if record.status != "active" or self._wallet(record, name) is None:
@@ -84,14 +84,23 @@ class SchedulerChannel:
                 continue
             if node is not None and name != node:
                 continue
-            if record.node_id in exclude:
+            if record.node_id in exclude or record.peer_id in exclude:
                 continue
             if record.last_heartbeat is None or now - record.last_heartbeat > HEARTBEAT_FRESH:
                 continue
-            candidates.append((record.last_heartbeat, name, record))
+            found.append((record, name))
+        return found
+
+    def assign(
+        self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
+    ) -> dict[str, Any]:
+        candidates = [(r.last_heartbeat, name, r) for r, name in self.eligible(node=node, exclude=exclude)]
         if not candidates:
             wanted = f"node {node!r}" if node else "any node"
-            raise ConflictError(f"no healthy, unrevoked, registered {wanted} to dispatch to", field="node")
+            other = " outside the nodes this job must avoid" if exclude else ""
+            raise ConflictError(
+                f"no healthy, unrevoked, registered {wanted}{other} to dispatch to", field="node"
+            )
         # Spread the work (issue 21): the node holding the fewest open jobs, then the one given a job least
         # recently (never first), then the freshest heartbeat; so jobs submitted together do not pile onto
         # whichever heartbeat came last. Dispatches of one process (lifecycle threads) take turns, each

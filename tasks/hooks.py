@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cyxwiz.errors import AuthorizationError, ConfigError, NotFoundError, ValidationError
-from tasks.control import funding_of, parse_job_request
+from tasks.control import funding_of, parse_job_request, replica_spec
 
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
@@ -59,17 +59,16 @@ class PrefectHooks:
         if minimum is None:
             minimum = self.ledger.minimum_payment if self.ledger else minimum_payment(services.config())
         request = parse_job_request({**dict(spec), "user": user_id}, minimum_payment=minimum)
-        funding = funding_of(dict(spec), job_id=request.job_id)
+        fundings = [(request.job_id, funding_of(dict(spec), job_id=request.job_id))]
+        if request.replica_job_id is not None:  # redundant mode: the second node's own signed lock (F1)
+            replica = request.replica_job_id
+            fundings.append((replica, funding_of(replica_spec(dict(spec)), job_id=replica)))
         if self.ledger is not None:
             from cyxwiz.ledger.client_funding import check_funding
 
-            check_funding(
-                funding,
-                terms=self.ledger.funding_terms(),
-                job_id=request.job_id,
-                amount=request.payment,
-                user=user_id,
-            )
+            terms = self.ledger.funding_terms()
+            for job_id, funding in fundings:
+                check_funding(funding, terms=terms, job_id=job_id, amount=request.payment, user=user_id)
         check_dataset(request, DatasetSources.from_env(store=self.store))
         normalized = {**dict(spec), "user": user_id, "job_type": request.training_doc["job_type"]}
         normalized.pop("job_id", None)

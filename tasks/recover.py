@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from cyxwiz.errors import NotFoundError
-from cyxwiz.ledger.recovery import RunState
+from cyxwiz.ledger.recovery import RunState, RunStatus
 
 #: Job rows that are over: the sweep leaves them alone.
 FINISHED = frozenset({"released", "refunded", "failed", "cancelled", "completed"})
@@ -25,9 +25,17 @@ FINISHED = frozenset({"released", "refunded", "failed", "cancelled", "completed"
 def sweep_once() -> dict[str, Any]:
     """What the ``escrow-sweep`` flow runs: the ledger's sweep, then the jobs its crashes left open."""
     from tasks import services
+    from tasks.holds import open_hold_runs
     from tasks.sweep import lifecycle_run_state
 
-    run_state = functools.partial(lifecycle_run_state, silent_after_s=services.config().run_silent_s)
+    state = functools.partial(lifecycle_run_state, silent_after_s=services.config().run_silent_s)
+    # A verified release held for its dispute window (issue 20) is the hold's to settle, never the
+    # sweep's: its lifecycle counts as running until the window closes, whatever became of the process.
+    held = open_hold_runs()
+
+    def run_state(run_id: str | None) -> RunStatus:
+        return "running" if run_id is not None and run_id in held else state(run_id)
+
     report = services.ledger().sweep(run_state=run_state)
     return {"report": report, "finished": finish_orphans(run_state=run_state)}
 

@@ -93,8 +93,11 @@ def run_until_done(
     dispatched: dict[str, Any],
     *,
     start_run: Callable[[dict[str, Any], float], str] | None = None,
+    may_redispatch: bool = True,
 ) -> NodeRun:
-    """Start the node's flow run and follow it; re-dispatch after a loss while a whole attempt fits."""
+    """Start the node's flow run and follow it; re-dispatch after a loss while a whole attempt fits.
+    ``may_redispatch=False``: a share of a redundant job keeps its node (a new node could be the other
+    share's, a new secret would unpair the two); a lost share is refunded by its verification."""
     from tasks import services
 
     config = services.config()
@@ -115,7 +118,7 @@ def run_until_done(
             return result
         _mark_crashed(run_id, f"node {node_id} lost: {attempt.lost}")
         lost_nodes.append(node_id)
-        if deadline - time.monotonic() < request.wall_seconds:
+        if not may_redispatch or deadline - time.monotonic() < request.wall_seconds:
             return result  # no whole attempt fits any more: verification refunds (F1)
         try:
             dispatched = redispatch(request, dispatched, exclude=lost_nodes)

@@ -136,7 +136,7 @@ def wallet_view() -> Any:
 
 
 def attested_verification(
-    *, request: JobRequest, dispatched: dict[str, Any], escrow: str
+    *, request: JobRequest, dispatched: dict[str, Any], escrow: str, partner: dict[str, Any] | None = None
 ) -> tuple[VerificationReport, str]:
     """The verifier service verifies the job and signs its verdict; returns the report and attestation.
 
@@ -162,6 +162,8 @@ def attested_verification(
                 "escrow": escrow,
                 "request": request.to_dict(),
                 "dispatched": dispatched,
+                # Redundant mode: the other node's share ({request, dispatched}); the verifier referees.
+                "partner": partner,
             }
         )
     finally:

@@ -20,7 +20,9 @@ from cyxwiz._cli import new_app
 app = new_app(help="The verifier service with the control plane's job verification.")
 
 #: Checks whose failure, once the node's signature verified, proves the node lied (stake is slashed).
-FRAUD_CHECKS = frozenset({"commitments", "endpoints", "claimed-metric", "holdout", "replay", "training"})
+FRAUD_CHECKS = frozenset(
+    {"commitments", "endpoints", "claimed-metric", "holdout", "replay", "training", "referee"}
+)
 
 
 def verdict_of(report: dict[str, Any]) -> str:
@@ -41,6 +43,13 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     dispatched = body["dispatched"]
     assignment = dispatched.get("assignment") or {}
     report = services.verify_job(request=request, dispatched=dispatched)
+    if body.get("partner"):  # redundant mode: the referee against the other node of the pair (issue 20)
+        import dataclasses
+
+        from tasks.referee import referee_checks
+
+        extra = referee_checks(request=request, dispatched=dispatched, partner=body["partner"])
+        report = dataclasses.replace(report, checks=(*report.checks, *extra))
     # "public-derived" tells the reader the verdict rests on the replay, not on holdout secrecy (F1).
     report.summary["holdout"] = dispatched.get("holdout_source", "public-derived")
     as_dict: dict[str, Any] = json.loads(report.to_json())  # non-finite floats as text: canonical JSON

@@ -94,6 +94,8 @@ _TABLE: tuple[Rule, ...] = (
     _rule("jobs.submit", C.SESSION, "user", P.JOB_SUBMIT, R.NONE),
     _rule("jobs.list", C.SESSION, _ALL, P.JOB_READ, R.OWN_JOBS),
     _rule("jobs.read", C.SESSION, _ALL, P.JOB_READ, R.JOB_VISIBLE),
+    # a user role only: of "visible", that leaves the job's owner (C2); issue 20's dispute window
+    _rule("jobs.dispute", C.SESSION, "user", P.JOB_SUBMIT, R.JOB_VISIBLE),
     _rule("jobs.progress", C.JOB, "node", P.METRICS_REPORT, R.JOB_TOKEN),
     _rule("jobs.completion", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),
     _rule("jobs.urls", C.JOB, "node", P.JOB_EXECUTE, R.JOB_TOKEN),

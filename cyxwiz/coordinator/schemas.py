@@ -70,6 +70,16 @@ class SubmitRequest(_Strict):
     spec: dict[str, JsonValue]
 
 
+class DisputeRequest(_Strict):
+    """A job owner's dispute within the window (issue 20, F1): a segment that does not reproduce, or a
+    test set (named by its SHA-256) on which the model misses the job's threshold."""
+
+    kind: Literal["segment", "testset"]
+    segment_start: int | None = Field(None, ge=0, le=2**53)
+    testset_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    reason: str = Field("", max_length=500)
+
+
 class DatasetUploadRequest(_Strict):
     """A local dataset file the user is about to upload: the PUT is bound to exactly this (G1, D3)."""
 

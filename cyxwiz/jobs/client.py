@@ -337,6 +337,12 @@ class CoordinatorUserClient:
         os.replace(tmp, dest)
         return digest.hexdigest()
 
+    def dispute(self, job_id: str, *, kind: str, reason: str = "", **detail: Any) -> dict[str, Any]:
+        """Dispute a verified job while its release is held (issue 20): ``kind`` ``segment`` with
+        ``segment_start``, or ``testset`` with ``testset_sha256``."""
+        body = {"kind": kind, "reason": reason, **detail}
+        return dict(self._call("POST", f"/v1/jobs/{_job_id(job_id)}/dispute", json=body))
+
     def upload_dataset(self, path: Path) -> dict[str, str]:
         """Put a local dataset file into the caller's own area of the object store (G1, D3).
 

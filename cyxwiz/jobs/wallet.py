@@ -100,4 +100,10 @@ class UserWallet:
         if not isinstance(payment, int) or isinstance(payment, bool):
             raise ValidationError("must be an integer of base units", field="payment", rule="F3")
         funding = self.fund(terms, job_id=job_id, amount=payment, user=user)
-        return {**dict(spec), "job_id": job_id, "funding": funding.to_dict()}
+        funded = {**dict(spec), "job_id": job_id, "funding": funding.to_dict()}
+        verification = spec.get("verification")
+        if isinstance(verification, Mapping) and verification.get("mode") == "redundant":
+            # Refereed delegation pays each of two nodes from its own escrow: a second lock, same amount.
+            replica = self.fund(terms, job_id=new_job_id(), amount=payment, user=user)
+            funded["replica_funding"] = replica.to_dict()
+        return funded

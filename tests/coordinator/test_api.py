@@ -270,3 +270,44 @@ def test_drain_and_config_change_audited(env: Env) -> None:
 def test_openapi_lists_the_api(env: Env) -> None:
     spec = env.coord.app.app.openapi()
     assert "/v1/nodes/register" in spec["paths"] and "/v1/admin/config/{key}" in spec["paths"]
+
+
+def test_only_the_owner_disputes_and_only_inside_the_window(env: Env) -> None:
+    """Issue 20 (F1, C2): POST /v1/jobs/{id}/dispute while the release is held. Attacks: another user,
+    the assigned node, a late dispute, a second dispute, malformed evidence; positive control: the owner."""
+    import datetime as dt
+
+    from cyxwiz.coordinator.holds import HoldBook
+
+    a = env.register("node-a")
+    job_id = submit_assigned_job(env, a["node_id"], owner="alice")
+    late_job = submit_assigned_job(env, a["node_id"], owner="alice")
+    book = HoldBook(env.coord.store.engine)
+    now = dt.datetime.now(dt.UTC)
+    for job, closes in ((job_id, now + dt.timedelta(minutes=5)), (late_job, now - dt.timedelta(seconds=1))):
+        book.hold(job_id=job, user_id="alice", node_wallet="W", attestation="{}", closes_at=closes)
+    evidence = {"kind": "segment", "segment_start": 4, "reason": "does not reproduce"}
+    path = f"/v1/jobs/{job_id}/dispute"
+    with env.client() as c:
+        assert c.post(path, json=evidence, headers=auth(env.user_token("mallory"))).status_code == 403
+        with env.client("node-a") as node:  # the assigned node, with its own certificate-bound session
+            assert node.post(path, json=evidence, headers=auth(a["session_token"])).status_code == 403
+        admin = env.user_token("root", role="admin")
+        assert c.post(path, json=evidence, headers=auth(admin)).status_code == 403
+        bad = c.post(
+            path, json={"kind": "segment", "segment_start": 4, "x": 1}, headers=auth(env.user_token("alice"))
+        )
+        assert bad.status_code == 422
+        assert book.get(job_id).state == "held", "no refused call changed the hold"
+        late = c.post(f"/v1/jobs/{late_job}/dispute", json=evidence, headers=auth(env.user_token("alice")))
+        assert late.status_code == 409 and "window closed" in late.text
+        ok = c.post(path, json=evidence, headers=auth(env.user_token("alice")))
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["state"] == "disputed" and ok.json()["evidence"]["segment_start"] == 4
+        assert "attestation" not in ok.json()
+        again = c.post(path, json=evidence, headers=auth(env.user_token("alice")))
+        assert again.status_code == 409
+    assert book.get(late_job).state == "held"
+    filed = [e for e in env.audit.events if e.action == "escrow.dispute-filed"]
+    assert [e.outcome.value for e in filed if e.resource == f"job:{job_id}"] == ["success", "failure"]
+    assert denied(env, "job belongs to someone else")

@@ -168,3 +168,27 @@ def test_client_chosen_job_id_cannot_take_an_existing_row(
     with pytest.raises(ConflictError):
         channel.create_job(user="bob", spec={"job_type": "model"}, duration_s=60, job_id=job_id)
     assert channel.job(job_id)["user_id"] == "alice"
+
+
+def test_a_redundant_second_share_never_goes_to_the_first_node(
+    setup: tuple[SchedulerChannel, DevPKI, CoordinatorStore],
+) -> None:
+    """Issue 20 (F1, A5): the second node of a redundant job is another node by node id and PeerID."""
+    channel, pki, store = setup
+    first = _register(store, pki, "node-1")
+    job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    replica = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
+    taken = channel.assign(job_id)
+    # Attack: only the first node is up; excluded by PeerID (or node id) it is never picked again.
+    for exclude in ({taken["peer_id"]}, {first}):
+        with pytest.raises(ConflictError, match="outside the nodes this job must avoid"):
+            channel.assign(replica, exclude=exclude)
+        with pytest.raises(ConflictError):
+            channel.assign(replica, node="node-1", exclude=exclude)
+    assert channel.job(replica)["status"] == "submitted"  # nothing half-assigned
+    # Positive control: a second node takes the share.
+    _register(store, pki, "node-2")
+    second = channel.assign(replica, exclude={taken["peer_id"], first})
+    assert second["peer_id"] != taken["peer_id"] and second["wallet"] == "W2"
+    assert {name for _, name in channel.eligible()} == {"node-1", "node-2"}
+    assert [name for _, name in channel.eligible(exclude={first})] == ["node-2"]

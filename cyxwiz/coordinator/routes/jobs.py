@@ -11,6 +11,7 @@ from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import (
     OBJECT_NAME,
     CompletionRequest,
+    DisputeRequest,
     ProgressRequest,
     SubmitRequest,
     UrlRequest,
@@ -80,6 +81,42 @@ def list_jobs(
 def get_job(job_id: str, access: Annotated[Access, Depends(Allow("jobs.read"))]) -> dict[str, Any]:
     assert access.job is not None
     return access.job.public()
+
+
+@router.post("/v1/jobs/{job_id}/dispute", tags=["users"])
+def dispute(
+    job_id: str,
+    body: DisputeRequest,
+    request: Request,
+    access: Annotated[Access, Depends(Allow("jobs.dispute"))],
+) -> dict[str, Any]:
+    """The owner disputes a verified job while its release is held (issue 20, F1): strictly inside the
+    window, once; the control plane then moves the escrow into the dispute escrow for the arbiter."""
+    import datetime as dt
+
+    from cyxwiz.coordinator.holds import HoldBook
+    from cyxwiz.errors import CyxwizError
+
+    ctx, caller = coordinator(request), access.who
+    evidence = body.model_dump(exclude_none=True)
+    try:
+        hold = HoldBook(ctx.store.engine).file_dispute(
+            job_id=job_id, user_id=caller.principal_id, evidence=evidence, now=dt.datetime.now(dt.UTC)
+        )
+    except CyxwizError as exc:
+        ctx.record(
+            _dispute_event(job_id, caller, success=False, reason=f"refused: {exc.code}: {exc.message}")
+        )
+        raise
+    ctx.record(_dispute_event(job_id, caller, success=True, reason=f"{body.kind}: {body.reason}"))
+    return hold.public()
+
+
+def _dispute_event(job_id: str, caller: Any, *, success: bool, reason: str) -> ev.SecurityEvent:
+    return ev.payment(
+        action="escrow.dispute-filed", job_id=job_id, amount_lamports=0, actor_id=caller.principal_id,
+        actor_type=caller.actor_type, success=success, reason=reason[:300],
+    )  # fmt: skip
 
 
 @router.post("/v1/jobs/{job_id}/progress", tags=["nodes"])
