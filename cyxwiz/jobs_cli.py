@@ -280,6 +280,44 @@ def wait(  # noqa: PLR0917
     _finish(final, as_json=as_json)
 
 
+@app.command("dispute")
+def dispute(  # noqa: PLR0917
+    job_id: Annotated[str, typer.Argument(help="A job of yours whose release is held (status 'held').")],
+    segment: Annotated[
+        int | None, Opt("--segment", min=0, help="Start step of a committed segment that does not reproduce.")
+    ] = None,
+    testset_sha256: Annotated[
+        str | None, Opt("--testset-sha256", help="SHA-256 of a labelled test set the model fails.")
+    ] = None,
+    reason: Annotated[str, Opt("--reason", help="Why, in a sentence (audited).")] = "",
+    as_json: AsJson = False,
+    url: Url = None,
+    cert: Cert = None,
+    key: Key = None,
+    bundle: Bundle = None,
+    crl: Crl = None,
+) -> None:
+    """Dispute a verified job inside its dispute window: the escrow goes to the arbiter instead of the node.
+
+    Example: [bold]cyxwiz job dispute job-0123abcd --segment 40 --reason 'does not reproduce'[/bold]
+    """
+    from cyxwiz.errors import ValidationError
+
+    if (segment is None) == (testset_sha256 is None):
+        raise ValidationError("give exactly one of --segment and --testset-sha256", field="evidence")
+    detail: dict[str, Any] = (
+        {"kind": "segment", "segment_start": segment}
+        if segment is not None
+        else {"kind": "testset", "testset_sha256": testset_sha256}
+    )
+    with _client(url, cert, key, bundle, crl) as client:
+        hold = client.dispute(job_id, reason=reason, **detail)
+    if as_json:
+        _print_json(hold)
+        return
+    typer.echo(f"{hold['job_id']}: {hold['state']} (the window closes {hold['closes_at']})")
+
+
 @app.command("wallet")
 def wallet(  # noqa: PLR0917
     as_json: AsJson = False,

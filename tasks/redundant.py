@@ -38,24 +38,31 @@ def require_two_nodes(*, node: str | None = None, replica_node: str | None = Non
 
 
 def ensure_replica_row(request: JobRequest) -> None:
-    """The second share's coordinator job row (its own job token, inputs, outputs and proof, C3)."""
-    from cyxwiz.errors import AuthorizationError, NotFoundError
+    """The second share's coordinator job row (its own job token, inputs, outputs and proof, C3). The id
+    must be new: an existing job (even the same user's, say one a node is working on) is never taken over
+    as a second share; only this lifecycle's own earlier attempt (never assigned, same document) is reused."""
+    from cyxwiz.errors import AuthorizationError, ConflictError, NotFoundError
 
     assert request.replica_job_id is not None
     control = services.control_channel()
+    spec = {**request.training_doc, "job_id": request.replica_job_id}
     try:
-        owner = control.job(request.replica_job_id).get("user_id")
+        existing = control.job(request.replica_job_id)
     except NotFoundError:
         control.create_job(
-            user=request.user,
-            spec={**request.training_doc, "job_id": request.replica_job_id},
-            duration_s=request.wall_seconds,
-            job_id=request.replica_job_id,
+            user=request.user, spec=spec, duration_s=request.wall_seconds, job_id=request.replica_job_id
         )
         return
-    if owner != request.user:
+    if existing.get("user_id") != request.user:
         raise AuthorizationError(
             "the job row belongs to another user", field="replica_funding.job_id", rule="C2"
+        )
+    stored = control.store.job(request.replica_job_id).spec  # type: ignore[attr-defined]
+    if existing.get("status") != "submitted" or stored != spec:
+        raise ConflictError(
+            "names an existing job: the second share needs a new job id",
+            field="replica_funding.job_id",
+            rule="F1",
         )
 
 

@@ -27,7 +27,7 @@ from cyxwiz.errors import ConflictError, NotFoundError, ValidationError
 HoldState = Literal["held", "disputed", "releasing", "settled"]
 metadata = sa.MetaData()
 holds = sa.Table(
-    "cyxwiz_release_holds",
+    "cyx_release_holds",
     metadata,
     sa.Column("job_id", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.String(128), nullable=False),

@@ -139,7 +139,7 @@ def test_wallet(jobs_env: JobsEnv) -> None:
     assert "user_id" in human.output and "escrows" in human.output
 
 
-@pytest.mark.parametrize("command", ["submit", "list", "get", "wait", "wallet"])
+@pytest.mark.parametrize("command", ["submit", "list", "get", "wait", "wallet", "dispute"])
 def test_every_command_has_help_with_an_example(jobs_env: JobsEnv, command: str) -> None:
     result = jobs_env.cli(command, "--help")
     assert result.exit_code == 0, result.output
@@ -269,3 +269,27 @@ def test_plain_http_and_unreachable_coordinators_are_refused(jobs_env: JobsEnv) 
     result = jobs_env.cli("list", "--coordinator", "https://127.0.0.1:9")
     assert result.exit_code == 2
     assert "cannot reach the coordinator" in one_error_line(result)
+
+
+def test_dispute_inside_the_window_and_the_refusals(jobs_env: JobsEnv) -> None:
+    """Issue 20 (F1, C2): ``cyxwiz job dispute`` while the release is held; one error line otherwise."""
+    import datetime as dt
+
+    from cyxwiz.coordinator.holds import HoldBook
+
+    job_id = submit(jobs_env)
+    book = HoldBook(jobs_env.coord.store.engine)
+    book.hold(
+        job_id=job_id, user_id="demo-user", node_wallet="W", attestation="{}",
+        closes_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+    )  # fmt: skip
+    both = jobs_env.cli("dispute", job_id, "--segment", "3", "--testset-sha256", "a" * 64)
+    assert both.exit_code != 0 and "evidence" in one_error_line(both)
+    other = jobs_env.cli("dispute", job_id, "--segment", "3", who="other")
+    assert other.exit_code == 3 and "403" in one_error_line(other)
+    assert book.get(job_id).state == "held", "no refused call changed the hold"
+    ok = jobs_env.cli("dispute", job_id, "--segment", "3", "--reason", "does not reproduce")
+    assert ok.exit_code == 0, ok.output
+    assert f"{job_id}: disputed" in ok.output
+    again = jobs_env.cli("dispute", job_id, "--segment", "3")
+    assert again.exit_code != 0 and "already disputed" in one_error_line(again)
