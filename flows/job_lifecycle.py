@@ -44,7 +44,7 @@ def validate(spec: dict[str, Any], node: str | None = None, replica_node: str | 
     request = parse_job_request(spec, minimum_payment=minimum_payment(config))
     funding_of(spec, job_id=request.job_id)  # no signed lock for this job: refused before any row exists
     if request.replica_job_id is not None:
-        funding_of(replica_spec(spec), job_id=request.replica_job_id)
+        redundant.check_fundings(request, spec)
         redundant.require_two_nodes(node=node, replica_node=replica_node)
     check_dataset(request, dataset_sources(config))
     control = services.control_channel()

@@ -37,6 +37,26 @@ def require_two_nodes(*, node: str | None = None, replica_node: str | None = Non
         )
 
 
+def check_fundings(request: JobRequest, spec: dict[str, Any]) -> None:
+    """Both signed locks, checked against the ledger's public terms before either is sent: a second lock
+    that is not the user's exact lock for the second share must not leave the first one locked (F1)."""
+    from cyxwiz.ledger.client_funding import check_funding
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.view import LedgerView
+    from tasks.control import funding_of, replica_spec
+
+    assert request.replica_job_id is not None
+    shares = [(request.job_id, spec), (request.replica_job_id, replica_spec(spec))]
+    view = LedgerView.from_config(LedgerConfig.from_file(services.config().ledger_config))
+    try:
+        terms = view.funding_terms()
+        for job_id, share in shares:
+            funding = funding_of(share, job_id=job_id)
+            check_funding(funding, terms=terms, job_id=job_id, amount=request.payment, user=request.user)
+    finally:
+        view.close()
+
+
 def ensure_replica_row(request: JobRequest) -> None:
     """The second share's coordinator job row (its own job token, inputs, outputs and proof, C3). The id
     must be new: an existing job (even the same user's, say one a node is working on) is never taken over
