@@ -53,7 +53,7 @@ class Plane:
         """A locked, assigned, verified job whose release is held; returns (job id, closes_at)."""
         job_id = new_job_id()
         self.channel.create_job(user=user, spec={"job_type": "model"}, duration_s=60, job_id=job_id)
-        self.ledger.create(job_id=job_id, user=self.world.user, amount=AMOUNT)
+        self.ledger.create(job_id=job_id, user=self.world.user, amount=AMOUNT, run_id=f"run-{job_id}")
         wallet = str(self.world.node.pubkey())
         self.ledger.assign(job_id=job_id, node_wallet=wallet, node_peer_id=NODE_PEER)
         request = JobRequest(
@@ -75,6 +75,7 @@ class Plane:
 @dataclass(frozen=True)
 class _Config:
     dispatch_margin_s: int = 120
+    run_silent_s: float = 60.0
 
 
 @pytest.fixture
@@ -179,3 +180,22 @@ def test_evidence_is_checked_strictly() -> None:
         with pytest.raises(ValidationError) as caught:
             check_evidence(bad)
         assert caught.value.field == field
+
+
+def test_the_ledger_sweep_never_settles_an_open_window(plane: Plane, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F1/F2: the lifecycle died (its run is over) while the window is open; the escrow-sweep pass neither
+    releases the verified escrow early (that would skip the window) nor refunds it."""
+    import tasks.sweep
+    from tasks.recover import sweep_once
+
+    monkeypatch.setattr(tasks.sweep, "lifecycle_run_state", lambda run_id, **_: "terminal")
+    job_id, closes_at = plane.held_job()
+    before = plane.world.token(plane.world.node)
+    swept = sweep_once()
+    assert job_id not in {r.job_id for r in swept["report"].released + swept["report"].refunded}
+    assert plane.ledger.status(job_id=job_id).state is EscrowState.LOCKED
+    assert plane.book().get(job_id).state == "held"
+    assert holds.settle_holds(now=closes_at) == [
+        {"job_id": job_id, "state": "released", "step": "dispute window closed"}
+    ]
+    assert plane.world.token(plane.world.node) - before == AMOUNT
