@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ def _served(url: str, bundle: Path, cert: Path, key: Path) -> bool:
 
 
 def test_two_organizations_take_jobs_and_org_b_is_cut_off_alone(federated: tuple[Any, Org]) -> None:
+    from prefect.settings import get_current_settings, temporary_settings
+
     from flows.job_lifecycle import job_lifecycle
 
     stack, orgb = federated
@@ -97,15 +100,24 @@ def test_two_organizations_take_jobs_and_org_b_is_cut_off_alone(federated: tuple
     b_record = next(n for n in stack.coordinator.store.list_nodes() if n.node_id == node_id_of(stack, B_NODE))
     assert b_record.peer_id == peer_id(load_certificate(b_cert))  # identity = the PeerID, also for org B
 
-    # Both organizations' nodes take real jobs and are paid to their own wallets (F1).
-    for name in ("node-1", B_NODE):
-        spec = tiny_job(epochs=2)
-        before = stack.balances()[f"node:{name}"]
-        summary = job_lifecycle(stack.fund(spec), node=name)
+    # Both organizations' nodes take real jobs at the same time and are paid to their own wallets (F1).
+    names = ("node-1", B_NODE)
+    funded = {name: stack.fund(tiny_job(epochs=2)) for name in names}  # the user's wallet signs in turn
+    before = stack.balances()
+    api_url = get_current_settings().api.url  # a thread starts with no Prefect settings context
+
+    def run(name: str) -> dict[str, Any]:
+        with temporary_settings(updates={"api.url": api_url}):
+            return dict(job_lifecycle(funded[name], node=name))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        summaries = dict(zip(names, pool.map(run, names), strict=True))
+    after = stack.balances()
+    for name, summary in summaries.items():
         assert summary["node_run"]["state"] == "COMPLETED", (name, summary["node_run"])
         assert summary["verification"]["passed"] is True, (name, summary["verification"])
         assert summary["settlement"]["state"] == "released", name
-        assert stack.balances()[f"node:{name}"] - before == spec["payment"]
+        assert after[f"node:{name}"] - before[f"node:{name}"] == funded[name]["payment"]
 
     # Org B certifies a verifier: refused at the handshake, rule named, nothing registered (A7/role).
     pki = stack.pki
