@@ -84,6 +84,9 @@ def _verify_directory(
     path: Path, verifier: RecordChecker, *, public_key: Ed25519PublicKey
 ) -> list[tuple[int, int, int]]:
     """Walk the days; return the pruned ranges as (index in leaves, first seq, last seq)."""
+    # Read before the records: writers append a line, then move .head, so a snapshot taken first never
+    # runs ahead of the lines read after it, and a live log verifies while it grows (issue 21 chaos).
+    head = read_checkpoint(path)
     days = day_files(path)
     verifier.report.days = list(days)
     sealed = [d for d, f in days.items() if f.digest is not None]
@@ -119,13 +122,12 @@ def _verify_directory(
                 chain.seq, chain.prev, chain.file, chain.line = last_seq + 1, last_hash, log_name(day), 0
         if loaded is not None:
             previous = (day, loaded[1])
-    _check_head(verifier, path, chain)
+    _check_head(verifier, head, chain)
     return pruned
 
 
-def _check_head(verifier: RecordChecker, path: Path, chain: Chain) -> None:
+def _check_head(verifier: RecordChecker, checkpoint: tuple[date, int, str] | None, chain: Chain) -> None:
     """The writers' unauthenticated ``.head``: never an excuse, but extra evidence when it says more."""
-    checkpoint = read_checkpoint(path)
     if checkpoint is None or chain.seq is None:
         return
     _, seq, digest = checkpoint
