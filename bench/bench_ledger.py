@@ -105,7 +105,8 @@ def _bare_pairs(w: _EscrowWorld, indices: range) -> None:
         tx = txbuild.sign(create, payer=payer, signers=[user], blockhash=svm.latest_blockhash())
         assert not hasattr(result := svm.send_transaction(tx), "err"), result
         settle = txbuild.settle_escrow(
-            payer=payer.pubkey(), escrow=txbuild.escrow_address(payer.pubkey(), job), mint=mint, decimals=6,
+            payer=payer.pubkey(), escrow=txbuild.escrow_address(payer.pubkey(), job, user.pubkey()),
+            mint=mint, decimals=6,
             multisig=multisig, recipient_wallet=node.pubkey(), amount=1000 + i,
             authority_signers=[coordinator.pubkey(), verifier.pubkey()],
             memo_text=f"cyxwiz:escrow:release:{job}",
@@ -116,7 +117,9 @@ def _bare_pairs(w: _EscrowWorld, indices: range) -> None:
         assert not hasattr(result := svm.send_transaction(tx), "err"), result
 
 
-def _attestations(root: Path, payer: Keypair, node: Keypair, jobs: list[str]) -> tuple[Any, dict[str, str]]:
+def _attestations(
+    root: Path, payer: Keypair, node: Keypair, jobs: list[str], user: Keypair
+) -> tuple[Any, dict[str, str]]:
     """The verifier's signed passing reports for every job, made before the clock starts."""
     from cyxwiz.ledger.attestation import AttestationPolicy, sign_attestation
     from cyxwiz.pki.certs import load_certificate
@@ -128,7 +131,8 @@ def _attestations(root: Path, payer: Keypair, node: Keypair, jobs: list[str]) ->
     reports = {
         job: sign_attestation(
             key=key, certificate=cert, job_id=job, node_peer_id=PEER, node_wallet=str(node.pubkey()),
-            escrow=str(txbuild.escrow_address(payer.pubkey(), job)), report_sha256="ab" * 32, verdict="pass",
+            escrow=str(txbuild.escrow_address(payer.pubkey(), job, user.pubkey())), report_sha256="ab" * 32,
+            verdict="pass",
         ).to_json()
         for job in jobs
     }  # fmt: skip
@@ -143,7 +147,7 @@ def _ledger_runner(n: int, db: Path, *, in_flight: int = 1) -> tuple[Callable[[r
     w = _EscrowWorld()
     user, node = w.user, w.node
     jobs = [f"bench-{i}" for i in range(n)]
-    policy, reports = _attestations(db.parent / f"pki-{in_flight}", w.payer, node, jobs)
+    policy, reports = _attestations(db.parent / f"pki-{in_flight}", w.payer, node, jobs, user)
     ledger = EscrowLedger(
         chain=w.chain, store=EscrowStore.open(f"sqlite:///{db}"), mint=w.mint, decimals=6,
         multisig=w.multisig, payer=w.payer, coordinator=w.coordinator, verifier=w.verifier,

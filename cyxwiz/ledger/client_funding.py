@@ -161,9 +161,10 @@ def terms_from_chain(
     )
 
 
-def escrow_of(terms: FundingTerms, job_id: str) -> Pubkey:
-    """The job's escrow account (seeded from the fee payer and the job id, as the ledger makes it)."""
-    return txbuild.escrow_address(Pubkey.from_string(terms.payer), job_id)
+def escrow_of(terms: FundingTerms, job_id: str, *, wallet: Pubkey) -> Pubkey:
+    """The job's escrow account (seeded from the fee payer, the job id and the funding wallet, as the
+    ledger makes it)."""
+    return txbuild.escrow_address(Pubkey.from_string(terms.payer), job_id, wallet)
 
 
 def lock_message(

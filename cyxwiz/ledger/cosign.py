@@ -164,8 +164,7 @@ class VerifierPolicy:
             dest = txbuild.token_account_of(Pubkey.from_string(attestation.node_wallet), self.mint)
             source, memo = escrow, f"report={attestation.report_sha256}"
         elif request.kind == "refund":
-            self._state(record, EscrowState.LOCKED, EscrowState.REFUNDING)
-            self._no_pass(record.job_id, "refund")
+            self._refund(record, escrow)
             dest = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
             source, memo = escrow, f"cyxwiz:escrow:refund:{record.job_id}"
         elif request.kind == "dispute":
@@ -211,6 +210,17 @@ class VerifierPolicy:
         if self.verdicts is not None:  # before signing: from now on no refund of this job is co-signed
             self.verdicts.record(attestation)
         return attestation
+
+    def _refund(self, record: EscrowRecord, escrow: Pubkey) -> None:
+        self._state(record, EscrowState.LOCKED, EscrowState.REFUNDING)
+        self._no_pass(record.job_id, "refund")
+        # The escrow store is the coordinator's: the wallet a refund pays must be the one the escrow
+        # account's own address was derived from, or a rewritten row would send the funds elsewhere.
+        if escrow != txbuild.escrow_address(self.rent_owner, record.job_id, record.user_wallet):
+            raise CosignRefusedError(
+                "a refund goes back to the wallet that funded the escrow (its address is derived "
+                "from that wallet)", field="user_wallet", rule="F1",
+            )  # fmt: skip
 
     def _no_pass(self, job_id: str, move: str) -> None:
         if self.verdicts is not None:

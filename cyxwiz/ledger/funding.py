@@ -61,7 +61,7 @@ def create_signed(
         )
     if not signature.verify(user, message):
         raise AuthorizationError("the user's signature does not verify", field="user_signature", rule="F1")
-    escrow = txbuild.escrow_address(ledger._payer.pubkey(), job_id)
+    escrow = txbuild.escrow_address(ledger._payer.pubkey(), job_id, user)
     tx = Transaction.populate(parsed, [txbuild.sign_message(ledger._payer, parsed), signature])
     new = NewIntent(
         kind="create",

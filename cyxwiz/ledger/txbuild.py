@@ -47,13 +47,18 @@ from cyxwiz.keys.solana import SourceSigner
 U64_MAX = 2**64 - 1
 
 
-def escrow_seed(job_id: str) -> str:
-    """32-character seed (the system program's limit) derived from the job id."""
-    return "cx" + hashlib.sha256(job_id.encode()).hexdigest()[:30]
+def escrow_seed(job_id: str, user: Pubkey | str) -> str:
+    """32-character seed (the system program's limit) derived from the job id and the funding wallet.
+
+    The wallet is part of the address so that the escrow itself says whom a refund returns to: the
+    verifier, which co-signs refunds but cannot trust the control plane's database, derives the account
+    from the wallet it is asked to refund, and a made-up wallet names an account that holds nothing (F1).
+    """
+    return "cx" + hashlib.sha256(f"{job_id}:{user}".encode()).hexdigest()[:30]
 
 
-def escrow_address(payer: Pubkey, job_id: str) -> Pubkey:
-    return Pubkey.create_with_seed(payer, escrow_seed(job_id), TOKEN_PROGRAM_ID)
+def escrow_address(payer: Pubkey, job_id: str, user: Pubkey | str) -> Pubkey:
+    return Pubkey.create_with_seed(payer, escrow_seed(job_id, user), TOKEN_PROGRAM_ID)
 
 
 def dispute_seed(job_id: str) -> str:
@@ -112,7 +117,7 @@ def create_escrow(
 ) -> list[Instruction]:
     """``owner`` (the submitting user's id) goes into the memo when the user signs the lock, so signed
     bytes cannot be passed off as another user's submission (C2)."""
-    escrow = escrow_address(payer, job_id)
+    escrow = escrow_address(payer, job_id, user)
     note = f"cyxwiz:escrow:create:{job_id}" + (f":user={owner}" if owner is not None else "")
     return [
         create_account_with_seed(
@@ -120,7 +125,7 @@ def create_escrow(
                 from_pubkey=payer,
                 to_pubkey=escrow,
                 base=payer,
-                seed=escrow_seed(job_id),
+                seed=escrow_seed(job_id, user),
                 lamports=rent,
                 space=ACCOUNT_LEN,
                 owner=TOKEN_PROGRAM_ID,

@@ -107,7 +107,7 @@ def verifier(demo: DemoLedger, tmp_path: Path) -> Iterator[VerifierProcess]:
 def demo_attest(pki: Pki, demo: DemoLedger, job_id: str, *, verdict: Verdict = "pass") -> str:
     """The verifier's attestation for a demo job bound to the demo node and that job's escrow."""
     config = demo.config
-    escrow = txbuild.escrow_address(config.pubkey("payer"), job_id)
+    escrow = txbuild.escrow_address(config.pubkey("payer"), job_id, demo.user.pubkey())
     return pki.sign(
         verdict=verdict,
         job_id=job_id,
@@ -167,7 +167,7 @@ class World:
             "job_id": job,
             "node_peer_id": NODE_PEER,
             "node_wallet": str(self.node.pubkey()),
-            "escrow": str(txbuild.escrow_address(self.payer.pubkey(), job)),
+            "escrow": str(txbuild.escrow_address(self.payer.pubkey(), job, self.user.pubkey())),
             **overrides,
         }
         return self.pki.sign(role=role, verdict=verdict, **fields).to_json()
@@ -181,7 +181,7 @@ class World:
 
     def token_total(self, *job_ids: str) -> int:
         escrows = sum(
-            (self.chain.token_amount(txbuild.escrow_address(self.payer.pubkey(), j)) or 0)
+            (self.chain.token_amount(txbuild.escrow_address(self.payer.pubkey(), j, self.user.pubkey())) or 0)
             + (self.chain.token_amount(txbuild.dispute_address(self.payer.pubkey(), j)) or 0)
             for j in job_ids
         )
@@ -190,7 +190,7 @@ class World:
     def lamport_total(self, *job_ids: str) -> int:
         keys = [self.payer.pubkey(), self.user.pubkey(), self.node.pubkey(), self.other_node.pubkey()]
         keys += [txbuild.token_account_of(k, self.mint) for k in list(keys)]
-        keys += [txbuild.escrow_address(self.payer.pubkey(), j) for j in job_ids]
+        keys += [txbuild.escrow_address(self.payer.pubkey(), j, self.user.pubkey()) for j in job_ids]
         keys += [txbuild.dispute_address(self.payer.pubkey(), j) for j in job_ids]
         keys += [self.mint, self.multisig]
         return sum(self.chain.lamports(k) for k in keys)

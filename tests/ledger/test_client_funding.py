@@ -78,7 +78,7 @@ def test_user_signed_lock_then_release_pays_the_assigned_node(local_world: World
     record = _lock(ledger, funding)
     assert record.state == EscrowState.LOCKED
     assert record.user_wallet == str(world.user.pubkey())
-    assert record.escrow_account == str(escrow_of(terms, job_id))
+    assert record.escrow_account == str(escrow_of(terms, job_id, wallet=world.user.pubkey()))
     assert world.chain.token_amount(Pubkey.from_string(record.escrow_account)) == AMOUNT
     assert world.token(world.user) == USER_FUNDS - AMOUNT
 

@@ -77,7 +77,9 @@ def _crash(demo: DemoLedger, op: str, job_id: str, point: str, report: str = "")
 
 def _balances(ledger: EscrowLedger, demo: DemoLedger, job_id: str) -> tuple[int, int, int]:
     chain = ledger.chain
-    escrow = chain.token_amount(txbuild.escrow_address(ledger._payer.pubkey(), job_id)) or 0
+    escrow = (
+        chain.token_amount(txbuild.escrow_address(ledger._payer.pubkey(), job_id, demo.user.pubkey())) or 0
+    )
     user = chain.token_amount(txbuild.token_account_of(demo.user.pubkey(), ledger.mint)) or 0
     node = chain.token_amount(txbuild.token_account_of(demo.node.pubkey(), ledger.mint)) or 0
     return user, escrow, node

@@ -25,7 +25,7 @@ def _locked(w: World, job_id: str = "job-a", amount: int = 10_000) -> None:
 
 def _snapshot(w: World, *jobs: str) -> tuple[int, int, int, int]:
     escrow = sum(
-        (w.chain.token_amount(txbuild.escrow_address(w.payer.pubkey(), j)) or 0)
+        (w.chain.token_amount(txbuild.escrow_address(w.payer.pubkey(), j, w.user.pubkey())) or 0)
         + (w.chain.token_amount(txbuild.dispute_address(w.payer.pubkey(), j)) or 0)
         for j in jobs
     )
@@ -110,7 +110,7 @@ def test_chain_itself_refuses_a_release_signed_by_one_authority(world: World) ->
     before = _snapshot(world, "job-a")
     instructions = txbuild.settle_escrow(
         payer=world.payer.pubkey(),
-        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a"),
+        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a", world.user.pubkey()),
         mint=world.mint,
         decimals=6,
         multisig=world.multisig,
@@ -195,7 +195,7 @@ def test_replayed_transactions_are_refused(world: World) -> None:
     # A release signed now but held back until its blockhash expired (e.g. by a man in the middle).
     instructions = txbuild.settle_escrow(
         payer=world.payer.pubkey(),
-        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a"),
+        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a", world.user.pubkey()),
         mint=world.mint,
         decimals=6,
         multisig=world.multisig,
@@ -231,7 +231,10 @@ def test_disputed_funds_need_the_arbiter_on_chain(world: World) -> None:
     record = ledger.dispute(job_id="job-a", reason="user reports fabricated metrics")
     dispute = txbuild.dispute_address(world.payer.pubkey(), "job-a")
     assert (record.state, record.dispute_account) == (EscrowState.DISPUTED, str(dispute))
-    assert world.chain.token_amount(txbuild.escrow_address(world.payer.pubkey(), "job-a")) is None
+    assert (
+        world.chain.token_amount(txbuild.escrow_address(world.payer.pubkey(), "job-a", world.user.pubkey()))
+        is None
+    )
     assert world.chain.token_amount(dispute) == 10_000
     before = _snapshot(world, "job-a")
     for multisig in (world.dispute_multisig, world.multisig):

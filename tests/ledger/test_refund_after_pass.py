@@ -65,7 +65,8 @@ def _tokens(ledger: EscrowLedger, demo: DemoLedger, *jobs: str) -> tuple[int, in
         return ledger.chain.token_amount(txbuild.token_account_of(owner, ledger.mint)) or 0
 
     escrows = sum(
-        ledger.chain.token_amount(txbuild.escrow_address(ledger.rent_owner, job)) or 0 for job in jobs
+        ledger.chain.token_amount(txbuild.escrow_address(ledger.rent_owner, job, demo.user.pubkey())) or 0
+        for job in jobs
     )
     return held(demo.user.pubkey()), escrows, held(demo.node.pubkey())
 
@@ -168,3 +169,42 @@ def _refund_message(ledger: EscrowLedger) -> bytes:
 
 def demo_user(record: Any) -> Pubkey:
     return Pubkey.from_string(record.user_wallet)
+
+
+def test_compromised_coordinator_cannot_refund_to_a_wallet_of_its_choosing(
+    demo: DemoLedger, verifier_with_hook: VerifierProcess
+) -> None:
+    """It rewrites the funding wallet in its own escrow store and asks for a refund: the verifier derives
+    the escrow account from the wallet it is asked to refund and refuses; rewriting the escrow account
+    too only names an account that holds nothing (the chain refuses). Positive control: the real refund."""
+    from solders.keypair import Keypair
+
+    from cyxwiz.errors import EscrowError
+    from cyxwiz.ledger.cosign import CosignRefusedError
+
+    coordinator = open_ledger(demo.config)
+    amount = _lock(coordinator, demo, "job-steal")
+    thief = Keypair().pubkey()
+    real = coordinator.status(job_id="job-steal")
+    locked = [EscrowState.LOCKED]
+
+    def forge(wallet: Pubkey, **more: str) -> None:
+        coordinator.store.update_fields(
+            "job-steal", allowed=locked, user_wallet=str(wallet),
+            user_token_account=str(txbuild.token_account_of(wallet, coordinator.mint)), **more,
+        )  # fmt: skip
+
+    forge(thief)
+    with pytest.raises(CosignRefusedError, match="wallet that funded") as refused:
+        coordinator.refund(job_id="job-steal", reason="to the thief")
+    assert refused.value.field == "user_wallet"
+    forge(thief, escrow_account=str(txbuild.escrow_address(coordinator.rent_owner, "job-steal", thief)))
+    with pytest.raises(EscrowError, match="refused"):
+        coordinator.refund(job_id="job-steal", reason="to the thief, consistently forged")
+    stolen = coordinator.chain.token_amount(txbuild.token_account_of(thief, coordinator.mint)) or 0
+    assert stolen == 0 and coordinator.status(job_id="job-steal").state is EscrowState.LOCKED
+    assert _tokens(coordinator, demo, "job-steal") == (demo.user_funds - amount, amount, 0)
+
+    forge(demo.user.pubkey(), escrow_account=real.escrow_account)  # the honest record again
+    assert coordinator.refund(job_id="job-steal", reason="job failed").state is EscrowState.REFUNDED
+    assert _tokens(coordinator, demo, "job-steal") == (demo.user_funds, 0, 0)

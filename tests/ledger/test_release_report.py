@@ -142,7 +142,7 @@ def test_verifier_refuses_to_cosign_a_release_that_pays_someone_else(world: Worl
     ledger = world.ledger()
     instructions = txbuild.settle_escrow(
         payer=world.payer.pubkey(),
-        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a"),
+        escrow=txbuild.escrow_address(world.payer.pubkey(), "job-a", world.user.pubkey()),
         mint=world.mint,
         decimals=6,
         multisig=world.multisig,

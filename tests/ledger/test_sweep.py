@@ -35,7 +35,7 @@ def _supply(ledger: Any, demo: DemoLedger, jobs: list[str]) -> tuple[int, int, i
     chain, mint, payer = ledger.chain, ledger.mint, ledger.rent_owner
     user = chain.token_amount(txbuild.token_account_of(demo.user.pubkey(), mint)) or 0
     node = chain.token_amount(txbuild.token_account_of(demo.node.pubkey(), mint)) or 0
-    held = sum(chain.token_amount(txbuild.escrow_address(payer, j)) or 0 for j in jobs)
+    held = sum(chain.token_amount(txbuild.escrow_address(payer, j, demo.user.pubkey())) or 0 for j in jobs)
     return user, node, held
 
 

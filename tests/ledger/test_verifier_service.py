@@ -46,7 +46,7 @@ def test_verifier_service_cosigns_a_verified_release_and_refuses_forgeries(
         ledger.assign(job_id=job, node_wallet=demo.node.pubkey(), node_peer_id=NODE_PEER)
     # Bypass the control plane's own checks: ask the verifier directly over its socket.
     remote = RemoteCosigner(socket_path=verifier.socket_path)
-    escrow = txbuild.escrow_address(demo.config.pubkey("payer"), "job-v1")
+    escrow = txbuild.escrow_address(demo.config.pubkey("payer"), "job-v1", demo.user.pubkey())
     message = _release_message(ledger, escrow, demo.node.pubkey(), amount, "cd" * 32)
     forged: dict[str, Any] = ReportAttestation.parse(
         demo_attest(pki, demo, "job-v1", verdict="fail")
