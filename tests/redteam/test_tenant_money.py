@@ -221,3 +221,35 @@ def test_release_pays_only_the_assigned_nodes_wallet(market: Market) -> None:
     market.ledger.release(job_id=job_id, node_wallet=node_a.pubkey(), report=report)
     assert market.world.token(node_a) == PAYMENT
     assert market.world.token(market.wallets["alice"]) == USER_FUNDS - PAYMENT
+
+
+def test_a_redundant_jobs_second_lock_is_checked_at_the_door(market: Market) -> None:
+    """F1/C2 (issue 20): a redundant job carries the user's second signed lock for the second node's share.
+    Attacks: no second lock, a second lock for less, one reusing the first share's job id, bob's own lock
+    (signed by bob for bob) replayed as alice's second share. Positive control: alice's two exact locks."""
+
+    def redundant(user: str, *, wallet: str | None = None, amount: int = PAYMENT, same_id: bool = False):
+        spec = market.funded_spec(user)
+        replica = spec["funding"]["job_id"] if same_id else new_job_id()
+        second = sign_funding(
+            market.terms(user),
+            wallet=market.wallets[wallet or user],
+            job_id=replica,
+            amount=amount,
+            user=wallet or user,
+        )
+        return {**spec, "verification": {"mode": "redundant"}, "replica_funding": second.to_dict()}
+
+    missing = {**market.funded_spec("alice"), "verification": {"mode": "redundant"}}
+    for spec, field in (
+        (missing, "replica_funding"),
+        (redundant("alice", amount=PAYMENT - 1), "funding.message"),
+        (redundant("alice", wallet="bob"), "funding.message"),
+        (redundant("alice", same_id=True), "replica_funding.job_id"),
+    ):
+        r = market.submit("alice", spec)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == field, r.json()
+    _nothing_created(market, "alice")
+    ok = market.submit("alice", redundant("alice"))
+    assert ok.status_code == 201, ok.text
