@@ -23,6 +23,9 @@ from tasks.control import JobRequest
 
 #: How often a waiting lifecycle looks at its hold (a dispute ends the wait early).
 POLL_S = 1.0
+#: Windows up to this long are waited out by the lifecycle run itself; a longer one (days) ends the run
+#: with the job ``held`` and the scheduled escrow sweep carries out the decision when the window closes.
+WAIT_LIMIT_S = 3600
 
 
 def book() -> HoldBook:
