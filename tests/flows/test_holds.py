@@ -199,3 +199,17 @@ def test_the_ledger_sweep_never_settles_an_open_window(plane: Plane, monkeypatch
         {"job_id": job_id, "state": "released", "step": "dispute window closed"}
     ]
     assert plane.world.token(plane.world.node) - before == AMOUNT
+
+
+def test_a_long_window_is_left_to_the_sweep(plane: Plane) -> None:
+    """A window of days does not keep a lifecycle run waiting: it ends with the job held (F2)."""
+    from flows.job_lifecycle import dispute_window
+
+    job_id, _ = plane.held_job(window=holds.WAIT_LIMIT_S + 1)
+    request = JobRequest(
+        job_id=job_id, user="alice", payment=AMOUNT, dataset="sklearn:digits", training_doc={},
+        memory_mb=512, wall_seconds=60, dispute_window_s=holds.WAIT_LIMIT_S + 1,
+    )  # fmt: skip
+    assert dispute_window.fn(request, {"state": "held"}) == {"state": "held"}
+    assert plane.book().get(job_id).state == "held"
+    assert plane.ledger.status(job_id=job_id).state is EscrowState.LOCKED
