@@ -237,9 +237,15 @@ class VerifierPolicy:
         from cyxwiz.ledger.stake import upheld_dispute
 
         attestation = None
+        if record.escrow_account != str(
+            txbuild.escrow_address(self.rent_owner, record.job_id, record.user_wallet)
+        ):  # the share goes to the wallet that funded the escrow, not to one a rewritten row names
+            raise CosignRefusedError(
+                "a slash pays the wallet that funded the job's escrow", field="user_wallet", rule="F1"
+            )
         if request.report is None:
             upheld_dispute(record)
-            if self.verdicts is not None and not self.verdicts.upheld(record.job_id):
+            if self.verdicts is not None and self.verdicts.upheld(record.job_id) != record.escrow_account:
                 # The escrow store says "upheld", but this verifier never co-signed the arbiter's refund.
                 raise CosignRefusedError(
                     "no dispute of this job was upheld by the arbiter", field="report", rule="F1"

@@ -97,12 +97,14 @@ class VerdictBook:
         except self._conflicts:
             pass
 
-    def upheld(self, job_id: str) -> bool:
-        query = sa.select(verdicts.c.job_id).where(
+    def upheld(self, job_id: str) -> str | None:
+        """The escrow account of the job whose dispute the arbiter upheld (refunded), if it did."""
+        query = sa.select(verdicts.c.escrow).where(
             verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld"
         )
         with self._engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            value = conn.execute(query).scalar()
+        return None if value is None else str(value)
 
     def passing(self, job_id: str) -> str | None:
         """The passing attestation (JSON) recorded for the job, if its verification ever passed."""

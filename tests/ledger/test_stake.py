@@ -187,3 +187,30 @@ def test_a_withdrawal_whose_record_a_crash_lost_is_not_sent_twice_nor_a_phantom_
     stakes.stake(peer_id=NODE_PEER, node=w.node, amount=STAKE - small)  # positive control
     assert stakes.require(peer_id=NODE_PEER).amount == STAKE
     assert w.token(w.node) == 0 and w.token_total() + STAKE == USER_FUNDS + STAKE
+
+
+def test_a_slash_pays_the_wallet_that_funded_the_escrow_not_a_rewritten_one(
+    staked: tuple[World, StakeLedger],
+) -> None:
+    """The coordinator rewrites the job's user wallet in its store before slashing a proven fraud: the
+    verifier derives the escrow from that wallet, finds another account, and refuses (F1)."""
+    from solders.keypair import Keypair
+
+    from cyxwiz.ledger import txbuild
+
+    w, stakes = staked
+    _job(w, stakes)
+    stakes.ledger.refund(job_id="job-f", reason="verification proved fraud")
+    fraud = w.attest("job-f", verdict="fraud", report_sha256="fa" * 32)
+    thief = Keypair().pubkey()
+    honest = stakes.ledger.status(job_id="job-f")
+    store = stakes.ledger.store
+    store.update_fields("job-f", allowed=[EscrowState.REFUNDED], user_wallet=str(thief))
+    with pytest.raises(CosignRefusedError, match="wallet that funded"):
+        stakes.slash(job_id="job-f", report=fraud)
+    assert (w.chain.token_amount(txbuild.token_account_of(thief, w.mint)) or 0) == 0
+    assert stakes.status(peer_id=NODE_PEER).amount == STAKE and stakes.book.slashed_for("job-f") is None
+    store.update_fields("job-f", allowed=[EscrowState.REFUNDED], user_wallet=honest.user_wallet)
+    share = STAKE * 2500 // 10_000
+    assert stakes.slash(job_id="job-f", report=fraud).slashed == share  # positive control
+    assert w.token(w.user) == USER_FUNDS + share
