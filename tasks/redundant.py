@@ -131,6 +131,20 @@ def dispatch_replica(replica: JobRequest, first: dict[str, Any], node: str | Non
         node_peer_id=assignment.get("peer_id"),
         deadline=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=replica.wall_seconds + margin),
     )
+    from cyxwiz.audit import events as ev
+
+    # Who may act on the second share, and that it is another node than the first's (H2).
+    services.audit().record(
+        ev.make_event(
+            event_type=ev.EventType.AUTHORIZATION, actor_id="control-plane", actor_type=ev.ActorType.SERVICE,
+            resource=f"job:{replica.job_id}", action="job.dispatch-second", outcome=ev.Outcome.SUCCESS,
+            details={
+                "first_job": str(first["training_doc"]["job_id"]),
+                "first_node": str(first["assignment"]["node_id"]),
+                "node_id": str(assignment["node_id"]),
+            },
+        )
+    )  # fmt: skip
     txn = get_transaction()
     if txn is not None:
         txn.set("job_id", replica.job_id)

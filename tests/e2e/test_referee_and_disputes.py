@@ -125,12 +125,13 @@ def test_the_referee_pays_the_honest_node_and_slashes_the_dishonest_one(stack: A
         assert services.ledger().onchain_amount(job_id=job_id) == 0
     assert stack.coordinator.store.job(honest["job_id"]).status == "released"
     assert stack.coordinator.store.job(dishonest["job_id"]).status == "refunded"
-    # H2: each step is in the audit log: both verdicts, the release, the refund, the slash.
+    # H2: every step is audited: the second dispatch, both verdicts, the release, the refund, the slash.
     events = audit_events(stack)
 
     def logged(action: str, job_id: str) -> bool:
         return any(e.get("action") == action and job_id in str(e.get("resource")) for e in events)
 
+    assert logged("job.dispatch-second", dishonest["job_id"])
     assert logged("job.verify", honest["job_id"]) and logged("job.verify", dishonest["job_id"])
     assert any(e.get("action") == "escrow.stake.slash" and e.get("outcome") == "success" for e in events)
     payments = [e for e in events if e.get("event_type") == "Payment" and e.get("outcome") == "success"]
