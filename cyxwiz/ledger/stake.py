@@ -31,42 +31,27 @@ from cyxwiz.errors import (
     CyxwizError,
     EscrowError,
     LedgerError,
-    NotFoundError,
     ValidationError,
 )
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.cosign import CosignRequest
 from cyxwiz.ledger.records import check_amount, check_reason, check_wallet
-from cyxwiz.ledger.store import SIDE_MOVES, EscrowState, Intent, NewIntent, escrows
+from cyxwiz.ledger.stakebook import (
+    StakeBook,
+    StakeRecord,
+    metadata,
+    owed_query,
+    slashes,
+    slashes_unsettled,
+    stakes,
+)
+from cyxwiz.ledger.store import EscrowState, NewIntent
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import EscrowLedger
 
 #: (kind, subject, report JSON) of the verifier's co-signature, or None when the node alone signs
 Cosign = tuple[str, str, str | None] | None
-metadata = sa.MetaData()
-stakes = sa.Table(
-    "cyxwiz_stakes",
-    metadata,
-    sa.Column("peer_id", sa.String(100), primary_key=True),
-    sa.Column("node_wallet", sa.String(44), nullable=False),
-    sa.Column("stake_account", sa.String(44), nullable=False, unique=True),
-    sa.Column("amount", sa.Numeric(20, 0), nullable=False),  # what the account holds, base units
-    sa.Column("slashed", sa.Numeric(20, 0), nullable=False),
-    sa.Column("unstake_requested_at", sa.DateTime(timezone=True)),
-    sa.Column("withdrawn", sa.Boolean, nullable=False, default=False),
-)
-#: one slash per job, recorded before it is sent: a job's fraud is never charged twice (F2)
-slashes = sa.Table(
-    "cyxwiz_stake_slashes",
-    metadata,
-    sa.Column("job_id", sa.String(64), primary_key=True),
-    sa.Column("peer_id", sa.String(100), nullable=False),
-    sa.Column("amount", sa.Numeric(20, 0), nullable=False),
-    sa.Column("report_sha256", sa.String(64), nullable=False),
-    sa.Column("signature", sa.String(100), nullable=False),
-)
-
 #: escrow states in which a node still has a job running (or being settled): no withdrawal then
 BUSY = (EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING, EscrowState.DISPUTING,
         EscrowState.DISPUTED)  # fmt: skip
@@ -93,83 +78,12 @@ def stake_address(payer: Pubkey, peer_id: str) -> Pubkey:
     return Pubkey.create_with_seed(payer, seed, TOKEN_PROGRAM_ID)
 
 
-@dataclass(frozen=True)
-class StakeRecord:
-    peer_id: str
-    node_wallet: str
-    stake_account: str
-    amount: int
-    slashed: int
-    unstake_requested_at: dt.datetime | None
-    withdrawn: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["unstake_requested_at"] = (
-            self.unstake_requested_at.isoformat() if self.unstake_requested_at else None
-        )
-        return data
-
-
 @dataclass(frozen=True, kw_only=True)
 class StakePolicy:
     minimum: int = 0
     #: share of the stake paid to the defrauded user, in basis points (2500 = 25 %)
     slash_bps: int = 2500
     cooldown: dt.timedelta = dt.timedelta(hours=24)
-
-
-class StakeBook:
-    """Stake rows (the chain holds the tokens; these say whose they are and what happened)."""
-
-    def __init__(self, engine: sa.engine.Engine) -> None:
-        self._engine = engine
-        metadata.create_all(engine)
-
-    def get(self, peer_id: str) -> StakeRecord:
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(stakes).where(stakes.c.peer_id == peer_id)).mappings().first()
-        if row is None:
-            raise NotFoundError("this node has no stake", field="peer_id", rule="F1")
-        values = dict(row)
-        at = values["unstake_requested_at"]
-        if at is not None and at.tzinfo is None:
-            values["unstake_requested_at"] = at.replace(tzinfo=dt.UTC)
-        return StakeRecord(**{**values, "amount": int(values["amount"]), "slashed": int(values["slashed"])})
-
-    def find(self, peer_id: str) -> StakeRecord | None:
-        try:
-            return self.get(peer_id)
-        except NotFoundError:
-            return None
-
-    def upsert(
-        self, *, peer_id: str, node_wallet: str, stake_account: str, add: int, fresh: bool = False
-    ) -> None:
-        """Add a deposit; ``fresh``: the stake account was (re)created for it, so nothing else is held."""
-        with self._engine.begin() as conn:
-            current = conn.execute(sa.select(stakes.c.amount).where(stakes.c.peer_id == peer_id)).scalar()
-            if current is not None and fresh:
-                current = 0  # a withdrawal closed the account (also one whose bookkeeping a crash lost)
-            if current is None:
-                conn.execute(stakes.insert().values(
-                    peer_id=peer_id, node_wallet=node_wallet, stake_account=stake_account, amount=add,
-                    slashed=0, withdrawn=False,
-                ))  # fmt: skip
-            else:
-                conn.execute(
-                    stakes.update().where(stakes.c.peer_id == peer_id)
-                    .values(amount=int(current) + add, withdrawn=False, unstake_requested_at=None)
-                )  # fmt: skip
-
-    def update(self, peer_id: str, **values: Any) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(stakes.update().where(stakes.c.peer_id == peer_id).values(**values))
-
-    def slashed_for(self, job_id: str) -> dict[str, Any] | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(slashes).where(slashes.c.job_id == job_id)).mappings().first()
-        return None if row is None else dict(row)
 
 
 class StakeLedger:
@@ -362,41 +276,14 @@ class StakeLedger:
         return signature
 
 
-def _conclude_slash(conn: sa.engine.Connection, intent: Intent, confirmed: bool) -> None:
-    """A slash landed: the stake book loses the share; it never can: the claim goes (a later one may)."""
-    row = conn.execute(sa.select(slashes).where(slashes.c.job_id == intent.job_id)).mappings().first()
-    if row is None:
-        return
-    if confirmed:
-        conn.execute(
-            stakes.update()
-            .where(stakes.c.peer_id == row["peer_id"])
-            .values(amount=stakes.c.amount - row["amount"], slashed=stakes.c.slashed + row["amount"])
-        )
-    else:
-        conn.execute(slashes.delete().where(slashes.c.job_id == intent.job_id))
-
-
-SIDE_MOVES["slash"] = _conclude_slash
-
-
 def slash_owed(ledger: EscrowLedger) -> tuple[list[str], dict[str, str]]:
     """Slash every refunded job whose refund rests on a ``fraud`` report, or on a dispute the arbiter
     upheld, and that has no slash yet: the decision is on disk with the refund, so a process that died
     before slashing loses nothing (the sweep runs this). Returns (jobs slashed, job -> why not)."""
     policy = ledger.stake_policy or StakePolicy()
     staking = StakeLedger(ledger=ledger, policy=policy)
-    fraud = escrows.c.report.like('%"verdict":"fraud"%')
-    upheld = sa.and_(escrows.c.dispute_account.is_not(None), escrows.c.resolution == "refund")
-    query = (
-        sa.select(escrows.c.job_id, escrows.c.report, stakes.c.amount)
-        .join(stakes, stakes.c.peer_id == escrows.c.node_peer_id)
-        .outerjoin(slashes, slashes.c.job_id == escrows.c.job_id)
-        .where(escrows.c.state == EscrowState.REFUNDED.value, sa.or_(fraud, upheld))
-        .where(slashes.c.job_id.is_(None), stakes.c.withdrawn.is_(False))
-    )
     with ledger.store._engine.connect() as conn:
-        owed = [(r.job_id, r.report, int(r.amount)) for r in conn.execute(query)]
+        owed = [(r.job_id, r.report, int(r.amount)) for r in conn.execute(owed_query())]
     done: list[str] = []
     failed: dict[str, str] = {}
     for job_id, report, held in owed:
@@ -442,9 +329,23 @@ def check_unstake(
         raise StakeLockedError(
             f"the node has {len(busy)} job(s) running or unsettled", field="peer_id", rule="F1"
         )
+    owed = slashes_unsettled(store, stake.peer_id)
+    if owed:  # a node proven to cheat does not take its stake back before the slash lands
+        raise StakeLockedError(
+            f"the node owes {owed} slash(es) not yet settled", field="peer_id", rule="F1",
+            hint="the escrow sweep sends owed slashes",
+        )  # fmt: skip
 
 
 def parse_share(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 10_000:
         raise ValidationError("slash share must be 0..10000 basis points", field="slash_bps", rule="F1")
     return value
+
+
+# The book's rows live in cyxwiz.ledger.stakebook; these names stay importable from here (public API).
+__all__ = [
+    "BUSY", "StakeBook", "StakeLedger", "StakeLockedError", "StakePolicy", "StakeRecord", "StakeTooLowError",
+    "check_unstake", "metadata", "parse_share", "slash_owed", "slashes", "stake_address", "stakes",
+    "upheld_dispute",
+]  # fmt: skip

@@ -214,3 +214,23 @@ def test_a_slash_pays_the_wallet_that_funded_the_escrow_not_a_rewritten_one(
     share = STAKE * 2500 // 10_000
     assert stakes.slash(job_id="job-f", report=fraud).slashed == share  # positive control
     assert w.token(w.user) == USER_FUNDS + share
+
+
+def test_a_node_owing_a_slash_cannot_withdraw_its_stake_first(staked: tuple[World, StakeLedger]) -> None:
+    """Its fraud was refunded (the slash decided, not yet sent): the withdrawal waits until the sweep
+    slashed; then the node gets back the rest, exactly (F1, F2)."""
+    w, stakes = staked
+    _job(w, stakes)
+    fraud = w.attest("job-f", verdict="fraud", report_sha256="fa" * 32)
+    stakes.ledger.refund(job_id="job-f", reason="verification proved fraud", report=fraud)
+    requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
+    assert requested is not None
+    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    with pytest.raises(StakeLockedError, match="owes 1 slash"):
+        stakes.withdraw(peer_id=NODE_PEER)
+    assert w.token(w.node) == 0 and w.chain.token_amount(stakes_account(stakes)) == STAKE
+    report = stakes.ledger.sweep(run_state=lambda _run: "gone")
+    assert report.slashed == ["job-f"]
+    share = STAKE * 2500 // 10_000
+    assert stakes.withdraw(peer_id=NODE_PEER).withdrawn
+    assert w.token(w.node) == STAKE - share and w.token(w.user) == USER_FUNDS + share
