@@ -60,7 +60,11 @@ def _measure(kind: str) -> list[dict[str, float]]:
 
 def run() -> list[tuple[str, float, str]]:
     results: dict[str, Any] = {}
-    for kind in ("sqlite", "postgresql"):
+    # Which database runs first (the shared machine's load drifts during a run): "postgresql,sqlite" swaps.
+    order = os.environ.get("CYXWIZ_BENCH_CLUSTER_ORDER", "sqlite,postgresql").split(",")
+    if sorted(order) != ["postgresql", "sqlite"]:
+        raise ValueError("CYXWIZ_BENCH_CLUSTER_ORDER names sqlite and postgresql once each")
+    for kind in order:
         jobs = _measure(kind)
         results[kind] = {
             "overhead": statistics.median(j["wall"] - j["training"] - j["verify"] for j in jobs),
