@@ -280,7 +280,11 @@ class VerifierPolicy:
         check_unstake(stake, self.stake_policy, self.escrow_store)
         account = Pubkey.from_string(stake.stake_account)
         dest = txbuild.token_account_of(Pubkey.from_string(stake.node_wallet), self.mint)
-        self._one_transfer(moves, source=account, dest=dest, amount=stake.amount)
+        # Whatever the account holds goes back to the node (a deposit whose record a crash lost
+        # included): the account is closed in the same transaction, which the chain allows only once it
+        # is empty, and no slash is owed (check_unstake), so nobody else has a claim on these tokens.
+        held = moves.transfers[0][2] if len(moves.transfers) == 1 else 0
+        self._one_transfer(moves, source=account, dest=dest, amount=held)
 
     @staticmethod
     def _state(record: EscrowRecord, *allowed: EscrowState) -> None:

@@ -233,11 +233,14 @@ class StakeLedger:
             return self.book.get(peer_id)
         wallet = check_wallet(stake.node_wallet, field="node_wallet")
         signers = led._keys("coordinator")
+        # The chain's balance, not the book's: a deposit that landed but whose record a crash lost is
+        # the node's too, and the account can only be closed empty.
+        held = led.chain.token_amount(Pubkey.from_string(stake.stake_account)) or 0
         instructions = [
             token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), wallet, led.mint),
             *txbuild._move_and_close(
                 escrow=Pubkey.from_string(stake.stake_account), mint=led.mint, decimals=led.decimals,
-                multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=stake.amount,
+                multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=held,
                 signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()], rent_owner=led.rent_owner,
             ),
             txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),

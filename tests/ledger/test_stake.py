@@ -234,3 +234,24 @@ def test_a_node_owing_a_slash_cannot_withdraw_its_stake_first(staked: tuple[Worl
     share = STAKE * 2500 // 10_000
     assert stakes.withdraw(peer_id=NODE_PEER).withdrawn
     assert w.token(w.node) == STAKE - share and w.token(w.user) == USER_FUNDS + share
+
+
+def test_a_deposit_whose_record_a_crash_lost_still_goes_back_to_the_node(
+    staked: tuple[World, StakeLedger],
+) -> None:
+    """The node's second deposit landed, the process died before the book counted it: the withdrawal
+    returns what the account holds (and closes it), not only what the book says (F2)."""
+    w, stakes = staked
+    extra = 5_000
+    provision.fund_wallet(
+        w.chain, payer=w.payer, mint=w.mint, wallet=w.node.pubkey(), amount=extra,
+        mint_authority=w.mint_authority,
+    )  # fmt: skip
+    before = stakes.status(peer_id=NODE_PEER)
+    stakes.stake(peer_id=NODE_PEER, node=w.node, amount=extra)
+    stakes.book.update(NODE_PEER, amount=before.amount)  # the record the crash lost
+    requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
+    assert requested is not None
+    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    assert stakes.withdraw(peer_id=NODE_PEER).withdrawn
+    assert w.token(w.node) == STAKE + extra and w.chain.token_amount(stakes_account(stakes)) is None
