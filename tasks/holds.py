@@ -41,6 +41,10 @@ def _audit(action: str, job_id: str, *, success: bool = True, reason: str | None
 def hold_release(request: JobRequest, dispatched: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """Hold a verified release for the spec's window instead of paying now (F1); returns the settlement."""
     assignment = dispatched["assignment"]
+    # The arbiter's replay needs the bound document and the split, kept sealed on the trusted side.
+    from tasks.arbiter import seal_case
+
+    seal_case(request.job_id, dispatched)
     closes_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=request.dispute_window_s)
     hold = book().hold(
         job_id=request.job_id,
