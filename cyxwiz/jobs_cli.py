@@ -345,6 +345,33 @@ def wallet(  # noqa: PLR0917
         typer.echo("  " + " ".join(f"{k}={v}" for k, v in sorted(dict(escrow).items())))
 
 
+@app.command("fund")
+def fund(  # noqa: PLR0917
+    job_id: Annotated[str, typer.Argument(help="A job of yours that waits for its funding.")],
+    wallet: Wallet = None,
+    as_json: AsJson = False,
+    url: Url = None,
+    cert: Cert = None,
+    key: Key = None,
+    bundle: Bundle = None,
+    crl: Crl = None,
+) -> None:
+    """Sign the escrow lock of a job started without one (from the Prefect UI's job-lifecycle form with
+    await_funding_s) with your wallet, here; the waiting run then locks it and goes on.
+
+    Example: [bold]cyxwiz job fund JOB_ID --wallet ~/.cyxwiz/wallet.key[/bold]
+    """
+    from cyxwiz.jobs.wallet import UserWallet
+
+    signer = UserWallet.from_options(path=wallet)
+    with _client(url, cert, key, bundle, crl) as client:
+        job = client.fund(job_id, wallet=signer)
+    if as_json:
+        _print_json(job)
+        return
+    typer.echo(f"funded {job['job_id']} ({job['status']}); follow it: cyxwiz job wait {job['job_id']}")
+
+
 @app.command("archive")
 def archive(  # noqa: PLR0917
     job_id: Annotated[str | None, typer.Argument(help="A job of yours; none: every job of yours.")] = None,

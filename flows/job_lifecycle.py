@@ -15,20 +15,51 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.transactions import Transaction, get_transaction, transaction
 
-from cyxwiz.errors import AuthorizationError, NotFoundError
+from cyxwiz.errors import AuthorizationError, NotFoundError, ValidationError
 from cyxwiz.verification.binding import bind_training_doc
 from tasks import holds, redundant, services
 from tasks.control import (
+    MAX_AWAIT_FUNDING_S,
     JobRequest,
+    await_funding,
     check_dataset,
     dataset_sources,
     funding_of,
     minimum_payment,
+    open_unfunded,
     parse_job_request,
     prepare_inputs,
     replica_request,
     replica_spec,
 )
+
+
+@task(name="await-funding")
+def wait_for_funding(spec: dict[str, Any], timeout_s: int) -> dict[str, Any]:
+    """A run started without the user's signed lock (the UI form): validate, open the job row as
+    ``awaiting-funding`` and wait, bounded, for the owner's client to hand the lock in (F1)."""
+    logger = get_run_logger()
+    config = services.config()
+    control = services.control_channel()
+    request = open_unfunded(
+        control, spec, sources=dataset_sources(config), minimum_payment=minimum_payment(config)
+    )
+    how = f"cyxwiz job fund {request.job_id} --wallet YOUR_WALLET"
+    logger.info(
+        "job %s waits up to %s s for %s to sign its escrow lock: %s",
+        request.job_id,
+        timeout_s,
+        request.user,
+        how,
+    )
+    create_markdown_artifact(
+        key=f"funding-{request.job_id}",
+        markdown=f"Job `{request.job_id}` of `{request.user}` waits {timeout_s} s for funding:\n\n`{how}`",
+        description=f"Funding instructions for {request.job_id}",
+    )
+    funding = await_funding(control, request.job_id, timeout_s=timeout_s)
+    logger.info("job %s funded by %s", request.job_id, funding.get("wallet"))
+    return {**spec, "job_id": request.job_id, "funding": funding}
 
 
 @task(name="validate-job-spec")
@@ -240,25 +271,54 @@ def archive(request: JobRequest, report: dict[str, Any], settlement: dict[str, A
 
 @flow(name="job-lifecycle", log_prints=False)
 def job_lifecycle(
-    spec: dict[str, Any], node: str | None = None, replica_node: str | None = None
+    spec: dict[str, Any],
+    node: str | None = None,
+    replica_node: str | None = None,
+    await_funding_s: int = 0,
 ) -> dict[str, Any]:
     """Run one job end to end. ``spec`` is the user's job spec; ``node`` pins a node (tests, demos), and
-    ``replica_node`` the second node of a redundant job (``verification.mode: redundant``)."""
+    ``replica_node`` the second node of a redundant job (``verification.mode: redundant``).
+
+    ``await_funding_s`` (the Prefect UI form, where no user key can sign): a spec without ``funding`` is
+    held open that many seconds (at most an hour) for its owner's ``cyxwiz job fund JOB``; 0 refuses it.
+    """
     logger = get_run_logger()
+    if spec.get("funding") is None and await_funding_s:
+        if not 0 < await_funding_s <= MAX_AWAIT_FUNDING_S:
+            raise ValidationError(
+                f"must be in 1..{MAX_AWAIT_FUNDING_S} seconds", field="await_funding_s", rule="F1"
+            )
+        spec = wait_for_funding(spec, await_funding_s)
     request = validate(spec, node, replica_node)
+    data = request.dataset_spec()
+    logger.info(
+        "job %s of %s validated: payment %s, dataset %s, holdout %s",
+        request.job_id, request.user, request.payment,
+        data.public or (data.data.uri if data.data else "-"), data.holdout_source,
+    )  # fmt: skip
     started = dt.datetime.now(dt.UTC)
     if request.replica_job_id is not None:
         return _redundant(request, spec, node, replica_node, started)
     with transaction():
         escrow = lock_escrow(request, spec)
         dispatched = dispatch(request, node)
+        assigned = dispatched["assignment"]
+        logger.info("job %s dispatched to %s (%s)", request.job_id, assigned["name"], assigned.get("peer_id"))
         ran = run_on_node(request, dispatched)
         dispatched = ran.pop("dispatched")  # a re-dispatch changed node, payee and per-job secret
         logger.info("node run of %s ended %s %s", request.job_id, ran["state"], ran["message"])
         report = verify(request, dispatched, escrow)
+        failed = [c["name"] for c in report["checks"] if not c["passed"]]
+        logger.info(
+            "verification of %s: %s", request.job_id, "passed" if report["passed"] else f"failed {failed}"
+        )
         settlement = settle(request, dispatched, report)
+        logger.info(
+            "escrow of %s %s (%s)", request.job_id, settlement["state"], settlement["settle_signature"]
+        )
     settlement = dispute_window(request, settlement)
     keys = archive(request, report, settlement)
+    logger.info("job %s archived: %d objects", request.job_id, len(keys))
     services.control_channel().set_status(request.job_id, _status(report, settlement))
     summary = {
         "job_id": request.job_id,

@@ -54,7 +54,9 @@ def _show_balances(title: str, balances: dict[str, int]) -> None:
     table.add_column("wallet")
     table.add_column("balance (base units)", justify="right")
     for name, value in balances.items():
-        table.add_row(name, f"{value:,}")
+        # "user" and "node" repeat user:demo-user and node:node-1 for older callers: each wallet once.
+        if ":" in name:
+            table.add_row(name, f"{value:,}")
     console.print(table)
 
 

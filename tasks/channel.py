@@ -33,7 +33,13 @@ class ControlChannel(Protocol):
     """The lifecycle's calls to the coordinator (scheduler role, mTLS)."""
 
     def create_job(
-        self, *, user: str, spec: dict[str, Any], duration_s: int, job_id: str | None = None
+        self,
+        *,
+        user: str,
+        spec: dict[str, Any],
+        duration_s: int,
+        job_id: str | None = None,
+        status: str = "submitted",
     ) -> str:
         """Create the job row (under ``job_id`` when the user's client chose it); returns the job id."""
         ...
@@ -50,7 +56,8 @@ class ControlChannel(Protocol):
         ...
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """The job record: owner (``user_id``), status, assigned node, submitted proof, receipt time."""
+        """The job record: owner (``user_id``), status, assigned node, submitted proof, receipt time, and
+        the ``funding`` the owner's client handed in (None until then)."""
         ...
 
     def revoke_job_token(self, job_id: str) -> None: ...

@@ -7,6 +7,8 @@ rollback hooks; tests call them directly.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from cyxwiz.datasets import DatasetSources, DatasetSpec, ModelShape
     from cyxwiz.datasets.prepare import CheckedData
     from cyxwiz.ledger.client_funding import Funding
+    from tasks.channel import ControlChannel
 
 #: The reference dataset (scikit-learn ships it: nothing downloads); the demo default.
 DIGITS = "sklearn:digits"
@@ -244,6 +247,57 @@ def _funded_job_id(spec: dict[str, Any]) -> str | None:
     funding = spec.get("funding")
     value = funding.get("job_id") if isinstance(funding, dict) else None
     return value if isinstance(value, str) else None
+
+
+#: The longest a lifecycle run holds a job open for its owner's signed lock (the UI form's bound).
+MAX_AWAIT_FUNDING_S = 3600
+
+
+def open_unfunded(
+    channel: ControlChannel, spec: dict[str, Any], *, sources: DatasetSources, minimum_payment: int
+) -> JobRequest:
+    """A spec without the user's signed lock (the Prefect UI form has no wallet): validated fully, data
+    included, then its job row made in ``awaiting-funding``, the only status a lock may be handed in for
+    (``POST /v1/jobs/{id}/funding``). Nothing else exists: no escrow, no dispatch (F1)."""
+    from cyxwiz.coordinator.store import AWAITING_FUNDING
+
+    request = parse_job_request(spec, minimum_payment=minimum_payment)
+    check_dataset(request, sources)
+    public = {k: v for k, v in spec.items() if k not in ("job_id", "funding")}
+    channel.create_job(
+        user=request.user,
+        spec={**public, "user": request.user},
+        duration_s=request.wall_seconds,
+        job_id=request.job_id,
+        status=AWAITING_FUNDING,
+    )
+    return request
+
+
+def await_funding(
+    channel: ControlChannel,
+    job_id: str,
+    *,
+    timeout_s: float,
+    interval_s: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The lock the owner's client handed in for ``job_id`` (checked at the door), polled for at most
+    ``timeout_s``; then the job ends ``expired`` with nothing locked or dispatched (F1)."""
+    deadline = clock() + timeout_s
+    while True:
+        funding = channel.job(job_id).get("funding")
+        if funding:
+            return dict(funding)
+        if clock() >= deadline:
+            channel.set_status(job_id, "expired")
+            raise ValidationError(
+                f"not funded within {timeout_s:g} s: the job expired, nothing was locked or dispatched",
+                field="funding",
+                rule="F1",
+            )
+        sleep(min(interval_s, max(0.0, deadline - clock())))
 
 
 def funding_of(spec: dict[str, Any], *, job_id: str) -> Funding:

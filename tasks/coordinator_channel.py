@@ -63,11 +63,18 @@ class SchedulerChannel:
         )
 
     def create_job(
-        self, *, user: str, spec: dict[str, Any], duration_s: int, job_id: str | None = None
+        self,
+        *,
+        user: str,
+        spec: dict[str, Any],
+        duration_s: int,
+        job_id: str | None = None,
+        status: str = "submitted",
     ) -> str:
-        return str(
-            self.store.create_job(user_id=user, spec=spec, duration_s=duration_s, job_id=job_id).job_id
+        record = self.store.create_job(
+            user_id=user, spec=spec, duration_s=duration_s, job_id=job_id, status=status
         )
+        return str(record.job_id)
 
     def eligible(self, *, node: str | None = None, exclude: Collection[str] = ()) -> list[tuple[Any, str]]:
         """(record, name) of every node a job may go to now: active, paid (a wallet), unrevoked, a fresh
@@ -151,6 +158,7 @@ class SchedulerChannel:
             "proof": record.proof,
             "progress": record.progress,
             "updated_at": record.updated_at.isoformat(),
+            "funding": record.spec.get("funding"),
         }
 
     def revoke_job_token(self, job_id: str) -> None:

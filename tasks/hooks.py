@@ -166,6 +166,20 @@ class PrefectHooks:
     def funding_terms(self) -> dict[str, Any]:
         return self._view().funding_terms().to_dict()
 
+    def check_job_funding(self, job: Any, funding: Mapping[str, Any], *, user_id: str) -> dict[str, Any]:
+        """The lock the owner's client signed for a job its lifecycle run holds open (F1, C2): exactly
+        this user's lock of the job's payment for this job, checked as ``POST /v1/jobs`` checks one."""
+        from cyxwiz.ledger.client_funding import Funding, check_funding
+
+        parsed = Funding.from_dict(dict(funding))
+        payment = job.spec.get("payment")
+        if not isinstance(payment, int) or isinstance(payment, bool):
+            raise ValidationError("the job names no payment", field="spec.payment", rule="F3")
+        check_funding(
+            parsed, terms=self._view().funding_terms(), job_id=job.job_id, amount=payment, user=user_id
+        )
+        return parsed.to_dict()
+
     def archive(self, job: Any) -> list[dict[str, Any]]:
         """The job's archived artifacts in the control plane's store (the route checked ownership, C2)."""
         from cyxwiz.storage.job_archive import list_archive

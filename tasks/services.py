@@ -127,14 +127,6 @@ def require_stake(peer_id: str | None) -> None:
     StakeLedger(ledger=ledger(), policy=ledger_config.stake_policy()).require(peer_id=peer_id)
 
 
-def wallet_view() -> Any:
-    """Balances and escrows read over RPC and from the escrow store: no signing key (F1)."""
-    from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.views import WalletView
-
-    return WalletView.from_config(LedgerConfig.from_file(config().ledger_config))
-
-
 def attested_verification(
     *, request: JobRequest, dispatched: dict[str, Any], escrow: str, partner: dict[str, Any] | None = None
 ) -> tuple[VerificationReport, str]:

@@ -92,6 +92,7 @@ _TABLE: tuple[Rule, ...] = (
     _rule("tokens.job", C.SESSION, "node", P.JOB_ACCEPT, R.JOB_ASSIGNED),
     # coordinator: jobs
     _rule("jobs.submit", C.SESSION, "user", P.JOB_SUBMIT, R.NONE),
+    _rule("jobs.fund", C.SESSION, "user", P.JOB_SUBMIT, R.JOB_VISIBLE),
     _rule("jobs.list", C.SESSION, _ALL, P.JOB_READ, R.OWN_JOBS),
     _rule("jobs.read", C.SESSION, _ALL, P.JOB_READ, R.JOB_VISIBLE),
     # a user role only: of "visible", that leaves the job's owner (C2); issue 20's dispute window

@@ -65,6 +65,12 @@ class CoordinatorHooks(Protocol):
         """The job's archived artifacts (name, size, sha256); the route checked the caller may read it."""
         ...
 
+    def check_job_funding(
+        self, job: JobRecord, funding: Mapping[str, Any], *, user_id: str
+    ) -> dict[str, Any]:
+        """``user_id``'s exact lock of the job's payment for this job (no key: F1, C2); its normal form."""
+        ...
+
     def open_archived(self, job: JobRecord, name: str) -> tuple[dict[str, Any], Iterator[bytes]]:
         """One archived artifact's metadata and its verified content (:mod:`cyxwiz.storage.job_archive`)."""
         ...
@@ -137,6 +143,12 @@ class BasicHooks:
 
         obj, chunks = open_archived(self._archive_store(), job.job_id, name)
         return obj.to_dict(), chunks
+
+    def check_job_funding(
+        self, job: JobRecord, funding: Mapping[str, Any], *, user_id: str
+    ) -> dict[str, Any]:
+        del job, funding, user_id
+        raise NotFoundError("no ledger is configured (dev hooks)", field="ledger")
 
     def _archive_store(self) -> Any:
         if self.store is None:

@@ -101,3 +101,9 @@ class TokenPair(BaseModel):
     refresh_token: str
     session_id: str
     expires_at: str
+
+
+class FundingRequest(_Strict):
+    """The lock the job's owner signed, for a job whose lifecycle run waits for it (F1)."""
+
+    funding: dict[str, JsonValue] = Field(max_length=8)

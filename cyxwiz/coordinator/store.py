@@ -31,7 +31,10 @@ from cyxwiz.coordinator.tables import (
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
 
-__all__ = ["CoordinatorStore", "JobRecord", "NodeRecord"]
+__all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeRecord"]
+
+#: A job a lifecycle run holds open until the owner's client sends the lock it signed (F1).
+AWAITING_FUNDING = "awaiting-funding"
 
 
 class CoordinatorStore(SessionRows):
@@ -175,7 +178,13 @@ class CoordinatorStore(SessionRows):
     # --- jobs ---------------------------------------------------------------------------------------
 
     def create_job(
-        self, *, user_id: str, spec: Mapping[str, Any], duration_s: int, job_id: str | None = None
+        self,
+        *,
+        user_id: str,
+        spec: Mapping[str, Any],
+        duration_s: int,
+        job_id: str | None = None,
+        status: str = "submitted",
     ) -> JobRecord:
         """A new job row; ``job_id`` is the id the user's client chose when it signed the job's escrow
         lock (a taken id is a conflict, never an overwrite)."""
@@ -189,7 +198,7 @@ class CoordinatorStore(SessionRows):
                     job_id=job_id,
                     user_id=user_id,
                     node_id=None,
-                    status="submitted",
+                    status=status,
                     spec=dict(spec),
                     duration_s=duration_s,
                     progress={},
@@ -226,6 +235,28 @@ class CoordinatorStore(SessionRows):
             )
             if done.rowcount == 0:
                 raise NotFoundError("no such job", field="job_id")
+        return self.job(job_id)
+
+    def attach_funding(self, job_id: str, funding: Mapping[str, Any]) -> JobRecord:
+        """Put the lock the user's client signed into a job that waits for it (a lifecycle run started
+        without one, e.g. from the Prefect UI); once only: the status moves on in the same statement (F1)."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(jobs.c.spec, jobs.c.status).where(jobs.c.job_id == job_id)).first()
+            if row is None:
+                raise NotFoundError("no such job", field="job_id")
+            if row.status != AWAITING_FUNDING:
+                raise ConflictError(
+                    f"job is {row.status}, not waiting for funding", field="job_id", rule="F1"
+                )
+            done = conn.execute(
+                jobs.update()
+                .where(jobs.c.job_id == job_id, jobs.c.status == AWAITING_FUNDING)
+                .values(
+                    spec={**dict(row.spec), "funding": dict(funding)}, status="submitted", updated_at=_now()
+                )
+            )
+            if done.rowcount != 1:
+                raise ConflictError("job was funded meanwhile", field="job_id", rule="F1")
         return self.job(job_id)
 
     def assign_job(self, job_id: str, node_id: str) -> JobRecord:

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from cyxwiz.jobs.wallet import UserWallet
 
 #: A job in one of these states never changes again; ``wait`` stops there.
-TERMINAL_STATUSES = frozenset({"released", "refunded", "completed", "failed", "cancelled", "disputed"})
+TERMINAL_STATUSES = frozenset(
+    {"released", "refunded", "completed", "failed", "cancelled", "disputed", "expired"}
+)
 #: Terminal states where the user got what they paid for.
 SUCCESS_STATUSES = frozenset({"released", "completed"})
 
@@ -273,6 +275,21 @@ class CoordinatorUserClient:
             terms = FundingTerms.from_dict(self.funding_terms())
             spec = wallet.fund_spec(spec, terms, user=self.user_id())
         return dict(self._call("POST", "/v1/jobs", json={"spec": dict(spec)}))
+
+    def fund(self, job_id: str, *, wallet: UserWallet) -> dict[str, Any]:
+        """Sign the escrow lock of a job whose lifecycle run waits for it (started from the Prefect UI
+        without funding) here, with the user's own key, and hand it in (F1)."""
+        from cyxwiz.ledger.client_funding import FundingTerms
+
+        job = self.get_job(job_id)
+        payment = (job.get("spec") or {}).get("payment")
+        if not isinstance(payment, int) or isinstance(payment, bool):
+            raise ValidationError("the job names no payment", field="spec.payment", rule="F3")
+        terms = FundingTerms.from_dict(self.funding_terms())
+        funding = wallet.fund(terms, job_id=job_id, amount=payment, user=self.user_id())
+        return dict(
+            self._call("POST", f"/v1/jobs/{_job_id(job_id)}/funding", json={"funding": funding.to_dict()})
+        )
 
     def funding_terms(self) -> dict[str, Any]:
         """``GET /v1/wallet/terms``: the public values a lock is signed against."""

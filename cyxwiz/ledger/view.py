@@ -1,7 +1,7 @@
 """Reading the ledger with no key at all: balances, a user's own escrows, the terms a client signs (C2).
 
-Like :class:`cyxwiz.ledger.views.WalletView`, plus escrows selected by job (the caller's own jobs only)
-and the funding terms. What faces users (``/v1/wallet``, ``/v1/wallet/terms``) opens this, never an
+The one read-only view (balances over RPC, escrows selected by job — the caller's own jobs only — and the
+funding terms). What faces users (``/v1/wallet``, ``/v1/wallet/terms``) opens this, never an
 :class:`~cyxwiz.ledger.ledger.EscrowLedger`: a process that only reads cannot move funds.
 """
 

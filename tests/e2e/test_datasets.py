@@ -12,17 +12,28 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-from cyxwiz.errors import ValidationError
-from tests.e2e.lifecycle_conftest import PROJECT, stack, tiny_job, verification_report
+from cyxwiz.errors import AuthorizationError, ValidationError
+from cyxwiz.jobs.spec import with_dataset
+from tests.e2e.lifecycle_conftest import (
+    PROJECT,
+    node_id_of,
+    stack,
+    tiny_job,
+    verification_report,
+    wait_until,
+)
+from tests.jobs.conftest import issue_user
 from tests.storage.conftest import MotoServer, moto_server
 
 __all__ = ["moto_server", "stack"]  # fixtures imported so pytest sees them here
@@ -110,91 +121,212 @@ def escrows() -> list[str]:
     return sorted(r.job_id for r in services.ledger().list_escrows())
 
 
-def released(stack: Any, summary: dict[str, Any], holdout: str) -> None:
+def released(stack: Any, job_id: str, holdout: str) -> str:
+    """The job verified, its escrow released, its report naming the holdout's origin; the node it paid."""
     from tasks import services
 
-    job_id = summary["job_id"]
     report = verification_report(stack, job_id)
     failed = [f"{c['name']}: {c['reason']}" for c in report["checks"] if not c["passed"]]
-    assert summary["verification"]["passed"] is True, failed
-    assert str(services.ledger().status(job_id=job_id).state) == "released"
-    assert report["summary"]["holdout"] == holdout
+    record = services.ledger().status(job_id=job_id)
+    assert str(record.state) == "released", (job_id, str(record.state), failed)
+    assert report["summary"]["holdout"] == holdout, job_id
+    return str(record.node_wallet)
 
 
-def test_tampered_dataset_is_refused_before_escrow(stack: Any, sources: Any) -> None:
-    """D3: the S3 object changed after the user hashed it — refused at validation: no row, no escrow."""
-    from flows.job_lifecycle import job_lifecycle
+def token_supply(stack: Any) -> int:
+    """The mint's supply (SPL Mint layout: u64 at offset 36): no token is minted or burnt by a job."""
+    from solders.pubkey import Pubkey
 
-    data = breast_cancer_npz()
-    sources.put_object(Bucket=BUCKET, Key="cancer.npz", Body=data)
-    spec = breast_cancer_job(f"s3://{BUCKET}/cancer.npz", hashlib.sha256(data + b"tampered").hexdigest())
-    jobs_before, escrows_before = len(stack.coordinator.store.list_jobs()), escrows()
-    with pytest.raises(ValidationError) as caught:
-        job_lifecycle(stack.fund(spec), node="node-1")
-    assert (caught.value.field, caught.value.rule) == ("dataset.sha256", "D3")
-    assert len(stack.coordinator.store.list_jobs()) == jobs_before, "no job row"
-    assert escrows() == escrows_before, "no escrow"
+    from cyxwiz.ledger.rpc import RpcChain
 
-
-def test_s3_object_dataset(stack: Any, sources: Any) -> None:
-    from flows.job_lifecycle import job_lifecycle
-
-    data = breast_cancer_npz()
-    sources.put_object(Bucket=BUCKET, Key="cancer.npz", Body=data)
-    spec = breast_cancer_job(f"s3://{BUCKET}/cancer.npz", hashlib.sha256(data).hexdigest())
-    released(stack, job_lifecycle(stack.fund(spec), node="node-1"), "secret-split")
+    chain = RpcChain(url=stack.ledger.config.rpc_url)
+    try:
+        account = chain.get_account(Pubkey.from_string(stack.ledger.config.mint))
+    finally:
+        chain.close()
+    assert account is not None
+    return int.from_bytes(bytes(account.data)[36:44], "little")
 
 
-def test_shipped_csv_dataset(stack: Any, sources: Any) -> None:
-    from flows.job_lifecycle import job_lifecycle
-
-    spec = yaml.safe_load((PROJECT / "examples" / "wine.yaml").read_text())
-    csv = PROJECT / "examples" / "wine.csv"
-    spec["dataset"].update(uri=f"file://{csv}", sha256=hashlib.sha256(csv.read_bytes()).hexdigest())
-    spec["user"] = "demo-user"
-    released(stack, job_lifecycle(stack.fund(spec), node="node-1"), "secret-split")
-
-
-def test_digits_reference(stack: Any, sources: Any) -> None:
-    from flows.job_lifecycle import job_lifecycle
-
-    released(stack, job_lifecycle(stack.fund(tiny_job()), node="node-1"), "public-derived")
-
-
-def test_local_file_uploaded_by_submit_dataset(stack: Any, sources: Any, tmp_path: Path) -> None:
-    """What ``cyxwiz job submit job.yaml --dataset ./data.npz --wallet KEY`` does: upload into the user's
-    area through the hash/size-bound PUT, submit with the lock the user's wallet signed; the coordinator
-    starts the lifecycle on the control worker; released."""
-    from sklearn.datasets import load_digits
-
+def user_client(stack: Any, user: str, certs: dict[str, tuple[Path, Path]]) -> Any:
     from cyxwiz.jobs.client import CoordinatorUserClient
-    from cyxwiz.jobs.spec import with_dataset
+
+    cert, key = certs[user]
+    return CoordinatorUserClient.from_options(
+        url=stack.coordinator.url, cert=cert, key=key, ca_bundle=stack.pki.bundle, crl=stack.pki.crl
+    )
+
+
+def user_env(stack: Any, user: str, certs: dict[str, tuple[Path, Path]]) -> dict[str, str]:
+    """What a user's shell holds for ``cyxwiz job``: their certificate, their wallet and its passphrase."""
+    cert, key = certs[user]
+    wallet = stack.wallet(user)
+    return {
+        **stack.env,
+        "CYXWIZ_COORDINATOR_URL": stack.coordinator.url,
+        "CYXWIZ_USER_CERT": str(cert),
+        "CYXWIZ_USER_KEY": str(key),
+        "CYXWIZ_CA_BUNDLE": str(stack.pki.bundle),
+        "CYXWIZ_CRL": str(stack.pki.crl),
+        "CYXWIZ_WALLET": str(wallet.path),
+        "CYXWIZ_WALLET_PASSPHRASE_FILE": str(Path(wallet.path).parent / "wallet.pass"),
+    }
+
+
+def fund_when_waiting(stack: Any, user: str, certs: dict[str, tuple[Path, Path]]) -> str:
+    """Bob's client: find his job that waits for funding, sign its lock with his wallet, hand it in."""
+    with user_client(stack, user, certs) as client:
+        found = wait_until(
+            lambda: [j for j in client.list_jobs() if j["status"] == "awaiting-funding"], timeout=300
+        )
+        assert found, "the UI-started run opened no job waiting for funding"
+        job_id = str(found[0]["job_id"])
+        assert client.fund(job_id, wallet=stack.wallet(user))["status"] == "submitted"
+    return job_id
+
+
+def run_logs(flow_run_id: Any) -> list[str]:
+    """Every log message of a flow run (and its tasks) on the Prefect server, once the run is over."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+def my_digits_npz(path: Path) -> Path:
+    """A user's own file: scikit-learn's digits scaled to [0, 1], saved as ``x``/``y`` arrays."""
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     buffer = io.BytesIO()
     np.savez(buffer, x=(bunch.data / 16.0).astype(np.float32), y=bunch.target)
-    data = tmp_path / "my-digits.npz"
-    data.write_bytes(buffer.getvalue())
-    spec = copy.deepcopy(tiny_job())
-    spec.pop("user")
-    spec.pop("dataset")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: Path) -> None:
+    from prefect.deployments import run_deployment
+
+    from flows.job_lifecycle import job_lifecycle
+    from tasks import services
+
+    alice, bob = "demo-user", "user-2"
+    certs = {alice: (stack.pki.user_cert, stack.pki.user_key), bob: issue_user(stack.pki, bob)}
+    stack.wallet(bob)
+    stack.start_agent("node-2")
+    stack.wait_for_node("node-2")
     stack.start_control_worker()
+    payouts = {stack.node_wallet(n): n for n in ("node-1", "node-2")}
+    before, supply = stack.balances(), token_supply(stack)
+    cancer = breast_cancer_npz()
+    sources.put_object(Bucket=BUCKET, Key="cancer.npz", Body=cancer)
+
+    # D3: the S3 object changed after its owner hashed it: refused at POST /v1/jobs and in the lifecycle,
+    # before any job row or escrow exists.
+    tampered = breast_cancer_job(f"s3://{BUCKET}/cancer.npz", hashlib.sha256(cancer + b"x").hexdigest())
+    rows, escrows_before = len(stack.coordinator.store.list_jobs()), escrows()
+    with user_client(stack, bob, certs) as client, pytest.raises(ValidationError) as caught:
+        client.submit({k: v for k, v in tampered.items() if k != "user"}, wallet=stack.wallet(bob))
+    assert (caught.value.field, caught.value.rule) == ("dataset.sha256", "D3"), caught.value
+    with pytest.raises(ValidationError) as caught:
+        job_lifecycle(stack.fund({**tampered, "user": bob}), node="node-2")
+    assert (caught.value.field, caught.value.rule) == ("dataset.sha256", "D3")
+    assert len(stack.coordinator.store.list_jobs()) == rows, "no job row"
+    assert escrows() == escrows_before, "no escrow"
+
+    # The shipped CSV, by the README's command in bob's shell; a local file by alice's client; the S3 object
+    # from the job-lifecycle deployment's form (as the Prefect UI starts it: no key can sign there), the run
+    # waiting for bob's client to sign the lock. Those run on the control worker, the digits reference in
+    # this process from Python.
+    readme = subprocess.Popen(
+        [sys.executable, "-m", "cyxwiz.cli", "job", "submit", "examples/wine.yaml", "--dataset",
+         "examples/wine.csv", "--wait", "--timeout", "600", "--json"],
+        env=user_env(stack, bob, certs), cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     try:
-        with CoordinatorUserClient.from_options(
-            url=stack.coordinator.url,
-            cert=stack.pki.user_cert,
-            key=stack.pki.user_key,
-            ca_bundle=stack.pki.bundle,
-            crl=stack.pki.crl,
-        ) as client:
-            spec = with_dataset(spec, client.upload_dataset(data))
-            job = client.submit(spec, wallet=stack.wallet("demo-user"))
-            job = client.wait(job["job_id"], timeout_s=600, interval_s=1.0)
+        mine = my_digits_npz(tmp_path / "my-digits.npz")
+        local = copy.deepcopy(tiny_job())
+        local.pop("user")
+        local.pop("dataset")
+        with user_client(stack, alice, certs) as client:
+            local = with_dataset(local, client.upload_dataset(mine))
+            uploaded = client.submit(local, wallet=stack.wallet(alice))["job_id"]
+        s3 = breast_cancer_job(f"s3://{BUCKET}/cancer.npz", hashlib.sha256(cancer).hexdigest())
+        form = {"spec": {**s3, "user": bob}, "node": "node-2", "await_funding_s": 600}
+        ui_run = run_deployment("job-lifecycle/job-lifecycle", parameters=form, timeout=0)
+        from_s3 = fund_when_waiting(stack, bob, certs)
+        digits = job_lifecycle(stack.fund(tiny_job(user=alice)), node="node-1")["job_id"]
+        out, err = readme.communicate(timeout=700)
     finally:
-        stack.stop_agent("__control__")
-    sha = hashlib.sha256(data.read_bytes()).hexdigest()
-    assert job["spec"]["dataset"]["uri"].endswith(f"/users/{job['user_id']}/datasets/{sha}.npz")
-    report = verification_report(stack, job["job_id"])
-    failed = [f"{c['name']}: {c['reason']}" for c in report["checks"] if not c["passed"]]
-    assert job["status"] == "released", (job["status"], failed)
-    assert report["summary"]["holdout"] == "secret-split"
+        if readme.poll() is None:
+            readme.kill()
+            readme.wait()
+    assert readme.returncode == 0, (out[-2000:], err[-2000:])
+    wine = json.loads(out)["job_id"]
+    with user_client(stack, alice, certs) as client:
+        client.wait(uploaded, timeout_s=600, interval_s=1.0)
+    with user_client(stack, bob, certs) as client:
+        client.wait(from_s3, timeout_s=600, interval_s=1.0)
+    jobs = {alice: {digits, uploaded}, bob: {wine, from_s3}}
+    # The UI-started run's own logs are on the server (what its page in the Prefect UI shows).
+    wanted = (f"waits up to 600 s for {bob}", "escrow locked", "verification of", "archived")
+
+    def logged() -> list[str]:  # the worker's process ships its logs in batches: the last may lag
+        found = run_logs(ui_run.id)
+        return found if all(any(w in m for m in found) for w in wanted) else []
+
+    assert wait_until(logged, timeout=60, interval=1.0), (wanted, run_logs(ui_run.id))
+
+    # Each job verified and released to the wallet of the node that ran it; the report names its holdout.
+    paid_to = {
+        digits: released(stack, digits, "public-derived"),
+        uploaded: released(stack, uploaded, "secret-split"),
+        wine: released(stack, wine, "secret-split"),
+        from_s3: released(stack, from_s3, "secret-split"),
+    }
+    assert payouts[paid_to[digits]] == "node-1" and payouts[paid_to[from_s3]] == "node-2"
+    store = stack.coordinator.store
+    node_names = {node_id_of(stack, name): name for name in ("node-1", "node-2")}
+    for job_id, wallet in paid_to.items():
+        assert payouts[wallet] == node_names[store.job(job_id).node_id], job_id  # the node that ran it
+    sha = hashlib.sha256(mine.read_bytes()).hexdigest()
+    assert store.job(uploaded).spec["dataset"]["uri"].endswith(f"/users/{alice}/datasets/{sha}.npz")
+
+    # C2: each user sees their own jobs, escrows and archives, and is refused the other's.
+    for user, other in ((alice, bob), (bob, alice)):
+        with user_client(stack, user, certs) as client:
+            assert {j["job_id"] for j in client.list_jobs()} == jobs[user]
+            view = client.wallet()
+            assert {e["job_id"] for e in view["escrows"]} == jobs[user]
+            assert set(view["wallets"]) == {stack.wallet(user).address}
+            archives = {a["job_id"]: a for a in client.archives()}
+            assert set(archives) == jobs[user]
+            for job_id in jobs[user]:
+                names = {o["name"] for o in archives[job_id]["objects"]}
+                assert {"verification.json", "settlement.json"} <= names, (job_id, names)
+                assert any(n.startswith("outputs/") for n in names), (job_id, names)
+            some = sorted(jobs[other])[0]
+            for call in (client.get_job, client.archives):
+                with pytest.raises(AuthorizationError):
+                    call(some)
+            dest = tmp_path / f"{user}-report.json"
+            with pytest.raises(AuthorizationError):
+                client.download_archived(some, "verification.json", dest)
+            assert not dest.exists()
+
+    # F1/F2: each node paid once per job into its own wallet, each user charged for theirs, nothing
+    # minted, burnt or left in an escrow.
+    after = stack.balances()
+    amounts = {job_id: services.ledger().status(job_id=job_id).amount for job_id in paid_to}
+    for node in ("node-1", "node-2"):
+        earned = sum(amounts[j] for j, wallet in paid_to.items() if payouts[wallet] == node)
+        assert after[f"node:{node}"] - before[f"node:{node}"] == earned > 0, (node, before, after)
+    for user in (alice, bob):
+        spent = sum(amounts[j] for j in jobs[user])
+        assert before[f"user:{user}"] - after[f"user:{user}"] == spent > 0, (user, before, after)
+    wallets = [name for name in before if ":" in name]  # ("user", "node") repeat two of them
+    assert sum(after[n] for n in wallets) == sum(before[n] for n in wallets)
+    assert token_supply(stack) == supply

@@ -12,6 +12,7 @@ from cyxwiz.coordinator.schemas import (
     OBJECT_NAME,
     CompletionRequest,
     DisputeRequest,
+    FundingRequest,
     ProgressRequest,
     SubmitRequest,
     UrlRequest,
@@ -61,6 +62,21 @@ def _funded_job_id(spec: dict[str, Any]) -> str | None:
             rule="G1",
         )
     return job_id
+
+
+@router.post("/v1/jobs/{job_id}/funding", tags=["users"])
+def fund(
+    job_id: str,
+    body: FundingRequest,
+    request: Request,
+    access: Annotated[Access, Depends(Allow("jobs.fund"))],
+) -> dict[str, Any]:
+    """The owner's client hands in the escrow lock it signed for a job whose lifecycle run waits for one
+    (started from the Prefect UI or Python without funding). Checked like a submission's; once only (F1)."""
+    ctx, caller, job = coordinator(request), access.who, access.job
+    assert job is not None
+    funding = ctx.hooks.check_job_funding(job, body.funding, user_id=caller.principal_id)
+    return ctx.store.attach_funding(job_id, funding).public()
 
 
 @router.get("/v1/jobs", tags=["users"])
