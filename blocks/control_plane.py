@@ -2,9 +2,10 @@
 
 ``make demo`` saves ``ControlPlaneBlock`` as ``default``; the lifecycle and maintenance flows load the block
 named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` and fall back to the ``CYXWIZ_CONTROL_PLANE`` file and env vars
-when none is named (:func:`tasks.services.config`). Secrets (the ledger key passphrase, the object store's
-master key, a database URL that may carry a password) are ``SecretStr``: the UI and logs show asterisks,
-and they reach the core only as plain values in the flow-run process that loads the block.
+when none is named (:meth:`tasks.services.ControlPlane.load`). Secrets (the ledger key passphrase, the
+object store's master key, a database URL that may carry a password) are ``SecretStr``: the UI and logs
+show asterisks, and they reach the core only as plain values handed to the parts the loading process
+opens (never exported into its environment).
 """
 
 from __future__ import annotations

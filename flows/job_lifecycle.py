@@ -42,7 +42,7 @@ def wait_for_funding(spec: dict[str, Any], timeout_s: int) -> dict[str, Any]:
     config = services.config()
     control = services.control_channel()
     request = open_unfunded(
-        control, spec, sources=dataset_sources(config), minimum_payment=minimum_payment(config)
+        control, spec, sources=dataset_sources(services.store()), minimum_payment=minimum_payment(config)
     )
     how = f"cyxwiz job fund {request.job_id} --wallet YOUR_WALLET"
     logger.info(
@@ -77,7 +77,7 @@ def validate(spec: dict[str, Any], node: str | None = None, replica_node: str | 
     if request.replica_job_id is not None:
         redundant.check_fundings(request, spec)
         redundant.require_two_nodes(node=node, replica_node=replica_node)
-    check_dataset(request, dataset_sources(config))
+    check_dataset(request, dataset_sources(services.store()))
     control = services.control_channel()
     try:
         owner = control.job(request.job_id).get("user_id")
@@ -149,7 +149,7 @@ def _refund_on_rollback(txn: Transaction) -> None:
 @task(name="dispatch")
 def dispatch(request: JobRequest, node: str | None) -> dict[str, Any]:
     control = services.control_channel()
-    prepared = prepare_inputs(services.config(), request)
+    prepared = prepare_inputs(services.store(), request)
     assignment = control.assign(request.job_id, node=node)
     services.require_stake(assignment.get("peer_id"))  # no stake, no dispatch (F1)
     # The per-job secret exists only from here on: nothing computed before the assignment fits (issue 20).

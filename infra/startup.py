@@ -232,6 +232,5 @@ def persist_config(
     os.environ.update(
         {k: env[k] for k in (ENV_VAR, "CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_STORE_MASTER_KEY_FILE")}
     )
-    for cached in (services.config, services.audit, services.ledger, services.control_channel):
-        cached.cache_clear()
+    services.reset()
     return path

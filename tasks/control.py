@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cyxwiz.datasets import DatasetSources, DatasetSpec, ModelShape
     from cyxwiz.datasets.prepare import CheckedData
     from cyxwiz.ledger.client_funding import Funding
+    from cyxwiz.storage.base import BaseObjectStore
     from tasks.channel import ControlChannel
 
 #: The reference dataset (scikit-learn ships it: nothing downloads); the demo default.
@@ -211,11 +212,11 @@ def replica_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, "funding": spec.get("replica_funding"), "replica_funding": None}
 
 
-def dataset_sources(config: ControlPlaneConfig) -> DatasetSources:
+def dataset_sources(store: BaseObjectStore) -> DatasetSources:
     """Where this control plane reads datasets: its store (users' areas) plus the environment's policy."""
     from cyxwiz.datasets import DatasetSources
 
-    return DatasetSources.from_env(store=open_store(config))
+    return DatasetSources.from_env(store=store)
 
 
 def check_dataset(request: JobRequest, sources: DatasetSources) -> CheckedData:
@@ -328,7 +329,7 @@ class PreparedInputs:
     holdout_source: str = "public-derived"
 
 
-def prepare_inputs(config: ControlPlaneConfig, request: JobRequest) -> PreparedInputs:
+def prepare_inputs(store: BaseObjectStore, request: JobRequest) -> PreparedInputs:
     """Split the dataset; the training part becomes the job's input, the holdout stays trusted-side.
 
     The split seed comes from the CSPRNG per job and is sealed (encrypted) with the holdout in the job's
@@ -337,10 +338,9 @@ def prepare_inputs(config: ControlPlaneConfig, request: JobRequest) -> PreparedI
     from cyxwiz.datasets import prepare_dataset
     from cyxwiz.storage import layout
 
-    store = open_store(config)
     prepared = prepare_dataset(
         request.dataset_spec(),
-        sources=dataset_sources(config),
+        sources=dataset_sources(store),
         user=request.user,
         shape=request.model_shape(),
     )
@@ -372,13 +372,13 @@ def holdout_key_for(job_id: str) -> str:
     return f"holdout/{job_id}/holdout.npz"
 
 
-def open_store(config: ControlPlaneConfig) -> Any:
-    from cyxwiz.storage.local import LocalObjectStore
-
-    return LocalObjectStore.from_env({"CYXWIZ_STORE_ROOT": str(config.store_root)} | _store_env())
-
-
-def _store_env() -> dict[str, str]:
+def open_store(config: ControlPlaneConfig, *, environ: Mapping[str, str] | None = None) -> BaseObjectStore:
+    """The control plane's object store: its root from ``config``, the master key (and any other
+    ``CYXWIZ_STORE_*`` setting) from ``environ`` (the plane's settings; the process's by default)."""
     import os
 
-    return {k: v for k, v in os.environ.items() if k.startswith("CYXWIZ_STORE_")}
+    from cyxwiz.storage.local import LocalObjectStore
+
+    env = os.environ if environ is None else environ
+    settings = {k: v for k, v in env.items() if k.startswith("CYXWIZ_STORE_")}
+    return LocalObjectStore.from_env({**settings, "CYXWIZ_STORE_ROOT": str(config.store_root)})

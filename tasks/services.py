@@ -1,90 +1,183 @@
-"""The control plane's parts, opened once per process from :class:`tasks.config.ControlPlaneConfig`."""
+"""The control plane's parts, typed, opened once each: :class:`ControlPlane` (SPEC D2, F1, H3).
+
+A :class:`ControlPlane` is a :class:`~tasks.config.ControlPlaneConfig` plus the secrets that open its parts
+(ledger passphrase, store master key), held in the object and handed to each part explicitly — never
+exported into the process's environment. :meth:`ControlPlane.load` takes both from the
+``ControlPlaneBlock`` named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` (the prefect-aws idiom, ``Block.load``; what
+``make demo`` saves), else from the ``CYXWIZ_CONTROL_PLANE`` file and the environment. Tasks use the
+process's plane through the accessors below (:func:`ledger`, :func:`audit`, ...); a caller with its own
+parts passes them in with :func:`use` (tests, the embedded stack), :func:`reset` forgets them.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import json
+import os
 import tempfile
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cyxwiz.errors import VerificationError
-from tasks.config import ControlPlaneConfig
+from cyxwiz.errors import ConfigError, VerificationError
+from tasks.config import ENV_VAR, ControlPlaneConfig
 
 if TYPE_CHECKING:
+    from cyxwiz.audit import AuditLog
+    from cyxwiz.ledger.ledger import EscrowLedger
+    from cyxwiz.ledger.rpc import RpcChain
+    from cyxwiz.storage.base import BaseObjectStore
     from cyxwiz.verification.report import VerificationReport
     from tasks.channel import ControlChannel
     from tasks.control import JobRequest
 
+BLOCK_ENV = "CYXWIZ_CONTROL_PLANE_BLOCK"
+LEDGER_PASSPHRASE_ENV = "CYXWIZ_LEDGER_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+
+class ControlPlane:
+    """The trusted zone's parts. Each opens on first use (a CRL refresh never unseals a ledger key)."""
+
+    def __init__(self, *, config: ControlPlaneConfig, environ: Mapping[str, str]) -> None:
+        self.config = config
+        #: The settings the parts open with, secrets included (never logged, never exported).
+        self._environ = dict(environ)
+
+    def __repr__(self) -> str:
+        return f"ControlPlane(home={str(self.config.home)!r})"
+
+    @classmethod
+    def load(cls, block: str | None = None, *, environ: Mapping[str, str] | None = None) -> ControlPlane:
+        """``ControlPlaneBlock.load(block or $CYXWIZ_CONTROL_PLANE_BLOCK)``; with neither, the
+        ``CYXWIZ_CONTROL_PLANE`` file, secrets from the environment."""
+        env = dict(os.environ if environ is None else environ)
+        name = block or env.get(BLOCK_ENV)
+        if not name:
+            path = env.get(ENV_VAR)
+            if not path:
+                raise ConfigError(f"set {BLOCK_ENV} or {ENV_VAR}", field=ENV_VAR)
+            return cls(config=ControlPlaneConfig.from_file(Path(path)), environ=env)
+        from blocks.control_plane import load_control_plane
+
+        values, secrets = load_control_plane(name)
+        return cls(config=ControlPlaneConfig(**values), environ={**env, **secrets})
+
+    def setting(self, name: str) -> str | None:
+        return self._environ.get(name) or None
+
+    @functools.cached_property
+    def store(self) -> BaseObjectStore:
+        from tasks.control import open_store
+
+        return open_store(self.config, environ=self._environ)
+
+    @functools.cached_property
+    def audit(self) -> AuditLog:
+        from cyxwiz.audit import AuditLog, ObjectStoreArchive
+        from cyxwiz.storage.config import open_store
+
+        # Closed days are sealed with a signed digest (CYXWIZ_AUDIT_SIGNING_KEY) and archived, encrypted
+        # and verified after upload, to the store the control plane is configured with: S3 when
+        # CYXWIZ_STORE_URL or CYXWIZ_S3_BUCKET says so, else the local store root (H3).
+        env = {**self._environ, "CYXWIZ_AUDIT_DIR": str(self.config.audit_dir)}
+        archive_store = open_store(
+            environ={"CYXWIZ_STORE_ROOT": str(self.config.store_root), **self._environ}
+        )
+        return AuditLog.from_env(env, archive=ObjectStoreArchive(store=archive_store, encrypt=True))
+
+    @functools.cached_property
+    def ledger(self) -> EscrowLedger:
+        from cyxwiz.ledger.config import LedgerConfig, open_ledger
+
+        secret = self.setting(LEDGER_PASSPHRASE_ENV)
+        return open_ledger(
+            LedgerConfig.from_file(self.config.ledger_config),
+            passphrase=secret.encode() if secret else None,
+            audit=self.audit,
+        )
+
+    @functools.cached_property
+    def channel(self) -> ControlChannel:
+        from tasks.coordinator_channel import SchedulerChannel
+
+        return SchedulerChannel.from_config(self.config)
+
+
+#: This process's plane, once loaded or passed in (one slot: no module-level rebinding).
+_slot: dict[str, ControlPlane] = {}
+_lock = threading.Lock()
+
+
+def current() -> ControlPlane:
+    """This process's plane: the one passed in with :func:`use`, else :meth:`ControlPlane.load`."""
+    with _lock:
+        if "plane" not in _slot:
+            _slot["plane"] = ControlPlane.load()
+        return _slot["plane"]
+
+
+def use(plane: ControlPlane | None) -> None:
+    """Make ``plane`` this process's parts (None: load again on next use)."""
+    with _lock:
+        _slot.pop("plane", None)
+        if plane is not None:
+            _slot["plane"] = plane
+
 
 def reset() -> None:
     """Forget the opened parts (after the control-plane config changed: tests, a new demo run)."""
-    for cached in (config, audit, ledger, control_channel):
-        cached.cache_clear()
+    use(None)
 
 
-@functools.cache
 def config() -> ControlPlaneConfig:
-    """The ``ControlPlaneBlock`` named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` (what ``make demo`` saves), else
-    the ``CYXWIZ_CONTROL_PLANE`` file; a block's secrets become this process's env for the core to read."""
-    import os
-
-    name = os.environ.get("CYXWIZ_CONTROL_PLANE_BLOCK")
-    if not name:
-        return ControlPlaneConfig.from_env()
-    from blocks.control_plane import load_control_plane
-
-    values, secrets = load_control_plane(name)
-    os.environ.update(secrets)
-    return ControlPlaneConfig(**values)
+    return current().config
 
 
-@functools.cache
-def audit() -> Any:
-    import os
+def audit() -> AuditLog:
+    return current().audit
 
-    from cyxwiz.audit import AuditLog, ObjectStoreArchive
 
-    # Closed days are sealed with a signed digest (CYXWIZ_AUDIT_SIGNING_KEY) and archived, encrypted and
-    # verified after upload, to the store the control plane is configured with: S3 when CYXWIZ_STORE_URL
-    # or CYXWIZ_S3_BUCKET says so, else the local store root (H3). The directory comes from the config.
-    from cyxwiz.storage.config import open_store
+def ledger() -> EscrowLedger:
+    return current().ledger
 
-    env = {**os.environ, "CYXWIZ_AUDIT_DIR": str(config().audit_dir)}
-    archive_store = open_store(environ={"CYXWIZ_STORE_ROOT": str(config().store_root), **os.environ})
-    return AuditLog.from_env(env, archive=ObjectStoreArchive(store=archive_store, encrypt=True))
+
+def control_channel() -> ControlChannel:
+    return current().channel
+
+
+def store() -> BaseObjectStore:
+    return current().store
 
 
 def audit_public_key() -> Any:
     """The pinned key audit verification trusts: ``CYXWIZ_AUDIT_PUBLIC_KEY`` (a PEM file), else the public
     half of the configured audit signing key; never a key found inside the log (H4)."""
-    import os
-
     from cyxwiz.audit.digest import load_public_key
 
-    pinned = os.environ.get("CYXWIZ_AUDIT_PUBLIC_KEY")
+    pinned = current().setting("CYXWIZ_AUDIT_PUBLIC_KEY")
     if pinned:
         return load_public_key(Path(pinned))
     return audit().signing_key.public_key()
 
 
-def anchor_wallet() -> tuple[Any, Any]:
+def anchor_wallet() -> tuple[RpcChain, Any]:
     """(ledger chain client, the dedicated low-value anchoring wallet) for the ``audit-anchor`` flow:
-    the sealed key in ``CYXWIZ_AUDIT_ANCHOR_KEY`` (passphrase ``CYXWIZ_LEDGER_PASSPHRASE``), the RPC URL
-    of the ledger config. The wallet holds fee money only; it never touches escrow (H4)."""
-    import os
-
-    from cyxwiz.errors import ConfigError
+    the sealed key in ``CYXWIZ_AUDIT_ANCHOR_KEY`` (opened with the plane's ledger passphrase), the RPC
+    URL of the ledger config. The wallet holds fee money only; it never touches escrow (H4)."""
     from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.keystore import load_keypair, passphrase_from_env
+    from cyxwiz.ledger.keystore import load_keypair
     from cyxwiz.ledger.rpc import RpcChain
 
-    path = os.environ.get("CYXWIZ_AUDIT_ANCHOR_KEY")
+    plane = current()
+    path, secret = plane.setting("CYXWIZ_AUDIT_ANCHOR_KEY"), plane.setting(LEDGER_PASSPHRASE_ENV)
     if not path:
         raise ConfigError("no anchoring wallet configured", field="CYXWIZ_AUDIT_ANCHOR_KEY", rule="H4")
-    payer = load_keypair(Path(path), passphrase=passphrase_from_env())
-    return RpcChain(url=LedgerConfig.from_file(config().ledger_config).rpc_url), payer
+    if not secret:
+        raise ConfigError("no passphrase for the ledger key files", field=LEDGER_PASSPHRASE_ENV, rule="D2")
+    payer = load_keypair(Path(path), passphrase=secret.encode())
+    return RpcChain(url=LedgerConfig.from_file(plane.config.ledger_config).rpc_url), payer
 
 
 def audit_verdict(report: dict[str, Any], *, node_id: str | None = None) -> dict[str, Any]:
@@ -104,13 +197,6 @@ def audit_verdict(report: dict[str, Any], *, node_id: str | None = None) -> dict
         )
     )
     return {"event_id": receipt.event_id, "seq": receipt.seq, "leaf_hash": receipt.leaf_hash}
-
-
-@functools.cache
-def ledger() -> Any:
-    from cyxwiz.ledger.config import LedgerConfig, open_ledger
-
-    return open_ledger(LedgerConfig.from_file(config().ledger_config), audit=audit())
 
 
 def require_stake(peer_id: str | None) -> None:
@@ -182,19 +268,6 @@ def refund_if_locked(job_id: str | None, *, reason: str) -> None:
         return
     if record.state in (EscrowState.LOCKED,):
         ledger().refund(job_id=job_id, reason=reason)
-
-
-@functools.cache
-def control_channel() -> ControlChannel:
-    from tasks.coordinator_channel import SchedulerChannel
-
-    return SchedulerChannel.from_config(config())
-
-
-def store() -> Any:
-    from tasks.control import open_store
-
-    return open_store(config())
 
 
 def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> VerificationReport:

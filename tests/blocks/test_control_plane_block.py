@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.control_plane import ControlPlaneBlock
+from cyxwiz.errors import ConfigError
 from tasks.config import ControlPlaneConfig
 
 pytestmark = [pytest.mark.prefect]
@@ -68,6 +69,29 @@ def test_services_load_the_named_block_else_the_env_file(
         monkeypatch.setenv("CYXWIZ_CONTROL_PLANE_BLOCK", "tenants-svc")
         services.reset()
         assert services.config().train_deployment == "sandboxed-train/from-block"
-        assert os.environ["CYXWIZ_LEDGER_PASSPHRASE"] == "pw-from-block"
+        # The block's secrets open the plane's parts; they are not exported into the process (D2).
+        assert services.current().setting("CYXWIZ_LEDGER_PASSPHRASE") == "pw-from-block"
+        assert os.environ["CYXWIZ_LEDGER_PASSPHRASE"] == "pw-from-env"
     finally:
         services.reset()
+
+
+def test_parts_are_typed_and_can_be_passed_in(prefect_server: object, tmp_path: Path) -> None:
+    """``ControlPlane.load(name)`` is the block's, typed; :func:`services.use` hands a plane in (no env)."""
+    from tasks import services
+
+    config = _config(tmp_path, train_deployment="sandboxed-train/passed-in")
+    ControlPlaneBlock.from_config(config, store_master_key="cd" * 32).save("tenants-typed", overwrite=True)
+    plane = services.ControlPlane.load("tenants-typed", environ={})
+    assert plane.config == config and plane.setting("CYXWIZ_STORE_MASTER_KEY") == "cd" * 32
+    assert "cd" * 32 not in repr(plane)
+    try:
+        services.use(plane)
+        assert services.config() == config
+        assert services.store().master_key is not None  # opened with the block's key, not the env's
+        assert services.store().root == config.store_root
+    finally:
+        services.reset()
+    with pytest.raises(ConfigError) as caught:
+        services.ControlPlane.load(environ={})
+    assert caught.value.field == "CYXWIZ_CONTROL_PLANE"

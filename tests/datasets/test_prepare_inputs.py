@@ -37,7 +37,7 @@ def test_inputs_carry_no_holdout_and_no_seed(tmp_path: Path, monkeypatch: pytest
         "task": {"num_classes": 3},
     }
     request = parse_job_request(spec, job_id=J1)
-    prepared = prepare_inputs(config, request)
+    prepared = prepare_inputs(store, request)
     assert prepared.holdout_source == "secret-split"
 
     record = json.loads(store.get_bytes(holdout_record_key(J1)))

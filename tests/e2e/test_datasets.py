@@ -27,6 +27,7 @@ from cyxwiz.errors import AuthorizationError, ValidationError
 from cyxwiz.jobs.spec import with_dataset
 from tests.e2e.lifecycle_conftest import (
     PROJECT,
+    audit_events,
     node_id_of,
     stack,
     tiny_job,
@@ -128,7 +129,8 @@ def released(stack: Any, job_id: str, holdout: str) -> str:
     report = verification_report(stack, job_id)
     failed = [f"{c['name']}: {c['reason']}" for c in report["checks"] if not c["passed"]]
     record = services.ledger().status(job_id=job_id)
-    assert str(record.state) == "released", (job_id, str(record.state), failed)
+    moved = [e["details"] for e in audit_events(stack) if e.get("action") == "job.redispatch"]
+    assert str(record.state) == "released", (job_id, str(record.state), failed, "re-dispatched:", moved)
     assert report["summary"]["holdout"] == holdout, job_id
     return str(record.node_wallet)
 

@@ -44,7 +44,7 @@ def test_audit_maintenance_fails_loudly_on_tampering(
     for n in range(3):
         log.record(events.auth_attempt(actor_id=f"node-{n}", actor_type="node", success=True, method="mtls"))
     log.close()
-    services.audit.cache_clear()
+    services.reset()
     day_file = next(control_plane.audit_dir.glob("audit-????-??-??.jsonl"))
     lines = day_file.read_bytes().splitlines(keepends=True)
     day_file.write_bytes(b"".join([lines[0], lines[2]]))  # delete the middle record
