@@ -10,6 +10,7 @@ control plane's ledger key.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,13 @@ def verdict_of(report: dict[str, Any]) -> str:
     return "fail"
 
 
+#: One verification at a time in this process. Re-training (the seeded initialisation, replayed segments,
+#: the referee) seeds and draws from torch's process-wide generator: two jobs verified at once on the
+#: service's request threads interleave their draws, and an honest node's step-0 checkpoint stops
+#: matching its seed — a "fraud" verdict that slashes it (seen with four jobs settling together).
+_TRAINING = threading.Lock()
+
+
 def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     from tasks import services
     from tasks.control import JobRequest
@@ -42,14 +50,15 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     request = JobRequest(**body["request"])
     dispatched = body["dispatched"]
     assignment = dispatched.get("assignment") or {}
-    report = services.verify_job(request=request, dispatched=dispatched)
-    if body.get("partner"):  # redundant mode: the referee against the other node of the pair (issue 20)
-        import dataclasses
+    with _TRAINING:
+        report = services.verify_job(request=request, dispatched=dispatched)
+        if body.get("partner"):  # redundant mode: the referee against the other node of the pair (issue 20)
+            import dataclasses
 
-        from tasks.referee import referee_checks
+            from tasks.referee import referee_checks
 
-        extra = referee_checks(request=request, dispatched=dispatched, partner=body["partner"])
-        report = dataclasses.replace(report, checks=(*report.checks, *extra))
+            extra = referee_checks(request=request, dispatched=dispatched, partner=body["partner"])
+            report = dataclasses.replace(report, checks=(*report.checks, *extra))
     # "public-derived" tells the reader the verdict rests on the replay, not on holdout secrecy (F1).
     report.summary["holdout"] = dispatched.get("holdout_source", "public-derived")
     as_dict: dict[str, Any] = json.loads(report.to_json())  # non-finite floats as text: canonical JSON
