@@ -85,12 +85,12 @@ def court(plane: Plane, world: TrainingWorld, tmp_path: Path, monkeypatch: pytes
     return court
 
 
-def _forged(training: TrainingWorld) -> tuple[Path, int]:
+def _forged(training: TrainingWorld, name: str = "arbiter-forged") -> tuple[Path, int]:
     """A careful cheat: one checkpoint rewritten, every hash and commitment made consistent again; returns
     the outputs and the start step of the segment that no longer reproduces."""
     commitments = read_commitments(training.honest_out / "commitments.json")
     tampered = commitments[2].step
-    out = training.copy_outputs("arbiter-forged")
+    out = training.copy_outputs(name)
 
     def nudge(step: int, tensors: dict[str, Any]) -> dict[str, Any] | None:
         if step != tampered:
@@ -169,3 +169,36 @@ def test_a_sealed_document_for_another_job_is_refused(court: Arbiter) -> None:
     with pytest.raises(ConflictError, match="another job"):
         arbiter.decide(arbiter.load_case(job_id))
     assert court.plane.ledger.status(job_id=job_id).state is EscrowState.DISPUTED
+
+
+@pytest.mark.slow
+def test_the_flow_upholds_a_forged_segment_slashes_the_stake_and_publishes_its_decision(
+    court: Arbiter, prefect_server: object
+) -> None:
+    """The ``resolve-dispute`` flow end to end on a real Prefect server: the node staked, its forged segment
+    is upheld, the user gets the escrow back plus the slashed share, and the decision is an artifact."""
+    from prefect.client.orchestration import get_client
+
+    from cyxwiz.ledger import provision
+    from cyxwiz.ledger.stake import StakeLedger, StakePolicy
+    from flows.arbiter import resolve_dispute
+
+    chain, stake = court.plane.world, 40_000
+    provision.fund_wallet(
+        chain.chain, payer=chain.payer, mint=chain.mint, wallet=chain.node.pubkey(), amount=stake,
+        mint_authority=chain.mint_authority,
+    )  # fmt: skip
+    stakes = StakeLedger(ledger=court.plane.ledger)
+    stakes.stake(peer_id=NODE_PEER, node=chain.node, amount=stake)
+    out, start = _forged(court.training, "arbiter-forged-flow")
+    job_id = court.disputed_job(out, {"kind": "segment", "segment_start": start})
+    user = chain.token(chain.user)
+    decision = resolve_dispute(job_id)
+    share = stake * StakePolicy().slash_bps // 10_000
+    assert decision["upheld"] and decision["outcome"] == "refund"
+    assert decision["slash"] == {"slashed": True, "peer_id": NODE_PEER, "stake_left": stake - share}
+    assert chain.token(chain.user) - user == AMOUNT + share
+    assert stakes.status(peer_id=NODE_PEER).amount == stake - share
+    with get_client(sync_client=True) as client:
+        artifacts = [a for a in client.read_artifacts() if a.key == f"dispute-{job_id}"]
+    assert artifacts and "upheld" in str(artifacts[0].data)
