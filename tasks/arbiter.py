@@ -54,7 +54,14 @@ def arbiter_ledger() -> Any:
     from cyxwiz.ledger.config import LedgerConfig, open_ledger
 
     config = LedgerConfig.from_file(services.config().ledger_config)
-    return open_ledger(config, roles=("arbiter",), audit=services.audit())
+    # From the control plane's settings (its block's secrets, else the environment); never exported.
+    secret = services.current().setting("CYXWIZ_ARBITER_PASSPHRASE")
+    return open_ledger(
+        config,
+        roles=("arbiter",),
+        passphrase=secret.encode() if secret else None,
+        audit=services.audit(),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
