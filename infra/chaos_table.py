@@ -270,14 +270,16 @@ class Runner:
     def settle(self, cell: Cell, job_id: str, run_id: str, *, killed_at: float, timeout: float = 600) -> None:
         """Sweep every ``SWEEP_INTERVAL_S`` (as the escrow-sweep schedule does) until the job is terminal."""
         from tasks import services
-        from tasks.recover import sweep_once
+        from tasks.recover import FINISHED, sweep_once
 
         deadline = time.monotonic() + timeout
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         while time.monotonic() < deadline:
             state = services.ledger().status(job_id=job_id).state.value
             row = self._job_status(job_id)
-            if state in ("released", "refunded") and row == state and self.run_final(run_id):
+            # A refund's row may also say cancelled (the rollback revoked the job token) or failed.
+            closed = row == state or (state == "refunded" and row in FINISHED)
+            if state in ("released", "refunded") and closed and self.run_final(run_id):
                 cell.terminal = True
                 break
             if time.monotonic() >= next_sweep:
