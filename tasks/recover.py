@@ -49,7 +49,7 @@ def finish_orphans(*, run_state: RunState) -> list[dict[str, str]]:
     ledger = services.ledger()
     finished: list[dict[str, str]] = []
     for job in control.store.list_jobs():  # type: ignore[attr-defined]  # the scheduler channel's store
-        if job.status in FINISHED:
+        if job.status == "released":
             continue
         try:
             record = ledger.status(job_id=job.job_id)
@@ -57,6 +57,10 @@ def finish_orphans(*, run_state: RunState) -> list[dict[str, str]]:
             continue
         if record.state not in (EscrowState.RELEASED, EscrowState.REFUNDED):
             continue
+        if record.state is EscrowState.REFUNDED and job.status in FINISHED:
+            continue
+        # A release the sweep finished after the run's rollback had written ``cancelled`` is still paid:
+        # the row says released, as the ledger does.
         if run_state(record.run_id) == "running":
             continue  # its own run archives and closes it
         outcome = record.state.value
