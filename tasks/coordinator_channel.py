@@ -161,6 +161,9 @@ class SchedulerChannel:
             "funding": record.spec.get("funding"),
         }
 
+    def node_certificates(self, node_id: str) -> list[Any]:
+        return list(self.store.node_certificates(node_id))
+
     def revoke_job_token(self, job_id: str) -> None:
         # A job that is no longer assigned/running gets no job token and its token's calls are refused.
         try:

@@ -39,7 +39,7 @@ def pairing_problem(
 ) -> str | None:
     """Why these two jobs are not one redundant pair, or None; read from the coordinator, not the caller."""
     from tasks import services
-    from tasks.verifier_service import assigned_node
+    from tasks.verifier_service import assigned
 
     ours, theirs = dispatched.get("training_doc") or {}, partner_dispatched.get("training_doc") or {}
     secret = (ours.get("training") or {}).get("job_secret")
@@ -51,10 +51,15 @@ def pairing_problem(
     owners = {control.job(request.job_id).get("user_id"), control.job(partner.job_id).get("user_id")}
     if owners != {request.user}:
         return "the two jobs belong to different users"
-    peer, partner_peer = assigned_node(request.job_id)[0], assigned_node(partner.job_id)[0]
-    if not peer or not partner_peer or peer == partner_peer:
+    node, partner_node = assigned(request.job_id), assigned(partner.job_id)
+    if (
+        node is None
+        or partner_node is None
+        or node.node_id == partner_node.node_id
+        or node.peer_ids & partner_node.peer_ids
+    ):
         return "the two jobs were not assigned to two different nodes"
-    if partner_dispatched.get("assignment", {}).get("peer_id") != partner_peer:
+    if partner_dispatched.get("assignment", {}).get("peer_id") not in partner_node.peer_ids:
         return "the second node's assignment is not the coordinator's"
     return None
 
@@ -64,11 +69,9 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[Path | None, str | No
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from cyxwiz.hashing import file_sha256
-    from cyxwiz.pki.certs import load_certificate
     from cyxwiz.storage import layout
     from cyxwiz.verification.proof import SignedProof, verify_proof_signature
     from tasks import services
-    from tasks.coordinator_channel import node_name
 
     control = services.control_channel()
     record = control.job(job_id)
@@ -76,13 +79,14 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[Path | None, str | No
         return None, f"no completion proof (status {record.get('status')})"
     try:
         signed = SignedProof.from_json(json.dumps(record["proof"]))
-        node = control.store.node(record["node_id"])  # type: ignore[attr-defined]
-        cert = load_certificate(services.config().pki_root / "nodes" / f"{node_name(node.subject)}-cert.pem")
-        key = cert.public_key()
+        # The certificate the proof was signed with, from the coordinator's records of the assigned node
+        # (it may have renewed since dispatch); the node's own verification judged its chain.
+        cert, peers = services.node_certificate(record.get("node_id"), signed.proof.node_peer_id)
+        key = cert.public_key() if cert is not None and peer in peers else None
         if not isinstance(key, Ed25519PublicKey):
-            return None, "the node certificate's key is not Ed25519"
+            return None, "the proof is signed by no Ed25519 certificate of the assigned node"
         verify_proof_signature(signed, key)
-        if signed.proof.job_id != job_id or signed.proof.node_peer_id != peer:
+        if signed.proof.job_id != job_id:
             return None, "the proof names another job or node"
         store = services.store()
         for name, digest in signed.proof.artifacts.items():

@@ -272,7 +272,6 @@ def refund_if_locked(job_id: str | None, *, reason: str) -> None:
 
 def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> VerificationReport:
     """Fetch the proof the node submitted and its outputs from the archive, then run every check."""
-    from cyxwiz.pki.certs import load_certificate
     from cyxwiz.storage import layout
     from cyxwiz.training.spec import parse_training_job
     from cyxwiz.verification.proof import SignedProof
@@ -312,8 +311,17 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
         holdout = Path(tmp) / "holdout.npz"
         st.get_file(dispatched["dataset_key"], train)
         st.get_file(dispatched["holdout_key"], holdout)
-        pki = cfg.pki_root
-        node_cert = load_certificate(pki / "nodes" / f"{dispatched['assignment']['name']}-cert.pem")
+        node_cert, peers = node_certificate(record.get("node_id"), signed.proof.node_peer_id)
+        if node_cert is None or dispatched["assignment"].get("peer_id") not in peers:
+            why = (
+                f"the proof is signed as {signed.proof.node_peer_id}, no certificate the coordinator "
+                "holds for the assigned node"
+                if node_cert is None
+                else "the dispatch names a PeerID that is not the assigned node's"
+            )
+            return VerificationReport(
+                job_id=request.job_id, checks=(Check("identity", False, why),), proof_sha256=signed.sha256()
+            )
         received = record.get("proof_received_at")
         return run_checks(
             proof=signed,
@@ -323,11 +331,29 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
             data=JobData(train=train, holdout=holdout, holdout_sha256=dispatched["holdout_sha256"]),
             trust=_node_trust(cfg),
             expect=Expectations(
-                node_peer_id=dispatched["assignment"].get("peer_id"),
+                node_peer_ids=peers,
                 token_jti=dispatched["assignment"].get("jti"),
                 received_at=dt.datetime.fromisoformat(received) if received else None,
             ),
         )
+
+
+def node_certificate(node_id: str | None, proof_peer_id: str) -> tuple[Any, frozenset[str]]:
+    """(the certificate the proof names, every PeerID of the node) from the coordinator's records of the
+    certificates it accepted or issued for the assigned node, never from a PKI directory: a proof signed
+    before a renewal is judged by the certificate it was signed with (A7, F1). The certificate is None when
+    the proof names no certificate of this node (another node's); chain, revocation and validity at receipt
+    are the verifier's certificate check."""
+    from cryptography import x509
+
+    if not node_id:
+        return None, frozenset()
+    records = control_channel().node_certificates(node_id)
+    peers = frozenset(r.peer_id for r in records)
+    for r in records:
+        if r.peer_id == proof_peer_id:
+            return x509.load_pem_x509_certificate(r.pem.encode()), peers
+    return None, peers
 
 
 def _node_trust(cfg: ControlPlaneConfig) -> Any:

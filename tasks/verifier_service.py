@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,7 +66,8 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     bound = (body.get("node_peer_id"), body.get("node_wallet"), body.get("job_id"))
     if bound != (assignment.get("peer_id"), assignment.get("wallet"), request.job_id):
         return as_dict, "fail"  # the attestation would name another node or job than the one verified
-    if bound[:2] != assigned_node(request.job_id):
+    node = assigned(request.job_id)
+    if node is None or bound[0] not in node.peer_ids or bound[1] != node.wallet:
         return as_dict, "fail"  # the caller's assignment is not the coordinator's: never a pass
     return as_dict, verdict_of(as_dict)
 
@@ -84,6 +86,39 @@ def assigned_node(job_id: str, channel: Any = None) -> tuple[str | None, str | N
         return record.peer_id, channel._wallet(record, node_name(record.subject))
     except (CyxwizError, KeyError, TypeError):
         return None, None
+
+
+@dataclass(frozen=True)
+class AssignedNode:
+    """The node the coordinator's records assign a job to: every PeerID it held (its certificates across
+    renewals: a job dispatched before a renewal is still this node's) and its payout wallet."""
+
+    node_id: str
+    peer_ids: frozenset[str]
+    wallet: str | None
+
+
+def assigned(job_id: str, channel: Any = None) -> AssignedNode | None:
+    """The assigned node from the coordinator's own records, or None when there is none (F1, A7)."""
+    from cyxwiz.errors import CyxwizError
+    from tasks import services
+    from tasks.coordinator_channel import SchedulerChannel, node_name
+
+    channel = channel or SchedulerChannel.from_config(services.config())
+    try:
+        node_id = channel.job(job_id)["node_id"]
+        record = channel.store.node(node_id)
+        peers = {
+            *channel.store.peer_ids_of(node_id),
+            *(c.peer_id for c in channel.node_certificates(node_id)),
+        }
+        return AssignedNode(
+            node_id=node_id,
+            peer_ids=frozenset(peers),
+            wallet=channel._wallet(record, node_name(record.subject)),
+        )
+    except (CyxwizError, KeyError, TypeError):
+        return None
 
 
 @app.callback()

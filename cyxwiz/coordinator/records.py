@@ -32,6 +32,19 @@ class NodeRecord:
 
 
 @dataclass(frozen=True)
+class NodeCertificate:
+    """A certificate the coordinator accepted or issued for a node (its PEM, as presented or signed)."""
+
+    node_id: str
+    peer_id: str
+    serial: str
+    pem: str
+    not_before: datetime
+    not_after: datetime
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
 class JobRecord:
     job_id: str
     user_id: str
@@ -70,6 +83,19 @@ def node_record(row: Any) -> NodeRecord:
         registered_at=aware(m["registered_at"]) or now(),
         last_heartbeat=aware(m["last_heartbeat"]),
         wallet=m["wallet"],
+    )
+
+
+def node_certificate(row: Any) -> NodeCertificate:
+    m = row._mapping
+    return NodeCertificate(
+        node_id=m["node_id"],
+        peer_id=m["peer_id"],
+        serial=m["serial"],
+        pem=m["pem"],
+        not_before=aware(m["not_before"]) or now(),
+        not_after=aware(m["not_after"]) or now(),
+        recorded_at=aware(m["recorded_at"]) or now(),
     )
 
 

@@ -11,11 +11,14 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.engine import Connection, Engine
 
-from cyxwiz.coordinator.records import JobRecord, NodeRecord
+from cyxwiz.coordinator.records import JobRecord, NodeCertificate, NodeRecord
 from cyxwiz.coordinator.records import aware as _aware
 from cyxwiz.coordinator.records import job_record as _job
+from cyxwiz.coordinator.records import node_certificate as _node_cert
 from cyxwiz.coordinator.records import node_record as _node
 from cyxwiz.coordinator.records import now as _now
 from cyxwiz.coordinator.sessions import SessionRows
@@ -25,13 +28,14 @@ from cyxwiz.coordinator.tables import (
     config,
     jobs,
     metadata,
+    node_certs,
     node_peers,
     nodes,
 )
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
 
-__all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeRecord"]
+__all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate", "NodeRecord"]
 
 #: A job a lifecycle run holds open until the owner's client sends the lock it signed (F1).
 AWAITING_FUNDING = "awaiting-funding"
@@ -68,9 +72,11 @@ class CoordinatorStore(SessionRows):
         cert_serial: str,
         hardware: Mapping[str, Any],
         wallet: str | None = None,
+        certificate: x509.Certificate | None = None,
     ) -> NodeRecord:
         """Create the node for this PeerID, or refresh its hardware (and payout wallet, when given); a
-        banned/revoked node stays so. Only the certificate's PeerID selects the row (C2)."""
+        banned/revoked node stays so. Only the certificate's PeerID selects the row (C2). ``certificate``
+        (the one the caller presented) is recorded as the node's."""
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
             if row is None:
@@ -98,6 +104,8 @@ class CoordinatorStore(SessionRows):
                 if wallet is not None:
                     values["wallet"] = wallet
                 conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**values))
+            if certificate is not None:
+                _record_certificate(conn, node_id, peer_id, certificate)
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node_by_peer(self, peer_id: str) -> NodeRecord | None:
@@ -124,7 +132,22 @@ class CoordinatorStore(SessionRows):
             ).all()
         return [str(r[0]) for r in (*current, *earlier)]
 
-    def renew_node(self, node_id: str, *, peer_id: str, cert_serial: str) -> NodeRecord:
+    def node_certificates(self, node_id: str) -> list[NodeCertificate]:
+        """Every certificate the coordinator accepted or issued for this node, oldest first."""
+        query = (
+            sa.select(node_certs).where(node_certs.c.node_id == node_id).order_by(node_certs.c.recorded_at)
+        )
+        with self._tx() as conn:
+            return [_node_cert(r) for r in conn.execute(query)]
+
+    def renew_node(
+        self,
+        node_id: str,
+        *,
+        peer_id: str,
+        cert_serial: str,
+        certificate: x509.Certificate | None = None,
+    ) -> NodeRecord:
         """The node's new certificate becomes current; the one it replaces stays the node's until it
         expires. A PeerID already known (key reuse, or another node's) is refused."""
         with self._tx() as conn:
@@ -149,6 +172,8 @@ class CoordinatorStore(SessionRows):
                 .where(nodes.c.node_id == node_id)
                 .values(peer_id=peer_id, cert_serial=cert_serial)
             )
+            if certificate is not None:
+                _record_certificate(conn, node_id, peer_id, certificate)
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node(self, node_id: str) -> NodeRecord:
@@ -303,3 +328,20 @@ class CoordinatorStore(SessionRows):
                 return None
             conn.execute(config.update().where(config.c.key == key).values(value=value))
             return row[0]
+
+
+def _record_certificate(conn: Connection, node_id: str, peer_id: str, certificate: x509.Certificate) -> None:
+    """Keep the certificate under the node (once per PeerID; a PeerID is one key, one node)."""
+    if conn.execute(sa.select(node_certs.c.node_id).where(node_certs.c.peer_id == peer_id)).first():
+        return
+    conn.execute(
+        node_certs.insert().values(
+            peer_id=peer_id,
+            node_id=node_id,
+            serial=format(certificate.serial_number, "x"),
+            pem=certificate.public_bytes(Encoding.PEM).decode(),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            recorded_at=_now(),
+        )
+    )

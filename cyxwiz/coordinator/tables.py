@@ -44,6 +44,19 @@ node_peers = sa.Table(
     sa.Column("node_id", sa.String(64), nullable=False, index=True),
     sa.Column("cert_serial", sa.String(64), nullable=False),
 )
+#: Every certificate the coordinator accepted (registration) or issued (renewal) for a node: what a
+#: node's proof is verified against, from the coordinator's own records, never from a PKI directory (A7, F1).
+node_certs = sa.Table(
+    "cyx_node_certs",
+    metadata,
+    sa.Column("peer_id", sa.String(128), primary_key=True),
+    sa.Column("node_id", sa.String(64), nullable=False, index=True),
+    sa.Column("serial", sa.String(64), nullable=False),
+    sa.Column("pem", sa.Text, nullable=False),
+    sa.Column("not_before", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("not_after", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
 #: The client certificate a session was opened with, so revoking the certificate kills its family.
 session_certs = sa.Table(
     "cyx_session_certs",

@@ -48,6 +48,9 @@ class Expectations:
     """What the coordinator knows independently of the node: the assignment and the token it minted."""
 
     node_peer_id: str | None = None
+    #: Every PeerID of the assigned node (its certificates across renewals, from the coordinator's
+    #: records): when given, the proof's certificate must be one of them (``node_peer_id`` is then unused).
+    node_peer_ids: frozenset[str] = frozenset()
     token_jti: str | None = None
     #: When the trusted side received the proof (revocation is judged at this moment); default: now.
     received_at: dt.datetime | None = None
@@ -121,7 +124,14 @@ def _identity(signed: SignedProof, cert: x509.Certificate, expect: Expectations)
         )
     if proof.cert_fingerprint_sha256 != fingerprint_sha256(cert).hex():
         return Check("identity", False, "proof names another certificate fingerprint")
-    if expect.node_peer_id is not None and cert_peer != expect.node_peer_id:
+    if expect.node_peer_ids:
+        if cert_peer not in expect.node_peer_ids:
+            return Check(
+                "identity",
+                False,
+                f"proof comes from {cert_peer}, no certificate of the assigned node (signed by another node)",
+            )
+    elif expect.node_peer_id is not None and cert_peer != expect.node_peer_id:
         return Check(
             "identity",
             False,

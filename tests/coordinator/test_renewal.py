@@ -59,6 +59,10 @@ def test_renewal_gives_a_short_lived_certificate_and_keeps_the_old_one_working(
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     assert dt.timedelta(seconds=30) < left <= dt.timedelta(seconds=61)  # the configured short lifetime
     cert.verify_directly_issued_by(load_certificate(env.pki.ca_cert))
+    # The coordinator keeps both certificates as the node's: verification reads them there (A7, F1).
+    kept = env.coord.store.node_certificates(a["node_id"])
+    assert [c.peer_id for c in kept] == [a["peer_id"], renewed["peer_id"]]
+    assert kept[1].pem == renewed["certificate"] and kept[0].pem == env.pki.node_cert("node-a").read_text()
     # The new identity works with the session bound to it: same node.
     with _client_with(env, tmp_path, renewed["certificate"], key) as new:
         hb = new.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))

@@ -35,6 +35,7 @@ def register(
         cert_serial=format(peer.serial, "x"),
         hardware=body.hardware.model_dump(),
         wallet=_payout_wallet(body.wallet),
+        certificate=peer.certificate,
     )
     ctx.record(
         ev.node_registered(
@@ -84,7 +85,9 @@ def renew(
         raise ConflictError("no CA configured for renewal", field="csr")
     cert = ctx.renewer.sign(body.csr, current=caller.peer)
     new = PeerIdentity.from_certificate(cert)
-    node = ctx.store.renew_node(caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"))
+    node = ctx.store.renew_node(
+        caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"), certificate=cert
+    )
     ctx.record(
         ev.make_event(
             event_type=ev.EventType.AUTHENTICATION,

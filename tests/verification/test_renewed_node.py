@@ -1,0 +1,180 @@
+"""A job in flight survives its node's certificate renewal (issue 18; SPEC A7, A6, F1).
+
+Verification takes the node's certificates from the coordinator's records (each one it accepted at
+registration or issued at renewal), never from the dev PKI directory. A proof signed before the renewal
+and verified after it passes (positive control, beside each attack); a proof under another node's
+certificate, a revoked one, or one that expired before the proof arrived is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cyxwiz.coordinator.renewal import NodeCertIssuer
+from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.pki.ca import CertificateAuthority, create_csr
+from cyxwiz.pki.certs import fingerprint_sha256
+from cyxwiz.pki.peerid import peer_id
+from cyxwiz.transport.identity import PeerIdentity
+from cyxwiz.verification.proof import SignedProof, build_proof, sign_proof
+from cyxwiz.verification.report import VerificationReport
+from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
+from tasks import services
+from tasks.coordinator_channel import SchedulerChannel
+from tasks.verifier_service import assigned
+from tests.verification import conftest as vc
+from tests.verification.conftest import World
+
+
+@dataclass
+class Renewed:
+    channel: SchedulerChannel
+    node_id: str
+    job_id: str
+    old: x509.Certificate
+    new: x509.Certificate
+    new_key: ed25519.Ed25519PrivateKey
+    other_id: str
+
+
+@pytest.fixture
+def renewed(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Renewed:
+    """node-1 registered, given a job, then renewed (new key, new PeerID, one-hour certificate)."""
+    store = CoordinatorStore.from_url(f"sqlite:///{tmp_path / 'coordinator.db'}")
+    channel = SchedulerChannel(store=store, node_wallets={})
+    monkeypatch.setattr(services, "control_channel", lambda: channel)
+    ids = {}
+    for name in ("node-1", "node-2"):
+        cert = world.cert(name)
+        ids[name] = store.register_node(
+            peer_id=peer_id(cert), subject=cert.subject.rfc4514_string(),
+            cert_serial=format(cert.serial_number, "x"), hardware={}, certificate=cert,
+        ).node_id  # fmt: skip
+    job = store.create_job(user_id="u", spec={"job_type": "model"}, duration_s=60)
+    store.assign_job(job.job_id, ids["node-1"])
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = create_csr(key, common_name="node-1").public_bytes(serialization.Encoding.PEM).decode()
+    issuer = NodeCertIssuer(ca_dir=world.pki.ca_dir, lifetime=dt.timedelta(hours=1))
+    new = issuer.sign(csr, current=PeerIdentity.from_certificate(world.cert("node-1")))
+    store.renew_node(
+        ids["node-1"], peer_id=peer_id(new), cert_serial=format(new.serial_number, "x"), certificate=new
+    )
+    return Renewed(channel, ids["node-1"], job.job_id, world.cert("node-1"), new, key, ids["node-2"])
+
+
+def _verify(
+    world: World, proof: SignedProof, r: Renewed, *, received: dt.datetime, trust: TrustStore | None = None
+) -> VerificationReport | None:
+    """What the control plane's verification does: the certificate from the coordinator's records."""
+    cert, peers = services.node_certificate(r.node_id, proof.proof.node_peer_id)
+    if cert is None:
+        return None
+    return verify_job(
+        proof=proof,
+        node_certificate=cert,
+        job=world.job,
+        output_dir=world.honest_out,
+        data=JobData(
+            train=world.digits.train, holdout=world.digits.holdout, holdout_sha256=world.digits.holdout_sha256
+        ),
+        trust=trust or world.trust(),
+        expect=Expectations(node_peer_ids=peers, token_jti="jti-1", received_at=received),
+    )
+
+
+def _sign_renewed(world: World, r: Renewed) -> SignedProof:
+    proof = build_proof(
+        job_id=world.job.job_id,
+        job_spec_sha256=world.job.sha256(),
+        output_dir=world.honest_out,
+        node_peer_id=peer_id(r.new),
+        cert_fingerprint_sha256=fingerprint_sha256(r.new).hex(),
+        token_jti="jti-1",
+        started_at=vc.T0,
+        finished_at=vc.T0 + dt.timedelta(seconds=3),
+    )
+    return sign_proof(proof, r.new_key)
+
+
+def _check(report: VerificationReport, name: str) -> bool:
+    return next(c.passed for c in report.checks if c.name == name)
+
+
+def test_the_coordinator_keeps_every_certificate_of_the_node(renewed: Renewed) -> None:
+    certs = renewed.channel.node_certificates(renewed.node_id)
+    assert [c.peer_id for c in certs] == [peer_id(renewed.old), peer_id(renewed.new)]
+    node = assigned(renewed.job_id, renewed.channel)
+    assert node is not None and node.node_id == renewed.node_id
+    assert node.peer_ids == {peer_id(renewed.old), peer_id(renewed.new)}  # the job's node, both keys
+    other = [c.peer_id for c in renewed.channel.node_certificates(renewed.other_id)]
+    assert not set(other) & node.peer_ids
+
+
+def test_a_proof_signed_before_renewal_verifies_after_it(world: World, renewed: Renewed) -> None:
+    proof = world.sign(world.honest_out, node="node-1")  # under the certificate of the dispatch
+    report = _verify(world, proof, renewed, received=vc.T0 + dt.timedelta(seconds=10))
+    assert report is not None and report.passed, (
+        [c for c in report.checks if not c.passed] if report else None
+    )
+    restated = _sign_renewed(world, renewed)  # the agent restated it under its current certificate
+    report = _verify(world, restated, renewed, received=vc.T0 + dt.timedelta(seconds=10))
+    assert report is not None and report.passed
+
+
+def test_another_nodes_certificate_is_refused(world: World, renewed: Renewed) -> None:
+    proof = world.sign(world.honest_out, node="node-2")  # a valid proof, by the wrong node
+    assert services.node_certificate(renewed.node_id, proof.proof.node_peer_id)[0] is None
+    assert _verify(world, proof, renewed, received=vc.T0 + dt.timedelta(seconds=10)) is None
+    # Handed the other node's certificate anyway, the identity check still refuses it.
+    _, peers = services.node_certificate(renewed.node_id, peer_id(renewed.old))
+    received = vc.T0 + dt.timedelta(seconds=10)
+    report = verify_job(
+        proof=proof,
+        node_certificate=world.cert("node-2"),
+        job=world.job,
+        output_dir=world.honest_out,
+        data=JobData(train=world.digits.train, holdout=world.digits.holdout),
+        trust=world.trust(),
+        expect=Expectations(node_peer_ids=peers, token_jti="jti-1", received_at=received),
+    )
+    assert not report.passed and not _check(report, "identity")
+
+
+def test_a_certificate_revoked_before_the_proof_arrived_is_refused(world: World, renewed: Renewed) -> None:
+    received = vc.T0 + dt.timedelta(seconds=10)
+    proof = world.sign(world.honest_out, node="node-1")
+    ca = CertificateAuthority.from_dir(world.pki.ca_dir)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(received - dt.timedelta(minutes=1))
+        .next_update(received + dt.timedelta(days=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(renewed.old.serial_number)
+            .revocation_date(received - dt.timedelta(seconds=5))
+            .build()
+        )
+    )
+    crl = builder.sign(ca.private_key, None)
+    base = world.trust()
+    revoked = TrustStore(trusted=base.trusted, crls=[crl])
+    report = _verify(world, proof, renewed, received=received, trust=revoked)
+    assert report is not None and not report.passed and not _check(report, "certificate")
+    # Positive control: the same CRL does not touch the renewed certificate.
+    report = _verify(world, _sign_renewed(world, renewed), renewed, received=received, trust=revoked)
+    assert report is not None and report.passed
+
+
+def test_a_certificate_expired_before_the_proof_arrived_is_refused(world: World, renewed: Renewed) -> None:
+    proof = _sign_renewed(world, renewed)
+    late = renewed.new.not_valid_after_utc + dt.timedelta(minutes=10)  # past the clock-skew allowance
+    report = _verify(world, proof, renewed, received=late)
+    assert report is not None and not report.passed and not _check(report, "certificate")
