@@ -72,22 +72,6 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return as_dict, verdict_of(as_dict)
 
 
-def assigned_node(job_id: str, channel: Any = None) -> tuple[str | None, str | None]:
-    """(PeerID, payout wallet) of the node the coordinator's own records assign the job to, read here
-    rather than taken from the lifecycle's request: a caller cannot bind a pass to another wallet (F1)."""
-    from cyxwiz.errors import CyxwizError
-    from tasks import services
-    from tasks.coordinator_channel import SchedulerChannel, node_name
-
-    channel = channel or SchedulerChannel.from_config(services.config())
-    try:
-        node_id = channel.job(job_id)["node_id"]
-        record = channel.store.node(node_id)
-        return record.peer_id, channel._wallet(record, node_name(record.subject))
-    except (CyxwizError, KeyError, TypeError):
-        return None, None
-
-
 @dataclass(frozen=True)
 class AssignedNode:
     """The node the coordinator's records assign a job to: every PeerID it held (its certificates across

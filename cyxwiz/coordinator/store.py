@@ -79,7 +79,18 @@ class CoordinatorStore(SessionRows):
         (the one the caller presented) is recorded as the node's."""
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
-            if row is None:
+            earlier = conn.execute(
+                sa.select(node_peers.c.node_id).where(node_peers.c.peer_id == peer_id)
+            ).first()
+            if row is None and earlier is not None:
+                # A certificate the node renewed from (still unexpired) is that node, never a second one;
+                # its newer certificate stays current.
+                node_id = earlier[0]
+                refresh: dict[str, Any] = {"hardware": dict(hardware)}
+                if wallet is not None:
+                    refresh["wallet"] = wallet
+                conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**refresh))
+            elif row is None:
                 node_id = new_node_id()
                 conn.execute(
                     nodes.insert().values(

@@ -72,6 +72,12 @@ def test_renewal_gives_a_short_lived_certificate_and_keeps_the_old_one_working(
     # Jobs in flight on the old certificate are not dropped: it stays the node's until it expires.
     with env.client("node-a") as old:
         assert old.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"])).status_code == 200
+    # Registering again under the earlier certificate is the same node (one identity, not a second
+    # node holding the renewed-from PeerID), and the renewed certificate stays current (C2, A7).
+    again = env.register("node-a")
+    assert again["node_id"] == a["node_id"]
+    assert env.coord.store.node(a["node_id"]).peer_id == renewed["peer_id"]
+    assert [n.node_id for n in env.coord.store.list_nodes()] == [a["node_id"]]
     assert env.audit.of_action("certificate.renew")
 
 

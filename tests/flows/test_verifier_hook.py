@@ -10,7 +10,7 @@ from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.devpki import build_dev_pki
 from cyxwiz.pki.peerid import peer_id
 from tasks.coordinator_channel import SchedulerChannel
-from tasks.verifier_service import assigned_node, verdict_of
+from tasks.verifier_service import assigned, verdict_of
 
 
 def test_assigned_node_comes_from_the_coordinators_records(tmp_path: Path) -> None:
@@ -24,10 +24,13 @@ def test_assigned_node_comes_from_the_coordinators_records(tmp_path: Path) -> No
     )  # fmt: skip
     store.heartbeat(record.node_id)
     job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
-    assert assigned_node(job_id, channel) == (None, None)  # not dispatched yet
+    assert assigned(job_id, channel) is None  # not dispatched yet
     channel.assign(job_id)
-    assert assigned_node(job_id, channel) == (peer_id(cert), "W1")
-    assert assigned_node("job-unknown", channel) == (None, None)
+    node = assigned(job_id, channel)
+    assert node is not None and (node.node_id, node.peer_ids, node.wallet) == (
+        record.node_id, {peer_id(cert)}, "W1",
+    )  # fmt: skip
+    assert assigned("job-unknown", channel) is None
 
 
 def test_verdicts() -> None:
