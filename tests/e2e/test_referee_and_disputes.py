@@ -201,3 +201,22 @@ def test_a_dispute_in_the_window_moves_the_funds_to_the_dispute_escrow(stack: An
     assert stack.coordinator.store.job(job_id).status == "disputed"
     actions = [e.get("action") for e in audit_events(stack) if job_id in str(e.get("resource"))]
     assert {"escrow.hold", "escrow.dispute-filed", "escrow.dispute"} <= set(actions)
+    # The arbiter's flow replays the disputed segment from the node's signed, re-hashed checkpoints with
+    # the sealed bound document: the honest node's segment reproduces, the dispute is rejected, it is paid.
+    import os
+
+    from flows.arbiter import resolve_dispute
+
+    os.environ["CYXWIZ_ARBITER_PASSPHRASE"] = stack.ledger.arbiter_passphrase
+    services.reset()
+    try:
+        decision = resolve_dispute(job_id)
+    finally:
+        os.environ.pop("CYXWIZ_ARBITER_PASSPHRASE", None)
+        services.reset()
+    assert decision["upheld"] is False and "reproduces bit for bit" in decision["reason"], decision
+    assert services.ledger().status(job_id=job_id).state is EscrowState.RELEASED
+    assert stack.balances()["node"] - before["node"] == spec["payment"]
+    assert stack.coordinator.store.job(job_id).status == "released"
+    actions = [e.get("action") for e in audit_events(stack) if job_id in str(e.get("resource"))]
+    assert "escrow.arbiter.rejected" in actions
