@@ -98,6 +98,13 @@ def load_case(job_id: str) -> Case:
             holds.finish_hold(job_id)  # the lifecycle died before moving the funds: move them first
         record = arbiter_ledger().status(job_id=job_id)
         if record.state is not EscrowState.DISPUTED:
+            if record.dispute_account and record.resolution in ("release", "refund"):
+                # Decided already; a run that died after the ledger move leaves the job's status behind.
+                status = "released" if record.resolution == "release" else "refunded"
+                services.control_channel().set_status(job_id, status)
+                raise ConflictError(
+                    f"the dispute was already resolved ({record.resolution})", field="job_id", rule="F2"
+                )
             raise ConflictError(
                 f"the escrow is {record.state.value}, not in the dispute escrow", field="job_id", rule="F1"
             )
