@@ -38,7 +38,8 @@ def base_env(**extra: str) -> dict[str, str]:
     env.update(
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_LOGGING_LEVEL="WARNING",
+        # INFO reaches the API too: a lifecycle's and a node run's logs (in PostgreSQL) explain a job.
+        PREFECT_LOGGING_LEVEL="INFO",
         CYXWIZ_PROJECT_DIR=str(PROJECT),
     )
     env.update(extra)

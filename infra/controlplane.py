@@ -81,6 +81,8 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
         ) as stack,
     ):
         stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # dispatch follows a submission within a second
+        # The lifecycle's logs reach PostgreSQL: they explain what happened to a job.
+        stack.env["PREFECT_LOGGING_LEVEL"] = "INFO"
         stack.start_control_worker()
         ledger = stack.ledger
         # Each user signs their own escrow locks with their own funded wallet; each node is paid to its own.

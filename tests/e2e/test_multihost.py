@@ -163,7 +163,10 @@ def _postgres(cluster: Cluster, sql: str, *args: str) -> list[list[Any]]:
 def _explain(cluster: Cluster, job_id: str) -> str:
     """What happened to ``job_id``: its lifecycle's and node run's states and Prefect logs (PostgreSQL, gone
     with the cluster otherwise), its audit events and the agents' log tails; also written to the home."""
-    parts = [f"job {job_id}: {_job(cluster, job_id)}"]
+    record = _job(cluster, job_id)
+    parts = [
+        f"job {job_id}: {record.status} on {record.node_id} for {record.user_id}, progress {record.progress}"
+    ]
     with contextlib.suppress(Exception):
         runs = _postgres(
             cluster,
@@ -175,14 +178,18 @@ def _explain(cluster: Cluster, job_id: str) -> str:
         parts += [" | ".join(str(c) for c in row) for row in runs]
     audit = cluster.home / "audit"
     for path in sorted(audit.glob("audit-*.jsonl")):
-        parts += [line for line in path.read_text(errors="replace").splitlines() if job_id in line]
+        lines = [line for line in path.read_text(errors="replace").splitlines() if job_id in line]
+        # Decisions that went against the job and every money move first; the routine grants after.
+        parts += [line for line in lines if '"success"' not in line or '"Payment"' in line]
+        parts += [line for line in lines if '"success"' in line and '"Payment"' not in line]
     for name in NODES:
         log = cluster.home / "agents" / name / "agent.log"
         if log.exists():
             parts.append(f"--- {name} agent log (tail)\n{log.read_text(errors='replace')[-3000:]}")
     text = "\n".join(parts)
-    (cluster.home / f"explain-{job_id}.txt").write_text(text, encoding="utf-8")
-    return text[-12000:]
+    path = cluster.home / f"explain-{job_id}.txt"
+    path.write_text(text, encoding="utf-8")
+    return f"{text[:12000]}\n... (all of it in {path})"
 
 
 def _audit_verifies(cluster: Cluster) -> subprocess.CompletedProcess[str]:
