@@ -34,6 +34,7 @@ from cyxwiz.coordinator.tables import (
 )
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
+from cyxwiz.pki.peerid import peer_id as peer_id_of
 
 __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate", "NodeRecord"]
 
@@ -150,6 +151,17 @@ class CoordinatorStore(SessionRows):
         )
         with self._tx() as conn:
             return [_node_cert(r) for r in conn.execute(query)]
+
+    def record_certificate(self, node_id: str, certificate: x509.Certificate) -> bool:
+        """Keep a certificate the node authenticated with (idempotent): a node registered before the
+        coordinator kept certificates gets its own on its next call, and verification can find it. Only
+        a PeerID that is already this node's (current or renewed-from) is kept; False otherwise."""
+        peer = peer_id_of(certificate)
+        if peer not in self.peer_ids_of(node_id):
+            return False
+        with self._tx() as conn:
+            _record_certificate(conn, node_id, peer, certificate)
+        return True
 
     def renew_node(
         self,

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from cyxwiz.coordinator.tables import node_certs
 from cyxwiz.pki.ca import create_csr
 from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.peerid import peer_id
@@ -145,3 +146,21 @@ def test_admin_revoke_takes_the_earlier_certificates_too(env: Env, tmp_path: Pat
         old.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"]))
     with pytest.raises(httpx.TransportError), _client_with(env, tmp_path, renewed["certificate"], key) as new:
         new.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))
+
+
+def test_a_node_registered_before_certificates_were_kept_gets_its_own_on_heartbeat(env: Env) -> None:
+    """Upgrade path: a node row with no kept certificate (and an agent that does not register again,
+    ``--queue``) gets the certificate it authenticates with on its next heartbeat; verification finds it."""
+    a = env.register("node-a")
+    store = env.coord.store
+    with store.engine.begin() as conn:  # what a coordinator that predates the table holds
+        conn.execute(node_certs.delete())
+    assert store.node_certificates(a["node_id"]) == []
+    with env.client("node-a") as c:
+        assert c.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"])).status_code == 200
+    assert [k.peer_id for k in store.node_certificates(a["node_id"])] == [a["peer_id"]]
+    # Another node's certificate is never kept under this node (positive control above).
+    b = env.register("node-b")
+    assert not store.record_certificate(a["node_id"], load_certificate(env.pki.node_cert("node-b")))
+    assert [k.peer_id for k in store.node_certificates(a["node_id"])] == [a["peer_id"]]
+    assert [k.peer_id for k in store.node_certificates(b["node_id"])] == [b["peer_id"]]

@@ -70,6 +70,7 @@ def heartbeat(
     assert caller.peer is not None
     ctx.check_claimed_node(caller.node, body.node_id, caller.peer, caller.ip)
     ctx.store.heartbeat(caller.principal_id)
+    ctx.store.record_certificate(caller.principal_id, caller.peer.certificate)
     node = ctx.store.node(caller.principal_id)
     return {"node_id": node.node_id, "status": node.status, "drain": node.status == "draining"}
 
