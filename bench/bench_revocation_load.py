@@ -46,6 +46,7 @@ from bench.bench_load import (
     _nodes_loop,
     _pct,
     _start_coordinator,
+    _usage,
 )
 
 NODES = int(os.environ.get("CYXWIZ_BENCH_NODES", "200"))
@@ -242,7 +243,12 @@ def run() -> list[tuple[str, float, str]]:
                     found.append({k: v - revoked_at for k, v in cut.items()})
                 return found
 
+            before = {"coordinator": _usage(coordinator.pid)[0], "gateway": _usage(gateway.pid)[0]}
+            started = time.monotonic()
             result = asyncio.run(_load(url, pki, load, revoke_rounds))
+            load_s = time.monotonic() - started
+            usage = {"coordinator": _usage(coordinator.pid), "gateway": _usage(gateway.pid)}
+            usage = {k: (cpu - before[k], peak) for k, (cpu, peak) in usage.items()}
     finally:
         for proc in procs:
             proc.terminate()
@@ -275,4 +281,13 @@ def run() -> list[tuple[str, float, str]]:
             f"abuser ran ({sum(v for k, v in result['abuser'].items() if k != 'flood')} attempts answered)",
         )
     )
+    for service, (cpu, peak) in usage.items():
+        rows.append(
+            (
+                f"{service} CPU seconds",
+                cpu,
+                f"during the {load_s:.0f} s of load ({cpu / load_s:.2f} core); "
+                f"peak RSS {peak / 1024:.0f} MiB",
+            )
+        )
     return rows
