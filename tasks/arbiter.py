@@ -210,10 +210,11 @@ def settle(case: Case, resolution: Resolution) -> dict[str, Any]:
 
 
 def _slash(ledger: Any, case: Case) -> dict[str, Any]:
-    from cyxwiz.ledger.stake import StakeLedger, StakePolicy
+    from cyxwiz.ledger.stake import StakePolicy
+    from tasks.node_stake import stake_ledger
 
-    try:
-        stake = StakeLedger(ledger=ledger, policy=ledger.stake_policy or StakePolicy()).slash(
+    try:  # the node's staked account, whichever of its PeerIDs the escrow names (a renewal changes it)
+        stake = stake_ledger(ledger=ledger, policy=ledger.stake_policy or StakePolicy()).slash(
             job_id=case.job_id, reason="dispute upheld: the committed segment does not reproduce"
         )
     except CyxwizError as exc:  # no stake, or slashed already: the refund stands; the sweep retries owed ones

@@ -36,7 +36,10 @@ def sweep_once() -> dict[str, Any]:
     def run_state(run_id: str | None) -> RunStatus:
         return "running" if run_id is not None and run_id in held else state(run_id)
 
-    report = services.ledger().sweep(run_state=run_state)
+    from tasks.node_stake import node_peers
+
+    # Owed slashes take the node's stake under any of its PeerIDs: renewing does not escape them (F1).
+    report = services.ledger().sweep(run_state=run_state, node_peers=node_peers)
     return {"report": report, "finished": finish_orphans(run_state=run_state)}
 
 

@@ -167,7 +167,7 @@ def slash_deviator(request: JobRequest, report: dict[str, Any]) -> dict[str, Any
     for its share (F1); a crash, a timeout or an unusable pairing slashes nothing."""
     from cyxwiz.ledger.attestation import ReportAttestation
     from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.stake import StakeLedger
+    from tasks.node_stake import stake_ledger
 
     referee = next((c for c in report.get("checks", []) if c["name"] == "referee"), None)
     attestation = ReportAttestation.parse(report["attestation"])
@@ -175,9 +175,7 @@ def slash_deviator(request: JobRequest, report: dict[str, Any]) -> dict[str, Any
         return None
     policy = LedgerConfig.from_file(services.config().ledger_config).stake_policy()
     try:
-        stake = StakeLedger(ledger=services.ledger(), policy=policy).slash(
-            job_id=request.job_id, report=report["attestation"]
-        )
+        stake = stake_ledger(policy=policy).slash(job_id=request.job_id, report=report["attestation"])
     except CyxwizError as exc:  # an empty stake or an earlier slash: the refund stands, say why
         get_run_logger().warning("no slash for %s: %s", request.job_id, exc)
         return {"peer_id": attestation.node_peer_id, "slashed": False, "reason": exc.message}

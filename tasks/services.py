@@ -203,14 +203,16 @@ def require_stake(peer_id: str | None) -> None:
     """Refuse dispatch to a node whose stake is below the ledger config's minimum (F1)."""
     from cyxwiz.errors import ValidationError
     from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.stake import StakeLedger
 
     ledger_config = LedgerConfig.from_file(config().ledger_config)
     if ledger_config.minimum_stake <= 0:
         return
     if not peer_id:
         raise ValidationError("the assignment names no node PeerID", field="peer_id", rule="F1")
-    StakeLedger(ledger=ledger(), policy=ledger_config.stake_policy()).require(peer_id=peer_id)
+    # The node's stake under any PeerID the coordinator links to it: a renewal changes the PeerID (A7).
+    from tasks.node_stake import stake_ledger
+
+    stake_ledger(policy=ledger_config.stake_policy()).require(peer_id=peer_id)
 
 
 def attested_verification(

@@ -119,8 +119,10 @@ def serve_command(
     """Serve verification and co-signatures on a 0600 Unix socket until interrupted."""
     from cyxwiz.ledger.verifier_cli import run
     from tasks import services
+    from tasks.node_stake import node_peers
 
-    run(config, socket, ready_file, verify=verify_hook, audit=services.audit())
+    # The stake is the node's under any PeerID the coordinator links to it: renewing escapes no slash.
+    run(config, socket, ready_file, verify=verify_hook, audit=services.audit(), node_peers=node_peers)
 
 
 if __name__ == "__main__":

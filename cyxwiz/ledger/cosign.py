@@ -141,6 +141,9 @@ class VerifierPolicy:
     #: the verifier's own book of verdicts (:class:`~cyxwiz.ledger.verdicts.VerdictBook`): a job that
     #: passed is never refunded nor slashed through this key, whatever the escrow store says
     verdicts: Any = None
+    #: every PeerID the coordinator links to a node's (:data:`~cyxwiz.ledger.stake.NodePeers`): a slash
+    #: takes the node's stake whichever of its PeerIDs the report names (a renewal changes it, A7)
+    node_peers: Any = None
 
     def approve(self, request: CosignRequest) -> ReportAttestation | None:
         """Raises CosignRefusedError (or the report's own refusal); returns the checked attestation."""
@@ -261,7 +264,7 @@ class VerifierPolicy:
         book = self._stakes()
         if book.slashed_for(record.job_id) is not None:
             raise CosignRefusedError("this job's fraud was already slashed", field="job_id", rule="F2")
-        stake = book.get(peer)
+        stake = self._node_stake(book, peer, moves)
         share = stake.amount * self.stake_policy.slash_bps // 10_000
         user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
         if moves.transfers != [(Pubkey.from_string(stake.stake_account), user, share)] or moves.closes:
@@ -273,11 +276,24 @@ class VerifierPolicy:
             raise CosignRefusedError(f"the memo must carry {proof!r}", field="message", rule="F1")
         return attestation
 
+    def _node_stake(self, book: Any, peer: str, moves: _Moves) -> Any:
+        """The stake the slash takes: held under one of the PeerIDs linked to the node the proof names,
+        never another node's."""
+        linked = {peer, *(self.node_peers(peer) if self.node_peers is not None else ())}
+        held = {r.stake_account: r for p in sorted(linked) if (r := book.find(p)) is not None}
+        source = str(moves.transfers[0][0]) if len(moves.transfers) == 1 else None
+        if source not in held:
+            raise CosignRefusedError(
+                "a slash takes the stake of the node the proof names", field="message", rule="F1"
+            )
+        return held[source]
+
     def _unstake(self, request: CosignRequest, moves: _Moves) -> None:
         from cyxwiz.ledger.stake import check_unstake
 
         stake = self._stakes().get(request.job_id)  # the subject of an unstake is the node's PeerID
-        check_unstake(stake, self.stake_policy, self.escrow_store)
+        linked = self.node_peers(stake.peer_id) if self.node_peers is not None else ()
+        check_unstake(stake, self.stake_policy, self.escrow_store, peers=linked)  # a job under any of them
         account = Pubkey.from_string(stake.stake_account)
         dest = txbuild.token_account_of(Pubkey.from_string(stake.node_wallet), self.mint)
         # Whatever the account holds goes back to the node (a deposit whose record a crash lost

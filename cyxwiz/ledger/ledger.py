@@ -52,7 +52,7 @@ from cyxwiz.ledger.verdicts import refuse_if_passed, verdict_of
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
     from cyxwiz.ledger.recovery import RunState, SweepReport
-    from cyxwiz.ledger.stake import StakePolicy
+    from cyxwiz.ledger.stake import NodePeers, StakePolicy
 
 #: (cosigner, kind the cosigner is asked for, report JSON)
 CosignPlan = tuple[Cosigner, str, str | None]
@@ -87,6 +87,7 @@ class EscrowLedger:
         minimum_payment: int = 1,
         audit: AuditSink | None = None,
         stake_policy: StakePolicy | None = None,
+        node_peers: NodePeers | None = None,
         confirm_timeout_s: float = 30.0,
         max_attempts: int = 3,
         fault: Callable[[str], None] | None = None,
@@ -103,6 +104,9 @@ class EscrowLedger:
         self._arbiter = arbiter
         self.attestations = attestations
         self.stake_policy = stake_policy
+        #: the coordinator's links between a node's PeerIDs (its stake is the node's, A7), for the in-process
+        #: verifier's slash rule; the verifier service is given its own
+        self.node_peers = node_peers
         self.minimum_payment = minimum_payment
         self._rent: int | None = None
         #: blockhash -> last valid block height, for funding messages made here (saves an RPC round trip)
@@ -134,6 +138,7 @@ class EscrowLedger:
             stake_policy=self.stake_policy or StakePolicy(),
             escrow_store=self.store,
             verdicts=VerdictBook(engine=self.store._engine),
+            node_peers=self.node_peers,
         )
 
     def close(self) -> None:
@@ -336,11 +341,14 @@ class EscrowLedger:
 
         return reconcile(self)
 
-    def sweep(self, *, run_state: RunState, now: dt.datetime | None = None) -> SweepReport:
-        """Reconcile, retry settling releases, refund expired escrows whose lifecycle is over (F2)."""
+    def sweep(
+        self, *, run_state: RunState, now: dt.datetime | None = None, node_peers: NodePeers | None = None
+    ) -> SweepReport:
+        """Reconcile, retry settling releases, refund expired escrows whose lifecycle is over (F2); owed
+        slashes take the node's stake under any PeerID ``node_peers`` links to the one that signed."""
         from cyxwiz.ledger.recovery import sweep
 
-        return sweep(self, run_state=run_state, now=now)  # see recovery.STALE_AFTER
+        return sweep(self, run_state=run_state, now=now, node_peers=node_peers)  # see recovery.STALE_AFTER
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from cyxwiz.ledger.store import TRANSITIONAL, EscrowState, Intent, IntentStatus
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import CosignPlan, EscrowLedger
+    from cyxwiz.ledger.stake import NodePeers
 
 #: What the control plane knows of the lifecycle run that owns an escrow.
 RunStatus = Literal["running", "terminal", "gone"]
@@ -134,6 +135,7 @@ def sweep(
     run_state: RunState,
     now: dt.datetime | None = None,
     stale_after: dt.timedelta = STALE_AFTER,
+    node_peers: NodePeers | None = None,
 ) -> SweepReport:
     report = SweepReport(reconciled=reconcile(ledger))
     moment = now or dt.datetime.now(dt.UTC)
@@ -157,7 +159,7 @@ def sweep(
             _alert(ledger, report, record, f"expired settlement failed: {exc.code}")
     from cyxwiz.ledger.stake import slash_owed
 
-    report.slashed, owed = slash_owed(ledger)
+    report.slashed, owed = slash_owed(ledger, node_peers=node_peers)
     for job_id, why in owed.items():
         _alert(ledger, report, ledger.status(job_id=job_id), why)
     for record in ledger.list_escrows(states=[EscrowState.RELEASING, EscrowState.REFUNDING,

@@ -14,6 +14,7 @@ attestation for a job; :meth:`StakeLedger.require` before dispatch. Both raise p
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 
 #: (kind, subject, report JSON) of the verifier's co-signature, or None when the node alone signs
 Cosign = tuple[str, str, str | None] | None
+#: Every PeerID the coordinator's own records link to the same node as this one (itself included): a
+#: renewed certificate is a new key, hence a new PeerID, but the stake belongs to the node (F1, A7).
+NodePeers = Callable[[str], Collection[str]]
 #: escrow states in which a node still has a job running (or being settled): no withdrawal then
 BUSY = (EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING, EscrowState.DISPUTING,
         EscrowState.DISPUTED)  # fmt: skip
@@ -89,17 +93,31 @@ class StakePolicy:
 class StakeLedger:
     """Stake operations over an :class:`EscrowLedger`'s chain, keys and verifier co-signer."""
 
-    def __init__(self, *, ledger: EscrowLedger, policy: StakePolicy | None = None) -> None:
+    def __init__(
+        self, *, ledger: EscrowLedger, policy: StakePolicy | None = None, node_peers: NodePeers | None = None
+    ) -> None:
         self.ledger = ledger
         self.policy = policy or StakePolicy()
         self.book = StakeBook(ledger.store._engine)
+        #: without the coordinator's links, a PeerID is its own node (the ledger-only CLI)
+        self.node_peers: NodePeers = node_peers or ledger.node_peers or (lambda peer: (peer,))
 
     def status(self, *, peer_id: str) -> StakeRecord:
         return self.book.get(peer_id)
 
+    def node_stake(self, *, peer_id: str, live: bool = False) -> StakeRecord | None:
+        """The stake of the node this PeerID is, under whichever of its linked PeerIDs it was deposited
+        (the node renews its certificate, hence its PeerID; the stake stays the node's). ``live``: only a
+        stake still held for dispatch (no unstake requested). The largest such stake, or None."""
+        linked = {peer_id, *self.node_peers(peer_id)}
+        found = [r for p in sorted(linked) if (r := self.book.find(p)) is not None and not r.withdrawn]
+        if live:
+            found = [r for r in found if r.unstake_requested_at is None]
+        return max(found, key=lambda r: r.amount, default=None)
+
     def require(self, *, peer_id: str) -> StakeRecord:
         """Refuse dispatch to a node whose stake is below the configured minimum (F1)."""
-        record = self.book.find(peer_id)
+        record = self.node_stake(peer_id=peer_id, live=True)
         held = 0 if record is None or record.withdrawn or record.unstake_requested_at else record.amount
         if held < self.policy.minimum:
             raise StakeTooLowError(
@@ -177,7 +195,8 @@ class StakeLedger:
             )
             leaf = f":audit={attestation.audit_leaf}" if attestation.audit_leaf else ""
             proof = f"report={report_hash}{leaf}"
-        stake = self.book.get(peer)
+        # Whatever PeerID signed (a renewal gives the node a new one), the node's staked account pays.
+        stake = self.node_stake(peer_id=peer) or self.book.get(peer)
         share = stake.amount * self.policy.slash_bps // 10_000
         if share <= 0:
             raise StakeTooLowError("nothing to slash: the node's stake is empty", field="peer_id", rule="F1")
@@ -225,7 +244,8 @@ class StakeLedger:
     def withdraw(self, *, peer_id: str, now: dt.datetime | None = None) -> StakeRecord:
         """Return the stake to the node's wallet once the cool-down passed and no job of it is running."""
         stake = self.book.get(peer_id)
-        check_unstake(stake, self.policy, self.ledger.store, now=now)
+        # A job running under any of the node's PeerIDs (a renewed one too) keeps the stake locked.
+        check_unstake(stake, self.policy, self.ledger.store, now=now, peers=self.node_peers(peer_id))
         led = self.ledger
         if led.chain.get_account(Pubkey.from_string(stake.stake_account)) is None:
             # A withdrawal already landed (its process died before writing it down): nothing to send.
@@ -279,12 +299,14 @@ class StakeLedger:
         return signature
 
 
-def slash_owed(ledger: EscrowLedger) -> tuple[list[str], dict[str, str]]:
+def slash_owed(
+    ledger: EscrowLedger, *, node_peers: NodePeers | None = None
+) -> tuple[list[str], dict[str, str]]:
     """Slash every refunded job whose refund rests on a ``fraud`` report, or on a dispute the arbiter
     upheld, and that has no slash yet: the decision is on disk with the refund, so a process that died
     before slashing loses nothing (the sweep runs this). Returns (jobs slashed, job -> why not)."""
     policy = ledger.stake_policy or StakePolicy()
-    staking = StakeLedger(ledger=ledger, policy=policy)
+    staking = StakeLedger(ledger=ledger, policy=policy, node_peers=node_peers)
     with ledger.store._engine.connect() as conn:
         owed = [(r.job_id, r.report, int(r.amount)) for r in conn.execute(owed_query())]
     done: list[str] = []
@@ -314,7 +336,12 @@ def upheld_dispute(record: Any) -> None:
 
 
 def check_unstake(
-    stake: StakeRecord, policy: StakePolicy, store: Any, *, now: dt.datetime | None = None
+    stake: StakeRecord,
+    policy: StakePolicy,
+    store: Any,
+    *,
+    now: dt.datetime | None = None,
+    peers: Collection[str] = (),
 ) -> None:
     """The withdrawal rule, shared by the ledger and the verifier's co-signing policy."""
     moment = now or dt.datetime.now(dt.UTC)
@@ -327,7 +354,8 @@ def check_unstake(
             f"the cool-down ends at {(stake.unstake_requested_at + policy.cooldown).isoformat()}",
             field="peer_id", rule="F1",
         )  # fmt: skip
-    busy = [r for r in store.list_escrows(states=BUSY) if r.get("node_peer_id") == stake.peer_id]
+    node = {stake.peer_id, *peers}
+    busy = [r for r in store.list_escrows(states=BUSY) if r.get("node_peer_id") in node]
     if busy:
         raise StakeLockedError(
             f"the node has {len(busy)} job(s) running or unsettled", field="peer_id", rule="F1"
@@ -348,7 +376,7 @@ def parse_share(value: object) -> int:
 
 # The book's rows live in cyxwiz.ledger.stakebook; these names stay importable from here (public API).
 __all__ = [
-    "BUSY", "StakeBook", "StakeLedger", "StakeLockedError", "StakePolicy", "StakeRecord", "StakeTooLowError",
-    "check_unstake", "metadata", "parse_share", "slash_owed", "slashes", "stake_address", "stakes",
-    "upheld_dispute",
+    "BUSY", "NodePeers", "StakeBook", "StakeLedger", "StakeLockedError", "StakePolicy", "StakeRecord",
+    "StakeTooLowError", "check_unstake", "metadata", "parse_share", "slash_owed", "slashes", "stake_address",
+    "stakes", "upheld_dispute",
 ]  # fmt: skip

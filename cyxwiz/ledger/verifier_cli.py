@@ -15,6 +15,7 @@ from cyxwiz._cli import new_app
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.stake import NodePeers
     from cyxwiz.ledger.verifier_service import VerifierService, VerifyHook
 
 app = new_app(
@@ -33,9 +34,11 @@ def build_service(
     verify: VerifyHook | None = None,
     audit: Any = None,
     verdicts_path: Path | None = None,
+    node_peers: NodePeers | None = None,
 ) -> VerifierService:
     """The service's app from the ledger config: the verifier key, its certificate, the escrow store,
-    and its own book of verdicts (``verifier_db``, else ``verdicts_path``: a file beside its socket)."""
+    and its own book of verdicts (``verifier_db``, else ``verdicts_path``: a file beside its socket).
+    ``node_peers``: the coordinator's links between a node's PeerIDs (a slash takes the node's stake)."""
     from solders.pubkey import Pubkey
 
     from cyxwiz.errors import ConfigError
@@ -75,6 +78,7 @@ def build_service(
             stake_policy=config.stake_policy(),
             escrow_store=store,
             verdicts=VerdictBook.open(book_path),
+            node_peers=node_peers,
         ),
         signing_key=load_private_key(key_path),
         certificate=certificate,
@@ -91,7 +95,7 @@ ReadyOption = Annotated[Path | None, typer.Option("--ready-file", help="Written 
 
 
 def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, verify: VerifyHook | None = None,
-        audit: Any = None) -> None:  # fmt: skip
+        audit: Any = None, node_peers: NodePeers | None = None) -> None:  # fmt: skip
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.verifier_service import serve
@@ -101,8 +105,9 @@ def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, veri
     if path is None:
         raise ConfigError("no socket path", field="verifier_socket")
     app = build_service(
-        config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db"
-    )
+        config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db",
+        node_peers=node_peers,
+    )  # fmt: skip
     serve(app, socket_path=path, ready_file=ready_file)
 
 
