@@ -308,12 +308,14 @@ def slash_owed(
     policy = ledger.stake_policy or StakePolicy()
     staking = StakeLedger(ledger=ledger, policy=policy, node_peers=node_peers)
     with ledger.store._engine.connect() as conn:
-        owed = [(r.job_id, r.report, int(r.amount)) for r in conn.execute(owed_query())]
+        owed = [(r.job_id, r.report, r.node_peer_id) for r in conn.execute(owed_query())]
     done: list[str] = []
     failed: dict[str, str] = {}
-    for job_id, report, held in owed:
-        if held * policy.slash_bps // 10_000 <= 0:
-            continue  # nothing left to take
+    for job_id, report, peer in owed:
+        # The node's stake under any of its PeerIDs: one that renewed after the fraud still pays (A7).
+        stake = staking.node_stake(peer_id=peer or "")
+        if stake is None or stake.amount * policy.slash_bps // 10_000 <= 0:
+            continue  # no stake, or nothing left to take
         proof = report if report and '"verdict":"fraud"' in report else None
         try:
             staking.slash(job_id=job_id, report=proof, reason="owed: found by the sweep")
@@ -360,7 +362,7 @@ def check_unstake(
         raise StakeLockedError(
             f"the node has {len(busy)} job(s) running or unsettled", field="peer_id", rule="F1"
         )
-    owed = slashes_unsettled(store, stake.peer_id)
+    owed = slashes_unsettled(store, stake.peer_id, peers)
     if owed:  # a node proven to cheat does not take its stake back before the slash lands
         raise StakeLockedError(
             f"the node owes {owed} slash(es) not yet settled", field="peer_id", rule="F1",

@@ -9,6 +9,7 @@ the escrow store), so a crash can neither lose a slash nor apply it twice.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,23 +131,24 @@ def _conclude_slash(conn: sa.engine.Connection, intent: Intent, confirmed: bool)
 SIDE_MOVES["slash"] = _conclude_slash
 
 
-def owed_query(peer_id: str | None = None) -> Any:
-    """Refunded jobs of staked nodes whose refund rests on a fraud report or an upheld dispute, with no
-    slash claimed yet (of one node when ``peer_id``)."""
+def owed_query(peer_ids: Collection[str] | None = None) -> Any:
+    """Refunded jobs whose refund rests on a fraud report or an upheld dispute, with no slash claimed yet
+    (of one node's PeerIDs when ``peer_ids``). Which stake pays is the caller's to resolve: the stake is
+    the node's, under whichever of its PeerIDs it was deposited, not the one the escrow names (A7)."""
     fraud = escrows.c.report.like('%"verdict":"fraud"%')
     upheld = sa.and_(escrows.c.dispute_account.is_not(None), escrows.c.resolution == "refund")
     query = (
-        sa.select(escrows.c.job_id, escrows.c.report, stakes.c.amount)
-        .join(stakes, stakes.c.peer_id == escrows.c.node_peer_id)
+        sa.select(escrows.c.job_id, escrows.c.report, escrows.c.node_peer_id)
         .outerjoin(slashes, slashes.c.job_id == escrows.c.job_id)
         .where(escrows.c.state == EscrowState.REFUNDED.value, sa.or_(fraud, upheld))
-        .where(slashes.c.job_id.is_(None), stakes.c.withdrawn.is_(False))
+        .where(slashes.c.job_id.is_(None))
     )
-    return query if peer_id is None else query.where(stakes.c.peer_id == peer_id)
+    return query if peer_ids is None else query.where(escrows.c.node_peer_id.in_(sorted(peer_ids)))
 
 
-def slashes_unsettled(store: Any, peer_id: str) -> int:
-    """Slashes this node owes: decided (owed, not yet claimed) or claimed and still in flight."""
+def slashes_unsettled(store: Any, peer_id: str, peers: Collection[str] = ()) -> int:
+    """Slashes the node staked under ``peer_id`` owes: decided (owed, not yet claimed: a job of any of its
+    linked ``peers``) or claimed and still in flight."""
     in_flight = (
         sa.select(sa.func.count())
         .select_from(slashes.join(intents, intents.c.job_id == slashes.c.job_id))
@@ -154,5 +156,5 @@ def slashes_unsettled(store: Any, peer_id: str) -> int:
         .where(intents.c.status == IntentStatus.PREPARED.value)
     )
     with store._engine.connect() as conn:
-        owed = len(conn.execute(owed_query(peer_id)).all())
+        owed = len(conn.execute(owed_query({peer_id, *peers})).all())
         return owed + int(conn.execute(in_flight).scalar() or 0)

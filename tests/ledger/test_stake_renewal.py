@@ -137,3 +137,28 @@ def test_the_verifier_checks_the_links_itself(local_world: World, coordinator: C
         stakes.slash(job_id="job-forged", report=fraud)
     assert stakes.status(peer_id=OTHER).amount == STAKE and w.token(w.user) == USER_FUNDS
     assert stakes.book.slashed_for("job-forged") is None
+
+
+def test_the_sweep_slashes_a_renewed_nodes_owed_fraud_and_it_cannot_withdraw_first(
+    local_world: World, coordinator: CoordinatorStore
+) -> None:
+    """The lifecycle refunds on a fraud report; the sweep takes the owed slash from the node's stake even
+    though the escrow names its new PeerID, and until then the stake is locked (F1, F2, A7)."""
+    w = local_world
+    links = lambda p: node_peers(p, coordinator)  # noqa: E731
+    ledger = w.ledger(stake_policy=POLICY, node_peers=links)
+    stakes = stake_ledger(ledger=ledger, policy=POLICY, store=coordinator)
+    _fund_and_stake(w, stakes, P1)
+    ledger.create(job_id="job-owed", user=w.user, amount=10_000)
+    ledger.assign(job_id="job-owed", node_wallet=w.node.pubkey(), node_peer_id=P2)
+    fraud = w.attest("job-owed", verdict="fraud", node_peer_id=P2, report_sha256="fc" * 32)
+    ledger.refund(job_id="job-owed", reason="verification proved fraud", report=fraud)
+    stakes.request_unstake(peer_id=P1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    with pytest.raises(StakeLockedError, match="owes 1 slash"):
+        stakes.withdraw(peer_id=P1, now=later)
+    report = ledger.sweep(run_state=lambda _run: "gone", node_peers=links)
+    assert report.slashed == ["job-owed"]
+    share = STAKE * 2500 // 10_000
+    assert stakes.status(peer_id=P1).amount == STAKE - share and w.token(w.user) == USER_FUNDS + share
+    assert ledger.sweep(run_state=lambda _run: "gone", node_peers=links).slashed == []  # once (F2)
