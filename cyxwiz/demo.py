@@ -15,7 +15,7 @@ from cyxwiz.errors import ConfigError
 
 def project_root() -> Path:
     root = Path(__file__).resolve().parents[1]
-    if not (root / "flows" / "demo.py").is_file():
+    if not (root / "infra" / "demo.py").is_file():
         raise ConfigError(
             "the demo needs the project checkout (infra/demo.py next to cyxwiz/)",
             path=str(root),
