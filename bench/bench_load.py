@@ -80,33 +80,43 @@ def _start_coordinator(home: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
         home=home, pki_root=pki.root, ledger_config=home / "ledger.json", store_root=home / "store",
         audit_dir=home / "audit", coordinator_db=f"sqlite:///{home / 'coordinator.db'}",
     ).to_file(home / "cp.json")  # fmt: skip
+    proc, address = _serve(
+        "coordinator",
+        home,
+        {
+            "CYXWIZ_CONTROL_PLANE": str(home / "cp.json"),
+            "CYXWIZ_TLS_CERT": str(pki.coordinator_cert),
+            "CYXWIZ_TLS_KEY": str(pki.coordinator_key),
+            "CYXWIZ_CA_BUNDLE": str(pki.bundle),
+            "CYXWIZ_CRL": str(pki.crl),
+            "CYXWIZ_STORE_MASTER_KEY_FILE": str(home / "store.key"),
+            "CYXWIZ_AUDIT_SIGNING_KEY": str(home / "audit.pem"),
+            "CYXWIZ_STATE_DIR": str(home / "coordinator"),
+            "CYXWIZ_LISTEN_PORT": "0",
+            "PREFECT_API_URL": "http://127.0.0.1:9/api",
+        },
+    )
+    return proc, address, pki
+
+
+def _serve(role: str, home: Path, settings: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m infra.serve ROLE`` as its production process; its first line names its address."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CYXWIZ_", "PREFECT_"))},
         "PYTHONPATH": str(PROJECT),
-        "CYXWIZ_CONTROL_PLANE": str(home / "cp.json"),
-        "CYXWIZ_TLS_CERT": str(pki.coordinator_cert),
-        "CYXWIZ_TLS_KEY": str(pki.coordinator_key),
-        "CYXWIZ_CA_BUNDLE": str(pki.bundle),
-        "CYXWIZ_CRL": str(pki.crl),
-        "CYXWIZ_STORE_MASTER_KEY_FILE": str(home / "store.key"),
-        "CYXWIZ_AUDIT_SIGNING_KEY": str(home / "audit.pem"),
-        "CYXWIZ_STATE_DIR": str(home / "coordinator"),
-        "CYXWIZ_LISTEN_PORT": "0",
-        "PREFECT_API_URL": "http://127.0.0.1:9/api",
+        **settings,
     }
-    log = (home / "coordinator.log").open("wb")
+    log_path = home / f"{role}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.serve", "coordinator"], env=env, cwd=PROJECT, stdout=subprocess.PIPE,
-        stderr=log, start_new_session=True,
+        [sys.executable, "-m", "infra.serve", role], env=env, cwd=PROJECT, stdout=subprocess.PIPE,
+        stderr=log_path.open("wb"), start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if "listening on" not in line:
         proc.kill()
-        raise RuntimeError(
-            f"coordinator did not start: {line}{(home / 'coordinator.log').read_text()[-2000:]}"
-        )
-    return proc, line.rsplit(" ", 1)[1].strip(), pki
+        raise RuntimeError(f"{role} did not start: {line}{log_path.read_text()[-2000:]}")
+    return proc, line.rsplit(" ", 1)[1].strip()
 
 
 def _usage(pid: int) -> tuple[float, int]:

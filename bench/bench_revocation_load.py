@@ -28,7 +28,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,13 +37,13 @@ from typing import Any
 
 from bench.bench_load import (
     INTERVAL,
-    PROJECT,
     Node,
     _abuse_process,
     _issue_nodes,
     _node_address,
     _nodes_loop,
     _pct,
+    _serve,
     _start_coordinator,
     _usage,
 )
@@ -65,31 +64,22 @@ CHANNELS = (
 
 
 def _start_gateway(home: Path, pki: Any, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("CYXWIZ_", "PREFECT_"))},
-        "PYTHONPATH": str(PROJECT),
-        "CYXWIZ_CONTROL_PLANE": str(home / "cp.json"),
-        "CYXWIZ_TLS_CERT": str(pki.gateway_cert),
-        "CYXWIZ_TLS_KEY": str(pki.gateway_key),
-        "CYXWIZ_CA_BUNDLE": str(pki.bundle),
-        "CYXWIZ_CRL": str(pki.crl),
-        "CYXWIZ_AUDIT_SIGNING_KEY": str(home / "audit.pem"),
-        "CYXWIZ_STATE_DIR": str(home / "coordinator"),
-        "CYXWIZ_KEYRING_DIR": str(home / "coordinator" / "keyring"),
-        "CYXWIZ_PREFECT_UPSTREAM": upstream,
-        "CYXWIZ_LISTEN_PORT": "0",
-    }
-    log = (home / "gateway.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.serve", "gateway"], env=env, cwd=PROJECT, stdout=subprocess.PIPE,
-        stderr=log, start_new_session=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"gateway did not start: {line}{(home / 'gateway.log').read_text()[-2000:]}")
-    return proc, line.rsplit(" ", 1)[1].strip()
+    return _serve(
+        "gateway",
+        home,
+        {
+            "CYXWIZ_CONTROL_PLANE": str(home / "cp.json"),
+            "CYXWIZ_TLS_CERT": str(pki.gateway_cert),
+            "CYXWIZ_TLS_KEY": str(pki.gateway_key),
+            "CYXWIZ_CA_BUNDLE": str(pki.bundle),
+            "CYXWIZ_CRL": str(pki.crl),
+            "CYXWIZ_AUDIT_SIGNING_KEY": str(home / "audit.pem"),
+            "CYXWIZ_STATE_DIR": str(home / "coordinator"),
+            "CYXWIZ_KEYRING_DIR": str(home / "coordinator" / "keyring"),
+            "CYXWIZ_PREFECT_UPSTREAM": upstream,
+            "CYXWIZ_LISTEN_PORT": "0",
+        },
+    )
 
 
 def _victim(files: dict[str, str], address: str, ready: Any, go: Any, out: Any) -> None:
