@@ -271,20 +271,10 @@ class ServerTLS:
         a CRL the control plane's CA pushes (admin revoke) still ends the live connections of the
         certificates it names, now, without a single CRL taking over the listener."""
         snapshot = parse_crl(data, trusted=self._trusted, source="pushed CRL")
-        closed = self.connections.close_where(lambda p: snapshot.is_revoked(p.certificate))
-        for peer in closed:
-            self._record(
-                ev.revocation(
-                    actor_id="transport",
-                    actor_type=ev.ActorType.SYSTEM,
-                    kind="certificate",
-                    target=peer.peer_id,
-                    reason="connection closed: certificate revoked by the control plane's CA",
-                )
-            )
-        if closed:
-            for callback in list(self._revoked_listeners):
-                callback(closed)
+        self._close_connections(
+            lambda p: snapshot.is_revoked(p.certificate),
+            reason="connection closed: certificate revoked by the control plane's CA",
+        )
         return snapshot
 
     def _install(self, data: bytes, *, source: str) -> bool:
@@ -297,9 +287,15 @@ class ServerTLS:
             self._stale = False
         newly = snapshot.revoked - (previous.revoked if previous else frozenset())
         log.info("CRL applied from %s: %d revoked (%d new)", source, len(snapshot.revoked), len(newly))
-        closed = self.connections.close_where(
-            lambda p: snapshot.chain_refusal(p.certificate, self._trusted) is not None
+        self._close_connections(
+            lambda p: snapshot.chain_refusal(p.certificate, self._trusted) is not None,
+            reason="connection closed: certificate revoked by new CRL",
         )
+        return True
+
+    def _close_connections(self, revoked: Callable[[PeerIdentity], bool], *, reason: str) -> None:
+        """Close every live connection whose certificate ``revoked`` names, audit each, tell listeners."""
+        closed = self.connections.close_where(revoked)
         for peer in closed:
             self._record(
                 ev.revocation(
@@ -307,13 +303,12 @@ class ServerTLS:
                     actor_type=ev.ActorType.SYSTEM,
                     kind="certificate",
                     target=peer.peer_id,
-                    reason="connection closed: certificate revoked by new CRL",
+                    reason=reason,
                 )
             )
         if closed:
             for callback in list(self._revoked_listeners):
                 callback(closed)
-        return True
 
     def _check_stale(self) -> None:
         snap = self._snapshot
