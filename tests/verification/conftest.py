@@ -26,6 +26,7 @@ from cyxwiz.verification.reference import reference_job_document
 from cyxwiz.verification.replay import ReplayPolicy
 from cyxwiz.verification.report import VerificationReport
 from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
+from tests._forgery import rechain
 
 # Proof times sit inside the dev certificates' validity (issued when the session starts).
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
@@ -166,43 +167,9 @@ def train_variant(world: World, name: str, doc: dict[str, Any]) -> Path:
 
 
 def rebuild_trace(out: Path, rewrite: Callable[[int, dict[str, Any]], dict[str, Any] | None]) -> None:
-    """A dishonest node's edit: rewrite chosen checkpoints, then make every hash, commitment and the
-    delivered model consistent again (so only the verifier's replay can tell)."""
-    from safetensors.torch import load_file, save_file
-
-    from cyxwiz.verification.commitments import (
-        COMMITMENTS_FILE,
-        GENESIS,
-        Commitment,
-        read_commitments,
-        write_commitments,
-    )
-
-    old = read_commitments(out / COMMITMENTS_FILE)
-    new: list[Commitment] = []
-    prev = GENESIS
-    for c in old:
-        path = out / c.path
-        tensors = load_file(str(path))
-        changed = rewrite(c.step, tensors)
-        if changed is not None:
-            save_file(changed, str(path), metadata={"step": str(c.step)})
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        commitment = Commitment(
-            step=c.step,
-            weights_sha256=digest,
-            batch_indices_sha256=c.batch_indices_sha256,
-            prev=prev,
-            path=c.path,
-        )
-        new.append(commitment)
-        prev = commitment.digest()
-    write_commitments(out / COMMITMENTS_FILE, new)
-    last = load_file(str(out / new[-1].path))
-    save_file(
-        {k.removeprefix("model."): v for k, v in last.items() if k.startswith("model.")},
-        str(out / "model.safetensors"),
-    )
+    """A dishonest node's edit: rewrite chosen checkpoints, then make every hash, commitment, the
+    delivered model and its claimed metrics consistent again (so only the verifier's replay can tell)."""
+    rechain(out, rewrite)
     restate_metrics(out)
 
 

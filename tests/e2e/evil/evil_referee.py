@@ -10,7 +10,6 @@ the referee, which bisects to the first forged segment and replays it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -30,42 +29,20 @@ NUDGE = 1e-3
 def forge_second_half(out: Path, inputs: Path) -> int:
     """Nudge every checkpoint from the middle one on and make all hashes consistent; returns the first
     forged step."""
-    from safetensors.torch import load_file, save_file
-
-    from cyxwiz.verification.commitments import (
-        COMMITMENTS_FILE,
-        GENESIS,
-        Commitment,
-        read_commitments,
-        write_commitments,
-    )
+    from cyxwiz.verification.commitments import COMMITMENTS_FILE, read_commitments
+    from tests._forgery import rechain
 
     old = read_commitments(out / COMMITMENTS_FILE)
     start = old[len(old) // 2].step
-    new, prev = [], GENESIS
-    for c in old:
-        path = out / c.path
-        if c.step >= start:
-            tensors = load_file(str(path))
-            name = next(
-                k for k in sorted(tensors) if k.startswith("model.") and tensors[k].is_floating_point()
-            )
-            tensors[name] = tensors[name] + NUDGE
-            save_file(tensors, str(path), metadata={"step": str(c.step)})
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        commitment = Commitment(
-            step=c.step,
-            weights_sha256=digest,
-            batch_indices_sha256=c.batch_indices_sha256,
-            prev=prev,
-            path=c.path,
-        )
-        new.append(commitment)
-        prev = commitment.digest()
-    write_commitments(out / COMMITMENTS_FILE, new)
-    last = load_file(str(out / new[-1].path))
-    model = {k.removeprefix("model."): v for k, v in last.items() if k.startswith("model.")}
-    save_file(model, str(out / "model.safetensors"))
+
+    def nudge(step: int, tensors: dict[str, Any]) -> dict[str, Any] | None:
+        if step < start:
+            return None
+        name = next(k for k in sorted(tensors) if k.startswith("model.") and tensors[k].is_floating_point())
+        tensors[name] = tensors[name] + NUDGE
+        return tensors
+
+    rechain(out, nudge)
     _restate_metrics(out, inputs)
     return start
 
