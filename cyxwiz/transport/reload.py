@@ -200,17 +200,11 @@ class ServerTLS:
         the identity beyond it. Such connections are closed (the node reconnects under its renewed
         certificate; short lifetimes mean something only if they end, A7)."""
         now = self.clock()
-        closed = self.connections.close_where(lambda p: p.certificate.not_valid_after_utc <= now)
-        for peer in closed:
-            self._record(
-                ev.revocation(
-                    actor_id="transport",
-                    actor_type=ev.ActorType.SYSTEM,
-                    kind="certificate",
-                    target=peer.peer_id,
-                    reason="connection closed: certificate expired",
-                )
-            )
+        self._close_connections(
+            lambda p: p.certificate.not_valid_after_utc <= now,
+            reason="connection closed: certificate expired",
+            notify=False,  # an expiry is no revocation: the node comes back under its renewed certificate
+        )
 
     def _retrust(self, cas: bytes) -> None:
         """A policy whose CAs changed gets a context trusting exactly them, for the next handshakes."""
@@ -230,20 +224,10 @@ class ServerTLS:
     def _close_refused_by_policy(self) -> None:
         policy = self.policy
         assert policy is not None
-        closed = self.connections.close_where(lambda p: policy.refusal(p.certificate) is not None)
-        for peer in closed:
-            self._record(
-                ev.revocation(
-                    actor_id="transport",
-                    actor_type=ev.ActorType.SYSTEM,
-                    kind="certificate",
-                    target=peer.peer_id,
-                    reason="connection closed: refused by the trust policy now in force",
-                )
-            )
-        if closed:
-            for callback in list(self._revoked_listeners):
-                callback(closed)
+        self._close_connections(
+            lambda p: policy.refusal(p.certificate) is not None,
+            reason="connection closed: refused by the trust policy now in force",
+        )
 
     def apply_crl(self, data: bytes) -> CRLSnapshot:
         """A pushed CRL: validate, persist atomically to the CRL path, take effect now."""
@@ -293,8 +277,11 @@ class ServerTLS:
         )
         return True
 
-    def _close_connections(self, revoked: Callable[[PeerIdentity], bool], *, reason: str) -> None:
-        """Close every live connection whose certificate ``revoked`` names, audit each, tell listeners."""
+    def _close_connections(
+        self, revoked: Callable[[PeerIdentity], bool], *, reason: str, notify: bool = True
+    ) -> None:
+        """Close every live connection whose certificate ``revoked`` names and audit each; with ``notify``
+        the revocation listeners (websockets, sessions) hear of the peers closed."""
         closed = self.connections.close_where(revoked)
         for peer in closed:
             self._record(
@@ -306,7 +293,7 @@ class ServerTLS:
                     reason=reason,
                 )
             )
-        if closed:
+        if closed and notify:
             for callback in list(self._revoked_listeners):
                 callback(closed)
 
