@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import statistics
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.bench_lifecycle import _timed_job
+from bench.bench_lifecycle import _timed_job, stack_home
 
 RUNS = 3
 
@@ -36,26 +34,17 @@ def _database(kind: str, home: Path) -> Iterator[str | None]:
 
 def _measure(kind: str) -> list[dict[str, float]]:
     from infra.stack import embedded_stack
-    from tasks import services
 
-    saved = dict(os.environ)
-    home = Path(tempfile.mkdtemp(prefix=f"cyxb{kind[:2]}-", dir="/tmp"))  # short: bridge socket path limit
-    try:
-        with (
-            _database(kind, home) as url,
-            embedded_stack(home, say=lambda _m: None, nodes=("node-1",), prefect_database_url=url) as stack,
-        ):
-            stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # the poll phase must not decide each run
-            stack.start_agent("node-1")
-            stack.wait_for_node("node-1")
-            _timed_job(stack, "node-1")  # warm-up
-            return [_timed_job(stack, "node-1") for _ in range(RUNS)]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        with contextlib.suppress(Exception):
-            services.reset()
-        shutil.rmtree(home, ignore_errors=True)
+    with (
+        stack_home(f"cyxb{kind[:2]}-") as home,
+        _database(kind, home) as url,
+        embedded_stack(home, say=lambda _m: None, nodes=("node-1",), prefect_database_url=url) as stack,
+    ):
+        stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # the poll phase must not decide each run
+        stack.start_agent("node-1")
+        stack.wait_for_node("node-1")
+        _timed_job(stack, "node-1")  # warm-up
+        return [_timed_job(stack, "node-1") for _ in range(RUNS)]
 
 
 def run() -> list[tuple[str, float, str]]:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,32 +149,14 @@ def _concurrent(stack: Any, nodes: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def run() -> list[tuple[str, float, str]]:
-    from infra.local_server import stop_process_group
-    from infra.stack import embedded_stack
-
+@contextlib.contextmanager
+def stack_home(prefix: str) -> Iterator[Path]:
+    """A scratch home for one embedded stack, under /tmp (short: the bridge socket's path limit); the
+    process environment the stack changes and the cached control-plane parts are put back afterwards."""
     saved = dict(os.environ)
-    home = Path(tempfile.mkdtemp(prefix="cyxbench-", dir="/tmp"))  # short: bridge socket path limit
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
-        with embedded_stack(home, say=lambda _m: None, nodes=("node-1", "node-2")) as stack:
-            # Workers poll every 10 s by default: the poll's phase, not the control plane, would decide
-            # each run. Both the node agents and the baseline worker poll every second here.
-            stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
-            baseline_worker = _deploy_baseline(stack, home)
-            try:
-                stack.start_agent("node-1")
-                stack.wait_for_node("node-1")
-                _timed_job(stack, "node-1")  # warm-up: first imports, first sandbox start
-                _timed_bare()
-                jobs, bares = [], []
-                for _ in range(RUNS):
-                    jobs.append(_timed_job(stack, "node-1"))
-                    bares.append(_timed_bare())
-                stack.start_agent("node-2")
-                stack.wait_for_node("node-2")
-                two = _concurrent(stack, ["node-1", "node-2"])
-            finally:
-                stop_process_group(baseline_worker)
+        yield home
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -182,6 +165,34 @@ def run() -> list[tuple[str, float, str]]:
 
             services.reset()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def run() -> list[tuple[str, float, str]]:
+    from infra.local_server import stop_process_group
+    from infra.stack import embedded_stack
+
+    with (
+        stack_home("cyxbench-") as home,
+        embedded_stack(home, say=lambda _m: None, nodes=("node-1", "node-2")) as stack,
+    ):
+        # Workers poll every 10 s by default: the poll's phase, not the control plane, would decide
+        # each run. Both the node agents and the baseline worker poll every second here.
+        stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
+        baseline_worker = _deploy_baseline(stack, home)
+        try:
+            stack.start_agent("node-1")
+            stack.wait_for_node("node-1")
+            _timed_job(stack, "node-1")  # warm-up: first imports, first sandbox start
+            _timed_bare()
+            jobs, bares = [], []
+            for _ in range(RUNS):
+                jobs.append(_timed_job(stack, "node-1"))
+                bares.append(_timed_bare())
+            stack.start_agent("node-2")
+            stack.wait_for_node("node-2")
+            two = _concurrent(stack, ["node-1", "node-2"])
+        finally:
+            stop_process_group(baseline_worker)
     wall = statistics.median(j["wall"] for j in jobs)
     overhead = statistics.median(j["wall"] - j["training"] - j["verify"] for j in jobs)
     training = statistics.median(j["training"] for j in jobs)

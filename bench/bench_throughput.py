@@ -16,10 +16,8 @@ the longer the node is busy, the less the 2-core host's share of each job decide
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -29,6 +27,7 @@ from typing import Any
 
 from prefect import flow, task
 
+from bench.bench_lifecycle import stack_home
 from flows.sandboxed_train import fetch_inputs, sign, submit, train, upload
 
 #: How long the node is busy before the training starts (a constant: the node's flow-run process reads it).
@@ -100,40 +99,30 @@ def _closed_loop(stack: Any, clients: int) -> tuple[float, Counter[str], Counter
 
 def run() -> list[tuple[str, float, str]]:
     from infra.stack import deploy_one, embedded_stack
-    from tasks import services
 
-    saved = dict(os.environ)
-    home = Path(tempfile.mkdtemp(prefix="cyxbt-", dir="/tmp"))  # short: bridge socket path limit
     names = [f"node-{i}" for i in range(1, max(AGENTS) + 1)]
     rates: dict[int, tuple[float, float, Counter[str], Counter[str]]] = {}
-    try:
-        with embedded_stack(home, say=lambda _m: None, nodes=tuple(names)) as stack:
-            stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # the poll's phase must not decide each run
-            deploy_one(
-                stack.env,
-                home,
-                name="sleep-train",
-                entrypoint="bench/bench_throughput.py:sleep_train",
-                pool="gpu",
-            )
-            _use_deployment(stack, DEPLOYMENT)
-            running = 0
-            for agents in AGENTS:
-                for name in names[running:agents]:
-                    stack.start_agent(name, limit=1)
-                for name in names[running:agents]:
-                    stack.wait_for_node(name)
-                if running == 0:
-                    _closed_loop_warm_up(stack)
-                running = agents
-                wall, states, nodes = _closed_loop(stack, agents)
-                rates[agents] = (60.0 * agents * JOBS_PER_CLIENT / wall, wall, states, nodes)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        with contextlib.suppress(Exception):
-            services.reset()
-        shutil.rmtree(home, ignore_errors=True)
+    with stack_home("cyxbt-") as home, embedded_stack(home, say=lambda _m: None, nodes=tuple(names)) as stack:
+        stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # the poll's phase must not decide each run
+        deploy_one(
+            stack.env,
+            home,
+            name="sleep-train",
+            entrypoint="bench/bench_throughput.py:sleep_train",
+            pool="gpu",
+        )
+        _use_deployment(stack, DEPLOYMENT)
+        running = 0
+        for agents in AGENTS:
+            for name in names[running:agents]:
+                stack.start_agent(name, limit=1)
+            for name in names[running:agents]:
+                stack.wait_for_node(name)
+            if running == 0:
+                _closed_loop_warm_up(stack)
+            running = agents
+            wall, states, nodes = _closed_loop(stack, agents)
+            rates[agents] = (60.0 * agents * JOBS_PER_CLIENT / wall, wall, states, nodes)
     one = rates[1][0]
     rows = []
     for agents in AGENTS:
