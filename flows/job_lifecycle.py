@@ -325,13 +325,19 @@ def job_lifecycle(
         "escrow": escrow,
         "node": dispatched["assignment"]["node_id"],
         "node_run": ran,
-        "verification": {"passed": report["passed"], **report.get("summary", {})},
+        "verification": _verdict_summary(report),
         "settlement": settlement,
         "archived": keys,
         "seconds": _seconds(started),
     }
     _summary_artifact(request.job_id, summary)
     return summary
+
+
+def _verdict_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The verdict in the run's summary: passed, each failed check with its reason, the report's summary."""
+    failed = [{"name": c["name"], "reason": c["reason"]} for c in report["checks"] if not c["passed"]]
+    return {"passed": report["passed"], "failed": failed, **report.get("summary", {})}
 
 
 def _redundant(
@@ -376,7 +382,7 @@ def _redundant(
         nodes.append({
             "job_id": req.job_id, "node": disp["assignment"]["node_id"],
             "peer_id": disp["assignment"].get("peer_id"), "escrow": escrow, "node_run": ran,
-            "verification": {"passed": rep["passed"], **rep.get("summary", {})},
+            "verification": _verdict_summary(rep),
             "referee": {"passed": referee.get("passed"), "reason": referee.get("reason"),
                         **(referee.get("details") or {})},
             "settlement": settled, "slash": slashed, "archived": keys,

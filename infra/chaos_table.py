@@ -311,6 +311,12 @@ class Runner:
         )
         if cell.sweep_settled:
             cell.outcome += " by the sweep"
+        if record.state.value == "refunded":  # why, as the ledger audited it: the table says, not only ✗
+            refunds = [e for e in _events(self.stack.home / "audit") if e.get("action") == "escrow.refund"]
+            why = [
+                e.get("details", {}).get("reason") for e in refunds if e.get("resource") == f"job:{job_id}"
+            ]
+            cell.note += f" refunded: {why[-1]};" if why and why[-1] else ""
 
     def check(
         self, cell: Cell, job_id: str, *, payment: int, before: int, wallets_before: dict[str, int]

@@ -59,7 +59,7 @@ def test_a_node_killed_mid_training_is_replaced_and_only_the_replacement_is_paid
 ) -> None:
     cell = cells["agent@training"]
     assert cell["redispatched"], cell
-    assert cell["outcome"] == "released" and cell["paid_to"] not in (None, "node-1"), cell
+    assert cell["outcome"] == "released" and cell["paid_to"] not in (None, "node-1"), (cell["note"], cell)
     assert cell["checks"]["node_gains"]["node:node-1"] == 0, cell
 
 

@@ -115,7 +115,7 @@ def test_two_organizations_take_jobs_and_org_b_is_cut_off_alone(federated: tuple
     after = stack.balances()
     for name, summary in summaries.items():
         assert summary["node_run"]["state"] == "COMPLETED", (name, summary["node_run"])
-        assert summary["verification"]["passed"] is True, (name, summary["verification"])
+        assert summary["verification"]["passed"] is True, (name, summary["verification"]["failed"])
         assert summary["settlement"]["state"] == "released", name
         assert after[f"node:{name}"] - before[f"node:{name}"] == funded[name]["payment"]
 
