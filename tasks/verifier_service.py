@@ -29,12 +29,19 @@ FRAUD_CHECKS = frozenset(
 
 def verdict_of(report: dict[str, Any]) -> str:
     """``pass``; ``fraud`` when a signed proof's training claims fail; else ``fail`` (crash, timeout)."""
-    checks = {c["name"]: bool(c["passed"]) for c in report.get("checks", [])}
+    listed = report.get("checks", [])
+    checks = {c["name"]: bool(c["passed"]) for c in listed}
     if report.get("passed") and checks and all(checks.values()):
         return "pass"
-    if checks.get("signature") and any(not ok for name, ok in checks.items() if name in FRAUD_CHECKS):
+    # A model below the user's threshold is a failed job, not a lie: only the other refusals prove one.
+    lies = [c for c in listed if not c["passed"] and c["name"] in FRAUD_CHECKS and not _quality_only(c)]
+    if checks.get("signature") and lies:
         return "fraud"
     return "fail"
+
+
+def _quality_only(check: dict[str, Any]) -> bool:
+    return check["name"] == "holdout" and (check.get("details") or {}).get("rule") == "threshold"
 
 
 #: One verification at a time in this process. Re-training (the seeded initialisation, replayed segments,

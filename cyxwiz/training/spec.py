@@ -163,7 +163,8 @@ class Task(_Strict):
     #: The verifier's holdout metric must reach this for the job to pass: above chance, or the holdout
     #: check would pass any model (F1). Missing: halfway between chance and 1 (``default_threshold``).
     threshold: float = Field(ge=0, le=1)
-    #: How far the holdout metric may fall below the claimed one.
+    #: How far the holdout metric may fall below the claimed one, at least: the verifier widens it to what
+    #: the sampling noise of the validation and holdout sets explains (replay.holdout_gap_bound).
     tolerance: float = Field(default=0.05, ge=0, le=1)
 
     @model_validator(mode="before")

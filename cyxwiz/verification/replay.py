@@ -33,6 +33,27 @@ from cyxwiz.verification.sampling import SamplingPlan
 from cyxwiz.verification.tolerance import Tolerance
 from cyxwiz.verification.trace import CheckpointRefused, StateSchemas, read_checkpoint
 
+#: How many standard errors the claimed (validation) and holdout accuracies may differ by before the gap
+#: counts. Both are estimates from small samples of the same model's accuracy: with 144 validation and
+#: 359 holdout rows (the digits reference) one standard error of their difference is ~0.025, so a fixed
+#: 0.05 misfired on ~3 % of honest runs (a 2-epoch job: 1 in 40 here). At 4 standard errors an honest
+#: node is refused about once in 30 000 jobs. The bound tightens towards the job's own tolerance as the
+#: sets grow; a node that fitted its validation rows is caught first by the replay (the data order is
+#: committed), this check is the second line.
+GAP_Z = 4.0
+
+
+def holdout_gap_bound(
+    claimed: float, n_claimed: int, held: float, n_held: int, tolerance: float
+) -> tuple[float, float]:
+    """(allowed gap, standard error): the job's tolerance, widened to what sampling noise explains."""
+    variance = sum(
+        min(max(p, 0.0), 1.0) * (1 - min(max(p, 0.0), 1.0)) / max(1, n)
+        for p, n in ((claimed, n_claimed), (held, n_held))
+    )
+    stderr = math.sqrt(variance)
+    return max(tolerance, GAP_Z * stderr), stderr
+
 
 @dataclass(frozen=True)
 class ReplayPolicy:
@@ -77,28 +98,36 @@ def check_metrics(
             )
         )
     task = job.task
+    basis = claimed if claimed is not None else recomputed
+    allowed, stderr = holdout_gap_bound(basis, len(state.validation), held, len(holdout), task.tolerance)
     details = {
         "holdout_accuracy": held,
         "threshold": task.threshold,
         "tolerance": task.tolerance,
+        "allowed_gap": allowed,
+        "standard_error": stderr,
         "holdout_size": len(holdout),
+        "validation_size": len(state.validation),
     }
     if held < task.threshold:
+        # The model misses the user's target: the job failed, but that alone proves no lie (no slash).
         checks.append(
             Check(
                 "holdout",
                 False,
                 f"holdout accuracy {held:.4f} is below the job's threshold {task.threshold}",
-                details,
+                {**details, "rule": "threshold"},
             )
         )
-    elif claimed is not None and held < claimed - task.tolerance:
+    elif claimed is not None and held < claimed - allowed:
         checks.append(
             Check(
                 "holdout",
                 False,
-                f"holdout accuracy {held:.4f} is more than {task.tolerance} below the claimed {claimed:.4f}",
-                details,
+                f"holdout accuracy {held:.4f} is more than {allowed:.3f} below the claimed {claimed:.4f} "
+                f"(tolerance {task.tolerance}; {GAP_Z:g} standard errors of the two sets: "
+                f"{GAP_Z * stderr:.3f})",
+                {**details, "rule": "gap"},
             )
         )
     else:

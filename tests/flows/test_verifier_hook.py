@@ -48,3 +48,14 @@ def test_verdicts() -> None:
         "checks": [{"name": "signature", "passed": False}, {"name": "replay", "passed": False}],
     }
     assert verdict_of(forged) == "fail"  # not provably the node's own claim
+
+
+def test_a_model_below_the_threshold_fails_the_job_but_is_no_fraud() -> None:
+    # F1: a signed, replay-verified model that misses the user's target refunds the user; only a lie slashes.
+    signed = {"name": "signature", "passed": True}
+    short = {"name": "holdout", "passed": False, "details": {"rule": "threshold"}}
+    assert verdict_of({"passed": False, "checks": [signed, short]}) == "fail"
+    gap = {"name": "holdout", "passed": False, "details": {"rule": "gap"}}
+    assert verdict_of({"passed": False, "checks": [signed, gap]}) == "fraud"  # claimed far above the holdout
+    replay = {"name": "replay", "passed": False}
+    assert verdict_of({"passed": False, "checks": [signed, short, replay]}) == "fraud"
