@@ -284,11 +284,8 @@ def wait(  # noqa: PLR0917
 def dispute(  # noqa: PLR0917
     job_id: Annotated[str, typer.Argument(help="A job of yours whose release is held (status 'held').")],
     segment: Annotated[
-        int | None, Opt("--segment", min=0, help="Start step of a committed segment that does not reproduce.")
-    ] = None,
-    testset_sha256: Annotated[
-        str | None, Opt("--testset-sha256", help="SHA-256 of a labelled test set the model fails.")
-    ] = None,
+        int, Opt("--segment", min=0, help="Start step of a committed segment that does not reproduce.")
+    ],
     reason: Annotated[str, Opt("--reason", help="Why, in a sentence (audited).")] = "",
     as_json: AsJson = False,
     url: Url = None,
@@ -299,19 +296,14 @@ def dispute(  # noqa: PLR0917
 ) -> None:
     """Dispute a verified job inside its dispute window: the escrow goes to the arbiter instead of the node.
 
+    The evidence is a committed segment (see the job's commitments) that you claim does not reproduce; the
+    arbiter replays it bit for bit. A test set picked after delivery is no evidence: commit a holdout at
+    submission (dataset.holdout) instead, and the verifier checks it before any release.
+
     Example: [bold]cyxwiz job dispute job-0123abcd --segment 40 --reason 'does not reproduce'[/bold]
     """
-    from cyxwiz.errors import ValidationError
-
-    if (segment is None) == (testset_sha256 is None):
-        raise ValidationError("give exactly one of --segment and --testset-sha256", field="evidence")
-    detail: dict[str, Any] = (
-        {"kind": "segment", "segment_start": segment}
-        if segment is not None
-        else {"kind": "testset", "testset_sha256": testset_sha256}
-    )
     with _client(url, cert, key, bundle, crl) as client:
-        hold = client.dispute(job_id, reason=reason, **detail)
+        hold = client.dispute(job_id, kind="segment", segment_start=segment, reason=reason)
     if as_json:
         _print_json(hold)
         return

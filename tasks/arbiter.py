@@ -11,8 +11,8 @@ training split; neither is in a job-scoped place, so :func:`seal_case` stores th
 under ``holdout/{job}/`` — the trusted prefix no job-scoped URL reaches. The node's outputs are read back
 from the archive only after their signed proof verifies and every artifact re-hashes (D3).
 
-``segment`` evidence is decided here. ``testset`` evidence is refused: the dispute API takes only the
-file's SHA-256, there is no upload path for the file itself, so the arbiter has nothing to evaluate.
+``segment`` evidence is the only kind: the coordinator refuses a test set at filing (one picked after
+delivery can always be rows the model gets wrong); a case of another kind is refused here too.
 Plain functions over the core (no Prefect); :mod:`flows.arbiter` wraps them.
 """
 
@@ -29,7 +29,7 @@ from cyxwiz.ledger.store import EscrowState
 from cyxwiz.verification.dispute import Evidence, Resolution
 from tasks import holds, services
 
-#: The one evidence kind the arbiter can decide today (see the module doc for ``testset``).
+#: The one evidence kind there is (see the module doc).
 DECIDABLE = ("segment",)
 
 
@@ -73,10 +73,7 @@ class Case:
     evidence: dict[str, Any]
 
     def describe(self) -> str:
-        kind = self.evidence["kind"]
-        if kind == "segment":
-            return f"segment starting at step {self.evidence['segment_start']}"
-        return f"test set {self.evidence.get('testset_sha256')}"
+        return f"segment starting at step {self.evidence.get('segment_start')}"
 
 
 def _audit(action: str, job_id: str, *, success: bool, reason: str, destination: str | None = None) -> None:
@@ -111,8 +108,8 @@ def load_case(job_id: str) -> Case:
         kind = hold.evidence.get("kind")
         if kind not in DECIDABLE:
             raise ValidationError(
-                f"{kind!r} evidence cannot be decided by the arbiter's flow: a dispute carries only the "
-                "test set's SHA-256 and there is no upload path for the file; resolve it by hand "
+                f"{kind!r} evidence cannot be decided by the arbiter's flow, only a committed segment "
+                "(the coordinator no longer files any other kind); resolve it by hand "
                 "(cyxwiz escrow resolve-dispute)",
                 field="evidence.kind",
                 rule="F1",

@@ -97,10 +97,7 @@ def finish_hold(job_id: str, *, now: dt.datetime | None = None) -> str:
 
 def _dispute_reason(hold: Hold) -> str:
     evidence = hold.evidence or {}
-    if evidence.get("kind") == "segment":
-        claim = f"segment starting at step {evidence.get('segment_start')} does not reproduce"
-    else:
-        claim = f"test set {evidence.get('testset_sha256')} misses the job's threshold"
+    claim = f"segment starting at step {evidence.get('segment_start')} does not reproduce"
     return f"user dispute: {claim}"[:200]
 
 

@@ -39,8 +39,15 @@ holds = sa.Table(
     sa.Column("filed_at", sa.DateTime(timezone=True)),
     sa.Column("outcome", sa.String(16)),
 )
-#: What a dispute may carry (cyxwiz.verification.dispute.Evidence): a segment or a test set, and why.
-EVIDENCE_KINDS = ("segment", "testset")
+#: What a dispute may carry (cyxwiz.verification.dispute.Evidence): a committed segment, and why.
+EVIDENCE_KINDS = ("segment",)
+#: Why a test set is no evidence (F1, threat "payment fraud" by a user): rows chosen after the model was
+#: delivered can always be rows it gets wrong, so an honest node would lose its pay and its stake.
+TESTSET_REFUSED = (
+    "a test set chosen after the model was delivered is no evidence (any model misses some rows): "
+    "name a committed segment that does not reproduce, or commit a holdout at submission "
+    "(dataset.holdout), which the verifier checks before any release"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,27 +81,22 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def check_evidence(evidence: object) -> dict[str, Any]:
     """A dispute's evidence, strictly (G): kind, its one detail, and a short reason."""
+    if isinstance(evidence, dict) and evidence.get("kind") == "testset":
+        raise ValidationError(TESTSET_REFUSED, field="evidence.kind", rule="F1")
     if not isinstance(evidence, dict) or evidence.get("kind") not in EVIDENCE_KINDS:
-        raise ValidationError("kind must be 'segment' or 'testset'", field="evidence.kind", rule="F1")
-    allowed = {"kind", "reason", "segment_start" if evidence["kind"] == "segment" else "testset_sha256"}
+        raise ValidationError("kind must be 'segment'", field="evidence.kind", rule="F1")
+    allowed = {"kind", "reason", "segment_start"}
     unknown = sorted(set(evidence) - allowed)
     if unknown:
         raise ValidationError(f"unknown keys {unknown}", field="evidence", rule="G1")
     reason = evidence.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 500:
         raise ValidationError("at most 500 characters", field="evidence.reason", rule="G1")
-    if evidence["kind"] == "segment":
-        start = evidence.get("segment_start")
-        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-            raise ValidationError(
-                "a segment dispute names the segment's start step", field="evidence.segment_start", rule="F1"
-            )
-    else:
-        digest = evidence.get("testset_sha256")
-        if not isinstance(digest, str) or len(digest) != 64 or set(digest) - set("0123456789abcdef"):
-            raise ValidationError(
-                "a test-set dispute names its file's SHA-256", field="evidence.testset_sha256", rule="F1"
-            )
+    start = evidence.get("segment_start")
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ValidationError(
+            "a segment dispute names the segment's start step", field="evidence.segment_start", rule="F1"
+        )
     return dict(evidence)
 
 

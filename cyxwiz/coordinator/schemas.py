@@ -71,8 +71,9 @@ class SubmitRequest(_Strict):
 
 
 class DisputeRequest(_Strict):
-    """A job owner's dispute within the window (issue 20, F1): a segment that does not reproduce, or a
-    test set (named by its SHA-256) on which the model misses the job's threshold."""
+    """A job owner's dispute within the window (issue 20, F1): a committed segment that does not reproduce.
+    ``testset`` is accepted here only to be refused with its rule (and audited) by the hold book: a test
+    set picked after the model was delivered is no evidence (``holds.TESTSET_REFUSED``)."""
 
     kind: Literal["segment", "testset"]
     segment_start: int | None = Field(None, ge=0, le=2**53)

@@ -356,7 +356,7 @@ class CoordinatorUserClient:
 
     def dispute(self, job_id: str, *, kind: str, reason: str = "", **detail: Any) -> dict[str, Any]:
         """Dispute a verified job while its release is held (issue 20): ``kind`` ``segment`` with
-        ``segment_start``, or ``testset`` with ``testset_sha256``."""
+        ``segment_start`` (the only evidence the coordinator accepts)."""
         body = {"kind": kind, "reason": reason, **detail}
         return dict(self._call("POST", f"/v1/jobs/{_job_id(job_id)}/dispute", json=body))
 

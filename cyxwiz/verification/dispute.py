@@ -3,9 +3,10 @@ decides with the same replay the verifier uses.
 
 After a passing verification the escrow is released only when ``verification.dispute_window_s`` has passed
 without a dispute. Within the window the job's user may open one with evidence: a ``segment`` (a committed
-segment they claim does not reproduce — decided by a bit-exact replay) or a ``testset`` (a labelled test
-file on which they claim the model misses the job's threshold — decided by evaluating the delivered
-model). Opening freezes the escrow (``dispute``); the arbiter's flow resolves it (``resolve``: refund when
+segment they claim does not reproduce — decided by a bit-exact replay). Evidence must have been fixed
+before the model was delivered: a test set picked afterwards can always be rows the model gets wrong, so
+it is no evidence (a user's holdout committed at submission is checked by the verifier before any release).
+Opening freezes the escrow (``dispute``); the arbiter's flow resolves it (``resolve``: refund when
 upheld, release otherwise). The escrow side is a Protocol: :class:`cyxwiz.ledger.ledger.Ledger` fits it as
 it is; stake slashing plugs in through :class:`Slasher` where the ledger offers it.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from cyxwiz.errors import ConflictError, CyxwizError, ValidationError
+from cyxwiz.errors import ConflictError, ValidationError
 from cyxwiz.training import engine
 from cyxwiz.training.data import Dataset
 from cyxwiz.training.spec import TrainingJob
@@ -62,17 +63,12 @@ class DisputeWindow:
 
 @dataclass(frozen=True, kw_only=True)
 class Evidence:
-    kind: Literal["segment", "testset"]
-    #: ``segment``: the committed start step of the segment claimed not to reproduce.
+    kind: Literal["segment"] = "segment"
+    #: The committed start step of the segment claimed not to reproduce.
     segment_start: int | None = None
-    #: ``testset``: a labelled ``.npz`` (X, y) and its SHA-256.
-    testset: Path | None = None
-    testset_sha256: str | None = None
 
     def describe(self) -> str:
-        if self.kind == "segment":
-            return f"segment starting at step {self.segment_start} does not reproduce"
-        return f"test set {self.testset_sha256} misses the job's threshold"
+        return f"segment starting at step {self.segment_start} does not reproduce"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,10 +85,8 @@ def open_dispute(
         raise ConflictError(
             f"the dispute window closed at {window.closes_at.isoformat()}", field="dispute", rule="F1"
         )
-    if evidence.kind == "segment" and evidence.segment_start is None:
+    if evidence.kind != "segment" or evidence.segment_start is None:
         raise ValidationError("a segment dispute names the segment's start step", field="segment_start")
-    if evidence.kind == "testset" and (evidence.testset is None or evidence.testset_sha256 is None):
-        raise ValidationError("a test-set dispute carries the file and its SHA-256", field="testset")
     escrow.dispute(job_id=job_id, reason=f"user dispute: {evidence.describe()}"[:200])
 
 
@@ -106,9 +100,7 @@ def resolve_dispute(
 ) -> Resolution:
     """The arbiter's decision, from the same deterministic replay and evaluation the verifier uses."""
     engine.make_deterministic()
-    if evidence.kind == "segment":
-        return _segment(evidence, job=job, data=data, output_dir=output_dir, commitments=commitments)
-    return _testset(evidence, job=job, data=data, output_dir=output_dir)
+    return _segment(evidence, job=job, data=data, output_dir=output_dir, commitments=commitments)
 
 
 def _segment(
@@ -133,34 +125,6 @@ def _segment(
             upheld=True, reason=f"segment {start.step}→{end.step} does not reproduce bit for bit"
         )
     return Resolution(upheld=False, reason=f"segment {start.step}→{end.step} reproduces bit for bit")
-
-
-def _testset(evidence: Evidence, *, job: TrainingJob, data: Dataset, output_dir: Path) -> Resolution:
-    from cyxwiz.training.data import load_dataset
-
-    assert job.model is not None and evidence.testset is not None
-    try:
-        test = load_dataset(
-            evidence.testset,
-            sha256=evidence.testset_sha256,
-            input_shape=job.model.input_shape,
-            input_dtype=job.model.input_dtype,
-            num_classes=job.task.num_classes,
-        )
-        state = engine.new_state(job, data)
-        state.model.load_state_dict(engine.read_checkpoint(output_dir / "model.safetensors"), strict=True)
-    except CyxwizError as exc:
-        return Resolution(upheld=False, reason=f"the evidence cannot be evaluated: {exc.message}")
-    accuracy = engine.evaluate(state.model, test)["accuracy"]
-    if accuracy < job.task.threshold:
-        return Resolution(
-            upheld=True,
-            reason=f"accuracy {accuracy:.4f} on the user's test set < threshold {job.task.threshold}",
-        )
-    return Resolution(
-        upheld=False,
-        reason=f"accuracy {accuracy:.4f} on the user's test set ≥ threshold {job.task.threshold}",
-    )
 
 
 def settle_dispute(

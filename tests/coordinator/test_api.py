@@ -298,6 +298,12 @@ def test_only_the_owner_disputes_and_only_inside_the_window(env: Env) -> None:
             path, json={"kind": "segment", "segment_start": 4, "x": 1}, headers=auth(env.user_token("alice"))
         )
         assert bad.status_code == 422
+        # F1, payment fraud by a user: a test set picked after delivery is no evidence (any model misses
+        # some rows); refused with the rule named and audited, the release stays held.
+        picked = {"kind": "testset", "testset_sha256": "a" * 64}
+        testset = c.post(path, json=picked, headers=auth(env.user_token("alice")))
+        assert testset.status_code == 422 and "no evidence" in testset.text
+        assert "evidence.kind" in testset.text
         assert book.get(job_id).state == "held", "no refused call changed the hold"
         late = c.post(f"/v1/jobs/{late_job}/dispute", json=evidence, headers=auth(env.user_token("alice")))
         assert late.status_code == 409 and "window closed" in late.text
@@ -309,5 +315,6 @@ def test_only_the_owner_disputes_and_only_inside_the_window(env: Env) -> None:
         assert again.status_code == 409
     assert book.get(late_job).state == "held"
     filed = [e for e in env.audit.events if e.action == "escrow.dispute-filed"]
-    assert [e.outcome.value for e in filed if e.resource == f"job:{job_id}"] == ["success", "failure"]
+    outcomes = [e.outcome.value for e in filed if e.resource == f"job:{job_id}"]
+    assert outcomes == ["failure", "success", "failure"]  # the test set, the owner, the second dispute
     assert denied(env, "job belongs to someone else")

@@ -149,9 +149,27 @@ def test_a_forged_segment_is_upheld_and_an_honest_one_rejected(court: Arbiter) -
 
 
 def test_test_set_evidence_and_undisputed_jobs_are_refused(court: Arbiter) -> None:
+    from cyxwiz.coordinator.holds import holds as holds_table
+
     plane = court.plane
+    # F1, payment fraud by a user: a test set picked after delivery can always be rows the model gets
+    # wrong. Filing it is refused with the rule named; nothing is frozen, the release stays held.
+    held_for_testset, closes_at = plane.held_job()
     digest = hashlib.sha256(b"my test set").hexdigest()
-    job_id = court.disputed_job(court.training.honest_out, {"kind": "testset", "testset_sha256": digest})
+    with pytest.raises(ValidationError) as caught:
+        plane.book().file_dispute(
+            job_id=held_for_testset, user_id="alice", evidence={"kind": "testset", "testset_sha256": digest},
+            now=closes_at - dt.timedelta(seconds=1),
+        )  # fmt: skip
+    assert caught.value.field == "evidence.kind" and "no evidence" in caught.value.message
+    assert plane.book().get(held_for_testset).state == "held"
+    assert plane.ledger.status(job_id=held_for_testset).state is EscrowState.LOCKED, "nothing frozen"
+    # A case of another kind in the dispute escrow (filed by hand, or by an older coordinator) is refused.
+    job_id = court.disputed_job(court.training.honest_out, {"kind": "segment", "segment_start": 0})
+    with plane.channel.store.engine.begin() as conn:
+        conn.execute(
+            holds_table.update().where(holds_table.c.job_id == job_id).values(evidence={"kind": "testset"})
+        )
     with pytest.raises(ValidationError) as caught:
         arbiter.load_case(job_id)
     assert caught.value.field == "evidence.kind"

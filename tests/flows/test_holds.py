@@ -169,11 +169,11 @@ def test_await_window_returns_early_on_a_dispute(plane: Plane) -> None:
 def test_evidence_is_checked_strictly() -> None:
     from cyxwiz.coordinator.holds import check_evidence
 
-    assert check_evidence({"kind": "testset", "testset_sha256": "a" * 64})["kind"] == "testset"
+    assert check_evidence({"kind": "segment", "segment_start": 3})["segment_start"] == 3
     for bad, field in (
         ({"kind": "segment"}, "evidence.segment_start"),
         ({"kind": "segment", "segment_start": -1}, "evidence.segment_start"),
-        ({"kind": "testset", "testset_sha256": "XYZ"}, "evidence.testset_sha256"),
+        ({"kind": "testset", "testset_sha256": "a" * 64}, "evidence.kind"),  # picked after delivery (F1)
         ({"kind": "segment", "segment_start": 1, "testset_sha256": "a" * 64}, "evidence"),
         ({"kind": "segment", "segment_start": 1, "reason": "x" * 501}, "evidence.reason"),
     ):

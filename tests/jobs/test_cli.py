@@ -283,8 +283,8 @@ def test_dispute_inside_the_window_and_the_refusals(jobs_env: JobsEnv) -> None:
         job_id=job_id, user_id="demo-user", node_wallet="W", attestation="{}",
         closes_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
     )  # fmt: skip
-    both = jobs_env.cli("dispute", job_id, "--segment", "3", "--testset-sha256", "a" * 64)
-    assert both.exit_code != 0 and "evidence" in one_error_line(both)
+    testset = jobs_env.cli("dispute", job_id, "--testset-sha256", "a" * 64)  # no such evidence (F1)
+    assert testset.exit_code != 0 and "--testset-sha256" in testset.output
     other = jobs_env.cli("dispute", job_id, "--segment", "3", who="other")
     assert other.exit_code == 3 and "403" in one_error_line(other)
     assert book.get(job_id).state == "held", "no refused call changed the hold"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +157,7 @@ def test_window_holds_the_release_and_refuses_late_disputes() -> None:
         )
     assert info.value.rule == "F1" and escrow.calls == []  # nothing frozen
     with pytest.raises(ValidationError):
-        open_dispute(window, now=T0, job_id="j", evidence=Evidence(kind="testset"), escrow=escrow)
+        open_dispute(window, now=T0, job_id="j", evidence=Evidence(), escrow=escrow)  # no segment named
     open_dispute(
         window, now=T0, job_id="j", evidence=Evidence(kind="segment", segment_start=5), escrow=escrow
     )
@@ -197,28 +196,3 @@ def test_segment_dispute_upheld_on_a_forgery_and_rejected_on_an_honest_run(world
         == "release"
     )
     assert [c[0] for c in escrow.calls] == ["resolve"] and escrow.calls[0][1]["node_wallet"] == "w"
-
-
-def test_testset_dispute_decided_by_the_threshold(world: World, tmp_path: Path) -> None:
-    from cyxwiz.hashing import file_sha256
-
-    data = train_data(world)
-    commitments = read_commitments(world.honest_out / "commitments.json")
-    holdout = world.digits.holdout
-    evidence = Evidence(kind="testset", testset=holdout, testset_sha256=file_sha256(holdout))
-    assert not resolve_dispute(
-        evidence, job=world.job, data=data, output_dir=world.honest_out, commitments=commitments
-    ).upheld
-    broken = tmp_path / "broken"
-    shutil.copytree(world.honest_out, broken)
-    from safetensors.torch import load_file, save_file
-
-    weights = load_file(str(broken / "model.safetensors"))
-    save_file({k: torch.zeros_like(v) for k, v in weights.items()}, str(broken / "model.safetensors"))
-    assert resolve_dispute(
-        evidence, job=world.job, data=data, output_dir=broken, commitments=commitments
-    ).upheld
-    wrong = Evidence(kind="testset", testset=holdout, testset_sha256="0" * 64)
-    assert not resolve_dispute(
-        wrong, job=world.job, data=data, output_dir=world.honest_out, commitments=commitments
-    ).upheld
