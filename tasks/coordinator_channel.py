@@ -7,18 +7,15 @@ The lifecycle flow and the coordinator both run in the trusted zone and share th
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from cyxwiz.authz.policies import OPEN_JOB_STATES
 from cyxwiz.errors import ConfigError, ConflictError, NotFoundError
 from tasks.config import ControlPlaneConfig
 
 #: A node whose last heartbeat is older than this is not dispatched to.
 HEARTBEAT_FRESH = dt.timedelta(seconds=60)
-_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def node_name(subject: str) -> str:
@@ -33,14 +30,21 @@ def node_name(subject: str) -> str:
 
 class SchedulerChannel:
     def __init__(
-        self, *, store: Any, node_wallets: dict[str, str] | None = None, crl: Path | None = None
+        self,
+        *,
+        store: Any,
+        node_wallets: dict[str, str] | None = None,
+        crl: Path | None = None,
+        staked: Callable[[Collection[str]], set[str]] | None = None,
     ) -> None:
         self.store = store
+        #: Which of these PeerIDs' nodes hold the minimum stake (F1); None: no stake rule here. Asked
+        #: before the claim, so a node without stake is skipped for another, never half-assigned.
+        self.staked = staked
         #: Operator overrides (by PeerID, node id, or a name only one node holds); the wallet a node
         #: registered under its own PeerID comes first.
         self.node_wallets = dict(node_wallets or {})
         self.crl = crl
-        self._assigning = threading.Lock()
 
     def _revoked_serials(self) -> set[int]:
         """Serials on the current CRL, read at every dispatch: a revocation stops new work at once (A6)."""
@@ -60,6 +64,7 @@ class SchedulerChannel:
             store=CoordinatorStore.from_url(config.coordinator_db),
             node_wallets=dict(config.node_wallets),
             crl=config.pki_root / "ca" / "ca-crl.pem",
+            staked=_staked_peers,
         )
 
     def create_job(
@@ -96,33 +101,32 @@ class SchedulerChannel:
             if record.last_heartbeat is None or now - record.last_heartbeat > HEARTBEAT_FRESH:
                 continue
             found.append((record, name))
+        if self.staked is not None and found:
+            holding = self.staked([record.peer_id for record, _ in found])
+            found = [(record, name) for record, name in found if record.peer_id in holding]
         return found
 
     def assign(
         self, job_id: str, *, node: str | None = None, exclude: Collection[str] = ()
     ) -> dict[str, Any]:
-        candidates = [(r.last_heartbeat, name, r) for r, name in self.eligible(node=node, exclude=exclude)]
-        if not candidates:
+        """Pick and assign in one transaction of the coordinator's store (issue 21; C3, F2): two
+        lifecycles in two processes never both take the same free node, and a job already assigned by
+        another process is a :class:`ConflictError`, never a second node. The spreading rule (fewest open
+        jobs, then given a job least recently, then freshest heartbeat; never past a node's declared
+        ``max_jobs``) is :meth:`CoordinatorStore.claim_job`'s, over the nodes :meth:`eligible` finds."""
+        found = self.eligible(node=node, exclude=exclude)
+        if not found:
             wanted = f"node {node!r}" if node else "any node"
             other = " outside the nodes this job must avoid" if exclude else ""
             raise ConflictError(
                 f"no healthy, unrevoked, registered {wanted}{other} to dispatch to", field="node"
             )
-        # Spread the work (issue 21): the node holding the fewest open jobs, then the one given a job least
-        # recently (never first), then the freshest heartbeat; so jobs submitted together do not pile onto
-        # whichever heartbeat came last. Dispatches of one process (lifecycle threads) take turns, each
-        # seeing the assignments before it.
-        with self._assigning:
-            loads = self.store.node_loads(OPEN_JOB_STATES)
-
-            def spread(candidate: tuple[dt.datetime, str, Any]) -> tuple[int, float, dt.datetime]:
-                held, newest = loads.get(candidate[2].node_id, (0, _NEVER))
-                return (-held, -newest.timestamp(), candidate[0])
-
-            _, name, record = max(candidates, key=spread)
-            wallet = self._wallet(record, name)
-            assert wallet is not None
-            self.store.assign_job(job_id, record.node_id)
+        by_id = {record.node_id: (record, name) for record, name in found}
+        beats = {r.node_id: r.last_heartbeat for r, _ in found if r.last_heartbeat is not None}
+        claim = self.store.claim_job(job_id, candidates=list(by_id), exclude=exclude, heartbeats=beats)
+        record, name = by_id[claim.node_id]
+        wallet = self._wallet(record, name)
+        assert wallet is not None  # eligible() kept only nodes with one
         # The work queue is the node id: two certificates with one CN never share a queue (A5, C3).
         return {
             "node_id": record.node_id,
@@ -130,6 +134,7 @@ class SchedulerChannel:
             "queue": record.node_id,
             "peer_id": record.peer_id,
             "wallet": wallet,
+            "assignment": claim.assignment,
         }
 
     def _wallet(self, record: Any, name: str) -> str | None:
@@ -174,3 +179,9 @@ class SchedulerChannel:
     def set_status(self, job_id: str, status: str, *, detail: str = "") -> None:
         del detail
         self.store.update_job(job_id, status=status)
+
+
+def _staked_peers(peer_ids: Collection[str]) -> set[str]:
+    from tasks import services
+
+    return services.staked_peers(peer_ids)

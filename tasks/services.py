@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +213,28 @@ def require_stake(peer_id: str | None) -> None:
     from tasks.node_stake import stake_ledger
 
     stake_ledger(policy=ledger_config.stake_policy()).require(peer_id=peer_id)
+
+
+def staked_peers(peer_ids: Collection[str]) -> set[str]:
+    """Which of ``peer_ids`` (their nodes, under any linked PeerID) hold the ledger config's minimum stake:
+    dispatch chooses only among these (F1). All of them when no minimum is set."""
+    from cyxwiz.ledger.config import LedgerConfig
+    from cyxwiz.ledger.stake import StakeTooLowError
+
+    ledger_config = LedgerConfig.from_file(config().ledger_config)
+    if ledger_config.minimum_stake <= 0:
+        return set(peer_ids)
+    from tasks.node_stake import stake_ledger
+
+    stakes = stake_ledger(policy=ledger_config.stake_policy())
+    holding = set()
+    for peer_id in peer_ids:
+        try:
+            stakes.require(peer_id=peer_id)
+        except StakeTooLowError:
+            continue
+        holding.add(peer_id)
+    return holding
 
 
 def attested_verification(

@@ -56,6 +56,8 @@ class JobRecord:
     proof: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    #: The current assignment's id (None until dispatched): what job tokens and URLs were issued under.
+    assignment: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -112,4 +114,5 @@ def job_record(row: Any) -> JobRecord:
         proof=dict(m["proof"]) if m["proof"] is not None else None,
         created_at=aware(m["created_at"]) or now(),
         updated_at=aware(m["updated_at"]) or now(),
+        assignment=m.get("assignment"),
     )

@@ -21,6 +21,9 @@ class Hardware(_Strict):
     gpu_memory_mb: int = Field(0, ge=0, le=10_000_000)
     cpu_cores: int = Field(1, ge=1, le=4096)
     memory_mb: int = Field(1024, ge=1, le=100_000_000)
+    #: The most open jobs the node takes (its GPUs); the scheduler never assigns it more (issue 21, C3).
+    #: None: no cap, more jobs wait in its queue.
+    max_jobs: int | None = Field(None, ge=1, le=4096)
 
 
 class RegisterRequest(_Strict):

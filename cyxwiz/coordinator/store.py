@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.engine import Connection, Engine
 
+from cyxwiz.coordinator.claims import ClaimRows
 from cyxwiz.coordinator.records import JobRecord, NodeCertificate, NodeRecord
-from cyxwiz.coordinator.records import aware as _aware
 from cyxwiz.coordinator.records import job_record as _job
 from cyxwiz.coordinator.records import node_certificate as _node_cert
 from cyxwiz.coordinator.records import node_record as _node
@@ -42,7 +41,7 @@ __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate
 AWAITING_FUNDING = "awaiting-funding"
 
 
-class CoordinatorStore(SessionRows):
+class CoordinatorStore(SessionRows, ClaimRows):
     """All coordinator state. Thread-safe (one SQLAlchemy engine, short transactions)."""
 
     def __init__(self, *, engine: Engine) -> None:
@@ -308,28 +307,11 @@ class CoordinatorStore(SessionRows):
         return self.job(job_id)
 
     def assign_job(self, job_id: str, node_id: str) -> JobRecord:
+        """Pin a submitted job to one node (tests, admin): the same atomic claim as the scheduler's."""
         node = self.node(node_id)
         if node.status != "active":
             raise ConflictError(f"node is {node.status}", field="node_id")
-        return self.update_job(job_id, node_id=node_id, status="assigned")
-
-    def node_loads(self, open_states: frozenset[str]) -> dict[str, tuple[int, datetime]]:
-        """Per node that ever held a job: how many it holds in ``open_states`` and when the newest job it
-        was given was created (what the scheduler spreads work by). One grouped query, not a job scan."""
-        held = sa.func.sum(sa.case((jobs.c.status.in_(sorted(open_states)), 1), else_=0))
-        query = (
-            sa.select(jobs.c.node_id, held, sa.func.max(jobs.c.created_at))
-            .where(jobs.c.node_id.is_not(None))
-            .group_by(jobs.c.node_id)
-        )
-        with self._tx() as conn:
-            rows = conn.execute(query).all()
-        loads: dict[str, tuple[int, datetime]] = {}
-        for node_id, count, newest in rows:
-            when = _aware(newest)
-            assert when is not None  # created_at is NOT NULL
-            loads[str(node_id)] = (int(count or 0), when)
-        return loads
+        return self.claim_job(job_id, candidates=[node_id]).job
 
     # --- configuration ------------------------------------------------------------------------------
 

@@ -84,6 +84,9 @@ jobs = sa.Table(
     sa.Column("duration_s", sa.Integer, nullable=False),
     sa.Column("progress", sa.JSON, nullable=False),
     sa.Column("proof", sa.JSON),
+    # The id of the job's current assignment (a fresh one per claim): what job tokens and object URLs
+    # were issued under; one issued under an earlier assignment is dead (issue 21, C3).
+    sa.Column("assignment", sa.String(64)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -99,7 +102,8 @@ NODE_STATUSES = ("active", "draining", "banned", "revoked")
 
 def add_missing_columns(engine: Engine) -> None:
     """Columns added after a table first shipped (``create_all`` only makes missing tables)."""
-    present = {c["name"] for c in sa.inspect(engine).get_columns("cyx_nodes")}
-    if "wallet" not in present:
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE cyx_nodes ADD COLUMN wallet VARCHAR(64)"))
+    for table, column in (("cyx_nodes", "wallet"), ("cyx_jobs", "assignment")):
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table)}
+        if column not in present:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} VARCHAR(64)"))

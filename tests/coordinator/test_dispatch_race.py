@@ -1,0 +1,155 @@
+"""Dispatch is one atomic claim, also across processes (issue 21; SPEC C3, F2).
+
+Several real processes (two control workers are two processes) open their own scheduler channel on the
+same coordinator store, wait at one barrier, then all try to dispatch every job. Whatever the interleaving:
+each job ends on exactly one node (its one winner; every other process got a :class:`ConflictError`),
+no node holds more than the spreading rule gives it (one each while there are free nodes) or more than the
+``max_jobs`` it declared, and a job no node can take is refused by every process and left untouched.
+Both the embedded store (SQLite) and the production one (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.errors import ConflictError
+from tasks.coordinator_channel import SchedulerChannel
+
+PROCESSES = 4
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'coordinator.db'}"
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = str(request.getfixturevalue("postgres_url"))  # one server per session: a database per test
+    name = f"race_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+def _world(url: str, *, nodes: int, jobs: int, max_jobs: int | None = None) -> tuple[list[str], list[str]]:
+    store = CoordinatorStore.from_url(url)
+    node_ids = []
+    for i in range(nodes):
+        hardware: dict[str, Any] = {"max_jobs": max_jobs} if max_jobs else {}
+        record = store.register_node(
+            peer_id=f"12D3KooWrace{i:04d}", subject=f"CN=race-{i}", cert_serial=f"{i + 1:x}",
+            hardware=hardware, wallet=f"W{i}",
+        )  # fmt: skip
+        store.heartbeat(record.node_id)
+        node_ids.append(record.node_id)
+    job_ids = [
+        store.create_job(user_id="alice", spec={"job_type": "model"}, duration_s=60).job_id
+        for _ in range(jobs)
+    ]
+    store.engine.dispose()
+    return node_ids, job_ids
+
+
+def _dispatcher(url: str, job_ids: list[str], seed: int, barrier: Any, out: Any) -> None:
+    """One control worker: its own store and channel, every job in its own order."""
+    channel = SchedulerChannel(store=CoordinatorStore.from_url(url))
+    order = list(job_ids)
+    random.Random(seed).shuffle(order)
+    results: list[tuple[str, str, str]] = []
+    barrier.wait()
+    for job_id in order:
+        try:
+            results.append((job_id, "ok", channel.assign(job_id)["node_id"]))
+        except ConflictError as exc:
+            results.append((job_id, "conflict", exc.message))
+    out.put(results)
+
+
+def _race(url: str, job_ids: list[str]) -> list[tuple[str, str, str]]:
+    ctx = multiprocessing.get_context("fork")  # spawn would leave a resource tracker behind
+    barrier, out = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [
+        ctx.Process(target=_dispatcher, args=(url, job_ids, seed, barrier, out)) for seed in range(PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [row for _ in procs for row in out.get(timeout=120)]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    return results
+
+
+def _check_one_winner(results: list[tuple[str, str, str]], job_ids: list[str]) -> dict[str, str]:
+    won = {job: node for job, outcome, node in results if outcome == "ok"}
+    wins = Counter(job for job, outcome, _ in results if outcome == "ok")
+    assert all(count == 1 for count in wins.values()), f"a job was dispatched twice: {wins}"
+    for _job, outcome, message in results:
+        assert outcome == "ok" or "already assigned" in message or "holds as many" in message, message
+    assert len(results) == PROCESSES * len(job_ids)
+    return won
+
+
+def test_racing_dispatchers_never_put_two_jobs_on_one_free_node(db_url: str) -> None:
+    node_ids, job_ids = _world(db_url, nodes=6, jobs=6)
+    won = _check_one_winner(_race(db_url, job_ids), job_ids)
+    assert set(won) == set(job_ids), "every job got a node"
+    store = CoordinatorStore.from_url(db_url)
+    placed = {job: store.job(job).node_id for job in job_ids}
+    assert placed == won  # the store says what the winners were told
+    assert sorted(placed.values()) == sorted(node_ids), (
+        f"a node was given two jobs: {Counter(placed.values())}"
+    )
+    assert len({store.job(job).assignment for job in job_ids}) == len(job_ids)
+
+
+def test_racing_dispatchers_respect_what_each_node_declared_it_runs(db_url: str) -> None:
+    node_ids, job_ids = _world(db_url, nodes=3, jobs=8, max_jobs=2)
+    won = _check_one_winner(_race(db_url, job_ids), job_ids)
+    store = CoordinatorStore.from_url(db_url)
+    loads = Counter(store.job(job).node_id for job in job_ids if store.job(job).node_id)
+    assert loads == dict.fromkeys(node_ids, 2), loads  # never over-assigned, every slot used
+    left = [job for job in job_ids if job not in won]
+    assert len(left) == 2
+    for job in left:  # refused by every process, and nothing half-assigned
+        assert store.job(job).status == "submitted" and store.job(job).node_id is None
+
+
+def test_one_dispatcher_alone_spreads_and_a_reassignment_names_the_lost_node(tmp_path: Path) -> None:
+    """Positive control: the same claim from one process spreads jobs one per node; a job held by a node
+    moves only when the caller names that node as lost."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    node_ids, job_ids = _world(url, nodes=3, jobs=3)
+    channel = SchedulerChannel(store=CoordinatorStore.from_url(url))
+    first = [channel.assign(job)["node_id"] for job in job_ids]
+    assert sorted(first) == sorted(node_ids)
+    with pytest.raises(ConflictError, match="already assigned"):
+        channel.assign(job_ids[0])
+    before = channel.store.job(job_ids[0])
+    moved = channel.assign(job_ids[0], exclude=[first[0]])
+    assert moved["node_id"] != first[0] and moved["assignment"] != before.assignment
+
+
+def test_a_node_without_the_minimum_stake_is_skipped_not_half_assigned(tmp_path: Path) -> None:
+    """F1: dispatch chooses among staked nodes only, before the claim; none staked is a clean refusal."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    node_ids, job_ids = _world(url, nodes=2, jobs=2)
+    store = CoordinatorStore.from_url(url)
+    staked_peer = store.node(node_ids[1]).peer_id
+    channel = SchedulerChannel(store=store, staked=lambda peers: {p for p in peers if p == staked_peer})
+    assert channel.assign(job_ids[0])["node_id"] == node_ids[1]  # the idle unstaked node is passed over
+    broke = SchedulerChannel(store=store, staked=lambda peers: set())
+    with pytest.raises(ConflictError, match="no healthy"):
+        broke.assign(job_ids[1])
+    assert store.job(job_ids[1]).status == "submitted" and store.job(job_ids[1]).node_id is None
