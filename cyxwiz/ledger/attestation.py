@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ from cyxwiz.ledger.records import ProofRequiredError
 FORMAT = "cyxwiz-report-attestation/1"
 Verdict = Literal["pass", "fail", "fraud"]
 _VERDICTS = ("pass", "fail", "fraud")
+#: how many verified report signatures a policy remembers (a few per escrow in flight)
+_GOOD_SIGNATURES = 4096
 
 
 class ReportRefusedError(EscrowError):
@@ -108,10 +110,16 @@ class ReportAttestation:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        # every field is a str: a flat copy is what dataclasses.asdict builds, without its deep copies
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        # Frozen: the text never changes; a release reads it several times (memo, row, hash, cache key).
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_json", text)
+        return text
 
     @classmethod
     def parse(cls, value: object) -> ReportAttestation:
@@ -138,6 +146,14 @@ class ReportAttestation:
                 "the report attestation is malformed (fields or types)", field="report", rule="F1"
             )
         return cls(**{k: str(value[k]) for k in names if k in value})
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()  # one system call per CRL file and check
+    except FileNotFoundError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 def sign_attestation(
@@ -186,6 +202,11 @@ class AttestationPolicy:
         default_factory=dict, compare=False, repr=False
     )
     _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: (the attestation's SHA-256, the signer's raw public key) of every signature that verified: the
+    #: ledger and an in-process verifier check the same report, and Ed25519 verification is the costliest
+    #: step of a release. Keyed by the whole signed attestation (statement, certificate, signature) and
+    #: the key, never by job: any other bytes verify afresh. Cleared with the signer cache on a CRL change.
+    _good: dict[tuple[bytes, bytes], None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_files(cls, bundle: Path, *, crls: Sequence[Path] = ()) -> AttestationPolicy:
@@ -204,25 +225,30 @@ class AttestationPolicy:
     def _refresh(self) -> None:
         from cyxwiz.pki.certs import load_crls
 
-        stamps = tuple(
-            (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in self.crl_paths
-        )
+        stamps = tuple(_stamp(p) for p in self.crl_paths)
         if self._state.get("stamps") == stamps:
             return
         self._state["crls"] = [*self.crls, *(c for p in self.crl_paths if p.exists() for c in load_crls(p))]
         self._state["stamps"] = stamps
         self._verified.clear()  # a certificate checked against the old CRLs is checked again
+        self._good.clear()
 
     def verify_signature(self, value: object) -> ReportAttestation:
         """Signer and signature only (no binding): a valid ``verifier`` certificate signed these bytes."""
         attestation = ReportAttestation.parse(value)
-        public = self._signer(attestation)
+        public = self._signer(attestation)  # chain, CRL, role and expiry: on every use
+        seen = (hashlib.sha256(attestation.to_json().encode()).digest(), public.public_bytes_raw())
+        if seen in self._good:
+            return attestation
         try:
             public.verify(base64.b64decode(attestation.signature, validate=True), attestation.signing_bytes())
         except (InvalidSignature, ValueError):
             raise ReportSignatureError(
                 "the report's signature does not verify", field="report.signature", rule="F1"
             ) from None
+        if len(self._good) >= _GOOD_SIGNATURES:
+            self._good.clear()  # bounded; threads share it, so no partial eviction mid-iteration
+        self._good[seen] = None
         return attestation
 
     def _signer(self, attestation: ReportAttestation) -> Ed25519PublicKey:

@@ -269,6 +269,8 @@ class LocalChain:
     # -- persistence ------------------------------------------------------------------------------
 
     def _touch(self, keys: list[Pubkey]) -> None:
+        if self._snapshot is None:  # the copies below exist only to be written to the snapshot
+            return
         for key in keys:
             account = self._svm.get_account(key)
             if account is None:

@@ -41,13 +41,13 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
     except CyxwizError as exc:
         ledger._refused("dispute", job_id, exc)
         raise
-    target = txbuild.dispute_address(ledger._payer.pubkey(), job_id)
+    target = txbuild.dispute_address(ledger.payer_key, job_id)
     intent = dispute_intent(ledger, record, signers, cosign)
     moved = ledger.store.begin_move(
         record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
         updates={"dispute_reason": text},
     )  # fmt: skip
-    moves.drive(
+    concluded = moves.drive(
         ledger,
         record,
         "dispute",
@@ -55,7 +55,7 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
         target,
         rebuild=lambda: dispute_intent(ledger, record, signers, cosign),
     )
-    return moves.done(ledger, record, "dispute", target, text)
+    return moves.done(ledger, record, "dispute", target, text, audit=concluded)
 
 
 def resolve(
@@ -100,7 +100,7 @@ def dispute_intent(
 ) -> NewIntent:
     assert ledger.dispute_multisig is not None
     instructions = txbuild.dispute_escrow(
-        payer=ledger._payer.pubkey(),
+        payer=ledger.payer_key,
         escrow=Pubkey.from_string(record.escrow_account),
         mint=ledger.mint,
         decimals=ledger.decimals,
@@ -109,9 +109,9 @@ def dispute_intent(
         job_id=record.job_id,
         amount=record.amount,
         rent=ledger._account_rent(),
-        authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
+        authority_signers=[ledger.key_of(k) for k in (*signers, cosign[0])],
     )
-    target = txbuild.dispute_address(ledger._payer.pubkey(), record.job_id)
+    target = txbuild.dispute_address(ledger.payer_key, record.job_id)
     return moves.signed(
         ledger,
         record.job_id,

@@ -2,14 +2,15 @@
 
 The control plane never needs the user's key: :meth:`EscrowLedger.funding_message` builds the lock
 transaction's message (fee payer = the control plane), the user's client signs it, and
-:func:`create_signed` re-builds the expected message, compares it byte for byte, checks the user's
+:func:`create_signed` re-builds the expected message (or knows the bytes as its own), compares it byte
+for byte, checks the user's
 signature, adds the fee payer's and runs the intent protocol.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from solders.message import Message
 from solders.pubkey import Pubkey
@@ -45,15 +46,11 @@ def create_signed(
         parsed = Message.from_bytes(message)
     except Exception:  # solders raises its own parse errors
         raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
-    expected = txbuild.create_escrow(
-        payer=ledger._payer.pubkey(), user=user, user_token=txbuild.token_account_of(user, ledger.mint),
-        mint=ledger.mint, decimals=ledger.decimals, multisig=ledger.multisig, job_id=job_id, amount=amount,
-        rent=ledger._account_rent(), owner=owner,
-    )  # fmt: skip
-    if (
-        bytes(Message.new_with_blockhash(expected, ledger._payer.pubkey(), parsed.recent_blockhash))
+    if not _issued_here(ledger, message, (job_id, str(user), amount, owner)) and (
+        bytes(Message.new_with_blockhash(_lock(ledger, job_id, user, amount, owner), ledger.payer_key,
+                                         parsed.recent_blockhash))
         != message
-    ):
+    ):  # fmt: skip
         raise EscrowError(
             "the funding message is not the lock of this amount from this wallet for this job",
             field="message",
@@ -61,7 +58,7 @@ def create_signed(
         )
     if not signature.verify(user, message):
         raise AuthorizationError("the user's signature does not verify", field="user_signature", rule="F1")
-    escrow = txbuild.escrow_address(ledger._payer.pubkey(), job_id, user)
+    escrow = txbuild.escrow_address(ledger.payer_key, job_id, user)
     tx = Transaction.populate(parsed, [txbuild.sign_message(ledger._payer, parsed), signature])
     new = NewIntent(
         kind="create",
@@ -85,13 +82,15 @@ def create_signed(
         intent=new,
     )
     try:
-        ledger._driver.drive(intent, rebuild=None)
+        concluded = ledger._driver.drive(intent, rebuild=None)
     except LedgerError as exc:
         ledger._record_audit(
             "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
         )
         raise
     record = ledger.status(job_id=job_id)
+    if not concluded:  # the reconciler saw it land first and audited it
+        return record
     ledger._record_audit(
         "create", job_id, success=True, amount=amount, source=str(user_token), destination=str(escrow),
         tx_signature=record.create_signature,
@@ -111,19 +110,26 @@ def funding_message(ledger: EscrowLedger, *, job_id: str, user_wallet: str | Pub
     check_job_id(job_id)
     check_amount(amount, minimum=ledger.minimum_payment)
     user = check_wallet(user_wallet, field="user_wallet")
-    instructions = txbuild.create_escrow(
-        payer=ledger._payer.pubkey(),
-        user=user,
-        user_token=txbuild.token_account_of(user, ledger.mint),
-        mint=ledger.mint,
-        decimals=ledger.decimals,
-        multisig=ledger.multisig,
-        job_id=job_id,
-        amount=amount,
-        rent=ledger._account_rent(),
-    )
+    instructions = _lock(ledger, job_id, user, amount, None)
     blockhash, last_valid = ledger.chain.latest_blockhash()
     if len(ledger._valid_until) > 1024:  # messages never funded: forget the oldest answers
         ledger._valid_until.clear()
+        ledger._issued.clear()
     ledger._valid_until[str(blockhash)] = last_valid
-    return bytes(Message.new_with_blockhash(instructions, ledger._payer.pubkey(), blockhash))
+    message = bytes(Message.new_with_blockhash(instructions, ledger.payer_key, blockhash))
+    ledger._issued[message] = (job_id, str(user), amount, None)
+    return message
+
+
+def _lock(ledger: EscrowLedger, job_id: str, user: Pubkey, amount: int, owner: str | None) -> list[Any]:
+    return txbuild.create_escrow(
+        payer=ledger.payer_key, user=user, user_token=txbuild.token_account_of(user, ledger.mint),
+        mint=ledger.mint, decimals=ledger.decimals, multisig=ledger.multisig, job_id=job_id, amount=amount,
+        rent=ledger._account_rent(), owner=owner,
+    )  # fmt: skip
+
+
+def _issued_here(ledger: EscrowLedger, message: bytes, terms: tuple[str, str, int, str | None]) -> bool:
+    """These exact bytes were built by :func:`funding_message` here for exactly these terms: the same
+    comparison as re-building them, without building the instructions a second time. Used once."""
+    return ledger._issued.pop(message, None) == terms

@@ -86,8 +86,12 @@ class IntentDriver:
         if self.batch is None:
             self.batch = BatchStatus(self.chain)
 
-    def drive(self, intent: Intent, *, rebuild: Rebuild | None) -> None:
-        """Send a recorded intent until it is confirmed, refused, or (expired and not rebuildable)."""
+    def drive(self, intent: Intent, *, rebuild: Rebuild | None) -> bool:
+        """Send a recorded intent until it is confirmed, refused, or (expired and not rebuildable).
+
+        True when this call concluded the confirmed intent, False when another process (the sweep, a
+        second lifecycle) concluded it first: that one audits the move.
+        """
         for _attempt in range(self.max_attempts):
             self.fault("after_record")
             try:
@@ -105,8 +109,7 @@ class IntentDriver:
             self.fault("after_send")
             status = self.wait(intent)
             if status is not None:
-                self.conclude(intent, status)
-                return
+                return self.conclude(intent, status)
             if rebuild is None:
                 break
             intent = self.store.replace(intent, rebuild())
@@ -141,10 +144,10 @@ class IntentDriver:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def conclude(self, intent: Intent, status: SignatureStatus) -> None:
+    def conclude(self, intent: Intent, status: SignatureStatus) -> bool:
+        """Record what the chain decided; True when this call was the one that concluded the intent."""
         if status.err is None:
-            self.store.finish(intent)
-            return
+            return self.store.finish(intent)
         self.store.abandon(
             intent, status=IntentStatus.FAILED, error=status.err, revert_to=self.revert(intent)
         )

@@ -58,14 +58,14 @@ def settle_intent(  # noqa: PLR0917 - internal, one shape
     source = record.dispute_account or record.escrow_account
     multisig = ledger.dispute_multisig if disputed and ledger.dispute_multisig else ledger.multisig
     instructions = txbuild.settle_escrow(
-        payer=ledger._payer.pubkey(),
+        payer=ledger.payer_key,
         escrow=Pubkey.from_string(source),
         mint=ledger.mint,
         decimals=ledger.decimals,
         multisig=multisig,
         recipient_wallet=wallet,
         amount=record.amount,
-        authority_signers=[k.pubkey() for k in signers] + [cosign[0].pubkey()],
+        authority_signers=[ledger.key_of(k) for k in (*signers, cosign[0])],
         memo_text=memo,
         rent_owner=ledger.rent_owner,
     )
@@ -108,7 +108,7 @@ def settle(  # noqa: PLR0917 - internal, one shape
     moved = ledger.store.begin_move(
         record.job_id, allowed=expected, transitional=transitional, intent=intent, updates=updates
     )
-    drive(
+    concluded = drive(
         ledger,
         record,
         kind,
@@ -116,7 +116,7 @@ def settle(  # noqa: PLR0917 - internal, one shape
         wallet,
         rebuild=lambda: settle_intent(ledger, signed_record, kind, wallet, signers, cosign),
     )
-    return done(ledger, record, kind, wallet, reason)
+    return done(ledger, record, kind, wallet, reason, audit=concluded)
 
 
 def hold_release(
@@ -136,9 +136,9 @@ def hold_release(
 
 def drive(
     ledger: EscrowLedger, record: EscrowRecord, kind: str, intent: Any, dest: Pubkey, *, rebuild: Any
-) -> None:
+) -> bool:
     try:
-        ledger._driver.drive(intent, rebuild=rebuild)
+        return ledger._driver.drive(intent, rebuild=rebuild)
     except LedgerError as exc:
         after = ledger.status(job_id=record.job_id).state
         pending = kind == "release" and after in (EscrowState.SETTLING, EscrowState.RELEASING)
@@ -151,9 +151,13 @@ def drive(
 
 
 def done(
-    ledger: EscrowLedger, record: EscrowRecord, kind: str, dest: Pubkey, reason: str | None
+    ledger: EscrowLedger, record: EscrowRecord, kind: str, dest: Pubkey, reason: str | None, *, audit: bool
 ) -> EscrowRecord:
+    """The settled record; audited by whoever concluded the move's intent (``audit``), so a release the
+    lifecycle and the sweep both saw land has one record (H2, F2)."""
     done = ledger.status(job_id=record.job_id)
+    if not audit:
+        return done
     ledger._record_audit(
         kind, record.job_id, success=True, amount=record.amount,
         source=record.dispute_account or record.escrow_account, destination=str(dest),
@@ -173,13 +177,13 @@ def signed(  # noqa: PLR0917 - internal, one shape
     recipient: str | None = None,
 ) -> NewIntent:
     blockhash, last_valid = ledger.chain.latest_blockhash()
-    message = Message.new_with_blockhash(instructions, ledger._payer.pubkey(), blockhash)
+    message = Message.new_with_blockhash(instructions, ledger.payer_key, blockhash)
     raw = bytes(message)
-    signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (ledger._payer, *signers)}
+    signatures = {ledger.key_of(k): txbuild.sign_message(k, message) for k in (ledger._payer, *signers)}
     if cosign is not None:
         cosigner, cosign_kind, report = cosign
         request = CosignRequest(kind=cosign_kind, job_id=job_id, message=raw, report=report)
-        signatures[cosigner.pubkey()] = cosigner.cosign(request)
+        signatures[ledger.key_of(cosigner)] = cosigner.cosign(request)
     required = message.account_keys[: message.header.num_required_signatures]
     missing = [str(k) for k in required if k not in signatures]
     if missing:

@@ -66,12 +66,14 @@ def reconcile(ledger: EscrowLedger) -> list[EscrowRecord]:
     for intent in ledger.store.intents(status=IntentStatus.PREPARED):
         touched.append(intent.job_id)
         try:
-            _recover(ledger, intent)
+            concluded = _recover(ledger, intent)
         except CyxwizError as exc:
             ledger._record_audit(
                 intent.kind, intent.job_id, success=False, amount=0, reason=f"reconcile: {exc.code}"
             )
             continue  # left for the next sweep (or settled as failed); the record says why
+        if not concluded:
+            continue  # the process that sent it concluded it meanwhile, and audited it (one record)
         record = ledger.status(job_id=intent.job_id)
         ledger._record_audit(
             intent.kind,
@@ -86,21 +88,21 @@ def reconcile(ledger: EscrowLedger) -> list[EscrowRecord]:
     return [ledger.status(job_id=job_id) for job_id in dict.fromkeys(touched)]
 
 
-def _recover(ledger: EscrowLedger, intent: Intent) -> None:
+def _recover(ledger: EscrowLedger, intent: Intent) -> bool:
+    """Finish one prepared intent; False when another process concluded it meanwhile."""
     driver = ledger._driver
     status = ledger.chain.signature_status(intent.signature)
     if status is not None:
-        driver.conclude(intent, status)
-        return
+        return driver.conclude(intent, status)
     rebuild = _rebuilder(ledger, intent)
     if ledger.chain.block_height() <= intent.last_valid_height:
-        driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
-    elif rebuild is None:
+        return driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
+    if rebuild is None:
         ledger.store.abandon(
             intent, status=IntentStatus.EXPIRED, error="expired unsent", revert_to=driver.revert(intent)
         )
-    else:
-        driver.drive(ledger.store.replace(intent, rebuild()), rebuild=rebuild)
+        return True
+    return driver.drive(ledger.store.replace(intent, rebuild()), rebuild=rebuild)
 
 
 def _rebuilder(ledger: EscrowLedger, intent: Intent) -> Rebuild | None:

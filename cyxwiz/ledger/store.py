@@ -9,7 +9,7 @@ both win: the loser gets :class:`~cyxwiz.errors.EscrowStateError` before anythin
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -56,39 +56,58 @@ def _now() -> datetime:
 class EscrowStore:
     """Rows and compare-and-set transitions. One instance per process; safe to share across threads."""
 
-    def __init__(self, *, engine: Engine, wal: WalSync | None = None) -> None:
+    def __init__(
+        self, *, engine: Engine, wal: WalSync | None = None, fast: rawsql.SqlitePool | None = None
+    ) -> None:
         self._engine = engine
         self._wal = wal
+        #: plain sqlite3 connections for the moves' own statements (SQLite on disk only)
+        self._fast = fast
         self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
 
     @classmethod
     def open(cls, url: str) -> EscrowStore:
         if url.startswith("sqlite"):
-            engine = sa.create_engine(url, connect_args={"timeout": 30})
+            database = sa.engine.make_url(url).database
+            on_disk = bool(database) and database != ":memory:"
+            # A pooled connection per escrow in flight: past the pool, SQLAlchemy opens and closes one
+            # per transaction (connect + pragmas each time).
+            pool: dict[str, Any] = {"pool_size": 32, "max_overflow": 32} if on_disk else {}
+            engine = sa.create_engine(url, connect_args={"timeout": 30}, **pool)
             # WAL: readers do not block the writer, and a commit is one append; intents are flushed by
             # group commit (WalSync): one fsync for every intent committed in its window.
             sa.event.listen(engine, "connect", _sqlite_pragmas)
-            database = engine.url.database
-            wal = WalSync(Path(database).resolve()) if database and database != ":memory:" else None
-            return cls(engine=engine, wal=wal)
+            if not on_disk:
+                return cls(engine=engine)
+            path = Path(str(database)).resolve()
+            fast = rawsql.SqlitePool(engine=engine, database=path, setup=_sqlite_pragmas)
+            return cls(engine=engine, wal=WalSync(path), fast=fast)
         return cls(engine=sa.create_engine(url, pool_pre_ping=True))
 
     @contextmanager
-    def _durable(self) -> Iterator[Connection]:
-        """A transaction that is on disk when the block exits (the intent rule of F2)."""
-        with self._engine.begin() as conn:
+    def _durable(self, *, statements: bool = True) -> Iterator[rawsql.Conn]:
+        """A transaction that is on disk when the block exits (the intent rule of F2). ``statements``:
+        only this module's raw statements run in it (else a SQLAlchemy connection, for other modules')."""
+        with self._writing(statements) as conn:
             yield conn
         if self._wal is not None:
             self._wal.sync()
 
+    def _writing(self, statements: bool) -> AbstractContextManager[rawsql.Conn]:
+        if statements and self._fast is not None:
+            return self._fast.transaction()
+        return rawsql.writing(self._engine)
+
     def dispose(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         self._engine.dispose()
 
     # -- reads ------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict[str, Any]:
-        with self._engine.connect() as conn:
+        with self._fast.reading() if self._fast is not None else self._engine.connect() as conn:
             row = rawsql.select_escrow(conn, job_id)
         if row is None:
             raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
@@ -169,7 +188,7 @@ class EscrowStore:
                 raise self._state_error(job_id, self._current(conn, job_id))
 
     @contextmanager
-    def _concluding(self) -> Iterator[Connection]:
+    def _concluding(self, *, statements: bool = True) -> Iterator[rawsql.Conn]:
         """A transaction that records what the chain already decided, committed without waiting for the disk.
 
         Only the intent written *before* a send must survive power loss (F2). If this conclusion is lost,
@@ -178,21 +197,24 @@ class EscrowStore:
         commit order, so the next durable commit carries this one with it: two fsyncs per escrow pair
         are saved, the ones no recovery needs.
         """
-        with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
+        with self._writing(statements) as conn:
+            if isinstance(conn, Connection) and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn  # SQLite: committed to the WAL, flushed by the next group sync
 
-    def finish(self, intent: Intent) -> None:
-        """The intent's transaction is confirmed on chain: the escrow reaches its target state."""
+    def finish(self, intent: Intent) -> bool:
+        """The intent's transaction is confirmed on chain: the escrow reaches its target state.
+
+        True for the one call that concluded it: the lifecycle and the sweep may both see one release
+        land, and only the concluder audits the settlement (exactly one record per signature, H2).
+        """
         now = _now()
         if intent.kind not in TRANSITIONAL:
-            self._conclude_side(intent, IntentStatus.CONFIRMED, None, now)
-            return
+            return self._conclude_side(intent, IntentStatus.CONFIRMED, None, now)
         signature_column = "create_signature" if intent.kind == "create" else "settle_signature"
         with self._concluding() as conn:
             confirmed = {"status": IntentStatus.CONFIRMED.value, "updated_at": now}
-            rawsql.update_intent(conn, intent.id, confirmed, prepared=False)
+            concluded = rawsql.confirm_intent(conn, intent.id, confirmed) == 1
             values: dict[str, Any] = {signature_column: intent.signature}
             if intent.kind == "dispute":  # the funds now sit in the dispute escrow; settled later
                 values = {"dispute_account": intent.recipient_wallet}
@@ -202,6 +224,7 @@ class EscrowStore:
             moved = rawsql.update_escrow(conn, intent.job_id, TRANSITIONAL[intent.kind].value, values)
             if not moved and (current := self._current(conn, intent.job_id)) != intent.target_state:
                 raise self._state_error(intent.job_id, current)  # (target reached: finished elsewhere)
+            return concluded
 
     def abandon(
         self, intent: Intent, *, status: IntentStatus, error: str, revert_to: EscrowState | None = None
@@ -239,28 +262,32 @@ class EscrowStore:
         if intent.kind not in SIDE_MOVES:
             raise ConflictError(f"no side move of kind {intent.kind!r} is registered", field="kind")
         now = _now()
-        with self._durable() as conn:
+        with self._durable(statements=False) as conn:
+            assert isinstance(conn, Connection)
             current = self._current(conn, job_id)
             claim(conn)
             return self._add_intent(conn, job_id, current, intent, now)
 
-    def _conclude_side(self, intent: Intent, status: IntentStatus, error: str | None, now: datetime) -> None:
+    def _conclude_side(self, intent: Intent, status: IntentStatus, error: str | None, now: datetime) -> bool:
         effect = SIDE_MOVES.get(intent.kind)
         if effect is None:  # the owning module is not loaded: leave it prepared rather than guess
             raise ConflictError(f"no side move of kind {intent.kind!r} is registered", field="kind")
-        with self._concluding() as conn:
+        with self._concluding(statements=False) as conn:  # the owner's effect runs SQLAlchemy statements
+            assert isinstance(conn, Connection)
             values: dict[str, Any] = {"status": status.value, "updated_at": now}
             if error is not None:
                 values["error"] = error[:500]
             if (
-                rawsql.update_intent(conn, intent.id, values, prepared=True) == 1
+                rawsql.update_intent(conn, intent.id, values, prepared=True) != 1
             ):  # only the one transaction that concludes the intent applies its effect
-                effect(conn, intent, status is IntentStatus.CONFIRMED)
+                return False
+            effect(conn, intent, status is IntentStatus.CONFIRMED)
+            return True
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def _add_intent(
-        self, conn: Connection, job_id: str, prior: EscrowState, intent: NewIntent, now: datetime
+        self, conn: rawsql.Conn, job_id: str, prior: EscrowState, intent: NewIntent, now: datetime
     ) -> Intent:
         intent_id = rawsql.insert(conn, intents.name, {
             "job_id": job_id, "kind": intent.kind, "status": IntentStatus.PREPARED.value,
@@ -275,7 +302,7 @@ class EscrowStore:
             error=None,
         )  # fmt: skip
 
-    def _current(self, conn: Connection, job_id: str) -> EscrowState:
+    def _current(self, conn: rawsql.Conn, job_id: str) -> EscrowState:
         state = rawsql.escrow_state(conn, job_id)
         if state is None:
             raise NotFoundError("no escrow for this job", field="job_id", rule="F1")
@@ -283,7 +310,7 @@ class EscrowStore:
 
     def _cas(  # noqa: PLR0917 - internal helper, called in one shape
         self,
-        conn: Connection,
+        conn: rawsql.Conn,
         job_id: str,
         allowed: Sequence[EscrowState],
         new_state: EscrowState,

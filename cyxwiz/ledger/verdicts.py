@@ -81,7 +81,7 @@ class VerdictBook:
             "recorded_at": dt.datetime.now(dt.UTC),
         }
         try:
-            with self._engine.begin() as conn:
+            with rawsql.writing(self._engine) as conn:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
@@ -92,7 +92,7 @@ class VerdictBook:
         row = {"job_id": job_id, "verdict": "upheld", "escrow": escrow, "report_sha256": "",
                "attestation": "", "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
         try:
-            with self._engine.begin() as conn:
+            with rawsql.writing(self._engine) as conn:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cyxwiz.audit import MemorySink
 from cyxwiz.audit.events import EventType
 from cyxwiz.errors import EscrowStateError
+from cyxwiz.ledger import rawsql
 from cyxwiz.ledger.chain import LocalChain
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.records import WrongRecipientError
@@ -122,7 +123,8 @@ def test_only_intents_wait_for_the_disk(local_world: World) -> None:
     wal = ledger.store._wal
     assert wal is not None
     with ledger.store._concluding() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 1  # NORMAL: no flush per commit
+        # NORMAL: no flush per commit
+        assert rawsql.execute(conn, "PRAGMA synchronous", {}).fetchone()[0] == 1
     before = wal.commits
     ledger.create(job_id="job-sync", user=w.user, amount=5_000)
     assert wal.commits == before + 1  # the funding intent; its conclusion waits for nothing
