@@ -47,7 +47,7 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
         record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
         updates={"dispute_reason": text},
     )  # fmt: skip
-    concluded = moves.drive(
+    finished = moves.drive(
         ledger,
         record,
         "dispute",
@@ -55,7 +55,7 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
         target,
         rebuild=lambda: dispute_intent(ledger, record, signers, cosign),
     )
-    return moves.done(ledger, record, "dispute", target, text, audit=concluded)
+    return moves.done(ledger, record, "dispute", target, text, finished)
 
 
 def resolve(

@@ -82,14 +82,14 @@ def create_signed(
         intent=new,
     )
     try:
-        concluded = ledger._driver.drive(intent, rebuild=None)
+        finished = ledger._driver.drive(intent, rebuild=None)
     except LedgerError as exc:
         ledger._record_audit(
             "create", job_id, success=False, amount=amount, source=str(user_token), reason=exc.code
         )
         raise
-    record = ledger.status(job_id=job_id)
-    if not concluded:  # the reconciler saw it land first and audited it
+    record = EscrowRecord.from_row(finished.row) if finished.row else ledger.status(job_id=job_id)
+    if not finished.concluded:  # the reconciler saw it land first and audited it
         return record
     ledger._record_audit(
         "create", job_id, success=True, amount=amount, source=str(user_token), destination=str(escrow),

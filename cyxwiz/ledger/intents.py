@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cyxwiz.errors import EscrowError, LedgerError
 from cyxwiz.ledger.chain import Chain, SignatureStatus, TransactionRejectedError
-from cyxwiz.ledger.store import EscrowState, EscrowStore, Intent, IntentStatus, NewIntent
+from cyxwiz.ledger.store import EscrowState, EscrowStore, Finished, Intent, IntentStatus, NewIntent
 
 Rebuild = Callable[[], NewIntent]
 
@@ -86,11 +86,11 @@ class IntentDriver:
         if self.batch is None:
             self.batch = BatchStatus(self.chain)
 
-    def drive(self, intent: Intent, *, rebuild: Rebuild | None) -> bool:
+    def drive(self, intent: Intent, *, rebuild: Rebuild | None) -> Finished:
         """Send a recorded intent until it is confirmed, refused, or (expired and not rebuildable).
 
-        True when this call concluded the confirmed intent, False when another process (the sweep, a
-        second lifecycle) concluded it first: that one audits the move.
+        ``concluded`` when this call concluded the confirmed intent, not when another process (the sweep,
+        a second lifecycle) concluded it first: that one audits the move.
         """
         for _attempt in range(self.max_attempts):
             self.fault("after_record")
@@ -144,8 +144,8 @@ class IntentDriver:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def conclude(self, intent: Intent, status: SignatureStatus) -> bool:
-        """Record what the chain decided; True when this call was the one that concluded the intent."""
+    def conclude(self, intent: Intent, status: SignatureStatus) -> Finished:
+        """Record what the chain decided (raises when it failed); whether this call concluded it."""
         if status.err is None:
             return self.store.finish(intent)
         self.store.abandon(

@@ -152,7 +152,7 @@ class EscrowLedger:
             stakes=StakeBook(self.store._engine),
             stake_policy=self.stake_policy or StakePolicy(),
             escrow_store=self.store,
-            verdicts=VerdictBook(engine=self.store._engine),
+            verdicts=VerdictBook(engine=self.store._engine, fast=self.store._fast),
             node_peers=self.node_peers,
         )
 
@@ -255,8 +255,11 @@ class EscrowLedger:
             fields["deadline"] = deadline
         if run_id is not None:
             fields["run_id"] = run_id
-        self.store.update_fields(check_job_id(job_id), allowed=[EscrowState.LOCKED], durable=False, **fields)
-        return self.status(job_id=job_id)
+        return EscrowRecord.from_row(
+            self.store.update_fields(
+                check_job_id(job_id), allowed=[EscrowState.LOCKED], durable=False, **fields
+            )
+        )
 
     # -- settlement -------------------------------------------------------------------------------
 

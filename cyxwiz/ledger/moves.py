@@ -28,6 +28,7 @@ from cyxwiz.ledger.records import (
     check_wallet,
 )
 from cyxwiz.ledger.schema import EscrowState, NewIntent
+from cyxwiz.ledger.store import Finished
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import CosignPlan, EscrowLedger
@@ -108,7 +109,7 @@ def settle(  # noqa: PLR0917 - internal, one shape
     moved = ledger.store.begin_move(
         record.job_id, allowed=expected, transitional=transitional, intent=intent, updates=updates
     )
-    concluded = drive(
+    finished = drive(
         ledger,
         record,
         kind,
@@ -116,7 +117,7 @@ def settle(  # noqa: PLR0917 - internal, one shape
         wallet,
         rebuild=lambda: settle_intent(ledger, signed_record, kind, wallet, signers, cosign),
     )
-    return done(ledger, record, kind, wallet, reason, audit=concluded)
+    return done(ledger, record, kind, wallet, reason, finished)
 
 
 def hold_release(
@@ -136,7 +137,7 @@ def hold_release(
 
 def drive(
     ledger: EscrowLedger, record: EscrowRecord, kind: str, intent: Any, dest: Pubkey, *, rebuild: Any
-) -> bool:
+) -> Finished:
     try:
         return ledger._driver.drive(intent, rebuild=rebuild)
     except LedgerError as exc:
@@ -150,13 +151,18 @@ def drive(
         raise
 
 
-def done(
-    ledger: EscrowLedger, record: EscrowRecord, kind: str, dest: Pubkey, reason: str | None, *, audit: bool
+def done(  # noqa: PLR0917 - internal, one shape
+    ledger: EscrowLedger,
+    record: EscrowRecord,
+    kind: str,
+    dest: Pubkey,
+    reason: str | None,
+    finished: Finished,
 ) -> EscrowRecord:
-    """The settled record; audited by whoever concluded the move's intent (``audit``), so a release the
-    lifecycle and the sweep both saw land has one record (H2, F2)."""
-    done = ledger.status(job_id=record.job_id)
-    if not audit:
+    """The settled record; audited by whoever concluded the move's intent, so a release the lifecycle and
+    the sweep both saw land has one record (H2, F2)."""
+    done = EscrowRecord.from_row(finished.row) if finished.row else ledger.status(job_id=record.job_id)
+    if not finished.concluded:
         return done
     ledger._record_audit(
         kind, record.job_id, success=True, amount=record.amount,

@@ -44,6 +44,7 @@ def register(table: Any) -> None:
 register(escrows)
 register(intents)
 _SELECT_ESCROW = f"SELECT {', '.join(ESCROW_COLUMNS)} FROM {escrows.name} WHERE job_id = :job_id"  # noqa: S608
+_RETURNING = f" RETURNING {', '.join(ESCROW_COLUMNS)}"
 _SELECT_STATE = f"SELECT state FROM {escrows.name} WHERE job_id = :job_id"  # noqa: S608
 
 
@@ -180,8 +181,10 @@ def execute(conn: Conn, sql: str, values: dict[str, Any]) -> Any:
 
 def select_escrow(conn: Conn, job_id: str) -> dict[str, Any] | None:
     row = execute(conn, _SELECT_ESCROW, {"job_id": job_id}).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _escrow_row(conn, row)
+
+
+def _escrow_row(conn: Conn, row: Any) -> dict[str, Any]:
     result = dict(zip(ESCROW_COLUMNS, row, strict=True))
     result["amount"] = int(Decimal(str(result["amount"])))
     if _sqlite(conn):
@@ -202,6 +205,16 @@ def update_escrow(conn: Conn, job_id: str, state: str, values: dict[str, Any]) -
     sql = _update_sql(escrows.name, tuple(names), "job_id = :w_job_id AND state = :w_state")
     params = {f"v_{k}": values[k] for k in names} | {"w_job_id": job_id, "w_state": state}
     return int(execute(conn, sql, params).rowcount)
+
+
+def move_escrow(conn: Conn, job_id: str, state: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`update_escrow` that returns the row as the update left it (no read after it), or None when
+    the compare-and-set missed. ``RETURNING``: SQLite 3.35+, PostgreSQL."""
+    names = sorted(values)
+    sql = _update_sql(escrows.name, tuple(names), "job_id = :w_job_id AND state = :w_state") + _RETURNING
+    params = {f"v_{k}": values[k] for k in names} | {"w_job_id": job_id, "w_state": state}
+    rows = execute(conn, sql, params).fetchall()  # all of them: the statement is finished before commit
+    return _escrow_row(conn, rows[0]) if rows else None
 
 
 def update_intent(conn: Conn, intent_id: int, values: dict[str, Any], *, prepared: bool) -> int:

@@ -93,16 +93,16 @@ def _recover(ledger: EscrowLedger, intent: Intent) -> bool:
     driver = ledger._driver
     status = ledger.chain.signature_status(intent.signature)
     if status is not None:
-        return driver.conclude(intent, status)
+        return driver.conclude(intent, status).concluded
     rebuild = _rebuilder(ledger, intent)
     if ledger.chain.block_height() <= intent.last_valid_height:
-        return driver.drive(intent, rebuild=rebuild)  # re-sends the same signed bytes
+        return driver.drive(intent, rebuild=rebuild).concluded  # re-sends the same signed bytes
     if rebuild is None:
         ledger.store.abandon(
             intent, status=IntentStatus.EXPIRED, error="expired unsent", revert_to=driver.revert(intent)
         )
         return True
-    return driver.drive(ledger.store.replace(intent, rebuild()), rebuild=rebuild)
+    return driver.drive(ledger.store.replace(intent, rebuild()), rebuild=rebuild).concluded
 
 
 def _rebuilder(ledger: EscrowLedger, intent: Intent) -> Rebuild | None:

@@ -227,7 +227,7 @@ class StakeLedger:
             )
         except sa.exc.IntegrityError:
             raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2") from None
-        if not led._driver.drive(moved, rebuild=None):  # the sweep concluded it first: its record
+        if not led._driver.drive(moved, rebuild=None).concluded:  # the sweep concluded it first: its record
             return self.book.get(stake.peer_id)
         led._record_audit(
             "stake.slash", job_id, success=True, amount=share, source=stake.stake_account,

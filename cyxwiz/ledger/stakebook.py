@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cyxwiz.errors import NotFoundError
+from cyxwiz.ledger import rawsql
 from cyxwiz.ledger.store import SIDE_MOVES, EscrowState, Intent, IntentStatus, escrows, intents
 
 metadata = sa.MetaData()
@@ -88,7 +89,7 @@ class StakeBook:
         self, *, peer_id: str, node_wallet: str, stake_account: str, add: int, fresh: bool = False
     ) -> None:
         """Add a deposit; ``fresh``: the stake account was (re)created for it, so nothing else is held."""
-        with self._engine.begin() as conn:
+        with rawsql.writing(self._engine) as conn:  # one writer of this process at a time
             current = conn.execute(sa.select(stakes.c.amount).where(stakes.c.peer_id == peer_id)).scalar()
             if current is not None and fresh:
                 current = 0  # a withdrawal closed the account (also one whose bookkeeping a crash lost)
@@ -104,7 +105,7 @@ class StakeBook:
                 )  # fmt: skip
 
     def update(self, peer_id: str, **values: Any) -> None:
-        with self._engine.begin() as conn:
+        with rawsql.writing(self._engine) as conn:  # one writer of this process at a time
             conn.execute(stakes.update().where(stakes.c.peer_id == peer_id).values(**values))
 
     def slashed_for(self, job_id: str) -> dict[str, Any] | None:

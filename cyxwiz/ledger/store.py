@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +40,16 @@ __all__ = [
     "SIDE_MOVES", "TRANSITIONAL", "EscrowState", "EscrowStore", "Intent", "IntentStatus", "NewIntent",
     "escrows", "intents", "metadata",
 ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What concluding a confirmed intent did: ``concluded`` only for the one call that moved it out of
+    ``prepared``; ``row``, the escrow as this call moved it (None for a side move, or when another
+    process had already moved it)."""
+
+    concluded: bool
+    row: dict[str, Any] | None = None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -169,23 +180,27 @@ class EscrowStore:
 
     def update_fields(
         self, job_id: str, *, allowed: Sequence[EscrowState], durable: bool = True, **fields: Any
-    ) -> None:
-        """Change non-state fields (or the state itself via ``state=``) while in one of ``allowed``.
+    ) -> dict[str, Any]:
+        """Change non-state fields (or the state itself via ``state=``) while in one of ``allowed``;
+        returns the row as changed.
 
         ``durable=False`` for facts whose loss in a crash is harmless (the next intent's flush carries
         them, SQLite keeping commit order; lost, a release finds no node and the sweep refunds).
         """
         now = _now()
         new_state = fields.pop("state", None)
+        values = dict(fields, updated_at=now)
+        if new_state is not None:
+            values["state"] = EscrowState(new_state).value
         with self._durable() if durable else self._concluding() as conn:
-            current = self._current(conn, job_id)
+            # one allowed state: the compare-and-set alone, the read only to explain a refusal
+            current = allowed[0] if len(allowed) == 1 else self._current(conn, job_id)
             if current not in allowed:
                 raise self._state_error(job_id, current)
-            values = dict(fields, updated_at=now)
-            if new_state is not None:
-                values["state"] = EscrowState(new_state).value
-            if rawsql.update_escrow(conn, job_id, current.value, values) != 1:
+            row = rawsql.move_escrow(conn, job_id, current.value, values)
+            if row is None:
                 raise self._state_error(job_id, self._current(conn, job_id))
+            return row
 
     @contextmanager
     def _concluding(self, *, statements: bool = True) -> Iterator[rawsql.Conn]:
@@ -202,15 +217,15 @@ class EscrowStore:
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn  # SQLite: committed to the WAL, flushed by the next group sync
 
-    def finish(self, intent: Intent) -> bool:
+    def finish(self, intent: Intent) -> Finished:
         """The intent's transaction is confirmed on chain: the escrow reaches its target state.
 
-        True for the one call that concluded it: the lifecycle and the sweep may both see one release
-        land, and only the concluder audits the settlement (exactly one record per signature, H2).
+        ``concluded`` for the one call that concluded it: the lifecycle and the sweep may both see one
+        release land, and only the concluder audits the settlement (exactly one record per signature, H2).
         """
         now = _now()
         if intent.kind not in TRANSITIONAL:
-            return self._conclude_side(intent, IntentStatus.CONFIRMED, None, now)
+            return Finished(concluded=self._conclude_side(intent, IntentStatus.CONFIRMED, None, now))
         signature_column = "create_signature" if intent.kind == "create" else "settle_signature"
         with self._concluding() as conn:
             confirmed = {"status": IntentStatus.CONFIRMED.value, "updated_at": now}
@@ -221,10 +236,10 @@ class EscrowStore:
             if intent.recipient_wallet is not None and intent.kind == "release":
                 values["node_wallet"] = intent.recipient_wallet
             values.update(state=intent.target_state.value, updated_at=now)
-            moved = rawsql.update_escrow(conn, intent.job_id, TRANSITIONAL[intent.kind].value, values)
-            if not moved and (current := self._current(conn, intent.job_id)) != intent.target_state:
+            row = rawsql.move_escrow(conn, intent.job_id, TRANSITIONAL[intent.kind].value, values)
+            if row is None and (current := self._current(conn, intent.job_id)) != intent.target_state:
                 raise self._state_error(intent.job_id, current)  # (target reached: finished elsewhere)
-            return concluded
+            return Finished(concluded=concluded, row=row)
 
     def abandon(
         self, intent: Intent, *, status: IntentStatus, error: str, revert_to: EscrowState | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,10 @@ def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class VerdictBook:
     """Verdicts by job (first of each kind kept); safe to share across threads."""
 
-    def __init__(self, *, engine: sa.engine.Engine) -> None:
+    def __init__(self, *, engine: sa.engine.Engine, fast: rawsql.SqlitePool | None = None) -> None:
         self._engine = engine
+        #: the escrow store's plain connections, when this book shares its database (in-process verifier)
+        self._fast = fast
         self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
 
@@ -81,7 +84,7 @@ class VerdictBook:
             "recorded_at": dt.datetime.now(dt.UTC),
         }
         try:
-            with rawsql.writing(self._engine) as conn:
+            with self._writing() as conn:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
@@ -92,10 +95,13 @@ class VerdictBook:
         row = {"job_id": job_id, "verdict": "upheld", "escrow": escrow, "report_sha256": "",
                "attestation": "", "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
         try:
-            with rawsql.writing(self._engine) as conn:
+            with self._writing() as conn:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass
+
+    def _writing(self) -> AbstractContextManager[rawsql.Conn]:
+        return self._fast.transaction() if self._fast is not None else rawsql.writing(self._engine)
 
     def upheld(self, job_id: str) -> str | None:
         """The escrow account of the job whose dispute the arbiter upheld (refunded), if it did."""
