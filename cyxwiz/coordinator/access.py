@@ -25,6 +25,7 @@ from cyxwiz.coordinator.schemas import TokenPair
 from cyxwiz.coordinator.store import CoordinatorStore, JobRecord, NodeRecord
 from cyxwiz.errors import AuthorizationError, ValidationError
 from cyxwiz.ids import JOB_ID, NODE_ID
+from cyxwiz.tokens.claims import VerifiedToken
 from cyxwiz.tokens.issuer import TokenIssuer, new_id
 from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
@@ -229,15 +230,25 @@ def _resource(ctx: Coordinator, rule: Rule, caller: Caller, params: dict[str, An
             node=job.node_id,
             status=job.status,
         )
-        other = token.job_id != job_id or job.node_id != caller.principal_id
+        dead = ctx.store.grant_refusal(token.jti, job=job)
         ctx.auth.allow(
             caller,
             resource=f"job:{job_id}",
             action=str(rule.scope),
-            allowed=why is not None,
-            reason=why
-            or (
-                "job token is for another job or node" if other else f"job token is dead: job is {job.status}"
-            ),
+            allowed=why is not None and dead is None,
+            reason=(dead or why) if why is not None else _job_token_refusal(token, caller, job),
         )
     return job
+
+
+def _job_token_refusal(token: VerifiedToken, caller: Caller, job: JobRecord) -> str:
+    """The precise reason a job token is refused on ``job`` (C3)."""
+    if token.job_id != job.job_id:
+        return "job token is for another job or node"
+    if job.node_id != caller.principal_id:
+        # The job moved to another node (a re-dispatch after this node was lost): only its current node
+        # may report on it, upload for it or fetch URLs for it.
+        return (
+            "job token is dead: the job was re-assigned to another node, only its current node may act on it"
+        )
+    return f"job token is dead: job is {job.status}"

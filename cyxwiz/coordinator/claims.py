@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cyxwiz.authz.policies import OPEN_JOB_STATES
+from cyxwiz.coordinator.fencing import revoke_grants
 from cyxwiz.coordinator.records import JobRecord
 from cyxwiz.coordinator.records import aware as _aware
 from cyxwiz.coordinator.records import job_record as _job
@@ -113,6 +114,7 @@ class ClaimRows:
                     rule="C3",
                 )
             node_id, assignment = best[1], new_assignment_id()
+            revoke_grants(conn, job_id)  # the job token and URLs of the node it leaves die here (C3)
             done = conn.execute(
                 jobs.update()
                 .where(

@@ -4,7 +4,9 @@ A presigned URL is a bearer capability: its signature says the coordinator issue
 is still entitled to it. Served under the coordinator's ``/objects`` mount, every URL naming a job's
 object is checked against the coordinator's records before the store sees it: the job must still be held
 (assigned or running: after the proof its outputs are frozen) by a node that is neither banned nor
-revoked. A ban or revocation therefore reaches URLs issued before it at once, not when they expire.
+revoked, and a URL the presign route issued must have been issued under the job's current assignment (a
+node the job was re-dispatched away from holds dead URLs, issue 21). A ban, a revocation or a re-dispatch
+therefore reaches URLs issued before it at once, not when they expire.
 (URLs a cloud store serves directly end with their short lifetime instead.)
 """
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from cyxwiz.authz.policies import OPEN_JOB_STATES
+from cyxwiz.coordinator.fencing import query_grant_id
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.errors import AuthorizationError, NotFoundError
 from cyxwiz.storage import layout
@@ -44,5 +48,9 @@ def presigned_gate(store: CoordinatorStore, *, mount: str = "/objects") -> Calla
         if node is None or node.status in _CUT_OFF:
             status = node.status if node is not None else "unknown"
             raise AuthorizationError(f"the URL's node is {status}", field="url", rule="A6")
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        dead = store.grant_refusal(query_grant_id(query), job=job)
+        if dead is not None:  # issued to the node the job was taken from (a re-dispatch): refused at use
+            raise AuthorizationError(dead, field="url", rule="C3")
 
     return gate

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.coordinator.claims import ClaimRows
+from cyxwiz.coordinator.fencing import GrantRows, revoke_grants, settles
 from cyxwiz.coordinator.records import JobRecord, NodeCertificate, NodeRecord
 from cyxwiz.coordinator.records import job_record as _job
 from cyxwiz.coordinator.records import node_certificate as _node_cert
@@ -41,7 +42,7 @@ __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate
 AWAITING_FUNDING = "awaiting-funding"
 
 
-class CoordinatorStore(SessionRows, ClaimRows):
+class CoordinatorStore(SessionRows, ClaimRows, GrantRows):
     """All coordinator state. Thread-safe (one SQLAlchemy engine, short transactions)."""
 
     def __init__(self, *, engine: Engine) -> None:
@@ -282,6 +283,8 @@ class CoordinatorStore(SessionRows, ClaimRows):
             )
             if done.rowcount == 0:
                 raise NotFoundError("no such job", field="job_id")
+            if settles(values.get("status")):
+                revoke_grants(conn, job_id)  # a settled job's token and URLs reach nothing (C3)
         return self.job(job_id)
 
     def attach_funding(self, job_id: str, funding: Mapping[str, Any]) -> JobRecord:

@@ -90,6 +90,19 @@ jobs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: What a job's node was given under one assignment (a job token's jti, a presigned URL's signature hash):
+#: dead once the job is re-assigned or settled (issue 21, C3; cyxwiz.coordinator.fencing).
+job_grants = sa.Table(
+    "cyx_job_grants",
+    metadata,
+    sa.Column("grant_id", sa.String(128), primary_key=True),
+    sa.Column("job_id", sa.String(64), nullable=False, index=True),
+    sa.Column("node_id", sa.String(64), nullable=False),
+    sa.Column("assignment", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # job-token | url
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+)
 config = sa.Table(
     "cyx_config",
     metadata,

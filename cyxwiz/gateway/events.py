@@ -45,6 +45,11 @@ def resource_ids(event: dict[str, Any]) -> list[str] | None:
     return [i for i in ids if isinstance(i, str)] if all(isinstance(i, str) for i in ids) else None
 
 
+def flow_run_of(rid: str) -> str | None:
+    """The flow run id a ``prefect.flow-run.<id>`` resource names (canonical), else None."""
+    return canonical_uuid_or_none(rid.removeprefix(_FLOW_RUN)) if rid.startswith(_FLOW_RUN) else None
+
+
 def worker_name(queue: str) -> str:
     """The name the node agent gives its Prefect worker (``agents.__main__``)."""
     return f"cyxwiz-{queue}"

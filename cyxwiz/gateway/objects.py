@@ -98,11 +98,23 @@ class OwnedObjects:
         why = "job token for this run" if ok else "job token is for another job"
         if ok and self.standing is not None and job.job_id is not None:
             # A job token dies with its job (revoke_job_token, released, refunded, failed); after the
-            # proof the run may still finish (its outputs are frozen at the coordinator, not here).
+            # proof the run may still finish (its outputs are frozen at the coordinator, not here). It also
+            # dies when the job is re-dispatched to another node (issue 21).
             status = self.standing.job_status(job.job_id)
-            ok = status in RUN_LIVE_STATES
-            why = why if ok else f"job token is dead: job is {status or 'unknown'}"
+            moved = self.standing.job_refusal(job.job_id, node_id=caller.node_id, grant_id=job.jti)
+            ok = status in RUN_LIVE_STATES and moved is None
+            why = why if ok else moved or f"job token is dead: job is {status or 'unknown'}"
         self._decide(caller, f"flow_run:{run_id}", "job-token", ok, why)
+
+    def _still_held(self, caller: Caller, resource: str, action: str, run_id: str) -> None:
+        """A run of the node whose job was re-dispatched to another node is no longer the node's to write
+        for: no logs, artifacts, events or state for it (issue 21, C3)."""
+        job_id = self.view(caller.node_id).runs.get(run_id)
+        if job_id is None or self.standing is None:
+            return
+        moved = self.standing.job_refusal(job_id, node_id=caller.node_id)
+        if moved is not None:
+            self._decide(caller, resource, action, False, moved)
 
     async def _named_object(self, caller: Caller, resource: str, body: bytes, m: Match, *, path: str) -> None:
         """A deployment, flow, work queue or worker the call names must be the node's own."""
@@ -130,6 +142,7 @@ class OwnedObjects:
         self._decide(
             caller, resource, "flow_run", owned, "run in own queue" if owned else "flow run of another node"
         )
+        self._still_held(caller, resource, "flow_run", canonical_uuid(m.object_id, field="flow_run_id"))
         self._check_job_token(scope, caller, m.object_id)
         if scope["method"] == "PATCH" and scope["path"].rstrip("/").endswith(m.object_id):
             changed = set(_json(body)) - _PATCHABLE_RUN_FIELDS if body else set()
@@ -184,6 +197,7 @@ class OwnedObjects:
             self._decide(
                 caller, resource, "logs", owned, "logs of own run" if owned else "logs for another run"
             )
+            self._still_held(caller, resource, "logs", run_id)
 
     def _task_run(self, caller: Caller, resource: str, action: str, item: dict[str, Any]) -> None:
         """A log line or artifact may name a task run: only one of the node's own (first named by it),
@@ -223,6 +237,8 @@ class OwnedObjects:
         self._decide(
             caller, resource, kind, owned, "artifact of own run" if owned else "artifact for another run"
         )
+        assert run_id is not None
+        self._still_held(caller, resource, kind, run_id)
         self._task_run(caller, resource, kind, request)
         key = request.get("key")
         if key is not None:

@@ -32,6 +32,11 @@ class Standing(Protocol):
 
     def job_status(self, job_id: str) -> str | None: ...
 
+    def job_refusal(self, job_id: str, *, node_id: str, grant_id: str | None = None) -> str | None:
+        """Why ``node_id`` may no longer act on ``job_id`` (the job was re-assigned to another node, or the
+        grant — a job token's jti — was revoked), or None (issue 21, C3)."""
+        ...
+
     def cut_off_peers(self) -> set[str]: ...
 
 
@@ -59,6 +64,18 @@ class StoreStanding:
             return str(self.store.job(job_id).status)
         except NotFoundError:
             return None
+
+    def job_refusal(self, job_id: str, *, node_id: str, grant_id: str | None = None) -> str | None:
+        from cyxwiz.errors import NotFoundError
+
+        try:
+            job = self.store.job(job_id)
+        except NotFoundError:
+            return None  # a run naming no job of ours: the other rules decide
+        if job.node_id is not None and job.node_id != node_id:
+            return "job is dead: the job was re-assigned to another node, only its current node may act on it"
+        refusal: str | None = self.store.grant_refusal(grant_id, job=job)
+        return refusal
 
     def cut_off_peers(self) -> set[str]:
         """PeerIDs of cut-off nodes, earlier (renewed-from) certificates included: they are the node too."""

@@ -19,7 +19,7 @@ from cyxwiz.errors import AuthenticationError, AuthorizationError, CyxwizError
 from cyxwiz.gateway import events, worker_channel
 from cyxwiz.gateway.model import Caller, NodeView, TaskRuns
 from cyxwiz.gateway.policy import Match, match
-from cyxwiz.gateway.standing import LiveChannels
+from cyxwiz.gateway.standing import LiveChannels, Standing
 
 
 class WebSocketProxy:
@@ -31,6 +31,7 @@ class WebSocketProxy:
     audit: AuditSink | None
     ws_limiter: RateLimiter
     live: LiveChannels
+    standing: Standing | None
     task_runs: TaskRuns
     #: Seconds a websocket that authenticates by message may stay open before that message arrives.
     auth_timeout: float
@@ -194,17 +195,35 @@ class WebSocketProxy:
             return "binary frames are not part of the protocol"
         view = self.view(caller.node_id)
         if kind == "events_in":
-            return events.emit_refusal(
+            refusal = events.emit_refusal(
                 text,
                 view,
                 queue=caller.queue,
                 pool_ids=self.pool_ids,
                 tasks=lambda task_run: self.task_runs.claim(task_run, caller.node_id),
             )
+            return refusal or self._moved_job_event(caller, text)
         if kind == "worker_connect":
             return worker_channel.client_frame_refusal(text, view, queue=caller.queue)
         message = events.json_object(text)
         return None if message is not None else "not a JSON object"
+
+    def _moved_job_event(self, caller: Caller, text: str) -> str | None:
+        """An event about a run whose job was re-dispatched to another node is not the node's to send
+        (issue 21, C3)."""
+        event = events.json_object(text)
+        ids = events.resource_ids(event) if event is not None else None
+        if not ids or self.standing is None:
+            return None
+        runs = self.view(caller.node_id).runs
+        for rid in ids:
+            run_id = events.flow_run_of(rid)
+            job_id = runs.get(run_id) if run_id is not None else None
+            if job_id is not None:
+                moved = self.standing.job_refusal(job_id, node_id=caller.node_id)
+                if moved is not None:
+                    return moved
+        return None
 
     def _message_visible(self, caller: Caller, kind: str, text: str) -> bool:
         view = self.view(caller.node_id)

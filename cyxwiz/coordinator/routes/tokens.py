@@ -88,6 +88,8 @@ def job_token(
         cert=caller.peer.certificate,
         duration=timedelta(seconds=job.duration_s),
     )
+    # Recorded under the job's assignment: a re-dispatch or the job's end revokes it (issue 21, C3).
+    ctx.store.record_grant(issued.jti, job=job, kind="job-token")
     if job.status == "assigned":
         ctx.store.update_job(job_id, status="running")
     return {"job_id": job_id, "job_token": issued.token, "expires_at": issued.expires_at.isoformat()}
