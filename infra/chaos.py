@@ -82,6 +82,17 @@ class Service:
     def restart(self) -> None:
         self.start()
 
+    def alive(self) -> bool:
+        """Its process exists and is no zombie (a part that died on its own is reaped by nobody yet)."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
 
 @dataclass(kw_only=True)
 class Proc:

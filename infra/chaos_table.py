@@ -89,8 +89,10 @@ def reference_job(user: str = "demo-user") -> dict[str, Any]:
 class Runner:
     """Cells against one :class:`ChaosStack`; every check reads the real ledger, store and audit log."""
 
-    def __init__(self, chaos: ChaosStack) -> None:
+    def __init__(self, chaos: ChaosStack, *, down_s: float = 0.0) -> None:
         self.chaos = chaos
+        #: How long a killed part stays down before its restart (a slow restart on a loaded host).
+        self.down_s = down_s
         self.stack = chaos.stack
         self.jobs: list[str] = []
 
@@ -199,6 +201,7 @@ class Runner:
         if step not in INVOLVED[process]:
             cell.outcome = "n/a"
             return cell
+        self.supervise(cell)
         before = self.supply()
         wallets_before = self.stack.balances()
         job_id, run_id, payment = self.submit(node)
@@ -212,10 +215,22 @@ class Runner:
             service.restart()  # the host is back after the lifecycle took it for lost
         else:
             self.chaos.services[process].kill()
+            time.sleep(self.down_s)
             self.chaos.services[process].restart()
+            cell.checks["back_after_s"] = round(time.monotonic() - killed_at, 1)
         self.settle(cell, job_id, run_id, killed_at=killed_at)
         self.check(cell, job_id, payment=payment, before=before, wallets_before=wallets_before)
         return cell
+
+    def supervise(self, cell: Cell) -> None:
+        """Start again every part that exited on its own, as systemd's ``Restart=always`` does in
+        production (infra/systemd); the cell's note names it. Without this a part that gave up (a Prefect
+        worker exits once its polling loop fails too often) stalls every later cell of the table."""
+        for name, service in self.chaos.services.items():
+            if not service.alive():
+                cell.note += f" {name} had exited on its own: restarted;"
+                service.kill()  # reaps it (and any child it left)
+                service.restart()
 
     def attempt(self, process: str, step: str) -> Cell:
         """:meth:`run`, a harness failure (a step never reached, a part that would not restart) recorded
@@ -223,12 +238,11 @@ class Runner:
         try:
             return self.run(process, step)
         except Exception as exc:  # the table shows it; the next cell gets a whole stack again
-            for service in self.chaos.services.values():
-                if service.pid() is None:
-                    service.restart()
-            return Cell(
-                process=process, step=step, outcome="harness error", note=f"{type(exc).__name__}: {exc}"
+            failed = Cell(
+                process=process, step=step, outcome="harness error", note=f"{type(exc).__name__}: {exc};"
             )
+            self.supervise(failed)
+            return failed
 
     def partition(self, node: str) -> Cell:
         """Cut ``node`` off from coordinator and gateway mid-training for longer than its loss limit."""
@@ -290,6 +304,7 @@ class Runner:
                 break
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                self.supervise(cell)
                 try:
                     swept = sweep_once()
                 except Exception as exc:  # a part is still restarting: the next sweep retries
@@ -431,13 +446,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-partition", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--table", type=Path, default=None, help="write the markdown table here")
+    parser.add_argument("--down", type=float, default=0.0, help="seconds a killed part stays down")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the stack's home (logs, audit) for a post-mortem"
+    )
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="cyxch-", dir="/tmp"))  # short: the sandbox socket path limit
     started = time.monotonic()
     cells: list[Cell] = []
     try:
         with chaos_stack(home, nodes=("node-1", "node-2", "node-3"), cabled=("node-3",)) as chaos:
-            runner = Runner(chaos)
+            runner = Runner(chaos, down_s=args.down)
             if not args.no_partition:  # first: it is in CI, and a long table may be cut short
                 cell = runner.partition("node-3")
                 print(f"partition node-3: {cell.label()}", flush=True)
@@ -448,7 +467,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(cell)
                 _write(args, cells, started)  # a long table run leaves what it has measured so far
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if args.keep:
+            print(f"kept {home}", flush=True)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
     print(_write(args, cells, started))
     return 0 if all(c.ok or c.outcome == "n/a" for c in cells) else 1
 

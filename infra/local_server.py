@@ -38,9 +38,16 @@ class LocalPrefectServer:
         return prefect_env(self.home, self.api_url)
 
 
+#: Prefect client retries (backoff 2, 4, ... 128 s): a connected client rides out an API outage of about
+#: 4 min (a Prefect server restart on a loaded host) instead of failing the lifecycle's task and refunding
+#: a job the node finished (issue 21; docs/chaos.md). Prefect's default, 5, covers about 1 min.
+CLIENT_MAX_RETRIES = 7
+
+
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     env = {
         "PREFECT_HOME": str(home),
+        "PREFECT_CLIENT_MAX_RETRIES": str(CLIENT_MAX_RETRIES),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
