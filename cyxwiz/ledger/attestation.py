@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -126,7 +127,11 @@ class ReportAttestation:
         """From an attestation, its dict or its JSON text; anything else is a missing report."""
         if isinstance(value, ReportAttestation):
             return value
-        if isinstance(value, str | bytes):
+        if isinstance(value, str):
+            # A release parses the same text three times (ledger, verifier, memo): parsed once. The
+            # result is frozen, so sharing it is the same as parsing again; refusals are never cached.
+            return _parse_text(value)
+        if isinstance(value, bytes):
             try:
                 value = json.loads(value)
             except ValueError:
@@ -146,6 +151,15 @@ class ReportAttestation:
                 "the report attestation is malformed (fields or types)", field="report", rule="F1"
             )
         return cls(**{k: str(value[k]) for k in names if k in value})
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> ReportAttestation:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    return ReportAttestation.parse(value if isinstance(value, Mapping) else None)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -334,7 +334,7 @@ class KeyCosigner:
 
     def cosign(self, request: CosignRequest) -> Signature:
         self.policy.approve(request)
-        return txbuild.sign_message(self.keypair, Message.from_bytes(request.message))
+        return txbuild.sign_message(self.keypair, Message.from_bytes(request.message), request.message)
 
     def passing(self, job_id: str) -> str | None:
         """The passing attestation the verifier recorded for the job (the sweep releases it)."""

@@ -59,7 +59,7 @@ def create_signed(
     if not signature.verify(user, message):
         raise AuthorizationError("the user's signature does not verify", field="user_signature", rule="F1")
     escrow = txbuild.escrow_address(ledger.payer_key, job_id, user)
-    tx = Transaction.populate(parsed, [txbuild.sign_message(ledger._payer, parsed), signature])
+    tx = Transaction.populate(parsed, [txbuild.sign_message(ledger._payer, parsed, message), signature])
     new = NewIntent(
         kind="create",
         signature=str(tx.signatures[0]),

@@ -185,7 +185,7 @@ def signed(  # noqa: PLR0917 - internal, one shape
     blockhash, last_valid = ledger.chain.latest_blockhash()
     message = Message.new_with_blockhash(instructions, ledger.payer_key, blockhash)
     raw = bytes(message)
-    signatures = {ledger.key_of(k): txbuild.sign_message(k, message) for k in (ledger._payer, *signers)}
+    signatures = {ledger.key_of(k): txbuild.sign_message(k, message, raw) for k in (ledger._payer, *signers)}
     if cosign is not None:
         cosigner, cosign_kind, report = cosign
         request = CosignRequest(kind=cosign_kind, job_id=job_id, message=raw, report=report)

@@ -95,11 +95,15 @@ def sign(
     return Transaction(ready, message, blockhash)
 
 
-def sign_message(signer: Signer, message: Message) -> Signature:
-    """One signer's signature over a message (for transactions whose signatures come from several places)."""
+def sign_message(signer: Signer, message: Message, raw: bytes | None = None) -> Signature:
+    """One signer's signature over a message (for transactions whose signatures come from several places).
+
+    ``raw``: ``bytes(message)`` when the caller has it already (serialising is not free, and a move's
+    message is signed by several keys)."""
+    data = bytes(message) if raw is None else raw
     if isinstance(signer, Keypair):
-        return signer.sign_message(bytes(message))
-    return signer.presigner(message).sign_message(bytes(message))
+        return signer.sign_message(data)
+    return signer.presigner(message).sign_message(data)
 
 
 def create_escrow(
