@@ -14,16 +14,26 @@ import os
 import platform
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from agents.credentials import SESSION_FILE
 from agents.settings import AgentSettings
-from cyxwiz.errors import AuthenticationError, ConfigError, IntegrityError, NotFoundError
+from cyxwiz.errors import (
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    UnavailableError,
+)
+from cyxwiz.retry import TRANSIENT_STATUSES, retrying
 
 _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+T = TypeVar("T")
 
 
 def client_ssl_context(settings: AgentSettings) -> ssl.SSLContext:
@@ -68,6 +78,11 @@ def _raise_for(response: httpx.Response) -> None:
         raise AuthenticationError(f"coordinator refused ({response.status_code}): {detail}", rule="B1")
     if response.status_code == 404:
         raise NotFoundError(f"coordinator: {detail}")
+    if response.status_code == 409:
+        raise ConflictError(f"coordinator refused ({response.status_code}): {detail}")
+    if response.status_code in TRANSIENT_STATUSES:
+        # The coordinator (or a proxy before it) could not act now: retried, never a verdict (issue 21).
+        raise UnavailableError(f"coordinator unavailable ({response.status_code}): {detail}")
     raise ConfigError(f"coordinator error {response.status_code}: {detail}")
 
 
@@ -170,6 +185,12 @@ def heartbeat_forever(settings: AgentSettings, stop: threading.Event, interval: 
 
 
 def fetch_job_token(settings: AgentSettings, job_id: str) -> str:
+    """The job's token over the node's session, across a coordinator restart (issue 21)."""
+    # Each try reads the session again: the heartbeat may have refreshed it meanwhile.
+    return retrying(lambda: _fetch_job_token(settings, job_id), what=f"job token of {job_id}")
+
+
+def _fetch_job_token(settings: AgentSettings, job_id: str) -> str:
     session = read_session(settings)
     with _client(settings) as client:
         response = client.get(
@@ -192,6 +213,8 @@ class CoordinatorChannel:
     def __init__(self, *, settings: AgentSettings, job_token: str) -> None:
         self.settings = settings
         self._token = job_token
+        #: No call outlives the job token: past its expiry the coordinator refuses the run anyway (B2).
+        self._until = _expiry(job_token)
         #: Job tokens for this run's job, by the thumbprint of the certificate they are bound to.
         self._bound: dict[str, str] = {}
 
@@ -213,7 +236,7 @@ class CoordinatorChannel:
         token = self._token if token_thumbprint(self._token) == now else self._bound.get(now)
         if token is None:
             # Over the current identity, for the same job: the coordinator checks it is still the node's.
-            token = self._bound[now] = fetch_job_token(current, job_id)
+            token = self._bound[now] = _fetch_job_token(current, job_id)  # the caller retries
         return current, {"authorization": f"Bearer {token}"}
 
     def _url(
@@ -226,13 +249,23 @@ class CoordinatorChannel:
             return str(target["url"]), {str(k): str(v) for k, v in (target.get("headers") or {}).items()}
         return str(target), {}
 
+    def _retrying(self, call: Callable[[], T], *, what: str) -> T:
+        """``call`` across a coordinator or gateway restart (issue 21): transport errors and 502/503/504
+        are retried with backoff until the budget or the job token's expiry, a refusal never."""
+        return retrying(call, what=what, until=self._until)
+
     def fetch_input(self, job_id: str, name: str, *, sha256: str | None) -> bytes:
-        settings, auth = self._identity(job_id)
-        with _client(settings, follow=False) as client:
-            url, headers = self._url(client, auth, job_id, {"kind": "input", "name": name, "method": "GET"})
-            response = client.get(url, headers=headers)
-            _raise_for(response)
-            data = response.content
+        def once() -> bytes:
+            settings, auth = self._identity(job_id)
+            with _client(settings, follow=False) as client:
+                url, headers = self._url(
+                    client, auth, job_id, {"kind": "input", "name": name, "method": "GET"}
+                )
+                response = client.get(url, headers=headers)
+                _raise_for(response)
+                return response.content
+
+        data = self._retrying(once, what=f"fetch input {name}")
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise IntegrityError(f"input {name} does not match its SHA-256 in the job spec", rule="D3")
         return data
@@ -241,29 +274,49 @@ class CoordinatorChannel:
         if message.get("kind") != "progress" or not message.get("total"):
             return
         body = {"step": int(message["step"]), "total": int(message["total"])}
-        settings, auth = self._identity(job_id)
-        with _client(settings, follow=False) as client:
-            _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=auth))
+
+        def once() -> None:
+            settings, auth = self._identity(job_id)
+            with _client(settings, follow=False) as client:
+                _raise_for(client.post(f"/v1/jobs/{job_id}/progress", json=body, headers=auth))
+
+        self._retrying(once, what="progress report")
 
     def upload_output(self, job_id: str, name: str, path: Path) -> None:
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        settings, auth = self._identity(job_id)
-        with _client(settings, follow=False) as client:
-            url, headers = self._url(
-                client,
-                auth,
-                job_id,
-                {"kind": "output", "name": name, "method": "PUT", "sha256": digest, "size": len(data)},
-            )
-            response = client.put(url, content=data, headers=headers)
-            _raise_for(response)
+        wanted = {"kind": "output", "name": name, "method": "PUT", "sha256": digest, "size": len(data)}
+
+        def once() -> None:
+            # A fresh URL each try (one issued before a restart may have expired); the same bytes under
+            # the same key: a PUT repeated after a lost answer overwrites itself.
+            settings, auth = self._identity(job_id)
+            with _client(settings, follow=False) as client:
+                url, headers = self._url(client, auth, job_id, wanted)
+                _raise_for(client.put(url, content=data, headers=headers))
+
+        self._retrying(once, what=f"upload output {name}")
 
     def submit_proof(self, job_id: str, proof: bytes) -> None:
-        settings, auth = self._identity(job_id)
-        body = {"proof": json.loads(resigned(proof, settings))}
-        with _client(settings, follow=False) as client:
-            _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=auth))
+        def once() -> None:
+            # The coordinator accepts the same proof again (its answer may have been lost), not another.
+            settings, auth = self._identity(job_id)
+            body = {"proof": json.loads(resigned(proof, settings))}
+            with _client(settings, follow=False) as client:
+                _raise_for(client.post(f"/v1/jobs/{job_id}/completion", json=body, headers=auth))
+
+        self._retrying(once, what="submit proof")
+
+
+def _expiry(token: str) -> float | None:
+    """The job token's ``exp`` (its signature is the coordinator's to check; we only bound our retries)."""
+    import jwt
+
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, int | float) else None
 
 
 def cert_thumbprint(path: Path) -> str:

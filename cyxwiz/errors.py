@@ -206,7 +206,15 @@ class RateLimitError(CyxwizError):
     http_status = 429
 
 
-class UpstreamError(CyxwizError):
+class UnavailableError(CyxwizError):
+    """A service did not answer (down, restarting) or said it could not act now (502/503/504): nothing
+    was decided about the request, so a caller may retry it (:mod:`cyxwiz.retry`)."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class UpstreamError(UnavailableError):
     """The service behind a proxy (the gateway's Prefect API) did not answer: 502, which clients retry."""
 
     code = "upstream-unavailable"

@@ -16,6 +16,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from agents.progress import ProgressRelay
 from tasks.node import (
     DATASET_FILE,
     JOB_FILE,
@@ -35,7 +36,9 @@ def _channel() -> Any:
     return CoordinatorChannel.from_env()
 
 
-@task(name="fetch-inputs", retries=2, retry_delay_seconds=2)
+# No Prefect retries on the tasks that call the control plane: the channel retries each call across a
+# coordinator or gateway restart and never a refusal (agents.node_client, cyxwiz.retry; issue 21).
+@task(name="fetch-inputs")
 def fetch_inputs(job_id: str, job: dict[str, Any], directory: str) -> str:
     channel = _channel()
     dataset = channel.fetch_input(job_id, DATASET_FILE, sha256=job["dataset"]["sha256"])
@@ -66,13 +69,15 @@ def train(job_id: str, inputs: str, workdir: str) -> TrainingRun:
             if "train_loss" in values:
                 curve.append((int(message.get("step", 0)), float(values["train_loss"])))
             logger.info("job %s: metrics %s", job_id, values)
-        if kind in {"progress", "metrics", "checkpoint"}:
-            channel.report_progress(job_id, message)
+        if kind == "progress":
+            # Sent on the relay's own thread: a restarting coordinator never stalls the job (issue 21).
+            progress.offer(message)
 
-    run = train_in_sandbox(
-        inputs=Path(inputs), workdir=Path(workdir), backend=backend, memory_mb=memory_mb,
-        wall_seconds=wall, on_message=relay,
-    )  # fmt: skip
+    with ProgressRelay(send=lambda message: channel.report_progress(job_id, message)) as progress:
+        run = train_in_sandbox(
+            inputs=Path(inputs), workdir=Path(workdir), backend=backend, memory_mb=memory_mb,
+            wall_seconds=wall, on_message=relay,
+        )  # fmt: skip
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
     if curve:
         rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in curve)
@@ -97,7 +102,7 @@ def sign(job: dict[str, Any], run: TrainingRun) -> bytes:
     )
 
 
-@task(name="upload-outputs", retries=2, retry_delay_seconds=2)
+@task(name="upload-outputs")
 def upload(job_id: str, run: TrainingRun) -> list[str]:
     channel = _channel()
     names = sorted(str(p.relative_to(run.output_dir)) for p in run.output_dir.rglob("*") if p.is_file())
@@ -106,7 +111,7 @@ def upload(job_id: str, run: TrainingRun) -> list[str]:
     return names
 
 
-@task(name="submit-proof", retries=2, retry_delay_seconds=2)
+@task(name="submit-proof")
 def submit(job_id: str, proof: bytes) -> None:
     _channel().submit_proof(job_id, proof)
 

@@ -247,6 +247,7 @@ def attested_verification(
     """
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.verifier_service import RemoteCosigner
+    from cyxwiz.retry import retrying
     from cyxwiz.verification.report import Check, VerificationReport
 
     ledger_config = LedgerConfig.from_file(config().ledger_config)
@@ -254,20 +255,21 @@ def attested_verification(
     if socket_path is None:
         raise VerificationError("the ledger config names no verifier service", field="verifier_socket")
     assignment = dispatched["assignment"]
+    body = {
+        "job_id": request.job_id,
+        "node_peer_id": assignment.get("peer_id"),
+        "node_wallet": assignment["wallet"],
+        "escrow": escrow,
+        "request": request.to_dict(),
+        "dispatched": dispatched,
+        # Redundant mode: the other node's share ({request, dispatched}); the verifier referees.
+        "partner": partner,
+    }
     client = RemoteCosigner(socket_path=socket_path)
     try:
-        answer = client.verify(
-            {
-                "job_id": request.job_id,
-                "node_peer_id": assignment.get("peer_id"),
-                "node_wallet": assignment["wallet"],
-                "escrow": escrow,
-                "request": request.to_dict(),
-                "dispatched": dispatched,
-                # Redundant mode: the other node's share ({request, dispatched}); the verifier referees.
-                "partner": partner,
-            }
-        )
+        # Across a restart of the verifier service (issue 21): it answers a repeated request for the job
+        # with the verdict it already gave, so asking again after a lost answer is safe (F2).
+        answer = retrying(lambda: client.verify(body), what=f"verification of {request.job_id}")
     finally:
         client.close()
     data = answer["report"]

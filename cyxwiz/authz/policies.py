@@ -141,6 +141,10 @@ OPEN_JOB_STATES = frozenset({"assigned", "running"})
 #: is in ("verifying") its outputs are frozen, but the run still sets its final state and logs. Once the
 #: job is settled (released, refunded, failed, cancelled, ...) the job token reaches nothing.
 RUN_LIVE_STATES = OPEN_JOB_STATES | {"verifying"}
+#: Rules whose job token still reaches the route while the job is verifying: a node re-sends its proof when
+#: the answer to the first send was lost (a coordinator restart, issue 21), and the route accepts exactly
+#: the proof it already holds, nothing else (F2).
+RESENDABLE_AFTER_PROOF = frozenset({"jobs.completion"})
 
 
 def rule(name: str) -> Rule:
@@ -167,11 +171,17 @@ def job_assigned(*, principal_id: str, node: str | None, status: str) -> bool:
 
 
 def job_token_for(
-    *, token_job: str | None, token_node: str | None, job_id: str, node: str | None, status: str
+    *,
+    token_job: str | None,
+    token_node: str | None,
+    job_id: str,
+    node: str | None,
+    status: str,
+    live: frozenset[str] = OPEN_JOB_STATES,
 ) -> str | None:
     """Why a job token may act on this job, or None (C3): its own job, held by the node the job is
     assigned to, while the job is open. A job whose proof is in, or that ended or was revoked
     (``revoke_job_token``), has no live job token: its outputs are frozen."""
     if token_job is None or token_job != job_id or node is None or token_node != node:
         return None
-    return "job token for this job" if status in OPEN_JOB_STATES else None
+    return "job token for this job" if status in live else None

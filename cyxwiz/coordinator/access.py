@@ -17,7 +17,7 @@ from starlette.requests import Request
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.authz import Credential, Resource, Rule, job_assigned, job_token_for, job_visible
-from cyxwiz.authz.policies import RULES
+from cyxwiz.authz.policies import OPEN_JOB_STATES, RESENDABLE_AFTER_PROOF, RULES, RUN_LIVE_STATES
 from cyxwiz.coordinator.auth import Authenticator, Caller
 from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.renewal import NodeCertIssuer
@@ -127,11 +127,29 @@ class Access:
     caller: Caller | None = None
     peer: PeerIdentity | None = None
     job: JobRecord | None = None
+    #: The job token's job is past its proof: the route may only take the proof it already holds again
+    #: (:meth:`decide_resend`), anything else is refused as the dead token it is (issue 21, F2).
+    resend_only: bool = False
 
     @property
     def who(self) -> Caller:
         assert self.caller is not None, f"rule {self.rule.name} authenticates no token"
         return self.caller
+
+    def decide_resend(self, ctx: Coordinator, *, same: bool) -> None:
+        """Record the decision the rule deferred: a re-send of the very proof the job holds is allowed
+        (its first answer was lost); anything else is refused exactly as a dead job token is (C3)."""
+        assert self.job is not None and self.resend_only
+        reason = (
+            "the proof already in, sent again" if same else f"job token is dead: job is {self.job.status}"
+        )
+        ctx.auth.allow(
+            self.who,
+            resource=f"job:{self.job.job_id}",
+            action=str(self.rule.scope),
+            allowed=same,
+            reason=reason,
+        )
 
 
 def coordinator(request: Request) -> Coordinator:
@@ -161,7 +179,8 @@ class Allow:
         assert caller.token is not None
         rule.check_role_scope(caller.role, caller.token.scopes)
         job = _resource(ctx, rule, caller, request.path_params)
-        return Access(rule, caller=caller, peer=caller.peer, job=job)
+        resend = job is not None and rule.name in RESENDABLE_AFTER_PROOF and job.status not in OPEN_JOB_STATES
+        return Access(rule, caller=caller, peer=caller.peer, job=job, resend_only=resend)
 
 
 #: The canonical form of the ids the coordinator mints: anything else names nothing and is refused before
@@ -231,6 +250,13 @@ def _resource(ctx: Coordinator, rule: Rule, caller: Caller, params: dict[str, An
             status=job.status,
         )
         dead = ctx.store.grant_refusal(token.jti, job=job)
+        if why is None and dead is None and rule.name in RESENDABLE_AFTER_PROOF:
+            resend = job_token_for(
+                token_job=token.job_id, token_node=caller.principal_id, job_id=job_id, node=job.node_id,
+                status=job.status, live=RUN_LIVE_STATES,
+            )  # fmt: skip
+            if resend is not None:
+                return job  # the route decides against the proof it holds (Access.decide_resend)
         ctx.auth.allow(
             caller,
             resource=f"job:{job_id}",

@@ -13,6 +13,7 @@ a dispute.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,6 +38,18 @@ verdicts = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 rawsql.register(verdicts)
+#: The whole answer to each verification request (report + attestation), by job and by the bound fields the
+#: attestation signs: a request repeated after a lost answer (the service restarted, the lifecycle retried)
+#: gets the same verdict back, not a second verification, audit record or verdict (issue 21, F2).
+answers = sa.Table(
+    "cyxwiz_verifier_answers",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("request_sha256", sa.String(64), primary_key=True),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+rawsql.register(answers)
 
 
 class ReleaseOwedError(CosignRefusedError):
@@ -88,6 +101,25 @@ class VerdictBook:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
+
+    def record_answer(self, job_id: str, *, request_sha256: str, answer: dict[str, Any]) -> None:
+        """Keep the answer given to a verification request (the first one stands)."""
+        row = {"job_id": job_id, "request_sha256": request_sha256, "answer": json.dumps(answer),
+               "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
+        try:
+            with self._writing() as conn:
+                rawsql.insert(conn, answers.name, row)
+        except self._conflicts:
+            pass
+
+    def answer(self, job_id: str, *, request_sha256: str) -> dict[str, Any] | None:
+        """The answer already given to this request for the job, if any."""
+        query = sa.select(answers.c.answer).where(
+            answers.c.job_id == job_id, answers.c.request_sha256 == request_sha256
+        )
+        with self._engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else dict(json.loads(value))
 
     def record_upheld(self, job_id: str, *, escrow: str) -> None:
         """The arbiter's resolve refunding the user of a disputed job, co-signed here: what a slash without

@@ -19,13 +19,16 @@ under its own passphrase, ``CYXWIZ_VERIFIER_PASSPHRASE``) and of the Ed25519 key
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,10 @@ VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
 MAX_BODY = 1 << 20
 
 
+def canonical_sha256(value: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 @dataclass
 class VerifierService:
     """ASGI app of the verifier service."""
@@ -54,6 +61,8 @@ class VerifierService:
     certificate: Any  # x509.Certificate, role verifier
     verify: VerifyHook | None = None
     audit: Any = None
+    #: One verification request at a time: a repeat waits for the first and then finds its answer.
+    _serial: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def handle(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
         try:
@@ -87,6 +96,22 @@ class VerifierService:
         bound = {k: body.get(k) for k in ("job_id", "node_peer_id", "node_wallet", "escrow")}
         if not all(isinstance(v, str) and v for v in bound.values()):
             raise LedgerError("job_id, node_peer_id, node_wallet and escrow are required", field="body")
+        book, key = self.policy.verdicts, canonical_sha256(bound)
+        with self._serial:
+            given: dict[str, Any] | None = (
+                None if book is None else book.answer(str(bound["job_id"]), request_sha256=key)
+            )
+            if given is not None:
+                # Asked again (the answer was lost to a restart, the lifecycle retried): the verdict already
+                # signed, audited and recorded, never a second one (issue 21, F2).
+                return given
+            answer = self._new_verdict(body, bound)
+            if book is not None:
+                book.record_answer(str(bound["job_id"]), request_sha256=key, answer=answer)
+            return answer
+
+    def _new_verdict(self, body: dict[str, Any], bound: dict[str, Any]) -> dict[str, Any]:
+        assert self.verify is not None
         report, verdict = self.verify(body)
         if report.get("job_id") != bound["job_id"]:
             verdict = "fail"  # a report about another job never passes for this one
@@ -97,7 +122,7 @@ class VerifierService:
             report_sha256=digest,
             verdict=verdict,  # type: ignore[arg-type]
             audit_leaf=self._audit_verdict(str(bound["job_id"]), verdict, digest),
-            **bound,  # type: ignore[arg-type]
+            **bound,
         )
         if self.policy.verdicts is not None:  # on disk before it leaves: a pass is never refunded (F1)
             self.policy.verdicts.record(attestation)

@@ -27,7 +27,7 @@ from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.store import EscrowState, IntentStatus
 from cyxwiz.ledger.verdicts import ReleaseOwedError
 from cyxwiz.ledger.verifier_service import RemoteCosigner, VerifierProcess, start_verifier_service
-from tests.ledger.conftest import NODE_PEER, REPO
+from tests.ledger.conftest import NODE_PEER, REPO, Pki, demo_attest
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def _tokens(ledger: EscrowLedger, demo: DemoLedger, *jobs: str) -> tuple[int, in
 
 
 def test_compromised_coordinator_cannot_refund_a_job_that_passed(
-    demo: DemoLedger, verifier_with_hook: VerifierProcess
+    demo: DemoLedger, pki: Pki, verifier_with_hook: VerifierProcess
 ) -> None:
     coordinator = open_ledger(demo.config)  # the coordinator key and the escrow database: all it holds
     remote = RemoteCosigner(socket_path=verifier_with_hook.socket_path)
@@ -86,8 +86,10 @@ def test_compromised_coordinator_cannot_refund_a_job_that_passed(
     with pytest.raises(ReleaseOwedError, match="owed to the node") as refused:
         coordinator.refund(job_id="job-pass", reason="cover-up")
     assert refused.value.code == "escrow-release-owed" and refused.value.field == "job_id"
-    # 2. With a failing verdict obtained afterwards: the first pass stands.
-    fail = _verify(remote, coordinator, "job-pass", verdict="fail")
+    # 2. Asking the verifier again gets the same pass back (issue 21: one verdict per request) ...
+    assert _verify(remote, coordinator, "job-pass", verdict="fail") == passed
+    # ... and a failing verdict signed by the verifier's certificate some other way: the first pass stands.
+    fail = demo_attest(pki, demo, "job-pass", verdict="fail")
     with pytest.raises(ReleaseOwedError):
         coordinator.refund(job_id="job-pass", reason="cover-up", report=fail)
     # 3. Around the ledger: its own refund message straight to the verifier's socket.

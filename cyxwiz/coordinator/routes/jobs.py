@@ -159,6 +159,12 @@ def completion(
 ) -> dict[str, Any]:
     ctx, caller, job = coordinator(request), access.who, access.job
     assert job is not None and caller.peer is not None
+    if access.resend_only:
+        # Past its proof the job token may only re-send that same proof: the answer to its first send was
+        # lost (a coordinator restart, issue 21). It is in already and nothing is stored twice (F2).
+        same = job.proof is not None and job.proof == dict(body.proof)
+        access.decide_resend(ctx, same=same)
+        return {"job_id": job_id, "status": job.status}
     if job.status != "running":
         raise ConflictError(f"job is {job.status}", field="job_id")
     status = ctx.hooks.verify_completion(job, body.proof, caller.peer)
