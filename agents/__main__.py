@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="most jobs this node runs at once (e.g. its GPUs; default: no limit); more wait in its queue",
     )
+    parser.add_argument(
+        "--max-jobs",
+        type=int,
+        default=None,
+        help="most open jobs the coordinator gives this node (default: no cap); beyond it the scheduler "
+        "picks another node or refuses the dispatch instead of queueing here",
+    )
     args = parser.parse_args(argv)
     settings = AgentSettings.from_env()
     queue = args.queue or settings.node_name  # without a coordinator: a standalone worker
@@ -44,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # The node's queue is its id (keyed by its certificate's PeerID), never its CN: a second
             # certificate with the same name shares nothing with this node (A5, C3).
-            queue = args.queue or str(register_node(settings)["node_id"])
+            queue = args.queue or str(register_node(settings, max_jobs=args.max_jobs)["node_id"])
             beat = threading.Thread(
                 target=heartbeat_forever, args=(settings, stop, args.heartbeat), daemon=True
             )

@@ -113,10 +113,13 @@ def hardware() -> dict[str, Any]:
     return {"gpus": 0, "gpu_model": None, "gpu_memory_mb": 0, "cpu_cores": cores, "memory_mb": int(memory_mb)}
 
 
-def register_node(settings: AgentSettings) -> dict[str, Any]:
-    """Register (identity = the certificate's PeerID, never a body field) and store the session."""
+def register_node(settings: AgentSettings, *, max_jobs: int | None = None) -> dict[str, Any]:
+    """Register (identity = the certificate's PeerID, never a body field) and store the session.
+    ``max_jobs``: the most open jobs the coordinator may give this node (issue 21; None: no cap)."""
     with _client(settings) as client:
         body: dict[str, Any] = {"hardware": hardware()}
+        if max_jobs is not None:
+            body["hardware"]["max_jobs"] = max_jobs
         if settings.payout_wallet:
             body["wallet"] = settings.payout_wallet  # only a public key: the node's key stays elsewhere
         response = client.post("/v1/nodes/register", json=body)

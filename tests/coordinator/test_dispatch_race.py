@@ -21,6 +21,7 @@ import pytest
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.errors import ConflictError
 from tasks.coordinator_channel import SchedulerChannel
+from tests.coordinator.conftest import Env
 
 PROCESSES = 4
 
@@ -153,3 +154,22 @@ def test_a_node_without_the_minimum_stake_is_skipped_not_half_assigned(tmp_path:
     with pytest.raises(ConflictError, match="no healthy"):
         broke.assign(job_ids[1])
     assert store.job(job_ids[1]).status == "submitted" and store.job(job_ids[1]).node_id is None
+
+
+def test_a_node_declares_its_cap_at_registration(env: Env) -> None:
+    """``python -m agents --max-jobs 1`` registers hardware.max_jobs over mTLS; dispatch keeps to it."""
+    with env.client("node-a") as c:
+        bad = c.post("/v1/nodes/register", json={"hardware": {"max_jobs": 0}})
+        assert bad.status_code == 422  # refused input, nothing registered
+        assert env.coord.store.list_nodes() == []
+        r = c.post("/v1/nodes/register", json={"hardware": {"gpus": 1, "max_jobs": 1}})
+        assert r.status_code == 200, r.text
+    node_id = r.json()["node_id"]
+    assert env.coord.store.node(node_id).hardware["max_jobs"] == 1
+    store = env.coord.store
+    first, second = (store.create_job(user_id="u", spec={}, duration_s=60).job_id for _ in range(2))
+    assert store.claim_job(first, candidates=[node_id]).node_id == node_id
+    with pytest.raises(ConflictError, match="holds as many open jobs"):
+        store.claim_job(second, candidates=[node_id])
+    store.update_job(first, status="released")  # its one job settled: the slot is free again
+    assert store.claim_job(second, candidates=[node_id]).node_id == node_id
