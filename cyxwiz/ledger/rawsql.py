@@ -1,11 +1,12 @@
-"""The few statements of an escrow move, run on the DBAPI cursor of a SQLAlchemy transaction (F2 kept).
+"""The few statements of an escrow move, run on the DBAPI cursor of a transaction (F2 kept).
 
-An escrow pair runs about fifteen statements; through SQLAlchemy Core each one is built, cache-keyed and
+An escrow pair runs about a dozen statements; through SQLAlchemy Core each one is built, cache-keyed and
 compiled again, about 1 ms apiece on the reference machine, more than LiteSVM takes for the transactions
 themselves. These are the same statements as text, written once with ``:name`` parameters (sqlite3's
 ``named`` style, rewritten once to ``%(name)s`` for psycopg), executed on the cursor of the transaction
-the store opened with SQLAlchemy: commit, rollback, the group fsync and every compare-and-set rule stay
-where they were. Values are bound as SQLAlchemy would store them (SQLite: UTC times as text), so the
+the store opened: a SQLAlchemy one (PostgreSQL), or one on the store's own plain sqlite3 connections
+(:class:`SqlitePool`, SQLite on disk). Commit, rollback, the group fsync and every compare-and-set rule
+stay where they were. Values are bound as SQLAlchemy would store them (SQLite: UTC times as text), so the
 store's other, colder reads through SQLAlchemy see the same rows.
 """
 
