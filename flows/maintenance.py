@@ -48,9 +48,12 @@ def escrow_sweep() -> dict[str, Any]:
     ones into their dispute escrow; an open window keeps its escrow locked."""
     from tasks.holds import settle_holds
     from tasks.recover import sweep_once
+    from tasks.sweep import reap_lifecycles
 
     held = settle_holds()
     swept = sweep_once()
+    # Lifecycles killed after they had closed their job: no escrow rule asks about them (issue 21).
+    crashed = reap_lifecycles()
     report = swept["report"]
     rows = held + report.rows() + [{"job_id": f["job_id"], "state": f["status"], "step": "job closed"}
                                    for f in swept["finished"]]  # fmt: skip
@@ -64,6 +67,7 @@ def escrow_sweep() -> dict[str, Any]:
         "refunded": [r.job_id for r in report.refunded],
         "alerts": report.alerts,
         "closed": [f["job_id"] for f in swept["finished"]],
+        "crashed": crashed,
         "escrows": rows,
     }
 

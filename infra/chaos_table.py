@@ -291,6 +291,7 @@ class Runner:
         """Sweep every ``SWEEP_INTERVAL_S`` (as the escrow-sweep schedule does) until the job is terminal."""
         from tasks import services
         from tasks.recover import FINISHED, sweep_once
+        from tasks.sweep import reap_lifecycles
 
         deadline = time.monotonic() + timeout
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
@@ -307,6 +308,7 @@ class Runner:
                 self.supervise(cell)
                 try:
                     swept = sweep_once()
+                    reaped = reap_lifecycles()  # what the escrow-sweep flow does after sweep_once
                 except Exception as exc:  # a part is still restarting: the next sweep retries
                     cell.note += f" sweep failed once: {type(exc).__name__};"
                     continue
@@ -314,6 +316,8 @@ class Runner:
                 # Not report.reconciled: a live lifecycle's release in flight is driven by both, harmlessly.
                 settled = [r.job_id for r in (*report.refunded, *report.released)]
                 settled += [f["job_id"] for f in swept["finished"]]
+                if run_id in reaped:
+                    cell.note += " run marked crashed by the sweep;"
                 cell.sweep_settled = cell.sweep_settled or job_id in settled
             time.sleep(0.5)
         cell.recovery_s = round(time.monotonic() - killed_at, 1)

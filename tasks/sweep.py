@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cyxwiz.ledger.recovery import RunStatus
@@ -72,3 +73,50 @@ def lifecycle_run_state(run_id: str | None, *, silent_after_s: float = RUN_SILEN
             client.set_flow_run_state(key, Crashed(message=message), force=True)
             return "terminal"
     return "running"
+
+
+#: The lifecycle flow's name (flows/job_lifecycle.py).
+LIFECYCLE_FLOW = "job-lifecycle"
+
+
+def reap_lifecycles() -> list[str]:
+    """The escrow-sweep's last step: lifecycle runs silent for the config's ``run_silent_s`` marked
+    CRASHED, except a run whose release is held for its dispute window (the hold's rule, issue 20)."""
+    from tasks import services
+    from tasks.holds import open_hold_runs
+
+    silent = services.config().run_silent_s
+    return reap_silent_runs(LIFECYCLE_FLOW, silent_after_s=silent, keep=open_hold_runs())
+
+
+def reap_silent_runs(
+    flow_name: str, *, silent_after_s: float = RUN_SILENT_S, keep: AbstractSet[str] = frozenset()
+) -> list[str]:
+    """Mark every ``RUNNING`` run of ``flow_name`` that went silent for ``silent_after_s`` CRASHED (the ids).
+
+    The escrow side asks :func:`lifecycle_run_state` only about jobs still open; a lifecycle killed after it
+    closed its job (settled, archived, row written) would stay ``RUNNING`` in Prefect forever otherwise.
+    One query per sweep, bounded by the runs in flight; ``keep``: runs another rule owns (a held release)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+    return [
+        str(run.id)
+        for run in runs
+        if str(run.id) not in keep
+        and lifecycle_run_state(str(run.id), silent_after_s=silent_after_s) == "terminal"
+    ]

@@ -49,3 +49,43 @@ def test_a_running_run_without_heartbeats_is_dead_and_marked_crashed(prefect_ser
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(orphan.id).state
     assert state is not None and state.type.value == "CRASHED" and "no heartbeat" in (state.message or "")
+
+
+def test_silent_runs_of_a_flow_are_reaped_a_live_or_kept_or_other_one_is_not(prefect_server: object) -> None:
+    """A lifecycle killed after it closed its job is asked about by no escrow rule: the reaper finds every
+    silent RUNNING run of the flow and marks it CRASHED (issue 21: control worker killed at archive); a
+    run that still beats, a run held for its dispute window (``keep``) and another flow's run stay."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from tasks.sweep import reap_silent_runs
+
+    @flow(name="sweep-probe-other")
+    def _other() -> int:
+        return 2
+
+    with get_client(sync_client=True) as client:
+        dead = client.create_flow_run(_probe, state=Running())
+        held = client.create_flow_run(_probe, state=Running())
+        other = client.create_flow_run(_other, state=Running())
+    assert reap_silent_runs("sweep-probe", silent_after_s=600) == []  # positive control: just started
+    time.sleep(2.5)
+    with get_client(sync_client=True) as client:
+        alive = client.create_flow_run(_probe, state=Running())  # started now: not silent yet
+    reaped = reap_silent_runs("sweep-probe", silent_after_s=2, keep={str(held.id)})
+    assert str(dead.id) in reaped
+    assert not {str(held.id), str(alive.id), str(other.id)} & set(reaped)
+    with get_client(sync_client=True) as client:
+        states = {str(r.id): client.read_flow_run(r.id).state for r in (dead, held, other, alive)}
+    kinds = {run_id: state.type.value if state else None for run_id, state in states.items()}
+    assert kinds.pop(str(dead.id)) == "CRASHED"
+    assert set(kinds.values()) == {"RUNNING"}, kinds
+
+
+def test_the_reaper_names_the_lifecycle_flow() -> None:
+    from flows.job_lifecycle import job_lifecycle
+    from tasks.sweep import LIFECYCLE_FLOW
+
+    assert job_lifecycle.name == LIFECYCLE_FLOW
