@@ -65,14 +65,13 @@ class GrantRows:
 
     def record_grant(self, grant_id: str, *, job: JobRecord, kind: str) -> None:
         """Remember that ``job``'s current node was given ``grant_id`` (a job token's jti, a URL's
-        signature hash) under the job's current assignment. Idempotent."""
+        signature hash) under the job's current assignment. A grant id names one issuance (jtis and URL
+        nonces are random); recording it again re-points it to the current assignment.
+        """
         if job.node_id is None or job.assignment is None:
             return  # nothing is handed out before a claim; the other rules refuse it anyway
         with self._tx() as conn:
-            if conn.execute(
-                sa.select(job_grants.c.grant_id).where(job_grants.c.grant_id == grant_id)
-            ).first():
-                return
+            conn.execute(job_grants.delete().where(job_grants.c.grant_id == grant_id))
             conn.execute(
                 job_grants.insert().values(
                     grant_id=grant_id, job_id=job.job_id, node_id=job.node_id, assignment=job.assignment,

@@ -50,6 +50,13 @@ def flow_run_of(rid: str) -> str | None:
     return canonical_uuid_or_none(rid.removeprefix(_FLOW_RUN)) if rid.startswith(_FLOW_RUN) else None
 
 
+def artifact_run_of(rid: str, artifact_runs: dict[str, str]) -> str | None:
+    """The flow run a ``prefect.artifact.<id>`` resource was created for, when the gateway saw it made."""
+    prefix = "prefect.artifact."
+    ident = canonical_uuid_or_none(rid.removeprefix(prefix)) if rid.startswith(prefix) else None
+    return artifact_runs.get(ident) if ident is not None else None
+
+
 def worker_name(queue: str) -> str:
     """The name the node agent gives its Prefect worker (``agents.__main__``)."""
     return f"cyxwiz-{queue}"

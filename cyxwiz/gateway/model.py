@@ -17,6 +17,8 @@ class NodeView:
     deployments: set[str] = field(default_factory=set)
     flows: set[str] = field(default_factory=set)
     artifacts: set[str] = field(default_factory=set)
+    #: artifact id -> the flow run it was created for: a run whose job moved on takes its artifacts along
+    artifact_runs: dict[str, str] = field(default_factory=dict)
     queue_ids: set[str] = field(default_factory=set)
     #: Cleanup messages the worker channel delivered to this node (their ids may be acknowledged).
     cleanup_messages: set[str] = field(default_factory=set)

@@ -221,6 +221,9 @@ class OwnedObjects:
             self._decide(
                 caller, resource, kind, known, "own artifact" if known else "artifact the node did not create"
             )
+            run_of = view.artifact_runs.get(str(m.object_id))
+            if run_of is not None:
+                self._still_held(caller, resource, kind, run_of)
             changes = _json(body) if body else {}
             moved = {"key", "flow_run_id", "task_run_id"} & set(changes)
             self._decide(
@@ -261,6 +264,7 @@ class OwnedObjects:
             ident = canonical_uuid_or_none(created.get("id")) if isinstance(created, dict) else None
             if ident is not None:
                 view.artifacts.add(ident)
+                view.artifact_runs[ident] = run_id
             return created
 
         return json.dumps(request).encode(), remember

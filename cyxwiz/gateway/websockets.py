@@ -215,10 +215,10 @@ class WebSocketProxy:
         ids = events.resource_ids(event) if event is not None else None
         if not ids or self.standing is None:
             return None
-        runs = self.view(caller.node_id).runs
+        view = self.view(caller.node_id)
         for rid in ids:
-            run_id = events.flow_run_of(rid)
-            job_id = runs.get(run_id) if run_id is not None else None
+            run_id = events.flow_run_of(rid) or events.artifact_run_of(rid, view.artifact_runs)
+            job_id = view.runs.get(run_id) if run_id is not None else None
             if job_id is not None:
                 moved = self.standing.job_refusal(job_id, node_id=caller.node_id)
                 if moved is not None:

@@ -3,11 +3,13 @@
 The local store has no server of its own, so the coordinator mounts :func:`asgi_app` (or calls
 :func:`handle_presigned` from whatever framework it uses). A URL looks like::
 
-    {base_url}/jobs/{job}/outputs/model.safetensors?exp=1700000000&sha256=…&size=123&sig=…
+    {base_url}/jobs/{job}/outputs/model.safetensors?exp=1700000000&sha256=…&size=123&n=…&sig=…
 
-``sig`` is HMAC-SHA256 over method, exact key, expiry, hash and size under a key derived from the store's
-master key, so changing any of them — another job's key, a later expiry, another hash — is refused. PUTs are
-always bound to a hash and size and the body is checked before anything is stored.
+``sig`` is HMAC-SHA256 over method, exact key, expiry, hash, size and a per-URL nonce ``n`` under a key
+derived from the store's master key, so changing any of them — another job's key, a later expiry, another
+hash — is refused. PUTs are always bound to a hash and size and the body is checked before anything is
+stored. The nonce makes every issuance its own URL: the coordinator can refuse the ones it gave a node
+that has since lost the job (issue 21).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from cyxwiz.storage.presign import DEFAULT_EXPIRY, PresignedRequest, check_conte
 if TYPE_CHECKING:
     from cyxwiz.audit import AuditSink
 
-_PARAMS = frozenset({"exp", "sha256", "size", "sig"})
+_PARAMS = frozenset({"exp", "sha256", "size", "n", "sig"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,9 @@ class UrlSigner:
         # A separate derived key: a leaked URL-signing key must not forge object tags or manifests.
         return cls(secret=bytes.fromhex(master.mac(b"cyxwiz-url-signing-v1")), base_url=base_url, clock=clock)
 
-    def _sig(self, method: str, key: str, exp: int, sha256: str, size: str) -> str:
-        message = "\n".join(["cyxwiz-url-v1", method, key, str(exp), sha256, size]).encode("utf-8")
+    def _sig(self, method: str, key: str, exp: int, sha256: str, size: str, *, nonce: str = "") -> str:
+        parts = ["cyxwiz-url-v1", method, key, str(exp), sha256, size, *([nonce] if nonce else [])]
+        message = "\n".join(parts).encode("utf-8")
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -93,7 +97,10 @@ class UrlSigner:
         query = {"exp": str(exp)}
         if sha256 is not None:
             query.update(sha256=sha_text, size=size_text)
-        query["sig"] = self._sig(method, key, exp, sha_text, size_text)
+        # One URL per issuance, even for the same object, expiry second and content: the coordinator can
+        # then tell whom it issued a URL to, and refuse it once that node lost the job (issue 21, C3).
+        query["n"] = secrets.token_hex(8)
+        query["sig"] = self._sig(method, key, exp, sha_text, size_text, nonce=query["n"])
         headers = {"content-length": size_text} if method == "PUT" else {}
         return PresignedRequest(
             method=method,
@@ -116,7 +123,7 @@ class UrlSigner:
         except (CyxwizError, ValueError):
             raise PresignError("malformed presigned URL", field="query", rule="C3") from None
         sha_text, size_text = query.get("sha256", ""), query.get("size", "")
-        expected = self._sig(method, key, exp, sha_text, size_text)
+        expected = self._sig(method, key, exp, sha_text, size_text, nonce=query.get("n", ""))
         if not hmac.compare_digest(expected.encode(), query["sig"].encode()):
             raise PresignError(
                 "URL signature does not match (tampered, or for another key or method)", path=key, rule="C3"

@@ -35,6 +35,7 @@ from tasks.hooks import PrefectHooks
 
 MODEL_A, MODEL_B = b"A's stale weights" * 100, b"B's weights" * 100
 KEY = "model.safetensors"
+INPUT = {"kind": "input", "name": "dataset.npz", "method": "GET"}
 
 
 @dataclass
@@ -65,6 +66,11 @@ class World:
         parts = urlsplit(presigned["url"])
         with self.client(node) as c:
             return c.put(f"{parts.path}?{parts.query}", content=data, headers=presigned.get("headers") or {})
+
+    def get(self, node: str, presigned: dict[str, Any]) -> httpx.Response:
+        parts = urlsplit(presigned["url"])
+        with self.client(node) as c:
+            return c.get(f"{parts.path}?{parts.query}")
 
     def refusals(self) -> list[str]:
         return [
@@ -178,13 +184,21 @@ def test_a_reassigned_nodes_job_token_reaches_nothing_and_the_new_node_works(wor
     assert done.status_code == 200 and done.json()["status"] == "verifying", done.text
 
 
-def test_a_presigned_put_issued_before_the_redispatch_is_refused_at_use(world: World) -> None:
+def test_a_presigned_url_issued_before_the_redispatch_is_refused_at_use(world: World) -> None:
+    world.objects.put_bytes(f"jobs/{world.job_id}/inputs/dataset.npz", b"the user's rows")
     token_a = world.job_token("node-a").json()["job_token"]
     stale = world.call("node-a", "urls", _url_body(MODEL_A), token_a)
     assert stale.status_code == 200
+    stale_get = world.call("node-a", "urls", INPUT, token_a).json()["url"]
     _redispatch(world)
     token_b = world.job_token("node-b").json()["job_token"]
     fresh = world.call("node-b", "urls", _url_body(MODEL_B), token_b).json()["url"]
+
+    # The input: B's own GET URL reads it (control); A's stale one is refused, the bytes never leave.
+    fresh_get = world.call("node-b", "urls", INPUT, token_b).json()["url"]
+    assert world.get("node-b", fresh_get).content == b"the user's rows"
+    refused = world.get("node-a", stale_get)
+    assert refused.status_code == 403 and b"rows" not in refused.content
 
     # Positive control: B's URL stores B's model.
     assert world.put("node-b", fresh, MODEL_B).status_code == 201

@@ -87,6 +87,11 @@ def test_the_lost_node_writes_nothing_for_a_job_now_held_by_another(both: Both) 
     # Positive control: while A holds the job, its writes for its run go through.
     assert set(_calls(world, "node-a", a["session_token"], token_a, run_a["id"]).values()) <= {200, 201}
 
+    with world.gw("node-a", a["session_token"]) as c:
+        made = c.post("/api/artifacts/", json={"flow_run_id": run_a["id"], "key": "curve", "type": "table"})
+        assert made.status_code in (200, 201)
+        artifact_a = made.json()["id"]
+
     world.coord.store.claim_job(job.job_id, candidates=[b["node_id"]], exclude=[a["node_id"]])
     run_b = world.upstream.add_run(b["node_id"])
     run_b["parameters"] = {"job_id": job.job_id}
@@ -97,6 +102,8 @@ def test_the_lost_node_writes_nothing_for_a_job_now_held_by_another(both: Both) 
     assert _calls(world, "node-a", a["session_token"], token_a, run_a["id"]) == dict.fromkeys(
         ("logs", "state", "artifact"), 403
     )
+    with world.gw("node-a", a["session_token"]) as c:  # its artifact of the run, updated afterwards
+        assert c.patch(f"/api/artifacts/{artifact_a}", json={"data": "forged"}).status_code == 403
     emitted = len(world.upstream.emitted)
     _emit(world, "node-a", a["session_token"], run_a["id"], "prefect.flow-run.Completed")
     assert [e for e in world.upstream.emitted[emitted:] if "event" in e] == []
@@ -109,7 +116,7 @@ def test_the_lost_node_writes_nothing_for_a_job_now_held_by_another(both: Both) 
         and e.event_type.value == "Authorization"
     ]
     actions = {action for action, reason in refused if MOVED in reason}
-    assert {"logs", "flow_run", "artifact_create", "events_in.event"} <= actions, refused
+    assert {"logs", "flow_run", "artifact_create", "artifact", "events_in.event"} <= actions, refused
 
     # Positive control: B's same writes for its own run of J.
     assert set(_calls(world, "node-b", b["session_token"], token_b, run_b["id"]).values()) <= {200, 201}
