@@ -10,8 +10,10 @@ Both the embedded store (SQLite) and the production one (PostgreSQL).
 
 from __future__ import annotations
 
-import multiprocessing
-import random
+import json
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from tasks.coordinator_channel import SchedulerChannel
 from tests.coordinator.conftest import Env
 
 PROCESSES = 4
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -62,34 +65,28 @@ def _world(url: str, *, nodes: int, jobs: int, max_jobs: int | None = None) -> t
     return node_ids, job_ids
 
 
-def _dispatcher(url: str, job_ids: list[str], seed: int, barrier: Any, out: Any) -> None:
-    """One control worker: its own store and channel, every job in its own order."""
-    channel = SchedulerChannel(store=CoordinatorStore.from_url(url))
-    order = list(job_ids)
-    random.Random(seed).shuffle(order)
-    results: list[tuple[str, str, str]] = []
-    barrier.wait()
-    for job_id in order:
-        try:
-            results.append((job_id, "ok", channel.assign(job_id)["node_id"]))
-        except ConflictError as exc:
-            results.append((job_id, "conflict", exc.message))
-    out.put(results)
-
-
 def _race(url: str, job_ids: list[str]) -> list[tuple[str, str, str]]:
-    ctx = multiprocessing.get_context("fork")  # spawn would leave a resource tracker behind
-    barrier, out = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [
-        ctx.Process(target=_dispatcher, args=(url, job_ids, seed, barrier, out)) for seed in range(PROCESSES)
-    ]
-    for proc in procs:
-        proc.start()
-    results = [row for _ in procs for row in out.get(timeout=120)]
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == 0
-    return results
+    """PROCESSES workers (tests/coordinator/_race_worker.py), all released at once by one file."""
+    with tempfile.TemporaryDirectory(prefix="race-") as tmp:
+        go = Path(tmp) / "go"
+        argv = [sys.executable, "-m", "tests.coordinator._race_worker", url]
+        out = subprocess.PIPE
+        procs = [
+            subprocess.Popen([*argv, str(n), str(go), *job_ids], cwd=PROJECT, stdout=out, text=True)
+            for n in range(PROCESSES)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            go.touch()
+            outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+    assert all(proc.returncode == 0 for proc in procs), [proc.returncode for proc in procs]
+    return [tuple(row) for out in outputs for row in json.loads(out)]  # type: ignore[misc]
 
 
 def _check_one_winner(results: list[tuple[str, str, str]], job_ids: list[str]) -> dict[str, str]:
