@@ -192,7 +192,12 @@ def _follow(
 ) -> Attempt:
     from prefect.client.orchestration import get_client
 
+    from tasks import services
+    from tasks.coordinator_health import judged_heartbeat, probe
     from tasks.sweep import quiet_seconds
+
+    config = services.config()
+    coordinator = probe(config.coordinator_url, config.pki_root)
 
     with get_client(sync_client=True) as client:
         while True:
@@ -202,8 +207,12 @@ def _follow(
             final = bool(run.state and run.state.is_final())
             now = dt.datetime.now(dt.UTC)
             quiet = quiet_seconds(client, run, now=now) if state == "RUNNING" else None
+            # A beat is judged only over time the coordinator was up to take it (issue 21).
+            beat = judged_heartbeat(
+                _heartbeat(control, node_id), now=now, node_lost_s=node_lost_s, started_at=coordinator
+            )
             lost = lost_reason(
-                state=state, final=final, last_heartbeat=_heartbeat(control, node_id), run_quiet_for=quiet,
+                state=state, final=final, last_heartbeat=beat, run_quiet_for=quiet,
                 now=now, node_lost_s=node_lost_s, run_silent_s=run_silent_s,
             )  # fmt: skip
             if final or lost or time.monotonic() >= deadline:

@@ -8,6 +8,7 @@ Routes live in :mod:`cyxwiz.coordinator.routes` by resource; each applies its ru
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -66,13 +67,17 @@ def create_app(
     for module in (nodes, tokens, jobs, datasets, archive, wallet, admin):
         app.include_router(module.router)
 
+    # Since when this coordinator takes heartbeats: a node's beat is evidence of its loss only over time
+    # the coordinator was up to receive it (the lifecycle asks, tasks/coordinator_health.py; issue 21).
+    started_at = dt.datetime.now(dt.UTC).isoformat()
+
     @app.get("/v1/health", tags=["meta"])
     def health(access: Annotated[Access, Depends(Allow("meta.health"))]) -> dict[str, str]:
         # Permissive development hooks say so here too, so nobody mistakes a --dev coordinator for one.
         warning = getattr(hooks, "dev_warning", None)
         if warning:
-            return {"status": "ok", "mode": "dev", "warning": str(warning)}
-        return {"status": "ok", "mode": "production"}
+            return {"status": "ok", "mode": "dev", "warning": str(warning), "started_at": started_at}
+        return {"status": "ok", "mode": "production", "started_at": started_at}
 
     async def refuse(scope: dict[str, Any], send: Any, exc: Exception) -> None:
         await send_problem(scope, send, exc, audit=audit)
