@@ -170,3 +170,27 @@ def test_a_node_declares_its_cap_at_registration(env: Env) -> None:
         store.claim_job(second, candidates=[node_id])
     store.update_job(first, status="released")  # its one job settled: the slot is free again
     assert store.claim_job(second, candidates=[node_id]).node_id == node_id
+
+
+def test_grants_die_with_the_assignment_and_the_job(db_url: str) -> None:
+    """C3 on both stores: what the node was given under one assignment is refused after a re-dispatch
+    (and what the new node is given is live), everything after the job settled; a job already past its
+    proof or settled is never claimed again."""
+    node_ids, job_ids = _world(db_url, nodes=2, jobs=1)
+    store = CoordinatorStore.from_url(db_url)
+    job_id = job_ids[0]
+    first = store.claim_job(job_id, candidates=[node_ids[0]])
+    store.record_grant("jti-a", job=first.job, kind="job-token")
+    assert store.grant_refusal("jti-a", job=store.job(job_id)) is None  # control: live while it holds it
+    second = store.claim_job(job_id, candidates=node_ids, exclude=[node_ids[0]])
+    assert second.node_id == node_ids[1]
+    assert "re-assigned to another node" in (store.grant_refusal("jti-a", job=store.job(job_id)) or "")
+    store.record_grant("jti-b", job=second.job, kind="job-token")
+    assert store.grant_refusal("jti-b", job=store.job(job_id)) is None
+    assert store.grant_refusal("never-recorded", job=store.job(job_id)) is None  # left to the other rules
+    store.update_job(job_id, status="verifying")
+    with pytest.raises(ConflictError, match="cannot be dispatched"):
+        store.claim_job(job_id, candidates=node_ids, exclude=[node_ids[1]])
+    store.update_job(job_id, status="refunded")
+    assert store.grant_refusal("jti-b", job=store.job(job_id)) == "job token is dead: job is refunded"
+    assert store.job(job_id).node_id == node_ids[1]  # nothing moved by the refused claim
