@@ -97,10 +97,17 @@ def renew(settings: AgentSettings) -> AgentSettings:
     key = ed25519.Ed25519PrivateKey.generate()
     csr = create_csr(key, common_name=str(names[0].value)).public_bytes(serialization.Encoding.PEM).decode()
     session = read_session(settings)
+    body: dict[str, Any] = {"csr": csr}
+    if settings.payout_wallet:  # the wallet, signed by the new key, outlives the old certificate (F1)
+        from cyxwiz.ledger.payout import SignedWalletStatement
+
+        body["wallet_statement"] = SignedWalletStatement.sign(
+            key=key, wallet=settings.payout_wallet
+        ).to_dict()
     with _client(current) as client:
         response = client.post(
             "/v1/nodes/renew",
-            json={"csr": csr},
+            json=body,
             headers={"authorization": f"Bearer {session['session_token']}"},
         )
         _raise_for(response)

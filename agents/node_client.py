@@ -122,11 +122,26 @@ def register_node(settings: AgentSettings, *, max_jobs: int | None = None) -> di
             body["hardware"]["max_jobs"] = max_jobs
         if settings.payout_wallet:
             body["wallet"] = settings.payout_wallet  # only a public key: the node's key stays elsewhere
+            body["wallet_statement"] = wallet_statement(settings, settings.payout_wallet)
         response = client.post("/v1/nodes/register", json=body)
         _raise_for(response)
         data: dict[str, Any] = response.json()
     _write_session(settings, data)
     return {"node_id": data["node_id"], "peer_id": data["peer_id"], "platform": platform.machine()}
+
+
+def wallet_statement(settings: AgentSettings, wallet: str) -> dict[str, Any]:
+    """The payout wallet signed by the key of the certificate this node presents (issue 17; F1, A5):
+    what the verifier service checks before it attests a release, so no coordinator row can redirect pay."""
+    from agents.credentials import current_settings
+    from cyxwiz.ledger.payout import SignedWalletStatement
+    from cyxwiz.pki.keys import load_private_key
+
+    key_path = current_settings(settings).key
+    if key_path is None:
+        raise ConfigError("the node agent needs CYXWIZ_NODE_KEY", field="CYXWIZ_NODE_KEY", rule="A5")
+    key = load_private_key(key_path)
+    return SignedWalletStatement.sign(key=key, wallet=wallet).to_dict()
 
 
 def refresh_session(settings: AgentSettings, client: httpx.Client | None = None) -> dict[str, Any]:

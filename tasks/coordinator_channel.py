@@ -143,6 +143,12 @@ class SchedulerChannel:
         CN must not draw the first one's pay). None: no paid work for it."""
         if record.wallet:
             return str(record.wallet)
+        return self.configured_wallet(record, name)
+
+    def configured_wallet(self, record: Any, name: str) -> str | None:
+        """The operator's configured wallet for the node (this process's config file, never the
+        coordinator's database): the source the verifier service accepts beside the node's own signed
+        statement (issue 17, F1)."""
         for key in (record.peer_id, record.node_id):
             if key in self.node_wallets:
                 return self.node_wallets[key]

@@ -72,11 +72,26 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     as_dict: dict[str, Any] = json.loads(report.to_json())  # non-finite floats as text: canonical JSON
     bound = (body.get("node_peer_id"), body.get("node_wallet"), body.get("job_id"))
     if bound != (assignment.get("peer_id"), assignment.get("wallet"), request.job_id):
-        return as_dict, "fail"  # the attestation would name another node or job than the one verified
+        # the attestation would name another node or job than the one verified
+        return _with_check(as_dict, "binding", False, "the request names another node or job"), "fail"
     node = assigned(request.job_id)
-    if node is None or bound[0] not in node.peer_ids or bound[1] != node.wallet:
-        return as_dict, "fail"  # the caller's assignment is not the coordinator's: never a pass
+    if node is None or bound[0] not in node.peer_ids:
+        why = "the coordinator's records assign the job to another node"  # never a pass
+        return _with_check(as_dict, "binding", False, why), "fail"
+    # The wallet is the node's own signed statement (or the operator's config), never a database row the
+    # coordinator could rewrite (issue 17; F1, threat I).
+    paid = bound[1] == node.wallet
+    why = node.wallet_reason
+    if not paid:
+        why = f"the release would pay {bound[1]}, not the node's wallet {node.wallet} ({why})"
+    as_dict = _with_check(as_dict, "payout-wallet", paid, why)
     return as_dict, verdict_of(as_dict)
+
+
+def _with_check(report: dict[str, Any], name: str, passed: bool, reason: str) -> dict[str, Any]:
+    """``report`` with one more check (a failed one fails the report)."""
+    checks = [*report.get("checks", []), {"name": name, "passed": passed, "reason": reason, "details": {}}]
+    return {**report, "checks": checks, "passed": bool(report.get("passed")) and passed}
 
 
 @dataclass(frozen=True)
@@ -86,14 +101,18 @@ class AssignedNode:
 
     node_id: str
     peer_ids: frozenset[str]
+    #: What a release may pay: the node's signed statement, else the operator's config (tasks.payout_wallet).
     wallet: str | None
+    wallet_reason: str = ""
 
 
-def assigned(job_id: str, channel: Any = None) -> AssignedNode | None:
-    """The assigned node from the coordinator's own records, or None when there is none (F1, A7)."""
+def assigned(job_id: str, channel: Any = None, trust: Any = None) -> AssignedNode | None:
+    """The assigned node from the coordinator's own records, or None when there is none (F1, A7).
+    ``trust``: the CA bundle and CRLs node certificates are checked against (default: the control plane's)."""
     from cyxwiz.errors import CyxwizError
     from tasks import services
     from tasks.coordinator_channel import SchedulerChannel, node_name
+    from tasks.payout_wallet import payout_wallet
 
     channel = channel or SchedulerChannel.from_config(services.config())
     try:
@@ -103,10 +122,12 @@ def assigned(job_id: str, channel: Any = None) -> AssignedNode | None:
             *channel.store.peer_ids_of(node_id),
             *(c.peer_id for c in channel.node_certificates(node_id)),
         }
+        paid = payout_wallet(
+            channel, record, node_name(record.subject),
+            trust=(lambda: trust) if trust is not None else lambda: services._node_trust(services.config()),
+        )  # fmt: skip
         return AssignedNode(
-            node_id=node_id,
-            peer_ids=frozenset(peers),
-            wallet=channel._wallet(record, node_name(record.subject)),
+            node_id=node_id, peer_ids=frozenset(peers), wallet=paid.wallet, wallet_reason=paid.reason
         )
     except (CyxwizError, KeyError, TypeError):
         return None

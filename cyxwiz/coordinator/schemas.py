@@ -34,6 +34,9 @@ class RegisterRequest(_Strict):
     peer_id: str | None = Field(None, max_length=128)
     #: The payout wallet (base58 public key) bound to the certificate's PeerID; releases pay only it (F1).
     wallet: str | None = Field(None, pattern=r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
+    #: The node's statement of that wallet signed by its certificate key (cyxwiz.ledger.payout): required
+    #: with ``wallet``; the coordinator stores it, the verifier service believes only it (issue 17, F1).
+    wallet_statement: dict[str, JsonValue] | None = None
 
 
 class HeartbeatRequest(_Strict):
@@ -44,6 +47,9 @@ class HeartbeatRequest(_Strict):
 class RenewRequest(_Strict):
     #: PEM CSR made with a new Ed25519 key, same common name as the current certificate.
     csr: str = Field(max_length=8192)
+    #: The node's payout wallet statement signed by the new key, so its wallet outlives the old
+    #: certificate (issue 17, F1); checked against the certificate issued here.
+    wallet_statement: dict[str, JsonValue] | None = None
 
 
 class RefreshRequest(_Strict):

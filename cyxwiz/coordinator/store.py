@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.coordinator.claims import ClaimRows
 from cyxwiz.coordinator.fencing import GrantRows, revoke_grants, settles
+from cyxwiz.coordinator.payout_rows import WalletStatementRows, record_statement
 from cyxwiz.coordinator.records import JobRecord, NodeCertificate, NodeRecord
 from cyxwiz.coordinator.records import job_record as _job
 from cyxwiz.coordinator.records import node_certificate as _node_cert
@@ -34,6 +35,7 @@ from cyxwiz.coordinator.tables import (
 )
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
+from cyxwiz.ledger.payout import SignedWalletStatement
 from cyxwiz.pki.peerid import peer_id as peer_id_of
 
 __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate", "NodeRecord"]
@@ -42,7 +44,7 @@ __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate
 AWAITING_FUNDING = "awaiting-funding"
 
 
-class CoordinatorStore(SessionRows, ClaimRows, GrantRows):
+class CoordinatorStore(SessionRows, ClaimRows, GrantRows, WalletStatementRows):
     """All coordinator state. Thread-safe (one SQLAlchemy engine, short transactions)."""
 
     def __init__(self, *, engine: Engine) -> None:
@@ -74,10 +76,13 @@ class CoordinatorStore(SessionRows, ClaimRows, GrantRows):
         hardware: Mapping[str, Any],
         wallet: str | None = None,
         certificate: x509.Certificate | None = None,
+        wallet_statement: SignedWalletStatement | None = None,
     ) -> NodeRecord:
         """Create the node for this PeerID, or refresh its hardware (and payout wallet, when given); a
         banned/revoked node stays so. Only the certificate's PeerID selects the row (C2). ``certificate``
-        (the one the caller presented) is recorded as the node's."""
+        (the one the caller presented) is recorded as the node's. ``wallet_statement`` (checked by the
+        caller against that certificate) is kept with the row and sets its wallet, unless the node gave a
+        newer one: then nothing is registered (F1)."""
         with self._tx() as conn:
             row = conn.execute(sa.select(nodes).where(nodes.c.peer_id == peer_id)).first()
             earlier = conn.execute(
@@ -118,6 +123,8 @@ class CoordinatorStore(SessionRows, ClaimRows, GrantRows):
                 conn.execute(nodes.update().where(nodes.c.node_id == node_id).values(**values))
             if certificate is not None:
                 _record_certificate(conn, node_id, peer_id, certificate)
+            if wallet_statement is not None:
+                record_statement(conn, node_id, wallet_statement)
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node_by_peer(self, peer_id: str) -> NodeRecord | None:

@@ -184,12 +184,26 @@ def test_node_payout_wallet_is_bound_to_its_own_peer_id(market: Market) -> None:
     node's own wallet."""
     env = market.env
     wallet_a, wallet_b = str(Keypair().pubkey()), str(Keypair().pubkey())
+
+    def signed(node: str, wallet: str) -> dict[str, Any]:
+        """The wallet statement the node's own certificate key signs (issue 17)."""
+        from cyxwiz.ledger.payout import SignedWalletStatement
+        from cyxwiz.pki.keys import load_private_key
+
+        key = load_private_key(env.pki.node_key(node))
+        return {
+            "wallet": wallet,
+            "wallet_statement": SignedWalletStatement.sign(key=key, wallet=wallet).to_dict(),
+        }
+
     with env.client("node-a") as c:
-        r = c.post("/v1/nodes/register", json={"hardware": {}, "wallet": wallet_a})
+        r = c.post("/v1/nodes/register", json={"hardware": {}, **signed("node-a", wallet_a)})
     assert r.status_code == 200, r.text
     peer_a = r.json()["peer_id"]
     with env.client("node-b") as c:
-        r = c.post("/v1/nodes/register", json={"hardware": {}, "wallet": wallet_b, "peer_id": peer_a})
+        r = c.post(
+            "/v1/nodes/register", json={"hardware": {}, **signed("node-b", wallet_b), "peer_id": peer_a}
+        )
     assert r.status_code == 403, r.text
     assert env.audit.of_action("impersonate")
     assert [n.peer_id for n in env.coord.store.list_nodes()] == [peer_a], "node-b got no row"
@@ -198,7 +212,8 @@ def test_node_payout_wallet_is_bound_to_its_own_peer_id(market: Market) -> None:
         r = c.post("/v1/nodes/register", json={"hardware": {}, "wallet": "not-a-key"})
     assert r.status_code == 422
     with env.client("node-b") as c:  # positive control
-        assert c.post("/v1/nodes/register", json={"hardware": {}, "wallet": wallet_b}).status_code == 200
+        r = c.post("/v1/nodes/register", json={"hardware": {}, **signed("node-b", wallet_b)})
+        assert r.status_code == 200, r.text
     admin = env.user_token("root", role="admin")
     with env.client() as c:
         listed = {n["wallet"] for n in c.get("/v1/admin/nodes", headers=auth(admin)).json()}

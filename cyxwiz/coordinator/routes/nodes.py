@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest, RenewRequest
-from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
+from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
+from cyxwiz.ledger.payout import SignedWalletStatement, StaleWalletStatementError, WalletStatementError
 from cyxwiz.transport.identity import PeerIdentity
 
 router = APIRouter(tags=["nodes"])
@@ -29,14 +30,19 @@ def register(
         ctx.check_claimed_node(None, body.peer_id, peer, ip)  # audited and refused as a foreign node_id
     if existing is not None and existing.status in ("banned", "revoked"):
         raise AuthorizationError(f"node is {existing.status}", field="node_id", rule="C1")
-    node = ctx.store.register_node(
-        peer_id=peer.peer_id,
-        subject=peer.subject,
-        cert_serial=format(peer.serial, "x"),
-        hardware=body.hardware.model_dump(),
-        wallet=_payout_wallet(body.wallet),
-        certificate=peer.certificate,
-    )
+    statement = _wallet_statement(ctx, body, peer, ip)
+    try:
+        node = ctx.store.register_node(
+            peer_id=peer.peer_id,
+            subject=peer.subject,
+            cert_serial=format(peer.serial, "x"),
+            hardware=body.hardware.model_dump(),
+            wallet=statement.statement.wallet if statement else None,
+            certificate=peer.certificate,
+            wallet_statement=statement,
+        )
+    except StaleWalletStatementError as exc:
+        raise _refused_wallet(ctx, peer, ip, exc) from None
     ctx.record(
         ev.node_registered(
             node_id=node.node_id,
@@ -48,6 +54,45 @@ def register(
     )
     tokens = ctx.open_session(node=node, user_id=None, role="node", peer=peer)
     return {"node_id": node.node_id, "peer_id": peer.peer_id, **tokens.model_dump()}
+
+
+def _wallet_statement(
+    ctx: Any, body: RegisterRequest, peer: PeerIdentity, ip: str | None
+) -> SignedWalletStatement | None:
+    """The payout wallet as the node's own certificate key signed it (issue 17; F1, A5): a wallet only
+    the coordinator vouches for is refused, as is a statement another key signed or one dated ahead."""
+    if body.wallet_statement is None:
+        if body.wallet is not None:
+            raise ValidationError(
+                "a payout wallet needs the statement the node's certificate key signed",
+                field="wallet_statement",
+                rule="F1",
+            )
+        return None
+    signed = SignedWalletStatement.from_dict(body.wallet_statement)
+    if body.wallet is not None and _payout_wallet(body.wallet) != signed.statement.wallet:
+        raise ValidationError("wallet differs from the signed statement's", field="wallet", rule="F1")
+    signed.check_fresh()
+    try:
+        signed.verify(peer.certificate)
+    except WalletStatementError as exc:
+        raise _refused_wallet(ctx, peer, ip, exc) from None
+    ctx.record(_wallet_event(peer, ip, allowed=True, reason=f"wallet {signed.statement.wallet} "
+                             f"issued at {signed.statement.issued_at}"))  # fmt: skip
+    return signed
+
+
+def _refused_wallet(ctx: Any, peer: PeerIdentity, ip: str | None, exc: CyxwizError) -> CyxwizError:
+    ctx.record(_wallet_event(peer, ip, allowed=False, reason=f"{exc.code}: {exc.message}"))
+    exc.audited = True  # type: ignore[attr-defined]
+    return exc
+
+
+def _wallet_event(peer: PeerIdentity, ip: str | None, *, allowed: bool, reason: str) -> ev.SecurityEvent:
+    return ev.access_decision(
+        actor_id=peer.peer_id, actor_type=ev.ActorType.NODE, resource=f"node:{peer.peer_id}",
+        action="wallet.bind", allowed=allowed, reason=reason, ip_address=ip,
+    )  # fmt: skip
 
 
 def _payout_wallet(value: str | None) -> str | None:
@@ -86,9 +131,26 @@ def renew(
         raise ConflictError("no CA configured for renewal", field="csr")
     cert = ctx.renewer.sign(body.csr, current=caller.peer)
     new = PeerIdentity.from_certificate(cert)
+    statement = None
+    if body.wallet_statement is not None:  # checked before anything is stored: refused, nothing renewed
+        statement = SignedWalletStatement.from_dict(body.wallet_statement)
+        statement.check_fresh()
+        try:
+            statement.verify(cert)
+        except WalletStatementError as exc:
+            raise _refused_wallet(ctx, caller.peer, caller.ip, exc) from None
     node = ctx.store.renew_node(
         caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"), certificate=cert
     )
+    if statement is not None:
+        try:
+            ctx.store.set_wallet_statement(node.node_id, statement)
+        except StaleWalletStatementError as exc:  # the renewal stands; the node's newer wallet stays
+            _refused_wallet(ctx, new, caller.ip, exc)
+        else:
+            said = statement.statement
+            why = f"wallet {said.wallet} issued at {said.issued_at} (renewal)"
+            ctx.record(_wallet_event(new, caller.ip, allowed=True, reason=why))
     ctx.record(
         ev.make_event(
             event_type=ev.EventType.AUTHENTICATION,
