@@ -11,13 +11,20 @@ attest the honest node's pay to another wallet. Only two sources count:
 
 A valid statement wins over the configuration (the node chose its wallet); a missing or broken one leaves
 the configuration, and without either the node has no wallet a release may pay.
+
+The verifier service also remembers, in its own file (:class:`StatementMarks`), the newest statement it
+accepted per node: a coordinator that puts back a node's older, validly signed statement (the wallet the
+node moved away from) is caught as the replay it is once the verifier has seen the newer one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from cyxwiz.errors import CyxwizError
@@ -32,15 +39,68 @@ class PayoutWallet:
     wallet: str | None
     source: Source
     reason: str
+    #: The statement's ``issued_at`` (Unix ms) when the wallet comes from one.
+    issued_at: int = 0
+
+
+@dataclass
+class StatementMarks:
+    """The newest statement (``issued_at``, Unix ms) this verifier accepted per node: one SQLite file of
+    its own (0600), never the coordinator's database."""
+
+    path: Path
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def open(cls, path: Path) -> StatementMarks:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600, exist_ok=True)
+        marks = cls(path=path)
+        with marks._connect() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS marks (node_id TEXT PRIMARY KEY, issued_at INTEGER NOT NULL)"
+            )
+        return marks
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
+
+    def observe(self, node_id: str, issued_at: int) -> int | None:
+        """Record ``issued_at`` as the node's newest unless a newer one was seen; returns that newer one
+        (the statement is a replay) or None."""
+        with self._lock, self._connect() as conn:
+            row = conn.execute("SELECT issued_at FROM marks WHERE node_id = ?", (node_id,)).fetchone()
+            if row is not None and int(row[0]) > issued_at:
+                return int(row[0])
+            conn.execute(
+                "INSERT INTO marks (node_id, issued_at) VALUES (?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET issued_at = excluded.issued_at",
+                (node_id, issued_at),
+            )
+        return None
 
 
 def payout_wallet(
-    channel: Any, record: Any, name: str, *, trust: Callable[[], Any], now: dt.datetime | None = None
+    channel: Any,
+    record: Any,
+    name: str,
+    *,
+    trust: Callable[[], Any],
+    now: dt.datetime | None = None,
+    marks: StatementMarks | None = None,
 ) -> PayoutWallet:
     """The node's payout wallet from its signed statement, else from this process's configuration.
     ``trust`` gives the CA bundle and CRLs (a :class:`~cyxwiz.verification.verifier.TrustStore`), read
     only when there is a statement to check."""
     statement_reason = _statement(channel, record, trust=trust, now=now or dt.datetime.now(dt.UTC))
+    if isinstance(statement_reason, PayoutWallet) and marks is not None:
+        issued = statement_reason.issued_at
+        newer = marks.observe(record.node_id, issued)
+        if newer is not None:
+            statement_reason = (
+                f"the stored wallet statement (issued at {issued}) is older than one this verifier "
+                f"already accepted ({newer}): a replay of a wallet the node moved away from"
+            )
     if isinstance(statement_reason, PayoutWallet):
         return statement_reason
     configured = channel.configured_wallet(record, name)
@@ -79,5 +139,5 @@ def _statement(
         return f"the wallet statement does not verify: {exc.message}"
     return PayoutWallet(
         wallet=statement.wallet, source="statement",
-        reason=f"signed by {peer} at {statement.issued_at}",
+        reason=f"signed by {peer} at {statement.issued_at}", issued_at=statement.issued_at,
     )  # fmt: skip

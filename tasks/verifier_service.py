@@ -9,6 +9,7 @@ control plane's ledger key.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from cyxwiz._cli import new_app
+from tasks.payout_wallet import StatementMarks
 
 app = new_app(help="The verifier service with the control plane's job verification.")
 
@@ -51,7 +53,9 @@ def _quality_only(check: dict[str, Any]) -> bool:
 _TRAINING = threading.Lock()
 
 
-def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def verify_hook(body: dict[str, Any], *, marks: StatementMarks | None = None) -> tuple[dict[str, Any], str]:
+    """Verify the job and give the verdict the service signs. ``marks``: the service's own memory of
+    the newest payout wallet statement per node (an older one put back is a replay, issue 17)."""
     from tasks import services
     from tasks.control import JobRequest
 
@@ -74,7 +78,7 @@ def verify_hook(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if bound != (assignment.get("peer_id"), assignment.get("wallet"), request.job_id):
         # the attestation would name another node or job than the one verified
         return _with_check(as_dict, "binding", False, "the request names another node or job"), "fail"
-    node = assigned(request.job_id)
+    node = assigned(request.job_id, marks=marks)
     if node is None or bound[0] not in node.peer_ids:
         why = "the coordinator's records assign the job to another node"  # never a pass
         return _with_check(as_dict, "binding", False, why), "fail"
@@ -106,7 +110,9 @@ class AssignedNode:
     wallet_reason: str = ""
 
 
-def assigned(job_id: str, channel: Any = None, trust: Any = None) -> AssignedNode | None:
+def assigned(
+    job_id: str, channel: Any = None, trust: Any = None, marks: StatementMarks | None = None
+) -> AssignedNode | None:
     """The assigned node from the coordinator's own records, or None when there is none (F1, A7).
     ``trust``: the CA bundle and CRLs node certificates are checked against (default: the control plane's)."""
     from cyxwiz.errors import CyxwizError
@@ -125,6 +131,7 @@ def assigned(job_id: str, channel: Any = None, trust: Any = None) -> AssignedNod
         paid = payout_wallet(
             channel, record, node_name(record.subject),
             trust=(lambda: trust) if trust is not None else lambda: services._node_trust(services.config()),
+            marks=marks,
         )  # fmt: skip
         return AssignedNode(
             node_id=node_id, peer_ids=frozenset(peers), wallet=paid.wallet, wallet_reason=paid.reason
@@ -150,7 +157,21 @@ def serve_command(
     from tasks.node_stake import node_peers
 
     # The stake is the node's under any PeerID the coordinator links to it: renewing escapes no slash.
-    run(config, socket, ready_file, verify=verify_hook, audit=services.audit(), node_peers=node_peers)
+    marks = StatementMarks.open(_state_dir(config, socket) / "verifier-wallet-marks.db")
+    hook = functools.partial(verify_hook, marks=marks)
+    run(config, socket, ready_file, verify=hook, audit=services.audit(), node_peers=node_peers)
+
+
+def _state_dir(config: Path, socket: Path | None) -> Path:
+    """The verifier's own directory: where its verdict book is (``verifier_db``), else its socket's."""
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.ledger.config import LedgerConfig
+
+    ledger = LedgerConfig.from_file(config)
+    own = ledger._path(ledger.verifier_db) or socket or ledger.verifier_socket_path()
+    if own is None:
+        raise ConfigError("the ledger config names no verifier_db or verifier_socket", field="verifier_db")
+    return own.parent
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from cyxwiz.pki.keys import load_private_key
 from tasks import services
 from tasks.config import ControlPlaneConfig
 from tasks.coordinator_channel import SchedulerChannel
+from tasks.payout_wallet import StatementMarks
 from tasks.verifier_service import verify_hook
 from tests.coordinator.conftest import Env, make_env
 from tests.ledger.conftest import USER_FUNDS, World, build_world, make_pki
@@ -84,7 +85,7 @@ class Bench:
                     .values(signed=values["signed"])
                 )
 
-    def settle(self, node: str) -> tuple[str, dict[str, Any], str, str]:
+    def settle(self, node: str, marks: StatementMarks | None = None) -> tuple[str, dict[str, Any], str, str]:
         """Dispatch a new job (the wallet the lifecycle reads from the row), lock its escrow to that wallet,
         run the verification hook; returns (job id, report, verdict, the dispatched wallet)."""
         job_id = self.channel.create_job(user="alice", spec={"job_type": "model"}, duration_s=60)
@@ -100,7 +101,7 @@ class Bench:
             "job_id": job_id, "node_peer_id": dispatched["peer_id"], "node_wallet": dispatched["wallet"],
             "escrow": self.escrow(job_id), "request": request, "dispatched": {"assignment": dispatched},
         }  # fmt: skip
-        report, verdict = verify_hook(body)
+        report, verdict = verify_hook(body, marks=marks)
         return job_id, report, verdict, dispatched["wallet"]
 
     def escrow(self, job_id: str) -> str:
@@ -249,15 +250,17 @@ def test_a_statement_signed_by_another_nodes_key_is_refused_at_registration(benc
 
 
 def test_a_replayed_older_statement_is_refused_the_newest_wins(bench: Bench) -> None:
-    """F1: after the node moved to a new wallet, its older statement (a replay) is refused 409 and
-    audited; the newest stays. The very same statement again is fine (a retried registration)."""
+    """F1: the node moved from an old wallet (its key since leaked to the thief) to a new one. Its older
+    statement, replayed, is refused 409 and audited at registration; put back into the database by the
+    coordinator, the verifier service (which remembers the newest statement it accepted) fails it."""
     key = load_private_key(bench.env.pki.node_key("node-a"))
     now = time.time_ns() // 1_000_000
-    old = SignedWalletStatement.sign(key=key, wallet=bench.thief, issued_at=now - 100_000)
-    new = SignedWalletStatement.sign(key=key, wallet=bench.honest, issued_at=now + 1000)
-    assert bench.register("node-a", {"wallet_statement": new.to_dict()}).status_code == 200
-    assert bench.register("node-a", {"wallet_statement": new.to_dict()}).status_code == 200  # idempotent
-    same_time = SignedWalletStatement.sign(key=key, wallet=bench.thief, issued_at=now + 1000)
+    old = SignedWalletStatement.sign(key=key, wallet=bench.thief, issued_at=now + 1000)
+    new = SignedWalletStatement.sign(key=key, wallet=bench.honest, issued_at=now + 2000)
+    for statement in (old, new, new):  # the same one twice: a retried registration is fine
+        r = bench.register("node-a", {"wallet_statement": statement.to_dict()})
+        assert r.status_code == 200, r.text
+    same_time = SignedWalletStatement.sign(key=key, wallet=bench.thief, issued_at=now + 2000)
     for replay in (old, same_time):
         r = bench.register("node-a", {"wallet_statement": replay.to_dict()})
         assert r.status_code == 409, r.text
@@ -268,3 +271,13 @@ def test_a_replayed_older_statement_is_refused_the_newest_wins(bench: Bench) -> 
     # Dated ahead of the coordinator's clock (it would outrank every later honest statement): 422.
     ahead = SignedWalletStatement.sign(key=key, wallet=bench.thief, issued_at=now + 3_600_000)
     assert bench.register("node-a", {"wallet_statement": ahead.to_dict()}).status_code == 422
+
+    marks = StatementMarks.open(bench.tmp / "verifier" / "marks.db")
+    _job, report, _verdict, wallet = bench.settle("node-a", marks)  # positive control: the newest
+    assert wallet == bench.honest and _check(report, "payout-wallet")["passed"] is True
+    bench.rewrite("node-a", wallet=bench.thief, signed=old.to_dict())
+    job, report, verdict, wallet = bench.settle("node-a", marks)
+    refused = _check(report, "payout-wallet")
+    assert (wallet, refused["passed"], verdict) == (bench.thief, False, "fail")
+    assert "replay" in refused["reason"]
+    _unpaid(bench, job)
