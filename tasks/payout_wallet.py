@@ -141,3 +141,17 @@ def _statement(
         wallet=statement.wallet, source="statement",
         reason=f"signed by {peer} at {statement.issued_at}", issued_at=statement.issued_at,
     )  # fmt: skip
+
+
+def wallet_of_peer(peer_id: str, *, marks: StatementMarks | None = None) -> str | None:
+    """The payout wallet of the node that holds (or held) ``peer_id``, by the control plane's records and
+    config; None when there is no such node or no wallet it may be paid into."""
+    from tasks import services
+    from tasks.coordinator_channel import SchedulerChannel, node_name
+
+    channel = SchedulerChannel.from_config(services.config())
+    record = channel.store.node_by_peer(peer_id)
+    if record is None:
+        return None
+    trust = lambda: services._node_trust(services.config())  # noqa: E731 - read only when needed
+    return payout_wallet(channel, record, node_name(record.subject), trust=trust, marks=marks).wallet

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from cyxwiz._cli import new_app
-from tasks.payout_wallet import StatementMarks
+from tasks.payout_wallet import StatementMarks, wallet_of_peer
 
 app = new_app(help="The verifier service with the control plane's job verification.")
 
@@ -159,7 +159,10 @@ def serve_command(
     # The stake is the node's under any PeerID the coordinator links to it: renewing escapes no slash.
     marks = StatementMarks.open(_state_dir(config, socket) / "verifier-wallet-marks.db")
     hook = functools.partial(verify_hook, marks=marks)
-    run(config, socket, ready_file, verify=hook, audit=services.audit(), node_peers=node_peers)
+    # A dispute resolved for the node pays it only where its own statement (or the operator) says.
+    paid = functools.partial(wallet_of_peer, marks=marks)
+    run(config, socket, ready_file, verify=hook, audit=services.audit(), node_peers=node_peers,
+        payout_wallet=paid)  # fmt: skip
 
 
 def _state_dir(config: Path, socket: Path | None) -> Path:

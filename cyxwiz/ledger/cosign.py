@@ -144,6 +144,10 @@ class VerifierPolicy:
     #: every PeerID the coordinator links to a node's (:data:`~cyxwiz.ledger.stake.NodePeers`): a slash
     #: takes the node's stake whichever of its PeerIDs the report names (a renewal changes it, A7)
     node_peers: Any = None
+    #: the payout wallet of the node with this PeerID as the verifier believes it (the node's own signed
+    #: statement or the operator's config, never the coordinator's row; issue 17): a resolve pays the
+    #: node only there. None: the escrow record's wallet (in-process ledgers of tests and tools)
+    payout_wallet: Callable[[str], str | None] | None = None
 
     def approve(self, request: CosignRequest) -> ReportAttestation | None:
         """Raises CosignRefusedError (or the report's own refusal); returns the checked attestation."""
@@ -184,7 +188,7 @@ class VerifierPolicy:
             self._state(record, EscrowState.DISPUTED, EscrowState.RELEASING, EscrowState.REFUNDING)
             source = txbuild.dispute_address(self.rent_owner, record.job_id)
             allowed = {txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)}
-            if record.node_wallet:
+            if record.node_wallet and self._nodes_own(record):
                 allowed.add(txbuild.token_account_of(Pubkey.from_string(record.node_wallet), self.mint))
             dest = next((d for _s, d, _a in moves.transfers if d in allowed), Pubkey.default())
             memo = f"cyxwiz:escrow:resolve:{record.job_id}"
@@ -193,6 +197,13 @@ class VerifierPolicy:
             raise CosignRefusedError(f"the memo must carry {memo!r}", field="message", rule="F1")
         self._note_upheld(request, record, dest)
         return attestation
+
+    def _nodes_own(self, record: EscrowRecord) -> bool:
+        if self.payout_wallet is None:
+            return True
+        return (
+            record.node_peer_id is not None and self.payout_wallet(record.node_peer_id) == record.node_wallet
+        )
 
     def _note_upheld(self, request: CosignRequest, record: EscrowRecord, dest: Pubkey) -> None:
         """The arbiter's resolve refunding the user, checked and about to be co-signed: the one fact a

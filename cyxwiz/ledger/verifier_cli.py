@@ -6,6 +6,7 @@ certificate's Ed25519 key named in the ledger config; nothing else can sign here
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +36,7 @@ def build_service(
     audit: Any = None,
     verdicts_path: Path | None = None,
     node_peers: NodePeers | None = None,
+    payout_wallet: Callable[[str], str | None] | None = None,
 ) -> VerifierService:
     """The service's app from the ledger config: the verifier key, its certificate, the escrow store,
     and its own book of verdicts (``verifier_db``, else ``verdicts_path``: a file beside its socket).
@@ -79,6 +81,7 @@ def build_service(
             escrow_store=store,
             verdicts=VerdictBook.open(book_path),
             node_peers=node_peers,
+            payout_wallet=payout_wallet,
         ),
         signing_key=load_private_key(key_path),
         certificate=certificate,
@@ -95,7 +98,8 @@ ReadyOption = Annotated[Path | None, typer.Option("--ready-file", help="Written 
 
 
 def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, verify: VerifyHook | None = None,
-        audit: Any = None, node_peers: NodePeers | None = None) -> None:  # fmt: skip
+        audit: Any = None, node_peers: NodePeers | None = None,
+        payout_wallet: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.verifier_service import serve
@@ -106,7 +110,7 @@ def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, veri
         raise ConfigError("no socket path", field="verifier_socket")
     app = build_service(
         config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db",
-        node_peers=node_peers,
+        node_peers=node_peers, payout_wallet=payout_wallet,
     )  # fmt: skip
     serve(app, socket_path=path, ready_file=ready_file)
 

@@ -281,3 +281,30 @@ def test_a_replayed_older_statement_is_refused_the_newest_wins(bench: Bench) -> 
     assert (wallet, refused["passed"], verdict) == (bench.thief, False, "fail")
     assert "replay" in refused["reason"]
     _unpaid(bench, job)
+
+
+def test_a_dispute_resolved_for_the_node_pays_only_its_signed_wallet(bench: Bench) -> None:
+    """F1: the arbiter resolves a disputed escrow "release"; the verifier co-signs it only to the wallet
+    the node signed, not to the one a rewritten row put into the escrow record (positive control first)."""
+    from cyxwiz.ledger.cosign import CosignRefusedError, KeyCosigner
+    from tasks.payout_wallet import wallet_of_peer
+
+    def arbitrated() -> Any:
+        policy = dataclasses.replace(bench.world.ledger().verifier_policy(), payout_wallet=wallet_of_peer)
+        return bench.world.ledger(verifier=KeyCosigner(bench.world.verifier, policy))
+
+    job, _report, _verdict, wallet = bench.settle("node-a")
+    assert wallet == bench.honest
+    arbitrated().dispute(job_id=job, reason="the user disagrees")
+    assert arbitrated().resolve(job_id=job, outcome="release").state is EscrowState.RELEASED
+    assert bench.world.token(bench.world.node) == AMOUNT
+
+    bench.rewrite("node-a", wallet=bench.thief)
+    job, _report, _verdict, wallet = bench.settle("node-a")
+    assert wallet == bench.thief  # the escrow record names the row's wallet
+    arbitrated().dispute(job_id=job, reason="the user disagrees")
+    with pytest.raises(CosignRefusedError):
+        arbitrated().resolve(job_id=job, outcome="release")
+    assert bench.world.ledger().status(job_id=job).state is EscrowState.DISPUTED
+    assert bench.world.token(bench.world.other_node) == 0 and bench.world.token(bench.world.node) == AMOUNT
+    assert arbitrated().resolve(job_id=job, outcome="refund").state is EscrowState.REFUNDED  # the way out

@@ -77,8 +77,10 @@ def _wallet_statement(
         signed.verify(peer.certificate)
     except WalletStatementError as exc:
         raise _refused_wallet(ctx, peer, ip, exc) from None
-    ctx.record(_wallet_event(peer, ip, allowed=True, reason=f"wallet {signed.statement.wallet} "
-                             f"issued at {signed.statement.issued_at}"))  # fmt: skip
+    said = signed.statement
+    ctx.record(
+        _wallet_event(peer, ip, allowed=True, reason=f"wallet {said.wallet} issued at {said.issued_at}")
+    )
     return signed
 
 
