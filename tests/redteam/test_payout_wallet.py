@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agents.node_client import register_node
+from agents.credentials import renew
+from agents.node_client import read_session, register_node
 from agents.settings import AgentSettings
 from cyxwiz.coordinator.payout_rows import wallet_statements
 from cyxwiz.coordinator.tables import nodes
@@ -28,7 +31,10 @@ from cyxwiz.ledger.attestation import ReportVerdictError, report_sha256
 from cyxwiz.ledger.chain import LocalChain
 from cyxwiz.ledger.payout import SignedWalletStatement
 from cyxwiz.ledger.store import EscrowState
+from cyxwiz.pki.ca import create_csr
+from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.keys import load_private_key
+from cyxwiz.pki.peerid import peer_id
 from tasks import services
 from tasks.config import ControlPlaneConfig
 from tasks.coordinator_channel import SchedulerChannel
@@ -308,3 +314,38 @@ def test_a_dispute_resolved_for_the_node_pays_only_its_signed_wallet(bench: Benc
     assert bench.world.ledger().status(job_id=job).state is EscrowState.DISPUTED
     assert bench.world.token(bench.world.other_node) == 0 and bench.world.token(bench.world.node) == AMOUNT
     assert arbitrated().resolve(job_id=job, outcome="refund").state is EscrowState.REFUNDED  # the way out
+
+
+def test_a_renewal_carries_the_wallet_signed_by_the_new_key(bench: Bench) -> None:
+    """F1/A7: the agent's renewal sends the wallet statement signed by its new key, so the wallet outlives
+    the old certificate; one signed by the old key (not the certificate issued) refuses the renewal."""
+
+    settings = bench.settings("node-a", bench.honest)
+    session = read_session(settings)
+    csr = create_csr(ed25519.Ed25519PrivateKey.generate(), common_name="node-a")
+    old_key = SignedWalletStatement.sign(
+        key=load_private_key(bench.env.pki.node_key("node-a")), wallet=bench.thief
+    )
+    with bench.env.client("node-a") as c:
+        r = c.post(
+            "/v1/nodes/renew",
+            json={
+                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                "wallet_statement": old_key.to_dict(),
+            },
+            headers={"authorization": f"Bearer {session['session_token']}"},
+        )
+    assert r.status_code == 403 and r.json()["type"].endswith("wallet-statement-signature"), r.text
+    assert bench.env.coord.store.peer_ids_of(bench.node_ids["node-a"]) == [
+        bench.peers["node-a"]
+    ]  # not renewed
+    assert _audited(bench, "denied")
+
+    renewed = renew(settings)  # positive control: the agent's own renewal
+    assert renewed.cert is not None
+    new_peer = peer_id(load_certificate(renewed.cert))
+    stored = bench.env.coord.store.wallet_statement(bench.node_ids["node-a"])
+    assert stored is not None and stored["statement"]["peer_id"] == new_peer != bench.peers["node-a"]
+    _job, report, _verdict, wallet = bench.settle("node-a")
+    paid = _check(report, "payout-wallet")
+    assert wallet == bench.honest and paid["passed"] is True and new_peer in paid["reason"]
