@@ -39,14 +39,15 @@ class PayoutWallet:
     wallet: str | None
     source: Source
     reason: str
-    #: The statement's ``issued_at`` (Unix ms) when the wallet comes from one.
+    #: The statement's ``issued_at`` (Unix ms) and signing PeerID when the wallet comes from one.
     issued_at: int = 0
+    peer_id: str = ""
 
 
 @dataclass
 class StatementMarks:
-    """The newest statement (``issued_at``, Unix ms) this verifier accepted per node: one SQLite file of
-    its own (0600), never the coordinator's database."""
+    """The newest statement (``issued_at``, Unix ms) this verifier accepted per node and per signing
+    PeerID: one SQLite file of its own (0600), never the coordinator's database."""
 
     path: Path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -65,17 +66,23 @@ class StatementMarks:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
 
-    def observe(self, node_id: str, issued_at: int) -> int | None:
-        """Record ``issued_at`` as the node's newest unless a newer one was seen; returns that newer one
-        (the statement is a replay) or None."""
+    def observe(self, keys: tuple[str, ...], issued_at: int) -> int | None:
+        """Record ``issued_at`` as the newest under each key unless a newer one was seen under any of them;
+        returns that newer one (the statement is a replay) or None. Keys: the node id (a replay of the
+        node's statement under an earlier key) and the signing PeerID (one that holds even when the
+        coordinator re-keys the node's rows under another node id)."""
         with self._lock, self._connect() as conn:
-            row = conn.execute("SELECT issued_at FROM marks WHERE node_id = ?", (node_id,)).fetchone()
-            if row is not None and int(row[0]) > issued_at:
-                return int(row[0])
-            conn.execute(
+            seen = [
+                int(row[0])
+                for key in keys
+                for row in conn.execute("SELECT issued_at FROM marks WHERE node_id = ?", (key,))
+            ]
+            if seen and max(seen) > issued_at:
+                return max(seen)
+            conn.executemany(
                 "INSERT INTO marks (node_id, issued_at) VALUES (?, ?) "
-                "ON CONFLICT(node_id) DO UPDATE SET issued_at = excluded.issued_at",
-                (node_id, issued_at),
+                "ON CONFLICT(node_id) DO UPDATE SET issued_at = MAX(issued_at, excluded.issued_at)",
+                [(key, issued_at) for key in keys],
             )
         return None
 
@@ -95,7 +102,7 @@ def payout_wallet(
     statement_reason = _statement(channel, record, trust=trust, now=now or dt.datetime.now(dt.UTC))
     if isinstance(statement_reason, PayoutWallet) and marks is not None:
         issued = statement_reason.issued_at
-        newer = marks.observe(record.node_id, issued)
+        newer = marks.observe((f"node:{record.node_id}", f"peer:{statement_reason.peer_id}"), issued)
         if newer is not None:
             statement_reason = (
                 f"the stored wallet statement (issued at {issued}) is older than one this verifier "
@@ -139,7 +146,7 @@ def _statement(
         return f"the wallet statement does not verify: {exc.message}"
     return PayoutWallet(
         wallet=statement.wallet, source="statement",
-        reason=f"signed by {peer} at {statement.issued_at}", issued_at=statement.issued_at,
+        reason=f"signed by {peer} at {statement.issued_at}", issued_at=statement.issued_at, peer_id=peer,
     )  # fmt: skip
 
 

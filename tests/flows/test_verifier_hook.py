@@ -59,3 +59,18 @@ def test_a_model_below_the_threshold_fails_the_job_but_is_no_fraud() -> None:
     assert verdict_of({"passed": False, "checks": [signed, gap]}) == "fraud"  # claimed far above the holdout
     replay = {"name": "replay", "passed": False}
     assert verdict_of({"passed": False, "checks": [signed, short, replay]}) == "fraud"
+
+
+def test_the_verifier_remembers_the_newest_wallet_statement(tmp_path: Path) -> None:
+    """Issue 17 (F1): an older statement is a replay under the node id or under its signing PeerID, so a
+    coordinator that moves the node's rows to another node id still gets it refused."""
+    from tasks.payout_wallet import StatementMarks
+
+    marks = StatementMarks.open(tmp_path / "verifier" / "marks.db")
+    assert marks.observe(("node:n1", "peer:p1"), 10) is None
+    assert marks.observe(("node:n1", "peer:p1"), 10) is None  # the same statement again
+    assert marks.observe(("node:n2", "peer:p1"), 5) == 10  # re-keyed node id, same signer
+    assert marks.observe(("node:n1", "peer:p2"), 7) == 10  # an older one under another key
+    assert marks.observe(("node:n1", "peer:p2"), 20) is None  # a newer one (renewal): accepted
+    assert StatementMarks.open(tmp_path / "verifier" / "marks.db").observe(("node:n1",), 15) == 20  # on disk
+    assert (tmp_path / "verifier" / "marks.db").stat().st_mode & 0o777 == 0o600
