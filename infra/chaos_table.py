@@ -192,6 +192,9 @@ class Runner:
             if now is not None and order[now] >= order[step]:
                 if step in ("training", "verification") and now == step:
                     time.sleep(1.5)  # well inside the step, not at its first instant
+                    # A short step may be over by now (verification takes < 1 s on an idle host): the
+                    # cell says where the kill really landed.
+                    now = self.step_now(job_id, run_id) or now
                 return now
             time.sleep(0.02)
         raise TimeoutError(f"{job_id} did not reach {step} in {timeout:.0f} s")
