@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ _log = logging.getLogger("cyxwiz.retry")
 
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` says the service was not there, not that it refused: a transport error
-    (connect/read/write error, timeout, a connection closed mid-answer) or a 502/503/504."""
+    (connect/read/write error, timeout, a connection closed mid-answer) or a 502/503/504. A TLS refusal
+    (our certificate revoked or unknown, theirs unverifiable) is a refusal like a 403, never retried."""
+    if _tls_refusal(exc):
+        return False
     if isinstance(exc, httpx.TransportError):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
@@ -42,6 +46,23 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, CyxwizError):
         return exc.http_status in TRANSIENT_STATUSES
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+#: TLS errors that only say the connection ended (the peer died mid-handshake): not a refusal.
+_TLS_ENDED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_refusal(exc: BaseException) -> bool:
+    """A handshake the peer refused (an alert: revoked, unknown CA, no certificate) or we refused
+    (certificate verification) anywhere in ``exc``'s chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # causes are short chains; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, _TLS_ENDED):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True, kw_only=True)

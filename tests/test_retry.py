@@ -5,6 +5,7 @@ and sleep are the test's so that no test waits out a budget."""
 from __future__ import annotations
 
 import random
+import ssl
 
 import httpx
 import pytest
@@ -83,6 +84,25 @@ def test_a_service_that_was_not_there_is_transient(exc: BaseException) -> None:
 )
 def test_a_refusal_or_a_bug_is_not_transient(exc: BaseException) -> None:
     assert not is_transient(exc)
+
+
+def _wrapped(cause: BaseException) -> httpx.TransportError:
+    """As httpx raises it: its own error with the ssl module's error as the cause."""
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise httpx.ReadError("handshake", request=_REQUEST) from inner
+    except httpx.ReadError as outer:
+        return outer
+
+
+def test_a_tls_refusal_is_a_refusal_and_a_tls_connection_that_ended_is_not() -> None:
+    revoked = ssl.SSLError(1, "[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked")
+    assert not is_transient(_wrapped(revoked))
+    assert not is_transient(_wrapped(ssl.SSLCertVerificationError(1, "certificate verify failed")))
+    assert is_transient(_wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")))
+    assert is_transient(_wrapped(ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed")))
 
 
 def test_a_call_that_fails_while_the_service_restarts_succeeds_after() -> None:

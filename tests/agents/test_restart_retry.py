@@ -21,9 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agents.node_client import CoordinatorChannel, fetch_job_token, read_session, register_node
@@ -198,3 +199,19 @@ def test_a_403_is_final_and_never_retried(world: World, caplog: pytest.LogCaptur
     assert _retries(caplog) == []
     world.channel.report_progress(world.job_id, {"kind": "progress", "step": 1, "total": 2})
     assert (store.job(world.job_id).progress or {}).get("step") == 1
+
+
+@pytest.mark.slow
+def test_a_coordinator_certificate_that_does_not_verify_is_final(
+    world: World, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose certificate does not chain to the node's trust bundle (a man in the middle, threat I)
+    is a refusal, not an outage: raised at once, never retried, nothing sent."""
+    caplog.set_level(logging.WARNING, logger="cyxwiz.retry")
+    other = build_dev_pki(tmp_path / "other", nodes=("node-a",))
+    fooled = replace(world.settings, ca_bundle=other.bundle)
+    channel = CoordinatorChannel(settings=fooled, job_token=world.channel._token)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        channel.report_progress(world.job_id, {"kind": "progress", "step": 1, "total": 2})
+    assert _retries(caplog) == []
+    assert not world.coordinator.store.job(world.job_id).progress  # nothing reached the coordinator
