@@ -43,7 +43,7 @@ INVOLVED: dict[str, frozenset[str]] = {
 #: What ``make test`` runs (tests/e2e/test_chaos.py); the rest is in docs/chaos.md from a full run.
 #: The control worker's cells wait out run_silent_s (~3 min each): the table has them; CI checks the
 #: silence rule against a real Prefect server in tests/flows/test_escrow_sweep.py instead.
-CI_CELLS = (("agent", "training"),)
+CI_CELLS = (("agent", "training"), ("prefect", "verification"), ("ledger", "release"))
 SWEEP_INTERVAL_S = 10.0
 LIFECYCLE = "job-lifecycle/job-lifecycle"
 
