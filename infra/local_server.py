@@ -121,3 +121,7 @@ def stop_process_group(proc: subprocess.Popen[bytes], *, grace: float = 10.0) ->
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=grace)
+    # The leader gone, what is left of its group would outlive it: an agent's flow run that handles SIGTERM
+    # by reporting through the agent's tunnel, now dead, retries for minutes. Stopped with the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
