@@ -333,12 +333,6 @@ class Runner:
         )
         if cell.sweep_settled:
             cell.outcome += " by the sweep"
-        if record.state.value == "refunded":  # why, as the ledger audited it: the table says, not only ✗
-            refunds = [e for e in _events(self.stack.home / "audit") if e.get("action") == "escrow.refund"]
-            why = [
-                e.get("details", {}).get("reason") for e in refunds if e.get("resource") == f"job:{job_id}"
-            ]
-            cell.note += f" refunded: {why[-1]};" if why and why[-1] else ""
 
     def check(
         self, cell: Cell, job_id: str, *, payment: int, before: int, wallets_before: dict[str, int]
@@ -356,8 +350,12 @@ class Runner:
         released = cell.outcome.startswith("released")
         expected = {k: (payment if released and k == f"node:{cell.paid_to}" else 0) for k in gained}
         cell.paid_once = len(settles) == 1 and gained == expected
-        cell.redispatched = any(e.get("action") == "job.redispatch" and e.get("resource") == f"job:{job_id}"
-                                for e in _events(self.stack.home / "audit"))  # fmt: skip
+        # One read of the audit log serves both: was the job re-dispatched, and why was it refunded.
+        job_events = [e for e in _events(self.stack.home / "audit") if e.get("resource") == f"job:{job_id}"]
+        cell.redispatched = any(e.get("action") == "job.redispatch" for e in job_events)
+        why = [e.get("details", {}).get("reason") for e in job_events if e.get("action") == "escrow.refund"]
+        if cell.outcome.startswith("refunded") and why and why[-1]:  # the table says why, not only ✗
+            cell.note += f" refunded: {why[-1]};"
         cell.audit_ok = _audit_verifies(self.stack.home / "audit")
         cell.checks.update(settle_transactions=len(settles), node_gains=gained)
 

@@ -47,10 +47,10 @@ def holdout_gap_bound(
     claimed: float, n_claimed: int, held: float, n_held: int, tolerance: float
 ) -> tuple[float, float]:
     """(allowed gap, standard error): the job's tolerance, widened to what sampling noise explains."""
-    variance = sum(
-        min(max(p, 0.0), 1.0) * (1 - min(max(p, 0.0), 1.0)) / max(1, n)
-        for p, n in ((claimed, n_claimed), (held, n_held))
-    )
+    variance = 0.0
+    for p, n in ((claimed, n_claimed), (held, n_held)):
+        q = min(max(p, 0.0), 1.0)  # an accuracy outside [0, 1] is clamped, never a negative variance
+        variance += q * (1 - q) / max(1, n)
     stderr = math.sqrt(variance)
     return max(tolerance, GAP_Z * stderr), stderr
 
