@@ -16,6 +16,7 @@ everything. Commands are argument lists run without a shell; names are checked b
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ SERVICE_ADDRESS = "10.211.255.1"
 _PREFIX = "cyx"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")
 _TAG = re.compile(r"^[a-z0-9]{2,6}$")
+#: The chain inside a host that holds its partition's rules (empty and unhooked when healed).
+PARTITION_CHAIN = "CYX-PARTITION"
 
 
 def _run(argv: Sequence[str]) -> str:
@@ -57,6 +60,46 @@ class Host:
         ``nsenter --net`` and not ``ip netns exec``: the latter also remounts /sys for the namespace,
         which hides the cgroup filesystem the node's sandboxes need (E2)."""
         return ["nsenter", f"--net=/run/netns/{self.name}", "--", *command]
+
+    def partition(self, *, from_: Sequence[str]) -> None:
+        """Cut this host off from the addresses ``from_``: iptables inside the host's own namespace drops
+        every packet to them (OUTPUT) and from them (INPUT), whatever its protocol or connection state.
+
+        A silent drop, not a reset: the host's open connections stay open and go quiet, its new ones time
+        out, and the far side hears nothing either: what a cable pulled or a switch failing looks like to
+        both ends (issue 21). Conntrack state is not consulted, so established flows are cut as well as
+        new ones. Calling it again replaces the cut; :meth:`heal` removes it."""
+        try:
+            addresses = [str(ipaddress.ip_address(a)) for a in from_]
+        except ValueError as exc:
+            raise ConfigError(f"not an IP address: {exc}", field="from_") from None
+        if not addresses:
+            raise ConfigError("name at least one address to cut this host off from", field="from_")
+        self.heal()
+        ipt = self.argv(["iptables", "-w"])
+        _run([*ipt, "-N", PARTITION_CHAIN])
+        for address in addresses:
+            _run([*ipt, "-A", PARTITION_CHAIN, "-s", address, "-j", "DROP"])
+            _run([*ipt, "-A", PARTITION_CHAIN, "-d", address, "-j", "DROP"])
+        for hook in ("INPUT", "OUTPUT"):
+            _run([*ipt, "-I", hook, "1", "-j", PARTITION_CHAIN])
+
+    def partitioned(self) -> bool:
+        """True while this host holds a partition (its chain exists)."""
+        rules = _run(self.argv(["iptables", "-w", "-S"])).splitlines()
+        return f"-N {PARTITION_CHAIN}" in rules
+
+    def heal(self) -> None:
+        """Remove the partition (nothing to do when there is none): packets flow again, and a TCP
+        connection neither end gave up on meanwhile resumes with its next retransmission."""
+        if not self.partitioned():
+            return
+        ipt = self.argv(["iptables", "-w"])
+        for hook in ("INPUT", "OUTPUT"):
+            while f"-A {hook} -j {PARTITION_CHAIN}" in _run([*ipt, "-S", hook]).splitlines():
+                _run([*ipt, "-D", hook, "-j", PARTITION_CHAIN])
+        _run([*ipt, "-F", PARTITION_CHAIN])
+        _run([*ipt, "-X", PARTITION_CHAIN])
 
 
 @dataclass(kw_only=True)
@@ -150,6 +193,15 @@ class Topology:
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
+
+    def partition(self, name: str) -> None:
+        """Cut host ``name`` off from the whole control plane (its service address, which the coordinator
+        and the gateway answer on, and the control plane's end of its link) until :meth:`heal`."""
+        host = self.host(name)
+        host.partition(from_=[SERVICE_ADDRESS, *([host.gateway] if host.gateway else [])])
+
+    def heal(self, name: str) -> None:
+        self.host(name).heal()
 
     def popen(self, host: Host, command: Sequence[str], **options: object) -> subprocess.Popen[bytes]:
         """Start ``command`` inside ``host`` in a new session (so stopping it stops its children)."""

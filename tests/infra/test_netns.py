@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cyxwiz.errors import ConfigError
 from infra.netns import SERVICE_ADDRESS, Topology, can_build, list_namespaces, topology
 
 _WHY = can_build()
@@ -103,3 +104,75 @@ def test_bad_names_are_refused_before_anything_is_made() -> None:
     with pytest.raises(ConfigError, match="tag"):
         Topology.create(hosts=[("node-1", "node")], tag="../x")
     assert set(list_namespaces()) == before, "nothing half-created"
+
+
+#: Echo every byte back, one thread per connection, until killed.
+ECHO = """
+import socket, sys, threading
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+def serve(conn):
+    with conn:
+        while data := conn.recv(1024):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+#: One connection kept across the test's steps (a line on stdin each): asks, asks again, waits for the answer.
+TALK = """
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+def ask(word, timeout):
+    conn.settimeout(timeout)
+    conn.sendall(word)
+    try:
+        return conn.recv(16).decode() or "closed"
+    except TimeoutError:
+        return "silent"
+print(ask(b"before", 5), flush=True)
+sys.stdin.readline()
+print(ask(b"during", 2), flush=True)
+sys.stdin.readline()
+conn.settimeout(20)
+print(conn.recv(16).decode() or "closed", flush=True)
+"""
+
+
+def test_a_partitioned_host_is_cut_off_both_ways_open_connections_too_until_healed(net: Topology) -> None:
+    """The chaos partition (issue 21; SPEC C3): iptables DROP inside the node's own namespace."""
+    port = 18443
+    echo = net.popen(net.control, [sys.executable, "-c", ECHO, str(port)], stdout=subprocess.PIPE)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == b"listening"
+    net.restrict([port])
+    node = net.host("node-1")
+    talk = net.popen(
+        node, [sys.executable, "-c", TALK, SERVICE_ADDRESS, str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert talk.stdin is not None and talk.stdout is not None
+    assert talk.stdout.readline().strip() == "before"  # positive control: an open, answering connection
+    # From the control plane a closed port on the node answers with a reset while the link is whole.
+    assert probe(net, None, node.address, [9])["9"] == "ConnectionRefusedError"
+
+    net.partition("node-1")
+    assert node.partitioned()
+    assert probe(net, "node-1", SERVICE_ADDRESS, [port]) == {str(port): "TimeoutError"}, "no new connection"
+    assert probe(net, None, node.address, [9])["9"] == "TimeoutError", "nothing reaches the node either"
+    assert probe(net, "node-2", SERVICE_ADDRESS, [port]) == {str(port): "open"}, "only node-1 is cut"
+    talk.stdin.write("\n")
+    talk.stdin.flush()
+    assert talk.stdout.readline().strip() == "silent", "the open connection carries nothing"
+
+    net.heal("node-1")
+    net.heal("node-1")  # healing a whole host changes nothing
+    assert not node.partitioned()
+    talk.stdin.write("\n")
+    talk.stdin.flush()
+    assert talk.stdout.readline().strip() == "during", "the connection resumes with its retransmission"
+    assert probe(net, "node-1", SERVICE_ADDRESS, [port]) == {str(port): "open"}
+    assert probe(net, None, node.address, [9])["9"] == "ConnectionRefusedError"
+    talk.wait(timeout=10)
+    with pytest.raises(ConfigError, match="from_"):
+        node.partition(from_=["10.211.255.1; reboot"])
+    assert not node.partitioned(), "nothing half-made"
