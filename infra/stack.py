@@ -157,7 +157,8 @@ class EmbeddedStack:
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = (work / "worker.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "control", "--type", "process"],
+            # The recovering launcher: a restarted worker marks the runs its predecessor died with CRASHED.
+            [sys.executable, "-m", "infra.control_worker", "--pool", "control", "--name", "cyxwiz-control"],
             env=self.env,
             cwd=PROJECT,
             stdout=log,

@@ -10,7 +10,9 @@ will) and counts as terminal, and the sweep settles its escrow at once instead o
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -120,3 +122,64 @@ def reap_silent_runs(
         if str(run.id) not in keep
         and lifecycle_run_state(str(run.id), silent_after_s=silent_after_s) == "terminal"
     ]
+
+
+#: The label Prefect's worker puts on every flow run it submits (``_give_worker_labels_to_flow_run``).
+WORKER_LABEL = "prefect.worker.name"
+
+
+def run_process_alive(pid: int) -> bool:
+    """Whether ``pid`` is still a Prefect flow-run process on this host. A reused pid that runs something
+    else is no flow run; a pid that cannot be read is taken for alive (the silence rule decides then)."""
+    try:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()  # noqa: SIM115  # one read of a procfs file
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return b"prefect" in cmdline or b"python" in cmdline
+
+
+def crash_orphans_of(
+    worker_name: str, *, alive: Callable[[int], bool] = run_process_alive, host_pid: int | None = None
+) -> list[str]:
+    """At a control worker's start: mark CRASHED every RUNNING or PENDING flow run that a worker of this
+    name started on this host and whose process is gone (the ids).
+
+    ``kill -9`` of a worker takes its flow runs with it (they are its children; systemd's control group
+    too), and Prefect keeps them ``RUNNING`` until the silence rule (``run_silent_s``, minutes) finds them.
+    The restarted worker knows at once: the run names it (:data:`WORKER_LABEL`) and its recorded process
+    (``infrastructure_pid``) no longer exists. Marking it CRASHED lets the next escrow sweep settle its
+    escrow, so the job is terminal one sweep interval after the restart (issue 21, F2). A run whose process
+    still lives (the worker alone was killed) is left to finish; a run without a recorded process (never
+    started) is left to Prefect's own rules. Worker names must be unique per host (the systemd unit and the
+    embedded stack name theirs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    own = host_pid if host_pid is not None else os.getpid()
+    crashed: list[str] = []
+    live = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    )
+    with get_client(sync_client=True) as client:
+        runs: list[Any] = []
+        while batch := client.read_flow_runs(flow_run_filter=live, offset=len(runs), limit=200):
+            runs.extend(batch)
+            if len(batch) < 200:
+                break
+        for run in runs:
+            if run.labels.get(WORKER_LABEL) != worker_name or not run.infrastructure_pid:
+                continue
+            try:
+                pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+            except ValueError:
+                continue
+            if pid == own or alive(pid):
+                continue
+            message = f"its worker {worker_name!r} restarted and the run's process {pid} is gone"
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            crashed.append(str(run.id))
+    return crashed

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from prefect import flow
@@ -89,3 +90,69 @@ def test_the_reaper_names_the_lifecycle_flow() -> None:
     from tasks.sweep import LIFECYCLE_FLOW
 
     assert job_lifecycle.name == LIFECYCLE_FLOW
+
+
+def test_a_restarted_worker_crashes_only_its_own_runs_whose_process_is_gone(prefect_server: object) -> None:
+    """A control worker killed -9 takes its lifecycle runs with it; restarted under the same name it marks
+    them CRASHED at once (issue 21: one sweep after the restart, not after ``run_silent_s``). Left alone:
+    a run whose process still lives, another worker's run, a run with no recorded process, a finished run."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending, Running
+
+    from tasks.sweep import WORKER_LABEL, crash_orphans_of
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists (reused within this test: vanishingly unlikely)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with get_client(sync_client=True) as client:
+
+            def run(worker: str, pid: int | None, state: Any = None) -> str:
+                made = client.create_flow_run(_probe, state=state or Running())
+                client.update_flow_run_labels(made.id, {WORKER_LABEL: worker})
+                if pid is not None:
+                    client.update_flow_run(made.id, infrastructure_pid=str(pid))
+                return str(made.id)
+
+            orphan = run("w-restarted", gone.pid)
+            pending_orphan = run("w-restarted", gone.pid, Pending())
+            still_running = run("w-restarted", live.pid)
+            foreign = run("w-other", gone.pid)
+            unstarted = run("w-restarted", None)
+        crashed = crash_orphans_of("w-restarted")
+        assert set(crashed) == {orphan, pending_orphan}
+        assert crash_orphans_of("w-restarted") == []  # idempotent: a second start finds nothing more
+        with get_client(sync_client=True) as client:
+            kinds = {
+                r: (client.read_flow_run(uuid.UUID(r)).state or Running()).type.value
+                for r in (orphan, pending_orphan, still_running, foreign, unstarted)
+            }
+            message = (client.read_flow_run(uuid.UUID(orphan)).state or Running()).message or ""
+        assert kinds == {
+            orphan: "CRASHED",
+            pending_orphan: "CRASHED",
+            still_running: "RUNNING",
+            foreign: "RUNNING",
+            unstarted: "RUNNING",
+        }
+        assert "w-restarted" in message and "restarted" in message
+        assert lifecycle_run_state(orphan) == "terminal"  # what lets the next sweep settle its escrow
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_the_control_worker_launcher_teaches_its_options() -> None:
+    import subprocess
+    import sys
+
+    from infra.stack import PROJECT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.control_worker", "--help"],
+        capture_output=True, text=True, check=False, cwd=PROJECT, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "--name" in proc.stdout and "CRASHED" in proc.stdout
