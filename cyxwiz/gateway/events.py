@@ -115,7 +115,7 @@ def emit_refusal(
         for i in ids
         if i.startswith(_FLOW_RUN)
     )
-    # A task run is claimed only through an event about one of the node's own flow runs.
+    # A task run is the node's only through an event about one of the node's own flow runs.
     verdicts = [
         _verdict(i, view, queue=queue, pool_ids=pool_ids, tasks=tasks if own_run else _never) for i in ids
     ]
@@ -127,7 +127,56 @@ def emit_refusal(
         v == "own" and (i.startswith(_FLOW_RUN) or i.startswith("prefect.worker."))
         for i, v in zip(ids, verdicts, strict=True)
     )
-    return None if own_work else NOT_ABOUT_OWN_WORK
+    if not own_work:
+        return NOT_ABOUT_OWN_WORK
+    return _task_run_event_refusal(event, view)
+
+
+def task_run_ids(event: dict[str, Any] | None) -> list[str]:
+    """The task runs an event names (canonical ids; a spelling that is not one is refused elsewhere)."""
+    ids = resource_ids(event) if event is not None else None
+    found = [canonical_uuid_or_none(i.removeprefix(_TASK_RUN)) for i in ids or [] if i.startswith(_TASK_RUN)]
+    return [i for i in found if i is not None]
+
+
+_TASK_RUN = "prefect.task-run."
+#: What Prefect's task-run recorder would take from a task-run event's payload over the event's own
+#: resources (``**payload["task_run"]`` after ``id`` and ``flow_run_id``): the honest engine never sends them.
+_RECORDER_OVERRIDES = frozenset({"id", "flow_run_id"})
+
+
+def _task_run_event_refusal(event: dict[str, Any], view: NodeView) -> str | None:
+    """A task-run event records a task run in Prefect (its task-run recorder acts on the event *name*):
+    it must be about one task run, under exactly one flow run in the role ``flow-run`` (the recorder's
+    parent), and its payload may not re-point the record at another task run or flow run."""
+    resource_id = event["resource"].get("prefect.resource.id")
+    if not event["event"].startswith("prefect.task-run") and not resource_id.startswith(_TASK_RUN):
+        return None
+    if not resource_id.startswith(_TASK_RUN):
+        return "task-run event not about a task run"
+    parents = [r for r in event.get("related", []) if r.get("prefect.resource.role") == "flow-run"]
+    if len(parents) != 1 or flow_run_of(str(parents[0].get("prefect.resource.id"))) not in view.runs:
+        return "task-run event must name its own flow run exactly once (role flow-run)"
+    return _payload_refusal(event.get("payload", {}), view)
+
+
+def _payload_refusal(payload: Any, view: NodeView) -> str | None:
+    if not isinstance(payload, dict):
+        return NOT_AN_EVENT
+    task_run = payload.get("task_run", {})
+    if not isinstance(task_run, dict) or _RECORDER_OVERRIDES & set(task_run):
+        return "task-run event payload names its task run or flow run itself"
+    for key in ("validated_state", "initial_state"):
+        state = payload.get(key)
+        details = state.get("state_details") if isinstance(state, dict) else None
+        if details is None:
+            continue
+        if not isinstance(details, dict) or {"flow_run_id", "task_run_id"} & set(details):
+            return "task-run event state names its task run or flow run itself"
+        child = details.get("child_flow_run_id")
+        if child is not None and canonical_uuid_or_none(child) not in view.runs:
+            return f"{NOT_THE_NODES} (child flow run)"
+    return None
 
 
 def visible(text: str, view: NodeView, *, queue: str, tasks: TaskCheck) -> bool:

@@ -24,13 +24,21 @@ class NodeView:
     cleanup_messages: set[str] = field(default_factory=set)
 
 
+#: The owner recorded for a task run the Prefect API holds under no run of the node that asked: another
+#: node's, the control plane's, or one with no flow run. No node may name it.
+FOREIGN_TASK_RUN = ""
+
+
 class TaskRuns:
-    """Which node each task run is, by the first node that named it (SPEC C3; issue 18).
+    """Which node each task run is (SPEC C3; issue 18).
 
     Prefect creates a task run from the events its flow-run engine emits (there is no task_runs POST),
-    with an id the client chose: the first node to name a task run, in an event about its own flow run,
-    owns it. Any other node naming that id — in an event, a log line, an artifact — is refused, and events
-    about it are not shown to others. Bounded: the oldest entries go first (ids are random UUIDs).
+    with an id the client chose. The gateway attributes an id it has not seen by asking the API
+    (:meth:`cyxwiz.gateway.objects.OwnedObjects._attribute_task_run`): one the API does not hold yet is
+    the node's that names it first, in an accepted event about its own flow run; one the API holds is the
+    node's only under one of that node's flow runs. Any other node naming it — in an event, a log line, an
+    artifact — is refused, and events about it are not shown to others. Bounded: the oldest entries go
+    first (ids are random UUIDs; a forgotten one is attributed by the API again).
     """
 
     def __init__(self, *, max_entries: int = 200_000) -> None:
@@ -50,7 +58,13 @@ class TaskRuns:
         return owner == node_id
 
     def owner(self, task_run_id: str) -> str | None:
+        """The node the task run is, :data:`FOREIGN_TASK_RUN`, or None when not attributed yet."""
         return self._owner.get(task_run_id)
+
+    def record_foreign(self, task_run_id: str) -> None:
+        self._owner[task_run_id] = FOREIGN_TASK_RUN
+        while len(self._owner) > self.max_entries:
+            self._owner.popitem(last=False)
 
 
 @dataclass(frozen=True)

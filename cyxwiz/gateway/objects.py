@@ -6,6 +6,7 @@ artifacts. Mixed into :class:`cyxwiz.gateway.proxy.Gateway`, which provides iden
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from cyxwiz.tokens.verifier import TokenVerifier
 #: worker (infrastructure pid) set. Not where the run lives (queue, pool, deployment), nor what says whose
 #: job it is (parameters, tags: the job id the job-token rule reads) nor its job variables.
 _PATCHABLE_RUN_FIELDS = frozenset({"name", "flow_version", "empirical_policy", "infrastructure_pid"})
+#: Prefect's artifact keys: lower-case ASCII letters, digits and dashes.
+_ARTIFACT_KEY = re.compile(r"[a-z0-9-]+")
 
 
 class OwnedObjects:
@@ -116,6 +119,50 @@ class OwnedObjects:
         if moved is not None:
             self._decide(caller, resource, action, False, moved)
 
+    def _job_over(self, caller: Caller, run_id: str) -> str | None:
+        """Why the node may write nothing more about its run ``run_id``: the run's job was re-dispatched
+        to another node, or is over (settled, cancelled, its token revoked); None while it is the node's."""
+        job_id = self.view(caller.node_id).runs.get(run_id)
+        if job_id is None or self.standing is None:
+            return None
+        moved = self.standing.job_refusal(job_id, node_id=caller.node_id)
+        if moved is not None:
+            return moved
+        status = self.standing.job_status(job_id)
+        over = status is not None and status not in RUN_LIVE_STATES
+        return f"job is over: job is {status}" if over else None
+
+    def _job_alive(self, caller: Caller, resource: str, action: str, run_id: str) -> None:
+        """What a node writes about a job's run (log lines, artifacts, events) needs the job to be the
+        node's still and not over, as its job token does (issue 18; B1, C3)."""
+        why = self._job_over(caller, run_id)
+        if why is not None:
+            self._decide(caller, resource, action, False, why)
+
+    async def _attribute_task_run(self, caller: Caller, task_run: str) -> bool:
+        """Whether the task run may be the caller's (fail closed, SPEC C3): the caller is its recorded
+        owner; or the Prefect API does not hold it yet (a new one, the caller's once an accepted call
+        names it); or the API holds it under one of the caller's flow runs. Another node's, the control
+        plane's, one under no flow run, or an answer the gateway cannot read: not the caller's."""
+        owner = self.task_runs.owner(task_run)
+        if owner is not None:
+            return owner == caller.node_id
+        try:
+            resp = await self._client.get(f"/api/task_runs/{task_run}", headers=self._upstream_headers)
+        except httpx.TransportError:
+            return False
+        if resp.status_code == 404:
+            return True
+        if resp.status_code != 200:
+            return False
+        answer = resp.json()
+        flow_run = canonical_uuid_or_none(answer.get("flow_run_id")) if isinstance(answer, dict) else None
+        if flow_run is not None and await self._owns_run(caller, flow_run):
+            self.task_runs.claim(task_run, caller.node_id)
+            return True
+        self.task_runs.record_foreign(task_run)
+        return False
+
     async def _named_object(self, caller: Caller, resource: str, body: bytes, m: Match, *, path: str) -> None:
         """A deployment, flow, work queue or worker the call names must be the node's own."""
         kind = m.route.scope
@@ -128,7 +175,9 @@ class OwnedObjects:
             why = "own worker" if known else "heartbeat for another worker"
         else:
             resp = await self._client.get(path, headers=self._upstream_headers)
-            known = resp.status_code == 200 and resp.json().get("name") == caller.queue
+            queue = resp.json() if resp.status_code == 200 else {}
+            # A queue of that name in another pool is not the node's either (names are per pool).
+            known = queue.get("name") == caller.queue and queue.get("work_pool_name") == self.pool
             why = "own queue" if known else "queue of another node"
             if known and m.object_id is not None:
                 view.queue_ids.add(m.object_id)
@@ -153,6 +202,34 @@ class OwnedObjects:
                 not changed,
                 f"may not change {sorted(changed)}" if changed else "fields allowed",
             )
+        elif scope["method"] == "PATCH":
+            wrong = await self._label_refusal(caller, _json(body) if body else {})
+            self._decide(caller, resource, "flow_run.labels", wrong is None, wrong or "own labels")
+
+    async def _label_refusal(self, caller: Caller, labels: dict[str, Any]) -> str | None:
+        """Labels a node's worker gives its run name that worker and the GPU pool (Prefect's system
+        labels); no other ``prefect.*`` label, and none naming another worker or pool (C3)."""
+        own: dict[str, Callable[[Any], bool]] = {
+            "prefect.worker.name": lambda v: v == worker_name(caller.queue),
+            "prefect.worker.type": lambda v: isinstance(v, str),
+            "prefect.work-pool.name": lambda v: v == self.pool,
+        }
+        for key, value in labels.items():
+            if key == "prefect.work-pool.id":
+                ident = canonical_uuid_or_none(value)
+                if ident is not None and ident not in self.pool_ids:
+                    resp = await self._client.get(
+                        f"/api/work_pools/{self.pool}", headers=self._upstream_headers
+                    )
+                    if resp.status_code == 200 and canonical_uuid_or_none(resp.json().get("id")) == ident:
+                        self.pool_ids.add(ident)
+                if ident not in self.pool_ids:
+                    return "label names another work pool"
+            elif key.startswith("prefect."):
+                check = own.get(key)
+                if check is None or not check(value):
+                    return f"label {key!r} is not the node's to set"
+        return None
 
     def _narrow(self, kind: str, caller: Caller, body: bytes) -> tuple[bytes, Callable[[Any], Any]]:
         """Listing calls: whatever was asked, the request names only the node's queue, and the answer is
@@ -168,6 +245,7 @@ class OwnedObjects:
         runs = request.get("flow_runs")
         narrowed: dict[str, Any] = runs if isinstance(runs, dict) else {}
         narrowed["work_queue_name"] = {"any_": [caller.queue]}
+        narrowed["operator"] = "and_"  # "or_" would make the queue one alternative among others
         request["flow_runs"] = narrowed
         request["work_pools"] = {"name": {"any_": [self.pool]}}
         # A job's parameters are read with that job's token (on the run itself), not in a listing.
@@ -190,25 +268,28 @@ class OwnedObjects:
             if run_id is None:
                 self._decide(caller, resource, "logs", False, "log line names no flow run")
             runs.add(run_id)
-            self._task_run(caller, resource, "logs", line)
         for run_id in runs:
             assert run_id is not None
             owned = await self._owns_run(caller, run_id)
             self._decide(
                 caller, resource, "logs", owned, "logs of own run" if owned else "logs for another run"
             )
-            self._still_held(caller, resource, "logs", run_id)
+            self._job_alive(caller, resource, "logs", run_id)
+        for line in lines:
+            await self._task_run(caller, resource, "logs", line)
 
-    def _task_run(self, caller: Caller, resource: str, action: str, item: dict[str, Any]) -> None:
-        """A log line or artifact may name a task run: only one of the node's own (first named by it),
-        never another node's, and only by a canonical id."""
+    async def _task_run(self, caller: Caller, resource: str, action: str, item: dict[str, Any]) -> None:
+        """A log line or artifact may name a task run: only one of the node's own (see
+        :meth:`_attribute_task_run`), never another node's, and only by a canonical id."""
         raw = item.get("task_run_id")
         if raw is None:
             return
         task_run = canonical_uuid_or_none(raw)
-        if task_run is None or not self.task_runs.claim(task_run, caller.node_id):
+        if task_run is None or not await self._attribute_task_run(caller, task_run):
             # (allowed ones are not audited one by one: a log batch names its task run on every line)
             self._decide(caller, resource, action, False, "names another node's task run")
+        assert task_run is not None
+        self.task_runs.claim(task_run, caller.node_id)
 
     async def _artifact(
         self, caller: Caller, resource: str, kind: str, body: bytes, m: Match
@@ -223,7 +304,7 @@ class OwnedObjects:
             )
             run_of = view.artifact_runs.get(str(m.object_id))
             if run_of is not None:
-                self._still_held(caller, resource, kind, run_of)
+                self._job_alive(caller, resource, kind, run_of)
             changes = _json(body) if body else {}
             moved = {"key", "flow_run_id", "task_run_id"} & set(changes)
             self._decide(
@@ -241,14 +322,14 @@ class OwnedObjects:
             caller, resource, kind, owned, "artifact of own run" if owned else "artifact for another run"
         )
         assert run_id is not None
-        self._still_held(caller, resource, kind, run_id)
-        self._task_run(caller, resource, kind, request)
+        self._job_alive(caller, resource, kind, run_id)
+        await self._task_run(caller, resource, kind, request)
         key = request.get("key")
         if key is not None:
             # The node's keys live in its own namespace (never verification-*, audit-*, ... of the control
             # plane): a key outside it is moved into it.
             namespace = artifact_namespace(caller.node_id)
-            valid = isinstance(key, str) and key.replace("-", "").isalnum() and key == key.lower()
+            valid = isinstance(key, str) and _ARTIFACT_KEY.fullmatch(key) is not None
             self._decide(
                 caller,
                 resource,

@@ -47,6 +47,12 @@ class WebSocketProxy:
     def view(self, node_id: str) -> NodeView:
         raise NotImplementedError
 
+    async def _attribute_task_run(self, caller: Caller, task_run: str) -> bool:
+        raise NotImplementedError
+
+    def _job_over(self, caller: Caller, run_id: str) -> str | None:
+        raise NotImplementedError
+
     async def _websocket_message_auth(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Prefect's worker channel and event subscriber authenticate with a first ``auth`` message, not
         a header: accept, read that message, verify the node's token from it, then proxy as usual."""
@@ -149,7 +155,7 @@ class WebSocketProxy:
                 await up.close()
                 return
             text = msg.get("text")
-            refusal = self._message_refusal(caller, kind, text)
+            refusal = await self._message_refusal(caller, kind, text)
             if refusal is None and text is not None:
                 await up.send(self._rewrite_client(caller, kind, text))
                 continue
@@ -177,15 +183,16 @@ class WebSocketProxy:
         if message is None:
             return text
         if message.get("type") == "auth":
-            # The node's credential stays here; upstream sees the gateway's own (or none).
-            message["token"] = self.upstream_auth
+            # The node's credential stays here; upstream sees the gateway's own (or none), and nothing
+            # else the node put beside it.
+            message = {"type": "auth", "token": self.upstream_auth}
         elif message.get("type") == "filter" and kind == "events_out":
             message["filter"] = events.narrowed_filter(message.get("filter"))
         elif kind == "worker_connect":
             message = worker_channel.rewritten_client_frame(message)
         return json.dumps(message)
 
-    def _message_refusal(self, caller: Caller, kind: str, text: str | None) -> str | None:
+    async def _message_refusal(self, caller: Caller, kind: str, text: str | None) -> str | None:
         """Why a message the node sends is refused (every channel, every message), or None."""
         try:
             self.ws_limiter.check(f"node:{caller.node_id}", what="websocket messages")
@@ -195,22 +202,25 @@ class WebSocketProxy:
             return "binary frames are not part of the protocol"
         view = self.view(caller.node_id)
         if kind == "events_in":
+            named = events.task_run_ids(events.json_object(text))
+            mine = {t for t in named if await self._attribute_task_run(caller, t)}
             refusal = events.emit_refusal(
-                text,
-                view,
-                queue=caller.queue,
-                pool_ids=self.pool_ids,
-                tasks=lambda task_run: self.task_runs.claim(task_run, caller.node_id),
+                text, view, queue=caller.queue, pool_ids=self.pool_ids, tasks=mine.__contains__
             )
-            return refusal or self._moved_job_event(caller, text)
+            refusal = refusal or self._dead_job_event(caller, text)
+            if refusal is None:
+                # Only an accepted event makes a new task run the node's (a refused one claims nothing).
+                for task_run in named:
+                    self.task_runs.claim(task_run, caller.node_id)
+            return refusal
         if kind == "worker_connect":
             return worker_channel.client_frame_refusal(text, view, queue=caller.queue)
         message = events.json_object(text)
         return None if message is not None else "not a JSON object"
 
-    def _moved_job_event(self, caller: Caller, text: str) -> str | None:
-        """An event about a run whose job was re-dispatched to another node is not the node's to send
-        (issue 21, C3)."""
+    def _dead_job_event(self, caller: Caller, text: str) -> str | None:
+        """An event about a run whose job was re-dispatched to another node, or is over (settled,
+        cancelled, its token revoked), is not the node's to send (issues 18, 21; C3)."""
         event = events.json_object(text)
         ids = events.resource_ids(event) if event is not None else None
         if not ids or self.standing is None:
@@ -218,11 +228,9 @@ class WebSocketProxy:
         view = self.view(caller.node_id)
         for rid in ids:
             run_id = events.flow_run_of(rid) or events.artifact_run_of(rid, view.artifact_runs)
-            job_id = view.runs.get(run_id) if run_id is not None else None
-            if job_id is not None:
-                moved = self.standing.job_refusal(job_id, node_id=caller.node_id)
-                if moved is not None:
-                    return moved
+            why = self._job_over(caller, run_id) if run_id is not None else None
+            if why is not None:
+                return why
         return None
 
     def _message_visible(self, caller: Caller, kind: str, text: str) -> bool:
