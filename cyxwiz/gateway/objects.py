@@ -205,6 +205,9 @@ class OwnedObjects:
         elif scope["method"] == "PATCH":
             wrong = await self._label_refusal(caller, _json(body) if body else {})
             self._decide(caller, resource, "flow_run.labels", wrong is None, wrong or "own labels")
+        elif scope["method"] == "POST":
+            wrong = _state_refusal(_json(body) if body else {}, m.object_id)
+            self._decide(caller, resource, "flow_run.set_state", wrong is None, wrong or "own state")
 
     async def _label_refusal(self, caller: Caller, labels: dict[str, Any]) -> str | None:
         """Labels a node's worker gives its run name that worker and the GPU pool (Prefect's system
@@ -349,6 +352,29 @@ class OwnedObjects:
             return created
 
         return json.dumps(request).encode(), remember
+
+
+#: What Prefect's orchestration takes from a proposed state's ``data`` to make the run's result artifact
+#: (``Artifact.from_result``): a key there would put an artifact under any key, outside the node's namespace.
+_RESULT_ARTIFACT_FIELDS = frozenset({"artifact_key", "artifact_type", "artifact_description"})
+
+
+def _state_refusal(request: dict[str, Any], run_id: str) -> str | None:
+    """A state the node proposes for its own run names no other run or task run and makes no artifact
+    under a key of its choosing (issue 18; C3). The engine's own states name at most the run itself."""
+    state = request.get("state")
+    if not isinstance(state, dict):
+        return None  # Prefect refuses it (422)
+    data = state.get("data")
+    if isinstance(data, dict) and _RESULT_ARTIFACT_FIELDS & set(data):
+        return "state data may not name an artifact (key, type or description)"
+    details = state.get("state_details") or {}
+    if not isinstance(details, dict):
+        return None
+    if details.get("flow_run_id") is not None and canonical_uuid_or_none(details["flow_run_id"]) != run_id:
+        return "state names another flow run"
+    named = [k for k in ("task_run_id", "child_flow_run_id") if details.get(k) is not None]
+    return f"state names {named[0]}" if named else None
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -376,6 +376,16 @@ def test_flow_runs_ids_labels_state_and_listings(world: World) -> None:
             f"{a.run_id}%2F..%2F{b.run_id}",
         ):
             assert c.get(f"/api/flow_runs/{spelling}").status_code in (403, 404, 422), spelling
+        state = f"/api/flow_runs/{a.run_id}/set_state"
+        running = {"type": "RUNNING", "data": {"storage_key": "k", "serializer": {"type": "json"}}}
+        assert c.post(state, json={"state": running, "force": True}).status_code == 201  # positive control
+        verdict = {"artifact_key": f"verification-{TAG}", "artifact_type": "markdown", "value": "PASS"}
+        for forged in (
+            {"type": "RUNNING", "data": verdict},  # Prefect would make an artifact under that key
+            {"type": "RUNNING", "state_details": {"flow_run_id": b.run_id}},
+            {"type": "RUNNING", "state_details": {"child_flow_run_id": b.run_id}},
+        ):
+            assert c.post(state, json={"state": forged, "force": True}).status_code == 403, forged
         assert (
             c.post(f"/api/flow_runs/{b.run_id}/set_state", json={"state": {"type": "CANCELLED"}}).status_code
             == 403
@@ -429,6 +439,10 @@ def test_flow_runs_ids_labels_state_and_listings(world: World) -> None:
     assert any(r.startswith("may not change ['parameters', 'work_queue_name']") for r in reasons)
     assert any(r.startswith("label 'prefect.worker.name' is not the node's") for r in reasons)
     assert "label names another work pool" in reasons
+    assert "state data may not name an artifact (key, type or description)" in reasons
+    assert "state names another flow run" in reasons
+    forged_verdicts = {"artifacts": {"key": {"any_": [f"verification-{TAG}"]}}}
+    assert world.prefect("POST", "/artifacts/filter", json=forged_verdicts).json() == []
 
 
 def test_logs_and_artifacts_stay_in_the_nodes_runs_and_namespace(world: World) -> None:
