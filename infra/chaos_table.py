@@ -82,6 +82,9 @@ def reference_job(user: str = "demo-user") -> dict[str, Any]:
     spec = copy.deepcopy(REFERENCE_JOB)
     spec["user"] = user
     spec["training"]["hyperparameters"]["epochs"] = 2
+    # An honest 2-epoch run's holdout accuracy is a draw (per-job secret, secret split): below the demo's
+    # 0.85 about once in 200, a refund no kill caused (see tests/e2e/lifecycle_conftest.py).
+    spec["task"]["threshold"] = 0.7
     spec["limits"]["wall_seconds"] = 240
     return spec
 

@@ -37,7 +37,7 @@ class HsmKeys:
         return [
             ("root CA", self.root_ca),
             ("issuing CA", self.issuing_ca),
-            ("token signing key", self.token_signing),
+            ("token signing key ring (label prefix; rotates in the token)", self.token_signing),
             ("audit checkpoint key", self.audit),
             *((f"escrow {role} key", uri) for role, uri in self.escrow.items()),
         ]
@@ -47,8 +47,9 @@ def start_embedded_hsm(directory: Path) -> HsmKeys:
     token = init_token(directory, label="cyxwiz", pin=secrets.token_hex(8), so_pin=secrets.token_hex(16))
     os.environ[CONF_ENV] = str(token.conf)  # inherited by every process the demo starts from here on
     uris = {name: token.uri(name) for name in ("token-signing", "audit-checkpoint")}
-    for name in uris.values():
-        create_key_source(name)
+    # The token signing ring makes its own keys under the "token-signing" label prefix, one per rotation
+    # (infra.startup.hsm_keyring_dir); the audit key is one object.
+    create_key_source(uris["audit-checkpoint"])
     escrow = {role: token.uri(f"escrow-{role}") for role in ESCROW_ROLES}
     for uri in escrow.values():
         create_key_source(uri)

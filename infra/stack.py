@@ -287,6 +287,8 @@ def embedded_stack(
         )  # fmt: skip
         stack.callback(audit.close)
 
+        if keys is not None:
+            startup.hsm_keyring_dir(home / "coordinator", keys.token_signing)
         coordinator = startup.start_coordinator(
             ledger_config=demo_ledger.config,
             pki=pki,
@@ -295,7 +297,6 @@ def embedded_stack(
             master=master,
             audit=audit,
             api_url=server.api_url,
-            keyring=startup.hsm_keyring(keys.token_signing) if keys else None,
             host=bind_host,
             trust_policy=trust_policy,
         )

@@ -38,11 +38,16 @@ def start_hsm(home: Path, say: Say) -> Any:
     return keys
 
 
-def hsm_keyring(uri: str) -> Any:
-    from cyxwiz.keys import open_key_source
-    from cyxwiz.tokens.keyring import KeyRing
+def hsm_keyring_dir(state_dir: Path, uri: str) -> Path:
+    """A token-held key ring in the coordinator's ring directory (``ring.json`` only): its keys are made
+    inside the token under ``uri``'s label prefix, and so is every later one, so ``cyxwiz token rotate``
+    and the ``signing-key-rotation`` flow rotate it there (B4, A7); the coordinator loads and follows it
+    like any ring directory."""
+    from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
 
-    return KeyRing.from_key_source(open_key_source(uri))
+    path = state_dir / "keyring"
+    DirKeyRingStore(path).save(KeyRing.in_token(uri))
+    return path
 
 
 def open_audit(
@@ -220,6 +225,7 @@ def persist_config(
         audit_dir=home / "audit",
         coordinator_url=coordinator_url,
         coordinator_db=f"sqlite:///{home / 'coordinator' / 'coordinator.db'}",
+        keyring_dir=home / "coordinator" / "keyring",  # the coordinator's ring: what rotation rotates (B4)
         trust_policy=trust_policy,
     )
     path = home / "control-plane.json"

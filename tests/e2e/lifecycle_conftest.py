@@ -24,7 +24,16 @@ PROJECT = Path(__file__).resolve().parents[2]
 EVIL_DEPLOYMENT = "sandboxed-train/evil-train"
 
 
-def tiny_job(*, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user") -> dict[str, Any]:
+#: The holdout accuracy these tests ask for. Not the demo's 0.85: the per-job secret (init, order) and the
+#: secret holdout split make every honest run's accuracy a draw, and a 2-epoch run falls below 0.85 about
+#: once in 200 (mean 0.91, lowest 0.844 over 200 secrets) — a refund, "verification passed=False", in a
+#: test about something else. A model below the user's threshold is tested where that is the point.
+TEST_THRESHOLD = 0.7
+
+
+def tiny_job(
+    *, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user", threshold: float = TEST_THRESHOLD
+) -> dict[str, Any]:
     """The demo's reference job (MLP on scikit-learn digits) with a chosen length."""
     from infra.demo import REFERENCE_JOB
 
@@ -32,6 +41,7 @@ def tiny_job(*, epochs: int = 4, wall_seconds: int = 300, user: str = "demo-user
     spec["user"] = user
     spec["training"]["hyperparameters"]["epochs"] = epochs
     spec["limits"]["wall_seconds"] = wall_seconds
+    spec["task"]["threshold"] = threshold
     return spec
 
 

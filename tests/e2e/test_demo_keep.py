@@ -1,8 +1,11 @@
-"""``cyxwiz demo --keep`` (issue 15): after its summary the kept stack is quiet, and Ctrl-C stops all of it.
+"""``cyxwiz demo --keep --hsm`` (issues 15, 22): after its summary the kept stack is quiet, and Ctrl-C stops
+all of it; with ``--hsm`` the whole lifecycle ran with the CA, token, audit and escrow keys in SoftHSM2.
 
 Runs the real demo as a newcomer would, in its own process group so that the test's SIGINT is the
 terminal's Ctrl-C. The demo and everything it starts carry a marker of their own, so the check at the
 end finds also the services that detached into sessions of their own (Prefect server, node agent).
+While the stack is kept, ``cyxwiz token rotate`` rotates the coordinator's token-held signing ring: the new
+key is made inside the token and the ring directory stays ``ring.json`` only (A7, B4).
 """
 
 from __future__ import annotations
@@ -55,6 +58,28 @@ def _drain(proc: subprocess.Popen[bytes], seconds: float) -> bytes:
     return out
 
 
+def _rotate_in_the_token(home: Path, env: dict[str, str]) -> None:
+    """The demo's signing ring rotates inside the token: a new pkcs11: key, no key file (A7, B4)."""
+    import json
+
+    ring = home / "coordinator" / "keyring"
+    kids = lambda: [k["kid"] for k in json.loads((ring / "ring.json").read_text())["keys"]]  # noqa: E731
+    before = kids()
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("cyxwiz")), "token", "rotate", str(ring), "--force"],
+        env={**env, "SOFTHSM2_CONF": str(home / "hsm" / "softhsm2.conf")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and "rotated" in done.stdout, done.stdout + done.stderr
+    assert len(kids()) == len(before) + 1
+    assert sorted(p.name for p in ring.iterdir()) == ["ring.json"]  # never a key file
+    records = json.loads((ring / "ring.json").read_text())["keys"]
+    assert all(str(r.get("uri", "")).startswith("pkcs11:") for r in records), records
+
+
 @pytest.mark.timeout(1200)  # about a minute on an idle 2-core machine; a loaded one takes several
 def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
@@ -66,6 +91,7 @@ def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_pa
             str(Path(sys.executable).with_name("cyxwiz")),
             "demo",
             "--keep",
+            "--hsm",
             "--workdir",
             str(tmp_path / "demo"),
         ],
@@ -80,11 +106,14 @@ def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_pa
         assert READY in summary, summary.decode(errors="replace")[-3000:]
         assert b"audit verify: OK" in summary
         assert b"verification PASS" in summary
+        assert b"escrow released" in summary
+        assert b"Keys inside the SoftHSM2 token" in summary and b"escrow arbiter key" in summary
         assert leftovers(marker), "the kept stack should still be running"
 
         after = _drain(proc, QUIET_SECONDS)
         assert after == b"", after.decode(errors="replace")[-3000:]
         assert proc.poll() is None
+        _rotate_in_the_token(tmp_path / "demo", env)
 
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the whole foreground group
         proc.wait(timeout=90)

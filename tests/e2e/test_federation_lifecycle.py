@@ -79,12 +79,16 @@ def federated() -> Iterator[tuple[Any, Org]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _served(url: str, bundle: Path, cert: Path, key: Path) -> bool:
-    """True when the listener answered over HTTP (any status), False when TLS refused the peer."""
+def _served(url: str, bundle: Path, cert: Path, key: Path, *, timeout: float = 30) -> bool | None:
+    """True when the listener answered over HTTP (any status), False when it refused the peer (a TLS
+    alert, or the connection closed right after the handshake), None when no answer came in time: on a
+    loaded host a slow answer is neither service nor refusal."""
     ctx = client_context(trust_bundle=bundle, cert=cert, key=key)
     try:
-        with httpx.Client(base_url=url, verify=ctx, timeout=5) as http:
+        with httpx.Client(base_url=url, verify=ctx, timeout=timeout) as http:
             http.get("/v1/nodes/whoami")
+    except httpx.TimeoutException:
+        return None
     except httpx.TransportError:
         return False
     return True
@@ -122,7 +126,7 @@ def test_two_organizations_take_jobs_and_org_b_is_cut_off_alone(federated: tuple
     # Org B certifies a verifier: refused at the handshake, rule named, nothing registered (A7/role).
     pki = stack.pki
     rogue = orgb.node("v1.orgb.example", role="verifier")
-    assert not _served(stack.coordinator.url, pki.bundle, rogue.cert_path, rogue.key_path)
+    assert _served(stack.coordinator.url, pki.bundle, rogue.cert_path, rogue.key_path) is False
     reasons = [str(e.get("details", {}).get("reason")) for e in audit_events(stack)]
     assert any("A7/role" in r and "'orgb'" in r for r in reasons)
     assert not any("v1.orgb.example" in n.subject for n in stack.coordinator.store.list_nodes())
@@ -132,22 +136,26 @@ def test_two_organizations_take_jobs_and_org_b_is_cut_off_alone(federated: tuple
     b_files = stack.foreign_nodes[B_NODE]
     gateway = stack.env["CYXWIZ_GATEWAY_URL"]
     listeners = (stack.coordinator.url, gateway)
-    assert all(_served(url, pki.bundle, *b_files) for url in listeners)  # positive control
+    assert all(_served(url, pki.bundle, *b_files) is True for url in listeners)  # positive control
     orgb.root.revoke(orgb.issuing.certificate, reason="keyCompromise")
     orgb.write_crls()
+    # Org B is probed first in each round and the cut is timed when its probes end, so the time org A's
+    # probes take on a loaded host is not charged to the revocation (nor hides it).
     started, cut = time.monotonic(), None
-    while time.monotonic() - started < DEADLINE_S:
-        assert all(_served(url, pki.bundle, *a_files) for url in listeners)  # org A at every poll
-        if not any(_served(url, pki.bundle, *b_files) for url in listeners):
+    while cut is None and time.monotonic() - started < DEADLINE_S:
+        if all(_served(url, pki.bundle, *b_files, timeout=DEADLINE_S) is False for url in listeners):
             cut = time.monotonic() - started
-            break
+        # org A at every poll: never refused (a timeout on a loaded host is no refusal)
+        assert all(_served(url, pki.bundle, *a_files) is not False for url in listeners)
         time.sleep(0.1)
-    assert cut is not None, f"org B still served {DEADLINE_S} s after its issuing CA was revoked"
+    assert cut is not None and cut <= DEADLINE_S, (
+        f"org B still served {DEADLINE_S} s after its issuing CA was revoked (cut: {cut})"
+    )
     print(f"federation e2e: org B cut off coordinator and gateway {cut:.2f} s after its CRL was replaced")
     # ... and org A's agent keeps heartbeating after the cut (its own live connections untouched)
     a_id = node_id_of(stack, "node-1")
     at_cut = stack.coordinator.store.node(a_id).last_heartbeat
-    assert wait_until(lambda: stack.coordinator.store.node(a_id).last_heartbeat != at_cut, timeout=20), (
+    assert wait_until(lambda: stack.coordinator.store.node(a_id).last_heartbeat != at_cut, timeout=60), (
         "org A's node stopped heartbeating"
     )
     refusals = [e for e in audit_events(stack) if e.get("action") == "certificate.verify"]
