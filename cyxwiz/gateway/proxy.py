@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from websockets.exceptions import WebSocketException
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
@@ -89,20 +90,24 @@ class Gateway(OwnedObjects, WebSocketProxy):
 
     # --- ASGI -----------------------------------------------------------------------------------------
 
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self.watch is not None:
+                    self.watch.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.watch is not None:
+                    self.watch.stop()
+                await self._client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    if self.watch is not None:
-                        self.watch.start()
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    if self.watch is not None:
-                        self.watch.stop()
-                    await self._client.aclose()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await self._lifespan(receive, send)
+            return
         websocket = scope["type"] == "websocket"
         if websocket and not any(name == b"authorization" for name, _ in scope.get("headers") or []):
             await self._websocket_message_auth(scope, receive, send)
@@ -119,6 +124,11 @@ class Gateway(OwnedObjects, WebSocketProxy):
                 await self._http(scope, receive, send, caller, found)
         except CyxwizError as exc:
             await send_problem(scope, send, exc, audit=self.audit)
+        except (OSError, WebSocketException):
+            if not websocket:
+                raise
+            # The Prefect API did not answer the websocket: tell the node to come back, no traceback.
+            await send({"type": "websocket.close", "code": 1011})
 
     # --- identity -------------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ import contextlib
 import json
 from typing import Any
 
+from websockets.exceptions import WebSocketException
+
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.limits import RateLimiter
@@ -102,7 +104,13 @@ class WebSocketProxy:
             )
             return
         assert text is not None
-        await self._websocket(scope, receive, send, caller, found, accepted=True, first_text=text)
+        try:
+            await self._websocket(scope, receive, send, caller, found, accepted=True, first_text=text)
+        except CyxwizError:
+            # Refused after the accept (another pool, ...): already audited; the close says it (C3).
+            await send({"type": "websocket.close", "code": 1008})
+        except (OSError, WebSocketException):
+            await send({"type": "websocket.close", "code": 1011})  # the Prefect API did not answer
 
     async def _websocket(
         self,

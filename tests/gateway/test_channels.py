@@ -373,3 +373,25 @@ def test_a_task_run_is_the_node_that_first_named_it(gw: GwEnv) -> None:
         assert ws.recv(timeout=5) == "bye"
     assert [e.get("event") for e in gw.upstream.emitted[before:]][1:] == ["test.end"]
     assert "event about a resource that is not the node's (task-run)" in _denied(gw, "events_in.event")
+
+
+def test_message_authenticated_websocket_to_another_pool_is_closed_and_audited(gw: GwEnv) -> None:
+    """The worker channel authenticates by its first message (no header): a channel to another pool is
+    still refused — closed 1008, audited, nothing opened upstream — and the own pool's opens (control)."""
+    ctx = client_context(
+        trust_bundle=gw.pki.bundle, cert=gw.pki.node_cert("node-a"), key=gw.pki.node_key("node-a")
+    )
+    auth = json.dumps({"type": "auth", "token": f"node:{gw.token('node-a')}"})
+    base = gw.url.replace("https", "wss") + "/api/work_pools"
+    with ws_connect(f"{base}/{POOL}/workers/connect", ssl=ctx, subprotocols=["prefect"]) as ws:  # type: ignore[list-item]
+        ws.send(auth)
+        ws.send(_hello())
+        assert json.loads(ws.recv(timeout=5))["type"] == "worker.ready.v1"  # positive control
+    before = len(gw.upstream.worker_frames)
+    with ws_connect(f"{base}/control/workers/connect", ssl=ctx, subprotocols=["prefect"]) as ws:  # type: ignore[list-item]
+        ws.send(auth)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert len(gw.upstream.worker_frames) == before
+    assert "work pool 'control' is not the node pool" in gw.denials()
