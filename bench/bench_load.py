@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
+import json
 import os
 import shutil
 import ssl
@@ -133,17 +133,27 @@ def _usage(pid: int) -> tuple[float, int]:
 
 
 class Node:
-    def __init__(self, url: str, ctx: ssl.SSLContext, address: str) -> None:
+    def __init__(self, url: str, ctx: ssl.SSLContext, address: str, key: Path | None = None) -> None:
         transport = httpx.AsyncHTTPTransport(verify=ctx, local_address=address, retries=0)
         self.client = httpx.AsyncClient(base_url=url, transport=transport, timeout=30)
+        self.key = key
         self.token = ""
         self.node_id = ""
 
     async def register(self, wallet: str | None = None) -> None:
+        statement = None
+        if wallet is not None:
+            # A payout wallet is registered only with the node key's signed statement (issue 17; F1).
+            from cyxwiz.ledger.payout import SignedWalletStatement
+            from cyxwiz.pki.keys import load_private_key
+
+            assert self.key is not None, "a wallet needs the node's key to sign its statement"
+            statement = SignedWalletStatement.sign(key=load_private_key(self.key), wallet=wallet).to_dict()
         response = await self.client.post(
             "/v1/nodes/register",
             json={
                 "wallet": wallet,
+                **({"wallet_statement": statement} if statement else {}),
                 "hardware": {
                     "gpus": 0,
                     "gpu_model": None,
@@ -268,14 +278,30 @@ async def _abuse(url: str, bundle: Path, stop: asyncio.Event, got: Counter[str])
         writer.close()
 
 
-def _abuse_process(url: str, bundle: str, seconds: float, queue: Any) -> None:
+def abuse_main(argv: list[str]) -> None:
+    """``URL BUNDLE SECONDS``: attack for that long, then print what the attempts got (JSON, one line)."""
+    import json
+
+    url, bundle, seconds = argv[0], Path(argv[1]), float(argv[2])
+
     async def main() -> Counter[str]:
         stop, got = asyncio.Event(), Counter[str]()
         asyncio.get_running_loop().call_later(seconds, stop.set)
-        await _abuse(url, Path(bundle), stop, got)
+        await _abuse(url, bundle, stop, got)
         return got
 
-    queue.put(dict(asyncio.run(main())))
+    print(json.dumps(dict(asyncio.run(main()))), flush=True)
+
+
+def _start_abuser(url: str, bundle: Path, seconds: float) -> subprocess.Popen[bytes]:
+    # Its own process: in the nodes' event loop it would starve them, and their latency would measure this
+    # process, not the coordinator. A plain child, not multiprocessing: nothing outlives the run.
+    code = "import sys; from bench.bench_load import abuse_main; abuse_main(sys.argv[1:])"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, url, str(bundle), str(seconds)],
+        env=env, cwd=PROJECT, stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
 
 
 async def _dispatch(
@@ -319,7 +345,7 @@ async def _drive(url: str, pki: Any, certs: list[tuple[Path, Path]], db: str) ->
     nodes = []
     for i, (cert, key) in enumerate(certs):
         ctx = client_context(trust_bundle=pki.bundle, cert=cert, key=key)
-        nodes.append(Node(url, ctx, _node_address(i)))
+        nodes.append(Node(url, ctx, _node_address(i), key))
     for batch in range(0, len(nodes), 20):
         await asyncio.gather(*(n.register(str(Keypair().pubkey())) for n in nodes[batch : batch + 20]))
     samples: list[tuple[str, float]] = []
@@ -335,17 +361,19 @@ async def _drive(url: str, pki: Any, certs: list[tuple[Path, Path]], db: str) ->
     failures.update(dispatch_failures)
     await asyncio.sleep(max(0.0, quiet_until - time.monotonic()))
     phase[0] = "abuse"
-    # The abuser runs in its own process: in this one it would starve the nodes' event loop, and the
-    # nodes' latency would measure this process, not the coordinator.
-    spawn = multiprocessing.get_context("spawn")
-    queue: Any = spawn.Queue()
-    attacker = spawn.Process(target=_abuse_process, args=(url, str(pki.bundle), PHASE_S, queue))
-    attacker.start()
-    await asyncio.sleep(PHASE_S)
-    stop.set()
-    await asyncio.gather(loop_task, return_exceptions=True)
-    abuser.update(await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 120))
-    attacker.join(timeout=30)
+    attacker = _start_abuser(url, pki.bundle, PHASE_S)
+    try:
+        await asyncio.sleep(PHASE_S)
+        stop.set()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        out, _ = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: attacker.communicate(timeout=120)
+        )
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+    abuser.update(json.loads(out.decode().strip().splitlines()[-1]))
     del abuse_stop
     for n in nodes:
         await n.client.aclose()
@@ -356,8 +384,10 @@ def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def run() -> list[tuple[str, float, str]]:
-    home = Path(tempfile.mkdtemp(prefix="cyxload-", dir="/tmp"))
+def measure(home: Path) -> dict[str, Any]:
+    """One load run with its coordinator's home under ``home`` (kept: its audit log is evidence): the raw
+    samples, failures, the abuser's answers and dispatch latencies, plus the coordinator's CPU and peak RSS
+    and the run's length. The coordinator is stopped (SIGTERM, as systemd does) before this returns."""
     proc, url, pki = _start_coordinator(home)
     try:
         (home / "sims").mkdir()
@@ -365,16 +395,26 @@ def run() -> list[tuple[str, float, str]]:
         idle_cpu = _usage(proc.pid)[0]
         started = time.monotonic()
         result = asyncio.run(_drive(url, pki, certs, f"sqlite:///{home / 'coordinator.db'}"))
-        load_s = time.monotonic() - started
-        cpu, peak = _usage(proc.pid)
-        cpu -= idle_cpu
+        result["load_s"] = time.monotonic() - started
+        cpu, result["peak_kib"] = _usage(proc.pid)
+        result["cpu_s"] = cpu - idle_cpu
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+    return result
+
+
+def run() -> list[tuple[str, float, str]]:
+    home = Path(tempfile.mkdtemp(prefix="cyxload-", dir="/tmp"))
+    try:
+        result = measure(home)
+    finally:
         shutil.rmtree(home, ignore_errors=True)
+    load_s, cpu, peak = result["load_s"], result["cpu_s"], result["peak_kib"]
     by_phase = {p: [s for ph, s in result["samples"] if ph == p] for p in ("quiet", "abuse")}
     quiet, abuse = by_phase["quiet"], by_phase["abuse"]
     failures = sum(result["failures"].values())

@@ -38,12 +38,12 @@ from typing import Any
 from bench.bench_load import (
     INTERVAL,
     Node,
-    _abuse_process,
     _issue_nodes,
     _node_address,
     _nodes_loop,
     _pct,
     _serve,
+    _start_abuser,
     _start_coordinator,
     _usage,
 )
@@ -175,16 +175,19 @@ async def _load(url: str, pki: Any, certs: list[tuple[Path, Path]], during: Any)
     loop_task = asyncio.ensure_future(_nodes_loop(nodes, samples, failures, phase, stop))
     await asyncio.sleep(QUIET_S)
     phase[0] = "revoking"
-    spawn = multiprocessing.get_context("spawn")
-    queue: Any = spawn.Queue()
-    seconds = float(ROUNDS * 8 + 20)
-    attacker = spawn.Process(target=_abuse_process, args=(url, str(pki.bundle), seconds, queue))
-    attacker.start()
-    rounds = await asyncio.get_running_loop().run_in_executor(None, during)
-    stop.set()
-    await asyncio.gather(loop_task, return_exceptions=True)
-    abuser = await asyncio.get_running_loop().run_in_executor(None, queue.get, True, 180)
-    attacker.join(timeout=30)
+    attacker = _start_abuser(url, pki.bundle, float(ROUNDS * 8 + 20))
+    try:
+        rounds = await asyncio.get_running_loop().run_in_executor(None, during)
+        stop.set()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        out, _ = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: attacker.communicate(timeout=180)
+        )
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+    abuser = json.loads(out.decode().strip().splitlines()[-1])
     for n in nodes:
         await n.client.aclose()
     return {"samples": samples, "failures": failures, "abuser": abuser, "rounds": rounds}

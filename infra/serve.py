@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -210,8 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.service}: configuration ok ({server.url})")
         return 0
     print(f"{args.service} listening on {server.url}", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM, then restores this handler and raises the signal again:
+    # with the default handler the process would die there, before exit handlers run (the audit's
+    # refusal summaries among them); this one makes that a normal exit.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server.run()
     return 0
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

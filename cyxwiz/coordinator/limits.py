@@ -7,6 +7,8 @@ audit record, produced by :func:`cyxwiz.coordinator.problems.send_problem`.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cyxwiz.errors import ConfigError, CyxwizError, RateLimitError, ValidationError
+from cyxwiz.poller import Poller
+
+log = logging.getLogger(__name__)
 
 
 class BodyTooLargeError(ValidationError):
@@ -271,20 +276,31 @@ class RefusalCap:
 
     Successes always pass. Refusals pass up to ``per_minute`` per actor and minute; the rest of that
     minute is counted and written as one ``audit.refusals-suppressed`` summary per actor when the minute
-    is over (at the next event, or :meth:`flush`), so the log still says how many there were.
+    is over, so the log still says how many there were: at the next event, at the minute's end (a timer
+    started by the first suppressed refusal, so a flood that stops is still summed up) and at process exit.
     """
 
     def __init__(
-        self, inner: Any, *, per_minute: int = 120, clock: Callable[[], float] = time.monotonic
+        self,
+        inner: Any,
+        *,
+        per_minute: int = 120,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = 60.0,
     ) -> None:
         if per_minute < 1:
             raise ConfigError("per_minute must be >= 1", field="per_minute", rule="I")
+        if window_s <= 0:
+            raise ConfigError("window_s must be > 0", field="window_s", rule="I")
         self.inner = inner
         self.per_minute = per_minute
         self.clock = clock
+        #: The "minute": shorter only in tests, so the end-of-window summary is seen without a minute's wait.
+        self.window_s = window_s
         self._lock = threading.Lock()
-        self._window = int(clock() // 60)
+        self._window = int(clock() // window_s)
         self._counts: dict[tuple[str, str], int] = {}
+        self._timer: Poller | None = None
 
     def record(self, event: Any) -> None:
         if str(getattr(event.outcome, "value", event.outcome)) == "success":
@@ -298,6 +314,36 @@ class RefusalCap:
             self.inner.record(summary)
         if count <= self.per_minute:
             self.inner.record(event)
+        elif self._timer is None:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        """Summaries written at each minute's end even when nothing else is recorded, and at exit.
+        Only on the real clock: an injected one (tests) is advanced by hand and rolled by :meth:`record`."""
+        with self._lock:
+            if self._timer is not None or self.clock is not time.monotonic:
+                return
+            self._timer = Poller(
+                check=self._tick,
+                interval=lambda: min(
+                    self.window_s, max(0.05, self.window_s - self.clock() % self.window_s + 0.05)
+                ),
+                name="cyxwiz-refusal-summaries",
+            )
+        self._timer.start()
+        atexit.register(self._flush_at_exit)
+
+    def _tick(self) -> None:
+        with self._lock:
+            summaries = self._roll()
+        for summary in summaries:
+            self.inner.record(summary)
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the sink may be closed by now: nothing left to tell it
+            log.warning("refusal summaries lost at exit", exc_info=True)
 
     def flush(self) -> None:
         """Write the summaries of the minute in progress now (at shutdown)."""
@@ -308,7 +354,7 @@ class RefusalCap:
             self.inner.record(summary)
 
     def _roll(self) -> list[Any]:
-        window = int(self.clock() // 60)
+        window = int(self.clock() // self.window_s)
         if window == self._window:
             return []
         summaries = self._summaries()

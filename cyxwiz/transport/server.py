@@ -147,6 +147,7 @@ class MTLSHttpProtocol(H11Protocol):
                     ip_address=ip,
                 )
             )
+            self._cyx_refused = True
             transport.abort()
             return
         self._cyx_early = []
@@ -217,6 +218,7 @@ class MTLSHttpProtocol(H11Protocol):
     # the handshake coroutine resumes: hold it until h11 is set up.
     _cyx_early: list[bytes] | None = None
     _cyx_lost = False
+    _cyx_refused = False  # refused at the per-IP cap: h11 never set up
     _cyx_anonymous = False
     _cyx_head_timer: asyncio.TimerHandle | None = None
 
@@ -272,6 +274,10 @@ class MTLSHttpProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._cyx_early is not None:  # lost before h11 ever saw the connection
             self._cyx_lost = True
+            return
+        if self._cyx_refused:
+            # Refused at the per-IP cap before the handshake began: h11 never saw it, nothing to undo
+            # (handing it to h11 raised an AttributeError per refused connection, a log flood under abuse).
             return
         self._cyx_disarm_head_timer()
         if self._cyx_anonymous:

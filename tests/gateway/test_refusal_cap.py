@@ -39,6 +39,26 @@ def test_cap_counts_the_rest_in_one_summary_per_minute() -> None:
     assert sink.events[-1].action == "a"  # and this minute's first refusal is recorded again
 
 
+def test_a_flood_that_stops_is_still_summed_up_when_its_minute_ends() -> None:
+    """No later event needed (issue 21 load run: the abuser stopped and its summary was never written):
+    the first suppressed refusal starts a timer that writes the summary at the window's end."""
+    import time
+
+    sink = MemorySink()
+    cap = RefusalCap(sink, per_minute=2, window_s=0.5)
+    time.sleep(0.5 - time.monotonic() % 0.5 + 0.01)  # the flood starts a window: it cannot straddle two
+    cap.record(_denial("quiet"))  # positive control: under the cap, nothing suppressed, no summary
+    for _ in range(6):
+        cap.record(_denial("mallory"))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        e.action == "audit.refusals-suppressed" for e in sink.events
+    ):
+        time.sleep(0.05)
+    summaries = [e for e in sink.events if e.action == "audit.refusals-suppressed"]
+    assert [(e.actor_id, e.details["suppressed"]) for e in summaries] == [("mallory", 4)]
+
+
 def test_forged_event_flood_is_capped_in_the_gateways_audit(gw: GwEnv) -> None:
     mine = gw.upstream.add_run("node-a")
     gw.gateway.audit = cap = RefusalCap(gw.audit, per_minute=5)

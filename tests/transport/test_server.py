@@ -268,8 +268,9 @@ def test_websocket_scope_carries_peer(server: MTLSServer, pki: TestPKI) -> None:
         assert ws.recv(timeout=5) == "ping"
 
 
-def test_per_ip_connection_limit(pki: TestPKI, audit: MemoryAudit) -> None:
-    """I (DoS): one address cannot hold more than its share of connections."""
+def test_per_ip_connection_limit(pki: TestPKI, audit: MemoryAudit, caplog: pytest.LogCaptureFixture) -> None:
+    """I (DoS): one address cannot hold more than its share of connections, and a refused connection
+    leaves no traceback behind (it logged one AttributeError per refusal: a log flood under abuse)."""
     tls = ServerTLS(
         cert=pki.server.cert_path, key=pki.server.key_path, trust_bundle=pki.bundle, crl=pki.crl, audit=audit
     )
@@ -285,6 +286,7 @@ def test_per_ip_connection_limit(pki: TestPKI, audit: MemoryAudit) -> None:
         time.sleep(0.2)
         assert request(srv.port, client_ctx(pki, node))[0] == 200
         conns[1].close()
+    assert not [r for r in caplog.records if r.exc_info and r.exc_info[0] is AttributeError]
 
 
 def test_dev_pki_node_and_gateway_handshake(tmp_path: Path) -> None:
