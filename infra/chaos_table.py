@@ -40,10 +40,15 @@ INVOLVED: dict[str, frozenset[str]] = {
     "ledger": frozenset({"lock", "dispatch", "release"}),  # lock tx, stake check, settle tx
     "verifier": frozenset({"verification", "release"}),  # verdict, co-signature
 }
-#: What ``make test`` runs (tests/e2e/test_chaos.py); the rest is in docs/chaos.md from a full run.
-#: The control worker's cells wait out run_silent_s (~3 min each): the table has them; CI checks the
-#: silence rule against a real Prefect server in tests/flows/test_escrow_sweep.py instead.
-CI_CELLS = (("agent", "training"), ("prefect", "verification"), ("ledger", "release"))
+#: What ``make test`` runs (tests/e2e/test_chaos.py); the rest is in docs/chaos.md from a full run. The
+#: control worker's cell checks its restart recovery (infra/control_worker.py) on the real processes; the
+#: silence rule for a worker that never returns is checked in tests/flows/test_escrow_sweep.py.
+CI_CELLS = (
+    ("agent", "training"),
+    ("prefect", "verification"),
+    ("ledger", "release"),
+    ("control", "training"),
+)
 SWEEP_INTERVAL_S = 10.0
 LIFECYCLE = "job-lifecycle/job-lifecycle"
 
@@ -395,7 +400,7 @@ def _until(predicate: Any, *, timeout: float, interval: float = 0.5) -> Any:
 
 
 def select(spec: str) -> list[tuple[str, str]]:
-    if spec == "all":  # every applicable cell; the control worker's (each waits out run_silent_s) last
+    if spec == "all":  # every applicable cell; the control worker's last
         order = [p for p in PROCESSES if p != "control"] + ["control"]
         return [(p, s) for p in order for s in STEPS if s in INVOLVED[p]]
     if spec == "ci":

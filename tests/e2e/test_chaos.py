@@ -5,7 +5,8 @@ the coordinator and the gateway mid-job is replaced, paid nothing, and reconnect
 
 One stack (``infra.chaos``), brought up once, serves every cell; the cells here are the ones ``make test``
 can afford (``infra.chaos_table.CI_CELLS``: a node killed mid-training, the Prefect server killed during
-verification, the ledger service killed during the release) plus the partition, about 5 min.
+verification, the ledger service killed during the release, the control worker killed mid-training and
+restarted) plus the partition, about 5 min.
 The full step × process table is ``python -m infra.chaos_table --cells all`` (docs/chaos.md holds the last
 full run, the control worker's cells included; the rule that finds a dead lifecycle run is checked against
 a real Prefect server in tests/flows/test_escrow_sweep.py).
