@@ -48,6 +48,11 @@ def _paired(settings: AgentSettings, session: dict[str, Any]) -> AgentSettings:
     return settings
 
 
+def paired_settings(settings: AgentSettings, session: dict[str, Any]) -> AgentSettings:
+    """``settings`` with the certificate and key ``session`` (one read of ``session.json``) is bound to."""
+    return _paired(settings, session)
+
+
 def current_settings(settings: AgentSettings) -> AgentSettings:
     """``settings`` with the certificate and key the node's session is bound to (after renewals)."""
     return _paired(settings, _session(settings))
@@ -172,6 +177,8 @@ class LiveCredentials:
             fresh = fetch_job_token(current, job_id)
         except Exception:
             return presented  # the gateway refuses it and says why
+        if token_thumbprint(fresh) != now:
+            return fresh  # the session moved on meanwhile: not this certificate's to keep
         with self._lock:
             self._job_tokens[(job_id, now)] = fresh
         return fresh

@@ -209,13 +209,24 @@ def fetch_job_token(settings: AgentSettings, job_id: str) -> str:
 
 
 def _fetch_job_token(settings: AgentSettings, job_id: str) -> str:
+    return _fetch_pinned_job_token(settings, job_id)[1]
+
+
+def _fetch_pinned_job_token(settings: AgentSettings, job_id: str) -> tuple[AgentSettings, str]:
+    """The job's token and the certificate it is bound to, from ONE read of the session: a renewal that
+    replaces ``session.json`` between reading the session token and picking the certificate would send
+    the old session's token over the new certificate (refused as bound to another certificate: the run
+    picked up just before a renewal would not start, issue 18)."""
+    from agents.credentials import paired_settings
+
     session = read_session(settings)
-    with _client(settings) as client:
+    pinned = paired_settings(settings, session)
+    with _client(pinned, follow=False) as client:
         response = client.get(
             f"/v1/jobs/{job_id}/token", headers={"authorization": f"Bearer {session['session_token']}"}
         )
         _raise_for(response)
-        return str(response.json()["job_token"])
+        return pinned, str(response.json()["job_token"])
 
 
 class CoordinatorChannel:
@@ -254,7 +265,11 @@ class CoordinatorChannel:
         token = self._token if token_thumbprint(self._token) == now else self._bound.get(now)
         if token is None:
             # Over the current identity, for the same job: the coordinator checks it is still the node's.
-            token = self._bound[now] = _fetch_job_token(current, job_id)  # the caller retries
+            # The call goes out under the certificate the fetched token is bound to (a renewal may land
+            # between reading ``current`` and the fetch).
+            current, token = _fetch_pinned_job_token(current, job_id)  # the caller retries
+            assert current.cert is not None
+            self._bound[cert_thumbprint(current.cert)] = token
         return current, {"authorization": f"Bearer {token}"}
 
     def _url(

@@ -277,3 +277,42 @@ def test_a_connection_ends_with_its_certificate(world: World) -> None:
         assert dt.datetime.now(dt.UTC) >= expires  # closed by the expiry, not before
         with pytest.raises(httpx.HTTPError):
             kept.get("/api/admin/version")
+
+
+def test_a_renewal_between_pickup_and_the_job_token_fetch(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rare race (issue 18): the agent's renewal replaces ``session.json`` while the worker fetches a
+    picked-up run's job token — after the session was read, before the certificate is chosen. The token
+    and the certificate come from the same read, so the fetch succeeds (bound to the certificate it went
+    out under); reading them apart sent the old session's token over the new certificate (401)."""
+    import agents.node_client as node_client
+
+    register_node(world.settings)
+    node_id = str(read_session(world.settings)["node_id"])
+    job = world.coord.store.create_job(user_id="alice", spec={"job_type": "train"}, duration_s=600)
+    world.coord.store.assign_job(job.job_id, node_id)
+    before = current_settings(world.settings).cert
+    real = node_client.read_session
+    renewed: list[str] = []
+
+    def read_then_renew(settings: AgentSettings) -> dict[str, Any]:
+        session = real(settings)
+        if not renewed:  # a real renewal over the coordinator, landing right after this read
+            renewed.append("once")
+            renew(world.settings)
+        return session
+
+    monkeypatch.setattr(node_client, "read_session", read_then_renew)
+    token = fetch_job_token(world.settings, job.job_id)
+    monkeypatch.undo()
+    assert renewed and current_settings(world.settings).cert != before  # the renewal did land between
+    from agents.credentials import token_thumbprint
+    from agents.node_client import cert_thumbprint
+
+    assert before is not None
+    assert token_thumbprint(token) == cert_thumbprint(before)
+    # The run's channel then reports under the current certificate (its token re-fetched for it).
+    channel = CoordinatorChannel(settings=world.settings, job_token=token)
+    channel.report_progress(job.job_id, {"kind": "progress", "step": 1, "total": 2})
+    assert world.coord.store.job(job.job_id).progress["step"] == 1
