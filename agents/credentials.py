@@ -93,7 +93,10 @@ def renewal_due(cert_path: Path, *, now: dt.datetime | None = None) -> bool:
 def renew(settings: AgentSettings) -> AgentSettings:
     """A new key and CSR, signed over the node's current identity; the new identity and session stored."""
     from agents.node_client import _client, _raise_for, _write_session, read_session
+    from cyxwiz.ledger.payout import SignedRenewalLink
     from cyxwiz.pki.ca import create_csr
+    from cyxwiz.pki.keys import load_private_key
+    from cyxwiz.pki.peerid import peer_id
 
     current = current_settings(settings)
     assert current.cert is not None
@@ -102,7 +105,11 @@ def renew(settings: AgentSettings) -> AgentSettings:
     key = ed25519.Ed25519PrivateKey.generate()
     csr = create_csr(key, common_name=str(names[0].value)).public_bytes(serialization.Encoding.PEM).decode()
     session = read_session(settings)
-    body: dict[str, Any] = {"csr": csr}
+    assert current.key is not None
+    # The current key vouches for the new one: what lets a proof this key signed before the switch be
+    # paid to the wallet the new key states, and no key the node never vouched for (issue 17; F1, A7).
+    link = SignedRenewalLink.sign(old_key=load_private_key(current.key), new_peer_id=peer_id(key))
+    body: dict[str, Any] = {"csr": csr, "renewal_link": link.to_dict()}
     if settings.payout_wallet:  # the wallet, signed by the new key, outlives the old certificate (F1)
         from cyxwiz.ledger.payout import SignedWalletStatement
 

@@ -138,12 +138,37 @@ class SchedulerChannel:
         }
 
     def _wallet(self, record: Any, name: str) -> str | None:
-        """The node's wallet: the one it registered under its PeerID (F1); else configured by PeerID or
-        node id, or by name only while that name is one node's alone (a second certificate with the same
-        CN must not draw the first one's pay). None: no paid work for it."""
+        """The node's wallet: the one its own key signed (F1; a rewritten ``wallet`` column alone no longer
+        sends its jobs to a wallet the verifier refuses, which refunded them), else the row's; else
+        configured by PeerID or node id, or by name only while that name is one node's alone (a second
+        certificate with the same CN must not draw the first one's pay). None: no paid work for it."""
+        stated = self._stated_wallet(record)
+        if stated is not None:
+            return stated
         if record.wallet:
             return str(record.wallet)
         return self.configured_wallet(record, name)
+
+    def _stated_wallet(self, record: Any) -> str | None:
+        """The wallet of the node's stored statement when a certificate held for the node signed it. The
+        verifier service decides what is paid (``tasks.payout_wallet``); this only keeps dispatch on it."""
+        from cryptography import x509
+
+        from cyxwiz.errors import CyxwizError
+        from cyxwiz.ledger.payout import SignedWalletStatement
+
+        stored = self.store.wallet_statement(record.node_id)
+        if stored is None:
+            return None
+        try:
+            signed = SignedWalletStatement.from_dict(stored)
+            peer = signed.statement.peer_id
+            held = [c for c in self.node_certificates(record.node_id) if c.peer_id == peer]
+            if not held:
+                return None
+            return signed.verify(x509.load_pem_x509_certificate(held[0].pem.encode())).wallet
+        except CyxwizError:
+            return None
 
     def configured_wallet(self, record: Any, name: str) -> str | None:
         """The operator's configured wallet for the node (this process's config file, never the

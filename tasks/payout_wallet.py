@@ -1,20 +1,23 @@
-"""The payout wallet the verifier service believes (issue 17; SPEC F1, A5, threat I "payment fraud").
+"""The payout wallet the verifier service believes (issue 17; SPEC F1, A5, A7, threat I "payment fraud").
 
-Not the coordinator's ``wallet`` column: a compromised coordinator could rewrite it and have the verifier
-attest the honest node's pay to another wallet. Only two sources count:
+Not the coordinator's ``wallet`` column, nor its mapping of nodes to certificates: a compromised coordinator
+could rewrite the one, or list another node's genuine certificate (and that key's own statement) under the
+honest node in the other. Everything starts from the key that signed the job's completion proof (an
+Ed25519 PeerID is its public key, so the proof itself says whose key it is). Only two sources count:
 
-* the node's own statement (:mod:`cyxwiz.ledger.payout`), stored by the coordinator, verified here again
-  against a certificate the coordinator holds for that node whose chain, validity and revocation are checked
-  now against the CA (the same certificate check as a completion proof's);
-* the operator's configuration of this process (``node_wallets``: by PeerID, node id or a name only one
-  node holds), a file the coordinator cannot write.
+* a statement (:mod:`cyxwiz.ledger.payout`) signed by that key, or by a key it renewed into through renewal
+  links each signed by the older key, stored by the coordinator and verified here again against a
+  certificate whose chain, validity and revocation are checked now against the CA;
+* the operator's configuration of this process (``node_wallets``: by one of those PeerIDs, or by the name
+  the proof key's own certificate carries while only one node holds it), a file the coordinator cannot write.
 
 A valid statement wins over the configuration (the node chose its wallet); a missing or broken one leaves
-the configuration, and without either the node has no wallet a release may pay.
+the configuration, and without either (or without a verified proof) the node has no wallet a release may pay.
 
 The verifier service also remembers, in its own file (:class:`StatementMarks`), the newest statement it
 accepted per node: a coordinator that puts back a node's older, validly signed statement (the wallet the
-node moved away from) is caught as the replay it is once the verifier has seen the newer one.
+node moved away from) is caught as the replay it is once the verifier has seen the newer one; and the key
+of the last proof it judged per job, which is what an arbiter's "release to the node" pays.
 """
 
 from __future__ import annotations
@@ -61,7 +64,25 @@ class StatementMarks:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS marks (node_id TEXT PRIMARY KEY, issued_at INTEGER NOT NULL)"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS signers (job_id TEXT PRIMARY KEY, peer_id TEXT NOT NULL)"
+            )
         return marks
+
+    def note_signer(self, job_id: str, peer_id: str) -> None:
+        """The key whose signed completion proof this verifier last judged for the job: the only key an
+        arbiter's "release to the node" may pay the wallet of (:func:`wallet_of_job`)."""
+        with self._lock, self._connect() as conn:
+            conn.execute(
+                "INSERT INTO signers (job_id, peer_id) VALUES (?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET peer_id = excluded.peer_id",
+                (job_id, peer_id),
+            )
+
+    def signer(self, job_id: str) -> str | None:
+        with self._lock, self._connect() as conn:
+            row = conn.execute("SELECT peer_id FROM signers WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
@@ -90,16 +111,26 @@ class StatementMarks:
 def payout_wallet(
     channel: Any,
     record: Any,
-    name: str,
     *,
+    signer: str | None,
     trust: Callable[[], Any],
     now: dt.datetime | None = None,
     marks: StatementMarks | None = None,
 ) -> PayoutWallet:
     """The node's payout wallet from its signed statement, else from this process's configuration.
-    ``trust`` gives the CA bundle and CRLs (a :class:`~cyxwiz.verification.verifier.TrustStore`), read
-    only when there is a statement to check."""
-    statement_reason = _statement(channel, record, trust=trust, now=now or dt.datetime.now(dt.UTC))
+
+    ``signer``: the PeerID whose key signed the job's completion proof (checked by the caller). Only a
+    statement signed by that key, or by a key it renewed into (renewal links, each signed by the older
+    key), counts; None (no proof): none does. The coordinator's mapping of nodes to certificates is not
+    trusted here: it could list another node's genuine certificate, and that node's own statement, under
+    the honest node's row. ``trust`` gives the CA bundle and CRLs, read only when a statement is checked.
+    """
+    from cyxwiz.ledger.payout import linked_keys
+
+    keys = frozenset() if signer is None else linked_keys(signer, channel.store.renewal_links_from)
+    statement_reason: PayoutWallet | str = "no verified completion proof names the key the work was done with"
+    if keys:
+        statement_reason = _statement(channel, record, keys, trust=trust, now=now or dt.datetime.now(dt.UTC))
     if isinstance(statement_reason, PayoutWallet) and marks is not None:
         issued = statement_reason.issued_at
         newer = marks.observe((f"node:{record.node_id}", f"peer:{statement_reason.peer_id}"), issued)
@@ -110,16 +141,45 @@ def payout_wallet(
             )
     if isinstance(statement_reason, PayoutWallet):
         return statement_reason
-    configured = channel.configured_wallet(record, name)
+    configured = _configured(channel, keys, signer)
     if configured is not None:
         return PayoutWallet(wallet=configured, source="config", reason=f"configured; {statement_reason}")
     return PayoutWallet(wallet=None, source="none", reason=statement_reason)
 
 
+def _configured(channel: Any, keys: frozenset[str], signer: str | None) -> str | None:
+    """The operator's wallet for the proof's key: by one of its PeerIDs, else by the name (CN) its own
+    certificate carries while that name is one node's alone; never by a node id or a name the
+    coordinator's rows alone tie to the proof."""
+    from tasks.coordinator_channel import node_name
+
+    for key in sorted(keys):
+        if key in channel.node_wallets:
+            return str(channel.node_wallets[key])
+    certificate = _certificate_of(channel, signer) if signer else None
+    if certificate is None:
+        return None
+    name = node_name(certificate.subject.rfc4514_string())
+    holders = [n for n in channel.store.list_nodes() if node_name(n.subject) == name and n.status == "active"]
+    return channel.node_wallets.get(name) if len(holders) == 1 else None
+
+
+def _certificate_of(channel: Any, peer: str) -> Any:
+    """A certificate the coordinator holds whose key *is* ``peer`` (its PeerID is its public key, so the
+    row it sits under does not matter); None when it holds none."""
+    from cryptography import x509
+
+    owner = channel.store.node_by_peer(peer)
+    for held in channel.node_certificates(owner.node_id) if owner is not None else ():
+        if held.peer_id == peer:
+            return x509.load_pem_x509_certificate(held.pem.encode())
+    return None
+
+
 def _statement(
-    channel: Any, record: Any, *, trust: Callable[[], Any], now: dt.datetime
+    channel: Any, record: Any, keys: frozenset[str], *, trust: Callable[[], Any], now: dt.datetime
 ) -> PayoutWallet | str:
-    """The wallet of the node's valid statement, or why there is none."""
+    """The wallet of the node's valid statement signed by one of ``keys``, or why there is none."""
     from cryptography import x509
 
     from cyxwiz.ledger.payout import SignedWalletStatement
@@ -133,13 +193,17 @@ def _statement(
     except CyxwizError as exc:
         return f"the stored wallet statement is malformed: {exc.message}"
     peer = signed.statement.peer_id
-    held = {c.peer_id: c for c in channel.node_certificates(record.node_id)}
-    if peer not in held:
-        return f"the wallet statement names {peer}, no certificate the coordinator holds for this node"
-    certificate = x509.load_pem_x509_certificate(held[peer].pem.encode())
-    check = check_certificate(certificate, trust(), now)
-    if not check.passed:
-        return f"the wallet statement's certificate is refused: {check.reason}"
+    if peer not in keys:
+        return (
+            f"the wallet statement is signed by {peer}, not by the key that signed the completion proof "
+            f"nor one that key renewed into ({', '.join(sorted(keys))})"
+        )
+    held = {c.peer_id: c for c in channel.node_certificates(record.node_id)}.get(peer)
+    certificate = None if held is None else x509.load_pem_x509_certificate(held.pem.encode())
+    check = None if certificate is None else check_certificate(certificate, trust(), now)
+    if certificate is None or check is None or not check.passed:
+        why = "no certificate the coordinator holds for this node" if check is None else check.reason
+        return f"the wallet statement's certificate ({peer}) is refused: {why}"
     try:
         statement = signed.verify(certificate)
     except CyxwizError as exc:
@@ -150,15 +214,19 @@ def _statement(
     )  # fmt: skip
 
 
-def wallet_of_peer(peer_id: str, *, marks: StatementMarks | None = None) -> str | None:
-    """The payout wallet of the node that holds (or held) ``peer_id``, by the control plane's records and
-    config; None when there is no such node or no wallet it may be paid into."""
+def wallet_of_job(job_id: str, *, marks: StatementMarks | None = None) -> str | None:
+    """Where an arbiter's "release to the node" of ``job_id`` may pay: the wallet of the key whose proof
+    this verifier judged for the job (``marks``), never of a PeerID the escrow record names; None when it
+    judged no signed proof of that job (only a refund is co-signed then) or the key has no wallet."""
     from tasks import services
-    from tasks.coordinator_channel import SchedulerChannel, node_name
+    from tasks.coordinator_channel import SchedulerChannel
 
+    signer = marks.signer(job_id) if marks is not None else None
+    if signer is None:
+        return None
     channel = SchedulerChannel.from_config(services.config())
-    record = channel.store.node_by_peer(peer_id)
+    record = channel.store.node_by_peer(signer)
     if record is None:
         return None
     trust = lambda: services._node_trust(services.config())  # noqa: E731 - read only when needed
-    return payout_wallet(channel, record, node_name(record.subject), trust=trust, marks=marks).wallet
+    return payout_wallet(channel, record, signer=signer, trust=trust, marks=marks).wallet

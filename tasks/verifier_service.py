@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from cyxwiz._cli import new_app
-from tasks.payout_wallet import StatementMarks, wallet_of_peer
+from tasks.payout_wallet import StatementMarks, wallet_of_job
 
 app = new_app(help="The verifier service with the control plane's job verification.")
 
@@ -78,12 +78,15 @@ def verify_hook(body: dict[str, Any], *, marks: StatementMarks | None = None) ->
     if bound != (assignment.get("peer_id"), assignment.get("wallet"), request.job_id):
         # the attestation would name another node or job than the one verified
         return _with_check(as_dict, "binding", False, "the request names another node or job"), "fail"
-    node = assigned(request.job_id, marks=marks)
+    signer = proof_signer(request.job_id, as_dict)
+    if signer is not None and marks is not None:
+        marks.note_signer(request.job_id, signer)
+    node = assigned(request.job_id, marks=marks, signer=signer)
     if node is None or bound[0] not in node.peer_ids:
         why = "the coordinator's records assign the job to another node"  # never a pass
         return _with_check(as_dict, "binding", False, why), "fail"
-    # The wallet is the node's own signed statement (or the operator's config), never a database row the
-    # coordinator could rewrite (issue 17; F1, threat I).
+    # The wallet is the one the key that signed the proof stated (or the operator's config for that key),
+    # never a database row, nor a statement of a key the coordinator lists beside it (issue 17; F1, I).
     paid = bound[1] == node.wallet
     why = node.wallet_reason
     if not paid:
@@ -110,14 +113,43 @@ class AssignedNode:
     wallet_reason: str = ""
 
 
+def proof_signer(job_id: str, report: dict[str, Any], channel: Any = None) -> str | None:
+    """The PeerID whose key signed the completion proof this report judged (its SHA-256 is the report's),
+    read from the coordinator's job record and checked here: an Ed25519 PeerID is its public key, so no
+    coordinator row decides whose key it is. None: no such proof (none submitted, another one, forged)."""
+    from cyxwiz.errors import CyxwizError
+    from cyxwiz.pki.peerid import public_key_from_peer_id
+    from cyxwiz.verification.proof import SignedProof, verify_proof_signature
+    from tasks import services
+
+    channel = channel or services.control_channel()
+    try:
+        doc = channel.job(job_id).get("proof")
+        signed = SignedProof.from_json(json.dumps(doc)) if doc else None
+        if signed is None or not report.get("proof_sha256") or signed.sha256() != report["proof_sha256"]:
+            return None
+        peer = signed.proof.node_peer_id
+        verify_proof_signature(signed, public_key_from_peer_id(peer))
+    except (CyxwizError, ValueError):
+        return None
+    return peer
+
+
 def assigned(
-    job_id: str, channel: Any = None, trust: Any = None, marks: StatementMarks | None = None
+    job_id: str,
+    channel: Any = None,
+    trust: Any = None,
+    marks: StatementMarks | None = None,
+    *,
+    signer: str | None = None,
 ) -> AssignedNode | None:
     """The assigned node from the coordinator's own records, or None when there is none (F1, A7).
-    ``trust``: the CA bundle and CRLs node certificates are checked against (default: the control plane's)."""
+    ``trust``: the CA bundle and CRLs node certificates are checked against (default: the control plane's);
+    ``signer``: the PeerID that signed the job's completion proof (:func:`proof_signer`), the only key
+    whose wallet statement (or whose renewals' statements) the node may be paid by; None: no wallet."""
     from cyxwiz.errors import CyxwizError
     from tasks import services
-    from tasks.coordinator_channel import SchedulerChannel, node_name
+    from tasks.coordinator_channel import SchedulerChannel
     from tasks.payout_wallet import payout_wallet
 
     channel = channel or SchedulerChannel.from_config(services.config())
@@ -129,7 +161,7 @@ def assigned(
             *(c.peer_id for c in channel.node_certificates(node_id)),
         }
         paid = payout_wallet(
-            channel, record, node_name(record.subject),
+            channel, record, signer=signer,
             trust=(lambda: trust) if trust is not None else lambda: services._node_trust(services.config()),
             marks=marks,
         )  # fmt: skip
@@ -159,8 +191,8 @@ def serve_command(
     # The stake is the node's under any PeerID the coordinator links to it: renewing escapes no slash.
     marks = StatementMarks.open(_state_dir(config, socket) / "verifier-wallet-marks.db")
     hook = functools.partial(verify_hook, marks=marks)
-    # A dispute resolved for the node pays it only where its own statement (or the operator) says.
-    paid = functools.partial(wallet_of_peer, marks=marks)
+    # A dispute resolved for the node pays it only where the key of the proof judged here stated.
+    paid = functools.partial(wallet_of_job, marks=marks)
     run(config, socket, ready_file, verify=hook, audit=services.audit(), node_peers=node_peers,
         payout_wallet=paid)  # fmt: skip
 

@@ -3,11 +3,14 @@
 The ``wallet`` column of ``cyx_nodes`` is what dispatch reads; this table holds the node's own signed
 statement of it (:mod:`cyxwiz.ledger.payout`), which is what the verifier service believes. One row per
 node, replaced only by a newer statement (``issued_at`` only grows), in the transaction that registers it.
+Beside it, the renewal links (:class:`~cyxwiz.ledger.payout.SignedRenewalLink`): at each renewal the node's
+old key signs "this new key is mine", which lets the verifier follow a proof's key to the key that signed
+the newest statement — and only there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -16,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from cyxwiz.coordinator.records import now as _now
 from cyxwiz.coordinator.tables import metadata, nodes
-from cyxwiz.ledger.payout import SignedWalletStatement, check_newer
+from cyxwiz.ledger.payout import SignedRenewalLink, SignedWalletStatement, check_newer
 
 wallet_statements = sa.Table(
     "cyx_wallet_statements",
@@ -28,6 +31,30 @@ wallet_statements = sa.Table(
     sa.Column("signed", sa.JSON, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+#: One row per renewal, kept for good: a link is what ties a proof signed by an earlier key to the wallet
+#: the node stated with a later one (issue 17; F1, A7).
+renewal_links = sa.Table(
+    "cyx_renewal_links",
+    metadata,
+    sa.Column("old_peer_id", sa.String(128), primary_key=True),
+    sa.Column("new_peer_id", sa.String(128), primary_key=True),
+    sa.Column("node_id", sa.String(64), nullable=False, index=True),
+    # {"link": {...}, "signature": "..."} exactly as the old key signed it.
+    sa.Column("signed", sa.JSON, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def record_link(conn: Connection, node_id: str, signed: SignedRenewalLink) -> None:
+    """Keep the renewal link (in the renewal's own transaction: no renewal without its link)."""
+    link = signed.link
+    conn.execute(
+        renewal_links.insert().values(
+            old_peer_id=link.old_peer_id, new_peer_id=link.new_peer_id, node_id=node_id,
+            signed=signed.to_dict(), recorded_at=_now(),
+        )
+    )  # fmt: skip
 
 
 def record_statement(conn: Connection, node_id: str, signed: SignedWalletStatement) -> None:
@@ -67,6 +94,12 @@ class WalletStatementRows:
                 sa.select(wallet_statements.c.signed).where(wallet_statements.c.node_id == node_id)
             ).first()
         return dict(row[0]) if row is not None else None
+
+    def renewal_links_from(self, old_peer_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The stored renewal links whose old key is one of ``old_peer_ids``, as signed."""
+        query = sa.select(renewal_links.c.signed).where(renewal_links.c.old_peer_id.in_(list(old_peer_ids)))
+        with self._tx() as conn:
+            return [dict(row[0]) for row in conn.execute(query)]
 
     def set_wallet_statement(self, node_id: str, signed: Mapping[str, Any] | SignedWalletStatement) -> None:
         """Record a statement outside registration (a renewal carries one for the new key)."""

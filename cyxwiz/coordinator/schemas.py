@@ -50,6 +50,9 @@ class RenewRequest(_Strict):
     #: The node's payout wallet statement signed by the new key, so its wallet outlives the old
     #: certificate (issue 17, F1); checked against the certificate issued here.
     wallet_statement: dict[str, JsonValue] | None = None
+    #: The current (old) key's signed "the new key is mine" (issue 17, F1, A7): what lets the verifier
+    #: pay a proof of the old key to the wallet the new key states. Required.
+    renewal_link: dict[str, JsonValue] | None = None
 
 
 class RefreshRequest(_Strict):

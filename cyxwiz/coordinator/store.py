@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cyxwiz.coordinator.claims import ClaimRows
 from cyxwiz.coordinator.fencing import GrantRows, revoke_grants, settles
-from cyxwiz.coordinator.payout_rows import WalletStatementRows, record_statement
+from cyxwiz.coordinator.payout_rows import WalletStatementRows, record_link, record_statement
 from cyxwiz.coordinator.records import JobRecord, NodeCertificate, NodeRecord
 from cyxwiz.coordinator.records import job_record as _job
 from cyxwiz.coordinator.records import node_certificate as _node_cert
@@ -35,7 +35,7 @@ from cyxwiz.coordinator.tables import (
 )
 from cyxwiz.errors import ConflictError, NotFoundError
 from cyxwiz.ids import new_job_id, new_node_id
-from cyxwiz.ledger.payout import SignedWalletStatement
+from cyxwiz.ledger.payout import SignedRenewalLink, SignedWalletStatement
 from cyxwiz.pki.peerid import peer_id as peer_id_of
 
 __all__ = ["AWAITING_FUNDING", "CoordinatorStore", "JobRecord", "NodeCertificate", "NodeRecord"]
@@ -177,9 +177,11 @@ class CoordinatorStore(SessionRows, ClaimRows, GrantRows, WalletStatementRows):
         peer_id: str,
         cert_serial: str,
         certificate: x509.Certificate | None = None,
+        renewal_link: SignedRenewalLink | None = None,
     ) -> NodeRecord:
         """The node's new certificate becomes current; the one it replaces stays the node's until it
-        expires. A PeerID already known (key reuse, or another node's) is refused."""
+        expires. A PeerID already known (key reuse, or another node's) is refused. ``renewal_link``: the
+        old key's signed "the new key is mine", kept in the same transaction (issue 17)."""
         with self._tx() as conn:
             taken = conn.execute(sa.select(nodes.c.node_id).where(nodes.c.peer_id == peer_id)).first()
             taken = (
@@ -204,6 +206,8 @@ class CoordinatorStore(SessionRows, ClaimRows, GrantRows, WalletStatementRows):
             )
             if certificate is not None:
                 _record_certificate(conn, node_id, peer_id, certificate)
+            if renewal_link is not None:
+                record_link(conn, node_id, renewal_link)
             return _node(conn.execute(sa.select(nodes).where(nodes.c.node_id == node_id)).one())
 
     def node(self, node_id: str) -> NodeRecord:

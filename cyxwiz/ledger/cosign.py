@@ -144,9 +144,10 @@ class VerifierPolicy:
     #: every PeerID the coordinator links to a node's (:data:`~cyxwiz.ledger.stake.NodePeers`): a slash
     #: takes the node's stake whichever of its PeerIDs the report names (a renewal changes it, A7)
     node_peers: Any = None
-    #: the payout wallet of the node with this PeerID as the verifier believes it (the node's own signed
-    #: statement or the operator's config, never the coordinator's row; issue 17): a resolve pays the
-    #: node only there. None: the escrow record's wallet (in-process ledgers of tests and tools)
+    #: the payout wallet of the node that did this job (by job id) as the verifier believes it: what the
+    #: key that signed the job's proof stated, or the operator's config, never the coordinator's row nor
+    #: the PeerID the escrow record names (issue 17): a resolve pays the node only there. None: the
+    #: escrow record's wallet (in-process ledgers of tests and tools)
     payout_wallet: Callable[[str], str | None] | None = None
 
     def approve(self, request: CosignRequest) -> ReportAttestation | None:
@@ -201,9 +202,7 @@ class VerifierPolicy:
     def _nodes_own(self, record: EscrowRecord) -> bool:
         if self.payout_wallet is None:
             return True
-        return (
-            record.node_peer_id is not None and self.payout_wallet(record.node_peer_id) == record.node_wallet
-        )
+        return self.payout_wallet(record.job_id) == record.node_wallet
 
     def _note_upheld(self, request: CosignRequest, record: EscrowRecord, dest: Pubkey) -> None:
         """The arbiter's resolve refunding the user, checked and about to be co-signed: the one fact a

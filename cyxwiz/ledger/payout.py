@@ -8,6 +8,11 @@ can be replayed as one. The coordinator refuses a statement the caller's certifi
 keeps the newest one per node (``issued_at`` only grows); the verifier service re-checks the stored
 statement against the node certificate the coordinator holds (which must chain to the CA) before it
 attests a release to that wallet, so a rewritten wallet row gets a ``fail``, never a ``pass``.
+
+Which statement counts is bound to the key that did the work: the key that signed the completion proof, or
+a key it renewed into. At each renewal the node's *old* key signs a :class:`RenewalLink` to the new
+PeerID (:data:`LINK_DOMAIN`); :func:`linked_keys` follows only such links, so a certificate of another key
+listed under the node by the coordinator — however genuine — never states the node's wallet.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
+from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
 from cyxwiz.verification.canonical import canonical_json
 
 #: Domain separation: these bytes start every signed wallet statement and nothing else cyxwiz signs.
@@ -171,3 +176,113 @@ def check_newer(current: Mapping[str, Any] | None, new: SignedWalletStatement) -
             field=f"{FIELD}.issued_at",
             rule="F1",
         )
+
+
+#: Domain separation for renewal links (never a wallet statement, a proof or a handshake).
+LINK_DOMAIN = b"cyxwiz-renewal-link-v1\n"
+LINK_FIELD = "renewal_link"
+#: The longest chain of renewals followed from a proof's key (a renewal a day: more than a year).
+MAX_LINKS = 512
+
+
+class RenewalLinkError(AuthorizationError):
+    """A renewal link not signed by the old key it names, or naming other keys than the renewal's."""
+
+    code = "renewal-link-signature"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenewalLink:
+    """What the node's *old* key signs at renewal: the key ``new_peer_id`` is my successor. With it, a
+    wallet statement signed by the new key counts for a proof the old key signed (the job was dispatched
+    before the renewal) — and no key the node never vouched for ever does."""
+
+    old_peer_id: str
+    new_peer_id: str
+    issued_at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": VERSION, "old_peer_id": self.old_peer_id, "new_peer_id": self.new_peer_id,
+            "issued_at": self.issued_at,
+        }  # fmt: skip
+
+    def message(self) -> bytes:
+        return LINK_DOMAIN + canonical_json(self.to_dict())
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedRenewalLink:
+    link: RenewalLink
+    #: Base64 of the old key's Ed25519 signature over :meth:`RenewalLink.message`.
+    signature: str
+
+    @classmethod
+    def sign(cls, *, old_key: Ed25519PrivateKey, new_peer_id: str) -> SignedRenewalLink:
+        from cyxwiz.pki.peerid import peer_id
+
+        link = RenewalLink(
+            old_peer_id=peer_id(old_key), new_peer_id=new_peer_id, issued_at=time.time_ns() // 1_000_000
+        )
+        return cls(link=link, signature=base64.b64encode(old_key.sign(link.message())).decode())
+
+    @classmethod
+    def from_dict(cls, data: object) -> SignedRenewalLink:
+        if not isinstance(data, Mapping) or set(data) != {"link", "signature"}:
+            raise ValidationError("must be {link, signature}", field=LINK_FIELD, rule="A7")
+        body, signature = data["link"], data["signature"]
+        if not isinstance(body, Mapping) or set(body) != {"v", "old_peer_id", "new_peer_id", "issued_at"}:
+            raise ValidationError(
+                "link must be {v, old_peer_id, new_peer_id, issued_at}", field=LINK_FIELD, rule="A7"
+            )
+        if body["v"] != VERSION:
+            raise ValidationError(f"unknown link version {body['v']!r}", field=f"{LINK_FIELD}.v", rule="A7")
+        issued = body["issued_at"]
+        if isinstance(issued, bool) or not isinstance(issued, int) or not 0 < issued < 2**53:
+            raise ValidationError(
+                "issued_at must be Unix milliseconds", field=f"{LINK_FIELD}.issued_at", rule="A7"
+            )
+        peers = (body["old_peer_id"], body["new_peer_id"])
+        if not all(isinstance(p, str) and 0 < len(p) <= 128 for p in peers):
+            raise ValidationError("the link names two PeerIDs", field=LINK_FIELD, rule="A5")
+        if not isinstance(signature, str) or len(signature) > 128:
+            raise ValidationError("signature must be base64", field=f"{LINK_FIELD}.signature", rule="A7")
+        link = RenewalLink(old_peer_id=peers[0], new_peer_id=peers[1], issued_at=issued)
+        return cls(link=link, signature=signature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"link": self.link.to_dict(), "signature": self.signature}
+
+    def verify(self) -> RenewalLink:
+        """The link, when the old PeerID's own key signed it (an Ed25519 PeerID *is* its public key, so no
+        certificate, and nobody's word about which certificate is whose, is needed); else
+        :class:`RenewalLinkError`."""
+        from cyxwiz.pki.peerid import public_key_from_peer_id
+
+        try:
+            public = public_key_from_peer_id(self.link.old_peer_id)
+            public.verify(base64.b64decode(self.signature, validate=True), self.link.message())
+        except (InvalidSignature, binascii.Error, ValueError, ValidationError):
+            raise RenewalLinkError(
+                "the renewal link is not signed by the old key it names", field=LINK_FIELD, rule="A7"
+            ) from None
+        return self.link
+
+
+def linked_keys(start: str, links_from: Callable[[Collection[str]], Iterable[object]]) -> frozenset[str]:
+    """``start`` and every PeerID it renewed into, following links each signed by the older key
+    (:meth:`SignedRenewalLink.verify`); ``links_from(peers)`` gives the stored links whose old PeerID is
+    one of ``peers`` (whoever stores them: a link that does not verify is skipped, never followed)."""
+    found, frontier = {start}, {start}
+    while frontier and len(found) < MAX_LINKS:
+        nxt: set[str] = set()
+        for stored in links_from(sorted(frontier)):
+            try:
+                link = SignedRenewalLink.from_dict(stored).verify()
+            except CyxwizError:
+                continue
+            if link.old_peer_id in frontier and link.new_peer_id not in found:
+                nxt.add(link.new_peer_id)
+        found |= nxt
+        frontier = nxt
+    return frozenset(found)

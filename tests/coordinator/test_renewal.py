@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.coordinator.tables import node_certs
+from cyxwiz.ledger.payout import SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
 from cyxwiz.pki.certs import load_certificate
+from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
 from tests.coordinator.conftest import Env, auth, make_env
@@ -31,6 +34,13 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def _csr(key: ed25519.Ed25519PrivateKey, cn: str) -> str:
     return create_csr(key, common_name=cn).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _renewal(env: Env, node: str, key: ed25519.Ed25519PrivateKey, *, cn: str | None = None) -> dict[str, Any]:
+    """What the agent sends: the CSR and the link its current key signs to the new key (issue 17)."""
+    old = load_private_key(env.pki.node_key(node))
+    link = SignedRenewalLink.sign(old_key=old, new_peer_id=peer_id(key))
+    return {"csr": _csr(key, cn or node), "renewal_link": link.to_dict()}
 
 
 def _client_with(env: Env, tmp_path: Path, cert_pem: str, key: ed25519.Ed25519PrivateKey) -> httpx.Client:
@@ -52,7 +62,7 @@ def test_renewal_gives_a_short_lived_certificate_and_keeps_the_old_one_working(
     a = env.register("node-a")
     key = ed25519.Ed25519PrivateKey.generate()
     with env.client("node-a") as c:
-        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        r = c.post("/v1/nodes/renew", json=_renewal(env, "node-a", key), headers=auth(a["session_token"]))
         assert r.status_code == 200, r.text
         renewed = r.json()
     cert = x509.load_pem_x509_certificate(renewed["certificate"].encode())
@@ -87,27 +97,31 @@ def test_renewal_attacks(env: Env) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     with env.client("node-a") as c:
         # Under another node's name (C2): refused.
-        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-b")}, headers=auth(a["session_token"]))
+        r = c.post(
+            "/v1/nodes/renew",
+            json=_renewal(env, "node-a", key, cn="node-b"),
+            headers=auth(a["session_token"]),
+        )
         assert r.status_code == 403 and r.json()["field"] == "csr"
         # Garbage: refused and named.
         r = c.post("/v1/nodes/renew", json={"csr": "not a csr"}, headers=auth(a["session_token"]))
         assert r.status_code == 422 and r.json()["field"] == "csr"
         # No session token: the certificate alone does not renew.
-        assert c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}).status_code == 401
+        assert c.post("/v1/nodes/renew", json=_renewal(env, "node-a", key)).status_code == 401
         # Node B's session token over node A's certificate: the binding refuses it.
-        r = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(b["session_token"]))
+        r = c.post("/v1/nodes/renew", json=_renewal(env, "node-a", key), headers=auth(b["session_token"]))
         assert r.status_code == 401
         # Positive control, then the same key again: a key is certified once.
-        ok = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        ok = c.post("/v1/nodes/renew", json=_renewal(env, "node-a", key), headers=auth(a["session_token"]))
         assert ok.status_code == 200
-        again = c.post("/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"]))
+        again = c.post("/v1/nodes/renew", json=_renewal(env, "node-a", key), headers=auth(a["session_token"]))
         assert again.status_code == 409
     # The same key as the current certificate: not a renewal.
     current_key = serialization.load_pem_private_key(env.pki.node_key("node-b").read_bytes(), None)
     assert isinstance(current_key, ed25519.Ed25519PrivateKey)
     with env.client("node-b") as c:
         r = c.post(
-            "/v1/nodes/renew", json={"csr": _csr(current_key, "node-b")}, headers=auth(b["session_token"])
+            "/v1/nodes/renew", json=_renewal(env, "node-b", current_key), headers=auth(b["session_token"])
         )
         assert r.status_code == 422
 
@@ -116,15 +130,13 @@ def test_banned_or_revoked_node_cannot_renew(env: Env) -> None:
     a, b = env.register("node-a"), env.register("node-b")
     env.coord.store.set_node_status(a["node_id"], "banned")
     with env.client("node-a") as c:
-        csr = _csr(ed25519.Ed25519PrivateKey.generate(), "node-a")
-        assert (
-            c.post("/v1/nodes/renew", json={"csr": csr}, headers=auth(a["session_token"])).status_code == 403
-        )
+        body = _renewal(env, "node-a", ed25519.Ed25519PrivateKey.generate())
+        assert c.post("/v1/nodes/renew", json=body, headers=auth(a["session_token"])).status_code == 403
     env.pki.revoke(env.pki.node_cert("node-b"))
     env.coord.tls.check_now()
     with pytest.raises(httpx.TransportError), env.client("node-b") as c:
-        csr = _csr(ed25519.Ed25519PrivateKey.generate(), "node-b")
-        c.post("/v1/nodes/renew", json={"csr": csr}, headers=auth(b["session_token"]))
+        body = _renewal(env, "node-b", ed25519.Ed25519PrivateKey.generate())
+        c.post("/v1/nodes/renew", json=body, headers=auth(b["session_token"]))
 
 
 def test_admin_revoke_takes_the_earlier_certificates_too(env: Env, tmp_path: Path) -> None:
@@ -134,7 +146,7 @@ def test_admin_revoke_takes_the_earlier_certificates_too(env: Env, tmp_path: Pat
     key = ed25519.Ed25519PrivateKey.generate()
     with env.client("node-a") as c:
         renewed = c.post(
-            "/v1/nodes/renew", json={"csr": _csr(key, "node-a")}, headers=auth(a["session_token"])
+            "/v1/nodes/renew", json=_renewal(env, "node-a", key), headers=auth(a["session_token"])
         ).json()
     admin = env.user_token("root", role="admin")
     with env.client() as c:

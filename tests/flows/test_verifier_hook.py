@@ -20,16 +20,20 @@ def test_assigned_node_comes_from_the_coordinators_records(tmp_path: Path) -> No
     cert = load_certificate(pki.node_cert("node-1"))
     record = store.register_node(
         peer_id=peer_id(cert), subject=cert.subject.rfc4514_string(),
-        cert_serial=format(cert.serial_number, "x"), hardware={},
+        cert_serial=format(cert.serial_number, "x"), hardware={}, certificate=cert,
     )  # fmt: skip
     store.heartbeat(record.node_id)
     job_id = channel.create_job(user="u", spec={"job_type": "model"}, duration_s=60)
     assert assigned(job_id, channel) is None  # not dispatched yet
     channel.assign(job_id)
-    node = assigned(job_id, channel)
+    # The wallet follows the key that signed the job's proof (here configured by the name its
+    # certificate carries); with no verified proof there is none to pay (issue 17, F1).
+    node = assigned(job_id, channel, signer=peer_id(cert))
     assert node is not None and (node.node_id, node.peer_ids, node.wallet) == (
         record.node_id, {peer_id(cert)}, "W1",
     )  # fmt: skip
+    unproven = assigned(job_id, channel)
+    assert unproven is not None and unproven.wallet is None
     assert assigned("job-unknown", channel) is None
 
 

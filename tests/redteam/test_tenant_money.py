@@ -18,7 +18,6 @@ from solders.keypair import Keypair
 
 from cyxwiz.ids import new_job_id
 from cyxwiz.ledger import provision
-from cyxwiz.ledger.chain import LocalChain
 from cyxwiz.ledger.client_funding import FundingTerms, sign_funding
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.view import LedgerView
@@ -26,7 +25,7 @@ from cyxwiz.storage.local import LocalObjectStore
 from cyxwiz.storage.urlsign import UrlSigner
 from tasks.hooks import PrefectHooks
 from tests.coordinator.conftest import Env, auth, make_env
-from tests.ledger.conftest import MINIMUM, NODE_PEER, USER_FUNDS, World, build_world, make_pki
+from tests.ledger.conftest import MINIMUM, NODE_PEER, USER_FUNDS, World
 
 PAYMENT = 5 * MINIMUM
 
@@ -80,12 +79,8 @@ def _spec() -> dict[str, Any]:
 
 
 @pytest.fixture
-def market(tmp_path: Path) -> Iterator[Market]:
-    chain = LocalChain()
-    world = build_world(
-        chain, f"sqlite:///{tmp_path / 'escrow.db'}", fund=chain.airdrop, expire=chain.expire_blockhash,
-        pki=make_pki(tmp_path / "ledger-pki"),
-    )  # fmt: skip
+def market(money_world: World, tmp_path: Path) -> Iterator[Market]:
+    world, chain = money_world, money_world.chain
     bob = Keypair()
     chain.airdrop(bob.pubkey(), 10**9)
     provision.fund_wallet(
@@ -105,7 +100,6 @@ def market(tmp_path: Path) -> Iterator[Market]:
     )
     for env in make_env(tmp_path, hooks=hooks):
         yield Market(env=env, world=world, ledger=ledger, wallets={"alice": world.user, "bob": bob})
-    ledger.store.dispose()
 
 
 def _nothing_created(market: Market, user: str) -> None:

@@ -11,7 +11,13 @@ from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest, RenewRequest
 from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
-from cyxwiz.ledger.payout import SignedWalletStatement, StaleWalletStatementError, WalletStatementError
+from cyxwiz.ledger.payout import (
+    RenewalLinkError,
+    SignedRenewalLink,
+    SignedWalletStatement,
+    StaleWalletStatementError,
+    WalletStatementError,
+)
 from cyxwiz.transport.identity import PeerIdentity
 
 router = APIRouter(tags=["nodes"])
@@ -97,6 +103,36 @@ def _wallet_event(peer: PeerIdentity, ip: str | None, *, allowed: bool, reason: 
     )  # fmt: skip
 
 
+def _renewal_link(
+    ctx: Any, body: RenewRequest, old: PeerIdentity, new: PeerIdentity, ip: str | None
+) -> SignedRenewalLink:
+    """The current key's signed "the new key is mine" (issue 17; F1, A7), for exactly this renewal:
+    without it a proof signed by the old key could not be paid to the wallet the new key states, and
+    with a link another key signed the verifier would follow the coordinator's word, not the node's."""
+    if body.renewal_link is None:
+        raise ValidationError(
+            "a renewal needs the link the current key signs to the new one", field="renewal_link", rule="A7"
+        )
+    signed = SignedRenewalLink.from_dict(body.renewal_link)
+    try:
+        link = signed.verify()
+        if (link.old_peer_id, link.new_peer_id) != (old.peer_id, new.peer_id):
+            raise RenewalLinkError(
+                "the renewal link names other keys than this renewal's", field="renewal_link", rule="A7"
+            )
+    except RenewalLinkError as exc:
+        ctx.record(
+            ev.access_decision(
+                actor_id=old.peer_id, actor_type=ev.ActorType.NODE, resource=f"node:{old.peer_id}",
+                action="certificate.renew", allowed=False, reason=f"{exc.code}: {exc.message}",
+                ip_address=ip,
+            )
+        )  # fmt: skip
+        exc.audited = True  # type: ignore[attr-defined]
+        raise
+    return signed
+
+
 def _payout_wallet(value: str | None) -> str | None:
     """The wallet releases pay, bound to the caller's PeerID only (F1, C2); a public key, nothing secret."""
     if value is None:
@@ -133,6 +169,7 @@ def renew(
         raise ConflictError("no CA configured for renewal", field="csr")
     cert = ctx.renewer.sign(body.csr, current=caller.peer)
     new = PeerIdentity.from_certificate(cert)
+    link = _renewal_link(ctx, body, caller.peer, new, caller.ip)
     statement = None
     if body.wallet_statement is not None:  # checked before anything is stored: refused, nothing renewed
         statement = SignedWalletStatement.from_dict(body.wallet_statement)
@@ -142,8 +179,9 @@ def renew(
         except WalletStatementError as exc:
             raise _refused_wallet(ctx, caller.peer, caller.ip, exc) from None
     node = ctx.store.renew_node(
-        caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"), certificate=cert
-    )
+        caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"), certificate=cert,
+        renewal_link=link,
+    )  # fmt: skip
     if statement is not None:
         try:
             ctx.store.set_wallet_statement(node.node_id, statement)
