@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jwt
+
 from cyxwiz.coordinator.service import load_or_create_keyring
 from cyxwiz.tokens import TokenIssuer, TokenKind, TokenVerifier
 from cyxwiz.tokens.hsm_ring import uri_of
 from cyxwiz.tokens.keyring import DirKeyRingStore, rotate_if_due
+from cyxwiz.tokens.reload import KeyRingReloader
 from infra.startup import hsm_keyring_dir
 from tests._softhsm import HsmToken, softhsm, softhsm_session
 
@@ -27,11 +30,17 @@ def test_the_demo_ring_is_token_held_and_rotates_in_the_token(softhsm: HsmToken,
     assert (uri_of(first) or "").startswith("pkcs11:")
     old_token = TokenIssuer(keyring=ring, issuer="cyxwiz", audience="api").session(user_id="alice").token
 
+    reloader = KeyRingReloader(ring=ring, path=ring_dir)  # the coordinator's, which the gateway shares
+
     report = rotate_if_due(DirKeyRingStore(ring_dir), force=True)  # the rotation flow's step
     assert report.rotated and report.signing_kid != first.kid
+    assert reloader.check_now() and ring.signing_key.kid == report.signing_kid  # followed, no restart
+    fresh = TokenIssuer(keyring=ring, issuer="cyxwiz", audience="api").session(user_id="bob").token
+    assert jwt.get_unverified_header(fresh)["kid"] == report.signing_kid
     assert sorted(p.name for p in ring_dir.iterdir()) == ["ring.json"]  # never a key file
     rotated = DirKeyRingStore(ring_dir).load()
     assert all((uri_of(k) or "").startswith("pkcs11:") for k in rotated.all_keys())
     verifier = TokenVerifier.from_keyring(rotated, issuer="cyxwiz", audience="api")
     assert verifier.verify(old_token, kind=TokenKind.SESSION).claims["sub"] == "alice"  # old key kept
+    assert verifier.verify(fresh, kind=TokenKind.SESSION).claims["sub"] == "bob"  # signed in the token
     assert softhsm.pin not in (ring_dir / "ring.json").read_text()
