@@ -52,7 +52,8 @@ class OwnedObjects:
         return self.views.setdefault(node_id, NodeView())
 
     def _learn(self, caller: Caller, run: dict[str, Any]) -> bool:
-        """Record ``run`` as the caller's when it sits in the caller's queue of our pool."""
+        """Record ``run`` as the caller's when it sits in the caller's queue of our pool (a run in a
+        ``get_scheduled_flow_runs`` answer names no pool: that answer comes from the GPU pool's own route)."""
         if run.get("work_queue_name") != caller.queue or run.get("work_pool_name") not in (None, self.pool):
             return False
         run_id = canonical_uuid_or_none(run.get("id"))
