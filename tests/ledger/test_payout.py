@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 from solders.keypair import Keypair
@@ -85,3 +87,42 @@ def test_the_newest_statement_wins(dev: DevPKI) -> None:
         check_newer(later.to_dict(), first)
     with pytest.raises(ValidationError, match="future"):
         _signed(dev, issued_at=10**13).check_fresh(now=1_000)
+
+
+def test_renewal_links_are_followed_only_forward_and_only_when_the_old_key_signed(dev: DevPKI) -> None:
+    """A7/F1: a link is the old key's signed "this new key is mine" (its own domain); :func:`linked_keys`
+    follows a chain of them from a proof's key and skips a link another key signed, an edited one, a link
+    into the key (backwards), and anything malformed."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cyxwiz.ledger.payout import LINK_DOMAIN, RenewalLinkError, SignedRenewalLink, linked_keys
+
+    k0, k1, k2 = (ed25519.Ed25519PrivateKey.generate() for _ in range(3))
+    p0, p1, p2 = (peer_id(k) for k in (k0, k1, k2))
+    thief = load_private_key(dev.node_key("node-2"))
+    first = SignedRenewalLink.sign(old_key=k0, new_peer_id=p1)
+    second = SignedRenewalLink.sign(old_key=k1, new_peer_id=p2)
+    assert first.verify().new_peer_id == p1  # positive control
+    assert (
+        k0.public_key().verify(  # the bytes signed: the domain, then RFC 8785
+            base64.b64decode(first.signature), LINK_DOMAIN + canonical_json(first.link.to_dict())
+        )
+        is None
+    )
+    forged = SignedRenewalLink.sign(old_key=thief, new_peer_id=peer_id(thief)).to_dict()
+    forged["link"]["old_peer_id"] = p0  # "p0 renewed into the thief's key", signed by the thief
+    edited = first.to_dict()
+    edited["link"]["new_peer_id"] = peer_id(thief)
+    for bad in (forged, edited):
+        with pytest.raises(RenewalLinkError):
+            SignedRenewalLink.from_dict(bad).verify()
+    with pytest.raises(ValidationError):
+        SignedRenewalLink.from_dict({"link": {}, "signature": ""})
+    stored: list[dict[str, Any]] = [first.to_dict(), second.to_dict(), forged, edited, {"garbage": True}]
+
+    def links_from(peers: Collection[str]) -> list[dict[str, Any]]:
+        return [s for s in stored if "link" not in s or s["link"]["old_peer_id"] in peers]
+
+    assert linked_keys(p0, links_from) == {p0, p1, p2}
+    assert linked_keys(p1, links_from) == {p1, p2}  # never back to the key it renewed from
+    assert linked_keys(p2, links_from) == {p2}
