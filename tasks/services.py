@@ -25,11 +25,16 @@ from cyxwiz.errors import ConfigError, VerificationError
 from tasks.config import ENV_VAR, ControlPlaneConfig
 
 if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from solders.keypair import Keypair
+
     from cyxwiz.audit import AuditLog
     from cyxwiz.ledger.ledger import EscrowLedger
     from cyxwiz.ledger.rpc import RpcChain
     from cyxwiz.storage.base import BaseObjectStore
     from cyxwiz.verification.report import VerificationReport
+    from cyxwiz.verification.verifier import TrustStore
     from tasks.channel import ControlChannel
     from tasks.control import JobRequest
 
@@ -151,7 +156,7 @@ def store() -> BaseObjectStore:
     return current().store
 
 
-def audit_public_key() -> Any:
+def audit_public_key() -> Ed25519PublicKey:
     """The pinned key audit verification trusts: ``CYXWIZ_AUDIT_PUBLIC_KEY`` (a PEM file), else the public
     half of the configured audit signing key; never a key found inside the log (H4)."""
     from cyxwiz.audit.digest import load_public_key
@@ -162,7 +167,7 @@ def audit_public_key() -> Any:
     return audit().signing_key.public_key()
 
 
-def anchor_wallet() -> tuple[RpcChain, Any]:
+def anchor_wallet() -> tuple[RpcChain, Keypair]:
     """(ledger chain client, the dedicated low-value anchoring wallet) for the ``audit-anchor`` flow:
     the sealed key in ``CYXWIZ_AUDIT_ANCHOR_KEY`` (opened with the plane's ledger passphrase), the RPC
     URL of the ledger config. The wallet holds fee money only; it never touches escrow (H4)."""
@@ -364,7 +369,9 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
         )
 
 
-def node_certificate(node_id: str | None, proof_peer_id: str) -> tuple[Any, frozenset[str]]:
+def node_certificate(
+    node_id: str | None, proof_peer_id: str
+) -> tuple[x509.Certificate | None, frozenset[str]]:
     """(the certificate the proof names, every PeerID of the node) from the coordinator's records of the
     certificates it accepted or issued for the assigned node, never from a PKI directory: a proof signed
     before a renewal is judged by the certificate it was signed with (A7, F1). The certificate is None when
@@ -382,7 +389,7 @@ def node_certificate(node_id: str | None, proof_peer_id: str) -> tuple[Any, froz
     return None, peers
 
 
-def _node_trust(cfg: ControlPlaneConfig) -> Any:
+def _node_trust(cfg: ControlPlaneConfig) -> TrustStore:
     """What node certificates are judged against: every organization of the federation's trust policy
     (its CAs and its CRL file in force) when the control plane runs one, else its own PKI (A7)."""
     from cyxwiz.verification.verifier import TrustStore
@@ -398,7 +405,7 @@ def _node_trust(cfg: ControlPlaneConfig) -> Any:
     )
 
 
-def check_outputs_against_proof(st: Any, job_id: str, proof_doc: Any) -> list[str]:
+def check_outputs_against_proof(st: BaseObjectStore, job_id: str, proof_doc: Any) -> list[str]:
     """Outputs are frozen by the proof (issue 18, D3): every stored object must be one the proof lists,
     with the proof's SHA-256 (its body re-hashed). An object the proof does not list is refused: removed,
     never archived; one whose content differs (overwritten after the proof) fails the archive. Returns
