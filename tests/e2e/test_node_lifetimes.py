@@ -92,6 +92,12 @@ def test_a_node_keeps_its_session_through_several_certificate_lifetimes(stack: E
     assert progress["step"] == progress["total"] == int(seconds / 2)  # every report got through
     renewed = list((stack.home / "agents" / NODE / "identity").glob("*-cert.pem"))
     assert len(renewed) >= 3, "several certificates came and went while the job ran"
+    # The run itself says it reported under several certificates (its artifact, made through the gateway
+    # in the node's namespace): the job was in flight across the renewals, not between them.
+    of_run = {"artifacts": {"flow_run_id": {"any_": [str(run.id)]}}}
+    made = httpx.post(f"{stack.prefect.api_url}/artifacts/filter", json=of_run, timeout=30).json()
+    [said] = [a["data"] for a in made if str(a.get("key") or "").endswith("-long-job")]
+    assert int(said.split(" under ")[1].split()[0]) >= 2, said
     assert stack.agents[NODE].poll() is None  # the agent never fell over
     nodes = stack.coordinator.store.list_nodes()
     assert [n.node_id for n in nodes] == [node_id] and nodes[0].status == "active"  # one node all along
