@@ -60,15 +60,22 @@ class SessionRows:
                 )
             )
 
-    def revoke_sessions_of_certs(self, revoked: frozenset[tuple[str, int]]) -> list[str]:
-        """Revoke every live session opened with a certificate in ``revoked`` ((issuer, serial) pairs)."""
+    def revoke_sessions_of_certs(
+        self, revoked: frozenset[tuple[str, int]], *, dead_issuers: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """Revoke every live session opened with a certificate in ``revoked`` ((issuer, serial) pairs) or
+        issued by a CA in ``dead_issuers`` (subject DNs of revoked CAs: their leaves die with them)."""
         with self._tx() as conn:
             rows = conn.execute(
                 sa.select(session_certs.c.session_id, session_certs.c.issuer, session_certs.c.serial)
                 .join(sessions, sessions.c.session_id == session_certs.c.session_id)
                 .where(sessions.c.revoked.is_(False))
             ).all()
-            doomed = [r.session_id for r in rows if (r.issuer, int(r.serial, 16)) in revoked]
+            doomed = [
+                r.session_id
+                for r in rows
+                if (r.issuer, int(r.serial, 16)) in revoked or r.issuer in dead_issuers
+            ]
             if doomed:
                 conn.execute(sessions.update().where(sessions.c.session_id.in_(doomed)).values(revoked=True))
         return doomed

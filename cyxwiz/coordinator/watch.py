@@ -7,6 +7,10 @@ its refresh family dies with it even when its holder is not connected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from cryptography import x509
+
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.store import CoordinatorStore
@@ -14,6 +18,23 @@ from cyxwiz.poller import Poller
 from cyxwiz.tokens.reload import KeyRingReloader
 from cyxwiz.transport.crl import CRLSnapshot
 from cyxwiz.transport.reload import ServerTLS
+
+
+def revoked_cas(cas: Sequence[x509.Certificate], revoked: frozenset[tuple[str, int]]) -> frozenset[str]:
+    """Subject DNs of the trusted CAs the CRL revokes, and of every CA below one (an intermediate the root
+    revoked takes what it issued with it, as the handshake does: A6)."""
+    dead: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for ca in cas:
+            subject, issuer = ca.subject.rfc4514_string(), ca.issuer.rfc4514_string()
+            if subject in dead or subject == issuer:
+                continue
+            if (issuer, ca.serial_number) in revoked or issuer in dead:
+                dead.add(subject)
+                grew = True
+    return frozenset(dead)
 
 
 class CoordinatorWatch:
@@ -41,7 +62,9 @@ class CoordinatorWatch:
         if snapshot is None or snapshot is self._seen:
             return []
         self._seen = snapshot
-        doomed = self.store.revoke_sessions_of_certs(snapshot.revoked)
+        doomed = self.store.revoke_sessions_of_certs(
+            snapshot.revoked, dead_issuers=revoked_cas(self.tls.trusted_cas, snapshot.revoked)
+        )
         for session_id in doomed:
             if self.audit is not None:
                 self.audit.record(

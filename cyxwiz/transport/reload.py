@@ -142,6 +142,11 @@ class ServerTLS:
         return None
 
     @property
+    def trusted_cas(self) -> list[x509.Certificate]:
+        """The CA certificates of the trust bundle (what a CRL's revoked CAs are looked up in)."""
+        return list(self._trusted)
+
+    @property
     def snapshot(self) -> CRLSnapshot | None:
         return self._snapshot
 

@@ -261,3 +261,34 @@ def test_a_cut_off_node_is_every_certificate_it_renewed_from(tmp_path: Path) -> 
     store.set_node_status(node.node_id, "banned")
     assert standing.cut_off_peers() == {"12D3KooWOld", "12D3KooWNew"}
     assert other.peer_id not in standing.cut_off_peers()
+
+
+def test_a_revoked_issuing_ca_kills_the_refresh_families_of_its_leaves(both: Both) -> None:
+    """The root revokes the issuing CA (A6): the sessions of every certificate that CA issued are revoked
+    at the coordinator within 5 s, as its leaves' handshakes are refused — a family does not outlive the
+    CA of the certificate it was opened with (B5; issue 18 audit list)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from cyxwiz.pki.ca import CertificateAuthority
+    from cyxwiz.pki.certs import load_certificate
+
+    with httpx.Client(base_url=both.coord.url, verify=both.ctx("user"), timeout=10) as c:  # type: ignore[arg-type]
+        pair = c.post("/v1/auth/login").json()
+        assert c.post("/v1/tokens/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
+    assert not both.coord.store.is_session_revoked(pair["session_id"])  # positive control
+    root = CertificateAuthority.from_dir(both.pki.root_ca_cert.parent)
+    root.revoke(load_certificate(both.pki.ca_cert), reason="keyCompromise")
+    root_crl = root.generate_crl(write=False).public_bytes(serialization.Encoding.PEM)
+    issuing_crl = both.pki.crl.read_bytes()
+    staged = both.pki.crl.with_name(".crl.tmp")
+    staged.write_bytes(issuing_crl + root_crl)  # the published CRL file: one CRL per CA
+    staged.replace(both.pki.crl)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not both.coord.store.is_session_revoked(pair["session_id"]):
+        time.sleep(0.05)
+    assert both.coord.store.is_session_revoked(pair["session_id"])
+    assert any(
+        e.resource == f"token-family:{pair['session_id']}"
+        and e.details.get("reason") == "certificate revoked"
+        for e in both.audit.events
+    )
