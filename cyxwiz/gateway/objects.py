@@ -27,6 +27,8 @@ from cyxwiz.tokens.verifier import TokenVerifier
 #: worker (infrastructure pid) set. Not where the run lives (queue, pool, deployment), nor what says whose
 #: job it is (parameters, tags: the job id the job-token rule reads) nor its job variables.
 _PATCHABLE_RUN_FIELDS = frozenset({"name", "flow_version", "empirical_policy", "infrastructure_pid"})
+#: New (not yet attributed) task runs one log batch may name.
+MAX_NEW_TASK_RUNS_PER_BATCH = 256
 #: Prefect's artifact keys: lower-case ASCII letters, digits and dashes.
 _ARTIFACT_KEY = re.compile(r"[a-z0-9-]+")
 
@@ -279,6 +281,10 @@ class OwnedObjects:
                 caller, resource, "logs", owned, "logs of own run" if owned else "logs for another run"
             )
             self._job_alive(caller, resource, "logs", run_id)
+        named = {str(line["task_run_id"]) for line in lines if line.get("task_run_id") is not None}
+        unseen = {t for t in named if self.task_runs.owner(t) is None}
+        if len(unseen) > MAX_NEW_TASK_RUNS_PER_BATCH:  # each costs a lookup upstream: no amplification (I)
+            self._decide(caller, resource, "logs", False, "log batch names too many new task runs")
         for line in lines:
             await self._task_run(caller, resource, "logs", line)
 

@@ -23,6 +23,9 @@ from cyxwiz.gateway.model import Caller, NodeView, TaskRuns
 from cyxwiz.gateway.policy import Match, match
 from cyxwiz.gateway.standing import LiveChannels, Standing
 
+#: Task runs one event may name (its own, and the task runs it runs inside): each new one costs a lookup.
+MAX_TASK_RUNS_PER_EVENT = 8
+
 
 class WebSocketProxy:
     """Mixed into :class:`cyxwiz.gateway.proxy.Gateway`, which provides identity, decisions and views."""
@@ -211,10 +214,20 @@ class WebSocketProxy:
         view = self.view(caller.node_id)
         if kind == "events_in":
             named = events.task_run_ids(events.json_object(text))
-            mine = {t for t in named if await self._attribute_task_run(caller, t)}
-            refusal = events.emit_refusal(
-                text, view, queue=caller.queue, pool_ids=self.pool_ids, tasks=mine.__contains__
-            )
+
+            # The cheap checks first (nothing asked upstream for an event refused anyway), then each task
+            # run not seen before is attributed by the API: a handful per event, never a flood of lookups.
+            def maybe(task_run: str) -> bool:
+                return self.task_runs.owner(task_run) in (None, caller.node_id)
+
+            refusal = events.emit_refusal(text, view, queue=caller.queue, pool_ids=self.pool_ids, tasks=maybe)
+            if refusal is None and len(named) > MAX_TASK_RUNS_PER_EVENT:
+                refusal = f"event names more than {MAX_TASK_RUNS_PER_EVENT} task runs"
+            if refusal is None:
+                mine = {t for t in named if await self._attribute_task_run(caller, t)}
+                refusal = events.emit_refusal(
+                    text, view, queue=caller.queue, pool_ids=self.pool_ids, tasks=mine.__contains__
+                )
             refusal = refusal or self._dead_job_event(caller, text)
             if refusal is None:
                 # Only an accepted event makes a new task run the node's (a refused one claims nothing).

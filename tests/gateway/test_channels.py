@@ -395,3 +395,23 @@ def test_message_authenticated_websocket_to_another_pool_is_closed_and_audited(g
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     assert len(gw.upstream.worker_frames) == before
     assert "work pool 'control' is not the node pool" in gw.denials()
+
+
+def test_task_run_lookups_are_bounded_per_event_and_per_log_batch(gw: GwEnv) -> None:
+    """A task run the gateway has not seen is attributed by asking the Prefect API: one event or log
+    batch naming a flood of them would turn into a flood of lookups, so it is refused (SPEC I)."""
+    mine = gw.upstream.add_run("node-a")
+    own_run = f"prefect.flow-run.{mine['id']}"
+    tasks = [f"prefect.task-run.{uuid.uuid4()}" for _ in range(9)]
+    event = json.loads(_event("prefect.task-run.Pending", tasks[0], [own_run, *tasks[1:]]))
+    sent = _emit(gw, [json.dumps(event)])
+    assert sent == ["test.end"]
+    assert "event names more than 8 task runs" in _denied(gw, "events_in.event")
+    with gw.client("node-a", gw.token("node-a")) as c:
+        line = {"flow_run_id": mine["id"], "message": "m"}
+        flood = [{**line, "task_run_id": str(uuid.uuid4())} for _ in range(257)]
+        assert c.post("/api/logs/", json=flood).status_code == 403
+        fine = [{**line, "task_run_id": str(uuid.uuid4())} for _ in range(2)]
+        assert c.post("/api/logs/", json=fine).status_code == 200  # positive control
+    assert "log batch names too many new task runs" in gw.denials()
+    assert len(gw.upstream.logs) == 2
