@@ -7,8 +7,8 @@ submits one job, watches it reach a lifecycle step, ``kill -9``s one process (wi
 restarts it and then runs the escrow sweep every ``SWEEP_INTERVAL_S`` until the job is terminal; the cell
 records the outcome and checks supply, paid-once and the audit chain (:mod:`infra.chaos_cells`).
 
-A partition cuts a node off from the coordinator and the gateway: its agent reaches both through a relay
-owned by the harness (:class:`Cable`), which refuses and drops every connection while cut.
+A network partition is not here: it is iptables inside a node's own namespace, on the multi-host
+harness (:meth:`infra.netns.Topology.partition`, tests/e2e/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -153,73 +152,10 @@ def _listening(port: int) -> bool:
     return True
 
 
-class Cable:
-    """A TCP relay between a node and one control-plane listener; :meth:`cut` is the partition.
-
-    While cut, open connections are dropped and new ones are closed at once: the node sees what a
-    partition shows it (its calls fail), the listener sees the node fall silent. TLS runs end to end
-    through it: the relay sees only ciphertext."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._cut = threading.Event()
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def cut(self) -> None:
-        self._cut.set()
-        with self._lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.close()
-            self._open.clear()
-
-    def heal(self) -> None:
-        self._cut.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._cut.is_set():
-                near.close()
-                continue
-            try:
-                far = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                near.close()
-                continue
-            with self._lock:
-                self._open.update((near, far))
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.close()
-        with self._lock:
-            self._open.discard(src)
-            self._open.discard(dst)
-
-
 @dataclass(kw_only=True)
 class ChaosStack:
     stack: EmbeddedStack
     services: dict[str, Service] = field(default_factory=dict)
-    cables: dict[str, tuple[Cable, Cable]] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
 
     def agent_service(self, name: str) -> Service:
@@ -238,36 +174,15 @@ class ChaosStack:
 
         return Service(name=f"agent:{name}", pid=pid, start=start, reap=reap)
 
-    def start_agent(self, name: str, *, cabled: bool = False) -> None:
-        """A node agent; ``cabled``: it reaches the coordinator and the gateway through :class:`Cable`\\ s."""
+    def start_agent(self, name: str) -> None:
         extra = {
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(FLOW_HEARTBEAT_S),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
         }
-        if cabled or name in self.cables:
-            if name not in self.cables:
-                self.cables[name] = (
-                    Cable(_address(self.stack.coordinator.url)),
-                    Cable(_address(self.stack.env["CYXWIZ_GATEWAY_URL"])),
-                )
-            coordinator, gateway = self.cables[name]
-            extra["CYXWIZ_COORDINATOR_URL"] = f"https://127.0.0.1:{coordinator.port}"
-            extra["CYXWIZ_GATEWAY_URL"] = f"https://127.0.0.1:{gateway.port}"
         self.stack.start_agent(name, extra_env=extra)
         self.stack.wait_for_node(name)
 
-    def cut(self, name: str) -> None:
-        for cable in self.cables[name]:
-            cable.cut()
-
-    def heal(self, name: str) -> None:
-        for cable in self.cables[name]:
-            cable.heal()
-
     def close(self) -> None:
-        for pair in self.cables.values():
-            for cable in pair:
-                cable.close()
         for proc in self.procs:
             proc.stop()
 
@@ -326,12 +241,9 @@ def _prefect_service(stack: EmbeddedStack, chaos: ChaosStack) -> Service:
 
 
 @contextlib.contextmanager
-def chaos_stack(
-    home: Path, *, nodes: tuple[str, ...] = ("node-1", "node-2"), cabled: tuple[str, ...] = ()
-) -> Iterator[ChaosStack]:
+def chaos_stack(home: Path, *, nodes: tuple[str, ...] = ("node-1", "node-2")) -> Iterator[ChaosStack]:
     """The embedded stack with coordinator and gateway moved into their own processes, short loss and
-    silence limits for the lifecycle, the control worker and ``nodes`` running (``cabled`` ones behind
-    their :class:`Cable`\\ s)."""
+    silence limits for the lifecycle, the control worker and ``nodes`` running."""
     from tasks import services
     from tasks.config import ControlPlaneConfig
 
@@ -387,7 +299,7 @@ def chaos_stack(
                 reap=lambda: _wait(stack.agents.get("__control__")),
             )  # fmt: skip
             for name in nodes:
-                chaos.start_agent(name, cabled=name in cabled)
+                chaos.start_agent(name)
                 chaos.services[f"agent:{name}"] = chaos.agent_service(name)
             yield chaos
         finally:

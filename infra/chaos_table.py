@@ -2,7 +2,8 @@
 
 ``python -m infra.chaos_table [--cells ci|all|PROCESS@STEP,...] [--doc docs/chaos.md] [--results
 bench/RESULTS.md] [--json FILE]`` brings :func:`infra.chaos.chaos_stack` up once and runs every cell
-against it, one job each, then a partition: a node cut off from the coordinator and the gateway mid-job.
+against it, one job each. (The partition, a node cut off from the control plane mid-job, is iptables in
+the node's own namespace on the multi-host harness: tests/e2e/test_multihost.py.)
 
 After every cell: the job is terminal (escrow released or refunded and its lifecycle run final), the
 token supply (every wallet plus every escrow) is what it was, nothing was paid twice (one settle
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime as dt
 import json
 import shutil
 import sys
@@ -255,37 +255,6 @@ class Runner:
             self.supervise(failed)
             return failed
 
-    def partition(self, node: str) -> Cell:
-        """Cut ``node`` off from coordinator and gateway mid-training for longer than its loss limit."""
-        cell = Cell(process=f"partition:{node}", step="training")
-        before = self.supply()
-        wallets_before = self.stack.balances()
-        job_id, run_id, payment = self.submit(node)
-        cell.observed = self.wait_for(job_id, run_id, "training")
-        lost_node = self.stack.coordinator.store.job(job_id).node_id
-        cut_at = time.monotonic()
-        self.chaos.cut(node)
-        self._wait_moved_or_settled(job_id, node_id=lost_node)
-        self.chaos.heal(node)
-        healed = dt.datetime.now(dt.UTC)
-        self.settle(cell, job_id, run_id, killed_at=cut_at)
-        self.check(cell, job_id, payment=payment, before=before, wallets_before=wallets_before)
-        back = _until(lambda: self._heartbeat_after(lost_node, healed), timeout=60)
-        cell.checks["reconnected"] = bool(back)
-        cell.checks["partitioned_node_paid"] = (
-            self.stack.balances()[f"node:{node}"] - wallets_before[f"node:{node}"]
-        )
-        if not back or (cell.checks["partitioned_node_paid"] and cell.paid_to != node):
-            cell.supply_ok = False
-            cell.note += " partitioned node did not reconnect cleanly or was paid"
-        return cell
-
-    def _heartbeat_after(self, node_id: str | None, moment: dt.datetime) -> bool:
-        for record in self.stack.coordinator.store.list_nodes():
-            if record.node_id == node_id and record.last_heartbeat is not None:
-                return bool(record.last_heartbeat > moment)
-        return False
-
     def _wait_moved_or_settled(self, job_id: str, *, node_id: str | None) -> None:
         from tasks import services
 
@@ -429,12 +398,7 @@ def render(cells: list[Cell], *, seconds: float) -> str:
             else:
                 entries.append(cell.label())
         rows.append(f"| {step} | " + " | ".join(entries) + " |")
-    extra = [c for c in cells if c.process.startswith("partition")]
     lines = [*rows, ""]
-    for cell in extra:
-        lines.append(
-            f"- {cell.process} at {cell.step}: {cell.label()}; reconnected: {cell.checks.get('reconnected')}"
-        )
     failed = [c for c in cells if c.outcome != "n/a" and not c.ok]
     lines.append(
         f"- cells run: {sum(c.outcome != 'n/a' for c in cells)}, failed: {len(failed)}, in {seconds:.0f} s"
@@ -456,7 +420,6 @@ def _write(args: argparse.Namespace, cells: list[Cell], started: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.chaos_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default="ci", help="ci | all | PROCESS@STEP,...")
-    parser.add_argument("--no-partition", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--table", type=Path, default=None, help="write the markdown table here")
     parser.add_argument("--down", type=float, default=0.0, help="seconds a killed part stays down")
@@ -468,12 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cells: list[Cell] = []
     try:
-        with chaos_stack(home, nodes=("node-1", "node-2", "node-3"), cabled=("node-3",)) as chaos:
+        with chaos_stack(home, nodes=("node-1", "node-2", "node-3")) as chaos:
             runner = Runner(chaos, down_s=args.down)
-            if not args.no_partition:  # first: it is in CI, and a long table may be cut short
-                cell = runner.partition("node-3")
-                print(f"partition node-3: {cell.label()}", flush=True)
-                cells.append(cell)
             for process, step in select(args.cells):
                 cell = runner.attempt(process, step)
                 print(f"{process}@{step}: {cell.label() if cell.outcome != 'n/a' else 'n/a'}", flush=True)

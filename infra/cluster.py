@@ -1,7 +1,9 @@
 """The multi-host harness: the control plane and each node agent and user on their own network namespace.
 
 ``python -m infra.cluster up --nodes 3 --users 2`` builds it and serves until Ctrl-C; ``down`` removes any
-topology left behind (its processes stopped first); ``list`` shows them. Tests use :meth:`Cluster.running`.
+topology left behind (its processes stopped first); ``list`` shows them; ``partition HOST`` cuts a host off
+from the control plane (iptables inside its namespace) and ``heal HOST`` undoes it. Tests use
+:meth:`Cluster.running`.
 
 The control plane (:mod:`infra.controlplane`) runs Prefect on PostgreSQL, the ledger service, coordinator,
 gateway and control worker in its namespace; node agents (``python -m agents``) each run in theirs with
@@ -30,6 +32,8 @@ from infra.netns import Host, Topology, list_namespaces, topology
 
 PROJECT = Path(__file__).resolve().parents[1]
 _CARRIED = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TERM")
+#: Seconds between two heartbeats of a node agent.
+HEARTBEAT_S = 2
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -69,13 +73,17 @@ class Cluster:
         nodes: Sequence[str] = ("node-1",),
         users: Sequence[str] = ("demo-user",),
         timeout: float = 420.0,
+        node_lost_s: int | None = None,
     ) -> Iterator[Cluster]:
-        """Build the namespaces, start the control plane in its own, open the public ports, yield."""
+        """Build the namespaces, start the control plane in its own, open the public ports, yield.
+        ``node_lost_s``: the heartbeat silence after which a lifecycle re-dispatches (config: 60 s)."""
         hosts = [(n, "node") for n in nodes] + [(u, "user") for u in users]
         with topology(hosts=hosts) as net:
             log = (home / "control-plane.log").open("ab")
             extra_users = ",".join(u for u in users if u != "demo-user")
             argv = [sys.executable, "-m", "infra.controlplane", "--home", str(home)]
+            if node_lost_s is not None:
+                argv += ["--node-lost-s", str(int(node_lost_s))]
             supervisor = net.popen(
                 net.control,
                 [*argv, "--nodes", ",".join(nodes), "--users", extra_users],
@@ -112,12 +120,11 @@ class Cluster:
     def host(self, name: str) -> Host:
         return self.net.host(name)
 
-    def start_agent(self, name: str) -> subprocess.Popen[bytes]:
-        """A node agent in the node's namespace, knowing only its own certificate and the two URLs."""
+    def agent_env(self, name: str) -> dict[str, str]:
+        """What node ``name``'s agent knows: its own certificate and work dir, the two public URLs."""
         pki = Path(self.ready["pki_root"])
         work = self.home / "agents" / name
-        work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = base_env(
+        return base_env(
             PREFECT_HOME=str(work / "prefect"),
             CYXWIZ_NODE_NAME=name,
             CYXWIZ_NODE_CERT=str(pki / "nodes" / f"{name}-cert.pem"),
@@ -131,11 +138,16 @@ class Cluster:
             PREFECT_WORKER_QUERY_SECONDS="2",
             CYXWIZ_NODE_WALLET=self.ready["wallets"][f"node:{name}"],
         )
+
+    def start_agent(self, name: str) -> subprocess.Popen[bytes]:
+        """A node agent in the node's namespace, knowing only its own certificate and the two URLs."""
+        work = self.home / "agents" / name
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = (work / "agent.log").open("ab")
         proc = self.net.popen(
             self.host(name),
-            [sys.executable, "-m", "agents", "--heartbeat", "2"],
-            env=env,
+            [sys.executable, "-m", "agents", "--heartbeat", str(HEARTBEAT_S)],
+            env=self.agent_env(name),
             cwd=PROJECT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -223,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--users", type=int, default=1)
     up.add_argument("--home", type=Path, default=None)
+    up.add_argument("--node-lost-s", type=int, default=None, help="heartbeat silence before a re-dispatch")
     sub.add_parser("list", help="namespaces of this harness on this machine")
     down = sub.add_parser("down", help="stop and remove topologies left behind")
     down.add_argument("--tag", default=None, help="only this topology's (default: all)")
+    for verb, what in (("partition", "cut a host off from the control plane"), ("heal", "undo partition")):
+        cut = sub.add_parser(verb, help=what)
+        cut.add_argument("host", help="the host's name, e.g. node-2")
+        cut.add_argument("--tag", default=None, help="the topology (default: the only one)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("infra.cluster: network namespaces need root", file=sys.stderr)
@@ -239,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             Topology.existing(tag).destroy()
         print(f"removed {len(tags)} topologies")
         return 0
+    if args.command in ("partition", "heal"):
+        return _partition(args.host, tag=args.tag, heal=args.command == "heal")
     home = args.home or Path(tempfile.mkdtemp(prefix="cyxmh-", dir="/tmp"))
     nodes = [f"node-{i}" for i in range(1, args.nodes + 1)]
     users = ["demo-user", *(f"user-{i}" for i in range(2, args.users + 1))]
-    with Cluster.running(home, nodes=nodes, users=users) as cluster, contextlib.suppress(KeyboardInterrupt):
+    running = Cluster.running(home, nodes=nodes, users=users, node_lost_s=args.node_lost_s)
+    with running as cluster, contextlib.suppress(KeyboardInterrupt):
         for name in nodes:
             cluster.start_agent(name)
         print(
@@ -250,6 +270,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("enter a host: nsenter --net=/run/netns/<namespace> bash; Ctrl-C stops everything", flush=True)
         signal.pause()
+    return 0
+
+
+def _partition(host: str, *, tag: str | None, heal: bool) -> int:
+    """``partition``/``heal`` HOST of the running topology (the only one, or ``tag``'s)."""
+    tags = sorted({n[3:].split("-")[0] for n in list_namespaces(tag)})
+    if len(tags) != 1:
+        print(
+            f"infra.cluster: {len(tags)} topologies here ({', '.join(tags)}): name one with --tag",
+            file=sys.stderr,
+        )
+        return 2
+    net = Topology.existing(tags[0])
+    if host not in net.hosts:
+        print(f"infra.cluster: no host {host!r} in topology {tags[0]}", file=sys.stderr)
+        return 2
+    if heal:
+        net.heal(host)
+    else:
+        net.partition(host)
+    print(f"{host} {'healed' if heal else 'partitioned from the control plane'}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -61,7 +62,14 @@ def user_certificate(pki: Any, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: threading.Event) -> None:
+def serve(
+    home: Path,
+    *,
+    nodes: tuple[str, ...],
+    users: tuple[str, ...],
+    stop: threading.Event,
+    node_lost_s: int | None = None,
+) -> None:
     from infra.postgres import local_postgres
     from infra.stack import embedded_stack
 
@@ -80,6 +88,8 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
             prefect_database_url=pg.url("asyncpg"),
         ) as stack,
     ):
+        if node_lost_s is not None:
+            set_node_lost_s(stack.config_path, node_lost_s)
         stack.env["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # dispatch follows a submission within a second
         # The lifecycle's logs reach PostgreSQL: they explain what happened to a job.
         stack.env["PREFECT_LOGGING_LEVEL"] = "INFO"
@@ -114,6 +124,19 @@ def serve(home: Path, *, nodes: tuple[str, ...], users: tuple[str, ...], stop: t
         stop.wait()
 
 
+def set_node_lost_s(config_path: Path, seconds: int) -> None:
+    """The heartbeat silence after which a lifecycle takes a node for lost (the config's ``node_lost_s``),
+    before the control worker starts: a harness partitions a node for longer than this, not a minute."""
+    from tasks import services
+    from tasks.config import ControlPlaneConfig
+
+    if seconds < 1:
+        raise ValueError("node_lost_s must be at least 1 s")
+    config = ControlPlaneConfig.from_file(config_path)
+    dataclasses.replace(config, node_lost_s=seconds).to_file(config_path)
+    services.reset()
+
+
 def balances(ready: dict[str, Any]) -> dict[str, int]:
     """Every user's and node's token balance, ``user:<name>``/``node:<name>`` (inside the control plane)."""
     from solders.pubkey import Pubkey
@@ -140,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", default="node-1", help="comma-separated node names")
     parser.add_argument("--users", default="", help="comma-separated extra user names")
     parser.add_argument("--balances", action="store_true", help="print the ledger balances as JSON and exit")
+    parser.add_argument(
+        "--node-lost-s", type=int, default=None, help="node_lost_s of the lifecycles (default: the config's)"
+    )
     args = parser.parse_args(argv)
     if args.balances:
         print(json.dumps(balances(json.loads((args.home / READY).read_text()))))
@@ -154,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes = tuple(n for n in args.nodes.split(",") if n)
     users = tuple(u for u in args.users.split(",") if u)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.home, nodes=nodes, users=users, stop=stop)
+        serve(args.home, nodes=nodes, users=users, stop=stop, node_lost_s=args.node_lost_s)
     return 0
 
 

@@ -1,5 +1,6 @@
 """A node lost mid-job (issue 21 chaos; F1, F2, C3): when it counts as lost, and that re-dispatch never
-picks a lost node again. The whole path (kill -9, partition) runs in tests/e2e/test_chaos.py."""
+picks a lost node again. The whole path runs in tests/e2e/test_chaos.py (kill -9) and
+tests/e2e/test_multihost.py (a partition)."""
 
 from __future__ import annotations
 
