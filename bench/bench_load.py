@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,11 @@ def _usage(pid: int) -> tuple[float, int]:
 
 class Node:
     def __init__(self, url: str, ctx: ssl.SSLContext, address: str, key: Path | None = None) -> None:
-        transport = httpx.AsyncHTTPTransport(verify=ctx, local_address=address, retries=0)
+        # One mTLS connection per node, as the docstring says and an agent does: a job-token fetch while a
+        # heartbeat is in flight waits for it instead of paying a second handshake.
+        transport = httpx.AsyncHTTPTransport(
+            verify=ctx, local_address=address, retries=0, limits=httpx.Limits(max_connections=1)
+        )
         self.client = httpx.AsyncClient(base_url=url, transport=transport, timeout=30)
         self.key = key
         self.token = ""
@@ -293,15 +298,31 @@ def abuse_main(argv: list[str]) -> None:
     print(json.dumps(dict(asyncio.run(main()))), flush=True)
 
 
-def _start_abuser(url: str, bundle: Path, seconds: float) -> subprocess.Popen[bytes]:
-    # Its own process: in the nodes' event loop it would starve them, and their latency would measure this
-    # process, not the coordinator. A plain child, not multiprocessing: nothing outlives the run.
+@contextlib.asynccontextmanager
+async def abusing(
+    url: str, bundle: Path, seconds: float
+) -> AsyncIterator[Callable[[], Awaitable[Counter[str]]]]:
+    """The abuser in its own process for ``seconds`` (in the nodes' event loop it would starve them, and
+    their latency would measure this process, not the coordinator); yields the call that waits for what
+    its attempts got. A plain child, not multiprocessing: nothing of it outlives the run."""
     code = "import sys; from bench.bench_load import abuse_main; abuse_main(sys.argv[1:])"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    return subprocess.Popen(
+    attacker = subprocess.Popen(
         [sys.executable, "-c", code, url, str(bundle), str(seconds)],
-        env=env, cwd=PROJECT, stdout=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)}, cwd=PROJECT, stdout=subprocess.PIPE,
+        start_new_session=True,
     )  # fmt: skip
+
+    async def result() -> Counter[str]:
+        loop = asyncio.get_running_loop()
+        out, _ = await loop.run_in_executor(None, lambda: attacker.communicate(timeout=seconds + 120))
+        return Counter(json.loads(out.decode().strip().splitlines()[-1]))
+
+    try:
+        yield result
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
 
 
 async def _dispatch(
@@ -361,19 +382,11 @@ async def _drive(url: str, pki: Any, certs: list[tuple[Path, Path]], db: str) ->
     failures.update(dispatch_failures)
     await asyncio.sleep(max(0.0, quiet_until - time.monotonic()))
     phase[0] = "abuse"
-    attacker = _start_abuser(url, pki.bundle, PHASE_S)
-    try:
+    async with abusing(url, pki.bundle, PHASE_S) as abuser_result:
         await asyncio.sleep(PHASE_S)
         stop.set()
         await asyncio.gather(loop_task, return_exceptions=True)
-        out, _ = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: attacker.communicate(timeout=120)
-        )
-    finally:
-        if attacker.poll() is None:
-            attacker.kill()
-            attacker.wait()
-    abuser.update(json.loads(out.decode().strip().splitlines()[-1]))
+        abuser.update(await abuser_result())
     del abuse_stop
     for n in nodes:
         await n.client.aclose()

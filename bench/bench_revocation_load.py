@@ -43,9 +43,9 @@ from bench.bench_load import (
     _nodes_loop,
     _pct,
     _serve,
-    _start_abuser,
     _start_coordinator,
     _usage,
+    abusing,
 )
 
 NODES = int(os.environ.get("CYXWIZ_BENCH_NODES", "200"))
@@ -175,19 +175,11 @@ async def _load(url: str, pki: Any, certs: list[tuple[Path, Path]], during: Any)
     loop_task = asyncio.ensure_future(_nodes_loop(nodes, samples, failures, phase, stop))
     await asyncio.sleep(QUIET_S)
     phase[0] = "revoking"
-    attacker = _start_abuser(url, pki.bundle, float(ROUNDS * 8 + 20))
-    try:
+    async with abusing(url, pki.bundle, float(ROUNDS * 8 + 20)) as abuser_result:
         rounds = await asyncio.get_running_loop().run_in_executor(None, during)
         stop.set()
         await asyncio.gather(loop_task, return_exceptions=True)
-        out, _ = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: attacker.communicate(timeout=180)
-        )
-    finally:
-        if attacker.poll() is None:
-            attacker.kill()
-            attacker.wait()
-    abuser = json.loads(out.decode().strip().splitlines()[-1])
+        abuser = dict(await abuser_result())
     for n in nodes:
         await n.client.aclose()
     return {"samples": samples, "failures": failures, "abuser": abuser, "rounds": rounds}
