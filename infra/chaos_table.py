@@ -180,6 +180,14 @@ class Runner:
             state = client.read_flow_run(uuid.UUID(run_id)).state
         return bool(state and state.is_final())
 
+    def run_state(self, run_id: str) -> str:
+        """The lifecycle run's final state and who set it (``CRASHED: its worker … restarted …``)."""
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(uuid.UUID(run_id)).state
+        return f"{state.type.value}: {state.message or ''}" if state else "none"
+
     # -- one cell ----------------------------------------------------------------------------------
 
     def submit(self, node: str = "node-1") -> tuple[str, str, int]:
@@ -231,6 +239,8 @@ class Runner:
             cell.checks["back_after_s"] = round(time.monotonic() - killed_at, 1)
         self.settle(cell, job_id, run_id, killed_at=killed_at)
         self.check(cell, job_id, payment=payment, before=before, wallets_before=wallets_before)
+        if process == "control":  # who ended the run it died with: the restarted worker, or the silence rule
+            cell.checks["lifecycle_run"] = self.run_state(run_id)
         return cell
 
     def supervise(self, cell: Cell) -> None:

@@ -56,6 +56,17 @@ def test_killed_at_a_step_and_restarted_the_job_still_settles_once(
     _holds(cells[f"{process}@{step}"])
 
 
+def test_a_restarted_control_worker_ends_the_run_it_died_with_so_the_next_sweep_settles_it(
+    cells: dict[str, dict[str, Any]],
+) -> None:
+    """Not the silence rule (``run_silent_s``): the restarted worker marks its dead run CRASHED at once
+    (infra/control_worker.py), and the sweep refunds the escrow the run had locked (F2)."""
+    cell = cells["control@training"]
+    assert cell["outcome"] == "refunded by the sweep", cell
+    assert "restarted" in cell["checks"]["lifecycle_run"], cell["checks"]
+    assert cell["checks"]["lifecycle_run"].startswith("CRASHED"), cell["checks"]
+
+
 def test_a_node_killed_mid_training_is_replaced_and_only_the_replacement_is_paid(
     cells: dict[str, dict[str, Any]],
 ) -> None:
