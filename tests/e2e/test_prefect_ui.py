@@ -3,7 +3,8 @@
 The stack deploys every deployment of prefect.yaml and runs a control worker (what ``cyxwiz demo --keep``
 does); a lifecycle run is started through the Prefect API (``run_deployment``) with a spec the user's own
 wallet funded. Headless Debian ``chromium`` then renders the deployments page (lifecycle and maintenance
-deployments Ready) and that run's task runs and artifacts.
+deployments Ready) and that run's logs, task runs and artifacts; the maintenance schedules made their runs,
+and the control worker runs one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.lifecycle_conftest import tiny_job
+from tests.e2e.lifecycle_conftest import tiny_job, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(1200)]
 
@@ -104,7 +105,16 @@ def test_ui_shows_ready_deployments_and_a_lifecycle_runs_graph_and_artifacts(
     for name in wanted:
         assert name in deployments, name
     assert "Ready" in deployments
-    # The run's page renders; its graph is drawn (WebGL) from graph-v2, which the same server serves.
+    # The run's own log lines reached the API at INFO (the stack keeps Prefect's chatter at WARNING) ...
+    wanted = (f"job {job_id} of", "escrow locked for", "dispatched to", "verification of", "archived")
+
+    def logged() -> list[str]:  # the worker's flow-run process ships its logs in batches: the last may lag
+        found = _run_logs(run_id)
+        return found if all(any(w in m for m in found) for w in wanted) else []
+
+    assert wait_until(logged, timeout=60, interval=1.0), (wanted, _run_logs(run_id))
+    # (what the run page's default tab, Logs, reads: POST /api/logs/filter). The run's page renders; its
+    # graph is drawn (WebGL) from graph-v2, which the same server serves.
     page = _dump(f"{ui}/runs/flow-run/{run_id}", tmp_path / "p2", must_show=flow_run.name)  # type: ignore[union-attr]
     assert flow_run.name in page  # type: ignore[union-attr]
     graph = httpx.get(f"{kept.prefect.api_url}/flow_runs/{run_id}/graph-v2", timeout=30).json()
@@ -116,3 +126,61 @@ def test_ui_shows_ready_deployments_and_a_lifecycle_runs_graph_and_artifacts(
     assert {f"job-{job_id}", f"verification-{job_id}"} <= keys, keys
     artifacts = _dump(f"{ui}/artifacts", tmp_path / "p3", must_show=f"job-{job_id}")
     assert f"job-{job_id}" in artifacts and f"verification-{job_id}" in artifacts
+
+
+def _run_logs(flow_run_id: str) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+def _upcoming(client: Any, deployment_id: Any) -> list[Any]:
+    """The runs the server's scheduler made from a deployment's schedule, not yet started."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+    )
+    return [r for r in runs if r.auto_scheduled]
+
+
+def test_maintenance_schedules_make_runs_the_control_worker_runs(kept: Any) -> None:
+    """Entry point (2): each maintenance deployment's schedule made its upcoming runs on the server, and
+    the control worker runs one: the next ``escrow-sweep`` the schedule made, brought forward to now (its
+    interval is 5 min; the wait is Prefect's clock, not ours), completes."""
+    import datetime as dt
+
+    from prefect import get_client
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:
+        ids = {d.name: d.id for d in client.read_deployments()}
+
+        def scheduled() -> dict[str, list[Any]]:
+            found = {name: _upcoming(client, ids[name]) for name in MAINTENANCE}
+            return found if all(found.values()) else {}
+
+        upcoming = wait_until(scheduled, timeout=180, interval=2.0)  # the scheduler loops every 60 s
+        assert upcoming, {name: len(_upcoming(client, ids[name])) for name in MAINTENANCE}
+        sweep = min(upcoming["escrow-sweep"], key=lambda r: r.expected_start_time)
+        client.set_flow_run_state(sweep.id, Scheduled(scheduled_time=dt.datetime.now(dt.UTC)), force=True)
+
+        def ended() -> Any:
+            state = client.read_flow_run(sweep.id).state
+            return state if state is not None and state.is_final() else None
+
+        state = wait_until(ended, timeout=300, interval=2.0)
+    assert state is not None and state.is_completed(), state
