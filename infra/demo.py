@@ -164,12 +164,44 @@ def _keep_entry_points(stack: Any) -> None:
     ``job_lifecycle(spec)`` from Python with this stack's config."""
     stack.start_control_worker()
     say("Control worker on the control pool: job-lifecycle and the scheduled maintenance flows run there")
+    env_file = write_user_env(stack)
     console.print(
-        f"Prefect UI: {stack.prefect.ui_url}/deployments — run job-lifecycle from its parameter form with a "
-        "spec your own client funded (funding: message + signature, see README); escrow-sweep fires every "
-        f"5 min. From Python: PREFECT_API_URL={stack.prefect.api_url} CYXWIZ_CONTROL_PLANE_BLOCK=default, "
+        f"Prefect UI: {stack.prefect.ui_url}/deployments — run job-lifecycle from its parameter form (a spec "
+        "without funding: the run waits await_funding_s for the owner's `cyxwiz job fund JOB`); "
+        f"escrow-sweep fires every 5 min. The demo user's shell: `. {env_file}` (see README). "
+        f"From Python: PREFECT_API_URL={stack.prefect.api_url} CYXWIZ_CONTROL_PLANE_BLOCK=default, "
         "then job_lifecycle(spec)."
     )
+
+
+#: What the demo user's shell needs for ``cyxwiz job`` and ``prefect deployment run`` against a kept demo.
+USER_ENV_FILE = "user.env"
+
+
+def write_user_env(stack: Any) -> Path:
+    """``<workdir>/user.env`` (0600): exports naming the demo user's certificate, key, wallet and its
+    passphrase file, the coordinator and the Prefect API — file paths, never a secret's value — so the
+    README's commands run as written against the kept stack (its ports change every run)."""
+    import shlex
+
+    wallet = stack.wallet("demo-user")
+    values = {
+        "CYXWIZ_COORDINATOR_URL": stack.coordinator.url,
+        "CYXWIZ_CA_BUNDLE": stack.pki.bundle,
+        "CYXWIZ_CRL": stack.pki.crl,
+        "CYXWIZ_USER_CERT": stack.pki.user_cert,
+        "CYXWIZ_USER_KEY": stack.pki.user_key,
+        "CYXWIZ_WALLET": wallet.path,
+        "CYXWIZ_WALLET_PASSPHRASE_FILE": Path(wallet.path).parent / "wallet.pass",
+        "PREFECT_API_URL": stack.prefect.api_url,
+    }
+    lines = ["# cyxwiz demo --keep: the demo user's shell (. this file); valid while that demo runs"]
+    lines += [f"export {name}={shlex.quote(str(value))}" for name, value in values.items()]
+    path = Path(stack.home) / USER_ENV_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
 
 
 def _audit_summary(stack: Any) -> bool:

@@ -25,6 +25,7 @@ import pytest
 
 from cyxwiz.errors import AuthorizationError, ValidationError
 from cyxwiz.jobs.spec import with_dataset
+from cyxwiz.ledger.keystore import read_pubkey
 from tests.e2e.lifecycle_conftest import (
     PROJECT,
     audit_events,
@@ -135,6 +136,15 @@ def released(stack: Any, job_id: str, holdout: str) -> str:
     return str(record.node_wallet)
 
 
+def is_sealed_key(path: Path) -> bool:
+    from cyxwiz.ledger.keystore import read_pubkey
+
+    try:
+        return path.is_file() and bool(read_pubkey(path))
+    except Exception:  # not a sealed key file (the config, the intent log, ...)
+        return False
+
+
 def token_supply(stack: Any) -> int:
     """The mint's supply (SPL Mint layout: u64 at offset 36): no token is minted or burnt by a job."""
     from solders.pubkey import Pubkey
@@ -176,14 +186,21 @@ def user_env(stack: Any, user: str, certs: dict[str, tuple[Path, Path]]) -> dict
 
 
 def fund_when_waiting(stack: Any, user: str, certs: dict[str, tuple[Path, Path]]) -> str:
-    """Bob's client: find his job that waits for funding, sign its lock with his wallet, hand it in."""
+    """Bob's shell, as the README says: find his job that waits for funding, then ``cyxwiz job fund JOB``
+    signs its lock with his wallet there and hands it in."""
     with user_client(stack, user, certs) as client:
         found = wait_until(
             lambda: [j for j in client.list_jobs() if j["status"] == "awaiting-funding"], timeout=300
         )
-        assert found, "the UI-started run opened no job waiting for funding"
-        job_id = str(found[0]["job_id"])
-        assert client.fund(job_id, wallet=stack.wallet(user))["status"] == "submitted"
+    assert found, "the UI-started run opened no job waiting for funding"
+    job_id = str(found[0]["job_id"])
+    funded = subprocess.run(
+        [sys.executable, "-m", "cyxwiz.cli", "job", "fund", job_id, "--json"],
+        env=user_env(stack, user, certs), cwd=PROJECT, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert funded.returncode == 0, (funded.stdout[-2000:], funded.stderr[-2000:])
+    assert json.loads(funded.stdout)["status"] == "submitted", funded.stdout
     return job_id
 
 
@@ -332,3 +349,8 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
     wallets = [name for name in before if ":" in name]  # ("user", "node") repeat two of them
     assert sum(after[n] for n in wallets) == sum(before[n] for n in wallets)
     assert token_supply(stack) == supply
+
+    # F1: every lock above was signed by the user's own client; the control plane's ledger holds no user key.
+    assert not {"user", "node"} & set(stack.ledger.config.keys), stack.ledger.config.keys
+    held = {read_pubkey(f) for f in stack.ledger.config_path.parent.rglob("*") if is_sealed_key(f)}
+    assert held and not held & {stack.wallet(u).address for u in (alice, bob)}, held

@@ -10,6 +10,7 @@ key is made inside the token and the ring directory stays ``ring.json`` only (A7
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -80,6 +81,20 @@ def _rotate_in_the_token(home: Path, env: dict[str, str]) -> None:
     assert all(str(r.get("uri", "")).startswith("pkcs11:") for r in records), records
 
 
+def _user_shell_reaches_the_kept_stack(env_file: Path, env: dict[str, str]) -> None:
+    """The README's user shell (issue 16): ``. .demo/user.env`` then ``cyxwiz job``: the demo user's own
+    certificate and wallet reach the kept coordinator, which shows that user's wallet only."""
+    assert env_file.stat().st_mode & 0o077 == 0, oct(env_file.stat().st_mode)
+    cyxwiz = str(Path(sys.executable).with_name("cyxwiz"))
+    shell = subprocess.run(
+        ["bash", "-c", '. "$1" && "$2" job wallet --json', "user-shell", str(env_file), cyxwiz],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shell.returncode == 0, (shell.stdout[-2000:], shell.stderr[-2000:])
+    view = json.loads(shell.stdout)
+    assert view["user_id"] == "demo-user" and len(view["wallets"]) == 1, view
+
+
 @pytest.mark.timeout(1200)  # about a minute on an idle 2-core machine; a loaded one takes several
 def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
@@ -114,6 +129,7 @@ def test_demo_keep_is_quiet_after_its_summary_and_ctrl_c_stops_everything(tmp_pa
         assert after == b"", after.decode(errors="replace")[-3000:]
         assert proc.poll() is None
         _rotate_in_the_token(tmp_path / "demo", env)
+        _user_shell_reaches_the_kept_stack(tmp_path / "demo" / "user.env", env)
 
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the whole foreground group
         proc.wait(timeout=90)
