@@ -63,3 +63,16 @@ def deploy_project(env: dict[str, str], *, lifecycle: bool, everything: bool = F
         steps.append(("--no-prompt", "deploy", "--name", "job-lifecycle"))
     for args in steps:
         prefect_cli(*args, env=env)
+
+
+def register_block_types() -> list[str]:
+    """Every block type of ``blocks`` on this process's Prefect API, as ``prefect block register -m blocks``
+    does (in-process: no second interpreter): the UI's block catalog offers each, ready to fill in."""
+    import blocks
+
+    slugs = []
+    for name in blocks.__all__:
+        block_type = getattr(blocks, name)
+        block_type.register_type_and_schema()
+        slugs.append(str(block_type.get_block_type_slug()))
+    return slugs

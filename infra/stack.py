@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import startup, wallets
-from infra.deploy import deploy_one, deploy_project, prefect_cli
+from infra.deploy import deploy_one, deploy_project, prefect_cli, register_block_types
 from infra.local_server import LocalPrefectServer, local_prefect_server, stop_process_group
 from infra.wallets import STAKE
 
@@ -324,6 +324,8 @@ def embedded_stack(
 
         deploy_project(env, lifecycle=lifecycle_deployment, everything=deploy_all)
         say("Deployed sandboxed-train to the gpu work pool")
+        if deploy_all:
+            say(f"Every deployment of prefect.yaml deployed; block types: {register_block_types()}")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
             audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,

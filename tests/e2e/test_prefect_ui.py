@@ -184,3 +184,17 @@ def test_maintenance_schedules_make_runs_the_control_worker_runs(kept: Any) -> N
 
         state = wait_until(ended, timeout=300, interval=2.0)
     assert state is not None and state.is_completed(), state
+
+
+def test_the_blocks_catalog_offers_every_cyxwiz_block_type(kept: Any) -> None:
+    """The kept stack registered every block type of ``blocks`` (the UI's catalog offers each) and saved
+    the control plane's ``default`` block, which its flows load."""
+    from prefect import get_client
+
+    import blocks
+
+    with get_client(sync_client=True) as client:
+        slugs = {t.slug for t in client.read_block_types()}
+        saved = client.read_block_document_by_name("default", "cyxwiz-control-plane")
+    assert {getattr(blocks, name).get_block_type_slug() for name in blocks.__all__} <= slugs, slugs
+    assert saved.block_type is not None and saved.block_type.slug == "cyxwiz-control-plane"
