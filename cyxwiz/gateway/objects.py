@@ -209,8 +209,23 @@ class OwnedObjects:
             wrong = await self._label_refusal(caller, _json(body) if body else {})
             self._decide(caller, resource, "flow_run.labels", wrong is None, wrong or "own labels")
         elif scope["method"] == "POST":
-            wrong = _state_refusal(_json(body) if body else {}, m.object_id)
+            request = _json(body) if body else {}
+            wrong = _state_refusal(
+                request, m.object_id, parent=await self._parent_task_run(request, m.object_id)
+            )
             self._decide(caller, resource, "flow_run.set_state", wrong is None, wrong or "own state")
+
+    async def _parent_task_run(self, request: dict[str, Any], run_id: str) -> str | None:
+        """The run's parent task run (the lifecycle's task that started it), read upstream only when the
+        proposed state names a task run: Prefect's server writes that id into every state of such a run,
+        and a worker marking a cancelled run Cancelled proposes a copy of the current state (with it)."""
+        state = request.get("state")
+        details = state.get("state_details") if isinstance(state, dict) else None
+        if not isinstance(details, dict) or details.get("task_run_id") is None:
+            return None
+        resp = await self._client.get(f"/api/flow_runs/{run_id}", headers=self._upstream_headers)
+        answer = resp.json() if resp.status_code == 200 else {}
+        return canonical_uuid_or_none(answer.get("parent_task_run_id")) if isinstance(answer, dict) else None
 
     async def _label_refusal(self, caller: Caller, labels: dict[str, Any]) -> str | None:
         """Labels a node's worker gives its run name that worker and the GPU pool (Prefect's system
@@ -366,9 +381,10 @@ class OwnedObjects:
 _RESULT_ARTIFACT_FIELDS = frozenset({"artifact_key", "artifact_type", "artifact_description"})
 
 
-def _state_refusal(request: dict[str, Any], run_id: str) -> str | None:
+def _state_refusal(request: dict[str, Any], run_id: str, *, parent: str | None = None) -> str | None:
     """A state the node proposes for its own run names no other run or task run and makes no artifact
-    under a key of its choosing (issue 18; C3). The engine's own states name at most the run itself."""
+    under a key of its choosing (issue 18; C3). The engine's own states name at most the run itself, and
+    the worker's Cancelled state (a copy of the current one) the run's own parent task run ``parent``."""
     state = request.get("state")
     if not isinstance(state, dict):
         return None  # Prefect refuses it (422)
@@ -381,6 +397,12 @@ def _state_refusal(request: dict[str, Any], run_id: str) -> str | None:
     if details.get("flow_run_id") is not None and canonical_uuid_or_none(details["flow_run_id"]) != run_id:
         return "state names another flow run"
     named = [k for k in ("task_run_id", "child_flow_run_id") if details.get(k) is not None]
+    if (
+        named[:1] == ["task_run_id"]
+        and parent is not None
+        and canonical_uuid_or_none(details["task_run_id"]) == parent
+    ):
+        named = named[1:]  # the run's own parent, which Prefect's server sets there itself
     return f"state names {named[0]}" if named else None
 
 
