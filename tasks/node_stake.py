@@ -6,6 +6,10 @@ deposited under one of them; the dispatch check and every slash (fraud, the refe
 upheld dispute, the sweep's owed ones) resolve the PeerID they hold through :func:`node_peers`, so a
 renewed node is still dispatched to and cannot renew to escape a slash. Links come from the
 coordinator's own records only: another node's stake never counts.
+
+The verifier service does not take the coordinator's word for those links when it co-signs (issue 17):
+it follows the renewal links the nodes' keys signed (:func:`signed_earlier_peers`,
+:func:`signed_later_peers`), so a compromised coordinator cannot point a fraud at an honest node's stake.
 """
 
 from __future__ import annotations
@@ -37,6 +41,24 @@ def node_peers(peer_id: str, store: Any = None) -> frozenset[str]:
         return frozenset({peer_id})
     certs = (c.peer_id for c in store.node_certificates(node.node_id))
     return frozenset({peer_id, *store.peer_ids_of(node.node_id), *certs})
+
+
+def signed_earlier_peers(peer_id: str, store: Any = None) -> frozenset[str]:
+    """``peer_id`` and the keys that renewed into it, by the links each of them signed (issue 17): what
+    the verifier service lets a slash take, so a coordinator that lists an honest node's certificate
+    under a fraudster's node cannot have the honest node's stake slashed."""
+    from cyxwiz.ledger.payout import earlier_keys
+
+    store = store if store is not None else _store()
+    return earlier_keys(peer_id, store.renewal_links_to)
+
+
+def signed_later_peers(peer_id: str, store: Any = None) -> frozenset[str]:
+    """``peer_id`` and the keys it renewed into (signed links): a job under any keeps its stake locked."""
+    from cyxwiz.ledger.payout import linked_keys
+
+    store = store if store is not None else _store()
+    return linked_keys(peer_id, store.renewal_links_from)
 
 
 def staked_peer(node_id: str, store: Any = None, stakes: StakeLedger | None = None) -> str | None:

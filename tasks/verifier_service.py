@@ -58,6 +58,7 @@ def verify_hook(body: dict[str, Any], *, marks: StatementMarks | None = None) ->
     the newest payout wallet statement per node (an older one put back is a replay, issue 17)."""
     from tasks import services
     from tasks.control import JobRequest
+    from tasks.node_stake import signed_later_peers
 
     request = JobRequest(**body["request"])
     dispatched = body["dispatched"]
@@ -81,6 +82,11 @@ def verify_hook(body: dict[str, Any], *, marks: StatementMarks | None = None) ->
     signer = proof_signer(request.job_id, as_dict)
     if signer is not None and marks is not None:
         marks.note_signer(request.job_id, signer)
+    if signer is not None and signer not in signed_later_peers(str(bound[0])):
+        # The attestation names the assigned key (a slash takes its stake): it must be the key that
+        # signed, or one whose signed renewal links lead to it — never a key only the coordinator ties.
+        why = f"the proof is signed by {signer}, not by the assigned key {bound[0]} nor one it renewed into"
+        return _with_check(as_dict, "proof-key", False, why), "fail"
     node = assigned(request.job_id, marks=marks, signer=signer)
     if node is None or bound[0] not in node.peer_ids:
         why = "the coordinator's records assign the job to another node"  # never a pass
@@ -186,15 +192,32 @@ def serve_command(
     """Serve verification and co-signatures on a 0600 Unix socket until interrupted."""
     from cyxwiz.ledger.verifier_cli import run
     from tasks import services
-    from tasks.node_stake import node_peers
 
-    # The stake is the node's under any PeerID the coordinator links to it: renewing escapes no slash.
     marks = StatementMarks.open(_state_dir(config, socket) / "verifier-wallet-marks.db")
     hook = functools.partial(verify_hook, marks=marks)
-    # A dispute resolved for the node pays it only where the key of the proof judged here stated.
-    paid = functools.partial(wallet_of_job, marks=marks)
-    run(config, socket, ready_file, verify=hook, audit=services.audit(), node_peers=node_peers,
-        payout_wallet=paid)  # fmt: skip
+    run(config, socket, ready_file, verify=hook, audit=services.audit(), **money_rules(marks))
+
+
+def money_rules(marks: StatementMarks) -> dict[str, Any]:
+    """What the control plane gives the verifier's co-signing policy (issue 17; F1, A7): who a move may
+    pay or take from follows the keys that signed — the proofs judged here (``marks``) and the signed
+    renewal links — never the coordinator's node → certificates records alone.
+
+    * ``payout_wallet``: an arbiter's "release to the node" pays the wallet of the key whose proof was
+      judged for the job;
+    * ``proof_key``: an upheld dispute slashes that key's node's stake;
+    * ``node_peers``: a slash takes the stake of the attested key or of a key that renewed into it (by
+      its own signed link: renewing escapes no slash; a link the fraudster's key signs names nobody);
+    * ``later_peers``: a job under a key the stake's key renewed into keeps the stake locked.
+    """
+    from tasks.node_stake import signed_earlier_peers, signed_later_peers
+
+    return {
+        "payout_wallet": functools.partial(wallet_of_job, marks=marks),
+        "proof_key": marks.signer,
+        "node_peers": signed_earlier_peers,
+        "later_peers": signed_later_peers,
+    }
 
 
 def _state_dir(config: Path, socket: Path | None) -> Path:

@@ -101,6 +101,12 @@ class WalletStatementRows:
         with self._tx() as conn:
             return [dict(row[0]) for row in conn.execute(query)]
 
+    def renewal_links_to(self, new_peer_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The stored renewal links whose new key is one of ``new_peer_ids``, as signed."""
+        query = sa.select(renewal_links.c.signed).where(renewal_links.c.new_peer_id.in_(list(new_peer_ids)))
+        with self._tx() as conn:
+            return [dict(row[0]) for row in conn.execute(query)]
+
     def set_wallet_statement(self, node_id: str, signed: Mapping[str, Any] | SignedWalletStatement) -> None:
         """Record a statement outside registration (a renewal carries one for the new key)."""
         parsed = (

@@ -141,9 +141,17 @@ class VerifierPolicy:
     #: the verifier's own book of verdicts (:class:`~cyxwiz.ledger.verdicts.VerdictBook`): a job that
     #: passed is never refunded nor slashed through this key, whatever the escrow store says
     verdicts: Any = None
-    #: every PeerID the coordinator links to a node's (:data:`~cyxwiz.ledger.stake.NodePeers`): a slash
-    #: takes the node's stake whichever of its PeerIDs the report names (a renewal changes it, A7)
+    #: every PeerID linked to a node's (:data:`~cyxwiz.ledger.stake.NodePeers`): a slash takes the node's
+    #: stake whichever of its PeerIDs the report names (a renewal changes it, A7). In-process: the
+    #: coordinator's links; in the verifier service: only the keys that renewed into it (signed links)
     node_peers: Any = None
+    #: the PeerIDs a stake's key renewed into (the verifier service: signed renewal links, while its
+    #: ``node_peers`` follow links only back, so a fraudster's key cannot name another node's stake): a
+    #: job under any of them keeps the stake from being withdrawn (A7, issue 17)
+    later_peers: Any = None
+    #: the key whose signed proof this verifier judged for a job (the verifier service): an upheld
+    #: dispute slashes that key's stake, not the one of the PeerID the escrow record names (issue 17)
+    proof_key: Callable[[str], str | None] | None = None
     #: the payout wallet of the node that did this job (by job id) as the verifier believes it: what the
     #: key that signed the job's proof stated, or the operator's config, never the coordinator's row nor
     #: the PeerID the escrow record names (issue 17): a resolve pays the node only there. None: the
@@ -264,6 +272,13 @@ class VerifierPolicy:
                     "no dispute of this job was upheld by the arbiter", field="report", rule="F1"
                 )
             peer, proof = record.node_peer_id or "", "dispute-upheld"
+            if self.proof_key is not None:  # the key the verifier judged, not the escrow row's PeerID
+                peer = self.proof_key(record.job_id) or ""
+                if not peer:
+                    raise CosignRefusedError(
+                        "this verifier judged no signed proof of the job: whose stake the dispute "
+                        "takes would be the coordinator's word", field="report", rule="F1",
+                    )  # fmt: skip
         else:
             attestation = self.attestations.check(
                 request.report, job_id=record.job_id, node_peer_id=record.node_peer_id,
@@ -302,7 +317,10 @@ class VerifierPolicy:
         from cyxwiz.ledger.stake import check_unstake
 
         stake = self._stakes().get(request.job_id)  # the subject of an unstake is the node's PeerID
-        linked = self.node_peers(stake.peer_id) if self.node_peers is not None else ()
+        linked = {
+            *(self.node_peers(stake.peer_id) if self.node_peers is not None else ()),
+            *(self.later_peers(stake.peer_id) if self.later_peers is not None else ()),
+        }
         check_unstake(stake, self.stake_policy, self.escrow_store, peers=linked)  # a job under any of them
         account = Pubkey.from_string(stake.stake_account)
         dest = txbuild.token_account_of(Pubkey.from_string(stake.node_wallet), self.mint)

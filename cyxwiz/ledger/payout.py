@@ -272,17 +272,35 @@ class SignedRenewalLink:
 def linked_keys(start: str, links_from: Callable[[Collection[str]], Iterable[object]]) -> frozenset[str]:
     """``start`` and every PeerID it renewed into, following links each signed by the older key
     (:meth:`SignedRenewalLink.verify`); ``links_from(peers)`` gives the stored links whose old PeerID is
-    one of ``peers`` (whoever stores them: a link that does not verify is skipped, never followed)."""
+    one of ``peers`` (whoever stores them: a link that does not verify is skipped, never followed). What a
+    *payout* may follow: only the key that did the work vouches for its successors."""
+    return _walk(start, links_from, forward=True)
+
+
+def earlier_keys(start: str, links_to: Callable[[Collection[str]], Iterable[object]]) -> frozenset[str]:
+    """``start`` and every PeerID that renewed into it (each link signed by that earlier key);
+    ``links_to(peers)`` gives the stored links whose new PeerID is one of ``peers``. What a *slash* may
+    follow: a key that vouched for the fraudster's key is the same node, while a link the fraudster's own
+    key signs (forward) could name anyone's key."""
+    return _walk(start, links_to, forward=False)
+
+
+def _walk(
+    start: str, fetch: Callable[[Collection[str]], Iterable[object]], *, forward: bool
+) -> frozenset[str]:
     found, frontier = {start}, {start}
     while frontier and len(found) < MAX_LINKS:
         nxt: set[str] = set()
-        for stored in links_from(sorted(frontier)):
+        for stored in fetch(sorted(frontier)):
             try:
                 link = SignedRenewalLink.from_dict(stored).verify()
             except CyxwizError:
                 continue
-            if link.old_peer_id in frontier and link.new_peer_id not in found:
-                nxt.add(link.new_peer_id)
+            here, there = (
+                (link.old_peer_id, link.new_peer_id) if forward else (link.new_peer_id, link.old_peer_id)
+            )
+            if here in frontier and there not in found:
+                nxt.add(there)
         found |= nxt
         frontier = nxt
     return frozenset(found)

@@ -37,6 +37,8 @@ def build_service(
     verdicts_path: Path | None = None,
     node_peers: NodePeers | None = None,
     payout_wallet: Callable[[str], str | None] | None = None,
+    later_peers: NodePeers | None = None,
+    proof_key: Callable[[str], str | None] | None = None,
 ) -> VerifierService:
     """The service's app from the ledger config: the verifier key, its certificate, the escrow store,
     and its own book of verdicts (``verifier_db``, else ``verdicts_path``: a file beside its socket).
@@ -82,6 +84,8 @@ def build_service(
             verdicts=VerdictBook.open(book_path),
             node_peers=node_peers,
             payout_wallet=payout_wallet,
+            later_peers=later_peers,
+            proof_key=proof_key,
         ),
         signing_key=load_private_key(key_path),
         certificate=certificate,
@@ -99,7 +103,8 @@ ReadyOption = Annotated[Path | None, typer.Option("--ready-file", help="Written 
 
 def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, verify: VerifyHook | None = None,
         audit: Any = None, node_peers: NodePeers | None = None,
-        payout_wallet: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
+        payout_wallet: Callable[[str], str | None] | None = None, later_peers: NodePeers | None = None,
+        proof_key: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.verifier_service import serve
@@ -110,7 +115,7 @@ def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, veri
         raise ConfigError("no socket path", field="verifier_socket")
     app = build_service(
         config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db",
-        node_peers=node_peers, payout_wallet=payout_wallet,
+        node_peers=node_peers, payout_wallet=payout_wallet, later_peers=later_peers, proof_key=proof_key,
     )  # fmt: skip
     serve(app, socket_path=path, ready_file=ready_file)
 

@@ -55,8 +55,8 @@ from cyxwiz.verification.proof import CheckpointSummary, CompletionProof, sign_p
 from tasks import services
 from tasks.config import ControlPlaneConfig
 from tasks.coordinator_channel import SchedulerChannel
-from tasks.payout_wallet import StatementMarks, wallet_of_job
-from tasks.verifier_service import verify_hook
+from tasks.payout_wallet import StatementMarks
+from tasks.verifier_service import money_rules, verify_hook
 from tests.coordinator.conftest import Env, make_env
 from tests.ledger.conftest import USER_FUNDS, World
 
@@ -149,16 +149,23 @@ class Bench:
         return self.world.ledger(verifier=ServiceCosigner(self.service), audit=self.ledger_audit)
 
     def settle(self, node: str, *, signed_by: str | None = None) -> Settled:
-        """Dispatch a job (the wallet the lifecycle reads), lock its escrow to that wallet, let the node
-        (its key now, or ``signed_by``'s identity) deliver a signed proof and its output, and ask the
-        verifier service for its verdict."""
+        """Dispatch a job and let the node (its key now, or ``signed_by``'s identity) deliver it."""
+        return self.verify(self.dispatch(node), signed_by=signed_by or node)
+
+    def dispatch(self, node: str) -> dict[str, Any]:
+        """Dispatch a job (the wallet the lifecycle reads) and lock its escrow to that wallet."""
         job_id = self.channel.create_job(user="alice", spec={"job_type": "script"}, duration_s=60)
         dispatched = self.channel.assign(job_id, node=node)
         ledger = self.ledger()
         ledger.create(job_id=job_id, user=self.world.user, amount=AMOUNT)
         ledger.assign(job_id=job_id, node_wallet=dispatched["wallet"], node_peer_id=dispatched["peer_id"])
+        return {"job_id": job_id, **dispatched}
+
+    def verify(self, dispatched: dict[str, Any], *, signed_by: str) -> Settled:
+        """The node delivers a signed proof and its output; the verifier service gives its verdict."""
+        job_id = dispatched.pop("job_id")
         doc = _script_job(job_id)
-        self._deliver(job_id, doc, *self.identity[signed_by or node])
+        self._deliver(job_id, doc, *self.identity[signed_by])
         request = {
             "job_id": job_id, "user": "alice", "payment": AMOUNT, "dataset": "sklearn:digits",
             "training_doc": doc, "memory_mb": 128, "wall_seconds": 5,
@@ -247,9 +254,7 @@ def bench(money_world: World, tmp_path: Path) -> Iterator[Bench]:
             services.store().put_bytes(key, name.encode())
         channel = SchedulerChannel(store=env.coord.store, node_wallets={}, crl=env.pki.crl)
         marks = StatementMarks.open(tmp_path / "verifier" / "marks.db")
-        policy = dataclasses.replace(
-            world.ledger().verifier_policy(), payout_wallet=functools.partial(wallet_of_job, marks=marks)
-        )
+        policy = dataclasses.replace(world.ledger().verifier_policy(), **money_rules(marks))
         verifier_pki = world.pki.root / "certs"
         service = VerifierService(
             keypair=world.verifier, policy=policy,
@@ -278,11 +283,11 @@ def _paid(bench: Bench, settled: Settled, *, total: int) -> None:
     assert bench.world.token(bench.world.node) == total
 
 
-def _refused(bench: Bench, settled: Settled, *, paid_before: int) -> None:
-    """The verdict failed on the payout wallet; neither the ledger nor the verifier service itself (asked
+def _refused(bench: Bench, settled: Settled, *, paid_before: int, check: str = "payout-wallet") -> None:
+    """The verdict failed on ``check``; neither the ledger nor the verifier service itself (asked
     directly, as the compromised coordinator would) moves the escrow; the refusal is audited."""
     assert (settled.verdict, settled.report["passed"]) == ("fail", False)
-    assert _check(settled.report, "payout-wallet")["passed"] is False
+    assert _check(settled.report, check)["passed"] is False
     [verdict] = [
         e for e in bench.audit.of_action("verification.verdict") if e.resource.endswith(settled.job_id)
     ]
@@ -407,6 +412,79 @@ def test_another_genuine_certificate_listed_under_the_node_cannot_redirect_its_p
     reason = _check(settled.report, "payout-wallet")["reason"]
     assert f"signed by {peer_id(cert)}, not by the key that signed the completion proof" in reason
     _refused(bench, settled, paid_before=AMOUNT)
+
+
+def test_a_proof_another_genuine_key_signed_for_the_nodes_job_is_not_the_nodes(bench: Bench) -> None:
+    """F1/A5/threat I: the coordinator lists node-b's certificate under node-a, makes node-b's statement
+    node-a's, and hands the verifier a proof node-b's key signed over node-a's job (its output is
+    node-a's): the proof verifies against a certificate "of the node", but its key is not the one the job
+    was assigned to nor one that key renewed into: verdict fail, nothing moves (positive control first)."""
+    _paid(bench, bench.settle("node-a"), total=AMOUNT)
+    _list_under_node_a(bench, load_certificate(bench.env.pki.node_cert("node-b")))
+    bench.rewrite("node-a", wallet=bench.thief, signed=_other_statement(bench))
+    settled = bench.settle("node-a", signed_by="node-b")
+    assert settled.wallet == bench.thief
+    reason = _check(settled.report, "proof-key")["reason"]
+    assert f"signed by {bench.peers['node-b']}, not by the assigned key {bench.peers['node-a']}" in reason
+    _refused(bench, settled, paid_before=AMOUNT, check="proof-key")
+
+
+def test_a_slash_takes_only_the_stake_of_the_attested_key_or_one_that_renewed_into_it(bench: Bench) -> None:
+    """F1/A7/threat I: the coordinator lists the honest node-a's certificate under node-b and has a fraud
+    of node-b's key slashed: its own records "link" node-a's stake to node-b, but the verifier follows only
+    renewal links the earlier key signed, and refuses to co-sign (nothing moves). Positive control: after
+    node-a's own renewal, a fraud its new key signs slashes the stake staked under its old key."""
+    from cyxwiz.ledger import provision
+    from cyxwiz.ledger.cosign import CosignRefusedError
+    from cyxwiz.ledger.stake import StakePolicy
+    from tasks.node_stake import stake_ledger
+
+    w, honest = bench.world, bench.peers["node-a"]
+    stake = 40_000
+    policy = StakePolicy()  # the verifier's own (the in-process policy's default): 25 % slashed
+    ledger = w.ledger(stake_policy=policy, verifier=ServiceCosigner(bench.service), audit=bench.ledger_audit)
+    stakes = stake_ledger(ledger=ledger, policy=policy, store=bench.env.coord.store)
+    provision.fund_wallet(
+        w.chain, payer=w.payer, mint=w.mint, wallet=w.node.pubkey(), amount=stake,
+        mint_authority=w.mint_authority,
+    )  # fmt: skip
+    stakes.stake(peer_id=honest, node=w.node, amount=stake)
+
+    def fraud_by(peer: str) -> str:
+        job_id = bench.channel.create_job(user="alice", spec={"job_type": "script"}, duration_s=60)
+        ledger.create(job_id=job_id, user=w.user, amount=AMOUNT)
+        ledger.assign(job_id=job_id, node_wallet=w.node.pubkey(), node_peer_id=peer)
+        report = w.attest(job_id, verdict="fraud", node_peer_id=peer, report_sha256="fb" * 32)
+        ledger.refund(job_id=job_id, reason="verification proved fraud", report=report)
+        return job_id
+
+    cert_a = load_certificate(bench.env.pki.node_cert("node-a"))
+    bench.sql(
+        node_certs.update().where(node_certs.c.peer_id == honest).values(node_id=bench.node_ids["node-b"])
+    )
+    assert peer_id(cert_a) in {
+        c.peer_id for c in bench.env.coord.store.node_certificates(bench.node_ids["node-b"])
+    }
+    job = fraud_by(bench.peers["node-b"])
+    user_before = w.token(w.user)
+    with pytest.raises(CosignRefusedError, match="the stake of the node the proof names"):
+        stakes.slash(
+            job_id=job,
+            report=w.attest(
+                job, verdict="fraud", node_peer_id=bench.peers["node-b"], report_sha256="fb" * 32
+            ),
+        )
+    assert stakes.status(peer_id=honest).amount == stake and w.token(w.user) == user_before
+    [refused] = bench.audit.of_action("escrow.cosign.slash")
+    assert refused.outcome.value == "failure" and "escrow-cosign-refused" in refused.details["reason"]
+
+    renewed = renew(bench.settings("node-a", bench.honest))  # the agent: the old key links the new one
+    assert renewed.cert is not None
+    new_peer = peer_id(load_certificate(renewed.cert))
+    job = fraud_by(new_peer)
+    report = w.attest(job, verdict="fraud", node_peer_id=new_peer, report_sha256="fb" * 32)
+    assert stakes.slash(job_id=job, report=report).amount == stake - stake // 4
+    assert w.token(w.user) == user_before + stake // 4
 
 
 def test_an_operator_configured_wallet_is_the_other_source(bench: Bench) -> None:
@@ -568,10 +646,11 @@ def test_a_renewal_needs_the_old_keys_link_and_the_new_keys_wallet(bench: Bench)
 
 
 def test_a_renewed_node_is_paid_for_work_signed_by_either_key(bench: Bench) -> None:
-    """F1/A7: after the agent's own renewal (new key, its statement, the old key's link), a proof signed
-    by the old key (a job dispatched before the switch) and one signed by the new key are both paid to the
-    node's wallet. With the link deleted by the coordinator, the old key's proof finds no statement it
-    vouches for: the node goes unpaid for it (the coordinator can deny, never redirect)."""
+    """F1/A7: jobs dispatched before the agent's own renewal (new key, its statement, the old key's link)
+    are paid to the node's wallet whether the old key or the new one signs the proof, and so is a job
+    dispatched after it. With the link deleted by the coordinator, the old key's proof finds no statement
+    it vouches for: the node goes unpaid for it (the coordinator can deny pay, never redirect it)."""
+    before = [bench.dispatch("node-a") for _ in range(3)]
     renewed = renew(bench.settings("node-a", bench.honest))  # the agent: link + statement, new key
     assert renewed.cert is not None and renewed.key is not None
     new_peer = peer_id(load_certificate(renewed.cert))
@@ -580,20 +659,17 @@ def test_a_renewed_node_is_paid_for_work_signed_by_either_key(bench: Bench) -> N
     [link] = bench.env.coord.store.renewal_links_from([bench.peers["node-a"]])
     assert link["link"]["new_peer_id"] == new_peer
 
-    settled = bench.settle("node-a")  # signed by the old key
+    settled = bench.verify(before[0], signed_by="node-a")  # the old key signs
     assert new_peer in _check(settled.report, "payout-wallet")["reason"]
     _paid(bench, settled, total=AMOUNT)
-    bench.identity["node-a"] = (renewed.cert, renewed.key)
-    _paid(bench, bench.settle("node-a"), total=2 * AMOUNT)  # signed by the new key
+    bench.identity["renewed"] = (renewed.cert, renewed.key)
+    _paid(bench, bench.verify(before[1], signed_by="renewed"), total=2 * AMOUNT)  # the new key signs
+    _paid(bench, bench.settle("node-a", signed_by="renewed"), total=3 * AMOUNT)  # dispatched after
 
     bench.sql(renewal_links.delete())
-    bench.identity["node-a"] = (bench.env.pki.node_cert("node-a"), bench.env.pki.node_key("node-a"))
-    settled = bench.settle("node-a")
-    assert (
-        settled.wallet == bench.honest
-        and "not by the key that signed" in _check(settled.report, "payout-wallet")["reason"]
-    )
-    assert settled.verdict == "fail"
+    settled = bench.verify(before[2], signed_by="node-a")
+    assert settled.wallet == bench.honest and settled.verdict == "fail"
+    assert "not by the key that signed" in _check(settled.report, "payout-wallet")["reason"]
     with pytest.raises(ReportVerdictError):
         bench.pay(settled)
-    assert bench.world.token(bench.world.node) == 2 * AMOUNT
+    assert bench.world.token(bench.world.node) == 3 * AMOUNT
