@@ -141,23 +141,26 @@ def payout_wallet(
             )
     if isinstance(statement_reason, PayoutWallet):
         return statement_reason
-    configured = _configured(channel, keys, signer)
+    configured = _configured(channel, keys, signer, trust=trust, now=now or dt.datetime.now(dt.UTC))
     if configured is not None:
         return PayoutWallet(wallet=configured, source="config", reason=f"configured; {statement_reason}")
     return PayoutWallet(wallet=None, source="none", reason=statement_reason)
 
 
-def _configured(channel: Any, keys: frozenset[str], signer: str | None) -> str | None:
+def _configured(
+    channel: Any, keys: frozenset[str], signer: str | None, *, trust: Callable[[], Any], now: dt.datetime
+) -> str | None:
     """The operator's wallet for the proof's key: by one of its PeerIDs, else by the name (CN) its own
-    certificate carries while that name is one node's alone; never by a node id or a name the
-    coordinator's rows alone tie to the proof."""
+    certificate carries — one whose key *is* the signer's and that chains to the CA now — while that name
+    is one node's alone; never by a node id or a name the coordinator's rows alone tie to the proof."""
+    from cyxwiz.verification.verifier import check_certificate
     from tasks.coordinator_channel import node_name
 
     for key in sorted(keys):
         if key in channel.node_wallets:
             return str(channel.node_wallets[key])
     certificate = _certificate_of(channel, signer) if signer else None
-    if certificate is None:
+    if certificate is None or not check_certificate(certificate, trust(), now).passed:
         return None
     name = node_name(certificate.subject.rfc4514_string())
     holders = [n for n in channel.store.list_nodes() if node_name(n.subject) == name and n.status == "active"]
@@ -165,14 +168,17 @@ def _configured(channel: Any, keys: frozenset[str], signer: str | None) -> str |
 
 
 def _certificate_of(channel: Any, peer: str) -> Any:
-    """A certificate the coordinator holds whose key *is* ``peer`` (its PeerID is its public key, so the
-    row it sits under does not matter); None when it holds none."""
+    """A certificate the coordinator holds whose key *is* ``peer`` (checked: the row's PeerID column is
+    the coordinator's word); None when it holds none."""
     from cryptography import x509
+
+    from cyxwiz.pki.peerid import peer_id
 
     owner = channel.store.node_by_peer(peer)
     for held in channel.node_certificates(owner.node_id) if owner is not None else ():
-        if held.peer_id == peer:
-            return x509.load_pem_x509_certificate(held.pem.encode())
+        certificate = x509.load_pem_x509_certificate(held.pem.encode())
+        if peer_id(certificate) == peer:
+            return certificate
     return None
 
 

@@ -9,6 +9,7 @@ from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.devpki import build_dev_pki
 from cyxwiz.pki.peerid import peer_id
+from cyxwiz.verification.verifier import TrustStore
 from tasks.coordinator_channel import SchedulerChannel
 from tasks.verifier_service import assigned, verdict_of
 
@@ -28,11 +29,12 @@ def test_assigned_node_comes_from_the_coordinators_records(tmp_path: Path) -> No
     channel.assign(job_id)
     # The wallet follows the key that signed the job's proof (here configured by the name its
     # certificate carries); with no verified proof there is none to pay (issue 17, F1).
-    node = assigned(job_id, channel, signer=peer_id(cert))
+    trust = TrustStore.from_files(pki.bundle, crls=[pki.crl])  # a name counts from a certificate of the CA
+    node = assigned(job_id, channel, trust, signer=peer_id(cert))
     assert node is not None and (node.node_id, node.peer_ids, node.wallet) == (
         record.node_id, {peer_id(cert)}, "W1",
     )  # fmt: skip
-    unproven = assigned(job_id, channel)
+    unproven = assigned(job_id, channel, trust)
     assert unproven is not None and unproven.wallet is None
     assert assigned("job-unknown", channel) is None
 
