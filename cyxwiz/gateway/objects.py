@@ -15,6 +15,7 @@ import httpx
 from cyxwiz.audit import AuditSink
 from cyxwiz.authz.policies import RUN_LIVE_STATES
 from cyxwiz.errors import AuthenticationError, ValidationError
+from cyxwiz.gateway import run_changes
 from cyxwiz.gateway.events import worker_name
 from cyxwiz.gateway.ids import canonical_uuid, canonical_uuid_or_none
 from cyxwiz.gateway.model import Caller, NodeView, TaskRuns, artifact_namespace, job_id_of
@@ -206,11 +207,13 @@ class OwnedObjects:
                 f"may not change {sorted(changed)}" if changed else "fields allowed",
             )
         elif scope["method"] == "PATCH":
-            wrong = await self._label_refusal(caller, _json(body) if body else {})
+            wrong = await run_changes.label_refusal(
+                _json(body) if body else {}, queue=caller.queue, pool=self.pool, our_pool_id=self._our_pool_id
+            )
             self._decide(caller, resource, "flow_run.labels", wrong is None, wrong or "own labels")
         elif scope["method"] == "POST":
             request = _json(body) if body else {}
-            wrong = _state_refusal(
+            wrong = run_changes.state_refusal(
                 request, m.object_id, parent=await self._parent_task_run(request, m.object_id)
             )
             self._decide(caller, resource, "flow_run.set_state", wrong is None, wrong or "own state")
@@ -227,30 +230,13 @@ class OwnedObjects:
         answer = resp.json() if resp.status_code == 200 else {}
         return canonical_uuid_or_none(answer.get("parent_task_run_id")) if isinstance(answer, dict) else None
 
-    async def _label_refusal(self, caller: Caller, labels: dict[str, Any]) -> str | None:
-        """Labels a node's worker gives its run name that worker and the GPU pool (Prefect's system
-        labels); no other ``prefect.*`` label, and none naming another worker or pool (C3)."""
-        own: dict[str, Callable[[Any], bool]] = {
-            "prefect.worker.name": lambda v: v == worker_name(caller.queue),
-            "prefect.worker.type": lambda v: isinstance(v, str),
-            "prefect.work-pool.name": lambda v: v == self.pool,
-        }
-        for key, value in labels.items():
-            if key == "prefect.work-pool.id":
-                ident = canonical_uuid_or_none(value)
-                if ident is not None and ident not in self.pool_ids:
-                    resp = await self._client.get(
-                        f"/api/work_pools/{self.pool}", headers=self._upstream_headers
-                    )
-                    if resp.status_code == 200 and canonical_uuid_or_none(resp.json().get("id")) == ident:
-                        self.pool_ids.add(ident)
-                if ident not in self.pool_ids:
-                    return "label names another work pool"
-            elif key.startswith("prefect."):
-                check = own.get(key)
-                if check is None or not check(value):
-                    return f"label {key!r} is not the node's to set"
-        return None
+    async def _our_pool_id(self, ident: str) -> bool:
+        """Whether ``ident`` is the GPU pool's id (asked upstream once when not learned yet)."""
+        if ident not in self.pool_ids:
+            resp = await self._client.get(f"/api/work_pools/{self.pool}", headers=self._upstream_headers)
+            if resp.status_code == 200 and canonical_uuid_or_none(resp.json().get("id")) == ident:
+                self.pool_ids.add(ident)
+        return ident in self.pool_ids
 
     def _narrow(self, kind: str, caller: Caller, body: bytes) -> tuple[bytes, Callable[[Any], Any]]:
         """Listing calls: whatever was asked, the request names only the node's queue, and the answer is
@@ -374,36 +360,6 @@ class OwnedObjects:
             return created
 
         return json.dumps(request).encode(), remember
-
-
-#: What Prefect's orchestration takes from a proposed state's ``data`` to make the run's result artifact
-#: (``Artifact.from_result``): a key there would put an artifact under any key, outside the node's namespace.
-_RESULT_ARTIFACT_FIELDS = frozenset({"artifact_key", "artifact_type", "artifact_description"})
-
-
-def _state_refusal(request: dict[str, Any], run_id: str, *, parent: str | None = None) -> str | None:
-    """A state the node proposes for its own run names no other run or task run and makes no artifact
-    under a key of its choosing (issue 18; C3). The engine's own states name at most the run itself, and
-    the worker's Cancelled state (a copy of the current one) the run's own parent task run ``parent``."""
-    state = request.get("state")
-    if not isinstance(state, dict):
-        return None  # Prefect refuses it (422)
-    data = state.get("data")
-    if isinstance(data, dict) and _RESULT_ARTIFACT_FIELDS & set(data):
-        return "state data may not name an artifact (key, type or description)"
-    details = state.get("state_details") or {}
-    if not isinstance(details, dict):
-        return None
-    if details.get("flow_run_id") is not None and canonical_uuid_or_none(details["flow_run_id"]) != run_id:
-        return "state names another flow run"
-    named = [k for k in ("task_run_id", "child_flow_run_id") if details.get(k) is not None]
-    if (
-        named[:1] == ["task_run_id"]
-        and parent is not None
-        and canonical_uuid_or_none(details["task_run_id"]) == parent
-    ):
-        named = named[1:]  # the run's own parent, which Prefect's server sets there itself
-    return f"state names {named[0]}" if named else None
 
 
 def _json(body: bytes) -> dict[str, Any]:

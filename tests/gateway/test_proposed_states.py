@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from cyxwiz.gateway.objects import _state_refusal
+from cyxwiz.gateway.run_changes import state_refusal as _state_refusal
 
 RUN = str(uuid.uuid4())
 PARENT = str(uuid.uuid4())
