@@ -40,3 +40,19 @@ def test_cpu_job_in_the_sandbox_replays_bit_for_bit(tmp_path: Path, monkeypatch:
     assert pair["structural_mismatches"] == []
     assert pair["tolerance"].startswith("exact")
     assert any("replaying on cpu" in line for line in lines)
+
+
+def test_without_a_sandbox_the_driver_says_so_and_still_replays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lent GPU whose host refuses namespaces still yields figures, never passed off as sandboxed."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(BubblewrapBackend, "probe", lambda self: (False, "no user namespaces (test)"))
+    doc = run(tmp_path, rows=200, epochs=1, every=3, say=lambda line: None)
+
+    node = doc["nodes"]["cpu"]
+    assert node["sandboxed"] is False and "status" not in node
+    assert "no user namespaces (test)" in node["unavailable"]
+    assert "no user namespaces (test)" in node["unavailable_degraded"]
+    pair = node["cpu->cpu"]
+    assert pair["segments"] >= 2 and pair["bit_exact_segments"] == pair["segments"]
