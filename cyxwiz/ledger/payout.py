@@ -85,7 +85,7 @@ class SignedWalletStatement:
         statement = WalletStatement(
             peer_id=peer_id(key),
             wallet=_wallet(wallet, field="wallet"),
-            issued_at=time.time_ns() // 1_000_000 if issued_at is None else issued_at,
+            issued_at=_now_ms() if issued_at is None else issued_at,
         )
         signature = base64.b64encode(key.sign(statement.message())).decode()
         return cls(statement=statement, signature=signature)
@@ -100,16 +100,11 @@ class SignedWalletStatement:
             raise ValidationError("statement must be {v, peer_id, wallet, issued_at}", field=FIELD, rule="F1")
         if body["v"] != VERSION:
             raise ValidationError(f"unknown statement version {body['v']!r}", field=f"{FIELD}.v", rule="F1")
-        issued = body["issued_at"]
-        if isinstance(issued, bool) or not isinstance(issued, int) or not 0 < issued < 2**53:
-            raise ValidationError(
-                "issued_at must be Unix milliseconds", field=f"{FIELD}.issued_at", rule="F1"
-            )
+        issued = _issued_at(body["issued_at"], field=FIELD, rule="F1")
         peer = body["peer_id"]
         if not isinstance(peer, str) or not 0 < len(peer) <= 128:
             raise ValidationError("peer_id must be a PeerID", field=f"{FIELD}.peer_id", rule="A5")
-        if not isinstance(signature, str) or len(signature) > 128:
-            raise ValidationError("signature must be base64", field=f"{FIELD}.signature", rule="F1")
+        signature = _signature(signature, field=FIELD, rule="F1")
         wallet = _wallet(body["wallet"], field=f"{FIELD}.wallet")
         return cls(
             statement=WalletStatement(peer_id=peer, wallet=wallet, issued_at=issued), signature=signature
@@ -147,6 +142,24 @@ class SignedWalletStatement:
             raise ValidationError(
                 "issued_at is in the future", field=f"{FIELD}.issued_at", rule="F1", hint="check the clock"
             )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _issued_at(value: object, *, field: str, rule: str) -> int:
+    """A signed document's ``issued_at``: Unix milliseconds, an int (not a bool) that JSON keeps exact."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise ValidationError("issued_at must be Unix milliseconds", field=f"{field}.issued_at", rule=rule)
+    return value
+
+
+def _signature(value: object, *, field: str, rule: str) -> str:
+    """A signed document's base64 signature, bounded before anything decodes it."""
+    if not isinstance(value, str) or len(value) > 128:
+        raise ValidationError("signature must be base64", field=f"{field}.signature", rule=rule)
+    return value
 
 
 def _wallet(value: object, *, field: str) -> str:
@@ -221,9 +234,7 @@ class SignedRenewalLink:
     def sign(cls, *, old_key: Ed25519PrivateKey, new_peer_id: str) -> SignedRenewalLink:
         from cyxwiz.pki.peerid import peer_id
 
-        link = RenewalLink(
-            old_peer_id=peer_id(old_key), new_peer_id=new_peer_id, issued_at=time.time_ns() // 1_000_000
-        )
+        link = RenewalLink(old_peer_id=peer_id(old_key), new_peer_id=new_peer_id, issued_at=_now_ms())
         return cls(link=link, signature=base64.b64encode(old_key.sign(link.message())).decode())
 
     @classmethod
@@ -237,16 +248,11 @@ class SignedRenewalLink:
             )
         if body["v"] != VERSION:
             raise ValidationError(f"unknown link version {body['v']!r}", field=f"{LINK_FIELD}.v", rule="A7")
-        issued = body["issued_at"]
-        if isinstance(issued, bool) or not isinstance(issued, int) or not 0 < issued < 2**53:
-            raise ValidationError(
-                "issued_at must be Unix milliseconds", field=f"{LINK_FIELD}.issued_at", rule="A7"
-            )
+        issued = _issued_at(body["issued_at"], field=LINK_FIELD, rule="A7")
         peers = (body["old_peer_id"], body["new_peer_id"])
         if not all(isinstance(p, str) and 0 < len(p) <= 128 for p in peers):
             raise ValidationError("the link names two PeerIDs", field=LINK_FIELD, rule="A5")
-        if not isinstance(signature, str) or len(signature) > 128:
-            raise ValidationError("signature must be base64", field=f"{LINK_FIELD}.signature", rule="A7")
+        signature = _signature(signature, field=LINK_FIELD, rule="A7")
         link = RenewalLink(old_peer_id=peers[0], new_peer_id=peers[1], issued_at=issued)
         return cls(link=link, signature=signature)
 
