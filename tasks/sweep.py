@@ -100,6 +100,20 @@ def reap_silent_runs(
     closed its job (settled, archived, row written) would stay ``RUNNING`` in Prefect forever otherwise.
     One query per sweep, bounded by the runs in flight; ``keep``: runs another rule owns (a held release)."""
     from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = runs_in_states(client, ["RUNNING"], flow_name=flow_name)
+    return [
+        str(run.id)
+        for run in runs
+        if str(run.id) not in keep
+        and lifecycle_run_state(str(run.id), silent_after_s=silent_after_s) == "terminal"
+    ]
+
+
+def runs_in_states(client: Any, states: list[str], *, flow_name: str | None = None) -> list[Any]:
+    """Every flow run in one of ``states`` (of ``flow_name`` when given), page by page: one read would stop
+    at the server's default page size (200), and a run past it would never be found."""
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -109,19 +123,18 @@ def reap_silent_runs(
     )
     from prefect.client.schemas.objects import StateType
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-            ),
-        )
-    return [
-        str(run.id)
-        for run in runs
-        if str(run.id) not in keep
-        and lifecycle_run_state(str(run.id), silent_after_s=silent_after_s) == "terminal"
-    ]
+    wanted = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in states]))
+    )
+    flows = FlowFilter(name=FlowFilterName(any_=[flow_name])) if flow_name else None
+    runs: list[Any] = []
+    while batch := client.read_flow_runs(
+        flow_filter=flows, flow_run_filter=wanted, offset=len(runs), limit=200
+    ):
+        runs.extend(batch)
+        if len(batch) < 200:
+            break
+    return runs
 
 
 #: The label Prefect's worker puts on every flow run it submits (``_give_worker_labels_to_flow_run``).
@@ -155,22 +168,12 @@ def crash_orphans_of(
     started) is left to Prefect's own rules. Worker names must be unique per host (the systemd unit and the
     embedded stack name theirs)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
     own = host_pid if host_pid is not None else os.getpid()
     crashed: list[str] = []
-    live = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
-    )
     with get_client(sync_client=True) as client:
-        runs: list[Any] = []
-        while batch := client.read_flow_runs(flow_run_filter=live, offset=len(runs), limit=200):
-            runs.extend(batch)
-            if len(batch) < 200:
-                break
-        for run in runs:
+        for run in runs_in_states(client, ["RUNNING", "PENDING"]):
             if run.labels.get(WORKER_LABEL) != worker_name or not run.infrastructure_pid:
                 continue
             try:
