@@ -1,0 +1,200 @@
+"""Escrow pairs as the control plane runs them: over the ledger service, with the verifier's own process.
+
+``bench_ledger.py`` measures the bookkeeping against an in-process LiteSVM with every key in one process
+(the bookkeeping's raw CPU cost). Here the parts are where the embedded stack and production put them:
+LiteSVM is the local ledger service (its own process, JSON-RPC on loopback, as a cluster is reached), the
+verifier co-signs from its own process over its Unix socket, and the control plane's ledger holds only
+the payer and coordinator keys (:func:`cyxwiz.ledger.config.open_ledger`). ``IN_FLIGHT`` escrows run at
+once (threads, as concurrent lifecycles). The baseline sends the *same* transactions (same instructions,
+same signers, keys loaded in this process) through the same RPC client to the same service, with the
+same concurrency, and confirms each one (F2: signed, sent and confirmed): no intent log, no checks, no
+co-signing round trip. The two sides alternate in rounds so the host's load weighs on both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from solders.keypair import Keypair
+from solders.pubkey import Pubkey
+
+from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.rpc import RpcChain
+
+N = 240
+IN_FLIGHT = 8
+ROUNDS = 6
+PASSPHRASE = "bench-ledger-stack-passphrase"
+PEER = "12D3KooWBenchNode"
+MINIMUM = 1_000_000  # provision_demo's minimum payment
+
+
+@dataclass(frozen=True)
+class _Stack:
+    demo: Any  # cyxwiz.ledger.embedded.DemoLedger
+    pki: Any  # cyxwiz.pki.devpki.DevPKI
+
+
+@contextmanager
+def _stack(root: Path) -> Iterator[_Stack]:
+    """The ledger service and the verifier service as subprocesses, a provisioned demo ledger."""
+    from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
+    from cyxwiz.ledger.keystore import KdfParams
+    from cyxwiz.ledger.verifier_service import start_verifier_service
+    from cyxwiz.pki.devpki import build_dev_pki
+
+    pki = build_dev_pki(root / "pki", nodes=("node-1",))
+    with start_local_ledger(root / "service") as service:
+        demo = provision_demo(
+            rpc_url=service.rpc_url, state_dir=root / "demo", passphrase=PASSPHRASE.encode(),
+            user_funds=10**13, kdf=KdfParams.fast_for_tests(), pki=pki,
+        )  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSPHRASE")}
+        env |= demo.verifier_env()
+        with start_verifier_service(config_path=demo.config_path, state_dir=root / "verifier", env=env):
+            yield _Stack(demo=demo, pki=pki)
+
+
+def _reports(stack: _Stack, jobs: list[str]) -> dict[str, str]:
+    """The verifier's signed passing reports, made before the clock starts."""
+    from cyxwiz.ledger.attestation import sign_attestation
+    from cyxwiz.pki.certs import load_certificate
+    from cyxwiz.pki.keys import load_private_key
+
+    key, cert = load_private_key(stack.pki.verifier_key), load_certificate(stack.pki.verifier_cert)
+    config, user = stack.demo.config, stack.demo.user.pubkey()
+    return {
+        job: sign_attestation(
+            key=key, certificate=cert, job_id=job, node_peer_id=PEER,
+            node_wallet=str(stack.demo.node.pubkey()),
+            escrow=str(txbuild.escrow_address(config.pubkey("payer"), job, user)),
+            report_sha256="ab" * 32, verdict="pass",
+        ).to_json()
+        for job in jobs
+    }  # fmt: skip
+
+
+def _ledger_side(stack: _Stack, jobs: list[str]) -> tuple[Callable[[range], None], Callable[[], None]]:
+    demo = stack.demo
+    ledger = demo.open_ledger(passphrase=PASSPHRASE.encode())
+    reports = _reports(stack, jobs)
+    node = demo.node.pubkey()
+
+    def pair(i: int) -> None:
+        job = jobs[i]
+        ledger.create(job_id=job, user=demo.user, amount=MINIMUM + i)
+        ledger.assign(job_id=job, node_wallet=node, node_peer_id=PEER)
+        ledger.release(job_id=job, node_wallet=node, report=reports[job])
+
+    return _concurrently(pair), lambda: (ledger.chain.close(), ledger.store.dispose())
+
+
+def _bare_side(stack: _Stack) -> tuple[Callable[[range], None], Callable[[], None]]:
+    demo, config = stack.demo, stack.demo.config
+    payer = config.load_key("payer", passphrase=PASSPHRASE.encode())
+    coordinator = config.load_key("coordinator", passphrase=PASSPHRASE.encode())
+    verifier = config.load_key("verifier", passphrase=demo.verifier_passphrase.encode())
+    chain = RpcChain(url=config.rpc_url)
+    mint, multisig, user = Pubkey.from_string(config.mint), Pubkey.from_string(config.multisig), demo.user
+    user_token = txbuild.token_account_of(user.pubkey(), mint)
+    rent = chain.minimum_rent(txbuild.RENT_SIZES["account"])
+
+    def send_confirmed(instructions: list[Any], signers: list[Keypair]) -> None:
+        tx = txbuild.sign(instructions, payer=payer, signers=signers, blockhash=chain.latest_blockhash()[0])
+        signature = chain.send_raw(bytes(tx))
+        while (status := chain.signature_status(signature)) is None:
+            time.sleep(0.005)
+        assert status.err is None, status
+
+    def pair(i: int) -> None:
+        job = f"bare-{i}"
+        send_confirmed(
+            txbuild.create_escrow(
+                payer=payer.pubkey(), user=user.pubkey(), user_token=user_token, mint=mint,
+                decimals=config.decimals, multisig=multisig, job_id=job, amount=MINIMUM + i, rent=rent,
+            ),
+            [user],
+        )  # fmt: skip
+        send_confirmed(
+            txbuild.settle_escrow(
+                payer=payer.pubkey(), escrow=txbuild.escrow_address(payer.pubkey(), job, user.pubkey()),
+                mint=mint, decimals=config.decimals, multisig=multisig,
+                recipient_wallet=demo.node.pubkey(), amount=MINIMUM + i,
+                authority_signers=[coordinator.pubkey(), verifier.pubkey()],
+                memo_text=f"cyxwiz:escrow:release:{job}",
+            ),
+            [coordinator, verifier],
+        )  # fmt: skip
+
+    return _concurrently(pair), chain.close
+
+
+def _concurrently(pair: Callable[[int], None]) -> Callable[[range], None]:
+    pool = ThreadPoolExecutor(max_workers=IN_FLIGHT)
+
+    def run(indices: range) -> None:
+        if IN_FLIGHT == 1:
+            for i in indices:
+                pair(i)
+        else:
+            list(pool.map(pair, indices))
+
+    return run
+
+
+def _timed(work: Callable[[range], None], indices: range) -> float:
+    started = time.perf_counter()
+    work(indices)
+    return time.perf_counter() - started
+
+
+def measure(n: int = N) -> tuple[float, float, float]:
+    """(escrow pairs/s, bare pairs/s, median of the rounds' own ratios)."""
+    with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp)) as stack:
+        jobs = [f"bench-{i}" for i in range(n)]
+        escrow, close_escrow = _ledger_side(stack, jobs)
+        bare, close_bare = _bare_side(stack)
+        try:
+            warm = range(n, n)  # both sides' first calls open connections and pools outside the clock
+            escrow(warm)
+            step = n // ROUNDS
+            t_escrow = t_bare = 0.0
+            ratios = []
+            for r in range(ROUNDS):
+                indices = range(r * step, (r + 1) * step)
+                first, second = (bare, escrow) if r % 2 else (escrow, bare)
+                t_first, t_second = _timed(first, indices), _timed(second, indices)
+                te, tb = (t_second, t_first) if r % 2 else (t_first, t_second)
+                ratios.append(tb / te)
+                t_escrow, t_bare = t_escrow + te, t_bare + tb
+        finally:
+            close_escrow()
+            close_bare()
+        done = step * ROUNDS
+        return done / t_escrow, done / t_bare, statistics.median(ratios)
+
+
+def run() -> list[tuple[str, float, str]]:
+    escrow, bare, median = measure()
+    return [
+        (
+            f"escrow pairs ÷ bare, over the ledger service ({IN_FLIGHT} in flight)",
+            escrow / bare,
+            f"{escrow:.0f} vs {bare:.0f} pairs/s; median of {ROUNDS} rounds {median:.3f}; LiteSVM and the "
+            "verifier in their own processes, as the stack runs them (goal >= 0.8)",
+        )
+    ]
+
+
+if __name__ == "__main__":
+    for label, ratio, why in run():
+        print(f"{label:<44} {ratio:8.3f}  {why}")
