@@ -32,7 +32,7 @@ from agents.node_client import (
 from agents.settings import AgentSettings
 from agents.tunnel import running_tunnel
 from cyxwiz.coordinator.hooks import BasicHooks
-from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.coordinator.service import CoordinatorHandle
 from cyxwiz.errors import AuthenticationError
 from cyxwiz.gateway.service import build_gateway
 from cyxwiz.gateway.standing import StoreStanding
@@ -41,6 +41,7 @@ from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.server import MTLSServer
 from cyxwiz.transport.tls import client_context
+from tests._coordinator import start_dev_coordinator
 from tests.gateway.conftest import POOL, Upstream, _serve
 
 #: Short, yet long enough that a renewal at half-life lands well before the expiry on a loaded machine (a
@@ -60,10 +61,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     pki = build_dev_pki(tmp_path / "pki", nodes=("node-a",))
-    coord = start_coordinator(
-        cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
-        ca_dir=pki.ca_dir, state_dir=tmp_path / "state", node_cert_lifetime=LIFETIME,
-    )  # fmt: skip
+    coord = start_dev_coordinator(pki, tmp_path / "state", node_cert_lifetime=LIFETIME)
     upstream = Upstream()
     up_server, up_port = _serve(upstream.app())
 

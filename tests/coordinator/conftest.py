@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from cyxwiz.audit import MemorySink
-from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.coordinator.service import CoordinatorHandle
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.tokens.issuer import new_id
 from cyxwiz.transport.tls import client_context
+from tests._coordinator import start_dev_coordinator
 
 
 @dataclass
@@ -56,16 +57,7 @@ def auth(token: str) -> dict[str, str]:
 def make_env(tmp_path: Path, **options: Any) -> Iterator[Env]:
     pki = build_dev_pki(tmp_path / "pki", nodes=("node-a", "node-b"))
     audit = MemorySink()
-    coord = start_coordinator(
-        cert=pki.coordinator_cert,
-        key=pki.coordinator_key,
-        trust_bundle=pki.bundle,
-        crl=pki.crl,
-        ca_dir=pki.ca_dir,
-        state_dir=tmp_path / "state",
-        audit=audit,
-        **options,
-    )
+    coord = start_dev_coordinator(pki, tmp_path / "state", audit, **options)
     try:
         yield Env(pki=pki, coord=coord, audit=audit)
     finally:

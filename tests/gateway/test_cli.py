@@ -61,18 +61,15 @@ def test_the_gateway_the_cli_runs_refuses_a_revoked_session_and_a_banned_node(tm
 
     import httpx
 
-    from cyxwiz.coordinator.service import start_coordinator
     from cyxwiz.pki.devpki import build_dev_pki
     from cyxwiz.transport.tls import client_context
     from infra.local_server import free_port
+    from tests._coordinator import start_dev_coordinator
     from tests.gateway.conftest import POOL, Upstream, _serve
 
     pki = build_dev_pki(tmp_path / "pki", nodes=("node-a",))
     state = tmp_path / "state"
-    coord = start_coordinator(
-        cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
-        ca_dir=pki.ca_dir, state_dir=state,
-    )  # fmt: skip
+    coord = start_dev_coordinator(pki, state)
     up_server, up_port = _serve(Upstream().app())
     port = free_port()
     argv = [

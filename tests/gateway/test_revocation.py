@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from cyxwiz.audit import MemorySink
-from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.coordinator.service import CoordinatorHandle
 from cyxwiz.gateway.service import build_gateway
 from cyxwiz.gateway.standing import StoreStanding
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
@@ -31,6 +31,7 @@ from cyxwiz.tokens.kinds import TokenKind
 from cyxwiz.tokens.verifier import TokenVerifier
 from cyxwiz.transport.server import MTLSServer
 from cyxwiz.transport.tls import client_context
+from tests._coordinator import start_dev_coordinator
 from tests.gateway.conftest import POOL, Upstream, _serve
 
 
@@ -77,10 +78,7 @@ class Both:
 def both(tmp_path: Path) -> Iterator[Both]:
     pki = build_dev_pki(tmp_path / "pki", nodes=("node-a", "node-b"))
     audit = MemorySink()
-    coord = start_coordinator(
-        cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
-        ca_dir=pki.ca_dir, state_dir=tmp_path / "state", audit=audit,
-    )  # fmt: skip
+    coord = start_dev_coordinator(pki, tmp_path / "state", audit)
     upstream = Upstream()
     up_server, up_port = _serve(upstream.app())
 

@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 from cyxwiz.audit import MemorySink
 from cyxwiz.cli import app
 from cyxwiz.coordinator.hooks import BasicHooks
-from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.coordinator.service import CoordinatorHandle
 from cyxwiz.pki.certs import Role, write_certificate
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.keys import write_private_key
 from cyxwiz.transport.tls import client_context
+from tests._coordinator import start_dev_coordinator
 
 
 @dataclass
@@ -74,16 +75,7 @@ def jobs_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsEnv]:
     pki = build_dev_pki(root / "pki", nodes=("node-a",))
     other_cert, other_key = issue_user(pki, "other-user")
     audit = MemorySink()
-    coord = start_coordinator(
-        cert=pki.coordinator_cert,
-        key=pki.coordinator_key,
-        trust_bundle=pki.bundle,
-        crl=pki.crl,
-        ca_dir=pki.ca_dir,
-        state_dir=root / "state",
-        audit=audit,
-        hooks=BasicHooks(),
-    )
+    coord = start_dev_coordinator(pki, root / "state", audit, hooks=BasicHooks())
     try:
         yield JobsEnv(pki=pki, coord=coord, audit=audit, other_cert=other_cert, other_key=other_key)
     finally:

@@ -25,13 +25,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from cyxwiz.audit import MemorySink
-from cyxwiz.coordinator.service import CoordinatorHandle, start_coordinator
+from cyxwiz.coordinator.service import CoordinatorHandle
 from cyxwiz.gateway.model import artifact_namespace
 from cyxwiz.gateway.service import build_gateway
 from cyxwiz.gateway.standing import StoreStanding
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.transport.server import MTLSServer
 from cyxwiz.transport.tls import client_context
+from tests._coordinator import start_dev_coordinator
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -120,15 +121,7 @@ def world(prefect_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     tmp = tmp_path_factory.mktemp("node-surface")
     pki = build_dev_pki(tmp / "pki", nodes=("node-a", "node-b"))
     audit = MemorySink()
-    coord = start_coordinator(
-        cert=pki.coordinator_cert,
-        key=pki.coordinator_key,
-        trust_bundle=pki.bundle,
-        crl=pki.crl,
-        ca_dir=pki.ca_dir,
-        state_dir=tmp / "state",
-        audit=audit,
-    )
+    coord = start_dev_coordinator(pki, tmp / "state", audit)
     api = str(prefect_server.api_url)
     gateway, _ = build_gateway(
         cert=pki.gateway_cert,
