@@ -251,7 +251,7 @@ def attested_verification(
     the attestation on to :meth:`EscrowLedger.release`, which refuses anything but a passing one.
     """
     from cyxwiz.ledger.config import LedgerConfig
-    from cyxwiz.ledger.verifier_service import RemoteCosigner
+    from cyxwiz.ledger.verifier_client import RemoteCosigner
     from cyxwiz.retry import retrying
     from cyxwiz.verification.report import Check, VerificationReport
 

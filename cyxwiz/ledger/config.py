@@ -214,7 +214,7 @@ def open_ledger(
     socket_path = config.verifier_socket_path()
     verifier: Any = None
     if socket_path is not None:
-        from cyxwiz.ledger.verifier_service import RemoteCosigner
+        from cyxwiz.ledger.verifier_client import RemoteCosigner
 
         verifier = RemoteCosigner(socket_path=socket_path, pubkey=config.pubkey("verifier"))
     return EscrowLedger(

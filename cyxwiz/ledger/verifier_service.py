@@ -14,7 +14,8 @@ under its own passphrase, ``CYXWIZ_VERIFIER_PASSPHRASE``) and of the Ed25519 key
 ``GET  /v1/verdicts/{job_id}``  the passing attestation this verifier recorded for the job, or null (the
                      sweep releases an expired escrow that passed instead of refunding it).
 
-:class:`RemoteCosigner` is the control plane's client; :func:`start_verifier_service` runs the process.
+:class:`~cyxwiz.ledger.verifier_client.RemoteCosigner` is the control plane's client;
+:func:`start_verifier_service` runs the process.
 """
 
 from __future__ import annotations
@@ -33,14 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from solders.message import Message
-from solders.pubkey import Pubkey
-from solders.signature import Signature
 
 from cyxwiz.errors import CyxwizError, LedgerError
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
-from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, refusal_from
+from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy
 
 #: verify hook: the lifecycle's request body -> (the report as a dict, its verdict: pass, fail or fraud)
 VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
@@ -189,57 +188,6 @@ def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = 
     os.chmod(socket_path, 0o600)
     sock.listen(64)
     run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
-
-
-class RemoteCosigner:
-    """The control plane's side: asks the verifier service over its Unix socket."""
-
-    def __init__(self, *, socket_path: Path, pubkey: Pubkey | None = None, timeout_s: float = 600.0) -> None:
-        import httpx
-
-        self.socket_path = socket_path
-        self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://verifier", timeout=timeout_s
-        )
-        self._pubkey = pubkey
-
-    def pubkey(self) -> Pubkey:
-        if self._pubkey is None:
-            self._pubkey = Pubkey.from_string(str(self._call("GET", "/v1/pubkey")["pubkey"]))
-        return self._pubkey
-
-    def cosign(self, request: CosignRequest) -> Signature:
-        return Signature.from_string(str(self._call("POST", "/v1/cosign", request.to_dict())["signature"]))
-
-    def passing(self, job_id: str) -> str | None:
-        """The passing attestation the verifier service recorded for the job, if any."""
-        value = self._call("GET", f"/v1/verdicts/{job_id}").get("attestation")
-        return None if value is None else str(value)
-
-    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Run the verification in the verifier service: ``{"report": ..., "attestation": json}``."""
-        return self._call("POST", "/v1/verify", body)
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = self._client.request(method, path, json=body)
-            payload = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            from cyxwiz.ledger.rpc import LedgerUnavailableError
-
-            raise LedgerUnavailableError(
-                f"the verifier service at {self.socket_path} is unreachable ({type(exc).__name__})", rule="F1"
-            ) from None
-        if response.status_code != 200:
-            raise refusal_from(payload.get("error") if isinstance(payload, dict) else None)
-        if not isinstance(payload, dict):
-            raise LedgerError("the verifier service answered garbage", field="body")
-        return payload
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class VerifierProcess:

@@ -26,7 +26,8 @@ from cyxwiz.ledger.embedded import DemoLedger
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.store import EscrowState, IntentStatus
 from cyxwiz.ledger.verdicts import ReleaseOwedError
-from cyxwiz.ledger.verifier_service import RemoteCosigner, VerifierProcess, start_verifier_service
+from cyxwiz.ledger.verifier_client import RemoteCosigner
+from cyxwiz.ledger.verifier_service import VerifierProcess, start_verifier_service
 from tests.ledger.conftest import NODE_PEER, REPO, Pki, demo_attest
 
 

@@ -27,7 +27,8 @@ from cyxwiz.ledger.config import open_ledger
 from cyxwiz.ledger.embedded import DemoLedger
 from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.store import EscrowState
-from cyxwiz.ledger.verifier_service import RemoteCosigner, VerifierProcess, start_verifier_service
+from cyxwiz.ledger.verifier_client import RemoteCosigner
+from cyxwiz.ledger.verifier_service import VerifierProcess, start_verifier_service
 from tasks import services
 from tasks.config import ENV_VAR, ControlPlaneConfig
 from tasks.control import JobRequest

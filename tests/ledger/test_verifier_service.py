@@ -19,7 +19,8 @@ from cyxwiz.ledger.config import open_ledger
 from cyxwiz.ledger.cosign import CosignRefusedError, CosignRequest
 from cyxwiz.ledger.embedded import DemoLedger
 from cyxwiz.ledger.keystore import load_keypair
-from cyxwiz.ledger.verifier_service import RemoteCosigner, VerifierProcess
+from cyxwiz.ledger.verifier_client import RemoteCosigner
+from cyxwiz.ledger.verifier_service import VerifierProcess
 from tests.ledger.conftest import NODE_PEER, PASSPHRASE, Pki, World, demo_attest
 
 
