@@ -131,16 +131,64 @@ def unstake_command(
     withdraw: Annotated[
         bool, typer.Option("--withdraw", help="Withdraw now (after the cool-down, no job running).")
     ] = False,
+    withdrawal: Annotated[
+        Path | None,
+        typer.Option(
+            "--withdrawal", help="With --withdraw: the signed withdrawal (cyxwiz escrow sign-withdrawal)."
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start the stake's cool-down (no more dispatch), or --withdraw it back to the node's wallet.
+    """Start the stake's cool-down (no more dispatch), or --withdraw it back to the wallet the node's key
+    named in its signed withdrawal (never a wallet the stake book says).
 
-    Example: cyxwiz escrow unstake --node 12D3KooW...;  later: cyxwiz escrow unstake --node ... --withdraw
+    Example: cyxwiz escrow unstake --node 12D3KooW...;  later, with the file the node signed:
+    cyxwiz escrow unstake --node 12D3KooW... --withdraw --withdrawal withdrawal.json
     """
-    stakes = _stakes(config)
-    record = stakes.withdraw(peer_id=peer_id) if withdraw else stakes.request_unstake(peer_id=peer_id)
-    _print_stake(record.to_dict(), as_json)
+    from cyxwiz.errors import ValidationError
+
+    if not withdraw:
+        _print_stake(_stakes(config).request_unstake(peer_id=peer_id).to_dict(), as_json)
+        return
+    if withdrawal is None:
+        raise ValidationError(
+            "a withdrawal pays only the wallet the node's key signed: pass --withdrawal FILE",
+            field="withdrawal", rule="F1", hint="on the node: cyxwiz escrow sign-withdrawal --wallet W",
+        )  # fmt: skip
+    from cyxwiz.pki._files import read_bytes
+
+    signed = read_bytes(withdrawal, what="signed withdrawal").decode("utf-8", errors="replace").strip()
+    _print_stake(_stakes(config).withdraw(peer_id=peer_id, withdrawal=signed).to_dict(), as_json)
+
+
+@app.command("sign-withdrawal")
+def sign_withdrawal_command(
+    wallet: Annotated[str, typer.Option("--wallet", help="The wallet (public key) the stake goes back to.")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="The node's certificate key (default: $CYXWIZ_NODE_KEY)."),
+    ] = None,
+    stake_peer: Annotated[
+        str | None,
+        typer.Option("--stake-peer", help="The PeerID the stake was deposited under, if an earlier key's."),
+    ] = None,
+) -> None:
+    """On the node: sign the request that its stake go back to WALLET (valid for an hour, used once).
+
+    Example: cyxwiz escrow sign-withdrawal --wallet 7xKX... > withdrawal.json
+    """
+    import os
+
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal
+    from cyxwiz.pki.keys import load_private_key
+
+    path = key or (Path(os.environ["CYXWIZ_NODE_KEY"]) if os.environ.get("CYXWIZ_NODE_KEY") else None)
+    if path is None:
+        raise ConfigError("name the node's key: --key or CYXWIZ_NODE_KEY", field="key", rule="A5")
+    signed = SignedStakeWithdrawal.sign(key=load_private_key(path), wallet=wallet, stake_peer_id=stake_peer)
+    typer.echo(signed.to_json())
 
 
 @app.command("list")

@@ -10,7 +10,9 @@ allow, read from the escrow record, never from the request:
 * ``refund``: the whole escrow back to the wallet that funded it.
 * ``dispute``: the whole escrow into this job's dispute escrow (whose owner needs the arbiter).
 * ``resolve``: out of the dispute escrow to the user or the assigned node (the arbiter signs too).
-* ``slash`` / ``unstake``: see :mod:`cyxwiz.ledger.stake`.
+* ``slash``: see :mod:`cyxwiz.ledger.stake`; ``unstake``: the stake account derived from the staking
+  PeerID, emptied into the wallet the node's key stated (:mod:`cyxwiz.ledger.withdrawal`), never the
+  stake book's row.
 
 :class:`KeyCosigner` applies these rules in-process (tests, tools); the verifier service applies the same
 :class:`VerifierPolicy` behind its socket (:mod:`cyxwiz.ledger.verifier_service`).
@@ -54,6 +56,8 @@ class CosignRequest:
     job_id: str
     message: bytes
     report: str | None = None
+    #: ``unstake``: the node's signed withdrawal (JSON) naming the wallet its stake goes back to
+    statement: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         import base64
@@ -63,6 +67,7 @@ class CosignRequest:
             "job_id": self.job_id,
             "message": base64.b64encode(self.message).decode(),
             "report": self.report,
+            "statement": self.statement,
         }
 
     @classmethod
@@ -76,8 +81,11 @@ class CosignRequest:
             raw = base64.b64decode(message, validate=True)
         except (KeyError, ValueError):
             raise CosignRefusedError("kind, job_id and a base64 message are required", field="body") from None
-        report = data.get("report")
-        return cls(kind=kind, job_id=job_id, message=raw, report=None if report is None else str(report))
+        report, statement = data.get("report"), data.get("statement")
+        return cls(
+            kind=kind, job_id=job_id, message=raw, report=None if report is None else str(report),
+            statement=None if statement is None else str(statement),
+        )  # fmt: skip
 
 
 class Cosigner(Protocol):
@@ -314,21 +322,9 @@ class VerifierPolicy:
         return held[source]
 
     def _unstake(self, request: CosignRequest, moves: _Moves) -> None:
-        from cyxwiz.ledger.stake import check_unstake
+        from cyxwiz.ledger.withdrawal import approve_unstake
 
-        stake = self._stakes().get(request.job_id)  # the subject of an unstake is the node's PeerID
-        linked = {
-            *(self.node_peers(stake.peer_id) if self.node_peers is not None else ()),
-            *(self.later_peers(stake.peer_id) if self.later_peers is not None else ()),
-        }
-        check_unstake(stake, self.stake_policy, self.escrow_store, peers=linked)  # a job under any of them
-        account = Pubkey.from_string(stake.stake_account)
-        dest = txbuild.token_account_of(Pubkey.from_string(stake.node_wallet), self.mint)
-        # Whatever the account holds goes back to the node (a deposit whose record a crash lost
-        # included): the account is closed in the same transaction, which the chain allows only once it
-        # is empty, and no slash is owed (check_unstake), so nobody else has a claim on these tokens.
-        held = moves.transfers[0][2] if len(moves.transfers) == 1 else 0
-        self._one_transfer(moves, source=account, dest=dest, amount=held)
+        approve_unstake(self, request, moves)
 
     @staticmethod
     def _state(record: EscrowRecord, *allowed: EscrowState) -> None:
@@ -375,6 +371,7 @@ def refusal_from(payload: object) -> CyxwizError:
     from cyxwiz.ledger import attestation as att
     from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
     from cyxwiz.ledger.verdicts import ReleaseOwedError
+    from cyxwiz.ledger.withdrawal import StakeWithdrawalError, StaleWithdrawalError
 
     known: list[type[CyxwizError]] = [
         CosignRefusedError,
@@ -386,6 +383,8 @@ def refusal_from(payload: object) -> CyxwizError:
         att.ReportVerdictError,
         ProofRequiredError,
         WrongRecipientError,
+        StakeWithdrawalError,
+        StaleWithdrawalError,
     ]
     data = payload if isinstance(payload, dict) else {}
     cls = next((k for k in known if k.code == data.get("code")), CosignRefusedError)

@@ -4,7 +4,8 @@ A node's stake is an SPL token account at a deterministic address (seed from its
 owned by the 2-of-3 escrow multisig: the node funds it with a transfer it signs itself, and only the
 coordinator + verifier can move it out — to the user of a job whose verifier report proves fraud
 (``fraud`` verdict: the proof's signature was valid, its training claims failed), a configured share,
-with the report's SHA-256 in the memo; or back to the node, after a cool-down, when it has no job running.
+with the report's SHA-256 in the memo; or back to the node, after a cool-down, when it has no job running,
+into the wallet the node's own key names in a signed withdrawal (:mod:`cyxwiz.ledger.withdrawal`).
 A crash, a timeout or a cancellation is a ``fail`` verdict and slashes nothing.
 
 API for the verification package (issue 20): :meth:`StakeLedger.slash` with the verifier's ``fraud``
@@ -47,11 +48,13 @@ from cyxwiz.ledger.stakebook import (
     stakes,
 )
 from cyxwiz.ledger.store import EscrowState, NewIntent
+from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, check_withdrawal
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import EscrowLedger
 
-#: (kind, subject, report JSON) of the verifier's co-signature, or None when the node alone signs
+#: (kind, subject, evidence JSON: the report of a slash, the node's signed withdrawal of an unstake) of the
+#: verifier's co-signature, or None when the node alone signs
 Cosign = tuple[str, str, str | None] | None
 #: Every PeerID the coordinator's own records link to the same node as this one (itself included): a
 #: renewed certificate is a new key, hence a new PeerID, but the stake belongs to the node (F1, A7).
@@ -242,32 +245,54 @@ class StakeLedger:
         self.book.update(peer_id, unstake_requested_at=dt.datetime.now(dt.UTC))
         return self.book.get(peer_id)
 
-    def withdraw(self, *, peer_id: str, now: dt.datetime | None = None) -> StakeRecord:
-        """Return the stake to the node's wallet once the cool-down passed and no job of it is running."""
+    def withdraw(
+        self, *, peer_id: str, withdrawal: SignedStakeWithdrawal | str, now: dt.datetime | None = None
+    ) -> StakeRecord:
+        """Return the stake, once the cool-down passed and no job of the node is running, to the wallet
+        ``withdrawal`` names: the node's own signed request (:mod:`cyxwiz.ledger.withdrawal`), never the
+        stake book's ``node_wallet`` (a row a compromised coordinator could rewrite; issue 17)."""
         stake = self.book.get(peer_id)
         # A job running under any of the node's PeerIDs (a renewed one too) keeps the stake locked.
         check_unstake(stake, self.policy, self.ledger.store, now=now, peers=self.node_peers(peer_id))
+        signed = withdrawal if isinstance(withdrawal, SignedStakeWithdrawal) else (
+            SignedStakeWithdrawal.parse(withdrawal)
+        )  # fmt: skip
         led = self.ledger
-        if led.chain.get_account(Pubkey.from_string(stake.stake_account)) is None:
+        try:  # whose key may state it (signed renewal links) is the verifier's to check, on its own clock
+            stated = check_withdrawal(signed, stake_peer_id=peer_id, signers=None)
+        except CyxwizError as exc:
+            led._refused("stake.withdraw", peer_id, exc)
+            raise
+        account = stake_address(led.payer_key, peer_id)  # the PeerID's account, whatever the row says
+        if led.chain.get_account(account) is None:
             # A withdrawal already landed (its process died before writing it down): nothing to send.
             self.book.update(peer_id, amount=0, withdrawn=True)
             return self.book.get(peer_id)
-        wallet = check_wallet(stake.node_wallet, field="node_wallet")
+        wallet = check_wallet(stated.wallet, field="withdrawal.wallet")
         signers = led._keys("coordinator")
         # The chain's balance, not the book's: a deposit that landed but whose record a crash lost is
         # the node's too, and the account can only be closed empty.
-        held = led.chain.token_amount(Pubkey.from_string(stake.stake_account)) or 0
+        held = led.chain.token_amount(account) or 0
         instructions = [
             token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), wallet, led.mint),
             *txbuild._move_and_close(
-                escrow=Pubkey.from_string(stake.stake_account), mint=led.mint, decimals=led.decimals,
+                escrow=account, mint=led.mint, decimals=led.decimals,
                 multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=held,
                 signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()], rent_owner=led.rent_owner,
             ),
             txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
         ]  # fmt: skip
-        self._send(instructions, signers, cosign=("unstake", peer_id, None))
+        try:
+            signature = self._send(instructions, signers, cosign=("unstake", peer_id, signed.to_json()))
+        except CyxwizError as exc:
+            led._refused("stake.withdraw", peer_id, exc, destination=str(wallet))
+            raise
         self.book.update(peer_id, amount=0, withdrawn=True)
+        led._record_audit(
+            "stake.withdraw", peer_id, success=True, amount=held, source=str(account),
+            destination=str(wallet), tx_signature=signature,
+            reason=f"signed by {stated.peer_id} at {stated.issued_at}",
+        )  # fmt: skip
         return self.book.get(peer_id)
 
     # -- internals --------------------------------------------------------------------------------
@@ -280,9 +305,13 @@ class StakeLedger:
         message = Message.new_with_blockhash(instructions, led._payer.pubkey(), blockhash)
         signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (led._payer, *signers)}
         if cosign is not None:
-            kind, subject, report = cosign
+            kind, subject, evidence = cosign
             cosigner = led._cosigner()
-            request = CosignRequest(kind=kind, job_id=subject, message=bytes(message), report=report)
+            unstake = kind == "unstake"
+            request = CosignRequest(
+                kind=kind, job_id=subject, message=bytes(message),
+                report=None if unstake else evidence, statement=evidence if unstake else None,
+            )  # fmt: skip
             signatures[cosigner.pubkey()] = cosigner.cosign(request)
         required = message.account_keys[: message.header.num_required_signatures]
         return Transaction.populate(message, [signatures[k] for k in required]), last_valid

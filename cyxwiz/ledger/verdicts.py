@@ -50,6 +50,16 @@ answers = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 rawsql.register(answers)
+#: The newest stake withdrawal (its signed ``issued_at``, Unix ms) this verifier co-signed per stake: a
+#: node's signed withdrawal pays once, never again after a re-stake (issue 17; F1, F2).
+withdrawals = sa.Table(
+    "cyxwiz_verifier_withdrawals",
+    metadata,
+    sa.Column("stake_peer_id", sa.String(128), primary_key=True),
+    sa.Column("issued_at", sa.BigInteger, nullable=False),
+    sa.Column("wallet", sa.String(44), nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 class ReleaseOwedError(CosignRefusedError):
@@ -131,6 +141,32 @@ class VerdictBook:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass
+
+    def newest_withdrawal(self, stake_peer_id: str) -> int | None:
+        """The ``issued_at`` of the newest signed withdrawal of this stake co-signed here, if any."""
+        query = sa.select(withdrawals.c.issued_at).where(withdrawals.c.stake_peer_id == stake_peer_id)
+        with self._engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else int(value)
+
+    def record_withdrawal(self, stake_peer_id: str, *, issued_at: int, wallet: str) -> bool:
+        """Mark a signed withdrawal used, before its co-signature leaves; False (nothing written) when one
+        as new or newer was co-signed meanwhile (two requests raced with the same statement)."""
+        mine = withdrawals.c.stake_peer_id == stake_peer_id
+        values = {"issued_at": issued_at, "wallet": wallet, "recorded_at": dt.datetime.now(dt.UTC)}
+        try:
+            with rawsql.writing(self._engine) as conn:
+                held = conn.execute(sa.select(withdrawals.c.issued_at).where(mine)).scalar()
+                if held is None:
+                    conn.execute(withdrawals.insert().values(stake_peer_id=stake_peer_id, **values))
+                    return True
+                # compare-and-set: a concurrent writer of a newer one leaves this one nothing to update
+                moved = conn.execute(
+                    withdrawals.update().where(mine, withdrawals.c.issued_at < issued_at).values(**values)
+                )
+                return bool(moved.rowcount)
+        except self._conflicts:
+            return False  # another request inserted the first mark of this stake meanwhile
 
     def _writing(self) -> AbstractContextManager[rawsql.Conn]:
         return self._fast.transaction() if self._fast is not None else rawsql.writing(self._engine)

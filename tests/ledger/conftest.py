@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
@@ -22,11 +24,16 @@ from cyxwiz.ledger.ledger import EscrowLedger
 from cyxwiz.ledger.rpc import RpcChain
 from cyxwiz.ledger.store import EscrowStore, IntentStatus
 from cyxwiz.ledger.verifier_service import VerifierProcess, start_verifier_service
+from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal
+from cyxwiz.pki.peerid import peer_id
 
 REPO = Path(__file__).resolve().parents[2]
 PASSPHRASE = "ledger-test-passphrase"
 LAMPORTS_PER_SIGNATURE = 5000
-NODE_PEER = "12D3KooWNodeOnePeerIdForTheEscrowTests"
+#: The node's certificate key (fixed): its PeerID is the one escrows and stakes name; it signs the node's
+#: stake withdrawals (an Ed25519 PeerID is its public key, issue 17).
+NODE_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"cyxwiz escrow tests: node one").digest())
+NODE_PEER = peer_id(NODE_KEY)
 REPORT = {"job_id": "job-a", "passed": True, "checks": [], "proof_sha256": "ab" * 32, "summary": {}}
 
 
@@ -115,6 +122,12 @@ def demo_attest(pki: Pki, demo: DemoLedger, job_id: str, *, verdict: Verdict = "
         node_wallet=str(demo.node.pubkey()),
         escrow=str(escrow),
     ).to_json()
+
+
+def withdrawal(wallet: Keypair | Pubkey, key: Ed25519PrivateKey = NODE_KEY, **fields: Any) -> str:
+    """The node's signed request that its stake go back to ``wallet`` (JSON)."""
+    owner = wallet.pubkey() if isinstance(wallet, Keypair) else wallet
+    return SignedStakeWithdrawal.sign(key=key, wallet=str(owner), **fields).to_json()
 
 
 USER_FUNDS = 1_000_000

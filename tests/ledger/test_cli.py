@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from cyxwiz.cli import app
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.config import open_ledger
 from cyxwiz.ledger.embedded import DemoLedger
+from cyxwiz.ledger.stake import StakeBook
 from cyxwiz.ledger.verifier_service import VerifierProcess
-from tests.ledger.conftest import NODE_PEER
+from cyxwiz.pki.keys import write_private_key
+from tests.ledger.conftest import NODE_KEY, NODE_PEER
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -89,9 +92,10 @@ def test_ledger_serve_refuses_corrupt_snapshot_and_non_loopback(tmp_path: Path) 
     assert proc.returncode == 2 and "loopback only" in proc.stderr
 
 
-def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess) -> None:
+def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess, tmp_path: Path) -> None:
     """``cyxwiz escrow stake|unstake|status --node``: the node's key signs the deposit; withdrawal waits
-    for the cool-down (refused with one line before it)."""
+    for the cool-down (refused with one line before it) and pays the wallet the node's certificate key
+    named in ``cyxwiz escrow sign-withdrawal``."""
     from cyxwiz.ledger import provision
 
     ledger = open_ledger(demo.config)
@@ -108,6 +112,24 @@ def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess) -
     assert code == 0 and json.loads(out)["amount"] == 3_000_000
     code, out, _ = _run("escrow", "unstake", "--node", NODE_PEER)
     assert code == 0 and "unstake_requested_at" in out
-    code, _, err = _run("escrow", "unstake", "--node", NODE_PEER, "--withdraw")
+    # On the node: its certificate key signs where the stake goes back to (issue 17; F1).
+    key_file = tmp_path / "node-key.pem"
+    write_private_key(key_file, NODE_KEY)
+    code, signed, err = _run(
+        "escrow", "sign-withdrawal", "--key", str(key_file), "--wallet", str(demo.node.pubkey())
+    )
+    assert code == 0, err
+    (tmp_path / "withdrawal.json").write_text(signed)
+    withdraw = ("escrow", "unstake", "--node", NODE_PEER, "--withdraw")
+    code, _, err = _run(*withdraw)
+    assert code == 2 and "--withdrawal FILE" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run(*withdraw, "--withdrawal", str(tmp_path / "withdrawal.json"))
     assert code != 0 and "cool-down ends" in err and "Traceback" not in err
-    assert ledger.chain.token_amount(txbuild.token_account_of(demo.node.pubkey(), ledger.mint)) == 0
+    wallet = txbuild.token_account_of(demo.node.pubkey(), ledger.mint)
+    assert ledger.chain.token_amount(wallet) == 0
+    # The cool-down over: the verifier service (its own process) co-signs the withdrawal to that wallet.
+    book = StakeBook(ledger.store._engine)
+    book.update(NODE_PEER, unstake_requested_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    code, out, err = _run(*withdraw, "--withdrawal", str(tmp_path / "withdrawal.json"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["withdrawn"] and ledger.chain.token_amount(wallet) == 3_000_000

@@ -1,0 +1,257 @@
+"""Where a node's stake goes back to: a wallet the staking node's own key stated (issue 17; F1, A5, A7, I).
+
+The stake book is a database row the coordinator writes; a coordinator that is compromised (it holds the
+coordinator key and the database) could rewrite the row's ``node_wallet`` and have the withdrawal pay
+itself. So a withdrawal pays only the wallet named in a :class:`StakeWithdrawal` the node signs with its
+certificate's Ed25519 key — the key whose PeerID the stake was deposited under, or a key it renewed into
+through renewal links each signed by the older key (:func:`cyxwiz.ledger.payout.linked_keys`) — in
+canonical JSON (RFC 8785) behind :data:`DOMAIN`, so no other signed document of the node (a wallet
+statement, a completion proof, a renewal link) can be replayed as one. An Ed25519 PeerID *is* its public
+key: no certificate, and nobody's word about which certificate is whose, is needed to check it.
+
+The verifier's co-signing policy checks the transaction message against the statement, never against the
+book: the stake account it empties is the one derived from the statement's ``stake_peer_id``, the one
+destination is that wallet's token account. A statement is a request to withdraw now: it is refused once
+older than :data:`MAX_AGE_S`, and the verifier keeps, in its own book, the newest one it co-signed per
+stake, so none is used twice (a stale one put back after a re-stake pays nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
+from cyxwiz.ledger.payout import MAX_SKEW_S, VERSION, _issued_at, _now_ms, _signature, _wallet
+from cyxwiz.verification.canonical import canonical_json
+
+if TYPE_CHECKING:
+    from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, _Moves
+
+#: Domain separation: these bytes start every signed stake withdrawal and nothing else cyxwiz signs.
+DOMAIN = b"cyxwiz-stake-withdrawal-v1\n"
+FIELD = "withdrawal"
+#: How long a signed withdrawal stays usable: it is signed for the withdrawal at hand, not kept around.
+MAX_AGE_S = 3600
+_BODY = {"v", "peer_id", "stake_peer_id", "wallet", "issued_at"}
+
+
+class StakeWithdrawalError(AuthorizationError):
+    """A withdrawal not signed by the staking node's key (nor a key it renewed into), or edited."""
+
+    code = "stake-withdrawal-signature"
+
+
+class StaleWithdrawalError(ConflictError):
+    """A withdrawal outside its validity window (older than allowed, dated ahead), or not newer than one
+    already co-signed for this stake."""
+
+    code = "stake-withdrawal-stale"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StakeWithdrawal:
+    """What the node signs: pay the stake held under ``stake_peer_id`` back into ``wallet``, as of
+    ``issued_at`` (Unix ms); ``peer_id`` is the signing key's PeerID (the staking key or a successor)."""
+
+    peer_id: str
+    stake_peer_id: str
+    wallet: str
+    issued_at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": VERSION, "peer_id": self.peer_id, "stake_peer_id": self.stake_peer_id,
+            "wallet": self.wallet, "issued_at": self.issued_at,
+        }  # fmt: skip
+
+    def message(self) -> bytes:
+        """The exact bytes the node's key signs."""
+        return DOMAIN + canonical_json(self.to_dict())
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedStakeWithdrawal:
+    withdrawal: StakeWithdrawal
+    #: Base64 of the Ed25519 signature over :meth:`StakeWithdrawal.message`.
+    signature: str
+
+    @classmethod
+    def sign(
+        cls,
+        *,
+        key: Ed25519PrivateKey,
+        wallet: str,
+        stake_peer_id: str | None = None,
+        issued_at: int | None = None,
+    ) -> SignedStakeWithdrawal:
+        """The node's request that its stake (held under ``stake_peer_id``, default: this key's own
+        PeerID) be paid back into ``wallet``."""
+        from cyxwiz.pki.peerid import peer_id
+
+        own = peer_id(key)
+        withdrawal = StakeWithdrawal(
+            peer_id=own,
+            stake_peer_id=_peer(stake_peer_id or own, "stake_peer_id"),
+            wallet=_wallet(wallet, field=f"{FIELD}.wallet"),
+            issued_at=_now_ms() if issued_at is None else issued_at,
+        )
+        signature = base64.b64encode(key.sign(withdrawal.message())).decode()
+        return cls(withdrawal=withdrawal, signature=signature)
+
+    @classmethod
+    def from_dict(cls, data: object) -> SignedStakeWithdrawal:
+        """Parse strictly: exactly the fields above, the version known, the wallet a public key."""
+        if not isinstance(data, Mapping) or set(data) != {"withdrawal", "signature"}:
+            raise ValidationError("must be {withdrawal, signature}", field=FIELD, rule="F1")
+        body = data["withdrawal"]
+        if not isinstance(body, Mapping) or set(body) != _BODY:
+            fields = ", ".join(sorted(_BODY))
+            raise ValidationError(f"withdrawal must be {{{fields}}}", field=FIELD, rule="F1")
+        if body["v"] != VERSION:
+            raise ValidationError(f"unknown withdrawal version {body['v']!r}", field=f"{FIELD}.v", rule="F1")
+        withdrawal = StakeWithdrawal(
+            peer_id=_peer(body["peer_id"], "peer_id"),
+            stake_peer_id=_peer(body["stake_peer_id"], "stake_peer_id"),
+            wallet=_wallet(body["wallet"], field=f"{FIELD}.wallet"),
+            issued_at=_issued_at(body["issued_at"], field=FIELD, rule="F1"),
+        )
+        return cls(withdrawal=withdrawal, signature=_signature(data["signature"], field=FIELD, rule="F1"))
+
+    @classmethod
+    def parse(cls, text: object) -> SignedStakeWithdrawal:
+        """From the JSON text a co-sign request or the CLI carries."""
+        if not isinstance(text, str) or len(text) > 4096:
+            raise ValidationError("a signed withdrawal (JSON) is required", field=FIELD, rule="F1")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ValidationError("the signed withdrawal is not JSON", field=FIELD, rule="F1") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"withdrawal": self.withdrawal.to_dict(), "signature": self.signature}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def verify(self) -> StakeWithdrawal:
+        """The withdrawal, when the key of its ``peer_id`` signed it; else :class:`StakeWithdrawalError`."""
+        from cyxwiz.pki.peerid import public_key_from_peer_id
+
+        try:
+            public = public_key_from_peer_id(self.withdrawal.peer_id)
+            public.verify(base64.b64decode(self.signature, validate=True), self.withdrawal.message())
+        except (InvalidSignature, binascii.Error, ValueError, ValidationError):
+            raise StakeWithdrawalError(
+                "the withdrawal is not signed by the key of the PeerID it names", field=FIELD, rule="F1"
+            ) from None
+        return self.withdrawal
+
+
+def check_withdrawal(
+    signed: SignedStakeWithdrawal,
+    *,
+    stake_peer_id: str,
+    signers: Collection[str] | None,
+    newest_used: int | None = None,
+    now: float | None = None,
+) -> StakeWithdrawal:
+    """The node's withdrawal of the stake held under ``stake_peer_id``, checked: signed by one of
+    ``signers`` (the staking PeerID and the keys it renewed into by signed links; None: by any key, whose
+    standing the verifier decides), for this stake, dated
+    within :data:`MAX_AGE_S` of ``now`` (Unix seconds) and newer than ``newest_used`` (the newest one
+    already co-signed for this stake, Unix ms). Raises the precise refusal."""
+    withdrawal = signed.verify()
+    if withdrawal.stake_peer_id != stake_peer_id:
+        raise StakeWithdrawalError(
+            f"the withdrawal is for the stake of {withdrawal.stake_peer_id}, not of {stake_peer_id}",
+            field=f"{FIELD}.stake_peer_id", rule="F1",
+        )  # fmt: skip
+    if signers is not None and withdrawal.peer_id not in {stake_peer_id, *signers}:
+        raise StakeWithdrawalError(
+            f"the withdrawal is signed by {withdrawal.peer_id}, neither the staking key {stake_peer_id} "
+            "nor a key it renewed into", field=f"{FIELD}.peer_id", rule="A7",
+        )  # fmt: skip
+    current = time.time() if now is None else now
+    if withdrawal.issued_at > (current + MAX_SKEW_S) * 1000:
+        raise StaleWithdrawalError(  # it would outlive MAX_AGE_S: never valid now
+            "issued_at is in the future", field=f"{FIELD}.issued_at", rule="F1", hint="check the clock"
+        )
+    if withdrawal.issued_at < (current - MAX_AGE_S) * 1000:
+        raise StaleWithdrawalError(
+            f"the withdrawal was signed more than {MAX_AGE_S} s ago", field=f"{FIELD}.issued_at", rule="F1",
+            hint="sign a new one: cyxwiz escrow sign-withdrawal",
+        )  # fmt: skip
+    if newest_used is not None and withdrawal.issued_at <= newest_used:
+        raise StaleWithdrawalError(
+            f"a withdrawal of this stake issued at {newest_used} was already co-signed; this one "
+            f"({withdrawal.issued_at}) is not newer", field=f"{FIELD}.issued_at", rule="F2",
+        )  # fmt: skip
+    return withdrawal
+
+
+def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Moves) -> StakeWithdrawal:
+    """The verifier's rule for an ``unstake`` message (the subject is the staking PeerID): the withdrawal
+    rule (cool-down, no job running, no slash owed), then the message itself against the node's signed
+    withdrawal — the stake account derived from the staking PeerID emptied into the stated wallet's
+    token account and closed to the rent owner — and nothing the stake book says about where it goes."""
+    from solders.pubkey import Pubkey
+
+    from cyxwiz.ledger import txbuild
+    from cyxwiz.ledger.cosign import CosignRefusedError
+    from cyxwiz.ledger.stake import check_unstake, stake_address
+
+    stake_peer = request.job_id
+    book = policy._stakes()
+    if request.statement is None:
+        raise CosignRefusedError(
+            "a stake goes back only to a wallet the staking node's key stated: the signed withdrawal is "
+            "missing", field=FIELD, rule="F1", hint="cyxwiz escrow sign-withdrawal",
+        )  # fmt: skip
+    later = frozenset(policy.later_peers(stake_peer)) if policy.later_peers is not None else frozenset()
+    verdicts = policy.verdicts
+    withdrawal = check_withdrawal(
+        SignedStakeWithdrawal.parse(request.statement), stake_peer_id=stake_peer, signers=later,
+        newest_used=None if verdicts is None else verdicts.newest_withdrawal(stake_peer),
+    )  # fmt: skip
+    earlier = policy.node_peers(stake_peer) if policy.node_peers is not None else ()
+    check_unstake(book.get(stake_peer), policy.stake_policy, policy.escrow_store, peers={*earlier, *later})
+    account = stake_address(policy.rent_owner, stake_peer)  # from the PeerID, not the book's row
+    dest = txbuild.token_account_of(Pubkey.from_string(withdrawal.wallet), policy.mint)
+    # Whatever the account holds goes back (a deposit whose record a crash lost included): the account
+    # is closed in the same transaction, which the chain allows only once it is empty.
+    held = moves.transfers[0][2] if len(moves.transfers) == 1 else 0
+    if moves.transfers != [(account, dest, held)]:
+        raise CosignRefusedError(
+            f"a withdrawal moves the stake account {account} only to the wallet the node's key stated "
+            f"({withdrawal.wallet})", field="message", rule="F1",
+        )  # fmt: skip
+    if moves.closes != [(account, policy.rent_owner)]:
+        raise CosignRefusedError(
+            "the withdrawal must close the emptied stake account to the rent owner",
+            field="message",
+            rule="F1",
+        )
+    if verdicts is not None and not verdicts.record_withdrawal(
+        stake_peer, issued_at=withdrawal.issued_at, wallet=withdrawal.wallet
+    ):
+        raise StaleWithdrawalError(
+            "a withdrawal of this stake as new as this one was co-signed meanwhile",
+            field=f"{FIELD}.issued_at", rule="F2",
+        )  # fmt: skip
+    return withdrawal
+
+
+def _peer(value: object, name: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        raise ValidationError(f"{name} must be a PeerID", field=f"{FIELD}.{name}", rule="A5")
+    return value
