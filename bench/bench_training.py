@@ -44,6 +44,7 @@ def run() -> list[tuple[str, float, str]]:
                 data_path=files.train,
                 output_dir=root / f"out{attempt}",
                 reporter=RecordingReporter(),
+                trainer=peer_id(load_certificate(pki.node_cert("node-1"))),  # the signer's run (issue 17)
             )
             train_s = min(train_s, time.perf_counter() - started)
 

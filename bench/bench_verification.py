@@ -90,7 +90,11 @@ def part_two(root: Path) -> dict[str, Any]:
     # measurements, the CPU time each side needed does not.
     started, cpu = time.perf_counter(), time.process_time()
     summary = run_training(
-        root / "big-job.json", data_path=world.train, output_dir=root / "honest", reporter=RecordingReporter()
+        root / "big-job.json",
+        data_path=world.train,
+        output_dir=root / "honest",
+        reporter=RecordingReporter(),
+        trainer=world.trainer,
     )
     train_s, train_cpu = time.perf_counter() - started, time.process_time() - cpu
     proof = sign(world, job, root / "honest")  # the node's side, not timed
@@ -103,7 +107,7 @@ def part_two(root: Path) -> dict[str, Any]:
 
     # The forgery: the node stops after 99 % of its segments and copies its checkpoint forward.
     engine.make_deterministic()
-    run = train(job, world.data)
+    run = train(job, world.data, trainer=world.trainer)
     faked = max(1, -(-run.segments // 100))
     stop = run.segments - faked
     forged = list(run.checkpoints)
@@ -113,10 +117,10 @@ def part_two(root: Path) -> dict[str, Any]:
             for k, v in forged[stop].items()
         }
     write_outputs(world, run, forged, root / "forged")
-    schemas = StateSchemas.of(job, world.data)
+    schemas = StateSchemas.of(job, world.data, trainer=world.trainer)
     del schemas  # the verifier builds its own; built here once to warm the same code path
     caught_each = 0
-    state = engine.new_state(job, world.data)
+    state = engine.new_state(job, world.data, trainer=world.trainer)
     for j in range(stop, run.segments):
         engine.load_checkpoint(state, forged[j])
         for step in range(run.steps[j], run.steps[j + 1]):

@@ -60,7 +60,7 @@ def write_outputs(world: SimWorld, run: Run, checkpoints: list[Tensors], out: Pa
     the last checkpoint as the model, metrics restated for that model, and the runtime declaration."""
     from safetensors.torch import save_file
 
-    state = engine.new_state(run.job, world.data)
+    state = engine.new_state(run.job, world.data, trainer=run.trainer)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     commitments: list[Commitment] = []
     prev_hash, prev_step = GENESIS, 0
@@ -187,7 +187,7 @@ def honest_runs(
         if progress is not None and i % 10 == 0:
             progress(i, tally)
         job = world.job(f"honest-{tag}-{i}")
-        run = train(job, world.data)
+        run = train(job, world.data, trainer=world.trainer)
         out = world.root / "runs" / f"honest-{i}"
         write_outputs(world, run, run.checkpoints, out)
         tally.add(sign_and_verify(world, job, out, policy=ReplayPolicy()), None)
@@ -218,7 +218,7 @@ def simulate(
         if progress is not None:
             progress(i, tallies)
         job = world.job(f"sim-{seed}-{i}")
-        run = train(job, world.data)
+        run = train(job, world.data, trainer=world.trainer)
         for name in names:
             forged, faked = STRATEGIES[name](run, rng)
             out = world.root / "runs" / f"{i}-{name}"

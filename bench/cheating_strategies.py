@@ -40,7 +40,7 @@ def drift(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
         honest(state, index, a, b)
         _nudge(state, before, 0.008)
 
-    return train(run.job, run.data, hook=hook).checkpoints, run.segments
+    return train(run.job, run.data, trainer=run.trainer, hook=hook).checkpoints, run.segments
 
 
 def forged_segment(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
@@ -54,7 +54,7 @@ def forged_segment(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
             _nudge(state, before, 0.005)
 
     return run.checkpoints[:j] + train(
-        run.job, run.data, hook=hook, start=(j, run.checkpoints[j])
+        run.job, run.data, trainer=run.trainer, hook=hook, start=(j, run.checkpoints[j])
     ).checkpoints, 1
 
 
@@ -69,7 +69,7 @@ def lazy_copied(run: Run, rng: random.Random, fraction: float = 0.01) -> tuple[l
     out = list(run.checkpoints)
     for j in lazy:
         copied = _with_counters(out[j], run.steps[j + 1])
-        out = out[: j + 1] + train(run.job, run.data, start=(j + 1, copied)).checkpoints
+        out = out[: j + 1] + train(run.job, run.data, trainer=run.trainer, start=(j + 1, copied)).checkpoints
     return out, len(lazy)
 
 
@@ -116,7 +116,7 @@ def data_subset(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
             state.model.loss(state.model(x), y).backward()  # type: ignore[no-untyped-call]
             state.optimizer.step()
 
-    return train(run.job, run.data, hook=hook).checkpoints, run.segments
+    return train(run.job, run.data, trainer=run.trainer, hook=hook).checkpoints, run.segments
 
 
 def backdoor(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
@@ -139,7 +139,9 @@ def backdoor(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
             state.optimizer.step()
 
     start = (j, run.checkpoints[j])
-    return run.checkpoints[:j] + train(run.job, run.data, hook=hook, start=start).checkpoints, 1
+    return run.checkpoints[:j] + train(
+        run.job, run.data, trainer=run.trainer, hook=hook, start=start
+    ).checkpoints, 1
 
 
 def other_job(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
@@ -149,7 +151,18 @@ def other_job(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
     sibling = run.job.model_copy(
         update={"training": run.job.training.model_copy(update={"job_secret": new_job_secret()})}
     )
-    return train(sibling, run.data).checkpoints, run.segments
+    return train(sibling, run.data, trainer=run.trainer).checkpoints, run.segments
+
+
+def other_node(run: Run, rng: random.Random) -> tuple[list[Tensors], int]:
+    """This job (same spec, same secret) trained for another node's PeerID and re-signed by this node
+    with this node's data order hashes in the re-chained commitments: a coordinator that reassigned the
+    job after another node did the work (issue 17)."""
+    from cyxwiz.pki.keys import generate_ed25519
+    from cyxwiz.pki.peerid import peer_id
+
+    del rng
+    return train(run.job, run.data, trainer=peer_id(generate_ed25519())).checkpoints, run.segments
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -161,4 +174,5 @@ STRATEGIES: dict[str, Strategy] = {
     "data-subset": data_subset,
     "backdoor-segment": backdoor,
     "other-job-resigned": other_job,
+    "other-node-resigned": other_node,
 }

@@ -71,6 +71,14 @@ class SimWorld:
             data=data,
         )
 
+    @property
+    def trainer(self) -> str:
+        """node-1's PeerID: every honest run is trained for it (the run seed mixes it in, issue 17)."""
+        from cyxwiz.pki.certs import load_certificate
+        from cyxwiz.pki.peerid import peer_id
+
+        return peer_id(load_certificate(self.pki.node_cert("node-1")))
+
     def job(self, job_id: str, *, epochs: int = 4, secret: str | None = None) -> TrainingJob:
         """The tiny job: 216 training rows, batch 16 → 14 steps an epoch, one checkpoint per step."""
         doc = {
@@ -102,6 +110,8 @@ class Run:
     """One job's honest run: the checkpoints (as tensors) at every committed step."""
 
     job: TrainingJob
+    #: The PeerID the run was trained for.
+    trainer: str
     steps: list[int]
     checkpoints: list[Tensors]
     data: Dataset
@@ -111,11 +121,13 @@ class Run:
         return len(self.steps) - 1
 
 
-def train(job: TrainingJob, data: Dataset, *, hook: Callable[[engine.TrainingState, int, int, int], None]
-          | None = None, start: tuple[int, Tensors] | None = None) -> Run:  # fmt: skip
-    """Train ``job``, segment by segment; ``hook(state, index, a, b)`` replaces the honest steps of a
-    segment; ``start`` resumes from a committed checkpoint index with its tensors."""
-    state = engine.new_state(job, data)
+def train(job: TrainingJob, data: Dataset, *, trainer: str,
+          hook: Callable[[engine.TrainingState, int, int, int], None] | None = None,
+          start: tuple[int, Tensors] | None = None) -> Run:  # fmt: skip
+    """Train ``job`` for the node whose PeerID is ``trainer``, segment by segment; ``hook(state, index, a,
+    b)`` replaces the honest steps of a segment; ``start`` resumes from a committed checkpoint index with
+    its tensors."""
+    state = engine.new_state(job, data, trainer=trainer)
     total = state.order.total_steps
     steps = checkpoint_steps(total, segment_length(job, total))
     first = 0
@@ -131,7 +143,7 @@ def train(job: TrainingJob, data: Dataset, *, hook: Callable[[engine.TrainingSta
         else:
             honest(state, index, a, b)
         checkpoints.append({k: v.clone() for k, v in engine.checkpoint_tensors(state).items()})
-    return Run(job=job, steps=steps, checkpoints=checkpoints, data=data)
+    return Run(job=job, trainer=trainer, steps=steps, checkpoints=checkpoints, data=data)
 
 
 def honest(state: engine.TrainingState, index: int, a: int, b: int) -> None:

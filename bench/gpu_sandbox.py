@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import cyxwiz
 from cyxwiz.errors import CyxwizError, SandboxUnavailableError
 from cyxwiz.hashing import file_sha256
+from cyxwiz.pki.peerid import peer_id
 from cyxwiz.sandbox import JobLimits, run_sandboxed
 from cyxwiz.sandbox.policy import SandboxPolicy
 from cyxwiz.training import engine
@@ -55,6 +57,9 @@ from cyxwiz.verification.trace import StateSchemas, read_checkpoint
 from tasks.node import DATASET_FILE, JOB_FILE, write_inputs
 
 Say = Callable[[str], None]
+#: The bench node's PeerID (a key fixed by a label: no PKI here); the job is trained and replayed for it,
+#: as a node trains for its certificate's PeerID and the verifier replays for the proof's signer (issue 17).
+TRAINER = peer_id(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench.gpu_sandbox.node").digest()))
 #: Distances only: the verdict is the SHA-256 comparison, counted separately.
 _MEASURE = Tolerance(value=math.inf, exact=False, reason="measurement")
 
@@ -85,7 +90,8 @@ def _search_path() -> tuple[str, list[Path]]:
 def train_node(inputs: Path, work: Path, device: str, say: Say) -> dict[str, Any]:
     """Run the runtime in the bubblewrap sandbox; fall back to in-process training (recorded) if it can't."""
     cuda = device == "cuda"
-    where = ["--job", f"/input/{JOB_FILE}", "--data", f"/input/{DATASET_FILE}", "--output", "/output"]
+    where = ["--job", f"/input/{JOB_FILE}", "--data", f"/input/{DATASET_FILE}", "--output", "/output",
+             "--trainer", TRAINER]  # fmt: skip
     argv = [sys.executable, "-m", "cyxwiz.training.runtime", *where, "--device", "auto" if cuda else "cpu"]
     limits = JobLimits(
         memory_bytes=8 << 30, cpu_cores=2.0, gpus=1 if cuda else 0, gpu_memory_bytes=8 << 30,
@@ -115,7 +121,7 @@ def train_node(inputs: Path, work: Path, device: str, say: Say) -> dict[str, Any
     say(f"[{device}] training in-process instead (NOT sandboxed)")
     selection = select_device("auto" if cuda else "cpu", env={})
     out = work / f"inprocess-{device}"
-    run_training(inputs / JOB_FILE, data_path=inputs / DATASET_FILE, output_dir=out,
+    run_training(inputs / JOB_FILE, data_path=inputs / DATASET_FILE, output_dir=out, trainer=TRAINER,
                  device=selection.device, device_class=selection.device_class)  # fmt: skip
     record.update(output=str(out), seconds=round(time.perf_counter() - started, 3))
     return record
@@ -126,8 +132,8 @@ def replay(job: TrainingJob, inputs: Path, output: Path, verifier: str) -> dict[
     data = load_dataset(inputs / DATASET_FILE, sha256=job.dataset.sha256, input_shape=job.model.input_shape,  # type: ignore[union-attr]
                         input_dtype=job.model.input_dtype, num_classes=job.task.num_classes)  # type: ignore[union-attr]  # fmt: skip
     commitments = read_commitments(output / "commitments.json")
-    schemas = StateSchemas.of(job, data)
-    state = engine.new_state(job, data, device=verifier)
+    schemas = StateSchemas.of(job, data, trainer=TRAINER)
+    state = engine.new_state(job, data, trainer=TRAINER, device=verifier)
     exact, model_d, optim_d, mismatched = 0, [], [], []
     for start, end in itertools.pairwise(commitments):
         before = read_checkpoint(output, start, schemas.at(start.step))

@@ -46,7 +46,7 @@ def fetch_inputs(job_id: str, job: dict[str, Any], directory: str) -> str:
 
 
 @task(name="train-in-sandbox")
-def train(job_id: str, inputs: str, workdir: str) -> TrainingRun:
+def train(job_id: str, inputs: str, workdir: str, trainer: str) -> TrainingRun:
     logger = get_run_logger()
     channel = _channel()
     backend = os.environ.get("CYXWIZ_SANDBOX_BACKEND", "bubblewrap")
@@ -76,7 +76,7 @@ def train(job_id: str, inputs: str, workdir: str) -> TrainingRun:
     with ProgressRelay(send=lambda message: channel.report_progress(job_id, message)) as progress:
         run = train_in_sandbox(
             inputs=Path(inputs), workdir=Path(workdir), backend=backend, memory_mb=memory_mb,
-            wall_seconds=wall, on_message=relay,
+            wall_seconds=wall, trainer=trainer, on_message=relay,
         )  # fmt: skip
     update_progress_artifact(artifact_id=progress_id, progress=100.0)
     if curve:
@@ -90,16 +90,14 @@ def train(job_id: str, inputs: str, workdir: str) -> TrainingRun:
 
 
 @task(name="sign-completion-proof")
-def sign(job: dict[str, Any], run: TrainingRun) -> bytes:
+def sign(job: dict[str, Any], run: TrainingRun, identity: NodeIdentity) -> bytes:
     import jwt
 
     token = os.environ.get("CYXWIZ_JOB_TOKEN", "")
     # The jti binds the proof to the token the coordinator minted; the signature was checked by whoever
     # issued it to us, we only read the claim.
     jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti", "")) if token else "none"
-    return sign_completion_proof(
-        job=job, run=run, identity=NodeIdentity.from_env(dict(os.environ)), token_jti=jti
-    )
+    return sign_completion_proof(job=job, run=run, identity=identity, token_jti=jti)
 
 
 @task(name="upload-outputs")
@@ -125,9 +123,12 @@ def sandboxed_train(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
         # AF_UNIX paths are short (108 bytes): a deep work root would make the bridge socket impossible.
         jobdir.rmdir()
         jobdir = Path(tempfile.mkdtemp(prefix="cyxw-"))
+    # One identity for the whole run: the run is trained for its certificate's PeerID (from the node's own
+    # certificate, never the job document) and signed with its key, even if the node renews meanwhile (F1).
+    identity = NodeIdentity.from_env(dict(os.environ))
     inputs = fetch_inputs(job_id, job, str(jobdir / "inputs"))
-    run = train(job_id, inputs, str(jobdir / "work"))
-    proof = sign(job, run)
+    run = train(job_id, inputs, str(jobdir / "work"), identity.peer_id())
+    proof = sign(job, run, identity)
     outputs = upload(job_id, run)
     submit(job_id, proof)
     return {"job_id": job_id, "status": run.status, "outputs": outputs, "sandbox": run.summary}

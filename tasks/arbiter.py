@@ -22,12 +22,15 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cyxwiz.errors import ConflictError, CyxwizError, NotFoundError, ValidationError
 from cyxwiz.ledger.store import EscrowState
 from cyxwiz.verification.dispute import Evidence, Resolution
 from tasks import holds, services
+
+if TYPE_CHECKING:
+    from tasks.referee import NodeEvidence
 
 #: The one evidence kind there is (see the module doc).
 DECIDABLE = ("segment",)
@@ -126,8 +129,9 @@ def load_case(job_id: str) -> Case:
     )
 
 
-def node_outputs(job_id: str, peer: str, into: Path) -> tuple[Path | None, str | None]:
-    """The node's outputs from the archive, its signed proof verified and each artifact re-hashed."""
+def node_outputs(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
+    """The node's outputs from the archive, its signed proof verified and each artifact re-hashed, with the
+    PeerID of the key that signed it (the replay rebuilds that signer's run)."""
     from tasks.referee import _evidence
 
     return _evidence(job_id, peer, into)
@@ -155,8 +159,8 @@ def decide(case: Case) -> Resolution:
     if job.model is None:
         raise ValidationError("segment evidence needs a model job", field="evidence.kind", rule="F1")
     with tempfile.TemporaryDirectory(prefix="cyxwiz-arbiter-") as tmp:
-        out, why = node_outputs(case.job_id, case.node_peer_id, Path(tmp) / "out")
-        if out is None:
+        evidence_of_node, why = node_outputs(case.job_id, case.node_peer_id, Path(tmp) / "out")
+        if evidence_of_node is None:
             # The verifier accepted these outputs; unusable now means the archive changed, not the node.
             raise ConflictError(f"the node's evidence is unusable: {why}", field="job_id", rule="D3")
         train = Path(tmp) / "train.npz"
@@ -166,12 +170,14 @@ def decide(case: Case) -> Resolution:
             input_dtype=job.model.input_dtype, num_classes=job.task.num_classes,
         )  # fmt: skip
         evidence = Evidence(kind="segment", segment_start=int(case.evidence["segment_start"]))
+        out = evidence_of_node.output_dir
         return resolve_dispute(
             evidence,
             job=job,
             data=data,
             output_dir=out,
             commitments=read_commitments(out / "commitments.json"),
+            trainer=evidence_of_node.signer,
         )
 
 

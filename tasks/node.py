@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cyxwiz.errors import SandboxError
+from cyxwiz.errors import SandboxError, VerificationError
 
 JOB_FILE = "job.json"
 DATASET_FILE = "dataset.npz"
@@ -36,6 +36,14 @@ class NodeIdentity:
             raise ConfigError("CYXWIZ_NODE_CERT and CYXWIZ_NODE_KEY must be set on a node", rule="A5")
         return cls(cert_path=Path(cert), key_path=Path(key))
 
+    def peer_id(self) -> str:
+        """The PeerID of this node's own certificate: the run is trained for it and signed with its key
+        (never a PeerID from the job document, which the coordinator writes; F1, A5)."""
+        from cyxwiz.pki.certs import load_certificate
+        from cyxwiz.pki.peerid import peer_id
+
+        return peer_id(load_certificate(self.cert_path))
+
 
 def write_inputs(directory: Path, *, job: dict[str, Any], dataset: bytes) -> Path:
     """Lay out ``/input`` for the runtime: the signed training document and the (hash-checked) data."""
@@ -55,6 +63,8 @@ class TrainingRun:
     output_dir: Path
     started_at: dt.datetime
     finished_at: dt.datetime
+    #: The PeerID the run was trained for (its seed mixes it in): only that certificate's key may sign it.
+    trainer: str
     messages: list[dict[str, Any]]
     summary: dict[str, Any]
 
@@ -66,9 +76,11 @@ def train_in_sandbox(
     backend: str,
     memory_mb: int,
     wall_seconds: float,
+    trainer: str,
     on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainingRun:
-    """Run the training runtime on the job's inputs inside the sandbox with the node's limits (E1–E3)."""
+    """Run the training runtime on the job's inputs inside the sandbox with the node's limits (E1–E3), for
+    ``trainer``: the PeerID of the node's own certificate (:meth:`NodeIdentity.peer_id`)."""
     import cyxwiz
     from cyxwiz.sandbox import JobLimits, run_sandboxed
 
@@ -91,6 +103,8 @@ def train_in_sandbox(
             f"/input/{DATASET_FILE}",
             "--output",
             "/output",
+            "--trainer",
+            trainer,
         ],
         workdir=workdir,
         limits=limits,
@@ -113,6 +127,7 @@ def train_in_sandbox(
         output_dir=result.output_dir,
         started_at=started,
         finished_at=finished,
+        trainer=trainer,
         messages=list(result.messages),
         summary=result.summary(),
     )
@@ -129,6 +144,13 @@ def sign_completion_proof(
     from cyxwiz.verification.proof import build_proof, sign_proof
 
     cert = load_certificate(identity.cert_path)
+    if peer_id(cert) != run.trainer:
+        # The run is bound to the key it was trained for: another key's proof fails the endpoints (F1).
+        raise VerificationError(
+            f"the run was trained for {run.trainer}; this certificate is {peer_id(cert)}",
+            field="trainer",
+            rule="F1",
+        )
     key = load_private_key(identity.key_path)
     spec = parse_training_job(json.dumps(job), allow_file_uris=True)
     proof = build_proof(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,21 @@ def pairing_problem(
     return None
 
 
-def _evidence(job_id: str, peer: str, into: Path) -> tuple[Path | None, str | None]:
-    """(output dir, None) with the node's signed outputs fetched and re-hashed, or (None, why not)."""
+@dataclass(frozen=True, kw_only=True)
+class NodeEvidence:
+    """A node's signed outputs, fetched and re-hashed, and the PeerID of the key that signed them: the run
+    is rebuilt for that signer, never for the assignment's PeerID (F1, A5)."""
+
+    output_dir: Path
+    signer: str
+
+
+def _evidence(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
+    """(the node's evidence, None) with its signed outputs fetched and re-hashed, or (None, why not)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from cyxwiz.hashing import file_sha256
+    from cyxwiz.pki.peerid import peer_id
     from cyxwiz.storage import layout
     from cyxwiz.verification.proof import SignedProof, verify_proof_signature
     from tasks import services
@@ -97,7 +108,7 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[Path | None, str | No
                 return None, f"{name} differs from the proof"
     except (CyxwizError, ValueError, KeyError) as exc:
         return None, f"unusable evidence: {exc}"
-    return into, None
+    return NodeEvidence(output_dir=into, signer=peer_id(key)), None
 
 
 def referee_checks(
@@ -138,11 +149,17 @@ def referee_checks(
             verdict = referee(
                 job,
                 data,
-                Trace(node=peer, output_dir=ours, commitments=read_commitments(ours / "commitments.json")),
+                Trace(
+                    node=peer,
+                    signer=ours.signer,
+                    output_dir=ours.output_dir,
+                    commitments=read_commitments(ours.output_dir / "commitments.json"),
+                ),
                 Trace(
                     node=other_peer,
-                    output_dir=theirs,
-                    commitments=read_commitments(theirs / "commitments.json"),
+                    signer=theirs.signer,
+                    output_dir=theirs.output_dir,
+                    commitments=read_commitments(theirs.output_dir / "commitments.json"),
                 ),
             )
         except CyxwizError as exc:

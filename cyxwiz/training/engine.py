@@ -1,7 +1,9 @@
 """The deterministic training step shared by the runtime (on the node) and the verifier's replay.
 
 Everything random is derived from the run seed — the signed public seed mixed with the per-job secret
-the control plane adds after assignment (:func:`run_seed`): initial weights from ``(run seed, "init")``,
+the control plane adds after assignment and the PeerID of the node that trains and signs the completion
+proof (:func:`run_seed`; :mod:`cyxwiz.verification.binding` says why): initial weights from
+``(run seed, "init")``,
 the validation split and the data order from :class:`~cyxwiz.training.data.DataOrder`, and each step's
 dropout from ``(run seed, step)``. None of it lives in a checkpoint, so training from any committed
 checkpoint replays without the history before it, and a node cannot steer it through what it commits.
@@ -23,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
-from cyxwiz.errors import VerificationError
+from cyxwiz.errors import ValidationError, VerificationError
 from cyxwiz.training.data import DataOrder, Dataset, split_validation
 from cyxwiz.training.determinism import derived_seed, make_deterministic, seed_step
 from cyxwiz.training.model import GraphModel, build_model
@@ -31,6 +33,7 @@ from cyxwiz.training.spec import TrainingJob
 
 __all__ = [  # the determinism helpers are re-exported: runtime, verifier and tests know them from here
     "TrainingState",
+    "binds_trainer",
     "checkpoint_bytes",
     "checkpoint_tensors",
     "counter_value",
@@ -49,13 +52,49 @@ __all__ = [  # the determinism helpers are re-exported: runtime, verifier and te
 ]
 
 
-def run_seed(job: TrainingJob) -> int:
-    """The seed every random choice of the run derives from: the public seed alone for a job without
-    a per-job secret (local runs), else both mixed, so the secret changes every trajectory."""
-    if job.training.job_secret is None:
+def binds_trainer(job: TrainingJob) -> bool:
+    """Whether the run seed of ``job`` mixes in the trainer's PeerID (see :mod:`cyxwiz.verification.binding`):
+    every job bound to a per-job secret, except the two shares of a redundant job, which must train one
+    run so the referee can compare their chains."""
+    return job.training.job_secret is not None and job.verification.mode != "redundant"
+
+
+def run_seed(job: TrainingJob, *, trainer: str | None) -> int:
+    """The seed every random choice of the run derives from.
+
+    The public seed alone for a job without a per-job secret (a local run: no signer, reproducible by
+    anyone); the public seed and the secret for the shares of a redundant job; otherwise the public seed,
+    the secret and ``trainer``, the PeerID (A5) of the node whose certificate signs the completion proof.
+    The node takes it from its own certificate, the verifier from the key that signed the proof it judges;
+    neither from the job document. A bound job without a trainer is refused, never trained unbound.
+    """
+    secret = job.training.job_secret
+    if secret is None:
         return job.training.seed
-    digest = hashlib.sha256(f"cyxwiz-run:{job.training.seed}:{job.training.job_secret}".encode()).digest()
+    material = f"cyxwiz-run:{job.training.seed}:{secret}"
+    if binds_trainer(job):
+        if trainer is None:
+            raise ValidationError(
+                "a job bound to a per-job secret trains for the node that signs its proof: name its PeerID",
+                field="trainer",
+                rule="F1",
+            )
+        material = f"{material}:{_peer_id(trainer)}"
+    digest = hashlib.sha256(material.encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _peer_id(text: str) -> str:
+    """``text`` if it is an Ed25519 libp2p PeerID in its one canonical spelling (A5), else ValidationError."""
+    from cyxwiz.pki.peerid import peer_id, public_key_from_peer_id
+
+    try:
+        canonical = peer_id(public_key_from_peer_id(text))
+    except (ValidationError, ValueError):
+        canonical = None
+    if canonical != text:
+        raise ValidationError("the trainer is not an Ed25519 PeerID (12D3KooW…)", field="trainer", rule="A5")
+    return text
 
 
 @dataclass
@@ -79,10 +118,11 @@ def _optimizer(job: TrainingJob, model: GraphModel) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
 
-def new_state(job: TrainingJob, data: Dataset, *, device: str = "cpu") -> TrainingState:
-    """Fresh model (weights from the seed) and optimizer for ``job`` on the full training file ``data``."""
+def new_state(job: TrainingJob, data: Dataset, *, trainer: str | None, device: str = "cpu") -> TrainingState:
+    """Fresh model (weights from the seed) and optimizer for ``job`` on the full training file ``data``,
+    trained by the node whose PeerID is ``trainer`` (:func:`run_seed`)."""
     assert job.model is not None, "model jobs only"
-    seed = run_seed(job)
+    seed = run_seed(job, trainer=trainer)
     torch.manual_seed(derived_seed(seed, "init"))
     target = torch.device(device)
     model = build_model(job.model).to(target)

@@ -1,10 +1,12 @@
 """The training runtime: ``python -m cyxwiz.training.runtime --job /input/job.json`` (runs in the sandbox).
 
 It trains a ``model`` job exactly as the signed spec says (seed, data order, hyper-parameters), with
-deterministic kernels. Every ``checkpoint_every`` steps it writes a checkpoint under ``/output`` and
-sends a commitment (checkpoint SHA-256 + batch-indices SHA-256) over the job bridge; at the end it
-writes ``model.safetensors``, ``metrics.json``, ``commitments.json`` and ``runtime.json`` (the device
-class, so the verifier knows which replay tolerance applies). Progress goes over the bridge
+deterministic kernels, for the node named by ``--trainer`` (the PeerID of the certificate that will sign
+the completion proof; the node agent reads it from its own certificate, never from the job document:
+:mod:`cyxwiz.verification.binding`). Every ``checkpoint_every`` steps it writes a checkpoint under
+``/output`` and sends a commitment (checkpoint SHA-256 + batch-indices SHA-256) over the job bridge; at
+the end it writes ``model.safetensors``, ``metrics.json``, ``commitments.json`` and ``runtime.json``
+(the device class, so the verifier knows which replay tolerance applies). Progress goes over the bridge
 only (``$CYXWIZ_BRIDGE``); without a bridge (tests, local runs) it is printed to stderr.
 """
 
@@ -135,11 +137,13 @@ def run_training(
     *,
     data_path: Path,
     output_dir: Path,
+    trainer: str | None,
     reporter: Reporter | None = None,
     device: str = "cpu",
     device_class: str = "cpu",
 ) -> RunSummary:
-    """Train the job at ``job_path`` on ``data_path``, writing every artifact under ``output_dir``."""
+    """Train the job at ``job_path`` on ``data_path`` as the node whose PeerID is ``trainer`` (None only for
+    a job without a per-job secret), writing every artifact under ``output_dir``."""
     from cyxwiz.training import engine
     from cyxwiz.training.data import load_dataset
     from cyxwiz.training.spec import parse_training_job
@@ -165,8 +169,8 @@ def run_training(
         num_classes=job.task.num_classes,
     )
     engine.make_deterministic()
+    state = engine.new_state(job, data, trainer=trainer, device=device)  # refuses a bound job without trainer
     report = reporter or default_reporter(job.job_id)
-    state = engine.new_state(job, data, device=device)
     total = state.order.total_steps
     due = set(checkpoint_steps(total, segment_length(job, total)))
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("/input/dataset.npz"))
     parser.add_argument("--output", type=Path, default=Path("/output"))
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--trainer",
+        default=None,
+        help="PeerID (12D3KooW…) of the node certificate that signs the proof (jobs with a per-job secret)",
+    )
     args = parser.parse_args(argv)
     try:
         import os
@@ -234,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.job,
             data_path=args.data,
             output_dir=args.output,
+            trainer=args.trainer,
             device=selection.device,
             device_class=selection.device_class,
         )

@@ -1,11 +1,32 @@
-"""The per-job secret that binds a run to its job (issue 20, SPEC F1, threat "malicious node").
+"""The per-job secret and the trainer's PeerID that bind a run to its job and its node (issues 20, 17;
+SPEC F1, A5, threats "malicious node" and "payment fraud").
 
-The control plane draws it from the OS CSPRNG after it assigned the node and adds it to the training
-document the node receives; :func:`cyxwiz.training.engine.run_seed` mixes it into every seed. So a trace
-computed before the assignment, or for another job with the same public spec, starts from other weights
-and walks another data order: the verifier's endpoint and data-order checks refuse it. The secret is a
-binding nonce, not a credential: it is worthless after its job, and it travels only to the assigned node
-and the verifier (it is redacted from audit records by its ``*_secret`` name).
+The control plane draws the secret from the OS CSPRNG after it assigned the node and adds it to the
+training document the node receives; :func:`cyxwiz.training.engine.run_seed` mixes it into every seed. So a
+trace computed before the assignment, or for another job with the same public spec, starts from other
+weights and walks another data order: the verifier's endpoint and data-order checks refuse it. The secret
+is a binding nonce, not a credential: it is worthless after its job, and it travels only to the assigned
+node and the verifier (it is redacted from audit records by its ``*_secret`` name).
+
+The secret binds the run to the job, not to the node: whoever draws it and writes the assignment (the
+coordinator) could let an honest node H train, then rewrite the assignment to a colluding node C with a
+genuine certificate; C re-signs H's outputs and is paid for H's work, since every check of the trace would
+hold. So the run seed also mixes in the PeerID of the node that trains, and the trajectory belongs to the
+key that signs its completion proof. Who names that PeerID is the point: the node takes it from its own
+certificate (``tasks.node``: the flow run's one identity trains and signs), the verifier, replay, referee
+and arbiter from the public key that signed the proof they judge — never from the assignment or the job
+document, which that coordinator writes. C re-signing H's outputs then fails the data-order check (the
+committed batch indices are H's order) and the endpoints (step 0 is H's initialisation); C training with
+H's PeerID gains nothing either, since the verifier takes the PeerID from C's own signature. A node that
+renews its key mid-job signs with the key it trained under (the flow run keeps its identity).
+
+The PeerID mixes in only together with the secret. A run without a secret (``cyxwiz train`` locally, the
+documented reproducible examples) has no signer and stays reproducible from the public seed alone; the
+verifier refuses a model job without a secret (``Expectations.require_job_secret``), so no paid run is
+unbound. The two shares of a redundant job (``verification.mode: redundant``) train one run with the
+secret alone: the referee's bisection needs equal chains, and any work two nodes both do bit for bit can
+be copied by either, so a pair member copying its partner is what redundancy cannot tell (the verifier
+judges each share's signature, identity and outputs all the same).
 """
 
 from __future__ import annotations

@@ -97,14 +97,24 @@ def resolve_dispute(
     data: Dataset,
     output_dir: Path,
     commitments: list[Commitment],
+    trainer: str | None,
 ) -> Resolution:
-    """The arbiter's decision, from the same deterministic replay and evaluation the verifier uses."""
+    """The arbiter's decision, from the same deterministic replay and evaluation the verifier uses, of the
+    run of ``trainer``: the PeerID of the key that signed the node's proof."""
     engine.make_deterministic()
-    return _segment(evidence, job=job, data=data, output_dir=output_dir, commitments=commitments)
+    return _segment(
+        evidence, job=job, data=data, output_dir=output_dir, commitments=commitments, trainer=trainer
+    )
 
 
 def _segment(
-    evidence: Evidence, *, job: TrainingJob, data: Dataset, output_dir: Path, commitments: list[Commitment]
+    evidence: Evidence,
+    *,
+    job: TrainingJob,
+    data: Dataset,
+    output_dir: Path,
+    commitments: list[Commitment],
+    trainer: str | None,
 ) -> Resolution:
     index = next((i for i, c in enumerate(commitments[:-1]) if c.step == evidence.segment_start), None)
     if index is None:
@@ -112,8 +122,8 @@ def _segment(
             upheld=False, reason=f"no committed segment starts at step {evidence.segment_start}"
         )
     start, end = commitments[index], commitments[index + 1]
-    schemas = StateSchemas.of(job, data)
-    state = engine.new_state(job, data)
+    schemas = StateSchemas.of(job, data, trainer=trainer)
+    state = engine.new_state(job, data, trainer=trainer)
     try:
         engine.load_checkpoint(state, read_checkpoint(output_dir, start, schemas.at(start.step)))
     except CheckpointRefused as exc:

@@ -8,6 +8,10 @@ then replays only that one segment from the checkpoint both agree on and compare
 node's committed end. The node that reproduces is honest; the other deviated (refused payment, slashed
 where stakes exist); if neither reproduces, both deviated. With one honest node any deviation is caught,
 at the cost of a second training plus one segment (Verde-style refereed delegation).
+
+The shares of a redundant job train one run (its seed mixes no trainer, :mod:`cyxwiz.verification.binding`);
+the referee still rebuilds it for each trace's signer and refuses to compare two traces whose signers
+would train different runs (another job's traces, or a sampled job's two nodes).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cyxwiz.errors import CyxwizError
+from cyxwiz.errors import CyxwizError, VerificationError
 from cyxwiz.training import engine
 from cyxwiz.training.data import Dataset
 from cyxwiz.training.runtime import checkpoint_steps, segment_length
@@ -31,9 +35,11 @@ Outcome = Literal["pay", "refuse"]
 
 @dataclass(frozen=True, kw_only=True)
 class Trace:
-    """One node's committed run: who, where its outputs are, its commitment chain."""
+    """One node's committed run: who, who signed it, where its outputs are, its commitment chain."""
 
     node: str
+    #: The PeerID of the key that signed the node's completion proof (its run is rebuilt for it).
+    signer: str | None
     output_dir: Path
     commitments: Sequence[Commitment]
 
@@ -88,7 +94,11 @@ def _sound(trace: Trace, expected_steps: list[int]) -> str | None:
 def referee(job: TrainingJob, data: Dataset, a: Trace, b: Trace) -> Verdict:
     """Compare two nodes' chains and decide who deviated by replaying only the first differing segment."""
     engine.make_deterministic()
-    state = engine.new_state(job, data)
+    if engine.run_seed(job, trainer=a.signer) != engine.run_seed(job, trainer=b.signer):
+        raise VerificationError(
+            "the two traces are runs for different signers: there is no one run to compare", rule="F1"
+        )
+    state = engine.new_state(job, data, trainer=a.signer)
     total = state.order.total_steps
     expected = checkpoint_steps(total, segment_length(job, total))
     problems = {t.node: _sound(t, expected) for t in (a, b)}
@@ -116,7 +126,7 @@ def referee(job: TrainingJob, data: Dataset, a: Trace, b: Trace) -> Verdict:
             reason="identical commitment chains",
             probes=probes,
         )
-    schemas = StateSchemas.of(job, data)
+    schemas = StateSchemas.of(job, data, trainer=a.signer)
     if index == 0:
         init = hashlib.sha256(engine.checkpoint_bytes(state, step=0)).hexdigest()
         return _decide(

@@ -64,10 +64,17 @@ class ReplayPolicy:
 
 
 def check_metrics(
-    job: TrainingJob, data: Dataset, holdout: Dataset, output_dir: Path, proof: CompletionProof
+    job: TrainingJob,
+    data: Dataset,
+    holdout: Dataset,
+    output_dir: Path,
+    proof: CompletionProof,
+    *,
+    trainer: str | None,
 ) -> list[Check]:
-    """Recompute the claimed metric exactly; evaluate on the holdout the node never received."""
-    state = engine.new_state(job, data)
+    """Recompute the claimed metric exactly (on ``trainer``'s seeded validation split); evaluate on the
+    holdout the node never received."""
+    state = engine.new_state(job, data, trainer=trainer)
     weights = engine.read_checkpoint(output_dir / MODEL_FILE)
     state.model.load_state_dict(weights, strict=True)
     claimed = proof.metrics.get(CLAIMED_METRIC)
@@ -205,11 +212,13 @@ def check_replay(
     plan: SamplingPlan,
     tolerance: Tolerance,
     schemas: StateSchemas,
+    trainer: str | None,
 ) -> Check:
-    """Replay the planned number of random segments from their committed start; compare the whole state."""
+    """Replay the planned number of random segments of ``trainer``'s run from their committed start;
+    compare the whole state."""
     available = len(commitments) - 1
     chosen = choose_segments(available, plan.samples, policy)
-    state = engine.new_state(job, data)
+    state = engine.new_state(job, data, trainer=trainer)
     worst = 0.0
     details: dict[str, object] = {
         "segments_total": available,

@@ -46,8 +46,8 @@ class StateSchemas:
         return self.initial if step == 0 else self.trained
 
     @classmethod
-    def of(cls, job: TrainingJob, data: Dataset) -> StateSchemas:
-        state = engine.new_state(job, data)
+    def of(cls, job: TrainingJob, data: Dataset, *, trainer: str | None) -> StateSchemas:
+        state = engine.new_state(job, data, trainer=trainer)
         initial = _schema_of(engine.checkpoint_tensors(state))
         if state.order.total_steps:
             engine.train_step(state, 0)  # one step creates the optimizer's per-parameter state
@@ -95,8 +95,8 @@ def check_commitments(
             return Check(
                 "commitments",
                 False,
-                f"batch indices committed at step {c.step} are not the data order of the spec's seed "
-                "and this job's secret",
+                f"batch indices committed at step {c.step} are not the data order of the spec's seed, "
+                "this job's secret and the signing node's PeerID (another job's or another node's run)",
             )
         prev = c.step
     return Check(
@@ -153,15 +153,19 @@ def check_endpoints(
     output_dir: Path,
     commitments: Sequence[Commitment],
     schemas: StateSchemas,
+    *,
+    trainer: str | None,
 ) -> Check:
-    """The first checkpoint is the seeded initialisation (bit for bit); the last is the delivered model."""
-    fresh = engine.new_state(job, data)
+    """The first checkpoint is the seeded initialisation of ``trainer``'s run (bit for bit); the last is the
+    delivered model."""
+    fresh = engine.new_state(job, data, trainer=trainer)
     if hashlib.sha256(engine.checkpoint_bytes(fresh, step=0)).hexdigest() != commitments[0].weights_sha256:
         return Check(
             "endpoints",
             False,
-            "the step-0 checkpoint is not the initialisation of the spec's seed and this job's secret "
-            "(changed seed, another job's run, or weights from elsewhere)",
+            "the step-0 checkpoint is not the initialisation of the spec's seed, this job's secret and the "
+            "signing node's PeerID (changed seed, another job's or another node's run, or weights from "
+            "elsewhere)",
         )
     try:
         final = read_checkpoint(output_dir, commitments[-1], schemas.at(commitments[-1].step))

@@ -4,7 +4,9 @@
 was received, client EKU), the proof signature by that certificate's Ed25519 key, the identity and
 binding (assigned node, job id, spec hash, token jti), every artifact's SHA-256, and — for ``model``
 jobs — the commitments, endpoints, the claimed metric (recomputed), the holdout the node never received,
-and the replay spot check. Escrow is released only on a passing report.
+and the replay spot check. Escrow is released only on a passing report. The training checks rebuild the
+run for the PeerID of the key that signed the proof (never the assignment's or the job document's), so a
+node that signs another node's run fails them (:mod:`cyxwiz.verification.binding`).
 """
 
 from __future__ import annotations
@@ -218,7 +220,14 @@ def _runtime_declaration(output_dir: Path) -> dict[str, str]:
 
 
 def _training(
-    run: _Run, *, signed: SignedProof, job: TrainingJob, output_dir: Path, data: JobData, policy: ReplayPolicy
+    run: _Run,
+    *,
+    signed: SignedProof,
+    signer: str,
+    job: TrainingJob,
+    output_dir: Path,
+    data: JobData,
+    policy: ReplayPolicy,
 ) -> None:
     import torch
 
@@ -244,16 +253,18 @@ def _training(
     train = load_dataset(data.train, sha256=job.dataset.sha256, **shape)  # type: ignore[arg-type]
     holdout = load_dataset(data.holdout, sha256=data.holdout_sha256, **shape)  # type: ignore[arg-type]
     commitments = read_commitments(output_dir / "commitments.json")
-    state = engine.new_state(job, train)
+    state = engine.new_state(job, train, trainer=signer)
     started = time.perf_counter()
     total = state.order.total_steps
     every = segment_length(job, total)
     trace_ok = run.add(trace.check_commitments(state.order, every, signed.proof, commitments))
-    schemas = trace.StateSchemas.of(job, train)
+    schemas = trace.StateSchemas.of(job, train, trainer=signer)
     if trace_ok:
-        trace_ok = run.add(trace.check_endpoints(job, train, output_dir, commitments, schemas))
+        trace_ok = run.add(
+            trace.check_endpoints(job, train, output_dir, commitments, schemas, trainer=signer)
+        )
     try:
-        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof):
+        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof, trainer=signer):
             run.add(check)
     except CyxwizError as exc:
         run.add(Check("claimed-metric", False, f"the delivered model cannot be evaluated: {exc.message}"))
@@ -290,6 +301,7 @@ def _training(
                     plan=plan,
                     tolerance=tolerance,
                     schemas=schemas,
+                    trainer=signer,
                 )
             )
     run.summary["training_checks_seconds"] = round(time.perf_counter() - started, 3)
@@ -326,9 +338,18 @@ def verify_job(
     if job.job_type == "script":
         run.add(Check("training", True, "script job: no replayable trace; identity and artifacts only"))
     elif identity_ok and artifacts_ok:
+        from cyxwiz.pki.peerid import peer_id
+
         try:
+            # The run is rebuilt for the key whose signature was just checked (the signer, F1, A5).
             _training(
-                run, signed=proof, job=job, output_dir=output_dir, data=data, policy=policy or ReplayPolicy()
+                run,
+                signed=proof,
+                signer=peer_id(public),
+                job=job,
+                output_dir=output_dir,
+                data=data,
+                policy=policy or ReplayPolicy(),
             )
         except CyxwizError as exc:
             run.add(Check("training", False, f"training outputs refused: {exc}"))

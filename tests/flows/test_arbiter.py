@@ -24,6 +24,7 @@ from cyxwiz.storage.crypto import MasterKey
 from cyxwiz.storage.local import LocalObjectStore
 from cyxwiz.verification.commitments import read_commitments
 from tasks import arbiter, holds, services
+from tasks.referee import NodeEvidence
 from tests.flows.test_holds import AMOUNT, Plane, plane
 from tests.ledger.conftest import NODE_PEER, local_world, pki
 from tests.verification.conftest import World as TrainingWorld
@@ -69,10 +70,11 @@ class Arbiter:
         self.outputs[job_id] = outputs
         return job_id
 
-    def node_outputs(self, job_id: str, peer: str, into: Path) -> tuple[Path | None, str | None]:
+    def node_outputs(self, job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
         assert peer == NODE_PEER, "the arbiter asks for the assigned node's evidence"
         shutil.copytree(self.outputs[job_id], into)
-        return into, None
+        # The session's training runs are node-1's; the arbiter replays the run of the proof's signer.
+        return NodeEvidence(output_dir=into, signer=self.training.peer()), None
 
 
 @pytest.fixture

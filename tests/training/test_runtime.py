@@ -44,8 +44,10 @@ def test_digits_split_is_reproducible(tmp_path: Path, digits: Any) -> None:
 def test_two_runs_commit_identical_checkpoints(tmp_path: Path, digits: Any) -> None:
     job = small_job(tmp_path, digits)
     first, second = RecordingReporter(), RecordingReporter()
-    run_training(job, data_path=digits.train, output_dir=tmp_path / "a", reporter=first)
-    summary = run_training(job, data_path=digits.train, output_dir=tmp_path / "b", reporter=second)
+    run_training(job, data_path=digits.train, output_dir=tmp_path / "a", reporter=first, trainer=None)
+    summary = run_training(
+        job, data_path=digits.train, output_dir=tmp_path / "b", reporter=second, trainer=None
+    )
     commits = [m for m in first.messages if m["kind"] == "checkpoint"]
     assert commits == [m for m in second.messages if m["kind"] == "checkpoint"]
     assert len(commits) == summary.checkpoints == len(checkpoint_steps(summary.steps, 5))
@@ -59,7 +61,13 @@ def test_two_runs_commit_identical_checkpoints(tmp_path: Path, digits: Any) -> N
 def test_dataset_with_another_hash_is_refused_d3(tmp_path: Path, digits: Any) -> None:
     job = small_job(tmp_path, digits)
     with pytest.raises(IntegrityError) as info:
-        run_training(job, data_path=digits.holdout, output_dir=tmp_path / "out", reporter=RecordingReporter())
+        run_training(
+            job,
+            data_path=digits.holdout,
+            output_dir=tmp_path / "out",
+            reporter=RecordingReporter(),
+            trainer=None,
+        )
     assert info.value.rule == "D3"
     assert not (tmp_path / "out").exists()
 
@@ -73,7 +81,11 @@ def test_pickled_dataset_is_refused(tmp_path: Path, digits: Any) -> None:
     (tmp_path / "job.json").write_text(json.dumps(doc))
     with pytest.raises(ValidationError):
         run_training(
-            tmp_path / "job.json", data_path=evil, output_dir=tmp_path / "out", reporter=RecordingReporter()
+            tmp_path / "job.json",
+            data_path=evil,
+            output_dir=tmp_path / "out",
+            reporter=RecordingReporter(),
+            trainer=None,
         )
 
 
@@ -87,6 +99,7 @@ def test_script_jobs_are_not_trained_by_the_runtime(tmp_path: Path) -> None:
             data_path=tmp_path / "x.npz",
             output_dir=tmp_path / "o",
             reporter=RecordingReporter(),
+            trainer=None,
         )
     assert info.value.field == "job_type"
 
@@ -96,6 +109,24 @@ def test_cli_prints_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["--job", str(tmp_path / "job.json"), "--data", "x", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: job_type")
+
+
+def test_a_bound_job_trains_for_the_named_node_only(tmp_path: Path, digits: Any) -> None:
+    """Issue 17 (F1, A5): with a per-job secret the run belongs to the trainer's PeerID; without one the
+    CLI refuses to train (one error line, nothing written), and two nodes train two different runs."""
+    from cyxwiz.pki.keys import generate_ed25519
+    from cyxwiz.pki.peerid import peer_id
+
+    job = small_job(tmp_path, digits, job_secret="5e" * 32)
+    where = ["--job", str(job), "--data", str(digits.train)]
+    assert main([*where, "--output", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "none").exists()
+    h, c = (peer_id(generate_ed25519()) for _ in range(2))
+    for name, peer in (("h", h), ("h2", h), ("c", c)):
+        assert main([*where, "--output", str(tmp_path / name), "--device", "cpu", "--trainer", peer]) == 0
+    model = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in ("h", "h2", "c")}
+    assert model["h"] == model["h2"] != model["c"]  # reproducible for its node, another run for another
+    assert main([*where, "--output", str(tmp_path / "bad"), "--trainer", h.lower()]) == 2
 
 
 def test_data_order_covers_each_epoch_once() -> None:

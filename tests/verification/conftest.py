@@ -30,6 +30,8 @@ from tests._forgery import rechain
 
 # Proof times sit inside the dev certificates' validity (issued when the session starts).
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
+#: The PeerID of node-1, the node that trains the session's runs (the run seed mixes it in, issue 17).
+TRAINER: str | None = None
 
 
 def reference_job(
@@ -81,6 +83,9 @@ class World:
 
     def cert(self, node: str = "node-1") -> Any:
         return load_certificate(self.pki.node_cert(node))
+
+    def peer(self, node: str = "node-1") -> str:
+        return peer_id(self.cert(node))
 
     def sign(
         self,
@@ -146,35 +151,49 @@ class World:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    global T0  # noqa: PLW0603 - proof times follow the PKI's birth, however late in a long suite it comes
+    global T0, TRAINER  # noqa: PLW0603 - proof times follow the PKI's birth, however late in a long suite
     root = tmp_path_factory.mktemp("verification")
     pki = build_dev_pki(root / "pki", nodes=("node-1", "node-2"))
     T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=5)
+    TRAINER = peer_id(load_certificate(pki.node_cert("node-1")))
     digits = prepare_digits(root / "data")
     job_path, job = write_job(root / "job", reference_job(digits))
     out = root / "honest"
     reporter = RecordingReporter()
-    run_training(job_path, data_path=digits.train, output_dir=out, reporter=reporter)
+    run_training(job_path, data_path=digits.train, output_dir=out, reporter=reporter, trainer=TRAINER)
     return World(pki=pki, digits=digits, job=job, honest_out=out, messages=reporter.messages, tmp=root)
 
 
-def train_variant(world: World, name: str, doc: dict[str, Any]) -> Path:
-    """Outputs of a run with another spec (what a node that changed the seed or lr would deliver)."""
+def train_variant(world: World, name: str, doc: dict[str, Any], *, node: str = "node-1") -> Path:
+    """Outputs of a run with another spec (what a node that changed the seed or lr would deliver), trained
+    for ``node``."""
     job_path, _ = write_job(world.tmp / f"{name}-job", doc)
     out = world.tmp / name
-    run_training(job_path, data_path=world.digits.train, output_dir=out, reporter=RecordingReporter())
+    run_training(
+        job_path,
+        data_path=world.digits.train,
+        output_dir=out,
+        reporter=RecordingReporter(),
+        trainer=world.peer(node),
+    )
     return out
 
 
-def rebuild_trace(out: Path, rewrite: Callable[[int, dict[str, Any]], dict[str, Any] | None]) -> None:
+def rebuild_trace(
+    out: Path,
+    rewrite: Callable[[int, dict[str, Any]], dict[str, Any] | None],
+    *,
+    trainer: str | None = None,
+) -> None:
     """A dishonest node's edit: rewrite chosen checkpoints, then make every hash, commitment, the
     delivered model and its claimed metrics consistent again (so only the verifier's replay can tell)."""
     rechain(out, rewrite)
-    restate_metrics(out)
+    restate_metrics(out, trainer=trainer)
 
 
-def restate_metrics(out: Path) -> None:
-    """Recompute metrics.json honestly for whatever model is now delivered (a careful cheat)."""
+def restate_metrics(out: Path, *, trainer: str | None = None) -> None:
+    """Recompute metrics.json honestly for whatever model is now delivered (a careful cheat), on the
+    validation split of ``trainer``'s run (default: node-1, the session's trainer)."""
     from safetensors.torch import load_file
 
     from cyxwiz.training import engine
@@ -189,7 +208,7 @@ def restate_metrics(out: Path) -> None:
         input_dtype="float32",
         num_classes=10,
     )
-    state = engine.new_state(job, data)
+    state = engine.new_state(job, data, trainer=trainer or TRAINER)
     state.model.load_state_dict(load_file(str(out / "model.safetensors")))
     metrics_path = out / "metrics.json"
     doc = json.loads(metrics_path.read_text())

@@ -23,9 +23,9 @@ def test_secret_changes_init_split_order_and_dropout(world: World) -> None:
         world.digits.train, sha256=None, input_shape=(64,), input_dtype="float32", num_classes=10
     )
     doc = reference_job(world.digits, job_id="same-spec")
-    a = engine.new_state(write_job(world.tmp / "bind-a", doc)[1], data)
+    a = engine.new_state(write_job(world.tmp / "bind-a", doc)[1], data, trainer=world.peer())
     doc["training"]["job_secret"] = new_job_secret()
-    b = engine.new_state(write_job(world.tmp / "bind-b", doc)[1], data)
+    b = engine.new_state(write_job(world.tmp / "bind-b", doc)[1], data, trainer=world.peer())
     assert a.seed != b.seed
     assert engine.checkpoint_bytes(a, step=0) != engine.checkpoint_bytes(b, step=0)
     assert a.order.segment_sha256(0, 5) != b.order.segment_sha256(0, 5)
@@ -46,7 +46,8 @@ def test_same_spec_other_secret_with_forged_order_hashes_fails_at_init(world: Wo
     _, job = write_job(world.tmp / "job-1d", doc)
     out = world.copy_outputs("other-job-forged-order")
     state = engine.new_state(job, load_dataset(world.digits.train, sha256=None, input_shape=(64,),
-                                               input_dtype="float32", num_classes=10))  # fmt: skip
+                                               input_dtype="float32", num_classes=10),
+                             trainer=world.peer())  # fmt: skip
     forged = json.loads((out / "commitments.json").read_text())
     prev = 0
     for entry in forged:

@@ -21,6 +21,7 @@ CAUGHT_BY = {
     "data-subset": "replay",
     "backdoor-segment": "replay",
     "other-job-resigned": "endpoints",
+    "other-node-resigned": "endpoints",  # issue 17: the run belongs to the PeerID that trained it
 }
 
 

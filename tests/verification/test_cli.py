@@ -8,7 +8,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cyxwiz.cli import app
+from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.devpki import build_dev_pki
+from cyxwiz.pki.peerid import peer_id
 from cyxwiz.training.runtime import main as runtime_main
 
 runner = CliRunner()
@@ -25,7 +27,16 @@ def test_prepare_run_sign_check(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert (
         runtime_main(
-            ["--job", str(data / "job.json"), "--data", str(data / "digits-train.npz"), "--output", str(out)]
+            [
+                "--job",
+                str(data / "job.json"),
+                "--data",
+                str(data / "digits-train.npz"),
+                "--output",
+                str(out),
+                "--trainer",
+                peer_id(load_certificate(pki.node_cert("node-1"))),
+            ]  # the signer's run (issue 17)
         )
         == 0
     )

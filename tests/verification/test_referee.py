@@ -26,6 +26,7 @@ from cyxwiz.verification.dispute import (
     settle_dispute,
 )
 from cyxwiz.verification.referee import Trace, first_difference, referee
+from tests.verification import conftest
 from tests.verification.conftest import World, rebuild_trace
 
 
@@ -35,8 +36,14 @@ def train_data(world: World) -> Dataset:
     )
 
 
-def trace(node: str, out: Path) -> Trace:
-    return Trace(node=node, output_dir=out, commitments=read_commitments(out / "commitments.json"))
+def trace(node: str, out: Path, *, signer: str | None = None) -> Trace:
+    """``out`` as ``node``'s trace; the session's runs are node-1's (the referee rebuilds the signer's)."""
+    return Trace(
+        node=node,
+        signer=signer or conftest.TRAINER,
+        output_dir=out,
+        commitments=read_commitments(out / "commitments.json"),
+    )
 
 
 def forge_from(world: World, name: str, step: int) -> Path:
@@ -95,7 +102,7 @@ def test_a_broken_chain_is_refused_without_replay(world: World) -> None:
         world.job,
         train_data(world),
         trace("honest", world.honest_out),
-        Trace(node="cheat", output_dir=out, commitments=broken),
+        Trace(node="cheat", signer=world.peer(), output_dir=out, commitments=broken),
     )
     assert verdict.deviators == ("cheat",) and "chain" in verdict.reason and verdict.segment is None
 
@@ -174,6 +181,7 @@ def test_segment_dispute_upheld_on_a_forgery_and_rejected_on_an_honest_run(world
         data=data,
         output_dir=forged,
         commitments=read_commitments(forged / "commitments.json"),
+        trainer=world.peer(),
     )
     assert upheld.upheld and "115→120" in upheld.reason
     honest = resolve_dispute(
@@ -182,6 +190,7 @@ def test_segment_dispute_upheld_on_a_forgery_and_rejected_on_an_honest_run(world
         data=data,
         output_dir=world.honest_out,
         commitments=read_commitments(world.honest_out / "commitments.json"),
+        trainer=world.peer(),
     )
     assert not honest.upheld and "reproduces" in honest.reason
     escrow = Escrow()

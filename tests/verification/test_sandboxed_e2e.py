@@ -32,6 +32,8 @@ def test_reference_job_trains_in_the_sandbox_and_verifies(world: World, tmp_path
         "/input/dataset.npz",
         "--output",
         "/output",
+        "--trainer",
+        world.peer(),  # node-1, which signs below (issue 17)
     ]
     limits = JobLimits(memory_bytes=2 << 30, cpu_cores=2, wall_seconds=240, output_bytes=200 << 20)
     try:

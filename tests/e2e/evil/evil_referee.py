@@ -19,14 +19,14 @@ from typing import Any
 from prefect import flow, task
 
 from flows.sandboxed_train import fetch_inputs, sign, submit, train, upload
-from tasks.node import DATASET_FILE, JOB_FILE, TrainingRun
+from tasks.node import DATASET_FILE, JOB_FILE, NodeIdentity, TrainingRun
 
 #: The node (certificate CN) that cheats; the other node of the redundant pair is honest.
 DISHONEST_NODE = "node-2"
 NUDGE = 1e-3
 
 
-def forge_second_half(out: Path, inputs: Path) -> int:
+def forge_second_half(out: Path, inputs: Path, trainer: str) -> int:
     """Nudge every checkpoint from the middle one on and make all hashes consistent; returns the first
     forged step."""
     from cyxwiz.verification.commitments import COMMITMENTS_FILE, read_commitments
@@ -43,11 +43,11 @@ def forge_second_half(out: Path, inputs: Path) -> int:
         return tensors
 
     rechain(out, nudge)
-    _restate_metrics(out, inputs)
+    _restate_metrics(out, inputs, trainer)
     return start
 
 
-def _restate_metrics(out: Path, inputs: Path) -> None:
+def _restate_metrics(out: Path, inputs: Path, trainer: str) -> None:
     """A careful cheat claims exactly what its delivered model scores."""
     from safetensors.torch import load_file
 
@@ -61,7 +61,7 @@ def _restate_metrics(out: Path, inputs: Path) -> None:
         inputs / DATASET_FILE, sha256=None, input_shape=job.model.input_shape,
         input_dtype=job.model.input_dtype, num_classes=job.task.num_classes,
     )  # fmt: skip
-    state = engine.new_state(job, data)
+    state = engine.new_state(job, data, trainer=trainer)
     state.model.load_state_dict(load_file(str(out / "model.safetensors")))
     doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     doc["final"]["val_accuracy"] = engine.evaluate(state.model, state.validation)["accuracy"]
@@ -71,7 +71,7 @@ def _restate_metrics(out: Path, inputs: Path) -> None:
 @task(name="forge-second-half")
 def forge(run: TrainingRun, inputs: str) -> TrainingRun:
     if os.environ.get("CYXWIZ_NODE_NAME") == DISHONEST_NODE:
-        forge_second_half(run.output_dir, Path(inputs))
+        forge_second_half(run.output_dir, Path(inputs), run.trainer)
     return run
 
 
@@ -79,9 +79,10 @@ def forge(run: TrainingRun, inputs: str) -> TrainingRun:
 def sandboxed_train(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
     root = Path(os.environ.get("CYXWIZ_WORK_ROOT") or tempfile.gettempdir())
     jobdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=root))
+    identity = NodeIdentity.from_env(dict(os.environ))
     inputs = fetch_inputs(job_id, job, str(jobdir / "inputs"))
-    run = forge(train(job_id, inputs, str(jobdir / "work")), inputs)
-    proof = sign(job, run)  # the node's real certified key: the signature is valid
+    run = forge(train(job_id, inputs, str(jobdir / "work"), identity.peer_id()), inputs)
+    proof = sign(job, run, identity)  # the node's real certified key: the signature is valid
     outputs = upload(job_id, run)
     submit(job_id, proof)
     return {"job_id": job_id, "status": run.status, "outputs": outputs, "sandbox": run.summary}

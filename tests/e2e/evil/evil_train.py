@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows.sandboxed_train import fetch_inputs, sign, submit, train, upload
-from tasks.node import TrainingRun
+from tasks.node import NodeIdentity, TrainingRun
 
 #: The claim the dishonest node makes whatever its model scores.
 INFLATED_ACCURACY = 0.9999
@@ -44,9 +44,10 @@ def sandboxed_train(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
     """Same steps as the honest flow plus a tampering step before the proof is signed."""
     root = Path(os.environ.get("CYXWIZ_WORK_ROOT") or tempfile.gettempdir())
     jobdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=root))
+    identity = NodeIdentity.from_env(dict(os.environ))
     inputs = fetch_inputs(job_id, job, str(jobdir / "inputs"))
-    run = tamper(train(job_id, inputs, str(jobdir / "work")))
-    proof = sign(job, run)  # the node's real certified key: the signature is valid
+    run = tamper(train(job_id, inputs, str(jobdir / "work"), identity.peer_id()))
+    proof = sign(job, run, identity)  # the node's real certified key: the signature is valid
     outputs = upload(job_id, run)
     submit(job_id, proof)
     return {"job_id": job_id, "status": run.status, "outputs": outputs, "sandbox": run.summary}

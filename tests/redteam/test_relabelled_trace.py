@@ -1,0 +1,196 @@
+"""A node is never paid for another node's run (issue 17; SPEC F1, A5, threat I "payment fraud").
+
+The attacker holds the coordinator: it draws the per-job secret and writes the assignment. It lets the
+honest node H (dev PKI ``node-1``) train the job, then rewrites the assignment to a colluding node C
+(``node-2``, a genuine certificate of the same CA), which signs H's outputs as its own completion proof
+with its own key. The run seed mixes in the PeerID of the node that trains (the node takes it from its
+own certificate) and the verifier rebuilds the run for the key that signed the proof, so:
+
+- C re-signing H's outputs fails the data-order check (H's batch order is not C's), and a careful C that
+  re-chains the commitments with its own order fails the endpoints (step 0 is H's initialisation);
+- C training the job itself for H's PeerID (the coordinator told it H's id) gains nothing: the verifier
+  takes the PeerID from C's signature; a job document cannot carry a trainer at all;
+- the verdict is ``fraud`` and the ledger (LiteSVM behind JSON-RPC) refuses the release: C's wallet gets
+  nothing and the escrow stays locked.
+
+Positive controls: H's own proof passes and H is paid; C's own run, signed by C, passes. Real training
+(the runtime's CLI, the node's own identity code), the real verifier and ledger; only the coordinator's
+rewrite is played by the test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cyxwiz.errors import ValidationError, VerificationError
+from cyxwiz.ledger.attestation import ReportVerdictError
+from cyxwiz.ledger.store import EscrowState
+from cyxwiz.training import engine
+from cyxwiz.training.data import load_dataset
+from cyxwiz.training.runtime import main as runtime_main
+from cyxwiz.training.spec import TrainingJob, parse_training_job
+from cyxwiz.verification import trace
+from cyxwiz.verification.commitments import read_commitments
+from cyxwiz.verification.report import VerificationReport
+from tasks.node import NodeIdentity, TrainingRun, sign_completion_proof
+from tasks.verifier_service import verdict_of
+from tests._forgery import rechain
+from tests.ledger.conftest import USER_FUNDS
+from tests.ledger.conftest import World as MoneyWorld
+from tests.verification.conftest import World, reference_job, restate_metrics, world, write_job
+
+__all__ = ["world"]
+
+AMOUNT = 10_000
+H, C = "node-1", "node-2"
+
+
+@dataclass
+class Job:
+    world: World
+    root: Path
+    doc: dict[str, Any]
+    job: TrainingJob
+    job_path: Path
+    h_out: Path
+
+    def identity(self, node: str) -> NodeIdentity:
+        pki = self.world.pki
+        return NodeIdentity(cert_path=pki.node_cert(node), key_path=pki.node_key(node))
+
+    def train(self, name: str, *, trainer: str) -> Path:
+        """The runtime's CLI, as the sandbox runs it, for the PeerID ``trainer``."""
+        out = self.root / name
+        argv = ["--job", str(self.job_path), "--data", str(self.world.digits.train), "--output", str(out),
+                "--device", "cpu", "--trainer", trainer]  # fmt: skip
+        assert runtime_main(argv) == 0
+        return out
+
+    def copy(self, name: str) -> Path:
+        import shutil
+
+        target = self.root / name
+        shutil.copytree(self.h_out, target)
+        return target
+
+    def verify(self, out: Path, *, signer: str, assigned: str) -> VerificationReport:
+        """The verifier with the coordinator's (rewritten) assignment; the proof signed by ``signer``."""
+        return self.world.verify(out, self.world.sign(out, job=self.job, node=signer), job=self.job,
+                                 node=signer, assigned=assigned)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def job(world: World, tmp_path_factory: pytest.TempPathFactory) -> Job:
+    """A small bound job (82 steps) that H trains with the PeerID of its own certificate."""
+    root = tmp_path_factory.mktemp("relabel")
+    doc = reference_job(world.digits, job_id="relabel-1", epochs=2)
+    job_path, parsed = write_job(root / "job", doc)  # restate_metrics finds it at <outputs>/../job/job.json
+    made = Job(world=world, root=root, doc=doc, job=parsed, job_path=job_path, h_out=root / "h")
+    made.train("h", trainer=made.identity(H).peer_id())
+    return made
+
+
+def _failed(report: VerificationReport, check: str, *words: str) -> None:
+    """Refused by ``check`` first, with the signer's certificate, signature and binding all good (the
+    proof really is C's: only the run's binding to its trainer tells)."""
+    assert not report.passed
+    first = report.failures[0]
+    assert first.name == check, report.to_markdown()
+    for word in words:
+        assert word in first.reason, first.reason
+    assert all(
+        report.check(n).passed for n in ("certificate", "signature", "identity", "binding", "artifacts")
+    )
+
+
+def _release(money: MoneyWorld, report: VerificationReport, *, job_id: str, node: str, peer: str) -> Any:
+    """The settlement: an escrow assigned to ``peer``'s wallet, released with the verifier's attestation
+    of ``report`` (its verdict as the verifier service derives it)."""
+    wallet = money.node if node == H else money.other_node
+    ledger = money.ledger()
+    ledger.create(job_id=job_id, user=money.user, amount=AMOUNT)
+    ledger.assign(job_id=job_id, node_wallet=wallet.pubkey(), node_peer_id=peer)
+    verdict = verdict_of(json.loads(report.to_json()))
+    attestation = money.attest(job_id, verdict=verdict, node_peer_id=peer, node_wallet=str(wallet.pubkey()))  # type: ignore[arg-type]
+    return ledger.release(job_id=job_id, node_wallet=wallet.pubkey(), report=attestation)
+
+
+def test_h_own_proof_passes_and_h_is_paid(job: Job, money_world: MoneyWorld) -> None:
+    report = job.verify(job.h_out, signer=H, assigned=H)
+    assert report.passed, report.to_markdown()
+    record = _release(money_world, report, job_id="relabel-h", node=H, peer=job.world.peer(H))
+    assert record.state is EscrowState.RELEASED and money_world.token(money_world.node) == AMOUNT
+
+
+def test_c_resigning_h_outputs_fails_the_data_order_and_nothing_is_paid(
+    job: Job, money_world: MoneyWorld
+) -> None:
+    out = job.copy("c-resigned")  # H's outputs, untouched; the coordinator now names C
+    report = job.verify(out, signer=C, assigned=C)
+    _failed(report, "commitments", "data order", "PeerID")
+    # The endpoints say the same on their own: step 0 is H's initialisation, not C's.
+    data = load_dataset(job.world.digits.train, sha256=None, input_shape=(64,), input_dtype="float32",
+                        num_classes=10)  # fmt: skip
+    commitments = read_commitments(out / "commitments.json")
+    schemas = trace.StateSchemas.of(job.job, data, trainer=job.world.peer(C))
+    ends = trace.check_endpoints(job.job, data, out, commitments, schemas, trainer=job.world.peer(C))
+    assert not ends.passed and "initialisation" in ends.reason
+    assert verdict_of(json.loads(report.to_json())) == "fraud"  # a signed lie: C's stake is slashed
+    with pytest.raises(ReportVerdictError, match="verdict"):
+        _release(money_world, report, job_id="relabel-c", node=C, peer=job.world.peer(C))
+    ledger = money_world.ledger()
+    assert ledger.status(job_id="relabel-c").state is EscrowState.LOCKED
+    assert (money_world.token(money_world.other_node), ledger.onchain_amount(job_id="relabel-c")) == (
+        0,
+        AMOUNT,
+    )
+    assert money_world.token(money_world.user) == USER_FUNDS - AMOUNT
+
+
+def test_c_rechaining_h_outputs_with_its_own_data_order_fails_the_endpoints(job: Job) -> None:
+    out = job.copy("c-rechained")
+    data = load_dataset(job.world.digits.train, sha256=None, input_shape=(64,), input_dtype="float32",
+                        num_classes=10)  # fmt: skip
+    mine = engine.new_state(job.job, data, trainer=job.world.peer(C))
+    forged = json.loads((out / "commitments.json").read_text())
+    prev = 0
+    for entry in forged:
+        entry["batch_indices_sha256"] = mine.order.segment_sha256(prev, entry["step"])
+        prev = entry["step"]
+    (out / "commitments.json").write_text(json.dumps(forged))
+    rechain(out, lambda step, tensors: None)  # relink the chain over the new order hashes
+    restate_metrics(out, trainer=job.world.peer(C))  # and claim what H's model scores on C's split
+    _failed(job.verify(out, signer=C, assigned=C), "endpoints", "initialisation", "PeerID")
+
+
+def test_c_training_for_h_peer_id_is_refused_the_verifier_takes_the_signer(job: Job) -> None:
+    # The coordinator tells C that H is the trainer: C really trains, for H's PeerID, and signs as C.
+    out = job.train("c-for-h", trainer=job.world.peer(H))
+    _failed(job.verify(out, signer=C, assigned=C), "commitments", "data order", "PeerID")
+    # Nor can the coordinator put a trainer in the job document: the signed spec has no such field.
+    doc = json.loads(json.dumps(job.doc))
+    doc["training"]["trainer"] = job.world.peer(C)
+    with pytest.raises(ValidationError):
+        parse_training_job(doc, allow_file_uris=True)
+    # The node's own signing code refuses to sign a run trained for another PeerID than its certificate's.
+    now = dt.datetime.now(dt.UTC)
+    run = TrainingRun(status="ok", reason="", output_dir=out, started_at=now, finished_at=now,
+                      trainer=job.world.peer(H), messages=[], summary={})  # fmt: skip
+    with pytest.raises(VerificationError) as refused:
+        sign_completion_proof(job=job.doc, run=run, identity=job.identity(C), token_jti="jti-1")
+    assert (refused.value.field, refused.value.rule) == ("trainer", "F1")
+
+
+def test_c_own_run_signed_by_c_passes(job: Job) -> None:
+    # Positive control: C doing the work itself, for its own certificate's PeerID, is verified and paid.
+    out = job.train("c-own", trainer=job.identity(C).peer_id())
+    report = job.verify(out, signer=C, assigned=C)
+    assert report.passed, report.to_markdown()
+    # And H's proof over C's run is the same refusal the other way round (the rule is symmetric).
+    _failed(job.verify(out, signer=H, assigned=H), "commitments", "data order")
