@@ -79,3 +79,27 @@ def test_only_the_control_plane_sets_the_secret() -> None:
             attempt(copy.deepcopy(bound))
         assert info.value.field == "training.job_secret" and info.value.rule == "F1"
     assert hashlib.sha256(secret.encode()).hexdigest() not in json.dumps(doc)
+
+
+def test_the_run_seed_binds_the_trainer_only_with_a_secret_and_not_for_redundant_shares(world: World) -> None:
+    """Issue 17 (F1, A5): the PeerID of the node that signs mixes into the seed of every bound job; a local
+    job (no secret) keeps the public seed; the two shares of a redundant job train one run; a bound job
+    without a trainer, or with anything but a canonical Ed25519 PeerID, is refused, never trained unbound."""
+    h, c = world.peer("node-1"), world.peer("node-2")
+    job = world.job
+    assert engine.binds_trainer(job)
+    assert engine.run_seed(job, trainer=h) == engine.run_seed(job, trainer=h) != engine.run_seed(job, trainer=c)
+    doc = reference_job(world.digits, job_id="seed-rules")
+    del doc["training"]["job_secret"]
+    local = write_job(world.tmp / "seed-local", doc)[1]
+    assert not engine.binds_trainer(local)
+    assert engine.run_seed(local, trainer=None) == engine.run_seed(local, trainer=h) == local.training.seed
+    doc = reference_job(world.digits, job_id="seed-redundant")
+    doc["verification"] = {"mode": "redundant"}
+    shared = write_job(world.tmp / "seed-redundant", doc)[1]
+    assert not engine.binds_trainer(shared)
+    assert engine.run_seed(shared, trainer=h) == engine.run_seed(shared, trainer=c) != shared.training.seed
+    for bad, rule in ((None, "F1"), (h.lower(), "A5"), (f" {h}", "A5"), ("12D3KooWNotAPeerId", "A5")):
+        with pytest.raises(ValidationError) as info:
+            engine.run_seed(job, trainer=bad)
+        assert (info.value.field, info.value.rule) == ("trainer", rule)
