@@ -195,7 +195,8 @@ class VerifierPolicy:
             self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.DISPUTING)
             if self.dispute_multisig is None:
                 raise CosignRefusedError("no dispute multisig is configured", field="dispute_multisig")
-            dest = txbuild.dispute_address(self.rent_owner, record.job_id)
+            self._funded_by(record, escrow, "a dispute")
+            dest = txbuild.dispute_address(self.rent_owner, record.job_id, record.user_wallet)
             if moves.initialized != [(dest, self.dispute_multisig)]:
                 raise CosignRefusedError(
                     "the dispute escrow must be owned by the dispute multisig", field="message", rule="F1"
@@ -203,7 +204,10 @@ class VerifierPolicy:
             source, memo = escrow, f"cyxwiz:escrow:dispute:{record.job_id}"
         else:  # resolve: out of the dispute escrow, to the user or the assigned node
             self._state(record, EscrowState.DISPUTED, EscrowState.RELEASING, EscrowState.REFUNDING)
-            source = txbuild.dispute_address(self.rent_owner, record.job_id)
+            # Both accounts are derived from the user's wallet: a rewritten wallet names a dispute escrow
+            # into which nothing of this job was ever moved (issue 17; F1).
+            self._funded_by(record, escrow, "a resolve")
+            source = txbuild.dispute_address(self.rent_owner, record.job_id, record.user_wallet)
             allowed = {txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)}
             if record.node_wallet and self._nodes_own(record):
                 allowed.add(txbuild.token_account_of(Pubkey.from_string(record.node_wallet), self.mint))
@@ -243,11 +247,14 @@ class VerifierPolicy:
     def _refund(self, record: EscrowRecord, escrow: Pubkey) -> None:
         self._state(record, EscrowState.LOCKED, EscrowState.REFUNDING)
         self._no_pass(record.job_id, "refund")
-        # The escrow store is the coordinator's: the wallet a refund pays must be the one the escrow
-        # account's own address was derived from, or a rewritten row would send the funds elsewhere.
+        self._funded_by(record, escrow, "a refund")
+
+    def _funded_by(self, record: EscrowRecord, escrow: Pubkey, move: str) -> None:
+        """The escrow store is the coordinator's: the wallet a refund pays must be the one the escrow
+        account's own address was derived from, or a rewritten row would send the funds elsewhere."""
         if escrow != txbuild.escrow_address(self.rent_owner, record.job_id, record.user_wallet):
             raise CosignRefusedError(
-                "a refund goes back to the wallet that funded the escrow (its address is derived "
+                f"{move} goes back to the wallet that funded the escrow (its address is derived "
                 "from that wallet)", field="user_wallet", rule="F1",
             )  # fmt: skip
 

@@ -41,7 +41,7 @@ def dispute(ledger: EscrowLedger, *, job_id: str, reason: str) -> EscrowRecord:
     except CyxwizError as exc:
         ledger._refused("dispute", job_id, exc)
         raise
-    target = txbuild.dispute_address(ledger.payer_key, job_id)
+    target = txbuild.dispute_address(ledger.payer_key, job_id, record.user_wallet)
     intent = dispute_intent(ledger, record, signers, cosign)
     moved = ledger.store.begin_move(
         record.job_id, allowed=[record.state], transitional=EscrowState.DISPUTING, intent=intent,
@@ -107,11 +107,12 @@ def dispute_intent(
         multisig=ledger.multisig,
         dispute_multisig=ledger.dispute_multisig,
         job_id=record.job_id,
+        user=record.user_wallet,
         amount=record.amount,
         rent=ledger._account_rent(),
         authority_signers=[ledger.key_of(k) for k in (*signers, cosign[0])],
     )
-    target = txbuild.dispute_address(ledger.payer_key, record.job_id)
+    target = txbuild.dispute_address(ledger.payer_key, record.job_id, record.user_wallet)
     return moves.signed(
         ledger,
         record.job_id,

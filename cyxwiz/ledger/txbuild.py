@@ -61,13 +61,15 @@ def escrow_address(payer: Pubkey, job_id: str, user: Pubkey | str) -> Pubkey:
     return Pubkey.create_with_seed(payer, escrow_seed(job_id, user), TOKEN_PROGRAM_ID)
 
 
-def dispute_seed(job_id: str) -> str:
-    return "cd" + hashlib.sha256(job_id.encode()).hexdigest()[:30]
+def dispute_seed(job_id: str, user: Pubkey | str) -> str:
+    """Like :func:`escrow_seed`: the funding wallet is part of the address, so the dispute escrow too
+    says whom the arbiter's refund returns to — a rewritten wallet names an account that holds nothing."""
+    return "cd" + hashlib.sha256(f"{job_id}:{user}".encode()).hexdigest()[:30]
 
 
-def dispute_address(payer: Pubkey, job_id: str) -> Pubkey:
+def dispute_address(payer: Pubkey, job_id: str, user: Pubkey | str) -> Pubkey:
     """The job's dispute escrow: owned by the dispute multisig, which needs the arbiter (F1)."""
-    return Pubkey.create_with_seed(payer, dispute_seed(job_id), TOKEN_PROGRAM_ID)
+    return Pubkey.create_with_seed(payer, dispute_seed(job_id, user), TOKEN_PROGRAM_ID)
 
 
 def token_account_of(owner: Pubkey, mint: Pubkey) -> Pubkey:
@@ -197,19 +199,20 @@ def dispute_escrow(
     multisig: Pubkey,
     dispute_multisig: Pubkey,
     job_id: str,
+    user: Pubkey | str,
     amount: int,
     rent: int,
     authority_signers: Sequence[Pubkey],
 ) -> list[Instruction]:
     """Move the whole escrow into the job's dispute escrow (owned by ``dispute_multisig``) and close it."""
-    target = dispute_address(payer, job_id)
+    target = dispute_address(payer, job_id, user)
     return [
         create_account_with_seed(
             CreateAccountWithSeedParams(
                 from_pubkey=payer,
                 to_pubkey=target,
                 base=payer,
-                seed=dispute_seed(job_id),
+                seed=dispute_seed(job_id, user),
                 lamports=rent,
                 space=ACCOUNT_LEN,
                 owner=TOKEN_PROGRAM_ID,

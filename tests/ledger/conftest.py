@@ -195,7 +195,10 @@ class World:
     def token_total(self, *job_ids: str) -> int:
         escrows = sum(
             (self.chain.token_amount(txbuild.escrow_address(self.payer.pubkey(), j, self.user.pubkey())) or 0)
-            + (self.chain.token_amount(txbuild.dispute_address(self.payer.pubkey(), j)) or 0)
+            + (
+                self.chain.token_amount(txbuild.dispute_address(self.payer.pubkey(), j, self.user.pubkey()))
+                or 0
+            )
             for j in job_ids
         )
         return self.token(self.user) + self.token(self.node) + self.token(self.other_node) + escrows
@@ -204,7 +207,7 @@ class World:
         keys = [self.payer.pubkey(), self.user.pubkey(), self.node.pubkey(), self.other_node.pubkey()]
         keys += [txbuild.token_account_of(k, self.mint) for k in list(keys)]
         keys += [txbuild.escrow_address(self.payer.pubkey(), j, self.user.pubkey()) for j in job_ids]
-        keys += [txbuild.dispute_address(self.payer.pubkey(), j) for j in job_ids]
+        keys += [txbuild.dispute_address(self.payer.pubkey(), j, self.user.pubkey()) for j in job_ids]
         keys += [self.mint, self.multisig]
         return sum(self.chain.lamports(k) for k in keys)
 

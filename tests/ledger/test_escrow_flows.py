@@ -26,7 +26,7 @@ def _locked(w: World, job_id: str = "job-a", amount: int = 10_000) -> None:
 def _snapshot(w: World, *jobs: str) -> tuple[int, int, int, int]:
     escrow = sum(
         (w.chain.token_amount(txbuild.escrow_address(w.payer.pubkey(), j, w.user.pubkey())) or 0)
-        + (w.chain.token_amount(txbuild.dispute_address(w.payer.pubkey(), j)) or 0)
+        + (w.chain.token_amount(txbuild.dispute_address(w.payer.pubkey(), j, w.user.pubkey())) or 0)
         for j in jobs
     )
     return w.token(w.user), w.token(w.node), w.token(w.other_node), escrow
@@ -229,7 +229,7 @@ def test_disputed_funds_need_the_arbiter_on_chain(world: World) -> None:
     _locked(world)
     ledger = world.ledger()
     record = ledger.dispute(job_id="job-a", reason="user reports fabricated metrics")
-    dispute = txbuild.dispute_address(world.payer.pubkey(), "job-a")
+    dispute = txbuild.dispute_address(world.payer.pubkey(), "job-a", world.user.pubkey())
     assert (record.state, record.dispute_account) == (EscrowState.DISPUTED, str(dispute))
     assert (
         world.chain.token_amount(txbuild.escrow_address(world.payer.pubkey(), "job-a", world.user.pubkey()))
