@@ -34,6 +34,7 @@ _GROUPS: tuple[tuple[str, str], ...] = (
     ("ledger", "cyxwiz.ledger.service_cli"),
     ("verify-job", "cyxwiz.verification.cli"),
     ("serve", "cyxwiz.coordinator.cli"),
+    ("issuer", "cyxwiz.issuer.cli"),
     ("gateway", "cyxwiz.gateway.cli"),
     ("job", "cyxwiz.jobs_cli"),
 )

@@ -212,7 +212,7 @@ def _listener(stack: EmbeddedStack, service: str, port: int, extra: dict[str, st
         "CYXWIZ_CA_BUNDLE": str(pki.bundle),
         "CYXWIZ_CRL": str(pki.crl),
         "CYXWIZ_STATE_DIR": str(stack.home / "coordinator"),
-        "CYXWIZ_CA_DIR": str(pki.ca_dir),
+        "CYXWIZ_ISSUER_SOCKET": str(stack.issuer.socket_path),
         **extra,
     }
     return Proc(

@@ -131,6 +131,12 @@ def build_production_coordinator(env: Mapping[str, str]) -> Any:
     from cyxwiz.storage.urlsign import UrlSigner, asgi_app
     from tasks.hooks import PrefectHooks
 
+    if env.get("CYXWIZ_CA_DIR"):
+        # A CA key on the internet-facing host mints any certificate there, a verifier's included.
+        raise ConfigError(
+            "the coordinator holds no CA key (issue 17)", field="CYXWIZ_CA_DIR", rule="A7",
+            hint="run cyxwiz-issuer.service and set CYXWIZ_ISSUER_SOCKET to its socket",
+        )  # fmt: skip
     settings = ListenerSettings.from_env("coordinator", env)
     config = _control_plane(env)
     master = MasterKey.from_env(dict(env))
@@ -139,12 +145,12 @@ def build_production_coordinator(env: Mapping[str, str]) -> Any:
     state_dir = Path(env.get("CYXWIZ_STATE_DIR") or config.home / "coordinator")
     store = LocalObjectStore(root=config.store_root, master_key=master)
     audit = _audit(settings, config, store)
-    ca_dir = env.get("CYXWIZ_CA_DIR")
+    issuer_socket = env.get("CYXWIZ_ISSUER_SOCKET")
     signer = _LateSigner()
     handle = build_coordinator(
         cert=settings.cert, key=settings.key, trust_bundle=settings.bundle, crl=settings.crl,
         state_dir=state_dir, db_url=_coordinator_db(config, state_dir),
-        ca_dir=Path(ca_dir) if ca_dir else None,
+        cert_issuer=_issuer(Path(issuer_socket)) if issuer_socket else None,
         hooks=PrefectHooks(store=store, signer=signer, api_url=env.get("PREFECT_API_URL")),
         audit=audit, host=settings.host, port=settings.port, max_body=64 << 20,
         policy=_federation(settings, env),
@@ -156,6 +162,15 @@ def build_production_coordinator(env: Mapping[str, str]) -> Any:
         "/objects", asgi_app(store=store, signer=signer.target, mount="/objects", audit=audit)
     )
     return handle.server
+
+
+def _issuer(socket_path: Path) -> Any:
+    """The issuer service's client (the CA key is there, never here), probed before the listener binds."""
+    from cyxwiz.issuer.service import RemoteIssuer
+
+    issuer = RemoteIssuer(socket_path=socket_path)
+    issuer.ca_certificate()
+    return issuer
 
 
 def build_production_gateway(env: Mapping[str, str]) -> Any:

@@ -46,6 +46,8 @@ class EmbeddedStack:
     hsm: Any = None
     #: the verifier service process (holds the verifier's escrow key; co-signs releases, F1)
     verifier: Any = None
+    #: the issuer service process (the only holder of the issuing CA key; renews worker certificates, A7)
+    issuer: Any = None
     #: the local ledger service's handle (kill/restart on the same port: infra.chaos)
     ledger_service: Any = None
 
@@ -289,6 +291,7 @@ def embedded_stack(
 
         if keys is not None:
             startup.hsm_keyring_dir(home / "coordinator", keys.token_signing)
+        issuer = stack.enter_context(startup.start_issuer(home, pki, env, say))
         coordinator = startup.start_coordinator(
             ledger_config=demo_ledger.config,
             pki=pki,
@@ -297,6 +300,7 @@ def embedded_stack(
             master=master,
             audit=audit,
             api_url=server.api_url,
+            cert_issuer=issuer.client(),
             host=bind_host,
             trust_policy=trust_policy,
         )
@@ -328,7 +332,7 @@ def embedded_stack(
             say(f"Every deployment of prefect.yaml deployed; block types: {register_block_types()}")
         built = EmbeddedStack(
             home=home, prefect=server, pki=pki, ledger=demo_ledger, coordinator=coordinator, store=store,
-            audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier,
+            audit=audit, config_path=config_path, env=env, hsm=keys, verifier=verifier, issuer=issuer,
             ledger_service=ledger_service, users={"demo-user": wallets.demo_user_wallet(demo_ledger, home)},
             node_wallets={"node-1": str(demo_ledger.node.pubkey())}, foreign_nodes=foreign,
         )  # fmt: skip

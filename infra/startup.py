@@ -30,6 +30,18 @@ def start_verifier(home: Path, env: dict[str, str], demo_ledger: Any, say: Say) 
     return verifier
 
 
+def start_issuer(home: Path, pki: Any, env: dict[str, str], say: Say) -> Any:
+    """The issuer service in its own process: the only one holding the issuing CA key (issue 17, A7). It
+    gets none of the control plane's passphrases; a CA key in SoftHSM2 is reached through its URI."""
+    from cyxwiz.issuer.service import start_issuer_service
+
+    secret = ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE", "CYXWIZ_VERIFIER_PASSPHRASE")
+    own = {k: v for k, v in env.items() if k not in secret}
+    issuer = start_issuer_service(ca_dir=pki.ca_dir, state_dir=home / "issuer", env=own)
+    say(f"Issuer service (own process, the only holder of the CA key) on {issuer.socket_path}")
+    return issuer
+
+
 def start_hsm(home: Path, say: Say) -> Any:
     from infra.hsm import start_embedded_hsm
 
@@ -138,6 +150,7 @@ def start_coordinator(
     master: Any,
     audit: Any,
     api_url: str,
+    cert_issuer: Any = None,
     keyring: Any = None,
     host: str = "127.0.0.1",
     trust_policy: Path | None = None,
@@ -163,7 +176,7 @@ def start_coordinator(
         crl=None if trust_policy else pki.crl,
         policy=federation(trust_policy),
         state_dir=state_dir,
-        ca_dir=pki.ca_dir,
+        cert_issuer=cert_issuer,
         hooks=PrefectHooks(
             store=store, signer=signer, api_url=api_url, ledger=LedgerView.from_config(ledger_config)
         ),

@@ -14,6 +14,8 @@ from cyxwiz.errors import AuthorizationError, ConfigError, NotFoundError, Valida
 from tasks.control import funding_of, parse_job_request, replica_spec
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cyxwiz.audit import AuditSink
     from cyxwiz.coordinator.config import CoordinatorConfig
     from cyxwiz.coordinator.service import CoordinatorHandle
@@ -224,8 +226,9 @@ def production_coordinator(config: CoordinatorConfig, *, audit: AuditSink) -> Co
         lifecycle_deployment=config.lifecycle_deployment,
     )
     handle = build_coordinator(
-        cert=config.cert, key=config.key, trust_bundle=config.bundle, crl=config.crl, ca_dir=config.ca_dir,
-        state_dir=config.state_dir, db_url=config.db_url, hooks=hooks, audit=audit, host=config.host,
+        cert=config.cert, key=config.key, trust_bundle=config.bundle, crl=config.crl,
+        cert_issuer=_issuer(config.issuer_socket), state_dir=config.state_dir, db_url=config.db_url,
+        hooks=hooks, audit=audit, host=config.host,
         port=config.port, max_body=64 << 20,
     )  # fmt: skip
     signer.target = UrlSigner.from_master_key(master, base_url=f"{config.public_url or handle.url}/objects")
@@ -233,6 +236,17 @@ def production_coordinator(config: CoordinatorConfig, *, audit: AuditSink) -> Co
         "/objects", asgi_app(store=store, signer=signer.target, mount="/objects")
     )
     return handle
+
+
+def _issuer(socket_path: Path | None) -> Any:
+    """The issuer service's client (it holds the CA key; this process never does, issue 17), probed."""
+    if socket_path is None:
+        return None
+    from cyxwiz.issuer.service import RemoteIssuer
+
+    issuer = RemoteIssuer(socket_path=socket_path)
+    issuer.ca_certificate()  # unreachable: one line naming issuer_socket, before the listener binds
+    return issuer
 
 
 class _LateSigner:

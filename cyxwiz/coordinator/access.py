@@ -20,7 +20,7 @@ from cyxwiz.authz import Credential, Resource, Rule, job_assigned, job_token_for
 from cyxwiz.authz.policies import OPEN_JOB_STATES, RESENDABLE_AFTER_PROOF, RULES, RUN_LIVE_STATES
 from cyxwiz.coordinator.auth import Authenticator, Caller
 from cyxwiz.coordinator.hooks import CoordinatorHooks
-from cyxwiz.coordinator.renewal import NodeCertIssuer
+from cyxwiz.coordinator.renewal import CertificateIssuer
 from cyxwiz.coordinator.schemas import TokenPair
 from cyxwiz.coordinator.store import CoordinatorStore, JobRecord, NodeRecord
 from cyxwiz.errors import AuthorizationError, ValidationError
@@ -47,8 +47,8 @@ class Coordinator:
     auth: Authenticator
     audit: AuditSink | None = None
     revoker: NodeRevoker | None = None
-    #: Signs node renewal CSRs (None: no CA configured, renewal refused).
-    renewer: NodeCertIssuer | None = None
+    #: Where node renewals go: the issuer service, which holds the CA key (None: renewal refused).
+    renewer: CertificateIssuer | None = None
     #: Closes the live connections of a peer (its PeerID): a ban reaches open connections at once.
     close_peer: Callable[[str], None] | None = None
 

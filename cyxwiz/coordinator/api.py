@@ -21,7 +21,7 @@ from cyxwiz.coordinator.hooks import CoordinatorHooks
 from cyxwiz.coordinator.limits import Admit, BodyRoute, GuardMiddleware, RateLimiter
 from cyxwiz.coordinator.presigned import presigned_gate
 from cyxwiz.coordinator.problems import install_handlers, send_problem
-from cyxwiz.coordinator.renewal import NodeCertIssuer
+from cyxwiz.coordinator.renewal import CertificateIssuer
 from cyxwiz.coordinator.routes import admin, archive, datasets, jobs, nodes, tokens, wallet
 from cyxwiz.coordinator.store import CoordinatorStore
 from cyxwiz.tokens.issuer import TokenIssuer
@@ -42,7 +42,7 @@ def create_app(
     ip_rate: tuple[float, int] = (100.0, 200),
     max_body: int = 1 << 20,
     close_peer: Callable[[str], None] | None = None,
-    renewer: NodeCertIssuer | None = None,
+    renewer: CertificateIssuer | None = None,
 ) -> GuardMiddleware:
     """The coordinator ASGI app (FastAPI inside body/IP guards). Serve it with :class:`MTLSServer`."""
     auth = Authenticator(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +25,10 @@ Cert = Annotated[Path | None, Opt("--cert", help="Server certificate (PEM).")]
 Key = Annotated[Path | None, Opt("--key", help="Server private key (PKCS#8 PEM, 0600).")]
 Bundle = Annotated[Path | None, Opt("--bundle", help="Trust bundle (intermediates + roots).")]
 Crl = Annotated[Path | None, Opt("--crl", help="CRL file, watched and hot-reloaded.")]
-CaDir = Annotated[Path | None, Opt("--ca-dir", help="Issuing CA dir: enables admin node revoke.")]
+IssuerSocket = Annotated[
+    Path | None,
+    Opt("--issuer-socket", help="Issuer service socket (renewal, admin revoke); the CA key stays there."),
+]
 StateDir = Annotated[Path, Opt("--state-dir", help="Database and token key ring.")]
 DbUrl = Annotated[str | None, Opt("--db", help="SQLAlchemy URL (default: SQLite in the state dir).")]
 AuditDir = Annotated[Path | None, Opt("--audit-dir", help="Audit log directory.")]
@@ -62,7 +65,7 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
     key: Key = None,
     bundle: Bundle = None,
     crl: Crl = None,
-    ca_dir: CaDir = None,
+    issuer_socket: IssuerSocket = None,
     state_dir: StateDir = Path(".cyxwiz/coordinator"),
     db_url: DbUrl = None,
     audit_dir: AuditDir = None,
@@ -97,21 +100,44 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
     from cyxwiz.coordinator.config import DEV_WARNING
 
     typer.echo(f"WARNING: {DEV_WARNING}", err=True)
+    issuer_process = None
     if pki_dir is not None:
         from cyxwiz.pki.devpki import build_dev_pki
 
         dev = build_dev_pki(pki_dir)
         cert, key, bundle = cert or dev.coordinator_cert, key or dev.coordinator_key, bundle or dev.bundle
-        crl, ca_dir = crl or dev.crl, ca_dir or dev.ca_dir
+        crl = crl or dev.crl
+        if issuer_socket is None:
+            # Even in development the CA key never enters this process: the dev CA gets its own issuer.
+            import os
+
+            from cyxwiz.issuer.service import start_issuer_service
+
+            issuer_process = start_issuer_service(
+                ca_dir=dev.ca_dir, state_dir=state_dir / "issuer", env=dict(os.environ)
+            )
+            issuer_socket = issuer_process.socket_path
     if cert is None or key is None or bundle is None:
         raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
     audit = AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode) if audit_dir is not None else None
-    handle = build_coordinator(
-        cert=cert, key=key, trust_bundle=bundle, crl=crl, ca_dir=ca_dir, state_dir=state_dir,
-        db_url=db_url, audit=audit, host=host, port=port,
-    )  # fmt: skip
-    typer.echo(f"coordinator listening on {handle.url}")
-    handle.server.run()
+    try:
+        handle = build_coordinator(
+            cert=cert, key=key, trust_bundle=bundle, crl=crl, cert_issuer=_remote(issuer_socket),
+            state_dir=state_dir, db_url=db_url, audit=audit, host=host, port=port,
+        )  # fmt: skip
+        typer.echo(f"coordinator listening on {handle.url}")
+        handle.server.run()
+    finally:
+        if issuer_process is not None:
+            issuer_process.stop()
+
+
+def _remote(socket_path: Path | None) -> Any:
+    if socket_path is None:
+        return None
+    from cyxwiz.issuer.service import RemoteIssuer
+
+    return RemoteIssuer(socket_path=socket_path)
 
 
 def _serve_production(path: Path, *, audit_key: Path | None) -> None:

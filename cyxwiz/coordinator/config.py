@@ -30,7 +30,7 @@ REQUIRED: dict[str, str] = {
     "store_master_key_file": "the object store's master key file (D2)",
     "prefect_api_url": "the Prefect API its control channel starts job-lifecycle runs on",
 }
-_OPTIONAL = {"ca_dir", "db_url", "host", "port", "lifecycle_deployment", "public_url"}
+_OPTIONAL = {"issuer_socket", "db_url", "host", "port", "lifecycle_deployment", "public_url"}
 _FILES = ("cert", "key", "bundle", "crl", "ledger_config", "store_master_key_file")
 DEV_WARNING = (
     "DEVELOPMENT MODE (--dev): permissive hooks — no escrow, no ledger, any completion proof accepted. "
@@ -50,7 +50,8 @@ class CoordinatorConfig:
     store_root: Path
     store_master_key_file: Path
     prefect_api_url: str
-    ca_dir: Path | None = None
+    #: The issuer service's Unix socket (node renewal, online revocation); the CA key is never here.
+    issuer_socket: Path | None = None
     db_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8443
@@ -70,6 +71,15 @@ class CoordinatorConfig:
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError("coordinator config must be a JSON object", path=str(path), field="config")
+        if "ca_dir" in raw:
+            # A CA key on the internet-facing host mints any certificate there, a verifier's included.
+            raise ConfigError(
+                "the coordinator holds no CA key (issue 17)",
+                field="ca_dir",
+                path=str(path),
+                rule="A7",
+                hint="run the issuer service (python -m cyxwiz.issuer serve), name its socket issuer_socket",
+            )
         unknown = sorted(set(raw) - set(REQUIRED) - _OPTIONAL)
         if unknown:
             raise ConfigError(f"unknown keys {unknown}", path=str(path), field="config")

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.api import create_app
 from cyxwiz.coordinator.hooks import BasicHooks, CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware, RefusalCap
-from cyxwiz.coordinator.renewal import DEFAULT_LIFETIME, NodeCertIssuer
+from cyxwiz.coordinator.renewal import CertificateIssuer, RevocationRequest
 from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
 from cyxwiz.coordinator.watch import CoordinatorWatch
 from cyxwiz.tokens.issuer import TokenIssuer
@@ -31,13 +27,14 @@ AUDIENCE = "cyxwiz-api"
 
 @dataclass
 class CARevoker:
-    """Admin "revoke node": revoke its certificate at the CA, publish the CRL, push it to listeners (A6).
+    """Admin "revoke node": the issuer service revokes its certificate and signs the CRL (the coordinator
+    holds no CA key, issue 17); the CRL is pushed to listeners here (A6).
 
     Pushing through :meth:`ServerTLS.apply_crl` closes the node's live connections at once; other
     listeners (the gateway) get the same CRL bytes through ``push`` callables or their file watch.
     """
 
-    ca_dir: Path
+    issuer: CertificateIssuer
     listeners: list[ServerTLS] = field(default_factory=list)
     push: list[Callable[[bytes], None]] = field(default_factory=list)
 
@@ -45,15 +42,10 @@ class CARevoker:
     earlier: Callable[[str], list[str]] | None = None
 
     def __call__(self, node: NodeRecord, reason: str) -> None:
-        from cyxwiz.errors import ConflictError
-        from cyxwiz.pki.ca import CertificateAuthority
-
-        ca = CertificateAuthority.from_dir(self.ca_dir)
-        ca.revoke(int(node.cert_serial, 16), reason=_reason(reason))
-        for serial in self.earlier(node.node_id) if self.earlier is not None else []:
-            with contextlib.suppress(ConflictError):  # already revoked
-                ca.revoke(int(serial, 16), reason=_reason(reason))
-        data = ca.generate_crl().public_bytes(Encoding.PEM)
+        earlier = self.earlier(node.node_id) if self.earlier is not None else []
+        data = self.issuer.revoke(
+            RevocationRequest(serial=node.cert_serial, reason=reason, earlier=tuple(earlier))
+        )
         for tls in self.listeners:
             tls.apply_crl(data)
         for push in self.push:
@@ -62,13 +54,6 @@ class CARevoker:
 
 def _close_peer(tls: ServerTLS, peer_id: str) -> None:
     tls.connections.close_where(lambda p: p.peer_id == peer_id)
-
-
-def _reason(text: str) -> str:
-    from cryptography import x509
-
-    names = {flag.name for flag in x509.ReasonFlags}
-    return text if text in names else "unspecified"
 
 
 def load_or_create_keyring(path: Path) -> KeyRing:
@@ -118,7 +103,7 @@ def build_coordinator(
     crl: Path | None,
     state_dir: Path,
     db_url: str | None = None,
-    ca_dir: Path | None = None,
+    cert_issuer: CertificateIssuer | None = None,
     hooks: CoordinatorHooks | None = None,
     audit: AuditSink | None = None,
     host: str = "127.0.0.1",
@@ -126,13 +111,13 @@ def build_coordinator(
     require_client_cert: bool = False,
     keyring: KeyRing | None = None,
     crl_push: Sequence[Callable[[bytes], None]] = (),
-    node_cert_lifetime: dt.timedelta = DEFAULT_LIFETIME,
     policy: PeerPolicy | None = None,
     **app_options: Any,
 ) -> CoordinatorHandle:
     """Wire a coordinator without starting it. Users may come without a client certificate
     (``require_client_cert=False``); node endpoints still demand one and a certificate that is presented
-    is always verified, CRL included."""
+    is always verified, CRL included. ``cert_issuer``: where node renewals and revocations go — the issuer
+    service's client (the coordinator holds no CA key, issue 17); None: both refused."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     audit = RefusalCap(audit) if audit is not None else None  # a refusal flood cannot fill the log (I)
     store = CoordinatorStore.from_url(db_url or f"sqlite:///{state_dir / 'coordinator.db'}")
@@ -149,12 +134,12 @@ def build_coordinator(
         policy=policy,  # a federation trust policy (A7, C1), checked after the handshake
     )
     revoker = (
-        CARevoker(ca_dir=ca_dir, listeners=[tls], push=list(crl_push), earlier=store.earlier_serials)
-        if ca_dir is not None
+        CARevoker(issuer=cert_issuer, listeners=[tls], push=list(crl_push), earlier=store.earlier_serials)
+        if cert_issuer is not None
         else None
     )
     app = create_app(
-        renewer=NodeCertIssuer(ca_dir=ca_dir, lifetime=node_cert_lifetime) if ca_dir is not None else None,
+        renewer=cert_issuer,
         close_peer=lambda peer_id: _close_peer(tls, peer_id),
         store=store,
         issuer=issuer,

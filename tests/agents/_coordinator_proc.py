@@ -15,6 +15,7 @@ from pathlib import Path
 
 def main(home: Path, port: int) -> None:
     from cyxwiz.coordinator.service import build_coordinator
+    from cyxwiz.issuer.policy import NodeCertIssuer
     from cyxwiz.pki.devpki import build_dev_pki
     from cyxwiz.storage.crypto import MasterKey
     from cyxwiz.storage.local import LocalObjectStore
@@ -30,7 +31,8 @@ def main(home: Path, port: int) -> None:
     signer = UrlSigner.from_master_key(master, base_url=f"https://127.0.0.1:{port}/objects")
     handle = build_coordinator(
         cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
-        ca_dir=pki.ca_dir, state_dir=home / "state", port=port, max_body=1 << 20,
+        cert_issuer=NodeCertIssuer.from_dir(pki.ca_dir), state_dir=home / "state", port=port,
+        max_body=1 << 20,
         hooks=PrefectHooks(store=store, signer=signer, start_flow_runs=False),
     )  # fmt: skip
     handle.app.app.mount(  # type: ignore[attr-defined]

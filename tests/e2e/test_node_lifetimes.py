@@ -1,7 +1,7 @@
 """Issue 18 acceptance, end to end: a real node agent (its Prefect worker, its tunnel, its heartbeat and
 renewal loop) through the real mTLS gateway to a real Prefect server (SPEC A6, A7, B2, B5, C3).
 
-1. The coordinator signs 12-second node certificates: over three lifetimes, with a job's flow run in
+1. The issuer service signs 12-second node certificates: over three lifetimes, with a job's flow run in
    flight (task events, logs, progress reports, an artifact), the node never loses its session and stays
    one node. 2. A revoked node is cut off on every channel within 5 s: gateway HTTP, logs, artifacts, the
    events websockets in and out, the worker channel, the coordinator, its presigned URLs, new handshakes.
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cyxwiz.coordinator.renewal import NodeCertIssuer
+from cyxwiz.issuer.service import start_issuer_service
 from cyxwiz.transport.tls import client_context
 from infra.stack import EmbeddedStack, embedded_stack, prefect_cli
 
@@ -42,13 +42,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
             "--pool", "gpu", env=built.env,
         )  # fmt: skip
         ctx = built.coordinator.app.app.state.coordinator  # type: ignore[attr-defined]
-        assert ctx.renewer is not None
-        short = NodeCertIssuer(ca_dir=ctx.renewer.ca_dir, lifetime=LIFETIME)
-        built.coordinator.app.app.state.coordinator = replace(ctx, renewer=short)  # type: ignore[attr-defined]
-        _bootstrap_past_half_life(built)
-        built.start_agent(NODE)
-        built.wait_for_node(NODE)
-        yield built
+        assert ctx.renewer is not None and ctx.revoker is not None
+        # The coordinator holds no CA key (issue 17): an issuer service of its own, signing 12 s
+        # certificates, takes the stack's place for renewals and revocations.
+        with start_issuer_service(
+            ca_dir=built.pki.ca_dir, state_dir=home / "issuer-short", env=dict(os.environ),
+            lifetime_s=LIFETIME.total_seconds(),
+        ) as short:  # fmt: skip
+            client = short.client()
+            ctx.revoker.issuer = client
+            built.coordinator.app.app.state.coordinator = replace(ctx, renewer=client)  # type: ignore[attr-defined]
+            _bootstrap_past_half_life(built)
+            built.start_agent(NODE)
+            built.wait_for_node(NODE)
+            yield built
 
 
 def _bootstrap_past_half_life(stack: EmbeddedStack) -> None:

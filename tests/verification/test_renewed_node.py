@@ -17,12 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cyxwiz.coordinator.renewal import NodeCertIssuer
 from cyxwiz.coordinator.store import CoordinatorStore
+from cyxwiz.issuer.policy import NodeCertIssuer, RenewalRequest
+from cyxwiz.ledger.payout import SignedRenewalLink
 from cyxwiz.pki.ca import CertificateAuthority, create_csr
 from cyxwiz.pki.certs import fingerprint_sha256
+from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
-from cyxwiz.transport.identity import PeerIdentity
 from cyxwiz.verification.proof import SignedProof, build_proof, sign_proof
 from cyxwiz.verification.report import VerificationReport
 from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
@@ -61,8 +62,13 @@ def renewed(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Re
     store.assign_job(job.job_id, ids["node-1"])
     key = ed25519.Ed25519PrivateKey.generate()
     csr = create_csr(key, common_name="node-1").public_bytes(serialization.Encoding.PEM).decode()
-    issuer = NodeCertIssuer(ca_dir=world.pki.ca_dir, lifetime=dt.timedelta(hours=1))
-    new = issuer.sign(csr, current=PeerIdentity.from_certificate(world.cert("node-1")))
+    issuer = NodeCertIssuer.from_dir(world.pki.ca_dir, lifetime=dt.timedelta(hours=1))
+    link = SignedRenewalLink.sign(
+        old_key=load_private_key(world.pki.node_key("node-1")), new_peer_id=peer_id(key)
+    )
+    new = issuer.renew(
+        RenewalRequest.build(certificate=world.cert("node-1"), csr_pem=csr, link=link.to_dict())
+    )
     store.renew_node(
         ids["node-1"], peer_id=peer_id(new), cert_serial=format(new.serial_number, "x"), certificate=new
     )

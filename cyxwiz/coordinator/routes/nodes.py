@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Depends, Request
 
@@ -11,13 +12,14 @@ from cyxwiz.audit import events as ev
 from cyxwiz.coordinator.access import Access, Allow, coordinator
 from cyxwiz.coordinator.schemas import HeartbeatRequest, RegisterRequest, RenewRequest
 from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
+from cyxwiz.issuer.policy import RenewalRequest
 from cyxwiz.ledger.payout import (
     RenewalLinkError,
-    SignedRenewalLink,
     SignedWalletStatement,
     StaleWalletStatementError,
     WalletStatementError,
 )
+from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.identity import PeerIdentity
 
 router = APIRouter(tags=["nodes"])
@@ -103,34 +105,34 @@ def _wallet_event(peer: PeerIdentity, ip: str | None, *, allowed: bool, reason: 
     )  # fmt: skip
 
 
-def _renewal_link(
-    ctx: Any, body: RenewRequest, old: PeerIdentity, new: PeerIdentity, ip: str | None
-) -> SignedRenewalLink:
-    """The current key's signed "the new key is mine" (issue 17; F1, A7), for exactly this renewal:
-    without it a proof signed by the old key could not be paid to the wallet the new key states, and
-    with a link another key signed the verifier would follow the coordinator's word, not the node's."""
-    if body.renewal_link is None:
-        raise ValidationError(
-            "a renewal needs the link the current key signs to the new one", field="renewal_link", rule="A7"
-        )
-    signed = SignedRenewalLink.from_dict(body.renewal_link)
+def _renewal_request(ctx: Any, body: RenewRequest, old: PeerIdentity, ip: str | None) -> RenewalRequest:
+    """What the issuer service is asked to sign: the CSR, the node's current certificate, and the current
+    key's signed "the new key is mine" (issue 17; F1, A7) — without the link a proof signed by the old key
+    could not be paid to the wallet the new key states. A link the old key did not sign for exactly this
+    renewal is refused (by the issuer, which checks it again whatever this process says) and audited."""
+    request = RenewalRequest.build(certificate=old.certificate, csr_pem=body.csr, link=body.renewal_link)
     try:
-        link = signed.verify()
-        if (link.old_peer_id, link.new_peer_id) != (old.peer_id, new.peer_id):
+        link = request.link.verify()
+        public = request.csr.public_key()
+        new = peer_id(public) if isinstance(public, Ed25519PublicKey) else None  # else the issuer says why
+        if link.old_peer_id != old.peer_id or new not in (None, link.new_peer_id):
             raise RenewalLinkError(
                 "the renewal link names other keys than this renewal's", field="renewal_link", rule="A7"
             )
     except RenewalLinkError as exc:
-        ctx.record(
-            ev.access_decision(
-                actor_id=old.peer_id, actor_type=ev.ActorType.NODE, resource=f"node:{old.peer_id}",
-                action="certificate.renew", allowed=False, reason=f"{exc.code}: {exc.message}",
-                ip_address=ip,
-            )
-        )  # fmt: skip
-        exc.audited = True  # type: ignore[attr-defined]
-        raise
-    return signed
+        raise _refused_renewal(ctx, old, ip, exc) from None
+    return request
+
+
+def _refused_renewal(ctx: Any, old: PeerIdentity, ip: str | None, exc: CyxwizError) -> CyxwizError:
+    ctx.record(
+        ev.access_decision(
+            actor_id=old.peer_id, actor_type=ev.ActorType.NODE, resource=f"node:{old.peer_id}",
+            action="certificate.renew", allowed=False, reason=f"{exc.code}: {exc.message}", ip_address=ip,
+        )
+    )  # fmt: skip
+    exc.audited = True  # type: ignore[attr-defined]
+    return exc
 
 
 def _payout_wallet(value: str | None) -> str | None:
@@ -166,10 +168,13 @@ def renew(
     ctx, caller = coordinator(request), access.who
     assert caller.peer is not None and caller.node is not None
     if ctx.renewer is None:
-        raise ConflictError("no CA configured for renewal", field="csr")
-    cert = ctx.renewer.sign(body.csr, current=caller.peer)
+        raise ConflictError("no issuer service configured for renewal", field="csr")
+    renewal = _renewal_request(ctx, body, caller.peer, caller.ip)
+    try:
+        cert = ctx.renewer.renew(renewal)
+    except RenewalLinkError as exc:  # the issuer's own check of the link (its issued_at, its keys)
+        raise _refused_renewal(ctx, caller.peer, caller.ip, exc) from None
     new = PeerIdentity.from_certificate(cert)
-    link = _renewal_link(ctx, body, caller.peer, new, caller.ip)
     statement = None
     if body.wallet_statement is not None:  # checked before anything is stored: refused, nothing renewed
         statement = SignedWalletStatement.from_dict(body.wallet_statement)
@@ -180,7 +185,7 @@ def renew(
             raise _refused_wallet(ctx, caller.peer, caller.ip, exc) from None
     node = ctx.store.renew_node(
         caller.node.node_id, peer_id=new.peer_id, cert_serial=format(new.serial, "x"), certificate=cert,
-        renewal_link=link,
+        renewal_link=renewal.link,
     )  # fmt: skip
     if statement is not None:
         try:

@@ -1,0 +1,228 @@
+"""The issuer service: its own process, the only holder of the issuing CA's key (issue 17; A1, A6, A7).
+
+It listens on a Unix socket (mode 0600 in a 0700 directory: only its owner, the control plane's account,
+connects) and answers, in the style of the verifier service:
+
+``GET  /v1/ca``      the issuing CA's certificate (public);
+``POST /v1/renew``   ``{certificate, csr, renewal_link}`` -> ``{certificate}``, when
+                     :class:`~cyxwiz.issuer.policy.NodeCertIssuer` allows it; else the precise refusal;
+``POST /v1/revoke``  ``{serial, reason, earlier}`` -> ``{crl}``: revoked and a fresh CRL signed;
+``GET  /v1/crl``     ``{crl}``: a freshly signed CRL (the listeners' copy nears its nextUpdate).
+
+:class:`RemoteIssuer` is the coordinator's client (the same two calls as the in-process issuer, so the
+coordinator takes either); :class:`IssuerProcess` starts ``python -m cyxwiz.issuer serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cyxwiz.errors import (
+    AuthorizationError,
+    ConflictError,
+    CyxwizError,
+    UnavailableError,
+    ValidationError,
+)
+from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest, RevocationRequest
+from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
+
+MAX_BODY = 64 << 10
+
+
+@dataclass
+class IssuerService:
+    """ASGI app of the issuer service."""
+
+    issuer: NodeCertIssuer
+    #: One signing at a time: the CA's revocation database and CRL number are read-modify-write.
+    _serial: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        try:
+            with self._serial:
+                return self._route(method, path, body)
+        except CyxwizError as exc:
+            return exc.http_status, {"error": exc.to_dict()}
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and path == "/v1/ca":
+            return 200, {"certificate": self.issuer.ca.certificate.public_bytes(Encoding.PEM).decode()}
+        if method == "POST" and path == "/v1/renew":
+            cert = self.issuer.renew(RenewalRequest.from_dict(body))
+            return 200, {"certificate": cert.public_bytes(Encoding.PEM).decode()}
+        if method == "POST" and path == "/v1/revoke":
+            return 200, {"crl": self.issuer.revoke(RevocationRequest.from_dict(body)).decode()}
+        if method == "GET" and path == "/v1/crl":
+            return 200, {"crl": self.issuer.crl().decode()}
+        return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_json(
+            scope, receive, send, dispatch=self._dispatch, max_body=MAX_BODY,
+            too_large={"error": {"code": "too-large", "message": "request too large"}},
+            not_json=(400, {"error": {"code": "validation", "message": "body is not JSON"}}),
+        )  # fmt: skip
+
+    async def _dispatch(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(self.handle, method, path, body)
+
+
+def serve(
+    app: IssuerService, *, socket_path: Path, ready_file: Path | None = None, mode: int = 0o600
+) -> None:
+    """Serve on a Unix socket only its owner can connect to (0600 in a 0700 directory); ``mode`` 0660
+    lets the owner's group in (systemd: the coordinator's account shares the group, not the user)."""
+    if mode & 0o007:
+        raise ValidationError("the issuer socket is never open to others", field="socket_mode", rule="A7")
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket_path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(socket_path))
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, mode)
+    sock.listen(64)
+    run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
+
+
+#: The refusals the issuer sends, rebuilt by their code on the coordinator's side (precise, not generic).
+def _known() -> Sequence[type[CyxwizError]]:
+    from cyxwiz.errors import CertificateError, ChainError, CRLError
+    from cyxwiz.ledger.payout import RenewalLinkError
+
+    return (
+        IssuanceRefusedError, RenewalLinkError, ValidationError, ConflictError, AuthorizationError,
+        CertificateError, ChainError, CRLError,
+    )  # fmt: skip
+
+
+class RemoteIssuer:
+    """The coordinator's side: asks the issuer service over its Unix socket; holds no key."""
+
+    def __init__(self, *, socket_path: Path, timeout_s: float = 30.0) -> None:
+        import httpx
+
+        self.socket_path = socket_path
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://issuer", timeout=timeout_s
+        )
+
+    def renew(self, request: RenewalRequest) -> x509.Certificate:
+        pem = str(self._call("POST", "/v1/renew", request.to_dict())["certificate"])
+        return x509.load_pem_x509_certificate(pem.encode())
+
+    def revoke(self, request: RevocationRequest) -> bytes:
+        return str(self._call("POST", "/v1/revoke", request.to_dict())["crl"]).encode()
+
+    def crl(self) -> bytes:
+        return str(self._call("GET", "/v1/crl")["crl"]).encode()
+
+    def ca_certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(str(self._call("GET", "/v1/ca")["certificate"]).encode())
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            response = self._client.request(method, path, json=body)
+            payload = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise UnavailableError(
+                f"the issuer service at {self.socket_path} is unreachable ({type(exc).__name__})",
+                field="issuer_socket",
+                rule="A7",
+            ) from None
+        if response.status_code != 200:
+            data = payload.get("error") if isinstance(payload, dict) else None
+            data = data if isinstance(data, dict) else {}
+            cls = next((k for k in _known() if k.code == data.get("code")), IssuanceRefusedError)
+            raise cls(
+                str(data.get("message") or "the issuer refused"),
+                field=data.get("field"),
+                rule=data.get("rule"),
+            )
+        if not isinstance(payload, dict):
+            raise UnavailableError("the issuer service answered garbage", field="issuer_socket")
+        return payload
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class IssuerProcess:
+    """A running issuer service subprocess (``python -m cyxwiz.issuer serve``); a context manager."""
+
+    def __init__(self, *, argv: list[str], env: dict[str, str], state_dir: Path, socket_path: Path) -> None:
+        self.argv, self.env, self.state_dir, self.socket_path = argv, env, state_dir, socket_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> IssuerProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ready, log_path = self.state_dir / "issuer.ready.json", self.state_dir / "issuer.log"
+        ready.unlink(missing_ok=True)
+        argv = [*self.argv, "--socket", str(self.socket_path), "--ready-file", str(ready)]
+        with log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self._process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-1500:]
+                raise UnavailableError(f"the issuer service exited at start: {tail}", field="issuer")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise UnavailableError("the issuer service did not become ready in time", field="issuer")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def client(self) -> RemoteIssuer:
+        return RemoteIssuer(socket_path=self.socket_path)
+
+    def stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+
+    def __enter__(self) -> IssuerProcess:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def start_issuer_service(
+    *, ca_dir: Path, state_dir: Path, env: dict[str, str], lifetime_s: float | None = None
+) -> IssuerProcess:
+    """Start ``python -m cyxwiz.issuer serve --ca-dir CA_DIR`` on ``state_dir/issuer.sock``."""
+    argv = [sys.executable, "-m", "cyxwiz.issuer", "serve", "--ca-dir", str(ca_dir)]
+    if lifetime_s is not None:
+        argv += ["--lifetime-s", str(lifetime_s)]
+    socket_path = state_dir / "issuer.sock"
+    return IssuerProcess(argv=argv, env=env, state_dir=state_dir, socket_path=socket_path).start()
