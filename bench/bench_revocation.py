@@ -48,6 +48,7 @@ def run() -> list[tuple[str, float, str]]:
     from cyxwiz.coordinator.service import start_coordinator
     from cyxwiz.gateway.service import build_gateway
     from cyxwiz.gateway.standing import StoreStanding
+    from cyxwiz.issuer.policy import NodeCertIssuer  # the in-process issuer: the CA side is not measured
     from cyxwiz.pki.devpki import build_dev_pki
     from cyxwiz.transport.tls import client_context
     from infra.local_server import local_prefect_server
@@ -69,7 +70,7 @@ def run() -> list[tuple[str, float, str]]:
             )
             coord = start_coordinator(
                 cert=pki.coordinator_cert, key=pki.coordinator_key, trust_bundle=pki.bundle, crl=pki.crl,
-                ca_dir=pki.ca_dir, state_dir=root / "state",
+                cert_issuer=NodeCertIssuer.from_dir(pki.ca_dir), state_dir=root / "state",
             )  # fmt: skip
             listener, _ = build_gateway(
                 cert=pki.gateway_cert, key=pki.gateway_key, trust_bundle=pki.bundle, crl=pki.crl,
