@@ -46,6 +46,7 @@ class ControlPlaneBlock(Block):
     keyring_dir: Path | None = Field(default=None, description="Token key ring directory (rotation flow).")
     train_deployment: str = Field(default="sandboxed-train/sandboxed-train")
     trust_policy: Path | None = Field(default=None, description="Federation trust policy (YAML).")
+    issuer_socket: Path | None = Field(default=None, description="Issuer service socket (CRL refresh).")
     dispatch_margin_s: int = Field(default=120, ge=0, le=86400)
     ledger_passphrase: SecretStr | None = Field(
         default=None, description="Passphrase of the ledger's sealed authority keys."
@@ -71,6 +72,7 @@ class ControlPlaneBlock(Block):
             train_deployment=config.train_deployment,
             dispatch_margin_s=config.dispatch_margin_s,
             trust_policy=getattr(config, "trust_policy", None),
+            issuer_socket=getattr(config, "issuer_socket", None),
             ledger_passphrase=SecretStr(ledger_passphrase) if ledger_passphrase else None,
             store_master_key=SecretStr(store_master_key) if store_master_key else None,
         )
@@ -89,6 +91,7 @@ class ControlPlaneBlock(Block):
             "train_deployment": self.train_deployment,
             "dispatch_margin_s": self.dispatch_margin_s,
             "trust_policy": self.trust_policy,
+            "issuer_socket": self.issuer_socket,
         }
 
     def secret_env(self) -> dict[str, str]:

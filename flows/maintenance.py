@@ -19,24 +19,36 @@ from tasks import services
 def crl_refresh(days: int = 7, refresh_before_hours: int = 48) -> dict[str, Any]:
     """Re-sign the CRL before its nextUpdate so gateways and nodes never hold a stale one (SPEC A6).
 
-    Gateways watch the CRL file and hot-reload it: no restart anywhere.
+    The issuer service signs it and writes the CRL file (the control plane holds no CA key, issue 17);
+    gateways watch that file and hot-reload it: no restart anywhere.
     """
-    from cyxwiz.pki.ca import CertificateAuthority
+    from cryptography import x509
+
+    from cyxwiz.errors import ConfigError
+    from cyxwiz.issuer.service import RemoteIssuer
     from cyxwiz.pki.certs import load_crls
 
     cfg = services.config()
-    ca = CertificateAuthority.from_dir(cfg.pki_root / "ca")
+    crl_path = cfg.pki_root / "ca" / "ca-crl.pem"
     now = dt.datetime.now(dt.UTC)
-    current = load_crls(ca.crl_path) if ca.crl_path.exists() else []
+    current = load_crls(crl_path) if crl_path.exists() else []
     due = not current or any(
         c.next_update_utc is None or c.next_update_utc - now < dt.timedelta(hours=refresh_before_hours)
         for c in current
     )
-    if due:
-        crl = ca.generate_crl(days=days)
-        get_run_logger().info("CRL re-signed; nextUpdate %s", crl.next_update_utc)
-        return {"refreshed": True, "next_update": str(crl.next_update_utc)}
-    return {"refreshed": False, "next_update": str(current[0].next_update_utc)}
+    if not due:
+        return {"refreshed": False, "next_update": str(current[0].next_update_utc)}
+    if cfg.issuer_socket is None:
+        raise ConfigError(
+            "the CRL is due and no issuer service is named to sign it", field="issuer_socket", rule="A6"
+        )
+    issuer = RemoteIssuer(socket_path=cfg.issuer_socket)
+    try:
+        crl = x509.load_pem_x509_crl(issuer.crl(days=days))
+    finally:
+        issuer.close()
+    get_run_logger().info("CRL re-signed by the issuer service; nextUpdate %s", crl.next_update_utc)
+    return {"refreshed": True, "next_update": str(crl.next_update_utc)}
 
 
 @flow(name="escrow-sweep")

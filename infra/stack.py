@@ -322,6 +322,7 @@ def embedded_stack(
             coordinator_url=coordinator.url,
             env=env,
             trust_policy=trust_policy,
+            issuer_socket=issuer.socket_path,
         )
         verifier = stack.enter_context(startup.start_verifier(home, env, demo_ledger, say))
         wallets.stake_nodes(pki, demo_ledger, (*nodes, *foreign), say)

@@ -222,6 +222,7 @@ def persist_config(
     coordinator_url: str,
     env: dict[str, str],
     trust_policy: Path | None = None,
+    issuer_socket: Path | None = None,
 ) -> Path:
     """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock with
     its secrets (what ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it),
@@ -240,6 +241,7 @@ def persist_config(
         coordinator_db=f"sqlite:///{home / 'coordinator' / 'coordinator.db'}",
         keyring_dir=home / "coordinator" / "keyring",  # the coordinator's ring: what rotation rotates (B4)
         trust_policy=trust_policy,
+        issuer_socket=issuer_socket,
     )
     path = home / "control-plane.json"
     config.to_file(path)

@@ -42,6 +42,9 @@ class ControlPlaneConfig:
     #: Federation trust policy (docs/federation.md): node certificates of every organization in it are
     #: judged by it (verification), as the listeners do; None: the dev/production PKI under ``pki_root``.
     trust_policy: Path | None = None
+    #: The issuer service's socket: the ``crl-refresh`` flow asks it for a freshly signed CRL. The control
+    #: plane holds no CA key (issue 17): with the ledger's keys it could mint a verifier and move funds.
+    issuer_socket: Path | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> ControlPlaneConfig:
@@ -61,7 +64,7 @@ class ControlPlaneConfig:
             if name not in raw:
                 raise ConfigError("required key missing", field=name, path=str(path))
             raw[name] = Path(raw[name])
-        for optional in ("keyring_dir", "trust_policy"):
+        for optional in ("keyring_dir", "trust_policy", "issuer_socket"):
             if raw.get(optional) is not None:
                 raw[optional] = Path(raw[optional])
         return cls(**raw)

@@ -31,7 +31,7 @@ from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
 from cyxwiz.errors import AuthorizationError, CyxwizError, ValidationError
 from cyxwiz.ledger.payout import MAX_SKEW_S, RenewalLinkError, SignedRenewalLink
-from cyxwiz.pki.ca import CertificateAuthority
+from cyxwiz.pki.ca import DEFAULT_CRL_DAYS, CertificateAuthority
 from cyxwiz.pki.certs import Role, role_of
 from cyxwiz.pki.peerid import peer_id
 
@@ -253,9 +253,10 @@ class NodeCertIssuer:
             self._record_revocation(serial, request.reason)
         return self.crl()
 
-    def crl(self) -> bytes:
-        """A freshly signed CRL of every revocation (a listener's copy nears its nextUpdate)."""
-        return self.ca.generate_crl().public_bytes(Encoding.PEM)
+    def crl(self, *, days: int = DEFAULT_CRL_DAYS) -> bytes:
+        """A freshly signed CRL of every revocation, nextUpdate in ``days`` (a listener's copy nears its
+        nextUpdate: the ``crl-refresh`` flow asks); written to the CA directory's CRL file too."""
+        return self.ca.generate_crl(days=days).public_bytes(Encoding.PEM)
 
     # --- audit --------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ connects) and answers, in the style of the verifier service:
 ``POST /v1/renew``   ``{certificate, csr, renewal_link}`` -> ``{certificate}``, when
                      :class:`~cyxwiz.issuer.policy.NodeCertIssuer` allows it; else the precise refusal;
 ``POST /v1/revoke``  ``{serial, reason, earlier}`` -> ``{crl}``: revoked and a fresh CRL signed;
-``GET  /v1/crl``     ``{crl}``: a freshly signed CRL (the listeners' copy nears its nextUpdate).
+``GET  /v1/crl``     ``{crl}``: a freshly signed CRL (the listeners' copy nears its nextUpdate);
+``POST /v1/crl``     ``{days}`` -> the same with nextUpdate in ``days`` (the ``crl-refresh`` flow).
 
 :class:`RemoteIssuer` is the coordinator's client (the same two calls as the in-process issuer, so the
 coordinator takes either); :class:`IssuerProcess` starts ``python -m cyxwiz.issuer serve``.
@@ -67,6 +68,8 @@ class IssuerService:
             return 200, {"crl": self.issuer.revoke(RevocationRequest.from_dict(body)).decode()}
         if method == "GET" and path == "/v1/crl":
             return 200, {"crl": self.issuer.crl().decode()}
+        if method == "POST" and path == "/v1/crl":
+            return 200, {"crl": self.issuer.crl(days=_crl_days(body)).decode()}
         return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,6 +105,13 @@ def serve(
     run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
 
 
+def _crl_days(body: Any) -> int:
+    days = body.get("days") if isinstance(body, dict) and set(body) == {"days"} else None
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 366:
+        raise ValidationError("must be {days: 1..366}", field="days", rule="A6")
+    return days
+
+
 #: The refusals the issuer sends, rebuilt by their code on the coordinator's side (precise, not generic).
 def _known() -> Sequence[type[CyxwizError]]:
     from cyxwiz.errors import CertificateError, ChainError, CRLError
@@ -131,8 +141,10 @@ class RemoteIssuer:
     def revoke(self, request: RevocationRequest) -> bytes:
         return str(self._call("POST", "/v1/revoke", request.to_dict())["crl"]).encode()
 
-    def crl(self) -> bytes:
-        return str(self._call("GET", "/v1/crl")["crl"]).encode()
+    def crl(self, *, days: int | None = None) -> bytes:
+        if days is None:
+            return str(self._call("GET", "/v1/crl")["crl"]).encode()
+        return str(self._call("POST", "/v1/crl", {"days": days})["crl"]).encode()
 
     def ca_certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(str(self._call("GET", "/v1/ca")["certificate"]).encode())

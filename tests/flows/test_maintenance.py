@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from cyxwiz.audit import events
+from cyxwiz.errors import ConfigError
+from cyxwiz.issuer.service import start_issuer_service
 from cyxwiz.pki.certs import load_crls
 from flows.maintenance import audit_maintenance, certificate_expiry_watch, crl_refresh, signing_key_rotation
 from tasks import services
-from tasks.config import ControlPlaneConfig
+from tasks.config import ENV_VAR, ControlPlaneConfig
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
 
-def test_crl_refresh_resigns_only_when_due(prefect_server: object, control_plane: ControlPlaneConfig) -> None:
+def test_crl_refresh_resigns_only_when_due(
+    prefect_server: object, control_plane: ControlPlaneConfig, tmp_path: Path
+) -> None:
     crl_path = control_plane.pki_root / "ca" / "ca-crl.pem"
     before = load_crls(crl_path)[0]
-    first = crl_refresh(days=7, refresh_before_hours=24 * 30)  # everything is "due" within 30 days
+    # The control plane holds no CA key (issue 17): a due CRL without the issuer service is named, unsigned.
+    with pytest.raises(ConfigError) as info:
+        crl_refresh(days=7, refresh_before_hours=24 * 30)
+    assert info.value.field == "issuer_socket" and load_crls(crl_path)[0] == before
+    with start_issuer_service(
+        ca_dir=control_plane.pki_root / "ca", state_dir=tmp_path / "issuer", env=dict(os.environ)
+    ) as issuer:
+        replace(control_plane, issuer_socket=issuer.socket_path).to_file(Path(os.environ[ENV_VAR]))
+        services.reset()
+        first = crl_refresh(days=7, refresh_before_hours=24 * 30)  # everything is "due" within 30 days
     assert first["refreshed"] is True
     after = load_crls(crl_path)[0]
     assert after.next_update_utc is not None

@@ -6,6 +6,7 @@ renewal and a revocation's CRL; the process refuses to start, in one line, witho
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from cyxwiz.pki.certs import Role, load_certificate, role_of
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
+from tests._softhsm import HsmToken
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,11 @@ def test_renewal_and_refusals_through_the_socket(running: tuple[DevPKI, IssuerPr
         serial = load_certificate(pki.node_cert("node-b")).serial_number
         crl = x509.load_pem_x509_crl(client.revoke(RevocationRequest(serial=format(serial, "x"))))
         assert serial in {r.serial_number for r in crl}
-        assert (
-            x509.load_pem_x509_crl(client.crl()).get_revoked_certificate_by_serial_number(serial) is not None
-        )
+        fresh = x509.load_pem_x509_crl(client.crl())
+        assert fresh.get_revoked_certificate_by_serial_number(serial) is not None
+        short = x509.load_pem_x509_crl(client.crl(days=2))  # what the crl-refresh flow asks for
+        assert short.next_update_utc is not None
+        assert short.next_update_utc - short.last_update_utc < dt.timedelta(days=3)
         with pytest.raises(IssuanceRefusedError) as info:  # ... and no longer renewed
             client.renew(_renewal(pki, "node-b"))
         assert info.value.rule == "A6"
@@ -89,6 +93,7 @@ def test_renewal_and_refusals_through_the_socket(running: tuple[DevPKI, IssuerPr
         assert raw.post("/v1/renew", content=b"{").status_code == 400
         assert raw.post("/v1/sign", json={}).status_code == 404
         assert raw.post("/v1/renew", json={"csr": "x"}).status_code == 422
+        assert raw.post("/v1/crl", json={"days": 9999}).status_code == 422
 
 
 def _verifier_renewal(pki: DevPKI) -> RenewalRequest:
@@ -124,3 +129,18 @@ def test_an_unreachable_issuer_is_named(tmp_path: Path) -> None:
     with pytest.raises(UnavailableError) as info:
         client.ca_certificate()
     assert info.value.field == "issuer_socket"
+
+
+def test_the_issuer_signs_with_a_ca_key_held_in_a_token(softhsm: HsmToken, tmp_path: Path) -> None:
+    """``demo --hsm``: the issuing CA key was made inside SoftHSM2 and never leaves it; the issuer service
+    reaches it through ``ca-key.uri`` (A7) and renews with it."""
+    keys = {"root": softhsm.new_uri("root-ca"), "issuing": softhsm.new_uri("issuing-ca")}
+    pki = build_dev_pki(tmp_path / "pki", nodes=("node-a",), ca_keys=keys)
+    assert not pki.ca_key.exists() and (pki.ca_dir / "ca-key.uri").is_file()
+    with start_issuer_service(ca_dir=pki.ca_dir, state_dir=tmp_path / "issuer", env=dict(os.environ)) as proc:
+        client = proc.client()
+        try:
+            renewed = client.renew(_renewal(pki, "node-a"))
+        finally:
+            client.close()
+    renewed.verify_directly_issued_by(load_certificate(pki.ca_cert))

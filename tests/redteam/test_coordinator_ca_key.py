@@ -256,3 +256,27 @@ def test_an_honest_renewal_through_the_coordinator_works_on_mtls(world: World, t
         httpx.Client(base_url=env.coord.url, verify=ctx, timeout=10) as c,
     ):
         c.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))
+
+
+#: What runs the coordinator, the gateway, the control worker's flows and the verifier: none loads a CA key.
+NO_CA_KEY = ("cyxwiz/coordinator", "cyxwiz/gateway", "cyxwiz/ledger", "cyxwiz/verification", "tasks", "flows",
+             "agents", "blocks", "infra/serve.py", "infra/control_worker.py")  # fmt: skip
+
+
+def test_no_process_but_the_issuer_loads_a_ca_key() -> None:
+    """The control worker holds the ledger's keys: with the CA key too it could mint a verifier and move
+    funds alone (issue 17). Its CRL refresh asks the issuer service (tests/flows/test_maintenance.py)."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for name in NO_CA_KEY:
+        path = root / name
+        for source in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            text = source.read_text(encoding="utf-8")
+            found += [
+                f"{source.relative_to(root)}: {w}"
+                for w in ("CertificateAuthority", "issuing_ca(")
+                if w in text
+            ]
+    assert not found, found
+    issuer_source = (root / "cyxwiz" / "issuer" / "policy.py").read_text(encoding="utf-8")
+    assert "CertificateAuthority.from_dir" in issuer_source  # positive control: the scan finds a loader
