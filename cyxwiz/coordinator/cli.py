@@ -117,6 +117,10 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
                 ca_dir=dev.ca_dir, state_dir=state_dir / "issuer", env=dict(os.environ)
             )
             issuer_socket = issuer_process.socket_path
+            # uvicorn re-raises a SIGTERM after its shutdown: exit through ``finally`` (the issuer stops).
+            import signal
+
+            signal.signal(signal.SIGTERM, _exit)
     if cert is None or key is None or bundle is None:
         raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
     audit = AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode) if audit_dir is not None else None
@@ -130,6 +134,10 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
     finally:
         if issuer_process is not None:
             issuer_process.stop()
+
+
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _remote(socket_path: Path | None) -> Any:
