@@ -165,6 +165,9 @@ class VerifierPolicy:
     #: the PeerID the escrow record names (issue 17): a resolve pays the node only there. None: the
     #: escrow record's wallet (in-process ledgers of tests and tools)
     payout_wallet: Callable[[str], str | None] | None = None
+    #: the chain (:class:`~cyxwiz.ledger.chain.Chain`): whether the arbiter's refund an upheld-dispute
+    #: slash rests on landed
+    chain: Any = None
 
     def approve(self, request: CosignRequest) -> ReportAttestation | None:
         """Raises CosignRefusedError (or the report's own refusal); returns the checked attestation."""
@@ -176,7 +179,9 @@ class VerifierPolicy:
             raise CosignRefusedError("the message does not parse", field="message") from None
         moves = _moves(message)
         if request.kind == "unstake":
-            self._unstake(request, moves)
+            from cyxwiz.ledger.withdrawal import approve_unstake
+
+            approve_unstake(self, request, moves)
             return None
         record = self.lookup(request.job_id)
         if request.kind == "slash":
@@ -229,7 +234,10 @@ class VerifierPolicy:
         slash without a fraud report may rest on, kept in the verifier's own book."""
         user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
         if request.kind == "resolve" and dest == user and self.verdicts is not None:
-            self.verdicts.record_upheld(record.job_id, escrow=record.escrow_account)
+            import hashlib
+
+            digest = hashlib.sha256(request.message).hexdigest()
+            self.verdicts.record_upheld(record.job_id, escrow=record.escrow_account, message_sha256=digest)
 
     def _release(self, request: CosignRequest, record: EscrowRecord) -> ReportAttestation:
         self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING)
@@ -281,11 +289,13 @@ class VerifierPolicy:
             )
         if request.report is None:
             upheld_dispute(record)
-            if self.verdicts is not None and self.verdicts.upheld(record.job_id) != record.escrow_account:
-                # The escrow store says "upheld", but this verifier never co-signed the arbiter's refund.
-                raise CosignRefusedError(
-                    "no dispute of this job was upheld by the arbiter", field="report", rule="F1"
-                )
+            if self.verdicts is not None:  # the escrow store's "upheld" is the coordinator's word
+                from cyxwiz.ledger.verdicts import require_upheld
+
+                require_upheld(
+                    self.verdicts, self.chain, job_id=record.job_id, escrow=record.escrow_account,
+                    evidence=request.statement,
+                )  # fmt: skip
             peer, proof = record.node_peer_id or "", "dispute-upheld"
             if self.proof_key is not None:  # the key the verifier judged, not the escrow row's PeerID
                 peer = self.proof_key(record.job_id) or ""
@@ -327,11 +337,6 @@ class VerifierPolicy:
                 "a slash takes the stake of the node the proof names", field="message", rule="F1"
             )
         return held[source]
-
-    def _unstake(self, request: CosignRequest, moves: _Moves) -> None:
-        from cyxwiz.ledger.withdrawal import approve_unstake
-
-        approve_unstake(self, request, moves)
 
     @staticmethod
     def _state(record: EscrowRecord, *allowed: EscrowState) -> None:

@@ -154,6 +154,7 @@ class EscrowLedger:
             escrow_store=self.store,
             verdicts=VerdictBook(engine=self.store._engine, fast=self.store._fast),
             node_peers=self.node_peers,
+            chain=self.chain,
         )
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from cyxwiz.errors import (
 )
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.cosign import CosignRequest
-from cyxwiz.ledger.records import check_amount, check_reason, check_wallet
+from cyxwiz.ledger.records import check_amount, check_reason
 from cyxwiz.ledger.stakebook import (
     StakeBook,
     StakeRecord,
@@ -48,14 +48,15 @@ from cyxwiz.ledger.stakebook import (
     stakes,
 )
 from cyxwiz.ledger.store import EscrowState, NewIntent
-from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, check_withdrawal
 
 if TYPE_CHECKING:
     from cyxwiz.ledger.ledger import EscrowLedger
+    from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal
 
-#: (kind, subject, evidence JSON: the report of a slash, the node's signed withdrawal of an unstake) of the
-#: verifier's co-signature, or None when the node alone signs
-Cosign = tuple[str, str, str | None] | None
+#: (kind, subject, report JSON, statement) of the verifier's co-signature — the statement: the node's signed
+#: withdrawal of an unstake, the arbiter's landed refund of an upheld-dispute slash — or None: the node
+#: alone signs
+Cosign = tuple[str, str, str | None, str | None] | None
 #: Every PeerID the coordinator's own records link to the same node as this one (itself included): a
 #: renewed certificate is a new key, hence a new PeerID, but the stake belongs to the node (F1, A7).
 NodePeers = Callable[[str], Collection[str]]
@@ -182,9 +183,10 @@ class StakeLedger:
         record = led.status(job_id=job_id)
         if self.book.slashed_for(job_id) is not None:
             raise ConflictError("this job's fraud was already slashed", field="job_id", rule="F2")
-        cited: str | None = None
+        cited = resolved = None
         if report is None:
             upheld_dispute(record)
+            resolved = settle_tx(led, record)
             peer, report_hash, proof = record.node_peer_id or "", "dispute-upheld", "dispute-upheld"
         else:
             attestation = led._trust().check(
@@ -214,7 +216,9 @@ class StakeLedger:
             )),
             txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:slash:{job_id}:{proof}"),
         ]  # fmt: skip
-        tx, last_valid = self._build(instructions, led._keys("coordinator"), cosign=("slash", job_id, cited))
+        tx, last_valid = self._build(
+            instructions, led._keys("coordinator"), cosign=("slash", job_id, cited, resolved)
+        )
         intent = NewIntent(
             kind="slash", signature=str(tx.signatures[0]), tx=bytes(tx), last_valid_height=last_valid,
             target_state=record.state, recipient_wallet=str(user),
@@ -251,49 +255,9 @@ class StakeLedger:
         """Return the stake, once the cool-down passed and no job of the node is running, to the wallet
         ``withdrawal`` names: the node's own signed request (:mod:`cyxwiz.ledger.withdrawal`), never the
         stake book's ``node_wallet`` (a row a compromised coordinator could rewrite; issue 17)."""
-        stake = self.book.get(peer_id)
-        # A job running under any of the node's PeerIDs (a renewed one too) keeps the stake locked.
-        check_unstake(stake, self.policy, self.ledger.store, now=now, peers=self.node_peers(peer_id))
-        signed = withdrawal if isinstance(withdrawal, SignedStakeWithdrawal) else (
-            SignedStakeWithdrawal.parse(withdrawal)
-        )  # fmt: skip
-        led = self.ledger
-        try:  # whose key may state it (signed renewal links) is the verifier's to check, on its own clock
-            stated = check_withdrawal(signed, stake_peer_id=peer_id, signers=None)
-        except CyxwizError as exc:
-            led._refused("stake.withdraw", peer_id, exc)
-            raise
-        account = stake_address(led.payer_key, peer_id)  # the PeerID's account, whatever the row says
-        if led.chain.get_account(account) is None:
-            # A withdrawal already landed (its process died before writing it down): nothing to send.
-            self.book.update(peer_id, amount=0, withdrawn=True)
-            return self.book.get(peer_id)
-        wallet = check_wallet(stated.wallet, field="withdrawal.wallet")
-        signers = led._keys("coordinator")
-        # The chain's balance, not the book's: a deposit that landed but whose record a crash lost is
-        # the node's too, and the account can only be closed empty.
-        held = led.chain.token_amount(account) or 0
-        instructions = [
-            token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), wallet, led.mint),
-            *txbuild._move_and_close(
-                escrow=account, mint=led.mint, decimals=led.decimals,
-                multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=held,
-                signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()], rent_owner=led.rent_owner,
-            ),
-            txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
-        ]  # fmt: skip
-        try:
-            signature = self._send(instructions, signers, cosign=("unstake", peer_id, signed.to_json()))
-        except CyxwizError as exc:
-            led._refused("stake.withdraw", peer_id, exc, destination=str(wallet))
-            raise
-        self.book.update(peer_id, amount=0, withdrawn=True)
-        led._record_audit(
-            "stake.withdraw", peer_id, success=True, amount=held, source=str(account),
-            destination=str(wallet), tx_signature=signature,
-            reason=f"signed by {stated.peer_id} at {stated.issued_at}",
-        )  # fmt: skip
-        return self.book.get(peer_id)
+        from cyxwiz.ledger.withdrawal import withdraw_stake
+
+        return withdraw_stake(self, peer_id=peer_id, withdrawal=withdrawal, now=now)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -305,13 +269,11 @@ class StakeLedger:
         message = Message.new_with_blockhash(instructions, led._payer.pubkey(), blockhash)
         signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (led._payer, *signers)}
         if cosign is not None:
-            kind, subject, evidence = cosign
+            kind, subject, report, statement = cosign
             cosigner = led._cosigner()
-            unstake = kind == "unstake"
             request = CosignRequest(
-                kind=kind, job_id=subject, message=bytes(message),
-                report=None if unstake else evidence, statement=evidence if unstake else None,
-            )  # fmt: skip
+                kind=kind, job_id=subject, message=bytes(message), report=report, statement=statement
+            )
             signatures[cosigner.pubkey()] = cosigner.cosign(request)
         required = message.account_keys[: message.header.num_required_signatures]
         return Transaction.populate(message, [signatures[k] for k in required]), last_valid
@@ -354,6 +316,15 @@ def slash_owed(
             continue
         done.append(job_id)
     return done, failed
+
+
+def settle_tx(ledger: EscrowLedger, record: Any) -> str | None:
+    """The signed transaction (base64) that settled the escrow: for an upheld dispute, the arbiter's refund
+    the verifier asks the chain about before it co-signs a slash resting on it."""
+    import base64
+
+    found = [i.tx for i in ledger.store.intents(record.job_id) if i.signature == record.settle_signature]
+    return base64.b64encode(found[0]).decode() if found else None
 
 
 def upheld_dispute(record: Any) -> None:

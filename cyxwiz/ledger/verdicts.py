@@ -131,16 +131,31 @@ class VerdictBook:
             value = conn.execute(query).scalar()
         return None if value is None else dict(json.loads(value))
 
-    def record_upheld(self, job_id: str, *, escrow: str) -> None:
-        """The arbiter's resolve refunding the user of a disputed job, co-signed here: what a slash without
-        a fraud report rests on (the escrow store's word for it is the coordinator's)."""
-        row = {"job_id": job_id, "verdict": "upheld", "escrow": escrow, "report_sha256": "",
-               "attestation": "", "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
-        try:
-            with self._writing() as conn:
-                rawsql.insert(conn, verdicts.name, row)
-        except self._conflicts:
-            pass
+    def record_upheld(self, job_id: str, *, escrow: str, message_sha256: str) -> None:
+        """The arbiter's resolve refunding the user of a disputed job, about to be co-signed here: what a
+        slash without a fraud report rests on once the chain shows it landed (:func:`require_upheld`).
+        Every such message is kept (the escrow store's word for which one counts is the coordinator's)."""
+        mine = sa.and_(verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld")
+        entry = [escrow, message_sha256]
+        with rawsql.writing(self._engine) as conn:
+            held = conn.execute(sa.select(verdicts.c.attestation).where(mine)).scalar()
+            if held is None:
+                conn.execute(verdicts.insert().values(
+                    job_id=job_id, verdict="upheld", escrow=escrow, report_sha256="",
+                    attestation=json.dumps([entry]), recorded_at=dt.datetime.now(dt.UTC),
+                ))  # fmt: skip
+            elif entry not in (entries := _entries(held)):
+                conn.execute(verdicts.update().where(mine).values(attestation=json.dumps([*entries, entry])))
+
+    def upheld_messages(self, job_id: str, *, escrow: str) -> frozenset[str]:
+        """The SHA-256 of every arbiter's refund of this job's dispute escrow (of ``escrow``) co-signed
+        here; whether one landed is the chain's to say."""
+        query = sa.select(verdicts.c.attestation).where(
+            verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld"
+        )
+        with self._engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return frozenset(digest for account, digest in _entries(value) if account == escrow)
 
     def newest_withdrawal(self, stake_peer_id: str) -> int | None:
         """The ``issued_at`` of the newest signed withdrawal of this stake co-signed here, if any."""
@@ -171,15 +186,6 @@ class VerdictBook:
     def _writing(self) -> AbstractContextManager[rawsql.Conn]:
         return self._fast.transaction() if self._fast is not None else rawsql.writing(self._engine)
 
-    def upheld(self, job_id: str) -> str | None:
-        """The escrow account of the job whose dispute the arbiter upheld (refunded), if it did."""
-        query = sa.select(verdicts.c.escrow).where(
-            verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld"
-        )
-        with self._engine.connect() as conn:
-            value = conn.execute(query).scalar()
-        return None if value is None else str(value)
-
     def passing(self, job_id: str) -> str | None:
         """The passing attestation (JSON) recorded for the job, if its verification ever passed."""
         query = sa.select(verdicts.c.attestation).where(
@@ -195,6 +201,45 @@ class VerdictBook:
 
     def dispose(self) -> None:
         self._engine.dispose()
+
+
+def _entries(value: object) -> list[list[str]]:
+    try:
+        entries = json.loads(value) if isinstance(value, str) and value else []
+    except ValueError:
+        return []
+    return [list(map(str, e)) for e in entries if isinstance(e, list) and len(e) == 2]
+
+
+def require_upheld(book: VerdictBook, chain: Any, *, job_id: str, escrow: str, evidence: str | None) -> None:
+    """A slash without a fraud report rests on a dispute the arbiter upheld: ``evidence`` (base64) is the
+    arbiter's refund transaction, whose message this verifier co-signed for this job's escrow and which
+    the chain shows landed, signed by its fee payer. A co-signature alone proves nothing: a resolve whose
+    record a compromised coordinator made up is co-signed too, and only the arbiter's key makes it land
+    (issue 17; F1, I)."""
+    import base64
+    import hashlib
+
+    from solders.transaction import Transaction
+
+    def refused(why: str) -> CosignRefusedError:
+        return CosignRefusedError(
+            f"no dispute of this job was upheld by the arbiter: {why}", field="report", rule="F1"
+        )
+
+    try:
+        tx = Transaction.from_bytes(base64.b64decode(evidence or "", validate=True))
+        signature, payer = tx.signatures[0], tx.message.account_keys[0]
+    except Exception:  # solders raises its own parse errors
+        raise refused("the arbiter's refund transaction is missing or does not parse") from None
+    message = bytes(tx.message)
+    if hashlib.sha256(message).hexdigest() not in book.upheld_messages(job_id, escrow=escrow):
+        raise refused("this verifier co-signed no such refund of the job's dispute escrow")
+    if chain is None:
+        raise refused("this verifier has no chain to ask whether the refund landed")
+    status = chain.signature_status(str(signature))
+    if not signature.verify(payer, message) or status is None or status.err:
+        raise refused("the arbiter's refund did not land")
 
 
 def verdict_of(report: str) -> str | None:

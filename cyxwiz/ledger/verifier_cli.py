@@ -48,6 +48,7 @@ def build_service(
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.cosign import VerifierPolicy
     from cyxwiz.ledger.records import EscrowRecord
+    from cyxwiz.ledger.rpc import RpcChain
     from cyxwiz.ledger.stake import StakeBook
     from cyxwiz.ledger.store import EscrowStore
     from cyxwiz.ledger.verdicts import VerdictBook
@@ -86,6 +87,7 @@ def build_service(
             payout_wallet=payout_wallet,
             later_peers=later_peers,
             proof_key=proof_key,
+            chain=RpcChain(url=config.rpc_url, commitment=config.commitment),
         ),
         signing_key=load_private_key(key_path),
         certificate=certificate,

@@ -34,7 +34,10 @@ from cyxwiz.ledger.payout import MAX_SKEW_S, VERSION, _issued_at, _now_ms, _sign
 from cyxwiz.verification.canonical import canonical_json
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, _Moves
+    from cyxwiz.ledger.stake import StakeLedger, StakeRecord
 
 #: Domain separation: these bytes start every signed stake withdrawal and nothing else cyxwiz signs.
 DOMAIN = b"cyxwiz-stake-withdrawal-v1\n"
@@ -249,6 +252,62 @@ def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Move
             field=f"{FIELD}.issued_at", rule="F2",
         )  # fmt: skip
     return withdrawal
+
+
+def withdraw_stake(
+    stakes: StakeLedger, *, peer_id: str, withdrawal: SignedStakeWithdrawal | str, now: dt.datetime | None
+) -> StakeRecord:
+    """:meth:`StakeLedger.withdraw <cyxwiz.ledger.stake.StakeLedger.withdraw>`: the ledger's side."""
+    from spl.token import instructions as token_ix
+
+    from cyxwiz.errors import CyxwizError
+    from cyxwiz.ledger import txbuild
+    from cyxwiz.ledger.records import check_wallet
+    from cyxwiz.ledger.stake import check_unstake, stake_address
+
+    stake = stakes.book.get(peer_id)
+    # A job running under any of the node's PeerIDs (a renewed one too) keeps the stake locked.
+    check_unstake(stake, stakes.policy, stakes.ledger.store, now=now, peers=stakes.node_peers(peer_id))
+    signed = withdrawal if isinstance(withdrawal, SignedStakeWithdrawal) else (
+        SignedStakeWithdrawal.parse(withdrawal)
+    )  # fmt: skip
+    led = stakes.ledger
+    try:  # whose key may state it (signed renewal links) is the verifier's to check, on its own clock
+        stated = check_withdrawal(signed, stake_peer_id=peer_id, signers=None)
+    except CyxwizError as exc:
+        led._refused("stake.withdraw", peer_id, exc)
+        raise
+    account = stake_address(led.payer_key, peer_id)  # the PeerID's account, whatever the row says
+    if led.chain.get_account(account) is None:
+        # A withdrawal already landed (its process died before writing it down): nothing to send.
+        stakes.book.update(peer_id, amount=0, withdrawn=True)
+        return stakes.book.get(peer_id)
+    wallet = check_wallet(stated.wallet, field="withdrawal.wallet")
+    signers = led._keys("coordinator")
+    # The chain's balance, not the book's: a deposit that landed but whose record a crash lost is
+    # the node's too, and the account can only be closed empty.
+    held = led.chain.token_amount(account) or 0
+    instructions = [
+        token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), wallet, led.mint),
+        *txbuild._move_and_close(
+            escrow=account, mint=led.mint, decimals=led.decimals,
+            multisig=led.multisig, dest=txbuild.token_account_of(wallet, led.mint), amount=held,
+            signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()], rent_owner=led.rent_owner,
+        ),
+        txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
+    ]  # fmt: skip
+    try:
+        signature = stakes._send(instructions, signers, cosign=("unstake", peer_id, None, signed.to_json()))
+    except CyxwizError as exc:
+        led._refused("stake.withdraw", peer_id, exc, destination=str(wallet))
+        raise
+    stakes.book.update(peer_id, amount=0, withdrawn=True)
+    led._record_audit(
+        "stake.withdraw", peer_id, success=True, amount=held, source=str(account),
+        destination=str(wallet), tx_signature=signature,
+        reason=f"signed by {stated.peer_id} at {stated.issued_at}",
+    )  # fmt: skip
+    return stakes.book.get(peer_id)
 
 
 def _peer(value: object, name: str) -> str:

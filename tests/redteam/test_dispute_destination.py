@@ -87,3 +87,62 @@ def test_a_row_naming_the_attackers_accounts_throughout_moves_nothing(money_worl
         w.ledger(coordinator=None).resolve(job_id=JOB, outcome="refund")
     assert ledger.status(job_id=JOB).state is EscrowState.DISPUTED
     _held(w)
+
+
+def test_a_resolve_co_signed_for_a_made_up_record_never_lands_so_it_slashes_nothing(
+    money_world: World,
+) -> None:
+    """The attacker makes a refunded job look disputed, its accounts its own, and has the verifier co-sign
+    the "arbiter's" refund with a key that is not the arbiter's; the chain refuses it. It then marks the
+    dispute upheld and asks for the slash the upheld dispute would allow, paying itself: the verifier
+    finds that refund never landed and refuses. The real upheld dispute (positive control) slashes the
+    share to the user who funded the escrow (F1, F2, threat I)."""
+    from solders.keypair import Keypair
+
+    from cyxwiz.ledger import provision
+    from cyxwiz.ledger.stake import StakeLedger, StakePolicy
+
+    w = money_world
+    stake = 40_000
+    provision.fund_wallet(
+        w.chain, payer=w.payer, mint=w.mint, wallet=w.node.pubkey(), amount=stake,
+        mint_authority=w.mint_authority,
+    )  # fmt: skip
+    policy = StakePolicy(minimum=0, slash_bps=2500)
+    stakes = StakeLedger(ledger=w.ledger(stake_policy=policy), policy=policy)
+    stakes.stake(peer_id=NODE_PEER, node=w.node, amount=stake)
+    ledger = stakes.ledger
+    ledger.create(job_id="job-plain", user=w.user, amount=AMOUNT)
+    ledger.assign(job_id="job-plain", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
+    ledger.refund(job_id="job-plain", reason="the node crashed")  # not the node's fault: no slash
+    thief = w.other_node.pubkey()
+    forged = {
+        "user_wallet": str(thief),
+        "escrow_account": str(txbuild.escrow_address(w.payer.pubkey(), "job-plain", thief)),
+        "dispute_account": str(txbuild.dispute_address(w.payer.pubkey(), "job-plain", thief)),
+    }
+    ledger.store.update_fields(
+        "job-plain", allowed=[EscrowState.REFUNDED], state=EscrowState.DISPUTED, **forged
+    )
+    with pytest.raises(EscrowError, match="the chain refused"):
+        w.ledger(arbiter=Keypair()).resolve(job_id="job-plain", outcome="refund")  # co-signed, never lands
+    attempt = [i for i in ledger.store.intents("job-plain") if i.kind == "refund"][-1]
+    ledger.store.update_fields(
+        "job-plain", allowed=[EscrowState.DISPUTED], state=EscrowState.REFUNDED, resolution="refund",
+        settle_signature=attempt.signature,
+    )  # fmt: skip
+    with pytest.raises(CosignRefusedError, match="the arbiter's refund did not land") as refused:
+        stakes.slash(job_id="job-plain", reason="forged upheld dispute")
+    assert refused.value.rule == "F1"
+    landed = next(i for i in ledger.store.intents("job-plain") if i.kind == "refund")  # the plain refund
+    ledger.store.update_fields("job-plain", allowed=[EscrowState.REFUNDED], settle_signature=landed.signature)
+    with pytest.raises(CosignRefusedError, match="co-signed no such refund"):
+        stakes.slash(job_id="job-plain", reason="a landed refund, but no arbiter's")
+    assert w.token(thief) == 0 and stakes.status(peer_id=NODE_PEER).amount == stake
+    assert stakes.book.slashed_for("job-plain") is None
+    # Positive control: a dispute the arbiter really upheld.
+    _disputed(w)
+    w.ledger(coordinator=None).resolve(job_id=JOB, outcome="refund")
+    share = stake * 2500 // 10_000
+    assert stakes.slash(job_id=JOB, reason="upheld: segment 3 does not reproduce").slashed == share
+    assert w.token(w.user) == USER_FUNDS + share and w.token(thief) == 0

@@ -91,7 +91,7 @@ class Bench:
             ),
             txbuild.memo(led.payer_key, f"cyxwiz:stake:withdraw:{NODE_PEER}"),
         ]  # fmt: skip
-        return self.stakes._send(instructions, signers, cosign=("unstake", NODE_PEER, statement))
+        return self.stakes._send(instructions, signers, cosign=("unstake", NODE_PEER, None, statement))
 
 
 @pytest.fixture
