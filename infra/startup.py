@@ -37,7 +37,13 @@ def start_issuer(home: Path, pki: Any, env: dict[str, str], say: Say) -> Any:
 
     secret = ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE", "CYXWIZ_VERIFIER_PASSPHRASE")
     own = {k: v for k, v in env.items() if k not in secret}
-    issuer = start_issuer_service(ca_dir=pki.ca_dir, state_dir=home / "issuer", env=own)
+    audit_key = home / "issuer" / "audit-key.pem"  # its own log: a revocation the coordinator asks is audited
+    if not audit_key.exists():
+        from cyxwiz.pki.keys import generate_ed25519, write_private_key
+
+        audit_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private_key(audit_key, generate_ed25519())
+    issuer = start_issuer_service(ca_dir=pki.ca_dir, state_dir=home / "issuer", env=own, audit_key=audit_key)
     say(f"Issuer service (own process, the only holder of the CA key) on {issuer.socket_path}")
     return issuer
 

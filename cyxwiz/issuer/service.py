@@ -230,11 +230,19 @@ class IssuerProcess:
 
 
 def start_issuer_service(
-    *, ca_dir: Path, state_dir: Path, env: dict[str, str], lifetime_s: float | None = None
+    *,
+    ca_dir: Path,
+    state_dir: Path,
+    env: dict[str, str],
+    lifetime_s: float | None = None,
+    audit_key: Path | None = None,
 ) -> IssuerProcess:
-    """Start ``python -m cyxwiz.issuer serve --ca-dir CA_DIR`` on ``state_dir/issuer.sock``."""
+    """Start ``python -m cyxwiz.issuer serve --ca-dir CA_DIR`` on ``state_dir/issuer.sock``; with
+    ``audit_key`` it keeps its own audit log in ``state_dir/audit`` (every issuance, refusal, revocation)."""
     argv = [sys.executable, "-m", "cyxwiz.issuer", "serve", "--ca-dir", str(ca_dir)]
     if lifetime_s is not None:
         argv += ["--lifetime-s", str(lifetime_s)]
+    if audit_key is not None:
+        argv += ["--audit-dir", str(state_dir / "audit"), "--audit-key", str(audit_key)]
     socket_path = state_dir / "issuer.sock"
     return IssuerProcess(argv=argv, env=env, state_dir=state_dir, socket_path=socket_path).start()
