@@ -9,6 +9,8 @@ locations; secrets stay in 0600 files named by env vars (SPEC D2), never in the 
 
 ``--check`` opens everything (config, keys, certificates, database) and exits: the units run it as
 ``ExecStartPre`` so a broken setting fails the start with one line naming the setting, not a traceback.
+It also refuses a listener whose account can reach what moves funds: a ledger passphrase, a sealed
+authority key, the verifier's key or socket (issue 17; F1, I).
 """
 
 from __future__ import annotations
@@ -206,6 +208,55 @@ def build_production_gateway(env: Mapping[str, str]) -> Any:
     return server
 
 
+#: The passphrases of the ledger's authority keys (and their ``_FILE`` forms): the control worker's and
+#: the verifier's, never a listener's.
+MONEY_SECRETS = ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_VERIFIER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE")
+
+
+def money_within_reach(ledger_config: Path) -> list[tuple[str, str, Path]]:
+    """What this account could use to move escrowed funds: (config field, what, path) for each sealed
+    authority key or verifier key it can read, and the verifier's socket if it may connect to it. A
+    ledger config this account cannot read names nothing (the runbook keeps only key files private)."""
+    from cyxwiz.keys import is_pkcs11_uri
+    from cyxwiz.ledger.config import LedgerConfig
+
+    try:
+        config = LedgerConfig.from_file(ledger_config)
+    except (CyxwizError, OSError):
+        return []
+    found = []
+    for role, ref in sorted(config.keys.items()):
+        path = None if is_pkcs11_uri(ref) else config.key_path(role)
+        if path is not None and os.access(path, os.R_OK):
+            found.append((f"keys.{role}", f"read the ledger's sealed {role} key", path))
+    verifier_key = config._path(config.verifier_key)
+    if verifier_key is not None and os.access(verifier_key, os.R_OK):
+        found.append(("verifier_key", "read the verifier's report-signing key", verifier_key))
+    socket_path = config.verifier_socket_path()
+    if socket_path is not None and os.access(socket_path, os.W_OK):  # False when absent or unreachable
+        found.append(("verifier_socket", "connect to the verifier service's socket", socket_path))
+    return found
+
+
+def refuse_money_within_reach(service: str, env: Mapping[str, str]) -> None:
+    """``--check`` of a listener: it faces nodes or users, so it must not be able to reach any key that,
+    with another key it can reach, moves funds (issue 17; F1, I). One line naming what it found."""
+    for name in MONEY_SECRETS:
+        for var in (name, f"{name}_FILE"):
+            if env.get(var):
+                raise ConfigError(
+                    f"the {service} faces nodes and users and is given no ledger passphrase", field=var,
+                    rule="F1", hint="only cyxwiz-control.service and cyxwiz-verifier.service get one",
+                )  # fmt: skip
+    found = money_within_reach(_control_plane(env).ledger_config)
+    if found:
+        field, what, path = found[0]
+        raise ConfigError(
+            f"the {service}'s account can {what}", field=field, path=str(path), rule="F1",
+            hint="key files belong to cyxwiz-control or cyxwiz-verifier, mode 0600 (docs/runbook.md)",
+        )  # fmt: skip
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "coordinator": build_production_coordinator,
     "gateway": build_production_gateway,
@@ -218,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="open every setting and exit (ExecStartPre)")
     args = parser.parse_args(argv)
     try:
+        if args.check:
+            refuse_money_within_reach(args.service, os.environ)
         server = BUILDERS[args.service](os.environ)
     except CyxwizError as exc:
         print(f"cyxwiz {args.service}: {exc}", file=sys.stderr)

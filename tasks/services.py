@@ -72,6 +72,12 @@ class ControlPlane:
     def setting(self, name: str) -> str | None:
         return self._environ.get(name) or None
 
+    def ledger_passphrase(self) -> bytes | None:
+        """``CYXWIZ_LEDGER_PASSPHRASE``, else the file ``..._FILE`` names (a systemd credential)."""
+        from cyxwiz.ledger.keystore import passphrase_setting
+
+        return passphrase_setting(LEDGER_PASSPHRASE_ENV, environ=self._environ)
+
     @functools.cached_property
     def store(self) -> BaseObjectStore:
         from tasks.control import open_store
@@ -96,10 +102,9 @@ class ControlPlane:
     def ledger(self) -> EscrowLedger:
         from cyxwiz.ledger.config import LedgerConfig, open_ledger
 
-        secret = self.setting(LEDGER_PASSPHRASE_ENV)
         return open_ledger(
             LedgerConfig.from_file(self.config.ledger_config),
-            passphrase=secret.encode() if secret else None,
+            passphrase=self.ledger_passphrase(),
             audit=self.audit,
         )
 
@@ -176,12 +181,13 @@ def anchor_wallet() -> tuple[RpcChain, Keypair]:
     from cyxwiz.ledger.rpc import RpcChain
 
     plane = current()
-    path, secret = plane.setting("CYXWIZ_AUDIT_ANCHOR_KEY"), plane.setting(LEDGER_PASSPHRASE_ENV)
+    path = plane.setting("CYXWIZ_AUDIT_ANCHOR_KEY")
     if not path:
         raise ConfigError("no anchoring wallet configured", field="CYXWIZ_AUDIT_ANCHOR_KEY", rule="H4")
+    secret = plane.ledger_passphrase()
     if not secret:
         raise ConfigError("no passphrase for the ledger key files", field=LEDGER_PASSPHRASE_ENV, rule="D2")
-    payer = load_keypair(Path(path), passphrase=secret.encode())
+    payer = load_keypair(Path(path), passphrase=secret)
     return RpcChain(url=LedgerConfig.from_file(plane.config.ledger_config).rpc_url), payer
 
 

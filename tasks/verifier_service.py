@@ -188,14 +188,21 @@ def serve_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Ledger config JSON.")],
     socket: Annotated[Path | None, typer.Option("--socket", help="Unix socket path.")] = None,
     ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Written once listening.")] = None,
+    socket_mode: Annotated[
+        str, typer.Option("--socket-mode", help="600 (owner only) or 660 (its group: the control worker).")
+    ] = "600",
 ) -> None:
-    """Serve verification and co-signatures on a 0600 Unix socket until interrupted."""
+    """Serve verification and co-signatures on a 0600 (or 0660) Unix socket until interrupted."""
+    from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.verifier_cli import run
     from tasks import services
 
+    if socket_mode not in ("600", "660"):
+        raise ConfigError("must be 600 or 660", field="socket_mode", rule="F1")
     marks = StatementMarks.open(_state_dir(config, socket) / "verifier-wallet-marks.db")
     hook = functools.partial(verify_hook, marks=marks)
-    run(config, socket, ready_file, verify=hook, audit=services.audit(), **money_rules(marks))
+    run(config, socket, ready_file, verify=hook, audit=services.audit(), socket_mode=int(socket_mode, 8),
+        **money_rules(marks))  # fmt: skip
 
 
 def money_rules(marks: StatementMarks) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cyxwiz.audit.checkpoint import verify_checkpoint
 from cyxwiz.audit.signer import read_latest_checkpoint
 from cyxwiz.errors import AuditError, AuditIntegrityError, LedgerError
+from cyxwiz.shared_dir import file_mode
 
 if TYPE_CHECKING:
     from solders.keypair import Keypair
@@ -143,7 +144,9 @@ def anchor_latest(
         payer=str(payer.pubkey()),
     )
     line = json.dumps(anchor.to_json(), sort_keys=True).encode() + b"\n"
-    fd = os.open(directory / ANCHORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        directory / ANCHORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, file_mode(directory)
+    )
     try:
         os.write(fd, line)
     finally:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cyxwiz.errors import AuditError, NotFoundError, StorageError
 from cyxwiz.hashing import file_sha256
+from cyxwiz.shared_dir import dir_mode, file_mode
 
 
 @runtime_checkable
@@ -55,7 +56,7 @@ class LocalDirectoryArchive:
     def put_file(self, key: str, path: Path) -> str:
         """Copy ``path`` to ``key``; return its SHA-256. Re-putting identical content is a no-op."""
         target = self._path(key)
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target.parent.mkdir(mode=dir_mode(self.root), parents=True, exist_ok=True)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
         try:
@@ -63,7 +64,7 @@ class LocalDirectoryArchive:
                 shutil.copyfileobj(src, out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o600)
+            os.chmod(tmp, file_mode(self.root))
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

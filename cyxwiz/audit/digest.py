@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cyxwiz.audit.reader import split_lines
 from cyxwiz.audit.records import RecordFormatError, parse_line
 from cyxwiz.errors import KeyFormatError, KeyTypeError, NotFoundError
+from cyxwiz.shared_dir import file_mode
 
 DIGEST_VERSION = 1
 
@@ -142,7 +143,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, file_mode(path.parent))
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

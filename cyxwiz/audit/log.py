@@ -51,6 +51,7 @@ from cyxwiz.audit.events import SecurityEvent
 from cyxwiz.audit.signer import CHECKPOINT_INTERVAL, CheckpointSigner, dev_signing_key, missing_key_error
 from cyxwiz.audit.writer import ChainWriter, Clock, FsyncPolicy, Receipt
 from cyxwiz.errors import AuditError, ConfigError
+from cyxwiz.shared_dir import dir_mode
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -196,7 +197,7 @@ class AuditLog:
             raise missing_key_error()
         directory = Path(directory)
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=dir_mode(directory.parent), parents=True, exist_ok=True)
         except OSError as exc:
             raise AuditError(f"cannot create log directory: {exc.strerror}", path=str(directory)) from None
         if not directory.is_dir():

@@ -26,6 +26,7 @@ from cyxwiz.audit.prune import write_prune_marker
 from cyxwiz.audit.reader import day_files, read_file_bytes
 from cyxwiz.audit.records import digest_name, gz_name, log_name
 from cyxwiz.audit.tree import TREE_FILE, MappedTree
+from cyxwiz.shared_dir import file_mode
 
 if TYPE_CHECKING:
     from cyxwiz.audit.log import AuditLog
@@ -44,7 +45,7 @@ class MaintenanceReport:
 
 def run_maintenance(log: AuditLog) -> MaintenanceReport:
     directory = log.directory
-    lock_fd = os.open(directory / MAINTAIN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock_fd = os.open(directory / MAINTAIN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode(directory))
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         now = log.clock()

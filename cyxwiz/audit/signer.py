@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint
 from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, checkpoints_name
 from cyxwiz.errors import ConfigError
+from cyxwiz.shared_dir import file_mode
 
 #: A writer signs a fresh checkpoint at most this often while appending (and a timer signs what is left
 #: within the same delay once appends stop): far inside the "every 60 s" promise, ~0.1 % of the time.
@@ -57,7 +58,11 @@ class CheckpointSigner:
         note = sign_checkpoint(origin=self.origin, size=size, root=root, key=self.key)
         # Rewritten in place under the writers' lock (readers take it shared, read_latest_checkpoint):
         # a rename would cost a data flush on ext4 (auto_da_alloc) at every checkpoint.
-        fd = os.open(self.directory / CHECKPOINT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(
+            self.directory / CHECKPOINT_FILE,
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+            file_mode(self.directory),
+        )
         try:
             os.pwrite(fd, note, 0)
             os.ftruncate(fd, len(note))
@@ -75,7 +80,7 @@ class CheckpointSigner:
         fd = os.open(
             self.directory / checkpoints_name(day),
             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
+            file_mode(self.directory),
         )
         try:
             os.write(fd, line)

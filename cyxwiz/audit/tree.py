@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cyxwiz.audit.merkle import HASH_SIZE, Frontier, nodes_for
 from cyxwiz.errors import AuditIntegrityError
+from cyxwiz.shared_dir import file_mode
 
 TREE_FILE = "merkle.tree"
 
@@ -52,7 +53,7 @@ class TreeFile:
     def open(cls, directory: Path, *, writable: bool) -> TreeFile:
         path = directory / TREE_FILE
         if writable:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, file_mode(path.parent))
         else:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         return cls(fd=fd, path=path)

@@ -24,6 +24,7 @@ from cyxwiz.audit.records import GENESIS, HEAD_FILE, RecordFormatError, append_l
 from cyxwiz.audit.signer import CheckpointSigner
 from cyxwiz.audit.tree_writer import TreeWriter
 from cyxwiz.errors import AuditIntegrityError
+from cyxwiz.shared_dir import file_mode
 
 Clock = Callable[[], datetime]
 FsyncPolicy = Literal["none", "interval", "always"]
@@ -253,7 +254,7 @@ class ChainWriter:
             os.close(self._fd)
             self._fd = -1
         path = self.directory / log_name(day)
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, file_mode(path.parent))
         self._day = head
         size = os.fstat(self._fd).st_size
         if size:
@@ -317,7 +318,9 @@ class ChainWriter:
     # --- descriptors --------------------------------------------------------------------------------
 
     def open_lock_file(self) -> None:
-        self.lock_fd = os.open(self.directory / HEAD_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.lock_fd = os.open(
+            self.directory / HEAD_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode(self.directory)
+        )
         self._tree = TreeWriter(directory=self.directory)
         self._head_map = None
         with contextlib.suppress(OSError, ValueError):

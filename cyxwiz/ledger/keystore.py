@@ -15,6 +15,7 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +44,46 @@ class KdfParams:
         return cls(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 
 
+def passphrase_setting(
+    env: str = PASSPHRASE_ENV, *, environ: Mapping[str, str] | None = None
+) -> bytes | None:
+    """The passphrase in ``env``, else in the 0600/0400 file ``env``_FILE names, else None.
+
+    The file form is how systemd hands it over (``LoadCredential=`` then ``..._FILE=%d/NAME``): PID 1
+    reads the root-only source, and the secret is in no environment block another process could read.
+    """
+    values = os.environ if environ is None else environ
+    value = values.get(env)
+    if value:
+        return value.encode()
+    file_var = f"{env}_FILE"
+    name = values.get(file_var)
+    if not name:
+        return None
+    path = Path(name)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError("passphrase file not found", field=file_var, path=str(path), rule="D2") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyPermissionError(
+            f"passphrase file mode is {stat.S_IMODE(mode):04o}; group or others can read it",
+            field=file_var, path=str(path), rule="D2", hint=f"chmod 600 {path}",
+        )  # fmt: skip
+    secret = path.read_bytes().rstrip(b"\r\n")
+    if not secret:
+        raise ConfigError("passphrase file is empty", field=file_var, path=str(path), rule="D2")
+    return secret
+
+
 def passphrase_from_env(env: str = PASSPHRASE_ENV) -> bytes:
-    value = os.environ.get(env)
-    if not value:
+    secret = passphrase_setting(env)
+    if secret is None:
         raise ConfigError(
-            "no passphrase for the ledger key files", field=env, rule="D2", hint=f"export {env}=..."
-        )
-    return value.encode()
+            "no passphrase for the ledger key files", field=env, rule="D2",
+            hint=f"export {env}=... or {env}_FILE=<0600 file>",
+        )  # fmt: skip
+    return secret
 
 
 def _derive(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:

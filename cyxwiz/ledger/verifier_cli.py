@@ -101,12 +101,13 @@ SocketOption = Annotated[
     Path | None, typer.Option("--socket", help="Unix socket path (default: verifier_socket of the config).")
 ]
 ReadyOption = Annotated[Path | None, typer.Option("--ready-file", help="Written once listening.")]
+ModeOption = Annotated[str, typer.Option("--socket-mode", help="600 (owner only) or 660 (its group too).")]
 
 
 def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, verify: VerifyHook | None = None,
         audit: Any = None, node_peers: NodePeers | None = None,
         payout_wallet: Callable[[str], str | None] | None = None, later_peers: NodePeers | None = None,
-        proof_key: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
+        proof_key: Callable[[str], str | None] | None = None, socket_mode: int = 0o600) -> None:  # fmt: skip
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.config import LedgerConfig
     from cyxwiz.ledger.verifier_service import serve
@@ -119,16 +120,25 @@ def run(config_path: Path, socket: Path | None, ready_file: Path | None, *, veri
         config, verify=verify, audit=audit, verdicts_path=path.parent / "verifier-verdicts.db",
         node_peers=node_peers, payout_wallet=payout_wallet, later_peers=later_peers, proof_key=proof_key,
     )  # fmt: skip
-    serve(app, socket_path=path, ready_file=ready_file)
+    serve(app, socket_path=path, ready_file=ready_file, mode=socket_mode)
 
 
 @app.command("serve")
-def serve_command(config: ConfigOption, socket: SocketOption = None, ready_file: ReadyOption = None) -> None:
-    """Serve co-signatures on a 0600 Unix socket until interrupted.
+def serve_command(
+    config: ConfigOption,
+    socket: SocketOption = None,
+    ready_file: ReadyOption = None,
+    socket_mode: ModeOption = "600",
+) -> None:
+    """Serve co-signatures on a 0600 (or 0660) Unix socket until interrupted.
 
     Example: CYXWIZ_VERIFIER_PASSPHRASE=... python -m cyxwiz.ledger.verifier_cli serve -c ledger.json
     """
-    run(config, socket, ready_file)
+    from cyxwiz.errors import ConfigError
+
+    if socket_mode not in ("600", "660"):
+        raise ConfigError("must be 600 or 660", field="socket_mode", rule="F1")
+    run(config, socket, ready_file, socket_mode=int(socket_mode, 8))
 
 
 if __name__ == "__main__":

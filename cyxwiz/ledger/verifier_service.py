@@ -35,7 +35,7 @@ from typing import Any
 
 from solders.message import Message
 
-from cyxwiz.errors import CyxwizError, LedgerError
+from cyxwiz.errors import CyxwizError, LedgerError, ValidationError
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
@@ -175,8 +175,14 @@ class VerifierService:
         return await anyio.to_thread.run_sync(self.handle, method, path, body)
 
 
-def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = None) -> None:
-    """Serve on a Unix socket only its owner can connect to (0600 in a 0700 directory)."""
+def serve(
+    app: VerifierService, *, socket_path: Path, ready_file: Path | None = None, mode: int = 0o600
+) -> None:
+    """Serve on a Unix socket only its owner can connect to (0600 in a 0700 directory); ``mode`` 0660
+    lets the socket's group in too: in production the control worker's account is that group's only
+    other member, so the coordinator's account cannot ask for a co-signature (issue 17; F1, I)."""
+    if mode not in (0o600, 0o660):
+        raise ValidationError("the verifier socket is 0600 or 0660", field="socket_mode", rule="F1")
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     socket_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -185,7 +191,7 @@ def serve(app: VerifierService, *, socket_path: Path, ready_file: Path | None = 
         sock.bind(str(socket_path))
     finally:
         os.umask(old)
-    os.chmod(socket_path, 0o600)
+    os.chmod(socket_path, mode)
     sock.listen(64)
     run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
 

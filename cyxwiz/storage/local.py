@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cyxwiz.errors import ConfigError, IntegrityError, NotFoundError, StorageError
+from cyxwiz.shared_dir import dir_mode, file_mode
 from cyxwiz.storage.base import INLINE_LIMIT, READ_BLOCK, BaseObjectStore
 from cyxwiz.storage.crypto import DEFAULT_CHUNK, MasterKey
 from cyxwiz.storage.model import ObjectInfo, Progress
@@ -40,7 +41,7 @@ class LocalObjectStore(BaseObjectStore):
         self._objects = self.root / "objects"
         self._meta = self.root / "meta"
         for directory in (self.root, self._objects, self._meta):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=dir_mode(directory.parent), parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalObjectStore(root={str(self.root)!r}, master_key={self.master_key!r})"
@@ -60,11 +61,11 @@ class LocalObjectStore(BaseObjectStore):
     def _meta_path(self, key: str) -> Path:
         return self._meta / f"{key}.json"
 
-    @staticmethod
-    def _atomic_write(path: Path, chunks: Iterator[bytes]) -> Path:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _atomic_write(self, path: Path, chunks: Iterator[bytes]) -> Path:
+        # Modes follow the root: shared by the coordinator's and the control worker's accounts in production.
+        path.parent.mkdir(mode=dir_mode(self.root), parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode(self.root))
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:

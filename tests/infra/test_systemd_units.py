@@ -19,6 +19,9 @@ CONFIG = PROJECT / "infra" / "config"
 INSTALL = "/opt/cyxwiz"
 AGENT = "cyxwiz-node-agent.service"
 LOOPBACK_ONLY = ("cyxwiz-prefect-server.service", "cyxwiz-ledger.service", "cyxwiz-verifier.service")
+#: Written by more than one account: setgid 2770 directories of a group (docs/runbook.md, issue 17).
+SHARED_DIRS = {"/var/lib/cyxwiz/store": "cyxwiz-data", "/var/lib/cyxwiz/audit": "cyxwiz-data",
+               "/var/lib/cyxwiz/ledger-state": "cyxwiz-escrow"}  # fmt: skip
 
 Unit = dict[str, dict[str, list[str]]]
 
@@ -77,9 +80,12 @@ def test_service_is_hardened(path: Path) -> None:
         "AmbientCapabilities": "",
         "RestrictSUIDSGID": "yes",
         "LockPersonality": "yes",
-        "UMask": "0077",
     }.items():
         assert _one(unit, key) == want, f"{path.name}: {key} must be {want!r}"
+    # Owner only, unless the unit writes a directory shared through a setgid group (issue 17): then the
+    # group too, never others.
+    shared = set(" ".join(unit["Service"].get("ReadWritePaths", [])).split()) & set(SHARED_DIRS)
+    assert _one(unit, "UMask") == ("0007" if shared else "0077"), f"{path.name}: UMask"
     assert _one(unit, "User") not in (None, "root", "0"), f"{path.name}: runs as a dedicated user"
     assert _one(unit, "StateDirectory"), f"{path.name}: its writable state is a StateDirectory"
     if path.name == AGENT:
@@ -290,3 +296,148 @@ def test_runbook_commands_exist() -> None:
         "Back up and restore",
     ):
         assert re.search(rf"^## \d+\. {section}", runbook, flags=re.M), section
+
+
+# Who can reach what (issue 17 "money no single process can move"; SPEC F1, I) --------------------------
+
+#: The processes that face nodes or users.
+FACING = ("cyxwiz-coordinator.service", "cyxwiz-gateway.service", AGENT)
+CONTROL = "cyxwiz-control-worker.service"
+VERIFIER = "cyxwiz-verifier.service"
+ESCROW_GROUP = "cyxwiz-escrow"
+#: What moves funds: the passphrases of the ledger's sealed authority keys, as settings or credentials.
+MONEY_SETTINGS = ("CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_VERIFIER_PASSPHRASE", "CYXWIZ_ARBITER_PASSPHRASE")
+MONEY_CREDENTIALS = ("ledger-passphrase", "verifier-passphrase", "arbiter-passphrase")
+SYSUSERS = PROJECT / "infra" / "sysusers.d"
+
+
+def _service(name: str) -> dict[str, list[str]]:
+    return parse_unit(UNITS / name)["Service"]
+
+
+def _groups(service: dict[str, list[str]]) -> set[str]:
+    return {*service.get("Group", []), *" ".join(service.get("SupplementaryGroups", [])).split()}
+
+
+def _settings(service: dict[str, list[str]]) -> dict[str, str]:
+    """Every variable the unit's process gets: its EnvironmentFile=s (shipped copies) and Environment=."""
+    found: dict[str, str] = {}
+    for value in service.get("EnvironmentFile", []):
+        found |= _env_file(CONFIG / value.lstrip("-").removeprefix("/etc/cyxwiz/"))
+    for value in service.get("Environment", []):
+        for item in shlex.split(value):
+            key, _, setting = item.partition("=")
+            found[key] = setting
+    return found
+
+
+def _credentials(service: dict[str, list[str]]) -> dict[str, str]:
+    return dict(v.split(":", 1) for v in service.get("LoadCredential", []))
+
+
+@pytest.mark.parametrize("name", FACING)
+def test_no_unit_facing_nodes_or_users_can_reach_what_moves_funds(name: str) -> None:
+    service = _service(name)
+    settings, credentials = _settings(service), _credentials(service)
+    for secret in MONEY_SETTINGS:
+        assert secret not in settings and f"{secret}_FILE" not in settings, f"{name} is given {secret}"
+    assert not set(credentials) & set(MONEY_CREDENTIALS), f"{name} is handed a ledger passphrase"
+    assert ESCROW_GROUP not in _groups(service), f"{name} could read the ledger's keys or use the verifier"
+    control, verifier = _service(CONTROL), _service(VERIFIER)
+    assert _one_of(service, "User") not in (_one_of(control, "User"), _one_of(verifier, "User")), (
+        f"{name} runs as the account of a key holder: it could read its memory, files and credentials"
+    )
+    writable = set(" ".join(service.get("ReadWritePaths", [])).split())
+    assert "/var/lib/cyxwiz/ledger-state" not in writable and not any(
+        w.startswith("/etc/cyxwiz/ledger") for w in writable
+    ), name
+    assert not any("ledger" in v for k in ("BindPaths", "BindReadOnlyPaths") for v in service.get(k, [])), (
+        name
+    )
+
+
+def _one_of(service: dict[str, list[str]], key: str) -> str | None:
+    values = service.get(key)
+    return values[-1] if values else None
+
+
+def test_the_control_worker_alone_holds_the_ledger_passphrase_and_the_escrow_group() -> None:
+    """Positive control: the key holders do have what they need, and nobody else does."""
+    control = _service(CONTROL)
+    assert _credentials(control)["ledger-passphrase"] == "/etc/cyxwiz/secrets/ledger-passphrase"
+    assert _settings(control)["CYXWIZ_LEDGER_PASSPHRASE_FILE"] == "%d/ledger-passphrase"
+    assert "CYXWIZ_LEDGER_PASSPHRASE" not in _settings(control), "a credential, never an environment value"
+    assert ESCROW_GROUP in _groups(control)
+    holders = {p.name for p in SERVICES if "ledger-passphrase" in _credentials(parse_unit(p)["Service"])}
+    assert holders == {CONTROL}
+    members = {p.name for p in SERVICES if ESCROW_GROUP in _groups(parse_unit(p)["Service"])}
+    assert members == {CONTROL, VERIFIER}, "the escrow group: the control worker and the verifier only"
+    users = [_one_of(parse_unit(p)["Service"], "User") for p in SERVICES]
+    assert users.count(_one_of(control, "User")) == 1, "no other unit runs as the control worker's account"
+    verifier = _service(VERIFIER)
+    assert _settings(verifier)["CYXWIZ_VERIFIER_PASSPHRASE_FILE"] == "%d/verifier-passphrase"
+    assert users.count(_one_of(verifier, "User")) == 1
+
+
+def test_the_verifier_socket_admits_the_escrow_group_only() -> None:
+    """The socket's group is the verifier's primary group (RuntimeDirectory and the socket file take it);
+    0660 in a 0750 directory: the escrow group can connect, any other account cannot even reach it."""
+    verifier = _service(VERIFIER)
+    assert _one_of(verifier, "Group") == ESCROW_GROUP
+    assert _one_of(verifier, "RuntimeDirectoryMode") == "0750"
+    argv = shlex.split(_one_of(verifier, "ExecStart") or "")
+    assert argv[argv.index("--socket-mode") + 1] == "660"
+    assert argv[argv.index("--socket") + 1].startswith(f"/run/{_one_of(verifier, 'RuntimeDirectory')}/")
+    assert argv[argv.index("-m") + 1] == "tasks.verifier_service", (
+        "the service that verifies, not the bare core"
+    )
+
+
+@pytest.mark.parametrize("path", SERVICES, ids=lambda p: p.name)
+def test_secrets_come_as_credentials_and_every_credential_is_used(path: Path) -> None:
+    service = parse_unit(path)["Service"]
+    credentials = _credentials(service)
+    for name, source in credentials.items():
+        assert source.startswith("/etc/cyxwiz/secrets/"), f"{path.name}: {name} from {source}"
+    used = {v.split("%d/", 1)[1] for v in _settings(service).values() if "%d/" in v}
+    assert used == set(credentials), f"{path.name}: credentials {set(credentials)} vs used {used}"
+    for value in service.get("EnvironmentFile", []):
+        for key in _env_file(CONFIG / value.removeprefix("/etc/cyxwiz/")):
+            assert not key.endswith("_PASSPHRASE"), f"{path.name}: {key} in an environment file"
+
+
+def test_every_shared_directory_is_written_only_by_members_of_its_group() -> None:
+    for path in SERVICES:
+        service = parse_unit(path)["Service"]
+        for directory in " ".join(service.get("ReadWritePaths", [])).split():
+            group = SHARED_DIRS.get(directory)
+            if group is not None:
+                assert group in _groups(service), f"{path.name} writes {directory} outside {group}"
+
+
+def test_sysusers_creates_every_account_and_group_the_units_name(tmp_path: Path) -> None:
+    """systemd-sysusers itself reads the shipped file (no parser of ours): every unit's User, Group and
+    SupplementaryGroups exist, with the primary groups the units expect."""
+    tool = shutil.which("systemd-sysusers")
+    if tool is None:
+        pytest.skip("systemd-sysusers is not installed")
+    (tmp_path / "etc").mkdir()
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        (tmp_path / "etc" / name).touch()
+    files = sorted(str(p) for p in SYSUSERS.glob("*.conf"))
+    proc = subprocess.run([tool, f"--root={tmp_path}", *files], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    groups = {
+        line.split(":")[0]: line.split(":")[2] for line in (tmp_path / "etc/group").read_text().splitlines()
+    }
+    users = {
+        f[0]: f[3] for f in (line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines())
+    }
+    for path in SERVICES:
+        service = parse_unit(path)["Service"]
+        user = _one_of(service, "User")
+        assert user in users, f"{path.name}: account {user} is not created"
+        group = _one_of(service, "Group")
+        assert groups.get(group) == users[user], f"{path.name}: {user}'s primary group is not {group}"
+        for extra in _groups(service):
+            assert extra in groups, f"{path.name}: group {extra} is not created"
