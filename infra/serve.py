@@ -235,7 +235,21 @@ def money_within_reach(ledger_config: Path) -> list[tuple[str, str, Path]]:
     socket_path = config.verifier_socket_path()
     if socket_path is not None and os.access(socket_path, os.W_OK):  # False when absent or unreachable
         found.append(("verifier_socket", "connect to the verifier service's socket", socket_path))
+    database = _sqlite_path(config.db_url)
+    # The verifier co-signs what the escrow records say: writing them is steering the money.
+    if database is not None and (os.access(database, os.W_OK) or os.access(database.parent, os.W_OK)):
+        found.append(("db_url", "write the escrow records", database))
     return found
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of an on-disk SQLite URL (relative to the working directory, as SQLite opens it)."""
+    if not url.startswith("sqlite"):
+        return None
+    import sqlalchemy as sa
+
+    database = sa.engine.make_url(url).database
+    return Path(database).resolve() if database and database != ":memory:" else None
 
 
 def refuse_money_within_reach(service: str, env: Mapping[str, str]) -> None:

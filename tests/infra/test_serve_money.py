@@ -24,8 +24,9 @@ ESCROW, DATA = 65550, 65551
 def _ledger_json(directory: Path, **extra: object) -> Path:
     path = directory / "ledger.json"
     path.write_text(json.dumps({
-        "rpc_url": "http://127.0.0.1:9", "db_url": "sqlite:///escrow.db", "mint": "M", "decimals": 6,
-        "multisig": "S", "minimum_payment": 1, "keys": {"coordinator": "keys/coordinator.key"}, **extra,
+        "rpc_url": "http://127.0.0.1:9", "db_url": "postgresql+psycopg://escrow@127.0.0.1/escrow",
+        "mint": "M", "decimals": 6, "multisig": "S", "minimum_payment": 1,
+        "keys": {"coordinator": "keys/coordinator.key"}, **extra,
     }))  # fmt: skip
     path.chmod(0o644)
     (directory / "keys").mkdir(mode=0o750, exist_ok=True)
@@ -105,9 +106,15 @@ def installed_ledger() -> Iterator[Path]:
         sock.listen(1)
         os.chown(run / "verifier.sock", VERIFIER, ESCROW)
         os.chmod(run / "verifier.sock", 0o660)
-        ledger = _ledger_json(
-            root, verifier_socket=str(run / "verifier.sock"), verifier_key="keys/verifier-key.pem"
-        )
+        state = root / "ledger-state"  # install -d -m 2770 -g cyxwiz-escrow (runbook)
+        state.mkdir()
+        os.chown(state, 0, ESCROW)
+        state.chmod(0o2770)
+        extra = {
+            "verifier_socket": str(run / "verifier.sock"), "verifier_key": "keys/verifier-key.pem",
+            "db_url": f"sqlite:///{state / 'escrow.db'}",
+        }  # fmt: skip
+        ledger = _ledger_json(root, **extra)
         os.chown(root / "keys", 0, ESCROW)
         os.chown(root / "keys" / "coordinator.key", CONTROL, CONTROL)
         (root / "keys" / "verifier-key.pem").write_text("x")
@@ -127,6 +134,6 @@ def test_only_the_control_workers_account_has_escrow_authority_within_reach(inst
     assert coordinator.stdout.strip() == "[]", "the node-facing account reaches nothing that moves funds"
     control = run_as(CONTROL, [DATA, ESCROW], REACH, str(installed_ledger))
     assert control.returncode == 0, control.stderr[-2000:]
-    assert control.stdout.strip() == "['keys.coordinator', 'verifier_socket']"
+    assert control.stdout.strip() == "['db_url', 'keys.coordinator', 'verifier_socket']"
     verifier = run_as(VERIFIER, [], REACH, str(installed_ledger), gid=ESCROW)
     assert "verifier_key" in verifier.stdout and "keys.coordinator" not in verifier.stdout, verifier.stdout
