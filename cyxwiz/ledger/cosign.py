@@ -314,10 +314,11 @@ class VerifierPolicy:
         book = self._stakes()
         if book.slashed_for(record.job_id) is not None:
             raise CosignRefusedError("this job's fraud was already slashed", field="job_id", rule="F2")
-        stake = self._node_stake(book, peer, moves)
-        share = stake.amount * self.stake_policy.slash_bps // 10_000
+        account, stake = self._node_stake(book, peer, moves)
+        held = stake.amount if self.chain is None else self.chain.token_amount(account) or 0
+        share = held * self.stake_policy.slash_bps // 10_000
         user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
-        if moves.transfers != [(Pubkey.from_string(stake.stake_account), user, share)] or moves.closes:
+        if moves.transfers != [(account, user, share)] or moves.closes:
             raise CosignRefusedError(
                 "a slash moves exactly the configured share of the stake to the job's user",
                 field="message", rule="F1",
@@ -326,17 +327,22 @@ class VerifierPolicy:
             raise CosignRefusedError(f"the memo must carry {proof!r}", field="message", rule="F1")
         return attestation
 
-    def _node_stake(self, book: Any, peer: str, moves: _Moves) -> Any:
-        """The stake the slash takes: held under one of the PeerIDs linked to the node the proof names,
-        never another node's."""
+    def _node_stake(self, book: Any, peer: str, moves: _Moves) -> tuple[Pubkey, Any]:
+        """The stake the slash takes: the account derived from one of the PeerIDs linked to the node the
+        proof names (not the book's ``stake_account``, a row the coordinator writes), never another
+        node's; its share is of what that account holds on chain."""
+        from cyxwiz.ledger.stake import stake_address
+
         linked = {peer, *(self.node_peers(peer) if self.node_peers is not None else ())}
-        held = {r.stake_account: r for p in sorted(linked) if (r := book.find(p)) is not None}
-        source = str(moves.transfers[0][0]) if len(moves.transfers) == 1 else None
+        held = {
+            stake_address(self.rent_owner, p): r for p in sorted(linked) if (r := book.find(p)) is not None
+        }
+        source = moves.transfers[0][0] if len(moves.transfers) == 1 else None
         if source not in held:
             raise CosignRefusedError(
                 "a slash takes the stake of the node the proof names", field="message", rule="F1"
             )
-        return held[source]
+        return source, held[source]
 
     @staticmethod
     def _state(record: EscrowRecord, *allowed: EscrowState) -> None:

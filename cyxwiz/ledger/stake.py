@@ -202,14 +202,17 @@ class StakeLedger:
             proof = f"report={report_hash}{leaf}"
         # Whatever PeerID signed (a renewal gives the node a new one), the node's staked account pays.
         stake = self.node_stake(peer_id=peer) or self.book.get(peer)
-        share = stake.amount * self.policy.slash_bps // 10_000
+        # The account and the share follow from the PeerID and the chain, as the verifier checks them:
+        # the stake book's row is the coordinator's word (issue 17).
+        account = stake_address(led.payer_key, stake.peer_id)
+        share = (led.chain.token_amount(account) or 0) * self.policy.slash_bps // 10_000
         if share <= 0:
             raise StakeTooLowError("nothing to slash: the node's stake is empty", field="peer_id", rule="F1")
         user = Pubkey.from_string(record.user_wallet)
         instructions = [
             token_ix.create_idempotent_associated_token_account(led._payer.pubkey(), user, led.mint),
             token_ix.transfer_checked(TransferCheckedParams(
-                program_id=TOKEN_PROGRAM_ID, source=Pubkey.from_string(stake.stake_account), mint=led.mint,
+                program_id=TOKEN_PROGRAM_ID, source=account, mint=led.mint,
                 dest=txbuild.token_account_of(user, led.mint), owner=led.multisig, amount=share,
                 decimals=led.decimals, signers=[*(k.pubkey() for k in led._keys("coordinator")),
                                                 led._cosigner().pubkey()],

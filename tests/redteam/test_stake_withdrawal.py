@@ -26,6 +26,8 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 from spl.token import instructions as token_ix
+from spl.token.constants import TOKEN_PROGRAM_ID
+from spl.token.models import TransferCheckedParams
 
 from cyxwiz.ledger import provision, txbuild
 from cyxwiz.ledger.cosign import CosignRefusedError, CosignRequest, refusal_from
@@ -34,7 +36,7 @@ from cyxwiz.ledger.stake import StakeLedger, StakePolicy, stake_address, stakes
 from cyxwiz.ledger.verifier_service import VerifierService
 from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, StakeWithdrawalError, StaleWithdrawalError
 from cyxwiz.pki.peerid import peer_id
-from tests.ledger.conftest import NODE_KEY, NODE_PEER, World, withdrawal
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, withdrawal
 
 STAKE = 40_000
 POLICY = StakePolicy(minimum=30_000, slash_bps=2500, cooldown=dt.timedelta(hours=1))
@@ -219,3 +221,53 @@ def test_the_row_keyed_to_another_account_still_empties_only_the_peers_own(bench
         conn.execute(stakes.update().values(stake_account=str(Keypair().pubkey())))
     assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE and b.held() == 0
+
+
+def test_a_slash_takes_only_the_proven_nodes_own_account_and_only_its_share(money_world: World) -> None:
+    """The attacker rewrites the fraudster's stake row: its ``stake_account`` to an honest node's, its
+    ``amount`` to four times what it holds. The slash still takes the configured share of what the
+    fraudster's own account (derived from its PeerID) holds on chain; a message taking the honest node's
+    stake, or more than the share, is refused by the verifier (F1, threat I)."""
+    from cyxwiz.ledger.cosign import CosignRefusedError as Refused
+
+    w = money_world
+    honest_key = Ed25519PrivateKey.generate()
+    honest_peer = peer_id(honest_key)
+    for wallet in (w.node, w.other_node):
+        provision.fund_wallet(
+            w.chain, payer=w.payer, mint=w.mint, wallet=wallet.pubkey(), amount=STAKE,
+            mint_authority=w.mint_authority,
+        )  # fmt: skip
+    stakes = StakeLedger(ledger=w.ledger(stake_policy=POLICY), policy=POLICY)
+    stakes.stake(peer_id=NODE_PEER, node=w.node, amount=STAKE)
+    stakes.stake(peer_id=honest_peer, node=w.other_node, amount=STAKE)
+    led = stakes.ledger
+    led.create(job_id="job-f", user=w.user, amount=10_000)
+    led.assign(job_id="job-f", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
+    fraud = w.attest("job-f", verdict="fraud", report_sha256="fa" * 32)
+    led.refund(job_id="job-f", reason="verification proved fraud", report=fraud)
+    honest_account = stake_address(w.payer.pubkey(), honest_peer)
+    stakes.book.update(honest_peer, stake_account=str(Keypair().pubkey()))  # (the column is unique)
+    stakes.book.update(NODE_PEER, stake_account=str(honest_account), amount=4 * STAKE)
+    share = STAKE * POLICY.slash_bps // 10_000
+    user = txbuild.token_account_of(w.user.pubkey(), w.mint)
+    signers = led._keys("coordinator")
+    for source, amount, why in (
+        (honest_account, share, "the stake of the node the proof names"),
+        (stake_address(w.payer.pubkey(), NODE_PEER), STAKE, "configured share"),
+    ):
+        instructions = [
+            token_ix.transfer_checked(TransferCheckedParams(
+                program_id=TOKEN_PROGRAM_ID, source=source, mint=w.mint, dest=user,
+                owner=led.multisig, amount=amount, decimals=led.decimals,
+                signers=[*(k.pubkey() for k in signers), led._cosigner().pubkey()],
+            )),
+            txbuild.memo(led.payer_key, "cyxwiz:stake:slash:job-f:report=" + "fa" * 32),
+        ]  # fmt: skip
+        with pytest.raises(Refused, match=why):
+            stakes._build(instructions, signers, cosign=("slash", "job-f", fraud, None))
+    assert w.chain.token_amount(honest_account) == STAKE
+    record = stakes.slash(job_id="job-f", report=fraud)  # positive control: the share of what it holds
+    assert record.peer_id == NODE_PEER and w.token(w.user) == USER_FUNDS + share
+    assert w.chain.token_amount(stake_address(w.payer.pubkey(), NODE_PEER)) == STAKE - share
+    assert w.chain.token_amount(honest_account) == STAKE
