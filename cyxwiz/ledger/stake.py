@@ -253,11 +253,16 @@ class StakeLedger:
         return self.book.get(peer_id)
 
     def withdraw(
-        self, *, peer_id: str, withdrawal: SignedStakeWithdrawal | str, now: dt.datetime | None = None
+        self,
+        *,
+        peer_id: str,
+        withdrawal: SignedStakeWithdrawal | str | None = None,
+        now: dt.datetime | None = None,
     ) -> StakeRecord:
         """Return the stake, once the cool-down passed and no job of the node is running, to the wallet
         ``withdrawal`` names: the node's own signed request (:mod:`cyxwiz.ledger.withdrawal`), never the
-        stake book's ``node_wallet`` (a row a compromised coordinator could rewrite; issue 17)."""
+        stake book's ``node_wallet`` (a row a compromised coordinator could rewrite; issue 17). Without
+        one: :class:`~cyxwiz.ledger.withdrawal.StakeWithdrawalError`, nothing moved."""
         from cyxwiz.ledger.withdrawal import withdraw_stake
 
         return withdraw_stake(self, peer_id=peer_id, withdrawal=withdrawal, now=now)

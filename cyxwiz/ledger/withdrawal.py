@@ -255,7 +255,11 @@ def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Move
 
 
 def withdraw_stake(
-    stakes: StakeLedger, *, peer_id: str, withdrawal: SignedStakeWithdrawal | str, now: dt.datetime | None
+    stakes: StakeLedger,
+    *,
+    peer_id: str,
+    withdrawal: SignedStakeWithdrawal | str | None,
+    now: dt.datetime | None,
 ) -> StakeRecord:
     """:meth:`StakeLedger.withdraw <cyxwiz.ledger.stake.StakeLedger.withdraw>`: the ledger's side."""
     from spl.token import instructions as token_ix
@@ -268,11 +272,16 @@ def withdraw_stake(
     stake = stakes.book.get(peer_id)
     # A job running under any of the node's PeerIDs (a renewed one too) keeps the stake locked.
     check_unstake(stake, stakes.policy, stakes.ledger.store, now=now, peers=stakes.node_peers(peer_id))
-    signed = withdrawal if isinstance(withdrawal, SignedStakeWithdrawal) else (
-        SignedStakeWithdrawal.parse(withdrawal)
-    )  # fmt: skip
     led = stakes.ledger
     try:  # whose key may state it (signed renewal links) is the verifier's to check, on its own clock
+        if withdrawal is None:
+            raise StakeWithdrawalError(
+                "a stake goes back only to a wallet the staking node's key stated: no signed withdrawal",
+                field=FIELD, rule="F1", hint="cyxwiz escrow sign-withdrawal",
+            )  # fmt: skip
+        signed = withdrawal if isinstance(withdrawal, SignedStakeWithdrawal) else (
+            SignedStakeWithdrawal.parse(withdrawal)
+        )  # fmt: skip
         stated = check_withdrawal(signed, stake_peer_id=peer_id, signers=None)
     except CyxwizError as exc:
         led._refused("stake.withdraw", peer_id, exc)

@@ -271,3 +271,14 @@ def test_a_slash_takes_only_the_proven_nodes_own_account_and_only_its_share(mone
     assert record.peer_id == NODE_PEER and w.token(w.user) == USER_FUNDS + share
     assert w.chain.token_amount(stake_address(w.payer.pubkey(), NODE_PEER)) == STAKE - share
     assert w.chain.token_amount(honest_account) == STAKE
+
+
+def test_a_withdrawal_without_the_nodes_signed_request_moves_nothing(bench: Bench) -> None:
+    """The old call (the book's wallet): refused before anything is built, nothing moved (F1)."""
+    b, w = bench, bench.w
+    b.cooled_down()
+    b.stakes.book.update(NODE_PEER, node_wallet=str(w.other_node.pubkey()))
+    with pytest.raises(StakeWithdrawalError, match="no signed withdrawal") as refused:
+        b.stakes.withdraw(peer_id=NODE_PEER)
+    assert refused.value.rule == "F1"
+    _untouched(b)
