@@ -8,7 +8,9 @@ Files under ``$CYXWIZ_WORK_ROOT`` (0700): ``session.json`` (0600): the session a
 once the node renewed, the certificate and key they are bound to (``identity/*.pem``, key 0600) — one
 file, replaced atomically, so a token and its certificate are always read together. A renewed certificate
 never overwrites the one before: flow runs started under it keep it (and the job token bound to it) until
-it expires; new processes get the current one.
+it expires; new processes get the current one. ``identity/renewal-links.json``: every renewal link the
+node's keys signed (each old key's "this new key is mine"), which a proof restated under a renewed
+certificate carries from the key its run was trained for (issue 17; A7, F1).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from cryptography.x509.oid import NameOID
 from agents.settings import AgentSettings
 
 SESSION_FILE = "session.json"
+LINKS_FILE = "renewal-links.json"
 
 
 def _session(settings: AgentSettings) -> dict[str, Any]:
@@ -81,6 +84,22 @@ def write_identity(settings: AgentSettings, cert_pem: bytes, key: ed25519.Ed2551
     return replace(settings, cert=cert_path, key=key_path)
 
 
+def renewal_links(settings: AgentSettings) -> list[Any]:
+    """The renewal links this node's keys signed, oldest first (their signatures are the verifier's check)."""
+    try:
+        data = json.loads((settings.work_root / "identity" / LINKS_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _keep_link(settings: AgentSettings, link: dict[str, Any]) -> None:
+    folder = settings.work_root / "identity"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = json.dumps([*renewal_links(settings), link]).encode()
+    _write_private(folder / LINKS_FILE, data, 0o644)  # public documents: signatures, PeerIDs
+
+
 def renewal_due(cert_path: Path, *, now: dt.datetime | None = None) -> bool:
     """Half-life reached: half the time between the certificate reaching this node and its expiry."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -125,6 +144,9 @@ def renew(settings: AgentSettings) -> AgentSettings:
         _raise_for(response)
         renewed: dict[str, Any] = response.json()
     new = write_identity(settings, renewed["certificate"].encode(), key)
+    _keep_link(
+        settings, link.to_dict()
+    )  # before the session names the new key: a proof restated under it finds it
     fresh = {k: v for k, v in renewed.items() if k not in ("certificate", "not_after")}
     _write_session(settings, {**fresh, "cert": str(new.cert), "key": str(new.key)})
     return new

@@ -362,16 +362,20 @@ def cert_thumbprint(path: Path) -> str:
 
 def resigned(proof: bytes, settings: AgentSettings) -> bytes:
     """``proof`` as the node's current identity (``settings``) states it: unchanged when it already names
-    that certificate; signed again with its key when the run signed it under an earlier certificate of
-    this node (renewed while the job ran), after checking that earlier signature. Anything else is
-    passed on unchanged, for the coordinator to refuse."""
+    that certificate; restated and signed with its key when the run signed it under an earlier certificate
+    of this node (renewed while the job ran, or the job outlived that certificate), after checking that
+    earlier signature. The restated proof keeps the key the run was trained for (its seed mixes it in) and
+    carries this node's renewal links from that key to the current one (issue 17; A7, F1). Anything else
+    is passed on unchanged, for the coordinator to refuse."""
     from cryptography import x509
 
+    from agents.credentials import renewal_links
     from cyxwiz.errors import CyxwizError
     from cyxwiz.pki.certs import fingerprint_sha256
     from cyxwiz.pki.keys import load_private_key
     from cyxwiz.pki.peerid import peer_id
-    from cyxwiz.verification.proof import SignedProof, sign_proof, verify_proof_signature
+    from cyxwiz.verification.proof import SignedProof, restate_proof, verify_proof_signature
+    from cyxwiz.verification.renewal_links import chain_links
 
     if settings.cert is None or settings.key is None:
         return proof
@@ -384,10 +388,14 @@ def resigned(proof: bytes, settings: AgentSettings) -> bytes:
         if earlier is None:
             return proof
         verify_proof_signature(signed, earlier.public_key())
-        restated = signed.proof.model_copy(
-            update={"node_peer_id": peer_id(cert), "cert_fingerprint_sha256": fingerprint_sha256(cert).hex()}
-        )
-        return sign_proof(restated, load_private_key(settings.key)).to_json()
+        current = peer_id(cert)
+        return restate_proof(
+            signed,
+            node_peer_id=current,
+            cert_fingerprint_sha256=fingerprint_sha256(cert).hex(),
+            links=chain_links(signed.proof.trainer(), current, renewal_links(settings)),
+            private_key=load_private_key(settings.key),
+        ).to_json()
     except CyxwizError:
         return proof
 

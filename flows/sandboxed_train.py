@@ -125,6 +125,8 @@ def sandboxed_train(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
         jobdir = Path(tempfile.mkdtemp(prefix="cyxw-"))
     # One identity for the whole run: the run is trained for its certificate's PeerID (from the node's own
     # certificate, never the job document) and signed with its key, even if the node renews meanwhile (F1).
+    # If it did, the channel restates the proof under the current certificate, naming this PeerID as the
+    # trainer and carrying the renewal links to the current key (agents.node_client.resigned; A7).
     identity = NodeIdentity.from_env(dict(os.environ))
     inputs = fetch_inputs(job_id, job, str(jobdir / "inputs"))
     run = train(job_id, inputs, str(jobdir / "work"), identity.peer_id())

@@ -131,7 +131,8 @@ def load_case(job_id: str) -> Case:
 
 def node_outputs(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
     """The node's outputs from the archive, its signed proof verified and each artifact re-hashed, with the
-    PeerID of the key that signed it (the replay rebuilds that signer's run)."""
+    PeerID its run was trained for (the signer's, or one that renewed into it by signed links): the replay
+    rebuilds that run."""
     from tasks.referee import _evidence
 
     return _evidence(job_id, peer, into)
@@ -177,7 +178,7 @@ def decide(case: Case) -> Resolution:
             data=data,
             output_dir=out,
             commitments=read_commitments(out / "commitments.json"),
-            trainer=evidence_of_node.signer,
+            trainer=evidence_of_node.trainer,
         )
 
 

@@ -67,11 +67,14 @@ def pairing_problem(
 
 @dataclass(frozen=True, kw_only=True)
 class NodeEvidence:
-    """A node's signed outputs, fetched and re-hashed, and the PeerID of the key that signed them: the run
-    is rebuilt for that signer, never for the assignment's PeerID (F1, A5)."""
+    """A node's signed outputs, fetched and re-hashed, the PeerID of the key that signed them and the
+    PeerID their run was trained for: the signer's, or a key that renewed into it by renewal links each
+    signed by the older key. The run is rebuilt for that trainer, never for the assignment's PeerID nor
+    on the coordinator's word about which keys are the node's (F1, A5, A7)."""
 
     output_dir: Path
     signer: str
+    trainer: str
 
 
 def _evidence(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
@@ -82,6 +85,7 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, 
     from cyxwiz.pki.peerid import peer_id
     from cyxwiz.storage import layout
     from cyxwiz.verification.proof import SignedProof, verify_proof_signature
+    from cyxwiz.verification.renewal_links import check_chain
     from tasks import services
 
     control = services.control_channel()
@@ -99,6 +103,8 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, 
         verify_proof_signature(signed, key)
         if signed.proof.job_id != job_id:
             return None, "the proof names another job or node"
+        signer, trainer = peer_id(key), signed.proof.trainer()
+        check_chain(trainer, signer, (*signed.proof.renewal_links, *services.node_renewal_links(peers)))
         store = services.store()
         for name, digest in signed.proof.artifacts.items():
             target = into / name
@@ -108,7 +114,7 @@ def _evidence(job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, 
                 return None, f"{name} differs from the proof"
     except (CyxwizError, ValueError, KeyError) as exc:
         return None, f"unusable evidence: {exc}"
-    return NodeEvidence(output_dir=into, signer=peer_id(key)), None
+    return NodeEvidence(output_dir=into, signer=signer, trainer=trainer), None
 
 
 def referee_checks(
@@ -151,13 +157,13 @@ def referee_checks(
                 data,
                 Trace(
                     node=peer,
-                    signer=ours.signer,
+                    trainer=ours.trainer,
                     output_dir=ours.output_dir,
                     commitments=read_commitments(ours.output_dir / "commitments.json"),
                 ),
                 Trace(
                     node=other_peer,
-                    signer=theirs.signer,
+                    trainer=theirs.trainer,
                     output_dir=theirs.output_dir,
                     commitments=read_commitments(theirs.output_dir / "commitments.json"),
                 ),

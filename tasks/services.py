@@ -369,10 +369,19 @@ def verify_job(*, request: JobRequest, dispatched: dict[str, Any]) -> Verificati
             trust=_node_trust(cfg),
             expect=Expectations(
                 node_peer_ids=peers,
+                renewal_links=node_renewal_links(peers),
                 token_jti=dispatched["assignment"].get("jti"),
                 received_at=dt.datetime.fromisoformat(received) if received else None,
             ),
         )
+
+
+def node_renewal_links(peers: frozenset[str]) -> tuple[object, ...]:
+    """The renewal links the coordinator holds from the node's keys, beside those the proof carries: the
+    verifier follows one only when the older key signed it, so a stored row adds no trust (A7, F1)."""
+    store = getattr(control_channel(), "store", None)
+    links_from = getattr(store, "renewal_links_from", None)
+    return tuple(links_from(sorted(peers))) if links_from is not None and peers else ()
 
 
 def node_certificate(

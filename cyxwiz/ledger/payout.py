@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +28,47 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
+from cyxwiz.errors import AuthorizationError, ConflictError, ValidationError
 from cyxwiz.verification.canonical import canonical_json
+
+# The renewal link is one document for the payout, the stake, the issuer and the verifier: it lives beside
+# the proof (the verification package imports nothing of the ledger) and is re-exported from here.
+from cyxwiz.verification.renewal_links import (
+    LINK_DOMAIN,
+    LINK_FIELD,
+    MAX_LINKS,
+    RenewalLink,
+    RenewalLinkError,
+    SignedRenewalLink,
+    _issued_at,
+    _now_ms,
+    _signature,
+    earlier_keys,
+    linked_keys,
+)
+
+__all__ = [
+    "DOMAIN",
+    "FIELD",
+    "LINK_DOMAIN",
+    "LINK_FIELD",
+    "MAX_LINKS",
+    "MAX_SKEW_S",
+    "RenewalLink",
+    "RenewalLinkError",
+    "SignedRenewalLink",
+    "SignedWalletStatement",
+    "StaleWalletStatementError",
+    "VERSION",
+    "WalletStatement",
+    "WalletStatementError",
+    "_issued_at",
+    "_now_ms",
+    "_signature",
+    "check_newer",
+    "earlier_keys",
+    "linked_keys",
+]
 
 #: Domain separation: these bytes start every signed wallet statement and nothing else cyxwiz signs.
 DOMAIN = b"cyxwiz-payout-wallet-v1\n"
@@ -144,24 +183,6 @@ class SignedWalletStatement:
             )
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _issued_at(value: object, *, field: str, rule: str) -> int:
-    """A signed document's ``issued_at``: Unix milliseconds, an int (not a bool) that JSON keeps exact."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
-        raise ValidationError("issued_at must be Unix milliseconds", field=f"{field}.issued_at", rule=rule)
-    return value
-
-
-def _signature(value: object, *, field: str, rule: str) -> str:
-    """A signed document's base64 signature, bounded before anything decodes it."""
-    if not isinstance(value, str) or len(value) > 128:
-        raise ValidationError("signature must be base64", field=f"{field}.signature", rule=rule)
-    return value
-
-
 def _wallet(value: object, *, field: str) -> str:
     # Not cyxwiz.ledger.records.check_wallet: the node agent imports this module, not the escrow store.
     from solders.pubkey import Pubkey
@@ -189,124 +210,3 @@ def check_newer(current: Mapping[str, Any] | None, new: SignedWalletStatement) -
             field=f"{FIELD}.issued_at",
             rule="F1",
         )
-
-
-#: Domain separation for renewal links (never a wallet statement, a proof or a handshake).
-LINK_DOMAIN = b"cyxwiz-renewal-link-v1\n"
-LINK_FIELD = "renewal_link"
-#: The longest chain of renewals followed from a proof's key (a renewal a day: more than a year).
-MAX_LINKS = 512
-
-
-class RenewalLinkError(AuthorizationError):
-    """A renewal link not signed by the old key it names, or naming other keys than the renewal's."""
-
-    code = "renewal-link-signature"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RenewalLink:
-    """What the node's *old* key signs at renewal: the key ``new_peer_id`` is my successor. With it, a
-    wallet statement signed by the new key counts for a proof the old key signed (the job was dispatched
-    before the renewal) — and no key the node never vouched for ever does."""
-
-    old_peer_id: str
-    new_peer_id: str
-    issued_at: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "v": VERSION, "old_peer_id": self.old_peer_id, "new_peer_id": self.new_peer_id,
-            "issued_at": self.issued_at,
-        }  # fmt: skip
-
-    def message(self) -> bytes:
-        return LINK_DOMAIN + canonical_json(self.to_dict())
-
-
-@dataclass(frozen=True, kw_only=True)
-class SignedRenewalLink:
-    link: RenewalLink
-    #: Base64 of the old key's Ed25519 signature over :meth:`RenewalLink.message`.
-    signature: str
-
-    @classmethod
-    def sign(cls, *, old_key: Ed25519PrivateKey, new_peer_id: str) -> SignedRenewalLink:
-        from cyxwiz.pki.peerid import peer_id
-
-        link = RenewalLink(old_peer_id=peer_id(old_key), new_peer_id=new_peer_id, issued_at=_now_ms())
-        return cls(link=link, signature=base64.b64encode(old_key.sign(link.message())).decode())
-
-    @classmethod
-    def from_dict(cls, data: object) -> SignedRenewalLink:
-        if not isinstance(data, Mapping) or set(data) != {"link", "signature"}:
-            raise ValidationError("must be {link, signature}", field=LINK_FIELD, rule="A7")
-        body, signature = data["link"], data["signature"]
-        if not isinstance(body, Mapping) or set(body) != {"v", "old_peer_id", "new_peer_id", "issued_at"}:
-            raise ValidationError(
-                "link must be {v, old_peer_id, new_peer_id, issued_at}", field=LINK_FIELD, rule="A7"
-            )
-        if body["v"] != VERSION:
-            raise ValidationError(f"unknown link version {body['v']!r}", field=f"{LINK_FIELD}.v", rule="A7")
-        issued = _issued_at(body["issued_at"], field=LINK_FIELD, rule="A7")
-        peers = (body["old_peer_id"], body["new_peer_id"])
-        if not all(isinstance(p, str) and 0 < len(p) <= 128 for p in peers):
-            raise ValidationError("the link names two PeerIDs", field=LINK_FIELD, rule="A5")
-        signature = _signature(signature, field=LINK_FIELD, rule="A7")
-        link = RenewalLink(old_peer_id=peers[0], new_peer_id=peers[1], issued_at=issued)
-        return cls(link=link, signature=signature)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"link": self.link.to_dict(), "signature": self.signature}
-
-    def verify(self) -> RenewalLink:
-        """The link, when the old PeerID's own key signed it (an Ed25519 PeerID *is* its public key, so no
-        certificate, and nobody's word about which certificate is whose, is needed); else
-        :class:`RenewalLinkError`."""
-        from cyxwiz.pki.peerid import public_key_from_peer_id
-
-        try:
-            public = public_key_from_peer_id(self.link.old_peer_id)
-            public.verify(base64.b64decode(self.signature, validate=True), self.link.message())
-        except (InvalidSignature, binascii.Error, ValueError, ValidationError):
-            raise RenewalLinkError(
-                "the renewal link is not signed by the old key it names", field=LINK_FIELD, rule="A7"
-            ) from None
-        return self.link
-
-
-def linked_keys(start: str, links_from: Callable[[Collection[str]], Iterable[object]]) -> frozenset[str]:
-    """``start`` and every PeerID it renewed into, following links each signed by the older key
-    (:meth:`SignedRenewalLink.verify`); ``links_from(peers)`` gives the stored links whose old PeerID is
-    one of ``peers`` (whoever stores them: a link that does not verify is skipped, never followed). What a
-    *payout* may follow: only the key that did the work vouches for its successors."""
-    return _walk(start, links_from, forward=True)
-
-
-def earlier_keys(start: str, links_to: Callable[[Collection[str]], Iterable[object]]) -> frozenset[str]:
-    """``start`` and every PeerID that renewed into it (each link signed by that earlier key);
-    ``links_to(peers)`` gives the stored links whose new PeerID is one of ``peers``. What a *slash* may
-    follow: a key that vouched for the fraudster's key is the same node, while a link the fraudster's own
-    key signs (forward) could name anyone's key."""
-    return _walk(start, links_to, forward=False)
-
-
-def _walk(
-    start: str, fetch: Callable[[Collection[str]], Iterable[object]], *, forward: bool
-) -> frozenset[str]:
-    found, frontier = {start}, {start}
-    while frontier and len(found) < MAX_LINKS:
-        nxt: set[str] = set()
-        for stored in fetch(sorted(frontier)):
-            try:
-                link = SignedRenewalLink.from_dict(stored).verify()
-            except CyxwizError:
-                continue
-            here, there = (
-                (link.old_peer_id, link.new_peer_id) if forward else (link.new_peer_id, link.old_peer_id)
-            )
-            if here in frontier and there not in found:
-                nxt.add(there)
-        found |= nxt
-        frontier = nxt
-    return frozenset(found)

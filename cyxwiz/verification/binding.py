@@ -1,5 +1,5 @@
 """The per-job secret and the trainer's PeerID that bind a run to its job and its node (issues 20, 17;
-SPEC F1, A5, threats "malicious node" and "payment fraud").
+SPEC F1, A5, A7, threats "malicious node" and "payment fraud").
 
 The control plane draws the secret from the OS CSPRNG after it assigned the node and adds it to the
 training document the node receives; :func:`cyxwiz.training.engine.run_seed` mixes it into every seed. So a
@@ -17,8 +17,16 @@ certificate (``tasks.node``: the flow run's one identity trains and signs), the 
 and arbiter from the public key that signed the proof they judge — never from the assignment or the job
 document, which that coordinator writes. C re-signing H's outputs then fails the data-order check (the
 committed batch indices are H's order) and the endpoints (step 0 is H's initialisation); C training with
-H's PeerID gains nothing either, since the verifier takes the PeerID from C's own signature. A node that
-renews its key mid-job signs with the key it trained under (the flow run keeps its identity).
+H's PeerID gains nothing either, since the verifier takes the PeerID from C's own signature.
+
+A node renews its certificate at half-life under a new key (A7), so a job may outlive the certificate it
+was trained for. The flow run signs with the key it trained under; the agent then restates the proof under
+its current certificate (``agents.node_client.resigned``): the proof names the trainer's PeerID
+(``trainer_peer_id``) and carries the renewal links from it to the signing key, each signed by the older
+key (:mod:`cyxwiz.verification.renewal_links`, the document the payout follows). The verifier rebuilds the
+run for that trainer only when those signatures lead from it to the signer (the ``trainer`` check): C
+naming H as its trainer needs a link H's key signed — the coordinator's list of a node's PeerIDs is not
+enough, and a forged link, a chain with a gap or another node's link is refused.
 
 The PeerID mixes in only together with the secret. A run without a secret (``cyxwiz train`` locally, the
 documented reproducible examples) has no signer and stays reproducible from the public seed alone; the

@@ -4,6 +4,13 @@ The proof binds the job (id and canonical spec hash), the node (PeerID and certi
 the job token (jti), every output artifact (SHA-256), the claimed metrics, the Merkle root of the
 checkpoint commitments, and the start/end time. It is signed with the node's certified Ed25519 key over
 :func:`canonical_json` of the proof, so any change to any field breaks the signature.
+
+The run's seed mixes in the PeerID it was trained for (:mod:`cyxwiz.verification.binding`): the signing
+key's, unless the node renewed its certificate meanwhile. Then the proof, restated under the renewed
+certificate, names the key the run was trained for (``trainer_peer_id``) and carries the renewal links
+(:mod:`cyxwiz.verification.renewal_links`) that lead from it to the signing key, each signed by the older
+key; the verifier follows them by their signatures alone. Both fields are left out of the signed bytes
+when unset, so a proof of a node that never renewed is what it always was.
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 from cryptography.exceptions import InvalidSignature
@@ -26,6 +33,7 @@ from cyxwiz.errors import ProofSignatureError, ValidationError, VerificationErro
 from cyxwiz.hashing import file_sha256
 from cyxwiz.verification.canonical import canonical_json, canonical_sha256
 from cyxwiz.verification.commitments import COMMITMENTS_FILE, commitments_root, read_commitments
+from cyxwiz.verification.renewal_links import MAX_LINKS
 
 __all__ = [
     "CheckpointSummary",
@@ -35,6 +43,7 @@ __all__ = [
     "canonical_json",
     "canonical_sha256",
     "hash_artifacts",
+    "restate_proof",
     "sign_proof",
     "verify_proof_signature",
 ]
@@ -73,6 +82,10 @@ class CompletionProof(BaseModel):
     checkpoints: CheckpointSummary
     started_at: str
     finished_at: str
+    #: The PeerID the run was trained for, when not ``node_peer_id`` (the node renewed during the job).
+    trainer_peer_id: str | None = Field(default=None, min_length=1, max_length=128)
+    #: The signed renewal links from ``trainer_peer_id`` to ``node_peer_id`` (checked by their signatures).
+    renewal_links: tuple[dict[str, Any], ...] = Field(default=(), max_length=MAX_LINKS)
 
     @field_validator("artifacts")
     @classmethod
@@ -105,8 +118,13 @@ class CompletionProof(BaseModel):
     def finished(self) -> datetime:
         return datetime.fromisoformat(self.finished_at)
 
+    def trainer(self) -> str:
+        """The PeerID the run was trained for: ``trainer_peer_id``, else the signing node's."""
+        return self.trainer_peer_id or self.node_peer_id
+
     def signing_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        unset = {k for k in ("trainer_peer_id", "renewal_links") if not getattr(self, k)}
+        return canonical_json(self.model_dump(mode="json", exclude=unset))
 
 
 class SignedProof(BaseModel):
@@ -214,7 +232,8 @@ def build_proof(
     started_at: datetime,
     finished_at: datetime,
 ) -> CompletionProof:
-    """Collect the proof of a finished job from its output directory (artifacts, metrics, commitments)."""
+    """Collect the proof of a finished job from its output directory (artifacts, metrics, commitments),
+    for a run trained for ``node_peer_id`` (a renewed node restates it: :func:`restate_proof`)."""
     commitments_path = output_dir / COMMITMENTS_FILE
     commitments = read_commitments(commitments_path) if commitments_path.is_file() else []
     return CompletionProof(
@@ -229,3 +248,26 @@ def build_proof(
         started_at=_utc(started_at),
         finished_at=_utc(finished_at),
     )
+
+
+def restate_proof(
+    signed: SignedProof,
+    *,
+    node_peer_id: str,
+    cert_fingerprint_sha256: str,
+    links: Sequence[Mapping[str, Any]],
+    private_key: Ed25519PrivateKey,
+) -> SignedProof:
+    """``signed`` as the node's renewed certificate states it: the same claims, the trainer kept (the run
+    still belongs to the key it was trained for), the renewal links from that trainer to the new key, and
+    the new key's signature. Whoever calls it checks the earlier signature first."""
+    proof = signed.proof
+    restated = proof.model_copy(
+        update={
+            "node_peer_id": node_peer_id,
+            "cert_fingerprint_sha256": cert_fingerprint_sha256,
+            "trainer_peer_id": proof.trainer(),
+            "renewal_links": tuple(dict(link) for link in links),
+        }
+    )
+    return sign_proof(CompletionProof.model_validate(restated.model_dump()), private_key)

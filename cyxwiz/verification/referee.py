@@ -10,7 +10,7 @@ where stakes exist); if neither reproduces, both deviated. With one honest node 
 at the cost of a second training plus one segment (Verde-style refereed delegation).
 
 The shares of a redundant job train one run (its seed mixes no trainer, :mod:`cyxwiz.verification.binding`);
-the referee still rebuilds it for each trace's signer and refuses to compare two traces whose signers
+the referee still rebuilds it for each trace's trainer and refuses to compare two traces whose trainers
 would train different runs (another job's traces, or a sampled job's two nodes).
 """
 
@@ -35,11 +35,12 @@ Outcome = Literal["pay", "refuse"]
 
 @dataclass(frozen=True, kw_only=True)
 class Trace:
-    """One node's committed run: who, who signed it, where its outputs are, its commitment chain."""
+    """One node's committed run: who, who it was trained for, where its outputs are, its commitment chain."""
 
     node: str
-    #: The PeerID of the key that signed the node's completion proof (its run is rebuilt for it).
-    signer: str | None
+    #: The PeerID the run was trained for: the key that signed the node's completion proof, or one that
+    #: renewed into it by signed links (its run is rebuilt for it).
+    trainer: str | None
     output_dir: Path
     commitments: Sequence[Commitment]
 
@@ -94,11 +95,11 @@ def _sound(trace: Trace, expected_steps: list[int]) -> str | None:
 def referee(job: TrainingJob, data: Dataset, a: Trace, b: Trace) -> Verdict:
     """Compare two nodes' chains and decide who deviated by replaying only the first differing segment."""
     engine.make_deterministic()
-    if engine.run_seed(job, trainer=a.signer) != engine.run_seed(job, trainer=b.signer):
+    if engine.run_seed(job, trainer=a.trainer) != engine.run_seed(job, trainer=b.trainer):
         raise VerificationError(
-            "the two traces are runs for different signers: there is no one run to compare", rule="F1"
+            "the two traces are runs for different trainers: there is no one run to compare", rule="F1"
         )
-    state = engine.new_state(job, data, trainer=a.signer)
+    state = engine.new_state(job, data, trainer=a.trainer)
     total = state.order.total_steps
     expected = checkpoint_steps(total, segment_length(job, total))
     problems = {t.node: _sound(t, expected) for t in (a, b)}
@@ -126,7 +127,7 @@ def referee(job: TrainingJob, data: Dataset, a: Trace, b: Trace) -> Verdict:
             reason="identical commitment chains",
             probes=probes,
         )
-    schemas = StateSchemas.of(job, data, trainer=a.signer)
+    schemas = StateSchemas.of(job, data, trainer=a.trainer)
     if index == 0:
         init = hashlib.sha256(engine.checkpoint_bytes(state, step=0)).hexdigest()
         return _decide(

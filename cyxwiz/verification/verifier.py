@@ -4,9 +4,15 @@
 was received, client EKU), the proof signature by that certificate's Ed25519 key, the identity and
 binding (assigned node, job id, spec hash, token jti), every artifact's SHA-256, and — for ``model``
 jobs — the commitments, endpoints, the claimed metric (recomputed), the holdout the node never received,
-and the replay spot check. Escrow is released only on a passing report. The training checks rebuild the
-run for the PeerID of the key that signed the proof (never the assignment's or the job document's), so a
-node that signs another node's run fails them (:mod:`cyxwiz.verification.binding`).
+and the replay spot check. Escrow is released only on a passing report.
+
+The training checks rebuild the run for the PeerID it was trained for: the key that signed the proof, or
+(a node that renewed its certificate during the job) the key the proof names as its trainer, when renewal
+links each signed by the older key lead from it to the signing key (the ``trainer`` check,
+:func:`~cyxwiz.verification.renewal_links.check_chain`, the rule the payout follows). Never the
+assignment's or the job document's PeerID, and never the coordinator's list of the node's PeerIDs: a node
+that signs another node's run fails the trainer check or the training checks
+(:mod:`cyxwiz.verification.binding`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class Expectations:
     #: records): when given, the proof's certificate must be one of them (``node_peer_id`` is then unused).
     node_peer_ids: frozenset[str] = frozenset()
     token_jti: str | None = None
+    #: Renewal links the coordinator holds for the node, besides those the proof carries: trusted only by
+    #: their signatures (a link the trainer's key chain did not sign is never followed).
+    renewal_links: tuple[object, ...] = ()
     #: When the trusted side received the proof (revocation is judged at this moment); default: now.
     received_at: dt.datetime | None = None
     #: A model job must carry the per-job secret the control plane added after assignment (issue 20):
@@ -126,6 +135,7 @@ def _identity(signed: SignedProof, cert: x509.Certificate, expect: Expectations)
         )
     if proof.cert_fingerprint_sha256 != fingerprint_sha256(cert).hex():
         return Check("identity", False, "proof names another certificate fingerprint")
+    trainer = proof.trainer()
     if expect.node_peer_ids:
         if cert_peer not in expect.node_peer_ids:
             return Check(
@@ -133,7 +143,14 @@ def _identity(signed: SignedProof, cert: x509.Certificate, expect: Expectations)
                 False,
                 f"proof comes from {cert_peer}, no certificate of the assigned node (signed by another node)",
             )
-    elif expect.node_peer_id is not None and cert_peer != expect.node_peer_id:
+        if trainer not in expect.node_peer_ids:
+            return Check(
+                "identity",
+                False,
+                f"the proof's run was trained for {trainer}, no certificate of the assigned node",
+            )
+    elif expect.node_peer_id is not None and expect.node_peer_id not in (cert_peer, trainer):
+        # A node that renewed during the job signs with its new key the run of the assigned one.
         return Check(
             "identity",
             False,
@@ -141,6 +158,26 @@ def _identity(signed: SignedProof, cert: x509.Certificate, expect: Expectations)
             "(signed by another node)",
         )
     return Check("identity", True, f"node {cert_peer}")
+
+
+def _trainer(signed: SignedProof, signer: str, expect: Expectations) -> Check:
+    """The run belongs to the signing key: it was trained for it, or for a key that renewed into it by
+    links each signed by the older key (carried by the proof, or held by the coordinator: their
+    signatures decide, never who handed them over)."""
+    from cyxwiz.verification.renewal_links import check_chain
+
+    trainer = signed.proof.trainer()
+    try:
+        renewals = check_chain(trainer, signer, (*signed.proof.renewal_links, *expect.renewal_links))
+    except CyxwizError as exc:
+        return Check("trainer", False, f"the run was trained for another key: {exc.message}")
+    if renewals == 0:
+        return Check("trainer", True, f"trained for the signing key {signer}")
+    return Check(
+        "trainer",
+        True,
+        f"trained for {trainer}, which renewed into the signing key ({renewals} signed links)",
+    )
 
 
 def _binding(signed: SignedProof, job: TrainingJob, expect: Expectations, received: dt.datetime) -> Check:
@@ -223,7 +260,7 @@ def _training(
     run: _Run,
     *,
     signed: SignedProof,
-    signer: str,
+    trainer: str,
     job: TrainingJob,
     output_dir: Path,
     data: JobData,
@@ -253,18 +290,18 @@ def _training(
     train = load_dataset(data.train, sha256=job.dataset.sha256, **shape)  # type: ignore[arg-type]
     holdout = load_dataset(data.holdout, sha256=data.holdout_sha256, **shape)  # type: ignore[arg-type]
     commitments = read_commitments(output_dir / "commitments.json")
-    state = engine.new_state(job, train, trainer=signer)
+    state = engine.new_state(job, train, trainer=trainer)
     started = time.perf_counter()
     total = state.order.total_steps
     every = segment_length(job, total)
     trace_ok = run.add(trace.check_commitments(state.order, every, signed.proof, commitments))
-    schemas = trace.StateSchemas.of(job, train, trainer=signer)
+    schemas = trace.StateSchemas.of(job, train, trainer=trainer)
     if trace_ok:
         trace_ok = run.add(
-            trace.check_endpoints(job, train, output_dir, commitments, schemas, trainer=signer)
+            trace.check_endpoints(job, train, output_dir, commitments, schemas, trainer=trainer)
         )
     try:
-        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof, trainer=signer):
+        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof, trainer=trainer):
             run.add(check)
     except CyxwizError as exc:
         run.add(Check("claimed-metric", False, f"the delivered model cannot be evaluated: {exc.message}"))
@@ -301,7 +338,7 @@ def _training(
                     plan=plan,
                     tolerance=tolerance,
                     schemas=schemas,
-                    trainer=signer,
+                    trainer=trainer,
                 )
             )
     run.summary["training_checks_seconds"] = round(time.perf_counter() - started, 3)
@@ -333,19 +370,21 @@ def verify_job(
     else:
         identity_ok = run.add(Check("signature", False, "node certificate key is not Ed25519"))
     identity_ok = run.add(_identity(proof, node_certificate, expect)) and identity_ok
+    from cyxwiz.pki.peerid import peer_id
+
+    identity_ok = run.add(_trainer(proof, peer_id(node_certificate), expect)) and identity_ok
     identity_ok = run.add(_binding(proof, job, expect, received)) and identity_ok
     artifacts_ok = run.add(_artifacts(proof, output_dir, job_type=job.job_type))
     if job.job_type == "script":
         run.add(Check("training", True, "script job: no replayable trace; identity and artifacts only"))
     elif identity_ok and artifacts_ok:
-        from cyxwiz.pki.peerid import peer_id
-
         try:
-            # The run is rebuilt for the key whose signature was just checked (the signer, F1, A5).
+            # The run is rebuilt for the key it was trained for: the signer's, or one that renewed into
+            # the signer's by signed links (the trainer check just held; F1, A5, A7).
             _training(
                 run,
                 signed=proof,
-                signer=peer_id(public),
+                trainer=proof.proof.trainer(),
                 job=job,
                 output_dir=output_dir,
                 data=data,

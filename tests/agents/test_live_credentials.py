@@ -10,6 +10,7 @@ certificate at half-life. Nothing is frozen: a Prefect-like client behind the tu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,8 @@ from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.server import MTLSServer
 from cyxwiz.transport.tls import client_context
+from cyxwiz.verification.proof import SignedProof
+from cyxwiz.verification.renewal_links import check_chain
 from tests._coordinator import start_dev_coordinator
 from tests.gateway.conftest import POOL, Upstream, _serve
 
@@ -227,6 +230,13 @@ def test_a_flow_run_outlives_the_certificate_it_started_with(world: World, tmp_p
     now_cert = current_settings(world.settings).cert
     assert now_cert is not None
     assert stored["proof"]["node_peer_id"] == peer_id(load_certificate(now_cert))
+    # The restated proof still names the key the run was trained for (its certificate expired meanwhile)
+    # and carries that key's signed renewal link to the current key: the verifier's trainer check holds
+    # on the proof alone (issue 17; A7, F1).
+    restated = SignedProof.from_json(json.dumps(stored))
+    trainer = peer_id(load_certificate(started.cert))
+    assert restated.proof.trainer() == trainer != restated.proof.node_peer_id
+    assert check_chain(trainer, restated.proof.node_peer_id, restated.proof.renewal_links) == 1
 
 
 def test_a_proof_of_another_key_is_not_restated(world: World, tmp_path: Path) -> None:

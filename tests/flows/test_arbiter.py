@@ -73,8 +73,8 @@ class Arbiter:
     def node_outputs(self, job_id: str, peer: str, into: Path) -> tuple[NodeEvidence | None, str | None]:
         assert peer == NODE_PEER, "the arbiter asks for the assigned node's evidence"
         shutil.copytree(self.outputs[job_id], into)
-        # The session's training runs are node-1's; the arbiter replays the run of the proof's signer.
-        return NodeEvidence(output_dir=into, signer=self.training.peer()), None
+        # The session's training runs are node-1's; the arbiter replays the run the proof was trained for.
+        return NodeEvidence(output_dir=into, signer=self.training.peer(), trainer=self.training.peer()), None
 
 
 @pytest.fixture

@@ -13,9 +13,16 @@ own certificate) and the verifier rebuilds the run for the key that signed the p
 - the verdict is ``fraud`` and the ledger (LiteSVM behind JSON-RPC) refuses the release: C's wallet gets
   nothing and the escrow stays locked.
 
-Positive controls: H's own proof passes and H is paid; C's own run, signed by C, passes. Real training
-(the runtime's CLI, the node's own identity code), the real verifier and ledger; only the coordinator's
-rewrite is played by the test.
+A node renews its certificate (a new key, a new PeerID) at half-life, so its run may be signed by a key
+it was not trained for: the proof then names its trainer and carries the renewal links from it, each
+signed by the older key (A7). Only those signatures make the signer the trainer's successor — never the
+coordinator's list of the node's PeerIDs — so C cannot claim H's run as a renewal of H's: a link H's key
+did not sign, a chain with a gap, a link from another node's key, or no link at all (the coordinator
+listing C's PeerID under H's node) is refused by the ``trainer`` check and nothing is paid.
+
+Positive controls: H's own proof passes and H is paid; H's run restated under H's renewed key with H's
+link passes and H is paid; C's own run, signed by C, passes. Real training (the runtime's CLI, the node's
+own identity code), the real verifier and ledger; only the coordinator's rewrite is played by the test.
 """
 
 from __future__ import annotations
@@ -219,3 +226,205 @@ def test_c_listed_under_h_node_still_cannot_sign_h_run(job: Job) -> None:
         policy=ReplayPolicy(sample_seed=1),
     )
     _failed(report, "commitments", "data order", "PeerID")
+
+
+def _claimed(job: Job, out: Path, *, signer: str, trainer: str, links: list[dict[str, Any]]) -> Any:
+    """A proof over ``out`` signed by ``signer``'s key that names ``trainer`` as the key the run was trained
+    for and carries ``links`` (what C sends to pass H's run off as its own after a "renewal")."""
+    from cyxwiz.pki.keys import load_private_key
+    from cyxwiz.verification.proof import CompletionProof, sign_proof
+
+    proof = job.world.sign(out, job=job.job, node=signer).proof
+    claimed = CompletionProof.model_validate(
+        {**proof.model_dump(), "trainer_peer_id": trainer, "renewal_links": links}
+    )
+    return sign_proof(claimed, load_private_key(job.world.pki.node_key(signer)))
+
+
+def _verify_listed(job: Job, out: Path, proof: Any, *, signer: str) -> VerificationReport:
+    """The verifier with a coordinator that lists C's certificate under H's node (as after a renewal) and
+    holds no link for it."""
+    from cyxwiz.verification.replay import ReplayPolicy
+    from cyxwiz.verification.verifier import Expectations, JobData, verify_job
+
+    w = job.world
+    return verify_job(
+        proof=proof,
+        node_certificate=w.cert(signer),
+        job=job.job,
+        output_dir=out,
+        data=JobData(train=w.digits.train, holdout=w.digits.holdout, holdout_sha256=w.digits.holdout_sha256),
+        trust=w.trust(),
+        expect=Expectations(
+            node_peer_ids=frozenset({w.peer(H), w.peer(C)}),
+            token_jti="jti-1",
+            received_at=dt.datetime.now(dt.UTC),
+        ),
+        policy=ReplayPolicy(sample_seed=1),
+    )
+
+
+def _refused_unpaid(
+    money: MoneyWorld, report: VerificationReport, *, job_id: str, peer: str, words: tuple[str, ...]
+) -> None:
+    """Refused by the trainer check (before any training check runs) and the ledger refuses the release:
+    C's wallet gets nothing, the escrow stays locked. C signed a claim to another key's run: ``fraud``."""
+    _failed(report, "trainer", *words)
+    assert report.check("training").reason.startswith("not run")
+    assert verdict_of(json.loads(report.to_json())) == "fraud"
+    with pytest.raises(ReportVerdictError, match="verdict"):
+        _release(money, report, job_id=job_id, node=C, peer=peer)
+    ledger = money.ledger()
+    assert ledger.status(job_id=job_id).state is EscrowState.LOCKED
+    assert (money.token(money.other_node), ledger.onchain_amount(job_id=job_id)) == (0, AMOUNT)
+
+
+def _link(old: Any, new_peer: str) -> dict[str, Any]:
+    from cyxwiz.verification.renewal_links import SignedRenewalLink
+
+    return SignedRenewalLink.sign(old_key=old, new_peer_id=new_peer).to_dict()
+
+
+def test_h_run_restated_under_h_renewed_key_passes_and_h_is_paid(job: Job, money_world: MoneyWorld) -> None:
+    # Positive control (A7): H renews (the CA issues a certificate for H's new key K against H's link
+    # H -> K) and restates its run's proof under K; the verifier rebuilds H's run and the release pays H.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cyxwiz.issuer.policy import NodeCertIssuer, RenewalRequest
+    from cyxwiz.pki.ca import create_csr
+    from cyxwiz.pki.certs import fingerprint_sha256
+    from cyxwiz.pki.keys import load_private_key
+    from cyxwiz.pki.peerid import peer_id
+    from cyxwiz.verification.proof import restate_proof
+    from cyxwiz.verification.renewal_links import SignedRenewalLink
+    from cyxwiz.verification.replay import ReplayPolicy
+    from cyxwiz.verification.verifier import Expectations, JobData, verify_job
+
+    w = job.world
+    k = ed25519.Ed25519PrivateKey.generate()
+    link = SignedRenewalLink.sign(old_key=load_private_key(w.pki.node_key(H)), new_peer_id=peer_id(k))
+    csr = create_csr(k, common_name=H).public_bytes(serialization.Encoding.PEM).decode()
+    renewed = NodeCertIssuer.from_dir(w.pki.ca_dir, lifetime=dt.timedelta(hours=1)).renew(
+        RenewalRequest.build(certificate=w.cert(H), csr_pem=csr, link=link.to_dict())
+    )
+    proof = restate_proof(
+        w.sign(job.h_out, job=job.job, node=H),
+        node_peer_id=peer_id(renewed),
+        cert_fingerprint_sha256=fingerprint_sha256(renewed).hex(),
+        links=[link.to_dict()],
+        private_key=k,
+    )
+    report = verify_job(
+        proof=proof,
+        node_certificate=renewed,
+        job=job.job,
+        output_dir=job.h_out,
+        data=JobData(train=w.digits.train, holdout=w.digits.holdout, holdout_sha256=w.digits.holdout_sha256),
+        trust=w.trust(),
+        expect=Expectations(
+            node_peer_ids=frozenset({w.peer(H), peer_id(renewed)}),
+            token_jti="jti-1",
+            received_at=dt.datetime.now(dt.UTC),
+        ),
+        policy=ReplayPolicy(sample_seed=1),
+    )
+    assert report.passed, report.to_markdown()
+    record = _release(money_world, report, job_id="relabel-h-renewed", node=H, peer=w.peer(H))
+    assert record.state is EscrowState.RELEASED and money_world.token(money_world.node) == AMOUNT
+
+
+def test_c_resigning_h_outputs_with_a_forged_link_is_refused_and_unpaid(
+    job: Job, money_world: MoneyWorld
+) -> None:
+    # C claims its key is H's renewal: a link "H -> C" it signed itself (it has no H key).
+    from cyxwiz.pki.keys import load_private_key
+
+    w = job.world
+    out = job.copy("c-forged-link")
+    forged = _link(load_private_key(w.pki.node_key(C)), w.peer(C))
+    forged["link"]["old_peer_id"] = w.peer(H)  # the link names H's key as the one that signed it
+    report = _verify_listed(
+        job, out, _claimed(job, out, signer=C, trainer=w.peer(H), links=[forged]), signer=C
+    )
+    _refused_unpaid(
+        money_world,
+        report,
+        job_id="relabel-forged",
+        peer=w.peer(C),
+        words=("not signed by the old key", "forged"),
+    )
+
+
+def test_c_link_signed_by_another_key_than_the_trainers_is_refused(job: Job, money_world: MoneyWorld) -> None:
+    # A link H -> C that a third key signed (whoever holds it, it is not H's key).
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cyxwiz.verification.renewal_links import RenewalLink, SignedRenewalLink
+
+    w = job.world
+    body = RenewalLink(old_peer_id=w.peer(H), new_peer_id=w.peer(C), issued_at=1_700_000_000_000)
+    other = ed25519.Ed25519PrivateKey.generate()
+    link = SignedRenewalLink(link=body, signature=base64.b64encode(other.sign(body.message())).decode())
+    out = job.copy("c-other-signed")
+    proof = _claimed(job, out, signer=C, trainer=w.peer(H), links=[link.to_dict()])
+    report = _verify_listed(job, out, proof, signer=C)
+    _refused_unpaid(
+        money_world,
+        report,
+        job_id="relabel-other-signed",
+        peer=w.peer(C),
+        words=("not signed by the old key",),
+    )
+
+
+def test_c_link_chain_with_a_gap_is_refused(job: Job, money_world: MoneyWorld) -> None:
+    # H really renewed to K1 (H's key signed H -> K1); C shows K2 -> C from a key K2 it made, and no link
+    # K1 -> K2 exists: every link verifies, the chain does not reach C.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cyxwiz.pki.keys import load_private_key
+    from cyxwiz.pki.peerid import peer_id
+
+    w = job.world
+    k1, k2 = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    links = [_link(load_private_key(w.pki.node_key(H)), peer_id(k1)), _link(k2, w.peer(C))]
+    out = job.copy("c-gap")
+    proof = _claimed(job, out, signer=C, trainer=w.peer(H), links=links)
+    report = _verify_listed(job, out, proof, signer=C)
+    _refused_unpaid(
+        money_world,
+        report,
+        job_id="relabel-gap",
+        peer=w.peer(C),
+        words=("no chain of renewal links", w.peer(H)),
+    )
+
+
+def test_c_link_from_another_nodes_key_is_refused(job: Job, money_world: MoneyWorld) -> None:
+    # A genuine link into C from a key that is not H's (another node X vouching for C): it starts from no
+    # key of the trainer's.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    w = job.world
+    out = job.copy("c-other-node")
+    links = [_link(ed25519.Ed25519PrivateKey.generate(), w.peer(C))]
+    proof = _claimed(job, out, signer=C, trainer=w.peer(H), links=links)
+    report = _verify_listed(job, out, proof, signer=C)
+    _refused_unpaid(
+        money_world, report, job_id="relabel-other-node", peer=w.peer(C), words=("no chain of renewal links",)
+    )
+
+
+def test_c_listed_under_h_node_without_a_link_is_refused(job: Job, money_world: MoneyWorld) -> None:
+    # The coordinator lists C's PeerID under H's node, and C names H as its run's trainer: the coordinator's
+    # word is all there is, and it is not enough.
+    w = job.world
+    out = job.copy("c-no-link")
+    proof = _claimed(job, out, signer=C, trainer=w.peer(H), links=[])
+    report = _verify_listed(job, out, proof, signer=C)
+    _refused_unpaid(
+        money_world, report, job_id="relabel-no-link", peer=w.peer(C), words=("no chain of renewal links",)
+    )

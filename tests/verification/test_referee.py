@@ -40,7 +40,7 @@ def trace(node: str, out: Path, *, signer: str | None = None) -> Trace:
     """``out`` as ``node``'s trace; the session's runs are node-1's (the referee rebuilds the signer's)."""
     return Trace(
         node=node,
-        signer=signer or conftest.TRAINER,
+        trainer=signer or conftest.TRAINER,
         output_dir=out,
         commitments=read_commitments(out / "commitments.json"),
     )
@@ -102,7 +102,7 @@ def test_a_broken_chain_is_refused_without_replay(world: World) -> None:
         world.job,
         train_data(world),
         trace("honest", world.honest_out),
-        Trace(node="cheat", signer=world.peer(), output_dir=out, commitments=broken),
+        Trace(node="cheat", trainer=world.peer(), output_dir=out, commitments=broken),
     )
     assert verdict.deviators == ("cheat",) and "chain" in verdict.reason and verdict.segment is None
 

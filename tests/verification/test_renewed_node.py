@@ -1,9 +1,11 @@
-"""A job in flight survives its node's certificate renewal (issue 18; SPEC A7, A6, F1).
+"""A job in flight survives its node's certificate renewal (issues 18, 17; SPEC A7, A6, A5, F1).
 
 Verification takes the node's certificates from the coordinator's records (each one it accepted at
 registration or issued at renewal), never from the dev PKI directory. A proof signed before the renewal
-and verified after it passes (positive control, beside each attack); a proof under another node's
-certificate, a revoked one, or one that expired before the proof arrived is refused.
+and verified after it passes, and so does the same proof restated under the renewed certificate with the
+old key's renewal link (the run stays bound to the key it was trained for, issue 17) — positive controls
+beside each attack; a proof under another node's certificate, a revoked one, one that expired before the
+proof arrived, or a restatement without the link, is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from cyxwiz.pki.ca import CertificateAuthority, create_csr
 from cyxwiz.pki.certs import fingerprint_sha256
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
-from cyxwiz.verification.proof import SignedProof, build_proof, sign_proof
+from cyxwiz.verification.proof import SignedProof, restate_proof
 from cyxwiz.verification.report import VerificationReport
 from cyxwiz.verification.verifier import Expectations, JobData, TrustStore, verify_job
 from tasks import services
@@ -43,6 +45,8 @@ class Renewed:
     new: x509.Certificate
     new_key: ed25519.Ed25519PrivateKey
     other_id: str
+    #: The old key's renewal link to the new key (what the agent sent with its renewal).
+    link: SignedRenewalLink
 
 
 @pytest.fixture
@@ -72,7 +76,7 @@ def renewed(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Re
     store.renew_node(
         ids["node-1"], peer_id=peer_id(new), cert_serial=format(new.serial_number, "x"), certificate=new
     )
-    return Renewed(channel, ids["node-1"], job.job_id, world.cert("node-1"), new, key, ids["node-2"])
+    return Renewed(channel, ids["node-1"], job.job_id, world.cert("node-1"), new, key, ids["node-2"], link)
 
 
 def _verify(
@@ -95,18 +99,18 @@ def _verify(
     )
 
 
-def _sign_renewed(world: World, r: Renewed) -> SignedProof:
-    proof = build_proof(
-        job_id=world.job.job_id,
-        job_spec_sha256=world.job.sha256(),
-        output_dir=world.honest_out,
+def _sign_renewed(
+    world: World, r: Renewed, *, links: tuple[SignedRenewalLink, ...] | None = None
+) -> SignedProof:
+    """What the agent submits after the renewal: the run's proof (signed under the dispatch certificate,
+    trained for its PeerID) restated under the renewed certificate, with the old key's link to the new."""
+    return restate_proof(
+        world.sign(world.honest_out, node="node-1"),
         node_peer_id=peer_id(r.new),
         cert_fingerprint_sha256=fingerprint_sha256(r.new).hex(),
-        token_jti="jti-1",
-        started_at=vc.T0,
-        finished_at=vc.T0 + dt.timedelta(seconds=3),
+        links=[link.to_dict() for link in ((r.link,) if links is None else links)],
+        private_key=r.new_key,
     )
-    return sign_proof(proof, r.new_key)
 
 
 def _check(report: VerificationReport, name: str) -> bool:
@@ -129,12 +133,20 @@ def test_a_proof_signed_before_renewal_verifies_after_it(world: World, renewed: 
     assert report is not None and report.passed, (
         [c for c in report.checks if not c.passed] if report else None
     )
-    # The run was trained for the dispatch certificate's PeerID: restated under the renewed key it is
-    # another node's run as far as the seed goes (issue 17), so the flow signs with the key it trained for.
+    # The agent restates it under its renewed certificate: the run is still the old key's (the proof names
+    # it as the trainer), and the old key's signed link to the new one makes it the new key's to sign.
     restated = _sign_renewed(world, renewed)
+    assert restated.proof.trainer() == peer_id(renewed.old) != restated.proof.node_peer_id
     report = _verify(world, restated, renewed, received=vc.T0 + dt.timedelta(seconds=10))
-    assert report is not None and not report.passed and _check(report, "identity")
-    assert report.failures[0].name == "commitments" and "PeerID" in report.failures[0].reason
+    assert report is not None and report.passed, report.to_markdown() if report else None
+    assert "renewed into the signing key (1 signed links)" in report.check("trainer").reason
+    # Without the link the coordinator's records (both PeerIDs are the node's) are not enough (F1).
+    bare = _verify(
+        world, _sign_renewed(world, renewed, links=()), renewed, received=vc.T0 + dt.timedelta(seconds=10)
+    )
+    assert bare is not None and not bare.passed and bare.failures[0].name == "trainer"
+    assert "no chain of renewal links" in bare.failures[0].reason
+    assert bare.check("training").passed is False and "not run" in bare.check("training").reason
 
 
 def test_another_nodes_certificate_is_refused(world: World, renewed: Renewed) -> None:
@@ -177,12 +189,10 @@ def test_a_certificate_revoked_before_the_proof_arrived_is_refused(world: World,
     revoked = TrustStore(trusted=base.trusted, crls=[crl])
     report = _verify(world, proof, renewed, received=received, trust=revoked)
     assert report is not None and not report.passed and not _check(report, "certificate")
-    # Positive control: the same CRL does not touch the renewed certificate (the outputs are the old key's
-    # run, so only the certificate and identity checks are this test's business).
+    # Positive control: the same CRL does not touch the renewed certificate, and the old key's run,
+    # restated under it with the old key's link (signed before the revocation), passes in full.
     report = _verify(world, _sign_renewed(world, renewed), renewed, received=received, trust=revoked)
-    assert report is not None and all(
-        _check(report, name) for name in ("certificate", "signature", "identity")
-    )
+    assert report is not None and report.passed, report.to_markdown() if report else None
 
 
 def test_a_certificate_expired_before_the_proof_arrived_is_refused(world: World, renewed: Renewed) -> None:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from cyxwiz.pki.certs import load_certificate, load_crls
 from cyxwiz.pki.devpki import build_dev_pki
+from cyxwiz.training.runtime import RecordingReporter, run_training
 from cyxwiz.verification.proof import SignedProof
 from cyxwiz.verification.replay import ReplayPolicy
 from cyxwiz.verification.report import VerificationReport
@@ -258,22 +259,32 @@ def test_revoked_certificate(world: World, tmp_path: Path) -> None:
     )
     import datetime as dt
 
-    proof = local.sign(world.honest_out)
+    # This PKI's node trains its own run (the seed mixes in its PeerID, issue 17): a short job of 2 epochs.
+    doc = reference_job(world.digits, job_id="revoked-1", epochs=2)
+    job_path, job = write_job(tmp_path / "job", doc)
+    out = tmp_path / "out"
+    run_training(
+        job_path,
+        data_path=world.digits.train,
+        output_dir=out,
+        trainer=local.peer(),
+        reporter=RecordingReporter(),
+    )
+    proof = local.sign(out, job=job)
     # Judge at "now": this PKI was made just now, later than the session's fixed proof times (T0), and
     # a long suite run would otherwise put T0 before the certificate's notBefore.
-    # The outputs are the session's node-1 run, not this PKI's node (issue 17: training checks fail), so
-    # the positive control is the certificate side: chain, signature and identity all pass before revoking.
-    before = local.verify(world.honest_out, proof, received_at=dt.datetime.now(dt.UTC))
-    assert all(before.check(name).passed for name in ("certificate", "signature", "identity", "binding"))
+    before = local.verify(out, proof, job=job, received_at=dt.datetime.now(dt.UTC))
+    assert before.passed, before.to_markdown()  # positive control: the whole verification, before revoking
     pki.revoke(pki.node_cert("node-1"))
     trust = TrustStore(
         trusted=[load_certificate(pki.ca_cert), load_certificate(pki.root_ca_cert)], crls=load_crls(pki.crl)
     )
     now = dt.datetime.now(dt.UTC)
-    failed(local.verify(world.honest_out, proof, trust=trust, received_at=now), "certificate", "revoked")
+    failed(local.verify(out, proof, job=job, trust=trust, received_at=now), "certificate", "revoked")
     # A proof the coordinator received before the revocation stays good (revocation is not retroactive).
-    earlier = local.verify(world.honest_out, proof, trust=trust, received_at=now - dt.timedelta(minutes=1))
-    assert earlier.check("certificate").passed and "revoked only later" in earlier.check("certificate").reason
+    earlier = local.verify(out, proof, job=job, trust=trust, received_at=now - dt.timedelta(minutes=1))
+    assert earlier.passed, earlier.to_markdown()
+    assert "revoked only later" in earlier.check("certificate").reason
 
 
 def test_certificate_from_another_ca(world: World, tmp_path: Path) -> None:
