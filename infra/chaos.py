@@ -203,8 +203,12 @@ def _listener(stack: EmbeddedStack, service: str, port: int, extra: dict[str, st
         if service == "coordinator"
         else (pki.gateway_cert, pki.gateway_key)
     )
+    from infra.serve import MONEY_SECRETS
+
+    # A listener faces nodes and users: it gets no ledger passphrase, as in production (issue 17).
+    unsealing = {*MONEY_SECRETS, *(f"{name}_FILE" for name in MONEY_SECRETS)}
     env = {
-        **stack.env,
+        **{k: v for k, v in stack.env.items() if k not in unsealing},
         "CYXWIZ_LISTEN_HOST": "127.0.0.1",
         "CYXWIZ_LISTEN_PORT": str(port),
         "CYXWIZ_TLS_CERT": str(cert),
