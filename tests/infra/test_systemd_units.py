@@ -45,6 +45,7 @@ def parse_unit(path: Path) -> Unit:
 
 
 SERVICES = sorted(UNITS.glob("*.service"))
+TIMERS = sorted(UNITS.glob("*.timer"))
 
 
 def _one(unit: Unit, key: str) -> str | None:
@@ -65,7 +66,28 @@ def test_every_part_of_the_topology_has_a_unit() -> None:
     } <= names
     target = parse_unit(UNITS / "cyxwiz-control-plane.target")
     wanted = " ".join(target["Unit"]["Wants"]).split()
-    assert set(wanted) == names - {AGENT}, "the control-plane target starts every control-plane service"
+    timers = {p.name for p in TIMERS}
+    assert set(wanted) == (names - {AGENT}) | timers, "the target starts every service and timer"
+
+
+@pytest.mark.parametrize("path", TIMERS, ids=lambda p: p.name)
+def test_every_timer_starts_a_hardened_service_of_its_name(path: Path) -> None:
+    """A timer runs the service of its own name (B4: the token key is rotated by one, daily)."""
+    timer = parse_unit(path)
+    service = UNITS / path.name.replace(".timer", ".service")
+    assert service in SERVICES, f"{path.name}: no {service.name}"
+    assert timer["Timer"].get("OnCalendar") and timer["Timer"].get("Persistent") == ["true"]
+    assert _one(parse_unit(service), "Type") == "oneshot"
+
+
+def test_the_token_key_ring_is_rotated_by_its_owner() -> None:
+    """The ring belongs to the coordinator's account: the rotation runs as it, on the coordinator's ring."""
+    rotate = parse_unit(UNITS / "cyxwiz-token-rotate.service")
+    coordinator = parse_unit(UNITS / "cyxwiz-coordinator.service")
+    assert _one(rotate, "User") == _one(coordinator, "User")
+    argv = shlex.split(_one(rotate, "ExecStart") or "")
+    assert argv[1:4] == ["token", "rotate", "/var/lib/cyxwiz/coordinator/keyring"]
+    assert _one(rotate, "StateDirectory") == _one(coordinator, "StateDirectory")
 
 
 @pytest.mark.parametrize("path", SERVICES, ids=lambda p: p.name)
@@ -106,7 +128,7 @@ def test_service_is_hardened(path: Path) -> None:
 def _installed_copy(tmp: Path) -> list[Path]:
     """The units as installed from this checkout: /opt/cyxwiz -> here, /etc/cyxwiz -> infra/config."""
     out = []
-    for path in [*SERVICES, UNITS / "cyxwiz-control-plane.target"]:
+    for path in [*SERVICES, *TIMERS, UNITS / "cyxwiz-control-plane.target"]:
         text = path.read_text(encoding="utf-8").replace(INSTALL, str(PROJECT))
         text = text.replace("/etc/cyxwiz/", f"{CONFIG}/")
         (tmp / path.name).write_text(text, encoding="utf-8")
