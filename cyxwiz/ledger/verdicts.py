@@ -83,6 +83,7 @@ class VerdictBook:
         self._engine = engine
         #: the escrow store's plain connections, when this book shares its database (in-process verifier)
         self._fast = fast
+        self._owns_fast = False  # an in-process verifier shares the escrow store's connections
         self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
 
@@ -94,7 +95,11 @@ class VerdictBook:
         os.chmod(path, 0o600)
         engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _durable_sqlite)
-        return cls(engine=engine)
+        # Every co-signed release records its report here before the signature leaves: plain sqlite3
+        # connections (same pragmas) spare each request SQLAlchemy's statement and connection layers.
+        book = cls(engine=engine, fast=rawsql.SqlitePool(engine=engine, database=path, setup=_durable_sqlite))
+        book._owns_fast = True
+        return book
 
     def record(self, attestation: ReportAttestation) -> None:
         """Remember a verdict this verifier signed or a passing report it co-signed a release for."""
@@ -200,6 +205,8 @@ class VerdictBook:
             raise _owed(job_id, move)
 
     def dispose(self) -> None:
+        if self._fast is not None and self._owns_fast:
+            self._fast.close()
         self._engine.dispose()
 
 
