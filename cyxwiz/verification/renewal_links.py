@@ -197,13 +197,12 @@ def check_chain(trainer: str, signer: str, links: Iterable[object]) -> int:
     if len(docs) > MAX_LINKS:
         raise RenewalLinkError(f"more than {MAX_LINKS} renewal links", field=LINK_FIELD, rule="A7")
     parsed: list[tuple[object, SignedRenewalLink]] = []
+    malformed: list[str] = []
     for doc in docs:
         try:
             parsed.append((doc, SignedRenewalLink.from_dict(doc)))
         except ValidationError as exc:
-            raise RenewalLinkError(
-                f"a renewal link is malformed: {exc.message}", field=LINK_FIELD, rule="A7"
-            ) from None
+            malformed.append(exc.message)  # skipped like a link that does not verify
 
     def links_from(peers: Collection[str]) -> list[object]:
         return [doc for doc, link in parsed if link.link.old_peer_id in peers]
@@ -219,6 +218,9 @@ def check_chain(trainer: str, signer: str, links: Iterable[object]) -> int:
                 field=LINK_FIELD,
                 rule="A7",
             )
+    if malformed:
+        reason = f"a renewal link is malformed: {malformed[0]}"
+        raise RenewalLinkError(reason, field=LINK_FIELD, rule="A7")
     raise RenewalLinkError(
         f"no chain of renewal links, each signed by the older key, leads from the trainer {trainer} to the "
         f"signer {signer} (it reaches {len(reached)} key(s) and stops: a gap, or another node's links)",

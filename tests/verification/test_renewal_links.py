@@ -42,6 +42,9 @@ def test_a_chain_each_signed_by_the_older_key_is_followed() -> None:
     assert check_chain(peer_id(k0), peer_id(k0), []) == 0
     assert check_chain(peer_id(k0), peer_id(k2), links) == 2
     assert chain_links(peer_id(k0), peer_id(k2), links) == [links[1], links[0]]
+    # A malformed or unsigned extra link (whoever added it) is skipped, as the payout's walk skips it.
+    junk = [{"bogus": 1}, _link(k2, k0) | {"signature": _link(k1, k0)["signature"]}]
+    assert check_chain(peer_id(k0), peer_id(k2), [*junk, *links]) == 2
     with pytest.raises(RenewalLinkError, match="no chain"):
         check_chain(peer_id(k2), peer_id(k0), links)  # never backwards
 

@@ -74,8 +74,9 @@ def renewed(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Re
         RenewalRequest.build(certificate=world.cert("node-1"), csr_pem=csr, link=link.to_dict())
     )
     store.renew_node(
-        ids["node-1"], peer_id=peer_id(new), cert_serial=format(new.serial_number, "x"), certificate=new
-    )
+        ids["node-1"], peer_id=peer_id(new), cert_serial=format(new.serial_number, "x"), certificate=new,
+        renewal_link=link,
+    )  # fmt: skip
     return Renewed(channel, ids["node-1"], job.job_id, world.cert("node-1"), new, key, ids["node-2"], link)
 
 
@@ -147,6 +148,42 @@ def test_a_proof_signed_before_renewal_verifies_after_it(world: World, renewed: 
     assert bare is not None and not bare.passed and bare.failures[0].name == "trainer"
     assert "no chain of renewal links" in bare.failures[0].reason
     assert bare.check("training").passed is False and "not run" in bare.check("training").reason
+
+
+def test_the_coordinators_links_count_by_their_signatures_only(world: World, renewed: Renewed) -> None:
+    """A restated proof that lost its link passes with the link the coordinator kept at the renewal (A7):
+    the verifier follows it for the old key's signature, and the same list with the link's signature
+    swapped for another key's is refused — the coordinator's rows add no trust of their own."""
+    received = vc.T0 + dt.timedelta(seconds=10)
+    proof = _sign_renewed(world, renewed, links=())
+    cert, peers = services.node_certificate(renewed.node_id, proof.proof.node_peer_id)
+    assert cert is not None
+    held = services.node_renewal_links(peers)
+    assert held == (renewed.link.to_dict(),)
+
+    def verify(links: tuple[object, ...]) -> VerificationReport:
+        return verify_job(
+            proof=proof,
+            node_certificate=cert,
+            job=world.job,
+            output_dir=world.honest_out,
+            data=JobData(
+                train=world.digits.train,
+                holdout=world.digits.holdout,
+                holdout_sha256=world.digits.holdout_sha256,
+            ),
+            trust=world.trust(),
+            expect=Expectations(
+                node_peer_ids=peers, renewal_links=links, token_jti="jti-1", received_at=received
+            ),
+        )
+
+    report = verify(held)
+    assert report.passed, report.to_markdown()
+    swapped = {**renewed.link.to_dict(), "signature": SignedRenewalLink.sign(
+        old_key=renewed.new_key, new_peer_id=peer_id(renewed.new)).signature}  # fmt: skip
+    refused = verify((swapped,))
+    assert refused.failures[0].name == "trainer" and "not signed by the old key" in refused.failures[0].reason
 
 
 def test_another_nodes_certificate_is_refused(world: World, renewed: Renewed) -> None:
