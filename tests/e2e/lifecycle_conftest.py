@@ -1,24 +1,19 @@
-"""Fixtures and helpers of the whole-lifecycle tests: one embedded stack per module (issue 9 acceptance).
+"""Helpers of the whole-lifecycle tests on an embedded stack (issue 9 acceptance): the tiny reference job,
+control-plane config changes, the evil node's deployment, reading reports and the audit log, polling.
 
-Imported explicitly by ``test_lifecycle.py`` (not a conftest: the stack is expensive and only those tests
-want it). The stack is the one ``make demo`` runs: Prefect server, dev PKI, LiteSVM ledger service,
-coordinator + gateway over mTLS, node agents as separate processes.
+The stack of the lifecycle, datasets and referee modules is ``tests/e2e/lifecycle/conftest.py``'s (one for
+the package); other e2e modules that start their own stack use these helpers too.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
 EVIL_DEPLOYMENT = "sandboxed-train/evil-train"
@@ -29,6 +24,13 @@ EVIL_DEPLOYMENT = "sandboxed-train/evil-train"
 #: once in 200 (mean 0.91, lowest 0.844 over 200 secrets) — a refund, "verification passed=False", in a
 #: test about something else. A model below the user's threshold is tested where that is the point.
 TEST_THRESHOLD = 0.7
+
+#: How often the Prefect workers a test stack starts (node agents, the control worker) ask for runs: 2 s
+#: instead of Prefect's default 10 s, so a dispatch waits ~1 s for pick-up instead of ~5 s. What the tests
+#: check never depends on the interval (the chaos and multi-host harnesses use 1 s and 2 s too).
+POLL_S = 2
+#: Their environment for it: ``stack.env.update(QUICK_POLL)`` before starting them.
+QUICK_POLL = {"PREFECT_WORKER_QUERY_SECONDS": str(POLL_S)}
 
 
 def tiny_job(
@@ -43,32 +45,6 @@ def tiny_job(
     spec["limits"]["wall_seconds"] = wall_seconds
     spec["task"]["threshold"] = threshold
     return spec
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The embedded control plane with node-1 running; node-2 has a certificate and a wallet mapping."""
-    from infra.stack import embedded_stack
-    from tasks import services
-
-    saved = dict(os.environ)
-    # A short home: the node's sandbox work dir lives under it and its bridge socket path must stay under
-    # the AF_UNIX limit (pytest's tmp dirs are too deep for jobdir/work/bridge/bridge.sock).
-    del tmp_path_factory
-    home = Path(tempfile.mkdtemp(prefix="cyxlc-", dir="/tmp"))
-    try:
-        with embedded_stack(
-            home, say=lambda _m: None, nodes=("node-1", "node-2"), lifecycle_deployment=True
-        ) as built:
-            built.start_agent("node-1")
-            built.wait_for_node("node-1")
-            yield built
-    finally:
-        # embedded_stack points this process at its server and config; leave the session as we found it.
-        os.environ.clear()
-        os.environ.update(saved)
-        services.reset()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def set_control_config(stack: Any, **changes: Any) -> Any:
@@ -111,11 +87,15 @@ def verification_report(stack: Any, job_id: str) -> dict[str, Any]:
     return report
 
 
-def audit_events(stack: Any) -> list[dict[str, Any]]:
-    """Every event of the stack's audit log, oldest first (records are written through, no flush needed)."""
+def audit_events(stack: Any, *, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every event of the stack's audit log, oldest first (records are written through, no flush needed);
+    ``since``: only those from then on (a stack shared by several modules holds theirs too)."""
     from cyxwiz.audit.reader import iter_events
 
-    return [stored.event for stored in iter_events(stack.home / "audit")]
+    events = [stored.event for stored in iter_events(stack.home / "audit")]
+    if since is None:
+        return events
+    return [e for e in events if dt.datetime.fromisoformat(str(e["timestamp"])) >= since]
 
 
 def node_id_of(stack: Any, name: str) -> str:

@@ -3,7 +3,8 @@
 A node run started by the lifecycle's task has that task run as its parent, and Prefect's server writes
 the parent's id into every state of the run. The worker that cancels a run proposes a copy of its current
 state as Cancelled, so that id rides along: it is the run's own and passes (without it a cancelled run
-stayed Cancelling: ``tests/e2e/test_lifecycle.py::test_cancelled_node_run_is_stopped_and_refunded``).
+stayed Cancelling:
+``tests/e2e/lifecycle/test_lifecycle.py::test_cancelled_node_run_is_stopped_and_refunded``).
 Any other task run, a task run on a run without a parent, another flow run or a child run stays refused.
 """
 

@@ -1,10 +1,10 @@
 """Users' own datasets end to end on the embedded stack (issue 16 acceptance; SPEC G1, D3, F1, C2).
 
-One stack (the one ``make demo`` runs) and one moto S3 server; jobs on four datasets — the digits
-reference, the shipped wine CSV (``file://`` under an allowed root: the embedded stack is development),
-a local file uploaded by ``cyxwiz job submit --dataset``, and an object on the S3 server — each verified and
-released, with the report stating where its holdout came from; and a tampered dataset (hash mismatch)
-refused before any job row or escrow exists.
+The package's stack (the one ``make demo`` runs; conftest.py) and one moto S3 server; jobs on four
+datasets — the digits reference, the shipped wine CSV (``file://`` under an allowed root: the embedded stack
+is development), a local file uploaded by ``cyxwiz job submit --dataset``, and an object on the S3 server —
+each verified and released, with the report stating where its holdout came from; and a tampered dataset
+(hash mismatch) refused before any job row or escrow exists.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from tests.e2e.lifecycle_conftest import (
     PROJECT,
     audit_events,
     node_id_of,
-    stack,
     tiny_job,
     verification_report,
     wait_until,
@@ -38,7 +37,7 @@ from tests.e2e.lifecycle_conftest import (
 from tests.jobs.conftest import issue_user
 from tests.storage.conftest import MotoServer, moto_server
 
-__all__ = ["moto_server", "stack"]  # fixtures imported so pytest sees them here
+__all__ = ["moto_server"]  # the fixture, imported so pytest sees it here
 
 pytestmark = [
     pytest.mark.slow,
@@ -234,10 +233,10 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
     alice, bob = "demo-user", "user-2"
     certs = {alice: (stack.pki.user_cert, stack.pki.user_key), bob: issue_user(stack.pki, bob)}
     stack.wallet(bob)
-    stack.start_agent("node-2")
-    stack.wait_for_node("node-2")
+    stack.start_agent("node-3")
+    stack.wait_for_node("node-3")
     stack.start_control_worker()
-    payouts = {stack.node_wallet(n): n for n in ("node-1", "node-2")}
+    payouts = {stack.node_wallet(n): n for n in ("node-1", "node-3")}
     before, supply = stack.balances(), token_supply(stack)
     cancer = breast_cancer_npz()
     sources.put_object(Bucket=BUCKET, Key="cancer.npz", Body=cancer)
@@ -250,7 +249,7 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
         client.submit({k: v for k, v in tampered.items() if k != "user"}, wallet=stack.wallet(bob))
     assert (caught.value.field, caught.value.rule) == ("dataset.sha256", "D3"), caught.value
     with pytest.raises(ValidationError) as caught:
-        job_lifecycle(stack.fund({**tampered, "user": bob}), node="node-2")
+        job_lifecycle(stack.fund({**tampered, "user": bob}), node="node-3")
     assert (caught.value.field, caught.value.rule) == ("dataset.sha256", "D3")
     assert len(stack.coordinator.store.list_jobs()) == rows, "no job row"
     assert escrows() == escrows_before, "no escrow"
@@ -274,7 +273,7 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
             local = with_dataset(local, client.upload_dataset(mine))
             uploaded = client.submit(local, wallet=stack.wallet(alice))["job_id"]
         s3 = breast_cancer_job(f"s3://{BUCKET}/cancer.npz", hashlib.sha256(cancer).hexdigest())
-        form = {"spec": {**s3, "user": bob}, "node": "node-2", "await_funding_s": 600}
+        form = {"spec": {**s3, "user": bob}, "node": "node-3", "await_funding_s": 600}
         ui_run = run_deployment("job-lifecycle/job-lifecycle", parameters=form, timeout=0)
         from_s3 = fund_when_waiting(stack, bob, certs)
         digits = job_lifecycle(stack.fund(tiny_job(user=alice)), node="node-1")["job_id"]
@@ -306,9 +305,9 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
         wine: released(stack, wine, "secret-split"),
         from_s3: released(stack, from_s3, "secret-split"),
     }
-    assert payouts[paid_to[digits]] == "node-1" and payouts[paid_to[from_s3]] == "node-2"
+    assert payouts[paid_to[digits]] == "node-1" and payouts[paid_to[from_s3]] == "node-3"
     store = stack.coordinator.store
-    node_names = {node_id_of(stack, name): name for name in ("node-1", "node-2")}
+    node_names = {node_id_of(stack, name): name for name in ("node-1", "node-3")}
     for job_id, wallet in paid_to.items():
         assert payouts[wallet] == node_names[store.job(job_id).node_id], job_id  # the node that ran it
     sha = hashlib.sha256(mine.read_bytes()).hexdigest()
@@ -340,7 +339,7 @@ def test_two_users_two_nodes_four_datasets(stack: Any, sources: Any, tmp_path: P
     # minted, burnt or left in an escrow.
     after = stack.balances()
     amounts = {job_id: services.ledger().status(job_id=job_id).amount for job_id in paid_to}
-    for node in ("node-1", "node-2"):
+    for node in ("node-1", "node-3"):
         earned = sum(amounts[j] for j, wallet in paid_to.items() if payouts[wallet] == node)
         assert after[f"node:{node}"] - before[f"node:{node}"] == earned > 0, (node, before, after)
     for user in (alice, bob):

@@ -11,6 +11,7 @@ with a dispute window: its owner disputes while the release is held and the fund
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,9 @@ from tests.e2e.lifecycle_conftest import (
     audit_events,
     restore_control_config,
     set_control_config,
-    stack,
     tiny_job,
     verification_report,
 )
-
-__all__ = ["stack"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(900)]
 
@@ -77,6 +75,7 @@ def test_the_referee_pays_the_honest_node_and_slashes_the_dishonest_one(stack: A
     from infra.stack import deploy_one
     from tasks import services
 
+    started = dt.datetime.now(dt.UTC)
     stack.start_agent("node-2")
     stack.wait_for_node("node-2")
     entrypoint = "tests/e2e/evil/evil_referee.py:sandboxed_train"
@@ -126,7 +125,7 @@ def test_the_referee_pays_the_honest_node_and_slashes_the_dishonest_one(stack: A
     assert stack.coordinator.store.job(honest["job_id"]).status == "released"
     assert stack.coordinator.store.job(dishonest["job_id"]).status == "refunded"
     # H2: every step is audited: the second dispatch, both verdicts, the release, the refund, the slash.
-    events = audit_events(stack)
+    events = audit_events(stack, since=started)
 
     def logged(action: str, job_id: str) -> bool:
         return any(e.get("action") == action and job_id in str(e.get("resource")) for e in events)
