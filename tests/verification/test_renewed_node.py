@@ -237,3 +237,66 @@ def test_a_certificate_expired_before_the_proof_arrived_is_refused(world: World,
     late = renewed.new.not_valid_after_utc + dt.timedelta(minutes=10)  # past the clock-skew allowance
     report = _verify(world, proof, renewed, received=late)
     assert report is not None and not report.passed and not _check(report, "certificate")
+
+
+def test_the_referee_and_arbiter_evidence_follows_the_same_links(
+    world: World, renewed: Renewed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tasks.referee._evidence`` (the referee's and the arbiter's replay input) rebuilds the run for the
+    proof's trainer only along signed links: the node's restated proof is its old key's run; a key the
+    coordinator listed under the node without a link, naming that old key as its trainer, is refused."""
+    import json
+
+    from cyxwiz.storage import layout
+    from cyxwiz.storage.local import LocalObjectStore
+    from cyxwiz.verification.proof import CompletionProof, sign_proof
+    from tasks.referee import _evidence
+
+    objects = LocalObjectStore(root=tmp_path / "objects", master_key=None)
+    monkeypatch.setattr(services, "store", lambda: objects)
+    for path in world.honest_out.rglob("*"):
+        if path.is_file():
+            objects.put_file(
+                layout.job_output(renewed.job_id, path.relative_to(world.honest_out).as_posix()), path
+            )
+    store = renewed.channel.store
+    # The run's proof for this job id, signed by the old key (the dispatch's), restated under the new one.
+    old = world.sign(world.honest_out, node="node-1").proof.model_copy(update={"job_id": renewed.job_id})
+    signed = restate_proof(
+        sign_proof(old, load_private_key(world.pki.node_key("node-1"))),
+        node_peer_id=peer_id(renewed.new),
+        cert_fingerprint_sha256=fingerprint_sha256(renewed.new).hex(),
+        links=[renewed.link.to_dict()],
+        private_key=renewed.new_key,
+    )
+    store.update_job(renewed.job_id, proof=json.loads(signed.to_json()))
+    evidence, why = _evidence(renewed.job_id, peer_id(renewed.old), tmp_path / "honest")
+    assert evidence is not None, why
+    assert (evidence.trainer, evidence.signer) == (peer_id(renewed.old), peer_id(renewed.new))
+    # A colluding key C, certified by the CA and listed by the coordinator under node-1 with no link.
+    c_key = ed25519.Ed25519PrivateKey.generate()
+    csr = create_csr(c_key, common_name="node-2").public_bytes(serialization.Encoding.PEM).decode()
+    c_link = SignedRenewalLink.sign(
+        old_key=load_private_key(world.pki.node_key("node-2")), new_peer_id=peer_id(c_key)
+    )
+    c_cert = NodeCertIssuer.from_dir(world.pki.ca_dir, lifetime=dt.timedelta(hours=1)).renew(
+        RenewalRequest.build(certificate=world.cert("node-2"), csr_pem=csr, link=c_link.to_dict())
+    )
+    store.renew_node(renewed.node_id, peer_id=peer_id(c_cert), cert_serial=format(c_cert.serial_number, "x"),
+                     certificate=c_cert)  # fmt: skip
+    forged = _link_forged_by(c_key, old=peer_id(renewed.old), new=peer_id(c_cert))
+    claim = CompletionProof.model_validate({
+        **old.model_dump(), "node_peer_id": peer_id(c_cert),
+        "cert_fingerprint_sha256": fingerprint_sha256(c_cert).hex(), "trainer_peer_id": peer_id(renewed.old),
+        "renewal_links": [forged],
+    })  # fmt: skip
+    store.update_job(renewed.job_id, proof=json.loads(sign_proof(claim, c_key).to_json()))
+    evidence, why = _evidence(renewed.job_id, peer_id(renewed.old), tmp_path / "colluder")
+    assert evidence is None and why is not None and "not signed by the old key" in why
+
+
+def _link_forged_by(key: ed25519.Ed25519PrivateKey, *, old: str, new: str) -> dict[str, object]:
+    """A link "old -> new" signed by ``key``, which is not ``old``'s key."""
+    doc = SignedRenewalLink.sign(old_key=key, new_peer_id=new).to_dict()
+    doc["link"]["old_peer_id"] = old
+    return doc
