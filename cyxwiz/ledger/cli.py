@@ -173,6 +173,12 @@ def sign_withdrawal_command(
         str | None,
         typer.Option("--stake-peer", help="The PeerID the stake was deposited under, if an earlier key's."),
     ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert", help="The key's certificate, presented to the verifier (default: $CYXWIZ_NODE_CERT)."
+        ),
+    ] = None,
 ) -> None:
     """On the node: sign the request that its stake go back to WALLET (valid for an hour, used once).
 
@@ -182,12 +188,19 @@ def sign_withdrawal_command(
 
     from cyxwiz.errors import ConfigError
     from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal
+    from cyxwiz.pki._files import read_bytes
     from cyxwiz.pki.keys import load_private_key
 
     path = key or (Path(os.environ["CYXWIZ_NODE_KEY"]) if os.environ.get("CYXWIZ_NODE_KEY") else None)
     if path is None:
         raise ConfigError("name the node's key: --key or CYXWIZ_NODE_KEY", field="key", rule="A5")
-    signed = SignedStakeWithdrawal.sign(key=load_private_key(path), wallet=wallet, stake_peer_id=stake_peer)
+    cert_path = cert or (Path(os.environ["CYXWIZ_NODE_CERT"]) if os.environ.get("CYXWIZ_NODE_CERT") else None)
+    if cert_path is None:  # the verifier refuses a key it cannot check against the CRL (A6)
+        raise ConfigError("name the key's certificate: --cert or CYXWIZ_NODE_CERT", field="cert", rule="A6")
+    pem = read_bytes(cert_path, what="node certificate").decode("utf-8", errors="replace")
+    signed = SignedStakeWithdrawal.sign(
+        key=load_private_key(path), wallet=wallet, stake_peer_id=stake_peer, certificate=pem
+    )
     typer.echo(signed.to_json())
 
 

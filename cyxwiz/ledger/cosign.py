@@ -10,9 +10,8 @@ allow, read from the escrow record, never from the request:
 * ``refund``: the whole escrow back to the wallet that funded it.
 * ``dispute``: the whole escrow into this job's dispute escrow (whose owner needs the arbiter).
 * ``resolve``: out of the dispute escrow to the user or the assigned node (the arbiter signs too).
-* ``slash``: see :mod:`cyxwiz.ledger.stake`; ``unstake``: the stake account derived from the staking
-  PeerID, emptied into the wallet the node's key stated (:mod:`cyxwiz.ledger.withdrawal`), never the
-  stake book's row.
+* ``slash``: see :mod:`cyxwiz.ledger.stake`; ``unstake``: :mod:`cyxwiz.ledger.unstake_rule` (the
+  stake account of the staking PeerID, into the wallet the node's key stated, no proven fraud unslashed).
 
 :class:`KeyCosigner` applies these rules in-process (tests, tools); the verifier service applies the same
 :class:`VerifierPolicy` behind its socket (:mod:`cyxwiz.ledger.verifier_service`).
@@ -56,7 +55,7 @@ class CosignRequest:
     job_id: str
     message: bytes
     report: str | None = None
-    #: ``unstake``: the node's signed withdrawal (JSON) naming the wallet its stake goes back to
+    #: ``unstake``: the node's signed withdrawal (JSON), ``report`` the stake's landed slashes (evidence)
     statement: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
@@ -179,7 +178,7 @@ class VerifierPolicy:
             raise CosignRefusedError("the message does not parse", field="message") from None
         moves = _moves(message)
         if request.kind == "unstake":
-            from cyxwiz.ledger.withdrawal import approve_unstake
+            from cyxwiz.ledger.unstake_rule import approve_unstake
 
             approve_unstake(self, request, moves)
             return None
@@ -279,6 +278,7 @@ class VerifierPolicy:
         """Only on a ``fraud`` report for this job and node (or a dispute the arbiter upheld), only the
         configured share, only to its user."""
         from cyxwiz.ledger.stake import upheld_dispute
+        from cyxwiz.ledger.unstake_rule import note_slash
 
         attestation = None
         if record.escrow_account != str(
@@ -325,6 +325,7 @@ class VerifierPolicy:
             )  # fmt: skip
         if not any(proof in text for text in moves.memos):
             raise CosignRefusedError(f"the memo must carry {proof!r}", field="message", rule="F1")
+        note_slash(self, record, request)  # in the verifier's own book: an unstake waits for it to land
         return attestation
 
     def _node_stake(self, book: Any, peer: str, moves: _Moves) -> tuple[Pubkey, Any]:
@@ -355,9 +356,8 @@ class VerifierPolicy:
         if moves.transfers != [(source, dest, amount)]:
             raise CosignRefusedError(
                 "the transaction must move exactly the whole escrow to the allowed recipient",
-                field="message",
-                rule="F1",
-            )
+                field="message", rule="F1",
+            )  # fmt: skip
         if moves.closes != [(source, self.rent_owner)]:
             raise CosignRefusedError(
                 "the transaction must close the emptied escrow to the rent owner", field="message", rule="F1"
@@ -388,22 +388,15 @@ def refusal_from(payload: object) -> CyxwizError:
     """Rebuild the precise refusal a remote co-signer sent (its ``code``) on this side."""
     from cyxwiz.ledger import attestation as att
     from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
+    from cyxwiz.ledger.stake import StakeLockedError
     from cyxwiz.ledger.verdicts import ReleaseOwedError
     from cyxwiz.ledger.withdrawal import StakeWithdrawalError, StaleWithdrawalError
 
     known: list[type[CyxwizError]] = [
-        CosignRefusedError,
-        ReleaseOwedError,
-        att.ReportRefusedError,
-        att.ReportSignatureError,
-        att.ReportSignerError,
-        att.ReportBindingError,
-        att.ReportVerdictError,
-        ProofRequiredError,
-        WrongRecipientError,
-        StakeWithdrawalError,
-        StaleWithdrawalError,
-    ]
+        CosignRefusedError, ReleaseOwedError, att.ReportRefusedError, att.ReportSignatureError,
+        att.ReportSignerError, att.ReportBindingError, att.ReportVerdictError, ProofRequiredError,
+        WrongRecipientError, StakeWithdrawalError, StaleWithdrawalError, StakeLockedError,
+    ]  # fmt: skip
     data = payload if isinstance(payload, dict) else {}
     cls = next((k for k in known if k.code == data.get("code")), CosignRefusedError)
     return cls(

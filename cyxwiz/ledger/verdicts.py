@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Collection
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -140,17 +141,45 @@ class VerdictBook:
         """The arbiter's resolve refunding the user of a disputed job, about to be co-signed here: what a
         slash without a fraud report rests on once the chain shows it landed (:func:`require_upheld`).
         Every such message is kept (the escrow store's word for which one counts is the coordinator's)."""
-        mine = sa.and_(verdicts.c.job_id == job_id, verdicts.c.verdict == "upheld")
+        self._append(job_id, "upheld", escrow, message_sha256)
+
+    def record_slash(self, job_id: str, *, escrow: str, message_sha256: str) -> None:
+        """A slash for this job about to be co-signed here (its message's SHA-256): what a withdrawal of
+        the node's stake waits for once the chain shows it landed (:mod:`cyxwiz.ledger.unstake_rule`)."""
+        self._append(job_id, "slashed", escrow, message_sha256)
+
+    def _append(self, job_id: str, verdict: str, escrow: str, message_sha256: str) -> None:
+        mine = sa.and_(verdicts.c.job_id == job_id, verdicts.c.verdict == verdict)
         entry = [escrow, message_sha256]
         with rawsql.writing(self._engine) as conn:
             held = conn.execute(sa.select(verdicts.c.attestation).where(mine)).scalar()
             if held is None:
                 conn.execute(verdicts.insert().values(
-                    job_id=job_id, verdict="upheld", escrow=escrow, report_sha256="",
+                    job_id=job_id, verdict=verdict, escrow=escrow, report_sha256="",
                     attestation=json.dumps([entry]), recorded_at=dt.datetime.now(dt.UTC),
                 ))  # fmt: skip
             elif entry not in (entries := _entries(held)):
                 conn.execute(verdicts.update().where(mine).values(attestation=json.dumps([*entries, entry])))
+
+    def slash_messages(self, job_id: str) -> frozenset[str]:
+        """The SHA-256 of every slash message of this job co-signed here (landed or not)."""
+        query = sa.select(verdicts.c.attestation).where(
+            verdicts.c.job_id == job_id, verdicts.c.verdict == "slashed"
+        )
+        with self._engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return frozenset(digest for _escrow, digest in _entries(value))
+
+    def judged(self, peers: Collection[str]) -> list[ReportAttestation]:
+        """Every verdict this verifier signed (or release it co-signed) naming one of ``peers``."""
+        named = sa.or_(sa.false(), *(verdicts.c.attestation.contains(f'"node_peer_id":"{p}"') for p in peers))
+        query = sa.select(verdicts.c.attestation).where(
+            verdicts.c.verdict.in_(("pass", "fail", "fraud")), named
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).scalars().all()
+        found = (ReportAttestation.parse(text) for text in rows)
+        return [a for a in found if a.node_peer_id in peers]
 
     def upheld_messages(self, job_id: str, *, escrow: str) -> frozenset[str]:
         """The SHA-256 of every arbiter's refund of this job's dispute escrow (of ``escrow``) co-signed

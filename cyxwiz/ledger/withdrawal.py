@@ -7,7 +7,12 @@ certificate's Ed25519 key — the key whose PeerID the stake was deposited under
 through renewal links each signed by the older key (:func:`cyxwiz.ledger.payout.linked_keys`) — in
 canonical JSON (RFC 8785) behind :data:`DOMAIN`, so no other signed document of the node (a wallet
 statement, a completion proof, a renewal link) can be replayed as one. An Ed25519 PeerID *is* its public
-key: no certificate, and nobody's word about which certificate is whose, is needed to check it.
+key, so the signature checks without a certificate; but a key can be revoked (stolen, A6), so the signer
+presents its certificate beside the document and the verifier refuses one that does not chain to the
+CA, is outside its validity, is on the CRL (re-read when it changes) or is not a ``worker`` certificate.
+A revoked node key therefore withdraws nothing: the node's renewed certificate's key signs instead
+(through the renewal link its old key signed before the compromise); with no renewal, the stake stays
+locked on chain (nothing but coordinator + verifier, or the arbiter, can move it).
 
 The verifier's co-signing policy checks the transaction message against the statement, never against the
 book: the stake account it empties is the one derived from the statement's ``stake_peer_id``, the one
@@ -36,7 +41,6 @@ from cyxwiz.verification.canonical import canonical_json
 if TYPE_CHECKING:
     import datetime as dt
 
-    from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy, _Moves
     from cyxwiz.ledger.stake import StakeLedger, StakeRecord
 
 #: Domain separation: these bytes start every signed stake withdrawal and nothing else cyxwiz signs.
@@ -86,6 +90,9 @@ class SignedStakeWithdrawal:
     withdrawal: StakeWithdrawal
     #: Base64 of the Ed25519 signature over :meth:`StakeWithdrawal.message`.
     signature: str
+    #: The signer's certificate (PEM), outside the signed bytes (its key must be the signer's): the
+    #: verifier refuses a key whose certificate does not chain, expired, is revoked or is not a worker's
+    certificate: str | None = None
 
     @classmethod
     def sign(
@@ -95,6 +102,7 @@ class SignedStakeWithdrawal:
         wallet: str,
         stake_peer_id: str | None = None,
         issued_at: int | None = None,
+        certificate: str | None = None,
     ) -> SignedStakeWithdrawal:
         """The node's request that its stake (held under ``stake_peer_id``, default: this key's own
         PeerID) be paid back into ``wallet``."""
@@ -108,13 +116,16 @@ class SignedStakeWithdrawal:
             issued_at=_now_ms() if issued_at is None else issued_at,
         )
         signature = base64.b64encode(key.sign(withdrawal.message())).decode()
-        return cls(withdrawal=withdrawal, signature=signature)
+        return cls(withdrawal=withdrawal, signature=signature, certificate=certificate)
 
     @classmethod
     def from_dict(cls, data: object) -> SignedStakeWithdrawal:
         """Parse strictly: exactly the fields above, the version known, the wallet a public key."""
-        if not isinstance(data, Mapping) or set(data) != {"withdrawal", "signature"}:
-            raise ValidationError("must be {withdrawal, signature}", field=FIELD, rule="F1")
+        if not isinstance(data, Mapping) or set(data) - {"certificate"} != {"withdrawal", "signature"}:
+            raise ValidationError("must be {withdrawal, signature[, certificate]}", field=FIELD, rule="F1")
+        pem = data.get("certificate")
+        if pem is not None and (not isinstance(pem, str) or len(pem) > 8192):
+            raise ValidationError("certificate must be one PEM text", field=f"{FIELD}.certificate", rule="A6")
         body = data["withdrawal"]
         if not isinstance(body, Mapping) or set(body) != _BODY:
             fields = ", ".join(sorted(_BODY))
@@ -127,12 +138,13 @@ class SignedStakeWithdrawal:
             wallet=_wallet(body["wallet"], field=f"{FIELD}.wallet"),
             issued_at=_issued_at(body["issued_at"], field=FIELD, rule="F1"),
         )
-        return cls(withdrawal=withdrawal, signature=_signature(data["signature"], field=FIELD, rule="F1"))
+        signature = _signature(data["signature"], field=FIELD, rule="F1")
+        return cls(withdrawal=withdrawal, signature=signature, certificate=pem)
 
     @classmethod
     def parse(cls, text: object) -> SignedStakeWithdrawal:
         """From the JSON text a co-sign request or the CLI carries."""
-        if not isinstance(text, str) or len(text) > 4096:
+        if not isinstance(text, str) or len(text) > 16384:
             raise ValidationError("a signed withdrawal (JSON) is required", field=FIELD, rule="F1")
         try:
             data = json.loads(text)
@@ -141,7 +153,8 @@ class SignedStakeWithdrawal:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"withdrawal": self.withdrawal.to_dict(), "signature": self.signature}
+        data = {"withdrawal": self.withdrawal.to_dict(), "signature": self.signature}
+        return data if self.certificate is None else {**data, "certificate": self.certificate}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -202,58 +215,6 @@ def check_withdrawal(
     return withdrawal
 
 
-def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Moves) -> StakeWithdrawal:
-    """The verifier's rule for an ``unstake`` message (the subject is the staking PeerID): the withdrawal
-    rule (cool-down, no job running, no slash owed), then the message itself against the node's signed
-    withdrawal — the stake account derived from the staking PeerID emptied into the stated wallet's
-    token account and closed to the rent owner — and nothing the stake book says about where it goes."""
-    from solders.pubkey import Pubkey
-
-    from cyxwiz.ledger import txbuild
-    from cyxwiz.ledger.cosign import CosignRefusedError
-    from cyxwiz.ledger.stake import check_unstake, stake_address
-
-    stake_peer = request.job_id
-    book = policy._stakes()
-    if request.statement is None:
-        raise CosignRefusedError(
-            "a stake goes back only to a wallet the staking node's key stated: the signed withdrawal is "
-            "missing", field=FIELD, rule="F1", hint="cyxwiz escrow sign-withdrawal",
-        )  # fmt: skip
-    later = frozenset(policy.later_peers(stake_peer)) if policy.later_peers is not None else frozenset()
-    verdicts = policy.verdicts
-    withdrawal = check_withdrawal(
-        SignedStakeWithdrawal.parse(request.statement), stake_peer_id=stake_peer, signers=later,
-        newest_used=None if verdicts is None else verdicts.newest_withdrawal(stake_peer),
-    )  # fmt: skip
-    earlier = policy.node_peers(stake_peer) if policy.node_peers is not None else ()
-    check_unstake(book.get(stake_peer), policy.stake_policy, policy.escrow_store, peers={*earlier, *later})
-    account = stake_address(policy.rent_owner, stake_peer)  # from the PeerID, not the book's row
-    dest = txbuild.token_account_of(Pubkey.from_string(withdrawal.wallet), policy.mint)
-    # Whatever the account holds goes back (a deposit whose record a crash lost included): the account
-    # is closed in the same transaction, which the chain allows only once it is empty.
-    held = moves.transfers[0][2] if len(moves.transfers) == 1 else 0
-    if moves.transfers != [(account, dest, held)]:
-        raise CosignRefusedError(
-            f"a withdrawal moves the stake account {account} only to the wallet the node's key stated "
-            f"({withdrawal.wallet})", field="message", rule="F1",
-        )  # fmt: skip
-    if moves.closes != [(account, policy.rent_owner)]:
-        raise CosignRefusedError(
-            "the withdrawal must close the emptied stake account to the rent owner",
-            field="message",
-            rule="F1",
-        )
-    if verdicts is not None and not verdicts.record_withdrawal(
-        stake_peer, issued_at=withdrawal.issued_at, wallet=withdrawal.wallet
-    ):
-        raise StaleWithdrawalError(
-            "a withdrawal of this stake as new as this one was co-signed meanwhile",
-            field=f"{FIELD}.issued_at", rule="F2",
-        )  # fmt: skip
-    return withdrawal
-
-
 def withdraw_stake(
     stakes: StakeLedger,
     *,
@@ -306,7 +267,9 @@ def withdraw_stake(
         txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:withdraw:{peer_id}"),
     ]  # fmt: skip
     try:
-        signature = stakes._send(instructions, signers, cosign=("unstake", peer_id, None, signed.to_json()))
+        # The slashes of this stake that landed: the verifier's evidence that no fraud it proved is unpaid.
+        cosign = ("unstake", peer_id, landed_slashes(led, peer_id), signed.to_json())
+        signature = stakes._send(instructions, signers, cosign=cosign)
     except CyxwizError as exc:
         led._refused("stake.withdraw", peer_id, exc, destination=str(wallet))
         raise
@@ -317,6 +280,23 @@ def withdraw_stake(
         reason=f"signed by {stated.peer_id} at {stated.issued_at}",
     )  # fmt: skip
     return stakes.book.get(peer_id)
+
+
+def landed_slashes(ledger: Any, stake_peer_id: str) -> str:
+    """The signed transactions (JSON list of base64) of every confirmed slash of this stake."""
+    import sqlalchemy as sa
+
+    from cyxwiz.ledger.stakebook import slashes
+    from cyxwiz.ledger.store import IntentStatus
+
+    query = sa.select(slashes.c.job_id).where(slashes.c.peer_id == stake_peer_id)
+    with ledger.store._engine.connect() as conn:
+        jobs = conn.execute(query).scalars().all()
+    txs = [
+        base64.b64encode(i.tx).decode() for job in jobs for i in ledger.store.intents(job)
+        if i.kind == "slash" and i.status is IntentStatus.CONFIRMED
+    ]  # fmt: skip
+    return json.dumps(txs)
 
 
 def _peer(value: object, name: str) -> str:

@@ -124,12 +124,6 @@ def demo_attest(pki: Pki, demo: DemoLedger, job_id: str, *, verdict: Verdict = "
     ).to_json()
 
 
-def withdrawal(wallet: Keypair | Pubkey, key: Ed25519PrivateKey = NODE_KEY, **fields: Any) -> str:
-    """The node's signed request that its stake go back to ``wallet`` (JSON)."""
-    owner = wallet.pubkey() if isinstance(wallet, Keypair) else wallet
-    return SignedStakeWithdrawal.sign(key=key, wallet=str(owner), **fields).to_json()
-
-
 USER_FUNDS = 1_000_000
 MINIMUM = 1_000
 
@@ -184,6 +178,26 @@ class World:
             **overrides,
         }
         return self.pki.sign(role=role, verdict=verdict, **fields).to_json()
+
+    def withdrawal(
+        self, wallet: Keypair | Pubkey, key: Ed25519PrivateKey = NODE_KEY, *, cert: bool = True, **fields: Any
+    ) -> str:
+        """The node's signed withdrawal (JSON) with the key's ``worker`` certificate of this world's PKI."""
+        owner = wallet.pubkey() if isinstance(wallet, Keypair) else wallet
+        pem = self.node_certificate(key).read_text() if cert else None
+        return SignedStakeWithdrawal.sign(key=key, wallet=str(owner), certificate=pem, **fields).to_json()
+
+    def node_certificate(self, key: Ed25519PrivateKey) -> Path:
+        """The ``worker`` certificate of ``key`` (issued once per world) by this world's issuing CA."""
+        from cyxwiz.pki.certs import write_certificate
+
+        path = self.pki.root / "nodes" / f"{peer_id(key)}-cert.pem"
+        if not path.exists():
+            issued = self.pki.dev.issuing_ca().issue(
+                common_name=f"node-{peer_id(key)[-8:]}", role="worker", public_key=key.public_key()
+            )
+            write_certificate(path, issued.certificate)
+        return path
 
     def expire_blockhash(self) -> None:
         self.expire()

@@ -17,8 +17,9 @@ from cyxwiz.ledger.config import open_ledger
 from cyxwiz.ledger.embedded import DemoLedger
 from cyxwiz.ledger.stake import StakeBook
 from cyxwiz.ledger.verifier_service import VerifierProcess
+from cyxwiz.pki.certs import write_certificate
 from cyxwiz.pki.keys import write_private_key
-from tests.ledger.conftest import NODE_KEY, NODE_PEER
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, Pki
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -92,7 +93,9 @@ def test_ledger_serve_refuses_corrupt_snapshot_and_non_loopback(tmp_path: Path) 
     assert proc.returncode == 2 and "loopback only" in proc.stderr
 
 
-def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess, tmp_path: Path) -> None:
+def test_stake_unstake_and_status(
+    demo: DemoLedger, verifier: VerifierProcess, tmp_path: Path, pki: Pki
+) -> None:
     """``cyxwiz escrow stake|unstake|status --node``: the node's key signs the deposit; withdrawal waits
     for the cool-down (refused with one line before it) and pays the wallet the node's certificate key
     named in ``cyxwiz escrow sign-withdrawal``."""
@@ -115,9 +118,14 @@ def test_stake_unstake_and_status(demo: DemoLedger, verifier: VerifierProcess, t
     # On the node: its certificate key signs where the stake goes back to (issue 17; F1).
     key_file = tmp_path / "node-key.pem"
     write_private_key(key_file, NODE_KEY)
-    code, signed, err = _run(
-        "escrow", "sign-withdrawal", "--key", str(key_file), "--wallet", str(demo.node.pubkey())
-    )
+    sign = ("escrow", "sign-withdrawal", "--key", str(key_file), "--wallet", str(demo.node.pubkey()))
+    code, _, err = _run(*sign)  # the verifier checks the key's certificate against the CRL (A6)
+    assert code != 0 and "--cert" in err and "Traceback" not in err
+    cert = tmp_path / "node-cert.pem"
+    write_certificate(cert, pki.dev.issuing_ca().issue(
+        common_name="node-one", role="worker", public_key=NODE_KEY.public_key()
+    ).certificate)  # fmt: skip
+    code, signed, err = _run(*sign, "--cert", str(cert))
     assert code == 0, err
     (tmp_path / "withdrawal.json").write_text(signed)
     withdraw = ("escrow", "unstake", "--node", NODE_PEER, "--withdraw")

@@ -14,7 +14,7 @@ from cyxwiz.ledger.attestation import ReportBindingError, ReportVerdictError
 from cyxwiz.ledger.cosign import CosignRefusedError
 from cyxwiz.ledger.stake import StakeLedger, StakeLockedError, StakePolicy, StakeTooLowError
 from cyxwiz.ledger.store import EscrowState
-from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World, withdrawal
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
 
 STAKE = 40_000
 
@@ -108,21 +108,21 @@ def test_verifier_refuses_a_slash_larger_than_the_share(staked: tuple[World, Sta
 def test_withdraw_needs_cooldown_and_no_running_job(staked: tuple[World, StakeLedger]) -> None:
     w, stakes = staked
     with pytest.raises(StakeLockedError, match="request the unstake"):
-        stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+        stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     _job(w, stakes)
     requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
     assert requested is not None
     with pytest.raises(StakeLockedError, match="cool-down ends"):
-        stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+        stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     later = requested + dt.timedelta(hours=2)
     with pytest.raises(StakeLockedError, match="running"):
-        stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node), now=later)
+        stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node), now=later)
     stakes.ledger.release(job_id="job-f", node_wallet=w.node.pubkey(), report=w.attest("job-f"))
     # The ledger's own check passes now; the verifier applies the cool-down itself, on its own clock.
     with pytest.raises(StakeLockedError, match="cool-down ends"):
-        stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node), now=later)
+        stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node), now=later)
     stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
-    record = stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+    record = stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert (record.amount, record.withdrawn) == (0, True)
     assert w.token(w.node) == STAKE + 10_000
 
@@ -173,10 +173,10 @@ def test_a_withdrawal_whose_record_a_crash_lost_is_not_sent_twice_nor_a_phantom_
     assert requested is not None
     stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
     before = stakes.status(peer_id=NODE_PEER)
-    stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+    stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert w.token(w.node) == STAKE
     stakes.book.update(NODE_PEER, amount=before.amount, withdrawn=False)  # what the crash left
-    record = stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+    record = stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert (record.amount, record.withdrawn) == (0, True) and w.token(w.node) == STAKE
     stakes.book.update(NODE_PEER, amount=before.amount, withdrawn=False)  # lost again, then re-staked
     small = 10_000
@@ -227,12 +227,12 @@ def test_a_node_owing_a_slash_cannot_withdraw_its_stake_first(staked: tuple[Worl
     assert requested is not None
     stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
     with pytest.raises(StakeLockedError, match="owes 1 slash"):
-        stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))
+        stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert w.token(w.node) == 0 and w.chain.token_amount(stakes_account(stakes)) == STAKE
     report = stakes.ledger.sweep(run_state=lambda _run: "gone")
     assert report.slashed == ["job-f"]
     share = STAKE * 2500 // 10_000
-    assert stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn
+    assert stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE - share and w.token(w.user) == USER_FUNDS + share
 
 
@@ -253,5 +253,5 @@ def test_a_deposit_whose_record_a_crash_lost_still_goes_back_to_the_node(
     requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
     assert requested is not None
     stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
-    assert stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn
+    assert stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE + extra and w.chain.token_amount(stakes_account(stakes)) is None

@@ -17,7 +17,7 @@ from cyxwiz.ledger import provision
 from cyxwiz.ledger.cosign import CosignRefusedError, KeyCosigner
 from cyxwiz.ledger.stake import StakeLedger, StakeLockedError, StakePolicy, StakeTooLowError
 from tasks.node_stake import node_peers, stake_ledger, staked_peer
-from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World, withdrawal
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
 
 P1 = NODE_PEER  # the PeerID the node staked under (its first certificate)
 P2 = "12D3KooWNodeOneRenewedPeerIdAfterRenewal"
@@ -99,7 +99,7 @@ def test_a_job_under_the_new_peer_locks_the_stake(local_world: World, coordinato
     stakes.request_unstake(peer_id=P1)
     with pytest.raises(StakeLockedError, match="running or unsettled"):
         stakes.withdraw(
-            peer_id=P1, withdrawal=withdrawal(w.node), now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+            peer_id=P1, withdrawal=w.withdrawal(w.node), now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
         )
     assert stakes.status(peer_id=P1).amount == STAKE  # nothing moved
 
@@ -158,7 +158,7 @@ def test_the_sweep_slashes_a_renewed_nodes_owed_fraud_and_it_cannot_withdraw_fir
     stakes.request_unstake(peer_id=P1)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     with pytest.raises(StakeLockedError, match="owes 1 slash"):
-        stakes.withdraw(peer_id=P1, withdrawal=withdrawal(w.node), now=later)
+        stakes.withdraw(peer_id=P1, withdrawal=w.withdrawal(w.node), now=later)
     report = ledger.sweep(run_state=lambda _run: "gone", node_peers=links)
     assert report.slashed == ["job-owed"]
     share = STAKE * 2500 // 10_000

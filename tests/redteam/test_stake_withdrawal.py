@@ -36,7 +36,7 @@ from cyxwiz.ledger.stake import StakeLedger, StakePolicy, stake_address, stakes
 from cyxwiz.ledger.verifier_service import VerifierService
 from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, StakeWithdrawalError, StaleWithdrawalError
 from cyxwiz.pki.peerid import peer_id
-from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, withdrawal
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World
 
 STAKE = 40_000
 POLICY = StakePolicy(minimum=30_000, slash_bps=2500, cooldown=dt.timedelta(hours=1))
@@ -132,13 +132,13 @@ def test_a_rewritten_stake_row_pays_nothing_the_node_stated_wallet_is_paid(bench
     thief = w.other_node.pubkey()
     b.stakes.book.update(NODE_PEER, node_wallet=str(thief))
     with pytest.raises(CosignRefusedError, match="only to the wallet the node's key stated") as refused:
-        b.crafted(thief, withdrawal(w.node))  # the node's genuine statement, the row's destination
+        b.crafted(thief, w.withdrawal(w.node))  # the node's genuine statement, the row's destination
     assert refused.value.rule == "F1"
     _untouched(b)
     with pytest.raises(CosignRefusedError, match="signed withdrawal is missing"):
         b.crafted(thief, None)  # the old way: the book's word alone
     _untouched(b)
-    record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node))  # positive control
+    record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))  # positive control
     assert record.withdrawn and w.token(w.node) == STAKE and w.token(w.other_node) == 0
     assert w.chain.get_account(b.account) is None  # emptied and closed
     b.conserved()
@@ -151,9 +151,9 @@ def test_a_withdrawal_signed_by_another_nodes_key_or_for_another_stake_is_refuse
     other = Ed25519PrivateKey.generate()
     forged = [
         # another node's own key, naming this node's stake and the thief's wallet
-        (withdrawal(thief, key=other, stake_peer_id=NODE_PEER), "neither the staking key", "A7"),
+        (w.withdrawal(thief, key=other, stake_peer_id=NODE_PEER), "neither the staking key", "A7"),
         # this node's key, but for another stake (the other node's): not a statement about this one
-        (withdrawal(thief, stake_peer_id=peer_id(other)), "for the stake of", "F1"),
+        (w.withdrawal(thief, stake_peer_id=peer_id(other)), "for the stake of", "F1"),
     ]
     claimed = SignedStakeWithdrawal.sign(key=other, wallet=str(thief), stake_peer_id=NODE_PEER)
     body = dataclasses.replace(claimed.withdrawal, peer_id=NODE_PEER)  # claims the node's PeerID
@@ -165,7 +165,7 @@ def test_a_withdrawal_signed_by_another_nodes_key_or_for_another_stake_is_refuse
         with pytest.raises(StakeWithdrawalError, match=why):
             b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=statement)  # the ledger refuses it too
         _untouched(b)
-    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn  # positive control
+    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn  # positive control
     assert w.token(w.node) == STAKE
 
 
@@ -174,13 +174,13 @@ def test_a_stale_or_used_withdrawal_is_refused(bench: Bench) -> None:
     b, w = bench, bench.w
     b.cooled_down()
     now_ms = int(time.time() * 1000)
-    old = withdrawal(w.node, issued_at=now_ms - 2 * 3600 * 1000)
+    old = w.withdrawal(w.node, issued_at=now_ms - 2 * 3600 * 1000)
     with pytest.raises(StaleWithdrawalError, match="more than 3600 s ago"):
         b.crafted(w.node.pubkey(), old)
     with pytest.raises(StaleWithdrawalError, match="in the future"):
-        b.crafted(w.node.pubkey(), withdrawal(w.node, issued_at=now_ms + 3600 * 1000))
+        b.crafted(w.node.pubkey(), w.withdrawal(w.node, issued_at=now_ms + 3600 * 1000))
     _untouched(b)
-    used = withdrawal(w.node)
+    used = w.withdrawal(w.node)
     assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=used).withdrawn  # positive control
     assert w.token(w.node) == STAKE
     w.expire_blockhash()  # else the re-stake would be the first deposit's very bytes
@@ -190,7 +190,7 @@ def test_a_stale_or_used_withdrawal_is_refused(bench: Bench) -> None:
         b.crafted(w.node.pubkey(), used)
     assert refused.value.rule == "F2"
     _untouched(b)
-    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn
+    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE
 
 
@@ -200,7 +200,7 @@ def test_the_key_the_node_renewed_into_states_the_wallet_a_forged_link_does_not(
     b, w = bench, bench.w
     b.cooled_down()
     new_key = Ed25519PrivateKey.generate()
-    statement = withdrawal(w.node, key=new_key, stake_peer_id=NODE_PEER)
+    statement = w.withdrawal(w.node, key=new_key, stake_peer_id=NODE_PEER)
     forged = SignedRenewalLink.sign(old_key=new_key, new_peer_id=peer_id(new_key)).to_dict()
     forged["link"]["old_peer_id"] = NODE_PEER
     b.links.append(forged)
@@ -219,7 +219,7 @@ def test_the_row_keyed_to_another_account_still_empties_only_the_peers_own(bench
     b.cooled_down()
     with b.stakes.book._engine.begin() as conn:
         conn.execute(stakes.update().values(stake_account=str(Keypair().pubkey())))
-    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=withdrawal(w.node)).withdrawn
+    assert b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE and b.held() == 0
 
 
