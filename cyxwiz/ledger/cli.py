@@ -134,7 +134,9 @@ def unstake_command(
     withdrawal: Annotated[
         Path | None,
         typer.Option(
-            "--withdrawal", help="With --withdraw: the signed withdrawal (cyxwiz escrow sign-withdrawal)."
+            "--withdrawal",
+            help="The node's signed withdrawal (cyxwiz escrow sign-withdrawal): starts the verifier's "
+            "cool-down too; with --withdraw, the one that pays.",
         ),
     ] = None,
     config: ConfigOption = None,
@@ -143,22 +145,23 @@ def unstake_command(
     """Start the stake's cool-down (no more dispatch), or --withdraw it back to the wallet the node's key
     named in its signed withdrawal (never a wallet the stake book says).
 
-    Example: cyxwiz escrow unstake --node 12D3KooW...;  later, with the file the node signed:
+    Example: cyxwiz escrow unstake --node 12D3KooW... --withdrawal withdrawal.json;  later, with a new one:
     cyxwiz escrow unstake --node 12D3KooW... --withdraw --withdrawal withdrawal.json
     """
     from cyxwiz.errors import ValidationError
+    from cyxwiz.pki._files import read_bytes
 
-    if not withdraw:
-        _print_stake(_stakes(config).request_unstake(peer_id=peer_id).to_dict(), as_json)
+    signed = None
+    if withdrawal is not None:
+        signed = read_bytes(withdrawal, what="signed withdrawal").decode("utf-8", errors="replace").strip()
+    if not withdraw:  # with the node's signed withdrawal, the verifier's cool-down starts now too
+        _print_stake(_stakes(config).request_unstake(peer_id=peer_id, withdrawal=signed).to_dict(), as_json)
         return
-    if withdrawal is None:
+    if signed is None:
         raise ValidationError(
             "a withdrawal pays only the wallet the node's key signed: pass --withdrawal FILE",
             field="withdrawal", rule="F1", hint="on the node: cyxwiz escrow sign-withdrawal --wallet W",
         )  # fmt: skip
-    from cyxwiz.pki._files import read_bytes
-
-    signed = read_bytes(withdrawal, what="signed withdrawal").decode("utf-8", errors="replace").strip()
     _print_stake(_stakes(config).withdraw(peer_id=peer_id, withdrawal=signed).to_dict(), as_json)
 
 

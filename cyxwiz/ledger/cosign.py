@@ -37,7 +37,7 @@ from cyxwiz.ledger.store import EscrowState
 
 SYSTEM_PROGRAM_ID = Pubkey.from_string("11111111111111111111111111111111")
 _TRANSFER_CHECKED, _CLOSE_ACCOUNT, _INITIALIZE_ACCOUNT = 12, 9, 1
-KINDS = ("release", "refund", "dispute", "resolve", "slash", "unstake")
+KINDS = ("release", "refund", "dispute", "resolve", "slash", "unstake", "unstake-request")
 
 
 class CosignRefusedError(EscrowError):
@@ -177,7 +177,7 @@ class VerifierPolicy:
         except Exception:  # solders raises its own parse errors
             raise CosignRefusedError("the message does not parse", field="message") from None
         moves = _moves(message)
-        if request.kind == "unstake":
+        if request.kind in ("unstake", "unstake-request"):
             from cyxwiz.ledger.unstake_rule import approve_unstake
 
             approve_unstake(self, request, moves)
@@ -389,6 +389,7 @@ def refusal_from(payload: object) -> CyxwizError:
     from cyxwiz.ledger import attestation as att
     from cyxwiz.ledger.records import ProofRequiredError, WrongRecipientError
     from cyxwiz.ledger.stake import StakeLockedError
+    from cyxwiz.ledger.unstake_rule import CooldownStartedError
     from cyxwiz.ledger.verdicts import ReleaseOwedError
     from cyxwiz.ledger.withdrawal import StakeWithdrawalError, StaleWithdrawalError
 
@@ -396,6 +397,7 @@ def refusal_from(payload: object) -> CyxwizError:
         CosignRefusedError, ReleaseOwedError, att.ReportRefusedError, att.ReportSignatureError,
         att.ReportSignerError, att.ReportBindingError, att.ReportVerdictError, ProofRequiredError,
         WrongRecipientError, StakeWithdrawalError, StaleWithdrawalError, StakeLockedError,
+        CooldownStartedError,
     ]  # fmt: skip
     data = payload if isinstance(payload, dict) else {}
     cls = next((k for k in known if k.code == data.get("code")), CosignRefusedError)

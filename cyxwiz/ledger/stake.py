@@ -246,10 +246,26 @@ class StakeLedger:
         )  # fmt: skip
         return self.book.get(stake.peer_id)
 
-    def request_unstake(self, *, peer_id: str) -> StakeRecord:
-        """Start the cool-down; the node is not dispatched to from now on."""
+    def request_unstake(
+        self, *, peer_id: str, withdrawal: SignedStakeWithdrawal | str | None = None
+    ) -> StakeRecord:
+        """Start the cool-down; the node is not dispatched to from now on. With the node's signed
+        ``withdrawal``, the verifier's cool-down starts now too (its own clock, which the coordinator
+        cannot backdate); without, it starts at the node's first withdrawal the verifier sees."""
         self.book.get(peer_id)
         self.book.update(peer_id, unstake_requested_at=dt.datetime.now(dt.UTC))
+        if withdrawal is not None:
+            from cyxwiz.ledger.unstake_rule import CooldownStartedError
+
+            statement = withdrawal if isinstance(withdrawal, str) else withdrawal.to_json()
+            led = self.ledger
+            notice = [txbuild.memo(led._payer.pubkey(), f"cyxwiz:stake:unstake-request:{peer_id}")]
+            try:  # the verifier records it and answers with its cool-down; it never signs a notice
+                self._build(notice, [], cosign=("unstake-request", peer_id, None, statement))
+            except CooldownStartedError as started:
+                led._record_audit(
+                    "stake.unstake-request", peer_id, success=True, amount=0, reason=started.message
+                )
         return self.book.get(peer_id)
 
     def withdraw(

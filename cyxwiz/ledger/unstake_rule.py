@@ -15,13 +15,20 @@ verifier refuses a withdrawal from what it knows itself:
 * **running job** — every escrow it judged for those keys must be empty on chain (an escrow still holding
   funds is a job not yet settled, whose fraud may still be proven).
 
-What it cannot know from its own records: a job whose verification it was never asked for. That part and
-the cool-down's start stay the database's word (documented in the README's money rules).
+* **cool-down** — it runs on the verifier's clock from the first signed request of the node it saw (an
+  ``unstake-request`` notice the ledger sends when the node asks, :meth:`StakeLedger.request_unstake
+  <cyxwiz.ledger.stake.StakeLedger.request_unstake>`, or else its first withdrawal), not from the stake
+  book's ``unstake_requested_at``; a co-signed withdrawal clears it, so a re-stake's starts afresh.
+
+What it cannot know from its own records: a job whose verification it was never asked for (the escrow
+rows say which jobs a node has; a user funds the lock, the verifier signs nothing then). The cool-down
+bounds that: a job running when the node asked must be verified within it.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
@@ -50,6 +57,13 @@ if TYPE_CHECKING:
 MAX_EVIDENCE = 256
 
 
+class CooldownStartedError(StakeLockedError):
+    """The answer to an unstake notice: the verifier recorded the node's request (its cool-down runs from
+    then); no co-signature is ever given for a notice."""
+
+    code = "stake-cooldown-started"
+
+
 def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Moves) -> StakeWithdrawal:
     """The verifier's rule for an ``unstake`` message (the subject is the staking PeerID): the node's
     signed withdrawal, the verifier's own records (no fraud it proved left unslashed, no escrow it judged
@@ -75,10 +89,27 @@ def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Move
         newest_used=None if verdicts is None else verdicts.newest_withdrawal(stake_peer),
     )  # fmt: skip
     signer_certificate(policy, signed)
+    now = dt.datetime.now(dt.UTC)
+    # The node's signed request starts the cool-down on this verifier's clock (the first one it sees).
+    started = None if verdicts is None else verdicts.unstake_requested(stake_peer, at=now)
+    if request.kind == "unstake-request":  # a notice: recorded, never co-signed
+        if started is None:
+            raise CosignRefusedError("this verifier keeps no book of unstake requests", field="kind")
+        raise CooldownStartedError(
+            f"the stake's cool-down runs on the verifier's clock from {started.isoformat()}; it can be "
+            f"withdrawn from {(started + policy.stake_policy.cooldown).isoformat()}", field="peer_id",
+            rule="F1",
+        )  # fmt: skip
     if verdicts is not None:  # before the database's rule: what the coordinator cannot rewrite
         require_settled(policy, {stake_peer, *later}, evidence=request.report)
     earlier = policy.node_peers(stake_peer) if policy.node_peers is not None else ()
     check_unstake(book.get(stake_peer), policy.stake_policy, policy.escrow_store, peers={*earlier, *later})
+    if started is not None and now < started + policy.stake_policy.cooldown:
+        raise StakeLockedError(
+            f"the cool-down ends at {(started + policy.stake_policy.cooldown).isoformat()} on the verifier's "
+            f"clock (it first saw the node's signed request at {started.isoformat()})", field="peer_id",
+            rule="F1", hint="the node asks early: cyxwiz escrow unstake --node P --withdrawal FILE",
+        )  # fmt: skip
     account = stake_address(policy.rent_owner, stake_peer)  # from the PeerID, not the book's row
     dest = txbuild.token_account_of(Pubkey.from_string(withdrawal.wallet), policy.mint)
     # Whatever the account holds goes back (a deposit whose record a crash lost included): the account

@@ -61,6 +61,15 @@ withdrawals = sa.Table(
     sa.Column("wallet", sa.String(44), nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: When this verifier first saw the node's signed request to withdraw a stake (its own clock): the stake's
+#: cool-down runs from here, not from the stake book's ``unstake_requested_at`` (a row the coordinator
+#: could backdate); cleared when a withdrawal is co-signed, so a re-stake's cool-down starts afresh.
+unstakes = sa.Table(
+    "cyxwiz_verifier_unstakes",
+    metadata,
+    sa.Column("stake_peer_id", sa.String(128), primary_key=True),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 class ReleaseOwedError(CosignRefusedError):
@@ -198,6 +207,23 @@ class VerdictBook:
             value = conn.execute(query).scalar()
         return None if value is None else int(value)
 
+    def unstake_requested(self, stake_peer_id: str, *, at: dt.datetime) -> dt.datetime:
+        """When the cool-down of this stake started on this verifier's clock: ``at`` for the first signed
+        request seen (since the last withdrawal co-signed here), else the time recorded then."""
+        query = sa.select(unstakes.c.requested_at).where(unstakes.c.stake_peer_id == stake_peer_id)
+        try:
+            with rawsql.writing(self._engine) as conn:
+                held = conn.execute(query).scalar()
+                if held is None:
+                    conn.execute(unstakes.insert().values(stake_peer_id=stake_peer_id, requested_at=at))
+                    return at
+        except self._conflicts:  # another request recorded it meanwhile: that one is the start
+            with self._engine.connect() as conn:
+                held = conn.execute(query).scalar()
+        if not isinstance(held, dt.datetime):
+            raise CosignRefusedError("the unstake request could not be recorded", field="peer_id", rule="F2")
+        return held if held.tzinfo is not None else held.replace(tzinfo=dt.UTC)
+
     def record_withdrawal(self, stake_peer_id: str, *, issued_at: int, wallet: str) -> bool:
         """Mark a signed withdrawal used, before its co-signature leaves; False (nothing written) when one
         as new or newer was co-signed meanwhile (two requests raced with the same statement)."""
@@ -206,6 +232,8 @@ class VerdictBook:
         try:
             with rawsql.writing(self._engine) as conn:
                 held = conn.execute(sa.select(withdrawals.c.issued_at).where(mine)).scalar()
+                # the cool-down of a later stake starts with its own first request
+                conn.execute(unstakes.delete().where(unstakes.c.stake_peer_id == stake_peer_id))
                 if held is None:
                     conn.execute(withdrawals.insert().values(stake_peer_id=stake_peer_id, **values))
                     return True
@@ -213,9 +241,13 @@ class VerdictBook:
                 moved = conn.execute(
                     withdrawals.update().where(mine, withdrawals.c.issued_at < issued_at).values(**values)
                 )
-                return bool(moved.rowcount)
+                if not moved.rowcount:
+                    raise _Lost
+                return True
         except self._conflicts:
             return False  # another request inserted the first mark of this stake meanwhile
+        except _Lost:
+            return False  # a newer one was marked meanwhile: nothing of this one is written
 
     def _writing(self) -> AbstractContextManager[rawsql.Conn]:
         return self._fast.transaction() if self._fast is not None else rawsql.writing(self._engine)
@@ -237,6 +269,10 @@ class VerdictBook:
         if self._fast is not None and self._owns_fast:
             self._fast.close()
         self._engine.dispose()
+
+
+class _Lost(Exception):
+    """A compare-and-set lost: roll the transaction back."""
 
 
 def _entries(value: object) -> list[list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -122,6 +123,23 @@ def demo_attest(pki: Pki, demo: DemoLedger, job_id: str, *, verdict: Verdict = "
         node_wallet=str(demo.node.pubkey()),
         escrow=str(escrow),
     ).to_json()
+
+
+def backdate_unstake(engine: Any, peer: str, at: dt.datetime) -> None:
+    """The stake's cool-down started at ``at`` on the stake book's clock and on the verifier's (its book,
+    table ``cyxwiz_verifier_unstakes``, shares ``engine``: the in-process verifier, or the verifier
+    service's own file): time passing, in a test."""
+    import sqlalchemy as sa
+
+    from cyxwiz.ledger.stakebook import stakes
+    from cyxwiz.ledger.verdicts import metadata, unstakes
+
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if sa.inspect(conn).has_table(stakes.name):
+            conn.execute(stakes.update().where(stakes.c.peer_id == peer).values(unstake_requested_at=at))
+        conn.execute(unstakes.delete().where(unstakes.c.stake_peer_id == peer))
+        conn.execute(unstakes.insert().values(stake_peer_id=peer, requested_at=at))
 
 
 USER_FUNDS = 1_000_000

@@ -9,17 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from cyxwiz.cli import app
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.config import open_ledger
 from cyxwiz.ledger.embedded import DemoLedger
-from cyxwiz.ledger.stake import StakeBook
 from cyxwiz.ledger.verifier_service import VerifierProcess
 from cyxwiz.pki.certs import write_certificate
 from cyxwiz.pki.keys import write_private_key
-from tests.ledger.conftest import NODE_KEY, NODE_PEER, Pki
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, Pki, backdate_unstake
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -113,8 +113,6 @@ def test_stake_unstake_and_status(
     assert code == 0, err
     code, out, _ = _run("escrow", "status", "--node", NODE_PEER, "--json")
     assert code == 0 and json.loads(out)["amount"] == 3_000_000
-    code, out, _ = _run("escrow", "unstake", "--node", NODE_PEER)
-    assert code == 0 and "unstake_requested_at" in out
     # On the node: its certificate key signs where the stake goes back to (issue 17; F1).
     key_file = tmp_path / "node-key.pem"
     write_private_key(key_file, NODE_KEY)
@@ -128,6 +126,11 @@ def test_stake_unstake_and_status(
     code, signed, err = _run(*sign, "--cert", str(cert))
     assert code == 0, err
     (tmp_path / "withdrawal.json").write_text(signed)
+    # The unstake request with the node's signed withdrawal starts the verifier's cool-down too.
+    code, out, err = _run(
+        "escrow", "unstake", "--node", NODE_PEER, "--withdrawal", str(tmp_path / "withdrawal.json")
+    )
+    assert code == 0 and "unstake_requested_at" in out, err
     withdraw = ("escrow", "unstake", "--node", NODE_PEER, "--withdraw")
     code, _, err = _run(*withdraw)
     assert code == 2 and "--withdrawal FILE" in err and len(err.strip().splitlines()) == 1
@@ -136,8 +139,13 @@ def test_stake_unstake_and_status(
     wallet = txbuild.token_account_of(demo.node.pubkey(), ledger.mint)
     assert ledger.chain.token_amount(wallet) == 0
     # The cool-down over: the verifier service (its own process) co-signs the withdrawal to that wallet.
-    book = StakeBook(ledger.store._engine)
-    book.update(NODE_PEER, unstake_requested_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    backdate_unstake(ledger.store._engine, NODE_PEER, past)
+    config = demo.config  # the verifier's own book: its verifier_db, else a file beside its socket
+    own = config._path(config.verifier_db) or (config.verifier_socket_path() or verifier.socket_path).parent
+    verdicts = own if own.suffix == ".db" else own / "verifier-verdicts.db"
+    assert verdicts.exists()
+    backdate_unstake(sa.create_engine(f"sqlite:///{verdicts}"), NODE_PEER, past)
     code, out, err = _run(*withdraw, "--withdrawal", str(tmp_path / "withdrawal.json"), "--json")
     assert code == 0, err
     assert json.loads(out)["withdrawn"] and ledger.chain.token_amount(wallet) == 3_000_000

@@ -14,7 +14,7 @@ from cyxwiz.ledger.attestation import ReportBindingError, ReportVerdictError
 from cyxwiz.ledger.cosign import CosignRefusedError
 from cyxwiz.ledger.stake import StakeLedger, StakeLockedError, StakePolicy, StakeTooLowError
 from cyxwiz.ledger.store import EscrowState
-from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World
+from tests.ledger.conftest import NODE_PEER, USER_FUNDS, World, backdate_unstake
 
 STAKE = 40_000
 
@@ -121,7 +121,7 @@ def test_withdraw_needs_cooldown_and_no_running_job(staked: tuple[World, StakeLe
     # The ledger's own check passes now; the verifier applies the cool-down itself, on its own clock.
     with pytest.raises(StakeLockedError, match="cool-down ends"):
         stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node), now=later)
-    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    backdate_unstake(stakes.book._engine, NODE_PEER, requested - dt.timedelta(hours=2))
     record = stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert (record.amount, record.withdrawn) == (0, True)
     assert w.token(w.node) == STAKE + 10_000
@@ -171,7 +171,7 @@ def test_a_withdrawal_whose_record_a_crash_lost_is_not_sent_twice_nor_a_phantom_
     w, stakes = staked
     requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
     assert requested is not None
-    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    backdate_unstake(stakes.book._engine, NODE_PEER, requested - dt.timedelta(hours=2))
     before = stakes.status(peer_id=NODE_PEER)
     stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert w.token(w.node) == STAKE
@@ -225,7 +225,7 @@ def test_a_node_owing_a_slash_cannot_withdraw_its_stake_first(staked: tuple[Worl
     stakes.ledger.refund(job_id="job-f", reason="verification proved fraud", report=fraud)
     requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
     assert requested is not None
-    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    backdate_unstake(stakes.book._engine, NODE_PEER, requested - dt.timedelta(hours=2))
     with pytest.raises(StakeLockedError, match="owes 1 slash"):
         stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert w.token(w.node) == 0 and w.chain.token_amount(stakes_account(stakes)) == STAKE
@@ -252,6 +252,6 @@ def test_a_deposit_whose_record_a_crash_lost_still_goes_back_to_the_node(
     stakes.book.update(NODE_PEER, amount=before.amount)  # the record the crash lost
     requested = stakes.request_unstake(peer_id=NODE_PEER).unstake_requested_at
     assert requested is not None
-    stakes.book.update(NODE_PEER, unstake_requested_at=requested - dt.timedelta(hours=2))
+    backdate_unstake(stakes.book._engine, NODE_PEER, requested - dt.timedelta(hours=2))
     assert stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node)).withdrawn
     assert w.token(w.node) == STAKE + extra and w.chain.token_amount(stakes_account(stakes)) is None

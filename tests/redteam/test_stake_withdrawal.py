@@ -36,7 +36,7 @@ from cyxwiz.ledger.stake import StakeLedger, StakePolicy, stake_address, stakes
 from cyxwiz.ledger.verifier_service import VerifierService
 from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, StakeWithdrawalError, StaleWithdrawalError
 from cyxwiz.pki.peerid import peer_id
-from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, backdate_unstake
 
 STAKE = 40_000
 POLICY = StakePolicy(minimum=30_000, slash_bps=2500, cooldown=dt.timedelta(hours=1))
@@ -78,7 +78,7 @@ class Bench:
     def cooled_down(self) -> None:
         self.stakes.request_unstake(peer_id=NODE_PEER)
         past = dt.datetime.now(dt.UTC) - 2 * POLICY.cooldown
-        self.stakes.book.update(NODE_PEER, unstake_requested_at=past)
+        backdate_unstake(self.stakes.book._engine, NODE_PEER, past)  # on the verifier's clock too
 
     def crafted(self, dest: Pubkey, statement: str | None) -> str:
         """The compromised coordinator's own withdrawal message, paying ``dest``, sent with ``statement``."""

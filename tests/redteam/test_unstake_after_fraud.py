@@ -35,7 +35,7 @@ from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, StakeWithdrawalError
 from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
-from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World
+from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, backdate_unstake
 from tests.redteam.test_stake_withdrawal import POLICY, STAKE, ServiceCosigner
 
 JOB_AMOUNT = 10_000
@@ -79,6 +79,10 @@ class Bench:
         """The database's cool-down, started long ago (the coordinator's word)."""
         self.stakes.request_unstake(peer_id=NODE_PEER)
         self.stakes.book.update(NODE_PEER, unstake_requested_at=dt.datetime.now(dt.UTC) - 2 * POLICY.cooldown)
+
+    def time_passes(self) -> None:
+        """The cool-down over on the verifier's clock too (its book shares this database here)."""
+        backdate_unstake(self.stakes.book._engine, NODE_PEER, dt.datetime.now(dt.UTC) - 2 * POLICY.cooldown)
 
 
 @pytest.fixture
@@ -153,6 +157,7 @@ def test_a_proven_fraud_keeps_the_stake_until_its_slash_lands_whatever_the_datab
     # Positive control: the slash lands (the sweep's path), then the honest withdrawal pays the rest.
     w.expire_blockhash()  # else the slash would be the unsent message's very bytes
     b.stakes.slash(job_id="job-f", report=fraud)
+    b.time_passes()
     assert b.held() == STAKE - SHARE and w.token(w.user) == USER_FUNDS + SHARE
     record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert record.withdrawn and w.token(w.node) == STAKE - SHARE and b.held() == 0
@@ -175,9 +180,26 @@ def test_a_job_the_verifier_judged_keeps_the_stake_while_its_escrow_holds_funds(
     with led.store._engine.begin() as conn:  # positive control: the job settles for real
         conn.execute(escrows.update().where(escrows.c.job_id == "job-r").values(state="locked"))
     led.release(job_id="job-r", node_wallet=w.node.pubkey(), report=passing)
+    b.time_passes()
     record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
     assert record.withdrawn and w.token(w.node) == STAKE + JOB_AMOUNT and b.held() == 0
     b.conserved("job-r")
+
+
+def test_the_cool_down_runs_on_the_verifiers_clock_not_the_databases(bench: Bench) -> None:
+    """The node asks to unstake with its signed request: the verifier records when (a notice it never
+    co-signs). The coordinator backdates the book's cool-down: the verifier still counts from its own
+    record (F1)."""
+    b, w = bench, bench.w
+    b.stakes.request_unstake(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    b.stakes.book.update(NODE_PEER, unstake_requested_at=dt.datetime.now(dt.UTC) - 2 * POLICY.cooldown)
+    with pytest.raises(StakeLockedError, match=r"cool-down ends at .* on the verifier's clock") as refused:
+        b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    assert refused.value.rule == "F1"
+    _untouched(b)
+    b.time_passes()  # positive control: the cool-down over on the verifier's clock
+    record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    assert record.withdrawn and w.token(w.node) == STAKE and b.held() == 0
 
 
 def test_a_revoked_key_states_no_wallet_the_key_it_renewed_into_does(bench: Bench) -> None:
@@ -208,6 +230,7 @@ def test_a_revoked_key_states_no_wallet_the_key_it_renewed_into_does(bench: Benc
             b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=statement)
         assert refused.value.rule in ("A6", "A1", "A2") and refused.value.field == "withdrawal.certificate"
         _untouched(b)
+    b.time_passes()
     record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=renewed)  # positive control
     assert record.withdrawn and w.token(w.node) == STAKE and w.token(w.other_node) == 0 and b.held() == 0
 
