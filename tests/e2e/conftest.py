@@ -12,6 +12,7 @@ import pytest
 
 from infra.local_server import LocalPrefectServer, stop_process_group
 from infra.stack import prefect_cli
+from tests.e2e.lifecycle_conftest import QUICK_POLL
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +39,7 @@ def node_agent(
         "CYXWIZ_NODE_NAME": "node-e2e",
         "CYXWIZ_WORK_ROOT": str(tmp_path / "agent"),
         "CYXWIZ_SANDBOX_MAX_MEMORY_MB": "768",
+        **QUICK_POLL,
     }
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(

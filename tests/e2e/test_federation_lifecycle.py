@@ -27,7 +27,7 @@ import yaml
 from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
-from tests.e2e.lifecycle_conftest import audit_events, node_id_of, tiny_job, wait_until
+from tests.e2e.lifecycle_conftest import QUICK_POLL, audit_events, node_id_of, tiny_job, wait_until
 from tests.pki.federation_fixture import ALL_ROLES, Org, make_org
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(900)]
@@ -67,6 +67,7 @@ def federated() -> Iterator[tuple[Any, Org]]:
             home, say=lambda _m: None, nodes=("node-1",), trust_policy=_write_policy(home, pki, orgb),
             foreign_nodes={B_NODE: (b_node.cert_path, b_node.key_path)},
         ) as built:  # fmt: skip
+            built.env.update(QUICK_POLL)
             built.start_agent("node-1")
             built.start_agent(B_NODE)
             built.wait_for_node("node-1")

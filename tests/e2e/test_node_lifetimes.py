@@ -26,6 +26,7 @@ import pytest
 from cyxwiz.issuer.service import start_issuer_service
 from cyxwiz.transport.tls import client_context
 from infra.stack import EmbeddedStack, embedded_stack, prefect_cli
+from tests.e2e.lifecycle_conftest import QUICK_POLL
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -53,6 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
             ctx.revoker.issuer = client
             built.coordinator.app.app.state.coordinator = replace(ctx, renewer=client)  # type: ignore[attr-defined]
             _bootstrap_past_half_life(built)
+            built.env.update(QUICK_POLL)
             built.start_agent(NODE)
             built.wait_for_node(NODE)
             yield built

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.lifecycle_conftest import tiny_job, wait_until
+from tests.e2e.lifecycle_conftest import QUICK_POLL, tiny_job, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(1200)]
 
@@ -63,6 +63,7 @@ def kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = Path(tempfile.mkdtemp(prefix="cyxui-", dir="/tmp"))  # short: the node's bridge socket path
     try:
         with embedded_stack(home, say=lambda _m: None, nodes=("node-1",), deploy_all=True) as stack:
+            stack.env.update(QUICK_POLL)
             stack.start_agent("node-1")
             stack.start_control_worker()
             stack.wait_for_node("node-1")
