@@ -2,7 +2,9 @@
 
 ``python -m infra.control_worker [--pool control] [--name NAME]`` first marks CRASHED the flow runs that a
 worker of the same name left behind on this host when it died (:func:`tasks.sweep.crash_orphans_of`), then
-becomes ``prefect worker start --pool POOL --type process --name NAME``. Without the first step a
+runs :class:`agents.control_worker.ControlWorker` on POOL under NAME: Prefect's process worker that starts
+only the project's own deployments of that pool (prefect.yaml), with the entrypoint, command and
+environment fixed locally, never taken from the Prefect API (issue 17; F1, C3). Without the first step a
 ``job-lifecycle`` run killed with its worker stays ``RUNNING`` until the escrow sweep's silence rule
 (``run_silent_s``) gives up on it; with it, the next sweep settles the run's escrow (issue 21, F2).
 
@@ -13,6 +15,7 @@ its own runs. The systemd unit passes ``cyxwiz-control``; the default is ``cyxwi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -50,9 +53,22 @@ def main(argv: list[str] | None = None) -> None:
     if crashed:
         print(f"control worker {args.name!r}: orphaned runs marked CRASHED: {', '.join(crashed)}")
     sys.stdout.flush()
-    command = ["prefect", "worker", "start", "--pool", args.pool, "--type", "process", "--name", args.name]
-    # The worker replaces this process (same pid for systemd and the harness); no shell, fixed argv.
-    os.execv(sys.executable, [sys.executable, "-m", *command])  # noqa: S606
+    serve(args.pool, args.name)
+
+
+def serve(pool: str, name: str) -> None:
+    """The guarded worker until it is stopped: signals are handled as ``prefect worker start`` does (the
+    first SIGTERM stops polling and lets the running flows finish, the second kills)."""
+    import anyio
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    from agents.control_worker import ControlPolicy, ControlWorker
+
+    policy = ControlPolicy.from_project(pool=pool)
+    setup_signal_handlers_worker(os.getpid(), "the control worker", print)
+    worker = ControlWorker(work_pool_name=pool, name=name, policy=policy, create_pool_if_not_found=False)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(worker.start)
 
 
 if __name__ == "__main__":
