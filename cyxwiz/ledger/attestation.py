@@ -247,19 +247,27 @@ class AttestationPolicy:
         self._verified.clear()  # a certificate checked against the old CRLs is checked again
         self._good.clear()
 
-    def certificate_of(self, pem: str, *, role: str) -> x509.Certificate:
+    def certificate_of(
+        self, pem: str | x509.Certificate, *, role: str, current: bool = True
+    ) -> x509.Certificate:
         """One PEM certificate that chains to the trust bundle, is valid now, is not revoked (the CRL files
         re-read when they changed, A6) and has ``role``: what a node presents beside a document its key
-        signed (a stake withdrawal). Raises the PKI's precise error, or ValidationError for the role."""
+        signed (a stake withdrawal). ``current=False``: only that this CA issued it (its chain as of its
+        own start; expired or revoked since, it still names whom it was issued to). Raises the PKI's
+        precise error, or ValidationError for the role."""
         from cyxwiz.errors import ValidationError
         from cyxwiz.pki.certs import parse_certificates, role_of
-        from cyxwiz.pki.verify import verify_certificate
+        from cyxwiz.pki.verify import build_chain, check_leaf, verify_certificate
 
         try:
-            [cert] = parse_certificates(pem.encode())
+            [cert] = [pem] if isinstance(pem, x509.Certificate) else parse_certificates(pem.encode())
         except (CyxwizError, ValueError):
             raise ValidationError("not one PEM certificate", field="certificate", rule="A2") from None
-        verify_certificate(cert, trusted=self.trusted, crls=self._current_crls(), purpose="client")
+        if current:
+            verify_certificate(cert, trusted=self.trusted, crls=self._current_crls(), purpose="client")
+        else:
+            check_leaf(cert, purpose="client")
+            build_chain(cert, trusted=self.trusted, at=cert.not_valid_before_utc)
         if role_of(cert) != role:
             raise ValidationError(f"the certificate's role is not {role!r}", field="certificate", rule="A1")
         return cert

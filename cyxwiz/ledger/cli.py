@@ -177,9 +177,11 @@ def sign_withdrawal_command(
         typer.Option("--stake-peer", help="The PeerID the stake was deposited under, if an earlier key's."),
     ] = None,
     cert: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
-            "--cert", help="The key's certificate, presented to the verifier (default: $CYXWIZ_NODE_CERT)."
+            "--cert",
+            help="The key's certificate, presented to the verifier (default: $CYXWIZ_NODE_CERT); a renewed "
+            "key: then again with the staking key's certificate.",
         ),
     ] = None,
 ) -> None:
@@ -197,10 +199,10 @@ def sign_withdrawal_command(
     path = key or (Path(os.environ["CYXWIZ_NODE_KEY"]) if os.environ.get("CYXWIZ_NODE_KEY") else None)
     if path is None:
         raise ConfigError("name the node's key: --key or CYXWIZ_NODE_KEY", field="key", rule="A5")
-    cert_path = cert or (Path(os.environ["CYXWIZ_NODE_CERT"]) if os.environ.get("CYXWIZ_NODE_CERT") else None)
-    if cert_path is None:  # the verifier refuses a key it cannot check against the CRL (A6)
+    paths = cert or ([Path(os.environ["CYXWIZ_NODE_CERT"])] if os.environ.get("CYXWIZ_NODE_CERT") else [])
+    if not paths:  # the verifier refuses a key it cannot check against the CRL (A6)
         raise ConfigError("name the key's certificate: --cert or CYXWIZ_NODE_CERT", field="cert", rule="A6")
-    pem = read_bytes(cert_path, what="node certificate").decode("utf-8", errors="replace")
+    pem = "".join(read_bytes(p, what="node certificate").decode("utf-8", errors="replace") for p in paths)
     signed = SignedStakeWithdrawal.sign(
         key=load_private_key(path), wallet=wallet, stake_peer_id=stake_peer, certificate=pem
     )

@@ -139,26 +139,49 @@ def approve_unstake(policy: VerifierPolicy, request: CosignRequest, moves: _Move
 def signer_certificate(policy: VerifierPolicy, signed: SignedStakeWithdrawal) -> None:
     """The withdrawal's signer presents its certificate: chained to the CA, valid now, not revoked (the
     attestation policy's trust bundle and CRLs, re-read when they change), of role ``worker``, for the
-    signing key. A key revoked after it staked (or after it renewed) states no wallet (A6)."""
+    signing key. A key revoked after it staked (or after it renewed) states no wallet (A6).
+
+    A key the staking key renewed into also presents the staking key's certificate (second in the PEM
+    text; issued by this CA, expired or revoked since or not): the issuer renews a certificate under the
+    same name only, so the two must name the same node. A link a stolen staking key signs to a thief's
+    own certified key names another node, and is refused here."""
+    from cyxwiz.pki.certs import parse_certificates
     from cyxwiz.pki.peerid import peer_id
 
-    field = f"{FIELD}.certificate"
+    field, stated = f"{FIELD}.certificate", signed.withdrawal
     if signed.certificate is None:
         raise StakeWithdrawalError(
             "the withdrawal's signer must present its certificate (a revoked key states no wallet)",
             field=field, rule="A6", hint="cyxwiz escrow sign-withdrawal --cert CERT",
         )  # fmt: skip
     try:
-        cert = policy.attestations.certificate_of(signed.certificate, role="worker")
+        certs = parse_certificates(signed.certificate.encode())
+        if not 1 <= len(certs) <= 2:
+            raise StakeWithdrawalError("one or two PEM certificates", field=field, rule="A6")
+        cert = policy.attestations.certificate_of(certs[0], role="worker")
+        staking = certs[-1] if len(certs) == 2 else None
+        if staking is not None:
+            staking = policy.attestations.certificate_of(staking, role="worker", current=False)
     except CyxwizError as exc:
         raise StakeWithdrawalError(
             f"the withdrawal's signer certificate is refused: {exc.message}", field=field,
             rule=exc.rule or "A6",
         ) from None  # fmt: skip
-    if peer_id(cert) != signed.withdrawal.peer_id:
+    if peer_id(cert) != stated.peer_id:
         raise StakeWithdrawalError(
-            f"the presented certificate is not {signed.withdrawal.peer_id}'s (another key)", field=field,
-            rule="A6",
+            f"the presented certificate is not {stated.peer_id}'s (another key)", field=field, rule="A6"
+        )
+    if stated.peer_id == stated.stake_peer_id:
+        return
+    if staking is None or peer_id(staking) != stated.stake_peer_id:
+        raise StakeWithdrawalError(
+            f"a renewed key presents the staking key's certificate ({stated.stake_peer_id}'s) after its own",
+            field=field, rule="A7", hint="cyxwiz escrow sign-withdrawal --cert NEW.pem --cert OLD.pem",
+        )  # fmt: skip
+    if staking.subject != cert.subject:
+        raise StakeWithdrawalError(
+            f"the signer's certificate names {cert.subject.rfc4514_string()!r}, not the staking node "
+            f"{staking.subject.rfc4514_string()!r}: a renewal keeps the name", field=field, rule="A7",
         )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
@@ -26,6 +27,7 @@ from cyxwiz.ledger.rpc import RpcChain
 from cyxwiz.ledger.store import EscrowStore, IntentStatus
 from cyxwiz.ledger.verifier_service import VerifierProcess, start_verifier_service
 from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal
+from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.peerid import peer_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,18 +204,29 @@ class World:
     ) -> str:
         """The node's signed withdrawal (JSON) with the key's ``worker`` certificate of this world's PKI."""
         owner = wallet.pubkey() if isinstance(wallet, Keypair) else wallet
-        pem = self.node_certificate(key).read_text() if cert else None
+        pem = None
+        stake = fields.get("stake_peer_id")
+        if cert and stake is not None and stake != peer_id(key):  # renewed: same name, then the old one
+            old = self.node_certificate(stake)
+            name = load_certificate(old).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+            pem = self.node_certificate(key, name=str(name)).read_text() + old.read_text()
+        elif cert:
+            pem = self.node_certificate(key).read_text()
         return SignedStakeWithdrawal.sign(key=key, wallet=str(owner), certificate=pem, **fields).to_json()
 
-    def node_certificate(self, key: Ed25519PrivateKey) -> Path:
-        """The ``worker`` certificate of ``key`` (issued once per world) by this world's issuing CA."""
+    def node_certificate(self, key: Ed25519PrivateKey | str, *, name: str | None = None) -> Path:
+        """The ``worker`` certificate of ``key`` (a private key or a PeerID; issued once per world) by this
+        world's issuing CA, under ``name`` (default: from the PeerID)."""
         from cyxwiz.pki.certs import write_certificate
+        from cyxwiz.pki.peerid import public_key_from_peer_id
 
-        path = self.pki.root / "nodes" / f"{peer_id(key)}-cert.pem"
+        peer = key if isinstance(key, str) else peer_id(key)
+        path = self.pki.root / "nodes" / f"{peer}-cert.pem"
         if not path.exists():
             issued = self.pki.dev.issuing_ca().issue(
-                common_name=f"node-{peer_id(key)[-8:]}", role="worker", public_key=key.public_key()
-            )
+                common_name=name or f"node-{peer[-8:]}", role="worker",
+                public_key=public_key_from_peer_id(peer),
+            )  # fmt: skip
             write_certificate(path, issued.certificate)
         return path
 

@@ -205,8 +205,10 @@ def test_the_cool_down_runs_on_the_verifiers_clock_not_the_databases(bench: Benc
 def test_a_revoked_key_states_no_wallet_the_key_it_renewed_into_does(bench: Bench) -> None:
     """The node's staking key was stolen and its certificate revoked (A6): the thief's withdrawal, signed
     with the genuine key, is refused by the verifier (as one with no certificate, another key's, or a
-    certificate of another role); the node's renewed key (linked by the old key before the theft, its
-    certificate valid) withdraws to the wallet it states."""
+    certificate of another role), and so is one signed by the thief's own certified key through a link
+    the stolen key signs (another node's name: the issuer renews under the same name only); the node's
+    renewed key (linked by the old key before the theft, its certificate valid, beside the staking key's)
+    withdraws to the wallet it states."""
     b, w = bench, bench.w
     b.lie_cooled_down()
     thief = w.other_node.pubkey()
@@ -223,12 +225,23 @@ def test_a_revoked_key_states_no_wallet_the_key_it_renewed_into_does(bench: Benc
     new_key = Ed25519PrivateKey.generate()  # the renewal: a new key, the link signed by the old one
     b.links.append(SignedRenewalLink.sign(old_key=NODE_KEY, new_peer_id=peer_id(new_key)).to_dict())
     renewed = w.withdrawal(w.node, key=new_key, stake_peer_id=NODE_PEER)
+    # The thief, holding the stolen key, links it to its own certified key (another node's name).
+    b.links.append(SignedRenewalLink.sign(old_key=NODE_KEY, new_peer_id=peer_id(other)).to_dict())
+    by_thief = SignedStakeWithdrawal.sign(key=other, wallet=str(thief), stake_peer_id=NODE_PEER).to_json()
+    staking_pem = w.node_certificate(NODE_KEY).read_text()
+    cases += [
+        (
+            _with_cert(by_thief, w.node_certificate(other).read_text() + staking_pem),
+            "a renewal keeps the name",
+        ),
+        (_with_cert(renewed, w.node_certificate(new_key).read_text()), "presents the staking key's certif"),
+    ]
     w.pki.dev.revoke(w.node_certificate(NODE_KEY))  # published at once; the verifier re-reads the CRL
     cases.append((w.withdrawal(thief), "revoked"))
     for statement, why in cases:
         with pytest.raises(StakeWithdrawalError, match=why) as refused:
             b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=statement)
-        assert refused.value.rule in ("A6", "A1", "A2") and refused.value.field == "withdrawal.certificate"
+        assert refused.value.rule in ("A6", "A7", "A1") and refused.value.field == "withdrawal.certificate"
         _untouched(b)
     b.time_passes()
     record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=renewed)  # positive control
