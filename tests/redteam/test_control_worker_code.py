@@ -8,6 +8,8 @@ project never declared. Each would create a marker file if anything it names ran
 (:class:`agents.control_worker.ControlWorker`, the one ``python -m infra.control_worker`` runs) polls once
 on a real Prefect server: every attack ends CRASHED with the refusal, its marker absent, one audit event
 each; the honest run beside them (the project's deployment, an allowed log-level variable) completes.
+Against Prefect's plain ``ProcessWorker`` on the same server every one of these runs creates its marker
+(checked when the test was written), so each is a working attack, not a malformed request.
 """
 
 from __future__ import annotations
@@ -204,3 +206,58 @@ class _Deployment:
 
     def __init__(self, *, name: str, entrypoint: str, pull_steps: list[dict[str, Any]]) -> None:
         self.name, self.entrypoint, self.pull_steps, self.id = name, entrypoint, pull_steps, uuid.uuid4()
+
+
+def _rewritten(template: dict[str, Any], how: str, evil_dir: Path, marker: Path) -> dict[str, Any]:
+    """The pool's base job template as the attacker rewrites it (``PATCH /work_pools``): a default
+    command, or an environment baked into the job configuration."""
+    import copy
+
+    template = copy.deepcopy(template)
+    if how == "default-command":
+        template["variables"]["properties"]["command"]["default"] = f"/bin/sh -c 'touch {marker}'"
+    else:
+        template["job_configuration"]["env"] = {"PYTHONPATH": str(evil_dir)}
+    return template
+
+
+@pytest.mark.parametrize("how", ["default-command", "baked-env"])
+def test_a_work_pool_template_rewritten_through_the_api_runs_nothing(
+    prefect_server: Any, tmp_path: Path, how: str
+) -> None:
+    """C3: the pool itself is API state. A rewritten base job template is refused like a run's variables."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    from agents.control_worker import ControlPolicy, ControlWorker
+    from cyxwiz.audit import MemorySink
+
+    project, pool = _project(tmp_path), f"{POOL}-{how}"
+    evil_dir, marker = tmp_path / "pythonpath", tmp_path / "template.marker"
+    evil_dir.mkdir()
+    (evil_dir / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    template = _rewritten(ProcessWorker.get_default_base_job_template(), how, evil_dir, marker)
+    policy = ControlPolicy(
+        project=project, pool=pool, entrypoints={"honest": "honest.py:honest"}, pull_steps=()
+    )
+    audit = MemorySink()
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=pool, type="process", base_job_template=template), overwrite=True
+        )
+        flow_id = client.create_flow_from_name(f"honest-{how}")
+        deployment = client.create_deployment(
+            flow_id=flow_id, name="honest", entrypoint="honest.py:honest", work_pool_name=pool
+        )
+        flow_run = client.create_flow_run_from_deployment(
+            deployment, parameters={"marker": str(tmp_path / "honest.marker")}
+        )
+        worker = ControlWorker(work_pool_name=pool, name=WORKER, policy=policy, audit=audit)
+        anyio.run(lambda: worker.start(run_once=True))
+        state = client.read_flow_run(flow_run.id).state
+    assert state is not None and state.is_crashed(), state
+    assert "AuthorizationError" in (state.message or ""), state
+    assert not marker.exists() and not (tmp_path / "honest.marker").exists()
+    assert [e.action for e in audit.events] == ["control.run.refused"]
