@@ -7,7 +7,9 @@ proved a cheat take its stake back before the slash lands. So, beside the databa
 verifier refuses a withdrawal from what it knows itself:
 
 * **owed slash** — every ``fraud`` verdict it signed against the staking PeerID, or a key that PeerID
-  renewed into by signed links (the keys whose fraud a slash takes this stake for), needs a slash of that
+  renewed into by signed links (the keys whose fraud a slash takes this stake for), and every dispute whose
+  refund to the user by the arbiter it co-signed against those keys (the key whose proof it judged), needs
+  a slash of that
   job whose message the verifier co-signed (recorded in its own book when it co-signed,
   :meth:`~cyxwiz.ledger.verdicts.VerdictBook.record_slash`) and that the chain shows landed: the ledger
   sends the signed slash transactions as evidence (the request's ``report``: a JSON list of base64
@@ -187,9 +189,12 @@ def signer_certificate(policy: VerifierPolicy, signed: SignedStakeWithdrawal) ->
 
 def require_settled(policy: VerifierPolicy, peers: Collection[str], *, evidence: str | None) -> None:
     """Refuse (:class:`~cyxwiz.ledger.stake.StakeLockedError`) while a fraud this verifier proved against
-    one of ``peers`` has no slash it co-signed that landed, or an escrow it judged for them holds funds."""
+    one of ``peers`` — a ``fraud`` verdict, or a dispute whose refund to the user by the arbiter it
+    co-signed, against the key whose proof it judged — has no slash it co-signed that landed, or an escrow
+    it judged for them holds funds."""
     judged = policy.verdicts.judged(peers)
-    if not judged:
+    upheld = [job for job in policy.verdicts.upheld_jobs() if _proof_key(policy, job) in peers]
+    if not judged and not upheld:
         return
     chain = policy.chain
     if chain is None:
@@ -204,16 +209,25 @@ def require_settled(policy: VerifierPolicy, peers: Collection[str], *, evidence:
             "chain: not settled", field="peer_id", rule="F1",
         )  # fmt: skip
     landed = _landed(chain, evidence)
-    owed = sorted(
-        a.job_id for a in judged
-        if a.verdict == "fraud" and not policy.verdicts.slash_messages(a.job_id) & landed
-    )  # fmt: skip
+    proven = {a.job_id for a in judged if a.verdict == "fraud"} | set(upheld)
+    owed = sorted(job for job in proven if not policy.verdicts.slash_messages(job) & landed)
     if owed:
         raise StakeLockedError(
             f"the verifier proved fraud in job(s) {', '.join(owed)} of this node and no slash of it that "
             "it co-signed has landed on chain: the stake stays until it does", field="peer_id", rule="F1",
             hint="the escrow sweep sends owed slashes",
         )  # fmt: skip
+
+
+def _proof_key(policy: VerifierPolicy, job_id: str) -> str | None:
+    """The key whose proof the verifier judged for the job (the service), else the escrow record's node
+    (an in-process verifier: the ledger's own process)."""
+    if policy.proof_key is not None:
+        return policy.proof_key(job_id)
+    try:
+        return policy.lookup(job_id).node_peer_id
+    except CyxwizError:
+        return None
 
 
 def _landed(chain: Any, evidence: str | None) -> frozenset[str]:

@@ -170,6 +170,12 @@ class VerdictBook:
             elif entry not in (entries := _entries(held)):
                 conn.execute(verdicts.update().where(mine).values(attestation=json.dumps([*entries, entry])))
 
+    def upheld_jobs(self) -> list[str]:
+        """Every job whose dispute refund by the arbiter was co-signed here (a fraud the arbiter upheld)."""
+        query = sa.select(verdicts.c.job_id).where(verdicts.c.verdict == "upheld")
+        with self._engine.connect() as conn:
+            return [str(job) for job in conn.execute(query).scalars()]
+
     def slash_messages(self, job_id: str) -> frozenset[str]:
         """The SHA-256 of every slash message of this job co-signed here (landed or not)."""
         query = sa.select(verdicts.c.attestation).where(

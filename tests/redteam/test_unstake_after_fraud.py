@@ -165,6 +165,37 @@ def test_a_proven_fraud_keeps_the_stake_until_its_slash_lands_whatever_the_datab
     b.conserved("job-f")
 
 
+def test_a_dispute_the_arbiter_upheld_keeps_the_stake_until_its_slash_lands(bench: Bench) -> None:
+    """The arbiter refunded the user from the dispute escrow (the verifier co-signed it): a fraud too. The
+    coordinator writes "slashed" and "cool-down long past": the verifier still refuses (F1)."""
+    b, w = bench, bench.w
+    led = b.stakes.ledger
+    led.create(job_id="job-d", user=w.user, amount=JOB_AMOUNT)
+    led.assign(job_id="job-d", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
+    led.dispute(job_id="job-d", reason="user: a segment does not reproduce")
+    arbiter = w.ledger(coordinator=None, verifier=ServiceCosigner(b.service))
+    arbiter.resolve(job_id="job-d", outcome="refund")  # segment 3 does not reproduce
+    assert w.token(w.user) == USER_FUNDS
+    with led.store._engine.begin() as conn:
+        conn.execute(slashes.insert().values(
+            job_id="job-d", peer_id=NODE_PEER, amount=SHARE, report_sha256="dispute-upheld",
+            signature="made-up",
+        ))  # fmt: skip
+    b.lie_cooled_down()
+    b.time_passes()
+    with pytest.raises(StakeLockedError, match=r"proved fraud in job\(s\) job-d") as refused:
+        b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    assert refused.value.rule == "F1"
+    _untouched(b, "job-d")
+    with led.store._engine.begin() as conn:  # positive control: the coordinator honest again
+        conn.execute(slashes.delete())
+    b.stakes.slash(job_id="job-d", reason="the arbiter upheld the dispute")
+    assert w.token(w.user) == USER_FUNDS + SHARE
+    record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    assert record.withdrawn and w.token(w.node) == STAKE - SHARE and b.held() == 0
+    b.conserved("job-d")
+
+
 def test_a_job_the_verifier_judged_keeps_the_stake_while_its_escrow_holds_funds(bench: Bench) -> None:
     """The coordinator marks a job released whose escrow still holds the user's funds on chain: the
     verifier judged that job for this node and sees the escrow not settled (F1, F2)."""
