@@ -230,13 +230,17 @@ class VerifierPolicy:
 
     def _note_upheld(self, request: CosignRequest, record: EscrowRecord, dest: Pubkey) -> None:
         """The arbiter's resolve refunding the user, checked and about to be co-signed: the one fact a
-        slash without a fraud report may rest on, kept in the verifier's own book."""
+        slash without a fraud report may rest on, kept in the verifier's own book; a dispute escrow."""
         user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
         if request.kind == "resolve" and dest == user and self.verdicts is not None:
             import hashlib
 
             digest = hashlib.sha256(request.message).hexdigest()
             self.verdicts.record_upheld(record.job_id, escrow=record.escrow_account, message_sha256=digest)
+        if request.kind == "dispute" and self.verdicts is not None:  # the job's funds are there now
+            self.verdicts.record_dispute(
+                record.job_id, account=str(dest), node_peer_id=record.node_peer_id or ""
+            )
 
     def _release(self, request: CosignRequest, record: EscrowRecord) -> ReportAttestation:
         self._state(record, EscrowState.LOCKED, EscrowState.SETTLING, EscrowState.RELEASING)

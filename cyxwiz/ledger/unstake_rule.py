@@ -14,8 +14,9 @@ verifier refuses a withdrawal from what it knows itself:
   :meth:`~cyxwiz.ledger.verdicts.VerdictBook.record_slash`) and that the chain shows landed: the ledger
   sends the signed slash transactions as evidence (the request's ``report``: a JSON list of base64
   transactions); a co-signature alone proves nothing, a slash that never landed took nothing;
-* **running job** — every escrow it judged for those keys must be empty on chain (an escrow still holding
-  funds is a job not yet settled, whose fraud may still be proven).
+* **running job** — every escrow it judged for those keys, and every dispute escrow it moved a job of
+  theirs into, must be empty on chain (one still holding funds is a job not yet settled, whose fraud may
+  still be proven).
 
 * **cool-down** — it runs on the verifier's clock from the first signed request of the node it saw (an
   ``unstake-request`` notice the ledger sends when the node asks, :meth:`StakeLedger.request_unstake
@@ -194,7 +195,12 @@ def require_settled(policy: VerifierPolicy, peers: Collection[str], *, evidence:
     it judged for them holds funds."""
     judged = policy.verdicts.judged(peers)
     upheld = [job for job in policy.verdicts.upheld_jobs() if _proof_key(policy, job) in peers]
-    if not judged and not upheld:
+    ours = {a.job_id for a in judged}
+    disputed = [
+        (job, account) for job, account, peer in policy.verdicts.disputes()
+        if job in ours or peer in peers or _proof_key(policy, job) in peers
+    ]  # fmt: skip
+    if not judged and not upheld and not disputed:
         return
     chain = policy.chain
     if chain is None:
@@ -202,7 +208,8 @@ def require_settled(policy: VerifierPolicy, peers: Collection[str], *, evidence:
             "this verifier has no chain to ask whether the node's jobs and slashes settled",
             field="peer_id", rule="F1",
         )  # fmt: skip
-    running = sorted({a.job_id for a in judged if (chain.token_amount(Pubkey.from_string(a.escrow)) or 0)})
+    held = [(a.job_id, a.escrow) for a in judged] + disputed  # the job's escrow, or its dispute escrow
+    running = sorted({job for job, account in held if chain.token_amount(Pubkey.from_string(account)) or 0})
     if running:
         raise StakeLockedError(
             f"the verifier judged job(s) {', '.join(running)} of this node whose escrow still holds funds on "

@@ -170,6 +170,18 @@ class VerdictBook:
             elif entry not in (entries := _entries(held)):
                 conn.execute(verdicts.update().where(mine).values(attestation=json.dumps([*entries, entry])))
 
+    def record_dispute(self, job_id: str, *, account: str, node_peer_id: str) -> None:
+        """A move into the job's dispute escrow ``account`` about to be co-signed here: while it holds
+        funds the job is not settled (the node's stake waits, :mod:`cyxwiz.ledger.unstake_rule`)."""
+        self._append(job_id, "disputed", account, node_peer_id)
+
+    def disputes(self) -> list[tuple[str, str, str]]:
+        """(job, dispute escrow, the node the escrow record named) of every dispute co-signed here."""
+        query = sa.select(verdicts.c.job_id, verdicts.c.attestation).where(verdicts.c.verdict == "disputed")
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(str(job), account, peer) for job, value in rows for account, peer in _entries(value)]
+
     def upheld_jobs(self) -> list[str]:
         """Every job whose dispute refund by the arbiter was co-signed here (a fraud the arbiter upheld)."""
         query = sa.select(verdicts.c.job_id).where(verdicts.c.verdict == "upheld")

@@ -217,6 +217,30 @@ def test_a_job_the_verifier_judged_keeps_the_stake_while_its_escrow_holds_funds(
     b.conserved("job-r")
 
 
+def test_a_disputed_job_keeps_the_stake_while_its_dispute_escrow_holds_funds(bench: Bench) -> None:
+    """The user disputed the job (its funds moved into the dispute escrow, the verifier co-signed it); the
+    coordinator marks it released: the dispute escrow still holds the funds on chain, the verifier refuses
+    until the arbiter settles it (F1, F2)."""
+    b, w = bench, bench.w
+    led = b.stakes.ledger
+    b.job("job-x", "pass")
+    led.dispute(job_id="job-x", reason="user: the metric looks made up")
+    with led.store._engine.begin() as conn:
+        conn.execute(escrows.update().where(escrows.c.job_id == "job-x").values(state="released"))
+    b.lie_cooled_down()
+    b.time_passes()
+    with pytest.raises(StakeLockedError, match=r"job\(s\) job-x of this node whose escrow still holds"):
+        b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    _untouched(b, "job-x")
+    with led.store._engine.begin() as conn:  # positive control: the arbiter settles it for the node
+        conn.execute(escrows.update().where(escrows.c.job_id == "job-x").values(state="disputed"))
+    arbiter = w.ledger(coordinator=None, verifier=ServiceCosigner(b.service))
+    arbiter.resolve(job_id="job-x", outcome="release", node_wallet=w.node.pubkey())
+    record = b.stakes.withdraw(peer_id=NODE_PEER, withdrawal=w.withdrawal(w.node))
+    assert record.withdrawn and w.token(w.node) == STAKE + JOB_AMOUNT and b.held() == 0
+    b.conserved("job-x")
+
+
 def test_the_cool_down_runs_on_the_verifiers_clock_not_the_databases(bench: Bench) -> None:
     """The node asks to unstake with its signed request: the verifier records when (a notice it never
     co-signs). The coordinator backdates the book's cool-down: the verifier still counts from its own
