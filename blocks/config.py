@@ -1,4 +1,9 @@
-"""Typed configuration blocks. Secrets are ``SecretStr`` so the UI and logs never show them.
+"""Typed configuration blocks: paths, URLs and names, never a secret (issue 17; SPEC F1, C3, I).
+
+Every Prefect API client can read a block document's secret fields (``include_secrets=true``; open-source
+Prefect has no per-client permission), and the coordinator and gateway that face nodes and users hold the
+API credential. So private keys, key passphrases and master keys stay in 0600 files and the environment of
+the one process that uses them; a document saved by an older version with such a field set is refused.
 
 Blocks only carry configuration; they hand it to the core (``cyxwiz``) as plain values, which keeps the
 core free of Prefect and lets the same settings come from env vars or files outside Prefect.
@@ -7,17 +12,20 @@ core free of Prefect and lets the same settings come from env vars or files outs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from blocks.no_secrets import refuse_secrets, refuse_url_password
 
 
 class PKIMaterialBlock(Block):
     """Certificate, key and trust bundle of one identity (node, gateway, coordinator) — SPEC A1–A5.
 
-    Give either paths (the key file must be 0600, checked when loaded) or PEM text; PEM text is written to a
-    0600 file by :meth:`materialize` because OpenSSL only reads files.
+    The private key is a path (a 0600 file), never PEM text in the block; the certificate and bundle are
+    public and may be given as PEM text, written to files by :meth:`materialize` because OpenSSL only
+    reads files.
     """
 
     _block_type_name = "cyxwiz PKI material"
@@ -29,12 +37,18 @@ class PKIMaterialBlock(Block):
     ca_bundle_path: Path | None = Field(default=None, description="Trusted CA bundle (PEM).")
     crl_path: Path | None = Field(default=None, description="Current CRL (PEM), hot-reloaded.")
     cert_pem: str | None = Field(default=None, description="Certificate PEM, instead of cert_path.")
-    key_pem: SecretStr | None = Field(default=None, description="Private key PEM, instead of key_path.")
     ca_bundle_pem: str | None = Field(default=None, description="CA bundle PEM, instead of ca_bundle_path.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        return refuse_secrets(data, {"key_pem": "a 0600 file named by key_path"})
 
     @model_validator(mode="after")
     def _one_source_each(self) -> PKIMaterialBlock:
-        for name in ("cert", "key", "ca_bundle"):
+        if self.key_path is None:
+            raise ValueError("key: key_path (a 0600 file) is required")
+        for name in ("cert", "ca_bundle"):
             path = getattr(self, f"{name}_path")
             pem = getattr(self, f"{name}_pem")
             if path is not None and pem is not None:
@@ -56,7 +70,8 @@ class PKIMaterialBlock(Block):
             return path
 
         cert = self.cert_path or write("cert.pem", self.cert_pem or "")
-        key = self.key_path or write("key.pem", self.key_pem.get_secret_value() if self.key_pem else "")
+        assert self.key_path is not None  # the validator requires it
+        key = self.key_path
         bundle = self.ca_bundle_path or write("ca-bundle.pem", self.ca_bundle_pem or "")
         return cert, key, bundle
 
@@ -72,15 +87,13 @@ class TokenSigningKeyBlock(Block):
     _description = "Ed25519 (or HS256, issuer-only) key used to sign cyxwiz JWTs."
 
     algorithm: Literal["EdDSA", "HS256"] = "EdDSA"
-    private_key_pem: SecretStr | None = Field(default=None, description="Ed25519 private key PEM.")
-    key_path: Path | None = Field(default=None, description="Key file (0600) instead of PEM text.")
+    key_path: Path = Field(description="Private key file (0600) on the issuer's host, never PEM text here.")
     rotation_days: int = Field(default=30, ge=1, le=365, description="Days between signing-key rotations.")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> TokenSigningKeyBlock:
-        if (self.private_key_pem is None) == (self.key_path is None):
-            raise ValueError("give exactly one of private_key_pem or key_path")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        return refuse_secrets(data, {"private_key_pem": "a 0600 file named by key_path"})
 
 
 class EscrowLedgerBlock(Block):
@@ -93,9 +106,20 @@ class EscrowLedgerBlock(Block):
     rpc_url: str = Field(default="http://127.0.0.1:8899", description="Solana JSON-RPC URL.")
     mint: str | None = Field(default=None, description="SPL mint address (base58).")
     keys_dir: Path | None = Field(default=None, description="Directory of encrypted authority keys.")
-    keys_passphrase: SecretStr | None = Field(default=None, description="Passphrase for the key files.")
     minimum_payment: int = Field(default=1, ge=1, description="Smallest escrow, integer base units.")
     database_url: str = Field(default="sqlite:///escrow.db", description="SQLAlchemy URL of the intent log.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        return refuse_secrets(
+            data, {"keys_passphrase": "CYXWIZ_LEDGER_PASSPHRASE_FILE (or CYXWIZ_LEDGER_PASSPHRASE)"}
+        )
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        return refuse_url_password("database_url", value, "PGPASSFILE (a 0600 file)") or value
 
 
 class ObjectStoreBlock(Block):
@@ -115,9 +139,13 @@ class ObjectStoreBlock(Block):
     )
     sse: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = None
-    master_key: SecretStr | None = Field(
-        default=None, description="Base64 master key for client-side envelope encryption of model files."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, data: Any) -> Any:
+        return refuse_secrets(
+            data, {"master_key": "CYXWIZ_STORE_MASTER_KEY_FILE (or CYXWIZ_STORE_MASTER_KEY)"}
+        )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ObjectStoreBlock:

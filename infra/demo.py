@@ -89,7 +89,8 @@ def _use_blocks(stack: Any) -> None:
     stack.env["CYXWIZ_CONTROL_PLANE_BLOCK"] = os.environ["CYXWIZ_CONTROL_PLANE_BLOCK"] = "default"
     services.reset()
     say(
-        "Control-plane configuration saved as the Prefect block cyxwiz-control-plane/default (secrets hidden)"
+        "Control-plane configuration saved as the Prefect block cyxwiz-control-plane/default (paths and "
+        "URLs only: the ledger passphrase and store master key stay in the control worker's environment)"
     )
 
 

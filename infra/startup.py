@@ -230,9 +230,10 @@ def persist_config(
     trust_policy: Path | None = None,
     issuer_socket: Path | None = None,
 ) -> Path:
-    """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock with
-    its secrets (what ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it),
-    pointed at by ``env`` and this process's environment; the cached services reopen with it."""
+    """The control-plane config as a file (the env fallback) and as the ``default`` ControlPlaneBlock (what
+    ``make demo``'s flows load; ``CYXWIZ_CONTROL_PLANE_BLOCK=default`` selects it), pointed at by ``env``
+    and this process's environment; the cached services reopen with it. The block holds no secret: the
+    ledger passphrase and the store master key reach the control worker through ``env`` only (issue 17)."""
     from blocks.control_plane import DEFAULT_NAME, ControlPlaneBlock
     from tasks import services
     from tasks.config import ENV_VAR, ControlPlaneConfig
@@ -251,10 +252,7 @@ def persist_config(
     )
     path = home / "control-plane.json"
     config.to_file(path)
-    master = Path(env["CYXWIZ_STORE_MASTER_KEY_FILE"]).read_text(encoding="ascii").strip()
-    ControlPlaneBlock.from_config(
-        config, ledger_passphrase=env["CYXWIZ_LEDGER_PASSPHRASE"], store_master_key=master
-    ).save(DEFAULT_NAME, overwrite=True)
+    ControlPlaneBlock.from_config(config).save(DEFAULT_NAME, overwrite=True)
     env[ENV_VAR] = str(path)
     os.environ.update(
         {k: env[k] for k in (ENV_VAR, "CYXWIZ_LEDGER_PASSPHRASE", "CYXWIZ_STORE_MASTER_KEY_FILE")}

@@ -1,10 +1,12 @@
 """The control plane's parts, typed, opened once each: :class:`ControlPlane` (SPEC D2, F1, H3).
 
 A :class:`ControlPlane` is a :class:`~tasks.config.ControlPlaneConfig` plus the secrets that open its parts
-(ledger passphrase, store master key), held in the object and handed to each part explicitly — never
-exported into the process's environment. :meth:`ControlPlane.load` takes both from the
-``ControlPlaneBlock`` named by ``CYXWIZ_CONTROL_PLANE_BLOCK`` (the prefect-aws idiom, ``Block.load``; what
-``make demo`` saves), else from the ``CYXWIZ_CONTROL_PLANE`` file and the environment. Tasks use the
+(ledger passphrase, store master key), held in the object and handed to each part explicitly.
+:meth:`ControlPlane.load` takes the configuration from the ``ControlPlaneBlock`` named by
+``CYXWIZ_CONTROL_PLANE_BLOCK`` (the prefect-aws idiom, ``Block.load``; what ``make demo`` saves), else from
+the ``CYXWIZ_CONTROL_PLANE`` file; the secrets always come from this process's environment
+(``*_PASSPHRASE[_FILE]``, ``*_MASTER_KEY[_FILE]``, systemd credentials), never from a Prefect block: every
+API client can read a block's secrets (issue 17). Tasks use the
 process's plane through the accessors below (:func:`ledger`, :func:`audit`, ...); a caller with its own
 parts passes them in with :func:`use` (tests, the embedded stack), :func:`reset` forgets them.
 """
@@ -56,7 +58,7 @@ class ControlPlane:
     @classmethod
     def load(cls, block: str | None = None, *, environ: Mapping[str, str] | None = None) -> ControlPlane:
         """``ControlPlaneBlock.load(block or $CYXWIZ_CONTROL_PLANE_BLOCK)``; with neither, the
-        ``CYXWIZ_CONTROL_PLANE`` file, secrets from the environment."""
+        ``CYXWIZ_CONTROL_PLANE`` file. Secrets come from the environment either way."""
         env = dict(os.environ if environ is None else environ)
         name = block or env.get(BLOCK_ENV)
         if not name:
@@ -66,8 +68,7 @@ class ControlPlane:
             return cls(config=ControlPlaneConfig.from_file(Path(path)), environ=env)
         from blocks.control_plane import load_control_plane
 
-        values, secrets = load_control_plane(name)
-        return cls(config=ControlPlaneConfig(**values), environ={**env, **secrets})
+        return cls(config=ControlPlaneConfig(**load_control_plane(name)), environ=env)
 
     def setting(self, name: str) -> str | None:
         return self._environ.get(name) or None

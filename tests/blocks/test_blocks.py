@@ -1,4 +1,4 @@
-"""Blocks register with a real Prefect server and round-trip through save/load with secrets kept secret."""
+"""Blocks register with a real Prefect server and round-trip save/load; none holds a secret (issue 17)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from pydantic import ValidationError as PydanticValidationError
 
 from blocks import (
@@ -36,20 +35,15 @@ def test_prefect_block_register_module(prefect_server: object) -> None:
 
 
 def test_blocks_save_and_load(prefect_server: object, tmp_path: Path) -> None:
-    PKIMaterialBlock(
-        cert_path=tmp_path / "c.pem", key_pem=SecretStr("-----BEGIN PRIVATE KEY-----x"), ca_bundle_pem="b"
-    ).save("node-1", overwrite=True)
+    PKIMaterialBlock(cert_path=tmp_path / "c.pem", key_path=tmp_path / "k.pem", ca_bundle_pem="b").save(
+        "node-1", overwrite=True
+    )
     TokenSigningKeyBlock(key_path=tmp_path / "k.pem").save("jwt", overwrite=True)
     EscrowLedgerBlock(rpc_url="http://127.0.0.1:9", minimum_payment=5).save("ledger", overwrite=True)
-    ObjectStoreBlock(backend="local", root=tmp_path, master_key=SecretStr("bWFzdGVy")).save(
-        "store", overwrite=True
-    )
+    ObjectStoreBlock(backend="local", root=tmp_path).save("store", overwrite=True)
     SandboxPolicyBlock(backend="bubblewrap", max_memory_mb=512).save("policy", overwrite=True)
 
-    pki = PKIMaterialBlock.load("node-1")
-    assert pki.key_pem is not None
-    assert pki.key_pem.get_secret_value().startswith("-----BEGIN PRIVATE KEY-----")
-    assert "BEGIN" not in repr(pki)  # SecretStr never shows in repr/logs
+    assert PKIMaterialBlock.load("node-1").key_path == tmp_path / "k.pem"
     assert EscrowLedgerBlock.load("ledger").minimum_payment == 5
     assert ObjectStoreBlock.load("store").root == tmp_path
     assert SandboxPolicyBlock.load("policy").max_memory_mb == 512
@@ -57,10 +51,10 @@ def test_blocks_save_and_load(prefect_server: object, tmp_path: Path) -> None:
 
 
 def test_pki_block_materializes_pem_as_0600(tmp_path: Path) -> None:
-    block = PKIMaterialBlock(cert_pem="CERT", key_pem=SecretStr("KEY"), ca_bundle_pem="CA")
+    block = PKIMaterialBlock(cert_pem="CERT", key_path=tmp_path / "key.pem", ca_bundle_pem="CA")
     cert, key, bundle = block.materialize(tmp_path / "m")
-    assert key.read_text() == "KEY"
-    assert key.stat().st_mode & 0o777 == 0o600
+    assert key == tmp_path / "key.pem"
+    assert cert.stat().st_mode & 0o777 == 0o600
     assert cert.read_text() == "CERT"
     assert bundle.read_text() == "CA"
 
@@ -68,14 +62,15 @@ def test_pki_block_materializes_pem_as_0600(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: PKIMaterialBlock(cert_pem="c", key_pem=SecretStr("k")), "ca_bundle"),
+        (lambda: PKIMaterialBlock(cert_pem="c", key_path=Path("k")), "ca_bundle"),
+        (lambda: PKIMaterialBlock(cert_pem="c", ca_bundle_pem="b"), "key_path"),
         (
             lambda: PKIMaterialBlock(
-                cert_pem="c", cert_path=Path("x"), key_pem=SecretStr("k"), ca_bundle_pem="b"
+                cert_pem="c", cert_path=Path("x"), key_path=Path("k"), ca_bundle_pem="b"
             ),
             "not both",
         ),
-        (TokenSigningKeyBlock, "exactly one"),
+        (TokenSigningKeyBlock, "key_path"),
         (lambda: ObjectStoreBlock(backend="s3"), "bucket"),
         (lambda: ObjectStoreBlock(backend="local"), "root"),
         (lambda: SandboxPolicyBlock(max_memory_mb=1), "max_memory_mb"),

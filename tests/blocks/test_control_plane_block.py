@@ -1,7 +1,9 @@
 """The flows' control-plane parts come from a typed Prefect block, env vars as the fallback (issue 16; D2).
 
-Real Prefect server: the block saves and loads, its secrets never show in its repr or the API's answer,
-and ``tasks.services.config()`` takes the block when ``CYXWIZ_CONTROL_PLANE_BLOCK`` names one.
+The block holds no secret (issue 17; SPEC F1, C3, I): any Prefect API client — the coordinator and gateway
+that face nodes and users hold the credential — reads a block document with ``include_secrets=true``. Real
+Prefect server: what another client reads back carries no secret, an older document with a secret set is
+refused at load naming the field, and the flows' services take their secrets from the environment.
 """
 
 from __future__ import annotations
@@ -10,42 +12,123 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import ValidationError
 
 from blocks.control_plane import ControlPlaneBlock
+from blocks.no_secrets import SecretInBlockError
 from cyxwiz.errors import ConfigError
 from tasks.config import ControlPlaneConfig
 
 pytestmark = [pytest.mark.prefect]
+
+SLUG = "cyxwiz-control-plane"
 
 
 def _config(tmp_path: Path, **changes: object) -> ControlPlaneConfig:
     values: dict[str, object] = {
         "home": tmp_path, "pki_root": tmp_path / "pki", "ledger_config": tmp_path / "ledger.json",
         "store_root": tmp_path / "store", "audit_dir": tmp_path / "audit",
-        "coordinator_db": "postgresql://cyx:hunter22@db/cyx", "train_deployment": "sandboxed-train/x",
+        "coordinator_db": "postgresql://cyx@db/cyx", "train_deployment": "sandboxed-train/x",
     }  # fmt: skip
     return ControlPlaneConfig(**{**values, **changes})  # type: ignore[arg-type]
 
 
-def test_block_round_trip_keeps_secrets_secret(prefect_server: object, tmp_path: Path) -> None:
+def _attacker_reads(api_url: str, name: str) -> dict[str, object]:
+    """What a facing process holding the Prefect API credential reads: the document, secrets included."""
+    url = f"{api_url}/block_types/slug/{SLUG}/block_documents/name/{name}"
+    answer = httpx.get(url, params={"include_secrets": "true"}, timeout=30)
+    answer.raise_for_status()
+    data: dict[str, object] = answer.json()["data"]
+    return data
+
+
+def test_saved_block_carries_no_secret_for_another_client(
+    prefect_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: read the saved document as another API client with include_secrets; positive control: the
+    plane's parts still open, with the secrets from the control worker's environment (F1)."""
+    from tasks import services
+
     config = _config(tmp_path)
-    block = ControlPlaneBlock.from_config(
-        config, ledger_passphrase="pass-phrase-1", store_master_key="ab" * 32
-    )
-    block.save("tenants-test", overwrite=True)
+    ControlPlaneBlock.from_config(config).save("tenants-test", overwrite=True)
+    data = _attacker_reads(prefect_server.api_url, "tenants-test")  # type: ignore[attr-defined]
+    assert not {"ledger_passphrase", "store_master_key"} & set(data)
+    assert data["ledger_config"] == str(config.ledger_config)
     loaded = ControlPlaneBlock.load("tenants-test")
     assert isinstance(loaded, ControlPlaneBlock)
     assert ControlPlaneConfig(**loaded.config_values()) == config
-    assert loaded.secret_env() == {
-        "CYXWIZ_LEDGER_PASSPHRASE": "pass-phrase-1",
-        "CYXWIZ_STORE_MASTER_KEY": "ab" * 32,
-    }
-    shown = repr(loaded) + json.dumps(loaded.model_dump(mode="json"))
-    for secret in ("pass-phrase-1", "ab" * 32, "hunter22"):
-        assert secret not in shown
-    assert isinstance(loaded.ledger_passphrase, SecretStr)
+
+    passphrase = tmp_path / "ledger-passphrase"
+    passphrase.write_text("pw-from-credential", encoding="ascii")
+    passphrase.chmod(0o600)
+    environ = {"CYXWIZ_LEDGER_PASSPHRASE_FILE": str(passphrase), "CYXWIZ_STORE_MASTER_KEY": "cd" * 32}
+    plane = services.ControlPlane.load("tenants-test", environ=environ)
+    assert plane.config == config
+    assert plane.ledger_passphrase() == b"pw-from-credential"
+    assert "cd" * 32 not in repr(plane)
+    try:
+        services.use(plane)
+        assert services.store().master_key is not None  # opened with the environment's key
+        assert services.store().root == config.store_root
+    finally:
+        services.reset()
+    monkeypatch.delenv("CYXWIZ_LEDGER_PASSPHRASE", raising=False)
+    monkeypatch.delenv("CYXWIZ_LEDGER_PASSPHRASE_FILE", raising=False)
+    assert services.ControlPlane.load("tenants-test", environ={}).ledger_passphrase() is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "instead"),
+    [
+        ("ledger_passphrase", "pass-phrase-1", "CYXWIZ_LEDGER_PASSPHRASE_FILE"),
+        ("store_master_key", "ab" * 32, "CYXWIZ_STORE_MASTER_KEY_FILE"),
+        ("coordinator_db", "postgresql://cyx:hunter22@db/cyx", "PGPASSFILE"),
+    ],
+)
+def test_an_older_block_with_a_secret_is_refused_at_load(
+    prefect_server: object, tmp_path: Path, field: str, value: str, instead: str
+) -> None:
+    """A document an older version saved with a secret set: loading it is refused, naming the field and
+    where the secret goes; no plane is built from it (F1, D2)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    from tasks import services
+
+    good = ControlPlaneBlock.from_config(_config(tmp_path))
+    good.save("tenants-current", overwrite=True)
+    data = {**json.loads(good.model_dump_json(include=set(good.config_values()))), field: value}
+    with get_client(sync_client=True) as client:
+        current = client.read_block_document_by_name("tenants-current", SLUG)
+        client.create_block_document(
+            BlockDocumentCreate(
+                name=f"tenants-old-{field.replace('_', '-')}",
+                data=data,
+                block_schema_id=current.block_schema_id,
+                block_type_id=current.block_type_id,
+            )
+        )
+    with pytest.raises(ConfigError) as caught:
+        services.ControlPlane.load(f"tenants-old-{field.replace('_', '-')}", environ={})
+    assert caught.value.field == "CYXWIZ_CONTROL_PLANE_BLOCK"
+    message = str(caught.value)
+    assert "\n" not in message
+    assert (
+        f"{field}: a Prefect block must hold no secret" in message or f"{field}: the URL carries" in message
+    )
+    assert instead in message
+    assert value not in message and "hunter22" not in message
+
+
+def test_block_refuses_secrets_when_built(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ControlPlaneBlock(**{**ControlPlaneBlock.from_config(_config(tmp_path)).config_values(),
+                             "ledger_passphrase": "pw"})  # fmt: skip
+    assert isinstance(caught.value.errors()[0]["ctx"]["error"], SecretInBlockError)
+    with pytest.raises(ValidationError, match="coordinator_db: the URL carries a password"):
+        ControlPlaneBlock.from_config(_config(tmp_path, coordinator_db="postgresql://u:pw@db/x"))
 
 
 def test_services_load_the_named_block_else_the_env_file(
@@ -54,9 +137,7 @@ def test_services_load_the_named_block_else_the_env_file(
     from tasks import services
 
     from_block = _config(tmp_path, train_deployment="sandboxed-train/from-block")
-    ControlPlaneBlock.from_config(from_block, ledger_passphrase="pw-from-block").save(
-        "tenants-svc", overwrite=True
-    )
+    ControlPlaneBlock.from_config(from_block).save("tenants-svc", overwrite=True)
     from_file = _config(tmp_path, train_deployment="sandboxed-train/from-file")
     path = tmp_path / "control-plane.json"
     from_file.to_file(path)
@@ -69,27 +150,9 @@ def test_services_load_the_named_block_else_the_env_file(
         monkeypatch.setenv("CYXWIZ_CONTROL_PLANE_BLOCK", "tenants-svc")
         services.reset()
         assert services.config().train_deployment == "sandboxed-train/from-block"
-        # The block's secrets open the plane's parts; they are not exported into the process (D2).
-        assert services.current().setting("CYXWIZ_LEDGER_PASSPHRASE") == "pw-from-block"
+        # The secret comes from the worker's environment, never from the block (issue 17).
+        assert services.current().ledger_passphrase() == b"pw-from-env"
         assert os.environ["CYXWIZ_LEDGER_PASSPHRASE"] == "pw-from-env"
-    finally:
-        services.reset()
-
-
-def test_parts_are_typed_and_can_be_passed_in(prefect_server: object, tmp_path: Path) -> None:
-    """``ControlPlane.load(name)`` is the block's, typed; :func:`services.use` hands a plane in (no env)."""
-    from tasks import services
-
-    config = _config(tmp_path, train_deployment="sandboxed-train/passed-in")
-    ControlPlaneBlock.from_config(config, store_master_key="cd" * 32).save("tenants-typed", overwrite=True)
-    plane = services.ControlPlane.load("tenants-typed", environ={})
-    assert plane.config == config and plane.setting("CYXWIZ_STORE_MASTER_KEY") == "cd" * 32
-    assert "cd" * 32 not in repr(plane)
-    try:
-        services.use(plane)
-        assert services.config() == config
-        assert services.store().master_key is not None  # opened with the block's key, not the env's
-        assert services.store().root == config.store_root
     finally:
         services.reset()
     with pytest.raises(ConfigError) as caught:
