@@ -2,13 +2,14 @@
 
 The lifecycle and maintenance flows run in the trusted zone; this file names the CA, the ledger config,
 the object store, the audit directory and the coordinator. Secrets are not in it: passphrases and master
-keys come from env vars (or Prefect Secret blocks) named here.
+keys come from the control worker's env vars (``*_FILE``: systemd credentials), never from a Prefect block.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,39 @@ class ControlPlaneConfig:
     def to_file(self, path: Path) -> None:
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
         path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+#: The config's paths the control plane opens: what it trusts (CA bundle, ledger keys, store, audit log).
+TRUSTED_PATHS = (
+    "home", "pki_root", "ledger_config", "store_root", "audit_dir", "keyring_dir", "trust_policy",
+    "issuer_socket",
+)  # fmt: skip
+
+
+def check_trusted_paths(config: ControlPlaneConfig, *, source: str) -> None:
+    """Refuse a config (from a Prefect block: any API client can rewrite it) naming a path that another
+    account could have written: each existing component of each path is owned by this process's user
+    or root, and writable by nobody else (a root-owned sticky directory such as /tmp excepted). So the
+    coordinator or gateway, which hold the API credential, cannot point the control worker at a CA,
+    ledger config or key file of their own (issue 17; SPEC F1, C3)."""
+    allowed = {0, os.geteuid()}
+    for name in TRUSTED_PATHS:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            raise ConfigError(f"{source}: the path must be absolute", field=name, path=str(path), rule="F1")
+        for part in (path, *path.parents):
+            try:
+                info = part.lstat()
+            except FileNotFoundError:
+                continue  # created later by the control plane itself, under a checked ancestor
+            shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            sticky_root = info.st_uid == 0 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+            if info.st_uid not in allowed or (shared and not sticky_root):
+                raise ConfigError(
+                    f"{source}: {part} is owned by uid {info.st_uid} or writable by others; the control "
+                    "plane opens only files its own account controls",
+                    field=name, path=str(path), rule="F1",
+                )  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cyxwiz.errors import ConfigError, VerificationError
-from tasks.config import ENV_VAR, ControlPlaneConfig
+from tasks.config import ENV_VAR, ControlPlaneConfig, check_trusted_paths
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -68,7 +68,9 @@ class ControlPlane:
             return cls(config=ControlPlaneConfig.from_file(Path(path)), environ=env)
         from blocks.control_plane import load_control_plane
 
-        return cls(config=ControlPlaneConfig(**load_control_plane(name)), environ=env)
+        config = ControlPlaneConfig(**load_control_plane(name))
+        check_trusted_paths(config, source=f"control-plane block {name!r}")
+        return cls(config=config, environ=env)
 
     def setting(self, name: str) -> str | None:
         return self._environ.get(name) or None

@@ -158,3 +158,37 @@ def test_services_load_the_named_block_else_the_env_file(
     with pytest.raises(ConfigError) as caught:
         services.ControlPlane.load(environ={})
     assert caught.value.field == "CYXWIZ_CONTROL_PLANE"
+
+
+@pytest.mark.parametrize("field", ["ledger_config", "pki_root", "trust_policy"])
+def test_a_block_rewritten_to_another_accounts_files_is_refused(
+    prefect_server: object, tmp_path: Path, field: str
+) -> None:
+    """Attack: an API client (the coordinator's account) rewrites the block to point the control plane at
+    a file it wrote; the plane is not built from it. Positive control: the plane's own files load (F1)."""
+    from tasks import services
+
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    ControlPlaneBlock.from_config(_config(own)).save("tenants-paths", overwrite=True)
+    assert services.ControlPlane.load("tenants-paths", environ={}).config.home == own
+
+    foreign = tmp_path / "coordinator"
+    foreign.mkdir(mode=0o700)
+    (foreign / "evil").write_text("{}", encoding="utf-8")
+    if os.geteuid() == 0:
+        os.chown(foreign, 65534, 65534)  # another account's directory, as on a production host
+    else:
+        foreign.chmod(0o777)  # not root: a directory others can write stands for it
+    ControlPlaneBlock.from_config(_config(own, **{field: foreign / "evil"})).save(
+        "tenants-paths", overwrite=True
+    )
+    with pytest.raises(ConfigError) as caught:
+        services.ControlPlane.load("tenants-paths", environ={})
+    assert caught.value.field == field and caught.value.rule == "F1"
+    assert "its own account controls" in str(caught.value)
+    with pytest.raises(ConfigError, match="absolute"):
+        ControlPlaneBlock.from_config(_config(own, audit_dir=Path("rel/audit"))).save(
+            "tenants-rel", overwrite=True
+        )
+        services.ControlPlane.load("tenants-rel", environ={})
