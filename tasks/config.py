@@ -89,10 +89,27 @@ TRUSTED_PATHS = (
 )  # fmt: skip
 
 
+def _private_group(gid: int) -> bool:
+    """This account's own group, which no other account is in (as a member or as its primary group): a
+    clone made under umask 002 with user-private groups is group-writable, and only its owner can write."""
+    import grp
+    import pwd
+
+    if gid != os.getegid():
+        return False
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        members = set(grp.getgrgid(gid).gr_mem) - {me}
+    except KeyError:
+        return False
+    return not members and all(p.pw_gid != gid or p.pw_uid == os.geteuid() for p in pwd.getpwall())
+
+
 def check_trusted_paths(config: ControlPlaneConfig, *, source: str) -> None:
     """Refuse a config (from a Prefect block: any API client can rewrite it) naming a path that another
     account could have written: each existing component of each path is owned by this process's user
-    or root, and writable by nobody else (a root-owned sticky directory such as /tmp excepted). So the
+    or root, and writable by nobody else (a root-owned sticky directory such as /tmp excepted; group-write
+    only by a group private to this account, as under umask 002 with user-private groups). So the
     coordinator or gateway, which hold the API credential, cannot point the control worker at a CA,
     ledger config or key file of their own (issue 17; SPEC F1, C3)."""
     allowed = {0, os.geteuid()}
@@ -108,7 +125,9 @@ def check_trusted_paths(config: ControlPlaneConfig, *, source: str) -> None:
                 info = part.lstat()
             except FileNotFoundError:
                 continue  # created later by the control plane itself, under a checked ancestor
-            shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            shared = info.st_mode & stat.S_IWOTH or (
+                info.st_mode & stat.S_IWGRP and not _private_group(info.st_gid)
+            )
             sticky_root = info.st_uid == 0 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
             if info.st_uid not in allowed or (shared and not sticky_root):
                 raise ConfigError(

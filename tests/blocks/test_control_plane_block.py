@@ -192,3 +192,21 @@ def test_a_block_rewritten_to_another_accounts_files_is_refused(
             "tenants-rel", overwrite=True
         )
         services.ControlPlane.load("tenants-rel", environ={})
+
+
+def test_a_group_writable_path_passes_only_when_the_group_is_this_accounts_own(tmp_path: Path) -> None:
+    """A clone made under umask 002 with user-private groups is group-writable: ``make demo`` must still
+    run from it (the README's "any directory"). Positive control: 0770 in this account's own group loads.
+    Attack: the same directory in a group another account is in (nogroup, 65534) is refused (F1)."""
+    from tasks.config import check_trusted_paths
+
+    home = tmp_path / "clone"
+    home.mkdir()
+    home.chmod(0o770)
+    check_trusted_paths(_config(home, pki_root=home / "pki"), source="block")  # own group: accepted
+    if os.geteuid() != 0:
+        pytest.skip("changing a directory's group to another account's needs root")
+    os.chown(home, -1, 65534)
+    with pytest.raises(ConfigError) as caught:
+        check_trusted_paths(_config(home, pki_root=home / "pki"), source="block")
+    assert caught.value.field == "home" and caught.value.rule == "F1"
