@@ -110,21 +110,23 @@ def coordinator(  # noqa: PLR0917 (typer maps options to parameters)
         if issuer_socket is None:
             # Even in development the CA key never enters this process: the dev CA gets its own issuer.
             import os
+            import signal
 
             from cyxwiz.issuer.service import start_issuer_service
 
+            # uvicorn re-raises a SIGTERM after its shutdown: exit through ``finally`` (the issuer stops).
+            # Set before the issuer starts, so a SIGTERM at any moment from here on stops it too.
+            signal.signal(signal.SIGTERM, _exit)
             issuer_process = start_issuer_service(
                 ca_dir=dev.ca_dir, state_dir=state_dir / "issuer", env=dict(os.environ)
             )
             issuer_socket = issuer_process.socket_path
-            # uvicorn re-raises a SIGTERM after its shutdown: exit through ``finally`` (the issuer stops).
-            import signal
-
-            signal.signal(signal.SIGTERM, _exit)
-    if cert is None or key is None or bundle is None:
-        raise ConfigError("--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1")
-    audit = AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode) if audit_dir is not None else None
     try:
+        if cert is None or key is None or bundle is None:
+            raise ConfigError(
+                "--cert, --key and --bundle (or --pki-dir) are required", field="cert", rule="D1"
+            )
+        audit = None if audit_dir is None else AuditLog.open(audit_dir, signing_key=audit_key, dev=dev_mode)
         handle = build_coordinator(
             cert=cert, key=key, trust_bundle=bundle, crl=crl, cert_issuer=_remote(issuer_socket),
             state_dir=state_dir, db_url=db_url, audit=audit, host=host, port=port,

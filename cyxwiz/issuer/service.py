@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from cyxwiz.errors import (
 )
 from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest, RevocationRequest
 from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
+from cyxwiz.service_process import SocketServiceProcess
 
 MAX_BODY = 64 << 10
 
@@ -178,55 +177,16 @@ class RemoteIssuer:
         self._client.close()
 
 
-class IssuerProcess:
+class IssuerProcess(SocketServiceProcess):
     """A running issuer service subprocess (``python -m cyxwiz.issuer serve``); a context manager."""
 
-    def __init__(self, *, argv: list[str], env: dict[str, str], state_dir: Path, socket_path: Path) -> None:
-        self.argv, self.env, self.state_dir, self.socket_path = argv, env, state_dir, socket_path
-        self._process: subprocess.Popen[bytes] | None = None
+    name = "issuer"
 
-    def start(self, timeout_s: float = 60.0) -> IssuerProcess:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ready, log_path = self.state_dir / "issuer.ready.json", self.state_dir / "issuer.log"
-        ready.unlink(missing_ok=True)
-        argv = [*self.argv, "--socket", str(self.socket_path), "--ready-file", str(ready)]
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self._process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise UnavailableError(f"the issuer service exited at start: {tail}", field="issuer")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise UnavailableError("the issuer service did not become ready in time", field="issuer")
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+    def error(self, message: str) -> CyxwizError:
+        return UnavailableError(message, field="issuer")
 
     def client(self) -> RemoteIssuer:
         return RemoteIssuer(socket_path=self.socket_path)
-
-    def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
-
-    def __enter__(self) -> IssuerProcess:
-        return self.start() if self._process is None else self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 def start_issuer_service(

@@ -24,10 +24,8 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
 from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy
+from cyxwiz.service_process import SocketServiceProcess
 
 #: verify hook: the lifecycle's request body -> (the report as a dict, its verdict: pass, fail or fraud)
 VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
@@ -196,53 +195,13 @@ def serve(
     run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
 
 
-class VerifierProcess:
+class VerifierProcess(SocketServiceProcess):
     """A running verifier service subprocess (``python -m MODULE``); a context manager."""
 
-    def __init__(self, *, argv: list[str], env: dict[str, str], state_dir: Path, socket_path: Path) -> None:
-        self.argv, self.env, self.state_dir, self.socket_path = argv, env, state_dir, socket_path
-        self._process: subprocess.Popen[bytes] | None = None
+    name = "verifier"
 
-    def start(self, timeout_s: float = 60.0) -> VerifierProcess:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ready = self.state_dir / "verifier.ready.json"
-        ready.unlink(missing_ok=True)
-        log = (self.state_dir / "verifier.log").open("ab")
-        argv = [*self.argv, "--socket", str(self.socket_path), "--ready-file", str(ready)]
-        self._process = subprocess.Popen(
-            argv, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self._process.poll() is not None:
-                tail = (self.state_dir / "verifier.log").read_text(errors="replace")[-1500:]
-                raise LedgerError(f"the verifier service exited at start: {tail}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise LedgerError("the verifier service did not become ready in time")
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-    def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
-
-    def __enter__(self) -> VerifierProcess:
-        return self.start() if self._process is None else self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
+    def error(self, message: str) -> CyxwizError:
+        return LedgerError(message)
 
 
 def start_verifier_service(
