@@ -252,6 +252,7 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
 
     node_id = node_id_of(stack, "node-1")
     before = stack.balances()
+    started = dt.datetime.now(dt.UTC)
     cancelled: dict[str, Any] = {}
     # A thread starts with no Prefect settings context: hand it this test's API explicitly.
     api_url = get_current_settings().api.url
@@ -265,8 +266,13 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
 
     def cancel_it() -> None:
         def training_run() -> Any:
+            # This test's job only: the package's stack also holds the other modules' jobs and runs (a run
+            # whose agent stopped at its module's end may still read RUNNING).
             jobs = stack.coordinator.store.list_jobs(node_id=node_id)
-            if not any(job.progress and job.status == "running" for job in jobs):
+            training = {
+                j.job_id for j in jobs if j.created_at >= started and j.progress and j.status == "running"
+            }
+            if not training:
                 return None
             with get_client(sync_client=True) as client:
                 running = client.read_flow_runs(
@@ -274,7 +280,7 @@ def test_cancelled_node_run_is_stopped_and_refunded(stack: Any) -> None:
                         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
                     )
                 )
-            return next((r for r in running if (r.parameters or {}).get("job_id")), None)
+            return next((r for r in running if (r.parameters or {}).get("job_id") in training), None)
 
         run = wait_until(training_run, timeout=240, interval=0.2)
         if run is not None:
