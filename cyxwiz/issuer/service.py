@@ -16,8 +16,6 @@ coordinator takes either); :class:`IssuerProcess` starts ``python -m cyxwiz.issu
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -36,7 +34,7 @@ from cyxwiz.errors import (
     ValidationError,
 )
 from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest, RevocationRequest
-from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
+from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.service_process import SocketServiceProcess
 
 MAX_BODY = 64 << 10
@@ -72,16 +70,7 @@ class IssuerService:
         return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_json(
-            scope, receive, send, dispatch=self._dispatch, max_body=MAX_BODY,
-            too_large={"error": {"code": "too-large", "message": "request too large"}},
-            not_json=(400, {"error": {"code": "validation", "message": "body is not JSON"}}),
-        )  # fmt: skip
-
-    async def _dispatch(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        import anyio.to_thread
-
-        return await anyio.to_thread.run_sync(self.handle, method, path, body)
+        await serve_json_in_thread(scope, receive, send, handle=self.handle, max_body=MAX_BODY)
 
 
 def serve(
@@ -91,17 +80,7 @@ def serve(
     lets the owner's group in (systemd: the coordinator's account shares the group, not the user)."""
     if mode & 0o007:
         raise ValidationError("the issuer socket is never open to others", field="socket_mode", rule="A7")
-    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    socket_path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(socket_path))
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, mode)
-    sock.listen(64)
-    run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
+    serve_unix(app, socket_path=socket_path, mode=mode, ready_file=ready_file)
 
 
 def _crl_days(body: Any) -> int:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from solders.message import Message
 
 from cyxwiz.errors import CyxwizError, LedgerError, ValidationError
 from cyxwiz.ledger import txbuild
-from cyxwiz.ledger.asgi import Receive, Scope, Send, run_on_socket, serve_json
+from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
 from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy
 from cyxwiz.service_process import SocketServiceProcess
@@ -161,17 +159,7 @@ class VerifierService:
         )  # fmt: skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_json(
-            scope, receive, send, dispatch=self._dispatch, max_body=MAX_BODY,
-            too_large={"error": {"code": "too-large", "message": "request too large"}},
-            not_json=(400, {"error": {"code": "validation", "message": "body is not JSON"}}),
-        )  # fmt: skip
-
-    async def _dispatch(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        # Verification is CPU-bound and slow; it runs off the event loop so co-signing stays responsive.
-        import anyio.to_thread
-
-        return await anyio.to_thread.run_sync(self.handle, method, path, body)
+        await serve_json_in_thread(scope, receive, send, handle=self.handle, max_body=MAX_BODY)
 
 
 def serve(
@@ -182,17 +170,7 @@ def serve(
     other member, so the coordinator's account cannot ask for a co-signature (issue 17; F1, I)."""
     if mode not in (0o600, 0o660):
         raise ValidationError("the verifier socket is 0600 or 0660", field="socket_mode", rule="F1")
-    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    socket_path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(socket_path))
-    finally:
-        os.umask(old)
-    os.chmod(socket_path, mode)
-    sock.listen(64)
-    run_on_socket(app, sock, ready_file=ready_file, ready={"socket": str(socket_path)})
+    serve_unix(app, socket_path=socket_path, mode=mode, ready_file=ready_file)
 
 
 class VerifierProcess(SocketServiceProcess):
