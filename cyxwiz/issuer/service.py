@@ -36,6 +36,7 @@ from cyxwiz.errors import (
 from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest, RevocationRequest
 from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.service_process import SocketServiceProcess
+from cyxwiz.unix_json import ServiceUnreachable, UnixJsonClient
 
 MAX_BODY = 64 << 10
 
@@ -105,12 +106,8 @@ class RemoteIssuer:
     """The coordinator's side: asks the issuer service over its Unix socket; holds no key."""
 
     def __init__(self, *, socket_path: Path, timeout_s: float = 30.0) -> None:
-        import httpx
-
         self.socket_path = socket_path
-        self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)), base_url="http://issuer", timeout=timeout_s
-        )
+        self._client = UnixJsonClient(socket_path, timeout_s=timeout_s)
 
     def renew(self, request: RenewalRequest) -> x509.Certificate:
         pem = str(self._call("POST", "/v1/renew", request.to_dict())["certificate"])
@@ -128,18 +125,15 @@ class RemoteIssuer:
         return x509.load_pem_x509_certificate(str(self._call("GET", "/v1/ca")["certificate"]).encode())
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        import httpx
-
         try:
-            response = self._client.request(method, path, json=body)
-            payload = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            status, payload = self._client.request(method, path, body)
+        except ServiceUnreachable as exc:
             raise UnavailableError(
-                f"the issuer service at {self.socket_path} is unreachable ({type(exc).__name__})",
+                f"the issuer service at {self.socket_path} is unreachable ({exc})",
                 field="issuer_socket",
                 rule="A7",
             ) from None
-        if response.status_code != 200:
+        if status != 200:
             data = payload.get("error") if isinstance(payload, dict) else None
             data = data if isinstance(data, dict) else {}
             cls = next((k for k in _known() if k.code == data.get("code")), IssuanceRefusedError)
