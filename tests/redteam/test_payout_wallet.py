@@ -31,7 +31,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from solders.message import Message
-from solders.signature import Signature
 
 from agents.credentials import renew
 from agents.node_client import read_session, register_node
@@ -41,7 +40,7 @@ from cyxwiz.coordinator.payout_rows import renewal_links, wallet_statements
 from cyxwiz.coordinator.tables import node_certs, nodes
 from cyxwiz.ledger import txbuild
 from cyxwiz.ledger.attestation import ReportAttestation, ReportVerdictError
-from cyxwiz.ledger.cosign import CosignRequest, refusal_from
+from cyxwiz.ledger.cosign import CosignRequest
 from cyxwiz.ledger.payout import SignedRenewalLink, SignedWalletStatement
 from cyxwiz.ledger.store import EscrowState
 from cyxwiz.ledger.verifier_service import VerifierService
@@ -59,26 +58,11 @@ from tasks.payout_wallet import StatementMarks
 from tasks.verifier_service import money_rules, verify_hook
 from tests.coordinator.conftest import Env, make_env
 from tests.ledger.conftest import USER_FUNDS, World
+from tests.redteam._verifier import ServiceCosigner
 
 AMOUNT = 10_000
 OUTPUT = b"the node's trained weights" * 40
 DATA = {"train": "datasets/train.bin", "holdout": "datasets/holdout.bin"}
-
-
-@dataclass
-class ServiceCosigner:
-    """The ledger's side of the verifier service: what its Unix socket serves, called in this process."""
-
-    service: VerifierService
-
-    def pubkey(self) -> Any:
-        return self.service.keypair.pubkey()
-
-    def cosign(self, request: CosignRequest) -> Signature:
-        status, body = self.service.handle("POST", "/v1/cosign", request.to_dict())
-        if status != 200:
-            raise refusal_from(body["error"])
-        return Signature.from_string(str(body["signature"]))
 
 
 @dataclass(frozen=True)

@@ -24,38 +24,22 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
-from solders.signature import Signature
 from spl.token import instructions as token_ix
 from spl.token.constants import TOKEN_PROGRAM_ID
 from spl.token.models import TransferCheckedParams
 
 from cyxwiz.ledger import provision, txbuild
-from cyxwiz.ledger.cosign import CosignRefusedError, CosignRequest, refusal_from
+from cyxwiz.ledger.cosign import CosignRefusedError
 from cyxwiz.ledger.payout import SignedRenewalLink, linked_keys
 from cyxwiz.ledger.stake import StakeLedger, StakePolicy, stake_address, stakes
 from cyxwiz.ledger.verifier_service import VerifierService
 from cyxwiz.ledger.withdrawal import SignedStakeWithdrawal, StakeWithdrawalError, StaleWithdrawalError
 from cyxwiz.pki.peerid import peer_id
 from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, backdate_unstake
+from tests.redteam._verifier import ServiceCosigner
 
 STAKE = 40_000
 POLICY = StakePolicy(minimum=30_000, slash_bps=2500, cooldown=dt.timedelta(hours=1))
-
-
-@dataclass
-class ServiceCosigner:
-    """The ledger's side of the verifier service: what its Unix socket serves, called in this process."""
-
-    service: VerifierService
-
-    def pubkey(self) -> Any:
-        return self.service.keypair.pubkey()
-
-    def cosign(self, request: CosignRequest) -> Signature:
-        status, body = self.service.handle("POST", "/v1/cosign", request.to_dict())
-        if status != 200:
-            raise refusal_from(body["error"])
-        return Signature.from_string(str(body["signature"]))
 
 
 @dataclass

@@ -36,7 +36,8 @@ from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
 from tests.ledger.conftest import NODE_KEY, NODE_PEER, USER_FUNDS, World, backdate_unstake
-from tests.redteam.test_stake_withdrawal import POLICY, STAKE, ServiceCosigner
+from tests.redteam._verifier import ServiceCosigner
+from tests.redteam.test_stake_withdrawal import POLICY, STAKE
 
 JOB_AMOUNT = 10_000
 SHARE = STAKE * POLICY.slash_bps // 10_000
