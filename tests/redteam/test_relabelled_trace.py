@@ -206,25 +206,8 @@ def test_c_own_run_signed_by_c_passes(job: Job) -> None:
 def test_c_listed_under_h_node_still_cannot_sign_h_run(job: Job) -> None:
     # The coordinator lists C's genuine certificate among H's node's certificates (as after a renewal), so
     # the identity check accepts C's proof for H's job: the run is still rebuilt for C's signing key.
-    from cyxwiz.verification.replay import ReplayPolicy
-    from cyxwiz.verification.verifier import Expectations, JobData, verify_job
-
-    w = job.world
     out = job.copy("c-listed")
-    report = verify_job(
-        proof=w.sign(out, job=job.job, node=C),
-        node_certificate=w.cert(C),
-        job=job.job,
-        output_dir=out,
-        data=JobData(train=w.digits.train, holdout=w.digits.holdout, holdout_sha256=w.digits.holdout_sha256),
-        trust=w.trust(),
-        expect=Expectations(
-            node_peer_ids=frozenset({w.peer(H), w.peer(C)}),
-            token_jti="jti-1",
-            received_at=dt.datetime.now(dt.UTC),
-        ),
-        policy=ReplayPolicy(sample_seed=1),
-    )
+    report = _verify_listed(job, out, job.world.sign(out, job=job.job, node=C), signer=C)
     _failed(report, "commitments", "data order", "PeerID")
 
 
