@@ -274,7 +274,7 @@ def _training(
     from cyxwiz.verification import replay, trace
     from cyxwiz.verification.commitments import read_commitments
     from cyxwiz.verification.sampling import plan_sampling
-    from cyxwiz.verification.tolerance import tolerance_for
+    from cyxwiz.verification.tolerance import Tolerance, tolerance_for
 
     assert job.model is not None
     missing = replay.missing_required(signed.proof)
@@ -301,7 +301,23 @@ def _training(
             trace.check_endpoints(job, train, output_dir, commitments, schemas, trainer=trainer)
         )
     try:
-        for check in replay.check_metrics(job, train, holdout, output_dir, signed.proof, trainer=trainer):
+        declared = _runtime_declaration(output_dir)
+        tolerance: Tolerance | CyxwizError = tolerance_for(
+            node_class=declared["device_class"],
+            node_torch=declared["torch"],
+            verifier_class="cpu",
+            verifier_torch=torch.__version__,
+            dtype=declared["dtype"],
+        )
+    except CyxwizError as exc:
+        tolerance = exc
+    # Exact only when the node ran this backend class; an undeclared or uncalibrated one gets the
+    # cross-backend slack here and fails the replay below.
+    exact = isinstance(tolerance, Tolerance) and tolerance.exact
+    try:
+        for check in replay.check_metrics(
+            job, train, holdout, output_dir, signed.proof, trainer=trainer, exact=exact
+        ):
             run.add(check)
     except CyxwizError as exc:
         run.add(Check("claimed-metric", False, f"the delivered model cannot be evaluated: {exc.message}"))
@@ -316,17 +332,8 @@ def _training(
             budget=v.budget,
             samples=policy.segments,
         )
-        try:
-            declared = _runtime_declaration(output_dir)
-            tolerance = tolerance_for(
-                node_class=declared["device_class"],
-                node_torch=declared["torch"],
-                verifier_class="cpu",
-                verifier_torch=torch.__version__,
-                dtype=declared["dtype"],
-            )
-        except CyxwizError as exc:
-            run.add(Check("replay", False, f"no tolerance for this node's backend: {exc.message}"))
+        if isinstance(tolerance, CyxwizError):
+            run.add(Check("replay", False, f"no tolerance for this node's backend: {tolerance.message}"))
         else:
             run.add(
                 replay.check_replay(

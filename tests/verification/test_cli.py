@@ -93,11 +93,11 @@ def test_prepare_run_sign_check(tmp_path: Path) -> None:
     assert "**PASS**" in result.output
     assert json.loads((tmp_path / "report.json").read_text())["passed"] is True
 
-    (out / "metrics.json").write_text(json.dumps({"final": {"val_accuracy": 1.0}}))
+    (out / "metrics.json").write_text(json.dumps({"final": {"val_accuracy": 0.9999}}))
     runner.invoke(app, sign)
     result = runner.invoke(app, check)
     assert result.exit_code == 1
-    assert "claimed-metric" in result.stderr and "inflated" in result.stderr
+    assert "claimed-metric" in result.stderr and "claimed val_accuracy 0.9999" in result.stderr
 
 
 def test_bad_proof_file_is_one_error_line(tmp_path: Path) -> None:

@@ -57,6 +57,6 @@ def test_reference_job_trains_in_the_sandbox_and_verifies(world: World, tmp_path
 
     metrics = result.output_dir / "metrics.json"
     doc = json.loads(metrics.read_text())
-    doc["final"]["val_accuracy"] = min(1.0, doc["final"]["val_accuracy"] + 0.02)
+    doc["final"]["val_accuracy"] = 0.9999  # no accuracy of a split under 10,000 samples: always a lie
     metrics.write_text(json.dumps(doc))
     assert not world.verify(result.output_dir, world.sign(result.output_dir)).check("claimed-metric").passed

@@ -71,14 +71,81 @@ def test_runtime_sent_every_commitment_over_the_bridge(world: World) -> None:
     assert any(m["kind"] == "progress" for m in world.messages)
 
 
+def _claim(out: Path, value: float) -> float:
+    doc = json.loads((out / "metrics.json").read_text())
+    honest = float(doc["final"]["val_accuracy"])
+    doc["final"]["val_accuracy"] = value
+    (out / "metrics.json").write_text(json.dumps(doc))
+    return honest
+
+
+def _one_sample(world: World) -> float:
+    from cyxwiz.training import engine
+    from cyxwiz.training.data import load_dataset
+
+    job = world.job
+    assert job.model is not None
+    data = load_dataset(
+        world.digits.train, sha256=None, input_shape=job.model.input_shape, input_dtype="float32",
+        num_classes=10,
+    )  # fmt: skip
+    return 1 / len(engine.new_state(job, data, trainer=world.peer()).validation)
+
+
 def test_inflated_metric(world: World) -> None:
     out = world.copy_outputs("inflated")
-    doc = json.loads((out / "metrics.json").read_text())
-    doc["final"]["val_accuracy"] = 1.0
-    (out / "metrics.json").write_text(json.dumps(doc))
+    # 0.9999 is no accuracy of a validation split under 10,000 samples: always a lie, whatever the run.
+    _claim(out, 0.9999)
     report = world.verify(out, world.sign(out))
-    failed(report, "claimed-metric", "inflated")
+    failed(report, "claimed-metric", "claimed val_accuracy 0.9999", "scores")
     assert report.check("artifacts").passed and report.check("signature").passed
+
+
+def test_a_claim_one_validation_sample_better_than_the_model_fails_when_replay_is_exact(
+    world: World,
+) -> None:
+    """The smallest cheat: one sample more than the delivered model scores. Same backend class as the
+    verifier, so the node's evaluation is the verifier's bit for bit and no slack is left (F1)."""
+    out = world.copy_outputs("one-sample")
+    sample = _one_sample(world)
+    honest = json.loads((world.honest_out / "metrics.json").read_text())["final"]["val_accuracy"]
+    # A run that scored 1.0 cannot be inflated; one sample less is the same lie the other way.
+    lie = honest + sample if honest + sample <= 1.0 else honest - sample
+    _claim(out, lie)
+    report = world.verify(out, world.sign(out))
+    failed(report, "claimed-metric", "scores", "metric")
+    assert "slack" not in report.check("claimed-metric").reason
+    # Positive control: the same outputs with the honest claim pass.
+    _claim(out, honest)
+    assert world.verify(out, world.sign(out)).check("claimed-metric").passed
+
+
+def test_cross_backend_claims_get_one_validation_sample_of_slack_and_no_more(world: World) -> None:
+    """A node on another backend class may flip one borderline argmax: one sample is accepted, two are
+    not (replay.check_metrics with ``exact=False``)."""
+    from cyxwiz.training.data import load_dataset
+    from cyxwiz.verification import replay
+
+    job = world.job
+    assert job.model is not None
+    shape = {"input_shape": job.model.input_shape, "input_dtype": "float32", "num_classes": 10}
+    train = load_dataset(world.digits.train, sha256=None, **shape)  # type: ignore[arg-type]
+    holdout = load_dataset(world.digits.holdout, sha256=None, **shape)  # type: ignore[arg-type]
+    honest = json.loads((world.honest_out / "metrics.json").read_text())["final"]["val_accuracy"]
+    sample = _one_sample(world)
+    step = sample if honest + 2 * sample <= 1.0 else -sample
+    verdicts = {}
+    for samples in (1, 2):
+        proof = world.sign(world.honest_out).proof
+        proof = proof.model_copy(
+            update={"metrics": {**proof.metrics, "val_accuracy": honest + samples * step}}
+        )
+        found = replay.check_metrics(
+            job, train, holdout, world.honest_out, proof, trainer=world.peer(), exact=False
+        )
+        verdicts[samples] = next(c for c in found if c.name == "claimed-metric")
+    assert verdicts[1].passed, verdicts[1].reason
+    assert not verdicts[2].passed and "cross-backend slack" in verdicts[2].reason, verdicts[2].reason
 
 
 def test_lazy_node_trains_half_the_steps(world: World) -> None:
