@@ -241,6 +241,10 @@ class Runner:
         self.check(cell, job_id, payment=payment, before=before, wallets_before=wallets_before)
         if process == "control":  # who ended the run it died with: the restarted worker, or the silence rule
             cell.checks["lifecycle_run"] = self.run_state(run_id)
+            if "restarted" not in cell.checks["lifecycle_run"]:  # the worker's own account of its recovery
+                log = self.stack.home / "control-worker" / "worker.log"
+                lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+                cell.checks["recovery_log"] = [line for line in lines if "orphan" in line][-6:]
         return cell
 
     def supervise(self, cell: Cell) -> None:
