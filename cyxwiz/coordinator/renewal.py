@@ -15,7 +15,8 @@ from typing import Protocol
 
 from cryptography import x509
 
-from cyxwiz.issuer.policy import DEFAULT_LIFETIME, RenewalRequest, RevocationRequest
+from cyxwiz.issuer.policy import DEFAULT_LIFETIME, RenewalRequest
+from cyxwiz.issuer.revocation import RevocationRequest
 
 __all__ = ["DEFAULT_LIFETIME", "CertificateIssuer", "RenewalRequest", "RevocationRequest"]
 

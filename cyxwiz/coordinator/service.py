@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.coordinator.api import create_app
 from cyxwiz.coordinator.hooks import BasicHooks, CoordinatorHooks
 from cyxwiz.coordinator.limits import GuardMiddleware, RefusalCap
 from cyxwiz.coordinator.renewal import CertificateIssuer, RevocationRequest
-from cyxwiz.coordinator.store import CoordinatorStore, NodeRecord
+from cyxwiz.coordinator.store import CoordinatorStore, NodeCertificate, NodeRecord
 from cyxwiz.coordinator.watch import CoordinatorWatch
+from cyxwiz.errors import ConflictError
 from cyxwiz.tokens.issuer import TokenIssuer
 from cyxwiz.tokens.keyring import DirKeyRingStore, KeyRing
 from cyxwiz.tokens.reload import KeyRingReloader
@@ -27,29 +31,52 @@ AUDIENCE = "cyxwiz-api"
 
 @dataclass
 class CARevoker:
-    """Admin "revoke node": the issuer service revokes its certificate and signs the CRL (the coordinator
+    """Admin "revoke node": the issuer service revokes its certificates and signs the CRL (the coordinator
     holds no CA key, issue 17); the CRL is pushed to listeners here (A6).
 
-    Pushing through :meth:`ServerTLS.apply_crl` closes the node's live connections at once; other
-    listeners (the gateway) get the same CRL bytes through ``push`` callables or their file watch.
+    The issuer revokes only what it can check itself: the node's worker certificates, sent whole (PEM as
+    the node presented them or the issuer signed them), never bare serials. Pushing through
+    :meth:`ServerTLS.apply_crl` closes the node's live connections at once; other listeners (the gateway)
+    get the same CRL bytes through ``push`` callables or their file watch.
     """
 
     issuer: CertificateIssuer
     listeners: list[ServerTLS] = field(default_factory=list)
     push: list[Callable[[bytes], None]] = field(default_factory=list)
 
-    #: The node's earlier (renewed-from, unexpired) certificate serials: revoked with the current one.
-    earlier: Callable[[str], list[str]] | None = None
+    #: Every certificate on record for a node (current and earlier, renewed-from): its unexpired earlier
+    #: ones are revoked with the current one, which they stay equal to until they expire (A7 renewal).
+    certificates: Callable[[str], Sequence[NodeCertificate]] | None = None
 
     def __call__(self, node: NodeRecord, reason: str) -> None:
-        earlier = self.earlier(node.node_id) if self.earlier is not None else []
-        data = self.issuer.revoke(
-            RevocationRequest(serial=node.cert_serial, reason=reason, earlier=tuple(earlier))
-        )
+        data = self.issuer.revoke(self.request(node, reason))
         for tls in self.listeners:
             tls.apply_crl(data)
         for push in self.push:
             push(data)
+
+    def request(self, node: NodeRecord, reason: str) -> RevocationRequest:
+        """What the issuer is asked: the node's current certificate and its unexpired earlier ones."""
+        held = list(self.certificates(node.node_id)) if self.certificates is not None else []
+        current = next((c for c in held if c.peer_id == node.peer_id), None)
+        if current is None:
+            raise ConflictError(
+                f"no certificate of node {node.node_id} on record to send the issuer: an operator revokes "
+                f"serial {node.cert_serial} on the issuer host (cyxwiz certutil revoke)",
+                field="certificate",
+                rule="A6",
+            )
+        now = dt.datetime.now(dt.UTC)
+        earlier = [
+            c for c in held if c.peer_id != node.peer_id and c.not_after > now
+        ]  # expired: refused anyway
+        return RevocationRequest(
+            certificate=_load(current.pem), reason=reason, earlier=tuple(_load(c.pem) for c in earlier)
+        )
+
+
+def _load(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
 
 
 def _close_peer(tls: ServerTLS, peer_id: str) -> None:
@@ -134,7 +161,9 @@ def build_coordinator(
         policy=policy,  # a federation trust policy (A7, C1), checked after the handshake
     )
     revoker = (
-        CARevoker(issuer=cert_issuer, listeners=[tls], push=list(crl_push), earlier=store.earlier_serials)
+        CARevoker(
+            issuer=cert_issuer, listeners=[tls], push=list(crl_push), certificates=store.node_certificates
+        )
         if cert_issuer is not None
         else None
     )

@@ -136,12 +136,6 @@ class CoordinatorStore(SessionRows, ClaimRows, GrantRows, WalletStatementRows):
                 row = conn.execute(sa.select(nodes).where(nodes.c.node_id.in_(earlier))).first()
             return _node(row) if row is not None else None
 
-    def earlier_serials(self, node_id: str) -> list[str]:
-        """Serials (hex) of the node's earlier certificates, which stay its own until they expire."""
-        with self._tx() as conn:
-            rows = conn.execute(sa.select(node_peers.c.cert_serial).where(node_peers.c.node_id == node_id))
-            return [str(r[0]) for r in rows]
-
     def peer_ids_of(self, node_id: str) -> list[str]:
         """Every PeerID that is this node: its current certificate's and its earlier ones'."""
         with self._tx() as conn:

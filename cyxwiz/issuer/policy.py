@@ -8,14 +8,15 @@ naming exactly that new key, lately. The coordinator holds certificates (they ar
 so it can forge none of this: it cannot get a certificate for a key it holds, for another name or for any
 role but ``worker``. The result is short-lived (:data:`DEFAULT_LIFETIME`), as the node agent expects.
 
-A revocation is signed for any serial the coordinator names: the worst it can do with that is deny
-service, and every one is audited here.
+A revocation is signed only for worker certificates this CA issued: a node's current one and its earlier
+ones under the same name, each sent whole and checked (:mod:`cyxwiz.issuer.revocation`); a coordinator
+that asks for the verifier's, the gateway's or another node's is refused, audited, and nothing is revoked.
+An operator revokes any other certificate on this host (``cyxwiz certutil revoke``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from cyxwiz.audit import AuditSink
 from cyxwiz.audit import events as ev
-from cyxwiz.errors import AuthorizationError, CyxwizError, ValidationError
+from cyxwiz.errors import AuthorizationError, ConflictError, CyxwizError, ValidationError
+from cyxwiz.issuer.revocation import RevocationRequest, common_names, revocable
 from cyxwiz.ledger.payout import MAX_SKEW_S, RenewalLinkError, SignedRenewalLink
 from cyxwiz.pki.ca import DEFAULT_CRL_DAYS, CertificateAuthority
 from cyxwiz.pki.certs import Role, role_of
@@ -41,8 +42,6 @@ DEFAULT_LIFETIME = dt.timedelta(hours=24)
 MAX_LIFETIME = dt.timedelta(days=90)
 #: A renewal link older than this is not this renewal's: the agent signs it just before it asks.
 LINK_MAX_AGE = dt.timedelta(minutes=10)
-_SERIAL = re.compile(r"[0-9a-f]{1,40}")
-_MAX_EARLIER = 512
 ACTOR = "issuer"
 
 
@@ -94,34 +93,6 @@ class RenewalRequest:
         }
 
 
-@dataclass(frozen=True, kw_only=True)
-class RevocationRequest:
-    """Revoke ``serial`` (a node's current certificate) and its ``earlier`` (renewed-from) certificates."""
-
-    serial: str
-    reason: str = "unspecified"
-    earlier: tuple[str, ...] = ()
-
-    @classmethod
-    def from_dict(cls, data: object) -> RevocationRequest:
-        if not isinstance(data, Mapping) or not {"serial"} <= set(data) <= {"serial", "reason", "earlier"}:
-            raise ValidationError("must be {serial, reason?, earlier?}", field="body", rule="A6")
-        earlier = data.get("earlier") or []
-        if not isinstance(earlier, list) or len(earlier) > _MAX_EARLIER:
-            raise ValidationError("earlier must be a list of serials", field="earlier", rule="A6")
-        reason = data.get("reason") or "unspecified"
-        if not isinstance(reason, str) or len(reason) > 64:
-            raise ValidationError("reason must be a short text", field="reason", rule="A6")
-        return cls(
-            serial=_serial(data["serial"], "serial"),
-            reason=reason,
-            earlier=tuple(_serial(s, "earlier") for s in earlier),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"serial": self.serial, "reason": self.reason, "earlier": list(self.earlier)}
-
-
 @dataclass
 class NodeCertIssuer:
     """Renews worker certificates and signs CRLs with the issuing CA ``ca`` (whose key only it holds)."""
@@ -153,7 +124,7 @@ class NodeCertIssuer:
     def renew(self, request: RenewalRequest, *, now: dt.datetime | None = None) -> x509.Certificate:
         """The new worker certificate, or the precise refusal (audited; nothing signed)."""
         current = request.certificate
-        name = _common_names(current.subject)
+        name = common_names(current.subject)
         try:
             public = self._check(request, now or dt.datetime.now(dt.UTC))
         except CyxwizError as exc:
@@ -173,7 +144,7 @@ class NodeCertIssuer:
             raise ValidationError("node keys are Ed25519", field="csr", rule="A2")
         if public == current.public_key():
             raise ValidationError("a renewal needs a new key", field="csr", rule="A7")
-        if _common_names(csr.subject) != _common_names(current.subject):
+        if common_names(csr.subject) != common_names(current.subject):
             raise IssuanceRefusedError("a renewal keeps the certificate's name", field="csr", rule="C2")
         try:
             current.verify_directly_issued_by(self.ca.certificate)
@@ -239,18 +210,33 @@ class NodeCertIssuer:
 
     # --- revocation ---------------------------------------------------------------------------------
 
-    def revoke(self, request: RevocationRequest) -> bytes:
-        """Revoke the serials (the earlier ones may already be) and sign a fresh CRL; its PEM."""
-        from cyxwiz.errors import ConflictError
+    def revocation_request(self, body: object) -> RevocationRequest:
+        """The request in ``body``, or its precise refusal (audited: a bare serial is one)."""
+        try:
+            return RevocationRequest.from_dict(body)
+        except CyxwizError as exc:
+            self._record_revocation("request", "", refused=exc)
+            raise
 
-        self.ca.revoke(int(request.serial, 16), reason=_reason(request.reason))
-        self._record_revocation(request.serial, request.reason)
-        for serial in request.earlier:
+    def revoke(self, request: RevocationRequest) -> bytes:
+        """Revoke the node's current certificate and its earlier ones (those already revoked are left
+        out) and sign a fresh CRL; its PEM. Every certificate is checked first: a refusal (audited)
+        revokes none of them."""
+        target = format(request.certificate.serial_number, "x")
+        try:
+            chosen = revocable(self.ca, request)
+        except CyxwizError as exc:
+            self._record_revocation(target, request.reason, refused=exc)
+            raise
+        reason = _reason(request.reason)
+        for i, cert in enumerate(chosen):
             try:
-                self.ca.revoke(int(serial, 16), reason=_reason(request.reason))
+                self.ca.revoke(cert, reason=reason)  # checks again that this CA issued it
             except ConflictError:
-                continue  # already revoked
-            self._record_revocation(serial, request.reason)
+                if i == 0:  # revoked on this host since the check: named, as before it
+                    raise
+                continue
+            self._record_revocation(format(cert.serial_number, "x"), request.reason)
         return self.crl()
 
     def crl(self, *, days: int = DEFAULT_CRL_DAYS) -> bytes:
@@ -273,17 +259,21 @@ class NodeCertIssuer:
             )
         )  # fmt: skip
 
-    def _record_revocation(self, serial: str, reason: str) -> None:
-        if self.audit is not None:
-            self.audit.record(
-                ev.revocation(
-                    actor_id=ACTOR,
-                    actor_type=ev.ActorType.SERVICE,
-                    kind="certificate",
-                    target=serial,
-                    reason=reason,
-                )
-            )
+    def _record_revocation(self, serial: str, reason: str, *, refused: CyxwizError | None = None) -> None:
+        if self.audit is None:
+            return
+        if refused is None:
+            event = ev.revocation(
+                actor_id=ACTOR, actor_type=ev.ActorType.SERVICE, kind="certificate", target=serial,
+                reason=reason,
+            )  # fmt: skip
+        else:  # denied, as a refused issuance is: what was asked, and the rule that refused it
+            event = ev.access_decision(
+                actor_id=ACTOR, actor_type=ev.ActorType.SERVICE, resource=f"certificate:{serial}",
+                action="certificate.revoke", allowed=False,
+                reason=f"{refused.code}: {refused.message} ({refused.field}, {refused.rule})",
+            )  # fmt: skip
+        self.audit.record(event)
 
 
 def _csr(pem: object) -> x509.CertificateSigningRequest:
@@ -293,16 +283,6 @@ def _csr(pem: object) -> x509.CertificateSigningRequest:
         return x509.load_pem_x509_csr(pem.encode())
     except ValueError:
         raise ValidationError("not a PEM certificate signing request", field="csr", rule="A1") from None
-
-
-def _serial(value: object, name: str) -> str:
-    if not isinstance(value, str) or not _SERIAL.fullmatch(value):
-        raise ValidationError("a serial is lowercase hex", field=name, rule="A6")
-    return value
-
-
-def _common_names(name: x509.Name) -> list[str]:
-    return [str(n.value) for n in name.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
 def _reason(text: str) -> str:

@@ -6,7 +6,10 @@ connects) and answers, in the style of the verifier service:
 ``GET  /v1/ca``      the issuing CA's certificate (public);
 ``POST /v1/renew``   ``{certificate, csr, renewal_link}`` -> ``{certificate}``, when
                      :class:`~cyxwiz.issuer.policy.NodeCertIssuer` allows it; else the precise refusal;
-``POST /v1/revoke``  ``{serial, reason, earlier}`` -> ``{crl}``: revoked and a fresh CRL signed;
+``POST /v1/revoke``  ``{certificate, reason, earlier}`` (PEM) -> ``{crl}``: a node's worker certificate
+                     and its earlier ones under its name revoked and a fresh CRL signed, when
+                     :func:`~cyxwiz.issuer.revocation.revocable` allows it; no other certificate is
+                     revoked over the socket (an operator does it on this host);
 ``GET  /v1/crl``     ``{crl}``: a freshly signed CRL (the listeners' copy nears its nextUpdate);
 ``POST /v1/crl``     ``{days}`` -> the same with nextUpdate in ``days`` (the ``crl-refresh`` flow).
 
@@ -33,7 +36,8 @@ from cyxwiz.errors import (
     UnavailableError,
     ValidationError,
 )
-from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest, RevocationRequest
+from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest
+from cyxwiz.issuer.revocation import RevocationRefusedError, RevocationRequest
 from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.service_process import SocketServiceProcess
 from cyxwiz.unix_json import ServiceUnreachable, UnixJsonClient
@@ -63,7 +67,7 @@ class IssuerService:
             cert = self.issuer.renew(RenewalRequest.from_dict(body))
             return 200, {"certificate": cert.public_bytes(Encoding.PEM).decode()}
         if method == "POST" and path == "/v1/revoke":
-            return 200, {"crl": self.issuer.revoke(RevocationRequest.from_dict(body)).decode()}
+            return 200, {"crl": self.issuer.revoke(self.issuer.revocation_request(body)).decode()}
         if method == "GET" and path == "/v1/crl":
             return 200, {"crl": self.issuer.crl().decode()}
         if method == "POST" and path == "/v1/crl":
@@ -97,7 +101,8 @@ def _known() -> Sequence[type[CyxwizError]]:
     from cyxwiz.ledger.payout import RenewalLinkError
 
     return (
-        IssuanceRefusedError, RenewalLinkError, ValidationError, ConflictError, AuthorizationError,
+        IssuanceRefusedError, RevocationRefusedError, RenewalLinkError, ValidationError, ConflictError,
+        AuthorizationError,
         CertificateError, ChainError, CRLError,
     )  # fmt: skip
 

@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -21,13 +20,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cyxwiz.audit import MemorySink
 from cyxwiz.audit.catalogue import Outcome
-from cyxwiz.errors import ConflictError, CyxwizError, ValidationError
+from cyxwiz.errors import CyxwizError, ValidationError
 from cyxwiz.issuer.policy import (
     LINK_MAX_AGE,
     IssuanceRefusedError,
     NodeCertIssuer,
     RenewalRequest,
-    RevocationRequest,
 )
 from cyxwiz.ledger.payout import RenewalLink, RenewalLinkError, SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
@@ -245,29 +243,6 @@ def test_a_request_that_is_not_one_is_named(world: World) -> None:
             RenewalRequest.from_dict(body)
         assert info.value.field == field
     assert world.issuer.renew(RenewalRequest.from_dict(good)).subject == cert.subject  # positive control
-
-
-def test_revocation_signs_a_crl_of_the_node_and_its_earlier_certificates(
-    world: World, tmp_path: Path
-) -> None:
-    cert, _ = world.current("node-b")
-    earlier = world.pki.issuing_ca().issue(common_name="node-b", role=Role.WORKER).certificate
-    serial, old = format(cert.serial_number, "x"), format(earlier.serial_number, "x")
-    world.issuer.revoke(RevocationRequest(serial=old, reason="superseded"))  # already revoked: skipped below
-    crl = x509.load_pem_x509_crl(
-        world.issuer.revoke(RevocationRequest(serial=serial, reason="keyCompromise", earlier=(old,)))
-    )
-    assert crl.is_signature_valid(load_certificate(world.pki.ca_cert).public_key())  # type: ignore[arg-type]
-    assert {cert.serial_number, earlier.serial_number} <= {r.serial_number for r in crl}
-    assert [e.resource for e in world.audit.of_action("certificate.revoke")] == [
-        f"certificate:{old}", f"certificate:{serial}",
-    ]  # fmt: skip
-    with pytest.raises(ConflictError):  # the node's current certificate twice: named, not silently passed
-        world.issuer.revoke(RevocationRequest(serial=serial))
-    for body, field in [({"serial": "XYZ"}, "serial"), ({"serial": "ab", "earlier": ["g"]}, "earlier")]:
-        with pytest.raises(ValidationError) as info:
-            RevocationRequest.from_dict(body)
-        assert info.value.field == field
 
 
 def test_the_issuer_refuses_a_long_lifetime(pki: DevPKI) -> None:

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.errors import UnavailableError
-from cyxwiz.issuer.policy import IssuanceRefusedError, RenewalRequest, RevocationRequest
+from cyxwiz.issuer.policy import IssuanceRefusedError, RenewalRequest
+from cyxwiz.issuer.revocation import RevocationRefusedError, RevocationRequest
 from cyxwiz.issuer.service import IssuerProcess, RemoteIssuer, start_issuer_service
 from cyxwiz.ledger.payout import RenewalLinkError, SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
@@ -74,8 +75,9 @@ def test_renewal_and_refusals_through_the_socket(running: tuple[DevPKI, IssuerPr
             client.renew(_verifier_renewal(pki))
         assert info.value.rule == "A1"
         # A revocation: the node's certificate in a freshly signed CRL.
-        serial = load_certificate(pki.node_cert("node-b")).serial_number
-        crl = x509.load_pem_x509_crl(client.revoke(RevocationRequest(serial=format(serial, "x"))))
+        node_b = load_certificate(pki.node_cert("node-b"))
+        serial = node_b.serial_number
+        crl = x509.load_pem_x509_crl(client.revoke(RevocationRequest(certificate=node_b)))
         assert serial in {r.serial_number for r in crl}
         fresh = x509.load_pem_x509_crl(client.crl())
         assert fresh.get_revoked_certificate_by_serial_number(serial) is not None
@@ -94,6 +96,36 @@ def test_renewal_and_refusals_through_the_socket(running: tuple[DevPKI, IssuerPr
         assert raw.post("/v1/sign", json={}).status_code == 404
         assert raw.post("/v1/renew", json={"csr": "x"}).status_code == 422
         assert raw.post("/v1/crl", json={"days": 9999}).status_code == 422
+
+
+def test_over_the_socket_only_a_nodes_own_worker_certificates_are_revoked(
+    running: tuple[DevPKI, IssuerProcess],
+) -> None:
+    """The coordinator's way in (A6, F1): the verifier's certificate, another node's smuggled in
+    ``earlier`` and a bare serial are refused (403 / 422, the precise class back) and the CRL stays."""
+    pki, proc = running
+    node_a, node_b = load_certificate(pki.node_cert("node-a")), load_certificate(pki.node_cert("node-b"))
+    client = proc.client()
+    try:
+        before = {r.serial_number for r in x509.load_pem_x509_crl(client.crl())}
+        with pytest.raises(RevocationRefusedError) as info:
+            client.revoke(RevocationRequest(certificate=load_certificate(pki.verifier_cert)))
+        assert (info.value.field, info.value.rule) == ("certificate", "A6")
+        with pytest.raises(RevocationRefusedError) as info:
+            client.revoke(RevocationRequest(certificate=node_a, earlier=(node_b,)))
+        assert (info.value.field, info.value.rule) == ("earlier[0]", "A6")
+        transport = httpx.HTTPTransport(uds=str(proc.socket_path))
+        with httpx.Client(transport=transport, base_url="http://issuer") as raw:
+            verifier = load_certificate(pki.verifier_cert)
+            r = raw.post("/v1/revoke", json={"serial": format(verifier.serial_number, "x")})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "body"
+            pem = verifier.public_bytes(serialization.Encoding.PEM).decode()
+            assert raw.post("/v1/revoke", json={"certificate": pem}).status_code == 403
+        assert {r.serial_number for r in x509.load_pem_x509_crl(client.crl())} == before
+        crl = x509.load_pem_x509_crl(client.revoke(RevocationRequest(certificate=node_a)))  # the control
+        assert {r.serial_number for r in crl} == before | {node_a.serial_number}
+    finally:
+        client.close()
 
 
 def _verifier_renewal(pki: DevPKI) -> RenewalRequest:

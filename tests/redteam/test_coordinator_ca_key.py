@@ -32,7 +32,8 @@ from cyxwiz.audit.reader import iter_events
 from cyxwiz.coordinator.config import CoordinatorConfig
 from cyxwiz.coordinator.service import build_coordinator
 from cyxwiz.errors import ConfigError, CyxwizError, ValidationError
-from cyxwiz.issuer.policy import IssuanceRefusedError, RenewalRequest, RevocationRequest
+from cyxwiz.issuer.policy import IssuanceRefusedError, RenewalRequest
+from cyxwiz.issuer.revocation import RevocationRequest
 from cyxwiz.issuer.service import IssuerProcess, RemoteIssuer
 from cyxwiz.ledger.payout import RenewalLink, RenewalLinkError, SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
@@ -200,10 +201,10 @@ def test_a_compromised_coordinator_cannot_mint(world: World, name: str) -> None:
 def test_a_revoked_certificate_is_not_renewed_even_with_its_key(world: World) -> None:
     pki = world.pki
     before = world.issued()
-    serial = format(load_certificate(pki.node_cert("node-c")).serial_number, "x")
+    current = load_certificate(pki.node_cert("node-c"))
     remote = RemoteIssuer(socket_path=world.issuer.socket_path)
     try:
-        remote.revoke(RevocationRequest(serial=serial, reason="keyCompromise"))  # what it may ask: audited
+        remote.revoke(RevocationRequest(certificate=current, reason="keyCompromise"))  # what it may ask
         with pytest.raises(IssuanceRefusedError) as info:
             remote.renew(_with_key(pki.node_cert("node-c"), pki.node_key("node-c")))
     finally:
