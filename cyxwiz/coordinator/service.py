@@ -66,10 +66,9 @@ class CARevoker:
                 field="certificate",
                 rule="A6",
             )
+        # An expired one is refused at the handshake anyway; a node renewed for weeks holds dozens.
         now = dt.datetime.now(dt.UTC)
-        earlier = [
-            c for c in held if c.peer_id != node.peer_id and c.not_after > now
-        ]  # expired: refused anyway
+        earlier = [c for c in held if c.peer_id != node.peer_id and c.not_after > now]
         return RevocationRequest(
             certificate=_load(current.pem), reason=reason, earlier=tuple(_load(c.pem) for c in earlier)
         )

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.coordinator.tables import node_certs
+from cyxwiz.issuer.revocation import MAX_EARLIER
 from cyxwiz.ledger.payout import SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
-from cyxwiz.pki.certs import load_certificate
+from cyxwiz.pki.certs import Role, load_certificate
 from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
@@ -158,6 +159,49 @@ def test_admin_revoke_takes_the_earlier_certificates_too(env: Env, tmp_path: Pat
         old.post("/v1/nodes/heartbeat", json={}, headers=auth(a["session_token"]))
     with pytest.raises(httpx.TransportError), _client_with(env, tmp_path, renewed["certificate"], key) as new:
         new.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))
+
+
+def test_admin_revoke_of_a_long_lived_node_sends_only_its_unexpired_certificates(env: Env) -> None:
+    """A node renewed for weeks holds dozens of expired certificates (refused at the handshake anyway): the
+    issuer is sent its current and its unexpired earlier ones, within its bound, and revokes those."""
+    a = env.register("node-a")
+    ca, store = env.pki.issuing_ca(), env.coord.store
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    expired = [
+        ca.issue(common_name="node-a", role=Role.WORKER, days=1, not_before=past).certificate
+        for _ in range(MAX_EARLIER + 1)
+    ]
+    current = ca.issue(common_name="node-a", role=Role.WORKER, days=1).certificate
+    for cert in [*expired, current]:  # what each renewal leaves in the store
+        store.renew_node(
+            a["node_id"], peer_id=peer_id(cert), cert_serial=format(cert.serial_number, "x"), certificate=cert
+        )
+    admin = env.user_token("root", role="admin")
+    with env.client() as c:
+        r = c.post(
+            f"/v1/admin/nodes/{a['node_id']}/revoke", json={"reason": "keyCompromise"}, headers=auth(admin)
+        )
+        assert r.status_code == 200, r.text
+    revoked = {e.serial for e in ca.revocations()}
+    assert revoked == {current.serial_number, load_certificate(env.pki.node_cert("node-a")).serial_number}
+
+
+def test_admin_revoke_of_a_node_with_no_certificate_on_record_is_named(env: Env) -> None:
+    """The issuer revokes only certificates it is shown, never a bare serial (issue 17, A6): for a node row
+    that predates the kept certificates the coordinator has none to show, so the revoke is refused with
+    where to do it instead, and the node and the CRL stay as they were (nothing half-done)."""
+    a = env.register("node-a")
+    with env.coord.store.engine.begin() as conn:
+        conn.execute(node_certs.delete())
+    admin = env.user_token("root", role="admin")
+    with env.client() as c:
+        r = c.post(
+            f"/v1/admin/nodes/{a['node_id']}/revoke", json={"reason": "keyCompromise"}, headers=auth(admin)
+        )
+    body = r.json()
+    assert (r.status_code, body["field"], body["rule"]) == (409, "certificate", "A6"), body
+    assert "certutil revoke" in body["detail"]
+    assert env.coord.store.node(a["node_id"]).status == "active" and env.pki.issuing_ca().revocations() == []
 
 
 def test_a_node_registered_before_certificates_were_kept_gets_its_own_on_heartbeat(env: Env) -> None:
