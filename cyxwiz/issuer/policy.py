@@ -232,8 +232,9 @@ class NodeCertIssuer:
         for i, cert in enumerate(chosen):
             try:
                 self.ca.revoke(cert, reason=reason)  # checks again that this CA issued it
-            except ConflictError:
+            except ConflictError as exc:
                 if i == 0:  # revoked on this host since the check: named, as before it
+                    self._record_revocation(target, request.reason, refused=exc)
                     raise
                 continue
             self._record_revocation(format(cert.serial_number, "x"), request.reason)
