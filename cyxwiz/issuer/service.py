@@ -38,16 +38,16 @@ from cyxwiz.errors import (
 )
 from cyxwiz.issuer.policy import IssuanceRefusedError, NodeCertIssuer, RenewalRequest
 from cyxwiz.issuer.revocation import RevocationRefusedError, RevocationRequest
-from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.service_process import SocketServiceProcess
 from cyxwiz.unix_json import ServiceUnreachable, UnixJsonClient
+from cyxwiz.unix_json_server import serve_unix
 
 MAX_BODY = 64 << 10
 
 
 @dataclass
 class IssuerService:
-    """ASGI app of the issuer service."""
+    """The issuer service's rules behind its socket (:meth:`handle`: one request, one answer)."""
 
     issuer: NodeCertIssuer
     #: One signing at a time: the CA's revocation database and CRL number are read-modify-write.
@@ -74,9 +74,6 @@ class IssuerService:
             return 200, {"crl": self.issuer.crl(days=_crl_days(body)).decode()}
         return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_json_in_thread(scope, receive, send, handle=self.handle, max_body=MAX_BODY)
-
 
 def serve(
     app: IssuerService, *, socket_path: Path, ready_file: Path | None = None, mode: int = 0o600
@@ -85,7 +82,7 @@ def serve(
     lets the owner's group in (systemd: the coordinator's account shares the group, not the user)."""
     if mode & 0o007:
         raise ValidationError("the issuer socket is never open to others", field="socket_mode", rule="A7")
-    serve_unix(app, socket_path=socket_path, mode=mode, ready_file=ready_file)
+    serve_unix(app, socket_path=socket_path, mode=mode, max_body=MAX_BODY, ready_file=ready_file)
 
 
 def _crl_days(body: Any) -> int:

@@ -33,10 +33,10 @@ from solders.message import Message
 
 from cyxwiz.errors import CyxwizError, LedgerError, ValidationError
 from cyxwiz.ledger import txbuild
-from cyxwiz.ledger.asgi import Receive, Scope, Send, serve_json_in_thread, serve_unix
 from cyxwiz.ledger.attestation import report_sha256, sign_attestation
 from cyxwiz.ledger.cosign import CosignRequest, VerifierPolicy
 from cyxwiz.service_process import SocketServiceProcess
+from cyxwiz.unix_json_server import serve_unix
 
 #: verify hook: the lifecycle's request body -> (the report as a dict, its verdict: pass, fail or fraud)
 VerifyHook = Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
@@ -49,7 +49,7 @@ def canonical_sha256(value: dict[str, Any]) -> str:
 
 @dataclass
 class VerifierService:
-    """ASGI app of the verifier service."""
+    """The verifier service's rules behind its socket (:meth:`handle`: one request, one answer)."""
 
     keypair: txbuild.Signer
     policy: VerifierPolicy
@@ -158,9 +158,6 @@ class VerifierService:
             success=False, amount=0, reason=f"refused: {exc.code}",
         )  # fmt: skip
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_json_in_thread(scope, receive, send, handle=self.handle, max_body=MAX_BODY)
-
 
 def serve(
     app: VerifierService, *, socket_path: Path, ready_file: Path | None = None, mode: int = 0o600
@@ -170,7 +167,7 @@ def serve(
     other member, so the coordinator's account cannot ask for a co-signature (issue 17; F1, I)."""
     if mode not in (0o600, 0o660):
         raise ValidationError("the verifier socket is 0600 or 0660", field="socket_mode", rule="F1")
-    serve_unix(app, socket_path=socket_path, mode=mode, ready_file=ready_file)
+    serve_unix(app, socket_path=socket_path, mode=mode, max_body=MAX_BODY, ready_file=ready_file)
 
 
 class VerifierProcess(SocketServiceProcess):

@@ -27,14 +27,14 @@ ESCROW, DATA = 65530, 65531  # the verifier socket's group; the audit/store grou
 
 SERVE = """
 import pathlib, sys, time
-import cyxwiz.ledger.asgi as asgi
+import cyxwiz.unix_json_server as server
 import cyxwiz.ledger.verifier_service as service
 
-def hold(app, sock, *, ready_file, ready):  # the socket as bound and chmod'ed; no app behind it
+def hold(_server, *, ready_file, ready):  # the socket as bound and chmod'ed; no service behind it
     pathlib.Path(sys.argv[2]).write_text("ready")
     time.sleep(120)
 
-asgi.run_on_socket = hold  # serve_unix binds, chmods and listens, then hands over here
+server.run_on_socket = hold  # serve_unix binds, chmods and listens, then hands over here
 service.serve(None, socket_path=pathlib.Path(sys.argv[1]), mode=int(sys.argv[3], 8))
 """
 
