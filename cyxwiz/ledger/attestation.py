@@ -212,7 +212,7 @@ class AttestationPolicy:
     crl_paths: Sequence[Path] = ()
     #: signer PEM -> its public key, once the chain, CRLs and role were checked; valid while the CRL files
     #: are unchanged (and, for expiry, checked on every use)
-    _verified: dict[str, tuple[Ed25519PublicKey, dt.datetime]] = field(
+    _verified: dict[str, tuple[Ed25519PublicKey, dt.datetime, bytes]] = field(
         default_factory=dict, compare=False, repr=False
     )
     _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -275,8 +275,8 @@ class AttestationPolicy:
     def verify_signature(self, value: object) -> ReportAttestation:
         """Signer and signature only (no binding): a valid ``verifier`` certificate signed these bytes."""
         attestation = ReportAttestation.parse(value)
-        public = self._signer(attestation)  # chain, CRL, role and expiry: on every use
-        seen = (hashlib.sha256(attestation.to_json().encode()).digest(), public.public_bytes_raw())
+        public, raw_key = self._signer(attestation)  # chain, CRL, role and expiry: on every use
+        seen = (hashlib.sha256(attestation.to_json().encode()).digest(), raw_key)
         if seen in self._good:
             return attestation
         try:
@@ -290,11 +290,12 @@ class AttestationPolicy:
         self._good[seen] = None
         return attestation
 
-    def _signer(self, attestation: ReportAttestation) -> Ed25519PublicKey:
+    def _signer(self, attestation: ReportAttestation) -> tuple[Ed25519PublicKey, bytes]:
+        """The signer's key and its raw bytes (the cache key of its good signatures)."""
         crls = self._current_crls()
         known = self._verified.get(attestation.certificate)
         if known is not None and dt.datetime.now(dt.UTC) < known[1]:
-            return known[0]
+            return known[0], known[2]
         from cyxwiz.pki.certs import Role, parse_certificates, role_of
         from cyxwiz.pki.verify import verify_certificate
 
@@ -321,8 +322,9 @@ class AttestationPolicy:
         public = cert.public_key()
         if not isinstance(public, Ed25519PublicKey):  # pragma: no cover - verify_certificate refuses others
             raise ReportSignerError("the signer key is not Ed25519", field="report.certificate", rule="A2")
-        self._verified[attestation.certificate] = (public, cert.not_valid_after_utc)
-        return public
+        raw_key = public.public_bytes_raw()
+        self._verified[attestation.certificate] = (public, cert.not_valid_after_utc, raw_key)
+        return public, raw_key
 
     def check(
         self,

@@ -42,20 +42,22 @@ def create_signed(
     check_amount(amount, minimum=ledger.minimum_payment)
     user = check_wallet(user_wallet, field="user_wallet")
     signature = user_signature if isinstance(user_signature, Signature) else _signature(user_signature)
-    try:
-        parsed = Message.from_bytes(message)
-    except Exception:  # solders raises its own parse errors
-        raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
-    if not _issued_here(ledger, message, (job_id, str(user), amount, owner)) and (
-        bytes(Message.new_with_blockhash(_lock(ledger, job_id, user, amount, owner), ledger.payer_key,
-                                         parsed.recent_blockhash))
-        != message
-    ):  # fmt: skip
-        raise EscrowError(
-            "the funding message is not the lock of this amount from this wallet for this job",
-            field="message",
-            rule="F1",
-        )
+    issued = _issued_here(ledger, message, (job_id, str(user), amount, owner))
+    if issued is None:
+        try:
+            parsed = Message.from_bytes(message)
+        except Exception:  # solders raises its own parse errors
+            raise EscrowError("the funding message does not parse", field="message", rule="F1") from None
+        user_token = txbuild.token_account_of(user, ledger.mint)
+        expected = _lock(ledger, job_id, user, amount, owner, user_token)
+        if bytes(Message.new_with_blockhash(expected, ledger.payer_key, parsed.recent_blockhash)) != message:
+            raise EscrowError(
+                "the funding message is not the lock of this amount from this wallet for this job",
+                field="message",
+                rule="F1",
+            )
+    else:
+        parsed, user_token = issued
     if not signature.verify(user, message):
         raise AuthorizationError("the user's signature does not verify", field="user_signature", rule="F1")
     escrow = txbuild.escrow_address(ledger.payer_key, job_id, user)
@@ -67,7 +69,6 @@ def create_signed(
         last_valid_height=ledger._last_valid(parsed),
         target_state=EscrowState.LOCKED,
     )
-    user_token = txbuild.token_account_of(user, ledger.mint)
     intent = ledger.store.insert_creating(
         row={
             "job_id": job_id,
@@ -110,26 +111,35 @@ def funding_message(ledger: EscrowLedger, *, job_id: str, user_wallet: str | Pub
     check_job_id(job_id)
     check_amount(amount, minimum=ledger.minimum_payment)
     user = check_wallet(user_wallet, field="user_wallet")
-    instructions = _lock(ledger, job_id, user, amount, None)
+    user_token = txbuild.token_account_of(user, ledger.mint)
+    instructions = _lock(ledger, job_id, user, amount, None, user_token)
     blockhash, last_valid = ledger.chain.latest_blockhash()
     if len(ledger._valid_until) > 1024:  # messages never funded: forget the oldest answers
         ledger._valid_until.clear()
         ledger._issued.clear()
     ledger._valid_until[str(blockhash)] = last_valid
-    message = bytes(Message.new_with_blockhash(instructions, ledger.payer_key, blockhash))
-    ledger._issued[message] = (job_id, str(user), amount, None)
+    built = Message.new_with_blockhash(instructions, ledger.payer_key, blockhash)
+    message = bytes(built)
+    ledger._issued[message] = ((job_id, str(user), amount, None), built, user_token)
     return message
 
 
-def _lock(ledger: EscrowLedger, job_id: str, user: Pubkey, amount: int, owner: str | None) -> list[Any]:
+def _lock(  # noqa: PLR0917 - internal, one shape
+    ledger: EscrowLedger, job_id: str, user: Pubkey, amount: int, owner: str | None, user_token: Pubkey
+) -> list[Any]:
     return txbuild.create_escrow(
-        payer=ledger.payer_key, user=user, user_token=txbuild.token_account_of(user, ledger.mint),
-        mint=ledger.mint, decimals=ledger.decimals, multisig=ledger.multisig, job_id=job_id, amount=amount,
-        rent=ledger._account_rent(), owner=owner,
+        payer=ledger.payer_key, user=user, user_token=user_token, mint=ledger.mint, decimals=ledger.decimals,
+        multisig=ledger.multisig, job_id=job_id, amount=amount, rent=ledger._account_rent(), owner=owner,
     )  # fmt: skip
 
 
-def _issued_here(ledger: EscrowLedger, message: bytes, terms: tuple[str, str, int, str | None]) -> bool:
-    """These exact bytes were built by :func:`funding_message` here for exactly these terms: the same
-    comparison as re-building them, without building the instructions a second time. Used once."""
-    return ledger._issued.pop(message, None) == terms
+def _issued_here(
+    ledger: EscrowLedger, message: bytes, terms: tuple[str, str, int, str | None]
+) -> tuple[Message, Pubkey] | None:
+    """These exact bytes were built by :func:`funding_message` here for exactly these terms (the same
+    comparison as re-building them, without building the instructions a second time): the message as
+    built and the user's token account it debits. Used once."""
+    issued = ledger._issued.pop(message, None)
+    if issued is None or issued[0] != terms:
+        return None
+    return issued[1], issued[2]

@@ -116,8 +116,9 @@ class EscrowLedger:
         self._rent: int | None = None
         #: blockhash -> last valid block height, for funding messages made here (saves an RPC round trip)
         self._valid_until: dict[str, int] = {}
-        #: funding messages built here -> their (job, wallet, amount, owner), until funded (used once)
-        self._issued: dict[bytes, tuple[str, str, int, str | None]] = {}
+        #: funding messages built here -> their (job, wallet, amount, owner), the message as built and the
+        #: user's token account, until funded (used once)
+        self._issued: dict[bytes, tuple[tuple[str, str, int, str | None], Message, Pubkey]] = {}
         self._audit = audit
         if isinstance(verifier, Keypair | SourceSigner):
             verifier = KeyCosigner(verifier, self.verifier_policy())

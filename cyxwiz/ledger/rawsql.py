@@ -67,7 +67,10 @@ class SqlitePool:
     machine (checkout, events, reset-on-return); an escrow pair runs about ten. These connections get the
     same pragmas, and the ``sqlite3`` module's own transaction handling (an implicit ``BEGIN`` before the
     first write, as SQLAlchemy's pysqlite dialect leaves it), so each transaction is the one it was.
-    Writers take the same per-engine lock as :func:`writing`.
+    Writers take the same per-engine lock as :func:`writing`, and since they run one at a time they share
+    one connection: SQLite drops a connection's whole page cache when it finds the database changed by
+    another connection, so writers rotating through the pool re-read every page they touch (about five
+    reads per statement); the one writing connection finds its cache current unless another process wrote.
     """
 
     def __init__(self, *, engine: Engine, database: Path, setup: Callable[[Any, Any], None]) -> None:
@@ -76,6 +79,10 @@ class SqlitePool:
         self._setup = setup
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = []
+        self._writer_conn: sqlite3.Connection | None = None
+        #: a writing transaction is open on ``_writer_conn`` (the writers' lock is re-entrant: a transaction
+        #: opened inside another on the same thread gets a pooled connection, as before)
+        self._writing = False
 
     def _checkout(self) -> sqlite3.Connection:
         try:
@@ -90,17 +97,26 @@ class SqlitePool:
     @contextmanager
     def transaction(self) -> Iterator[RawTx]:
         """One writing transaction: committed when the block exits, rolled back if it raises."""
-        dbapi = self._checkout()
-        try:
-            with _writer(self._engine):
-                try:
-                    yield RawTx(dbapi)
-                    dbapi.commit()
-                except BaseException:
-                    dbapi.rollback()
-                    raise
-        finally:
-            self._idle.put(dbapi)
+        with _writer(self._engine):
+            nested = self._writing
+            if nested:
+                dbapi = self._checkout()
+            else:
+                if self._writer_conn is None:
+                    self._writer_conn = self._checkout()
+                dbapi = self._writer_conn
+                self._writing = True
+            try:
+                yield RawTx(dbapi)
+                dbapi.commit()
+            except BaseException:
+                dbapi.rollback()
+                raise
+            finally:
+                if nested:
+                    self._idle.put(dbapi)
+                else:
+                    self._writing = False
 
     @contextmanager
     def reading(self) -> Iterator[RawTx]:
@@ -115,6 +131,7 @@ class SqlitePool:
         for dbapi in self._all:
             dbapi.close()
         self._all.clear()
+        self._writer_conn = None
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
@@ -158,24 +175,26 @@ def _sqlite(conn: Conn) -> bool:
 
 
 def _bind(conn: Conn, values: dict[str, Any]) -> dict[str, Any]:
-    if not _sqlite(conn):
-        return values
+    return _sqlite_values(values) if _sqlite(conn) else values
+
+
+def _sqlite_values(values: dict[str, Any]) -> dict[str, Any]:
     # SQLAlchemy's SQLite DateTime stores the UTC wall time as text: the same here, so both read alike.
     return {k: _sqlite_time(v) if isinstance(v, datetime) else v for k, v in values.items()}
 
 
 @functools.lru_cache(maxsize=64)
 def _sqlite_time(value: datetime) -> str:
-    # a move stamps several columns and rows with one ``now``: formatted once
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # a move stamps several columns and rows with one ``now``: formatted once. SQLAlchemy's format,
+    # "%Y-%m-%d %H:%M:%S.%f" (microseconds always written), without strftime's format parsing
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def execute(conn: Conn, sql: str, values: dict[str, Any]) -> Any:
     """Run ``sql`` (``:name`` parameters) on ``conn``'s own DBAPI connection, inside its transaction."""
-    if isinstance(conn, RawTx):
-        cursor: Any = conn.driver_connection.cursor()
-    else:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    if isinstance(conn, RawTx):  # the moves' path: sqlite3 itself, ``:name`` as written
+        return conn.driver_connection.execute(sql, _sqlite_values(values))
+    cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute(_styled(sql, _sqlite(conn)), _bind(conn, values))
     return cursor
 
@@ -187,7 +206,9 @@ def select_escrow(conn: Conn, job_id: str) -> dict[str, Any] | None:
 
 def _escrow_row(conn: Conn, row: Any) -> dict[str, Any]:
     result = dict(zip(ESCROW_COLUMNS, row, strict=True))
-    result["amount"] = int(Decimal(str(result["amount"])))
+    amount = result["amount"]
+    if type(amount) is not int:  # SQLite hands NUMERIC(20, 0) back as an int; PostgreSQL as a Decimal
+        result["amount"] = int(Decimal(str(amount)))
     if _sqlite(conn):
         for name in _TIMES:
             if isinstance(result[name], str):
@@ -236,9 +257,14 @@ def confirm_intent(conn: Conn, intent_id: int, values: dict[str, Any]) -> int:
 
 
 def insert(conn: Conn, table: str, values: dict[str, Any], *, returning: str | None = None) -> Any:
+    """``INSERT`` one row; ``returning="id"``: its ``INTEGER PRIMARY KEY`` (SQLite's rowid: the cursor
+    has it without a ``RETURNING`` row to step through)."""
     names = tuple(sorted(values))
-    sql = _insert_sql(table, names) + (f" RETURNING {returning}" if returning else "")
+    rowid = returning == "id" and _sqlite(conn)
+    sql = _insert_sql(table, names) + (f" RETURNING {returning}" if returning and not rowid else "")
     cursor = execute(conn, sql, values)
+    if rowid:
+        return cursor.lastrowid
     return cursor.fetchone()[0] if returning else None
 
 
