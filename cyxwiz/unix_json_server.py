@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
@@ -55,6 +56,9 @@ _FRAMING = (b"content-length", b"transfer-encoding", b"connection")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,8}")
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class _Refused(Exception):
     """The request is answered ``status``/``payload`` and the connection closed (its framing is lost)."""
 
@@ -76,8 +80,11 @@ def _head(line: bytes) -> bytes:
     return line.rstrip(b"\r\n")
 
 
-def read_request(rfile: BinaryIO, *, max_body: int) -> tuple[str, str, bytes, bool] | None:
-    """(method, path, body, keep the connection open) of the next request; ``None`` at a clean EOF."""
+def read_request(
+    rfile: BinaryIO, *, max_body: int, proceed: Callable[[], None] = lambda: None
+) -> tuple[str, str, bytes, bool] | None:
+    """(method, path, body, keep the connection open) of the next request; ``None`` at a clean EOF.
+    ``proceed`` sends ``100 Continue`` to a client that waits for it before its body (curl does)."""
     line = rfile.readline(MAX_LINE + 1)
     if line in (b"\r\n", b"\n"):  # RFC 9112 2.2: an empty line before a request is ignored
         line = rfile.readline(MAX_LINE + 1)
@@ -104,21 +111,28 @@ def read_request(rfile: BinaryIO, *, max_body: int) -> tuple[str, str, bytes, bo
         path = unquote(target.partition(b"?")[0].decode("ascii"))
     except UnicodeDecodeError:
         raise _Refused(400, "malformed request target") from None
-    return method.decode(), path, _body(rfile, headers, max_body=max_body), keep
+    return method.decode(), path, _body(rfile, headers, max_body=max_body, proceed=proceed), keep
 
 
-def _body(rfile: BinaryIO, headers: dict[bytes, bytes], *, max_body: int) -> bytes:
+def _body(
+    rfile: BinaryIO, headers: dict[bytes, bytes], *, max_body: int, proceed: Callable[[], None]
+) -> bytes:
     length, coding = headers.get(b"content-length"), headers.get(b"transfer-encoding")
+    expects = headers.get(b"expect", b"").lower() == b"100-continue"
     if coding is not None:
         if length is not None or coding.lower() != b"chunked":
             raise _Refused(400, "unsupported transfer-encoding")
+        if expects:
+            proceed()
         return _chunked(rfile, max_body=max_body)
     if length is None:
         return b""
     if not length.isdigit():
         raise _Refused(400, "malformed content-length")
     if int(length) > max_body:
-        raise _Refused(413, "request too large", TOO_LARGE)
+        raise _Refused(413, "request too large", TOO_LARGE)  # before any 100: the body is never sent
+    if expects and int(length):
+        proceed()
     body = rfile.read(int(length))
     if len(body) != int(length):
         raise EOFError
@@ -207,7 +221,7 @@ class JsonServer:
 
     def _one(self, conn: socket.socket, rfile: BinaryIO) -> bool:
         try:
-            request = read_request(rfile, max_body=self.max_body)
+            request = read_request(rfile, max_body=self.max_body, proceed=lambda: conn.sendall(_CONTINUE))
         except _Refused as refused:
             conn.sendall(answer(refused.status, refused.payload, keep=False))
             return False

@@ -117,6 +117,13 @@ def test_requests_and_refusals(served: tuple[subprocess.Popen[bytes], Path]) -> 
     chunked = b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
     chunked += b"3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n"
     assert _raw(path, chunked).endswith(b'{"method":"POST","body":[1,2]}')
+    with socket.socket(socket.AF_UNIX) as curl:  # curl waits for "100 Continue" before a body over 1 KiB
+        curl.settimeout(10)
+        curl.connect(str(path))
+        curl.sendall(b"POST /echo HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+        assert curl.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        curl.sendall(b"[]")
+        assert curl.recv(1000).endswith(b'{"method":"POST","body":[]}')
     negative = b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n-1\r\n"  # never "read to EOF"
     assert _error(_raw(path, negative))[0] == 400
 
