@@ -272,8 +272,12 @@ def serve_unix(
     run_on_socket(server, ready_file=ready_file, ready={"socket": str(socket_path)})
 
 
-def write_ready(ready_file: Path, ready: dict[str, Any]) -> None:
-    """Write ``ready`` and this process's pid atomically: the parent waiting on it never reads half a file."""
+def announce_ready(ready_file: Path | None, ready: dict[str, Any]) -> None:
+    """The one place a service (the verifier, the issuer, the ledger service) says it listens: ``ready``
+    and this process's pid written atomically to ``ready_file`` (the parent waiting on it never reads
+    half a file), when it was given one."""
+    if ready_file is None:
+        return
     fd, tmp = tempfile.mkstemp(dir=ready_file.parent, prefix=f".{ready_file.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump({**ready, "pid": os.getpid()}, out)
@@ -288,8 +292,7 @@ def run_on_socket(server: JsonServer, *, ready_file: Path | None, ready: dict[st
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if ready_file is not None:
-            write_ready(ready_file, ready)
+        announce_ready(ready_file, ready)
         server.serve_forever()
     except _Stop:
         pass

@@ -91,9 +91,8 @@ def run_on_socket(app: Any, sock: socket.socket, *, ready_file: Path | None, rea
     this process's pid) to ``ready_file`` first, so the parent waiting on it never reads half a file."""
     import uvicorn
 
-    from cyxwiz.unix_json_server import write_ready
+    from cyxwiz.unix_json_server import announce_ready
 
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
-    if ready_file is not None:
-        write_ready(ready_file, ready)
+    announce_ready(ready_file, ready)
     server.run(sockets=[sock])
