@@ -17,6 +17,7 @@ accepting, wakes idle connections, lets requests in progress answer, and returns
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from http import HTTPStatus
@@ -56,6 +58,8 @@ _FRAMING = (b"content-length", b"transfer-encoding", b"connection")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,8}")
 
 
+#: accept() failures that pass (a client gave up, descriptors or memory ran out for a moment)
+_TRANSIENT = {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -181,7 +185,14 @@ class JsonServer:
 
     def serve_forever(self) -> None:
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT:
+                    raise
+                print(f"accept failed, still serving: {exc}", file=sys.stderr, flush=True)
+                time.sleep(0.1)  # out of descriptors or memory: the clients' connections wait meanwhile
+                continue
             with self._lock:
                 if self._stopping:
                     conn.close()

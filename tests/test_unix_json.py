@@ -23,8 +23,11 @@ import pytest
 from cyxwiz.unix_json import ServiceUnreachable, UnixJsonClient
 
 SERVICE = """
-import pathlib, sys, time
+import os, pathlib, resource, sys, time
 import cyxwiz.unix_json_server as server
+
+if len(sys.argv) > 4:  # few descriptors: accept() runs out of them
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + int(sys.argv[4]), 1024))
 
 class Service:
     def handle(self, method, path, body):
@@ -45,10 +48,11 @@ server.serve_unix(Service(), socket_path=pathlib.Path(sys.argv[1]), mode=0o600, 
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     path, ready = tmp_path / "run" / "s.sock", tmp_path / "ready.json"
+    extra = [str(request.param)] if hasattr(request, "param") else []
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVICE, str(path), str(ready), str(tmp_path / "slow-started")],
+        [sys.executable, "-c", SERVICE, str(path), str(ready), str(tmp_path / "slow-started"), *extra],
         stderr=subprocess.PIPE,
     )
     try:
@@ -152,3 +156,27 @@ def test_sigterm_answers_the_request_in_progress_and_exits(
     assert proc.wait(timeout=10) == 0, proc.stderr.read() if proc.stderr else b""
     idle.close()
     slow.close()
+
+
+@pytest.mark.parametrize("served", [6], indirect=True)
+def test_out_of_descriptors_the_service_waits_and_serves_on(
+    served: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, path = served
+    clients = []
+    for _ in range(12):  # more connections than it has descriptors left: accept() fails with EMFILE
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))  # queued in the backlog even when not accepted
+        clients.append(client)
+    time.sleep(0.5)
+    for client in clients:
+        client.close()
+    fresh = UnixJsonClient(path, timeout_s=10)
+    try:
+        assert fresh.request("GET", "/echo") == (200, {"method": "GET", "body": None})
+    finally:
+        fresh.close()
+    assert proc.poll() is None
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None and b"accept failed, still serving" in proc.stderr.read()
