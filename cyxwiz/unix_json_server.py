@@ -286,7 +286,11 @@ def serve_unix(
 def announce_ready(ready_file: Path | None, ready: dict[str, Any]) -> None:
     """The one place a service (the verifier, the issuer, the ledger service) says it listens: ``ready``
     and this process's pid written atomically to ``ready_file`` (the parent waiting on it never reads
-    half a file), when it was given one."""
+    half a file), when it was given one; and ``READY=1`` to systemd under ``Type=notify``
+    (:mod:`cyxwiz.sdnotify`), so a unit ordered after this one starts only once the socket listens."""
+    from cyxwiz.sdnotify import notify_ready
+
+    notify_ready(f"listening on {ready.get('socket') or ready.get('rpc_url')}")
     if ready_file is None:
         return
     fd, tmp = tempfile.mkstemp(dir=ready_file.parent, prefix=f".{ready_file.name}.")

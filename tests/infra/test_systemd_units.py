@@ -464,3 +464,24 @@ def test_sysusers_creates_every_account_and_group_the_units_name(tmp_path: Path)
         assert groups.get(group) == users[user], f"{path.name}: {user}'s primary group is not {group}"
         for extra in _groups(service):
             assert extra in groups, f"{path.name}: group {extra} is not created"
+
+
+#: The services other units use through a socket they bind, and who waits for each (issue 17).
+SOCKET_SERVICES = {
+    "cyxwiz-issuer.service": ("cyxwiz-coordinator.service", "cyxwiz-control-worker.service"),
+    "cyxwiz-verifier.service": ("cyxwiz-control-worker.service",),
+    "cyxwiz-ledger.service": ("cyxwiz-verifier.service", "cyxwiz-control-worker.service"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOCKET_SERVICES))
+def test_a_socket_service_is_started_only_once_it_listens(name: str) -> None:
+    """``Type=simple`` counts a service as started when its process exists; a unit ordered after it then
+    finds no socket, fails its first connection and restarts. ``Type=notify``: started at ``READY=1``,
+    which the service sends after ``listen()`` (cyxwiz.unix_json_server.announce_ready)."""
+    unit = parse_unit(UNITS / name)
+    assert _one(unit, "Type") == "notify", name
+    assert _one(unit, "NotifyAccess") == "main", name
+    for waiting in SOCKET_SERVICES[name]:
+        after = " ".join(parse_unit(UNITS / waiting).get("Unit", {}).get("After", [])).split()
+        assert name in after, f"{waiting} must be ordered after {name}"
