@@ -77,6 +77,7 @@ class SqlitePool:
         self._engine = engine
         self._database = database
         self._setup = setup
+        self._lock = _writer(engine)
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = []
         self._writer_conn: sqlite3.Connection | None = None
@@ -97,7 +98,7 @@ class SqlitePool:
     @contextmanager
     def transaction(self) -> Iterator[RawTx]:
         """One writing transaction: committed when the block exits, rolled back if it raises."""
-        with _writer(self._engine):
+        with self._lock:
             nested = self._writing
             if nested:
                 dbapi = self._checkout()
@@ -120,6 +121,19 @@ class SqlitePool:
 
     @contextmanager
     def reading(self) -> Iterator[RawTx]:
+        """A read. On the writing connection when no writer holds it (its pages are the current ones; a
+        pooled connection re-reads each page another connection changed since its last use), else pooled."""
+        if self._lock.acquire(blocking=False):
+            try:
+                writer = self._writer_conn
+                if not self._writing and writer is not None:
+                    try:
+                        yield RawTx(writer)
+                    finally:
+                        writer.rollback()  # as below: no snapshot outlives the read
+                    return
+            finally:
+                self._lock.release()
         dbapi = self._checkout()
         try:
             yield RawTx(dbapi)

@@ -56,3 +56,21 @@ def test_writers_share_one_connection_and_see_other_connections_writes(tmp_path:
         assert row is not None and row["amount"] == 7  # its cache was dropped, not read stale
     finally:
         store.dispose()
+
+
+def test_a_read_uses_the_writing_connection_only_when_no_writer_holds_it(tmp_path: Path) -> None:
+    store = EscrowStore.open(f"sqlite:///{tmp_path / 'escrows.db'}")
+    pool = store._fast
+    assert pool is not None
+    try:
+        with pool.transaction() as writer:
+            rawsql.insert(writer, escrows.name, _row("job-1"))
+            with pool.reading() as inside:  # a read inside the open transaction: another connection,
+                assert inside.driver_connection is not writer.driver_connection
+                assert rawsql.select_escrow(inside, "job-1") is None  # which sees only what is committed
+        with pool.reading() as idle:
+            assert idle.driver_connection is writer.driver_connection
+            assert rawsql.select_escrow(idle, "job-1") is not None
+        assert store.get("job-1")["amount"] == 5
+    finally:
+        store.dispose()
