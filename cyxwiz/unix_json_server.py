@@ -48,6 +48,11 @@ class JsonService(Protocol):
 KEEP_ALIVE_S = 5.0
 MAX_LINE = 16 << 10
 MAX_HEADERS = 100
+#: Connections served at once, each by its own thread. The callers keep one per thread (a control
+#: plane's lifecycles, the coordinator's request threads); past this a peer that opens and holds
+#: connections (a compromised coordinator on the issuer's socket) gets its extra ones closed, not a
+#: thread each.
+MAX_CONNECTIONS = 512
 TOO_LARGE = {"error": {"code": "too-large", "message": "request too large"}}
 NOT_JSON = {"error": {"code": "validation", "message": "body is not JSON"}}
 _CRASHED = b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n" \
@@ -176,12 +181,21 @@ _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 class JsonServer:
     """Serves ``service`` on a bound, listening socket, a thread per connection, until :meth:`stop`."""
 
-    def __init__(self, service: JsonService, sock: socket.socket, *, max_body: int) -> None:
+    def __init__(
+        self,
+        service: JsonService,
+        sock: socket.socket,
+        *,
+        max_body: int,
+        max_connections: int | None = None,
+    ) -> None:
         self.service, self.sock, self.max_body = service, sock, max_body
+        self.max_connections = max_connections or MAX_CONNECTIONS
         self._lock = threading.Lock()
         self._open: dict[socket.socket, bool] = {}  # connection -> a request is being answered
         self._threads: set[threading.Thread] = set()
         self._stopping = False
+        self._refused = 0
 
     def serve_forever(self) -> None:
         while True:
@@ -197,6 +211,15 @@ class JsonServer:
                 if self._stopping:
                     conn.close()
                     return
+                if len(self._open) >= self.max_connections:
+                    conn.close()  # the client reads EOF: unreachable, outcome unknown; nothing was asked
+                    self._refused += 1
+                    if self._refused in (1, 10, 100) or self._refused % 1000 == 0:
+                        print(
+                            f"{self._refused} connections refused: {self.max_connections} open",
+                            file=sys.stderr, flush=True,
+                        )  # fmt: skip
+                    continue
                 thread = threading.Thread(target=self._connection, args=(conn,), daemon=True)
                 self._open[conn] = False
                 self._threads.add(thread)

@@ -8,6 +8,7 @@ as unreachable (outcome unknown), never as a refusal; SIGTERM lets the answer in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,19 +43,21 @@ class Service:
         return 404, {"error": {"code": "not-found", "message": f"no route {method} {path}"}}
 
 server.KEEP_ALIVE_S = 1.0
+server.MAX_CONNECTIONS = int(os.environ.get("TEST_MAX_CONNECTIONS", "512"))
 server.serve_unix(Service(), socket_path=pathlib.Path(sys.argv[1]), mode=0o600, max_body=1024,
                   ready_file=pathlib.Path(sys.argv[2]))
 """
 
 
-@pytest.fixture
-def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+@contextlib.contextmanager
+def _serve(
+    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     path, ready = tmp_path / "run" / "s.sock", tmp_path / "ready.json"
-    extra = [str(request.param)] if hasattr(request, "param") else []
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVICE, str(path), str(ready), str(tmp_path / "slow-started"), *extra],
-        stderr=subprocess.PIPE,
-    )
+        stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -65,6 +68,13 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[sub
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    extra = [str(request.param)] if hasattr(request, "param") else []
+    with _serve(tmp_path, *extra) as found:
+        yield found
 
 
 def _raw(path: Path, data: bytes) -> bytes:
@@ -180,3 +190,41 @@ def test_out_of_descriptors_the_service_waits_and_serves_on(
     proc.terminate()
     assert proc.wait(timeout=10) == 0
     assert proc.stderr is not None and b"accept failed, still serving" in proc.stderr.read()
+
+
+def test_connections_past_the_bound_are_closed_and_the_held_ones_still_served(tmp_path: Path) -> None:
+    """A peer that opens and holds connections (a compromised coordinator on the issuer's socket) gets
+    no thread for each one past ``MAX_CONNECTIONS``: the extra ones are closed at once, nothing was
+    asked; the connections within the bound are served; one freed makes room again."""
+    request = b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n"
+    with _serve(tmp_path, env={"TEST_MAX_CONNECTIONS": "3"}) as (proc, path):
+        held: list[socket.socket] = []
+        try:
+            for _ in range(3):
+                sock = socket.socket(socket.AF_UNIX)
+                sock.settimeout(10)
+                sock.connect(str(path))
+                held.append(sock)
+            time.sleep(0.3)  # accepted, each waiting in its thread for a request
+            with socket.socket(socket.AF_UNIX) as extra:
+                extra.settimeout(10)
+                extra.connect(str(path))
+                time.sleep(0.3)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    extra.sendall(request)
+                    assert extra.recv(65536) == b""  # closed without an answer
+            held[0].sendall(request)
+            assert held[0].recv(65536).startswith(b"HTTP/1.1 200 ")  # the bound's own are served
+            held.pop(0).close()
+            time.sleep(0.3)
+            client = UnixJsonClient(path, timeout_s=10)
+            try:
+                assert client.request("GET", "/echo") == (200, {"method": "GET", "body": None})
+            finally:
+                client.close()
+        finally:
+            for sock in held:
+                sock.close()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None and b"connections refused: 3 open" in proc.stderr.read()
