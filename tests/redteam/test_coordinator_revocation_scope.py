@@ -14,8 +14,6 @@ earlier certificate, and both are refused at the handshake afterwards.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +31,13 @@ from cyxwiz.issuer.service import IssuerProcess, RemoteIssuer
 from cyxwiz.ledger.payout import SignedRenewalLink
 from cyxwiz.pki.ca import CertificateAuthority, create_csr
 from cyxwiz.pki.certs import Role, load_certificate
-from cyxwiz.pki.devpki import DevPKI, build_dev_pki
+from cyxwiz.pki.devpki import DevPKI
 from cyxwiz.pki.keys import load_private_key, write_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
 from tests._forged_certs import impostor, tampered
-from tests.coordinator.conftest import Env, auth, make_env
+from tests.coordinator.conftest import Env, auth
+from tests.redteam._issuer import issuer_and_coordinator
 
 Key = ed25519.Ed25519PrivateKey
 NODES = ("node-a", "node-b", "node-c")
@@ -80,24 +79,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("revocation-scope")
-    pki = build_dev_pki(home / "pki", nodes=NODES)
-    audit_key = home / "issuer-audit-key.pem"
-    write_private_key(audit_key, Key.generate())
-    audit_dir = home / "issuer-audit"
-    argv = [sys.executable, "-m", "cyxwiz.issuer", "serve", "--ca-dir", str(pki.ca_dir),
-            "--audit-dir", str(audit_dir), "--audit-key", str(audit_key)]  # fmt: skip
-    proc = IssuerProcess(
-        argv=argv, env=dict(os.environ), state_dir=home / "issuer", socket_path=home / "i.sock"
-    )
-    with proc.start():
-        remote = proc.client()
-        envs = make_env(home, cert_issuer=remote)  # the coordinator: nodes register, renew, admins revoke
-        env = next(envs)
-        try:
-            yield World(env=env, issuer=proc, audit_dir=audit_dir)
-        finally:
-            next(envs, None)  # the generator stops its coordinator
-            remote.close()
+    with issuer_and_coordinator(home, NODES) as (env, proc, audit_dir):
+        yield World(env=env, issuer=proc, audit_dir=audit_dir)
 
 
 def _pem(cert: x509.Certificate | Path) -> str:
