@@ -97,7 +97,11 @@ def _ledger_side(
         ledger.assign(job_id=job, node_wallet=node, node_peer_id=PEER)
         ledger.release(job_id=job, node_wallet=node, report=reports[job])
 
-    return _concurrently(pair, in_flight), lambda: (ledger.chain.close(), ledger.store.dispose())
+    def close() -> None:
+        ledger.chain.close()
+        ledger.store.dispose()
+
+    return _concurrently(pair, in_flight), close
 
 
 def _bare_side(stack: _Stack, in_flight: int) -> tuple[Callable[[range], None], Callable[[], None]]:
