@@ -285,10 +285,21 @@ class AttestationPolicy:
             raise ReportSignatureError(
                 "the report's signature does not verify", field="report.signature", rule="F1"
             ) from None
+        self._remember(seen)
+        return attestation
+
+    def signed_here(self, attestation: ReportAttestation, key: Ed25519PrivateKey) -> None:
+        """``attestation`` was just signed in this process with ``key``: its signature is good by
+        construction, so the co-sign of its release (the verifier service's own verdict) skips the Ed25519
+        verify. Cached under the signing key: it only ever hits when the attestation's certificate carries
+        that very key, whose chain, CRLs, role and expiry :meth:`verify_signature` still checks then."""
+        raw_key = key.public_key().public_bytes_raw()
+        self._remember((hashlib.sha256(attestation.to_json().encode()).digest(), raw_key))
+
+    def _remember(self, seen: tuple[bytes, bytes]) -> None:
         if len(self._good) >= _GOOD_SIGNATURES:
             self._good.clear()  # bounded; threads share it, so no partial eviction mid-iteration
         self._good[seen] = None
-        return attestation
 
     def _signer(self, attestation: ReportAttestation) -> tuple[Ed25519PublicKey, bytes]:
         """The signer's key and its raw bytes (the cache key of its good signatures)."""

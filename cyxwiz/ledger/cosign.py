@@ -231,13 +231,16 @@ class VerifierPolicy:
     def _note_upheld(self, request: CosignRequest, record: EscrowRecord, dest: Pubkey) -> None:
         """The arbiter's resolve refunding the user, checked and about to be co-signed: the one fact a
         slash without a fraud report may rest on, kept in the verifier's own book; a dispute escrow."""
-        user = txbuild.token_account_of(Pubkey.from_string(record.user_wallet), self.mint)
-        if request.kind == "resolve" and dest == user and self.verdicts is not None:
+        if self.verdicts is None or request.kind not in ("resolve", "dispute"):
+            return  # a release or refund upholds nothing: no token address to derive (issue 17)
+        if request.kind == "resolve" and dest == txbuild.token_account_of(
+            Pubkey.from_string(record.user_wallet), self.mint
+        ):
             import hashlib
 
             digest = hashlib.sha256(request.message).hexdigest()
             self.verdicts.record_upheld(record.job_id, escrow=record.escrow_account, message_sha256=digest)
-        if request.kind == "dispute" and self.verdicts is not None:  # the job's funds are there now
+        if request.kind == "dispute":  # the job's funds are there now
             self.verdicts.record_dispute(
                 record.job_id, account=str(dest), node_peer_id=record.node_peer_id or ""
             )

@@ -122,6 +122,8 @@ class VerifierService:
         )
         if self.policy.verdicts is not None:  # on disk before it leaves: a pass is never refunded (F1)
             self.policy.verdicts.record(attestation)
+        # its release's co-sign in this process then needs no second Ed25519 verify of what it signed
+        self.policy.attestations.signed_here(attestation, self.signing_key)
         return {"report": report, "attestation": attestation.to_json()}
 
     def _audit_verdict(self, job_id: str, verdict: str, digest: str) -> str:
