@@ -8,14 +8,32 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from cyxwiz.audit.reader import iter_events
 from cyxwiz.issuer.service import IssuerProcess
-from cyxwiz.pki.devpki import build_dev_pki
+from cyxwiz.pki.devpki import DevPKI, build_dev_pki
 from cyxwiz.pki.keys import write_private_key
 from tests.coordinator.conftest import Env, make_env
+
+
+@dataclass
+class IssuerWorld:
+    env: Env
+    issuer: IssuerProcess
+    audit_dir: Path
+
+    @property
+    def pki(self) -> DevPKI:
+        return self.env.pki
+
+    def outcomes(self, action: str) -> list[str]:
+        """The issuer's own audit record of ``action`` ("certificate.issue", "certificate.revoke"):
+        "success" per certificate signed or revoked, "denied" per refusal."""
+        return [e.event["outcome"] for e in iter_events(self.audit_dir) if e.event["action"] == action]
 
 
 @contextmanager

@@ -17,7 +17,6 @@ import base64
 import inspect
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,13 +25,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cyxwiz.audit.reader import iter_events
 from cyxwiz.coordinator.config import CoordinatorConfig
 from cyxwiz.coordinator.service import build_coordinator
 from cyxwiz.errors import ConfigError, CyxwizError, ValidationError
 from cyxwiz.issuer.policy import IssuanceRefusedError, RenewalRequest
 from cyxwiz.issuer.revocation import RevocationRequest
-from cyxwiz.issuer.service import IssuerProcess, RemoteIssuer
+from cyxwiz.issuer.service import RemoteIssuer
 from cyxwiz.ledger.payout import RenewalLink, RenewalLinkError, SignedRenewalLink
 from cyxwiz.pki.ca import create_csr
 from cyxwiz.pki.certs import load_certificate
@@ -40,30 +38,14 @@ from cyxwiz.pki.devpki import DevPKI
 from cyxwiz.pki.keys import load_private_key, write_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
-from tests.coordinator.conftest import Env, auth
-from tests.redteam._issuer import issuer_and_coordinator
+from tests.coordinator.conftest import auth
+from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator
 
 Key = ed25519.Ed25519PrivateKey
 NODES = ("node-a", "node-b", "node-c")
 
 
-@dataclass
-class World:
-    env: Env
-    issuer: IssuerProcess
-    audit_dir: Path
-
-    @property
-    def pki(self) -> DevPKI:
-        return self.env.pki
-
-    def issued(self) -> list[str]:
-        """The issuer's own record of what it signed ("success") and refused ("denied")."""
-        return [
-            e.event["outcome"]
-            for e in iter_events(self.audit_dir)
-            if e.event["action"] == "certificate.issue"
-        ]
+World = IssuerWorld
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +152,7 @@ ATTACKS: dict[str, tuple[Attack, type[CyxwizError], str, str]] = {
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_a_compromised_coordinator_cannot_mint(world: World, name: str) -> None:
     attack, error, rule, fragment = ATTACKS[name]
-    before = world.issued()
+    before = world.outcomes("certificate.issue")
     remote = RemoteIssuer(socket_path=world.issuer.socket_path)  # the coordinator's own way in
     try:
         with pytest.raises(error) as info:
@@ -178,12 +160,12 @@ def test_a_compromised_coordinator_cannot_mint(world: World, name: str) -> None:
     finally:
         remote.close()
     assert info.value.rule == rule and fragment in info.value.message
-    assert world.issued() == [*before, "denied"]  # refused, and nothing signed
+    assert world.outcomes("certificate.issue") == [*before, "denied"]  # refused, and nothing signed
 
 
 def test_a_revoked_certificate_is_not_renewed_even_with_its_key(world: World) -> None:
     pki = world.pki
-    before = world.issued()
+    before = world.outcomes("certificate.issue")
     current = load_certificate(pki.node_cert("node-c"))
     remote = RemoteIssuer(socket_path=world.issuer.socket_path)
     try:
@@ -193,13 +175,13 @@ def test_a_revoked_certificate_is_not_renewed_even_with_its_key(world: World) ->
     finally:
         remote.close()
     assert (info.value.rule, info.value.field) == ("A6", "certificate") and "revoked" in info.value.message
-    assert world.issued() == [*before, "denied"]
+    assert world.outcomes("certificate.issue") == [*before, "denied"]
 
 
 def test_an_honest_renewal_through_the_coordinator_works_on_mtls(world: World, tmp_path: Path) -> None:
     env, pki = world.env, world.pki
     a = env.register("node-a")
-    before = world.issued()
+    before = world.outcomes("certificate.issue")
     new = Key.generate()
     link = SignedRenewalLink.sign(old_key=_key(pki.node_key("node-a")), new_peer_id=peer_id(new))
     csr = create_csr(new, common_name="node-a").public_bytes(serialization.Encoding.PEM).decode()
@@ -211,7 +193,10 @@ def test_an_honest_renewal_through_the_coordinator_works_on_mtls(world: World, t
         )
         assert r.status_code == 200, r.text
     renewed = r.json()
-    assert world.issued() == [*before, "success"]  # the issuer signed it, the coordinator only forwarded
+    assert world.outcomes("certificate.issue") == [
+        *before,
+        "success",
+    ]  # the issuer signed it, the coordinator only forwarded
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_text(renewed["certificate"])
     write_private_key(key_path, new)

@@ -15,7 +15,6 @@ earlier certificate, and both are refused at the handshake afterwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from cyxwiz.audit.reader import iter_events
 from cyxwiz.issuer.revocation import RevocationRefusedError, RevocationRequest
-from cyxwiz.issuer.service import IssuerProcess, RemoteIssuer
+from cyxwiz.issuer.service import RemoteIssuer
 from cyxwiz.ledger.payout import SignedRenewalLink
 from cyxwiz.pki.ca import CertificateAuthority, create_csr
 from cyxwiz.pki.certs import Role, load_certificate
@@ -36,30 +34,17 @@ from cyxwiz.pki.keys import load_private_key, write_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
 from tests._forged_certs import impostor, tampered
-from tests.coordinator.conftest import Env, auth
-from tests.redteam._issuer import issuer_and_coordinator
+from tests.coordinator.conftest import auth
+from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator
 
 Key = ed25519.Ed25519PrivateKey
 NODES = ("node-a", "node-b", "node-c")
 
 
-@dataclass
-class World:
-    env: Env
-    issuer: IssuerProcess
-    audit_dir: Path
-
-    @property
-    def pki(self) -> DevPKI:
-        return self.env.pki
-
+class World(IssuerWorld):
     def revocations(self) -> list[str]:
         """The issuer's own record of revocations: "success" per certificate revoked, "denied" per refusal."""
-        return [
-            e.event["outcome"]
-            for e in iter_events(self.audit_dir)
-            if e.event["action"] == "certificate.revoke"
-        ]
+        return self.outcomes("certificate.revoke")
 
     def crl(self) -> set[int]:
         """The serials of the CRL the issuer signs now (what every listener would load)."""
