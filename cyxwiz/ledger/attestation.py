@@ -201,6 +201,12 @@ def sign_attestation(
     return ReportAttestation(**{**unsigned.to_dict(), "signature": signature})
 
 
+def _good_key(attestation: ReportAttestation, raw_key: bytes) -> tuple[str, bytes]:
+    """Where a good signature is remembered: the whole signed attestation's SHA-256 and the signer's raw
+    key, never the job (another attestation of the same job is checked anew)."""
+    return attestation.sha256(), raw_key
+
+
 @dataclass(frozen=True)
 class AttestationPolicy:
     """The trust anchors report attestations are checked against (the CA bundle and its CRLs)."""
@@ -220,7 +226,7 @@ class AttestationPolicy:
     #: ledger and an in-process verifier check the same report, and Ed25519 verification is the costliest
     #: step of a release. Keyed by the whole signed attestation (statement, certificate, signature) and
     #: the key, never by job: any other bytes verify afresh. Cleared with the signer cache on a CRL change.
-    _good: dict[tuple[bytes, bytes], None] = field(default_factory=dict, compare=False, repr=False)
+    _good: dict[tuple[str, bytes], None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_files(cls, bundle: Path, *, crls: Sequence[Path] = ()) -> AttestationPolicy:
@@ -276,7 +282,7 @@ class AttestationPolicy:
         """Signer and signature only (no binding): a valid ``verifier`` certificate signed these bytes."""
         attestation = ReportAttestation.parse(value)
         public, raw_key = self._signer(attestation)  # chain, CRL, role and expiry: on every use
-        seen = (hashlib.sha256(attestation.to_json().encode()).digest(), raw_key)
+        seen = _good_key(attestation, raw_key)
         if seen in self._good:
             return attestation
         try:
@@ -293,10 +299,9 @@ class AttestationPolicy:
         construction, so the co-sign of its release (the verifier service's own verdict) skips the Ed25519
         verify. Cached under the signing key: it only ever hits when the attestation's certificate carries
         that very key, whose chain, CRLs, role and expiry :meth:`verify_signature` still checks then."""
-        raw_key = key.public_key().public_bytes_raw()
-        self._remember((hashlib.sha256(attestation.to_json().encode()).digest(), raw_key))
+        self._remember(_good_key(attestation, key.public_key().public_bytes_raw()))
 
-    def _remember(self, seen: tuple[bytes, bytes]) -> None:
+    def _remember(self, seen: tuple[str, bytes]) -> None:
         if len(self._good) >= _GOOD_SIGNATURES:
             self._good.clear()  # bounded; threads share it, so no partial eviction mid-iteration
         self._good[seen] = None
