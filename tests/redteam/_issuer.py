@@ -10,14 +10,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.audit.reader import iter_events
 from cyxwiz.issuer.service import IssuerProcess
+from cyxwiz.ledger.payout import SignedRenewalLink
+from cyxwiz.pki.ca import create_csr
 from cyxwiz.pki.devpki import DevPKI, build_dev_pki
-from cyxwiz.pki.keys import write_private_key
-from tests.coordinator.conftest import Env, make_env
+from cyxwiz.pki.keys import load_private_key, write_private_key
+from cyxwiz.pki.peerid import peer_id
+from tests.coordinator.conftest import Env, auth, make_env
 
 
 @dataclass
@@ -57,3 +62,38 @@ def issuer_and_coordinator(home: Path, nodes: tuple[str, ...]) -> Iterator[tuple
         finally:
             next(envs, None)  # the generator stops its coordinator
             remote.close()
+
+
+def node_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    key = load_private_key(path)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return key
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """A node's honest renewal through the coordinator: its new key and certificate on disk, and the
+    session the coordinator answered with."""
+
+    key: ed25519.Ed25519PrivateKey
+    cert_path: Path
+    key_path: Path
+    answer: dict[str, Any]
+
+
+def renew_through_coordinator(env: Env, name: str, session_token: str, out: Path) -> Renewed:
+    """``name`` renews for a new key over mTLS, with the link its current key signed (the positive control
+    of the issuer red-team files); the new certificate and key are written under ``out``."""
+    new = ed25519.Ed25519PrivateKey.generate()
+    link = SignedRenewalLink.sign(old_key=node_key(env.pki.node_key(name)), new_peer_id=peer_id(new))
+    csr = create_csr(new, common_name=name).public_bytes(serialization.Encoding.PEM).decode()
+    with env.client(name) as c:
+        r = c.post(
+            "/v1/nodes/renew", json={"csr": csr, "renewal_link": link.to_dict()}, headers=auth(session_token)
+        )
+        assert r.status_code == 200, r.text
+    answer = r.json()
+    cert_path, key_path = out / "cert.pem", out / "key.pem"
+    cert_path.write_text(answer["certificate"])
+    write_private_key(key_path, new)
+    return Renewed(key=new, cert_path=cert_path, key_path=key_path, answer=answer)

@@ -35,11 +35,11 @@ from cyxwiz.ledger.payout import RenewalLink, RenewalLinkError, SignedRenewalLin
 from cyxwiz.pki.ca import create_csr
 from cyxwiz.pki.certs import load_certificate
 from cyxwiz.pki.devpki import DevPKI
-from cyxwiz.pki.keys import load_private_key, write_private_key
+from cyxwiz.pki.keys import load_private_key
 from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
 from tests.coordinator.conftest import auth
-from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator
+from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator, node_key, renew_through_coordinator
 
 Key = ed25519.Ed25519PrivateKey
 NODES = ("node-a", "node-b", "node-c")
@@ -92,12 +92,6 @@ def test_the_coordinator_holds_no_ca_key_anywhere(world: World, tmp_path: Path) 
     assert "ca_dir" not in inspect.signature(build_coordinator).parameters
 
 
-def _key(path: Path) -> Key:
-    key = load_private_key(path)
-    assert isinstance(key, Key)
-    return key
-
-
 def _ask(cert: x509.Certificate, *, cn: str, new: Key, link: SignedRenewalLink) -> RenewalRequest:
     csr = create_csr(new, common_name=cn).public_bytes(serialization.Encoding.PEM).decode()
     return RenewalRequest.build(certificate=cert, csr_pem=csr, link=link.to_dict())
@@ -115,7 +109,7 @@ def _with_key(
     cert_path: Path, key_path: Path, *, cn: str | None = None, new: Key | None = None
 ) -> RenewalRequest:
     """Worst case: the attacker even holds that certificate's key (the coordinator's own; a stolen one)."""
-    cert, old = load_certificate(cert_path), _key(key_path)
+    cert, old = load_certificate(cert_path), node_key(key_path)
     new = new or Key.generate()
     name = cn or str(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
     return _ask(cert, cn=name, new=new, link=SignedRenewalLink.sign(old_key=old, new_peer_id=peer_id(new)))
@@ -143,7 +137,7 @@ ATTACKS: dict[str, tuple[Attack, type[CyxwizError], str, str]] = {
         "not signed by the old key",
     ),
     "the same key again": (
-        lambda p: _with_key(p.node_cert("node-a"), p.node_key("node-a"), new=_key(p.node_key("node-a"))),
+        lambda p: _with_key(p.node_cert("node-a"), p.node_key("node-a"), new=node_key(p.node_key("node-a"))),
         ValidationError, "A7", "needs a new key",
     ),
 }  # fmt: skip
@@ -182,24 +176,10 @@ def test_an_honest_renewal_through_the_coordinator_works_on_mtls(world: World, t
     env, pki = world.env, world.pki
     a = env.register("node-a")
     before = world.outcomes("certificate.issue")
-    new = Key.generate()
-    link = SignedRenewalLink.sign(old_key=_key(pki.node_key("node-a")), new_peer_id=peer_id(new))
-    csr = create_csr(new, common_name="node-a").public_bytes(serialization.Encoding.PEM).decode()
-    with env.client("node-a") as c:
-        r = c.post(
-            "/v1/nodes/renew",
-            json={"csr": csr, "renewal_link": link.to_dict()},
-            headers=auth(a["session_token"]),
-        )
-        assert r.status_code == 200, r.text
-    renewed = r.json()
-    assert world.outcomes("certificate.issue") == [
-        *before,
-        "success",
-    ]  # the issuer signed it, the coordinator only forwarded
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_text(renewed["certificate"])
-    write_private_key(key_path, new)
+    renewal = renew_through_coordinator(env, "node-a", a["session_token"], tmp_path)
+    renewed, new, cert_path, key_path = renewal.answer, renewal.key, renewal.cert_path, renewal.key_path
+    # the issuer signed it, the coordinator only forwarded
+    assert world.outcomes("certificate.issue") == [*before, "success"]
     ctx = client_context(trust_bundle=pki.bundle, cert=cert_path, key=key_path)
     with httpx.Client(base_url=env.coord.url, verify=ctx, timeout=10) as c:
         hb = c.post("/v1/nodes/heartbeat", json={}, headers=auth(renewed["session_token"]))

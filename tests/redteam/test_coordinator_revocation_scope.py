@@ -26,16 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cyxwiz.issuer.revocation import RevocationRefusedError, RevocationRequest
 from cyxwiz.issuer.service import RemoteIssuer
-from cyxwiz.ledger.payout import SignedRenewalLink
-from cyxwiz.pki.ca import CertificateAuthority, create_csr
+from cyxwiz.pki.ca import CertificateAuthority
 from cyxwiz.pki.certs import Role, load_certificate
 from cyxwiz.pki.devpki import DevPKI
-from cyxwiz.pki.keys import load_private_key, write_private_key
-from cyxwiz.pki.peerid import peer_id
 from cyxwiz.transport.tls import client_context
 from tests._forged_certs import impostor, tampered
 from tests.coordinator.conftest import auth
-from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator
+from tests.redteam._issuer import IssuerWorld, issuer_and_coordinator, renew_through_coordinator
 
 Key = ed25519.Ed25519PrivateKey
 NODES = ("node-a", "node-b", "node-c")
@@ -170,31 +167,13 @@ def test_the_coordinators_client_gets_the_refusal_precisely(world: World) -> Non
     assert world.crl() == before
 
 
-def _key(path: Path) -> Key:
-    key = load_private_key(path)
-    assert isinstance(key, Key)
-    return key
-
-
 def test_an_honest_node_revocation_takes_its_current_and_earlier_certificates(
     world: World, tmp_path: Path
 ) -> None:
     env, pki = world.env, world.pki
     a = env.register("node-a")
-    new = Key.generate()
-    link = SignedRenewalLink.sign(old_key=_key(pki.node_key("node-a")), new_peer_id=peer_id(new))
-    csr = create_csr(new, common_name="node-a").public_bytes(serialization.Encoding.PEM).decode()
-    with env.client("node-a") as c:
-        r = c.post(
-            "/v1/nodes/renew",
-            json={"csr": csr, "renewal_link": link.to_dict()},
-            headers=auth(a["session_token"]),
-        )
-        assert r.status_code == 200, r.text
-    renewed = r.json()
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_text(renewed["certificate"])
-    write_private_key(key_path, new)
+    renewal = renew_through_coordinator(env, "node-a", a["session_token"], tmp_path)
+    renewed, cert_path, key_path = renewal.answer, renewal.cert_path, renewal.key_path
     audited = world.revocations()
     admin = env.user_token("root", role="admin")
     with env.client() as c:
