@@ -113,8 +113,8 @@ def funding_message(ledger: EscrowLedger, *, job_id: str, user_wallet: str | Pub
     user = check_wallet(user_wallet, field="user_wallet")
     user_token = txbuild.token_account_of(user, ledger.mint)
     instructions = _lock(ledger, job_id, user, amount, None, user_token)
-    blockhash, last_valid = ledger.chain.latest_blockhash()
-    if len(ledger._valid_until) > 1024:  # messages never funded: forget the oldest answers
+    blockhash, last_valid = ledger.latest_blockhash()
+    if max(len(ledger._valid_until), len(ledger._issued)) > 1024:  # never funded: forget old answers
         ledger._valid_until.clear()
         ledger._issued.clear()
     ledger._valid_until[str(blockhash)] = last_valid

@@ -8,64 +8,16 @@ the reconciler rather than guessed about.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cyxwiz.errors import EscrowError, LedgerError
 from cyxwiz.ledger.chain import Chain, SignatureStatus, TransactionRejectedError
+from cyxwiz.ledger.rounds import BatchStatus
 from cyxwiz.ledger.store import EscrowState, EscrowStore, Finished, Intent, IntentStatus, NewIntent
 
 Rebuild = Callable[[], NewIntent]
-
-
-class BatchStatus:
-    """Signature look-ups of concurrent escrows merged into one ``getSignatureStatuses`` call per round.
-
-    A caller's signature is looked up in a round that *starts* after it asked, so no answer is stale;
-    whoever finds no round running leads the next one for everybody waiting.
-    """
-
-    def __init__(self, chain: Chain) -> None:
-        self._chain = chain
-        self._cond = threading.Condition()
-        self._pending: set[str] = set()
-        self._results: dict[str, SignatureStatus | None] = {}
-        self._started = 0
-        self._finished = 0
-        self._busy = False
-        self.calls = 0  # rounds run (the bench reads it)
-
-    def status(self, signature: str) -> SignatureStatus | None:
-        with self._cond:
-            self._pending.add(signature)
-            needed = self._started + 1
-            while self._finished < needed:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                self._busy = True
-                self._started += 1
-                batch = sorted(self._pending)
-                self._pending.clear()
-                self._cond.release()
-                try:
-                    found = self._lookup(batch)
-                finally:
-                    self._cond.acquire()
-                    self._busy = False
-                self._results.update(found)
-                self._finished = self._started
-                self.calls += 1
-                self._cond.notify_all()
-            return self._results.pop(signature, None)
-
-    def _lookup(self, batch: list[str]) -> dict[str, SignatureStatus | None]:
-        many = getattr(self._chain, "signature_statuses", None)
-        if many is None:
-            return {sig: self._chain.signature_status(sig) for sig in batch}
-        return dict(zip(batch, many(batch), strict=True))
 
 
 def _no_fault(_point: str) -> None:

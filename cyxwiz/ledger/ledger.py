@@ -46,6 +46,7 @@ from cyxwiz.ledger.records import (
     check_reason,
     check_wallet,
 )
+from cyxwiz.ledger.rounds import SharedBlockhash
 from cyxwiz.ledger.store import EscrowState, EscrowStore, NewIntent
 from cyxwiz.ledger.verdicts import refuse_if_passed, verdict_of
 
@@ -123,6 +124,8 @@ class EscrowLedger:
         if isinstance(verifier, Keypair | SourceSigner):
             verifier = KeyCosigner(verifier, self.verifier_policy())
         self._verifier: Cosigner | None = verifier
+        #: concurrent escrows' blockhash look-ups share one call per round (:mod:`cyxwiz.ledger.rounds`)
+        self.latest_blockhash = SharedBlockhash(chain)
         self._driver = IntentDriver(
             chain=chain,
             store=store,
@@ -390,10 +393,10 @@ class EscrowLedger:
         return self._rent
 
     def _last_valid(self, message: Message) -> int:
-        known = self._valid_until.pop(str(message.recent_blockhash), None)
-        if known is not None:
+        known = self._valid_until.get(str(message.recent_blockhash))
+        if known is not None:  # concurrent messages may share one blockhash: kept, not used up
             return known
-        blockhash, last_valid = self.chain.latest_blockhash()
+        blockhash, last_valid = self.latest_blockhash()
         # A message signed with an older blockhash is valid no longer than one made now would be.
         return last_valid if blockhash == message.recent_blockhash else self.chain.block_height() + 150
 

@@ -182,7 +182,7 @@ def signed(  # noqa: PLR0917 - internal, one shape
     target: EscrowState,
     recipient: str | None = None,
 ) -> NewIntent:
-    blockhash, last_valid = ledger.chain.latest_blockhash()
+    blockhash, last_valid = ledger.latest_blockhash()
     message = Message.new_with_blockhash(instructions, ledger.payer_key, blockhash)
     raw = bytes(message)
     signatures = {ledger.key_of(k): txbuild.sign_message(k, message, raw) for k in (ledger._payer, *signers)}

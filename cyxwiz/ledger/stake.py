@@ -289,7 +289,7 @@ class StakeLedger:
         self, instructions: list[Any], signers: list[Any], *, cosign: Cosign
     ) -> tuple[Transaction, int]:
         led = self.ledger
-        blockhash, last_valid = led.chain.latest_blockhash()
+        blockhash, last_valid = led.latest_blockhash()
         message = Message.new_with_blockhash(instructions, led._payer.pubkey(), blockhash)
         signatures = {k.pubkey(): txbuild.sign_message(k, message) for k in (led._payer, *signers)}
         if cosign is not None:
