@@ -220,8 +220,8 @@ class NodeCertIssuer:
 
     def revoke(self, request: RevocationRequest) -> bytes:
         """Revoke the node's current certificate and its earlier ones (those already revoked are left
-        out) and sign a fresh CRL; its PEM. Every certificate is checked first: a refusal (audited)
-        revokes none of them."""
+        out: a repeat finishes a half-done revocation) and sign a fresh CRL; its PEM. Every certificate is
+        checked first: a refusal (audited) revokes none of them; one revoking nothing is a ConflictError."""
         target = format(request.certificate.serial_number, "x")
         try:
             chosen = revocable(self.ca, request)
@@ -229,15 +229,18 @@ class NodeCertIssuer:
             self._record_revocation(target, request.reason, refused=exc)
             raise
         reason = _reason(request.reason)
-        for i, cert in enumerate(chosen):
+        done = 0
+        for cert in chosen:
             try:
                 self.ca.revoke(cert, reason=reason)  # checks again that this CA issued it
-            except ConflictError as exc:
-                if i == 0:  # revoked on this host since the check: named, as before it
-                    self._record_revocation(target, request.reason, refused=exc)
-                    raise
-                continue
+            except ConflictError:
+                continue  # revoked on this host since the check: as wanted
+            done += 1
             self._record_revocation(format(cert.serial_number, "x"), request.reason)
+        if not done:  # every one revoked on this host since the check: named, as before it
+            conflict = ConflictError(f"serial {target} is already revoked", field="certificate", rule="A6")
+            self._record_revocation(target, request.reason, refused=conflict)
+            raise conflict
         return self.crl()
 
     def crl(self, *, days: int = DEFAULT_CRL_DAYS) -> bytes:

@@ -89,9 +89,11 @@ class RevocationRequest:
 
 
 def revocable(ca: CertificateAuthority, request: RevocationRequest) -> list[x509.Certificate]:
-    """The request's certificates to revoke, the current one first; earlier ones already revoked (or
-    repeated) left out. Raises the precise refusal, before anything is revoked, unless every one is a
-    worker certificate ``ca`` issued and every earlier one bears the current one's name."""
+    """The request's certificates to revoke, the current one first; those already revoked (or repeated)
+    left out, so a repeat request finishes a revocation a failure left half-done (the current one revoked,
+    some earlier ones not). Raises the precise refusal, before anything is revoked, unless every one is a
+    worker certificate ``ca`` issued and every earlier one bears the current one's name; ConflictError
+    when every one of them is revoked already."""
     current = request.certificate
     _check_worker_of(ca, current, field="certificate")
     name = common_names(current.subject)
@@ -100,11 +102,8 @@ def revocable(ca: CertificateAuthority, request: RevocationRequest) -> list[x509
             "a node's certificate names its node (no common name)", field="certificate", rule="A6"
         )
     revoked = {r.serial for r in ca.revocations()}
-    if current.serial_number in revoked:
-        raise ConflictError(
-            f"serial {current.serial_number:x} is already revoked", field="certificate", rule="A6"
-        )
-    chosen, seen = [current], {current.serial_number}
+    chosen = [] if current.serial_number in revoked else [current]
+    seen = {current.serial_number}
     for i, cert in enumerate(request.earlier):
         field = f"earlier[{i}]"
         _check_worker_of(ca, cert, field=field)
@@ -117,6 +116,12 @@ def revocable(ca: CertificateAuthority, request: RevocationRequest) -> list[x509
         if cert.serial_number not in seen | revoked:
             chosen.append(cert)
             seen.add(cert.serial_number)
+    if not chosen:
+        raise ConflictError(
+            f"serial {current.serial_number:x} is already revoked, and every earlier certificate sent too",
+            field="certificate",
+            rule="A6",
+        )
     return chosen
 
 

@@ -149,12 +149,31 @@ def test_a_node_and_its_earlier_certificates_are_revoked_in_one_crl(world: World
         f"certificate:{current.serial_number:x}", f"certificate:{earlier[0].serial_number:x}",
     ]  # fmt: skip
     assert world.outcomes() == [Outcome.SUCCESS, Outcome.SUCCESS]
-    # The current one twice: named (and audited), not silently passed; nothing else revoked with it.
-    before = world.revoked()
+    # The same request again: everything in it is revoked already, so it is named (and audited), not
+    # silently passed, and nothing changes.
+    before, crl_file = world.revoked(), world.issuer.ca.crl_path.read_bytes()
     with pytest.raises(ConflictError) as info:
-        world.issuer.revoke(RevocationRequest(certificate=current, earlier=(world.renewed("node-b"),)))
+        world.issuer.revoke(request)
     assert (info.value.field, info.value.rule) == ("certificate", "A6") and world.revoked() == before
+    assert world.issuer.ca.crl_path.read_bytes() == crl_file
     assert world.outcomes()[-1] is Outcome.DENIED
+
+
+def test_a_repeat_request_finishes_a_revocation_left_half_done(world: World) -> None:
+    """The current certificate was revoked (by hand, or the issuer stopped mid-way), its earlier ones not:
+    the coordinator's repeat revokes those, and only those (A6)."""
+    current = world.renewed("node-d")  # its own node: the CA directory is shared by this module's tests
+    earlier = (world.renewed("node-d"), world.renewed("node-d"))
+    world.issuer.ca.revoke(current, reason="keyCompromise")
+    before = world.revoked()
+    assert current.serial_number in before and not {c.serial_number for c in earlier} & before
+    crl = x509.load_pem_x509_crl(world.issuer.revoke(RevocationRequest(certificate=current, earlier=earlier)))
+    assert world.revoked() == before | {c.serial_number for c in earlier}
+    assert {c.serial_number for c in earlier} <= {r.serial_number for r in crl}
+    assert [e.resource for e in world.audit.of_action("certificate.revoke")] == [
+        f"certificate:{c.serial_number:x}" for c in earlier
+    ]
+    assert world.outcomes() == [Outcome.SUCCESS, Outcome.SUCCESS]
 
 
 def test_a_request_that_names_no_certificate_is_refused_and_audited(world: World) -> None:
