@@ -156,7 +156,7 @@ class EscrowLedger:
             stakes=StakeBook(self.store._engine),
             stake_policy=self.stake_policy or StakePolicy(),
             escrow_store=self.store,
-            verdicts=VerdictBook(engine=self.store._engine, fast=self.store._fast),
+            verdicts=VerdictBook(engine=self.store._engine, fast=self.store._fast, flush=self.store.flush),
             node_peers=self.node_peers,
             chain=self.chain,
         )

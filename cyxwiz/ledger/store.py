@@ -110,6 +110,11 @@ class EscrowStore:
             return self._fast.transaction()
         return rawsql.writing(self._engine)
 
+    def flush(self) -> None:
+        """Make every commit so far durable (the group fsync on SQLite; PostgreSQL's commits already are)."""
+        if self._wal is not None:
+            self._wal.sync()
+
     def dispose(self) -> None:
         if self._fast is not None:
             self._fast.close()

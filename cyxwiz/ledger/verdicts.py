@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Collection
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,19 @@ def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class VerdictBook:
     """Verdicts by job (first of each kind kept); safe to share across threads."""
 
-    def __init__(self, *, engine: sa.engine.Engine, fast: rawsql.SqlitePool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        engine: sa.engine.Engine,
+        fast: rawsql.SqlitePool | None = None,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         #: the escrow store's plain connections, when this book shares its database (in-process verifier)
         self._fast = fast
+        #: makes a commit durable where the database does not at commit: the escrow store's group flush
+        #: when this book shares its ``synchronous=NORMAL`` database (the service's own file is FULL)
+        self._flush = flush
         self._owns_fast = False  # an in-process verifier shares the escrow store's connections
         self._conflicts = rawsql.integrity_errors(engine)
         metadata.create_all(engine)
@@ -122,7 +131,7 @@ class VerdictBook:
             "recorded_at": dt.datetime.now(dt.UTC),
         }
         try:
-            with self._writing() as conn:
+            with self._write() as conn:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
@@ -132,7 +141,7 @@ class VerdictBook:
         row = {"job_id": job_id, "request_sha256": request_sha256, "answer": json.dumps(answer),
                "recorded_at": dt.datetime.now(dt.UTC)}  # fmt: skip
         try:
-            with self._writing() as conn:
+            with self._write() as conn:
                 rawsql.insert(conn, answers.name, row)
         except self._conflicts:
             pass
@@ -160,7 +169,7 @@ class VerdictBook:
     def _append(self, job_id: str, verdict: str, escrow: str, message_sha256: str) -> None:
         mine = sa.and_(verdicts.c.job_id == job_id, verdicts.c.verdict == verdict)
         entry = [escrow, message_sha256]
-        with rawsql.writing(self._engine) as conn:
+        with self._write(raw=False) as conn:
             held = conn.execute(sa.select(verdicts.c.attestation).where(mine)).scalar()
             if held is None:
                 conn.execute(verdicts.insert().values(
@@ -230,7 +239,7 @@ class VerdictBook:
         request seen (since the last withdrawal co-signed here), else the time recorded then."""
         query = sa.select(unstakes.c.requested_at).where(unstakes.c.stake_peer_id == stake_peer_id)
         try:
-            with rawsql.writing(self._engine) as conn:
+            with self._write(raw=False) as conn:
                 held = conn.execute(query).scalar()
                 if held is None:
                     conn.execute(unstakes.insert().values(stake_peer_id=stake_peer_id, requested_at=at))
@@ -248,7 +257,7 @@ class VerdictBook:
         mine = withdrawals.c.stake_peer_id == stake_peer_id
         values = {"issued_at": issued_at, "wallet": wallet, "recorded_at": dt.datetime.now(dt.UTC)}
         try:
-            with rawsql.writing(self._engine) as conn:
+            with self._write(raw=False) as conn:
                 held = conn.execute(sa.select(withdrawals.c.issued_at).where(mine)).scalar()
                 # the cool-down of a later stake starts with its own first request
                 conn.execute(unstakes.delete().where(unstakes.c.stake_peer_id == stake_peer_id))
@@ -267,8 +276,18 @@ class VerdictBook:
         except _Lost:
             return False  # a newer one was marked meanwhile: nothing of this one is written
 
-    def _writing(self) -> AbstractContextManager[rawsql.Conn]:
-        return self._fast.transaction() if self._fast is not None else rawsql.writing(self._engine)
+    @contextmanager
+    def _write(self, *, raw: bool = True) -> Iterator[Any]:
+        """A writing transaction that is on disk when the block exits: a verdict is durable before the
+        attestation or co-signature it stands for leaves (F1). ``raw``: only :mod:`rawsql` statements run
+        in it (else a SQLAlchemy connection)."""
+        writing: AbstractContextManager[Any] = (
+            self._fast.transaction() if raw and self._fast is not None else rawsql.writing(self._engine)
+        )
+        with writing as conn:
+            yield conn
+        if self._flush is not None:
+            self._flush()
 
     def passing(self, job_id: str) -> str | None:
         """The passing attestation (JSON) recorded for the job, if its verification ever passed."""

@@ -131,5 +131,6 @@ def test_only_intents_wait_for_the_disk(local_world: World) -> None:
     ledger.assign(job_id="job-sync", node_wallet=w.node.pubkey(), node_peer_id=NODE_PEER)
     assert wal.commits == before + 1
     ledger.release(job_id="job-sync", node_wallet=w.node.pubkey(), report=w.attest("job-sync"))
-    assert wal.commits == before + 2 and wal.flushes >= 2  # the release intent, flushed before the send
+    # the in-process verifier's verdict, flushed before it co-signs; the release intent, before the send
+    assert wal.commits == before + 3 and wal.flushes >= 3
     assert ledger.status(job_id="job-sync").state.value == "released"
