@@ -180,9 +180,14 @@ class EmbeddedStack:
         from tasks.coordinator_channel import node_name
 
         deadline = time.monotonic() + timeout
+        # The agent keeps its session once the coordinator's answer reaches it, which may be after the
+        # coordinator recorded the node: a test that reads the session right away must find it.
+        session = self.home / "agents" / name / "session.json"
         while time.monotonic() < deadline:
+            started_here = name in self.agents
             for record in self.coordinator.store.list_nodes():
-                if node_name(record.subject) == name and record.last_heartbeat is not None:
+                heard = node_name(record.subject) == name and record.last_heartbeat is not None
+                if heard and (not started_here or session.exists()):
                     return
             proc = self.agents.get(name)
             if proc is not None and proc.poll() is not None:
