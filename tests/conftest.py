@@ -21,6 +21,24 @@ SESSION_ID = uuid.uuid4().hex
 os.environ[MARKER] = SESSION_ID
 
 
+#: set to 1 to run the tests marked ``ci`` too (``.ci/run`` does)
+ALL_TESTS = "CYXWIZ_ALL_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test`` skips the few slowest end-to-end tests (marked ``ci``: minutes each), so that it stays
+    near 20 minutes on a 2-core machine; CI runs them (``CYXWIZ_ALL_TESTS=1``), and so does any run that
+    names its tests itself (a path or ``-m``) rather than taking the default ``tests`` directory."""
+    if os.environ.get(ALL_TESTS) == "1" or config.option.markexpr:
+        return
+    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return
+    skip = pytest.mark.skip(reason=f"among the slowest: CI runs it ({ALL_TESTS}=1 make test)")
+    for item in items:
+        if item.get_closest_marker("ci") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server (apt's postgresql) for the SQL store tests.

@@ -25,7 +25,7 @@ import pytest
 
 from infra.chaos_table import CI_CELLS
 
-pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.ci, pytest.mark.prefect, pytest.mark.timeout(1800)]
 PROJECT = Path(__file__).resolve().parents[2]
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from tests._processes import MARKER, kill_all, leftovers, settle
 
-pytestmark = [pytest.mark.slow, pytest.mark.prefect]
+pytestmark = [pytest.mark.slow, pytest.mark.ci, pytest.mark.prefect]
 
 PROJECT = Path(__file__).resolve().parents[2]
 READY = b"press Ctrl-C to stop them"

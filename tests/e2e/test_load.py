@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
 
 def _audit_events(audit_dir: Path) -> list[dict[str, Any]]:

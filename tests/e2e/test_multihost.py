@@ -50,6 +50,7 @@ from tests.e2e.multihost_support import (
 _WHY = can_build()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.ci,
     pytest.mark.prefect,
     pytest.mark.postgres,
     pytest.mark.timeout(1200),

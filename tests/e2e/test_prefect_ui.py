@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.lifecycle_conftest import QUICK_POLL, tiny_job, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.prefect, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.ci, pytest.mark.prefect, pytest.mark.timeout(1200)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAINTENANCE = ("crl-refresh", "escrow-sweep", "audit-maintenance", "signing-key-rotation")
