@@ -31,18 +31,6 @@ class _Clock:
         return {k: len(self.calls) for k in keys}
 
 
-def _ask_in_thread(rounds: SharedRounds[str, int], key: str, out: dict[str, object]) -> threading.Thread:
-    def run() -> None:
-        try:
-            out[key] = rounds.ask(key)
-        except Exception as exc:
-            out[key] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def _wait_for_waiters(rounds: SharedRounds[str, int], n: int) -> None:
     deadline = time.monotonic() + 5
     while sum(rounds._readers.values()) < n:
@@ -58,65 +46,61 @@ def test_one_caller_gets_its_own_call() -> None:
     assert rounds.calls == 2
 
 
+def _held_round(
+    keys: list[str], *, fail_call: int = 0
+) -> tuple[_Clock, SharedRounds[str, int], object, list[object]]:
+    """``keys`` asked (a thread each) while a first round, for "first", is held open, then let go: the
+    clock, the rounds, the first caller's result and each key's result (a value or the exception)."""
+    clock = _Clock()
+    clock.fail_call = fail_call
+    rounds: SharedRounds[str, int] = SharedRounds(clock)
+    clock.release.clear()
+    results: list[object] = [None] * (len(keys) + 1)
+
+    def ask(i: int, key: str) -> None:
+        try:
+            results[i] = rounds.ask(key)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i, key)) for i, key in enumerate(["first", *keys])]
+    threads[0].start()
+    assert clock.entered.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    _wait_for_waiters(rounds, len(threads))
+    clock.release.set()
+    for thread in threads:
+        thread.join(5)
+    return clock, rounds, results[0], results[1:]
+
+
 def test_askers_during_a_round_share_the_next_one_never_the_running_one() -> None:
     """Keys asked while a round runs are not answered by it (fetched before they asked): they share the
     next round, one call for all of them."""
-    clock = _Clock()
-    rounds: SharedRounds[str, int] = SharedRounds(clock)
-    clock.release.clear()
-    out: dict[str, object] = {}
-    first = _ask_in_thread(rounds, "first", out)
-    assert clock.entered.wait(5)
-    late = [_ask_in_thread(rounds, f"k{i}", out) for i in range(5)]
-    _wait_for_waiters(rounds, 6)
-    clock.release.set()
-    for thread in (first, *late):
-        thread.join(5)
-    assert out["first"] == 1
-    assert {out[f"k{i}"] for i in range(5)} == {2}  # all from call 2, which started after they asked
-    assert clock.calls[0] == ["first"]
-    assert sorted(clock.calls[1]) == [f"k{i}" for i in range(5)]
+    keys = [f"k{i}" for i in range(5)]
+    clock, rounds, first, late = _held_round(keys)
+    assert first == 1
+    assert late == [2] * 5  # all from call 2, which started after they asked
+    assert clock.calls[0] == ["first"] and sorted(clock.calls[1]) == keys
     assert rounds.calls == 2
     assert not rounds._answers and not rounds._readers  # every round's answer was read and dropped
 
 
 def test_the_same_key_asked_twice_in_a_round_answers_both() -> None:
-    clock = _Clock()
-    rounds: SharedRounds[str, int] = SharedRounds(clock)
-    clock.release.clear()
-    out: dict[str, object] = {}
-    first = _ask_in_thread(rounds, "first", out)
-    assert clock.entered.wait(5)
-    results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(rounds.ask("same"))) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    _wait_for_waiters(rounds, 4)
-    clock.release.set()
-    for thread in (first, *threads):
-        thread.join(5)
+    clock, _rounds, _first, results = _held_round(["same", "same", "same"])
     assert results == [2, 2, 2]
     assert clock.calls[1] == ["same"]
 
 
 def test_a_failed_round_raises_in_its_leader_and_the_others_ask_again() -> None:
-    clock = _Clock()
-    rounds: SharedRounds[str, int] = SharedRounds(clock)
-    clock.release.clear()
-    out: dict[str, object] = {}
-    leader = _ask_in_thread(rounds, "leader", out)
-    assert clock.entered.wait(5)
-    clock.fail_call = 2  # the second round (the one the waiters share) fails
-    waiters = [_ask_in_thread(rounds, f"w{i}", out) for i in range(3)]
-    _wait_for_waiters(rounds, 4)
-    clock.release.set()
-    for thread in (leader, *waiters):
-        thread.join(5)
-    assert out["leader"] == 1
-    failed = [v for k, v in out.items() if k.startswith("w") and isinstance(v, OSError)]
-    answered = [v for k, v in out.items() if k.startswith("w") and isinstance(v, int)]
-    assert len(failed) == 1, out  # the one who led the failing round, as its own call would have
-    assert len(answered) == 2 and all(v >= 3 for v in answered), out  # from a later, successful round
+    # the second round (the one the waiters share) fails
+    _clock, rounds, first, results = _held_round(["w0", "w1", "w2"], fail_call=2)
+    assert first == 1
+    failed = [v for v in results if isinstance(v, OSError)]
+    answered = [v for v in results if isinstance(v, int)]
+    assert len(failed) == 1, results  # the one who led the failing round, as its own call would have
+    assert len(answered) == 2 and all(v >= 3 for v in answered), results  # from a later, good round
     assert not rounds._answers and not rounds._readers
 
 
