@@ -13,6 +13,7 @@ co-signing round trip. The two sides alternate in rounds so the host's load weig
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -84,9 +85,11 @@ def _reports(stack: _Stack, jobs: list[str]) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _ledger_side(
-    stack: _Stack, jobs: list[str], in_flight: int
-) -> tuple[Callable[[range], None], Callable[[], None]]:
+Pair = tuple[Callable[[int], None], Callable[[], None]]
+
+
+def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
+    """One escrow pair through the control plane's ledger (and its close)."""
     demo = stack.demo
     ledger = demo.open_ledger(passphrase=PASSPHRASE.encode())
     reports = _reports(stack, jobs)
@@ -102,10 +105,11 @@ def _ledger_side(
         ledger.chain.close()
         ledger.store.dispose()
 
-    return _concurrently(pair, in_flight), close
+    return pair, close
 
 
-def _bare_side(stack: _Stack, in_flight: int) -> tuple[Callable[[range], None], Callable[[], None]]:
+def _bare_side(stack: _Stack, _jobs: list[str]) -> Pair:
+    """The same two transactions sent and confirmed bare (and its close)."""
     demo, config = stack.demo, stack.demo.config
     payer = config.load_key("payer", passphrase=PASSPHRASE.encode())
     coordinator = config.load_key("coordinator", passphrase=PASSPHRASE.encode())
@@ -147,7 +151,61 @@ def _bare_side(stack: _Stack, in_flight: int) -> tuple[Callable[[range], None], 
             ),
         )  # fmt: skip
 
-    return _concurrently(pair, in_flight), chain.close
+    return pair, chain.close
+
+
+def _side(stack: _Stack, side: str, jobs: list[str]) -> Pair:
+    return _ledger_side(stack, jobs) if side == "escrow" else _bare_side(stack, jobs)
+
+
+def _in_threads(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Pair:
+    """``in_flight`` pairs at once on threads of this process: one long-lived control-plane process."""
+    pair, close = _side(stack, side, jobs)
+    return _concurrently(pair, in_flight), close
+
+
+def _in_processes(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Pair:
+    """``in_flight`` processes, one pair at a time each: how Prefect's process worker runs lifecycles (the
+    control worker starts each ``job-lifecycle`` run, with its escrow, in a process of its own)."""
+    context = multiprocessing.get_context("spawn")  # never fork a process whose RPC loop thread runs
+    pipes, workers = [], []
+    for _ in range(in_flight):
+        mine, theirs = context.Pipe()
+        worker = context.Process(target=_process_main, args=(stack, side, jobs, theirs), daemon=True)
+        worker.start()
+        pipes.append(mine)
+        workers.append(worker)
+    for conn in pipes:
+        if conn.recv() != "ready":  # pragma: no cover - a worker that failed to start
+            raise RuntimeError("a bench worker process did not start")
+
+    def run(indices: range) -> None:
+        items = list(indices)
+        for k, conn in enumerate(pipes):
+            conn.send(items[k::in_flight])
+        for conn in pipes:
+            if conn.recv() != "done":  # pragma: no cover - the worker's error went to its stderr
+                raise RuntimeError("a bench worker process failed")
+
+    def close() -> None:
+        for conn in pipes:
+            conn.send(None)
+        for worker in workers:
+            worker.join(30)
+
+    return run, close
+
+
+def _process_main(stack: _Stack, side: str, jobs: list[str], conn: Any) -> None:
+    pair, close = _side(stack, side, jobs)
+    conn.send("ready")
+    try:
+        while (indices := conn.recv()) is not None:
+            for i in indices:
+                pair(i)
+            conn.send("done")
+    finally:
+        close()
 
 
 def _concurrently(pair: Callable[[int], None], in_flight: int) -> Callable[[range], None]:
@@ -183,14 +241,18 @@ def _timed(work: Callable[[range], None], indices: range) -> tuple[float, float]
     return time.perf_counter() - started, _cpu_s() - cpu
 
 
-def measure(n: int = N, in_flight: int = IN_FLIGHT) -> tuple[float, float, float, float]:
+def measure(
+    n: int = N, in_flight: int = IN_FLIGHT, *, processes: bool = False
+) -> tuple[float, float, float, float]:
     """(escrow pairs/s, bare pairs/s, median of the rounds' own ratios, CPU ratio: the whole machine's
-    CPU a bare pair costs ÷ an escrow pair's, all three processes counted — the figure host load cannot
-    move, since on a loaded host both sides starve alike and the wall ratio drifts towards 1)."""
+    CPU a bare pair costs ÷ an escrow pair's, all processes counted — the figure host load cannot move,
+    since on a loaded host both sides starve alike and the wall ratio drifts towards 1). ``processes``:
+    each escrow in flight in a process of its own (the control worker's shape), else threads of one."""
+    runner = _in_processes if processes else _in_threads
     with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp)) as stack:
         jobs = [f"bench-{i}" for i in range(n)]
-        escrow, close_escrow = _ledger_side(stack, jobs, in_flight)
-        bare, close_bare = _bare_side(stack, in_flight)
+        escrow, close_escrow = runner(stack, "escrow", jobs, in_flight)
+        bare, close_bare = runner(stack, "bare", jobs, in_flight)
         try:
             warm = range(n, n)  # both sides' first calls open connections and pools outside the clock
             escrow(warm)
@@ -212,11 +274,12 @@ def measure(n: int = N, in_flight: int = IN_FLIGHT) -> tuple[float, float, float
 
 
 def run(n: int = N, in_flight: int = IN_FLIGHT) -> list[tuple[str, float, str]]:
-    """The goal's figure (``in_flight`` escrows at once), then the same one escrow at a time (reported)."""
+    """The goal's figure (``in_flight`` escrows at once: on threads of one process, then each in a process
+    of its own as the control worker runs lifecycles), then one escrow at a time (reported)."""
     rows: list[tuple[str, float, str]] = []
-    for flight in (in_flight, 1):
-        escrow, bare, median, cpu = measure(n, flight)
-        how = f"{flight} in flight" if flight > 1 else "sequential"
+    for flight, processes in ((in_flight, False), (in_flight, True), (1, False)):
+        escrow, bare, median, cpu = measure(n, flight, processes=processes)
+        how = f"{flight} in flight, {'processes' if processes else 'threads'}" if flight > 1 else "sequential"
         rows += [
             (
                 f"escrow pairs ÷ bare, over the ledger service ({how})",
