@@ -3,12 +3,16 @@
 ``bench_ledger.py`` measures the bookkeeping against an in-process LiteSVM with every key in one process
 (the bookkeeping's raw CPU cost). Here the parts are where the embedded stack and production put them:
 LiteSVM is the local ledger service (its own process, JSON-RPC on loopback, as a cluster is reached), the
-verifier co-signs from its own process over its Unix socket, and the control plane's ledger holds only
-the payer and coordinator keys (:func:`cyxwiz.ledger.config.open_ledger`). ``IN_FLIGHT`` escrows run at
-once (threads, as concurrent lifecycles). The baseline sends the *same* transactions (same instructions,
-same signers, keys loaded in this process) through the same RPC client to the same service, with the
-same concurrency, and confirms each one (F2: signed, sent and confirmed): no intent log, no checks, no
-co-signing round trip. The two sides alternate in rounds so the host's load weighs on both alike.
+verifier co-signs from its own process over its Unix socket, and the control plane's ledger holds only the
+payer and coordinator keys (:func:`cyxwiz.ledger.config.open_ledger`). Each job's passing attestation is
+asked of that verifier service before the clock starts, as the lifecycle asks it before the release (its
+hook passes every job: :mod:`bench.ledger_verifier`), so the release finds the verdict signed and recorded
+where the stack's does. ``IN_FLIGHT`` escrows run at once (threads of one process, or a process each as the
+control worker runs lifecycles; and one at a time). The baseline sends the *same* transactions (same
+instructions, same signers, keys loaded in this process) through the same RPC client to the same service,
+with the same concurrency, and confirms each one (F2: signed, sent and confirmed): no intent log, no checks,
+no co-signing round trip; its release memo carries the report hash as the ledger's does. The two sides
+alternate in rounds so the host's load weighs on both alike.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
 from cyxwiz.ledger import txbuild
+from cyxwiz.ledger.attestation import ReportAttestation
 from cyxwiz.ledger.rpc import RpcChain
 
 N = 240
@@ -40,10 +45,16 @@ PEER = "12D3KooWBenchNode"
 MINIMUM = 1_000_000  # provision_demo's minimum payment
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 @dataclass(frozen=True)
 class _Stack:
     demo: Any  # cyxwiz.ledger.embedded.DemoLedger
     pki: Any  # cyxwiz.pki.devpki.DevPKI
+    verifier_socket: Path
+    #: job id -> the verifier service's passing attestation (JSON), asked for before the clock starts
+    reports: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -61,26 +72,31 @@ def _stack(root: Path) -> Iterator[_Stack]:
             user_funds=10**13, kdf=KdfParams.fast_for_tests(), pki=pki,
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSPHRASE")}
-        env |= demo.verifier_env()
-        with start_verifier_service(config_path=demo.config_path, state_dir=root / "verifier", env=env):
-            yield _Stack(demo=demo, pki=pki)
+        env |= demo.verifier_env() | {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        }
+        # the core verifier service with a hook that passes every job (bench/ledger_verifier.py)
+        with start_verifier_service(
+            config_path=demo.config_path, state_dir=root / "verifier", env=env, module="bench.ledger_verifier"
+        ) as verifier:
+            yield _Stack(demo=demo, pki=pki, verifier_socket=verifier.socket_path)
 
 
 def _reports(stack: _Stack, jobs: list[str]) -> dict[str, str]:
-    """The verifier's signed passing reports, made before the clock starts."""
-    from cyxwiz.ledger.attestation import sign_attestation
-    from cyxwiz.pki.certs import load_certificate
-    from cyxwiz.pki.keys import load_private_key
+    """Each job's passing attestation, asked of the verifier service before the clock starts, as the
+    lifecycle asks it (``POST /v1/verify``) before the release: the service signs its verdict and records
+    it on disk there, so the release's co-signing finds it as it does in the stack."""
+    from cyxwiz.ledger.verifier_client import RemoteCosigner
 
-    key, cert = load_private_key(stack.pki.verifier_key), load_certificate(stack.pki.verifier_cert)
-    config, user = stack.demo.config, stack.demo.user.pubkey()
+    verifier = RemoteCosigner(socket_path=stack.verifier_socket)
+    config, user, node = stack.demo.config, stack.demo.user.pubkey(), str(stack.demo.node.pubkey())
     return {
-        job: sign_attestation(
-            key=key, certificate=cert, job_id=job, node_peer_id=PEER,
-            node_wallet=str(stack.demo.node.pubkey()),
-            escrow=str(txbuild.escrow_address(config.pubkey("payer"), job, user)),
-            report_sha256="ab" * 32, verdict="pass",
-        ).to_json()
+        job: str(
+            verifier.verify({
+                "job_id": job, "node_peer_id": PEER, "node_wallet": node,
+                "escrow": str(txbuild.escrow_address(config.pubkey("payer"), job, user)),
+            })["attestation"]
+        )
         for job in jobs
     }  # fmt: skip
 
@@ -92,7 +108,7 @@ def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     """One escrow pair through the control plane's ledger (and its close)."""
     demo = stack.demo
     ledger = demo.open_ledger(passphrase=PASSPHRASE.encode())
-    reports = _reports(stack, jobs)
+    reports = stack.reports
     node = demo.node.pubkey()
 
     def pair(i: int) -> None:
@@ -108,7 +124,7 @@ def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     return pair, close
 
 
-def _bare_side(stack: _Stack, _jobs: list[str]) -> Pair:
+def _bare_side(stack: _Stack, jobs: list[str]) -> Pair:
     """The same two transactions sent and confirmed bare (and its close)."""
     demo, config = stack.demo, stack.demo.config
     payer = config.load_key("payer", passphrase=PASSPHRASE.encode())
@@ -123,6 +139,8 @@ def _bare_side(stack: _Stack, _jobs: list[str]) -> Pair:
     authorities = [coordinator.pubkey(), verifier.pubkey()]
     user_token = txbuild.token_account_of(user_key, mint)
     rent = chain.minimum_rent(txbuild.RENT_SIZES["account"])
+    # The release's memo as the ledger writes it (the verdict's report hash): the same bytes on the wire.
+    digests = [ReportAttestation.parse(stack.reports[job]).report_sha256 for job in jobs]
 
     def send_confirmed(instructions: list[Any]) -> None:
         message = Message.new_with_blockhash(instructions, payer_key, chain.latest_blockhash()[0])
@@ -147,7 +165,7 @@ def _bare_side(stack: _Stack, _jobs: list[str]) -> Pair:
                 payer=payer_key, escrow=txbuild.escrow_address(payer_key, job, user_key),
                 mint=mint, decimals=config.decimals, multisig=multisig,
                 recipient_wallet=node_key, amount=MINIMUM + i,
-                authority_signers=authorities, memo_text=f"cyxwiz:escrow:release:{job}",
+                authority_signers=authorities, memo_text=f"cyxwiz:escrow:release:{job}:report={digests[i]}",
             ),
         )  # fmt: skip
 
@@ -249,8 +267,9 @@ def measure(
     since on a loaded host both sides starve alike and the wall ratio drifts towards 1). ``processes``:
     each escrow in flight in a process of its own (the control worker's shape), else threads of one."""
     runner = _in_processes if processes else _in_threads
-    with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp)) as stack:
+    with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp)) as bare_stack:
         jobs = [f"bench-{i}" for i in range(n)]
+        stack = replace(bare_stack, reports=_reports(bare_stack, jobs))
         escrow, close_escrow = runner(stack, "escrow", jobs, in_flight)
         bare, close_bare = runner(stack, "bare", jobs, in_flight)
         try:
