@@ -30,6 +30,7 @@ Clock = Callable[[], datetime]
 FsyncPolicy = Literal["none", "interval", "always"]
 
 _TAIL_CHUNK = 128 * 1024
+_TAIL_FIRST_CHUNK = 4 * 1024
 _HEAD_MAP_BYTES = 256
 _serialize = SecurityEvent.__pydantic_serializer__.to_json
 
@@ -289,23 +290,30 @@ class ChainWriter:
             )
 
     def _read_tail(self, fd: int, size: int) -> tuple[int, str, int]:
-        """(seq, hash) of the last good record in the open day file, and the file size after repair."""
-        start = max(0, size - _TAIL_CHUNK)
-        chunk = os.pread(fd, size - start, start)
-        if not chunk.endswith(b"\n"):
+        """(seq, hash) of the last good record in the open day file, and the file size after repair.
+
+        Read from the end in growing pieces (another process's last record is usually all there is to
+        find): re-reading the head after every hand-over between writers costs one small read."""
+        if size and os.pread(fd, 1, size - 1) != b"\n":
             # A torn last line (crash or full disk mid-write): end it so ours starts on its own line.
             # The chain continues from the last intact record; `verify` reports the torn line.
             self._write_all(b"\n")
             size += 1
-        lines = chunk.rstrip(b"\n").split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first piece may be a partial line
-        for raw in reversed(lines):
-            try:
-                rec = parse_line(raw)
-            except RecordFormatError:
-                continue
-            return rec.seq, rec.hash, size
+        piece = _TAIL_FIRST_CHUNK
+        while True:
+            start = max(0, size - piece)
+            lines = os.pread(fd, size - start, start).rstrip(b"\n").split(b"\n")
+            if start > 0:
+                lines = lines[1:]  # the first piece may be a partial line
+            for raw in reversed(lines):
+                try:
+                    rec = parse_line(raw)
+                except RecordFormatError:
+                    continue
+                return rec.seq, rec.hash, size
+            if start == 0 or piece >= _TAIL_CHUNK:
+                break
+            piece *= 8
         if start == 0 and not any(lines):
             seq, prev = chain_head_before(self.directory, _day_of(self._day))
             return seq, prev, size
