@@ -53,6 +53,9 @@ class _Stack:
     demo: Any  # cyxwiz.ledger.embedded.DemoLedger
     pki: Any  # cyxwiz.pki.devpki.DevPKI
     verifier_socket: Path
+    #: the audit log both processes append to, as the stack's control plane and verifier service do
+    audit_dir: Path
+    audit_key: Path
     #: job id -> the verifier service's passing attestation (JSON), asked for before the clock starts
     reports: dict[str, str] = field(default_factory=dict)
 
@@ -64,14 +67,18 @@ def _stack(root: Path) -> Iterator[_Stack]:
     from cyxwiz.ledger.keystore import KdfParams
     from cyxwiz.ledger.verifier_service import start_verifier_service
     from cyxwiz.pki.devpki import build_dev_pki
+    from cyxwiz.pki.keys import generate_ed25519, write_private_key
 
     pki = build_dev_pki(root / "pki", nodes=("node-1",))
+    audit_dir, audit_key = root / "audit", root / "audit-key.pem"
+    write_private_key(audit_key, generate_ed25519())
     with start_local_ledger(root / "service") as service:
         demo = provision_demo(
             rpc_url=service.rpc_url, state_dir=root / "demo", passphrase=PASSPHRASE.encode(),
             user_funds=10**13, kdf=KdfParams.fast_for_tests(), pki=pki,
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSPHRASE")}
+        env |= {"CYXWIZ_AUDIT_DIR": str(audit_dir), "CYXWIZ_AUDIT_SIGNING_KEY": str(audit_key)}
         env |= demo.verifier_env() | {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         }
@@ -79,7 +86,13 @@ def _stack(root: Path) -> Iterator[_Stack]:
         with start_verifier_service(
             config_path=demo.config_path, state_dir=root / "verifier", env=env, module="bench.ledger_verifier"
         ) as verifier:
-            yield _Stack(demo=demo, pki=pki, verifier_socket=verifier.socket_path)
+            yield _Stack(
+                demo=demo,
+                pki=pki,
+                verifier_socket=verifier.socket_path,
+                audit_dir=audit_dir,
+                audit_key=audit_key,
+            )
 
 
 def _reports(stack: _Stack, jobs: list[str]) -> dict[str, str]:
@@ -107,7 +120,10 @@ Pair = tuple[Callable[[int], None], Callable[[], None]]
 def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     """One escrow pair through the control plane's ledger (and its close)."""
     demo = stack.demo
-    ledger = demo.open_ledger(passphrase=PASSPHRASE.encode())
+    from cyxwiz.audit.log import AuditLog
+
+    audit = AuditLog.open(stack.audit_dir, signing_key=stack.audit_key)  # every move audited, as in the stack
+    ledger = demo.open_ledger(passphrase=PASSPHRASE.encode(), audit=audit)
     reports = stack.reports
     node = demo.node.pubkey()
 
@@ -120,6 +136,7 @@ def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     def close() -> None:
         ledger.chain.close()
         ledger.store.dispose()
+        audit.close()
 
     return pair, close
 
@@ -139,8 +156,11 @@ def _bare_side(stack: _Stack, jobs: list[str]) -> Pair:
     authorities = [coordinator.pubkey(), verifier.pubkey()]
     user_token = txbuild.token_account_of(user_key, mint)
     rent = chain.minimum_rent(txbuild.RENT_SIZES["account"])
-    # The release's memo as the ledger writes it (the verdict's report hash): the same bytes on the wire.
-    digests = [ReportAttestation.parse(stack.reports[job]).report_sha256 for job in jobs]
+    # The release's memo as the ledger writes it (the verdict's report hash and audit leaf): the same bytes.
+    cited = [ReportAttestation.parse(stack.reports[job]) for job in jobs]
+    verdicts = [
+        f":report={a.report_sha256}" + (f":audit={a.audit_leaf}" if a.audit_leaf else "") for a in cited
+    ]
 
     def send_confirmed(instructions: list[Any]) -> None:
         message = Message.new_with_blockhash(instructions, payer_key, chain.latest_blockhash()[0])
@@ -165,7 +185,7 @@ def _bare_side(stack: _Stack, jobs: list[str]) -> Pair:
                 payer=payer_key, escrow=txbuild.escrow_address(payer_key, job, user_key),
                 mint=mint, decimals=config.decimals, multisig=multisig,
                 recipient_wallet=node_key, amount=MINIMUM + i,
-                authority_signers=authorities, memo_text=f"cyxwiz:escrow:release:{job}:report={digests[i]}",
+                authority_signers=authorities, memo_text=f"cyxwiz:escrow:release:{job}{verdicts[i]}",
             ),
         )  # fmt: skip
 

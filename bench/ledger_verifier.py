@@ -5,7 +5,8 @@ runs there), and the service signs its verdict, records it in its own book and o
 job's release. The bench times escrow pairs, not replays, so its hook passes every job it is asked
 about; everything after the hook (the attestation signed with the service's ``verifier`` certificate,
 the verdict recorded on disk before it leaves, the release co-signed under
-:class:`~cyxwiz.ledger.cosign.VerifierPolicy`) is the service's own code, as in the stack.
+:class:`~cyxwiz.ledger.cosign.VerifierPolicy`, each audited to the log ``CYXWIZ_AUDIT_DIR`` names) is the
+service's own code, as in the stack.
 
 Not for operators: it passes every job (``python -m bench.ledger_verifier serve -c ledger.json``).
 """
@@ -37,9 +38,11 @@ def serve_command(
     ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Written once listening.")] = None,
 ) -> None:
     """Serve verification (every job passes) and co-signatures on a 0600 Unix socket."""
+    from cyxwiz.audit.log import AuditLog
     from cyxwiz.ledger.verifier_cli import run
 
-    run(config, socket, ready_file, verify=passes)
+    # its verdicts and co-signatures audited, as the stack's verifier service audits them
+    run(config, socket, ready_file, verify=passes, audit=AuditLog.from_env())
 
 
 if __name__ == "__main__":
