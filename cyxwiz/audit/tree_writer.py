@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from cyxwiz.audit.merkle import HASH_SIZE, Frontier, node_hash, nodes_for
-from cyxwiz.audit.reader import iter_raw_records, split_lines
+from cyxwiz.audit.reader import iter_raw_records
 from cyxwiz.audit.records import RecordFormatError, leaf_of, parse_line
 from cyxwiz.audit.tree import TreeFile, size_for_nodes
 from cyxwiz.errors import AuditIntegrityError
@@ -125,31 +125,28 @@ class TreeWriter:
 def _tail_leaves(fd: int, have: int, n: int) -> list[bytes]:
     """Leaves of records have+1..n from the end of the open day file, or [] if they are not all there.
 
-    Read backwards from the end, parsing only the records the tree lacks (and the one before them): when
-    two processes take turns appending, each turn's catch-up is the other's few unflushed records, not
-    every record of a 4 MiB tail (which cost each hand-over milliseconds on a busy day's file).
+    Read backwards from the end, parsing only the ``n - have`` last records: when two processes take turns
+    appending, each turn's catch-up is the other's few unflushed records, not every record of a 4 MiB tail
+    (which cost each hand-over milliseconds on a busy day's file). Anything else than exactly
+    have+1..n there gives [] and the caller's full scan.
     """
-    size = os.fstat(fd).st_size
+    size, wanted = os.fstat(fd).st_size, n - have
     chunk = _TAIL_FIRST_CHUNK
     while True:
         start = max(0, size - chunk)
-        lines = list(split_lines(os.pread(fd, size - start, start)))
-        if start > 0 and lines:
-            lines = lines[1:]  # maybe a partial line
+        lines = os.pread(fd, size - start, start).split(b"\n")
+        # the piece after the last newline is unterminated (a write in progress or torn): never a record;
+        # the first piece of a chunk that starts mid-file may be a partial line
+        complete = lines[1:-1] if start > 0 else lines[:-1]
         found: list[tuple[int, bytes]] = []
-        reached = False  # a record the tree has: everything it lacks is after it, in ``found``
-        for _, raw, terminated in reversed(lines):
-            if not terminated:
-                continue
+        for raw in reversed(complete):
             try:
-                seq = parse_line(raw).seq
+                found.append((parse_line(raw).seq, raw))
             except RecordFormatError:
                 continue
-            if seq <= have:
-                reached = True
+            if len(found) == wanted:
                 break
-            found.append((seq, raw))
-        if reached or start == 0 or chunk >= _CATCH_UP_CHUNK:
+        if len(found) == wanted or start == 0 or chunk >= _CATCH_UP_CHUNK:
             break
         chunk *= 4
     found.reverse()
