@@ -84,7 +84,7 @@ def _checkpoint_timer(ref: weakref.ref[AuditLog], wake: threading.Event, interva
             return
         if log._writer.dirty:
             with contextlib.suppress(Exception):
-                log.checkpoint()
+                log._checkpoint_unless_covered()
         del log
 
 
@@ -308,6 +308,17 @@ class AuditLog:
                 yield self._writer.sign()
             finally:
                 fcntl.flock(self._writer.lock_fd, fcntl.LOCK_UN)
+
+    def _checkpoint_unless_covered(self) -> None:
+        """The timer's checkpoint, unless one another writer signed since covers every record this one
+        knows of: writers in several processes taking turns (a lifecycle, the verifier service) would
+        each sign the same records, each after catching the tree up."""
+        with self._lock:
+            writer = self._writer
+            if writer.signer.covers(writer.head_seq):
+                writer.dirty = False
+                return
+        self.checkpoint()
 
     def _start_timer(self) -> None:
         if self._timer is not None and self._timer.is_alive():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint
+from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint, verify_checkpoint
 from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, checkpoints_name
-from cyxwiz.errors import ConfigError
+from cyxwiz.errors import AuditIntegrityError, ConfigError
 from cyxwiz.shared_dir import file_mode
 
 #: A writer signs a fresh checkpoint at most this often while appending (and a timer signs what is left
@@ -74,6 +74,18 @@ class CheckpointSigner:
         self.signed_at = now
         self.signed_size = size
         return note
+
+    def covers(self, size: int) -> bool:
+        """The checkpoint on disk, signed with this log's key by whichever writer, covers records
+        1..``size``: when writers in several processes take turns, one checkpoint covers them all, and
+        the others' timers have nothing to add. Read without the writers' lock: a checkpoint is only ever
+        replaced by a larger one (a torn or foreign note reads as not covering)."""
+        try:
+            note = (self.directory / CHECKPOINT_FILE).read_bytes()[:16384]
+            checkpoint = verify_checkpoint(note, public_key=self.key.public_key(), origin=self.origin)
+        except (OSError, AuditIntegrityError):
+            return False
+        return checkpoint.size >= size
 
     def _keep(self, day: date, note: bytes) -> None:
         line = json.dumps({"note": note.decode("utf-8")}).encode() + b"\n"

@@ -138,6 +138,11 @@ class ChainWriter:
             self.sign()
         return seq, leaf, rolled
 
+    @property
+    def head_seq(self) -> int:
+        """The chain head's seq as this writer last saw it (its own last record, or later)."""
+        return self._seq
+
     def sign(self, *, history: bool = False) -> bytes:
         """With the head in sync: sign the tree head and write it out."""
         tree = self._tree

@@ -56,3 +56,53 @@ def test_writers_taking_turns_read_only_what_the_other_appended(
         bundle = prove_inclusion(log_dir, receipt.event_id)
         assert (bundle["seq"], bundle["leaf_hash"]) == (receipt.seq, receipt.leaf.hex())
         assert bundle["tree_size"] == EARLIER + TURNS
+
+
+def _signed_size(log_dir: Path) -> int:
+    from cyxwiz.audit.checkpoint import verify_checkpoint
+
+    return verify_checkpoint((log_dir / "checkpoint").read_bytes(), public_key=TEST_KEY.public_key()).size
+
+
+def test_a_checkpoint_another_writer_signed_spares_the_timers_signature(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A minute between inline checkpoints: after its first record, a writer's records wait for its timer.
+    first = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False, checkpoint_interval=60)
+    second = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False, checkpoint_interval=60)
+    first.record(sample_event(1))  # its first record signs inline
+    first.record(sample_event(2))
+    second.record(sample_event(3))  # caught up, it signs records 1..3 inline
+    assert _signed_size(log_dir) == 3
+    signed: list[int] = []
+    real_write = first._writer.signer.write
+
+    def counting_write(**kwargs: Any) -> bytes:
+        signed.append(kwargs["size"])
+        return real_write(**kwargs)
+
+    monkeypatch.setattr(first._writer.signer, "write", counting_write)
+
+    assert first._writer.dirty
+    first._checkpoint_unless_covered()  # its records 1..2 are under the other writer's checkpoint
+    assert (signed, first._writer.dirty, _signed_size(log_dir)) == ([], False, 3)
+
+    # positive control: a record no checkpoint covers yet is signed
+    first.record(sample_event(4))
+    first._checkpoint_unless_covered()
+    assert (signed, _signed_size(log_dir)) == ([4], 4)
+
+    # a note that claims every record but is signed with another key covers nothing
+    from cyxwiz.audit.checkpoint import sign_checkpoint
+    from cyxwiz.pki.keys import generate_ed25519
+
+    first.record(sample_event(5))
+    forged = sign_checkpoint(
+        origin=first._writer.signer.origin, size=10**6, root=b"\0" * 32, key=generate_ed25519()
+    )
+    (log_dir / "checkpoint").write_bytes(forged)
+    first._checkpoint_unless_covered()
+    assert (signed, _signed_size(log_dir)) == ([4, 5], 5)
+    first.close()
+    second.close()
+    assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
