@@ -14,10 +14,11 @@ Not for operators: it passes every job (``python -m bench.ledger_verifier serve 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
+
+from cyxwiz.ledger.verifier_cli import ConfigOption, ReadyOption, SocketOption
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -33,11 +34,7 @@ def _group() -> None:
 
 
 @app.command("serve")
-def serve_command(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Ledger config JSON.")],
-    socket: Annotated[Path | None, typer.Option("--socket", help="Unix socket path.")] = None,
-    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Written once listening.")] = None,
-) -> None:
+def serve_command(config: ConfigOption, socket: SocketOption = None, ready_file: ReadyOption = None) -> None:
     """Serve verification (every job passes) and co-signatures on a 0600 Unix socket."""
     from cyxwiz.audit.log import AuditLog
     from cyxwiz.ledger.verifier_cli import run
