@@ -318,7 +318,7 @@ class ChainWriter:
                 return rec.seq, rec.hash, size
             if start == 0 or piece >= _TAIL_CHUNK:
                 break
-            piece *= 8
+            piece = min(piece * 8, _TAIL_CHUNK)
         if start == 0 and not any(lines):
             seq, prev = chain_head_before(self.directory, _day_of(self._day))
             return seq, prev, size
