@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import struct
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -32,6 +33,13 @@ FsyncPolicy = Literal["none", "interval", "always"]
 _TAIL_CHUNK = 128 * 1024
 _TAIL_FIRST_CHUNK = 4 * 1024
 _HEAD_MAP_BYTES = 256
+#: where in ``.head`` writers share when the last checkpoint was signed (CLOCK_MONOTONIC, one per host)
+_SIGNED_AT = 200
+_SIGNED_AT_FORMAT = struct.Struct("<d")
+#: after taking the log over from another process, a writer writes its Merkle nodes with each record for
+#: this many records: the next writer then loads the tree's frontier instead of re-hashing our records
+_SHARED_RECORDS = 64
+_HASH_HEX = 64
 _serialize = SecurityEvent.__pydantic_serializer__.to_json
 
 
@@ -97,6 +105,8 @@ class ChainWriter:
         self._alert: SecurityEvent | None = None
         self._checkpoint = b"\x00"  # the .head bytes we last wrote; never matches before the first write
         self._day_end_ts = float("-inf")  # start of the day after the head day
+        #: records left to write with their Merkle nodes flushed (another process took turns lately)
+        self._shared = 0
         self.open_lock_file()
 
     @property
@@ -128,15 +138,32 @@ class ChainWriter:
             if self._alert is not None:
                 self._append(_serialize(self._alert))
                 self._alert = None
+        elif self._shared:
+            self._shared -= 1
         seq = self._seq + 1
         leaf = self._append(data)
         mono = time.monotonic()
         if self.fsync != "none" and (self.fsync == "always" or mono - self._last_sync >= self.fsync_interval):
             os.fdatasync(self._fd)
             self._last_sync = mono
-        if mono >= self._sign_due:
+        if mono >= self._sign_due and not self._signed_lately(mono):
             self.sign()
         return seq, leaf, rolled
+
+    def _signed_lately(self, mono: float) -> bool:
+        """Another writer (another process) signed a checkpoint within the interval: the next one is due
+        from then, not from our own last one. Writers in many processes taking turns (a lifecycle each, the
+        verifier service) would otherwise each sign every interval. A writer's first record always signs;
+        what the other checkpoint does not cover, the timer signs (``AuditLog._checkpoint_unless_covered``)
+        """
+        head_map = self._head_map
+        if head_map is None or self.signer.signed_at == float("-inf"):
+            return False
+        (last,) = _SIGNED_AT_FORMAT.unpack_from(head_map, _SIGNED_AT)
+        if not last <= mono < last + self.signer.interval:  # never, or long ago (or another clock)
+            return False
+        self._sign_due = last + self.signer.interval
+        return True
 
     @property
     def head_seq(self) -> int:
@@ -156,6 +183,8 @@ class ChainWriter:
             history=history,
         )
         self._sign_due = self.signer.signed_at + self.signer.interval
+        if self._head_map is not None:
+            _SIGNED_AT_FORMAT.pack_into(self._head_map, _SIGNED_AT, self.signer.signed_at)
         self.dirty = False
         return note
 
@@ -185,12 +214,16 @@ class ChainWriter:
         written = os.write(self._fd, line)
         if written != len(line):
             self._write_all(line[written:])  # only on a nearly full disk: files take whole writes
+        if self._shared:
+            tree.flush()  # before the token: the next writer finds the tree whole (TreeWriter.sync)
         self._seq = seq
         self._prev_b = digest
+        start = self._size
         self._size += len(line)
         self.dirty = True
-        # The writers' cache token (unauthenticated): a later writer compares it with what it wrote last.
-        token = b"%s %d %s\n" % (self._day, seq, digest)
+        # The writers' cache token (unauthenticated): a later writer compares it with what it wrote last,
+        # and one taking over finds the chain head in it, at the offset of the line it names.
+        token = b"%s %d %s %d\n" % (self._day, seq, digest, start)
         head_map = self._head_map
         if head_map is not None:
             head_map[: len(token)] = token  # shared mapping: no system call per record
@@ -251,9 +284,11 @@ class ChainWriter:
         ).timestamp()
         if head == self._day and self._fd >= 0:
             size = os.fstat(self._fd).st_size
-            if size != self._size:  # someone else wrote since our last record: re-read the head
-                self._seq, self._prev, self._size = self._read_tail(self._fd, size)
-                self._compare_checkpoint()
+            if size != self._size:  # someone else wrote since our last record: find the head
+                self._shared = _SHARED_RECORDS
+                if not self._head_from_token(size):
+                    self._seq, self._prev, self._size = self._read_tail(self._fd, size)
+                    self._compare_checkpoint()
             self._sync_tree()
             return
         if self._fd >= 0:
@@ -271,6 +306,45 @@ class ChainWriter:
         self._compare_checkpoint()
         self._sync_tree()
 
+    def _head_from_token(self, size: int) -> bool:
+        """The chain head as the last writer left it in ``.head``: its day, seq and hash, and the offset of
+        its line, which must be the day file's last line and begin with that hash and seq (one read of
+        that line, no parse). Anything else (a spoiled token after a failed write, a crash between the
+        line and the token, a torn line, another day, a seq behind what this writer saw) is False: the
+        caller reads the tail.
+
+        Like the tail, the token is nobody's word for what the records say: a next record chains to this
+        hash, and ``verify`` checks every link against the records themselves."""
+        token = self._token()
+        if token is None:
+            return False
+        seq, digest, start = token
+        if not (0 <= start < size and seq >= max(self._seq, 1)):
+            return False
+        line = os.pread(self._fd, size - start, start)
+        if not (
+            line.endswith(b"\n")
+            and line.count(b"\n") == 1
+            and line.startswith(b'{"hash":"%s","seq":%d,"prev":"' % (digest, seq))
+            and (start == 0 or os.pread(self._fd, 1, start - 1) == b"\n")
+        ):
+            return False
+        self._seq, self._prev_b, self._size = seq, digest, size
+        self._compare_signed()
+        return True
+
+    def _token(self) -> tuple[int, bytes, int] | None:
+        """(seq, hash, line offset) from ``.head`` when it names the open day, else None."""
+        if self._head_map is None:
+            return None
+        parts = self._head_map[:_SIGNED_AT].split(b"\n", 1)[0].split(b" ")
+        if len(parts) != 4 or parts[0] != self._day or len(parts[2]) != _HASH_HEX:
+            return None
+        try:
+            return int(parts[1]), parts[2], int(parts[3])
+        except ValueError:
+            return None
+
     def _sync_tree(self) -> None:
         assert self._tree is not None
         self._tree.sync(self._seq, self._fd)
@@ -283,6 +357,10 @@ class ChainWriter:
             written = checkpoint[1]
             if checkpoint[1] == self._seq and checkpoint[2] != self._prev:
                 written = self._seq + 1
+        self._compare_signed(written)
+
+    def _compare_signed(self, written: int = 0) -> None:
+        """Records vanished if the latest checkpoint (or ``written``) claims more than the head holds."""
         written = max(written, signed_size_hint(self.directory))
         if written > self._seq:
             from cyxwiz.audit.events import integrity_alert

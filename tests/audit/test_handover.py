@@ -1,6 +1,8 @@
 """Two writers taking turns on one log, as a lifecycle process and the verifier service do at every escrow
-move: each hand-over catches the chain head and the Merkle tree up from the end of the day file, reading
-only what the other writer appended, however long the day's file already is (H3, H4; issue 17's speed)."""
+move: each hand-over finds the chain head where the other writer left it (its token in ``.head``, checked
+against the day file's last line) and the Merkle tree whole (a writer taking turns flushes its nodes with
+each record), reading only what the other writer appended, however long the day's file already is; and
+one checkpoint every interval serves them all (H3, H4; issue 17's speed)."""
 
 from __future__ import annotations
 
@@ -41,21 +43,126 @@ def test_writers_taking_turns_read_only_what_the_other_appended(
         first.record(sample_event(i))
     parsed = _count_parses(monkeypatch)
     receipts = [(first if turn % 2 else second).record(sample_event(10_000 + turn)) for turn in range(TURNS)]
-    # Each turn re-reads the other's last record and the leaves the tree lacks: a few lines, where a
-    # catch-up that parsed the whole tail read hundreds of records per turn.
-    assert 0 < sum(parsed.values()) <= 4 * TURNS, parsed
+    # The second writer's first turn reads the tail (its first look at the day) and the leaves the tree
+    # lacks (the first writer's batch not yet flushed); from then on every hand-over takes the head from
+    # the token and the tree from its file: no record is parsed, where a catch-up that parsed the whole
+    # tail read hundreds of records per turn.
+    assert 0 < sum(parsed.values()) <= tree_writer.FLUSH_LEAVES + 2, parsed
+    parsed.clear()
+    receipts += [(first if turn % 2 else second).record(sample_event(20_000 + turn)) for turn in range(TURNS)]
+    assert sum(parsed.values()) == 0, parsed
     first.close()
     second.close()
 
     report = verify_log(log_dir, public_key=TEST_KEY.public_key())
     assert report.ok, report.problems[:3]
-    assert report.records == EARLIER + TURNS
-    assert [r.seq for r in receipts] == list(range(EARLIER + 1, EARLIER + TURNS + 1))
+    assert report.records == EARLIER + 2 * TURNS
+    assert [r.seq for r in receipts] == list(range(EARLIER + 1, EARLIER + 2 * TURNS + 1))
     # the tree both writers kept holds each one's records, under the checkpoint signed at the last close
     for receipt in receipts[-2:]:
         bundle = prove_inclusion(log_dir, receipt.event_id)
         assert (bundle["seq"], bundle["leaf_hash"]) == (receipt.seq, receipt.leaf.hex())
-        assert bundle["tree_size"] == EARLIER + TURNS
+        assert bundle["tree_size"] == EARLIER + 2 * TURNS
+
+
+def _token(log_dir: Path) -> list[bytes]:
+    return (log_dir / ".head").read_bytes().split(b"\n", 1)[0].split(b" ")
+
+
+def _set_token(log_dir: Path, parts: list[bytes]) -> None:
+    head = bytearray((log_dir / ".head").read_bytes())
+    token = b" ".join(parts) + b"\n"
+    head[: len(token)] = token
+    (log_dir / ".head").write_bytes(bytes(head))
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        "another hash",  # the token names a hash the last line does not carry
+        "an earlier line",  # the offset of a line that is not the last
+        "mid-line offset",  # an offset inside the last line
+        "a seq behind",  # seq and offset of an earlier record, consistently
+        "past the end",
+        "not numbers",
+    ],
+)
+def test_a_token_that_does_not_match_the_day_files_end_is_not_believed(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch, lie: str
+) -> None:
+    """``.head`` is anyone's to write: a writer taking over believes its token only where the day file's
+    last line begins with that very hash and seq at that offset; else it reads the tail, and the chain it
+    continues is the records' (verify: intact; the honest hand-over beside it takes the token)."""
+    first = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False)
+    second = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False)
+    for i in range(5):
+        first.record(sample_event(i))
+    second.record(sample_event(5))  # second has seen the day: its next turns are hand-overs
+    first.record(sample_event(6))
+    day, seq, digest, start = _token(log_dir)
+    lines = next(log_dir.glob("audit-*.jsonl")).read_bytes().splitlines(keepends=True)
+    earlier_start = sum(len(line) for line in lines[:-2])
+    forged = {
+        "another hash": [day, seq, b"ab" * 32, start],
+        "an earlier line": [day, seq, digest, str(earlier_start).encode()],
+        "mid-line offset": [day, seq, digest, str(int(start) + 9).encode()],
+        "a seq behind": [day, str(int(seq) - 1).encode(), lines[-2][9:73], str(earlier_start).encode()],
+        "past the end": [day, seq, digest, b"%d" % (int(start) + 10**6)],
+        "not numbers": [day, b"x", digest, start],
+    }[lie]
+    parsed = _count_parses(monkeypatch)
+    _set_token(log_dir, forged)
+    receipt = second.record(sample_event(7))
+    # a token naming the last seq with another hash is the old tamper signal: an integrity alert first
+    alerted = lie == "another hash"
+    assert receipt.seq == 8 + alerted
+    assert parsed[writer.__name__] >= 1, "the forged token was believed"
+    # positive control: the next honest hand-over takes the token, parsing nothing
+    parsed.clear()
+    assert first.record(sample_event(8)).seq == 9 + alerted
+    assert sum(parsed.values()) == 0, parsed
+    first.close()
+    second.close()
+    report = verify_log(log_dir, public_key=TEST_KEY.public_key())
+    assert [p.kind.value for p in report.problems] == (["tamper-alert"] if alerted else [])
+    assert report.records == 9 + alerted
+
+
+def test_writers_taking_turns_share_one_checkpoint_schedule(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint signed by any writer within the interval makes the others' inline one not due: writers
+    in many processes taking turns sign about once per interval in all, not once each."""
+    first = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False, checkpoint_interval=60)
+    second = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False, checkpoint_interval=60)
+    first.record(sample_event(1))  # each writer's first record signs
+    second.record(sample_event(2))
+    assert _signed_size(log_dir) == 2
+    signed: list[int] = []
+    real_write = first._writer.signer.write
+
+    def counting_write(**kwargs: Any) -> bytes:
+        signed.append(kwargs["size"])
+        return real_write(**kwargs)
+
+    monkeypatch.setattr(first._writer.signer, "write", counting_write)
+    first._writer._sign_due = 0.0  # its own minute is up, but the other writer signed just now
+    first.record(sample_event(3))
+    assert signed == []
+    assert first._writer._sign_due == pytest.approx(second._writer.signer.signed_at + 60)
+    # positive control: once the last checkpoint any writer signed is older than the interval, it signs
+    second._writer.signer.signed_at -= 61
+    second._writer.sign()  # (re-signing records 1..3 moves the shared time back, as an old one would be)
+    from cyxwiz.audit.writer import _SIGNED_AT, _SIGNED_AT_FORMAT
+
+    assert second._writer._head_map is not None
+    _SIGNED_AT_FORMAT.pack_into(second._writer._head_map, _SIGNED_AT, second._writer.signer.signed_at - 61)
+    first._writer._sign_due = 0.0
+    first.record(sample_event(4))
+    assert signed == [4]
+    first.close()
+    second.close()
+    assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
 
 
 def _signed_size(log_dir: Path) -> int:
