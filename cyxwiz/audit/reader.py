@@ -165,7 +165,12 @@ def iter_raw_records(directory: Path) -> Iterator[tuple[int, bytes]]:
 def signed_size_hint(directory: Path) -> int:
     """The tree size the latest ``checkpoint`` file claims, unverified (writers' tamper alert only)."""
     try:
-        lines = (directory / CHECKPOINT_FILE).read_bytes()[:4096].split(b"\n")
+        # raw system calls: a writer taking the log over from another process reads this every time
+        fd = os.open(directory / CHECKPOINT_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            lines = os.read(fd, 4096).split(b"\n")
+        finally:
+            os.close(fd)
         return int(lines[1]) if len(lines) > 2 else 0
     except (OSError, ValueError):
         return 0

@@ -6,6 +6,7 @@ HTTP credentials) wherever they appear, become ``"[redacted]"``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -64,7 +65,9 @@ _SECRET_VALUE = re.compile(
 _MAX_DEPTH = 8
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(key: str) -> bool:
+    # cached: details keys come from a small set of names the code uses (every audit record asks)
     norm = key.strip().lower().replace("-", "_").replace(" ", "_")
     return norm in _SECRET_KEYS or norm.endswith(_SECRET_SUFFIXES)
 

@@ -202,17 +202,15 @@ class EscrowLedger:
         run_id: str | None = None,
     ) -> EscrowRecord:
         """Lock ``amount`` base units from a user key held in this process (F1, F3)."""
+        from cyxwiz.ledger.funding import create_signed
+
         wallet = user.pubkey()
         message = self.funding_message(job_id=job_id, user_wallet=wallet, amount=amount)
-        return self.create_signed(
-            job_id=job_id,
-            user_wallet=wallet,
-            amount=amount,
-            message=message,
-            user_signature=user.sign_message(message),
-            deadline=deadline,
-            run_id=run_id,
-        )
+        # the signature is made here, by the wallet's own key: good by construction (not verified again)
+        return create_signed(
+            self, job_id=job_id, user_wallet=wallet, amount=amount, message=message,
+            user_signature=user.sign_message(message), deadline=deadline, run_id=run_id, signed_here=True,
+        )  # fmt: skip
 
     def create_signed(
         self,

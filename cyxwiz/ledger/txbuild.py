@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -72,8 +73,11 @@ def dispute_address(payer: Pubkey, job_id: str, user: Pubkey | str) -> Pubkey:
     return Pubkey.create_with_seed(payer, dispute_seed(job_id, user), TOKEN_PROGRAM_ID)
 
 
+@functools.lru_cache(maxsize=4096)
 def token_account_of(owner: Pubkey, mint: Pubkey) -> Pubkey:
-    """The owner's associated token account for ``mint``: where a wallet receives tokens."""
+    """The owner's associated token account for ``mint``: where a wallet receives tokens. A pure function
+    of its arguments (a program-derived address: a dozen SHA-256 and a curve check), so remembered: every
+    escrow move of a user or node derives the same one."""
     return token_ix.get_associated_token_address(owner, mint)
 
 
