@@ -13,16 +13,20 @@ Layout of the log directory (0700, files 0600)::
 Concurrency: threads of one process serialise on a ``threading.Lock``; processes on one host on an
 ``flock`` of ``.head``. Under the lock a writer checks that ``.head`` still holds the checkpoint it wrote
 last (then nobody else appended and its cached seq/hash are the chain head: one ``pread``); otherwise it
+takes the head from the token the last writer left there (day, seq, hash and the offset of its line),
+believed only where the day file's last line begins with that hash and seq at that offset, and else
 re-reads the head from the day file's last line. It appends the whole line with one ``write(2)`` on an
-``O_APPEND`` descriptor (no torn or interleaved lines) after appending its Merkle nodes, and writes the new
-``.head``. A failed write spoils ``.head``, so the next writer re-reads the tail, terminates a partial line
-and cuts the tree back to the records. ``.head`` is only the writers' cache token: nothing in it is
-trusted by ``verify``; the signed checkpoints are what authenticates the log's end.
+``O_APPEND`` descriptor (no torn or interleaved lines), and writes the new ``.head``; a writer that took
+the log over from another process lately writes its Merkle nodes with each record, before the token, so
+the next one finds the tree whole. A failed write spoils ``.head``, so the next writer re-reads the tail,
+terminates a partial line and cuts the tree back to the records. ``.head`` is only the writers' cache
+token: nothing in it is trusted by ``verify``; the signed checkpoints are what authenticates the log's end.
 
 Every writer holds the audit key (production refuses to open without one; ``dev=True`` uses a throw-away
 key and says so loudly) and signs a checkpoint at its first record, at most every
-:data:`~cyxwiz.audit.signer.CHECKPOINT_INTERVAL` while appending, within the same delay after the last
-append (a timer thread), at day rotation and at close.
+:data:`~cyxwiz.audit.signer.CHECKPOINT_INTERVAL` while appending (counted from the last checkpoint any
+writer signed, which ``.head`` records), within the same delay after the last append unless another
+writer's checkpoint covers its records (a timer thread), at day rotation and at close.
 
 Days only move forward: a writer whose clock is behind the chain's day appends to the chain's day, so the
 chain never forks across two files. A day file is never written again once the head moved past it; only
