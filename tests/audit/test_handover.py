@@ -138,21 +138,12 @@ def test_writers_taking_turns_share_one_checkpoint_schedule(
     first.record(sample_event(1))  # each writer's first record signs
     second.record(sample_event(2))
     assert _signed_size(log_dir) == 2
-    signed: list[int] = []
-    real_write = first._writer.signer.write
-
-    def counting_write(**kwargs: Any) -> bytes:
-        signed.append(kwargs["size"])
-        return real_write(**kwargs)
-
-    monkeypatch.setattr(first._writer.signer, "write", counting_write)
+    signed = _count_signatures(first, monkeypatch)
     first._writer._sign_due = 0.0  # its own minute is up, but the other writer signed just now
     first.record(sample_event(3))
     assert signed == []
     assert first._writer._sign_due == pytest.approx(second._writer.signer.signed_at + 60)
     # positive control: once the last checkpoint any writer signed is older than the interval, it signs
-    second._writer.signer.signed_at -= 61
-    second._writer.sign()  # (re-signing records 1..3 moves the shared time back, as an old one would be)
     from cyxwiz.audit.writer import _SIGNED_AT, _SIGNED_AT_FORMAT
 
     assert second._writer._head_map is not None
@@ -163,6 +154,19 @@ def test_writers_taking_turns_share_one_checkpoint_schedule(
     first.close()
     second.close()
     assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
+
+
+def _count_signatures(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The tree sizes of the checkpoints ``log``'s writer signs from now on."""
+    signed: list[int] = []
+    real_write = log._writer.signer.write
+
+    def counting_write(**kwargs: Any) -> bytes:
+        signed.append(kwargs["size"])
+        return real_write(**kwargs)
+
+    monkeypatch.setattr(log._writer.signer, "write", counting_write)
+    return signed
 
 
 def _signed_size(log_dir: Path) -> int:
@@ -181,14 +185,7 @@ def test_a_checkpoint_another_writer_signed_spares_the_timers_signature(
     first.record(sample_event(2))
     second.record(sample_event(3))  # caught up, it signs records 1..3 inline
     assert _signed_size(log_dir) == 3
-    signed: list[int] = []
-    real_write = first._writer.signer.write
-
-    def counting_write(**kwargs: Any) -> bytes:
-        signed.append(kwargs["size"])
-        return real_write(**kwargs)
-
-    monkeypatch.setattr(first._writer.signer, "write", counting_write)
+    signed = _count_signatures(first, monkeypatch)
 
     assert first._writer.dirty
     first._checkpoint_unless_covered()  # its records 1..2 are under the other writer's checkpoint
