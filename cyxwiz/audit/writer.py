@@ -319,7 +319,9 @@ class ChainWriter:
         if token is None:
             return False
         seq, digest, start = token
-        if not (0 <= start < size and seq >= max(self._seq, 1)):
+        # a record's line is far shorter than the tail's longest read: a token naming an early offset of a
+        # long file (forged) costs no more than reading the tail would
+        if not (0 <= start < size and size - start <= _TAIL_CHUNK and seq >= max(self._seq, 1)):
             return False
         line = os.pread(self._fd, size - start, start)
         if not (
@@ -339,6 +341,8 @@ class ChainWriter:
             return None
         parts = self._head_map[:_SIGNED_AT].split(b"\n", 1)[0].split(b" ")
         if len(parts) != 4 or parts[0] != self._day or len(parts[2]) != _HASH_HEX:
+            return None
+        if parts[2].strip(b"0123456789abcdef"):  # the next record's prev: lowercase hex only
             return None
         try:
             return int(parts[1]), parts[2], int(parts[3])

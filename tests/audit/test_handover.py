@@ -6,6 +6,7 @@ one checkpoint every interval serves them all (H3, H4; issue 17's speed)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def _set_token(log_dir: Path, parts: list[bytes]) -> None:
         "a seq behind",  # seq and offset of an earlier record, consistently
         "past the end",
         "not numbers",
+        "not hex",  # the right length, at the right offset, but not a hash
     ],
 )
 def test_a_token_that_does_not_match_the_day_files_end_is_not_believed(
@@ -100,21 +102,29 @@ def test_a_token_that_does_not_match_the_day_files_end_is_not_believed(
     second.record(sample_event(5))  # second has seen the day: its next turns are hand-overs
     first.record(sample_event(6))
     day, seq, digest, start = _token(log_dir)
-    lines = next(log_dir.glob("audit-*.jsonl")).read_bytes().splitlines(keepends=True)
+    lines = next(log_dir.glob("audit-????-??-??.jsonl")).read_bytes().splitlines(keepends=True)
     earlier_start = sum(len(line) for line in lines[:-2])
     forged = {
         "another hash": [day, seq, b"ab" * 32, start],
         "an earlier line": [day, seq, digest, str(earlier_start).encode()],
         "mid-line offset": [day, seq, digest, str(int(start) + 9).encode()],
-        "a seq behind": [day, str(int(seq) - 1).encode(), lines[-2][9:73], str(earlier_start).encode()],
+        # (not the second writer's own last record: a token equal to what a writer wrote last is its
+        # cache hit by design, nothing taken over)
+        "a seq behind": [
+            day,
+            str(int(seq) - 2).encode(),
+            lines[-3][9:73],
+            str(earlier_start - len(lines[-3])).encode(),
+        ],
         "past the end": [day, seq, digest, b"%d" % (int(start) + 10**6)],
         "not numbers": [day, b"x", digest, start],
+        "not hex": [day, seq, b"ZZ" * 32, start],
     }[lie]
     parsed = _count_parses(monkeypatch)
     _set_token(log_dir, forged)
     receipt = second.record(sample_event(7))
     # a token naming the last seq with another hash is the old tamper signal: an integrity alert first
-    alerted = lie == "another hash"
+    alerted = lie in {"another hash", "not hex"}
     assert receipt.seq == 8 + alerted
     assert parsed[writer.__name__] >= 1, "the forged token was believed"
     # positive control: the next honest hand-over takes the token, parsing nothing
@@ -126,6 +136,38 @@ def test_a_token_that_does_not_match_the_day_files_end_is_not_believed(
     report = verify_log(log_dir, public_key=TEST_KEY.public_key())
     assert [p.kind.value for p in report.problems] == (["tamper-alert"] if alerted else [])
     assert report.records == 9 + alerted
+
+
+def test_a_token_naming_an_early_offset_costs_no_more_than_the_tail(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged token naming an early line of a long day file would have the writer read the whole file
+    to find that line is not the last: it reads no more than the tail's longest read instead."""
+    first = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False)
+    second = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False)
+    second.record(sample_event(0))
+    for i in range(1, 200):
+        first.record(sample_event(i))
+    day_file = next(log_dir.glob("audit-????-??-??.jsonl"))
+    second_line = day_file.read_bytes().split(b"\n", 2)[1]
+    offset = day_file.read_bytes().index(b"\n") + 1
+    monkeypatch.setattr(writer, "_TAIL_CHUNK", writer._TAIL_FIRST_CHUNK)
+    assert day_file.stat().st_size > 2 * writer._TAIL_CHUNK
+    size = day_file.stat().st_size
+    reads: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append((length, offset))
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(writer.os, "pread", pread)
+    _set_token(log_dir, [_token(log_dir)[0], b"2", second_line[9:73], str(offset).encode()])
+    assert second.record(sample_event(200)).seq == 201
+    assert (size - offset, offset) not in reads, "read from the token's offset to the end of the file"
+    first.close()
+    second.close()
+    assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
 
 
 def test_writers_taking_turns_share_one_checkpoint_schedule(
