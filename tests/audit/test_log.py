@@ -108,34 +108,28 @@ def test_a_writer_with_a_slow_clock_never_forks_the_chain_into_an_old_day(log_di
     assert [r.seq for r in recs] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    "torn",
+    [
+        b'{"hash":"abc',  # a writer process crashed mid-write
+        # The head is looked for in growing reads from the end (4 KiB first): a torn line of 40 KB takes two.
+        b'{"hash":"' + b"a" * 40_000,
+    ],
+    ids=["short", "longer-than-the-first-read"],
+)
 def test_torn_tail_is_terminated_and_chain_continues_from_last_intact_record(
-    audit_log: AuditLog, log_dir: Path, clock: ManualClock
+    audit_log: AuditLog, log_dir: Path, clock: ManualClock, torn: bytes
 ) -> None:
     audit_log.record(sample_event(1))
     path = log_dir / "audit-2026-11-20.jsonl"
     with path.open("ab") as fh:
-        fh.write(b'{"hash":"abc')  # a writer process crashed mid-write
+        fh.write(torn)
     with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as restarted:
         restarted.record(sample_event(2))
     lines = path.read_bytes().splitlines()
-    assert lines[1] == b'{"hash":"abc'
+    assert len(lines) == 3 and lines[1] == torn
     assert parse_line(lines[2]).prev == parse_line(lines[0]).hash
     assert parse_line(lines[2]).seq == 2
-
-
-def test_a_torn_tail_longer_than_the_first_read_is_found_past(
-    audit_log: AuditLog, log_dir: Path, clock: ManualClock
-) -> None:
-    # The head is looked for in growing reads from the end (4 KiB first): a torn line of 40 KB takes two.
-    audit_log.record(sample_event(1))
-    path = log_dir / "audit-2026-11-20.jsonl"
-    with path.open("ab") as fh:
-        fh.write(b'{"hash":"' + b"a" * 40_000)
-    with AuditLog.open(log_dir, signing_key=TEST_KEY, clock=clock, auto_maintain=False) as restarted:
-        restarted.record(sample_event(2))
-    lines = path.read_bytes().splitlines()
-    assert len(lines) == 3 and len(lines[1]) == 40_009
-    assert (parse_line(lines[2]).seq, parse_line(lines[2]).prev) == (2, parse_line(lines[0]).hash)
 
 
 def test_failed_write_makes_every_writer_reread_the_tail(
