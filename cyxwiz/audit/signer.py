@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint, verify_checkpoint
 from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, checkpoints_name
@@ -46,8 +46,12 @@ class CheckpointSigner:
     history_at: float = field(default=float("-inf"))
     signed_size: int = -1
 
+    #: the key's public half, derived once (``covers`` checks the note on disk several times a second)
+    public_key: Ed25519PublicKey = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         check_origin(self.origin)
+        self.public_key = self.key.public_key()
 
     def due(self, now: float) -> bool:
         return now - self.signed_at >= self.interval
@@ -82,7 +86,9 @@ class CheckpointSigner:
         replaced by a larger one (a torn or foreign note reads as not covering)."""
         try:
             note = (self.directory / CHECKPOINT_FILE).read_bytes()[:16384]
-            checkpoint = verify_checkpoint(note, public_key=self.key.public_key(), origin=self.origin)
+            if _claimed_size(note) < size:
+                return False  # whatever signed it, it does not cover them: no signature to check
+            checkpoint = verify_checkpoint(note, public_key=self.public_key, origin=self.origin)
         except (OSError, AuditIntegrityError):
             return False
         return checkpoint.size >= size
@@ -168,3 +174,12 @@ def read_latest_checkpoint(directory: Path, *, wait_s: float = 0.5) -> bytes | N
     finally:
         if lock >= 0:
             os.close(lock)  # releases the shared lock
+
+
+def _claimed_size(note: bytes) -> int:
+    """The tree size a note's second line states, unverified; -1 when it states none."""
+    lines = note.split(b"\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 2 and lines[1].isdigit() else -1
+    except ValueError:
+        return -1

@@ -252,3 +252,31 @@ def test_a_checkpoint_another_writer_signed_spares_the_timers_signature(
     first.close()
     second.close()
     assert verify_log(log_dir, public_key=TEST_KEY.public_key()).ok
+
+
+def test_the_timer_checks_no_signature_on_a_note_that_claims_too_few_records(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writers' timers look at the checkpoint several times a second in every process: a note whose
+    stated size is below the writer's head cannot cover it, whoever signed it, so it costs no Ed25519
+    verify; one that claims enough is believed only once its signature verifies (above)."""
+    from cyxwiz.audit import signer as signer_module
+
+    log = AuditLog.open(log_dir, signing_key=TEST_KEY, auto_maintain=False, checkpoint_interval=60)
+    log.record(sample_event(1))  # signs inline: the note on disk covers 1
+    checked: list[int] = []
+    real_verify = signer_module.verify_checkpoint
+
+    def counting_verify(note: bytes, **kwargs: Any) -> Any:
+        checked.append(len(note))
+        return real_verify(note, **kwargs)
+
+    monkeypatch.setattr(signer_module, "verify_checkpoint", counting_verify)
+    signer = log._writer.signer
+    assert signer.covers(1) and len(checked) == 1  # positive control: claims enough, verified, covers
+    assert not signer.covers(2) and len(checked) == 1  # claims 1 of 2: not covering, nothing verified
+    for garbage in (b"", b"origin\n", b"origin\nnot-a-size\nroot\n", b"origin\n-5\nroot\n"):
+        (log_dir / "checkpoint").write_bytes(garbage)
+        assert not signer.covers(1)
+    assert len(checked) == 1
+    log.close()

@@ -16,6 +16,7 @@ from cyxwiz.audit.checkpoint import sign_checkpoint, verify_checkpoint
 from cyxwiz.audit.merkle import Frontier
 from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, build_line, leaf_of, parse_line
 from cyxwiz.audit.verify import Kind, VerifyReport, verify_log
+from cyxwiz.errors import AuditIntegrityError
 from tests.audit.conftest import TEST_KEY, ManualClock, build_log, sample_event
 from tests.audit.tamper import edit_lines
 
@@ -234,3 +235,12 @@ def test_everything_deleted_but_the_tree_is_still_detected(files: list[Path], lo
             path.unlink()
     report = verify_log(log_dir, public_key=PUB)
     assert Kind.TRUNCATED in _kinds(report) and "records deleted" in str(report.first)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\t", "\x0b", "\r", "\x1f"])
+def test_checkpoint_with_a_control_character_is_refused(files: list[Path], log_dir: Path, char: str) -> None:
+    note = (log_dir / CHECKPOINT_FILE).read_bytes()
+    assert verify_checkpoint(note, public_key=PUB).size == 20  # positive control: only newlines in it
+    origin, rest = note.split(b"\n", 1)
+    with pytest.raises(AuditIntegrityError, match="control characters"):
+        verify_checkpoint(origin + char.encode() + b"\n" + rest, public_key=PUB)
