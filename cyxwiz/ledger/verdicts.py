@@ -28,6 +28,9 @@ from cyxwiz.ledger.attestation import ReportAttestation
 from cyxwiz.ledger.cosign import CosignRefusedError
 
 metadata = sa.MetaData()
+#: how many recorded (job, verdict) keys a book remembers (about 150 bytes each)
+_KNOWN_VERDICTS = 4096
+
 verdicts = sa.Table(
     "cyxwiz_verifier_verdicts",
     metadata,
@@ -104,6 +107,10 @@ class VerdictBook:
         self._flush = flush
         self._owns_fast = False  # an in-process verifier shares the escrow store's connections
         self._conflicts = rawsql.integrity_errors(engine)
+        #: (job, verdict) rows known to be on disk, inserted here or found there: the first one stands and
+        #: none is ever deleted, so recording it again (a release co-signed for the verdict this service
+        #: signed) is a no-op that need not reach the database. Bounded; a miss only costs the insert.
+        self._known: dict[tuple[str, str], None] = {}
         metadata.create_all(engine)
 
     @classmethod
@@ -122,6 +129,9 @@ class VerdictBook:
 
     def record(self, attestation: ReportAttestation) -> None:
         """Remember a verdict this verifier signed or a passing report it co-signed a release for."""
+        key = (attestation.job_id, attestation.verdict)
+        if key in self._known:
+            return
         row = {
             "job_id": attestation.job_id,
             "verdict": attestation.verdict,
@@ -135,6 +145,9 @@ class VerdictBook:
                 rawsql.insert(conn, verdicts.name, row)
         except self._conflicts:
             pass  # this job already has a verdict of this kind: the first one stands
+        if len(self._known) >= _KNOWN_VERDICTS:
+            self._known.clear()  # threads share it: no partial eviction mid-iteration
+        self._known[key] = None
 
     def record_answer(self, job_id: str, *, request_sha256: str, answer: dict[str, Any]) -> None:
         """Keep the answer given to a verification request (the first one stands)."""

@@ -63,3 +63,40 @@ def test_the_services_own_book_needs_no_flush(tmp_path: object) -> None:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     finally:
         book.dispose()
+
+
+def test_a_verdict_already_on_disk_is_not_written_again(local_world: World, tmp_path: object) -> None:
+    """The service records the verdict it signs, then again when it co-signs that job's release: the first
+    one stands and none is ever deleted, so the second needs no write transaction (nor its conflict)."""
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+    from typing import Any
+
+    from cyxwiz.ledger.attestation import ReportAttestation
+    from cyxwiz.ledger.verdicts import VerdictBook
+
+    path = Path(str(tmp_path)) / "verdicts.db"
+    passed = ReportAttestation.parse(local_world.attest("job-k"))
+    books = [VerdictBook.open(path), VerdictBook.open(path)]  # the second: another process, same file
+    writes: list[int] = []
+    for n, book in enumerate(books):
+        real = book._write
+
+        def counting(*, raw: bool = True, n: int = n, real: Any = real) -> AbstractContextManager[Any]:
+            writes.append(n)
+            return real(raw=raw)  # type: ignore[no-any-return]
+
+        book._write = counting  # type: ignore[method-assign]
+    try:
+        books[0].record(passed)
+        books[0].record(passed)  # the release's co-sign
+        assert writes == [0] and books[0].passing("job-k") == passed.to_json()
+        books[1].record(passed)  # not known there: its insert finds the row and gives way
+        books[1].record(passed)
+        assert writes == [0, 1]
+        failed = ReportAttestation.parse(local_world.attest("job-k", verdict="fail"))
+        books[0].record(failed)  # another kind of verdict for the job is its own row: written
+        assert writes == [0, 1, 0]
+    finally:
+        for book in books:
+            book.dispose()
