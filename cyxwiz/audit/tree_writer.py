@@ -100,7 +100,9 @@ class TreeWriter:
         have = min(size_for_nodes(stored), n)
         if stored != nodes_for(have):
             self.file.truncate(have)  # nodes of a record that never landed, or a torn write
-        frontier = self.file.frontier(have)
+        known = self.frontier
+        # another writer's records since ours (a hand-over): ours still stand, theirs are read in one piece
+        frontier = self.file.advance(known, have) if known is not None else self.file.frontier(have)
         if have < n:
             leaves = _tail_leaves(day_fd, have, n) or _all_leaves(self.directory, have, n)
             if len(leaves) != n - have:

@@ -50,8 +50,22 @@ def test_writers_taking_turns_read_only_what_the_other_appended(
     # tail read hundreds of records per turn.
     assert 0 < sum(parsed.values()) <= tree_writer.FLUSH_LEAVES + 2, parsed
     parsed.clear()
+    from cyxwiz.audit import tree as tree_module
+
+    tree_reads: list[int] = []
+    real_pread = tree_module.os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if fd in (first._writer._tree.file.fd, second._writer._tree.file.fd):  # type: ignore[union-attr]
+            tree_reads.append(length)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(tree_module.os, "pread", pread)
     receipts += [(first if turn % 2 else second).record(sample_event(20_000 + turn)) for turn in range(TURNS)]
     assert sum(parsed.values()) == 0, parsed
+    # and the frontier moves past the other's record in one read of its nodes, not one per subtree
+    assert len(tree_reads) == TURNS and max(tree_reads) <= 10 * 32, tree_reads  # a leaf and its parents
+    monkeypatch.undo()
     first.close()
     second.close()
 

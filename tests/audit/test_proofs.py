@@ -91,6 +91,45 @@ def test_stored_tree_proofs_round_trip(tmp_path: Path, n: int, picks: list[tuple
     tree.close()
 
 
+@QUICK
+@given(n=st.integers(1, 3000), data=st.data())
+def test_the_frontier_advances_in_one_read(
+    tmp_path: Path, n: int, data: st.DataObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer taking the log over moves its frontier past the other's records: the same frontier as
+    one read per subtree (the reference), from one read of the nodes written since; a long way, or a
+    frontier ahead of the size, falls back to the reference."""
+    from cyxwiz.audit import tree as tree_module
+
+    directory = tmp_path / f"a{n}"
+    directory.mkdir(exist_ok=True)
+    tree = TreeFile.open(directory, writable=True)
+    tree.truncate(0)
+    frontier = Frontier()
+    for i in range(n):
+        tree.append(frontier.append(leaf_hash(b"record %d" % i)))
+    new = data.draw(st.integers(0, n))
+    old = data.draw(st.integers(max(0, new - data.draw(st.sampled_from([1, 3, 64, 5000]))), new))
+    reads: list[int] = []
+    real_pread = tree_module.os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return real_pread(fd, length, offset)
+
+    start = tree.frontier(old)
+    monkeypatch.setattr(tree_module.os, "pread", pread)
+    moved = tree.advance(start, new)
+    reference = tree.frontier(new)
+    assert (moved.size, moved.levels, moved.hashes) == (reference.size, reference.levels, reference.hashes)
+    if new - old <= 500:
+        assert len(reads) == (new > old) + new.bit_count()  # one for the advance, then the reference's
+    behind = tree.advance(reference, old)  # a frontier past the size asked for: the reference's reads
+    assert (behind.size, behind.hashes) == (old, start.hashes)
+    monkeypatch.undo()
+    tree.close()
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(2, 30), data=st.data())
 def test_random_log_random_truncation_point_is_detected(
