@@ -162,11 +162,13 @@ def iter_raw_records(directory: Path) -> Iterator[tuple[int, bytes]]:
                 continue
 
 
-def signed_size_hint(directory: Path) -> int:
-    """The tree size the latest ``checkpoint`` file claims, unverified (writers' tamper alert only)."""
+def signed_size_hint(directory: Path | bytes) -> int:
+    """The tree size the latest ``checkpoint`` file claims, unverified (writers' tamper alert only).
+    ``directory``: the log's, or (bytes) the checkpoint file's own path, as a writer keeps it."""
     try:
         # raw system calls: a writer taking the log over from another process reads this every time
-        fd = os.open(directory / CHECKPOINT_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        path = directory if isinstance(directory, bytes) else directory / CHECKPOINT_FILE
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             lines = os.read(fd, 4096).split(b"\n")
         finally:

@@ -98,15 +98,14 @@ class TreeFile:
             raise AuditIntegrityError(
                 f"Merkle tree file ends before the nodes of {size} leaves", path=str(self.path), rule="H4"
             )
-        kept = dict(zip(old.levels, old.hashes, strict=True))
-        hashes, start = [], 0
-        for level in range(size.bit_length() - 1, -1, -1):
+        # the two sizes agree on every binary digit from ``low`` up: those subtrees are the old ones
+        low = (old.size ^ size).bit_length()
+        hashes = old.hashes[: (size >> low).bit_count()]
+        start = size >> low << low
+        for level in range(low - 1, -1, -1):
             if size >> level & 1:
-                at = node_position(level, start >> level)
-                if at >= base:
-                    hashes.append(block[(at - base) * HASH_SIZE : (at - base + 1) * HASH_SIZE])
-                else:
-                    hashes.append(kept[level])
+                at = (node_position(level, start >> level) - base) * HASH_SIZE
+                hashes.append(block[at : at + HASH_SIZE])
                 start += 1 << level
         return Frontier(size=size, hashes=hashes)
 

@@ -97,7 +97,8 @@ class TreeWriter:
         if self.frontier is not None and self.frontier.size == n and stored == nodes_for(n):
             self._flushed_nodes = stored
             return
-        have = min(size_for_nodes(stored), n)
+        # (the common case, the other writer's nodes stored with its records, needs no search for the size)
+        have = n if stored == nodes_for(n) else min(size_for_nodes(stored), n)
         if stored != nodes_for(have):
             self.file.truncate(have)  # nodes of a record that never landed, or a torn write
         known = self.frontier

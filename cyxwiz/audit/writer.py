@@ -21,7 +21,15 @@ from typing import Literal
 
 from cyxwiz.audit.events import SecurityEvent
 from cyxwiz.audit.reader import chain_head_before, read_checkpoint, signed_size_hint
-from cyxwiz.audit.records import GENESIS, HEAD_FILE, RecordFormatError, append_line, log_name, parse_line
+from cyxwiz.audit.records import (
+    CHECKPOINT_FILE,
+    GENESIS,
+    HEAD_FILE,
+    RecordFormatError,
+    append_line,
+    log_name,
+    parse_line,
+)
 from cyxwiz.audit.signer import CheckpointSigner
 from cyxwiz.audit.tree_writer import TreeWriter
 from cyxwiz.errors import AuditIntegrityError
@@ -33,6 +41,8 @@ FsyncPolicy = Literal["none", "interval", "always"]
 _TAIL_CHUNK = 128 * 1024
 _TAIL_FIRST_CHUNK = 4 * 1024
 _HEAD_MAP_BYTES = 256
+#: ``.head`` begins with the ISO day of the chain head (``YYYY-MM-DD``)
+_DAY_BYTES = 10
 #: where in ``.head`` writers share when the last checkpoint was signed (CLOCK_MONOTONIC, one per host)
 _SIGNED_AT = 200
 _SIGNED_AT_FORMAT = struct.Struct("<d")
@@ -95,6 +105,8 @@ class ChainWriter:
         self._tree: TreeWriter | None = None
         self._head_map: mmap.mmap | None = None
         self._day = b""  # the day (ISO bytes) whose file self._fd is
+        #: the checkpoint file's path, read at every hand-over (no path object built each time)
+        self._checkpoint_file = os.fsencode(directory / CHECKPOINT_FILE)
         self._size = -1  # file size right after our last write; -1 = unknown
         self._seq = 0
         self._prev_b = GENESIS.encode("ascii")  # hash of the chain head, hex bytes (hot path)
@@ -134,7 +146,12 @@ class ChainWriter:
             and tree is not None
             and tree.frontier is not None
         ):
-            rolled = self.sync_head(now_dt or datetime.fromtimestamp(now, UTC))
+            if now < self._day_end_ts and head_map is not None and head_map[:_DAY_BYTES] == self._day:
+                # Another writer appended since ours, on the day we are on (so not before today, and today
+                # is not after it): no rotation, only the head to find (what sync_head would do)
+                self._sync_day(self._day)
+            else:
+                rolled = self.sync_head(now_dt or datetime.fromtimestamp(now, UTC))
             if self._alert is not None:
                 self._append(_serialize(self._alert))
                 self._alert = None
@@ -278,10 +295,6 @@ class ChainWriter:
         return _day_of(head)
 
     def _sync_day(self, head: bytes) -> None:
-        day = _day_of(head)
-        self._day_end_ts = datetime.combine(
-            day + timedelta(days=1), datetime.min.time(), tzinfo=UTC
-        ).timestamp()
         if head == self._day and self._fd >= 0:
             size = os.fstat(self._fd).st_size
             if size != self._size:  # someone else wrote since our last record: find the head
@@ -291,6 +304,10 @@ class ChainWriter:
                     self._compare_checkpoint()
             self._sync_tree()
             return
+        day = _day_of(head)
+        self._day_end_ts = datetime.combine(
+            day + timedelta(days=1), datetime.min.time(), tzinfo=UTC
+        ).timestamp()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -365,7 +382,7 @@ class ChainWriter:
 
     def _compare_signed(self, written: int = 0) -> None:
         """Records vanished if the latest checkpoint (or ``written``) claims more than the head holds."""
-        written = max(written, signed_size_hint(self.directory))
+        written = max(written, signed_size_hint(self._checkpoint_file))
         if written > self._seq:
             from cyxwiz.audit.events import integrity_alert
 
