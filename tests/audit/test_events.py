@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cyxwiz.audit import events
 from cyxwiz.audit.events import ActorType, EventType, Outcome, SecurityEvent
@@ -178,3 +180,35 @@ def test_deep_nesting_is_cut() -> None:
         cur = cur["d"]  # type: ignore[assignment]
     ev = events.data_access(actor_id="u", actor_type="user", resource="r", action="a", details=deep)  # type: ignore[arg-type]
     assert "too deep" in ev.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "BEARER abcdefghijklmnop",
+        "bAsIc QWxhZGRpbjpvcGVu",
+        "EYJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+        "-----begin ec private key-----\nMHcCAQEE\n-----end ec private key-----",
+        "Baſic QWxhZGRpbjpvcGVu",  # not ASCII: the long s matches s case-insensitively
+    ],
+)
+def test_secret_text_in_any_case_is_redacted(text: str) -> None:
+    from cyxwiz.audit.redaction import redact_text
+
+    assert redact_text(text) == events.REDACTED
+    assert redact_text("job:bench-1 escrow.release") == "job:bench-1 escrow.release"  # positive control
+
+
+_PIECES = [
+    "eyJ", "EYj", "abc", "Z09", ".", "-", "_", " ", "\n", "-----BEGIN ", "-----begin ", "RSA ",
+    "PRIVATE KEY-----", "-----END ", "Bearer", "BASIC", "basic", "bearer", "QWxhZGRpbjpv", "job:bench-1", "ſ",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map("".join) | st.text(max_size=40))
+def test_redact_text_is_exactly_the_secret_pattern(text: str) -> None:
+    """The fast path (ASCII text holding no literal start of the pattern) changes nothing the pattern
+    would have changed: text made of the pattern's own pieces in any case, and any text at all."""
+    from cyxwiz.audit.redaction import _SECRET_VALUE, redact_text
+
+    assert redact_text(text) == _SECRET_VALUE.sub(events.REDACTED, text)
