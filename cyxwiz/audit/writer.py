@@ -147,8 +147,8 @@ class ChainWriter:
             and tree.frontier is not None
         ):
             if now < self._day_end_ts and head_map is not None and head_map[:_DAY_BYTES] == self._day:
-                # Another writer appended since ours, on the day we are on (so not before today, and today
-                # is not after it): no rotation, only the head to find (what sync_head would do)
+                # Another writer appended since ours, and today is not after the day we are on, which
+                # .head names: no rotation, only the head to find (what sync_head would do then)
                 self._sync_day(self._day)
             else:
                 rolled = self.sync_head(now_dt or datetime.fromtimestamp(now, UTC))

@@ -158,7 +158,14 @@ def test_a_revoked_node_is_cut_off_on_every_channel_within_5s(stack: EmbeddedSta
     while stack.coordinator.store.job(job_id).progress.get("step", 0) < 1:
         assert time.monotonic() < deadline, "the long job never started"
         time.sleep(1)
-    session = _session(stack)  # the identity and session in force now (renewed meanwhile)
+    # The identity in force now, taken just after a renewal: every connection ends with the certificate
+    # it presented, so one near the end of its 12 s would close the controls below before the revocation
+    # (a loaded CI host takes seconds over them). A fresh one leaves its whole lifetime.
+    renewed_from = _session(stack)["cert"]  # each renewal's certificate is a file of its own
+    while _session(stack)["cert"] == renewed_from:
+        assert time.monotonic() < deadline + 3 * LIFETIME.total_seconds(), "no renewal came"
+        time.sleep(0.1)
+    session = _session(stack)
     ctx = client_context(trust_bundle=stack.pki.bundle, cert=Path(session["cert"]), key=Path(session["key"]))
     bearer = {"authorization": f"Bearer {session['session_token']}"}
     gateway_url = stack.env["CYXWIZ_GATEWAY_URL"]
