@@ -126,6 +126,16 @@ def _parse_body(lines: list[str], origin: str | None) -> tuple[str, int, bytes]:
     return name, int(size_text), root
 
 
+def claimed_size(note: bytes) -> int:
+    """The tree size a note's second line states, nothing checked (-1 when it states none): what a writer
+    compares with its head before anything costlier, never a reason to trust the note."""
+    lines = note.split(b"\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 2 else -1
+    except ValueError:
+        return -1
+
+
 def parse_unverified(note: bytes) -> tuple[str, int, bytes]:
     """(origin, size, root) of a well-formed note, its signature NOT checked: for tooling that then
     checks a proof between two notes; trust needs :func:`verify_checkpoint`."""

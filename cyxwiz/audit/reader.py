@@ -16,8 +16,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from cyxwiz.audit.checkpoint import claimed_size
 from cyxwiz.audit.records import (
-    CHECKPOINT_FILE,
     GENESIS,
     HEAD_FILE,
     Record,
@@ -162,20 +162,19 @@ def iter_raw_records(directory: Path) -> Iterator[tuple[int, bytes]]:
                 continue
 
 
-def signed_size_hint(directory: Path | bytes) -> int:
-    """The tree size the latest ``checkpoint`` file claims, unverified (writers' tamper alert only).
-    ``directory``: the log's, or (bytes) the checkpoint file's own path, as a writer keeps it."""
+def signed_size_hint(checkpoint_file: bytes) -> int:
+    """The tree size the ``checkpoint`` file at that path claims, unverified (writers' tamper alert only);
+    0 when it claims none."""
     try:
         # raw system calls: a writer taking the log over from another process reads this every time
-        path = directory if isinstance(directory, bytes) else directory / CHECKPOINT_FILE
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(checkpoint_file, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            lines = os.read(fd, 4096).split(b"\n")
+            note = os.read(fd, 4096)
         finally:
             os.close(fd)
-        return int(lines[1]) if len(lines) > 2 else 0
-    except (OSError, ValueError):
+    except OSError:
         return 0
+    return max(claimed_size(note), 0)
 
 
 def iter_events(path: Path, *, errors: list[str] | None = None) -> Iterator[StoredEvent]:

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cyxwiz.audit.checkpoint import DEFAULT_ORIGIN, check_origin, sign_checkpoint, verify_checkpoint
+from cyxwiz.audit.checkpoint import (
+    DEFAULT_ORIGIN,
+    check_origin,
+    claimed_size,
+    sign_checkpoint,
+    verify_checkpoint,
+)
 from cyxwiz.audit.records import CHECKPOINT_FILE, HEAD_FILE, checkpoints_name
 from cyxwiz.errors import AuditIntegrityError, ConfigError
 from cyxwiz.shared_dir import file_mode
@@ -86,7 +92,7 @@ class CheckpointSigner:
         replaced by a larger one (a torn or foreign note reads as not covering)."""
         try:
             note = (self.directory / CHECKPOINT_FILE).read_bytes()[:16384]
-            if _claimed_size(note) < size:
+            if claimed_size(note) < size:
                 return False  # whatever signed it, it does not cover them: no signature to check
             checkpoint = verify_checkpoint(note, public_key=self.public_key, origin=self.origin)
         except (OSError, AuditIntegrityError):
@@ -174,12 +180,3 @@ def read_latest_checkpoint(directory: Path, *, wait_s: float = 0.5) -> bytes | N
     finally:
         if lock >= 0:
             os.close(lock)  # releases the shared lock
-
-
-def _claimed_size(note: bytes) -> int:
-    """The tree size a note's second line states, unverified; -1 when it states none."""
-    lines = note.split(b"\n", 2)
-    try:
-        return int(lines[1]) if len(lines) > 2 and lines[1].isdigit() else -1
-    except ValueError:
-        return -1

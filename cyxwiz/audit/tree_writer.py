@@ -94,11 +94,12 @@ class TreeWriter:
         """
         self.flush()  # our buffered nodes, unless another writer already went past them
         stored = self.file.stored_nodes()
-        if self.frontier is not None and self.frontier.size == n and stored == nodes_for(n):
+        whole = stored == nodes_for(n)
+        if self.frontier is not None and self.frontier.size == n and whole:
             self._flushed_nodes = stored
             return
         # (the common case, the other writer's nodes stored with its records, needs no search for the size)
-        have = n if stored == nodes_for(n) else min(size_for_nodes(stored), n)
+        have = n if whole else min(size_for_nodes(stored), n)
         if stored != nodes_for(have):
             self.file.truncate(have)  # nodes of a record that never landed, or a torn write
         known = self.frontier
