@@ -46,7 +46,7 @@ from cyxwiz.ledger.records import (
     check_reason,
     check_wallet,
 )
-from cyxwiz.ledger.rounds import SharedBlockhash
+from cyxwiz.ledger.rounds import BatchStatus, SharedBlockhash
 from cyxwiz.ledger.store import EscrowState, EscrowStore, NewIntent
 from cyxwiz.ledger.verdicts import refuse_if_passed, verdict_of
 
@@ -125,10 +125,12 @@ class EscrowLedger:
             verifier = KeyCosigner(verifier, self.verifier_policy())
         self._verifier: Cosigner | None = verifier
         #: concurrent escrows' blockhash look-ups share one call per round (:mod:`cyxwiz.ledger.rounds`)
-        self.latest_blockhash = SharedBlockhash(chain)
+        blockhash_file, statuses_file = store.rounds_files or (None, None)
+        self.latest_blockhash = SharedBlockhash(chain, host_file=blockhash_file)
         self._driver = IntentDriver(
             chain=chain,
             store=store,
+            batch=BatchStatus(chain, host_file=statuses_file),
             confirm_timeout_s=confirm_timeout_s,
             max_attempts=max_attempts,
             fault=fault or (lambda _point: None),
@@ -163,6 +165,9 @@ class EscrowLedger:
 
     def close(self) -> None:
         """Release the RPC client and database connections."""
+        self.latest_blockhash.close()
+        if self._driver.batch is not None:
+            self._driver.batch.close()
         self.chain.close()
         self.store.dispose()
 

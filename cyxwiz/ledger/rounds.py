@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from solders.hash import Hash
 
 from cyxwiz.ledger.chain import Chain, SignatureStatus
+from cyxwiz.ledger.hostrounds import HostBlockhash, HostStatuses
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -85,10 +87,13 @@ class SharedRounds(Generic[K, V]):
 
 
 class BatchStatus:
-    """Signature look-ups of concurrent escrows merged into one ``getSignatureStatuses`` call per round."""
+    """Signature look-ups of concurrent escrows merged into one ``getSignatureStatuses`` call per round;
+    with ``host_file``, also with the other processes using that file (:mod:`cyxwiz.ledger.hostrounds`)."""
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, *, host_file: Path | None = None) -> None:
         self._chain = chain
+        many = getattr(chain, "signature_statuses", None)
+        self.host = None if host_file is None or many is None else HostStatuses(path=host_file, fetch=many)
         self._rounds: SharedRounds[str, SignatureStatus | None] = SharedRounds(self._lookup)
 
     @property
@@ -98,8 +103,12 @@ class BatchStatus:
     def status(self, signature: str) -> SignatureStatus | None:
         return self._rounds.ask(signature)
 
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+
     def _lookup(self, batch: list[str]) -> dict[str, SignatureStatus | None]:
-        many = getattr(self._chain, "signature_statuses", None)
+        many = self.host or getattr(self._chain, "signature_statuses", None)
         if many is None:
             return {sig: self._chain.signature_status(sig) for sig in batch}
         return dict(zip(batch, many(batch), strict=True))
@@ -107,12 +116,15 @@ class BatchStatus:
 
 class SharedBlockhash:
     """``getLatestBlockhash`` of concurrent escrows merged into one call per round: as fresh as a call of
-    each one's own (a blockhash fetched after it asked), one round trip for all of them."""
+    each one's own (a blockhash fetched after it asked), one round trip for all of them. With ``host_file``
+    (next to an escrow database on disk) the rounds are also shared with the other processes using that
+    file (:mod:`cyxwiz.ledger.hostrounds`): lifecycles that each run in a process of their own."""
 
-    def __init__(self, chain: Chain) -> None:
-        self._rounds: SharedRounds[str, tuple[Hash, int]] = SharedRounds(
-            lambda _keys: {"latest": chain.latest_blockhash()}
-        )
+    def __init__(self, chain: Chain, *, host_file: Path | None = None) -> None:
+        fetch = chain.latest_blockhash
+        self.host = None if host_file is None else HostBlockhash(path=host_file, fetch=fetch)
+        lookup = fetch if self.host is None else self.host
+        self._rounds: SharedRounds[str, tuple[Hash, int]] = SharedRounds(lambda _keys: {"latest": lookup()})
 
     @property
     def calls(self) -> int:
@@ -123,3 +135,7 @@ class SharedBlockhash:
         answer = self._rounds.ask("latest")
         assert answer is not None  # every round answers "latest" (or raises)
         return answer
+
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()

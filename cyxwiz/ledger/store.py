@@ -75,6 +75,9 @@ class EscrowStore:
         #: plain sqlite3 connections for the moves' own statements (SQLite on disk only)
         self._fast = fast
         self._conflicts = rawsql.integrity_errors(engine)
+        #: where the processes using this database on this host share their blockhash and signature status
+        #: rounds (:mod:`cyxwiz.ledger.hostrounds`; on disk only)
+        self.rounds_files: tuple[Path, Path] | None = None
         metadata.create_all(engine)
 
     @classmethod
@@ -93,7 +96,9 @@ class EscrowStore:
                 return cls(engine=engine)
             path = Path(str(database)).resolve()
             fast = rawsql.SqlitePool(engine=engine, database=path, setup=_sqlite_pragmas)
-            return cls(engine=engine, wal=WalSync(path), fast=fast)
+            store = cls(engine=engine, wal=WalSync(path), fast=fast)
+            store.rounds_files = (Path(f"{path}-blockhash"), Path(f"{path}-statuses"))
+            return store
         return cls(engine=sa.create_engine(url, pool_pre_ping=True))
 
     @contextmanager
