@@ -115,7 +115,11 @@ class HostBlockhash:
 
     def __call__(self) -> tuple[Hash, int]:
         with self._lock:
-            shared = self._file.open()
+            try:
+                shared = self._file.open()
+                self._queue.open()
+            except OSError:
+                return self._fetch()  # sharing is an optimisation: a state directory without it asks alone
             with self._queue.locked():
                 round_no = _get(shared, _STARTED) + 1  # the first round to start after this call
             with self._file.locked():
@@ -167,6 +171,11 @@ class HostStatuses:
         if len(signatures) > QUEUE_MAX:
             return self._fetch(signatures)
         with self._lock:
+            try:
+                self._file.open()
+                self._queue.open()
+            except OSError:
+                return self._fetch(signatures)  # as above: asks alone
             while True:
                 ticket = self._enqueue(signatures)
                 if ticket is None:  # the queue is full: an answer of its own, as without sharing

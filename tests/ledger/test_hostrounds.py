@@ -277,3 +277,37 @@ def test_a_forked_child_takes_its_own_lock(tmp_path: Path) -> None:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_planted_symlink_is_not_followed_and_the_question_is_still_answered(tmp_path: Path) -> None:
+    chain = Chain(delay=0)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep me")
+    (tmp_path / "escrow.db-blockhash").symlink_to(target)
+    (tmp_path / "escrow.db-statuses").symlink_to(target)
+    sigs = _signatures(2)
+    assert HostBlockhash(path=tmp_path / "escrow.db-blockhash", fetch=chain.blockhash)()[1] == 1
+    assert HostStatuses(path=tmp_path / "escrow.db-statuses", fetch=chain.statuses)(sigs) == [
+        _expected(s, 2) for s in sigs
+    ]
+    assert target.read_bytes() == b"keep me"  # never opened through the link, never grown or mapped
+    # positive control: a plain path shares rounds through its file
+    plain = HostBlockhash(path=tmp_path / "plain-blockhash", fetch=chain.blockhash)
+    assert plain()[1] == 3
+    assert plain.calls == 1
+    assert (tmp_path / "plain-blockhash").stat().st_size > 0
+
+
+def test_an_escrow_database_on_disk_gets_its_rounds_files_beside_it(tmp_path: Path) -> None:
+    from cyxwiz.ledger.store import EscrowStore
+
+    store = EscrowStore.open(f"sqlite:///{tmp_path / 'escrow.db'}")
+    try:
+        assert store.rounds_files == (tmp_path / "escrow.db-blockhash", tmp_path / "escrow.db-statuses")
+    finally:
+        store.dispose()
+    memory = EscrowStore.open("sqlite://")
+    try:
+        assert memory.rounds_files is None  # nothing to share with: one process
+    finally:
+        memory.dispose()
