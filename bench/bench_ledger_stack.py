@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -283,14 +283,28 @@ def _timed(work: Callable[[range], None], indices: range) -> tuple[float, float]
     return time.perf_counter() - started, _cpu_s() - cpu
 
 
+def _lookup_rounds(stack: _Stack) -> int:
+    """Blockhash and signature-status calls the escrow side's ledgers made so far, in any process: the
+    rounds started in the host rounds files beside the escrow database (:mod:`cyxwiz.ledger.hostrounds`)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(stack.demo.config.db_url).database
+    total = 0
+    for suffix in ("-blockhash", "-statuses"):
+        with suppress(FileNotFoundError):
+            total += int.from_bytes(Path(f"{database}{suffix}").read_bytes()[:8], "little")
+    return total
+
+
 def measure(
     n: int = N, in_flight: int = IN_FLIGHT, *, processes: bool = False, audit: bool = True
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """(escrow pairs/s, bare pairs/s, median of the rounds' own ratios, CPU ratio: the whole machine's
     CPU a bare pair costs ÷ an escrow pair's, all processes counted — the figure host load cannot move,
-    since on a loaded host both sides starve alike and the wall ratio drifts towards 1). ``processes``:
-    each escrow in flight in a process of its own (the control worker's shape), else threads of one.
-    ``audit``: the ledger and the verifier service audit every move, as in the stack."""
+    since on a loaded host both sides starve alike and the wall ratio drifts towards 1; the escrow side's
+    blockhash and status calls per pair, the baseline making four). ``processes``: each escrow in flight in
+    a process of its own (the control worker's shape), else threads of one. ``audit``: the ledger and the
+    verifier service audit every move, as in the stack."""
     runner = _in_processes if processes else _in_threads
     with tempfile.TemporaryDirectory(prefix="cyxbench-") as tmp, _stack(Path(tmp), audit=audit) as bare_stack:
         jobs = [f"bench-{i}" for i in range(n + in_flight)]  # the last ``in_flight``: the warm-up's
@@ -306,6 +320,7 @@ def measure(
             escrow(warm)
             bare(warm)
             step = n // ROUNDS
+            lookups = _lookup_rounds(stack)
             t_escrow = t_bare = c_escrow = c_bare = 0.0
             ratios = []
             for r in range(ROUNDS):
@@ -315,11 +330,12 @@ def measure(
                 (te, ce), (tb, cb) = (m_second, m_first) if r % 2 else (m_first, m_second)
                 ratios.append(tb / te)
                 t_escrow, t_bare, c_escrow, c_bare = t_escrow + te, t_bare + tb, c_escrow + ce, c_bare + cb
+            lookups = _lookup_rounds(stack) - lookups
         finally:
             close_escrow()
             close_bare()
         done = step * ROUNDS
-        return done / t_escrow, done / t_bare, statistics.median(ratios), c_bare / c_escrow
+        return done / t_escrow, done / t_bare, statistics.median(ratios), c_bare / c_escrow, lookups / done
 
 
 def run(n: int = N, in_flight: int = IN_FLIGHT, *, audit: bool = True) -> list[tuple[str, float, str]]:
@@ -327,14 +343,15 @@ def run(n: int = N, in_flight: int = IN_FLIGHT, *, audit: bool = True) -> list[t
     of its own as the control worker runs lifecycles), then one escrow at a time (reported)."""
     rows: list[tuple[str, float, str]] = []
     for flight, processes in ((in_flight, False), (in_flight, True), (1, False)):
-        escrow, bare, median, cpu = measure(n, flight, processes=processes, audit=audit)
+        escrow, bare, median, cpu, lookups = measure(n, flight, processes=processes, audit=audit)
         how = f"{flight} in flight, {'processes' if processes else 'threads'}" if flight > 1 else "sequential"
         rows += [
             (
                 f"escrow pairs ÷ bare, over the ledger service ({how})",
                 escrow / bare,
-                f"{escrow:.0f} vs {bare:.0f} pairs/s; median of {ROUNDS} rounds {median:.3f}; LiteSVM and "
-                "the verifier in their own processes, as the stack runs them; "
+                f"{escrow:.0f} vs {bare:.0f} pairs/s; median of {ROUNDS} rounds {median:.3f}; blockhash "
+                f"and status calls a pair {lookups:.2f} vs 4 (rounds shared by the escrows in flight); "
+                "LiteSVM and the verifier in their own processes, as the stack runs them; "
                 + ("every move audited" if audit else "moves not audited (--no-audit)")
                 + (" (goal >= 0.8)" if flight > 1 else " (reported)"),
             ),
