@@ -290,7 +290,7 @@ def _lookup_rounds(stack: _Stack) -> int:
 
     database = make_url(stack.demo.config.db_url).database
     total = 0
-    for suffix in ("-blockhash", "-statuses"):
+    for suffix in ("-blockhash", "-statuses-confirmed"):
         with suppress(FileNotFoundError):
             total += int.from_bytes(Path(f"{database}{suffix}").read_bytes()[:8], "little")
     return total

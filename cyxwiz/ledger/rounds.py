@@ -93,7 +93,12 @@ class BatchStatus:
     def __init__(self, chain: Chain, *, host_file: Path | None = None) -> None:
         self._chain = chain
         many = getattr(chain, "signature_statuses", None)
-        self.host = None if host_file is None or many is None else HostStatuses(path=host_file, fetch=many)
+        self.host = None
+        if host_file is not None and many is not None:
+            # a status counts as landed at the chain's commitment: processes configured for another one
+            # (``finalized``) never share answers with these
+            commitment = getattr(chain, "commitment", "confirmed")
+            self.host = HostStatuses(path=Path(f"{host_file}-{commitment}"), fetch=many)
         self._rounds: SharedRounds[str, SignatureStatus | None] = SharedRounds(self._lookup)
 
     @property

@@ -311,3 +311,47 @@ def test_an_escrow_database_on_disk_gets_its_rounds_files_beside_it(tmp_path: Pa
         assert memory.rounds_files is None  # nothing to share with: one process
     finally:
         memory.dispose()
+
+
+def test_processes_at_another_commitment_never_share_status_answers(tmp_path: Path) -> None:
+    from cyxwiz.ledger.rounds import BatchStatus
+
+    class Rpc:
+        def __init__(self, commitment: str) -> None:
+            self.commitment = commitment
+            self.asked: list[list[str]] = []
+            self.gate: threading.Event | None = None
+            self.entered = threading.Event()
+
+        def signature_statuses(self, signatures: list[str]) -> list[SignatureStatus | None]:
+            self.asked.append(list(signatures))
+            self.entered.set()
+            if self.gate is not None:
+                self.gate.wait(10)
+            return [SignatureStatus(slot=1) if self.commitment == "confirmed" else None for _ in signatures]
+
+    host_file = tmp_path / "escrow.db-statuses"
+    confirmed = [Rpc("confirmed") for _ in range(2)]
+    finalized = Rpc("finalized")
+    leader, other = (BatchStatus(rpc, host_file=host_file) for rpc in confirmed)  # type: ignore[arg-type]
+    strict = BatchStatus(finalized, host_file=host_file)  # type: ignore[arg-type]
+    first, mine, theirs = _signatures(3)
+    confirmed[0].gate = threading.Event()
+    got: dict[str, SignatureStatus | None] = {}
+    t0 = threading.Thread(target=lambda: got.__setitem__("first", leader.status(first)))
+    t0.start()
+    assert confirmed[0].entered.wait(5)  # a round runs: the two below queue for the next one
+    t1 = threading.Thread(target=lambda: got.__setitem__("theirs", other.status(theirs)))
+    t2 = threading.Thread(target=lambda: got.__setitem__("mine", strict.status(mine)))
+    t1.start()
+    t2.start()
+    time.sleep(0.2)
+    confirmed[0].gate.set()
+    for t in (t0, t1, t2):
+        t.join(10)
+    # the finalized process asked its own chain, for its own signature only, and got its answer
+    assert finalized.asked == [[mine]]
+    assert got["mine"] is None
+    # positive control: the confirmed ones shared their rounds as usual
+    assert got["first"] == got["theirs"] == SignatureStatus(slot=1)
+    assert [theirs] in confirmed[0].asked + confirmed[1].asked
