@@ -1,7 +1,8 @@
 """Child process for the host rounds test: asks statuses through a shared file, prints what went wrong.
 
 Run as ``python -m tests.ledger._hostrounds_worker PATH SEED``; prints ``WRONG CALLS`` (statuses that were
-not the signature's own, and the calls this process led).
+not the signature's own, and the calls this process led). With ``hang`` after the seed it leads one round
+whose call never returns (it prints ``leading`` first): the kill -9 test's victim.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ def expected(signature: str) -> SignatureStatus | None:
     return None if digest[0] % 3 == 0 else SignatureStatus(slot=digest[1], err=f"Custom({digest[2]})")
 
 
+def hang(path: str) -> None:
+    def fetch(signatures: list[str]) -> list[SignatureStatus | None]:
+        print("leading", flush=True)
+        time.sleep(600)
+        return [None for _ in signatures]
+
+    HostStatuses(path=Path(path), fetch=fetch)([str(Keypair().sign_message(b"victim"))])
+
+
 def main(path: str, seed: int) -> None:
     def fetch(signatures: list[str]) -> list[SignatureStatus | None]:
         time.sleep(0.003)  # a round trip
@@ -40,4 +50,7 @@ def main(path: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[3:] == ["hang"]:
+        hang(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))

@@ -262,6 +262,34 @@ def test_real_processes_get_their_own_statuses(tmp_path: Path) -> None:
     assert sum(int(calls) for _, calls in results) <= 4 * 40
 
 
+def test_a_leader_killed_mid_call_frees_the_round_for_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "escrow.db-statuses"
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "tests.ledger._hostrounds_worker", str(path), "0", "hang"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        assert victim.stdout is not None and victim.stdout.readline().strip() == "leading"
+        chain = Chain(delay=0)
+        waiter = HostStatuses(path=path, fetch=chain.statuses)
+        mine = _signatures(2)
+        got: list[list[SignatureStatus | None]] = []
+        t = threading.Thread(target=lambda: got.append(waiter(mine)))
+        t.start()
+        time.sleep(0.3)
+        assert got == []  # queued behind the victim's round, which holds the lock through its call
+        os.kill(victim.pid, 9)
+        t.join(10)
+        assert got == [[_expected(s, 1) for s in mine]]  # its round, led once the kernel freed the lock
+        assert chain.batches == [mine]  # the dead round's signature went with it
+    finally:
+        victim.kill()
+        victim.wait(10)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_takes_its_own_lock(tmp_path: Path) -> None:
     chain = Chain(delay=0)
