@@ -116,7 +116,8 @@ def _reports(stack: _Stack, jobs: list[str]) -> dict[str, str]:
     }  # fmt: skip
 
 
-Pair = tuple[Callable[[int], None], Callable[[], None]]
+Pair = tuple[Callable[[int], None], Callable[[], None]]  # one pair by its index, and the side's close
+Runner = tuple[Callable[[range], None], Callable[[], None]]  # pairs by a range of indices, and close
 
 
 def _ledger_side(stack: _Stack, jobs: list[str]) -> Pair:
@@ -200,13 +201,13 @@ def _side(stack: _Stack, side: str, jobs: list[str]) -> Pair:
     return _ledger_side(stack, jobs) if side == "escrow" else _bare_side(stack, jobs)
 
 
-def _in_threads(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Pair:
+def _in_threads(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Runner:
     """``in_flight`` pairs at once on threads of this process: one long-lived control-plane process."""
     pair, close = _side(stack, side, jobs)
     return _concurrently(pair, in_flight), close
 
 
-def _in_processes(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Pair:
+def _in_processes(stack: _Stack, side: str, jobs: list[str], in_flight: int) -> Runner:
     """``in_flight`` processes, one pair at a time each: how Prefect's process worker runs lifecycles (the
     control worker starts each ``job-lifecycle`` run, with its escrow, in a process of its own)."""
     context = multiprocessing.get_context("spawn")  # never fork a process whose RPC loop thread runs
