@@ -41,9 +41,10 @@ from cyxwiz.ledger.chain import SignatureStatus
 from cyxwiz.shared_dir import file_mode
 
 _U64 = struct.Struct("<Q")
-# Both files begin with three counters, each written by one side under its own lock: rounds *started*
-# (by a leader holding both locks), rounds *finished* (by a leader, holding the data file's lock) and
-# signatures *queued* for the next round (under the queue's lock). Nobody reads them without a lock.
+# Both data files begin with three counters, each written by one side under its own lock: rounds
+# *started* (by a leader holding both locks), rounds *finished* (by a leader, holding the data file's lock)
+# and signatures *queued* for the next round (under the queue's lock; always 0 in the blockhash file,
+# whose rounds take no keys). Nobody reads them without a lock.
 _STARTED, _FINISHED, _QUEUED = 0, 8, 16
 #: blockhash file, after the counters: answer ok, last valid height, blockhash
 _BLOCKHASH_AT = 24
@@ -102,24 +103,45 @@ class _SharedFile:
         self.map, self.fd, self._pid = None, -1, -1
 
 
-class HostBlockhash:
-    """``fetch() -> (blockhash, last valid height)`` shared by every process using ``path``."""
+class _HostRounds:
+    """A data file (its ``flock`` held by a round's leader through the call) and a queue file (its
+    ``flock`` held briefly, around the counters of rounds started and things queued)."""
 
-    def __init__(self, *, path: Path, fetch: Callable[[], tuple[Hash, int]]) -> None:
-        self._file = _SharedFile(path, _BLOCKHASH_AT + _BLOCKHASH.size)
-        self._queue = _SharedFile(Path(f"{path}.queue"), 8)  # its flock guards the counter, held briefly
-        self._fetch = fetch
+    def __init__(self, *, path: Path, size: int) -> None:
+        self._file = _SharedFile(path, size)
+        self._queue = _SharedFile(Path(f"{path}.queue"), 8)
         self._lock = threading.Lock()  # flock belongs to the open file: threads must take turns here
         #: rounds this process led (benches and tests read it)
         self.calls = 0
 
+    def _opened(self) -> mmap.mmap | None:
+        """The data file's mapping; None where the files cannot be opened: sharing is an optimisation,
+        and a state directory without it asks alone."""
+        try:
+            shared = self._file.open()
+            self._queue.open()
+        except OSError:
+            return None
+        return shared
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+            self._queue.close()
+
+
+class HostBlockhash(_HostRounds):
+    """``fetch() -> (blockhash, last valid height)`` shared by every process using ``path``."""
+
+    def __init__(self, *, path: Path, fetch: Callable[[], tuple[Hash, int]]) -> None:
+        super().__init__(path=path, size=_BLOCKHASH_AT + _BLOCKHASH.size)
+        self._fetch = fetch
+
     def __call__(self) -> tuple[Hash, int]:
         with self._lock:
-            try:
-                shared = self._file.open()
-                self._queue.open()
-            except OSError:
-                return self._fetch()  # sharing is an optimisation: a state directory without it asks alone
+            shared = self._opened()
+            if shared is None:
+                return self._fetch()
             with self._queue.locked():
                 round_no = _get(shared, _STARTED) + 1  # the first round to start after this call
             with self._file.locked():
@@ -141,11 +163,6 @@ class HostBlockhash:
                 _U64.pack_into(shared, _FINISHED, round_no)
                 return fresh, valid
 
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-            self._queue.close()
-
 
 def _get(shared: mmap.mmap, at: int) -> int:
     return int(_U64.unpack_from(shared, at)[0])
@@ -154,16 +171,12 @@ def _get(shared: mmap.mmap, at: int) -> int:
 Statuses = list[SignatureStatus | None]
 
 
-class HostStatuses:
+class HostStatuses(_HostRounds):
     """``fetch(signatures) -> statuses`` shared by every process using ``path`` (and ``path.queue``)."""
 
     def __init__(self, *, path: Path, fetch: Callable[[list[str]], Statuses]) -> None:
-        self._file = _SharedFile(path, _STATUSES_SIZE)
-        self._queue = _SharedFile(Path(f"{path}.queue"), 8)  # its flock guards the queue, held briefly
+        super().__init__(path=path, size=_STATUSES_SIZE)
         self._fetch = fetch
-        self._lock = threading.Lock()
-        #: rounds this process led (benches and tests read it)
-        self.calls = 0
 
     def __call__(self, signatures: list[str]) -> Statuses:
         if not signatures:
@@ -171,11 +184,8 @@ class HostStatuses:
         if len(signatures) > QUEUE_MAX:
             return self._fetch(signatures)
         with self._lock:
-            try:
-                self._file.open()
-                self._queue.open()
-            except OSError:
-                return self._fetch(signatures)  # as above: asks alone
+            if self._opened() is None:
+                return self._fetch(signatures)
             while True:
                 ticket = self._enqueue(signatures)
                 if ticket is None:  # the queue is full: an answer of its own, as without sharing
@@ -219,11 +229,6 @@ class HostStatuses:
             raise
         _write_slot(shared, round_no, answer)
         return answer
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-            self._queue.close()
 
 
 def _write_slot(shared: mmap.mmap, round_no: int, answer: Statuses | None) -> None:

@@ -68,7 +68,12 @@ class EscrowStore:
     """Rows and compare-and-set transitions. One instance per process; safe to share across threads."""
 
     def __init__(
-        self, *, engine: Engine, wal: WalSync | None = None, fast: rawsql.SqlitePool | None = None
+        self,
+        *,
+        engine: Engine,
+        wal: WalSync | None = None,
+        fast: rawsql.SqlitePool | None = None,
+        rounds_files: tuple[Path, Path] | None = None,
     ) -> None:
         self._engine = engine
         self._wal = wal
@@ -77,7 +82,7 @@ class EscrowStore:
         self._conflicts = rawsql.integrity_errors(engine)
         #: where the processes using this database on this host share their blockhash and signature status
         #: rounds (:mod:`cyxwiz.ledger.hostrounds`; on disk only)
-        self.rounds_files: tuple[Path, Path] | None = None
+        self.rounds_files = rounds_files
         metadata.create_all(engine)
 
     @classmethod
@@ -96,9 +101,8 @@ class EscrowStore:
                 return cls(engine=engine)
             path = Path(str(database)).resolve()
             fast = rawsql.SqlitePool(engine=engine, database=path, setup=_sqlite_pragmas)
-            store = cls(engine=engine, wal=WalSync(path), fast=fast)
-            store.rounds_files = (Path(f"{path}-blockhash"), Path(f"{path}-statuses"))
-            return store
+            rounds = (Path(f"{path}-blockhash"), Path(f"{path}-statuses"))
+            return cls(engine=engine, wal=WalSync(path), fast=fast, rounds_files=rounds)
         return cls(engine=sa.create_engine(url, pool_pre_ping=True))
 
     @contextmanager
